@@ -1,0 +1,106 @@
+//! Unversioned probes: liveness, readiness and Prometheus metrics.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::Json;
+use crate::app::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+}
+
+/// Liveness: answers while the process serves HTTP. Needs no auth and calls nothing.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_health",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Check {
+    /// `ok` or `error`.
+    pub status: &'static str,
+    pub latency_ms: f64,
+    /// Why the check failed (no internals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    pub database: Check,
+    pub backend: Check,
+}
+
+fn check<E: std::fmt::Display>(started: Instant, r: Result<(), E>, what: &str) -> Check {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match r {
+        Ok(()) => Check {
+            status: "ok",
+            latency_ms,
+            error: None,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: {what} check failed");
+            Check {
+                status: "error",
+                latency_ms,
+                error: Some(format!("{what} unreachable")),
+            }
+        }
+    }
+}
+
+/// Readiness: the database and the backend answer. 503 when either does not.
+#[utoipa::path(get, path = "/health/ready", tag = "health", operation_id = "get_readiness",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 503, description = "A dependency is down", body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let t = Instant::now();
+    let database = check(t, state.db.ping().await, "database");
+    let t = Instant::now();
+    let backend = check(t, state.backend.ping().await, "backend");
+    let ok = database.status == "ok" && backend.status == "ok";
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Readiness {
+            status: if ok { "ready" } else { "not_ready" },
+            database,
+            backend,
+        }),
+    )
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "get_metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

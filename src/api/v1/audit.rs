@@ -1,0 +1,138 @@
+//! `/api/v1/audit`: the record of every mutating request (admins only), and
+//! the middleware that writes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::IntoParams;
+
+use crate::api::{Json, Page, Pagination, Query};
+use crate::app::AppState;
+use crate::auth::limit::client_ip;
+use crate::auth::tokens::now_secs;
+use crate::auth::{AuthUser, Permission};
+use crate::db;
+use crate::db::audit::AuditRow;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::telemetry::{RequestCtx, current_request_id};
+
+/// Records mutating requests after they complete, whatever their outcome.
+pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let project = req.uri().query().and_then(|q| url_param(q, "project"));
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| client_ip(ci.0.ip(), req.headers(), &state.config.trusted_proxies).to_string());
+    let ctx = req.extensions().get::<Arc<RequestCtx>>().cloned();
+    let resp = next.run(req).await;
+    let username = ctx.as_ref().and_then(|c| c.user.get().cloned());
+    let request_id = current_request_id().unwrap_or_default();
+    let entry = db::audit::NewEntry {
+        at: now_secs(),
+        username: username.as_deref(),
+        client_ip: ip,
+        method: &method,
+        path: &path,
+        route: route.as_deref(),
+        project: project.as_deref(),
+        status: resp.status().as_u16(),
+        request_id: &request_id,
+    };
+    if let Err(e) = db::audit::insert(&state.db.pool, entry).await {
+        tracing::error!(error = %e, "writing the audit log failed");
+    }
+    resp
+}
+
+fn url_param(query: &str, key: &str) -> Option<String> {
+    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
+        &format!("/?{query}").parse().ok()?,
+    )
+    .ok()
+    .and_then(|axum::extract::Query(mut m)| m.remove(key))
+    .filter(|p| crate::names::ProjectName::parse(p).is_ok())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only requests by this username.
+    pub user: Option<String>,
+    /// Only requests about this project.
+    pub project: Option<String>,
+    /// Only requests at or after this time (RFC 3339, e.g. `2026-11-23T00:00:00Z`).
+    pub since: Option<String>,
+    /// Page size (1-1000, default 100).
+    pub limit: Option<i64>,
+    /// Items to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+/// Read the audit log, newest first.
+#[utoipa::path(get, path = "", tag = "audit", operation_id = "list_audit",
+    security(("bearer" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of audit entries", body = Page<AuditRow>),
+        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_audit(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Page<AuditRow>>> {
+    user.require(Permission::AuditRead, "")?;
+    let (limit, offset) = Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        "since must be an RFC 3339 time such as 2026-11-23T00:00:00Z",
+                    )
+                })
+        })
+        .transpose()?;
+    let (items, total) = db::audit::list(
+        &state.db.pool,
+        &db::audit::Filter {
+            user: q.user.as_deref(),
+            project: q.project.as_deref(),
+            since,
+            limit,
+            offset,
+        },
+    )
+    .await?;
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
+}

@@ -1,0 +1,375 @@
+//! `/api/v1/auth`: login, token refresh and rotation, logout, the caller's own account.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::v1::users::{CreateUser, UserOut, create_user_row, created};
+use crate::api::{AuthRateLimit, Json};
+use crate::app::AppState;
+use crate::auth::rbac::{Permission, Scope};
+use crate::auth::{AuthUser, Role, Username, password};
+use crate::db;
+use crate::db::ws_tickets::TICKET_TTL_SECS;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::telemetry::RequestCtx;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "admin")]
+    pub username: String,
+    #[schema(example = "change-me-please-now", format = Password)]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// JWT for `Authorization: Bearer ...`.
+    pub access_token: String,
+    /// Opaque; exchange at `POST /api/v1/auth/refresh`. Single use.
+    pub refresh_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(example = 1800)]
+    pub expires_in: i64,
+    /// Seconds until the refresh token expires.
+    #[schema(example = 604800)]
+    pub refresh_expires_in: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized("invalid_credentials", "username or password is incorrect")
+}
+
+async fn token_pair(
+    state: &AppState,
+    user: &db::users::UserRow,
+    family: Option<&str>,
+) -> ApiResult<(TokenResponse, String)> {
+    let access_token = state
+        .tokens
+        .issue(&user.id, &user.username, user.role(), user.token_version)
+        .map_err(ApiError::internal)?;
+    let refresh_ttl = state.config.refresh_token_ttl.as_secs() as i64;
+    let (refresh_token, refresh_id) =
+        db::refresh_tokens::issue(&state.db.pool, &user.id, family, refresh_ttl).await?;
+    Ok((
+        TokenResponse {
+            access_token,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: state.config.access_token_ttl.as_secs() as i64,
+            refresh_expires_in: refresh_ttl,
+        },
+        refresh_id,
+    ))
+}
+
+/// Log in with a username and password.
+///
+/// Rate-limited per client IP; repeated failures for one username lock it for a while.
+#[utoipa::path(post, path = "/login", tag = "auth", operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 401, description = "Wrong username or password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
+pub async fn login(
+    _limit: AuthRateLimit,
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    // An invalid username cannot exist; it costs the same as an unknown one.
+    let username = Username::parse(&req.username).ok();
+    if let Some(u) = &username {
+        ctx.set_user(u.as_str());
+        state
+            .login_throttle
+            .check(u.as_str())
+            .map_err(ApiError::too_many_requests)?;
+    }
+    let user = match &username {
+        Some(u) => db::users::by_username(&state.db.pool, u.as_str()).await?,
+        None => None,
+    };
+    let ok = password::verify(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    let user = match (ok, user) {
+        (true, Some(user)) => user,
+        _ => {
+            metrics::counter!("lxgate_login_failures_total").increment(1);
+            if let Some(u) = &username {
+                state.login_throttle.record_failure(u.as_str());
+            }
+            return Err(invalid_credentials());
+        }
+    };
+    state.login_throttle.record_success(&user.username);
+    if user.is_disabled() {
+        return Err(ApiError::forbidden(
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        ));
+    }
+    db::users::touch_login(&state.db.pool, &user.id).await?;
+    let (tokens, _) = token_pair(&state, &user, None).await?;
+    Ok(Json(tokens))
+}
+
+fn invalid_refresh() -> ApiError {
+    ApiError::unauthorized(
+        "invalid_refresh_token",
+        "the refresh token is invalid, expired or revoked; log in again",
+    )
+}
+
+/// Exchange a refresh token for a new token pair.
+///
+/// The refresh token is rotated: the one sent is spent. Presenting a spent
+/// token again revokes its whole family (every token descended from the same login).
+#[utoipa::path(post, path = "/refresh", tag = "auth", operation_id = "refresh_token",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens", body = TokenResponse),
+        (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
+pub async fn refresh(
+    _limit: AuthRateLimit,
+    State(state): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    let pool = &state.db.pool;
+    let Some(row) = db::refresh_tokens::find(pool, &req.refresh_token).await? else {
+        return Err(invalid_refresh());
+    };
+    let reuse = || async {
+        let revoked = db::refresh_tokens::revoke_family(pool, &row.family_id).await?;
+        tracing::warn!(
+            user_id = %row.user_id,
+            revoked,
+            "refresh token reuse detected; revoked its family"
+        );
+        Err::<Json<TokenResponse>, ApiError>(ApiError::unauthorized(
+            "refresh_token_reused",
+            "this refresh token was already used; every session from that login is now revoked",
+        ))
+    };
+    if row.revoked_at.is_some() {
+        return reuse().await;
+    }
+    if row.expires_at < crate::auth::tokens::now_secs() {
+        return Err(invalid_refresh());
+    }
+    if !db::refresh_tokens::spend(pool, &row.id).await? {
+        // Another request spent it between our read and our write.
+        return reuse().await;
+    }
+    let Some(user) = db::users::with_grants(pool, &row.user_id)
+        .await?
+        .map(|(u, _)| u)
+        .filter(|u| !u.is_disabled())
+    else {
+        return Err(invalid_refresh());
+    };
+    let (tokens, new_id) = token_pair(&state, &user, Some(&row.family_id)).await?;
+    db::refresh_tokens::link_replacement(pool, &row.id, &new_id).await?;
+    Ok(Json(tokens))
+}
+
+/// Log out: revoke the refresh token and every token rotated from the same login.
+///
+/// Always answers 204, so it reveals nothing about the token.
+#[utoipa::path(post, path = "/logout", tag = "auth", operation_id = "logout",
+    request_body = RefreshRequest,
+    responses((status = 204, description = "Logged out")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    if let Some(row) = db::refresh_tokens::find(&state.db.pool, &req.refresh_token).await? {
+        db::refresh_tokens::revoke_family(&state.db.pool, &row.family_id).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectGrant {
+    #[schema(example = "team-a")]
+    pub project: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    #[schema(example = "alice")]
+    pub username: String,
+    /// The global role; `null` when the user only holds project roles.
+    pub role: Option<Role>,
+    pub projects: Vec<ProjectGrant>,
+    /// Server-wide permissions.
+    pub global_permissions: Vec<String>,
+    /// Permissions per project. The key `*` stands for every project (from the global role).
+    pub project_permissions: BTreeMap<String, Vec<String>>,
+}
+
+fn permissions_in(user: &AuthUser, project: &str) -> Vec<String> {
+    Permission::ALL
+        .into_iter()
+        .filter(|p| p.scope() == Scope::Project && user.grants.allows(*p, project))
+        .map(|p| p.as_str().to_owned())
+        .collect()
+}
+
+/// The caller: roles and effective permissions.
+#[utoipa::path(get, path = "/me", tag = "auth", operation_id = "get_me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The authenticated user", body = Me),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json")))]
+pub async fn me(user: AuthUser) -> Json<Me> {
+    let global_permissions = Permission::ALL
+        .into_iter()
+        .filter(|p| p.scope() == Scope::Global && user.grants.allows(*p, ""))
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    let mut project_permissions = BTreeMap::new();
+    if user.grants.global.is_some() {
+        // The global role applies in every project; "" is never a project name.
+        project_permissions.insert("*".to_owned(), permissions_in(&user, ""));
+    }
+    for (project, _) in &user.grants.projects {
+        project_permissions.insert(project.clone(), permissions_in(&user, project));
+    }
+    Json(Me {
+        username: user.username.clone(),
+        role: user.grants.global,
+        projects: user
+            .grants
+            .projects
+            .iter()
+            .map(|(project, role)| ProjectGrant {
+                project: project.clone(),
+                role: *role,
+            })
+            .collect(),
+        global_permissions,
+        project_permissions,
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    #[schema(format = Password)]
+    pub current_password: String,
+    #[schema(format = Password)]
+    pub new_password: String,
+}
+
+/// Change one's own password. Every token issued before stops working.
+#[utoipa::path(put, path = "/me/password", tag = "auth", operation_id = "change_own_password",
+    security(("bearer" = [])),
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed; log in again"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json")))]
+pub async fn change_password(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Json(req): Json<ChangePassword>,
+) -> ApiResult<StatusCode> {
+    let row = db::users::by_username(&state.db.pool, &user.username)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the user no longer exists"))?;
+    if !password::verify(req.current_password, Some(row.password_hash)).await? {
+        return Err(ApiError::invalid_field(
+            "current_password",
+            "the current password is wrong",
+        ));
+    }
+    password::check_policy(
+        &user.username,
+        &req.new_password,
+        state.config.password_min_length,
+    )
+    .map_err(|e| ApiError::invalid_field("new_password", e))?;
+    let hash = password::hash(req.new_password).await?;
+    db::users::update(
+        &state.db.pool,
+        &user.id,
+        &db::users::Changes {
+            password_hash: Some(hash),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WsTicket {
+    /// Pass as `?ticket=` when opening a WebSocket. Works once.
+    pub ticket: String,
+    /// Seconds the ticket stays valid.
+    #[schema(example = 30)]
+    pub expires_in: i64,
+}
+
+/// Get a single-use ticket for opening a WebSocket from a browser.
+///
+/// Browsers cannot send an `Authorization` header on a WebSocket; a ticket
+/// keeps the long-lived access token out of URLs and logs.
+#[utoipa::path(post, path = "/ws-ticket", tag = "auth", operation_id = "create_ws_ticket",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A ticket valid for 30 seconds", body = WsTicket),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+pub async fn ws_ticket(
+    _limit: AuthRateLimit,
+    user: AuthUser,
+    State(state): State<AppState>,
+) -> ApiResult<Json<WsTicket>> {
+    let ticket = db::ws_tickets::issue(&state.db.pool, &user.id).await?;
+    Ok(Json(WsTicket {
+        ticket,
+        expires_in: TICKET_TTL_SECS,
+    }))
+}
+
+/// Register a new user (admins only; the same as `POST /api/v1/users`).
+#[utoipa::path(post, path = "/register", tag = "auth", operation_id = "register_user",
+    security(("bearer" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserOut),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid username or weak password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+pub async fn register(
+    _limit: AuthRateLimit,
+    user: AuthUser,
+    State(state): State<AppState>,
+    Json(req): Json<CreateUser>,
+) -> ApiResult<Response> {
+    user.require(Permission::UserManage, "")?;
+    Ok(created(create_user_row(&state, req).await?))
+}

@@ -1,0 +1,384 @@
+//! `/api/v1/users`: account administration and per-project role grants (admins only).
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::v1::auth::ProjectGrant;
+use crate::api::{AuthRateLimit, Json, Page, Pagination, Path, Query, rfc3339};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission, Role, Username, password};
+use crate::db;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::ProjectName;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserOut {
+    #[schema(example = "alice")]
+    pub username: String,
+    /// Global role; `null` for users that only hold project roles.
+    pub role: Option<Role>,
+    pub disabled: bool,
+    pub projects: Vec<ProjectGrant>,
+    #[schema(example = "2026-11-23T22:38:16Z")]
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_login_at: Option<String>,
+}
+
+impl UserOut {
+    fn from_row(row: &db::users::UserRow, grants: Vec<ProjectGrant>) -> Self {
+        Self {
+            username: row.username.clone(),
+            role: row.role(),
+            disabled: row.is_disabled(),
+            projects: grants,
+            created_at: rfc3339(row.created_at),
+            updated_at: rfc3339(row.updated_at),
+            last_login_at: row.last_login_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// 1-64 characters: letters, digits, `.`, `_`, `-`, `@`; starts with a letter or digit.
+    #[schema(example = "alice")]
+    pub username: String,
+    /// At least `PASSWORD_MIN_LENGTH` (12) characters, not the username.
+    #[schema(format = Password, example = "a long passphrase")]
+    pub password: String,
+    /// Global role; omit or `null` for a user that will only get project roles.
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn parse_username(s: &str, field: &str) -> ApiResult<Username> {
+    Username::parse(s).map_err(|e| ApiError::invalid_field(field, e))
+}
+
+fn path_username(s: &str) -> ApiResult<Username> {
+    Username::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn user_not_found(name: &str) -> ApiError {
+    ApiError::not_found("user_not_found", format!("user `{name}` does not exist"))
+}
+
+pub(crate) async fn create_user_row(state: &AppState, req: CreateUser) -> ApiResult<UserOut> {
+    let username = parse_username(&req.username, "username")?;
+    password::check_policy(
+        username.as_str(),
+        &req.password,
+        state.config.password_min_length,
+    )
+    .map_err(|e| ApiError::invalid_field("password", e))?;
+    if db::users::by_username(&state.db.pool, username.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(conflict(&username));
+    }
+    let hash = password::hash(req.password).await?;
+    let row = db::users::insert(
+        &state.db.pool,
+        db::users::NewUser {
+            username: username.as_str(),
+            password_hash: &hash,
+            role: req.role,
+            disabled: req.disabled,
+        },
+    )
+    .await
+    .map_err(|e| match ApiError::from(e) {
+        // Lost a race with a concurrent create of the same name.
+        e if e.status == StatusCode::CONFLICT => conflict(&username),
+        e => e,
+    })?;
+    Ok(UserOut::from_row(&row, Vec::new()))
+}
+
+fn conflict(username: &Username) -> ApiError {
+    ApiError::conflict("user_exists", format!("user `{username}` already exists"))
+        .with_field("username")
+}
+
+pub(crate) fn created(user: UserOut) -> Response {
+    let location = format!("/api/v1/users/{}", user.username);
+    let mut resp = (StatusCode::CREATED, Json(user)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn grants_of(
+    state: &AppState,
+    ids: &[String],
+) -> ApiResult<HashMap<String, Vec<ProjectGrant>>> {
+    let mut map: HashMap<String, Vec<ProjectGrant>> = HashMap::new();
+    for g in db::project_roles::for_users(&state.db.pool, ids).await? {
+        if let Ok(role) = g.role.parse() {
+            map.entry(g.user_id).or_default().push(ProjectGrant {
+                project: g.project,
+                role,
+            });
+        }
+    }
+    Ok(map)
+}
+
+async fn load(state: &AppState, name: &Username) -> ApiResult<(db::users::UserRow, UserOut)> {
+    let row = db::users::by_username(&state.db.pool, name.as_str())
+        .await?
+        .ok_or_else(|| user_not_found(name.as_str()))?;
+    let grants = grants_of(state, std::slice::from_ref(&row.id))
+        .await?
+        .remove(&row.id)
+        .unwrap_or_default();
+    let out = UserOut::from_row(&row, grants);
+    Ok((row, out))
+}
+
+/// List users.
+#[utoipa::path(get, path = "", tag = "users", operation_id = "list_users",
+    security(("bearer" = [])),
+    params(Pagination),
+    responses(
+        (status = 200, description = "A page of users", body = Page<UserOut>),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_users(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(page): Query<Pagination>,
+) -> ApiResult<Json<Page<UserOut>>> {
+    user.require(Permission::UserManage, "")?;
+    let (limit, offset) = page.resolve()?;
+    let rows = db::users::list(&state.db.pool, limit, offset).await?;
+    let total = db::users::count(&state.db.pool).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut grants = grants_of(&state, &ids).await?;
+    let items = rows
+        .iter()
+        .map(|r| UserOut::from_row(r, grants.remove(&r.id).unwrap_or_default()))
+        .collect();
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "", tag = "users", operation_id = "create_user",
+    security(("bearer" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserOut,
+            headers(("location" = String, description = "URL of the new user"))),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid username or weak password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_user(
+    _limit: AuthRateLimit,
+    user: AuthUser,
+    State(state): State<AppState>,
+    Json(req): Json<CreateUser>,
+) -> ApiResult<Response> {
+    user.require(Permission::UserManage, "")?;
+    Ok(created(create_user_row(&state, req).await?))
+}
+
+/// Get a user.
+#[utoipa::path(get, path = "/{username}", tag = "users", operation_id = "get_user",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "The username")),
+    responses(
+        (status = 200, description = "The user", body = UserOut),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_user(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<UserOut>> {
+    user.require(Permission::UserManage, "")?;
+    let name = path_username(&name)?;
+    Ok(Json(load(&state, &name).await?.1))
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// New global role; `null` removes it (project roles stay).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Role>)]
+    pub role: Option<Option<Role>>,
+    pub disabled: Option<bool>,
+    /// Reset the password (an admin action; the user's sessions end).
+    #[schema(format = Password)]
+    pub password: Option<String>,
+}
+
+/// Change a user's role, disable or enable it, or reset its password.
+///
+/// Any change ends the user's current access tokens at once.
+#[utoipa::path(patch, path = "/{username}", tag = "users", operation_id = "update_user",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "The username")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The updated user", body = UserOut),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Would leave no enabled admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_user(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateUser>,
+) -> ApiResult<Json<UserOut>> {
+    user.require(Permission::UserManage, "")?;
+    let name = path_username(&name)?;
+    let (row, _) = load(&state, &name).await?;
+    let password_hash = match req.password {
+        Some(pw) => {
+            password::check_policy(name.as_str(), &pw, state.config.password_min_length)
+                .map_err(|e| ApiError::invalid_field("password", e))?;
+            Some(password::hash(pw).await?)
+        }
+        None => None,
+    };
+    let loses_admin = row.role() == Some(Role::Admin)
+        && !row.is_disabled()
+        && (req.role.is_some_and(|r| r != Some(Role::Admin)) || req.disabled == Some(true));
+    if loses_admin {
+        ensure_another_admin(&state, &row.id).await?;
+    }
+    let changes = db::users::Changes {
+        role: req.role,
+        disabled: req.disabled,
+        password_hash,
+    };
+    db::users::update(&state.db.pool, &row.id, &changes).await?;
+    Ok(Json(load(&state, &name).await?.1))
+}
+
+async fn ensure_another_admin(state: &AppState, user_id: &str) -> ApiResult<()> {
+    if db::users::count_other_admins(&state.db.pool, user_id).await? == 0 {
+        return Err(ApiError::conflict(
+            "last_admin",
+            "this is the last enabled admin; make another user admin first",
+        ));
+    }
+    Ok(())
+}
+
+/// Delete a user and its grants and sessions.
+#[utoipa::path(delete, path = "/{username}", tag = "users", operation_id = "delete_user",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "The username")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Would leave no enabled admin", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_user(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::UserManage, "")?;
+    let name = path_username(&name)?;
+    let (row, _) = load(&state, &name).await?;
+    if row.role() == Some(Role::Admin) && !row.is_disabled() {
+        ensure_another_admin(&state, &row.id).await?;
+    }
+    if !db::users::delete(&state.db.pool, &row.id).await? {
+        return Err(user_not_found(name.as_str()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub role: Role,
+}
+
+fn path_project(s: &str) -> ApiResult<ProjectName> {
+    ProjectName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+/// Grant a user a role in one project (replaces an earlier grant there).
+#[utoipa::path(put, path = "/{username}/projects/{project}", tag = "users", operation_id = "grant_project_role",
+    security(("bearer" = [])),
+    params(
+        ("username" = String, Path, description = "The username"),
+        ("project" = String, Path, description = "The project")),
+    request_body = GrantRequest,
+    responses(
+        (status = 200, description = "The user with its grants", body = UserOut),
+        (status = 400, description = "Invalid project name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json")))]
+pub async fn grant_project_role(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, project)): Path<(String, String)>,
+    Json(req): Json<GrantRequest>,
+) -> ApiResult<Json<UserOut>> {
+    user.require(Permission::UserManage, "")?;
+    let name = path_username(&name)?;
+    let project = path_project(&project)?;
+    let (row, _) = load(&state, &name).await?;
+    db::project_roles::set(&state.db.pool, &row.id, project.as_str(), req.role).await?;
+    Ok(Json(load(&state, &name).await?.1))
+}
+
+/// Remove a user's role in one project.
+#[utoipa::path(delete, path = "/{username}/projects/{project}", tag = "users", operation_id = "revoke_project_role",
+    security(("bearer" = [])),
+    params(
+        ("username" = String, Path, description = "The username"),
+        ("project" = String, Path, description = "The project")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user or grant", body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_project_role(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, project)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::UserManage, "")?;
+    let name = path_username(&name)?;
+    let project = path_project(&project)?;
+    let (row, _) = load(&state, &name).await?;
+    if !db::project_roles::remove(&state.db.pool, &row.id, project.as_str()).await? {
+        return Err(ApiError::not_found(
+            "grant_not_found",
+            format!("user `{name}` has no role in project `{project}`"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,172 @@
+//! Application state shared by every handler.
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::limit::{AuthLimiter, LoginThrottle};
+use crate::auth::tokens::{TokenKeys, random_token};
+use crate::auth::{Role, password};
+use crate::backend::Backend;
+use crate::backend::embedded::EmbeddedBackend;
+use crate::config::{BackendKind, Config, Secret};
+use crate::db::{self, Db};
+use crate::telemetry;
+
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub tokens: TokenKeys,
+    pub auth_limiter: AuthLimiter,
+    pub login_throttle: LoginThrottle,
+    pub backend: Arc<dyn Backend>,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// In dev mode without `JWT_SECRET`, a secret is generated once and kept in
+/// the data dir (mode 0600) so tokens survive restarts.
+async fn dev_jwt_secret(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("jwt_secret");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(s) if s.trim().len() >= 32 => return Ok(Secret::new(s.trim())),
+        Ok(_) => bail!(
+            "{} is shorter than 32 characters; delete it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let secret = random_token();
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create_new(true).mode(0o600);
+    let mut f = opts
+        .open(&path)
+        .await
+        .with_context(|| format!("creating {}", path.display()))?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, secret.as_bytes()).await?;
+    tracing::warn!(path = %path.display(), "LXGATE_DEV=1: generated a JWT secret for development; set JWT_SECRET in production");
+    Ok(Secret::new(secret))
+}
+
+/// Creates the first admin from `SEED_ADMIN_*` if that user does not exist yet.
+pub async fn seed_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
+    let Some(pw) = &config.seed_admin_password else {
+        return Ok(());
+    };
+    if db::users::by_username(&db.pool, &config.seed_admin_username)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let hash = password::hash(pw.expose().to_owned())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let created = db::users::insert(
+        &db.pool,
+        db::users::NewUser {
+            username: &config.seed_admin_username,
+            password_hash: &hash,
+            role: Some(Role::Admin),
+            disabled: false,
+        },
+    )
+    .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(username = %config.seed_admin_username, "seeded the admin user");
+            Ok(())
+        }
+        // Another replica seeded it at the same moment.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl App {
+    pub async fn build(mut config: Config) -> anyhow::Result<AppState> {
+        tokio::fs::create_dir_all(&config.data_dir)
+            .await
+            .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
+        if config.tls_cert_path.is_some() {
+            bail!(
+                "TLS_CERT_PATH: serving HTTPS directly is not supported by this version; terminate TLS in a reverse proxy"
+            );
+        }
+        let secret = match config.jwt_secret.clone() {
+            Some(s) => s,
+            None => dev_jwt_secret(&config.data_dir).await?,
+        };
+        config.jwt_secret = Some(secret.clone());
+
+        let db = Db::connect(&config.database_url, config.database_max_connections).await?;
+        db.migrate().await?;
+        seed_admin(&db, &config).await?;
+        tokio::spawn(password::warm_up());
+
+        let backend: Arc<dyn Backend> = match config.backend {
+            BackendKind::Embedded => Arc::new(EmbeddedBackend::new(
+                config.data_dir.clone(),
+                config.embedded_vm_accel,
+            )),
+            BackendKind::Incus => {
+                bail!("BACKEND=incus is not available in this version yet; use BACKEND=embedded")
+            }
+        };
+
+        let tokens = TokenKeys::new(
+            secret.expose().as_bytes(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.access_token_ttl,
+        );
+        let app = Arc::new(App {
+            auth_limiter: AuthLimiter::new(
+                config.auth_rate_limit_per_minute,
+                config.auth_rate_limit_burst,
+            ),
+            login_throttle: LoginThrottle::new(config.login_max_failures, config.login_lockout),
+            tokens,
+            db,
+            backend,
+            metrics: telemetry::metrics_handle(),
+            config,
+        });
+        spawn_janitor(Arc::downgrade(&app));
+        Ok(AppState(app))
+    }
+}
+
+/// Periodic clean-up: limiter maps, spent tokens and tickets. Ends when the app is dropped.
+fn spawn_janitor(app: Weak<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            app.auth_limiter.prune();
+            app.login_throttle.prune();
+            if let Err(e) = db::refresh_tokens::purge_expired(&app.db.pool).await {
+                tracing::warn!(error = %e, "purging expired refresh tokens failed");
+            }
+            if let Err(e) = db::ws_tickets::purge_expired(&app.db.pool).await {
+                tracing::warn!(error = %e, "purging expired ws tickets failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,176 @@
+//! `AuthUser`: the authenticated caller, extracted from a bearer token (or, on
+//! WebSocket routes, from `?ticket=` / `?token=`).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::auth::rbac::{Grants, Permission, Scope};
+use crate::db;
+use crate::error::ApiError;
+use crate::telemetry::RequestCtx;
+
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: String,
+    pub username: String,
+    pub grants: Grants,
+}
+
+impl AuthUser {
+    /// The one-line authorization check every handler starts with.
+    pub fn require(&self, permission: Permission, project: &str) -> Result<(), ApiError> {
+        if self.grants.allows(permission, project) {
+            return Ok(());
+        }
+        let scope = match permission.scope() {
+            Scope::Project => format!("in project `{project}`"),
+            Scope::Global => "server-wide".to_owned(),
+        };
+        let mut err = ApiError::forbidden(
+            "permission_denied",
+            format!(
+                "permission `{}` ({} role) is required {scope}",
+                permission.as_str(),
+                permission.min_role()
+            ),
+        );
+        err.permission = Some(permission.as_str().to_owned());
+        if permission.scope() == Scope::Project {
+            err.project = Some(project.to_owned());
+        }
+        Err(err)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.grants.global == Some(Role::Admin)
+    }
+
+    /// Resolves a verified user id into the current user, enforcing
+    /// disabled accounts and (for JWTs) the token version.
+    async fn load(
+        state: &AppState,
+        parts: &Parts,
+        user_id: &str,
+        token_version: Option<i64>,
+    ) -> Result<Self, ApiError> {
+        let Some((user, grants)) = db::users::with_grants(&state.db.pool, user_id).await? else {
+            tracing::debug!("token refused: its user no longer exists");
+            return Err(invalid_token());
+        };
+        if user.is_disabled() {
+            return Err(ApiError::unauthorized(
+                "account_disabled",
+                "this account is disabled",
+            ));
+        }
+        if let Some(tv) = token_version
+            && tv != user.token_version
+        {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "this token was revoked (password, role or account status changed); log in again",
+            ));
+        }
+        if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
+            ctx.set_user(&user.username);
+        }
+        Ok(Self {
+            id: user.id,
+            username: user.username,
+            grants,
+        })
+    }
+
+    async fn from_jwt(state: &AppState, parts: &Parts, token: &str) -> Result<Self, ApiError> {
+        let claims = state.tokens.verify(token).map_err(|e| {
+            tracing::debug!(reason = %e, "token refused");
+            invalid_token()
+        })?;
+        Self::load(state, parts, &claims.sub, Some(claims.tv)).await
+    }
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::unauthorized("invalid_token", "the access token is invalid or expired")
+}
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| invalid_token())?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::unauthorized(
+            "invalid_token",
+            "expected `Authorization: Bearer <access token>`",
+        )),
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts)? {
+            Some(token) => Self::from_jwt(state, parts, token).await,
+            None => Err(ApiError::unauthorized(
+                "missing_token",
+                "this endpoint needs `Authorization: Bearer <access token>` (get one from POST /api/v1/auth/login)",
+            )),
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct WsCredentials {
+    ticket: Option<String>,
+    token: Option<String>,
+}
+
+/// The caller of a WebSocket route. Browsers cannot set headers on a
+/// WebSocket, so a single-use `?ticket=` (preferred) or `?token=` also works.
+#[derive(Debug, Clone)]
+pub struct WsUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for WsUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = bearer(parts)? {
+            return AuthUser::from_jwt(state, parts, token).await.map(WsUser);
+        }
+        // Unparseable query strings simply carry no credentials.
+        let creds = Query::<WsCredentials>::try_from_uri(&parts.uri)
+            .map(|Query(c)| c)
+            .unwrap_or_default();
+        if let Some(ticket) = creds.ticket {
+            let Some(user_id) = db::ws_tickets::redeem(&state.db.pool, &ticket).await? else {
+                return Err(ApiError::unauthorized(
+                    "invalid_ticket",
+                    "the WebSocket ticket is unknown, used or expired (tickets last 30 s and work once)",
+                ));
+            };
+            return AuthUser::load(state, parts, &user_id, None)
+                .await
+                .map(WsUser);
+        }
+        if let Some(token) = creds.token {
+            return AuthUser::from_jwt(state, parts, &token).await.map(WsUser);
+        }
+        Err(ApiError::unauthorized(
+            "missing_token",
+            "authenticate with `?ticket=` (POST /api/v1/auth/ws-ticket), `?token=` or an Authorization header",
+        ))
+    }
+}

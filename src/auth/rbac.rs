@@ -1,0 +1,197 @@
+//! Roles, permissions and the checks handlers run (DESIGN §4).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Roles are ordered: a higher role can do everything a lower one can.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer = 1,
+    Operator = 2,
+    Admin = 3,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}; expected viewer, operator or admin"
+            )),
+        }
+    }
+}
+
+/// Whether a permission is checked inside one project or across the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Project,
+    Global,
+}
+
+/// Everything a handler can ask for. Each maps to the least role that grants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read anything inside a project.
+    ProjectView,
+    /// Create, change, delete and operate instances, snapshots, backups,
+    /// volumes and NICs inside a project; cancel one's own operations.
+    ProjectOperate,
+    /// Storage pools, networks, projects: create / update / delete.
+    InfraManage,
+    /// Image copy, import, delete and aliases.
+    ImageManage,
+    /// Users and role grants.
+    UserManage,
+    /// Cancel anybody's operation.
+    OperationCancelAny,
+    /// Subscribe to `logging` events.
+    LoggingEvents,
+    /// Read the audit log.
+    AuditRead,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ProjectView => "project:view",
+            Permission::ProjectOperate => "project:operate",
+            Permission::InfraManage => "infrastructure:manage",
+            Permission::ImageManage => "images:manage",
+            Permission::UserManage => "users:manage",
+            Permission::OperationCancelAny => "operations:cancel-any",
+            Permission::LoggingEvents => "events:logging",
+            Permission::AuditRead => "audit:read",
+        }
+    }
+
+    pub fn min_role(self) -> Role {
+        match self {
+            Permission::ProjectView => Role::Viewer,
+            Permission::ProjectOperate => Role::Operator,
+            _ => Role::Admin,
+        }
+    }
+
+    pub fn scope(self) -> Scope {
+        match self {
+            Permission::ProjectView | Permission::ProjectOperate => Scope::Project,
+            _ => Scope::Global,
+        }
+    }
+
+    pub const ALL: [Permission; 8] = [
+        Permission::ProjectView,
+        Permission::ProjectOperate,
+        Permission::InfraManage,
+        Permission::ImageManage,
+        Permission::UserManage,
+        Permission::OperationCancelAny,
+        Permission::LoggingEvents,
+        Permission::AuditRead,
+    ];
+}
+
+/// A user's roles: the global one and per-project grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub global: Option<Role>,
+    pub projects: Vec<(String, Role)>,
+}
+
+impl Grants {
+    /// The effective role in `project`: the higher of the global role and the project grant.
+    pub fn role_in(&self, project: &str) -> Option<Role> {
+        let local = self
+            .projects
+            .iter()
+            .find(|(p, _)| p == project)
+            .map(|(_, r)| *r);
+        self.global.max(local)
+    }
+
+    pub fn allows(&self, permission: Permission, project: &str) -> bool {
+        let role = match permission.scope() {
+            Scope::Project => self.role_in(project),
+            Scope::Global => self.global,
+        };
+        role.is_some_and(|r| r >= permission.min_role())
+    }
+
+    /// Whether the user can see `project` at all.
+    pub fn can_see(&self, project: &str) -> bool {
+        self.allows(Permission::ProjectView, project)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn effective_role_is_the_higher_of_global_and_project() {
+        let g = Grants {
+            global: Some(Role::Viewer),
+            projects: vec![("team-a".into(), Role::Operator)],
+        };
+        assert_eq!(g.role_in("team-a"), Some(Role::Operator));
+        assert_eq!(g.role_in("default"), Some(Role::Viewer));
+        assert!(g.allows(Permission::ProjectOperate, "team-a"));
+        assert!(!g.allows(Permission::ProjectOperate, "default"));
+        // A project grant never confers global permissions.
+        let p = Grants {
+            global: None,
+            projects: vec![("team-a".into(), Role::Admin)],
+        };
+        assert!(!p.allows(Permission::UserManage, "team-a"));
+        assert!(p.allows(Permission::ProjectOperate, "team-a"));
+        assert!(!p.can_see("default"));
+    }
+
+    #[test]
+    fn admin_has_every_permission() {
+        let a = Grants {
+            global: Some(Role::Admin),
+            projects: vec![],
+        };
+        for p in Permission::ALL {
+            assert!(a.allows(p, "anything"), "{p:?}");
+        }
+        let none = Grants::default();
+        for p in Permission::ALL {
+            assert!(!none.allows(p, "default"), "{p:?}");
+        }
+    }
+}

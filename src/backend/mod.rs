@@ -1,0 +1,116 @@
+//! The backend boundary: what the API layer may ask of whatever runs the
+//! instances, in Incus-shaped types, with no knowledge of HTTP auth.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// One driver a backend uses (LXC, QEMU, Incus) and whether it works here.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DriverInfo {
+    /// `lxc`, `qemu` or `incus`.
+    #[schema(example = "lxc")]
+    pub name: String,
+    /// What the driver runs: `container` or `virtual-machine`.
+    #[schema(example = "container")]
+    pub instance_type: String,
+    pub available: bool,
+    /// The driver's own version string, when it could be read.
+    #[schema(example = "5.0.2")]
+    pub version: Option<String>,
+    /// Why the driver is unavailable, or a note on how it runs (e.g. `tcg`).
+    pub detail: Option<String>,
+}
+
+/// `GET /api/v1/system/info`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SystemInfo {
+    /// `embedded` or `incus`.
+    #[schema(example = "embedded")]
+    pub backend: String,
+    /// lxgate's own version.
+    #[schema(example = "0.1.0")]
+    pub version: String,
+    /// The API version (the path prefix).
+    #[schema(example = "v1")]
+    pub api_version: String,
+    /// The version of the server behind lxgate (Incus's, or the host kernel's for embedded).
+    pub server_version: Option<String>,
+    pub drivers: Vec<DriverInfo>,
+    /// Feature flags a dashboard can use to show or hide actions.
+    pub features: BTreeMap<String, bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("the backend is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the backend did not answer in time: {0}")]
+    Timeout(String),
+    #[error("the backend refused lxgate's credentials: {0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound(m) => ApiError::not_found("not_found", m),
+            BackendError::Conflict(m) => ApiError::conflict("conflict", m),
+            BackendError::PreconditionFailed(m) => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
+            }
+            BackendError::BadRequest(m) => ApiError::bad_request("bad_request", m),
+            BackendError::NotSupported(m) => ApiError::not_implemented(m),
+            BackendError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                "the backend is unavailable; try again shortly",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Timeout(m) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend_timeout",
+                "the backend did not answer in time",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Forbidden(m) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "backend_forbidden",
+                "the backend refused lxgate's credentials",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// `embedded` or `incus`.
+    fn kind(&self) -> &'static str;
+
+    /// A cheap reachability check for `/health/ready`.
+    async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Drivers, versions and features for `system/info`.
+    async fn info(&self) -> Result<SystemInfo, BackendError>;
+}

@@ -1,0 +1,89 @@
+//! The `audit_log` table: every mutating API request, who made it and how it ended.
+
+use serde::Serialize;
+use sqlx::{AnyPool, FromRow};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
+pub struct AuditRow {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    pub username: Option<String>,
+    pub client_ip: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// The matched route template, e.g. `/api/v1/users/{username}`.
+    pub route: Option<String>,
+    pub project: Option<String>,
+    pub status: i64,
+    pub request_id: String,
+}
+
+pub struct NewEntry<'a> {
+    pub at: i64,
+    pub username: Option<&'a str>,
+    pub client_ip: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub status: u16,
+    pub request_id: &'a str,
+}
+
+pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(e.at)
+    .bind(e.username)
+    .bind(e.client_ip)
+    .bind(e.method)
+    .bind(e.path)
+    .bind(e.route)
+    .bind(e.project)
+    .bind(i64::from(e.status))
+    .bind(e.request_id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    pub user: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub since: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Newest first. Optional filters are expressed in SQL so both dialects
+/// share one statement.
+pub async fn list(pool: &AnyPool, f: &Filter<'_>) -> Result<(Vec<AuditRow>, i64), sqlx::Error> {
+    const WHERE: &str = "WHERE ($1 IS NULL OR username = $1)
+          AND ($2 IS NULL OR project = $2)
+          AND ($3 IS NULL OR at >= $3)";
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id
+         FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
+    )))
+    .bind(f.user)
+    .bind(f.project)
+    .bind(f.since)
+    .bind(f.limit)
+    .bind(f.offset)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM audit_log {WHERE}"
+    )))
+    .bind(f.user)
+    .bind(f.project)
+    .bind(f.since)
+    .fetch_one(pool)
+    .await?;
+    Ok((rows, total))
+}

@@ -1,0 +1,59 @@
+//! The `project_roles` table: per-project grants.
+
+use sqlx::{AnyPool, FromRow};
+
+use crate::auth::Role;
+use crate::auth::tokens::now_secs;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct GrantRow {
+    pub user_id: String,
+    pub project: String,
+    pub role: String,
+}
+
+pub async fn set(
+    pool: &AnyPool,
+    user_id: &str,
+    project: &str,
+    role: Role,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO project_roles (user_id, project, role, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id, project) DO UPDATE SET role = excluded.role",
+    )
+    .bind(user_id)
+    .bind(project)
+    .bind(role.as_str())
+    .bind(now_secs())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn remove(pool: &AnyPool, user_id: &str, project: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM project_roles WHERE user_id = $1 AND project = $2")
+        .bind(user_id)
+        .bind(project)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Grants of many users at once (for user listings).
+pub async fn for_users(pool: &AnyPool, user_ids: &[String]) -> Result<Vec<GrantRow>, sqlx::Error> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One placeholder per id; the ids themselves are bound, never spliced.
+    let placeholders: Vec<String> = (1..=user_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT user_id, project, role FROM project_roles WHERE user_id IN ({}) ORDER BY project",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for id in user_ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(pool).await
+}

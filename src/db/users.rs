@@ -1,0 +1,214 @@
+//! The `users` table.
+
+use sqlx::{AnyPool, FromRow};
+
+use crate::auth::Role;
+use crate::auth::rbac::Grants;
+use crate::auth::tokens::now_secs;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Option<String>,
+    pub disabled: i64,
+    pub token_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_login_at: Option<i64>,
+}
+
+impl UserRow {
+    pub fn role(&self) -> Option<Role> {
+        self.role.as_deref().and_then(|r| r.parse().ok())
+    }
+    pub fn is_disabled(&self) -> bool {
+        self.disabled != 0
+    }
+}
+
+const COLUMNS: &str = "id, username, password_hash, role, disabled, token_version, created_at, updated_at, last_login_at";
+
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: Option<Role>,
+    pub disabled: bool,
+}
+
+pub async fn insert(pool: &AnyPool, new: NewUser<'_>) -> Result<UserRow, sqlx::Error> {
+    let now = now_secs();
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, role, disabled, token_version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $6)",
+    )
+    .bind(&id)
+    .bind(new.username)
+    .bind(new.password_hash)
+    .bind(new.role.map(Role::as_str))
+    .bind(i64::from(new.disabled))
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(UserRow {
+        id,
+        username: new.username.to_owned(),
+        password_hash: new.password_hash.to_owned(),
+        role: new.role.map(|r| r.as_str().to_owned()),
+        disabled: i64::from(new.disabled),
+        token_version: 0,
+        created_at: now,
+        updated_at: now,
+        last_login_at: None,
+    })
+}
+
+pub async fn by_username(pool: &AnyPool, username: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM users WHERE username = $1"
+    )))
+    .bind(username)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The user and its project grants in one round trip (this runs on every
+/// authenticated request).
+pub async fn with_grants(
+    pool: &AnyPool,
+    id: &str,
+) -> Result<Option<(UserRow, Grants)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Joined {
+        #[sqlx(flatten)]
+        user: UserRow,
+        project: Option<String>,
+        project_role: Option<String>,
+    }
+    let rows: Vec<Joined> = sqlx::query_as(
+        "SELECT u.id, u.username, u.password_hash, u.role, u.disabled, u.token_version,
+                u.created_at, u.updated_at, u.last_login_at,
+                pr.project AS project, pr.role AS project_role
+         FROM users u LEFT JOIN project_roles pr ON pr.user_id = u.id
+         WHERE u.id = $1
+         ORDER BY pr.project",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let mut rows = rows.into_iter();
+    let Some(first) = rows.next() else {
+        return Ok(None);
+    };
+    let mut grants = Grants {
+        global: first.user.role(),
+        projects: Vec::new(),
+    };
+    let user = first.user;
+    for (project, role) in std::iter::once((first.project, first.project_role))
+        .chain(rows.map(|r| (r.project, r.project_role)))
+    {
+        if let (Some(p), Some(r)) = (project, role.and_then(|r| r.parse().ok())) {
+            grants.projects.push((p, r));
+        }
+    }
+    Ok(Some((user, grants)))
+}
+
+pub async fn list(pool: &AnyPool, limit: i64, offset: i64) -> Result<Vec<UserRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM users ORDER BY username LIMIT $1 OFFSET $2"
+    )))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(pool)
+        .await
+}
+
+/// Enabled global admins other than `except`: guards against locking everyone out.
+pub async fn count_other_admins(pool: &AnyPool, except: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id <> $1",
+    )
+    .bind(except)
+    .fetch_one(pool)
+    .await
+}
+
+/// What a PATCH may change; `None` leaves a field alone. Any change bumps the
+/// token version, so access tokens issued before stop working at once.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub role: Option<Option<Role>>,
+    pub disabled: Option<bool>,
+    pub password_hash: Option<String>,
+}
+
+pub async fn update(pool: &AnyPool, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
+    let now = now_secs();
+    let mut tx = pool.begin().await?;
+    if let Some(role) = c.role {
+        sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+            .bind(role.map(Role::as_str))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(disabled) = c.disabled {
+        sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+            .bind(i64::from(disabled))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(hash) = &c.password_hash {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE users SET token_version = token_version + 1, updated_at = $1 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    // A new password or a disabled account also ends every refresh token.
+    if c.password_hash.is_some() || c.disabled == Some(true) {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+pub async fn touch_login(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
+        .bind(now_secs())
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}

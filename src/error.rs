@@ -1,0 +1,326 @@
+//! One error type for the whole API, rendered as RFC 9457 problem+json.
+//!
+//! Internal causes are logged with the request id and never sent to clients.
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::telemetry::current_request_id;
+
+/// The body of every error response (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[schema(example = "https://lxgate.dev/problems/not_found")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, human-readable summary of the problem type.
+    #[schema(example = "Not Found")]
+    pub title: String,
+    /// The HTTP status code.
+    #[schema(example = 404)]
+    pub status: u16,
+    /// What went wrong with this request.
+    #[schema(example = "user `bob` does not exist")]
+    pub detail: String,
+    /// Stable machine-readable code (snake_case).
+    #[schema(example = "user_not_found")]
+    pub code: String,
+    /// The request id, also sent as the `x-request-id` header.
+    pub request_id: Option<String>,
+    /// The request field the problem is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For 403: the permission that was missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
+    /// For 403: the project the permission was checked in (absent for global permissions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// For 429: seconds until a retry may succeed (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {detail}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub detail: String,
+    pub field: Option<String>,
+    pub permission: Option<String>,
+    pub project: Option<String>,
+    pub retry_after: Option<u64>,
+    /// Logged, never returned.
+    #[source]
+    pub source: Option<anyhow::Error>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            detail: detail.into(),
+            field: None,
+            permission: None,
+            project: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub fn bad_request(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unauthorized(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, detail)
+    }
+
+    pub fn forbidden(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    pub fn not_found(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
+    pub fn conflict(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    /// 422 about one field of the request body.
+    pub fn invalid_field(field: &str, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            detail,
+        );
+        e.field = Some(field.to_owned());
+        e
+    }
+
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {retry_after_secs} s"),
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    pub fn not_implemented(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_supported", detail)
+    }
+
+    /// A failure the client cannot fix: logged in full, answered with a generic 500.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; quote the request id when reporting it",
+        );
+        e.source = Some(source.into());
+        e
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+fn title(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id();
+        if self.status.is_server_error() {
+            match &self.source {
+                Some(src) => tracing::error!(
+                    request_id = request_id.as_deref().unwrap_or("-"),
+                    code = %self.code,
+                    error = format!("{src:#}"),
+                    "request failed"
+                ),
+                None => tracing::warn!(
+                    request_id = request_id.as_deref().unwrap_or("-"),
+                    code = %self.code,
+                    detail = %self.detail,
+                    "request failed"
+                ),
+            }
+        } else if let Some(src) = &self.source {
+            tracing::debug!(code = %self.code, error = format!("{src:#}"), "client error");
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            metrics::counter!("lxgate_rate_limited_total", "code" => self.code.to_string())
+                .increment(1);
+        }
+        let body = Problem {
+            kind: format!("https://lxgate.dev/problems/{}", self.code),
+            title: title(self.status).to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code.into_owned(),
+            request_id,
+            field: self.field,
+            permission: self.permission,
+            project: self.project,
+            retry_after: self.retry_after,
+        };
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lxgate\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return Self::conflict("already_exists", "a resource with this name already exists")
+                .with_source(e);
+        }
+        match e {
+            sqlx::Error::PoolTimedOut => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is not answering; try again shortly",
+            )
+            .with_source(e),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Splits serde_path_to_error's "path: message" into the field and a message.
+fn field_of(text: &str) -> (Option<String>, String) {
+    let msg = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(text);
+    if let Some((path, _)) = msg.split_once(": ")
+        && path != "."
+        && !path.contains(' ')
+    {
+        return (Some(path.to_owned()), msg.to_owned());
+    }
+    // Root-level errors name the field in backticks: "unknown field `x`", "missing field `y`".
+    let field = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.contains("field `"))
+        .map(str::to_owned);
+    let msg = msg.strip_prefix(".: ").unwrap_or(msg).to_owned();
+    (field, msg)
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => {
+                let (field, msg) = field_of(&e.body_text());
+                let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", msg);
+                err.field = field;
+                err
+            }
+            JsonRejection::JsonSyntaxError(e) => Self::bad_request(
+                "invalid_json",
+                format!("the request body is not valid JSON: {}", e.body_text()),
+            ),
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) => {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Self::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "the request body is larger than this endpoint accepts",
+                    )
+                } else {
+                    Self::bad_request("invalid_body", e.body_text())
+                }
+            }
+            other => Self::bad_request("invalid_body", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        let text = r.body_text();
+        let msg = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        Self::bad_request("invalid_query", format!("invalid query string: {msg}"))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request("invalid_path", r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_extracted_from_serde_messages() {
+        let (f, _) = field_of(
+            "Failed to deserialize the JSON body into the target type: password: invalid type: integer `5`, expected a string at line 1 column 14",
+        );
+        assert_eq!(f.as_deref(), Some("password"));
+        let (f, _) = field_of(
+            "Failed to deserialize the JSON body into the target type: unknown field `admin`, expected `username` or `password` at line 1 column 8",
+        );
+        assert_eq!(f.as_deref(), Some("admin"));
+        let (f, _) = field_of(
+            "Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 2",
+        );
+        assert_eq!(f.as_deref(), Some("password"));
+    }
+}
