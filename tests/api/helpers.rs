@@ -1,0 +1,270 @@
+//! `spawn_app()`: the real lxgate on 127.0.0.1:0 with a fresh database
+//! (SQLite in a temp dir, or a new PostgreSQL database), talked to over HTTP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use lxgate::Config;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Executor;
+use tokio::sync::oneshot;
+
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+/// A password that satisfies the policy, for users tests create.
+pub const PASSWORD: &str = "a sturdy test passphrase";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A fresh, empty PostgreSQL database on the server `make test` started.
+async fn postgres_database() -> String {
+    let admin_url = std::env::var("LXGATE_TEST_POSTGRES_URL").expect(
+        "LXGATE_TEST_POSTGRES_URL is not set: run the tests with `make test`, which starts PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let name = format!("lxgate_t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create a test database");
+    pool.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database part");
+    format!("{base}/{name}")
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, &[]).await
+}
+
+/// Starts lxgate with test defaults, overridden by `env` (variable, value) pairs.
+pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let database_url = match db {
+        Db::Sqlite => format!("sqlite://{}/lxgate.db", data_dir.display()),
+        Db::Postgres => postgres_database().await,
+    };
+    let mut vars: HashMap<String, String> = [
+        ("JWT_SECRET", JWT_SECRET),
+        ("SEED_ADMIN_USERNAME", ADMIN),
+        ("SEED_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("LOG_LEVEL", "warn"),
+        // Generous by default; the rate-limit tests set their own.
+        ("AUTH_RATE_LIMIT_PER_MINUTE", "100000"),
+        ("AUTH_RATE_LIMIT_BURST", "100000"),
+        ("LOGIN_MAX_FAILURES", "1000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.insert("DATA_DIR".into(), data_dir.display().to_string());
+    vars.insert("DATABASE_URL".into(), database_url);
+    for (k, v) in env {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("test config is valid");
+    if std::env::var_os("LXGATE_TEST_LOG").is_some() {
+        lxgate::telemetry::init(lxgate::config::LogFormat::Pretty, "debug");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let state = lxgate::App::build(config.clone())
+        .await
+        .expect("the app starts");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(lxgate::serve_state(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        config,
+        _dir: dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A response read into status, headers and JSON (or text) body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn read(resp: Response) -> Self {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        assert_eq!(self.body["code"], code, "body: {}", self.text);
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["request_id"].is_string(), "body: {}", self.text);
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn send(&self, rb: RequestBuilder) -> Reply {
+        Reply::read(rb.send().await.expect("request reaches the server")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(self.request(Method::GET, path, token)).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(self.request(Method::POST, path, token).json(&body))
+            .await
+    }
+
+    pub async fn login_reply(&self, username: &str, password: &str) -> Reply {
+        self.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// Logs in and returns (access token, refresh token).
+    #[track_caller]
+    pub async fn login(&self, username: &str, password: &str) -> (String, String) {
+        let r = self.login_reply(username, password).await;
+        assert_eq!(r.status, StatusCode::OK, "login {username}: {}", r.text);
+        (
+            r.body["access_token"].as_str().unwrap().to_owned(),
+            r.body["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN, ADMIN_PASSWORD).await.0
+    }
+
+    /// Creates a user with an optional global role and returns its access token.
+    pub async fn user_with_role(&self, admin: &str, username: &str, role: Option<&str>) -> String {
+        let r = self
+            .post(
+                "/api/v1/users",
+                Some(admin),
+                json!({"username": username, "password": PASSWORD, "role": role}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "create {username}: {}",
+            r.text
+        );
+        self.login(username, PASSWORD).await.0
+    }
+
+    pub async fn grant(&self, admin: &str, username: &str, project: &str, role: &str) {
+        let r = self
+            .send(
+                self.request(
+                    Method::PUT,
+                    &format!("/api/v1/users/{username}/projects/{project}"),
+                    Some(admin),
+                )
+                .json(&json!({"role": role})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "grant: {}", r.text);
+    }
+}
+
+/// Runs a test body once against SQLite and once against PostgreSQL.
+#[macro_export]
+macro_rules! db_test {
+    ($name:ident, |$app:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($app: $crate::helpers::TestApp) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                run($crate::helpers::spawn_app($crate::helpers::Db::Sqlite).await).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                run($crate::helpers::spawn_app($crate::helpers::Db::Postgres).await).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real lxgate over HTTP, on SQLite and PostgreSQL.
+
+mod helpers;
+
+mod auth_flow;
