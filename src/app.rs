@@ -102,11 +102,6 @@ impl App {
         tokio::fs::create_dir_all(&config.data_dir)
             .await
             .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
-        if config.tls_cert_path.is_some() {
-            bail!(
-                "TLS_CERT_PATH: serving HTTPS directly is not supported by this version; terminate TLS in a reverse proxy"
-            );
-        }
         let secret = match config.jwt_secret.clone() {
             Some(s) => s,
             None => dev_jwt_secret(&config.data_dir).await?,

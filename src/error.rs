@@ -47,9 +47,14 @@ pub struct Problem {
     pub retry_after: Option<u64>,
 }
 
+/// Boxed so `Result<T, ApiError>` stays one pointer wide on the happy path.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(Box<ErrorInner>);
+
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {code}: {detail}")]
-pub struct ApiError {
+pub struct ErrorInner {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub detail: String,
@@ -64,13 +69,26 @@ pub struct ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorInner;
+    fn deref(&self) -> &ErrorInner {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorInner {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(
         status: StatusCode,
         code: impl Into<Cow<'static, str>>,
         detail: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Box::new(ErrorInner {
             status,
             code: code.into(),
             detail: detail.into(),
@@ -79,7 +97,7 @@ impl ApiError {
             project: None,
             retry_after: None,
             source: None,
-        }
+        }))
     }
 
     pub fn bad_request(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
@@ -155,43 +173,44 @@ fn title(status: StatusCode) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let this = *self.0;
         let request_id = current_request_id();
-        if self.status.is_server_error() {
-            match &self.source {
+        if this.status.is_server_error() {
+            match &this.source {
                 Some(src) => tracing::error!(
                     request_id = request_id.as_deref().unwrap_or("-"),
-                    code = %self.code,
+                    code = %this.code,
                     error = format!("{src:#}"),
                     "request failed"
                 ),
                 None => tracing::warn!(
                     request_id = request_id.as_deref().unwrap_or("-"),
-                    code = %self.code,
-                    detail = %self.detail,
+                    code = %this.code,
+                    detail = %this.detail,
                     "request failed"
                 ),
             }
-        } else if let Some(src) = &self.source {
-            tracing::debug!(code = %self.code, error = format!("{src:#}"), "client error");
+        } else if let Some(src) = &this.source {
+            tracing::debug!(code = %this.code, error = format!("{src:#}"), "client error");
         }
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            metrics::counter!("lxgate_rate_limited_total", "code" => self.code.to_string())
+        if this.status == StatusCode::TOO_MANY_REQUESTS {
+            metrics::counter!("lxgate_rate_limited_total", "code" => this.code.to_string())
                 .increment(1);
         }
         let body = Problem {
-            kind: format!("https://lxgate.dev/problems/{}", self.code),
-            title: title(self.status).to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code.into_owned(),
+            kind: format!("https://lxgate.dev/problems/{}", this.code),
+            title: title(this.status).to_owned(),
+            status: this.status.as_u16(),
+            detail: this.detail,
+            code: this.code.into_owned(),
             request_id,
-            field: self.field,
-            permission: self.permission,
-            project: self.project,
-            retry_after: self.retry_after,
+            field: this.field,
+            permission: this.permission,
+            project: this.project,
+            retry_after: this.retry_after,
         };
         let mut resp = (
-            self.status,
+            this.status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/problem+json"),
@@ -199,11 +218,11 @@ impl IntoResponse for ApiError {
             serde_json::to_vec(&body).unwrap_or_default(),
         )
             .into_response();
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = this.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if this.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"lxgate\""),

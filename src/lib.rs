@@ -16,6 +16,7 @@ pub mod telemetry;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 pub use app::{App, AppState};
@@ -32,21 +33,51 @@ pub async fn serve(
     serve_state(listener, state, shutdown).await
 }
 
-/// Like [`serve`], for callers that built the state themselves.
+/// Like [`serve`], for callers that built the state themselves. Serves
+/// HTTPS when `TLS_CERT_PATH` / `TLS_KEY_PATH` are set.
 pub async fn serve_state(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let router = router::build(state);
-    tracing::info!(%addr, "lxgate listening");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let tls = state
+        .config
+        .tls_cert_path
+        .clone()
+        .zip(state.config.tls_key_path.clone());
+    let drain_for = state.config.request_timeout;
+    let app = router::build(state).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            tracing::info!(%addr, "lxgate listening (http)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS_CERT_PATH={} / TLS_KEY_PATH={}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let on_signal = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                on_signal.graceful_shutdown(Some(drain_for));
+            });
+            tracing::info!(%addr, "lxgate listening (https)");
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+    }
     tracing::info!("lxgate stopped");
     Ok(())
 }

@@ -39,3 +39,49 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The published contract changes only on purpose: regenerate `openapi.json`
+    /// with `UPDATE_OPENAPI=1 cargo test openapi` (or `make openapi`) and commit it.
+    #[test]
+    fn openapi_json_matches_the_committed_contract() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        let current = crate::router::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+            + "\n";
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &current).expect("write openapi.json");
+            return;
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == current,
+            "the API changed but openapi.json did not: review the change, then run `make openapi` and commit openapi.json"
+        );
+    }
+
+    #[test]
+    fn every_operation_has_an_id_a_tag_and_error_responses() {
+        let doc = serde_json::to_value(crate::router::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let at = format!("{method} {path}");
+                assert!(op["operationId"].is_string(), "{at}: no operationId");
+                assert!(
+                    op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                    "{at}: no tag"
+                );
+                let secured = op.get("security").is_some();
+                if secured {
+                    assert!(
+                        op["responses"].get("401").is_some()
+                            || op["responses"].get("403").is_some(),
+                        "{at}: secured but documents neither 401 nor 403"
+                    );
+                }
+            }
+        }
+    }
+}

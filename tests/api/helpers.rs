@@ -199,7 +199,6 @@ impl TestApp {
     }
 
     /// Logs in and returns (access token, refresh token).
-    #[track_caller]
     pub async fn login(&self, username: &str, password: &str) -> (String, String) {
         let r = self.login_reply(username, password).await;
         assert_eq!(r.status, StatusCode::OK, "login {username}: {}", r.text);

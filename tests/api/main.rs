@@ -3,3 +3,5 @@
 mod helpers;
 
 mod auth_flow;
+mod cli;
+mod tls;

@@ -1,0 +1,30 @@
+# lxgate — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help run test lint openapi bench
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.env:
+	cp .env.example .env
+	@echo "created .env from .env.example (dev mode: a JWT secret is generated in ./data)"
+
+run: .env ## Build and run lxgate on :8000 (embedded backend, SQLite in ./data)
+	cargo run --release -- serve
+
+test: ## Install and start what the tests need (PostgreSQL, Chromium...), then run every test
+	bash scripts/testbed.sh
+	source target/testbed.env && bash scripts/check-static.sh
+	source target/testbed.env && cargo test --locked --all-targets --no-fail-fast
+
+lint: ## rustfmt and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+openapi: ## Regenerate the committed openapi.json after an intended API change
+	UPDATE_OPENAPI=1 cargo test --lib openapi_json_matches_the_committed_contract
+
+bench: ## Load benchmarks; results go to BENCHMARKS.md by hand
+	bash scripts/bench.sh

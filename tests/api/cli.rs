@@ -1,0 +1,133 @@
+//! The `lxgate` binary's shell commands against a real database.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+fn lxgate(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lxgate"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", &app.config.database_url)
+        .env("DATA_DIR", &app.config.data_dir)
+        .env("LOG_LEVEL", "warn")
+        .current_dir(app.config.data_dir.parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lxgate");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn user_commands_manage_accounts_the_api_then_honours() {
+    let app = spawn_app(Db::Sqlite).await;
+
+    let out = lxgate(
+        &app,
+        &["user", "add", "dave", "--role", "operator"],
+        Some("dave's long password\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (token, _) = app.login("dave", "dave's long password").await;
+    let me = app.get("/api/v1/auth/me", Some(&token)).await;
+    assert_eq!(me.body["role"], "operator");
+
+    // A weak password and a duplicate are refused with a clear message.
+    let out = lxgate(&app, &["user", "add", "erin"], Some("short\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12"));
+    let out = lxgate(
+        &app,
+        &["user", "add", "dave"],
+        Some("another long password\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = lxgate(&app, &["user", "grant", "dave", "team-a", "admin"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lxgate(&app, &["user", "list"], None);
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("dave") && listing.contains("team-a=admin"),
+        "{listing}"
+    );
+
+    // passwd and disable end the user's sessions at once.
+    let out = lxgate(
+        &app,
+        &["user", "passwd", "dave"],
+        Some("a brand new password\n"),
+    );
+    assert!(out.status.success());
+    app.get("/api/v1/auth/me", Some(&token))
+        .await
+        .assert_problem(401, "token_revoked");
+    let (token, _) = app.login("dave", "a brand new password").await;
+    let out = lxgate(&app, &["user", "disable", "dave"], None);
+    assert!(out.status.success());
+    assert_eq!(
+        app.get("/api/v1/auth/me", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let out = lxgate(&app, &["user", "disable", "dave", "--enable"], None);
+    assert!(out.status.success());
+    app.login("dave", "a brand new password").await;
+
+    let out = lxgate(&app, &["user", "grant", "dave", "../etc", "admin"], None);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_jwt_secret_and_names_every_bad_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lxgate"))
+        .arg("serve")
+        .env_clear()
+        .env("APP_PORT", "notaport")
+        .env("BACKEND", "docker")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("JWT_SECRET is required"), "{err}");
+    assert!(err.contains("APP_PORT"), "{err}");
+    assert!(err.contains("BACKEND"), "{err}");
+    assert_eq!(err.lines().count(), 3, "{err}");
+}
+
+#[tokio::test]
+async fn openapi_command_prints_the_document() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lxgate"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["paths"]["/api/v1/auth/login"]["post"].is_object());
+}
