@@ -131,3 +131,66 @@ async fn openapi_command_prints_the_document() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["paths"]["/api/v1/auth/login"]["post"].is_object());
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lxgate"))
+        .arg("serve")
+        .env_clear()
+        .env("APP_HOST", "127.0.0.1")
+        .env("APP_PORT", "0")
+        .env("LXGATE_DEV", "1")
+        .env("LOG_FORMAT", "json")
+        .env("DATA_DIR", dir.path().join("data"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/data/lxgate.db", dir.path().display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The JSON log line announcing the bound address.
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("lxgate listening"))
+            {
+                return v["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("lxgate exited before listening");
+    })
+    .await
+    .expect("lxgate starts within 20 s");
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("lxgate stops within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // JWT secret generated in dev mode, private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("data/jwt_secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
