@@ -15,6 +15,8 @@
 #   * a Python venv (target/testbed-venv) with jsonschema, PyYAML and
 #     check-jsonschema (which ships the Compose Specification schema) for
 #     scripts/check-static.sh                            -> LXGATE_TESTBED_PYTHON
+#   * last, scripts/testbed-incus.sh: a private incusd with a busybox image
+#     (appends the LXGATE_TEST_INCUS_* lines)
 #
 # Environment knobs: LXGATE_TESTBED_DIR (default /var/tmp/lxgate-testbed).
 set -euo pipefail
@@ -258,3 +260,7 @@ mv -f "$tmp" "$ENV_FILE"
 
 T1=$(date +%s%N)
 log "wrote ${ENV_FILE#"$ROOT"/} ($(( (T1 - T0) / 1000000 )) ms)"
+
+# ------------------------------------------------------------------- incus ---
+# After the file above is written: appends its LXGATE_TEST_INCUS_* lines to it.
+LXGATE_TESTBED_DIR="$TESTBED_DIR" bash "$ROOT/scripts/testbed-incus.sh"

@@ -13,6 +13,7 @@ use crate::auth::tokens::{TokenKeys, random_token};
 use crate::auth::{Role, password};
 use crate::backend::Backend;
 use crate::backend::embedded::EmbeddedBackend;
+use crate::backend::incus::{IncusBackend, IncusClient};
 use crate::config::{BackendKind, Config, Secret};
 use crate::db::{self, Db};
 use crate::telemetry;
@@ -118,9 +119,9 @@ impl App {
                 config.data_dir.clone(),
                 config.embedded_vm_accel,
             )),
-            BackendKind::Incus => {
-                bail!("BACKEND=incus is not available in this version yet; use BACKEND=embedded")
-            }
+            BackendKind::Incus => Arc::new(IncusBackend::new(
+                IncusClient::new(&config.incus, &config.data_dir).map_err(anyhow::Error::msg)?,
+            )),
         };
 
         let tokens = TokenKeys::new(

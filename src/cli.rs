@@ -32,6 +32,21 @@ pub enum Command {
     /// Manage users from the shell (works while lxgate is running).
     #[command(subcommand)]
     User(UserCommand),
+    /// Connect lxgate to a remote Incus server.
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Generate lxgate's client certificate if missing, pin the server's
+    /// certificate (checked against the token) and join its trust store.
+    /// Get the token on the Incus server with `incus config trust add lxgate`.
+    Trust {
+        /// e.g. https://incus.example.internal:8443
+        url: String,
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,4 +217,12 @@ pub async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn remote(config: &Config, cmd: RemoteCommand) -> anyhow::Result<()> {
+    match cmd {
+        RemoteCommand::Trust { url, token } => {
+            crate::backend::incus::trust::trust(&config.incus, &config.data_dir, &url, &token).await
+        }
+    }
 }

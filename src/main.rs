@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::Migrate => lxgate::cli::migrate(&config).await,
         Command::User(cmd) => lxgate::cli::user(&config, cmd).await,
+        Command::Remote(cmd) => lxgate::cli::remote(&config, cmd).await,
         Command::Openapi => unreachable!("handled above"),
     };
     match result {

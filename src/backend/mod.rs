@@ -2,6 +2,7 @@
 //! instances, in Incus-shaped types, with no knowledge of HTTP auth.
 
 pub mod embedded;
+pub mod incus;
 
 use std::collections::BTreeMap;
 
@@ -65,6 +66,11 @@ pub enum BackendError {
     Timeout(String),
     #[error("the backend refused lxgate's credentials: {0}")]
     Forbidden(String),
+    #[error("TLS with the backend failed: {0}")]
+    TlsFailure(String),
+    /// The backend answered with an error that has no closer meaning (its message is kept).
+    #[error("{0}")]
+    Upstream(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -97,6 +103,13 @@ impl From<BackendError> for ApiError {
                 "the backend refused lxgate's credentials",
             )
             .with_source(anyhow::anyhow!(m)),
+            BackendError::TlsFailure(m) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "backend_tls_failure",
+                "the TLS connection to the backend failed (untrusted server certificate or protocol mismatch)",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "backend_error", m),
             BackendError::Internal(e) => ApiError::internal(e),
         }
     }

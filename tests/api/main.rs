@@ -4,4 +4,5 @@ mod helpers;
 
 mod auth_flow;
 mod cli;
+mod incus_transport;
 mod tls;

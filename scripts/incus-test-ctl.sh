@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Controls the test bed's private incusd (the one scripts/testbed-incus.sh sets
+# up): INCUS_DIR=$LXGATE_TESTBED_DIR/incus, never the system's /var/lib/incus.
+#
+#   incus-test-ctl.sh start             start it unless it is already answering; wait until ready
+#   incus-test-ctl.sh stop              `incus admin shutdown` (bounded), then SIGTERM/SIGKILL
+#   incus-test-ctl.sh restart           stop + start
+#   incus-test-ctl.sh status            exit 0 when running and answering, 1 otherwise
+#   incus-test-ctl.sh trust-token NAME  print a fresh client trust token (one line, nothing else)
+#
+# Tests use it to take incusd down and bring it back (events reconnection, 503
+# while the backend is down) and to obtain trust tokens for the mTLS tests.
+# Every wait is bounded. Concurrent callers are serialised on $TESTBED_DIR/incus.lock.
+#
+# Environment knobs: LXGATE_TESTBED_DIR (default /var/tmp/lxgate-testbed),
+# LXGATE_INCUS_READY_TIMEOUT (s, default 30), LXGATE_INCUS_STOP_TIMEOUT (s, default 20).
+set -euo pipefail
+
+TESTBED_DIR="${LXGATE_TESTBED_DIR:-/var/tmp/lxgate-testbed}"
+INCUSD=/usr/libexec/incus/incusd
+READY_TIMEOUT="${LXGATE_INCUS_READY_TIMEOUT:-30}"
+STOP_TIMEOUT="${LXGATE_INCUS_STOP_TIMEOUT:-20}"
+
+export INCUS_DIR="$TESTBED_DIR/incus"
+# The CLI's own configuration (remotes, client certificate) stays in the test
+# bed too, instead of ~/.config/incus.
+export INCUS_CONF="$TESTBED_DIR/incus-client"
+SOCKET="$INCUS_DIR/unix.socket"
+LOGFILE="$INCUS_DIR/incusd.log"
+PIDFILE="$TESTBED_DIR/incusd.pid"
+
+log() { printf '[incus-test-ctl] %s\n' "$*" >&2; }
+die() { printf '[incus-test-ctl] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Bounded GET on the unix socket; prints the body.
+api_get() { curl -sS --fail --max-time 3 --unix-socket "$SOCKET" "http://incus$1"; }
+
+# The pid of our daemon, or nothing. Ours = incusd binary, not a fork helper
+# (forkstart/forkexec/forkproxy run the same binary), with our INCUS_DIR.
+# Checked through /proc so a stale pid file (after a reboot the pid may belong
+# to anything) is never trusted.
+is_our_incusd() {
+    local pid="$1" exe args
+    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+    [ "${exe% (deleted)}" = "$INCUSD" ] || return 1
+    args="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    case "$args" in *"--logfile $LOGFILE"*) ;; *) return 1 ;; esac
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "INCUS_DIR=$INCUS_DIR"
+}
+incusd_pid() {
+    local pid
+    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+    if is_our_incusd "$pid"; then echo "$pid"; return 0; fi
+    # Pid file lost or stale: look for one started by other means.
+    for d in /proc/[0-9]*; do
+        pid="${d#/proc/}"
+        if is_our_incusd "$pid"; then echo "$pid"; return 0; fi
+    done
+    return 1
+}
+
+# Answers on its socket and reports itself ready (/internal/ready).
+answering() {
+    api_get /1.0 >/dev/null 2>&1 && timeout 5 incus admin waitready --timeout 2 >/dev/null 2>&1
+}
+
+wait_gone() { # pid seconds
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        [ -d "/proc/$1" ] || return 0
+        # A zombie (our own child in a non-init reaper) counts as gone.
+        [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+do_start() {
+    [ -x "$INCUSD" ] || die "$INCUSD not found: run scripts/testbed-incus.sh (installs incus)"
+    local pid
+    if pid="$(incusd_pid)"; then
+        if answering; then
+            log "incusd running (pid $pid), answering on $SOCKET"
+            return 0
+        fi
+        # Still starting (or hung): give it the ready timeout, then replace it.
+        log "incusd (pid $pid) not ready yet, waiting up to ${READY_TIMEOUT}s"
+        if timeout $((READY_TIMEOUT + 5)) incus admin waitready --timeout "$READY_TIMEOUT" >/dev/null 2>&1; then
+            log "incusd running (pid $pid), ready"
+            return 0
+        fi
+        log "incusd (pid $pid) does not answer: killing it"
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true   # in case it was stopped (SIGSTOP)
+        wait_gone "$pid" 10 || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 5 || die "cannot kill incusd $pid"; }
+    fi
+
+    # Not running: whatever a dead daemon left (machine restart, kill -9) is stale.
+    rm -f "$PIDFILE" "$SOCKET"
+    install -d -m 711 "$INCUS_DIR"
+    install -d -m 700 "$INCUS_CONF"
+
+    log "starting incusd (INCUS_DIR=$INCUS_DIR)"
+    # Fully detached: own session (setsid), no controlling terminal, stdin from
+    # /dev/null, stdout/stderr to a file, and no inherited descriptor above 2
+    # (a caller's lock or a CI runner's pipe would otherwise stay open for as
+    # long as incusd lives).
+    (
+        for fd in /proc/self/fd/*; do
+            fd="${fd##*/}"
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec setsid -f nohup "$INCUSD" --group root --logfile "$LOGFILE" \
+            </dev/null >"$TESTBED_DIR/incusd.stdout" 2>&1
+    )
+    # setsid -f forks, so the daemon's pid is found through /proc.
+    local i
+    pid=""
+    for ((i = 0; i < 50; i++)); do
+        pid="$(incusd_pid)" && break
+        sleep 0.1
+    done
+    [ -n "$pid" ] || { tail -n 20 "$LOGFILE" "$TESTBED_DIR/incusd.stdout" >&2 2>/dev/null || true; die "incusd did not start"; }
+    echo "$pid" >"$PIDFILE"
+
+    # Ready within READY_TIMEOUT, failing early if the daemon dies.
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        if timeout 5 incus admin waitready --timeout 1 >/dev/null 2>&1; then break; fi
+        if ! [ -d "/proc/$pid" ]; then
+            tail -n 30 "$LOGFILE" >&2 || true
+            die "incusd exited during startup (log: $LOGFILE)"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 30 "$LOGFILE" >&2 || true
+            die "incusd (pid $pid) not ready after ${READY_TIMEOUT}s (log: $LOGFILE)"
+        fi
+        sleep 0.2
+    done
+    log "incusd started (pid $pid), ready on $SOCKET"
+}
+
+do_stop() {
+    local pid
+    if ! pid="$(incusd_pid)"; then
+        rm -f "$PIDFILE"
+        log "incusd not running"
+        return 0
+    fi
+    log "stopping incusd (pid $pid)"
+    # Graceful: incusd stops its running instances and exits. Bounded twice:
+    # --timeout for incusd's own wait, timeout(1) in case the socket hangs.
+    timeout $((STOP_TIMEOUT + 5)) incus admin shutdown --timeout "$STOP_TIMEOUT" >/dev/null 2>&1 \
+        || log "incus admin shutdown did not finish cleanly"
+    if ! wait_gone "$pid" 5; then
+        log "incusd still running: SIGTERM"
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true
+        if ! wait_gone "$pid" 10; then
+            log "incusd still running: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            wait_gone "$pid" 5 || die "cannot stop incusd $pid"
+        fi
+    fi
+    rm -f "$PIDFILE"
+    log "incusd stopped"
+}
+
+do_trust_token() {
+    local name="$1" out token
+    answering || die "incusd is not running (incus-test-ctl.sh start)"
+    out="$(timeout 15 incus config trust add "$name" 2>&1)" || die "incus config trust add $name failed: $out"
+    # Output: "Client NAME certificate add token:\n<token>": keep the token line.
+    token="$(printf '%s\n' "$out" | grep -E '^[A-Za-z0-9+/=_-]{40,}$' | tail -n 1 || true)"
+    [ -n "$token" ] || die "no token in the output of incus config trust add: $out"
+    printf '%s\n' "$token"
+}
+
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+cmd="${1:-}"
+[ -n "$cmd" ] || usage
+mkdir -p "$TESTBED_DIR"
+
+# Serialise start/stop/restart (tests running in parallel, testbed-incus.sh).
+# testbed-incus.sh holds the lock already and says so.
+lock() {
+    [ "${LXGATE_INCUS_LOCK_HELD:-}" = 1 ] && return 0
+    exec 8>"$TESTBED_DIR/incus.lock"
+    flock -w 90 8 || die "could not lock $TESTBED_DIR/incus.lock"
+}
+
+case "$cmd" in
+    start) lock; do_start ;;
+    stop) lock; do_stop ;;
+    restart) lock; do_stop; do_start ;;
+    status)
+        if pid="$(incusd_pid)" && answering; then log "running (pid $pid)"; exit 0; fi
+        log "not running"; exit 1 ;;
+    trust-token)
+        if [ $# -ne 2 ] || [ -z "$2" ]; then usage; fi
+        do_trust_token "$2" ;;
+    -h | --help | help) usage ;;
+    *) usage ;;
+esac

@@ -1,0 +1,314 @@
+//! The Incus REST client, layered like Incus's own Go client:
+//! `raw` (one HTTP request, transport errors mapped) -> `query` (`/1.0`,
+//! project, the response envelope parsed once into data or a typed
+//! `BackendError`) -> `query_struct` (typed JSON).
+
+use std::path::PathBuf;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::tls::{self, ServerTrust};
+use crate::backend::BackendError;
+use crate::config::{IncusConfig, IncusMode};
+
+/// Where lxgate keeps its Incus client identity unless configured otherwise.
+pub struct IdentityPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_cert: PathBuf,
+}
+
+impl IdentityPaths {
+    pub fn resolve(cfg: &IncusConfig, data_dir: &std::path::Path) -> Self {
+        let dir = data_dir.join("incus");
+        Self {
+            cert: cfg
+                .client_cert_path
+                .clone()
+                .unwrap_or_else(|| dir.join("client.crt")),
+            key: cfg
+                .client_key_path
+                .clone()
+                .unwrap_or_else(|| dir.join("client.key")),
+            server_cert: cfg
+                .server_cert_path
+                .clone()
+                .unwrap_or_else(|| dir.join("server.crt")),
+        }
+    }
+}
+
+/// The Incus response envelope (sync, async or error).
+#[derive(Debug, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub error_code: u16,
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+pub struct Response {
+    pub envelope: Envelope,
+    pub etag: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct IncusClient {
+    http: reqwest::Client,
+    base: Url,
+    /// Shown in errors and `system/info` (never contains secrets).
+    pub endpoint: String,
+}
+
+impl IncusClient {
+    pub fn new(cfg: &IncusConfig, data_dir: &std::path::Path) -> Result<Self, String> {
+        let builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("lxgate/", env!("CARGO_PKG_VERSION")));
+        match cfg.mode {
+            IncusMode::Local => {
+                let http = builder
+                    .unix_socket(cfg.socket_path.clone())
+                    .build()
+                    .map_err(|e| format!("Incus client: {e}"))?;
+                Ok(Self {
+                    http,
+                    base: Url::parse("http://incus").expect("static URL"),
+                    endpoint: format!("unix://{}", cfg.socket_path.display()),
+                })
+            }
+            IncusMode::Remote => {
+                let url = cfg
+                    .remote_url
+                    .as_deref()
+                    .ok_or("INCUS_REMOTE_URL is required in remote mode")?;
+                let base = Url::parse(url).map_err(|e| format!("INCUS_REMOTE_URL: {e}"))?;
+                if base.scheme() != "https" {
+                    return Err("INCUS_REMOTE_URL must be an https:// URL".into());
+                }
+                let paths = IdentityPaths::resolve(cfg, data_dir);
+                let trust = match &cfg.trusted_ca_path {
+                    Some(ca) => ServerTrust::Ca(
+                        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_file_iter(ca)
+                            .map_err(|e| format!("INCUS_TRUSTED_CA_PATH {}: {e}", ca.display()))?
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| format!("INCUS_TRUSTED_CA_PATH {}: {e}", ca.display()))?,
+                    ),
+                    None => ServerTrust::Pinned(tls::read_cert(&paths.server_cert).map_err(|e| {
+                        format!("server certificate (INCUS_SERVER_CERT_PATH; `lxgate remote trust` pins it): {e}")
+                    })?),
+                };
+                let config = tls::client_config(
+                    trust,
+                    tls::read_cert(&paths.cert)
+                        .map_err(|e| format!("client certificate (INCUS_CLIENT_CERT_PATH): {e}"))?,
+                    tls::read_key(&paths.key)
+                        .map_err(|e| format!("client key (INCUS_CLIENT_KEY_PATH): {e}"))?,
+                    cfg.insecure_tls,
+                )?;
+                Ok(Self::remote_with(builder, base, config)?)
+            }
+        }
+    }
+
+    /// A remote client from a ready TLS configuration (also used by `remote trust`).
+    pub fn remote_with(
+        builder: reqwest::ClientBuilder,
+        base: Url,
+        config: rustls::ClientConfig,
+    ) -> Result<Self, String> {
+        let http = builder
+            .tls_backend_preconfigured(config)
+            .build()
+            .map_err(|e| format!("Incus client: {e}"))?;
+        Ok(Self {
+            endpoint: base.to_string(),
+            http,
+            base,
+        })
+    }
+
+    /// `/1.0/<segments...>?<query>` with each segment percent-encoded, so a
+    /// name can never change the path it is placed in.
+    pub fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
+            path.pop_if_empty().push("1.0");
+            for s in segments {
+                path.push(s);
+            }
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// One HTTP request; transport failures become 503 / 502 / 504 errors.
+    pub async fn raw(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(etag) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, etag);
+        }
+        req.send().await.map_err(|e| self.transport_error(e))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> BackendError {
+        let chain = error_chain(&e);
+        if e.is_timeout() {
+            return BackendError::Timeout(format!("{}: {chain}", self.endpoint));
+        }
+        // TLS failures surface as connect errors: tell them apart by their cause.
+        let tls_cause = find_tls_error(&e);
+        if let Some(tls) = tls_cause {
+            return BackendError::TlsFailure(format!("{}: {tls}", self.endpoint));
+        }
+        if e.is_connect() {
+            return BackendError::Unavailable(format!("{}: {chain}", self.endpoint));
+        }
+        BackendError::Unavailable(format!("{}: {chain}", self.endpoint))
+    }
+
+    /// A request under `/1.0`, with the envelope parsed and errors typed.
+    pub async fn query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Response, BackendError> {
+        let url = self.url(segments, query);
+        let resp = self.raw(method, url, body, if_match).await?;
+        let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|_| {
+            BackendError::Upstream(format!(
+                "unexpected answer from Incus (HTTP {status}): {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })?;
+        if envelope.kind == "error" || !status.is_success() {
+            let code = if envelope.error_code != 0 {
+                envelope.error_code
+            } else {
+                status.as_u16()
+            };
+            return Err(typed_error(code, &envelope.error));
+        }
+        Ok(Response { envelope, etag })
+    }
+
+    pub async fn query_struct<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<(T, Option<String>), BackendError> {
+        let r = self.query(Method::GET, segments, query, None, None).await?;
+        let value = serde_json::from_value(r.envelope.metadata)
+            .map_err(|e| BackendError::Upstream(format!("unexpected Incus data: {e}")))?;
+        Ok((value, r.etag))
+    }
+}
+
+/// The rustls error behind a transport error, if any. rustls errors travel
+/// inside (possibly nested) `io::Error`s, whose `source()` skips the wrapped
+/// error itself, so those are unwrapped with `get_ref()`.
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cur = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Incus's error codes keep their meaning (DESIGN §2).
+pub fn typed_error(code: u16, message: &str) -> BackendError {
+    let msg = message.to_owned();
+    match StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY) {
+        StatusCode::NOT_FOUND => BackendError::NotFound(msg),
+        StatusCode::CONFLICT => BackendError::Conflict(msg),
+        StatusCode::PRECONDITION_FAILED => BackendError::PreconditionFailed(msg),
+        StatusCode::BAD_REQUEST => BackendError::BadRequest(msg),
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => BackendError::Forbidden(msg),
+        StatusCode::NOT_IMPLEMENTED => BackendError::NotSupported(msg),
+        StatusCode::SERVICE_UNAVAILABLE => BackendError::Unavailable(msg),
+        _ => BackendError::Upstream(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_into_path_segments() {
+        let client = IncusClient {
+            http: reqwest::Client::new(),
+            base: Url::parse("https://incus.example:8443").unwrap(),
+            endpoint: String::new(),
+        };
+        let url = client.url(&["instances", "../../etc?x=1#y"], &[("project", "a&b")]);
+        assert_eq!(
+            url.as_str(),
+            "https://incus.example:8443/1.0/instances/..%2F..%2Fetc%3Fx=1%23y?project=a%26b"
+        );
+    }
+
+    #[test]
+    fn incus_error_codes_keep_their_meaning() {
+        assert!(matches!(typed_error(404, "x"), BackendError::NotFound(_)));
+        assert!(matches!(
+            typed_error(412, "x"),
+            BackendError::PreconditionFailed(_)
+        ));
+        assert!(matches!(typed_error(403, "x"), BackendError::Forbidden(_)));
+        assert!(matches!(typed_error(500, "x"), BackendError::Upstream(_)));
+    }
+}
