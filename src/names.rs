@@ -77,6 +77,12 @@ resource_name!(
     "project"
 );
 
+resource_name!(
+    /// An instance name (containers and virtual machines).
+    InstanceName,
+    "instance"
+);
+
 impl Default for ProjectName {
     fn default() -> Self {
         Self("default".to_owned())

@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod incus;
+pub mod types;
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use types::{Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange};
 
 /// One driver a backend uses (LXC, QEMU, Incus) and whether it works here.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -115,7 +117,31 @@ impl From<BackendError> for ApiError {
     }
 }
 
+/// A list as names (`expand=false`, Incus recursion 0) or full objects.
+#[derive(Debug)]
+pub enum Listing<T> {
+    Names(Vec<String>),
+    Full(Vec<T>),
+}
+
+/// Which instances a list covers.
+#[derive(Debug, Clone, Copy)]
+pub struct ListScope<'a> {
+    /// `None` = every project (admins only; the API layer checks).
+    pub project: Option<&'a str>,
+    /// Incus filter expression, passed through.
+    pub filter: Option<&'a str>,
+    pub expand: bool,
+}
+
+fn unsupported<T>(what: &str) -> Result<T, BackendError> {
+    Err(BackendError::NotSupported(format!(
+        "{what} is not supported by this backend yet"
+    )))
+}
+
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
+/// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// `embedded` or `incus`.
@@ -126,4 +152,100 @@ pub trait Backend: Send + Sync {
 
     /// Drivers, versions and features for `system/info`.
     async fn info(&self) -> Result<SystemInfo, BackendError>;
+
+    async fn list_instances(
+        &self,
+        _scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        unsupported("listing instances")
+    }
+
+    /// The instance and its ETag.
+    async fn get_instance(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        unsupported("reading instances")
+    }
+
+    async fn create_instance(
+        &self,
+        _project: &str,
+        _req: &InstanceCreate,
+    ) -> Result<Operation, BackendError> {
+        unsupported("creating instances")
+    }
+
+    /// `replace`: PUT (full replacement) rather than PATCH. Returns the
+    /// operation when the backend does the change in the background.
+    async fn update_instance(
+        &self,
+        _project: &str,
+        _name: &str,
+        _update: &InstanceUpdate,
+        _if_match: Option<&str>,
+        _replace: bool,
+    ) -> Result<Option<Operation>, BackendError> {
+        unsupported("updating instances")
+    }
+
+    async fn delete_instance(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<Operation, BackendError> {
+        unsupported("deleting instances")
+    }
+
+    async fn rename_instance(
+        &self,
+        _project: &str,
+        _name: &str,
+        _new_name: &str,
+    ) -> Result<Operation, BackendError> {
+        unsupported("renaming instances")
+    }
+
+    async fn instance_state(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<InstanceState, BackendError> {
+        unsupported("reading instance state")
+    }
+
+    async fn change_state(
+        &self,
+        _project: &str,
+        _name: &str,
+        _change: &StateChange,
+    ) -> Result<Operation, BackendError> {
+        unsupported("changing instance state")
+    }
+
+    /// Operations in `project`, or in every project when `None`.
+    async fn list_operations(
+        &self,
+        _project: Option<&str>,
+    ) -> Result<Vec<Operation>, BackendError> {
+        unsupported("listing operations")
+    }
+
+    async fn get_operation(&self, _id: &str) -> Result<Operation, BackendError> {
+        unsupported("reading operations")
+    }
+
+    /// Waits up to `timeout_secs` and returns the operation, finished or not.
+    async fn wait_operation(
+        &self,
+        _id: &str,
+        _timeout_secs: u64,
+    ) -> Result<Operation, BackendError> {
+        unsupported("waiting for operations")
+    }
+
+    async fn cancel_operation(&self, _id: &str) -> Result<(), BackendError> {
+        unsupported("cancelling operations")
+    }
 }

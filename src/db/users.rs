@@ -1,6 +1,9 @@
 //! The `users` table.
 
-use sqlx::{AnyPool, FromRow};
+use sqlx::AnyConnection;
+use sqlx::{Any, AnyPool, FromRow, Transaction};
+
+use super::{Db, Dialect};
 
 use crate::auth::Role;
 use crate::auth::rbac::Grants;
@@ -133,16 +136,6 @@ pub async fn count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Enabled global admins other than `except`: guards against locking everyone out.
-pub async fn count_other_admins(pool: &AnyPool, except: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id <> $1",
-    )
-    .bind(except)
-    .fetch_one(pool)
-    .await
-}
-
 /// What a PATCH may change; `None` leaves a field alone. Any change bumps the
 /// token version, so access tokens issued before stop working at once.
 #[derive(Debug, Default)]
@@ -153,8 +146,13 @@ pub struct Changes {
 }
 
 pub async fn update(pool: &AnyPool, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
-    let now = now_secs();
     let mut tx = pool.begin().await?;
+    apply(&mut tx, id, c).await?;
+    tx.commit().await
+}
+
+async fn apply(tx: &mut AnyConnection, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
+    let now = now_secs();
     if let Some(role) = c.role {
         sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
             .bind(role.map(Role::as_str))
@@ -193,7 +191,65 @@ pub async fn update(pool: &AnyPool, id: &str, c: &Changes) -> Result<(), sqlx::E
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    Ok(())
+}
+
+/// Starts a transaction in which changes to admins are serialized, so two
+/// admins demoting each other at once cannot both see "another admin left".
+/// PostgreSQL: a transaction-scoped advisory lock (works across replicas).
+/// SQLite: a write as the first statement takes the database's write lock
+/// before anything is read.
+async fn begin_admin_change(db: &Db, id: &str) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    match db.dialect {
+        Dialect::Postgres => {
+            sqlx::query("SELECT pg_advisory_xact_lock(7306180001)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Dialect::Sqlite => {
+            sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(tx)
+}
+
+async fn other_admins(tx: &mut AnyConnection, except: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id <> $1",
+    )
+    .bind(except)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// Applies `c` unless it would leave no enabled admin; false when refused.
+pub async fn update_keeping_an_admin(db: &Db, id: &str, c: &Changes) -> Result<bool, sqlx::Error> {
+    let mut tx = begin_admin_change(db, id).await?;
+    if other_admins(&mut tx, id).await? == 0 {
+        return Ok(false);
+    }
+    apply(&mut tx, id, c).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Deletes the user unless it is the last enabled admin. `None`: no such
+/// user; `Some(false)`: refused.
+pub async fn delete_keeping_an_admin(db: &Db, id: &str) -> Result<Option<bool>, sqlx::Error> {
+    let mut tx = begin_admin_change(db, id).await?;
+    if other_admins(&mut tx, id).await? == 0 {
+        return Ok(Some(false));
+    }
+    let r = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((r.rows_affected() == 1).then_some(true))
 }
 
 pub async fn touch_login(pool: &AnyPool, id: &str) -> Result<(), sqlx::Error> {

@@ -3,6 +3,11 @@
 mod helpers;
 
 mod auth_flow;
+mod bad_input;
 mod cli;
+mod docs_ui;
 mod incus_transport;
+mod limits;
+mod rbac_matrix;
 mod tls;
+mod users_admin;

@@ -271,26 +271,26 @@ pub async fn update_user(
     let loses_admin = row.role() == Some(Role::Admin)
         && !row.is_disabled()
         && (req.role.is_some_and(|r| r != Some(Role::Admin)) || req.disabled == Some(true));
-    if loses_admin {
-        ensure_another_admin(&state, &row.id).await?;
-    }
     let changes = db::users::Changes {
         role: req.role,
         disabled: req.disabled,
         password_hash,
     };
-    db::users::update(&state.db.pool, &row.id, &changes).await?;
+    if loses_admin {
+        if !db::users::update_keeping_an_admin(&state.db, &row.id, &changes).await? {
+            return Err(last_admin());
+        }
+    } else {
+        db::users::update(&state.db.pool, &row.id, &changes).await?;
+    }
     Ok(Json(load(&state, &name).await?.1))
 }
 
-async fn ensure_another_admin(state: &AppState, user_id: &str) -> ApiResult<()> {
-    if db::users::count_other_admins(&state.db.pool, user_id).await? == 0 {
-        return Err(ApiError::conflict(
-            "last_admin",
-            "this is the last enabled admin; make another user admin first",
-        ));
-    }
-    Ok(())
+fn last_admin() -> ApiError {
+    ApiError::conflict(
+        "last_admin",
+        "this is the last enabled admin; make another user admin first",
+    )
 }
 
 /// Delete a user and its grants and sessions.
@@ -310,10 +310,15 @@ pub async fn delete_user(
     user.require(Permission::UserManage, "")?;
     let name = path_username(&name)?;
     let (row, _) = load(&state, &name).await?;
-    if row.role() == Some(Role::Admin) && !row.is_disabled() {
-        ensure_another_admin(&state, &row.id).await?;
-    }
-    if !db::users::delete(&state.db.pool, &row.id).await? {
+    let deleted = if row.role() == Some(Role::Admin) && !row.is_disabled() {
+        match db::users::delete_keeping_an_admin(&state.db, &row.id).await? {
+            Some(false) => return Err(last_admin()),
+            found => found.is_some(),
+        }
+    } else {
+        db::users::delete(&state.db.pool, &row.id).await?
+    };
+    if !deleted {
         return Err(user_not_found(name.as_str()));
     }
     Ok(StatusCode::NO_CONTENT)

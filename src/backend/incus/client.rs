@@ -164,7 +164,22 @@ impl IncusClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<reqwest::Response, BackendError> {
+        self.raw_with_timeout(method, url, body, if_match, None)
+            .await
+    }
+
+    async fn raw_with_timeout(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<reqwest::Response, BackendError> {
         let mut req = self.http.request(method, url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -199,8 +214,35 @@ impl IncusClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Response, BackendError> {
+        self.query_inner(method, segments, query, body, if_match, None)
+            .await
+    }
+
+    /// A query that may legitimately take longer than `INCUS_TIMEOUT` (waits).
+    pub async fn query_long(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        timeout: std::time::Duration,
+    ) -> Result<Response, BackendError> {
+        self.query_inner(method, segments, query, None, None, Some(timeout))
+            .await
+    }
+
+    async fn query_inner(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Response, BackendError> {
         let url = self.url(segments, query);
-        let resp = self.raw(method, url, body, if_match).await?;
+        let resp = self
+            .raw_with_timeout(method, url, body, if_match, timeout)
+            .await?;
         let status = resp.status();
         let etag = resp
             .headers()

@@ -2,6 +2,7 @@
 //! over HTTPS with mutual TLS.
 
 pub mod client;
+pub mod instances;
 pub mod tls;
 pub mod trust;
 
@@ -9,7 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Backend, BackendError, DriverInfo, SystemInfo};
+use super::types::{
+    Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
+};
+use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
 pub use client::IncusClient;
 
 pub struct IncusBackend {
@@ -90,6 +94,87 @@ impl Backend for IncusBackend {
         self.server().await.map(|_| ())
     }
 
+    async fn list_instances(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        self.list_instances_impl(scope).await
+    }
+
+    async fn get_instance(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        self.get_instance_impl(project, name).await
+    }
+
+    async fn create_instance(
+        &self,
+        project: &str,
+        req: &InstanceCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_instance_impl(project, req).await
+    }
+
+    async fn update_instance(
+        &self,
+        project: &str,
+        name: &str,
+        update: &InstanceUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.update_instance_impl(project, name, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
+        self.delete_instance_impl(project, name).await
+    }
+
+    async fn rename_instance(
+        &self,
+        project: &str,
+        name: &str,
+        new_name: &str,
+    ) -> Result<Operation, BackendError> {
+        self.rename_instance_impl(project, name, new_name).await
+    }
+
+    async fn instance_state(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<InstanceState, BackendError> {
+        self.instance_state_impl(project, name).await
+    }
+
+    async fn change_state(
+        &self,
+        project: &str,
+        name: &str,
+        change: &StateChange,
+    ) -> Result<Operation, BackendError> {
+        self.change_state_impl(project, name, change).await
+    }
+
+    async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
+        self.list_operations_impl(project).await
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
+        self.get_operation_impl(id).await
+    }
+
+    async fn wait_operation(&self, id: &str, timeout_secs: u64) -> Result<Operation, BackendError> {
+        self.wait_operation_impl(id, timeout_secs).await
+    }
+
+    async fn cancel_operation(&self, id: &str) -> Result<(), BackendError> {
+        self.cancel_operation_impl(id).await
+    }
+
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let server = self.server().await?;
         let drivers = drivers(&server.environment);
@@ -97,7 +182,7 @@ impl Backend for IncusBackend {
         let features: BTreeMap<String, bool> = [
             ("containers", has("lxc")),
             ("virtual_machines", has("qemu")),
-            ("instances_api", false),
+            ("instances_api", true),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

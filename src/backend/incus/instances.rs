@@ -1,0 +1,305 @@
+//! `/1.0/instances` and `/1.0/operations` on Incus.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::IncusBackend;
+use super::client::Response;
+use crate::backend::types::{
+    Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
+};
+use crate::backend::{BackendError, ListScope, Listing};
+
+/// The operation an async Incus response describes.
+pub fn operation_of(r: Response) -> Result<Operation, BackendError> {
+    if r.envelope.kind != "async" {
+        return Err(BackendError::Upstream(format!(
+            "expected a background operation from Incus, got a {} response",
+            r.envelope.kind
+        )));
+    }
+    serde_json::from_value(r.envelope.metadata)
+        .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))
+}
+
+/// `/1.0/instances/web-1?project=x` -> `web-1`.
+pub fn last_segment(url: &str) -> String {
+    let path = url.split('?').next().unwrap_or(url);
+    let name = path.rsplit('/').next().unwrap_or(path);
+    url_unescape(name)
+}
+
+fn url_unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn project_query(project: &str) -> [(&'static str, &str); 1] {
+    [("project", project)]
+}
+
+impl IncusBackend {
+    pub(super) async fn list_instances_impl(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        let mut q: Vec<(&str, &str)> = vec![("recursion", if scope.expand { "1" } else { "0" })];
+        match scope.project {
+            Some(p) => q.push(("project", p)),
+            None => q.push(("all-projects", "true")),
+        }
+        if let Some(f) = scope.filter {
+            q.push(("filter", f));
+        }
+        if scope.expand {
+            let (items, _): (Vec<Instance>, _) =
+                self.client.query_struct(&["instances"], &q).await?;
+            Ok(Listing::Full(items))
+        } else {
+            let (urls, _): (Vec<String>, _) = self.client.query_struct(&["instances"], &q).await?;
+            Ok(Listing::Names(
+                urls.iter().map(|u| last_segment(u)).collect(),
+            ))
+        }
+    }
+
+    pub(super) async fn get_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        self.client
+            .query_struct(&["instances", name], &project_query(project))
+            .await
+    }
+
+    pub(super) async fn create_instance_impl(
+        &self,
+        project: &str,
+        req: &InstanceCreate,
+    ) -> Result<Operation, BackendError> {
+        let mut source = json!({"type": req.source.kind});
+        if let Some(a) = &req.source.alias {
+            source["alias"] = json!(a);
+        }
+        if let Some(f) = &req.source.fingerprint {
+            source["fingerprint"] = json!(f);
+        }
+        let body = json!({
+            "name": req.name,
+            "type": req.instance_type.as_deref().unwrap_or("container"),
+            "source": source,
+            "description": req.description.as_deref().unwrap_or_default(),
+            "config": req.config,
+            "devices": req.devices,
+            "profiles": req.profiles.clone().unwrap_or_else(|| vec!["default".into()]),
+            "start": req.start,
+            "ephemeral": req.ephemeral,
+        });
+        let r = self
+            .client
+            .query(
+                Method::POST,
+                &["instances"],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn update_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+        update: &InstanceUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<Operation>, BackendError> {
+        let body = serde_json::to_value(update).map_err(anyhow::Error::from)?;
+        let method = if replace { Method::PUT } else { Method::PATCH };
+        let r = self
+            .client
+            .query(
+                method,
+                &["instances", name],
+                &project_query(project),
+                Some(&body),
+                if_match,
+            )
+            .await?;
+        if r.envelope.kind == "async" {
+            operation_of(r).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub(super) async fn delete_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Operation, BackendError> {
+        let r = self
+            .client
+            .query(
+                Method::DELETE,
+                &["instances", name],
+                &project_query(project),
+                None,
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn rename_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+        new_name: &str,
+    ) -> Result<Operation, BackendError> {
+        let body = json!({"name": new_name});
+        let r = self
+            .client
+            .query(
+                Method::POST,
+                &["instances", name],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn instance_state_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<InstanceState, BackendError> {
+        self.client
+            .query_struct(&["instances", name, "state"], &project_query(project))
+            .await
+            .map(|(s, _)| s)
+    }
+
+    pub(super) async fn change_state_impl(
+        &self,
+        project: &str,
+        name: &str,
+        change: &StateChange,
+    ) -> Result<Operation, BackendError> {
+        let body = serde_json::to_value(change).map_err(anyhow::Error::from)?;
+        let r = self
+            .client
+            .query(
+                Method::PUT,
+                &["instances", name, "state"],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn list_operations_impl(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<Operation>, BackendError> {
+        let mut q: Vec<(&str, &str)> = vec![("recursion", "1")];
+        match project {
+            Some(p) => q.push(("project", p)),
+            None => q.push(("all-projects", "true")),
+        }
+        // Incus groups operations by status: {"running": [...], "success": [...]}.
+        let (groups, _): (std::collections::BTreeMap<String, Vec<Operation>>, _) =
+            self.client.query_struct(&["operations"], &q).await?;
+        let mut ops: Vec<Operation> = groups.into_values().flatten().collect();
+        ops.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(ops)
+    }
+
+    pub(super) async fn get_operation_impl(&self, id: &str) -> Result<Operation, BackendError> {
+        self.client
+            .query_struct(&["operations", id], &[])
+            .await
+            .map(|(o, _)| o)
+    }
+
+    pub(super) async fn wait_operation_impl(
+        &self,
+        id: &str,
+        timeout_secs: u64,
+    ) -> Result<Operation, BackendError> {
+        let timeout = timeout_secs.to_string();
+        // The HTTP timeout must outlast the wait itself.
+        let r = self
+            .client
+            .query_long(
+                Method::GET,
+                &["operations", id, "wait"],
+                &[("timeout", &timeout)],
+                std::time::Duration::from_secs(timeout_secs + 10),
+            )
+            .await?;
+        serde_json::from_value::<Operation>(r.envelope.metadata)
+            .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))
+    }
+
+    pub(super) async fn cancel_operation_impl(&self, id: &str) -> Result<(), BackendError> {
+        self.client
+            .query(Method::DELETE, &["operations", id], &[], None, None)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The project an Incus operation belongs to, read from its resource URLs
+/// (`/1.0/instances/x?project=p`; no project parameter means `default`).
+pub fn project_of(op: &Operation) -> String {
+    op.resources
+        .values()
+        .flatten()
+        .find_map(|url| {
+            let q = url.split_once('?')?.1;
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("project="))
+                .map(url_unescape)
+        })
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_projects_are_read_from_urls() {
+        assert_eq!(last_segment("/1.0/instances/web-1"), "web-1");
+        assert_eq!(last_segment("/1.0/instances/web-1?project=team-a"), "web-1");
+        let mut op = Operation::default();
+        op.resources.insert(
+            "instances".into(),
+            vec!["/1.0/instances/x?project=team-a".into()],
+        );
+        assert_eq!(project_of(&op), "team-a");
+        assert_eq!(project_of(&Operation::default()), "default");
+    }
+}

@@ -1,0 +1,232 @@
+//! The Incus-shaped objects both backends return (DESIGN §2): field names and
+//! shapes follow Incus's `/1.0` API so a dashboard cannot tell the backends apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// `config` maps: string keys to string values, as in Incus.
+pub type ConfigMap = BTreeMap<String, String>;
+/// `devices` maps: device name to its settings.
+pub type DevicesMap = BTreeMap<String, BTreeMap<String, String>>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Instance {
+    #[schema(example = "web-1")]
+    pub name: String,
+    /// `container` or `virtual-machine`.
+    #[serde(rename = "type")]
+    #[schema(example = "container")]
+    pub instance_type: String,
+    #[schema(example = "Running")]
+    pub status: String,
+    #[schema(example = 103)]
+    pub status_code: i64,
+    pub description: String,
+    #[schema(example = "x86_64")]
+    pub architecture: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub location: String,
+    #[schema(example = "default")]
+    pub project: String,
+    pub profiles: Vec<String>,
+    pub ephemeral: bool,
+    pub stateful: bool,
+    pub config: ConfigMap,
+    pub devices: DevicesMap,
+    pub expanded_config: ConfigMap,
+    pub expanded_devices: DevicesMap,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct InstanceStateCpu {
+    /// CPU time used, in nanoseconds.
+    pub usage: i64,
+    pub allocated_time: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct InstanceStateMemory {
+    /// Bytes.
+    pub usage: i64,
+    pub usage_peak: i64,
+    pub total: i64,
+    pub swap_usage: i64,
+    pub swap_usage_peak: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct InstanceStateDisk {
+    pub usage: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct NetworkAddress {
+    /// `inet` or `inet6`.
+    pub family: String,
+    pub address: String,
+    pub netmask: String,
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct NetworkCounters {
+    pub bytes_received: i64,
+    pub bytes_sent: i64,
+    pub packets_received: i64,
+    pub packets_sent: i64,
+    pub errors_received: i64,
+    pub errors_sent: i64,
+    pub packets_dropped_inbound: i64,
+    pub packets_dropped_outbound: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct InstanceStateNetwork {
+    pub addresses: Vec<NetworkAddress>,
+    pub counters: NetworkCounters,
+    pub hwaddr: String,
+    pub host_name: String,
+    pub mtu: i64,
+    pub state: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct InstanceState {
+    pub status: String,
+    pub status_code: i64,
+    pub pid: i64,
+    pub processes: i64,
+    pub started_at: String,
+    pub cpu: InstanceStateCpu,
+    pub memory: InstanceStateMemory,
+    pub disk: BTreeMap<String, InstanceStateDisk>,
+    pub network: BTreeMap<String, InstanceStateNetwork>,
+}
+
+/// A background operation, as Incus reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Operation {
+    pub id: String,
+    /// `task`, `websocket` or `token`.
+    pub class: String,
+    pub description: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// `Running`, `Success`, `Failure`, `Cancelled`...
+    pub status: String,
+    /// 103 running, 200 success, 400 failure, 401 cancelled (use this, not `status`).
+    pub status_code: i64,
+    /// Affected resources by kind, as `/1.0/...` URLs.
+    pub resources: BTreeMap<String, Vec<String>>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub may_cancel: bool,
+    /// Why the operation failed.
+    pub err: String,
+    pub location: String,
+}
+
+impl Operation {
+    pub const RUNNING: i64 = 103;
+
+    /// Finished one way or another (success, failure, cancelled).
+    pub fn is_done(&self) -> bool {
+        self.status_code >= 200
+    }
+}
+
+/// Where a new instance comes from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSource {
+    /// `image` (the only type lxgate exposes so far).
+    #[serde(rename = "type")]
+    #[schema(example = "image")]
+    pub kind: String,
+    /// An image alias on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "busybox")]
+    pub alias: Option<String>,
+    /// An image fingerprint on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// `POST /api/v1/instances`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceCreate {
+    #[schema(example = "web-1")]
+    pub name: String,
+    /// `container` (default) or `virtual-machine`.
+    #[serde(default, rename = "type")]
+    #[schema(example = "container")]
+    pub instance_type: Option<String>,
+    pub source: InstanceSource,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub config: ConfigMap,
+    #[serde(default)]
+    pub devices: DevicesMap,
+    /// Profiles to apply; default `["default"]`.
+    #[serde(default)]
+    pub profiles: Option<Vec<String>>,
+    /// Start the instance once created.
+    #[serde(default)]
+    pub start: bool,
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+/// `PUT /api/v1/instances/{name}` (full) and `PATCH` (only the given fields).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DevicesMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
+}
+
+/// `PUT /api/v1/instances/{name}/state`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    /// `start`, `stop`, `restart`, `freeze` or `unfreeze`.
+    #[schema(example = "stop")]
+    pub action: String,
+    /// Seconds to wait for a clean stop before giving up (or forcing, with `force`).
+    #[serde(default = "default_timeout")]
+    pub timeout: i64,
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn default_timeout() -> i64 {
+    30
+}
+
+pub const STATE_ACTIONS: [&str; 5] = ["start", "stop", "restart", "freeze", "unfreeze"];

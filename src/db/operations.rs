@@ -1,0 +1,68 @@
+//! The `operations` table: who started which backend operation, in which project.
+
+use sqlx::{AnyPool, FromRow};
+
+use crate::auth::tokens::now_secs;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct OperationRow {
+    pub id: String,
+    pub project: String,
+    pub user_id: Option<String>,
+    pub username: String,
+    pub action: String,
+    pub resource: Option<String>,
+    pub created_at: i64,
+}
+
+pub struct NewOperation<'a> {
+    pub id: &'a str,
+    pub project: &'a str,
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub action: &'a str,
+    pub resource: Option<&'a str>,
+}
+
+pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO operations (id, project, user_id, username, action, resource, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(op.id)
+    .bind(op.project)
+    .bind(op.user_id)
+    .bind(op.username)
+    .bind(op.action)
+    .bind(op.resource)
+    .bind(now_secs())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OperationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, project, user_id, username, action, resource, created_at FROM operations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records for many operations at once (for listings).
+pub async fn get_many(pool: &AnyPool, ids: &[String]) -> Result<Vec<OperationRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT id, project, user_id, username, action, resource, created_at FROM operations WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(pool).await
+}
