@@ -14,6 +14,8 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "auth", description = "Log in, refresh and rotate tokens, the caller's own account"),
         (name = "users", description = "Accounts and per-project role grants (admins)"),
+        (name = "instances", description = "Containers and virtual machines"),
+        (name = "operations", description = "Background work: poll, long-poll, cancel"),
         (name = "system", description = "What backend runs behind lxgate"),
         (name = "audit", description = "Who changed what (admins)"),
         (name = "health", description = "Liveness, readiness and metrics (no auth)")

@@ -1,10 +1,13 @@
 //! Every route in one place, and the layers around them.
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::{BoxError, Router, middleware};
-use tower::ServiceBuilder;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Router, middleware};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -15,7 +18,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::health;
-use crate::api::v1::{audit, auth, system, users};
+use crate::api::v1::{audit, auth, instances, operations, system, users};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -42,9 +45,35 @@ pub fn api() -> OpenApiRouter<AppState> {
             users::grant_project_role,
             users::revoke_project_role
         ));
+    let instances = OpenApiRouter::new()
+        .routes(routes!(
+            instances::list_instances,
+            instances::create_instance
+        ))
+        .routes(routes!(
+            instances::get_instance,
+            instances::replace_instance,
+            instances::update_instance,
+            instances::delete_instance
+        ))
+        .routes(routes!(instances::rename_instance))
+        .routes(routes!(
+            instances::get_instance_state,
+            instances::change_instance_state
+        ))
+        .routes(routes!(instances::instance_action));
+    let operations = OpenApiRouter::new()
+        .routes(routes!(operations::list_operations))
+        .routes(routes!(
+            operations::get_operation,
+            operations::cancel_operation
+        ))
+        .routes(routes!(operations::wait_operation));
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)
+        .nest("/instances", instances)
+        .nest("/operations", operations)
         .nest(
             "/audit",
             OpenApiRouter::new().routes(routes!(audit::list_audit)),
@@ -77,15 +106,32 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn timed_out(err: BoxError) -> ApiError {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::new(
+/// Requests that wait on purpose (long-polls, `?wait=`, WebSockets) get
+/// their own bounds instead of `REQUEST_TIMEOUT_SECONDS`.
+fn waits_on_purpose(req: &Request) -> bool {
+    req.uri().path().ends_with("/wait")
+        || req.uri().path().ends_with("/ws")
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("wait=")))
+}
+
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    // ?wait= is capped at MAX_WAIT_SECS; leave room for the answer itself.
+    let limit = if waits_on_purpose(&req) {
+        Duration::from_secs(operations::MAX_WAIT_SECS + 30)
+    } else {
+        limit
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "request_timeout",
             "the request took longer than REQUEST_TIMEOUT_SECONDS",
         )
-    } else {
-        ApiError::internal(anyhow::anyhow!("middleware error: {err}"))
+        .into_response(),
     }
 }
 
@@ -139,11 +185,10 @@ pub fn build(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(timed_out))
-                .timeout(config.request_timeout),
-        )
+        .layer(middleware::from_fn_with_state(
+            config.request_timeout,
+            request_timeout,
+        ))
         .layer(CompressionLayer::new())
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,

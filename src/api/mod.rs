@@ -48,6 +48,24 @@ pub struct Page<T> {
     pub offset: i64,
 }
 
+impl<T> Page<T> {
+    /// One page of a list the backend returned whole.
+    pub fn slice(all: Vec<T>, limit: i64, offset: i64) -> Self {
+        let total = all.len() as i64;
+        let items = all
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect();
+        Self {
+            items,
+            total,
+            limit,
+            offset,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -74,6 +74,8 @@ pub enum Permission {
     LoggingEvents,
     /// Read the audit log.
     AuditRead,
+    /// List across every project at once (`all-projects=true`).
+    AllProjectsView,
 }
 
 impl Permission {
@@ -87,6 +89,7 @@ impl Permission {
             Permission::OperationCancelAny => "operations:cancel-any",
             Permission::LoggingEvents => "events:logging",
             Permission::AuditRead => "audit:read",
+            Permission::AllProjectsView => "projects:view-all",
         }
     }
 
@@ -105,7 +108,7 @@ impl Permission {
         }
     }
 
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::ProjectView,
         Permission::ProjectOperate,
         Permission::InfraManage,
@@ -114,6 +117,7 @@ impl Permission {
         Permission::OperationCancelAny,
         Permission::LoggingEvents,
         Permission::AuditRead,
+        Permission::AllProjectsView,
     ];
 }
 

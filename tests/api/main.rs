@@ -6,6 +6,7 @@ mod auth_flow;
 mod bad_input;
 mod cli;
 mod docs_ui;
+mod incus_instances;
 mod incus_transport;
 mod limits;
 mod rbac_matrix;

@@ -63,6 +63,12 @@ const ROUTES: &[(&str, Need)] = &[
     // audit, system
     ("GET /api/v1/audit", Admin),
     ("GET /api/v1/system/info", Authenticated),
+    // Operations by id: any authenticated caller gets past authentication;
+    // visibility (404 outside the caller's projects) and ownership (cancel)
+    // are checked per operation, tested in incus_instances.rs.
+    ("GET /api/v1/operations/{id}", Authenticated),
+    ("GET /api/v1/operations/{id}/wait", Authenticated),
+    ("DELETE /api/v1/operations/{id}", Authenticated),
     // instances
     ("GET /api/v1/instances", ProjectView),
     ("POST /api/v1/instances", ProjectOperate),
@@ -73,6 +79,8 @@ const ROUTES: &[(&str, Need)] = &[
     ("POST /api/v1/instances/{name}/rename", ProjectOperate),
     ("GET /api/v1/instances/{name}/state", ProjectView),
     ("PUT /api/v1/instances/{name}/state", ProjectOperate),
+    // start | stop | restart | freeze | unfreeze
+    ("POST /api/v1/instances/{name}/{action}", ProjectOperate),
     ("POST /api/v1/instances/{name}/start", ProjectOperate),
     ("POST /api/v1/instances/{name}/stop", ProjectOperate),
     ("POST /api/v1/instances/{name}/restart", ProjectOperate),
@@ -268,6 +276,7 @@ fn param_value(param: &str, template: &str, project: &str) -> String {
         "name" if template.starts_with("/api/v1/projects/") => project.to_owned(),
         "fingerprint" => "0".repeat(64),
         "id" => "00000000-0000-4000-8000-000000000000".to_owned(),
+        "action" => "start".to_owned(),
         _ => MISSING.to_owned(),
     }
 }

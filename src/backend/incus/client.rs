@@ -321,6 +321,10 @@ pub fn typed_error(code: u16, message: &str) -> BackendError {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => BackendError::Forbidden(msg),
         StatusCode::NOT_IMPLEMENTED => BackendError::NotSupported(msg),
         StatusCode::SERVICE_UNAVAILABLE => BackendError::Unavailable(msg),
+        // Incus reports some name clashes as internal errors from its database.
+        _ if msg.contains("already exists") || msg.contains("UNIQUE constraint failed") => {
+            BackendError::Conflict(msg)
+        }
         _ => BackendError::Upstream(msg),
     }
 }

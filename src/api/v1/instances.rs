@@ -1,0 +1,558 @@
+//! `/api/v1/instances`: containers and virtual machines.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::project_param;
+use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{
+    Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, STATE_ACTIONS, StateChange,
+};
+use crate::backend::{ListScope, Listing};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::InstanceName;
+
+fn instance_name(s: &str) -> ApiResult<InstanceName> {
+    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListInstancesQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    /// An Incus filter expression, e.g. `status eq Running`.
+    pub filter: Option<String>,
+    /// `container` or `virtual-machine`.
+    #[serde(rename = "instance-type")]
+    #[param(rename = "instance-type")]
+    pub instance_type: Option<String>,
+    /// Instances of every project (admins only).
+    #[serde(rename = "all-projects")]
+    #[param(rename = "all-projects")]
+    pub all_projects: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A list entry: the instance, or its name with `expand=false`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InstanceEntry {
+    Full(Box<Instance>),
+    Name(String),
+}
+
+/// List instances.
+#[utoipa::path(get, path = "", tag = "instances", operation_id = "list_instances",
+    security(("bearer" = [])),
+    params(ListInstancesQuery),
+    responses(
+        (status = 200, description = "A page of instances (or names)", body = Page<InstanceEntry>),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_instances(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ListInstancesQuery>,
+) -> ApiResult<Json<Page<InstanceEntry>>> {
+    let (limit, offset) = Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let project = project_param(q.project.as_deref())?;
+    let all = q.all_projects == Some(true);
+    if all {
+        user.require(Permission::AllProjectsView, "")?;
+    } else {
+        user.require(Permission::ProjectView, project.as_str())?;
+    }
+    if let Some(t) = &q.instance_type
+        && !INSTANCE_TYPES.contains(&t.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "instance-type must be `container` or `virtual-machine`",
+        ));
+    }
+    let expand = q.expand.unwrap_or(true);
+    let scope = ListScope {
+        project: (!all).then_some(project.as_str()),
+        filter: q.filter.as_deref(),
+        // Filtering by type needs the objects even when only names are returned.
+        expand: expand || q.instance_type.is_some(),
+    };
+    let entries: Vec<InstanceEntry> = match state.backend.list_instances(scope).await? {
+        Listing::Names(names) => names.into_iter().map(InstanceEntry::Name).collect(),
+        Listing::Full(items) => items
+            .into_iter()
+            .filter(|i| {
+                q.instance_type
+                    .as_deref()
+                    .is_none_or(|t| i.instance_type == t)
+            })
+            .map(|i| {
+                if expand {
+                    InstanceEntry::Full(Box::new(i))
+                } else {
+                    InstanceEntry::Name(i.name)
+                }
+            })
+            .collect(),
+    };
+    Ok(Json(Page::slice(entries, limit, offset)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectWaitQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Wait up to this many seconds (max 300) for the operation to finish.
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+}
+
+/// Create an instance from an image. Answers 202 with an operation.
+#[utoipa::path(post, path = "", tag = "instances", operation_id = "create_instance",
+    security(("bearer" = [])),
+    params(ProjectWaitQuery),
+    request_body = InstanceCreate,
+    responses(
+        (status = 202, description = "Creating", body = OperationRef,
+            headers(("location" = String, description = "The operation's URL"))),
+        (status = 200, description = "Finished within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid name or source", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An instance of that name exists", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<InstanceCreate>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    if let Some(t) = &req.instance_type
+        && !INSTANCE_TYPES.contains(&t.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "type",
+            "type must be `container` or `virtual-machine`",
+        ));
+    }
+    if req.source.kind != "image" {
+        return Err(ApiError::invalid_field(
+            "source.type",
+            "source.type must be `image`",
+        ));
+    }
+    if req.source.alias.is_none() == req.source.fingerprint.is_none() {
+        return Err(ApiError::invalid_field(
+            "source",
+            "give exactly one of source.alias and source.fingerprint",
+        ));
+    }
+    let op = state
+        .backend
+        .create_instance(project.as_str(), &req)
+        .await?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "instance.create",
+        Some(name.as_str()),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Get an instance. The `ETag` header can be sent back as `If-Match` on PUT/PATCH.
+#[utoipa::path(get, path = "/{name}", tag = "instances", operation_id = "get_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The instance", body = Instance,
+            headers(("etag" = String, description = "Version, for If-Match"))),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = instance_name(&name)?;
+    let (instance, etag) = state
+        .backend
+        .get_instance(project.as_str(), name.as_str())
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    let mut resp = Json(instance).into_response();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// Backend 404s on an instance path become `instance_not_found`.
+fn not_found_as_instance(
+    name: &InstanceName,
+) -> impl FnOnce(crate::backend::BackendError) -> ApiError + '_ {
+    move |e| match e {
+        crate::backend::BackendError::NotFound(_) => ApiError::not_found(
+            "instance_not_found",
+            format!("instance `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+async fn update(
+    state: AppState,
+    user: AuthUser,
+    name: String,
+    q: ProjectWaitQuery,
+    headers: HeaderMap,
+    body: InstanceUpdate,
+    replace: bool,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let op = state
+        .backend
+        .update_instance(
+            project.as_str(),
+            name.as_str(),
+            &body,
+            if_match(&headers),
+            replace,
+        )
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    match op {
+        Some(op) => {
+            accepted(
+                &state,
+                &user,
+                project.as_str(),
+                "instance.update",
+                Some(name.as_str()),
+                op,
+                q.wait,
+            )
+            .await
+        }
+        None => {
+            let (instance, _) = state
+                .backend
+                .get_instance(project.as_str(), name.as_str())
+                .await?;
+            Ok(Json(instance).into_response())
+        }
+    }
+}
+
+/// Replace an instance's configuration (fields left out are emptied, as in Incus).
+#[utoipa::path(put, path = "/{name}", tag = "instances", operation_id = "replace_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery,
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
+    request_body = InstanceUpdate,
+    responses(
+        (status = 202, description = "Updating", body = OperationRef),
+        (status = 200, description = "Updated", body = Instance),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn replace_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    headers: HeaderMap,
+    Json(body): Json<InstanceUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, q, headers, body, true).await
+}
+
+/// Change some of an instance's configuration.
+#[utoipa::path(patch, path = "/{name}", tag = "instances", operation_id = "update_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery,
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
+    request_body = InstanceUpdate,
+    responses(
+        (status = 200, description = "Updated", body = Instance),
+        (status = 202, description = "Updating", body = OperationRef),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    headers: HeaderMap,
+    Json(body): Json<InstanceUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, q, headers, body, false).await
+}
+
+/// Delete an instance (it must be stopped).
+#[utoipa::path(delete, path = "/{name}", tag = "instances", operation_id = "delete_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    responses(
+        (status = 202, description = "Deleting", body = OperationRef),
+        (status = 200, description = "Deleted within `?wait=`", body = Operation),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let op = state
+        .backend
+        .delete_instance(project.as_str(), name.as_str())
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "instance.delete",
+        Some(name.as_str()),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// The new name.
+    #[schema(example = "web-2")]
+    pub name: String,
+}
+
+/// Rename an instance (it must be stopped).
+#[utoipa::path(post, path = "/{name}/rename", tag = "instances", operation_id = "rename_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = RenameRequest,
+    responses(
+        (status = 202, description = "Renaming", body = OperationRef),
+        (status = 200, description = "Renamed within `?wait=`", body = Operation),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The new name is taken", body = Problem, content_type = "application/problem+json")))]
+pub async fn rename_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<RenameRequest>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let new_name =
+        InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    let op = state
+        .backend
+        .rename_instance(project.as_str(), name.as_str(), new_name.as_str())
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "instance.rename",
+        Some(name.as_str()),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Runtime state: status, processes, CPU, memory, disks, network addresses.
+#[utoipa::path(get, path = "/{name}/state", tag = "instances", operation_id = "get_instance_state",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The state", body = InstanceState),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_instance_state(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Json<InstanceState>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = instance_name(&name)?;
+    Ok(Json(
+        state
+            .backend
+            .instance_state(project.as_str(), name.as_str())
+            .await
+            .map_err(not_found_as_instance(&name))?,
+    ))
+}
+
+async fn change_state(
+    state: &AppState,
+    user: &AuthUser,
+    name: &str,
+    q: &ProjectWaitQuery,
+    change: StateChange,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(name)?;
+    if !STATE_ACTIONS.contains(&change.action.as_str()) {
+        return Err(ApiError::invalid_field(
+            "action",
+            "action must be one of start, stop, restart, freeze, unfreeze",
+        ));
+    }
+    if !(-1..=3600).contains(&change.timeout) {
+        return Err(ApiError::invalid_field(
+            "timeout",
+            "timeout must be -1..3600 seconds",
+        ));
+    }
+    let action = format!("instance.{}", change.action);
+    let op = state
+        .backend
+        .change_state(project.as_str(), name.as_str(), &change)
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    accepted(
+        state,
+        user,
+        project.as_str(),
+        &action,
+        Some(name.as_str()),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Start, stop, restart, freeze or unfreeze an instance.
+#[utoipa::path(put, path = "/{name}/state", tag = "instances", operation_id = "change_instance_state",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = StateChange,
+    responses(
+        (status = 202, description = "Changing state", body = OperationRef),
+        (status = 200, description = "Done within `?wait=`", body = Operation),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown action", body = Problem, content_type = "application/problem+json")))]
+pub async fn change_instance_state(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(change): Json<StateChange>,
+) -> ApiResult<Response> {
+    change_state(&state, &user, &name, &q, change).await
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionOptions {
+    /// Seconds to wait for a clean stop (default 30).
+    pub timeout: Option<i64>,
+    /// Kill rather than shut down cleanly.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Shortcut for the state actions: `POST /instances/{name}/start` (or `stop`,
+/// `restart`, `freeze`, `unfreeze`). The body is optional.
+#[utoipa::path(post, path = "/{name}/{action}", tag = "instances", operation_id = "instance_action",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("action" = String, Path, description = "start, stop, restart, freeze or unfreeze"),
+        ProjectWaitQuery),
+    request_body(content = Option<ActionOptions>, description = "Optional"),
+    responses(
+        (status = 202, description = "Changing state", body = OperationRef),
+        (status = 200, description = "Done within `?wait=`", body = Operation),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or action", body = Problem, content_type = "application/problem+json")))]
+pub async fn instance_action(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if !STATE_ACTIONS.contains(&action.as_str()) {
+        return Err(ApiError::not_found(
+            "route_not_found",
+            format!("no action `{action}`; use start, stop, restart, freeze or unfreeze"),
+        ));
+    }
+    let opts: ActionOptions = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionOptions::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("invalid body: {e}"),
+            )
+        })?
+    };
+    let change = StateChange {
+        action,
+        timeout: opts.timeout.unwrap_or(30),
+        force: opts.force,
+    };
+    change_state(&state, &user, &name, &q, change).await
+}

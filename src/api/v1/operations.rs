@@ -1,0 +1,254 @@
+//! `/api/v1/operations`: background work started through lxgate, and the
+//! 202 + operation-reference convention every long-running endpoint uses.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::{Json, Page, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::incus::instances::project_of;
+use crate::backend::types::Operation;
+use crate::db;
+use crate::error::{ApiError, ApiResult, Problem};
+
+/// The body of a 202 answer (DESIGN §2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationRef {
+    #[schema(example = "6916c8a6-9b7d-4abd-90b3-aadfb1b5fb46")]
+    pub operation_id: String,
+    #[schema(example = "Running")]
+    pub status: String,
+    #[schema(example = 103)]
+    pub status_code: i64,
+    /// The operation's URL on the backend (for reference; use `poll_url`).
+    pub operation_url: String,
+    pub poll_url: String,
+    pub wait_url: String,
+}
+
+pub const MAX_WAIT_SECS: u64 = 300;
+
+/// Records who started `op`, then answers 202 with a reference, or, with
+/// `?wait=`, waits and answers 200 with the finished operation.
+pub async fn accepted(
+    state: &AppState,
+    user: &AuthUser,
+    project: &str,
+    action: &str,
+    resource: Option<&str>,
+    op: Operation,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    db::operations::record(
+        &state.db.pool,
+        db::operations::NewOperation {
+            id: &op.id,
+            project,
+            user_id: &user.id,
+            username: &user.username,
+            action,
+            resource,
+        },
+    )
+    .await?;
+    let op = match wait.filter(|w| *w > 0) {
+        Some(secs) if !op.is_done() => {
+            state
+                .backend
+                .wait_operation(&op.id, secs.min(MAX_WAIT_SECS))
+                .await?
+        }
+        _ => op,
+    };
+    if op.is_done() {
+        return Ok((StatusCode::OK, Json(op)).into_response());
+    }
+    Ok(reference(op))
+}
+
+fn reference(op: Operation) -> Response {
+    let poll_url = format!("/api/v1/operations/{}", op.id);
+    let body = OperationRef {
+        operation_url: format!("/1.0/operations/{}", op.id),
+        wait_url: format!("{poll_url}/wait"),
+        poll_url: poll_url.clone(),
+        operation_id: op.id,
+        status: op.status,
+        status_code: op.status_code,
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&poll_url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn operation_not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "operation_not_found",
+        format!("operation `{id}` does not exist"),
+    )
+}
+
+/// Operation ids are UUIDs; anything else cannot name one.
+fn parse_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::bad_request("invalid_name", "an operation id is a UUID"))
+}
+
+/// The operation, after checking the caller may see its project. Unknown
+/// operations and ones the caller may not see look the same (404).
+async fn visible(
+    state: &AppState,
+    user: &AuthUser,
+    id: &str,
+) -> ApiResult<(Operation, String, Option<db::operations::OperationRow>)> {
+    let record = db::operations::get(&state.db.pool, id).await?;
+    let op = match state.backend.get_operation(id).await {
+        Ok(op) => op,
+        Err(crate::backend::BackendError::NotFound(_)) => return Err(operation_not_found(id)),
+        Err(e) => return Err(e.into()),
+    };
+    let project = record
+        .as_ref()
+        .map(|r| r.project.clone())
+        .unwrap_or_else(|| project_of(&op));
+    if !user.grants.can_see(&project) {
+        return Err(operation_not_found(id));
+    }
+    Ok((op, project, record))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListOperationsQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Every project (admins only).
+    #[serde(rename = "all-projects")]
+    #[param(rename = "all-projects")]
+    pub all_projects: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// List operations in a project (newest first).
+#[utoipa::path(get, path = "", tag = "operations", operation_id = "list_operations",
+    security(("bearer" = [])),
+    params(ListOperationsQuery),
+    responses(
+        (status = 200, description = "A page of operations", body = Page<Operation>),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_operations(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ListOperationsQuery>,
+) -> ApiResult<Json<Page<Operation>>> {
+    let (limit, offset) = crate::api::Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let project = crate::api::v1::project_param(q.project.as_deref())?;
+    let ops = if q.all_projects == Some(true) {
+        user.require(Permission::OperationCancelAny, "")?;
+        state.backend.list_operations(None).await?
+    } else {
+        user.require(Permission::ProjectView, project.as_str())?;
+        state
+            .backend
+            .list_operations(Some(project.as_str()))
+            .await?
+    };
+    Ok(Json(Page::slice(ops, limit, offset)))
+}
+
+/// Get an operation.
+#[utoipa::path(get, path = "/{id}", tag = "operations", operation_id = "get_operation",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Operation id (UUID)")),
+    responses(
+        (status = 200, description = "The operation", body = Operation),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation (or not visible to the caller)", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_operation(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Operation>> {
+    let id = parse_id(&id)?;
+    Ok(Json(visible(&state, &user, &id).await?.0))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Seconds to wait (default 30, max 300).
+    pub timeout: Option<u64>,
+}
+
+/// Long-poll: wait until the operation finishes or the timeout passes, then
+/// return it (check `status_code`: 103 means still running).
+#[utoipa::path(get, path = "/{id}/wait", tag = "operations", operation_id = "wait_operation",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Operation id (UUID)"), WaitQuery),
+    responses(
+        (status = 200, description = "The operation, finished or still running", body = Operation),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json")))]
+pub async fn wait_operation(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<Operation>> {
+    let id = parse_id(&id)?;
+    let (op, _, _) = visible(&state, &user, &id).await?;
+    if op.is_done() {
+        return Ok(Json(op));
+    }
+    let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
+    Ok(Json(state.backend.wait_operation(&id, timeout).await?))
+}
+
+/// Cancel an operation: operators their own, admins anyone's.
+#[utoipa::path(delete, path = "/{id}", tag = "operations", operation_id = "cancel_operation",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Operation id (UUID)")),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 403, description = "Not the caller's operation, or no operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The operation cannot be cancelled", body = Problem, content_type = "application/problem+json")))]
+pub async fn cancel_operation(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(&id)?;
+    let (op, project, record) = visible(&state, &user, &id).await?;
+    let own = record
+        .as_ref()
+        .and_then(|r| r.user_id.as_deref())
+        .is_some_and(|uid| uid == user.id);
+    if own {
+        user.require(Permission::ProjectOperate, &project)?;
+    } else {
+        user.require(Permission::OperationCancelAny, "")?;
+    }
+    if op.is_done() || !op.may_cancel {
+        return Err(ApiError::conflict(
+            "operation_not_cancellable",
+            format!("operation `{id}` cannot be cancelled ({})", op.status),
+        ));
+    }
+    state.backend.cancel_operation(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
