@@ -119,7 +119,7 @@ impl App {
                 config.data_dir.clone(),
                 config.embedded_vm_accel,
             )),
-            BackendKind::Incus => Arc::new(IncusBackend::new(
+            BackendKind::Incus => Arc::new(IncusBackend::with_events(
                 IncusClient::new(&config.incus, &config.data_dir).map_err(anyhow::Error::msg)?,
             )),
         };

@@ -83,6 +83,111 @@ resource_name!(
     "instance"
 );
 
+resource_name!(
+    /// An instance snapshot's name.
+    SnapshotName,
+    "snapshot"
+);
+
+resource_name!(
+    /// An instance backup's name.
+    BackupName,
+    "backup"
+);
+
+/// An image fingerprint: 1-64 lowercase hex digits (a prefix is enough
+/// when it is unique, as in Incus).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageFingerprint(String);
+
+impl ImageFingerprint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!(
+                "an image fingerprint is 1-64 hex digits (got {} characters)",
+                s.chars().count()
+            ));
+        }
+        if let Some(c) = s.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
+            return Err(format!(
+                "image fingerprint {s:?} contains {c:?}; only lowercase hex digits are allowed"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An image alias name. Incus allows more than resource names (`debian/12`
+/// style names live on image servers): here 1-255 characters, no `/`, no
+/// whitespace or control characters, and not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageAliasName(String);
+
+impl ImageAliasName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.chars().count() > 255 {
+            return Err(format!(
+                "an image alias is 1-255 characters (got {})",
+                s.chars().count()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "image alias {s:?} contains {c:?}; '/', whitespace and control characters are not allowed"
+            ));
+        }
+        if s == "." || s == ".." {
+            return Err(format!("{s:?} is not a valid image alias"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageAliasName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+resource_name!(
+    /// A storage pool name.
+    PoolName,
+    "storage pool"
+);
+
+resource_name!(
+    /// A custom storage volume name.
+    VolumeName,
+    "storage volume"
+);
+
+resource_name!(
+    /// A network name (host interfaces included: `eth0`, `lo`).
+    NetworkName,
+    "network"
+);
+
+resource_name!(
+    /// An instance device name (`eth1`, `data`...).
+    DeviceName,
+    "device"
+);
+
 impl Default for ProjectName {
     fn default() -> Self {
         Self("default".to_owned())
@@ -92,6 +197,31 @@ impl Default for ProjectName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_fingerprints_and_aliases() {
+        for ok in ["a", "0123abcdef", &"f".repeat(64)] {
+            assert!(ImageFingerprint::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "ABC", "xyz", "ab cd", "../a", &"0".repeat(65)] {
+            assert!(ImageFingerprint::parse(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["busybox", "debian-12.1", "a_b:c", "é", &"x".repeat(255)] {
+            assert!(ImageAliasName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a\tb",
+            "a\u{7}",
+            ".",
+            "..",
+            &"x".repeat(256),
+        ] {
+            assert!(ImageAliasName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn incus_name_rules() {

@@ -18,7 +18,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::health;
-use crate::api::v1::{audit, auth, instances, operations, system, users};
+use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
+use crate::api::v1::{backups, exec, instance_files, snapshots};
+use crate::api::v1::{networks, projects, storage};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -61,19 +63,116 @@ pub fn api() -> OpenApiRouter<AppState> {
             instances::get_instance_state,
             instances::change_instance_state
         ))
-        .routes(routes!(instances::instance_action));
+        .routes(routes!(instances::instance_action))
+        .routes(routes!(exec::exec_instance))
+        .routes(routes!(exec::exec_ws))
+        .routes(routes!(exec::console_ws));
     let operations = OpenApiRouter::new()
         .routes(routes!(operations::list_operations))
+        .routes(routes!(events::operations_ws))
         .routes(routes!(
             operations::get_operation,
             operations::cancel_operation
         ))
         .routes(routes!(operations::wait_operation));
+    let images = OpenApiRouter::new()
+        .routes(routes!(images::list_images, images::copy_image))
+        .routes(routes!(images::get_image, images::delete_image))
+        .routes(routes!(
+            images::list_image_aliases,
+            images::create_image_alias
+        ))
+        .routes(routes!(images::get_image_alias, images::delete_image_alias))
+        // Uploads get a body limit of their own (streamed to disk, never buffered).
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(images::import_image))
+                .layer(DefaultBodyLimit::max(images::IMPORT_MAX_BYTES)),
+        );
+    // Instance snapshots, backups, logs, console log and files. The file push
+    // counts its streamed body itself (instance_files::MAX_PUSH_BYTES).
+    let snapshots = OpenApiRouter::new()
+        .routes(routes!(
+            snapshots::list_snapshots,
+            snapshots::create_snapshot
+        ))
+        .routes(routes!(snapshots::get_snapshot, snapshots::delete_snapshot))
+        .routes(routes!(snapshots::restore_snapshot));
+    let backups = OpenApiRouter::new()
+        .routes(routes!(backups::list_backups, backups::create_backup))
+        .routes(routes!(backups::get_backup, backups::delete_backup))
+        .routes(routes!(backups::export_backup));
+    let instance_files = OpenApiRouter::new()
+        .routes(routes!(instance_files::list_instance_logs))
+        .routes(routes!(instance_files::get_instance_log))
+        .routes(routes!(instance_files::get_console_log))
+        .routes(routes!(
+            instance_files::pull_file,
+            instance_files::push_file
+        ));
+    // Storage pools and volumes, networks, projects; attaching volumes and
+    // NICs to instances.
+    let storage = OpenApiRouter::new()
+        .routes(routes!(
+            storage::list_storage_pools,
+            storage::create_storage_pool
+        ))
+        .routes(routes!(
+            storage::get_storage_pool,
+            storage::replace_storage_pool,
+            storage::update_storage_pool,
+            storage::delete_storage_pool
+        ))
+        .routes(routes!(storage::list_volumes, storage::create_volume))
+        .routes(routes!(
+            storage::get_volume,
+            storage::update_volume,
+            storage::delete_volume
+        ))
+        .routes(routes!(storage::resize_volume));
+    let instance_volumes = OpenApiRouter::new()
+        .routes(routes!(storage::attach_volume))
+        .routes(routes!(storage::detach_volume));
+    let networks = OpenApiRouter::new()
+        .routes(routes!(networks::list_networks, networks::create_network))
+        .routes(routes!(
+            networks::get_network,
+            networks::replace_network,
+            networks::update_network,
+            networks::delete_network
+        ))
+        .routes(routes!(networks::get_network_state))
+        .routes(routes!(networks::list_network_leases));
+    let instance_nics = OpenApiRouter::new()
+        .routes(routes!(networks::attach_nic))
+        .routes(routes!(networks::detach_nic));
+    let projects = OpenApiRouter::new()
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(
+            projects::get_project,
+            projects::replace_project,
+            projects::update_project,
+            projects::delete_project
+        ))
+        .routes(routes!(projects::get_project_state));
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)
         .nest("/instances", instances)
+        .nest("/instances/{name}/volumes", instance_volumes)
+        .nest("/instances/{name}/nics", instance_nics)
+        .nest("/storage", storage)
+        .nest("/networks", networks)
+        .nest("/projects", projects)
+        .nest("/instances/{name}/snapshots", snapshots)
+        .nest("/instances/{name}/backups", backups)
+        .nest("/instances/{name}", instance_files)
         .nest("/operations", operations)
+        .nest("/images", images)
+        .nest(
+            "/events",
+            OpenApiRouter::new().routes(routes!(events::events_ws)),
+        )
         .nest(
             "/audit",
             OpenApiRouter::new().routes(routes!(audit::list_audit)),
@@ -111,13 +210,26 @@ async fn method_not_allowed() -> ApiError {
 fn waits_on_purpose(req: &Request) -> bool {
     req.uri().path().ends_with("/wait")
         || req.uri().path().ends_with("/ws")
+        // Backup downloads: the first byte can take a while on a busy backend.
+        || req.uri().path().ends_with("/export")
         || req
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("wait=")))
 }
 
+/// Uploads stream for as long as the client sends (up to their body limit);
+/// a fixed deadline would cut large images short.
+fn uploads(req: &Request) -> bool {
+    req.method() == Method::POST && req.uri().path().ends_with("/images/import")
+        // File push into an instance (bounded by its own size and idle limits).
+        || req.method() == Method::POST && req.uri().path().ends_with("/files")
+}
+
 async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    if uploads(&req) {
+        return next.run(req).await;
+    }
     // ?wait= is capped at MAX_WAIT_SECS; leave room for the answer itself.
     let limit = if waits_on_purpose(&req) {
         Duration::from_secs(operations::MAX_WAIT_SECS + 30)
@@ -189,7 +301,16 @@ pub fn build(state: AppState) -> Router {
             config.request_timeout,
             request_timeout,
         ))
-        .layer(CompressionLayer::new())
+        // Binary downloads (backup tarballs, files) pass as they are: mostly
+        // compressed already, and they keep their Content-Length.
+        .layer(CompressionLayer::new().compress_when(
+            tower_http::compression::predicate::Predicate::and(
+                tower_http::compression::predicate::DefaultPredicate::new(),
+                tower_http::compression::predicate::NotForContentType::const_new(
+                    "application/octet-stream",
+                ),
+            ),
+        ))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,

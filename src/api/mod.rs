@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod v1;
+pub mod ws;
 
 use std::net::SocketAddr;
 

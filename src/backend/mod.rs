@@ -2,6 +2,7 @@
 //! instances, in Incus-shaped types, with no knowledge of HTTP auth.
 
 pub mod embedded;
+pub mod events;
 pub mod incus;
 pub mod types;
 
@@ -247,5 +248,467 @@ pub trait Backend: Send + Sync {
 
     async fn cancel_operation(&self, _id: &str) -> Result<(), BackendError> {
         unsupported("cancelling operations")
+    }
+
+    // --- instance snapshots, backups, logs, console log and files ---
+
+    async fn list_snapshots(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _expand: bool,
+    ) -> Result<Listing<types::Snapshot>, BackendError> {
+        unsupported("listing snapshots")
+    }
+
+    async fn get_snapshot(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _snap: &str,
+    ) -> Result<types::Snapshot, BackendError> {
+        unsupported("reading snapshots")
+    }
+
+    async fn create_snapshot(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _req: &types::SnapshotCreate,
+    ) -> Result<Operation, BackendError> {
+        unsupported("creating snapshots")
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _snap: &str,
+    ) -> Result<Operation, BackendError> {
+        unsupported("deleting snapshots")
+    }
+
+    /// Puts the instance back to the snapshot (`stateful`: with its memory).
+    async fn restore_snapshot(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _snap: &str,
+        _stateful: bool,
+    ) -> Result<Operation, BackendError> {
+        unsupported("restoring snapshots")
+    }
+
+    async fn list_backups(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _expand: bool,
+    ) -> Result<Listing<types::Backup>, BackendError> {
+        unsupported("listing backups")
+    }
+
+    async fn get_backup(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _backup: &str,
+    ) -> Result<types::Backup, BackendError> {
+        unsupported("reading backups")
+    }
+
+    async fn create_backup(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _req: &types::BackupCreate,
+    ) -> Result<Operation, BackendError> {
+        unsupported("creating backups")
+    }
+
+    async fn delete_backup(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _backup: &str,
+    ) -> Result<Operation, BackendError> {
+        unsupported("deleting backups")
+    }
+
+    /// The backup tarball, streamed.
+    async fn export_backup(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _backup: &str,
+    ) -> Result<types::Download, BackendError> {
+        unsupported("exporting backups")
+    }
+
+    /// Names of the instance's log files.
+    async fn list_instance_logs(
+        &self,
+        _project: &str,
+        _instance: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        unsupported("listing instance logs")
+    }
+
+    async fn get_instance_log(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _file: &str,
+    ) -> Result<types::Download, BackendError> {
+        unsupported("reading instance logs")
+    }
+
+    /// What the instance wrote to its console (text).
+    async fn console_log(
+        &self,
+        _project: &str,
+        _instance: &str,
+    ) -> Result<types::Download, BackendError> {
+        unsupported("reading the console log")
+    }
+
+    /// A file's content or a directory's entries (`path` is absolute).
+    async fn pull_file(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _path: &str,
+    ) -> Result<types::FilePull, BackendError> {
+        unsupported("reading files in instances")
+    }
+
+    /// Creates or overwrites the file at `path` (absolute) with `body`.
+    async fn push_file(
+        &self,
+        _project: &str,
+        _instance: &str,
+        _path: &str,
+        _opts: types::FilePush,
+        _body: types::ByteStream,
+    ) -> Result<(), BackendError> {
+        unsupported("writing files in instances")
+    }
+
+    // --- images ---
+
+    /// Images of `scope.project` (every project when `None`); names are fingerprints.
+    async fn list_images(
+        &self,
+        _scope: ListScope<'_>,
+    ) -> Result<Listing<types::Image>, BackendError> {
+        unsupported("listing images")
+    }
+
+    /// The image (by fingerprint or unique prefix) and its ETag.
+    async fn get_image(
+        &self,
+        _project: &str,
+        _fingerprint: &str,
+    ) -> Result<(types::Image, Option<String>), BackendError> {
+        unsupported("reading images")
+    }
+
+    async fn delete_image(
+        &self,
+        _project: &str,
+        _fingerprint: &str,
+    ) -> Result<Operation, BackendError> {
+        unsupported("deleting images")
+    }
+
+    /// Copies an image from a remote image server into `project`.
+    async fn copy_image(
+        &self,
+        _project: &str,
+        _req: &types::ImageCopy,
+    ) -> Result<Operation, BackendError> {
+        unsupported("copying images")
+    }
+
+    /// Adds an uploaded image (already spooled to local files) to `project`.
+    /// The files may be removed once this returns.
+    async fn import_image(
+        &self,
+        _project: &str,
+        _upload: &types::ImageUpload,
+    ) -> Result<Operation, BackendError> {
+        unsupported("importing images")
+    }
+
+    async fn list_image_aliases(
+        &self,
+        _project: &str,
+        _expand: bool,
+    ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
+        unsupported("listing image aliases")
+    }
+
+    async fn get_image_alias(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<types::ImageAliasesEntry, BackendError> {
+        unsupported("reading image aliases")
+    }
+
+    async fn create_image_alias(
+        &self,
+        _project: &str,
+        _req: &types::ImageAliasCreate,
+    ) -> Result<(), BackendError> {
+        unsupported("creating image aliases")
+    }
+
+    async fn delete_image_alias(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
+        unsupported("deleting image aliases")
+    }
+
+    // --- exec and console ---
+
+    /// An interactive command on a PTY of `width` x `height`.
+    async fn exec_interactive(
+        &self,
+        _project: &str,
+        _name: &str,
+        _req: &types::ExecRequest,
+        _size: (u32, u32),
+    ) -> Result<types::TerminalSession, BackendError> {
+        unsupported("interactive exec")
+    }
+
+    /// A non-interactive command whose output is recorded; the operation's
+    /// result is read with `exec_output`.
+    async fn exec(
+        &self,
+        _project: &str,
+        _name: &str,
+        _req: &types::ExecRequest,
+    ) -> Result<Operation, BackendError> {
+        unsupported("exec")
+    }
+
+    /// Exit code, stdout and stderr of a finished `exec` operation.
+    async fn exec_output(
+        &self,
+        _project: &str,
+        _op: &Operation,
+    ) -> Result<Option<types::ExecOutput>, BackendError> {
+        unsupported("exec output")
+    }
+
+    /// The instance's console (serial console for VMs, /dev/console for containers).
+    async fn console(
+        &self,
+        _project: &str,
+        _name: &str,
+        _size: (u32, u32),
+    ) -> Result<types::TerminalSession, BackendError> {
+        unsupported("the console")
+    }
+
+    // --- events ---
+
+    /// A subscription to every event of every project; the API layer filters
+    /// by what the caller may see.
+    fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<types::Event>>, BackendError> {
+        unsupported("events")
+    }
+
+    /// The backend's log messages as `logging` events (admins only), on a
+    /// stream of their own: they are many, and few want them.
+    async fn subscribe_logging(
+        &self,
+    ) -> Result<tokio::sync::mpsc::Receiver<types::Event>, BackendError> {
+        unsupported("logging events")
+    }
+
+    // --- storage pools and volumes, networks, projects (DESIGN §6) ---
+
+    async fn list_storage_pools(
+        &self,
+        _expand: bool,
+    ) -> Result<Listing<types::StoragePool>, BackendError> {
+        unsupported("listing storage pools")
+    }
+
+    /// The pool and its ETag.
+    async fn get_storage_pool(
+        &self,
+        _pool: &str,
+    ) -> Result<(types::StoragePool, Option<String>), BackendError> {
+        unsupported("reading storage pools")
+    }
+
+    async fn create_storage_pool(
+        &self,
+        _req: &types::StoragePoolCreate,
+    ) -> Result<(), BackendError> {
+        unsupported("creating storage pools")
+    }
+
+    /// `replace`: PUT rather than PATCH.
+    async fn update_storage_pool(
+        &self,
+        _pool: &str,
+        _update: &types::StoragePoolUpdate,
+        _if_match: Option<&str>,
+        _replace: bool,
+    ) -> Result<(), BackendError> {
+        unsupported("updating storage pools")
+    }
+
+    async fn delete_storage_pool(&self, _pool: &str) -> Result<(), BackendError> {
+        unsupported("deleting storage pools")
+    }
+
+    /// Custom volumes of `project` in `pool`.
+    async fn list_volumes(
+        &self,
+        _project: &str,
+        _pool: &str,
+        _expand: bool,
+    ) -> Result<Listing<types::StorageVolume>, BackendError> {
+        unsupported("listing storage volumes")
+    }
+
+    /// A custom volume and its ETag.
+    async fn get_volume(
+        &self,
+        _project: &str,
+        _pool: &str,
+        _name: &str,
+    ) -> Result<(types::StorageVolume, Option<String>), BackendError> {
+        unsupported("reading storage volumes")
+    }
+
+    /// Returns the operation when the backend creates it in the background.
+    async fn create_volume(
+        &self,
+        _project: &str,
+        _pool: &str,
+        _req: &types::StorageVolumeCreate,
+    ) -> Result<Option<Operation>, BackendError> {
+        unsupported("creating storage volumes")
+    }
+
+    /// PATCH semantics: only the given fields change.
+    async fn update_volume(
+        &self,
+        _project: &str,
+        _pool: &str,
+        _name: &str,
+        _update: &types::StorageVolumeUpdate,
+        _if_match: Option<&str>,
+    ) -> Result<(), BackendError> {
+        unsupported("updating storage volumes")
+    }
+
+    /// Returns the operation when the backend deletes it in the background.
+    async fn delete_volume(
+        &self,
+        _project: &str,
+        _pool: &str,
+        _name: &str,
+    ) -> Result<Option<Operation>, BackendError> {
+        unsupported("deleting storage volumes")
+    }
+
+    async fn list_networks(
+        &self,
+        _project: &str,
+        _expand: bool,
+    ) -> Result<Listing<types::Network>, BackendError> {
+        unsupported("listing networks")
+    }
+
+    /// The network and its ETag.
+    async fn get_network(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<(types::Network, Option<String>), BackendError> {
+        unsupported("reading networks")
+    }
+
+    async fn create_network(
+        &self,
+        _project: &str,
+        _req: &types::NetworkCreate,
+    ) -> Result<(), BackendError> {
+        unsupported("creating networks")
+    }
+
+    /// `replace`: PUT rather than PATCH.
+    async fn update_network(
+        &self,
+        _project: &str,
+        _name: &str,
+        _update: &types::NetworkUpdate,
+        _if_match: Option<&str>,
+        _replace: bool,
+    ) -> Result<(), BackendError> {
+        unsupported("updating networks")
+    }
+
+    async fn delete_network(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
+        unsupported("deleting networks")
+    }
+
+    async fn network_state(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<types::NetworkState, BackendError> {
+        unsupported("reading network state")
+    }
+
+    async fn network_leases(
+        &self,
+        _project: &str,
+        _name: &str,
+    ) -> Result<Vec<types::NetworkLease>, BackendError> {
+        unsupported("reading network leases")
+    }
+
+    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
+        unsupported("listing projects")
+    }
+
+    /// The project and its ETag.
+    async fn get_project(
+        &self,
+        _name: &str,
+    ) -> Result<(types::Project, Option<String>), BackendError> {
+        unsupported("reading projects")
+    }
+
+    async fn create_project(&self, _req: &types::ProjectCreate) -> Result<(), BackendError> {
+        unsupported("creating projects")
+    }
+
+    /// `replace`: PUT rather than PATCH.
+    async fn update_project(
+        &self,
+        _name: &str,
+        _update: &types::ProjectUpdate,
+        _if_match: Option<&str>,
+        _replace: bool,
+    ) -> Result<(), BackendError> {
+        unsupported("updating projects")
+    }
+
+    async fn delete_project(&self, _name: &str) -> Result<(), BackendError> {
+        unsupported("deleting projects")
+    }
+
+    async fn project_state(&self, _name: &str) -> Result<types::ProjectState, BackendError> {
+        unsupported("reading project state")
     }
 }

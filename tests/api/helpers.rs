@@ -29,7 +29,11 @@ pub struct TestApp {
     pub config: Config,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// lxgate runs on a multi-threaded runtime of its own, as in production:
+    /// a test blocking its own thread (say, running `incus delete`) must not
+    /// stop lxgate from reading Incus's event stream (Incus blocks on slow
+    /// event readers).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A fresh, empty PostgreSQL database on the server `make test` started.
@@ -84,17 +88,29 @@ pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
     if std::env::var_os("LXGATE_TEST_LOG").is_some() {
         lxgate::telemetry::init(lxgate::config::LogFormat::Pretty, "debug");
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().unwrap();
-    let state = lxgate::App::build(config.clone())
-        .await
-        .expect("the app starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for lxgate");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(lxgate::serve_state(listener, state, async {
-        let _ = rx.await;
-    }));
+    let app_config = config.clone();
+    let addr = runtime
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0");
+            let addr = listener.local_addr().unwrap();
+            let state = lxgate::App::build(app_config)
+                .await
+                .expect("the app starts");
+            tokio::spawn(lxgate::serve_state(listener, state, async {
+                let _ = rx.await;
+            }));
+            addr
+        })
+        .await
+        .expect("lxgate starts");
     TestApp {
         addr,
         base: format!("http://{addr}"),
@@ -105,7 +121,7 @@ pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
         config,
         _dir: dir,
         shutdown: Some(tx),
-        server: Some(server),
+        runtime: Some(runtime),
     }
 }
 
@@ -114,8 +130,8 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(server) = self.server.take() {
-            server.abort();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -266,4 +282,35 @@ macro_rules! db_test {
             }
         }
     };
+}
+
+pub type ClientSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl TestApp {
+    /// A single-use WebSocket ticket for `token`'s user.
+    pub async fn ticket(&self, token: &str) -> String {
+        let r = self
+            .post("/api/v1/auth/ws-ticket", Some(token), serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "ticket: {}", r.text);
+        r.body["ticket"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens a WebSocket to `path_and_query` (which carries its own credentials).
+    pub async fn ws(
+        &self,
+        path_and_query: &str,
+    ) -> Result<ClientSocket, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{}{path_and_query}", self.addr);
+        tokio_tungstenite::connect_async(url).await.map(|(s, _)| s)
+    }
+}
+
+/// The HTTP status a refused WebSocket handshake got.
+pub fn ws_refusal(e: tokio_tungstenite::tungstenite::Error) -> u16 {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => resp.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
 }

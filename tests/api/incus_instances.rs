@@ -110,6 +110,14 @@ async fn instance_lifecycle_through_operations() {
         .await;
     assert_eq!(start.status, StatusCode::OK, "{}", start.text);
     assert_eq!(start.body["status_code"], 200, "{}", start.text);
+    // Starting it again fails in the background: with ?wait= the failed
+    // operation comes back (200, status_code 400, err), not a gateway error.
+    let again = app
+        .post(&format!("{path}/start?wait=30"), Some(&admin), json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body["status_code"], 400, "{}", again.text);
+    assert!(!again.body["err"].as_str().unwrap_or_default().is_empty());
     let st = app.get(&format!("{path}/state"), Some(&admin)).await;
     assert_eq!(st.status, StatusCode::OK);
     assert_eq!(st.body["status"], "Running");

@@ -69,6 +69,10 @@ const ROUTES: &[(&str, Need)] = &[
     ("GET /api/v1/operations/{id}", Authenticated),
     ("GET /api/v1/operations/{id}/wait", Authenticated),
     ("DELETE /api/v1/operations/{id}", Authenticated),
+    // Event streams: any caller, filtered to its projects (no `project`
+    // given); `?project=` and `type=logging` are checked as usual.
+    ("GET /api/v1/events/ws", Authenticated),
+    ("GET /api/v1/operations/ws", Authenticated),
     // instances
     ("GET /api/v1/instances", ProjectView),
     ("POST /api/v1/instances", ProjectOperate),
@@ -88,6 +92,11 @@ const ROUTES: &[(&str, Need)] = &[
     ("POST /api/v1/instances/{name}/unfreeze", ProjectOperate),
     ("GET /api/v1/instances/{name}/logs", ProjectView),
     ("GET /api/v1/instances/{name}/logs/{file}", ProjectView),
+    // The console log is read like the other logs (DESIGN §4: every GET);
+    // files in instances need operator (DESIGN §4: file push/pull).
+    ("GET /api/v1/instances/{name}/console/log", ProjectView),
+    ("GET /api/v1/instances/{name}/files", ProjectOperate),
+    ("POST /api/v1/instances/{name}/files", ProjectOperate),
     ("POST /api/v1/instances/{name}/exec", ProjectOperate),
     ("GET /api/v1/instances/{name}/exec/ws", ProjectOperate),
     ("GET /api/v1/instances/{name}/console/ws", ProjectOperate),
@@ -116,6 +125,12 @@ const ROUTES: &[(&str, Need)] = &[
         ProjectOperate,
     ),
     // storage
+    // Pools are server-wide: listing and reading them needs a role in the
+    // `?project=` (default `default`), so project users can pick a pool for
+    // their volumes; changing them is for admins.
+    ("GET /api/v1/storage/pools", ProjectView),
+    ("POST /api/v1/storage/pools", Admin),
+    ("GET /api/v1/storage/pools/{pool}", ProjectView),
     ("PUT /api/v1/storage/pools/{pool}", Admin),
     ("PATCH /api/v1/storage/pools/{pool}", Admin),
     ("DELETE /api/v1/storage/pools/{pool}", Admin),
@@ -124,6 +139,10 @@ const ROUTES: &[(&str, Need)] = &[
     (
         "GET /api/v1/storage/pools/{pool}/volumes/{name}",
         ProjectView,
+    ),
+    (
+        "PATCH /api/v1/storage/pools/{pool}/volumes/{name}",
+        ProjectOperate,
     ),
     (
         "DELETE /api/v1/storage/pools/{pool}/volumes/{name}",
@@ -140,6 +159,7 @@ const ROUTES: &[(&str, Need)] = &[
     ),
     // networks
     ("GET /api/v1/networks", ProjectView),
+    ("POST /api/v1/networks", Admin),
     ("GET /api/v1/networks/{name}", ProjectView),
     ("PUT /api/v1/networks/{name}", Admin),
     ("PATCH /api/v1/networks/{name}", Admin),
@@ -152,18 +172,24 @@ const ROUTES: &[(&str, Need)] = &[
         ProjectOperate,
     ),
     // projects ({name} is the project itself)
+    // Any caller may list projects; the list holds only the projects the
+    // caller has a role in (all of them for a global role).
+    ("GET /api/v1/projects", Authenticated),
     ("POST /api/v1/projects", Admin),
     ("GET /api/v1/projects/{name}", ProjectView),
     ("PUT /api/v1/projects/{name}", Admin),
     ("PATCH /api/v1/projects/{name}", Admin),
     ("DELETE /api/v1/projects/{name}", Admin),
+    ("GET /api/v1/projects/{name}/state", ProjectView),
     // images
     ("GET /api/v1/images", ProjectView),
     ("POST /api/v1/images", Admin),
     ("GET /api/v1/images/{fingerprint}", ProjectView),
     ("DELETE /api/v1/images/{fingerprint}", Admin),
+    ("POST /api/v1/images/import", Admin),
     ("GET /api/v1/images/aliases", ProjectView),
     ("POST /api/v1/images/aliases", Admin),
+    ("GET /api/v1/images/aliases/{name}", ProjectView),
     ("DELETE /api/v1/images/aliases/{name}", Admin),
     // operations
     ("GET /api/v1/operations", ProjectView),
@@ -308,6 +334,8 @@ fn generic_body(key: &str) -> Value {
         "POST /api/v1/instances/{name}/backups" => json!({"name": "rbac-backup"}),
         "POST /api/v1/storage/pools/{pool}/volumes" => json!({"name": "rbac-vol"}),
         "POST /api/v1/storage/pools/{pool}/volumes/{name}/resize" => json!({"size": "1GiB"}),
+        "POST /api/v1/storage/pools" => json!({"name": "rbac-pool", "driver": "dir"}),
+        "POST /api/v1/networks" => json!({"name": "rbac-net"}),
         "POST /api/v1/instances/{name}/volumes" => json!({
             "pool": MISSING, "volume": MISSING, "path": "/mnt/rbac", "device": "rbac-disk"}),
         "POST /api/v1/instances/{name}/nics" => json!({"network": MISSING, "device": "eth9"}),

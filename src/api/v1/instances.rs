@@ -223,7 +223,7 @@ pub async fn get_instance(
 }
 
 /// Backend 404s on an instance path become `instance_not_found`.
-fn not_found_as_instance(
+pub fn not_found_as_instance(
     name: &InstanceName,
 ) -> impl FnOnce(crate::backend::BackendError) -> ApiError + '_ {
     move |e| match e {

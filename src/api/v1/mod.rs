@@ -2,8 +2,18 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backups;
+pub mod devices;
+pub mod events;
+pub mod exec;
+pub mod images;
+pub mod instance_files;
 pub mod instances;
+pub mod networks;
 pub mod operations;
+pub mod projects;
+pub mod snapshots;
+pub mod storage;
 pub mod system;
 pub mod users;
 

@@ -65,9 +65,32 @@ pub async fn accepted(
         _ => op,
     };
     if op.is_done() {
+        let op = with_exec_output(state, project, Some(action), op).await?;
         return Ok((StatusCode::OK, Json(op)).into_response());
     }
     Ok(reference(op))
+}
+
+/// A finished exec operation carries the command's exit code, stdout and
+/// stderr in its metadata (not just where the backend logged them).
+async fn with_exec_output(
+    state: &AppState,
+    project: &str,
+    action: Option<&str>,
+    mut op: Operation,
+) -> ApiResult<Operation> {
+    if action != Some(crate::api::v1::exec::EXEC_ACTION) || op.status_code != 200 {
+        return Ok(op);
+    }
+    if let Some(out) = state.backend.exec_output(project, &op).await?
+        && let Some(meta) = op.metadata.as_object_mut()
+    {
+        meta.insert("exit_code".into(), out.exit_code.into());
+        meta.insert("stdout".into(), out.stdout.into());
+        meta.insert("stderr".into(), out.stderr.into());
+        meta.insert("truncated".into(), out.truncated.into());
+    }
+    Ok(op)
 }
 
 fn reference(op: Operation) -> Response {
@@ -183,7 +206,9 @@ pub async fn get_operation(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Operation>> {
     let id = parse_id(&id)?;
-    Ok(Json(visible(&state, &user, &id).await?.0))
+    let (op, project, record) = visible(&state, &user, &id).await?;
+    let action = record.as_ref().map(|r| r.action.as_str());
+    Ok(Json(with_exec_output(&state, &project, action, op).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -210,12 +235,15 @@ pub async fn wait_operation(
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {
     let id = parse_id(&id)?;
-    let (op, _, _) = visible(&state, &user, &id).await?;
-    if op.is_done() {
-        return Ok(Json(op));
-    }
-    let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
-    Ok(Json(state.backend.wait_operation(&id, timeout).await?))
+    let (op, project, record) = visible(&state, &user, &id).await?;
+    let action = record.as_ref().map(|r| r.action.as_str());
+    let op = if op.is_done() {
+        op
+    } else {
+        let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
+        state.backend.wait_operation(&id, timeout).await?
+    };
+    Ok(Json(with_exec_output(&state, &project, action, op).await?))
 }
 
 /// Cancel an operation: operators their own, admins anyone's.

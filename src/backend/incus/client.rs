@@ -61,10 +61,18 @@ pub struct Response {
     pub etag: Option<String>,
 }
 
+/// How websockets reach Incus (reqwest does not do websockets).
+#[derive(Clone)]
+pub enum WsTransport {
+    Unix(PathBuf),
+    Tls(std::sync::Arc<rustls::ClientConfig>),
+}
+
 #[derive(Clone)]
 pub struct IncusClient {
     http: reqwest::Client,
     base: Url,
+    pub(super) ws: WsTransport,
     /// Shown in errors and `system/info` (never contains secrets).
     pub endpoint: String,
 }
@@ -84,6 +92,7 @@ impl IncusClient {
                     .map_err(|e| format!("Incus client: {e}"))?;
                 Ok(Self {
                     http,
+                    ws: WsTransport::Unix(cfg.socket_path.clone()),
                     base: Url::parse("http://incus").expect("static URL"),
                     endpoint: format!("unix://{}", cfg.socket_path.display()),
                 })
@@ -128,11 +137,13 @@ impl IncusClient {
         base: Url,
         config: rustls::ClientConfig,
     ) -> Result<Self, String> {
+        let ws = WsTransport::Tls(std::sync::Arc::new(config.clone()));
         let http = builder
             .tls_backend_preconfigured(config)
             .build()
             .map_err(|e| format!("Incus client: {e}"))?;
         Ok(Self {
+            ws,
             endpoint: base.to_string(),
             http,
             base,
@@ -243,6 +254,34 @@ impl IncusClient {
         let resp = self
             .raw_with_timeout(method, url, body, if_match, timeout)
             .await?;
+        self.envelope_of(resp).await
+    }
+
+    /// A POST with a streamed `multipart/form-data` body (image uploads) and
+    /// extra headers. `timeout` replaces `INCUS_TIMEOUT`, which would cut a
+    /// large upload short.
+    pub async fn query_multipart(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        form: reqwest::multipart::Form,
+        headers: &[(&'static str, String)],
+        timeout: std::time::Duration,
+    ) -> Result<Response, BackendError> {
+        let mut req = self
+            .http
+            .post(self.url(segments, query))
+            .timeout(timeout)
+            .multipart(form);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        self.envelope_of(resp).await
+    }
+
+    /// The envelope of an Incus answer, errors typed.
+    async fn envelope_of(&self, resp: reqwest::Response) -> Result<Response, BackendError> {
         let status = resp.status();
         let etag = resp
             .headers()
@@ -276,6 +315,43 @@ impl IncusClient {
         let value = serde_json::from_value(r.envelope.metadata)
             .map_err(|e| BackendError::Upstream(format!("unexpected Incus data: {e}")))?;
         Ok((value, r.etag))
+    }
+
+    /// A request under `/1.0` whose body and answer are streamed (backup
+    /// export, file push and pull), bounded by `timeout` rather than
+    /// `INCUS_TIMEOUT`. An error answer is read and typed as in `query`; a
+    /// successful one is returned unread.
+    pub async fn raw_stream(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        headers: reqwest::header::HeaderMap,
+        body: Option<reqwest::Body>,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut req = self
+            .http
+            .request(method, self.url(segments, query))
+            .headers(headers)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        Err(match serde_json::from_slice::<Envelope>(&bytes) {
+            Ok(env) if env.error_code != 0 => typed_error(env.error_code, &env.error),
+            Ok(env) => typed_error(status.as_u16(), &env.error),
+            Err(_) => typed_error(
+                status.as_u16(),
+                &String::from_utf8_lossy(&bytes[..bytes.len().min(200)]),
+            ),
+        })
     }
 }
 
@@ -325,6 +401,12 @@ pub fn typed_error(code: u16, message: &str) -> BackendError {
         _ if msg.contains("already exists") || msg.contains("UNIQUE constraint failed") => {
             BackendError::Conflict(msg)
         }
+        // ...and so are project limits and non-empty projects (the client can fix both).
+        _ if msg.contains("Reached maximum number of")
+            || msg.contains("Only empty projects can be removed") =>
+        {
+            BackendError::Conflict(msg)
+        }
         _ => BackendError::Upstream(msg),
     }
 }
@@ -336,6 +418,7 @@ mod tests {
     #[test]
     fn names_are_escaped_into_path_segments() {
         let client = IncusClient {
+            ws: WsTransport::Unix(PathBuf::from("/x")),
             http: reqwest::Client::new(),
             base: Url::parse("https://incus.example:8443").unwrap(),
             endpoint: String::new(),

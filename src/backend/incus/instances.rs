@@ -258,9 +258,17 @@ impl IncusBackend {
                 &[("timeout", &timeout)],
                 std::time::Duration::from_secs(timeout_secs + 10),
             )
-            .await?;
-        serde_json::from_value::<Operation>(r.envelope.metadata)
-            .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))
+            .await;
+        match r {
+            Ok(r) => serde_json::from_value::<Operation>(r.envelope.metadata)
+                .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}"))),
+            // Incus answers the wait of a failed operation with the failure
+            // as an error; the operation itself tells the story.
+            Err(
+                BackendError::Upstream(_) | BackendError::BadRequest(_) | BackendError::Conflict(_),
+            ) => self.get_operation_impl(id).await,
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn cancel_operation_impl(&self, id: &str) -> Result<(), BackendError> {

@@ -1,15 +1,27 @@
 //! The Incus backend: a real Incus (or LXD) server over its unix socket or
 //! over HTTPS with mutual TLS.
 
+pub mod backups;
 pub mod client;
+pub mod events;
+pub mod exec;
+pub mod files;
+pub mod images;
 pub mod instances;
+pub mod networks;
+pub mod projects;
+pub mod snapshots;
+pub mod storage;
 pub mod tls;
 pub mod trust;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::events::{AbortOnDrop, EventBus};
+use super::types;
 use super::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
@@ -18,11 +30,29 @@ pub use client::IncusClient;
 
 pub struct IncusBackend {
     client: IncusClient,
+    bus: EventBus,
+    _upstream: Option<AbortOnDrop>,
 }
 
 impl IncusBackend {
+    /// A backend without the event stream (for one-off commands).
     pub fn new(client: IncusClient) -> Self {
-        Self { client }
+        Self {
+            client,
+            bus: EventBus::default(),
+            _upstream: None,
+        }
+    }
+
+    /// A backend whose event stream runs in the background (needs a runtime).
+    pub fn with_events(client: IncusClient) -> Self {
+        let bus = EventBus::default();
+        let upstream = tokio::spawn(events::run_upstream(client.clone(), bus.clone()));
+        Self {
+            client,
+            bus,
+            _upstream: Some(AbortOnDrop(upstream)),
+        }
     }
 }
 
@@ -175,6 +205,439 @@ impl Backend for IncusBackend {
         self.cancel_operation_impl(id).await
     }
 
+    // --- instance snapshots, backups, logs, console log and files ---
+
+    async fn list_snapshots(
+        &self,
+        project: &str,
+        instance: &str,
+        expand: bool,
+    ) -> Result<Listing<super::types::Snapshot>, BackendError> {
+        self.list_snapshots_impl(project, instance, expand).await
+    }
+
+    async fn get_snapshot(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+    ) -> Result<super::types::Snapshot, BackendError> {
+        self.get_snapshot_impl(project, instance, snap).await
+    }
+
+    async fn create_snapshot(
+        &self,
+        project: &str,
+        instance: &str,
+        req: &super::types::SnapshotCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_snapshot_impl(project, instance, req).await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+    ) -> Result<Operation, BackendError> {
+        self.delete_snapshot_impl(project, instance, snap).await
+    }
+
+    async fn restore_snapshot(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+        stateful: bool,
+    ) -> Result<Operation, BackendError> {
+        self.restore_snapshot_impl(project, instance, snap, stateful)
+            .await
+    }
+
+    async fn list_backups(
+        &self,
+        project: &str,
+        instance: &str,
+        expand: bool,
+    ) -> Result<Listing<super::types::Backup>, BackendError> {
+        self.list_backups_impl(project, instance, expand).await
+    }
+
+    async fn get_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<super::types::Backup, BackendError> {
+        self.get_backup_impl(project, instance, backup).await
+    }
+
+    async fn create_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        req: &super::types::BackupCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_backup_impl(project, instance, req).await
+    }
+
+    async fn delete_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Operation, BackendError> {
+        self.delete_backup_impl(project, instance, backup).await
+    }
+
+    async fn export_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<super::types::Download, BackendError> {
+        self.export_backup_impl(project, instance, backup).await
+    }
+
+    async fn list_instance_logs(
+        &self,
+        project: &str,
+        instance: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        self.list_instance_logs_impl(project, instance).await
+    }
+
+    async fn get_instance_log(
+        &self,
+        project: &str,
+        instance: &str,
+        file: &str,
+    ) -> Result<super::types::Download, BackendError> {
+        self.get_instance_log_impl(project, instance, file).await
+    }
+
+    async fn console_log(
+        &self,
+        project: &str,
+        instance: &str,
+    ) -> Result<super::types::Download, BackendError> {
+        self.console_log_impl(project, instance).await
+    }
+
+    async fn pull_file(
+        &self,
+        project: &str,
+        instance: &str,
+        path: &str,
+    ) -> Result<super::types::FilePull, BackendError> {
+        self.pull_file_impl(project, instance, path).await
+    }
+
+    async fn push_file(
+        &self,
+        project: &str,
+        instance: &str,
+        path: &str,
+        opts: super::types::FilePush,
+        body: super::types::ByteStream,
+    ) -> Result<(), BackendError> {
+        self.push_file_impl(project, instance, path, opts, body)
+            .await
+    }
+
+    // --- images ---
+
+    async fn list_images(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<super::types::Image>, BackendError> {
+        self.list_images_impl(scope).await
+    }
+
+    async fn get_image(
+        &self,
+        project: &str,
+        fingerprint: &str,
+    ) -> Result<(super::types::Image, Option<String>), BackendError> {
+        self.get_image_impl(project, fingerprint).await
+    }
+
+    async fn delete_image(
+        &self,
+        project: &str,
+        fingerprint: &str,
+    ) -> Result<Operation, BackendError> {
+        self.delete_image_impl(project, fingerprint).await
+    }
+
+    async fn copy_image(
+        &self,
+        project: &str,
+        req: &super::types::ImageCopy,
+    ) -> Result<Operation, BackendError> {
+        self.copy_image_impl(project, req).await
+    }
+
+    async fn import_image(
+        &self,
+        project: &str,
+        upload: &super::types::ImageUpload,
+    ) -> Result<Operation, BackendError> {
+        self.import_image_impl(project, upload).await
+    }
+
+    async fn list_image_aliases(
+        &self,
+        project: &str,
+        expand: bool,
+    ) -> Result<Listing<super::types::ImageAliasesEntry>, BackendError> {
+        self.list_image_aliases_impl(project, expand).await
+    }
+
+    async fn get_image_alias(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<super::types::ImageAliasesEntry, BackendError> {
+        self.get_image_alias_impl(project, name).await
+    }
+
+    async fn create_image_alias(
+        &self,
+        project: &str,
+        req: &super::types::ImageAliasCreate,
+    ) -> Result<(), BackendError> {
+        self.create_image_alias_impl(project, req).await
+    }
+
+    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
+        self.delete_image_alias_impl(project, name).await
+    }
+
+    async fn exec_interactive(
+        &self,
+        project: &str,
+        name: &str,
+        req: &super::types::ExecRequest,
+        size: (u32, u32),
+    ) -> Result<super::types::TerminalSession, BackendError> {
+        self.exec_interactive_impl(project, name, req, size).await
+    }
+
+    async fn exec(
+        &self,
+        project: &str,
+        name: &str,
+        req: &super::types::ExecRequest,
+    ) -> Result<Operation, BackendError> {
+        self.exec_impl(project, name, req).await
+    }
+
+    async fn exec_output(
+        &self,
+        project: &str,
+        op: &Operation,
+    ) -> Result<Option<super::types::ExecOutput>, BackendError> {
+        self.exec_output_impl(project, op).await
+    }
+
+    async fn console(
+        &self,
+        project: &str,
+        name: &str,
+        size: (u32, u32),
+    ) -> Result<super::types::TerminalSession, BackendError> {
+        self.console_impl(project, name, size).await
+    }
+
+    fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<super::types::Event>>, BackendError>
+    {
+        Ok(self.bus.subscribe())
+    }
+
+    async fn subscribe_logging(
+        &self,
+    ) -> Result<tokio::sync::mpsc::Receiver<super::types::Event>, BackendError> {
+        events::logging_stream(&self.client).await
+    }
+
+    // --- storage pools and volumes, networks, projects ---
+
+    async fn list_storage_pools(
+        &self,
+        expand: bool,
+    ) -> Result<Listing<types::StoragePool>, BackendError> {
+        self.list_storage_pools_impl(expand).await
+    }
+
+    async fn get_storage_pool(
+        &self,
+        pool: &str,
+    ) -> Result<(types::StoragePool, Option<String>), BackendError> {
+        self.get_storage_pool_impl(pool).await
+    }
+
+    async fn create_storage_pool(
+        &self,
+        req: &types::StoragePoolCreate,
+    ) -> Result<(), BackendError> {
+        self.create_storage_pool_impl(req).await
+    }
+
+    async fn update_storage_pool(
+        &self,
+        pool: &str,
+        update: &types::StoragePoolUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_storage_pool_impl(pool, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_storage_pool(&self, pool: &str) -> Result<(), BackendError> {
+        self.delete_storage_pool_impl(pool).await
+    }
+
+    async fn list_volumes(
+        &self,
+        project: &str,
+        pool: &str,
+        expand: bool,
+    ) -> Result<Listing<types::StorageVolume>, BackendError> {
+        self.list_volumes_impl(project, pool, expand).await
+    }
+
+    async fn get_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(types::StorageVolume, Option<String>), BackendError> {
+        self.get_volume_impl(project, pool, name).await
+    }
+
+    async fn create_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        req: &types::StorageVolumeCreate,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.create_volume_impl(project, pool, req).await
+    }
+
+    async fn update_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+        update: &types::StorageVolumeUpdate,
+        if_match: Option<&str>,
+    ) -> Result<(), BackendError> {
+        self.update_volume_impl(project, pool, name, update, if_match)
+            .await
+    }
+
+    async fn delete_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.delete_volume_impl(project, pool, name).await
+    }
+
+    async fn list_networks(
+        &self,
+        project: &str,
+        expand: bool,
+    ) -> Result<Listing<types::Network>, BackendError> {
+        self.list_networks_impl(project, expand).await
+    }
+
+    async fn get_network(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(types::Network, Option<String>), BackendError> {
+        self.get_network_impl(project, name).await
+    }
+
+    async fn create_network(
+        &self,
+        project: &str,
+        req: &types::NetworkCreate,
+    ) -> Result<(), BackendError> {
+        self.create_network_impl(project, req).await
+    }
+
+    async fn update_network(
+        &self,
+        project: &str,
+        name: &str,
+        update: &types::NetworkUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_network_impl(project, name, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
+        self.delete_network_impl(project, name).await
+    }
+
+    async fn network_state(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<types::NetworkState, BackendError> {
+        self.network_state_impl(project, name).await
+    }
+
+    async fn network_leases(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<types::NetworkLease>, BackendError> {
+        self.network_leases_impl(project, name).await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
+        self.list_projects_impl().await
+    }
+
+    async fn get_project(
+        &self,
+        name: &str,
+    ) -> Result<(types::Project, Option<String>), BackendError> {
+        self.get_project_impl(name).await
+    }
+
+    async fn create_project(&self, req: &types::ProjectCreate) -> Result<(), BackendError> {
+        self.create_project_impl(req).await
+    }
+
+    async fn update_project(
+        &self,
+        name: &str,
+        update: &types::ProjectUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_project_impl(name, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
+        self.delete_project_impl(name).await
+    }
+
+    async fn project_state(&self, name: &str) -> Result<types::ProjectState, BackendError> {
+        self.project_state_impl(name).await
+    }
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let server = self.server().await?;
         let drivers = drivers(&server.environment);

@@ -1,6 +1,25 @@
 //! The Incus-shaped objects both backends return (DESIGN §2): field names and
 //! shapes follow Incus's `/1.0` API so a dashboard cannot tell the backends apart.
 
+pub mod events;
+pub mod exec;
+pub use events::*;
+pub use exec::*;
+pub mod images;
+pub use images::*;
+pub mod backups;
+pub use backups::*;
+pub mod files;
+pub use files::*;
+pub mod snapshots;
+pub use snapshots::*;
+pub mod storage;
+pub use storage::*;
+pub mod networks;
+pub use networks::*;
+pub mod projects;
+pub use projects::*;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,349 @@
+//! `/api/v1/instances/{name}/backups`: backup tarballs kept on the server,
+//! and their download (streamed, never held whole in memory).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
+use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::project_param;
+use crate::api::v1::snapshots::check_expiry;
+use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
+use crate::backend::{BackendError, Listing};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{BackupName, InstanceName};
+
+fn instance_name(s: &str) -> ApiResult<InstanceName> {
+    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn backup_name(s: &str) -> ApiResult<BackupName> {
+    BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+/// Backend 404s on an instance-level path become `instance_not_found`.
+fn no_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "instance_not_found",
+            format!("instance `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+/// Backend 404s on a backup path become `backup_not_found`.
+fn no_backup<'a>(
+    name: &'a InstanceName,
+    backup: &'a BackupName,
+) -> impl FnOnce(BackendError) -> ApiError + 'a {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "backup_not_found",
+            format!("instance `{name}` has no backup `{backup}`"),
+        ),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListBackupsQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A list entry: the backup, or its name with `expand=false`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BackupEntry {
+    Full(Box<Backup>),
+    Name(String),
+}
+
+/// List an instance's backups.
+#[utoipa::path(get, path = "", tag = "backups", operation_id = "list_backups",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ListBackupsQuery),
+    responses(
+        (status = 200, description = "A page of backups (or names)", body = Page<BackupEntry>),
+        (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_backups(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ListBackupsQuery>,
+) -> ApiResult<Json<Page<BackupEntry>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let (limit, offset) = Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let name = instance_name(&name)?;
+    let entries: Vec<BackupEntry> = match state
+        .backend
+        .list_backups(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
+        .await
+        .map_err(no_instance(&name))?
+    {
+        Listing::Names(names) => names.into_iter().map(BackupEntry::Name).collect(),
+        Listing::Full(items) => items
+            .into_iter()
+            .map(|b| BackupEntry::Full(Box::new(b)))
+            .collect(),
+    };
+    Ok(Json(Page::slice(entries, limit, offset)))
+}
+
+/// Make a backup (kept on the server; download it with `export`). Answers 202
+/// with an operation.
+#[utoipa::path(post, path = "", tag = "backups", operation_id = "create_backup",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = BackupCreate,
+    responses(
+        (status = 202, description = "Backing up", body = OperationRef,
+            headers(("location" = String, description = "The operation's URL"))),
+        (status = 200, description = "Finished within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid instance name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A backup of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid backup name, expiry or compression", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_backup(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<BackupCreate>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    if let Some(backup) = &req.name {
+        BackupName::parse(backup).map_err(|e| ApiError::invalid_field("name", e))?;
+    }
+    check_expiry("expires_at", req.expires_at.as_deref())?;
+    if let Some(algo) = &req.compression_algorithm
+        && !COMPRESSION_ALGORITHMS.contains(&algo.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "compression_algorithm",
+            format!(
+                "compression_algorithm must be one of {}",
+                COMPRESSION_ALGORITHMS.join(", ")
+            ),
+        ));
+    }
+    let resource = match &req.name {
+        Some(backup) => format!("{name}/{backup}"),
+        None => name.to_string(),
+    };
+    let op = state
+        .backend
+        .create_backup(project.as_str(), name.as_str(), &req)
+        .await
+        .map_err(no_instance(&name))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "backup.create",
+        Some(&resource),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Get a backup.
+#[utoipa::path(get, path = "/{backup}", tag = "backups", operation_id = "get_backup",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("backup" = String, Path, description = "Backup name"),
+        ProjectQuery),
+    responses(
+        (status = 200, description = "The backup", body = Backup),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_backup(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, backup)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Json<Backup>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = instance_name(&name)?;
+    let backup = backup_name(&backup)?;
+    Ok(Json(
+        state
+            .backend
+            .get_backup(project.as_str(), name.as_str(), backup.as_str())
+            .await
+            .map_err(no_backup(&name, &backup))?,
+    ))
+}
+
+/// Delete a backup. Answers 202 with an operation.
+#[utoipa::path(delete, path = "/{backup}", tag = "backups", operation_id = "delete_backup",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("backup" = String, Path, description = "Backup name"),
+        ProjectWaitQuery),
+    responses(
+        (status = 202, description = "Deleting", body = OperationRef),
+        (status = 200, description = "Deleted within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_backup(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, backup)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let backup = backup_name(&backup)?;
+    let op = state
+        .backend
+        .delete_backup(project.as_str(), name.as_str(), backup.as_str())
+        .await
+        .map_err(no_backup(&name, &backup))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "backup.delete",
+        Some(&format!("{name}/{backup}")),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// The file name extension for a backup tarball, from its first bytes.
+fn tarball_extension(head: &[u8]) -> &'static str {
+    const MAGIC: [(&[u8], &str); 6] = [
+        (&[0x1f, 0x8b], ".tar.gz"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], ".tar.xz"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], ".tar.zst"),
+        (b"BZh", ".tar.bz2"),
+        (&[0x04, 0x22, 0x4d, 0x18], ".tar.lz4"),
+        (&[0x5d, 0x00, 0x00], ".tar.lzma"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map_or(".tar", |(_, ext)| ext)
+}
+
+/// Download a backup: the tarball, streamed from the backend as it is read
+/// (`Content-Length` when the backend knows it). Named
+/// `<instance>-<backup>.tar[.gz|.xz|.zst|...]` after its compression.
+#[utoipa::path(get, path = "/{backup}/export", tag = "backups", operation_id = "export_backup",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("backup" = String, Path, description = "Backup name"),
+        ProjectQuery),
+    responses(
+        (status = 200, description = "The backup tarball", content_type = "application/octet-stream",
+            body = crate::api::v1::instance_files::BinaryContent,
+            headers(("content-disposition" = String, description = "attachment; filename=\"<instance>-<backup>.tar.gz\""))),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+pub async fn export_backup(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, backup)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let backup = backup_name(&backup)?;
+    let Download {
+        content_type,
+        content_length,
+        mut stream,
+    } = state
+        .backend
+        .export_backup(project.as_str(), name.as_str(), backup.as_str())
+        .await
+        .map_err(no_backup(&name, &backup))?;
+    // The first chunk tells the compression (for the file name); it is sent
+    // on in front of the rest.
+    let first = match stream.next().await {
+        Some(Ok(chunk)) => Some(chunk),
+        Some(Err(e)) => {
+            return Err(BackendError::Unavailable(format!("reading the backup: {e}")).into());
+        }
+        None => None,
+    };
+    let filename = format!(
+        "{name}-{backup}{}",
+        tarball_extension(first.as_deref().unwrap_or_default())
+    );
+    let body = futures::stream::iter(first.map(Ok)).chain(stream);
+    let mut resp = Body::from_stream(body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        content_type
+            .and_then(|t| HeaderValue::from_str(&t).ok())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Some(len) = content_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    // Both names are validated resource names (letters, digits, '-'), so the
+    // file name needs no escaping.
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tarball_extension;
+
+    #[test]
+    fn backups_are_named_after_their_compression() {
+        assert_eq!(tarball_extension(&[0x1f, 0x8b, 8, 0]), ".tar.gz");
+        assert_eq!(tarball_extension(b"\xfd7zXZ\x00\x00"), ".tar.xz");
+        assert_eq!(tarball_extension(&[0x28, 0xb5, 0x2f, 0xfd, 1]), ".tar.zst");
+        assert_eq!(tarball_extension(b"BZh91AY"), ".tar.bz2");
+        assert_eq!(tarball_extension(b"backup/index.yaml\0"), ".tar");
+        assert_eq!(tarball_extension(b""), ".tar");
+    }
+}

@@ -1,0 +1,238 @@
+//! `WS /api/v1/events/ws` and `WS /api/v1/operations/ws`: the backend's event
+//! stream, filtered to what the caller may see.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+
+use crate::api::Query;
+use crate::api::v1::project_param;
+use crate::app::AppState;
+use crate::auth::extract::WsUser;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{EVENT_KINDS, Event};
+use crate::error::{ApiError, ApiResult, Problem};
+
+/// How often the server pings each subscriber.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A subscriber that cannot take a message within this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Comma-separated: `operation`, `lifecycle`, `logging` (default: operation,lifecycle).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kinds: Option<String>,
+    /// Only this project (default: every project the caller can see).
+    pub project: Option<String>,
+    /// A single-use ticket from `POST /api/v1/auth/ws-ticket` (browsers).
+    pub ticket: Option<String>,
+    /// An access token, when a ticket cannot be used (never logged).
+    pub token: Option<String>,
+}
+
+/// What one subscriber receives.
+struct Filter {
+    kinds: BTreeSet<String>,
+    project: Option<String>,
+    user: AuthUser,
+}
+
+impl Filter {
+    fn wants(&self, e: &Event) -> bool {
+        if !self.kinds.contains(&e.kind) {
+            return false;
+        }
+        match &self.project {
+            Some(p) => &e.project == p,
+            // Server-wide events (no project) only reach admins.
+            None if e.project.is_empty() => self.user.is_admin(),
+            None => self.user.grants.can_see(&e.project),
+        }
+    }
+}
+
+fn filter(user: AuthUser, q: &EventsQuery, default_kinds: &[&str]) -> ApiResult<Filter> {
+    let kinds: BTreeSet<String> = match &q.kinds {
+        Some(k) => k
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => default_kinds.iter().map(|k| (*k).to_owned()).collect(),
+    };
+    if kinds.is_empty() || kinds.iter().any(|k| !EVENT_KINDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "type must list operation, lifecycle and/or logging",
+        ));
+    }
+    if kinds.contains("logging") {
+        user.require(Permission::LoggingEvents, "")?;
+    }
+    let project = match &q.project {
+        Some(p) => {
+            let p = project_param(Some(p))?;
+            user.require(Permission::ProjectView, p.as_str())?;
+            Some(p.as_str().to_owned())
+        }
+        None => None,
+    };
+    Ok(Filter {
+        kinds,
+        project,
+        user,
+    })
+}
+
+async fn relay(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    mut logging: Option<tokio::sync::mpsc::Receiver<Event>>,
+    filter: Filter,
+) {
+    metrics::gauge!("lxgate_event_subscribers").increment(1.0);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if !filter.wants(&ev) {
+                        continue;
+                    }
+                    let Ok(text) = serde_json::to_string(&*ev) else { continue };
+                    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    // Too slow: drop it rather than let it hold anything up.
+                    tracing::info!(missed, user = %filter.user.username, "dropping a slow event subscriber");
+                    metrics::counter!("lxgate_event_subscribers_dropped_total").increment(1);
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(CloseFrame {
+                        code: 1008,
+                        reason: "too slow: events were dropped; reconnect".into(),
+                    })))).await;
+                    break;
+                }
+                Err(RecvError::Closed) => {
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                    break;
+                }
+            },
+            ev = async { logging.as_mut()?.recv().await }, if logging.is_some() => match ev {
+                Some(ev) => {
+                    let Ok(text) = serde_json::to_string(&ev) else { continue };
+                    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    }
+                }
+                // The backend's logging stream ended; keep the other events flowing.
+                None => logging = None,
+            },
+            msg = socket.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                // Subscribers only listen; pongs and anything else are ignored.
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.map_or(true, |r| r.is_err()) {
+                    break;
+                }
+            }
+        }
+    }
+    metrics::gauge!("lxgate_event_subscribers").decrement(1.0);
+}
+
+/// A WebSocket route called as plain HTTP gets a problem+json answer too.
+pub fn require_upgrade(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<WebSocketUpgrade> {
+    ws.map_err(|r| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket only ({})", r.body_text()),
+        )
+    })
+}
+
+async fn upgrade(
+    state: &AppState,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    filter: Filter,
+) -> ApiResult<Response> {
+    let ws = require_upgrade(ws)?;
+    let rx = state.backend.subscribe()?;
+    let logging = if filter.kinds.contains("logging") {
+        Some(state.backend.subscribe_logging().await?)
+    } else {
+        None
+    };
+    Ok(ws.on_upgrade(move |socket| relay(socket, rx, logging, filter)))
+}
+
+/// Subscribe to events (WebSocket). Each message is one Incus-shaped Event,
+/// as JSON text. Authenticate with `?ticket=` (browsers) or a bearer header.
+#[utoipa::path(get, path = "/ws", tag = "events", operation_id = "subscribe_events",
+    security(("bearer" = [])),
+    params(EventsQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Unknown event type or project name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`logging` needs an admin; or no role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn events_ws(
+    WsUser(user): WsUser,
+    State(state): State<AppState>,
+    Query(q): Query<EventsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let filter = filter(user, &q, &["operation", "lifecycle"])?;
+    upgrade(&state, ws, filter).await
+}
+
+/// Subscribe to operation events only (WebSocket).
+#[utoipa::path(get, path = "/ws", tag = "operations", operation_id = "subscribe_operations",
+    security(("bearer" = [])),
+    params(EventsQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn operations_ws(
+    WsUser(user): WsUser,
+    State(state): State<AppState>,
+    Query(mut q): Query<EventsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    if q.kinds.as_deref().is_some_and(|k| k != "operation") {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "this stream carries operation events only; use /api/v1/events/ws for others",
+        ));
+    }
+    q.kinds = Some("operation".into());
+    let filter = filter(user, &q, &["operation"])?;
+    upgrade(&state, ws, filter).await
+}

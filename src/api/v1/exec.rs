@@ -1,0 +1,214 @@
+//! Exec and console: interactive terminals over WebSocket, and recorded
+//! non-interactive commands as operations.
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::Uri;
+use axum::response::Response;
+use utoipa::IntoParams;
+
+use crate::api::v1::events::require_upgrade;
+use crate::api::v1::instances::ProjectWaitQuery;
+use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::project_param;
+use crate::api::ws::relay_terminal;
+use crate::api::{Json, Path, Query};
+use crate::app::AppState;
+use crate::auth::extract::WsUser;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{ExecRequest, Operation};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{InstanceName, ProjectName};
+
+fn instance_name(s: &str) -> ApiResult<InstanceName> {
+    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+/// The query of a terminal WebSocket. `command` repeats once per argv element.
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TerminalQuery {
+    /// One argv element per occurrence, e.g. `command=sh&command=-c&command=ls` (default `sh`).
+    pub command: Vec<String>,
+    /// Terminal width in columns (default 80).
+    pub width: Option<u32>,
+    /// Terminal height in rows (default 24).
+    pub height: Option<u32>,
+    /// `KEY=VALUE`, repeatable.
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: Option<String>,
+    pub project: Option<String>,
+    /// A single-use ticket from `POST /api/v1/auth/ws-ticket` (browsers).
+    pub ticket: Option<String>,
+    /// An access token, when a ticket cannot be used (never logged).
+    pub token: Option<String>,
+}
+
+/// Parses the query by hand: serde's query format cannot repeat keys.
+fn terminal_query(uri: &Uri) -> ApiResult<TerminalQuery> {
+    let mut q = TerminalQuery::default();
+    let number = |k: &str, v: &str| -> ApiResult<u32> {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{k} must be 1-1000")))
+    };
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "command" => q.command.push(v.into_owned()),
+            "env" => q.env.push(v.into_owned()),
+            "width" => q.width = Some(number("width", &v)?),
+            "height" => q.height = Some(number("height", &v)?),
+            "cwd" => q.cwd = Some(v.into_owned()),
+            "project" => q.project = Some(v.into_owned()),
+            "ticket" => q.ticket = Some(v.into_owned()),
+            "token" => q.token = Some(v.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter `{other}`"),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn exec_request(q: &TerminalQuery) -> ApiResult<ExecRequest> {
+    let mut req = ExecRequest {
+        command: if q.command.is_empty() {
+            vec!["sh".into()]
+        } else {
+            q.command.clone()
+        },
+        cwd: q.cwd.clone(),
+        ..Default::default()
+    };
+    for kv in &q.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ApiError::bad_request("invalid_query", "env must be KEY=VALUE"))?;
+        req.environment.insert(k.to_owned(), v.to_owned());
+    }
+    req.validate()
+        .map_err(|(_, why)| ApiError::bad_request("invalid_query", why))?;
+    Ok(req)
+}
+
+fn authorize_terminal(
+    user: &AuthUser,
+    q: &TerminalQuery,
+    name: &str,
+) -> ApiResult<(ProjectName, InstanceName)> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    Ok((project, instance_name(name)?))
+}
+
+/// Interactive terminal (WebSocket): binary frames are stdin/stdout, the
+/// client may send `{"type":"resize","width":W,"height":H}` as text, and the
+/// last server frame is `{"type":"exit","exit_code":N}`.
+#[utoipa::path(get, path = "/{name}/exec/ws", tag = "instances", operation_id = "exec_instance_terminal",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), TerminalQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Invalid command or size", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
+pub async fn exec_ws(
+    WsUser(user): WsUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let q = terminal_query(&uri)?;
+    let (project, name) = authorize_terminal(&user, &q, &name)?;
+    let req = exec_request(&q)?;
+    let ws = require_upgrade(ws)?;
+    let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
+    // Start the session before upgrading, so failures are plain HTTP errors.
+    let session = state
+        .backend
+        .exec_interactive(project.as_str(), name.as_str(), &req, size)
+        .await
+        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session)))
+}
+
+/// The instance console (WebSocket), relayed like the exec terminal.
+#[utoipa::path(get, path = "/{name}/console/ws", tag = "instances", operation_id = "instance_console",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), TerminalQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
+pub async fn console_ws(
+    WsUser(user): WsUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let q = terminal_query(&uri)?;
+    let (project, name) = authorize_terminal(&user, &q, &name)?;
+    let ws = require_upgrade(ws)?;
+    let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
+    let session = state
+        .backend
+        .console(project.as_str(), name.as_str(), size)
+        .await
+        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session)))
+}
+
+/// Run a command without a terminal. Answers 202 with an operation; once it
+/// finishes, its `metadata` carries `exit_code`, `stdout` and `stderr`.
+#[utoipa::path(post, path = "/{name}/exec", tag = "instances", operation_id = "exec_instance",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = ExecRequest,
+    responses(
+        (status = 202, description = "Running", body = OperationRef),
+        (status = 200, description = "Finished within `?wait=`", body = Operation),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid command", body = Problem, content_type = "application/problem+json")))]
+pub async fn exec_instance(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    req.validate()
+        .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
+    let op = state
+        .backend
+        .exec(project.as_str(), name.as_str(), &req)
+        .await
+        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        EXEC_ACTION,
+        Some(name.as_str()),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+pub const EXEC_ACTION: &str = "instance.exec";

@@ -1,0 +1,431 @@
+//! `/api/v1/networks`: managed networks (admins create and change them) and
+//! the host interfaces the backend reports, their state and DHCP leases,
+//! plus attaching instances to networks as `nic` devices.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::api::v1::devices::{self, device_name};
+use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
+use crate::api::v1::operations::OperationRef;
+use crate::api::v1::project_param;
+use crate::api::v1::storage::{Entry, ProjectListQuery, created, entries, with_etag};
+use crate::api::{Json, Page, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::BackendError;
+use crate::backend::types::{
+    Instance, Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate, Operation,
+};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{DeviceName, InstanceName, NetworkName};
+
+/// Network types Incus manages; anything else is refused before the backend
+/// sees it.
+const NETWORK_TYPES: [&str; 5] = ["bridge", "macvlan", "sriov", "ovn", "physical"];
+
+fn network_name(s: &str) -> ApiResult<NetworkName> {
+    NetworkName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn not_found_as_network(name: &NetworkName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "network_not_found",
+            format!("network `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+/// List networks: managed ones and the host's interfaces (`managed: false`).
+#[utoipa::path(get, path = "", tag = "networks", operation_id = "list_networks",
+    security(("bearer" = [])),
+    params(ProjectListQuery),
+    responses(
+        (status = 200, description = "A page of networks (or names)", body = Page<Entry<Network>>),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_networks(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ProjectListQuery>,
+) -> ApiResult<Json<Page<Entry<Network>>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let (limit, offset) = q.page()?;
+    let listing = state
+        .backend
+        .list_networks(project.as_str(), q.expand.unwrap_or(true))
+        .await?;
+    Ok(Json(Page::slice(entries(listing), limit, offset)))
+}
+
+/// Create a managed network (admins). A `bridge` without addresses:
+/// `{"name": "br1", "config": {"ipv4.address": "none", "ipv6.address": "none"}}`.
+#[utoipa::path(post, path = "", tag = "networks", operation_id = "create_network",
+    security(("bearer" = [])),
+    params(ProjectQuery),
+    request_body = NetworkCreate,
+    responses(
+        (status = 201, description = "Created", body = Network,
+            headers(("location" = String, description = "The network's URL"))),
+        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A network of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or type", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_network(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ProjectQuery>,
+    Json(req): Json<NetworkCreate>,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let project = project_param(q.project.as_deref())?;
+    let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    if let Some(t) = &req.network_type
+        && !NETWORK_TYPES.contains(&t.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "type",
+            format!("type must be one of {}", NETWORK_TYPES.join(", ")),
+        ));
+    }
+    state.backend.create_network(project.as_str(), &req).await?;
+    let (network, _) = state
+        .backend
+        .get_network(project.as_str(), name.as_str())
+        .await?;
+    Ok(created(
+        &format!("/api/v1/networks/{name}?project={}", project.as_str()),
+        network,
+    ))
+}
+
+/// Get a network. The `ETag` header can be sent back as `If-Match`.
+#[utoipa::path(get, path = "/{name}", tag = "networks", operation_id = "get_network",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The network", body = Network,
+            headers(("etag" = String, description = "Version, for If-Match"))),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such network", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_network(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = network_name(&name)?;
+    let (n, etag) = state
+        .backend
+        .get_network(project.as_str(), name.as_str())
+        .await
+        .map_err(not_found_as_network(&name))?;
+    Ok(with_etag(Json(n).into_response(), etag))
+}
+
+async fn update(
+    state: AppState,
+    user: AuthUser,
+    name: String,
+    q: ProjectQuery,
+    headers: HeaderMap,
+    body: NetworkUpdate,
+    replace: bool,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let project = project_param(q.project.as_deref())?;
+    let name = network_name(&name)?;
+    state
+        .backend
+        .update_network(
+            project.as_str(),
+            name.as_str(),
+            &body,
+            if_match(&headers),
+            replace,
+        )
+        .await
+        .map_err(not_found_as_network(&name))?;
+    let (n, etag) = state
+        .backend
+        .get_network(project.as_str(), name.as_str())
+        .await?;
+    Ok(with_etag(Json(n).into_response(), etag))
+}
+
+/// Replace a managed network's description and config (left-out fields are
+/// emptied, as in Incus; admins).
+#[utoipa::path(put, path = "/{name}", tag = "networks", operation_id = "replace_network",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery,
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
+    request_body = NetworkUpdate,
+    responses(
+        (status = 200, description = "Updated", body = Network),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn replace_network(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+    headers: HeaderMap,
+    Json(body): Json<NetworkUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, q, headers, body, true).await
+}
+
+/// Change a managed network's description or some config keys (admins).
+#[utoipa::path(patch, path = "/{name}", tag = "networks", operation_id = "update_network",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery,
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
+    request_body = NetworkUpdate,
+    responses(
+        (status = 200, description = "Updated", body = Network),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_network(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+    headers: HeaderMap,
+    Json(body): Json<NetworkUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, q, headers, body, false).await
+}
+
+/// Delete a managed network; it must be unused (admins).
+#[utoipa::path(delete, path = "/{name}", tag = "networks", operation_id = "delete_network",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The network is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_network(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::InfraManage, "")?;
+    let project = project_param(q.project.as_deref())?;
+    let name = network_name(&name)?;
+    state
+        .backend
+        .delete_network(project.as_str(), name.as_str())
+        .await
+        .map_err(not_found_as_network(&name))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The network's interface on the host: link state, addresses, counters.
+#[utoipa::path(get, path = "/{name}/state", tag = "networks", operation_id = "get_network_state",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The state", body = NetworkState),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such network", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_network_state(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Json<NetworkState>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = network_name(&name)?;
+    Ok(Json(
+        state
+            .backend
+            .network_state(project.as_str(), name.as_str())
+            .await
+            .map_err(not_found_as_network(&name))?,
+    ))
+}
+
+/// DHCP leases (and static allocations) on a managed network.
+#[utoipa::path(get, path = "/{name}/leases", tag = "networks", operation_id = "list_network_leases",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The leases", body = Vec<NetworkLease>),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_network_leases(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Json<Vec<NetworkLease>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = network_name(&name)?;
+    Ok(Json(
+        state
+            .backend
+            .network_leases(project.as_str(), name.as_str())
+            .await
+            .map_err(|e| match e {
+                // Host interfaces are listed too, but only managed networks have leases.
+                BackendError::NotFound(_) => ApiError::not_found(
+                    "network_not_found",
+                    format!("network `{name}` does not exist or is not managed (only managed networks have leases)"),
+                ),
+                other => other.into(),
+            })?,
+    ))
+}
+
+// --- NICs on instances ---
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachNic {
+    /// A managed network of the instance's project.
+    #[schema(example = "lxgbr0")]
+    pub network: String,
+    /// The device name on the instance; also the interface name inside it
+    /// unless `name` says otherwise.
+    #[schema(example = "eth1")]
+    pub device: String,
+    /// The interface name inside the instance (default: the device name).
+    #[serde(default)]
+    #[schema(example = "eth1")]
+    pub name: Option<String>,
+}
+
+/// Attach an instance to a managed network as a `nic` device. Answers 200
+/// with the instance (or 202 with an operation when the backend applies it
+/// in the background); 412 if the instance changed meanwhile.
+#[utoipa::path(post, path = "", tag = "networks", operation_id = "attach_nic",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = AttachNic,
+    responses(
+        (status = 200, description = "Attached", body = Instance),
+        (status = 202, description = "Attaching", body = OperationRef),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or network", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid names", body = Problem, content_type = "application/problem+json")))]
+pub async fn attach_nic(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<AttachNic>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let instance =
+        InstanceName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e))?;
+    let network =
+        NetworkName::parse(&req.network).map_err(|e| ApiError::invalid_field("network", e))?;
+    let device =
+        DeviceName::parse(&req.device).map_err(|e| ApiError::invalid_field("device", e))?;
+    let ifname = match &req.name {
+        Some(n) => DeviceName::parse(n).map_err(|e| ApiError::invalid_field("name", e))?,
+        None => device.clone(),
+    };
+    if ifname.as_str().len() > 15 {
+        return Err(ApiError::invalid_field(
+            if req.name.is_some() { "name" } else { "device" },
+            "an interface name has at most 15 characters (set `name` for a shorter one)",
+        ));
+    }
+    // A clear 404 for a missing network, before touching the instance.
+    let (net, _) = state
+        .backend
+        .get_network(project.as_str(), network.as_str())
+        .await
+        .map_err(not_found_as_network(&network))?;
+    if !net.managed {
+        return Err(ApiError::invalid_field(
+            "network",
+            format!("`{network}` is a host interface, not a managed network"),
+        ));
+    }
+    let config = BTreeMap::from([
+        ("type".to_owned(), "nic".to_owned()),
+        ("network".to_owned(), network.to_string()),
+        ("name".to_owned(), ifname.to_string()),
+    ]);
+    devices::attach(
+        &state,
+        &user,
+        &project,
+        &instance,
+        &device,
+        config,
+        "instance.nic.attach",
+        q.wait,
+    )
+    .await
+}
+
+fn is_nic(d: &BTreeMap<String, String>) -> bool {
+    d.get("type").is_some_and(|t| t == "nic")
+}
+
+/// Detach a NIC from an instance. Answers 202 with an operation (or 200
+/// with `?wait=`).
+#[utoipa::path(delete, path = "/{device}", tag = "networks", operation_id = "detach_nic",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"),
+        ("device" = String, Path, description = "The device name"), ProjectWaitQuery),
+    responses(
+        (status = 200, description = "Detached", body = Operation),
+        (status = 202, description = "Detaching", body = OperationRef),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or NIC", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The NIC comes from a profile", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json")))]
+pub async fn detach_nic(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, device)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let instance =
+        InstanceName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e))?;
+    let device = device_name(&device)?;
+    devices::detach(
+        &state,
+        &user,
+        &project,
+        &instance,
+        &device,
+        "NIC",
+        is_nic,
+        "instance.nic.detach",
+        q.wait,
+    )
+    .await
+}

@@ -1,0 +1,283 @@
+//! `/api/v1/projects`: projects on the backend. Admins create, change and
+//! delete them; everybody sees the projects they hold a role in.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::api::v1::storage::{Entry, created, with_etag};
+use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::BackendError;
+use crate::backend::types::{Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::ProjectName;
+
+fn project_name(s: &str) -> ApiResult<ProjectName> {
+    ProjectName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn not_found_as_project(name: &ProjectName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "project_not_found",
+            format!("project `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+/// The `default` project exists on every server and cannot go away.
+fn refuse_default(name: &ProjectName) -> ApiResult<()> {
+    if name.as_str() == "default" {
+        return Err(ApiError::conflict(
+            "default_project",
+            "the `default` project cannot be deleted",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListProjectsQuery {
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// The path names the project; a `?project=` given as well must agree.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SameProjectQuery {
+    /// Optional; if given, it must equal the project in the path.
+    pub project: Option<String>,
+}
+
+impl SameProjectQuery {
+    fn check(&self, name: &str) -> ApiResult<()> {
+        match self.project.as_deref() {
+            None | Some("") => Ok(()),
+            Some(p) if p == name => Ok(()),
+            Some(p) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("?project={p} does not match the project `{name}` in the path"),
+            )),
+        }
+    }
+}
+
+/// List projects: admins (and users with a global role) see every project,
+/// other users only those they hold a role in.
+#[utoipa::path(get, path = "", tag = "projects", operation_id = "list_projects",
+    security(("bearer" = [])),
+    params(ListProjectsQuery),
+    responses(
+        (status = 200, description = "A page of the caller's projects (or names)", body = Page<Entry<Project>>),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_projects(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ListProjectsQuery>,
+) -> ApiResult<Json<Page<Entry<Project>>>> {
+    let (limit, offset) = Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let expand = q.expand.unwrap_or(true);
+    let visible: Vec<Entry<Project>> = state
+        .backend
+        .list_projects()
+        .await?
+        .into_iter()
+        .filter(|p| user.grants.can_see(&p.name))
+        .map(|p| {
+            if expand {
+                Entry::Full(Box::new(p))
+            } else {
+                Entry::Name(p.name)
+            }
+        })
+        .collect();
+    Ok(Json(Page::slice(visible, limit, offset)))
+}
+
+/// Create a project (admins). Give users a role in it with
+/// `PUT /api/v1/users/{username}/projects/{project}`.
+#[utoipa::path(post, path = "", tag = "projects", operation_id = "create_project",
+    security(("bearer" = [])),
+    request_body = ProjectCreate,
+    responses(
+        (status = 201, description = "Created", body = Project,
+            headers(("location" = String, description = "The project's URL"))),
+        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A project of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Json(req): Json<ProjectCreate>,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let name = ProjectName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    state.backend.create_project(&req).await?;
+    let (project, _) = state.backend.get_project(name.as_str()).await?;
+    Ok(created(&format!("/api/v1/projects/{name}"), project))
+}
+
+/// Get a project (any role in it). The `ETag` header can be sent back as `If-Match`.
+#[utoipa::path(get, path = "/{name}", tag = "projects", operation_id = "get_project",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name"), SameProjectQuery),
+    responses(
+        (status = 200, description = "The project", body = Project,
+            headers(("etag" = String, description = "Version, for If-Match"))),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SameProjectQuery>,
+) -> ApiResult<Response> {
+    let name = project_name(&name)?;
+    user.require(Permission::ProjectView, name.as_str())?;
+    q.check(name.as_str())?;
+    let (p, etag) = state
+        .backend
+        .get_project(name.as_str())
+        .await
+        .map_err(not_found_as_project(&name))?;
+    Ok(with_etag(Json(p).into_response(), etag))
+}
+
+async fn update(
+    state: AppState,
+    user: AuthUser,
+    name: String,
+    headers: HeaderMap,
+    body: ProjectUpdate,
+    replace: bool,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let name = project_name(&name)?;
+    state
+        .backend
+        .update_project(name.as_str(), &body, if_match(&headers), replace)
+        .await
+        .map_err(not_found_as_project(&name))?;
+    let (p, etag) = state.backend.get_project(name.as_str()).await?;
+    Ok(with_etag(Json(p).into_response(), etag))
+}
+
+/// Replace a project's description and config (left-out fields are emptied,
+/// as in Incus; admins).
+#[utoipa::path(put, path = "/{name}", tag = "projects", operation_id = "replace_project",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name"),
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
+    request_body = ProjectUpdate,
+    responses(
+        (status = 200, description = "Updated", body = Project),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn replace_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ProjectUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, headers, body, true).await
+}
+
+/// Change a project's description or some config keys, e.g. limits (admins).
+#[utoipa::path(patch, path = "/{name}", tag = "projects", operation_id = "update_project",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name"),
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
+    request_body = ProjectUpdate,
+    responses(
+        (status = 200, description = "Updated", body = Project),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ProjectUpdate>,
+) -> ApiResult<Response> {
+    update(state, user, name, headers, body, false).await
+}
+
+/// Delete a project; it must be empty (admins). Role grants in it are kept
+/// (grants may name projects that do not exist yet).
+#[utoipa::path(delete, path = "/{name}", tag = "projects", operation_id = "delete_project",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The project is not empty, or is `default`", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::InfraManage, "")?;
+    let name = project_name(&name)?;
+    refuse_default(&name)?;
+    state
+        .backend
+        .delete_project(name.as_str())
+        .await
+        .map_err(not_found_as_project(&name))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Usage against limits, per resource (`instances`, `containers`,
+/// `virtual-machines`, `cpu`, `memory`, `disk`, `networks`, `processes`);
+/// a limit of -1 means none.
+#[utoipa::path(get, path = "/{name}/state", tag = "projects", operation_id = "get_project_state",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name"), SameProjectQuery),
+    responses(
+        (status = 200, description = "Usage and limits", body = ProjectState),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_project_state(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SameProjectQuery>,
+) -> ApiResult<Json<ProjectState>> {
+    let name = project_name(&name)?;
+    user.require(Permission::ProjectView, name.as_str())?;
+    q.check(name.as_str())?;
+    Ok(Json(
+        state
+            .backend
+            .project_state(name.as_str())
+            .await
+            .map_err(not_found_as_project(&name))?,
+    ))
+}

@@ -1,0 +1,303 @@
+//! `/api/v1/instances/{name}/snapshots`: point-in-time copies of an instance.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
+use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::project_param;
+use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{Operation, Snapshot, SnapshotCreate, SnapshotRestore};
+use crate::backend::{BackendError, Listing};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{InstanceName, SnapshotName};
+
+fn instance_name(s: &str) -> ApiResult<InstanceName> {
+    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
+    SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+/// An RFC 3339 timestamp, checked before it reaches the backend.
+pub(crate) fn check_expiry(field: &str, at: Option<&str>) -> ApiResult<()> {
+    if let Some(at) = at
+        && time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_err()
+    {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z"),
+        ));
+    }
+    Ok(())
+}
+
+/// Backend 404s on an instance-level path become `instance_not_found`.
+fn no_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "instance_not_found",
+            format!("instance `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+/// Backend 404s on a snapshot path become `snapshot_not_found`.
+fn no_snapshot<'a>(
+    name: &'a InstanceName,
+    snap: &'a SnapshotName,
+) -> impl FnOnce(BackendError) -> ApiError + 'a {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "snapshot_not_found",
+            format!("instance `{name}` has no snapshot `{snap}`"),
+        ),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSnapshotsQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A list entry: the snapshot, or its name with `expand=false`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SnapshotEntry {
+    Full(Box<Snapshot>),
+    Name(String),
+}
+
+/// List an instance's snapshots.
+#[utoipa::path(get, path = "", tag = "snapshots", operation_id = "list_snapshots",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ListSnapshotsQuery),
+    responses(
+        (status = 200, description = "A page of snapshots (or names)", body = Page<SnapshotEntry>),
+        (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_snapshots(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ListSnapshotsQuery>,
+) -> ApiResult<Json<Page<SnapshotEntry>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let (limit, offset) = Pagination {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let name = instance_name(&name)?;
+    let entries: Vec<SnapshotEntry> = match state
+        .backend
+        .list_snapshots(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
+        .await
+        .map_err(no_instance(&name))?
+    {
+        Listing::Names(names) => names.into_iter().map(SnapshotEntry::Name).collect(),
+        Listing::Full(items) => items
+            .into_iter()
+            .map(|s| SnapshotEntry::Full(Box::new(s)))
+            .collect(),
+    };
+    Ok(Json(Page::slice(entries, limit, offset)))
+}
+
+/// Take a snapshot. Answers 202 with an operation.
+#[utoipa::path(post, path = "", tag = "snapshots", operation_id = "create_snapshot",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = SnapshotCreate,
+    responses(
+        (status = 202, description = "Snapshotting", body = OperationRef,
+            headers(("location" = String, description = "The operation's URL"))),
+        (status = 200, description = "Finished within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid instance name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A snapshot of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid snapshot name or expiry", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_snapshot(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<SnapshotCreate>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    if let Some(snap) = &req.name {
+        SnapshotName::parse(snap).map_err(|e| ApiError::invalid_field("name", e))?;
+    }
+    check_expiry("expires_at", req.expires_at.as_deref())?;
+    let resource = match &req.name {
+        Some(snap) => format!("{name}/{snap}"),
+        None => name.to_string(),
+    };
+    let op = state
+        .backend
+        .create_snapshot(project.as_str(), name.as_str(), &req)
+        .await
+        .map_err(no_instance(&name))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "snapshot.create",
+        Some(&resource),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Get a snapshot.
+#[utoipa::path(get, path = "/{snap}", tag = "snapshots", operation_id = "get_snapshot",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("snap" = String, Path, description = "Snapshot name"),
+        ProjectQuery),
+    responses(
+        (status = 200, description = "The snapshot", body = Snapshot),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_snapshot(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Json<Snapshot>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let name = instance_name(&name)?;
+    let snap = snapshot_name(&snap)?;
+    Ok(Json(
+        state
+            .backend
+            .get_snapshot(project.as_str(), name.as_str(), snap.as_str())
+            .await
+            .map_err(no_snapshot(&name, &snap))?,
+    ))
+}
+
+/// Delete a snapshot. Answers 202 with an operation.
+#[utoipa::path(delete, path = "/{snap}", tag = "snapshots", operation_id = "delete_snapshot",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("snap" = String, Path, description = "Snapshot name"),
+        ProjectWaitQuery),
+    responses(
+        (status = 202, description = "Deleting", body = OperationRef),
+        (status = 200, description = "Deleted within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_snapshot(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let snap = snapshot_name(&snap)?;
+    let op = state
+        .backend
+        .delete_snapshot(project.as_str(), name.as_str(), snap.as_str())
+        .await
+        .map_err(no_snapshot(&name, &snap))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "snapshot.delete",
+        Some(&format!("{name}/{snap}")),
+        op,
+        q.wait,
+    )
+    .await
+}
+
+/// Restore an instance to a snapshot (a running container keeps running on
+/// the restored disk). The body is optional. Answers 202 with an operation.
+#[utoipa::path(post, path = "/{snap}/restore", tag = "snapshots", operation_id = "restore_snapshot",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("snap" = String, Path, description = "Snapshot name"),
+        ProjectWaitQuery),
+    request_body(content = Option<SnapshotRestore>, description = "Optional"),
+    responses(
+        (status = 202, description = "Restoring", body = OperationRef),
+        (status = 200, description = "Restored within `?wait=`", body = Operation),
+        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json")))]
+pub async fn restore_snapshot(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let name = instance_name(&name)?;
+    let snap = snapshot_name(&snap)?;
+    let opts: SnapshotRestore = if body.iter().all(u8::is_ascii_whitespace) {
+        SnapshotRestore::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("invalid body: {e}"),
+            )
+        })?
+    };
+    let op = state
+        .backend
+        .restore_snapshot(
+            project.as_str(),
+            name.as_str(),
+            snap.as_str(),
+            opts.stateful,
+        )
+        .await
+        .map_err(no_snapshot(&name, &snap))?;
+    accepted(
+        &state,
+        &user,
+        project.as_str(),
+        "snapshot.restore",
+        Some(&format!("{name}/{snap}")),
+        op,
+        q.wait,
+    )
+    .await
+}

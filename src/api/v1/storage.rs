@@ -1,0 +1,755 @@
+//! `/api/v1/storage/pools`: storage pools (server-wide; admins change them)
+//! and their custom volumes (per project), plus attaching volumes to
+//! instances as disk devices.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::v1::devices::{self, device_name};
+use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
+use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::project_param;
+use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{
+    Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
+    StorageVolumeCreate, StorageVolumeUpdate,
+};
+use crate::backend::{BackendError, Listing};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{InstanceName, PoolName, VolumeName};
+
+/// Storage drivers Incus (and LXD) know; anything else is refused before
+/// the backend sees it.
+const POOL_DRIVERS: [&str; 12] = [
+    "dir",
+    "btrfs",
+    "lvm",
+    "lvmcluster",
+    "zfs",
+    "ceph",
+    "cephfs",
+    "cephobject",
+    "linstor",
+    "powerflex",
+    "pure",
+    "truenas",
+];
+
+const SIZE_UNITS: [&str; 14] = [
+    "", "B", "kB", "MB", "GB", "TB", "PB", "EB", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB",
+];
+
+fn pool_name(s: &str) -> ApiResult<PoolName> {
+    PoolName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn volume_name(s: &str) -> ApiResult<VolumeName> {
+    VolumeName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn instance_name(s: &str) -> ApiResult<InstanceName> {
+    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
+}
+
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+/// `resp` with an `ETag` header, when there is one.
+pub(crate) fn with_etag(mut resp: Response, etag: Option<String>) -> Response {
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// 201 with the new resource and its URL.
+pub(crate) fn created<T: Serialize>(location: &str, body: T) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// A byte size as Incus reads it: an integer with an optional unit
+/// (`500MiB`, `10GiB`, `1GB`, `1073741824`).
+pub(crate) fn check_size(size: &str) -> Result<(), String> {
+    let digits = size.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = size.split_at(digits);
+    let valid = !number.is_empty()
+        && number.len() <= 19
+        && number.parse::<u64>().is_ok_and(|n| n > 0)
+        && SIZE_UNITS.contains(&unit);
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "size {size:?} is not a byte size: a positive integer with an optional unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB...), e.g. `10GiB`"
+        ))
+    }
+}
+
+fn pool_not_found(pool: &PoolName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "storage_pool_not_found",
+            format!("storage pool `{pool}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+/// Backend 404s on a volume path: the pool, the project or the volume is
+/// missing; the backend's message says which.
+fn volume_not_found<'a>(
+    pool: &'a PoolName,
+    name: &'a VolumeName,
+) -> impl FnOnce(BackendError) -> ApiError + 'a {
+    move |e| match e {
+        BackendError::NotFound(m) => ApiError::not_found(
+            "volume_not_found",
+            format!("custom volume `{name}` in storage pool `{pool}` does not exist ({m})"),
+        ),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectListQuery {
+    /// The project (default `default`).
+    pub project: Option<String>,
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl ProjectListQuery {
+    pub fn page(&self) -> ApiResult<(i64, i64)> {
+        Pagination {
+            limit: self.limit,
+            offset: self.offset,
+        }
+        .resolve()
+    }
+}
+
+/// A list entry: the object, or its name with `expand=false`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Entry<T> {
+    Full(Box<T>),
+    Name(String),
+}
+
+pub(crate) fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
+    match listing {
+        Listing::Names(names) => names.into_iter().map(Entry::Name).collect(),
+        Listing::Full(items) => items
+            .into_iter()
+            .map(|i| Entry::Full(Box::new(i)))
+            .collect(),
+    }
+}
+
+// --- pools ---
+
+/// List storage pools. Pools are server-wide; any user with a role in the
+/// `?project=` may list them (to choose one for a volume).
+#[utoipa::path(get, path = "/pools", tag = "storage", operation_id = "list_storage_pools",
+    security(("bearer" = [])),
+    params(ProjectListQuery),
+    responses(
+        (status = 200, description = "A page of pools (or names)", body = Page<Entry<StoragePool>>),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_storage_pools(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(q): Query<ProjectListQuery>,
+) -> ApiResult<Json<Page<Entry<StoragePool>>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let (limit, offset) = q.page()?;
+    let listing = state
+        .backend
+        .list_storage_pools(q.expand.unwrap_or(true))
+        .await?;
+    Ok(Json(Page::slice(entries(listing), limit, offset)))
+}
+
+/// Create a storage pool (admins).
+#[utoipa::path(post, path = "/pools", tag = "storage", operation_id = "create_storage_pool",
+    security(("bearer" = [])),
+    request_body = StoragePoolCreate,
+    responses(
+        (status = 201, description = "Created", body = StoragePool,
+            headers(("location" = String, description = "The pool's URL"))),
+        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A pool of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or driver", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_storage_pool(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Json(req): Json<StoragePoolCreate>,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let name = PoolName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    if !POOL_DRIVERS.contains(&req.driver.as_str()) {
+        return Err(ApiError::invalid_field(
+            "driver",
+            format!("driver must be one of {}", POOL_DRIVERS.join(", ")),
+        ));
+    }
+    state.backend.create_storage_pool(&req).await?;
+    let (pool, _) = state.backend.get_storage_pool(name.as_str()).await?;
+    Ok(created(&format!("/api/v1/storage/pools/{name}"), pool))
+}
+
+/// Get a storage pool. The `ETag` header can be sent back as `If-Match`.
+#[utoipa::path(get, path = "/pools/{pool}", tag = "storage", operation_id = "get_storage_pool",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The pool", body = StoragePool,
+            headers(("etag" = String, description = "Version, for If-Match"))),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_storage_pool(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let (p, etag) = state
+        .backend
+        .get_storage_pool(pool.as_str())
+        .await
+        .map_err(pool_not_found(&pool))?;
+    Ok(with_etag(Json(p).into_response(), etag))
+}
+
+async fn update_pool(
+    state: AppState,
+    user: AuthUser,
+    pool: String,
+    headers: HeaderMap,
+    body: StoragePoolUpdate,
+    replace: bool,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let pool = pool_name(&pool)?;
+    state
+        .backend
+        .update_storage_pool(pool.as_str(), &body, if_match(&headers), replace)
+        .await
+        .map_err(pool_not_found(&pool))?;
+    let (p, etag) = state.backend.get_storage_pool(pool.as_str()).await?;
+    Ok(with_etag(Json(p).into_response(), etag))
+}
+
+/// Replace a pool's description and config (left-out fields are emptied, as in Incus; admins).
+#[utoipa::path(put, path = "/pools/{pool}", tag = "storage", operation_id = "replace_storage_pool",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
+    request_body = StoragePoolUpdate,
+    responses(
+        (status = 200, description = "Updated", body = StoragePool),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn replace_storage_pool(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<StoragePoolUpdate>,
+) -> ApiResult<Response> {
+    update_pool(state, user, pool, headers, body, true).await
+}
+
+/// Change a pool's description or some config keys (admins).
+#[utoipa::path(patch, path = "/pools/{pool}", tag = "storage", operation_id = "update_storage_pool",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
+    request_body = StoragePoolUpdate,
+    responses(
+        (status = 200, description = "Updated", body = StoragePool),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_storage_pool(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<StoragePoolUpdate>,
+) -> ApiResult<Response> {
+    update_pool(state, user, pool, headers, body, false).await
+}
+
+/// Delete a storage pool; it must be unused (admins).
+#[utoipa::path(delete, path = "/pools/{pool}", tag = "storage", operation_id = "delete_storage_pool",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The pool is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_storage_pool(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require(Permission::InfraManage, "")?;
+    let pool = pool_name(&pool)?;
+    state
+        .backend
+        .delete_storage_pool(pool.as_str())
+        .await
+        .map_err(pool_not_found(&pool))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- custom volumes ---
+
+/// List the custom volumes of a project in a pool.
+#[utoipa::path(get, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "list_volumes",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"), ProjectListQuery),
+    responses(
+        (status = 200, description = "A page of volumes (or names)", body = Page<Entry<StorageVolume>>),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_volumes(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<ProjectListQuery>,
+) -> ApiResult<Json<Page<Entry<StorageVolume>>>> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let (limit, offset) = q.page()?;
+    let listing = state
+        .backend
+        .list_volumes(project.as_str(), pool.as_str(), q.expand.unwrap_or(true))
+        .await?;
+    Ok(Json(Page::slice(entries(listing), limit, offset)))
+}
+
+/// Create a custom volume. Answers 201 with the volume, or 202 with an
+/// operation when the backend creates it in the background.
+#[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"), ProjectWaitQuery),
+    request_body = StorageVolumeCreate,
+    responses(
+        (status = 201, description = "Created", body = StorageVolume,
+            headers(("location" = String, description = "The volume's URL"))),
+        (status = 202, description = "Creating", body = OperationRef),
+        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A volume of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name, content type or size", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<StorageVolumeCreate>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let name = VolumeName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    if let Some(ct) = &req.content_type
+        && !["filesystem", "block"].contains(&ct.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "content_type",
+            "content_type must be `filesystem` or `block`",
+        ));
+    }
+    if let Some(size) = req.config.get("size") {
+        check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
+    }
+    let op = state
+        .backend
+        .create_volume(project.as_str(), pool.as_str(), &req)
+        .await?;
+    if let Some(op) = op {
+        return accepted(
+            &state,
+            &user,
+            project.as_str(),
+            "volume.create",
+            Some(name.as_str()),
+            op,
+            q.wait,
+        )
+        .await;
+    }
+    let (volume, _) = state
+        .backend
+        .get_volume(project.as_str(), pool.as_str(), name.as_str())
+        .await?;
+    Ok(created(
+        &format!(
+            "/api/v1/storage/pools/{pool}/volumes/{name}?project={}",
+            project.as_str()
+        ),
+        volume,
+    ))
+}
+
+/// Get a custom volume. The `ETag` header can be sent back as `If-Match`.
+#[utoipa::path(get, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "get_volume",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("name" = String, Path, description = "Volume name"), ProjectQuery),
+    responses(
+        (status = 200, description = "The volume", body = StorageVolume,
+            headers(("etag" = String, description = "Version, for If-Match"))),
+        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((pool, name)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let name = volume_name(&name)?;
+    let (v, etag) = state
+        .backend
+        .get_volume(project.as_str(), pool.as_str(), name.as_str())
+        .await
+        .map_err(volume_not_found(&pool, &name))?;
+    Ok(with_etag(Json(v).into_response(), etag))
+}
+
+async fn patch_volume(
+    state: &AppState,
+    project: &str,
+    pool: &PoolName,
+    name: &VolumeName,
+    update: &StorageVolumeUpdate,
+    if_match: Option<&str>,
+) -> ApiResult<Response> {
+    state
+        .backend
+        .update_volume(project, pool.as_str(), name.as_str(), update, if_match)
+        .await
+        .map_err(volume_not_found(pool, name))?;
+    let (v, etag) = state
+        .backend
+        .get_volume(project, pool.as_str(), name.as_str())
+        .await?;
+    Ok(with_etag(Json(v).into_response(), etag))
+}
+
+/// Change a custom volume's description or some config keys.
+#[utoipa::path(patch, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "update_volume",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("name" = String, Path, description = "Volume name"), ProjectQuery,
+        ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the volume changed since")),
+    request_body = StorageVolumeUpdate,
+    responses(
+        (status = 200, description = "Updated", body = StorageVolume),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid size", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((pool, name)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+    headers: HeaderMap,
+    Json(body): Json<StorageVolumeUpdate>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let name = volume_name(&name)?;
+    if let Some(size) = body.config.as_ref().and_then(|c| c.get("size")) {
+        check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
+    }
+    patch_volume(
+        &state,
+        project.as_str(),
+        &pool,
+        &name,
+        &body,
+        if_match(&headers),
+    )
+    .await
+}
+
+/// Delete a custom volume; it must not be attached to an instance.
+#[utoipa::path(delete, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "delete_volume",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("name" = String, Path, description = "Volume name"), ProjectWaitQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 202, description = "Deleting", body = OperationRef),
+        (status = 400, description = "The volume is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((pool, name)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let name = volume_name(&name)?;
+    let op = state
+        .backend
+        .delete_volume(project.as_str(), pool.as_str(), name.as_str())
+        .await
+        .map_err(volume_not_found(&pool, &name))?;
+    match op {
+        Some(op) => {
+            accepted(
+                &state,
+                &user,
+                project.as_str(),
+                "volume.delete",
+                Some(name.as_str()),
+                op,
+                q.wait,
+            )
+            .await
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// The new size: an integer with an optional unit (`B`, `kB`, `MB`,
+    /// `GB`, `KiB`, `MiB`, `GiB`, `TiB`...). Shrinking may be refused by the
+    /// storage driver.
+    #[schema(example = "10GiB")]
+    pub size: String,
+}
+
+/// Resize a custom volume (sets its `size`).
+#[utoipa::path(post, path = "/pools/{pool}/volumes/{name}/resize", tag = "storage", operation_id = "resize_volume",
+    security(("bearer" = [])),
+    params(("pool" = String, Path, description = "Pool name"),
+        ("name" = String, Path, description = "Volume name"), ProjectQuery),
+    request_body = ResizeRequest,
+    responses(
+        (status = 200, description = "Resized", body = StorageVolume),
+        (status = 400, description = "Refused by the storage driver", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid size", body = Problem, content_type = "application/problem+json")))]
+pub async fn resize_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((pool, name)): Path<(String, String)>,
+    Query(q): Query<ProjectQuery>,
+    Json(req): Json<ResizeRequest>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let pool = pool_name(&pool)?;
+    let name = volume_name(&name)?;
+    check_size(&req.size).map_err(|e| ApiError::invalid_field("size", e))?;
+    let update = StorageVolumeUpdate {
+        description: None,
+        config: Some(BTreeMap::from([("size".to_owned(), req.size)])),
+    };
+    patch_volume(&state, project.as_str(), &pool, &name, &update, None).await
+}
+
+// --- attaching volumes to instances ---
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachVolume {
+    /// The pool holding the volume.
+    #[schema(example = "default")]
+    pub pool: String,
+    /// A custom volume of the instance's project.
+    #[schema(example = "data")]
+    pub volume: String,
+    /// Mount point inside the instance (filesystem volumes; leave out for a
+    /// block volume on a VM).
+    #[serde(default)]
+    #[schema(example = "/mnt/data")]
+    pub path: Option<String>,
+    /// The device name on the instance.
+    #[schema(example = "data")]
+    pub device: String,
+}
+
+/// Attach a custom volume to an instance as a `disk` device. Answers 200
+/// with the instance (or 202 with an operation when the backend applies it
+/// in the background); 412 if the instance changed meanwhile.
+#[utoipa::path(post, path = "", tag = "storage", operation_id = "attach_volume",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    request_body = AttachVolume,
+    responses(
+        (status = 200, description = "Attached", body = Instance),
+        (status = 202, description = "Attaching", body = OperationRef),
+        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or volume", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid names or path", body = Problem, content_type = "application/problem+json")))]
+pub async fn attach_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ProjectWaitQuery>,
+    Json(req): Json<AttachVolume>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let instance = instance_name(&name)?;
+    let pool = PoolName::parse(&req.pool).map_err(|e| ApiError::invalid_field("pool", e))?;
+    let volume =
+        VolumeName::parse(&req.volume).map_err(|e| ApiError::invalid_field("volume", e))?;
+    let device = crate::names::DeviceName::parse(&req.device)
+        .map_err(|e| ApiError::invalid_field("device", e))?;
+    if let Some(path) = &req.path
+        && (!path.starts_with('/') || path.len() > 4096 || path.contains('\0'))
+    {
+        return Err(ApiError::invalid_field(
+            "path",
+            "path must be an absolute path inside the instance",
+        ));
+    }
+    // A clear 404 for a missing volume, before touching the instance.
+    state
+        .backend
+        .get_volume(project.as_str(), pool.as_str(), volume.as_str())
+        .await
+        .map_err(volume_not_found(&pool, &volume))?;
+    let mut config = BTreeMap::from([
+        ("type".to_owned(), "disk".to_owned()),
+        ("pool".to_owned(), pool.to_string()),
+        ("source".to_owned(), volume.to_string()),
+    ]);
+    if let Some(path) = req.path {
+        config.insert("path".to_owned(), path);
+    }
+    devices::attach(
+        &state,
+        &user,
+        &project,
+        &instance,
+        &device,
+        config,
+        "instance.volume.attach",
+        q.wait,
+    )
+    .await
+}
+
+/// A disk device backed by a pool volume (not a host path, not the root disk).
+fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
+    d.get("type").is_some_and(|t| t == "disk")
+        && d.contains_key("pool")
+        && d.get("path").is_none_or(|p| p != "/")
+}
+
+/// Detach a volume (a `disk` device) from an instance. The volume itself is
+/// kept. Answers 202 with an operation (or 200 with `?wait=`).
+#[utoipa::path(delete, path = "/{device}", tag = "storage", operation_id = "detach_volume",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Instance name"),
+        ("device" = String, Path, description = "The device name"), ProjectWaitQuery),
+    responses(
+        (status = 200, description = "Detached", body = Operation),
+        (status = 202, description = "Detaching", body = OperationRef),
+        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance or volume device", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device comes from a profile", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json")))]
+pub async fn detach_volume(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path((name, device)): Path<(String, String)>,
+    Query(q): Query<ProjectWaitQuery>,
+) -> ApiResult<Response> {
+    let project = project_param(q.project.as_deref())?;
+    user.require(Permission::ProjectOperate, project.as_str())?;
+    let instance = instance_name(&name)?;
+    let device = device_name(&device)?;
+    devices::detach(
+        &state,
+        &user,
+        &project,
+        &instance,
+        &device,
+        "volume",
+        is_volume_device,
+        "instance.volume.detach",
+        q.wait,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_size;
+
+    #[test]
+    fn sizes_are_checked_like_incus_reads_them() {
+        for ok in ["1GiB", "500MiB", "10GB", "1073741824", "1B", "2TiB", "3kB"] {
+            assert!(check_size(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "GiB",
+            "0",
+            "0GiB",
+            "-1GiB",
+            "1.5GiB",
+            "1 GiB",
+            "1gib",
+            "1XB",
+            "10GiB;",
+            "1GiBs",
+            "99999999999999999999GiB",
+        ] {
+            assert!(check_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}

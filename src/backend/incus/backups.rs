@@ -1,0 +1,108 @@
+//! `/1.0/instances/{name}/backups` on Incus; exports are streamed.
+
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+
+use super::IncusBackend;
+use super::files::{TRANSFER_TIMEOUT, download, project_query};
+use super::instances::{last_segment, operation_of};
+use crate::backend::types::{Backup, BackupCreate, Download, Operation};
+use crate::backend::{BackendError, Listing};
+
+impl IncusBackend {
+    pub(super) async fn list_backups_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        expand: bool,
+    ) -> Result<Listing<Backup>, BackendError> {
+        let q = [
+            ("project", project),
+            ("recursion", if expand { "1" } else { "0" }),
+        ];
+        let segments = ["instances", instance, "backups"];
+        if expand {
+            let (items, _): (Vec<Backup>, _) = self.client.query_struct(&segments, &q).await?;
+            Ok(Listing::Full(items))
+        } else {
+            let (urls, _): (Vec<String>, _) = self.client.query_struct(&segments, &q).await?;
+            Ok(Listing::Names(
+                urls.iter().map(|u| last_segment(u)).collect(),
+            ))
+        }
+    }
+
+    pub(super) async fn get_backup_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Backup, BackendError> {
+        self.client
+            .query_struct(
+                &["instances", instance, "backups", backup],
+                &project_query(project),
+            )
+            .await
+            .map(|(b, _)| b)
+    }
+
+    pub(super) async fn create_backup_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        req: &BackupCreate,
+    ) -> Result<Operation, BackendError> {
+        let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+        let r = self
+            .client
+            .query(
+                Method::POST,
+                &["instances", instance, "backups"],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn delete_backup_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Operation, BackendError> {
+        let r = self
+            .client
+            .query(
+                Method::DELETE,
+                &["instances", instance, "backups", backup],
+                &project_query(project),
+                None,
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn export_backup_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Download, BackendError> {
+        let resp = self
+            .client
+            .raw_stream(
+                Method::GET,
+                &["instances", instance, "backups", backup, "export"],
+                &project_query(project),
+                HeaderMap::new(),
+                None,
+                TRANSFER_TIMEOUT,
+            )
+            .await?;
+        Ok(download(resp))
+    }
+}

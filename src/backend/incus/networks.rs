@@ -1,0 +1,118 @@
+//! `/1.0/networks` on Incus.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::IncusBackend;
+use super::storage::listing;
+use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
+use crate::backend::{BackendError, Listing};
+
+impl IncusBackend {
+    pub(super) async fn list_networks_impl(
+        &self,
+        project: &str,
+        expand: bool,
+    ) -> Result<Listing<Network>, BackendError> {
+        let q = [
+            ("recursion", if expand { "1" } else { "0" }),
+            ("project", project),
+        ];
+        listing(self, &["networks"], &q, expand).await
+    }
+
+    pub(super) async fn get_network_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Network, Option<String>), BackendError> {
+        self.client
+            .query_struct(&["networks", name], &[("project", project)])
+            .await
+    }
+
+    pub(super) async fn create_network_impl(
+        &self,
+        project: &str,
+        req: &NetworkCreate,
+    ) -> Result<(), BackendError> {
+        let body = json!({
+            "name": req.name,
+            "type": req.network_type.as_deref().unwrap_or("bridge"),
+            "description": req.description,
+            "config": req.config,
+        });
+        self.client
+            .query(
+                Method::POST,
+                &["networks"],
+                &[("project", project)],
+                Some(&body),
+                None,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn update_network_impl(
+        &self,
+        project: &str,
+        name: &str,
+        update: &NetworkUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        let body = serde_json::to_value(update).map_err(anyhow::Error::from)?;
+        let method = if replace { Method::PUT } else { Method::PATCH };
+        self.client
+            .query(
+                method,
+                &["networks", name],
+                &[("project", project)],
+                Some(&body),
+                if_match,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn delete_network_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        self.client
+            .query(
+                Method::DELETE,
+                &["networks", name],
+                &[("project", project)],
+                None,
+                None,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn network_state_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<NetworkState, BackendError> {
+        self.client
+            .query_struct(&["networks", name, "state"], &[("project", project)])
+            .await
+            .map(|(s, _)| s)
+    }
+
+    pub(super) async fn network_leases_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<NetworkLease>, BackendError> {
+        let (leases, _): (Option<Vec<NetworkLease>>, _) = self
+            .client
+            .query_struct(&["networks", name, "leases"], &[("project", project)])
+            .await?;
+        Ok(leases.unwrap_or_default())
+    }
+}

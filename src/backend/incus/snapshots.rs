@@ -1,0 +1,114 @@
+//! `/1.0/instances/{name}/snapshots` on Incus, and restoring one.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::IncusBackend;
+use super::files::project_query;
+use super::instances::{last_segment, operation_of};
+use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
+use crate::backend::{BackendError, Listing};
+
+impl IncusBackend {
+    pub(super) async fn list_snapshots_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        expand: bool,
+    ) -> Result<Listing<Snapshot>, BackendError> {
+        let q = [
+            ("project", project),
+            ("recursion", if expand { "1" } else { "0" }),
+        ];
+        let segments = ["instances", instance, "snapshots"];
+        if expand {
+            let (items, _): (Vec<Snapshot>, _) = self.client.query_struct(&segments, &q).await?;
+            Ok(Listing::Full(items))
+        } else {
+            let (urls, _): (Vec<String>, _) = self.client.query_struct(&segments, &q).await?;
+            Ok(Listing::Names(
+                urls.iter().map(|u| last_segment(u)).collect(),
+            ))
+        }
+    }
+
+    pub(super) async fn get_snapshot_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+    ) -> Result<Snapshot, BackendError> {
+        self.client
+            .query_struct(
+                &["instances", instance, "snapshots", snap],
+                &project_query(project),
+            )
+            .await
+            .map(|(s, _)| s)
+    }
+
+    pub(super) async fn create_snapshot_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        req: &SnapshotCreate,
+    ) -> Result<Operation, BackendError> {
+        let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
+        let r = self
+            .client
+            .query(
+                Method::POST,
+                &["instances", instance, "snapshots"],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    pub(super) async fn delete_snapshot_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+    ) -> Result<Operation, BackendError> {
+        let r = self
+            .client
+            .query(
+                Method::DELETE,
+                &["instances", instance, "snapshots", snap],
+                &project_query(project),
+                None,
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+
+    /// Incus restores through the instance itself: `PUT /1.0/instances/{name}`
+    /// with `restore` set (the rest of the body is then ignored).
+    pub(super) async fn restore_snapshot_impl(
+        &self,
+        project: &str,
+        instance: &str,
+        snap: &str,
+        stateful: bool,
+    ) -> Result<Operation, BackendError> {
+        // Incus answers a restore of a missing snapshot with a failed
+        // operation; look first so the caller gets a 404 instead.
+        self.get_snapshot_impl(project, instance, snap).await?;
+        let body = json!({"restore": snap, "stateful": stateful});
+        let r = self
+            .client
+            .query(
+                Method::PUT,
+                &["instances", instance],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await?;
+        operation_of(r)
+    }
+}

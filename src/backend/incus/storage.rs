@@ -1,0 +1,194 @@
+//! `/1.0/storage-pools` and their custom volumes on Incus.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::IncusBackend;
+use super::client::Response;
+use super::instances::{last_segment, operation_of};
+use crate::backend::types::{
+    Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
+    StorageVolumeCreate, StorageVolumeUpdate,
+};
+use crate::backend::{BackendError, Listing};
+
+/// The operation of an answer that may be sync or async.
+pub fn maybe_operation(r: Response) -> Result<Option<Operation>, BackendError> {
+    if r.envelope.kind == "async" {
+        operation_of(r).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn recursion(expand: bool) -> (&'static str, &'static str) {
+    ("recursion", if expand { "1" } else { "0" })
+}
+
+/// Typed list or names from a `?recursion=` listing.
+pub(super) async fn listing<T: serde::de::DeserializeOwned>(
+    backend: &IncusBackend,
+    segments: &[&str],
+    query: &[(&str, &str)],
+    expand: bool,
+) -> Result<Listing<T>, BackendError> {
+    if expand {
+        let (items, _): (Vec<T>, _) = backend.client.query_struct(segments, query).await?;
+        Ok(Listing::Full(items))
+    } else {
+        let (urls, _): (Vec<String>, _) = backend.client.query_struct(segments, query).await?;
+        Ok(Listing::Names(
+            urls.iter().map(|u| last_segment(u)).collect(),
+        ))
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, BackendError> {
+    serde_json::to_value(v).map_err(|e| anyhow::Error::from(e).into())
+}
+
+impl IncusBackend {
+    pub(super) async fn list_storage_pools_impl(
+        &self,
+        expand: bool,
+    ) -> Result<Listing<StoragePool>, BackendError> {
+        listing(self, &["storage-pools"], &[recursion(expand)], expand).await
+    }
+
+    pub(super) async fn get_storage_pool_impl(
+        &self,
+        pool: &str,
+    ) -> Result<(StoragePool, Option<String>), BackendError> {
+        self.client
+            .query_struct(&["storage-pools", pool], &[])
+            .await
+    }
+
+    pub(super) async fn create_storage_pool_impl(
+        &self,
+        req: &StoragePoolCreate,
+    ) -> Result<(), BackendError> {
+        let body = to_value(req)?;
+        self.client
+            .query(Method::POST, &["storage-pools"], &[], Some(&body), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn update_storage_pool_impl(
+        &self,
+        pool: &str,
+        update: &StoragePoolUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        let body = to_value(update)?;
+        let method = if replace { Method::PUT } else { Method::PATCH };
+        self.client
+            .query(method, &["storage-pools", pool], &[], Some(&body), if_match)
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn delete_storage_pool_impl(&self, pool: &str) -> Result<(), BackendError> {
+        self.client
+            .query(Method::DELETE, &["storage-pools", pool], &[], None, None)
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn list_volumes_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        expand: bool,
+    ) -> Result<Listing<StorageVolume>, BackendError> {
+        listing(
+            self,
+            &["storage-pools", pool, "volumes", "custom"],
+            &[recursion(expand), ("project", project)],
+            expand,
+        )
+        .await
+    }
+
+    pub(super) async fn get_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(StorageVolume, Option<String>), BackendError> {
+        self.client
+            .query_struct(
+                &["storage-pools", pool, "volumes", "custom", name],
+                &[("project", project)],
+            )
+            .await
+    }
+
+    pub(super) async fn create_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        req: &StorageVolumeCreate,
+    ) -> Result<Option<Operation>, BackendError> {
+        let body = json!({
+            "name": req.name,
+            "type": "custom",
+            "content_type": req.content_type.as_deref().unwrap_or("filesystem"),
+            "description": req.description,
+            "config": req.config,
+        });
+        let r = self
+            .client
+            .query(
+                Method::POST,
+                &["storage-pools", pool, "volumes", "custom"],
+                &[("project", project)],
+                Some(&body),
+                None,
+            )
+            .await?;
+        maybe_operation(r)
+    }
+
+    pub(super) async fn update_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+        update: &StorageVolumeUpdate,
+        if_match: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let body = to_value(update)?;
+        self.client
+            .query(
+                Method::PATCH,
+                &["storage-pools", pool, "volumes", "custom", name],
+                &[("project", project)],
+                Some(&body),
+                if_match,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn delete_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<Option<Operation>, BackendError> {
+        let r = self
+            .client
+            .query(
+                Method::DELETE,
+                &["storage-pools", pool, "volumes", "custom", name],
+                &[("project", project)],
+                None,
+                None,
+            )
+            .await?;
+        maybe_operation(r)
+    }
+}

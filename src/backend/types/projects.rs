@@ -1,0 +1,75 @@
+//! Projects and their usage against limits, shaped as Incus's `/1.0/projects`
+//! objects.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ConfigMap;
+use super::storage::null_as_default;
+
+/// A project: a namespace for instances, volumes, images, profiles and
+/// networks, with optional limits (`limits.instances`, `limits.memory`...).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Project {
+    #[schema(example = "team-a")]
+    pub name: String,
+    pub description: String,
+    /// Features (`features.images`...) and limits (`limits.instances`...).
+    #[serde(deserialize_with = "null_as_default")]
+    pub config: ConfigMap,
+    /// `/1.0/...` URLs of what lives in the project.
+    #[serde(deserialize_with = "null_as_default")]
+    pub used_by: Vec<String>,
+}
+
+/// `POST /api/v1/projects`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectCreate {
+    #[schema(example = "team-a")]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// E.g. `{"limits.instances": "5", "features.images": "false"}`.
+    #[serde(default)]
+    pub config: ConfigMap,
+}
+
+/// `PUT /api/v1/projects/{name}` (full: left-out fields are emptied, as in
+/// Incus) and `PATCH` (only the given fields; config keys are merged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigMap>,
+}
+
+/// One resource's usage against its limit. The field names are Incus's own
+/// (capitalized).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ProjectStateResource {
+    /// The limit, -1 when there is none.
+    #[serde(rename = "Limit")]
+    #[schema(example = 10)]
+    pub limit: i64,
+    /// Current usage (a count, or bytes for `memory` and `disk`).
+    #[serde(rename = "Usage")]
+    #[schema(example = 4)]
+    pub usage: i64,
+}
+
+/// `GET /api/v1/projects/{name}/state`: usage vs limits per resource
+/// (`instances`, `containers`, `virtual-machines`, `cpu`, `memory`, `disk`,
+/// `networks`, `processes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ProjectState {
+    #[serde(deserialize_with = "null_as_default")]
+    pub resources: BTreeMap<String, ProjectStateResource>,
+}

@@ -1,0 +1,180 @@
+//! Exec (interactive over WebSocket, and recorded) and the console, through
+//! lxgate in front of the real incusd.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+use crate::incus_instances::{Cleanup, incus_app, unique};
+
+/// Creates and starts a busybox container; returns its name.
+async fn running_container(app: &TestApp, admin: &str) -> String {
+    let name = unique("ex");
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(admin),
+            json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    name
+}
+
+/// Reads binary output until it contains `needle` (at most `secs` seconds).
+async fn read_until(socket: &mut ClientSocket, needle: &str, secs: u64) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            _ => panic!("{needle:?} never came; got {seen:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn interactive_exec_relays_io_resize_and_exit_code() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+
+    let ticket = app.ticket(&admin).await;
+    let mut term = app
+        .ws(&format!(
+            "/api/v1/instances/{name}/exec/ws?command=sh&width=80&height=24&ticket={ticket}"
+        ))
+        .await
+        .expect("terminal opens");
+    term.send(Message::Binary("echo hello-$((6*7))\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut term, "hello-42", 10).await;
+
+    // A resize is accepted and the session goes on.
+    term.send(Message::Text(
+        json!({"type": "resize", "width": 120, "height": 40})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    term.send(Message::Binary("echo still-$((1+1))\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut term, "still-2", 10).await;
+
+    // The exit code is the last frame before close.
+    term.send(Message::Binary("exit 3\n".into())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        match tokio::time::timeout_at(deadline, term.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no exit frame: {other:?}"),
+        }
+    };
+    assert_eq!(exit, json!({"type": "exit", "exit_code": 3}));
+    let closed = tokio::time::timeout(Duration::from_secs(5), term.next()).await;
+    assert!(
+        matches!(closed, Ok(Some(Ok(Message::Close(_)))) | Ok(None)),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn recorded_exec_returns_exit_code_and_output() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?wait=30"),
+            Some(&admin),
+            json!({"command": ["sh", "-c", "echo out-$HELLO; echo err >&2; exit 5"],
+                   "environment": {"HELLO": "world"}}),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::OK, "{}", r.text);
+    let meta = &r.body["metadata"];
+    assert_eq!(meta["exit_code"], 5, "{}", r.text);
+    assert_eq!(meta["stdout"], "out-world\n");
+    assert_eq!(meta["stderr"], "err\n");
+
+    // Without waiting: 202, and the finished operation carries the output.
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec"),
+            Some(&admin),
+            json!({"command": ["echo", "later"]}),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::ACCEPTED, "{}", r.text);
+    let wait = r.body["wait_url"].as_str().unwrap();
+    let done = app.get(&format!("{wait}?timeout=30"), Some(&admin)).await;
+    assert_eq!(done.body["metadata"]["stdout"], "later\n", "{}", done.text);
+    assert_eq!(done.body["metadata"]["exit_code"], 0);
+
+    // Bad commands never reach Incus.
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec"),
+            Some(&admin),
+            json!({"command": []}),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["field"], "command");
+}
+
+#[tokio::test]
+async fn console_attaches_and_terminal_errors_are_clear() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+
+    let ticket = app.ticket(&admin).await;
+    let mut console = app
+        .ws(&format!(
+            "/api/v1/instances/{name}/console/ws?ticket={ticket}"
+        ))
+        .await
+        .expect("console opens");
+    console.send(Message::Binary("\n".into())).await.unwrap();
+    // Whatever the console prints, the relay keeps the socket healthy.
+    let _ = tokio::time::timeout(Duration::from_secs(2), console.next()).await;
+    console.close(None).await.unwrap();
+
+    // Errors come back as HTTP before any upgrade.
+    let viewer = app.user_with_role(&admin, "viewer1", Some("viewer")).await;
+    let t = app.ticket(&viewer).await;
+    let r = app
+        .ws(&format!("/api/v1/instances/{name}/exec/ws?ticket={t}"))
+        .await;
+    assert_eq!(ws_refusal(r.unwrap_err()), 403);
+    let t = app.ticket(&admin).await;
+    let r = app
+        .ws(&format!(
+            "/api/v1/instances/{name}/exec/ws?width=0&ticket={t}"
+        ))
+        .await;
+    assert_eq!(ws_refusal(r.unwrap_err()), 400);
+    let t = app.ticket(&admin).await;
+    let r = app
+        .ws(&format!("/api/v1/instances/no-such-one/exec/ws?ticket={t}"))
+        .await;
+    assert_eq!(ws_refusal(r.unwrap_err()), 404);
+    // Plain HTTP on a WebSocket route: 426 problem+json.
+    app.get(&format!("/api/v1/instances/{name}/exec/ws"), Some(&admin))
+        .await
+        .assert_problem(426, "websocket_required");
+}
