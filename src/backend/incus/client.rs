@@ -86,7 +86,12 @@ impl IncusClient {
             .user_agent(concat!("lxgate/", env!("CARGO_PKG_VERSION")));
         match cfg.mode {
             IncusMode::Local => {
+                // No idle pooling on the unix socket: incusd peeks at the first
+                // bytes of each new connection inside its accept loop, so a pooled
+                // connection that was opened (a connect race) but never written to
+                // stalls incusd for every client until it is closed.
                 let http = builder
+                    .pool_max_idle_per_host(0)
                     .unix_socket(cfg.socket_path.clone())
                     .build()
                     .map_err(|e| format!("Incus client: {e}"))?;
