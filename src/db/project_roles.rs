@@ -40,6 +40,15 @@ pub async fn remove(pool: &AnyPool, user_id: &str, project: &str) -> Result<bool
     Ok(r.rows_affected() == 1)
 }
 
+/// Forgets every grant in a project (when the project is deleted).
+pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM project_roles WHERE project = $1")
+        .bind(project)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// Grants of many users at once (for user listings).
 pub async fn for_users(pool: &AnyPool, user_ids: &[String]) -> Result<Vec<GrantRow>, sqlx::Error> {
     if user_ids.is_empty() {

@@ -226,4 +226,15 @@ async fn project_limits_usage_and_visibility() {
         .await
         .assert_problem(404, "project_not_found");
     assert!(!incus_ok(&["project", "list", "--format", "csv"]).contains(&a));
+    // Grants die with their project: re-creating the name gives nobody a role.
+    let me = app.get("/api/v1/auth/me", Some(&scoped)).await;
+    assert!(
+        me.body["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["project"] != a.as_str()),
+        "{}",
+        me.text
+    );
 }

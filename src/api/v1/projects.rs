@@ -251,6 +251,9 @@ pub async fn delete_project(
         .delete_project(name.as_str())
         .await
         .map_err(not_found_as_project(&name))?;
+    // A project re-created later under the same name must not hand the old
+    // members their roles back.
+    crate::db::project_roles::remove_project(&state.db.pool, name.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
