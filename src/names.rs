@@ -48,6 +48,11 @@ macro_rules! resource_name {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Parses a name taken from a URL path: invalid is 400 `invalid_name`.
+            pub fn from_path(s: &str) -> Result<Self, crate::error::ApiError> {
+                Self::parse(s).map_err(|e| crate::error::ApiError::bad_request("invalid_name", e))
+            }
         }
 
         impl TryFrom<String> for $name {

@@ -60,13 +60,12 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     resp
 }
 
+/// The `?project=` of a request, when it names a valid project.
 fn url_param(query: &str, key: &str) -> Option<String> {
-    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
-        &format!("/?{query}").parse().ok()?,
-    )
-    .ok()
-    .and_then(|axum::extract::Query(mut m)| m.remove(key))
-    .filter(|p| crate::names::ProjectName::parse(p).is_ok())
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .filter(|p| crate::names::ProjectName::parse(p).is_ok())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -21,10 +21,6 @@ use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{BackupName, InstanceName};
 
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn backup_name(s: &str) -> ApiResult<BackupName> {
     BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
 }
@@ -96,7 +92,7 @@ pub async fn list_backups(
         offset: q.offset,
     }
     .resolve()?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let entries: Vec<BackupEntry> = match state
         .backend
         .list_backups(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
@@ -136,7 +132,7 @@ pub async fn create_backup(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     if let Some(backup) = &req.name {
         BackupName::parse(backup).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -193,7 +189,7 @@ pub async fn get_backup(
 ) -> ApiResult<Json<Backup>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let backup = backup_name(&backup)?;
     Ok(Json(
         state
@@ -225,7 +221,7 @@ pub async fn delete_backup(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let backup = backup_name(&backup)?;
     let op = state
         .backend
@@ -284,7 +280,7 @@ pub async fn export_backup(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let backup = backup_name(&backup)?;
     let Download {
         content_type,

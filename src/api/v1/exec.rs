@@ -21,10 +21,6 @@ use crate::backend::types::{ExecRequest, Operation};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, ProjectName};
 
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 /// The query of a terminal WebSocket. `command` repeats once per argv element.
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -104,7 +100,7 @@ fn authorize_terminal(
 ) -> ApiResult<(ProjectName, InstanceName)> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    Ok((project, instance_name(name)?))
+    Ok((project, InstanceName::from_path(name)?))
 }
 
 /// Interactive terminal (WebSocket): binary frames are stdin/stdout, the
@@ -191,7 +187,7 @@ pub async fn exec_instance(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     req.validate()
         .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
     let op = state

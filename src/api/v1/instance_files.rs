@@ -35,10 +35,6 @@ pub const MAX_PUSH_BYTES: u64 = 1 << 30;
 /// Longest `?path=` accepted (Linux's `PATH_MAX`).
 const MAX_PATH_BYTES: usize = 4096;
 
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 /// Backend 404s become `code`, with `detail`.
 fn not_found_as(code: &'static str, detail: String) -> impl FnOnce(BackendError) -> ApiError {
     move |e| match e {
@@ -142,7 +138,7 @@ pub async fn list_instance_logs(
         offset: q.offset,
     }
     .resolve()?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let files = state
         .backend
         .list_instance_logs(project.as_str(), name.as_str())
@@ -171,7 +167,7 @@ pub async fn get_instance_log(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let file = log_file_name(&file)?;
     let content = state
         .backend
@@ -202,7 +198,7 @@ pub async fn get_console_log(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let content = state
         .backend
         .console_log(project.as_str(), name.as_str())
@@ -293,7 +289,7 @@ pub async fn pull_file(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let path = file_path(q.path.as_deref())?;
     let pulled = state
         .backend
@@ -415,7 +411,7 @@ pub async fn push_file(
 ) -> ApiResult<StatusCode> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let path = file_path(q.path.as_deref())?;
     let opts = FilePush {
         uid: id_param("uid", q.uid.as_deref())?,

@@ -19,10 +19,6 @@ use crate::backend::{ListScope, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::InstanceName;
 
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -209,7 +205,7 @@ pub async fn get_instance(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let (instance, etag) = state
         .backend
         .get_instance(project.as_str(), name.as_str())
@@ -250,7 +246,7 @@ async fn update(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let op = state
         .backend
         .update_instance(
@@ -348,7 +344,7 @@ pub async fn delete_instance(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let op = state
         .backend
         .delete_instance(project.as_str(), name.as_str())
@@ -394,7 +390,7 @@ pub async fn rename_instance(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let new_name =
         InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     let op = state
@@ -430,7 +426,7 @@ pub async fn get_instance_state(
 ) -> ApiResult<Json<InstanceState>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     Ok(Json(
         state
             .backend
@@ -449,7 +445,7 @@ async fn change_state(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(name)?;
+    let name = InstanceName::from_path(name)?;
     if !STATE_ACTIONS.contains(&change.action.as_str()) {
         return Err(ApiError::invalid_field(
             "action",

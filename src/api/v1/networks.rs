@@ -29,10 +29,6 @@ use crate::names::{DeviceName, InstanceName, NetworkName};
 /// sees it.
 const NETWORK_TYPES: [&str; 5] = ["bridge", "macvlan", "sriov", "ovn", "physical"];
 
-fn network_name(s: &str) -> ApiResult<NetworkName> {
-    NetworkName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn not_found_as_network(name: &NetworkName) -> impl FnOnce(BackendError) -> ApiError + '_ {
     move |e| match e {
         BackendError::NotFound(_) => ApiError::not_found(
@@ -128,7 +124,7 @@ pub async fn get_network(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = network_name(&name)?;
+    let name = NetworkName::from_path(&name)?;
     let (n, etag) = state
         .backend
         .get_network(project.as_str(), name.as_str())
@@ -148,7 +144,7 @@ async fn update(
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
     let project = project_param(q.project.as_deref())?;
-    let name = network_name(&name)?;
+    let name = NetworkName::from_path(&name)?;
     state
         .backend
         .update_network(
@@ -231,7 +227,7 @@ pub async fn delete_network(
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
     let project = project_param(q.project.as_deref())?;
-    let name = network_name(&name)?;
+    let name = NetworkName::from_path(&name)?;
     state
         .backend
         .delete_network(project.as_str(), name.as_str())
@@ -256,7 +252,7 @@ pub async fn get_network_state(
 ) -> ApiResult<Json<NetworkState>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = network_name(&name)?;
+    let name = NetworkName::from_path(&name)?;
     Ok(Json(
         state
             .backend
@@ -282,7 +278,7 @@ pub async fn list_network_leases(
 ) -> ApiResult<Json<Vec<NetworkLease>>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = network_name(&name)?;
+    let name = NetworkName::from_path(&name)?;
     Ok(Json(
         state
             .backend

@@ -16,10 +16,6 @@ use crate::backend::types::{Project, ProjectCreate, ProjectState, ProjectUpdate}
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
 
-fn project_name(s: &str) -> ApiResult<ProjectName> {
-    ProjectName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn not_found_as_project(name: &ProjectName) -> impl FnOnce(BackendError) -> ApiError + '_ {
     move |e| match e {
         BackendError::NotFound(_) => ApiError::not_found(
@@ -153,7 +149,7 @@ pub async fn get_project(
     Path(name): Path<String>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
+    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     let (p, etag) = state
@@ -173,7 +169,7 @@ async fn update(
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let name = project_name(&name)?;
+    let name = ProjectName::from_path(&name)?;
     state
         .backend
         .update_project(name.as_str(), &body, if_match(&headers), replace)
@@ -244,7 +240,7 @@ pub async fn delete_project(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let name = project_name(&name)?;
+    let name = ProjectName::from_path(&name)?;
     refuse_default(&name)?;
     state
         .backend
@@ -273,7 +269,7 @@ pub async fn get_project_state(
     Path(name): Path<String>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Json<ProjectState>> {
-    let name = project_name(&name)?;
+    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     Ok(Json(

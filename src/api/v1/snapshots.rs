@@ -18,10 +18,6 @@ use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, SnapshotName};
 
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
     SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
 }
@@ -106,7 +102,7 @@ pub async fn list_snapshots(
         offset: q.offset,
     }
     .resolve()?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let entries: Vec<SnapshotEntry> = match state
         .backend
         .list_snapshots(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
@@ -145,7 +141,7 @@ pub async fn create_snapshot(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     if let Some(snap) = &req.name {
         SnapshotName::parse(snap).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -191,7 +187,7 @@ pub async fn get_snapshot(
 ) -> ApiResult<Json<Snapshot>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
     Ok(Json(
         state
@@ -223,7 +219,7 @@ pub async fn delete_snapshot(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
     let op = state
         .backend
@@ -267,7 +263,7 @@ pub async fn restore_snapshot(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = instance_name(&name)?;
+    let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
     let opts: SnapshotRestore = if body.iter().all(u8::is_ascii_whitespace) {
         SnapshotRestore::default()

@@ -46,16 +46,8 @@ const SIZE_UNITS: [&str; 14] = [
     "", "B", "kB", "MB", "GB", "TB", "PB", "EB", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB",
 ];
 
-fn pool_name(s: &str) -> ApiResult<PoolName> {
-    PoolName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn volume_name(s: &str) -> ApiResult<VolumeName> {
     VolumeName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-fn instance_name(s: &str) -> ApiResult<InstanceName> {
-    InstanceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
 }
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
@@ -234,7 +226,7 @@ pub async fn get_storage_pool(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let (p, etag) = state
         .backend
         .get_storage_pool(pool.as_str())
@@ -252,7 +244,7 @@ async fn update_pool(
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     state
         .backend
         .update_storage_pool(pool.as_str(), &body, if_match(&headers), replace)
@@ -321,7 +313,7 @@ pub async fn delete_storage_pool(
     Path(pool): Path<String>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     state
         .backend
         .delete_storage_pool(pool.as_str())
@@ -348,7 +340,7 @@ pub async fn list_volumes(
 ) -> ApiResult<Json<Page<Entry<StorageVolume>>>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let (limit, offset) = q.page()?;
     let listing = state
         .backend
@@ -381,7 +373,7 @@ pub async fn create_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let name = VolumeName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     if let Some(ct) = &req.content_type
         && !["filesystem", "block"].contains(&ct.as_str())
@@ -441,7 +433,7 @@ pub async fn get_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
     let (v, etag) = state
         .backend
@@ -495,7 +487,7 @@ pub async fn update_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
     if let Some(size) = body.config.as_ref().and_then(|c| c.get("size")) {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
@@ -530,7 +522,7 @@ pub async fn delete_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
     let op = state
         .backend
@@ -585,7 +577,7 @@ pub async fn resize_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = pool_name(&pool)?;
+    let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
     check_size(&req.size).map_err(|e| ApiError::invalid_field("size", e))?;
     let update = StorageVolumeUpdate {
@@ -641,7 +633,7 @@ pub async fn attach_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance = instance_name(&name)?;
+    let instance = InstanceName::from_path(&name)?;
     let pool = PoolName::parse(&req.pool).map_err(|e| ApiError::invalid_field("pool", e))?;
     let volume =
         VolumeName::parse(&req.volume).map_err(|e| ApiError::invalid_field("volume", e))?;
@@ -710,7 +702,7 @@ pub async fn detach_volume(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance = instance_name(&name)?;
+    let instance = InstanceName::from_path(&name)?;
     let device = device_name(&device)?;
     devices::detach(
         &state,

@@ -330,10 +330,6 @@ pub struct GrantRequest {
     pub role: Role,
 }
 
-fn path_project(s: &str) -> ApiResult<ProjectName> {
-    ProjectName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 /// Grant a user a role in one project (replaces an earlier grant there).
 #[utoipa::path(put, path = "/{username}/projects/{project}", tag = "users", operation_id = "grant_project_role",
     security(("bearer" = [])),
@@ -354,7 +350,7 @@ pub async fn grant_project_role(
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
     let name = path_username(&name)?;
-    let project = path_project(&project)?;
+    let project = ProjectName::from_path(&project)?;
     let (row, _) = load(&state, &name).await?;
     db::project_roles::set(&state.db.pool, &row.id, project.as_str(), req.role).await?;
     Ok(Json(load(&state, &name).await?.1))
@@ -377,7 +373,7 @@ pub async fn revoke_project_role(
 ) -> ApiResult<StatusCode> {
     user.require(Permission::UserManage, "")?;
     let name = path_username(&name)?;
-    let project = path_project(&project)?;
+    let project = ProjectName::from_path(&project)?;
     let (row, _) = load(&state, &name).await?;
     if !db::project_roles::remove(&state.db.pool, &row.id, project.as_str()).await? {
         return Err(ApiError::not_found(

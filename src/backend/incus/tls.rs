@@ -39,85 +39,44 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Accepts exactly one server certificate (Incus servers are usually
-/// self-signed, so the certificate itself is what is trusted).
+/// What the server certificate is checked against.
 #[derive(Debug)]
-struct Pinned {
-    der: Vec<u8>,
+enum Check {
+    /// Exactly this certificate (Incus servers are usually self-signed, so
+    /// the certificate itself is what is trusted).
+    Pinned(Vec<u8>),
+    /// Trust on first use, for `lxgate remote trust`: any certificate is
+    /// accepted and recorded so its fingerprint can be compared and pinned.
+    Record(Mutex<Option<Vec<u8>>>),
+}
+
+/// Verifies the server certificate by `Check`; the handshake signatures are
+/// verified by the crypto provider in every case.
+#[derive(Debug)]
+pub struct CertVerifier {
+    check: Check,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        if end_entity.as_ref() == self.der.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Trust on first use, for `lxgate remote trust`: accepts any certificate
-/// and records it so the operator can compare its fingerprint and pin it.
-#[derive(Debug)]
-pub struct Recorder {
-    pub seen: Mutex<Option<Vec<u8>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl Recorder {
-    pub fn new() -> Arc<Self> {
+impl CertVerifier {
+    /// A verifier that accepts and records whatever certificate it is shown.
+    pub fn recording() -> Arc<Self> {
         Arc::new(Self {
-            seen: Mutex::new(None),
+            check: Check::Record(Mutex::new(None)),
             provider: provider(),
         })
     }
+
+    /// The certificate a recording verifier saw.
+    pub fn seen(&self) -> Option<Vec<u8>> {
+        match &self.check {
+            Check::Record(seen) => seen.lock().expect("verifier lock").clone(),
+            Check::Pinned(_) => None,
+        }
+    }
 }
 
-impl ServerCertVerifier for Recorder {
+impl ServerCertVerifier for CertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -126,8 +85,18 @@ impl ServerCertVerifier for Recorder {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        *self.seen.lock().expect("recorder lock") = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
+        match &self.check {
+            Check::Pinned(der) if end_entity.as_ref() == der.as_slice() => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Check::Pinned(_) => Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+            Check::Record(seen) => {
+                *seen.lock().expect("verifier lock") = Some(end_entity.to_vec());
+                Ok(ServerCertVerified::assertion())
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -169,7 +138,7 @@ impl ServerCertVerifier for Recorder {
 pub enum ServerTrust {
     Pinned(CertificateDer<'static>),
     Ca(Vec<CertificateDer<'static>>),
-    FirstUse(Arc<Recorder>),
+    FirstUse(Arc<CertVerifier>),
 }
 
 /// Builds the client configuration for a remote Incus.
@@ -191,8 +160,8 @@ pub fn client_config(
     let builder = match trust {
         ServerTrust::Pinned(der) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                der: der.to_vec(),
+            .with_custom_certificate_verifier(Arc::new(CertVerifier {
+                check: Check::Pinned(der.to_vec()),
                 provider,
             })),
         ServerTrust::FirstUse(recorder) => builder

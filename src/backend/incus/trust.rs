@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{IdentityPaths, IncusClient};
-use super::tls::{self, Recorder, ServerTrust};
+use super::tls::{self, CertVerifier, ServerTrust};
 use crate::config::IncusConfig;
 
 /// The fields of an Incus trust token (base64 of JSON) lxgate checks.
@@ -97,7 +97,7 @@ pub async fn trust(
     );
 
     // Connect once without trusting anything yet, only to learn the server's certificate.
-    let recorder = Recorder::new();
+    let recorder = CertVerifier::recording();
     let config = tls::client_config(
         ServerTrust::FirstUse(recorder.clone()),
         cert.clone(),
@@ -116,10 +116,7 @@ pub async fn trust(
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
     let server_der = recorder
-        .seen
-        .lock()
-        .expect("recorder lock")
-        .clone()
+        .seen()
         .context("the server presented no certificate")?;
     let server_fp = tls::fingerprint(&server_der);
     println!("server certificate fingerprint:        {server_fp}");
