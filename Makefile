@@ -18,6 +18,8 @@ test: ## Install and start what the tests need (PostgreSQL, Chromium...), then r
 	bash scripts/testbed.sh
 	source target/testbed.env && bash scripts/check-static.sh
 	source target/testbed.env && cargo test --locked --all-targets --no-fail-fast
+	@echo '== the Incus resource suites again, over remote mTLS instead of the unix socket'
+	source target/testbed.env && LXGATE_TEST_INCUS_MODE=remote cargo test --locked --test api --no-fail-fast incus_ -- --skip incus_transport
 
 lint: ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check

@@ -75,7 +75,18 @@ async fn lifecycle_and_operation_events_reach_subscribers() {
 
     let created = next_matching(&mut events, 10, is_created(&name)).await;
     assert!(created.is_some(), "no instance-created event for {name}");
-    assert_eq!(created.unwrap()["project"], "default");
+    let created = created.unwrap();
+    assert_eq!(created["project"], "default");
+    // Incus names the transport that carried lxgate's request: proof that
+    // this run really went over the socket or over mTLS.
+    let protocol = match std::env::var("LXGATE_TEST_INCUS_MODE").as_deref() {
+        Ok("remote") => "tls",
+        _ => "unix",
+    };
+    assert_eq!(
+        created["metadata"]["requestor"]["protocol"], protocol,
+        "{created}"
+    );
     let op_event = next_matching(&mut ops, 10, |e| e["metadata"]["id"] == op_id.as_str()).await;
     let op_event = op_event.expect("the create operation's events");
     assert_eq!(op_event["type"], "operation");

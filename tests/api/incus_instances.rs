@@ -6,7 +6,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::incus_transport::incus_socket;
 
 /// Deletes the named instances (forcefully) from incusd when dropped, so a
 /// failing test leaves nothing behind.
@@ -49,13 +48,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// lxgate in front of the private incusd, in the connection mode the run asks
+/// for: `LXGATE_TEST_INCUS_MODE=remote` (mTLS with a token-trusted identity;
+/// `make test` runs the resource suites a second time this way) or the unix
+/// socket (default).
 pub async fn incus_app() -> TestApp {
-    let socket = incus_socket();
-    spawn_app_with(
-        Db::Sqlite,
-        &[("BACKEND", "incus"), ("INCUS_SOCKET_PATH", &socket)],
-    )
-    .await
+    let vars = crate::incus_transport::suite_env();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_app_with(Db::Sqlite, &pairs).await
 }
 
 fn alias() -> String {
@@ -405,5 +405,4 @@ async fn project_isolation() {
         names.contains(&name_a.as_str()) && names.contains(&name_b.as_str()),
         "{names:?}"
     );
-    let _ = incus_socket();
 }

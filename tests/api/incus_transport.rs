@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use reqwest::StatusCode;
 
@@ -167,6 +168,61 @@ fn remote_env(identity: &Path) -> Vec<(String, String)> {
         ("INCUS_CLIENT_KEY_PATH".into(), p("client.key")),
         ("INCUS_SERVER_CERT_PATH".into(), p("server.crt")),
     ]
+}
+
+/// The environment `incus_app()` starts lxgate with: the unix socket, or with
+/// `LXGATE_TEST_INCUS_MODE=remote` mTLS through one identity per test process,
+/// trusted with a real token the first time (and kept, like the test image,
+/// for the next run: its directory lives in the target dir).
+pub fn suite_env() -> Vec<(String, String)> {
+    static IDENTITY: OnceLock<PathBuf> = OnceLock::new();
+    match std::env::var("LXGATE_TEST_INCUS_MODE").as_deref() {
+        Ok("remote") => remote_env(IDENTITY.get_or_init(suite_identity)),
+        Ok("local") | Err(_) => vec![
+            ("BACKEND".into(), "incus".into()),
+            ("INCUS_SOCKET_PATH".into(), incus_socket()),
+        ],
+        Ok(other) => panic!("LXGATE_TEST_INCUS_MODE={other}: expected local or remote"),
+    }
+}
+
+fn suite_identity() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incus-suite-identity");
+    std::fs::create_dir_all(&dir).unwrap();
+    if !is_trusted(&dir) {
+        let out = remote_trust(&dir, &incus_https(), &trust_token("lxgate-test-suite"));
+        assert!(
+            out.status.success(),
+            "remote trust failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Whether incusd lists this identity's certificate in its trust store.
+fn is_trusted(dir: &Path) -> bool {
+    let Ok(cert) = lxgate::backend::incus::tls::read_cert(&dir.join("incus/client.crt")) else {
+        return false;
+    };
+    if !dir.join("incus/server.crt").exists() {
+        return false;
+    }
+    let fp = lxgate::backend::incus::tls::fingerprint(&cert);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(incus_socket())
+        .arg(format!("http://incus/1.0/certificates/{fp}"))
+        .output()
+        .expect("curl runs");
+    out.stdout == b"200"
 }
 
 async fn spawn_with(vars: &[(String, String)]) -> TestApp {
