@@ -28,5 +28,6 @@ lint: ## rustfmt and clippy, warnings as errors
 openapi: ## Regenerate the committed openapi.json after an intended API change
 	UPDATE_OPENAPI=1 cargo test --lib openapi_json_matches_the_committed_contract
 
-bench: ## Load benchmarks; results go to BENCHMARKS.md by hand
+bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); results go to BENCHMARKS.md by hand
 	bash scripts/bench.sh
+	BENCH_SKIP_BUILD=1 bash scripts/bench-incus.sh

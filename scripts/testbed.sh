@@ -15,8 +15,12 @@
 #   * a Python venv (target/testbed-venv) with jsonschema, PyYAML and
 #     check-jsonschema (which ships the Compose Specification schema) for
 #     scripts/check-static.sh                            -> LXGATE_TESTBED_PYTHON
-#   * last, scripts/testbed-incus.sh: a private incusd with a busybox image
+#   * then scripts/testbed-incus.sh: a private incusd with a busybox image
 #     (appends the LXGATE_TEST_INCUS_* lines)
+#   * last, scripts/testbed-embedded.sh: LXC and QEMU for the embedded drivers, a
+#     busybox container image and a kernel+initrd VM image built here, checked
+#     once by booting them (appends LXGATE_TEST_LXC, LXGATE_TEST_EMBEDDED_IMAGE_*
+#     and LXGATE_TEST_VM_*)
 #
 # Environment knobs: LXGATE_TESTBED_DIR (default /var/tmp/lxgate-testbed).
 set -euo pipefail
@@ -264,3 +268,7 @@ log "wrote ${ENV_FILE#"$ROOT"/} ($(( (T1 - T0) / 1000000 )) ms)"
 # ------------------------------------------------------------------- incus ---
 # After the file above is written: appends its LXGATE_TEST_INCUS_* lines to it.
 LXGATE_TESTBED_DIR="$TESTBED_DIR" bash "$ROOT/scripts/testbed-incus.sh"
+
+# ---------------------------------------------------------------- embedded ---
+# After incus: appends the LXGATE_TEST_LXC / _EMBEDDED_IMAGE_* / _VM_* lines.
+LXGATE_TESTBED_DIR="$TESTBED_DIR" bash "$ROOT/scripts/testbed-embedded.sh"

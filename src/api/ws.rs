@@ -29,26 +29,41 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
         exit,
     } = session;
     let (mut to_browser, mut from_browser) = socket.split();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    let finished = loop {
-        tokio::select! {
-            out = output.recv() => match out {
-                Some(bytes) => {
-                    if to_browser.send(Message::Binary(bytes)).await.is_err() {
-                        break false;
+    // The two directions run as separate futures: a stdin send that waits for
+    // a busy backend must never keep stdout from being drained, or a command
+    // like `cat` deadlocks the moment both buffers fill.
+    let downstream = async {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                out = output.recv() => match out {
+                    Some(bytes) => {
+                        if to_browser.send(Message::Binary(bytes)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    // The process's output is over: report how it ended.
+                    None => return true,
+                },
+                _ = ping.tick() => {
+                    if to_browser.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return false;
                     }
                 }
-                // The process's output is over: report how it ended.
-                None => break true,
-            },
-            msg = from_browser.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    if input.send(TerminalInput::Data(bytes)).await.is_err() {
-                        break true;
-                    }
+            }
+        }
+    };
+    let upstream = async {
+        while let Some(Ok(msg)) = from_browser.next().await {
+            match msg {
+                Message::Binary(bytes) => {
+                    let Ok(()) = input.send(TerminalInput::Data(bytes)).await else {
+                        // The backend hung up; its output end says how.
+                        return std::future::pending().await;
+                    };
                 }
-                Some(Ok(Message::Text(text))) => {
+                Message::Text(text) => {
                     if let Ok(Control::Resize { width, height }) = serde_json::from_str(&text)
                         && (1..=1000).contains(&width)
                         && (1..=1000).contains(&height)
@@ -56,15 +71,15 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
                         let _ = input.send(TerminalInput::Resize { width, height }).await;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break false,
-                Some(Ok(_)) => {}
-            },
-            _ = ping.tick() => {
-                if to_browser.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break false;
-                }
+                Message::Close(_) => break,
+                _ => {}
             }
         }
+        false
+    };
+    let finished = tokio::select! {
+        finished = downstream => finished,
+        finished = upstream => finished,
     };
     // Dropping the input hangs the session up on the backend side.
     drop(input);

@@ -88,6 +88,47 @@ async fn interactive_exec_relays_io_resize_and_exit_code() {
     );
 }
 
+/// Far more data than any buffer in the path holds, through `cat` on a
+/// terminal: the relay must keep draining stdout while stdin waits (it once
+/// deadlocked here, found by the exec benchmark).
+#[tokio::test]
+async fn a_large_round_trip_through_cat_does_not_stall() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+
+    let term = app
+        .ws(&format!(
+            "/api/v1/instances/{name}/exec/ws?command=cat&token={admin}"
+        ))
+        .await
+        .expect("terminal opens");
+    let (mut tx, mut rx) = term.split();
+    const LINES: usize = 4096;
+    let line = format!("{}\n", "x".repeat(1023));
+    let writer = tokio::spawn(async move {
+        for _ in 0..LINES {
+            tx.send(Message::Binary(line.clone().into())).await.unwrap();
+        }
+        tx
+    });
+    // The terminal echoes each line and cat prints it again. A terminal in
+    // canonical mode may drop a few bytes when its line buffer overflows, so
+    // ask for nearly all of them: a stalled relay stops far below this.
+    let expected = 2 * LINES * 1023 * 9 / 10;
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen < expected {
+        match tokio::time::timeout_at(deadline, rx.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen += b.iter().filter(|c| **c == b'x').count(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("stalled after {seen} of {expected} bytes: {other:?}"),
+        }
+    }
+    let _ = writer.await.unwrap();
+}
+
 #[tokio::test]
 async fn recorded_exec_returns_exit_code_and_output() {
     let app = incus_app().await;

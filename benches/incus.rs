@@ -1,0 +1,515 @@
+//! Load generator for the Incus-backend benchmark (issue 3, DESIGN §9), run by
+//! `scripts/bench-incus.sh` against a running lxgate and the incusd behind it.
+//! Every measurement has a reference taken in the same run, straight to
+//! incusd's unix socket with the same client code:
+//!
+//! * `list`: `GET /api/v1/instances` through lxgate vs `GET
+//!   /1.0/instances?recursion=1` on the socket, same concurrency and duration.
+//! * `events`: N WebSocket subscribers on lxgate's relay plus one direct
+//!   `/1.0/events` subscriber while generators PATCH instances on incusd;
+//!   delivery rate and latency from the event's own timestamp.
+//! * `exec`: bytes pushed through `cat` in an interactive exec, relayed by
+//!   lxgate vs Incus's own exec websocket.
+//!
+//! Configuration comes from the environment (cargo bench passes its own
+//! flags); see the script. Output: Markdown table rows on stdout.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::net::UnixStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Cfg {
+    lxgate: String,
+    token: String,
+    socket: PathBuf,
+    duration: Duration,
+    conns: usize,
+    subscribers: usize,
+    generators: Vec<String>,
+    exec_instance: String,
+    exec_mib: usize,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} must be set (run scripts/bench-incus.sh)"))
+}
+
+fn num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number")))
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let cfg = Arc::new(Cfg {
+        lxgate: var("BENCH_LXGATE_URL"),
+        token: var("BENCH_TOKEN"),
+        socket: var("BENCH_INCUS_SOCKET").into(),
+        duration: Duration::from_secs(num("BENCH_DURATION", 10) as u64),
+        conns: num("BENCH_CONNECTIONS", 16),
+        subscribers: num("BENCH_SUBSCRIBERS", 200),
+        generators: var("BENCH_EVENT_INSTANCES")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        exec_instance: var("BENCH_EXEC_INSTANCE"),
+        exec_mib: num("BENCH_EXEC_MIB", 64),
+    });
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |what: &str| only.is_empty() || only.split(',').any(|o| o == what);
+    if wants("list") {
+        list(&cfg).await?;
+    }
+    if wants("events") {
+        events(&cfg).await?;
+    }
+    if wants("exec") {
+        exec(&cfg).await?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ list ---
+
+struct Load {
+    ok: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `conns` tasks each sending one request after the other for `duration`.
+async fn load(client: reqwest::Client, url: String, token: Option<String>, cfg: &Cfg) -> Load {
+    let stop = Instant::now() + cfg.duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..cfg.conns {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut lat) = (0, 0, Vec::new());
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let mut req = client.get(&url);
+                if let Some(token) = &token {
+                    req = req.bearer_auth(token);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(_) => {
+                            ok += 1;
+                            lat.push(t.elapsed());
+                        }
+                        Err(_) => errors += 1,
+                    },
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors, lat)
+        }));
+    }
+    let mut out = Load {
+        ok: 0,
+        errors: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for t in tasks {
+        let (ok, errors, lat) = t.await.expect("load task");
+        out.ok += ok;
+        out.errors += errors;
+        out.latencies.extend(lat);
+    }
+    out.elapsed = started.elapsed();
+    out.latencies.sort();
+    out
+}
+
+async fn list(cfg: &Cfg) -> Res<()> {
+    let direct = reqwest::Client::builder()
+        .unix_socket(cfg.socket.clone())
+        .build()?;
+    let through = reqwest::Client::builder().build()?;
+    let direct_url = "http://incus/1.0/instances?recursion=1".to_owned();
+    let lxgate_url = format!("{}/api/v1/instances?limit=1000", cfg.lxgate);
+    // Same number of instances on both sides, checked rather than assumed.
+    let n_direct = direct
+        .get(&direct_url)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?["metadata"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let n_lxgate = through
+        .get(&lxgate_url)
+        .bearer_auth(&cfg.token)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?["total"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    assert_eq!(
+        n_direct, n_lxgate,
+        "both sides must list the same instances"
+    );
+    eprintln!("[bench] list: {n_direct} instances, warm-up");
+    let warm = Cfg {
+        duration: Duration::from_secs(2),
+        ..clone_cfg(cfg)
+    };
+    load(direct.clone(), direct_url.clone(), None, &warm).await;
+    load(
+        through.clone(),
+        lxgate_url.clone(),
+        Some(cfg.token.clone()),
+        &warm,
+    )
+    .await;
+    eprintln!("[bench] list: direct to incusd");
+    let reference = load(direct, direct_url, None, cfg).await;
+    eprintln!("[bench] list: through lxgate");
+    let gw = load(through, lxgate_url, Some(cfg.token.clone()), cfg).await;
+    println!(
+        "| scenario | instances | concurrency | req/s | p50 | p99 | req/s vs direct | p50 vs direct | errors |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, l) in [
+        (
+            "`GET /1.0/instances?recursion=1` straight to incusd's socket (reference)",
+            &reference,
+        ),
+        ("`GET /api/v1/instances` through lxgate", &gw),
+    ] {
+        println!(
+            "| {name} | {n_direct} | {} | {:.0} | {} | {} | {:.2}× | {:.2}× | {} |",
+            cfg.conns,
+            l.rps(),
+            ms(pct(&l.latencies, 0.5)),
+            ms(pct(&l.latencies, 0.99)),
+            l.rps() / reference.rps(),
+            pct(&l.latencies, 0.5).as_secs_f64() / pct(&reference.latencies, 0.5).as_secs_f64(),
+            l.errors
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn clone_cfg(c: &Cfg) -> Cfg {
+    Cfg {
+        lxgate: c.lxgate.clone(),
+        token: c.token.clone(),
+        socket: c.socket.clone(),
+        duration: c.duration,
+        conns: c.conns,
+        subscribers: c.subscribers,
+        generators: c.generators.clone(),
+        exec_instance: c.exec_instance.clone(),
+        exec_mib: c.exec_mib,
+    }
+}
+
+// ---------------------------------------------------------------- events ---
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+async fn unix_ws(socket: &PathBuf, path: &str) -> Res<Ws<UnixStream>> {
+    let stream = UnixStream::connect(socket).await?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://incus{path}"), stream).await?;
+    Ok(ws)
+}
+
+/// What one subscriber saw of the generated events.
+#[derive(Default)]
+struct Seen {
+    count: u64,
+    latencies: Vec<Duration>,
+}
+
+/// Reads events until `done`, keeping the latency of each generated one.
+async fn subscribe<S>(mut ws: Ws<S>, done: Arc<AtomicBool>, prefix: String) -> Seen
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut seen = Seen::default();
+    while !done.load(Ordering::Relaxed) {
+        let msg = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(m))) => m,
+            Ok(_) => break,
+        };
+        let Message::Text(text) = msg else { continue };
+        let now = OffsetDateTime::now_utc();
+        let Ok(event) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let ours = event["metadata"]["action"] == "instance-updated"
+            && event["metadata"]["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&prefix));
+        if !ours {
+            continue;
+        }
+        let Some(ts) = event["timestamp"]
+            .as_str()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        else {
+            continue;
+        };
+        seen.count += 1;
+        seen.latencies
+            .push(Duration::try_from(now - ts).unwrap_or(Duration::ZERO));
+    }
+    seen
+}
+
+async fn events(cfg: &Cfg) -> Res<()> {
+    let prefix = "/1.0/instances/".to_owned();
+    let done = Arc::new(AtomicBool::new(false));
+    let ws_base = cfg.lxgate.replacen("http", "ws", 1);
+    eprintln!("[bench] events: connecting {} subscribers", cfg.subscribers);
+    let mut subs = Vec::new();
+    for _ in 0..cfg.subscribers {
+        let url = format!(
+            "{ws_base}/api/v1/events/ws?type=lifecycle&token={}",
+            cfg.token
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        subs.push(tokio::spawn(subscribe(ws, done.clone(), prefix.clone())));
+    }
+    let direct = unix_ws(&cfg.socket, "/1.0/events?type=lifecycle").await?;
+    let reference = tokio::spawn(subscribe(direct, done.clone(), prefix.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    eprintln!("[bench] events: generating for {:?}", cfg.duration);
+    let client = reqwest::Client::builder()
+        .unix_socket(cfg.socket.clone())
+        .build()?;
+    let generated = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + cfg.duration;
+    let started = Instant::now();
+    let mut gens = Vec::new();
+    for name in &cfg.generators {
+        let (client, generated) = (client.clone(), generated.clone());
+        let url = format!("http://incus/1.0/instances/{name}");
+        gens.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                i += 1;
+                let r = client
+                    .patch(&url)
+                    .json(&json!({"config": {"user.bench": i.to_string()}}))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    generated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for g in gens {
+        g.await?;
+    }
+    let gen_elapsed = started.elapsed();
+    // Let the last events drain, then stop everyone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    let generated = generated.load(Ordering::Relaxed);
+    let reference = reference.await?;
+    let mut delivered = 0u64;
+    let mut complete = 0usize;
+    let mut lat = Vec::new();
+    for s in subs {
+        let seen = s.await?;
+        delivered += seen.count;
+        if seen.count >= generated {
+            complete += 1;
+        }
+        lat.extend(seen.latencies);
+    }
+    lat.sort();
+    let mut ref_lat = reference.latencies;
+    ref_lat.sort();
+    let secs = gen_elapsed.as_secs_f64();
+    println!(
+        "| scenario | subscribers | events generated | events/s generated | deliveries/s | subscribers that got every event | latency p50 | latency p99 | added p50 | added p99 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| direct `/1.0/events` subscriber on incusd's socket (reference) | 1 | {generated} | {:.0} | {:.0} | {} | {} | {} | — | — |",
+        generated as f64 / secs,
+        reference.count as f64 / secs,
+        usize::from(reference.count >= generated),
+        ms(pct(&ref_lat, 0.5)),
+        ms(pct(&ref_lat, 0.99)),
+    );
+    println!(
+        "| lxgate `WS /api/v1/events/ws` relay | {} | {generated} | {:.0} | {:.0} | {complete} | {} | {} | +{} | +{} |",
+        cfg.subscribers,
+        generated as f64 / secs,
+        delivered as f64 / secs,
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(pct(&lat, 0.5).saturating_sub(pct(&ref_lat, 0.5))),
+        ms(pct(&lat, 0.99).saturating_sub(pct(&ref_lat, 0.99))),
+    );
+    println!();
+    Ok(())
+}
+
+// ------------------------------------------------------------------ exec ---
+
+/// Makes the terminal a transparent pipe, says so, then echoes stdin back.
+const CAT: &str = "busybox stty raw -echo && echo READY && exec busybox cat";
+
+/// Pushes `mib` MiB through `cat` on an open terminal socket and returns the
+/// round-trip throughput in MB/s (input bytes per second).
+async fn pump<S>(ws: Ws<S>, mib: usize) -> Res<f64>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, mut rx) = ws.split();
+    // Wait for the marker; whatever follows it is already payload.
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut already = loop {
+        let msg = tokio::time::timeout_at(deadline.into(), rx.next())
+            .await
+            .map_err(|_| "no READY from the command")?
+            .ok_or("socket closed before READY")??;
+        if let Message::Binary(b) = msg {
+            buf.extend_from_slice(&b);
+            if let Some(i) = buf.windows(5).position(|w| w == b"READY") {
+                let rest = &buf[i + 5..];
+                let skip = rest
+                    .iter()
+                    .take_while(|c| **c == b'\r' || **c == b'\n')
+                    .count();
+                break rest.len() - skip;
+            }
+        }
+    };
+    let total = mib * 1024 * 1024;
+    let chunk: Vec<u8> = (0..32 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            tx.send(Message::Binary(chunk[..n].to_vec().into())).await?;
+            sent += n;
+        }
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while already < total {
+        let msg = tokio::time::timeout_at(deadline.into(), rx.next())
+            .await
+            .map_err(|_| "cat stalled")?
+            .ok_or("socket closed mid-stream")??;
+        if let Message::Binary(b) = msg {
+            already += b.len();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut tx = writer.await??;
+    let _ = tx.close().await;
+    Ok(total as f64 / 1e6 / secs)
+}
+
+async fn exec(cfg: &Cfg) -> Res<()> {
+    let name = &cfg.exec_instance;
+    // Direct: Incus's own interactive exec, fds 0 and control over the socket.
+    let client = reqwest::Client::builder()
+        .unix_socket(cfg.socket.clone())
+        .build()?;
+    let op: Value = client
+        .post(format!("http://incus/1.0/instances/{name}/exec"))
+        .json(&json!({
+            "command": ["sh", "-c", CAT],
+            "interactive": true,
+            "wait-for-websocket": true,
+            "width": 80, "height": 24,
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = op["metadata"]["id"].as_str().ok_or("no operation id")?;
+    let fds = &op["metadata"]["metadata"]["fds"];
+    let path = |fd: &str| {
+        format!(
+            "/1.0/operations/{id}/websocket?secret={}",
+            fds[fd].as_str().unwrap_or_default()
+        )
+    };
+    let data = unix_ws(&cfg.socket, &path("0")).await?;
+    let control = unix_ws(&cfg.socket, &path("control")).await?;
+    eprintln!(
+        "[bench] exec: {} MiB through cat, straight to incusd",
+        cfg.exec_mib
+    );
+    let direct = pump(data, cfg.exec_mib).await?;
+    drop(control);
+
+    let ws_base = cfg.lxgate.replacen("http", "ws", 1);
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("command", "sh")
+        .append_pair("command", "-c")
+        .append_pair("command", CAT)
+        .append_pair("token", &cfg.token)
+        .finish();
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/api/v1/instances/{name}/exec/ws?{q}"))
+            .await?;
+    eprintln!(
+        "[bench] exec: {} MiB through cat, relayed by lxgate",
+        cfg.exec_mib
+    );
+    let relayed = pump(ws, cfg.exec_mib).await?;
+    println!("| scenario | bytes through `cat` | MB/s | vs direct |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| Incus exec websocket straight on incusd's socket (reference) | {} MiB | {direct:.1} | 1.00× |",
+        cfg.exec_mib
+    );
+    println!(
+        "| lxgate `WS /api/v1/instances/{{name}}/exec/ws` relay | {} MiB | {relayed:.1} | {:.2}× |",
+        cfg.exec_mib,
+        relayed / direct
+    );
+    println!();
+    Ok(())
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Benchmark of the Incus backend (issue 3) against the test bed's real incusd,
+# every figure next to a reference measured in the same run:
+#   1. GET /api/v1/instances through lxgate vs GET /1.0/instances?recursion=1
+#      straight to incusd's unix socket (same client, instances, concurrency)
+#   2. event fan-out: BENCH_SUBSCRIBERS WebSocket clients on lxgate's relay vs
+#      one direct /1.0/events subscriber, while instances are PATCHed on incusd
+#   3. exec relay throughput: bytes through `cat` in an interactive exec,
+#      lxgate's WebSocket vs Incus's own exec websocket
+# The load generator is benches/incus.rs (cargo bench --bench incus).
+#
+# Usage: bash scripts/bench-incus.sh   (part of `make bench`)
+# Knobs: BENCH_DURATION=10 (s per run), BENCH_CONNECTIONS=16, BENCH_INSTANCES=20,
+#        BENCH_SUBSCRIBERS=200, BENCH_EXEC_MIB=64, BENCH_SKIP_BUILD=1,
+#        BENCH_OUT (default target/bench/incus.md)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export BENCH_DURATION="${BENCH_DURATION:-10}"
+export BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-16}"
+export BENCH_SUBSCRIBERS="${BENCH_SUBSCRIBERS:-200}"
+export BENCH_EXEC_MIB="${BENCH_EXEC_MIB:-64}"
+INSTANCES="${BENCH_INSTANCES:-20}"
+OUT="${BENCH_OUT:-$ROOT/target/bench/incus.md}"
+BIN="$ROOT/target/release/lxgate"
+
+log() { printf '[bench-incus] %s\n' "$*" >&2; }
+die() { printf '[bench-incus] ERROR: %s\n' "$*" >&2; exit 1; }
+
+for v in BENCH_DURATION BENCH_CONNECTIONS BENCH_SUBSCRIBERS BENCH_EXEC_MIB INSTANCES; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+
+log "test bed (private incusd with the busybox image)"
+bash scripts/testbed.sh >/dev/null
+# shellcheck disable=SC1091
+source target/testbed.env
+export INCUS_DIR="$LXGATE_TEST_INCUS_DIR"
+SOCKET="$LXGATE_TEST_INCUS_SOCKET"
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release, and the load generator"
+    cargo build --release --quiet
+    cargo bench --bench incus --no-run --quiet 2>/dev/null
+fi
+[ -x "$BIN" ] || die "$BIN not found"
+
+WORK="$(mktemp -d /tmp/lxgate-bench-incus.XXXXXX)"
+SERVER_PID=""
+PREFIX="bench-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cleanup() {
+    [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+    for n in $(incus list --format csv --columns n 2>/dev/null | grep "^$PREFIX-" || true); do
+        incus delete --force "$n" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "creating $INSTANCES stopped containers and one running one ($PREFIX-*)"
+for i in $(seq 1 "$INSTANCES"); do
+    incus init "$LXGATE_TEST_INCUS_IMAGE_ALIAS" "$PREFIX-$i" >/dev/null 2>&1 || die "incus init $PREFIX-$i failed"
+done
+incus start "$PREFIX-1" 2>/dev/null   # the exec target; the others stay stopped
+export BENCH_EXEC_INSTANCE="$PREFIX-1"
+export BENCH_EVENT_INSTANCES="$PREFIX-2,$PREFIX-3,$PREFIX-4,$PREFIX-5"
+# Anything else in the default project would make the two lists differ.
+others="$(incus list --format csv --columns n | grep -vc "^$PREFIX-" || true)"
+[ "$others" = 0 ] || log "note: $others other instance(s) in the default project are listed too"
+
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+export BENCH_LXGATE_URL="http://127.0.0.1:$PORT"
+BENCH_USER=bench-admin
+BENCH_PASSWORD="bench-password-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mkdir -p "$WORK/data"
+(
+    cd "$WORK"
+    exec env APP_HOST=127.0.0.1 APP_PORT="$PORT" \
+        DATA_DIR="$WORK/data" DATABASE_URL="sqlite://$WORK/data/lxgate.db" \
+        JWT_SECRET="bench-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+        SEED_ADMIN_USERNAME="$BENCH_USER" SEED_ADMIN_PASSWORD="$BENCH_PASSWORD" \
+        BACKEND=incus INCUS_SOCKET_PATH="$SOCKET" \
+        LOG_FORMAT=json LOG_LEVEL=warn "$BIN" serve
+) >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null --max-time 1 "$BENCH_LXGATE_URL/health" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; die "lxgate exited"; }
+    sleep 0.2
+done
+BENCH_TOKEN="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
+    -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
+    "$BENCH_LXGATE_URL/api/v1/auth/login" | jq -er .access_token)" || die "login failed"
+export BENCH_TOKEN BENCH_INCUS_SOCKET="$SOCKET"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+cargo bench --quiet --bench incus >"$WORK/tables.md" || { cat "$WORK/server.log" >&2; die "the load generator failed"; }
+RSS_PEAK_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")
+
+GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
+{
+    cat "$WORK/tables.md"
+    echo "Peak RSS (VmHWM) of lxgate over the three runs: $((RSS_PEAK_KB / 1024)) MiB."
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- machine: $(nproc) CPUs, $(uname -sr); incusd, lxgate and the load generator share it (load average before: $LOAD_BEFORE)"
+    echo "- incus $(incus version 2>/dev/null | awk '/^Server/ {print $3}'), unix socket; lxgate $GIT_REV release build, SQLite, LOG_LEVEL=warn"
+    echo "- ${BENCH_DURATION}s per run, $BENCH_CONNECTIONS concurrent requests, $INSTANCES containers, $BENCH_SUBSCRIBERS event subscribers, $BENCH_EXEC_MIB MiB through cat"
+} | tee "$WORK/report.md"
+mkdir -p "$(dirname "$OUT")"
+cp "$WORK/report.md" "$OUT"
+log "report also written to $OUT"
