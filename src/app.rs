@@ -118,6 +118,7 @@ impl App {
             BackendKind::Embedded => Arc::new(EmbeddedBackend::new(
                 config.data_dir.clone(),
                 config.embedded_vm_accel,
+                db.pool.clone(),
             )),
             BackendKind::Incus => Arc::new(IncusBackend::with_events(
                 IncusClient::new(&config.incus, &config.data_dir).map_err(anyhow::Error::msg)?,

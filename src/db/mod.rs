@@ -4,6 +4,7 @@
 //! which both dialects accept; only migrations differ per dialect.
 
 pub mod audit;
+pub mod embedded;
 pub mod operations;
 pub mod project_roles;
 pub mod refresh_tokens;

@@ -205,6 +205,15 @@ impl TestApp {
             .await
     }
 
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(self.request(Method::PUT, path, token).json(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(self.request(Method::DELETE, path, token)).await
+    }
+
     pub async fn login_reply(&self, username: &str, password: &str) -> Reply {
         self.post(
             "/api/v1/auth/login",

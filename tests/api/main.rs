@@ -6,6 +6,7 @@ mod auth_flow;
 mod bad_input;
 mod cli;
 mod docs_ui;
+mod embedded;
 mod incus_backups;
 mod incus_events;
 mod incus_exec;

@@ -404,6 +404,23 @@ fn multipart_error(e: MultipartError) -> ApiError {
     }
 }
 
+/// Reads and drops the rest of a multipart body (bounded in bytes and time).
+async fn drain(multipart: &mut Multipart) {
+    const MAX: usize = 256 * 1024 * 1024;
+    let mut seen = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                seen += chunk.len();
+                if seen > MAX {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 fn spool_error(e: std::io::Error) -> ApiError {
     if e.kind() == std::io::ErrorKind::StorageFull {
         ApiError::new(
@@ -553,6 +570,7 @@ pub async fn import_image(
     let mut aliases: Vec<String> = Vec::new();
     let mut public = false;
 
+    let parsed: ApiResult<()> = async {
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         let part = field.name().unwrap_or_default().to_owned();
         match part.as_str() {
@@ -630,6 +648,16 @@ pub async fn import_image(
                 ));
             }
         }
+    }
+    Ok(())
+    }
+    .await;
+    if let Err(e) = parsed {
+        // Read what the client is still sending before answering: closing
+        // the connection under a client mid-upload makes it see a reset
+        // instead of this error.
+        drain(&mut multipart).await;
+        return Err(e);
     }
 
     let Some(metadata) = metadata.filter(|m| m.size > 0) else {

@@ -1,28 +1,60 @@
-//! The embedded backend: lxgate drives LXC and QEMU on this host itself.
-//!
-//! This module so far detects what the host can run; the drivers follow.
+//! The embedded backend: lxgate drives LXC (and, next, QEMU) on this host
+//! itself. State on disk under `DATA_DIR` (`lxc/`, `images/`), the inventory
+//! in the database, operations and events in process.
 
 mod detect;
+mod images;
+mod instances;
+mod lxc;
+mod operations;
+mod process;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use serde_json::json;
+use sqlx::AnyPool;
 use tokio::sync::OnceCell;
 
-use super::{Backend, BackendError, DriverInfo, SystemInfo};
+use super::events::EventBus;
+use super::types::{self, Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation};
+use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
 use crate::config::VmAccel;
+use crate::db::embedded as inv;
+use images::{ImageStore, db};
+use operations::{OpError, Operations, lifecycle, resource_url};
+
+/// Serializes the operations on one instance (held across their work).
+type InstanceLock = Arc<tokio::sync::Mutex<()>>;
 
 pub struct EmbeddedBackend {
     data_dir: PathBuf,
     accel: VmAccel,
     drivers: OnceCell<Vec<DriverInfo>>,
+    pool: AnyPool,
+    bus: EventBus,
+    ops: Operations,
+    images: Arc<ImageStore>,
+    lxc: Arc<lxc::Lxc>,
+    /// One lock per instance: operations on it run one after the other.
+    locks: Mutex<HashMap<(String, String), InstanceLock>>,
 }
 
 impl EmbeddedBackend {
-    pub fn new(data_dir: PathBuf, accel: VmAccel) -> Self {
+    pub fn new(data_dir: PathBuf, accel: VmAccel, pool: AnyPool) -> Self {
+        let bus = EventBus::default();
         Self {
+            images: Arc::new(ImageStore::new(data_dir.join("images"))),
+            lxc: Arc::new(lxc::Lxc::new(data_dir.join("lxc"))),
             data_dir,
             accel,
             drivers: OnceCell::new(),
+            pool,
+            ops: Operations::new(bus.clone()),
+            bus,
+            locks: Mutex::default(),
         }
     }
 
@@ -32,6 +64,31 @@ impl EmbeddedBackend {
             .get_or_init(|| async { vec![detect::lxc().await, detect::qemu(self.accel).await] })
             .await
     }
+
+    async fn driver_available(&self, name: &str) -> Result<(), BackendError> {
+        let drivers = self.drivers().await;
+        match drivers.iter().find(|d| d.name == name) {
+            Some(d) if d.available => Ok(()),
+            Some(d) => Err(BackendError::NotSupported(format!(
+                "the {name} driver is not available on this host: {}",
+                d.detail.as_deref().unwrap_or("not installed")
+            ))),
+            None => Err(BackendError::NotSupported(format!("no {name} driver"))),
+        }
+    }
+
+    fn lock(&self, project: &str, name: &str) -> InstanceLock {
+        self.locks
+            .lock()
+            .expect("instance locks")
+            .entry((project.to_owned(), name.to_owned()))
+            .or_default()
+            .clone()
+    }
+}
+
+fn resources(kind: &str, project: &str, path: &str) -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([(kind.to_owned(), vec![resource_url(project, path)])])
 }
 
 #[async_trait::async_trait]
@@ -59,10 +116,10 @@ impl Backend for EmbeddedBackend {
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
         let features = [
             ("containers", has("lxc")),
-            ("virtual_machines", has("qemu")),
-            // The instance API arrives with the embedded drivers; until then a
-            // dashboard must not offer it.
-            ("instances_api", false),
+            // The KVM driver is the next step; until it lands a dashboard
+            // must not offer VMs on this backend.
+            ("virtual_machines", false),
+            ("instances_api", has("lxc")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -75,5 +132,437 @@ impl Backend for EmbeddedBackend {
             drivers,
             features,
         })
+    }
+
+    // --- instances (instances.rs) ---
+
+    async fn list_instances(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        self.list_instances_impl(scope).await
+    }
+
+    async fn get_instance(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        let row = self.row(project, name).await?;
+        let inst = self.to_instance(&row).await;
+        let etag = instances::etag(&inst);
+        Ok((inst, Some(etag)))
+    }
+
+    async fn create_instance(
+        &self,
+        project: &str,
+        req: &InstanceCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_instance_impl(project, req).await
+    }
+
+    async fn update_instance(
+        &self,
+        project: &str,
+        name: &str,
+        update: &InstanceUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.update_instance_impl(project, name, update, if_match, replace)
+            .await
+            .map(|()| None)
+    }
+
+    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
+        self.delete_instance_impl(project, name).await
+    }
+
+    async fn rename_instance(
+        &self,
+        project: &str,
+        name: &str,
+        new_name: &str,
+    ) -> Result<Operation, BackendError> {
+        self.rename_instance_impl(project, name, new_name).await
+    }
+
+    async fn instance_state(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<InstanceState, BackendError> {
+        self.instance_state_impl(project, name).await
+    }
+
+    async fn change_state(
+        &self,
+        project: &str,
+        name: &str,
+        change: &types::StateChange,
+    ) -> Result<Operation, BackendError> {
+        self.change_state_impl(project, name, change).await
+    }
+
+    async fn exec_interactive(
+        &self,
+        project: &str,
+        name: &str,
+        req: &types::ExecRequest,
+        size: (u32, u32),
+    ) -> Result<types::TerminalSession, BackendError> {
+        let ct = self.running_container(project, name).await?;
+        self.lxc.exec_interactive(&ct, req, size)
+    }
+
+    async fn exec(
+        &self,
+        project: &str,
+        name: &str,
+        req: &types::ExecRequest,
+    ) -> Result<Operation, BackendError> {
+        let ct = self.running_container(project, name).await?;
+        let lxc = self.lxc.clone();
+        let req = req.clone();
+        Ok(self.ops.start(
+            project,
+            "Executing command",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let out = lxc.exec_recorded(&ct, &req).await?;
+                Ok(json!({
+                    "return": out.exit_code,
+                    "exit_code": out.exit_code,
+                    "stdout": out.stdout,
+                    "stderr": out.stderr,
+                    "truncated": out.truncated,
+                }))
+            },
+        ))
+    }
+
+    /// The output is already in the operation's metadata.
+    async fn exec_output(
+        &self,
+        _project: &str,
+        _op: &Operation,
+    ) -> Result<Option<types::ExecOutput>, BackendError> {
+        Ok(None)
+    }
+
+    async fn console(
+        &self,
+        project: &str,
+        name: &str,
+        size: (u32, u32),
+    ) -> Result<types::TerminalSession, BackendError> {
+        let ct = self.running_container(project, name).await?;
+        self.lxc.console(&ct, size)
+    }
+
+    async fn console_log(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<types::Download, BackendError> {
+        self.row(project, name).await?;
+        let path = self.lxc.console_log(&lxc::Lxc::host_name(project, name));
+        instances::download_file(&path, "text/plain; charset=utf-8").await
+    }
+
+    async fn list_instance_logs(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        self.row(project, name).await?;
+        let dir = self.lxc.dir(&lxc::Lxc::host_name(project, name));
+        let mut logs = Vec::new();
+        for f in ["lxc.log", "console.log"] {
+            if tokio::fs::try_exists(dir.join(f)).await.unwrap_or(false) {
+                logs.push(f.to_owned());
+            }
+        }
+        Ok(logs)
+    }
+
+    async fn get_instance_log(
+        &self,
+        project: &str,
+        name: &str,
+        file: &str,
+    ) -> Result<types::Download, BackendError> {
+        self.row(project, name).await?;
+        // Only the files lxgate itself names; nothing from the path reaches the disk.
+        let f = match file {
+            "lxc.log" => "lxc.log",
+            "console.log" => "console.log",
+            _ => return Err(BackendError::NotFound("Log file not found".into())),
+        };
+        let path = self.lxc.dir(&lxc::Lxc::host_name(project, name)).join(f);
+        instances::download_file(&path, "text/plain; charset=utf-8").await
+    }
+
+    // --- operations and events ---
+
+    async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
+        Ok(self.ops.list(project))
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
+        self.ops.get(id)
+    }
+
+    async fn wait_operation(&self, id: &str, timeout_secs: u64) -> Result<Operation, BackendError> {
+        self.ops.wait(id, Duration::from_secs(timeout_secs)).await
+    }
+
+    async fn cancel_operation(&self, id: &str) -> Result<(), BackendError> {
+        self.ops.cancel(id)
+    }
+
+    fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<Arc<types::Event>>, BackendError> {
+        Ok(self.bus.subscribe())
+    }
+
+    // --- images ---
+
+    async fn list_images(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<types::Image>, BackendError> {
+        if scope.filter.is_some() {
+            return Err(BackendError::NotSupported(
+                "filter expressions are not supported by the embedded backend".into(),
+            ));
+        }
+        let rows = inv::list_images(&self.pool, scope.project)
+            .await
+            .map_err(db)?;
+        if !scope.expand {
+            return Ok(Listing::Names(
+                rows.into_iter().map(|r| r.fingerprint).collect(),
+            ));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(images::to_image(&self.pool, r).await?);
+        }
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_image(
+        &self,
+        project: &str,
+        fingerprint: &str,
+    ) -> Result<(types::Image, Option<String>), BackendError> {
+        let row = images::find(&self.pool, project, fingerprint).await?;
+        Ok((images::to_image(&self.pool, &row).await?, None))
+    }
+
+    async fn delete_image(
+        &self,
+        project: &str,
+        fingerprint: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = images::find(&self.pool, project, fingerprint).await?;
+        let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
+        let project_owned = project.to_owned();
+        let fp = row.fingerprint.clone();
+        Ok(self.ops.start(
+            project,
+            "Deleting image",
+            resources("images", project, &format!("images/{fp}")),
+            false,
+            move |_ctx| async move {
+                inv::delete_image(&pool, &project_owned, &fp)
+                    .await
+                    .map_err(db)?;
+                if inv::image_references(&pool, &fp).await.map_err(db)? == 0 {
+                    store.remove(&fp).await?;
+                }
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "image-deleted",
+                    &resource_url(&project_owned, &format!("images/{fp}")),
+                    json!({}),
+                );
+                Ok(serde_json::Value::Null)
+            },
+        ))
+    }
+
+    async fn import_image(
+        &self,
+        project: &str,
+        upload: &types::ImageUpload,
+    ) -> Result<Operation, BackendError> {
+        if upload.virtual_machine {
+            return Err(BackendError::NotSupported(
+                "virtual-machine images arrive with the embedded KVM driver".into(),
+            ));
+        }
+        // The spool goes away when this returns: take the files now.
+        let fresh = self.images.take_upload(upload).await?;
+        let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
+        let project_owned = project.to_owned();
+        let up = upload.clone();
+        Ok(self.ops.start(
+            project,
+            "Importing image",
+            resources("images", project, &format!("images/{}", up.fingerprint)),
+            false,
+            move |_ctx| async move {
+                let fp = up.fingerprint.clone();
+                let result = async {
+                    let meta = store.read_metadata(&fp).await?;
+                    if !meta.architecture.is_empty()
+                        && !matches!(meta.architecture.as_str(), "x86_64" | "amd64")
+                    {
+                        return Err(BackendError::BadRequest(format!(
+                            "the image is for {}, this host runs x86_64",
+                            meta.architecture
+                        )));
+                    }
+                    let now = operations::now();
+                    let row = inv::ImageRow {
+                        project: project_owned.clone(),
+                        fingerprint: fp.clone(),
+                        image_type: "container".into(),
+                        architecture: "x86_64".into(),
+                        size: (up.metadata_size + up.rootfs_size) as i64,
+                        filename: up.rootfs_name.clone(),
+                        properties: serde_json::to_string(&meta.properties)
+                            .unwrap_or_else(|_| "{}".into()),
+                        public: i64::from(up.public),
+                        created_at: if meta.creation_date > 0 {
+                            images::rfc3339(meta.creation_date)
+                        } else {
+                            now.clone()
+                        },
+                        uploaded_at: now,
+                    };
+                    inv::insert_image(&pool, &row).await.map_err(|e| match e {
+                        sqlx::Error::Database(d) if d.is_unique_violation() => {
+                            BackendError::Conflict("Image already exists".into())
+                        }
+                        e => db(e),
+                    })?;
+                    for alias in &up.aliases {
+                        inv::insert_alias(
+                            &pool,
+                            &inv::AliasRow {
+                                project: project_owned.clone(),
+                                name: alias.clone(),
+                                target: fp.clone(),
+                                description: String::new(),
+                            },
+                        )
+                        .await
+                        .map_err(|e| match e {
+                            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                                BackendError::Conflict(format!("Alias {alias} already exists"))
+                            }
+                            e => db(e),
+                        })?;
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    // Nothing half-made stays: the row (and its aliases) and,
+                    // when no project holds the image, its files.
+                    let _ = inv::delete_image(&pool, &project_owned, &fp).await;
+                    if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
+                        let _ = store.remove(&fp).await;
+                    }
+                    return Err(OpError::from(e));
+                }
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "image-created",
+                    &resource_url(&project_owned, &format!("images/{fp}")),
+                    json!({"type": "container"}),
+                );
+                Ok(json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
+            },
+        ))
+    }
+
+    async fn list_image_aliases(
+        &self,
+        project: &str,
+        expand: bool,
+    ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
+        let rows = inv::list_aliases(&self.pool, project).await.map_err(db)?;
+        if !expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind = images::find(&self.pool, project, &r.target)
+                .await
+                .map(|i| i.image_type)
+                .unwrap_or_default();
+            out.push(images::to_alias(r, &kind));
+        }
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_image_alias(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<types::ImageAliasesEntry, BackendError> {
+        let row = inv::get_alias(&self.pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Image alias not found".into()))?;
+        let kind = images::find(&self.pool, project, &row.target)
+            .await
+            .map(|i| i.image_type)
+            .unwrap_or_default();
+        Ok(images::to_alias(&row, &kind))
+    }
+
+    async fn create_image_alias(
+        &self,
+        project: &str,
+        req: &types::ImageAliasCreate,
+    ) -> Result<(), BackendError> {
+        let image = images::find(&self.pool, project, &req.target).await?;
+        inv::insert_alias(
+            &self.pool,
+            &inv::AliasRow {
+                project: project.to_owned(),
+                name: req.name.clone(),
+                target: image.fingerprint,
+                description: req.description.clone().unwrap_or_default(),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                BackendError::Conflict("Alias already exists".into())
+            }
+            e => db(e),
+        })
+    }
+
+    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
+        if inv::delete_alias(&self.pool, project, name)
+            .await
+            .map_err(db)?
+        {
+            Ok(())
+        } else {
+            Err(BackendError::NotFound("Image alias not found".into()))
+        }
     }
 }

@@ -1,0 +1,660 @@
+//! Instances on the embedded backend: the inventory row says what exists,
+//! the driver says what runs. Every change runs as an operation under the
+//! instance's lock, so two actions on one instance never interleave.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::lxc::{self, Lxc};
+use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
+use super::{EmbeddedBackend, images, resources};
+use crate::backend::types::{
+    ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
+    InstanceStateMemory, InstanceUpdate, Operation, StateChange,
+};
+use crate::backend::{BackendError, ListScope, Listing};
+use crate::db::embedded::{self as inv, InstanceRow};
+
+/// lxc-info runs per instance; this many at once when listing.
+const INFO_CONCURRENCY: usize = 8;
+
+fn not_found() -> BackendError {
+    BackendError::NotFound("Instance not found".into())
+}
+
+fn db(e: sqlx::Error) -> BackendError {
+    images::db(e)
+}
+
+/// Incus's ETag idea: a hash over what PUT replaces (not the description).
+pub fn etag(inst: &Instance) -> String {
+    let v = json!([inst.config, inst.devices, inst.profiles, inst.ephemeral]);
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
+fn root_device() -> DevicesMap {
+    BTreeMap::from([(
+        "root".to_owned(),
+        BTreeMap::from([
+            ("type".to_owned(), "disk".to_owned()),
+            ("path".to_owned(), "/".to_owned()),
+            ("pool".to_owned(), "default".to_owned()),
+        ]),
+    )])
+}
+
+pub async fn download_file(path: &Path, content_type: &str) -> Result<Download, BackendError> {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BackendError::NotFound("Log file not found".into()));
+        }
+        Err(e) => {
+            return Err(BackendError::Internal(anyhow::anyhow!(
+                "opening a log: {e}"
+            )));
+        }
+    };
+    let len = file.metadata().await.ok().map(|m| m.len());
+    Ok(Download {
+        content_type: Some(content_type.to_owned()),
+        content_length: len,
+        stream: Box::pin(tokio_util_stream(file)),
+    })
+}
+
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
+    futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf.into()), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+impl EmbeddedBackend {
+    pub(super) async fn row(&self, project: &str, name: &str) -> Result<InstanceRow, BackendError> {
+        inv::get_instance(&self.pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(not_found)
+    }
+
+    async fn info_of(&self, row: &InstanceRow) -> lxc::LxcInfo {
+        let ct = Lxc::host_name(&row.project, &row.name);
+        if !tokio::fs::try_exists(self.lxc.dir(&ct).join("config"))
+            .await
+            .unwrap_or(false)
+        {
+            // Still being created (or its files are gone).
+            return lxc::LxcInfo {
+                state: "STOPPED".into(),
+                ..Default::default()
+            };
+        }
+        match self.lxc.info(&ct).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(container = %ct, error = %e, "lxc-info failed");
+                lxc::LxcInfo {
+                    state: "ERROR".into(),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
+        let (status, code) = lxc::status_of(&info.state);
+        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
+        let mut expanded_devices = root_device();
+        expanded_devices.extend(devices.clone());
+        Instance {
+            name: row.name.clone(),
+            instance_type: row.instance_type.clone(),
+            status: status.to_owned(),
+            status_code: code,
+            description: row.description.clone(),
+            architecture: row.architecture.clone(),
+            created_at: row.created_at.clone(),
+            last_used_at: row.last_used_at.clone(),
+            location: "none".into(),
+            project: row.project.clone(),
+            profiles: serde_json::from_str(&row.profiles).unwrap_or_default(),
+            ephemeral: row.ephemeral != 0,
+            stateful: false,
+            expanded_config: config.clone(),
+            config,
+            devices,
+            expanded_devices,
+        }
+    }
+
+    pub(super) async fn to_instance(&self, row: &InstanceRow) -> Instance {
+        let info = self.info_of(row).await;
+        Self::build_instance(row, &info)
+    }
+
+    pub(super) async fn list_instances_impl(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        if scope.filter.is_some() {
+            return Err(BackendError::NotSupported(
+                "filter expressions are not supported by the embedded backend".into(),
+            ));
+        }
+        let rows = inv::list_instances(&self.pool, scope.project)
+            .await
+            .map_err(db)?;
+        if !scope.expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        // Owned rows keep the stream's futures free of borrowed lifetimes
+        // (async_trait needs them Send for any lifetime).
+        let out = futures::stream::iter(rows)
+            .map(|r| async move {
+                let info = self.info_of(&r).await;
+                Self::build_instance(&r, &info)
+            })
+            .buffered(INFO_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Listing::Full(out))
+    }
+
+    /// The host container name of a running instance, or a clear 400.
+    pub(super) async fn running_container(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<String, BackendError> {
+        let row = self.row(project, name).await?;
+        let info = self.info_of(&row).await;
+        match info.state.as_str() {
+            "RUNNING" => Ok(Lxc::host_name(project, name)),
+            "FROZEN" => Err(BackendError::BadRequest("Instance is frozen".into())),
+            _ => Err(BackendError::BadRequest("Instance is not running".into())),
+        }
+    }
+
+    pub(super) async fn create_instance_impl(
+        &self,
+        project: &str,
+        req: &InstanceCreate,
+    ) -> Result<Operation, BackendError> {
+        let kind = req.instance_type.as_deref().unwrap_or("container");
+        if kind == "virtual-machine" {
+            return Err(BackendError::NotSupported(
+                "virtual machines arrive with the embedded KVM driver".into(),
+            ));
+        }
+        self.driver_available("lxc").await?;
+        lxc::check_config(&req.config)?;
+        if !req.devices.is_empty() {
+            return Err(BackendError::NotSupported(
+                "devices on embedded instances are attached with the volume and NIC endpoints"
+                    .into(),
+            ));
+        }
+        let profiles = req
+            .profiles
+            .clone()
+            .unwrap_or_else(|| vec!["default".into()]);
+        if let Some(p) = profiles.iter().find(|p| p.as_str() != "default") {
+            return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
+        }
+        let image = match (&req.source.alias, &req.source.fingerprint) {
+            (Some(alias), _) => {
+                let a = inv::get_alias(&self.pool, project, alias)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| {
+                        BackendError::BadRequest(format!("Image alias not found: {alias}"))
+                    })?;
+                images::find(&self.pool, project, &a.target).await?
+            }
+            (None, Some(fp)) => images::find(&self.pool, project, fp)
+                .await
+                .map_err(|_| BackendError::BadRequest(format!("Image not found: {fp}")))?,
+            (None, None) => {
+                return Err(BackendError::BadRequest(
+                    "the source needs an image alias or fingerprint".into(),
+                ));
+            }
+        };
+        if image.image_type != kind {
+            return Err(BackendError::BadRequest(format!(
+                "image {} is a {} image, not a {kind} one",
+                &image.fingerprint[..12],
+                image.image_type
+            )));
+        }
+
+        let mut config = req.config.clone();
+        let props: BTreeMap<String, String> =
+            serde_json::from_str(&image.properties).unwrap_or_default();
+        for (k, v) in props {
+            config.insert(format!("image.{k}"), v);
+        }
+        config.insert("volatile.base_image".into(), image.fingerprint.clone());
+        let now = now();
+        let row = InstanceRow {
+            project: project.to_owned(),
+            name: req.name.clone(),
+            instance_type: kind.to_owned(),
+            description: req.description.clone().unwrap_or_default(),
+            architecture: image.architecture.clone(),
+            config: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+            devices: "{}".into(),
+            profiles: serde_json::to_string(&profiles).unwrap_or_else(|_| "[]".into()),
+            ephemeral: i64::from(req.ephemeral),
+            image: image.fingerprint.clone(),
+            created_at: now.clone(),
+            last_used_at: now,
+        };
+        // Take the instance's lock before the name: whatever comes next for
+        // this instance waits until it exists.
+        let guard = self.lock(project, &req.name).lock_owned().await;
+        inv::insert_instance(&self.pool, &row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("Instance already exists".into())
+                }
+                e => db(e),
+            })?;
+
+        let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let rootfs = self.images.rootfs(&image.fingerprint);
+        let start = req.start;
+        let user_config = req.config.clone();
+        let source = resource_url(project, &format!("instances/{}", req.name));
+        Ok(self.ops.start(
+            project,
+            "Creating instance",
+            resources("instances", project, &format!("instances/{}", req.name)),
+            true,
+            move |ctx: OpCtx| async move {
+                let _guard = guard;
+                let ct = Lxc::host_name(&row.project, &row.name);
+                ctx.progress(json!({"progress": {"stage": "unpack", "percent": "0"}}));
+                let made = async {
+                    ctx.check()?;
+                    let cancel = ctx.clone();
+                    lxc.create(&ct, &row.name, &rootfs, &user_config, async move {
+                        cancel.cancelled().await
+                    })
+                    .await
+                    .map_err(|e| {
+                        if ctx.is_cancelled() {
+                            OpError::Cancelled
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                    ctx.check()?;
+                    Ok::<_, OpError>(())
+                }
+                .await;
+                if let Err(e) = made {
+                    // A failed or cancelled create leaves nothing behind.
+                    let _ = lxc.destroy(&ct).await;
+                    let _ = inv::delete_instance(&pool, &row.project, &row.name).await;
+                    return Err(e);
+                }
+                lifecycle(
+                    &bus,
+                    &row.project,
+                    "instance-created",
+                    &source,
+                    json!({"type": row.instance_type}),
+                );
+                if start {
+                    lxc.start(&ct).await?;
+                    lifecycle(&bus, &row.project, "instance-started", &source, json!({}));
+                }
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn update_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+        update: &InstanceUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        let lock = self.lock(project, name);
+        let _guard = lock.lock().await;
+        let mut row = self.row(project, name).await?;
+        let current = self.to_instance(&row).await;
+        if let Some(tag) = if_match
+            && tag.trim_matches('"') != etag(&current)
+        {
+            return Err(BackendError::PreconditionFailed(
+                "ETag doesn't match".into(),
+            ));
+        }
+        if let Some(devices) = &update.devices
+            && !devices.is_empty()
+            && devices != &current.devices
+        {
+            return Err(BackendError::NotSupported(
+                "devices on embedded instances are attached with the volume and NIC endpoints"
+                    .into(),
+            ));
+        }
+        if let Some(profiles) = &update.profiles
+            && let Some(p) = profiles.iter().find(|p| p.as_str() != "default")
+        {
+            return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
+        }
+        // Keys lxgate manages stay as they are; the user's keys are checked.
+        let managed: ConfigMap = current
+            .config
+            .iter()
+            .filter(|(k, _)| k.starts_with("image.") || k.starts_with("volatile."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut user: ConfigMap = current
+            .config
+            .iter()
+            .filter(|(k, _)| !managed.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(new) = &update.config {
+            let new: ConfigMap = new
+                .iter()
+                .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if replace {
+                user = new;
+            } else {
+                user.extend(new);
+            }
+        }
+        lxc::check_config(&user)?;
+        let ct = Lxc::host_name(project, name);
+        self.lxc.write_config(&ct, name, &user).await?;
+        let mut config = managed;
+        config.extend(user);
+        row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
+        if let Some(d) = &update.description {
+            row.description = d.clone();
+        } else if replace {
+            row.description = String::new();
+        }
+        if let Some(p) = &update.profiles {
+            row.profiles = serde_json::to_string(p).unwrap_or_else(|_| "[]".into());
+        }
+        if let Some(e) = update.ephemeral {
+            row.ephemeral = i64::from(e);
+        }
+        inv::update_instance(&self.pool, &row).await.map_err(db)?;
+        lifecycle(
+            &self.bus,
+            project,
+            "instance-updated",
+            &resource_url(project, &format!("instances/{name}")),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn delete_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = self.row(project, name).await?;
+        if self.info_of(&row).await.state != "STOPPED" {
+            return Err(BackendError::BadRequest(
+                "The instance is currently running, stop it first".into(),
+            ));
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let source = resource_url(project, &format!("instances/{name}"));
+        Ok(self.ops.start(
+            project,
+            "Deleting instance",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let ct = Lxc::host_name(&row.project, &row.name);
+                if lxc.info(&ct).await.is_ok_and(|i| i.state != "STOPPED") {
+                    return Err(OpError::Failed(
+                        "The instance is currently running, stop it first".into(),
+                    ));
+                }
+                lxc.destroy(&ct).await?;
+                inv::delete_instance(&pool, &row.project, &row.name)
+                    .await
+                    .map_err(db)?;
+                lifecycle(&bus, &row.project, "instance-deleted", &source, json!({}));
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn rename_instance_impl(
+        &self,
+        project: &str,
+        name: &str,
+        new_name: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = self.row(project, name).await?;
+        if self.info_of(&row).await.state != "STOPPED" {
+            return Err(BackendError::BadRequest(
+                "Renaming of running instance not allowed".into(),
+            ));
+        }
+        if inv::get_instance(&self.pool, project, new_name)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
+            return Err(BackendError::Conflict(format!(
+                "Name \"{new_name}\" already in use"
+            )));
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let new_name = new_name.to_owned();
+        let source = resource_url(project, &format!("instances/{new_name}"));
+        Ok(self.ops.start(
+            project,
+            "Renaming instance",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let (old_ct, new_ct) = (
+                    Lxc::host_name(&row.project, &row.name),
+                    Lxc::host_name(&row.project, &new_name),
+                );
+                inv::rename_instance(&pool, &row.project, &row.name, &new_name)
+                    .await
+                    .map_err(|e| match e {
+                        sqlx::Error::Database(d) if d.is_unique_violation() => {
+                            OpError::Failed(format!("Name \"{new_name}\" already in use"))
+                        }
+                        e => db(e).into(),
+                    })?;
+                let moved = async {
+                    lxc.rename(&old_ct, &new_ct).await?;
+                    let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+                    let user: ConfigMap = config
+                        .into_iter()
+                        .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
+                        .collect();
+                    // The config names the rootfs path and the hostname.
+                    lxc.write_config(&new_ct, &new_name, &user).await
+                }
+                .await;
+                if let Err(e) = moved {
+                    let _ = lxc.rename(&new_ct, &old_ct).await;
+                    let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
+                    return Err(e.into());
+                }
+                lifecycle(
+                    &bus,
+                    &row.project,
+                    "instance-renamed",
+                    &source,
+                    json!({"old_name": row.name}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn instance_state_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<InstanceState, BackendError> {
+        let row = self.row(project, name).await?;
+        let info = self.info_of(&row).await;
+        let (status, code) = lxc::status_of(&info.state);
+        let processes = match info.pid {
+            Some(pid) => count_processes(pid).await,
+            None => 0,
+        };
+        Ok(InstanceState {
+            status: status.to_owned(),
+            status_code: code,
+            pid: info.pid.unwrap_or(0),
+            processes,
+            cpu: InstanceStateCpu {
+                usage: info.cpu_ns,
+                allocated_time: 0,
+            },
+            memory: InstanceStateMemory {
+                usage: info.memory,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn change_state_impl(
+        &self,
+        project: &str,
+        name: &str,
+        change: &StateChange,
+    ) -> Result<Operation, BackendError> {
+        let row = self.row(project, name).await?;
+        let state = self.info_of(&row).await.state;
+        let action = change.action.as_str();
+        // The same refusals Incus gives, before any work starts.
+        let refusal = match (action, state.as_str()) {
+            ("start", "RUNNING") => Some("The instance is already running"),
+            ("start", "FROZEN") => Some("The instance is frozen; unfreeze it"),
+            ("stop" | "restart", "STOPPED") => Some("The instance is already stopped"),
+            ("freeze", "FROZEN") => Some("The instance is already frozen"),
+            ("freeze", s) if s != "RUNNING" => Some("The instance is not running"),
+            ("unfreeze", s) if s != "FROZEN" => Some("The instance is not frozen"),
+            _ => None,
+        };
+        if let Some(msg) = refusal {
+            return Err(BackendError::BadRequest(msg.into()));
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let (lxc, bus, pool) = (self.lxc.clone(), self.bus.clone(), self.pool.clone());
+        let change = change.clone();
+        let source = resource_url(project, &format!("instances/{name}"));
+        let description = match action {
+            "start" => "Starting instance",
+            "stop" => "Stopping instance",
+            "restart" => "Restarting instance",
+            "freeze" => "Freezing instance",
+            _ => "Unfreezing instance",
+        };
+        Ok(self.ops.start(
+            project,
+            description,
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let ct = Lxc::host_name(&row.project, &row.name);
+                let event = match change.action.as_str() {
+                    "start" => {
+                        lxc.start(&ct).await?;
+                        let mut row = row.clone();
+                        row.last_used_at = now();
+                        let _ = inv::update_instance(&pool, &row).await;
+                        "instance-started"
+                    }
+                    "stop" => {
+                        if state == "FROZEN" {
+                            lxc.unfreeze(&ct).await?;
+                        }
+                        lxc.stop(&ct, change.timeout, change.force).await?;
+                        "instance-stopped"
+                    }
+                    "restart" => {
+                        if state == "FROZEN" {
+                            lxc.unfreeze(&ct).await?;
+                        }
+                        lxc.stop(&ct, change.timeout, change.force).await?;
+                        lxc.start(&ct).await?;
+                        "instance-restarted"
+                    }
+                    "freeze" => {
+                        lxc.freeze(&ct).await?;
+                        "instance-paused"
+                    }
+                    _ => {
+                        lxc.unfreeze(&ct).await?;
+                        "instance-resumed"
+                    }
+                };
+                lifecycle(&bus, &row.project, event, &source, json!({}));
+                Ok(Value::Null)
+            },
+        ))
+    }
+}
+
+/// Processes in the container: those sharing init's PID namespace.
+async fn count_processes(init_pid: i64) -> i64 {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let pid = init_pid.to_string();
+    tokio::task::spawn_blocking(move || {
+        let Some(target) = ns(&pid) else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter(|e| ns(&e.file_name().to_string_lossy()).as_ref() == Some(&target))
+            .count() as i64
+    })
+    .await
+    .unwrap_or(0)
+}

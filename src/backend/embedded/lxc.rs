@@ -1,0 +1,455 @@
+//! The LXC driver: system containers through the `lxc-*` tools, with an
+//! lxcpath of lxgate's own (`DATA_DIR/lxc`) and a configuration lxgate
+//! writes itself. Container names on the host are `<project>_<name>`: both
+//! parts are validated resource names, which never contain `_`, so the
+//! mapping is unambiguous and can never leave the lxcpath.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::process::{self, run};
+use crate::backend::BackendError;
+use crate::backend::types::{ConfigMap, ExecOutput, ExecRequest, TerminalSession};
+
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `lxc-info` says about a container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LxcInfo {
+    /// `RUNNING`, `STOPPED`, `FROZEN`, `STARTING`...
+    pub state: String,
+    pub pid: Option<i64>,
+    /// CPU time used, nanoseconds.
+    pub cpu_ns: i64,
+    /// Memory in use, bytes.
+    pub memory: i64,
+}
+
+pub struct Lxc {
+    lxcpath: PathBuf,
+}
+
+impl Lxc {
+    pub fn new(lxcpath: PathBuf) -> Self {
+        Self { lxcpath }
+    }
+
+    pub fn host_name(project: &str, name: &str) -> String {
+        format!("{project}_{name}")
+    }
+
+    pub fn dir(&self, ct: &str) -> PathBuf {
+        self.lxcpath.join(ct)
+    }
+
+    pub fn rootfs(&self, ct: &str) -> PathBuf {
+        self.dir(ct).join("rootfs")
+    }
+
+    fn base_args<'a>(&'a self, ct: &'a str) -> Vec<&'a std::ffi::OsStr> {
+        vec![
+            "-P".as_ref(),
+            self.lxcpath.as_os_str(),
+            "-n".as_ref(),
+            ct.as_ref(),
+        ]
+    }
+
+    /// Unpacks the image's rootfs tarball into a new container directory and
+    /// writes its configuration. `cancel` resolving aborts the unpacking.
+    pub async fn create(
+        &self,
+        ct: &str,
+        hostname: &str,
+        rootfs_tarball: &Path,
+        config: &ConfigMap,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(), BackendError> {
+        let dir = self.dir(ct);
+        let rootfs = self.rootfs(ct);
+        tokio::fs::create_dir_all(&self.lxcpath)
+            .await
+            .map_err(io("creating the lxcpath"))?;
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(io("creating the container directory"))?;
+        tokio::fs::create_dir(&rootfs)
+            .await
+            .map_err(io("creating the rootfs directory"))?;
+        // GNU tar detects the compression itself; ownership and modes are
+        // kept as in the image (lxgate runs as root).
+        let mut tar = Command::new("tar");
+        tar.arg("--extract")
+            .arg("--file")
+            .arg(rootfs_tarball)
+            .arg("--directory")
+            .arg(&rootfs)
+            .args(["--numeric-owner", "--preserve-permissions", "--xattrs"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let unpack = tar.output();
+        tokio::select! {
+            out = unpack => {
+                let out = out.map_err(io("running tar"))?;
+                if !out.status.success() {
+                    return Err(BackendError::BadRequest(format!(
+                        "the image's rootfs could not be unpacked: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            () = cancel => return Err(BackendError::Conflict("cancelled".into())),
+        }
+        self.write_config(ct, hostname, config).await
+    }
+
+    pub async fn write_config(
+        &self,
+        ct: &str,
+        hostname: &str,
+        config: &ConfigMap,
+    ) -> Result<(), BackendError> {
+        let dir = self.dir(ct);
+        let text = render_config(&dir, hostname, config)?;
+        tokio::fs::write(dir.join("config"), text)
+            .await
+            .map_err(io("writing the container configuration"))
+    }
+
+    pub async fn info(&self, ct: &str) -> Result<LxcInfo, BackendError> {
+        let mut args = self.base_args(ct);
+        args.push("-H".as_ref());
+        let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
+        Ok(parse_info(&out.stdout))
+    }
+
+    pub async fn start(&self, ct: &str) -> Result<(), BackendError> {
+        let log = self.dir(ct).join("lxc.log");
+        let mut args = self.base_args(ct);
+        args.extend([std::ffi::OsStr::new("-d"), "-o".as_ref(), log.as_os_str()]);
+        args.extend(["-l", "INFO"].map(std::ffi::OsStr::new));
+        run("lxc-start", args, TOOL_TIMEOUT).await.map(|_| ())
+    }
+
+    /// A clean shutdown within `timeout` seconds, then a kill; `force` kills at once.
+    pub async fn stop(&self, ct: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
+        let mut args: Vec<std::ffi::OsString> =
+            self.base_args(ct).into_iter().map(Into::into).collect();
+        if force {
+            args.push("--kill".into());
+        } else {
+            args.push("--timeout".into());
+            args.push(timeout.clamp(0, 3600).to_string().into());
+        }
+        let limit = Duration::from_secs(timeout.clamp(0, 3600) as u64) + TOOL_TIMEOUT;
+        run("lxc-stop", args, limit).await.map(|_| ())
+    }
+
+    pub async fn freeze(&self, ct: &str) -> Result<(), BackendError> {
+        run("lxc-freeze", self.base_args(ct), TOOL_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unfreeze(&self, ct: &str) -> Result<(), BackendError> {
+        run("lxc-unfreeze", self.base_args(ct), TOOL_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a stopped container and its files.
+    pub async fn destroy(&self, ct: &str) -> Result<(), BackendError> {
+        let dir = self.dir(ct);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("removing the container")(e)),
+        }
+    }
+
+    pub async fn rename(&self, ct: &str, new_ct: &str) -> Result<(), BackendError> {
+        tokio::fs::rename(self.dir(ct), self.dir(new_ct))
+            .await
+            .map_err(io("renaming the container directory"))
+    }
+
+    /// `lxc-attach` arguments for a command: a clean environment, then the
+    /// request's variables, user and group.
+    fn attach_args(&self, ct: &str, req: &ExecRequest, interactive: bool) -> Vec<String> {
+        let mut args = vec![
+            "-P".to_owned(),
+            self.lxcpath.display().to_string(),
+            "-n".to_owned(),
+            ct.to_owned(),
+            "--clear-env".to_owned(),
+        ];
+        let mut env = vec![
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            ),
+            ("HOME", "/root".to_owned()),
+        ];
+        if interactive {
+            env.push(("TERM", "xterm-256color".to_owned()));
+        }
+        for (k, v) in &env {
+            if !req.environment.contains_key(*k) {
+                args.push(format!("--set-var={k}={v}"));
+            }
+        }
+        for (k, v) in &req.environment {
+            args.push(format!("--set-var={k}={v}"));
+        }
+        if let Some(uid) = req.user {
+            args.push(format!("--uid={uid}"));
+        }
+        if let Some(gid) = req.group {
+            args.push(format!("--gid={gid}"));
+        }
+        args.push("--".to_owned());
+        // lxc-attach has no working-directory option: let the container's
+        // own shell change into it, the path passed as an argument.
+        if let Some(cwd) = &req.cwd {
+            args.extend([
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "cd \"$1\" && shift && exec \"$@\"".to_owned(),
+                "sh".to_owned(),
+                cwd.clone(),
+            ]);
+        }
+        args.extend(req.command.iter().cloned());
+        args
+    }
+
+    pub fn exec_interactive(
+        &self,
+        ct: &str,
+        req: &ExecRequest,
+        size: (u32, u32),
+    ) -> Result<TerminalSession, BackendError> {
+        process::spawn_terminal("lxc-attach", self.attach_args(ct, req, true), size, true)
+    }
+
+    pub async fn exec_recorded(
+        &self,
+        ct: &str,
+        req: &ExecRequest,
+    ) -> Result<ExecOutput, BackendError> {
+        let mut cmd = Command::new("lxc-attach");
+        cmd.args(self.attach_args(ct, req, false));
+        process::run_recorded(cmd).await
+    }
+
+    /// The container's console (`/dev/console`, where its init talks).
+    pub fn console(&self, ct: &str, size: (u32, u32)) -> Result<TerminalSession, BackendError> {
+        let mut args: Vec<std::ffi::OsString> =
+            self.base_args(ct).into_iter().map(Into::into).collect();
+        // tty 0 is the console; the escape is Ctrl-a q as in lxc-console.
+        args.extend(["-t".into(), "0".into()]);
+        process::spawn_terminal("lxc-console", args, size, false)
+    }
+
+    pub fn console_log(&self, ct: &str) -> PathBuf {
+        self.dir(ct).join("console.log")
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
+    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Parses `lxc-info -H` (raw numbers) output.
+pub fn parse_info(text: &str) -> LxcInfo {
+    let mut info = LxcInfo::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "State" => info.state = value.to_owned(),
+            "PID" => info.pid = value.parse().ok(),
+            "CPU use" => info.cpu_ns = value.parse().unwrap_or(0),
+            "Memory use" => info.memory = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Incus's status name and code for an LXC state.
+pub fn status_of(state: &str) -> (&'static str, i64) {
+    match state {
+        "RUNNING" => ("Running", 103),
+        "FROZEN" => ("Frozen", 110),
+        "STARTING" => ("Starting", 106),
+        "STOPPING" => ("Stopping", 107),
+        "ABORTING" => ("Aborting", 108),
+        "FREEZING" => ("Freezing", 109),
+        "THAWED" => ("Running", 103),
+        "STOPPED" => ("Stopped", 102),
+        _ => ("Error", 112),
+    }
+}
+
+/// `limits.memory` ("512MiB", "1GB", "268435456") in bytes.
+pub fn parse_size(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = num * mult as f64;
+    (1.0..1e18).contains(&bytes).then_some(bytes as u64)
+}
+
+/// `limits.cpu`: a count ("2") or a CPU set ("0-1", "0,2") as a cpuset list.
+pub fn parse_cpus(value: &str) -> Option<String> {
+    let v = value.trim();
+    if let Ok(n) = v.parse::<u32>() {
+        return (1..=1024).contains(&n).then(|| format!("0-{}", n - 1));
+    }
+    let valid = !v.is_empty()
+        && v.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-');
+            ends.all(|e| !e.is_empty() && e.len() <= 4 && e.bytes().all(|b| b.is_ascii_digit()))
+        });
+    valid.then(|| v.to_owned())
+}
+
+/// Config keys a user may set on an embedded instance.
+pub fn check_config(config: &ConfigMap) -> Result<(), BackendError> {
+    for (key, value) in config {
+        let ok = match key.as_str() {
+            "limits.memory" => parse_size(value).is_some(),
+            "limits.cpu" => parse_cpus(value).is_some(),
+            "limits.processes" => value.parse::<u32>().is_ok_and(|n| n > 0),
+            "boot.autostart" => matches!(value.as_str(), "true" | "false"),
+            k if k.starts_with("user.") || k.starts_with("environment.") => {
+                !value.contains('\0') && key.len() <= 255
+            }
+            _ => {
+                return Err(BackendError::BadRequest(format!(
+                    "Unknown configuration key: {key}"
+                )));
+            }
+        };
+        if !ok {
+            return Err(BackendError::BadRequest(format!(
+                "Invalid value for configuration key {key}: {value:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The LXC configuration lxgate writes for a container. No network device
+/// unless one is attached; cgroup v1 keys (this host family is v1/hybrid:
+/// cgroup2 keys are silently ignored there).
+pub fn render_config(
+    dir: &Path,
+    hostname: &str,
+    config: &ConfigMap,
+) -> Result<String, BackendError> {
+    check_config(config)?;
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| {
+        out.push_str(k);
+        out.push_str(" = ");
+        out.push_str(v);
+        out.push('\n');
+    };
+    line("lxc.uts.name", hostname);
+    line(
+        "lxc.rootfs.path",
+        &format!("dir:{}", dir.join("rootfs").display()),
+    );
+    line("lxc.init.cmd", "/sbin/init");
+    line("lxc.net.0.type", "empty");
+    line("lxc.mount.auto", "proc:mixed sys:mixed");
+    line("lxc.pty.max", "64");
+    line("lxc.tty.max", "0");
+    line(
+        "lxc.console.logfile",
+        &dir.join("console.log").display().to_string(),
+    );
+    if !Path::new("/sys/kernel/security/apparmor").exists() {
+        line("lxc.apparmor.profile", "unconfined");
+    }
+    if let Some(v) = config.get("limits.memory").and_then(|v| parse_size(v)) {
+        line("lxc.cgroup.memory.limit_in_bytes", &v.to_string());
+    }
+    if let Some(v) = config.get("limits.cpu").and_then(|v| parse_cpus(v)) {
+        line("lxc.cgroup.cpuset.cpus", &v);
+    }
+    if let Some(v) = config.get("limits.processes") {
+        line("lxc.cgroup.pids.max", v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_is_parsed() {
+        let i = parse_info(
+            "Name:           default_c1\nState:          RUNNING\nPID:            4242\nCPU use:        123456789\nMemory use:     1048576\n",
+        );
+        assert_eq!(i.state, "RUNNING");
+        assert_eq!(i.pid, Some(4242));
+        assert_eq!(i.cpu_ns, 123456789);
+        assert_eq!(i.memory, 1048576);
+        assert_eq!(parse_info("State: STOPPED\n").pid, None);
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("12XB"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_cpus("2").as_deref(), Some("0-1"));
+        assert_eq!(parse_cpus("0,2-3").as_deref(), Some("0,2-3"));
+        assert_eq!(parse_cpus("0;rm"), None);
+        assert_eq!(parse_cpus("0\nlxc.hook.pre-start = /x"), None);
+    }
+
+    #[test]
+    fn config_keys_are_checked_and_rendered() {
+        let mut c = ConfigMap::new();
+        c.insert("limits.memory".into(), "64MiB".into());
+        c.insert("limits.cpu".into(), "1".into());
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c).unwrap();
+        assert!(text.contains("lxc.cgroup.memory.limit_in_bytes = 67108864\n"));
+        assert!(text.contains("lxc.cgroup.cpuset.cpus = 0-0\n"));
+        assert!(text.contains("lxc.rootfs.path = dir:/d/default_c1/rootfs\n"));
+        assert!(text.contains("lxc.net.0.type = empty\n"));
+        c.insert("lxc.hook.start".into(), "/bin/evil".into());
+        assert!(render_config(Path::new("/d"), "c1", &c).is_err());
+        let mut c = ConfigMap::new();
+        c.insert("limits.processes".into(), "10\nlxc.x = y".into());
+        assert!(render_config(Path::new("/d"), "c1", &c).is_err());
+    }
+}

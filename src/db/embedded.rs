@@ -1,0 +1,307 @@
+//! The embedded backend's inventory tables: `embedded_instances`,
+//! `embedded_images`, `embedded_image_aliases`. Maps and lists are stored as
+//! JSON text so both SQL dialects hold them the same way.
+
+use sqlx::{AnyPool, FromRow};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct InstanceRow {
+    pub project: String,
+    pub name: String,
+    pub instance_type: String,
+    pub description: String,
+    pub architecture: String,
+    /// JSON object.
+    pub config: String,
+    /// JSON object.
+    pub devices: String,
+    /// JSON array.
+    pub profiles: String,
+    pub ephemeral: i64,
+    /// Fingerprint of the image it was created from.
+    pub image: String,
+    pub created_at: String,
+    pub last_used_at: String,
+}
+
+// Macros rather than consts so the SQL stays a `&'static str` (concat!).
+macro_rules! instance_columns {
+    () => {
+        "project, name, instance_type, description, architecture, config, devices, profiles, ephemeral, image, created_at, last_used_at"
+    };
+}
+
+/// Claims the name: fails with a unique violation when it is taken.
+pub async fn insert_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO embedded_instances (",
+        instance_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.instance_type)
+    .bind(&r.description)
+    .bind(&r.architecture)
+    .bind(&r.config)
+    .bind(&r.devices)
+    .bind(&r.profiles)
+    .bind(r.ephemeral)
+    .bind(&r.image)
+    .bind(&r.created_at)
+    .bind(&r.last_used_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn get_instance(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+) -> Result<Option<InstanceRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        instance_columns!(),
+        " FROM embedded_instances WHERE project = $1 AND name = $2"
+    ))
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Instances of one project, or of all of them, by project then name.
+pub async fn list_instances(
+    pool: &AnyPool,
+    project: Option<&str>,
+) -> Result<Vec<InstanceRow>, sqlx::Error> {
+    match project {
+        Some(p) => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                instance_columns!(),
+                " FROM embedded_instances WHERE project = $1 ORDER BY name"
+            ))
+            .bind(p)
+            .fetch_all(pool)
+            .await
+        }
+        None => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                instance_columns!(),
+                " FROM embedded_instances ORDER BY project, name"
+            ))
+            .fetch_all(pool)
+            .await
+        }
+    }
+}
+
+/// Writes the editable fields back.
+pub async fn update_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE embedded_instances SET description = $3, config = $4, devices = $5, profiles = $6, ephemeral = $7, last_used_at = $8
+         WHERE project = $1 AND name = $2",
+    )
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.devices)
+    .bind(&r.profiles)
+    .bind(r.ephemeral)
+    .bind(&r.last_used_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn rename_instance(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    new_name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_instances SET name = $3 WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .bind(new_name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn delete_instance(pool: &AnyPool, project: &str, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_instances WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+// ---------------------------------------------------------------- images ---
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ImageRow {
+    pub project: String,
+    pub fingerprint: String,
+    pub image_type: String,
+    pub architecture: String,
+    pub size: i64,
+    pub filename: String,
+    /// JSON object.
+    pub properties: String,
+    pub public: i64,
+    pub created_at: String,
+    pub uploaded_at: String,
+}
+
+macro_rules! image_columns {
+    () => {
+        "project, fingerprint, image_type, architecture, size, filename, properties, public, created_at, uploaded_at"
+    };
+}
+
+pub async fn insert_image(pool: &AnyPool, r: &ImageRow) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO embedded_images (",
+        image_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(&r.project)
+    .bind(&r.fingerprint)
+    .bind(&r.image_type)
+    .bind(&r.architecture)
+    .bind(r.size)
+    .bind(&r.filename)
+    .bind(&r.properties)
+    .bind(r.public)
+    .bind(&r.created_at)
+    .bind(&r.uploaded_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Images of the project whose fingerprint starts with `prefix` (hex only;
+/// the caller validated it, so it carries no LIKE wildcards).
+pub async fn find_images(
+    pool: &AnyPool,
+    project: &str,
+    prefix: &str,
+) -> Result<Vec<ImageRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        image_columns!(),
+        " FROM embedded_images WHERE project = $1 AND fingerprint LIKE $2 ORDER BY fingerprint"
+    ))
+    .bind(project)
+    .bind(format!("{prefix}%"))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn list_images(
+    pool: &AnyPool,
+    project: Option<&str>,
+) -> Result<Vec<ImageRow>, sqlx::Error> {
+    match project {
+        Some(p) => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                image_columns!(),
+                " FROM embedded_images WHERE project = $1 ORDER BY created_at, fingerprint"
+            ))
+            .bind(p)
+            .fetch_all(pool)
+            .await
+        }
+        None => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                image_columns!(),
+                " FROM embedded_images ORDER BY project, created_at, fingerprint"
+            ))
+            .fetch_all(pool)
+            .await
+        }
+    }
+}
+
+pub async fn delete_image(pool: &AnyPool, project: &str, fp: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_images WHERE project = $1 AND fingerprint = $2")
+        .bind(project)
+        .bind(fp)
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM embedded_image_aliases WHERE project = $1 AND target = $2")
+        .bind(project)
+        .bind(fp)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// How many projects still hold this image (its files go when none does).
+pub async fn image_references(pool: &AnyPool, fp: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM embedded_images WHERE fingerprint = $1")
+        .bind(fp)
+        .fetch_one(pool)
+        .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AliasRow {
+    pub project: String,
+    pub name: String,
+    pub target: String,
+    pub description: String,
+}
+
+pub async fn insert_alias(pool: &AnyPool, r: &AliasRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_image_aliases (project, name, target, description) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.target)
+    .bind(&r.description)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn get_alias(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+) -> Result<Option<AliasRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT project, name, target, description FROM embedded_image_aliases WHERE project = $1 AND name = $2",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn list_aliases(pool: &AnyPool, project: &str) -> Result<Vec<AliasRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT project, name, target, description FROM embedded_image_aliases WHERE project = $1 ORDER BY name",
+    )
+    .bind(project)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn delete_alias(pool: &AnyPool, project: &str, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_image_aliases WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+}

@@ -1,0 +1,441 @@
+//! The embedded backend with real LXC containers (`make test` installs LXC
+//! and builds the busybox image; see scripts/testbed-embedded.sh). Each test
+//! has its own DATA_DIR, so its own lxcpath; containers still running when a
+//! test ends (or fails) are killed by `Host`'s Drop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+}
+
+/// A DATA_DIR of the test's own that outlives one lxgate process (restart
+/// tests start a second one on it).
+pub struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    pub fn new() -> Self {
+        let _ = env("LXGATE_TEST_LXC");
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn lxcpath(&self) -> PathBuf {
+        self.data().join("lxc")
+    }
+
+    pub async fn app(&self) -> TestApp {
+        let data = self.data().display().to_string();
+        let db = format!("sqlite://{data}/lxgate.db");
+        spawn_app_with(
+            Db::Sqlite,
+            &[
+                ("BACKEND", "embedded"),
+                ("DATA_DIR", &data),
+                ("DATABASE_URL", &db),
+            ],
+        )
+        .await
+    }
+
+    /// `lxc-info` straight from LXC, bypassing lxgate.
+    pub fn lxc_state(&self, project: &str, name: &str) -> String {
+        let out = Command::new("lxc-info")
+            .arg("-P")
+            .arg(self.lxcpath())
+            .args(["-n", &format!("{project}_{name}"), "-s", "-H"])
+            .output()
+            .expect("lxc-info runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.lxcpath()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let _ = Command::new("lxc-stop")
+                .arg("-P")
+                .arg(self.lxcpath())
+                .arg("-n")
+                .arg(e.file_name())
+                .arg("--kill")
+                .output();
+        }
+    }
+}
+
+/// Uploads the test bed's busybox image with the alias `busybox`.
+pub async fn import_busybox(app: &TestApp, token: &str) -> String {
+    let meta = Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_META"))
+        .await
+        .unwrap();
+    let rootfs = Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS"))
+        .await
+        .unwrap();
+    let form = Form::new()
+        .part("metadata", meta)
+        .part("rootfs", rootfs)
+        .text("alias", "busybox");
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/images/import?wait=60",
+                Some(token),
+            )
+            .multipart(form),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    r.body["metadata"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn create(app: &TestApp, token: &str, body: Value) -> Reply {
+    app.post("/api/v1/instances?wait=60", Some(token), body)
+        .await
+}
+
+async fn action(app: &TestApp, token: &str, name: &str, what: &str) -> Reply {
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/{what}?wait=60"),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{what}: {}", r.text);
+    r
+}
+
+async fn status(app: &TestApp, token: &str, name: &str) -> String {
+    let r = app
+        .get(&format!("/api/v1/instances/{name}"), Some(token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body["status"].as_str().unwrap().to_owned()
+}
+
+async fn read_until(ws: &mut ClientSocket, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no {needle:?} in {seen:?}: {other:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn container_lifecycle_with_real_lxc() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+
+    let info = app.get("/api/v1/system/info", Some(&admin)).await;
+    assert_eq!(info.body["backend"], "embedded");
+    assert_eq!(
+        info.body["features"]["instances_api"], true,
+        "{}",
+        info.text
+    );
+
+    let fp = import_busybox(&app, &admin).await;
+    let img = app
+        .get(&format!("/api/v1/images/{}", &fp[..12]), Some(&admin))
+        .await;
+    assert_eq!(img.status, StatusCode::OK, "{}", img.text);
+    assert_eq!(img.body["fingerprint"], fp.as_str());
+    assert_eq!(img.body["aliases"][0]["name"], "busybox");
+    assert_eq!(img.body["properties"]["os"], "busybox");
+
+    // Subscribe before acting: the lifecycle events must arrive.
+    let mut events = app
+        .ws(&format!("/api/v1/events/ws?type=lifecycle&token={admin}"))
+        .await
+        .expect("events");
+
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "image", "alias": "busybox"},
+               "config": {"limits.memory": "128MiB", "user.team": "a"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "c1").await, "Stopped");
+    assert_eq!(host.lxc_state("default", "c1"), "STOPPED");
+    // The name is taken now.
+    let dup = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    dup.assert_problem(409, "conflict");
+
+    action(&app, &admin, "c1", "start").await;
+    assert_eq!(status(&app, &admin, "c1").await, "Running");
+    assert_eq!(host.lxc_state("default", "c1"), "RUNNING");
+    let st = app.get("/api/v1/instances/c1/state", Some(&admin)).await;
+    assert!(st.body["pid"].as_i64().unwrap() > 1, "{}", st.text);
+    assert!(st.body["processes"].as_i64().unwrap() >= 1, "{}", st.text);
+    // Starting twice is a client mistake, said clearly.
+    let again = app
+        .post("/api/v1/instances/c1/start", Some(&admin), json!({}))
+        .await;
+    again.assert_problem(400, "bad_request");
+
+    // Interactive exec over the WebSocket: output, then the exit code.
+    let mut term = app
+        .ws(&format!(
+            "/api/v1/instances/c1/exec/ws?command=sh&width=80&height=24&token={admin}"
+        ))
+        .await
+        .expect("terminal opens");
+    term.send(Message::Binary(
+        "echo hello-$((6*7)) on-$(hostname)\n".into(),
+    ))
+    .await
+    .unwrap();
+    read_until(&mut term, "hello-42 on-c1").await;
+    term.send(Message::Text(
+        json!({"type": "resize", "width": 100, "height": 30})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    term.send(Message::Binary("stty size; exit 7\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut term, "30 100").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        match tokio::time::timeout_at(deadline, term.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no exit frame: {other:?}"),
+        }
+    };
+    assert_eq!(exit, json!({"type": "exit", "exit_code": 7}));
+
+    // Recorded exec, and the memory limit really applied by the cgroup.
+    let r = app
+        .post(
+            "/api/v1/instances/c1/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["sh", "-c", "echo out-$HELLO; echo err >&2; exit 5"],
+                   "environment": {"HELLO": "there"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(r.body["metadata"]["exit_code"], 5, "{}", r.text);
+    assert_eq!(r.body["metadata"]["stdout"], "out-there\n");
+    assert_eq!(r.body["metadata"]["stderr"], "err\n");
+    let limit = Command::new("lxc-cgroup")
+        .arg("-P")
+        .arg(host.lxcpath())
+        .args(["-n", "default_c1", "memory.limit_in_bytes"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&limit.stdout).trim(), "134217728");
+
+    // Freeze and unfreeze, as LXC sees it.
+    action(&app, &admin, "c1", "freeze").await;
+    assert_eq!(status(&app, &admin, "c1").await, "Frozen");
+    assert_eq!(host.lxc_state("default", "c1"), "FROZEN");
+    action(&app, &admin, "c1", "unfreeze").await;
+    assert_eq!(host.lxc_state("default", "c1"), "RUNNING");
+
+    // A running instance cannot be deleted.
+    let del = app.delete("/api/v1/instances/c1", Some(&admin)).await;
+    del.assert_problem(400, "bad_request");
+
+    let stop = app
+        .put(
+            "/api/v1/instances/c1/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "timeout": 5}),
+        )
+        .await;
+    assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    assert_eq!(host.lxc_state("default", "c1"), "STOPPED");
+
+    // Rename while stopped, then delete: nothing left on the host.
+    let r = app
+        .post(
+            "/api/v1/instances/c1/rename?wait=30",
+            Some(&admin),
+            json!({"name": "c2"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "c2").await, "Stopped");
+    assert!(!host.lxcpath().join("default_c1").exists());
+    let del = app
+        .delete("/api/v1/instances/c2?wait=30", Some(&admin))
+        .await;
+    assert_eq!(del.body["status_code"], 200, "{}", del.text);
+    assert!(!host.lxcpath().join("default_c2").exists());
+    let gone = app.get("/api/v1/instances/c2", Some(&admin)).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+
+    // The lifecycle, as a dashboard subscribed to events saw it.
+    let mut actions = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !actions.iter().any(|a| a == "instance-deleted") {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let e: Value = serde_json::from_str(&t).unwrap();
+                actions.push(
+                    e["metadata"]["action"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("events ended early ({actions:?}): {other:?}"),
+        }
+    }
+    for a in [
+        "instance-created",
+        "instance-started",
+        "instance-paused",
+        "instance-resumed",
+        "instance-stopped",
+        "instance-renamed",
+        "instance-deleted",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} missing from {actions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn instances_are_found_again_after_a_restart() {
+    let host = Host::new();
+    {
+        let app = host.app().await;
+        let admin = app.admin_token().await;
+        import_busybox(&app, &admin).await;
+        for name in ["keep", "dies"] {
+            let r = create(
+                &app,
+                &admin,
+                json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": true}),
+            )
+            .await;
+            assert_eq!(r.body["status_code"], 200, "{}", r.text);
+        }
+        // lxgate goes away; the containers keep running.
+    }
+    assert_eq!(host.lxc_state("default", "keep"), "RUNNING");
+    // One container dies while lxgate is down.
+    let killed = Command::new("lxc-stop")
+        .arg("-P")
+        .arg(host.lxcpath())
+        .args(["-n", "default_dies", "--kill"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    assert_eq!(status(&app, &admin, "keep").await, "Running");
+    assert_eq!(status(&app, &admin, "dies").await, "Stopped");
+    let list = app.get("/api/v1/instances", Some(&admin)).await;
+    assert_eq!(list.body["total"], 2, "{}", list.text);
+    // And it is still fully usable.
+    let r = app
+        .post(
+            "/api/v1/instances/keep/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["echo", "still-here"]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["stdout"], "still-here\n", "{}", r.text);
+    action(&app, &admin, "keep", "stop").await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_touching_the_host() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let make = |name: &str, extra: Value| {
+        let mut body = json!({"name": name, "source": {"type": "image", "alias": "busybox"}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for name in ["../etc", "a/b", "-x", "x_y", ".."] {
+        let r = create(&app, &admin, make(name, json!({}))).await;
+        r.assert_problem(422, "validation_failed");
+    }
+    let r = app
+        .get("/api/v1/instances/..%2F..%2Fetc", Some(&admin))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    for (config, why) in [
+        (json!({"lxc.hook.start": "/bin/sh"}), "raw LXC keys"),
+        (json!({"limits.memory": "lots"}), "a size that is not one"),
+        (
+            json!({"limits.cpu": "0\nlxc.hook.start = /bin/sh"}),
+            "a newline in a value",
+        ),
+    ] {
+        let r = create(&app, &admin, make("bad", json!({"config": config}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}: {}", r.text);
+    }
+    let r = app
+        .post(
+            "/api/v1/instances?wait=30",
+            Some(&admin),
+            json!({"name": "nope", "source": {"type": "image", "alias": "missing"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let r = create(&app, &admin, make("vm", json!({"type": "virtual-machine"}))).await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text);
+    // Nothing was made on the host.
+    let made: Vec<_> = std::fs::read_dir(host.lxcpath())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(made.is_empty(), "{made:?}");
+    let list = app.get("/api/v1/instances", Some(&admin)).await;
+    assert_eq!(list.body["total"], 0, "{}", list.text);
+}
