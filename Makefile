@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint openapi bench
+.PHONY: help run test lint openapi bench image
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,3 +31,9 @@ openapi: ## Regenerate the committed openapi.json after an intended API change
 bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); results go to BENCHMARKS.md by hand
 	bash scripts/bench.sh
 	BENCH_SKIP_BUILD=1 bash scripts/bench-incus.sh
+
+image: ## Build a tiny busybox container image (Incus split format) into ./images/
+	bash scripts/testbed-embedded.sh
+	mkdir -p images
+	cp "$${LXGATE_TESTBED_DIR:-/var/tmp/lxgate-testbed}/embedded-image/meta.tar.xz" "$${LXGATE_TESTBED_DIR:-/var/tmp/lxgate-testbed}/embedded-image/rootfs.tar.xz" images/
+	@echo "images/meta.tar.xz and images/rootfs.tar.xz are ready for POST /api/v1/images/import"

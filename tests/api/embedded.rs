@@ -3,7 +3,7 @@
 //! has its own DATA_DIR, so its own lxcpath; containers still running when a
 //! test ends (or fails) are killed by `Host`'s Drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -438,4 +438,117 @@ async fn bad_requests_are_refused_before_touching_the_host() {
     assert!(made.is_empty(), "{made:?}");
     let list = app.get("/api/v1/instances", Some(&admin)).await;
     assert_eq!(list.body["total"], 0, "{}", list.text);
+}
+
+async fn push_bytes(app: &TestApp, token: &str, path: &str, body: &'static [u8]) -> Reply {
+    app.send(
+        app.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/instances/f1/files?path={path}&mode=0600&uid=1000"),
+            Some(token),
+        )
+        .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn files_stay_inside_the_container() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "f1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+
+    // Push, then read it back through lxgate and from inside the container.
+    let r = push_bytes(&app, &admin, "/root/note.txt", b"pushed-by-lxgate\n").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app
+        .get(
+            "/api/v1/instances/f1/files?path=/root/note.txt",
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.text, "pushed-by-lxgate\n");
+    assert_eq!(r.header("x-file-mode"), Some("0600"));
+    assert_eq!(r.header("x-file-uid"), Some("1000"));
+    let r = app
+        .post(
+            "/api/v1/instances/f1/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["cat", "/root/note.txt"]}),
+        )
+        .await;
+    assert_eq!(
+        r.body["metadata"]["stdout"], "pushed-by-lxgate\n",
+        "{}",
+        r.text
+    );
+    let d = app
+        .get("/api/v1/instances/f1/files?path=/etc", Some(&admin))
+        .await;
+    assert_eq!(d.body["type"], "directory", "{}", d.text);
+    assert!(
+        d.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "hostname")
+    );
+
+    // The container plants links that point out of it, as a hostile one would.
+    let r = app
+        .post(
+            "/api/v1/instances/f1/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["sh", "-c",
+                "ln -s / /escape; ln -s ../../../../../../etc/hostname /rel; ln -s /etc/hostname /root/link; echo planted"]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["stdout"], "planted\n", "{}", r.text);
+    let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    for path in ["/escape/etc/hostname", "/rel", "/../../../../etc/hostname"] {
+        let r = app
+            .get(
+                &format!("/api/v1/instances/f1/files?path={path}"),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+        // The container's own hostname file, never the host's.
+        let inside =
+            std::fs::read_to_string(host.lxcpath().join("default_f1/rootfs/etc/hostname")).unwrap();
+        assert_eq!(r.text, inside, "{path}");
+        if !host_hostname.is_empty() && host_hostname != inside {
+            assert_ne!(r.text, host_hostname, "{path} read the host's file");
+        }
+    }
+    // Writing through a link is refused rather than followed.
+    let r = push_bytes(&app, &admin, "/root/link", b"x").await;
+    r.assert_problem(400, "bad_request");
+    let r = push_bytes(&app, &admin, "/escape/tmp/owned", b"x").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(
+        host.lxcpath().join("default_f1/rootfs/tmp/owned").exists(),
+        "the write landed inside the container"
+    );
+    assert!(
+        !Path::new("/tmp/owned").exists(),
+        "the write escaped to the host"
+    );
+    let r = app
+        .get(
+            "/api/v1/instances/f1/files?path=/no/such/file",
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    action(&app, &admin, "f1", "stop").await;
 }

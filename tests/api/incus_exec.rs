@@ -191,9 +191,15 @@ async fn console_attaches_and_terminal_errors_are_clear() {
         .await
         .expect("console opens");
     console.send(Message::Binary("\n".into())).await.unwrap();
-    // Whatever the console prints, the relay keeps the socket healthy.
-    let _ = tokio::time::timeout(Duration::from_secs(2), console.next()).await;
-    console.close(None).await.unwrap();
+    // Whatever the console prints, the relay answers with data or a clean
+    // close, never a broken socket. (Under a loaded full run Incus has been
+    // seen ending a console session of a container that had just started;
+    // a clean close is fine, an error is not.)
+    match tokio::time::timeout(Duration::from_secs(2), console.next()).await {
+        Err(_) | Ok(Some(Ok(_))) => {}
+        other => panic!("the console socket broke: {other:?}"),
+    }
+    let _ = console.close(None).await;
 
     // Errors come back as HTTP before any upgrade.
     let viewer = app.user_with_role(&admin, "viewer1", Some("viewer")).await;

@@ -3,6 +3,7 @@
 //! in the database, operations and events in process.
 
 mod detect;
+mod files;
 mod images;
 mod instances;
 mod lxc;
@@ -303,6 +304,34 @@ impl Backend for EmbeddedBackend {
         };
         let path = self.lxc.dir(&lxc::Lxc::host_name(project, name)).join(f);
         instances::download_file(&path, "text/plain; charset=utf-8").await
+    }
+
+    async fn pull_file(
+        &self,
+        project: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<types::FilePull, BackendError> {
+        self.row(project, name).await?;
+        files::pull(&self.lxc.rootfs(&lxc::Lxc::host_name(project, name)), path).await
+    }
+
+    async fn push_file(
+        &self,
+        project: &str,
+        name: &str,
+        path: &str,
+        opts: types::FilePush,
+        body: types::ByteStream,
+    ) -> Result<(), BackendError> {
+        self.row(project, name).await?;
+        files::push(
+            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
+            path,
+            opts,
+            body,
+        )
+        .await
     }
 
     // --- operations and events ---

@@ -1,0 +1,196 @@
+//! File pull and push for containers, straight on the rootfs directory but
+//! resolved the way the container would resolve the path: `openat2` with
+//! `RESOLVE_IN_ROOT` keeps `..` and absolute symlinks inside the rootfs, so
+//! no path or link a container holds can reach the host's files.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::backend::BackendError;
+use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
+
+fn open_how(flags: i32, mode: u32) -> libc::open_how {
+    // SAFETY: open_how is plain data; zero is a valid value for every field.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.mode = u64::from(mode);
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how
+}
+
+/// `openat2(dir, path, how)`; `path` is relative to `dir`, which acts as `/`.
+fn openat2(dir: RawFd, path: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+    let c =
+        CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let how = open_how(flags | libc::O_CLOEXEC, mode);
+    // SAFETY: c and how outlive the call; the kernel copies `size` bytes of how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn open_root(rootfs: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(rootfs)?;
+    Ok(f.into())
+}
+
+fn map_err(path: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
+    move |e| match e.raw_os_error() {
+        Some(libc::ENOENT) => BackendError::NotFound(format!("{path}: no such file or directory")),
+        Some(libc::ENOTDIR) => {
+            BackendError::BadRequest(format!("{path}: a parent is not a directory"))
+        }
+        Some(libc::EISDIR) => BackendError::BadRequest(format!("{path} is a directory")),
+        Some(libc::ELOOP) => BackendError::BadRequest(format!("{path} is a symbolic link")),
+        Some(libc::EXDEV) => BackendError::BadRequest(format!("{path} leaves the instance")),
+        _ => BackendError::Internal(anyhow::anyhow!("{path}: {e}")),
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> FileMeta {
+    use std::os::unix::fs::MetadataExt;
+    FileMeta {
+        kind: if m.is_dir() { "directory" } else { "file" }.into(),
+        uid: Some(m.uid()),
+        gid: Some(m.gid()),
+        mode: Some(m.mode() & 0o7777),
+    }
+}
+
+pub async fn pull(rootfs: &Path, path: &str) -> Result<FilePull, BackendError> {
+    let rootfs = rootfs.to_owned();
+    let p = path.to_owned();
+    let (file, meta, entries) = tokio::task::spawn_blocking(move || {
+        let root = open_root(&rootfs)
+            .map_err(|_| BackendError::NotFound("Instance files not found".into()))?;
+        let fd = openat2(root.as_raw_fd(), &p, libc::O_RDONLY, 0).map_err(map_err(&p))?;
+        let file = std::fs::File::from(fd);
+        let m = file.metadata().map_err(map_err(&p))?;
+        if m.is_dir() {
+            // Our descriptor is already resolved safely; list through it.
+            let entries: Vec<String> =
+                std::fs::read_dir(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                    .map_err(map_err(&p))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+            Ok::<_, BackendError>((None, meta_of(&m), Some(entries)))
+        } else if m.is_file() {
+            Ok((Some((file, m.len())), meta_of(&m), None))
+        } else {
+            Err(BackendError::BadRequest(format!(
+                "{p} is neither a file nor a directory"
+            )))
+        }
+    })
+    .await
+    .map_err(|e| BackendError::Internal(anyhow::anyhow!("file task: {e}")))??;
+    if let Some(mut entries) = entries {
+        entries.sort();
+        return Ok(FilePull::Directory { meta, entries });
+    }
+    let (file, len) = file.expect("a file");
+    let file = tokio::fs::File::from_std(file);
+    let stream = futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf.into()), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(FilePull::File {
+        meta,
+        content: Download {
+            content_type: Some("application/octet-stream".into()),
+            content_length: Some(len),
+            stream: Box::pin(stream),
+        },
+    })
+}
+
+pub async fn push(
+    rootfs: &Path,
+    path: &str,
+    opts: FilePush,
+    mut body: ByteStream,
+) -> Result<(), BackendError> {
+    let (parent, base) = path
+        .rsplit_once('/')
+        .filter(|(_, b)| !b.is_empty() && *b != "." && *b != "..")
+        .ok_or_else(|| BackendError::BadRequest(format!("{path} does not name a file")))?;
+    let parent = if parent.is_empty() { "/" } else { parent }.to_owned();
+    let base = base.to_owned();
+    let rootfs = rootfs.to_owned();
+    let p = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        let root = open_root(&rootfs)
+            .map_err(|_| BackendError::NotFound("Instance files not found".into()))?;
+        let dir = openat2(
+            root.as_raw_fd(),
+            &parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(map_err(&p))?;
+        // The last component is opened relative to its (safely resolved)
+        // directory and never followed if it is a link.
+        let c = CString::new(base).map_err(|_| BackendError::BadRequest("bad file name".into()))?;
+        let mode = opts.mode.unwrap_or(0o644) & 0o7777;
+        // SAFETY: c outlives the call; openat returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(map_err(&p)(std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor from openat.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if opts.uid.is_some() || opts.gid.is_some() {
+            std::os::unix::fs::fchown(&file, opts.uid, opts.gid).map_err(map_err(&p))?;
+        }
+        if opts.mode.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(map_err(&p))?;
+        }
+        Ok::<_, BackendError>(file)
+    })
+    .await
+    .map_err(|e| BackendError::Internal(anyhow::anyhow!("file task: {e}")))??;
+    let mut file = tokio::fs::File::from_std(file);
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| BackendError::BadRequest(format!("reading the upload: {e}")))?;
+        file.write_all(&chunk).await.map_err(map_err(path))?;
+    }
+    file.flush().await.map_err(map_err(path))
+}
