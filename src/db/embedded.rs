@@ -253,6 +253,15 @@ pub async fn image_references(pool: &AnyPool, fp: &str) -> Result<i64, sqlx::Err
         .await
 }
 
+/// How many instances (in any project) were made from this image: a VM's
+/// disk is an overlay on the image's, so its files must stay.
+pub async fn instances_using_image(pool: &AnyPool, fp: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM embedded_instances WHERE image = $1")
+        .bind(fp)
+        .fetch_one(pool)
+        .await
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct AliasRow {
     pub project: String,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sqlx::AnyPool;
 
 use super::process::run;
+use super::qemu::Boot;
 use crate::backend::BackendError;
 use crate::backend::types::{Image, ImageAlias, ImageAliasesEntry, ImageUpload};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
@@ -22,6 +23,28 @@ pub struct Metadata {
     pub architecture: String,
     pub creation_date: i64,
     pub properties: BTreeMap<String, String>,
+    /// For kernel + initrd VM images: the file names inside the `rootfs.img`
+    /// tarball and the kernel command line.
+    pub boot: Option<BootMeta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BootMeta {
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+/// A member name of the boot tarball: a plain file name, nothing that could
+/// name another place or read as an option.
+fn plain_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 255
+        && !n.starts_with('-')
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
 }
 
 pub struct ImageStore {
@@ -104,6 +127,90 @@ impl ImageStore {
         Err(BackendError::BadRequest(
             "the metadata tarball holds no metadata.yaml".into(),
         ))
+    }
+
+    /// Readies a VM image: a qcow2 `rootfs` boots as a disk; a tarball holds
+    /// the kernel and initrd named in metadata.yaml's `boot`, unpacked to
+    /// `boot/kernel` and `boot/initrd`. The answer is kept in `boot.json`.
+    pub async fn prepare_vm(&self, fp: &str, meta: &Metadata) -> Result<Boot, BackendError> {
+        let dir = self.path(fp);
+        let mut head = [0u8; 4];
+        {
+            use tokio::io::AsyncReadExt;
+            let mut f = tokio::fs::File::open(self.rootfs(fp)).await.map_err(io)?;
+            let _ = f.read(&mut head).await.map_err(io)?;
+        }
+        let boot = if &head == b"QFI\xfb" {
+            Boot::Disk
+        } else {
+            let b = meta.boot.as_ref().ok_or_else(|| {
+                BackendError::BadRequest(
+                    "a VM image's rootfs.img is a qcow2 disk, or a tarball with the kernel and initrd that metadata.yaml's `boot` names".into(),
+                )
+            })?;
+            if !plain_name(&b.kernel) || !plain_name(&b.initrd) || b.cmdline.len() > 4096 {
+                return Err(BackendError::BadRequest(
+                    "metadata.yaml's boot.kernel and boot.initrd must be plain file names".into(),
+                ));
+            }
+            let staging = dir.join(".boot");
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            tokio::fs::create_dir_all(&staging).await.map_err(io)?;
+            let tarball = self.rootfs(fp);
+            run(
+                "tar",
+                [
+                    "--extract".as_ref(),
+                    "--file".as_ref(),
+                    tarball.as_os_str(),
+                    "--directory".as_ref(),
+                    staging.as_os_str(),
+                    "--no-same-owner".as_ref(),
+                    "--".as_ref(),
+                    b.kernel.as_ref(),
+                    b.initrd.as_ref(),
+                ],
+                Duration::from_secs(120),
+            )
+            .await
+            .map_err(|_| {
+                BackendError::BadRequest(format!(
+                    "rootfs.img holds no {} and {}",
+                    b.kernel, b.initrd
+                ))
+            })?;
+            for (from, to) in [(&b.kernel, "kernel"), (&b.initrd, "initrd")] {
+                let f = staging.join(from);
+                let m = tokio::fs::symlink_metadata(&f).await.map_err(io)?;
+                if !m.is_file() {
+                    return Err(BackendError::BadRequest(format!("{from} is not a file")));
+                }
+                tokio::fs::rename(&f, staging.join(to)).await.map_err(io)?;
+            }
+            let _ = tokio::fs::remove_dir_all(dir.join("boot")).await;
+            tokio::fs::rename(&staging, dir.join("boot"))
+                .await
+                .map_err(io)?;
+            Boot::Kernel {
+                cmdline: if b.cmdline.is_empty() {
+                    "console=ttyS0".into()
+                } else {
+                    b.cmdline.clone()
+                },
+            }
+        };
+        let raw = serde_json::to_vec(&boot).map_err(|e| BackendError::Internal(e.into()))?;
+        tokio::fs::write(dir.join("boot.json"), raw)
+            .await
+            .map_err(io)?;
+        Ok(boot)
+    }
+
+    pub async fn boot(&self, fp: &str) -> Result<Boot, BackendError> {
+        let raw = tokio::fs::read(self.path(fp).join("boot.json"))
+            .await
+            .map_err(io)?;
+        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
     }
 
     pub async fn remove(&self, fp: &str) -> Result<(), BackendError> {

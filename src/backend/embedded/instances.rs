@@ -9,8 +9,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::driver::{Driver, VM};
 use super::lxc::{self, Lxc};
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
+use super::qemu::Boot;
 use super::{EmbeddedBackend, images, resources};
 use crate::backend::types::{
     ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
@@ -92,28 +94,18 @@ impl EmbeddedBackend {
             .ok_or_else(not_found)
     }
 
+    pub(super) fn driver(&self, row: &InstanceRow) -> Driver {
+        if row.instance_type == VM {
+            Driver::Qemu(self.qemu.clone())
+        } else {
+            Driver::Lxc(self.lxc.clone())
+        }
+    }
+
     async fn info_of(&self, row: &InstanceRow) -> lxc::LxcInfo {
-        let ct = Lxc::host_name(&row.project, &row.name);
-        if !tokio::fs::try_exists(self.lxc.dir(&ct).join("config"))
+        self.driver(row)
+            .info(&Lxc::host_name(&row.project, &row.name))
             .await
-            .unwrap_or(false)
-        {
-            // Still being created (or its files are gone).
-            return lxc::LxcInfo {
-                state: "STOPPED".into(),
-                ..Default::default()
-            };
-        }
-        match self.lxc.info(&ct).await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(container = %ct, error = %e, "lxc-info failed");
-                lxc::LxcInfo {
-                    state: "ERROR".into(),
-                    ..Default::default()
-                }
-            }
-        }
     }
 
     fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
@@ -176,16 +168,16 @@ impl EmbeddedBackend {
         Ok(Listing::Full(out))
     }
 
-    /// The host container name of a running instance, or a clear 400.
-    pub(super) async fn running_container(
+    /// The host name of a running instance and whether it is a VM, or a clear 400.
+    pub(super) async fn running_instance(
         &self,
         project: &str,
         name: &str,
-    ) -> Result<String, BackendError> {
+    ) -> Result<(String, bool), BackendError> {
         let row = self.row(project, name).await?;
         let info = self.info_of(&row).await;
         match info.state.as_str() {
-            "RUNNING" => Ok(Lxc::host_name(project, name)),
+            "RUNNING" => Ok((Lxc::host_name(project, name), row.instance_type == VM)),
             "FROZEN" => Err(BackendError::BadRequest("Instance is frozen".into())),
             _ => Err(BackendError::BadRequest("Instance is not running".into())),
         }
@@ -197,13 +189,15 @@ impl EmbeddedBackend {
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let kind = req.instance_type.as_deref().unwrap_or("container");
-        if kind == "virtual-machine" {
-            return Err(BackendError::NotSupported(
-                "virtual machines arrive with the embedded KVM driver".into(),
-            ));
+        if kind == VM {
+            self.driver_available("qemu").await?;
+            lxc::check_config(&req.config)?;
+            // The VM-specific meaning of the limits (a CPU count).
+            self.qemu.args("check", &Boot::Disk, &req.config, "tcg")?;
+        } else {
+            self.driver_available("lxc").await?;
+            lxc::check_config(&req.config)?;
         }
-        self.driver_available("lxc").await?;
-        lxc::check_config(&req.config)?;
         if !req.devices.is_empty() {
             return Err(BackendError::NotSupported(
                 "devices on embedded instances are attached with the volume and NIC endpoints"
@@ -279,7 +273,14 @@ impl EmbeddedBackend {
             })?;
 
         let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let (qemu, driver) = (self.qemu.clone(), self.driver(&row));
         let rootfs = self.images.rootfs(&image.fingerprint);
+        let image_dir = self.images.path(&image.fingerprint);
+        let boot = if kind == VM {
+            Some(self.images.boot(&image.fingerprint).await?)
+        } else {
+            None
+        };
         let start = req.start;
         let user_config = req.config.clone();
         let source = resource_url(project, &format!("instances/{}", req.name));
@@ -295,10 +296,15 @@ impl EmbeddedBackend {
                 let made = async {
                     ctx.check()?;
                     let cancel = ctx.clone();
-                    lxc.create(&ct, &row.name, &rootfs, &user_config, async move {
-                        cancel.cancelled().await
-                    })
-                    .await
+                    match &boot {
+                        Some(boot) => qemu.create(&ct, &image_dir, boot).await,
+                        None => {
+                            lxc.create(&ct, &row.name, &rootfs, &user_config, async move {
+                                cancel.cancelled().await
+                            })
+                            .await
+                        }
+                    }
                     .map_err(|e| {
                         if ctx.is_cancelled() {
                             OpError::Cancelled
@@ -312,7 +318,7 @@ impl EmbeddedBackend {
                 .await;
                 if let Err(e) = made {
                     // A failed or cancelled create leaves nothing behind.
-                    let _ = lxc.destroy(&ct).await;
+                    let _ = driver.destroy(&ct).await;
                     let _ = inv::delete_instance(&pool, &row.project, &row.name).await;
                     return Err(e);
                 }
@@ -324,7 +330,7 @@ impl EmbeddedBackend {
                     json!({"type": row.instance_type}),
                 );
                 if start {
-                    lxc.start(&ct).await?;
+                    driver.start(&ct, &user_config).await?;
                     lifecycle(&bus, &row.project, "instance-started", &source, json!({}));
                 }
                 Ok(Value::Null)
@@ -392,7 +398,12 @@ impl EmbeddedBackend {
         }
         lxc::check_config(&user)?;
         let ct = Lxc::host_name(project, name);
-        self.lxc.write_config(&ct, name, &user).await?;
+        if row.instance_type == VM {
+            // Applied at the next start, when the command line is built.
+            self.qemu.args(&ct, &Boot::Disk, &user, "tcg")?;
+        } else {
+            self.lxc.write_config(&ct, name, &user).await?;
+        }
         let mut config = managed;
         config.extend(user);
         row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
@@ -430,7 +441,7 @@ impl EmbeddedBackend {
             ));
         }
         let guard = self.lock(project, name).lock_owned().await;
-        let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let source = resource_url(project, &format!("instances/{name}"));
         Ok(self.ops.start(
             project,
@@ -440,12 +451,12 @@ impl EmbeddedBackend {
             move |_ctx| async move {
                 let _guard = guard;
                 let ct = Lxc::host_name(&row.project, &row.name);
-                if lxc.info(&ct).await.is_ok_and(|i| i.state != "STOPPED") {
+                if driver.info(&ct).await.state != "STOPPED" {
                     return Err(OpError::Failed(
                         "The instance is currently running, stop it first".into(),
                     ));
                 }
-                lxc.destroy(&ct).await?;
+                driver.destroy(&ct).await?;
                 inv::delete_instance(&pool, &row.project, &row.name)
                     .await
                     .map_err(db)?;
@@ -477,7 +488,7 @@ impl EmbeddedBackend {
             )));
         }
         let guard = self.lock(project, name).lock_owned().await;
-        let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
+        let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
         Ok(self.ops.start(
@@ -499,19 +510,12 @@ impl EmbeddedBackend {
                         }
                         e => db(e).into(),
                     })?;
-                let moved = async {
-                    lxc.rename(&old_ct, &new_ct).await?;
-                    let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
-                    let user: ConfigMap = config
-                        .into_iter()
-                        .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
-                        .collect();
-                    // The config names the rootfs path and the hostname.
-                    lxc.write_config(&new_ct, &new_name, &user).await
-                }
-                .await;
-                if let Err(e) = moved {
-                    let _ = lxc.rename(&new_ct, &old_ct).await;
+                let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+                let user: ConfigMap = config
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
+                    .collect();
+                if let Err(e) = driver.rename(&old_ct, &new_ct, &new_name, &user).await {
                     let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
                     return Err(e.into());
                 }
@@ -579,7 +583,8 @@ impl EmbeddedBackend {
             return Err(BackendError::BadRequest(msg.into()));
         }
         let guard = self.lock(project, name).lock_owned().await;
-        let (lxc, bus, pool) = (self.lxc.clone(), self.bus.clone(), self.pool.clone());
+        let (driver, bus, pool) = (self.driver(&row), self.bus.clone(), self.pool.clone());
+        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let change = change.clone();
         let source = resource_url(project, &format!("instances/{name}"));
         let description = match action {
@@ -599,7 +604,7 @@ impl EmbeddedBackend {
                 let ct = Lxc::host_name(&row.project, &row.name);
                 let event = match change.action.as_str() {
                     "start" => {
-                        lxc.start(&ct).await?;
+                        driver.start(&ct, &config).await?;
                         let mut row = row.clone();
                         row.last_used_at = now();
                         let _ = inv::update_instance(&pool, &row).await;
@@ -607,25 +612,26 @@ impl EmbeddedBackend {
                     }
                     "stop" => {
                         if state == "FROZEN" {
-                            lxc.unfreeze(&ct).await?;
+                            driver.unfreeze(&ct).await?;
                         }
-                        lxc.stop(&ct, change.timeout, change.force).await?;
+                        driver.stop(&ct, change.timeout, change.force).await?;
                         "instance-stopped"
                     }
                     "restart" => {
                         if state == "FROZEN" {
-                            lxc.unfreeze(&ct).await?;
+                            driver.unfreeze(&ct).await?;
                         }
-                        lxc.stop(&ct, change.timeout, change.force).await?;
-                        lxc.start(&ct).await?;
+                        driver
+                            .restart(&ct, &config, change.timeout, change.force)
+                            .await?;
                         "instance-restarted"
                     }
                     "freeze" => {
-                        lxc.freeze(&ct).await?;
+                        driver.freeze(&ct).await?;
                         "instance-paused"
                     }
                     _ => {
-                        lxc.unfreeze(&ct).await?;
+                        driver.unfreeze(&ct).await?;
                         "instance-resumed"
                     }
                 };

@@ -254,10 +254,6 @@ impl Lxc {
         args.extend(["-t".into(), "0".into()]);
         process::spawn_terminal("lxc-console", args, size, false)
     }
-
-    pub fn console_log(&self, ct: &str) -> PathBuf {
-        self.dir(ct).join("console.log")
-    }
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {

@@ -3,12 +3,14 @@
 //! in the database, operations and events in process.
 
 mod detect;
+mod driver;
 mod files;
 mod images;
 mod instances;
 mod lxc;
 mod operations;
 mod process;
+mod qemu;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ pub struct EmbeddedBackend {
     ops: Operations,
     images: Arc<ImageStore>,
     lxc: Arc<lxc::Lxc>,
+    qemu: Arc<qemu::Qemu>,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
 }
@@ -49,6 +52,7 @@ impl EmbeddedBackend {
         Self {
             images: Arc::new(ImageStore::new(data_dir.join("images"))),
             lxc: Arc::new(lxc::Lxc::new(data_dir.join("lxc"))),
+            qemu: Arc::new(qemu::Qemu::new(data_dir.join("vms"), accel)),
             data_dir,
             accel,
             drivers: OnceCell::new(),
@@ -78,6 +82,16 @@ impl EmbeddedBackend {
         }
     }
 
+    /// Where an instance's files live on the host.
+    fn instance_dir(&self, row: &inv::InstanceRow) -> PathBuf {
+        let host = lxc::Lxc::host_name(&row.project, &row.name);
+        if row.instance_type == driver::VM {
+            self.qemu.vm_dir(&host)
+        } else {
+            self.lxc.dir(&host)
+        }
+    }
+
     fn lock(&self, project: &str, name: &str) -> InstanceLock {
         self.locks
             .lock()
@@ -86,6 +100,21 @@ impl EmbeddedBackend {
             .or_default()
             .clone()
     }
+}
+
+/// The log files an instance may have (LXC's, QEMU's, the console's).
+const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
+
+fn no_vm_exec() -> BackendError {
+    BackendError::NotSupported(
+        "exec in a virtual machine needs a guest agent, which lxgate's KVM driver does not run; use the console".into(),
+    )
+}
+
+fn no_vm_files() -> BackendError {
+    BackendError::NotSupported(
+        "file transfer to a virtual machine needs a guest agent; use the console".into(),
+    )
 }
 
 fn resources(kind: &str, project: &str, path: &str) -> BTreeMap<String, Vec<String>> {
@@ -117,10 +146,8 @@ impl Backend for EmbeddedBackend {
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
         let features = [
             ("containers", has("lxc")),
-            // The KVM driver is the next step; until it lands a dashboard
-            // must not offer VMs on this backend.
-            ("virtual_machines", false),
-            ("instances_api", has("lxc")),
+            ("virtual_machines", has("qemu")),
+            ("instances_api", has("lxc") || has("qemu")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -213,7 +240,10 @@ impl Backend for EmbeddedBackend {
         req: &types::ExecRequest,
         size: (u32, u32),
     ) -> Result<types::TerminalSession, BackendError> {
-        let ct = self.running_container(project, name).await?;
+        let (ct, vm) = self.running_instance(project, name).await?;
+        if vm {
+            return Err(no_vm_exec());
+        }
         self.lxc.exec_interactive(&ct, req, size)
     }
 
@@ -223,7 +253,10 @@ impl Backend for EmbeddedBackend {
         name: &str,
         req: &types::ExecRequest,
     ) -> Result<Operation, BackendError> {
-        let ct = self.running_container(project, name).await?;
+        let (ct, vm) = self.running_instance(project, name).await?;
+        if vm {
+            return Err(no_vm_exec());
+        }
         let lxc = self.lxc.clone();
         let req = req.clone();
         Ok(self.ops.start(
@@ -259,7 +292,10 @@ impl Backend for EmbeddedBackend {
         name: &str,
         size: (u32, u32),
     ) -> Result<types::TerminalSession, BackendError> {
-        let ct = self.running_container(project, name).await?;
+        let (ct, vm) = self.running_instance(project, name).await?;
+        if vm {
+            return self.qemu.console(&ct).await;
+        }
         self.lxc.console(&ct, size)
     }
 
@@ -268,8 +304,8 @@ impl Backend for EmbeddedBackend {
         project: &str,
         name: &str,
     ) -> Result<types::Download, BackendError> {
-        self.row(project, name).await?;
-        let path = self.lxc.console_log(&lxc::Lxc::host_name(project, name));
+        let row = self.row(project, name).await?;
+        let path = self.instance_dir(&row).join("console.log");
         instances::download_file(&path, "text/plain; charset=utf-8").await
     }
 
@@ -278,10 +314,10 @@ impl Backend for EmbeddedBackend {
         project: &str,
         name: &str,
     ) -> Result<Vec<String>, BackendError> {
-        self.row(project, name).await?;
-        let dir = self.lxc.dir(&lxc::Lxc::host_name(project, name));
+        let row = self.row(project, name).await?;
+        let dir = self.instance_dir(&row);
         let mut logs = Vec::new();
-        for f in ["lxc.log", "console.log"] {
+        for f in LOG_FILES {
             if tokio::fs::try_exists(dir.join(f)).await.unwrap_or(false) {
                 logs.push(f.to_owned());
             }
@@ -295,14 +331,12 @@ impl Backend for EmbeddedBackend {
         name: &str,
         file: &str,
     ) -> Result<types::Download, BackendError> {
-        self.row(project, name).await?;
+        let row = self.row(project, name).await?;
         // Only the files lxgate itself names; nothing from the path reaches the disk.
-        let f = match file {
-            "lxc.log" => "lxc.log",
-            "console.log" => "console.log",
-            _ => return Err(BackendError::NotFound("Log file not found".into())),
+        let Some(f) = LOG_FILES.iter().find(|f| **f == file) else {
+            return Err(BackendError::NotFound("Log file not found".into()));
         };
-        let path = self.lxc.dir(&lxc::Lxc::host_name(project, name)).join(f);
+        let path = self.instance_dir(&row).join(f);
         instances::download_file(&path, "text/plain; charset=utf-8").await
     }
 
@@ -312,7 +346,10 @@ impl Backend for EmbeddedBackend {
         name: &str,
         path: &str,
     ) -> Result<types::FilePull, BackendError> {
-        self.row(project, name).await?;
+        let row = self.row(project, name).await?;
+        if row.instance_type == driver::VM {
+            return Err(no_vm_files());
+        }
         files::pull(&self.lxc.rootfs(&lxc::Lxc::host_name(project, name)), path).await
     }
 
@@ -324,7 +361,10 @@ impl Backend for EmbeddedBackend {
         opts: types::FilePush,
         body: types::ByteStream,
     ) -> Result<(), BackendError> {
-        self.row(project, name).await?;
+        let row = self.row(project, name).await?;
+        if row.instance_type == driver::VM {
+            return Err(no_vm_files());
+        }
         files::push(
             &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
             path,
@@ -411,7 +451,9 @@ impl Backend for EmbeddedBackend {
                 inv::delete_image(&pool, &project_owned, &fp)
                     .await
                     .map_err(db)?;
-                if inv::image_references(&pool, &fp).await.map_err(db)? == 0 {
+                if inv::image_references(&pool, &fp).await.map_err(db)? == 0
+                    && inv::instances_using_image(&pool, &fp).await.map_err(db)? == 0
+                {
                     store.remove(&fp).await?;
                 }
                 lifecycle(
@@ -431,11 +473,6 @@ impl Backend for EmbeddedBackend {
         project: &str,
         upload: &types::ImageUpload,
     ) -> Result<Operation, BackendError> {
-        if upload.virtual_machine {
-            return Err(BackendError::NotSupported(
-                "virtual-machine images arrive with the embedded KVM driver".into(),
-            ));
-        }
         // The spool goes away when this returns: take the files now.
         let fresh = self.images.take_upload(upload).await?;
         let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
@@ -450,6 +487,12 @@ impl Backend for EmbeddedBackend {
                 let fp = up.fingerprint.clone();
                 let result = async {
                     let meta = store.read_metadata(&fp).await?;
+                    let image_type = if up.virtual_machine {
+                        store.prepare_vm(&fp, &meta).await?;
+                        "virtual-machine"
+                    } else {
+                        "container"
+                    };
                     if !meta.architecture.is_empty()
                         && !matches!(meta.architecture.as_str(), "x86_64" | "amd64")
                     {
@@ -462,7 +505,7 @@ impl Backend for EmbeddedBackend {
                     let row = inv::ImageRow {
                         project: project_owned.clone(),
                         fingerprint: fp.clone(),
-                        image_type: "container".into(),
+                        image_type: image_type.into(),
                         architecture: "x86_64".into(),
                         size: (up.metadata_size + up.rootfs_size) as i64,
                         filename: up.rootfs_name.clone(),
@@ -500,24 +543,27 @@ impl Backend for EmbeddedBackend {
                             e => db(e),
                         })?;
                     }
-                    Ok(())
+                    Ok(image_type)
                 }
                 .await;
-                if let Err(e) = result {
-                    // Nothing half-made stays: the row (and its aliases) and,
-                    // when no project holds the image, its files.
-                    let _ = inv::delete_image(&pool, &project_owned, &fp).await;
-                    if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
-                        let _ = store.remove(&fp).await;
+                let image_type = match result {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Nothing half-made stays: the row (and its aliases) and,
+                        // when no project holds the image, its files.
+                        let _ = inv::delete_image(&pool, &project_owned, &fp).await;
+                        if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
+                            let _ = store.remove(&fp).await;
+                        }
+                        return Err(OpError::from(e));
                     }
-                    return Err(OpError::from(e));
-                }
+                };
                 lifecycle(
                     &bus,
                     &project_owned,
                     "image-created",
                     &resource_url(&project_owned, &format!("images/{fp}")),
-                    json!({"type": "container"}),
+                    json!({"type": image_type}),
                 );
                 Ok(json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
             },

@@ -1,0 +1,471 @@
+//! The KVM driver: one daemonized `qemu-system-x86_64` per VM, controlled
+//! over its QMP unix socket, its serial console on another unix socket (and
+//! logged to a file). KVM where the host really supports it, TCG otherwise
+//! (see detect.rs). Files live in `DATA_DIR/vms/<project>_<name>/`; the
+//! running state is read from the pidfile and QMP every time, so a restarted
+//! lxgate finds its VMs again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::lxc::{LxcInfo, parse_size};
+use super::process::run;
+use crate::backend::BackendError;
+use crate::backend::types::{ConfigMap, TerminalInput, TerminalSession};
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Memory when `limits.memory` is not set.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// How a VM boots, written next to its disk when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Boot {
+    /// From its own qcow2 disk (an overlay on the image's).
+    Disk,
+    /// Straight into a kernel and initrd, with a command line.
+    Kernel { cmdline: String },
+}
+
+pub struct Qemu {
+    dir: PathBuf,
+    accel: crate::config::VmAccel,
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
+    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+impl Qemu {
+    pub fn new(dir: PathBuf, accel: crate::config::VmAccel) -> Self {
+        Self { dir, accel }
+    }
+
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.dir.join(vm)
+    }
+
+    fn qmp_path(&self, vm: &str) -> PathBuf {
+        self.vm_dir(vm).join("qmp.sock")
+    }
+
+    pub fn console_path(&self, vm: &str) -> PathBuf {
+        self.vm_dir(vm).join("console.sock")
+    }
+
+    /// Makes the VM's directory from a stored image: an overlay disk on the
+    /// image's qcow2, or copies of its kernel and initrd.
+    pub async fn create(
+        &self,
+        vm: &str,
+        image_dir: &Path,
+        boot: &Boot,
+    ) -> Result<(), BackendError> {
+        let dir = self.vm_dir(vm);
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io("creating the VM directory"))?;
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(io("creating the VM directory"))?;
+        match boot {
+            Boot::Disk => {
+                let base = image_dir.join("rootfs");
+                run(
+                    "qemu-img",
+                    [
+                        "create".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        "-F".as_ref(),
+                        "qcow2".as_ref(),
+                        "-b".as_ref(),
+                        base.as_os_str(),
+                        dir.join("root.qcow2").as_os_str(),
+                    ],
+                    Duration::from_secs(60),
+                )
+                .await?;
+            }
+            Boot::Kernel { .. } => {
+                for f in ["kernel", "initrd"] {
+                    tokio::fs::copy(image_dir.join("boot").join(f), dir.join(f))
+                        .await
+                        .map_err(io("copying the image's kernel and initrd"))?;
+                }
+            }
+        }
+        let boot = serde_json::to_vec(boot).map_err(|e| BackendError::Internal(e.into()))?;
+        tokio::fs::write(dir.join("boot.json"), boot)
+            .await
+            .map_err(io("writing boot.json"))
+    }
+
+    async fn boot(&self, vm: &str) -> Result<Boot, BackendError> {
+        let raw = tokio::fs::read(self.vm_dir(vm).join("boot.json"))
+            .await
+            .map_err(io("reading boot.json"))?;
+        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
+    }
+
+    /// The QEMU command line (arguments only; every value comes from
+    /// lxgate's own paths or validated config).
+    pub fn args(
+        &self,
+        vm: &str,
+        boot: &Boot,
+        config: &ConfigMap,
+        accel: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let dir = self.vm_dir(vm);
+        // QEMU option strings split on ',': a comma in a path is doubled.
+        let p = |f: &str| dir.join(f).display().to_string().replace(',', ",,");
+        let memory_mib = match config.get("limits.memory") {
+            Some(v) => parse_size(v)
+                .map(|b| (b / (1 << 20)).max(32))
+                .ok_or_else(|| BackendError::BadRequest(format!("invalid limits.memory {v:?}")))?,
+            None => DEFAULT_MEMORY_MIB,
+        };
+        let cpus = match config.get("limits.cpu") {
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| {
+                    BackendError::BadRequest(format!(
+                        "limits.cpu for a VM is a CPU count (1-64), not {v:?}"
+                    ))
+                })?,
+            None => 1,
+        };
+        let mut args: Vec<String> = [
+            "-name",
+            vm,
+            "-accel",
+            accel,
+            "-m",
+            &memory_mib.to_string(),
+            "-smp",
+            &cpus.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-daemonize",
+            "-pidfile",
+            &dir.join("qemu.pid").display().to_string(),
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p("qmp.sock")),
+            "-chardev",
+            &format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={},logappend=on",
+                p("console.sock"),
+                p("console.log")
+            ),
+            "-serial",
+            "chardev:console",
+            "-D",
+            &dir.join("qemu.log").display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        match boot {
+            Boot::Disk => args.extend([
+                "-drive".to_owned(),
+                format!("file={},format=qcow2,if=virtio", p("root.qcow2")),
+            ]),
+            Boot::Kernel { cmdline } => args.extend([
+                "-kernel".to_owned(),
+                dir.join("kernel").display().to_string(),
+                "-initrd".to_owned(),
+                dir.join("initrd").display().to_string(),
+                "-append".to_owned(),
+                cmdline.clone(),
+            ]),
+        }
+        Ok(args)
+    }
+
+    pub async fn start(&self, vm: &str, config: &ConfigMap) -> Result<(), BackendError> {
+        let boot = self.boot(vm).await?;
+        let (accel, _) = super::detect::choose_accel(self.accel).await;
+        let args = self.args(vm, &boot, config, accel)?;
+        // Stale sockets of an earlier run would make QEMU refuse to bind.
+        for f in ["qmp.sock", "console.sock", "qemu.pid"] {
+            let _ = tokio::fs::remove_file(self.vm_dir(vm).join(f)).await;
+        }
+        run("qemu-system-x86_64", args, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+    }
+
+    /// The QEMU process of this VM, if it runs: the pidfile's pid, checked
+    /// against /proc so a recycled pid is never taken for the VM.
+    pub async fn pid(&self, vm: &str) -> Option<i64> {
+        let pidfile = self.vm_dir(vm).join("qemu.pid");
+        let pid: i64 = tokio::fs::read_to_string(&pidfile)
+            .await
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline")).await.ok()?;
+        let needle = pidfile.display().to_string();
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == needle.as_bytes());
+        ours.then_some(pid)
+    }
+
+    pub async fn info(&self, vm: &str) -> LxcInfo {
+        let Some(pid) = self.pid(vm).await else {
+            return LxcInfo {
+                state: "STOPPED".into(),
+                ..Default::default()
+            };
+        };
+        let state = match self.qmp(vm, "query-status", None).await {
+            Ok(r) if r["status"] == "paused" => "FROZEN",
+            Ok(_) => "RUNNING",
+            Err(_) => "RUNNING",
+        };
+        let (cpu_ns, memory) = proc_usage(pid).await;
+        LxcInfo {
+            state: state.into(),
+            pid: Some(pid),
+            cpu_ns,
+            memory,
+        }
+    }
+
+    /// One QMP command on a fresh connection (greeting, capabilities, command).
+    pub async fn qmp(
+        &self,
+        vm: &str,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, BackendError> {
+        let path = self.qmp_path(vm);
+        let talk = async {
+            let stream = UnixStream::connect(&path).await?;
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            lines.next_line().await?; // the greeting
+            let mut send = async |v: Value| {
+                let mut line = v.to_string();
+                line.push('\n');
+                w.write_all(line.as_bytes()).await
+            };
+            send(json!({"execute": "qmp_capabilities"})).await?;
+            let mut cmd = json!({"execute": command});
+            if let Some(a) = arguments {
+                cmd["arguments"] = a;
+            }
+            let mut answered = 0;
+            let mut sent = false;
+            while let Some(line) = lines.next_line().await? {
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if v.get("event").is_some() {
+                    continue;
+                }
+                answered += 1;
+                if answered == 1 {
+                    send(cmd.clone()).await?;
+                    sent = true;
+                    continue;
+                }
+                if sent {
+                    return Ok::<Value, std::io::Error>(v);
+                }
+            }
+            Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        };
+        let v = tokio::time::timeout(QMP_TIMEOUT, talk)
+            .await
+            .map_err(|_| BackendError::Timeout(format!("QMP {command}")))?
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("QMP {command}: {e}")))?;
+        if let Some(err) = v.get("error") {
+            return Err(BackendError::Internal(anyhow::anyhow!(
+                "QMP {command}: {}",
+                err["desc"].as_str().unwrap_or("error")
+            )));
+        }
+        Ok(v["return"].clone())
+    }
+
+    async fn wait_exit(&self, vm: &str, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.pid(vm).await.is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.pid(vm).await.is_none()
+    }
+
+    /// ACPI power button, then `quit` once `timeout` passes; `force` quits at once.
+    pub async fn stop(&self, vm: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
+        if !force {
+            let _ = self.qmp(vm, "system_powerdown", None).await;
+            if self
+                .wait_exit(vm, Duration::from_secs(timeout.clamp(0, 3600) as u64))
+                .await
+            {
+                return Ok(());
+            }
+        }
+        let _ = self.qmp(vm, "quit", None).await;
+        if self.wait_exit(vm, Duration::from_secs(10)).await {
+            return Ok(());
+        }
+        if let Some(pid) = self.pid(vm).await {
+            // SAFETY: kill(2) on a pid we just confirmed is this VM's QEMU.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        if self.wait_exit(vm, Duration::from_secs(5)).await {
+            Ok(())
+        } else {
+            Err(BackendError::Internal(anyhow::anyhow!(
+                "QEMU of {vm} does not exit"
+            )))
+        }
+    }
+
+    pub async fn destroy(&self, vm: &str) -> Result<(), BackendError> {
+        match tokio::fs::remove_dir_all(self.vm_dir(vm)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("removing the VM")(e)),
+        }
+    }
+
+    pub async fn rename(&self, vm: &str, new_vm: &str) -> Result<(), BackendError> {
+        tokio::fs::rename(self.vm_dir(vm), self.vm_dir(new_vm))
+            .await
+            .map_err(io("renaming the VM directory"))
+    }
+
+    /// The serial console, bridged to channels (QEMU serves one client at a time).
+    pub async fn console(&self, vm: &str) -> Result<TerminalSession, BackendError> {
+        let stream = UnixStream::connect(self.console_path(vm))
+            .await
+            .map_err(|e| BackendError::Conflict(format!("the console is not available: {e}")))?;
+        let (mut r, mut w) = stream.into_split();
+        let (input_tx, mut input_rx) = mpsc::channel::<TerminalInput>(64);
+        let (output_tx, output_rx) = mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            while let Some(input) = input_rx.recv().await {
+                if let TerminalInput::Data(b) = input
+                    && w.write_all(&b).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if output_tx
+                            .send(Bytes::copy_from_slice(&buf[..n]))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(TerminalSession {
+            input: input_tx,
+            output: output_rx,
+            exit: None,
+        })
+    }
+}
+
+/// CPU time (ns) and resident memory (bytes) of the QEMU process.
+async fn proc_usage(pid: i64) -> (i64, i64) {
+    let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .await
+        .unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    let cpu_ns = (ticks(11) + ticks(12)) * (1_000_000_000 / hz);
+    let rss_pages = ticks(21);
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1);
+    (cpu_ns, rss_pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_from_config() {
+        let q = Qemu::new(PathBuf::from("/d/vms"), crate::config::VmAccel::Tcg);
+        let mut c = ConfigMap::new();
+        c.insert("limits.memory".into(), "512MiB".into());
+        c.insert("limits.cpu".into(), "2".into());
+        let a = q
+            .args(
+                "default_v1",
+                &Boot::Kernel {
+                    cmdline: "console=ttyS0".into(),
+                },
+                &c,
+                "tcg",
+            )
+            .unwrap();
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel tcg -m 512 -smp 2"), "{joined}");
+        assert!(
+            joined.contains("-kernel /d/vms/default_v1/kernel"),
+            "{joined}"
+        );
+        assert!(joined.contains("-append console=ttyS0"), "{joined}");
+        assert!(
+            joined.contains("-pidfile /d/vms/default_v1/qemu.pid"),
+            "{joined}"
+        );
+        c.insert("limits.cpu".into(), "0-1".into());
+        assert!(q.args("default_v1", &Boot::Disk, &c, "tcg").is_err());
+        let d = q
+            .args("default_v1", &Boot::Disk, &ConfigMap::new(), "tcg")
+            .unwrap()
+            .join(" ");
+        assert!(
+            d.contains("file=/d/vms/default_v1/root.qcow2,format=qcow2,if=virtio"),
+            "{d}"
+        );
+        assert!(d.contains("-m 256 -smp 1"), "{d}");
+    }
+}
