@@ -749,3 +749,145 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     assert_eq!(del.body["status_code"], 200, "{}", del.text);
     assert!(!host.dir.path().join("data/vms/default_v1").exists());
 }
+
+async fn run_in(app: &TestApp, token: &str, name: &str, script: &str) -> String {
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?wait=30"),
+            Some(token),
+            json!({"command": ["sh", "-c", script]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["exit_code"], 0, "{}", r.text);
+    r.body["metadata"]["stdout"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn snapshots_and_backups_of_a_container() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "s1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    run_in(&app, &admin, "s1", "echo one > /root/v").await;
+
+    // Snapshot while running (frozen for the copy), then change the file.
+    let r = app
+        .post(
+            "/api/v1/instances/s1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "first"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let auto = app
+        .post(
+            "/api/v1/instances/s1/snapshots?wait=60",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(auto.body["status_code"], 200, "{}", auto.text);
+    let dup = app
+        .post(
+            "/api/v1/instances/s1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "first"}),
+        )
+        .await;
+    dup.assert_problem(409, "conflict");
+    assert_eq!(status(&app, &admin, "s1").await, "Running");
+    let list = app
+        .get("/api/v1/instances/s1/snapshots?expand=false", Some(&admin))
+        .await;
+    assert_eq!(list.body["total"], 2, "{}", list.text);
+    let names: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        names.contains(&"first") && names.contains(&"snap0"),
+        "{names:?}"
+    );
+    let one = app
+        .get("/api/v1/instances/s1/snapshots/first", Some(&admin))
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+    assert_eq!(one.body["name"], "first");
+    run_in(&app, &admin, "s1", "echo two > /root/v").await;
+
+    // Restore on a running container: stopped, restored, started again.
+    let r = app
+        .post(
+            "/api/v1/instances/s1/snapshots/first/restore?wait=90",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "s1").await, "Running");
+    assert_eq!(run_in(&app, &admin, "s1", "cat /root/v").await, "one\n");
+
+    let r = app
+        .delete("/api/v1/instances/s1/snapshots/snap0?wait=30", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let gone = app
+        .get("/api/v1/instances/s1/snapshots/snap0", Some(&admin))
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+
+    // A backup, exported as a stream: a tarball holding the rootfs and the
+    // remaining snapshot.
+    let r = app
+        .post(
+            "/api/v1/instances/s1/backups?wait=120",
+            Some(&admin),
+            json!({"name": "nightly"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let list = app.get("/api/v1/instances/s1/backups", Some(&admin)).await;
+    assert_eq!(list.body["items"][0]["name"], "nightly", "{}", list.text);
+    let resp = app
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/instances/s1/backups/nightly/export",
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap();
+    let tarball = host.dir.path().join("export.tar.gz");
+    std::fs::write(&tarball, &bytes).unwrap();
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("./rootfs/bin/busybox"), "{listing}");
+    assert!(
+        listing.contains("./snapshots/first/rootfs/root/v"),
+        "{listing}"
+    );
+    assert!(!listing.contains("./backups"), "backups hold no backups");
+    let r = app
+        .delete("/api/v1/instances/s1/backups/nightly?wait=30", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let list = app.get("/api/v1/instances/s1/backups", Some(&admin)).await;
+    assert_eq!(list.body["total"], 0, "{}", list.text);
+    action(&app, &admin, "s1", "stop").await;
+}

@@ -53,7 +53,7 @@ pub async fn download_file(path: &Path, content_type: &str) -> Result<Download, 
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BackendError::NotFound("Log file not found".into()));
+            return Err(BackendError::NotFound("File not found".into()));
         }
         Err(e) => {
             return Err(BackendError::Internal(anyhow::anyhow!(

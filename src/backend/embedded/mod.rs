@@ -11,6 +11,7 @@ mod lxc;
 mod operations;
 mod process;
 mod qemu;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -372,6 +373,100 @@ impl Backend for EmbeddedBackend {
             body,
         )
         .await
+    }
+
+    // --- snapshots and backups (snapshots.rs) ---
+
+    async fn list_snapshots(
+        &self,
+        project: &str,
+        name: &str,
+        expand: bool,
+    ) -> Result<Listing<types::Snapshot>, BackendError> {
+        self.list_snapshots_impl(project, name, expand).await
+    }
+
+    async fn get_snapshot(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+    ) -> Result<types::Snapshot, BackendError> {
+        self.get_snapshot_impl(project, name, snap).await
+    }
+
+    async fn create_snapshot(
+        &self,
+        project: &str,
+        name: &str,
+        req: &types::SnapshotCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_snapshot_impl(project, name, req).await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+    ) -> Result<Operation, BackendError> {
+        self.delete_snapshot_impl(project, name, snap).await
+    }
+
+    async fn restore_snapshot(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+        stateful: bool,
+    ) -> Result<Operation, BackendError> {
+        self.restore_snapshot_impl(project, name, snap, stateful)
+            .await
+    }
+
+    async fn list_backups(
+        &self,
+        project: &str,
+        name: &str,
+        expand: bool,
+    ) -> Result<Listing<types::Backup>, BackendError> {
+        self.list_backups_impl(project, name, expand).await
+    }
+
+    async fn get_backup(
+        &self,
+        project: &str,
+        name: &str,
+        backup: &str,
+    ) -> Result<types::Backup, BackendError> {
+        self.get_backup_impl(project, name, backup).await
+    }
+
+    async fn create_backup(
+        &self,
+        project: &str,
+        name: &str,
+        req: &types::BackupCreate,
+    ) -> Result<Operation, BackendError> {
+        self.create_backup_impl(project, name, req).await
+    }
+
+    async fn delete_backup(
+        &self,
+        project: &str,
+        name: &str,
+        backup: &str,
+    ) -> Result<Operation, BackendError> {
+        self.delete_backup_impl(project, name, backup).await
+    }
+
+    async fn export_backup(
+        &self,
+        project: &str,
+        name: &str,
+        backup: &str,
+    ) -> Result<types::Download, BackendError> {
+        self.export_backup_impl(project, name, backup).await
     }
 
     // --- operations and events ---

@@ -1,0 +1,621 @@
+//! Snapshots and backups of embedded instances, kept in the instance's own
+//! directory (so rename and delete carry them along):
+//!
+//! * `snapshots/<name>.json` describes a snapshot; a container's copy of its
+//!   rootfs is `snapshots/<name>/rootfs` (`cp -a`, frozen while copying), a
+//!   VM's is a qcow2 internal snapshot of its disk (taken while stopped).
+//! * `backups/<name>.json` + `backups/<name>.tar[.gz|...]`: a tarball of the
+//!   instance directory, streamed out on export.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::driver::VM;
+use super::instances::download_file;
+use super::lxc::Lxc;
+use super::operations::{OpError, lifecycle, now, resource_url};
+use super::process::run;
+use super::{EmbeddedBackend, resources};
+use crate::backend::types::{
+    Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
+};
+use crate::backend::{BackendError, Listing};
+use crate::db::embedded::InstanceRow;
+
+const NEVER: &str = "0001-01-01T00:00:00Z";
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotRecord {
+    name: String,
+    created_at: String,
+    expires_at: String,
+    config: ConfigMap,
+    devices: DevicesMap,
+    profiles: Vec<String>,
+    architecture: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BackupRecord {
+    name: String,
+    created_at: String,
+    expires_at: String,
+    instance_only: bool,
+    /// File name of the tarball inside `backups/`.
+    file: String,
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
+    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+async fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
+    let mut out = Vec::new();
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return out;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json")
+            && let Ok(raw) = tokio::fs::read(&p).await
+            && let Ok(r) = serde_json::from_slice(&raw)
+        {
+            out.push(r);
+        }
+    }
+    out
+}
+
+async fn write_record<T: Serialize>(path: &Path, r: &T) -> Result<(), BackendError> {
+    let raw = serde_json::to_vec_pretty(r).map_err(|e| BackendError::Internal(e.into()))?;
+    tokio::fs::write(path, raw)
+        .await
+        .map_err(io("writing a record"))
+}
+
+fn to_snapshot(r: SnapshotRecord, size: i64) -> Snapshot {
+    Snapshot {
+        name: r.name,
+        architecture: r.architecture,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        last_used_at: NEVER.into(),
+        profiles: r.profiles,
+        expanded_config: r.config.clone(),
+        config: r.config,
+        expanded_devices: r.devices.clone(),
+        devices: r.devices,
+        size,
+        ..Default::default()
+    }
+}
+
+fn to_backup(r: BackupRecord) -> Backup {
+    Backup {
+        name: r.name,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        instance_only: r.instance_only,
+        optimized_storage: false,
+    }
+}
+
+/// `cp -a` (reflinks where the file system has them), as a child process.
+async fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
+    run(
+        "cp",
+        [
+            "-a".as_ref(),
+            "--reflink=auto".as_ref(),
+            "--".as_ref(),
+            from.as_os_str(),
+            to.as_os_str(),
+        ],
+        COPY_TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+}
+
+fn tar_flag(algorithm: &str) -> Option<(&'static str, &'static str)> {
+    Some(match algorithm {
+        "none" => ("", "tar"),
+        "gzip" => ("--gzip", "tar.gz"),
+        "bzip2" => ("--bzip2", "tar.bz2"),
+        "xz" => ("--xz", "tar.xz"),
+        "lzma" => ("--lzma", "tar.lzma"),
+        "zstd" => ("--zstd", "tar.zst"),
+        _ => return None,
+    })
+}
+
+impl EmbeddedBackend {
+    fn snap_dir(&self, row: &InstanceRow) -> PathBuf {
+        self.instance_dir(row).join("snapshots")
+    }
+
+    fn backup_dir(&self, row: &InstanceRow) -> PathBuf {
+        self.instance_dir(row).join("backups")
+    }
+
+    async fn snapshot_record(
+        &self,
+        row: &InstanceRow,
+        snap: &str,
+    ) -> Result<SnapshotRecord, BackendError> {
+        let raw = tokio::fs::read(self.snap_dir(row).join(format!("{snap}.json")))
+            .await
+            .map_err(|_| BackendError::NotFound("Snapshot not found".into()))?;
+        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
+    }
+
+    pub(super) async fn list_snapshots_impl(
+        &self,
+        project: &str,
+        name: &str,
+        expand: bool,
+    ) -> Result<Listing<Snapshot>, BackendError> {
+        let row = self.row(project, name).await?;
+        let mut recs: Vec<SnapshotRecord> = read_records(&self.snap_dir(&row)).await;
+        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        Ok(if expand {
+            Listing::Full(recs.into_iter().map(|r| to_snapshot(r, -1)).collect())
+        } else {
+            Listing::Names(recs.into_iter().map(|r| r.name).collect())
+        })
+    }
+
+    pub(super) async fn get_snapshot_impl(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+    ) -> Result<Snapshot, BackendError> {
+        let row = self.row(project, name).await?;
+        Ok(to_snapshot(self.snapshot_record(&row, snap).await?, -1))
+    }
+
+    pub(super) async fn create_snapshot_impl(
+        &self,
+        project: &str,
+        name: &str,
+        req: &SnapshotCreate,
+    ) -> Result<Operation, BackendError> {
+        if req.stateful {
+            return Err(BackendError::NotSupported(
+                "stateful snapshots (with memory) are not supported by the embedded backend".into(),
+            ));
+        }
+        let row = self.row(project, name).await?;
+        let dir = self.snap_dir(&row);
+        let existing: Vec<SnapshotRecord> = read_records(&dir).await;
+        let snap = match &req.name {
+            Some(n) => n.clone(),
+            None => (0..)
+                .map(|i| format!("snap{i}"))
+                .find(|n| existing.iter().all(|r| &r.name != n))
+                .expect("a free name"),
+        };
+        if existing.iter().any(|r| r.name == snap) {
+            return Err(BackendError::Conflict(format!(
+                "Snapshot \"{snap}\" already exists"
+            )));
+        }
+        let vm = row.instance_type == VM;
+        let host = Lxc::host_name(project, name);
+        let state = self.driver(&row).info(&host).await.state;
+        if vm {
+            if !tokio::fs::try_exists(self.instance_dir(&row).join("root.qcow2"))
+                .await
+                .unwrap_or(false)
+            {
+                return Err(BackendError::BadRequest(
+                    "this VM boots from a kernel and initrd and has no disk to snapshot".into(),
+                ));
+            }
+            if state != "STOPPED" {
+                return Err(BackendError::BadRequest(
+                    "stop the VM before taking a snapshot of its disk".into(),
+                ));
+            }
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let record = SnapshotRecord {
+            name: snap.clone(),
+            created_at: now(),
+            expires_at: req.expires_at.clone().unwrap_or_else(|| NEVER.into()),
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            devices: serde_json::from_str(&row.devices).unwrap_or_default(),
+            profiles: serde_json::from_str(&row.profiles).unwrap_or_default(),
+            architecture: row.architecture.clone(),
+        };
+        let (idir, driver, bus) = (self.instance_dir(&row), self.driver(&row), self.bus.clone());
+        let source = resource_url(project, &format!("instances/{name}/snapshots/{snap}"));
+        let project_owned = project.to_owned();
+        Ok(self.ops.start(
+            project,
+            "Snapshotting instance",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let sdir = idir.join("snapshots");
+                tokio::fs::create_dir_all(&sdir)
+                    .await
+                    .map_err(io("snapshot dir"))?;
+                if vm {
+                    run(
+                        "qemu-img",
+                        [
+                            "snapshot".as_ref(),
+                            "-c".as_ref(),
+                            snap.as_ref(),
+                            idir.join("root.qcow2").as_os_str(),
+                        ],
+                        COPY_TIMEOUT,
+                    )
+                    .await?;
+                } else {
+                    let target = sdir.join(&snap);
+                    tokio::fs::create_dir(&target)
+                        .await
+                        .map_err(io("snapshot dir"))?;
+                    // A running container is frozen so the copy is consistent.
+                    let freeze = state == "RUNNING";
+                    if freeze {
+                        driver.freeze(&host).await?;
+                    }
+                    let copied = copy_tree(&idir.join("rootfs"), &target.join("rootfs")).await;
+                    if freeze {
+                        let _ = driver.unfreeze(&host).await;
+                    }
+                    if let Err(e) = copied {
+                        let _ = tokio::fs::remove_dir_all(&target).await;
+                        return Err(e.into());
+                    }
+                }
+                write_record(&sdir.join(format!("{snap}.json")), &record).await?;
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "instance-snapshot-created",
+                    &source,
+                    json!({}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn delete_snapshot_impl(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = self.row(project, name).await?;
+        self.snapshot_record(&row, snap).await?;
+        let vm = row.instance_type == VM;
+        let guard = self.lock(project, name).lock_owned().await;
+        let (idir, bus) = (self.instance_dir(&row), self.bus.clone());
+        let snap = snap.to_owned();
+        let source = resource_url(project, &format!("instances/{name}/snapshots/{snap}"));
+        let project_owned = project.to_owned();
+        Ok(self.ops.start(
+            project,
+            "Deleting snapshot",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                if vm {
+                    run(
+                        "qemu-img",
+                        [
+                            "snapshot".as_ref(),
+                            "-d".as_ref(),
+                            snap.as_ref(),
+                            idir.join("root.qcow2").as_os_str(),
+                        ],
+                        COPY_TIMEOUT,
+                    )
+                    .await?;
+                } else {
+                    let _ = tokio::fs::remove_dir_all(idir.join("snapshots").join(&snap)).await;
+                }
+                tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
+                    .await
+                    .map_err(io("removing the snapshot record"))?;
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "instance-snapshot-deleted",
+                    &source,
+                    json!({}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    /// Puts the instance back to the snapshot. A running container is
+    /// stopped for it and started again; a VM must be stopped.
+    pub(super) async fn restore_snapshot_impl(
+        &self,
+        project: &str,
+        name: &str,
+        snap: &str,
+        stateful: bool,
+    ) -> Result<Operation, BackendError> {
+        if stateful {
+            return Err(BackendError::NotSupported(
+                "stateful snapshots are not supported by the embedded backend".into(),
+            ));
+        }
+        let row = self.row(project, name).await?;
+        let record = self.snapshot_record(&row, snap).await?;
+        let vm = row.instance_type == VM;
+        let host = Lxc::host_name(project, name);
+        let driver = self.driver(&row);
+        let state = driver.info(&host).await.state;
+        if vm && state != "STOPPED" {
+            return Err(BackendError::BadRequest(
+                "stop the VM before restoring a snapshot".into(),
+            ));
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let (idir, bus, pool) = (self.instance_dir(&row), self.bus.clone(), self.pool.clone());
+        let snap = snap.to_owned();
+        let source = resource_url(project, &format!("instances/{name}"));
+        let mut row = row.clone();
+        Ok(self.ops.start(
+            project,
+            "Restoring snapshot",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                if vm {
+                    run(
+                        "qemu-img",
+                        [
+                            "snapshot".as_ref(),
+                            "-a".as_ref(),
+                            snap.as_ref(),
+                            idir.join("root.qcow2").as_os_str(),
+                        ],
+                        COPY_TIMEOUT,
+                    )
+                    .await?;
+                } else {
+                    let was_running = state == "RUNNING" || state == "FROZEN";
+                    if state == "FROZEN" {
+                        driver.unfreeze(&host).await?;
+                    }
+                    if was_running {
+                        driver.stop(&host, 30, false).await?;
+                    }
+                    // Copy first, swap after: a failed copy changes nothing.
+                    let fresh = idir.join("rootfs.restoring");
+                    let _ = tokio::fs::remove_dir_all(&fresh).await;
+                    if let Err(e) =
+                        copy_tree(&idir.join("snapshots").join(&snap).join("rootfs"), &fresh).await
+                    {
+                        let _ = tokio::fs::remove_dir_all(&fresh).await;
+                        return Err(e.into());
+                    }
+                    let old = idir.join("rootfs.old");
+                    tokio::fs::rename(idir.join("rootfs"), &old)
+                        .await
+                        .map_err(io("moving the rootfs aside"))?;
+                    tokio::fs::rename(&fresh, idir.join("rootfs"))
+                        .await
+                        .map_err(io("putting the snapshot in place"))?;
+                    let _ = tokio::fs::remove_dir_all(&old).await;
+                    if was_running {
+                        let config: ConfigMap =
+                            serde_json::from_str(&row.config).unwrap_or_default();
+                        driver.start(&host, &config).await?;
+                    }
+                }
+                // The configuration goes back too.
+                row.config = serde_json::to_string(&record.config).unwrap_or_else(|_| "{}".into());
+                row.devices =
+                    serde_json::to_string(&record.devices).unwrap_or_else(|_| "{}".into());
+                let _ = crate::db::embedded::update_instance(&pool, &row).await;
+                lifecycle(
+                    &bus,
+                    &row.project,
+                    "instance-restored",
+                    &source,
+                    json!({"snapshot": snap}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    // ------------------------------------------------------------ backups ---
+
+    async fn backup_record(
+        &self,
+        row: &InstanceRow,
+        b: &str,
+    ) -> Result<BackupRecord, BackendError> {
+        let raw = tokio::fs::read(self.backup_dir(row).join(format!("{b}.json")))
+            .await
+            .map_err(|_| BackendError::NotFound("Backup not found".into()))?;
+        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
+    }
+
+    pub(super) async fn list_backups_impl(
+        &self,
+        project: &str,
+        name: &str,
+        expand: bool,
+    ) -> Result<Listing<Backup>, BackendError> {
+        let row = self.row(project, name).await?;
+        let mut recs: Vec<BackupRecord> = read_records(&self.backup_dir(&row)).await;
+        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        Ok(if expand {
+            Listing::Full(recs.into_iter().map(to_backup).collect())
+        } else {
+            Listing::Names(recs.into_iter().map(|r| r.name).collect())
+        })
+    }
+
+    pub(super) async fn get_backup_impl(
+        &self,
+        project: &str,
+        name: &str,
+        b: &str,
+    ) -> Result<Backup, BackendError> {
+        let row = self.row(project, name).await?;
+        Ok(to_backup(self.backup_record(&row, b).await?))
+    }
+
+    pub(super) async fn create_backup_impl(
+        &self,
+        project: &str,
+        name: &str,
+        req: &BackupCreate,
+    ) -> Result<Operation, BackendError> {
+        if req.optimized_storage {
+            return Err(BackendError::NotSupported(
+                "optimized (driver-specific) backups are not supported by the embedded backend"
+                    .into(),
+            ));
+        }
+        let algorithm = req.compression_algorithm.as_deref().unwrap_or("gzip");
+        let (flag, ext) = tar_flag(algorithm).ok_or_else(|| {
+            BackendError::NotSupported(format!(
+                "compression {algorithm} is not available on the embedded backend"
+            ))
+        })?;
+        let row = self.row(project, name).await?;
+        let dir = self.backup_dir(&row);
+        let existing: Vec<BackupRecord> = read_records(&dir).await;
+        let b = match &req.name {
+            Some(n) => n.clone(),
+            None => (0..)
+                .map(|i| format!("backup{i}"))
+                .find(|n| existing.iter().all(|r| &r.name != n))
+                .expect("a free name"),
+        };
+        if existing.iter().any(|r| r.name == b) {
+            return Err(BackendError::Conflict(format!(
+                "Backup \"{b}\" already exists"
+            )));
+        }
+        let guard = self.lock(project, name).lock_owned().await;
+        let record = BackupRecord {
+            name: b.clone(),
+            created_at: now(),
+            expires_at: req.expires_at.clone().unwrap_or_else(|| NEVER.into()),
+            instance_only: req.instance_only,
+            file: format!("{b}.{ext}"),
+        };
+        let (idir, bus) = (self.instance_dir(&row), self.bus.clone());
+        let source = resource_url(project, &format!("instances/{name}/backups/{b}"));
+        let project_owned = project.to_owned();
+        Ok(self.ops.start(
+            project,
+            "Backing up instance",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let bdir = idir.join("backups");
+                tokio::fs::create_dir_all(&bdir)
+                    .await
+                    .map_err(io("backup dir"))?;
+                let file = bdir.join(&record.file);
+                let mut args: Vec<std::ffi::OsString> = vec!["--create".into()];
+                if !flag.is_empty() {
+                    args.push(flag.into());
+                }
+                args.extend([
+                    "--file".into(),
+                    file.clone().into(),
+                    "--directory".into(),
+                    idir.clone().into(),
+                    "--numeric-owner".into(),
+                    "--exclude=./backups".into(),
+                    // Live sockets and pidfiles of a running VM are not data.
+                    "--exclude=./*.sock".into(),
+                    "--exclude=./qemu.pid".into(),
+                ]);
+                if record.instance_only {
+                    args.push("--exclude=./snapshots".into());
+                }
+                args.push(".".into());
+                if let Err(e) = run("tar", args, COPY_TIMEOUT).await {
+                    let _ = tokio::fs::remove_file(&file).await;
+                    return Err(OpError::from(e));
+                }
+                write_record(&bdir.join(format!("{}.json", record.name)), &record).await?;
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "instance-backup-created",
+                    &source,
+                    json!({}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn delete_backup_impl(
+        &self,
+        project: &str,
+        name: &str,
+        b: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = self.row(project, name).await?;
+        let record = self.backup_record(&row, b).await?;
+        let bdir = self.backup_dir(&row);
+        let bus = self.bus.clone();
+        let source = resource_url(project, &format!("instances/{name}/backups/{b}"));
+        let project_owned = project.to_owned();
+        Ok(self.ops.start(
+            project,
+            "Deleting backup",
+            resources("instances", project, &format!("instances/{name}")),
+            false,
+            move |_ctx| async move {
+                let _ = tokio::fs::remove_file(bdir.join(&record.file)).await;
+                tokio::fs::remove_file(bdir.join(format!("{}.json", record.name)))
+                    .await
+                    .map_err(io("removing the backup record"))?;
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "instance-backup-deleted",
+                    &source,
+                    json!({}),
+                );
+                Ok(Value::Null)
+            },
+        ))
+    }
+
+    pub(super) async fn export_backup_impl(
+        &self,
+        project: &str,
+        name: &str,
+        b: &str,
+    ) -> Result<Download, BackendError> {
+        let row = self.row(project, name).await?;
+        let record = self.backup_record(&row, b).await?;
+        download_file(
+            &self.backup_dir(&row).join(&record.file),
+            "application/octet-stream",
+        )
+        .await
+    }
+}
