@@ -314,3 +314,62 @@ pub async fn delete_alias(pool: &AnyPool, project: &str, name: &str) -> Result<b
         .await
         .map(|r| r.rows_affected() > 0)
 }
+
+// -------------------------------------------------------------- projects ---
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ProjectRow {
+    pub name: String,
+    pub description: String,
+    /// JSON object.
+    pub config: String,
+    pub created_at: String,
+}
+
+pub async fn list_projects(pool: &AnyPool) -> Result<Vec<ProjectRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, description, config, created_at FROM embedded_projects ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_project(pool: &AnyPool, name: &str) -> Result<Option<ProjectRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, description, config, created_at FROM embedded_projects WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn insert_project(pool: &AnyPool, r: &ProjectRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_projects (name, description, config, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn update_project(pool: &AnyPool, r: &ProjectRow) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_projects SET description = $2, config = $3 WHERE name = $1")
+        .bind(&r.name)
+        .bind(&r.description)
+        .bind(&r.config)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn delete_project(pool: &AnyPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_projects WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

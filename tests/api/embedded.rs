@@ -891,3 +891,116 @@ async fn snapshots_and_backups_of_a_container() {
     assert_eq!(list.body["total"], 0, "{}", list.text);
     action(&app, &admin, "s1", "stop").await;
 }
+
+#[tokio::test]
+async fn projects_scope_instances_and_enforce_limits() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+
+    let r = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": "team-a", "description": "A team",
+                   "config": {"limits.instances": "1", "features.images": "false"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post("/api/v1/projects", Some(&admin), json!({"name": "team-a"}))
+        .await;
+    r.assert_problem(409, "conflict");
+    let r = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": "bad", "config": {"limits.instances": "lots"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    // An operator of team-a only.
+    app.user_with_role(&admin, "alice", None).await;
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::PUT,
+                "/api/v1/users/alice/projects/team-a",
+                Some(&admin),
+            )
+            .json(&json!({"role": "operator"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    // A fresh token: grants are read per request, but be explicit.
+    let alice = app.login("alice", PASSWORD).await.0;
+
+    // Images come from the default project (features.images=false).
+    let r = app
+        .post(
+            "/api/v1/instances?project=team-a&wait=60",
+            Some(&alice),
+            json!({"name": "a1", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert!(host.lxcpath().join("team-a_a1").exists());
+    // The limit: one instance.
+    let r = app
+        .post(
+            "/api/v1/instances?project=team-a&wait=60",
+            Some(&alice),
+            json!({"name": "a2", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    r.assert_problem(400, "bad_request");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.instances"),
+        "{}",
+        r.text
+    );
+    assert!(!host.lxcpath().join("team-a_a2").exists());
+    let st = app.get("/api/v1/projects/team-a/state", Some(&admin)).await;
+    assert_eq!(st.body["resources"]["instances"]["Usage"], 1, "{}", st.text);
+    assert_eq!(st.body["resources"]["instances"]["Limit"], 1, "{}", st.text);
+
+    // The same name in another project is another instance.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "a1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    // Isolation: alice sees team-a only.
+    let mine = app
+        .get("/api/v1/instances?project=team-a", Some(&alice))
+        .await;
+    assert_eq!(mine.body["total"], 1, "{}", mine.text);
+    assert_eq!(mine.body["items"][0]["project"], "team-a");
+    let other = app
+        .get("/api/v1/instances?project=default", Some(&alice))
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text);
+    let r = app
+        .get("/api/v1/instances?project=no-such-project", Some(&admin))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    // A project with instances cannot go; an empty one can.
+    let r = app.delete("/api/v1/projects/team-a", Some(&admin)).await;
+    r.assert_problem(400, "bad_request");
+    let r = app
+        .delete("/api/v1/instances/a1?project=team-a&wait=30", Some(&alice))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app.delete("/api/v1/projects/team-a", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app.delete("/api/v1/projects/default", Some(&admin)).await;
+    r.assert_problem(409, "default_project");
+}

@@ -149,6 +149,9 @@ impl EmbeddedBackend {
                 "filter expressions are not supported by the embedded backend".into(),
             ));
         }
+        if let Some(p) = scope.project {
+            self.ensure_project(p).await?;
+        }
         let rows = inv::list_instances(&self.pool, scope.project)
             .await
             .map_err(db)?;
@@ -189,6 +192,7 @@ impl EmbeddedBackend {
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let kind = req.instance_type.as_deref().unwrap_or("container");
+        self.ensure_project(project).await?;
         if kind == VM {
             self.driver_available("qemu").await?;
             lxc::check_config(&req.config)?;
@@ -211,17 +215,18 @@ impl EmbeddedBackend {
         if let Some(p) = profiles.iter().find(|p| p.as_str() != "default") {
             return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
         }
+        let images_in = self.image_project(project).await?;
         let image = match (&req.source.alias, &req.source.fingerprint) {
             (Some(alias), _) => {
-                let a = inv::get_alias(&self.pool, project, alias)
+                let a = inv::get_alias(&self.pool, &images_in, alias)
                     .await
                     .map_err(db)?
                     .ok_or_else(|| {
                         BackendError::BadRequest(format!("Image alias not found: {alias}"))
                     })?;
-                images::find(&self.pool, project, &a.target).await?
+                images::find(&self.pool, &images_in, &a.target).await?
             }
-            (None, Some(fp)) => images::find(&self.pool, project, fp)
+            (None, Some(fp)) => images::find(&self.pool, &images_in, fp)
                 .await
                 .map_err(|_| BackendError::BadRequest(format!("Image not found: {fp}")))?,
             (None, None) => {
@@ -263,14 +268,23 @@ impl EmbeddedBackend {
         // Take the instance's lock before the name: whatever comes next for
         // this instance waits until it exists.
         let guard = self.lock(project, &req.name).lock_owned().await;
-        inv::insert_instance(&self.pool, &row)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    BackendError::Conflict("Instance already exists".into())
-                }
-                e => db(e),
-            })?;
+        {
+            // The project's limits are checked and the name claimed under the
+            // project's lock (its name is never empty), so two creates cannot
+            // both squeeze under a limit.
+            let project_lock = self.lock(project, "");
+            let _p = project_lock.lock().await;
+            self.check_project_limits(project, kind, &req.config)
+                .await?;
+            inv::insert_instance(&self.pool, &row)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        BackendError::Conflict("Instance already exists".into())
+                    }
+                    e => db(e),
+                })?;
+        }
 
         let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
         let (qemu, driver) = (self.qemu.clone(), self.driver(&row));

@@ -10,6 +10,7 @@ mod instances;
 mod lxc;
 mod operations;
 mod process;
+mod projects;
 mod qemu;
 mod snapshots;
 
@@ -469,6 +470,42 @@ impl Backend for EmbeddedBackend {
         self.export_backup_impl(project, name, backup).await
     }
 
+    // --- projects (projects.rs) ---
+
+    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
+        self.list_projects_impl().await
+    }
+
+    async fn get_project(
+        &self,
+        name: &str,
+    ) -> Result<(types::Project, Option<String>), BackendError> {
+        self.get_project_impl(name).await
+    }
+
+    async fn create_project(&self, req: &types::ProjectCreate) -> Result<(), BackendError> {
+        self.create_project_impl(req).await
+    }
+
+    async fn update_project(
+        &self,
+        name: &str,
+        update: &types::ProjectUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_project_impl(name, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
+        self.delete_project_impl(name).await
+    }
+
+    async fn project_state(&self, name: &str) -> Result<types::ProjectState, BackendError> {
+        self.project_state_impl(name).await
+    }
+
     // --- operations and events ---
 
     async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
@@ -503,6 +540,9 @@ impl Backend for EmbeddedBackend {
             return Err(BackendError::NotSupported(
                 "filter expressions are not supported by the embedded backend".into(),
             ));
+        }
+        if let Some(p) = scope.project {
+            self.ensure_project(p).await?;
         }
         let rows = inv::list_images(&self.pool, scope.project)
             .await
@@ -568,6 +608,7 @@ impl Backend for EmbeddedBackend {
         project: &str,
         upload: &types::ImageUpload,
     ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
         // The spool goes away when this returns: take the files now.
         let fresh = self.images.take_upload(upload).await?;
         let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
