@@ -1004,3 +1004,106 @@ async fn projects_scope_instances_and_enforce_limits() {
     let r = app.delete("/api/v1/projects/default", Some(&admin)).await;
     r.assert_problem(409, "default_project");
 }
+
+#[tokio::test]
+async fn a_cancelled_create_leaves_nothing_behind() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+
+    // An image big enough that unpacking it takes a moment: the busybox
+    // rootfs plus 128 MiB of incompressible data.
+    let scratch = host.dir.path().join("big");
+    std::fs::create_dir_all(scratch.join("rootfs")).unwrap();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS"))
+        .arg("-C")
+        .arg(scratch.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "count=128", "status=none"])
+        .arg(format!("of={}", scratch.join("rootfs/ballast").display()))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let big = scratch.join("big.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&big)
+        .arg("-C")
+        .arg(scratch.join("rootfs"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_META"))
+                .await
+                .unwrap(),
+        )
+        .part("rootfs", Part::file(&big).await.unwrap())
+        .text("alias", "big");
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/images/import?wait=120",
+                Some(&admin),
+            )
+            .multipart(form),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+
+    // Cancel right after the 202; if the create won the race, try again
+    // (bounded): what is checked is the cancelled one.
+    for attempt in 0..5 {
+        let name = format!("cx{attempt}");
+        let r = app
+            .post(
+                "/api/v1/instances",
+                Some(&admin),
+                json!({"name": name, "source": {"type": "image", "alias": "big"}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let id = r.body["operation_id"].as_str().unwrap().to_owned();
+        let c = app
+            .delete(&format!("/api/v1/operations/{id}"), Some(&admin))
+            .await;
+        let done = app
+            .get(
+                &format!("/api/v1/operations/{id}/wait?timeout=60"),
+                Some(&admin),
+            )
+            .await;
+        if c.status.is_success() {
+            assert_eq!(done.body["status_code"], 401, "{}", done.text);
+            assert_eq!(done.body["status"], "Cancelled");
+            let gone = app
+                .get(&format!("/api/v1/instances/{name}"), Some(&admin))
+                .await;
+            assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+            assert!(
+                !host.lxcpath().join(format!("default_{name}")).exists(),
+                "files of the cancelled create are left"
+            );
+            // The name is free again.
+            let again = create(
+                &app,
+                &admin,
+                json!({"name": name, "source": {"type": "image", "alias": "big"}}),
+            )
+            .await;
+            assert_eq!(again.body["status_code"], 200, "{}", again.text);
+            return;
+        }
+        assert_eq!(done.body["status_code"], 200, "{}", done.text);
+    }
+    panic!("every create finished before its cancel arrived");
+}
