@@ -1107,3 +1107,141 @@ async fn a_cancelled_create_leaves_nothing_behind() {
     }
     panic!("every create finished before its cancel arrived");
 }
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A simplestreams tree served on 127.0.0.1 by the test itself: the index,
+/// the catalogue, and the files, where `rootfs_sha` may lie on purpose.
+async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
+    let meta = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_META")).unwrap();
+    let rootfs = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS")).unwrap();
+    let fp = sha256_hex(&[&meta, &rootfs]);
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": ["busybox:test:amd64:default"]}}});
+    let catalogue = json!({"format": "products:1.0", "datatype": "image-downloads", "products": {
+    "busybox:test:amd64:default": {
+        "aliases": "busybox/test,busybox/test/default", "arch": "amd64", "os": "busybox",
+        "release": "test", "versions": {
+            "20261101_00:00": {"items": {
+                "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "images/old/meta.tar.xz",
+                    "sha256": "00", "size": 1},
+            }},
+            "20261124_00:00": {"items": {
+                "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "images/new/meta.tar.xz",
+                    "sha256": sha256_hex(&[&meta]), "size": meta.len(),
+                    "combined_rootxz_sha256": fp},
+                "root.tar.xz": {"ftype": "root.tar.xz", "path": "images/new/rootfs.tar.xz",
+                    "sha256": rootfs_sha.unwrap_or_else(|| sha256_hex(&[&rootfs])),
+                    "size": rootfs.len()},
+            }},
+        }}}});
+    let app = axum::Router::new()
+        .route(
+            "/streams/v1/index.json",
+            axum::routing::get(move || async move { axum::Json(index) }),
+        )
+        .route(
+            "/streams/v1/images.json",
+            axum::routing::get(move || async move { axum::Json(catalogue) }),
+        )
+        .route(
+            "/images/new/meta.tar.xz",
+            axum::routing::get(move || async move { meta }),
+        )
+        .route(
+            "/images/new/rootfs.tar.xz",
+            axum::routing::get(move || async move { rootfs }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/"), fp)
+}
+
+#[tokio::test]
+async fn image_copy_from_a_simplestreams_server() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let (server, fp) = simplestreams_server(None).await;
+
+    let r = app
+        .post(
+            "/api/v1/images?wait=60",
+            Some(&admin),
+            json!({"source": {"server": server, "protocol": "simplestreams", "alias": "busybox/test"},
+                   "aliases": [{"name": "from-ss"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    // Progress was reported on the way.
+    assert!(
+        r.body["metadata"]["fingerprint"] == fp.as_str(),
+        "{}",
+        r.text
+    );
+    let img = app.get(&format!("/api/v1/images/{fp}"), Some(&admin)).await;
+    assert_eq!(img.status, StatusCode::OK, "{}", img.text);
+    assert_eq!(img.body["aliases"][0]["name"], "from-ss");
+    let c = create(
+        &app,
+        &admin,
+        json!({"name": "ss1", "source": {"type": "image", "alias": "from-ss"}}),
+    )
+    .await;
+    assert_eq!(c.body["status_code"], 200, "{}", c.text);
+
+    // Unknown alias: a failed operation naming it; no VM variant either.
+    let r = app
+        .post(
+            "/api/v1/images?wait=60",
+            Some(&admin),
+            json!({"source": {"server": server, "protocol": "simplestreams", "alias": "nope/1"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(
+        r.body["err"].as_str().unwrap().contains("nope/1"),
+        "{}",
+        r.text
+    );
+
+    // A server whose hash does not match what it serves: refused, nothing kept.
+    let (liar, _) = simplestreams_server(Some("ab".repeat(32))).await;
+    let host2 = Host::new();
+    let app2 = host2.app().await;
+    let admin2 = app2.admin_token().await;
+    let r = app2
+        .post(
+            "/api/v1/images?wait=60",
+            Some(&admin2),
+            json!({"source": {"server": liar, "protocol": "simplestreams", "alias": "busybox/test"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(
+        r.body["err"].as_str().unwrap().contains("SHA-256"),
+        "{}",
+        r.text
+    );
+    let list = app2.get("/api/v1/images", Some(&admin2)).await;
+    assert_eq!(list.body["total"], 0, "{}", list.text);
+    let images_dir = host2.dir.path().join("data/images");
+    let left: Vec<_> = std::fs::read_dir(&images_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let tmp: Vec<_> = std::fs::read_dir(host2.dir.path().join("data/tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "spool left: {tmp:?}");
+}

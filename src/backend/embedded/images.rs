@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::AnyPool;
 
+use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process::run;
 use super::qemu::Boot;
 use crate::backend::BackendError;
+use crate::backend::events::EventBus;
 use crate::backend::types::{Image, ImageAlias, ImageAliasesEntry, ImageUpload};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
 
@@ -303,4 +305,99 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+/// Registers stored image files in a project: reads metadata.yaml, readies a
+/// VM image, writes the row and aliases, announces it. On failure nothing
+/// half-made stays (the row, its aliases, and files no project holds).
+pub async fn register(
+    pool: &AnyPool,
+    store: &ImageStore,
+    bus: &EventBus,
+    project: &str,
+    up: &ImageUpload,
+    fresh: bool,
+) -> Result<serde_json::Value, OpError> {
+    let project_owned = project.to_owned();
+    let fp = up.fingerprint.clone();
+    let result = async {
+        let meta = store.read_metadata(&fp).await?;
+        let image_type = if up.virtual_machine {
+            store.prepare_vm(&fp, &meta).await?;
+            "virtual-machine"
+        } else {
+            "container"
+        };
+        if !meta.architecture.is_empty()
+            && !matches!(meta.architecture.as_str(), "x86_64" | "amd64")
+        {
+            return Err(BackendError::BadRequest(format!(
+                "the image is for {}, this host runs x86_64",
+                meta.architecture
+            )));
+        }
+        let now = operations::now();
+        let row = inv::ImageRow {
+            project: project_owned.clone(),
+            fingerprint: fp.clone(),
+            image_type: image_type.into(),
+            architecture: "x86_64".into(),
+            size: (up.metadata_size + up.rootfs_size) as i64,
+            filename: up.rootfs_name.clone(),
+            properties: serde_json::to_string(&meta.properties).unwrap_or_else(|_| "{}".into()),
+            public: i64::from(up.public),
+            created_at: if meta.creation_date > 0 {
+                rfc3339(meta.creation_date)
+            } else {
+                now.clone()
+            },
+            uploaded_at: now,
+        };
+        inv::insert_image(&pool, &row).await.map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                BackendError::Conflict("Image already exists".into())
+            }
+            e => db(e),
+        })?;
+        for alias in &up.aliases {
+            inv::insert_alias(
+                &pool,
+                &inv::AliasRow {
+                    project: project_owned.clone(),
+                    name: alias.clone(),
+                    target: fp.clone(),
+                    description: String::new(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict(format!("Alias {alias} already exists"))
+                }
+                e => db(e),
+            })?;
+        }
+        Ok(image_type)
+    }
+    .await;
+    let image_type = match result {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing half-made stays: the row (and its aliases) and,
+            // when no project holds the image, its files.
+            let _ = inv::delete_image(&pool, &project_owned, &fp).await;
+            if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
+                let _ = store.remove(&fp).await;
+            }
+            return Err(OpError::from(e));
+        }
+    };
+    lifecycle(
+        &bus,
+        &project_owned,
+        "image-created",
+        &resource_url(&project_owned, &format!("images/{fp}")),
+        serde_json::json!({"type": image_type}),
+    );
+    Ok(serde_json::json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
 }

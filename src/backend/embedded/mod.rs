@@ -12,6 +12,7 @@ mod operations;
 mod process;
 mod projects;
 mod qemu;
+mod simplestreams;
 mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use sha2::Digest;
 use sqlx::AnyPool;
 use tokio::sync::OnceCell;
 
@@ -29,7 +31,7 @@ use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
 use crate::config::VmAccel;
 use crate::db::embedded as inv;
 use images::{ImageStore, db};
-use operations::{OpError, Operations, lifecycle, resource_url};
+use operations::{Operations, lifecycle, resource_url};
 
 /// Serializes the operations on one instance (held across their work).
 type InstanceLock = Arc<tokio::sync::Mutex<()>>;
@@ -44,6 +46,8 @@ pub struct EmbeddedBackend {
     images: Arc<ImageStore>,
     lxc: Arc<lxc::Lxc>,
     qemu: Arc<qemu::Qemu>,
+    /// For image servers (simplestreams).
+    http: reqwest::Client,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
 }
@@ -55,6 +59,12 @@ impl EmbeddedBackend {
             images: Arc::new(ImageStore::new(data_dir.join("images"))),
             lxc: Arc::new(lxc::Lxc::new(data_dir.join("lxc"))),
             qemu: Arc::new(qemu::Qemu::new(data_dir.join("vms"), accel)),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .user_agent(concat!("lxgate/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("an HTTP client"),
             data_dir,
             accel,
             drivers: OnceCell::new(),
@@ -620,88 +630,127 @@ impl Backend for EmbeddedBackend {
             resources("images", project, &format!("images/{}", up.fingerprint)),
             false,
             move |_ctx| async move {
-                let fp = up.fingerprint.clone();
-                let result = async {
-                    let meta = store.read_metadata(&fp).await?;
-                    let image_type = if up.virtual_machine {
-                        store.prepare_vm(&fp, &meta).await?;
-                        "virtual-machine"
+                images::register(&pool, &store, &bus, &project_owned, &up, fresh).await
+            },
+        ))
+    }
+
+    async fn copy_image(
+        &self,
+        project: &str,
+        req: &types::ImageCopy,
+    ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
+        if req.source.protocol != "simplestreams" {
+            return Err(BackendError::NotSupported(
+                "the embedded backend copies images from simplestreams servers; copying from an Incus server needs BACKEND=incus".into(),
+            ));
+        }
+        for a in &req.aliases {
+            if inv::get_alias(&self.pool, project, &a.name)
+                .await
+                .map_err(db)?
+                .is_some()
+            {
+                return Err(BackendError::Conflict(format!(
+                    "Alias {} already exists",
+                    a.name
+                )));
+            }
+        }
+        let want_vm = req.source.image_type.as_deref() == Some(driver::VM);
+        let (pool, store, bus, http) = (
+            self.pool.clone(),
+            self.images.clone(),
+            self.bus.clone(),
+            self.http.clone(),
+        );
+        let tmp = self.data_dir.join("tmp");
+        let project_owned = project.to_owned();
+        let req = req.clone();
+        Ok(self.ops.start(
+            project,
+            "Downloading image",
+            BTreeMap::new(),
+            true,
+            move |ctx| async move {
+                let found = simplestreams::find(
+                    &http,
+                    &req.source.server,
+                    req.source.alias.as_deref(),
+                    req.source.fingerprint.as_deref(),
+                    want_vm,
+                )
+                .await?;
+                tokio::fs::create_dir_all(&tmp)
+                    .await
+                    .map_err(|e| operations::OpError::Failed(format!("spool: {e}")))?;
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let meta = simplestreams::Spooled(tmp.join(format!("ss-{id}.meta")));
+                let rootfs = simplestreams::Spooled(tmp.join(format!("ss-{id}.rootfs")));
+                let mut combined = sha2::Sha256::new();
+                let meta_size = simplestreams::download(
+                    &http,
+                    &found.metadata,
+                    &meta.0,
+                    "metadata",
+                    &mut combined,
+                    &ctx,
+                )
+                .await?;
+                let rootfs_size = simplestreams::download(
+                    &http,
+                    &found.rootfs,
+                    &rootfs.0,
+                    "rootfs",
+                    &mut combined,
+                    &ctx,
+                )
+                .await?;
+                let fp = hex::encode(combined.finalize());
+                if let Some(c) = &found.combined
+                    && !c.eq_ignore_ascii_case(&fp)
+                {
+                    return Err(operations::OpError::Failed(format!(
+                        "the image's fingerprint {fp} does not match the server's {c}"
+                    )));
+                }
+                ctx.check()?;
+                let up = types::ImageUpload {
+                    metadata: meta.0.clone(),
+                    metadata_size: meta_size,
+                    metadata_name: "metadata.tar.xz".into(),
+                    rootfs: rootfs.0.clone(),
+                    rootfs_size,
+                    rootfs_name: if found.vm {
+                        "disk-kvm.img"
                     } else {
-                        "container"
-                    };
-                    if !meta.architecture.is_empty()
-                        && !matches!(meta.architecture.as_str(), "x86_64" | "amd64")
-                    {
-                        return Err(BackendError::BadRequest(format!(
-                            "the image is for {}, this host runs x86_64",
-                            meta.architecture
-                        )));
+                        "root.tar.xz"
                     }
-                    let now = operations::now();
-                    let row = inv::ImageRow {
-                        project: project_owned.clone(),
-                        fingerprint: fp.clone(),
-                        image_type: image_type.into(),
-                        architecture: "x86_64".into(),
-                        size: (up.metadata_size + up.rootfs_size) as i64,
-                        filename: up.rootfs_name.clone(),
-                        properties: serde_json::to_string(&meta.properties)
-                            .unwrap_or_else(|_| "{}".into()),
-                        public: i64::from(up.public),
-                        created_at: if meta.creation_date > 0 {
-                            images::rfc3339(meta.creation_date)
-                        } else {
-                            now.clone()
-                        },
-                        uploaded_at: now,
-                    };
-                    inv::insert_image(&pool, &row).await.map_err(|e| match e {
-                        sqlx::Error::Database(d) if d.is_unique_violation() => {
-                            BackendError::Conflict("Image already exists".into())
-                        }
-                        e => db(e),
-                    })?;
-                    for alias in &up.aliases {
-                        inv::insert_alias(
+                    .into(),
+                    virtual_machine: found.vm,
+                    fingerprint: fp.clone(),
+                    aliases: req.aliases.iter().map(|a| a.name.clone()).collect(),
+                    public: req.public,
+                };
+                // Already here: only the aliases are new.
+                if images::find(&pool, &project_owned, &fp).await.is_ok() {
+                    for a in &req.aliases {
+                        let _ = inv::insert_alias(
                             &pool,
                             &inv::AliasRow {
                                 project: project_owned.clone(),
-                                name: alias.clone(),
+                                name: a.name.clone(),
                                 target: fp.clone(),
-                                description: String::new(),
+                                description: a.description.clone().unwrap_or_default(),
                             },
                         )
-                        .await
-                        .map_err(|e| match e {
-                            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                                BackendError::Conflict(format!("Alias {alias} already exists"))
-                            }
-                            e => db(e),
-                        })?;
+                        .await;
                     }
-                    Ok(image_type)
+                    return Ok(json!({"fingerprint": fp}));
                 }
-                .await;
-                let image_type = match result {
-                    Ok(t) => t,
-                    Err(e) => {
-                        // Nothing half-made stays: the row (and its aliases) and,
-                        // when no project holds the image, its files.
-                        let _ = inv::delete_image(&pool, &project_owned, &fp).await;
-                        if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
-                            let _ = store.remove(&fp).await;
-                        }
-                        return Err(OpError::from(e));
-                    }
-                };
-                lifecycle(
-                    &bus,
-                    &project_owned,
-                    "image-created",
-                    &resource_url(&project_owned, &format!("images/{fp}")),
-                    json!({"type": image_type}),
-                );
-                Ok(json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
+                let fresh = store.take_upload(&up).await?;
+                images::register(&pool, &store, &bus, &project_owned, &up, fresh).await
             },
         ))
     }

@@ -1,0 +1,260 @@
+//! Image copy from a simplestreams server (the protocol of
+//! images.linuxcontainers.org): read `streams/v1/index.json` and the product
+//! catalogue it names, pick the newest version of the product with the
+//! alias (or fingerprint) for this architecture and instance type, download
+//! its metadata and rootfs (or VM disk) with progress, and verify every hash.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::Url;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::operations::{OpCtx, OpError};
+use crate::backend::BackendError;
+
+/// Largest file lxgate downloads for an image.
+const MAX_FILE: u64 = 16 << 30;
+const ARCHES: [&str; 2] = ["amd64", "x86_64"];
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub url: Url,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The files of one image version.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub metadata: Item,
+    pub rootfs: Item,
+    pub vm: bool,
+    /// The server's fingerprint (sha256 of metadata then rootfs), if it says.
+    pub combined: Option<String>,
+}
+
+fn bad(msg: impl Into<String>) -> BackendError {
+    BackendError::BadRequest(msg.into())
+}
+
+/// A path from the catalogue, resolved against the server and kept on it.
+fn resolve(base: &Url, path: &str) -> Result<Url, BackendError> {
+    let url = base
+        .join(path)
+        .map_err(|_| bad(format!("the server lists an invalid path {path:?}")))?;
+    if url.origin() != base.origin() {
+        return Err(bad("the server's catalogue points to another server"));
+    }
+    Ok(url)
+}
+
+async fn get_json(client: &reqwest::Client, url: Url) -> Result<Value, BackendError> {
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(bad(format!("{url} answered {}", resp.status())));
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
+    if bytes.len() > 64 << 20 {
+        return Err(bad(format!("{url} is too large for a catalogue")));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{url} is not JSON: {e}")))
+}
+
+/// Finds the newest matching image on the server.
+pub async fn find(
+    client: &reqwest::Client,
+    server: &str,
+    alias: Option<&str>,
+    fingerprint: Option<&str>,
+    want_vm: bool,
+) -> Result<Found, BackendError> {
+    let mut base = Url::parse(server).map_err(|_| bad("invalid server URL"))?;
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    let index = get_json(client, resolve(&base, "streams/v1/index.json")?).await?;
+    let catalogue = index["index"]
+        .as_object()
+        .and_then(|m| {
+            m.values()
+                .find(|v| v["datatype"] == "image-downloads")
+                .and_then(|v| v["path"].as_str())
+        })
+        .ok_or_else(|| bad("the server's index lists no image-downloads catalogue"))?;
+    let images = get_json(client, resolve(&base, catalogue)?).await?;
+    let products = images["products"]
+        .as_object()
+        .ok_or_else(|| bad("the catalogue has no products"))?;
+
+    let mut best: Option<(String, Found)> = None;
+    for product in products.values() {
+        let arch = product["arch"].as_str().unwrap_or_default();
+        if !ARCHES.contains(&arch) {
+            continue;
+        }
+        if let Some(a) = alias {
+            let aliases = product["aliases"].as_str().unwrap_or_default();
+            if !aliases.split(',').any(|x| x.trim() == a) {
+                continue;
+            }
+        }
+        let Some(versions) = product["versions"].as_object() else {
+            continue;
+        };
+        for (version, v) in versions {
+            let items = &v["items"];
+            let item = |ftypes: &[&str]| -> Option<&Value> {
+                items
+                    .as_object()?
+                    .values()
+                    .find(|i| ftypes.contains(&i["ftype"].as_str().unwrap_or_default()))
+            };
+            let Some(meta) = item(&["incus.tar.xz", "lxd.tar.xz"]) else {
+                continue;
+            };
+            let (rootfs, combined_key) = if want_vm {
+                match item(&["disk-kvm.img"]) {
+                    Some(r) => (r, "combined_disk-kvm-img_sha256"),
+                    None => continue,
+                }
+            } else {
+                match item(&["root.tar.xz"]) {
+                    Some(r) => (r, "combined_rootxz_sha256"),
+                    None => continue,
+                }
+            };
+            let combined = meta[combined_key]
+                .as_str()
+                .or_else(|| meta["combined_sha256"].as_str())
+                .map(str::to_owned);
+            if let Some(fp) = fingerprint
+                && !combined.as_deref().is_some_and(|c| c.starts_with(fp))
+            {
+                continue;
+            }
+            let to_item = |i: &Value| -> Result<Item, BackendError> {
+                Ok(Item {
+                    url: resolve(&base, i["path"].as_str().unwrap_or_default())?,
+                    sha256: i["sha256"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase(),
+                    size: i["size"].as_u64().unwrap_or(0),
+                })
+            };
+            let found = Found {
+                metadata: to_item(meta)?,
+                rootfs: to_item(rootfs)?,
+                vm: want_vm,
+                combined,
+            };
+            if best.as_ref().is_none_or(|(v, _)| version > v) {
+                best = Some((version.clone(), found));
+            }
+        }
+    }
+    best.map(|(_, f)| f).ok_or_else(|| {
+        BackendError::NotFound(format!(
+            "the server has no {} image {} for x86_64",
+            if want_vm {
+                "virtual-machine"
+            } else {
+                "container"
+            },
+            alias.or(fingerprint).unwrap_or_default()
+        ))
+    })
+}
+
+/// Downloads `item` to `dest`, feeding `combined` too, reporting progress
+/// as `{label}: N% (speed)` in the operation's metadata, and checks its hash.
+pub async fn download(
+    client: &reqwest::Client,
+    item: &Item,
+    dest: &Path,
+    label: &str,
+    combined: &mut Sha256,
+    ctx: &OpCtx,
+) -> Result<u64, OpError> {
+    let resp = client
+        .get(item.url.clone())
+        .send()
+        .await
+        .map_err(|e| OpError::Failed(format!("{}: {e}", item.url)))?;
+    if !resp.status().is_success() {
+        return Err(OpError::Failed(format!(
+            "{} answered {}",
+            item.url,
+            resp.status()
+        )));
+    }
+    let total = resp.content_length().unwrap_or(item.size);
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| OpError::Failed(format!("spooling the download: {e}")))?;
+    let mut own = Sha256::new();
+    let mut got: u64 = 0;
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    let mut body = resp.bytes_stream();
+    loop {
+        let chunk = tokio::select! {
+            c = body.next() => c,
+            () = ctx.cancelled() => return Err(OpError::Cancelled),
+        };
+        let Some(chunk) = chunk else { break };
+        let chunk = chunk.map_err(|e| OpError::Failed(format!("{}: {e}", item.url)))?;
+        got += chunk.len() as u64;
+        if got > MAX_FILE || (item.size > 0 && got > item.size) {
+            return Err(OpError::Failed(format!(
+                "{} is larger than announced",
+                item.url
+            )));
+        }
+        own.update(&chunk);
+        combined.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| OpError::Failed(format!("spooling the download: {e}")))?;
+        if reported.elapsed() > Duration::from_millis(250) {
+            reported = Instant::now();
+            let pct = if total > 0 { got * 100 / total } else { 0 };
+            let speed = got as f64 / started.elapsed().as_secs_f64().max(0.001);
+            ctx.progress(json!({
+                "download_progress": format!("{label}: {pct}% ({:.2}MB/s)", speed / 1e6),
+            }));
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| OpError::Failed(format!("spooling the download: {e}")))?;
+    let hash = hex::encode(own.finalize());
+    if !item.sha256.is_empty() && hash != item.sha256 {
+        return Err(OpError::Failed(format!(
+            "{label} does not match the server's SHA-256 (got {hash}, expected {})",
+            item.sha256
+        )));
+    }
+    ctx.progress(json!({"download_progress": format!("{label}: 100%")}));
+    Ok(got)
+}
+
+/// A spool file removed when dropped.
+pub struct Spooled(pub PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
