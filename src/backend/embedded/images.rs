@@ -353,7 +353,7 @@ pub async fn register(
             },
             uploaded_at: now,
         };
-        inv::insert_image(&pool, &row).await.map_err(|e| match e {
+        inv::insert_image(pool, &row).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 BackendError::Conflict("Image already exists".into())
             }
@@ -361,7 +361,7 @@ pub async fn register(
         })?;
         for alias in &up.aliases {
             inv::insert_alias(
-                &pool,
+                pool,
                 &inv::AliasRow {
                     project: project_owned.clone(),
                     name: alias.clone(),
@@ -385,15 +385,15 @@ pub async fn register(
         Err(e) => {
             // Nothing half-made stays: the row (and its aliases) and,
             // when no project holds the image, its files.
-            let _ = inv::delete_image(&pool, &project_owned, &fp).await;
-            if fresh && inv::image_references(&pool, &fp).await.unwrap_or(1) == 0 {
+            let _ = inv::delete_image(pool, &project_owned, &fp).await;
+            if fresh && inv::image_references(pool, &fp).await.unwrap_or(1) == 0 {
                 let _ = store.remove(&fp).await;
             }
             return Err(OpError::from(e));
         }
     };
     lifecycle(
-        &bus,
+        bus,
         &project_owned,
         "image-created",
         &resource_url(&project_owned, &format!("images/{fp}")),
