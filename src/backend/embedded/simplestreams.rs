@@ -229,7 +229,7 @@ pub async fn download(
             .map_err(|e| OpError::Failed(format!("spooling the download: {e}")))?;
         if reported.elapsed() > Duration::from_millis(250) {
             reported = Instant::now();
-            let pct = if total > 0 { got * 100 / total } else { 0 };
+            let pct = (got * 100).checked_div(total).unwrap_or(0);
             let speed = got as f64 / started.elapsed().as_secs_f64().max(0.001);
             ctx.progress(json!({
                 "download_progress": format!("{label}: {pct}% ({:.2}MB/s)", speed / 1e6),
