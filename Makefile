@@ -31,6 +31,7 @@ openapi: ## Regenerate the committed openapi.json after an intended API change
 bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); results go to BENCHMARKS.md by hand
 	bash scripts/bench.sh
 	BENCH_SKIP_BUILD=1 bash scripts/bench-incus.sh
+	BENCH_SKIP_BUILD=1 bash scripts/bench-embedded.sh
 
 image: ## Build a tiny busybox container image (Incus split format) into ./images/
 	bash scripts/testbed-embedded.sh

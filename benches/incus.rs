@@ -26,6 +26,9 @@ use time::format_description::well_known::Rfc3339;
 use tokio::net::UnixStream;
 use tokio_tungstenite::tungstenite::Message;
 
+mod common;
+use common::{load, ms, pct};
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Cfg {
@@ -89,77 +92,6 @@ async fn main() -> Res<()> {
 
 // ------------------------------------------------------------------ list ---
 
-struct Load {
-    ok: usize,
-    errors: usize,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Load {
-    fn rps(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// `conns` tasks each sending one request after the other for `duration`.
-async fn load(client: reqwest::Client, url: String, token: Option<String>, cfg: &Cfg) -> Load {
-    let stop = Instant::now() + cfg.duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..cfg.conns {
-        let (client, url, token) = (client.clone(), url.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut errors, mut lat) = (0, 0, Vec::new());
-            while Instant::now() < stop {
-                let t = Instant::now();
-                let mut req = client.get(&url);
-                if let Some(token) = &token {
-                    req = req.bearer_auth(token);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => match r.bytes().await {
-                        Ok(_) => {
-                            ok += 1;
-                            lat.push(t.elapsed());
-                        }
-                        Err(_) => errors += 1,
-                    },
-                    _ => errors += 1,
-                }
-            }
-            (ok, errors, lat)
-        }));
-    }
-    let mut out = Load {
-        ok: 0,
-        errors: 0,
-        latencies: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
-    for t in tasks {
-        let (ok, errors, lat) = t.await.expect("load task");
-        out.ok += ok;
-        out.errors += errors;
-        out.latencies.extend(lat);
-    }
-    out.elapsed = started.elapsed();
-    out.latencies.sort();
-    out
-}
-
 async fn list(cfg: &Cfg) -> Res<()> {
     let direct = reqwest::Client::builder()
         .unix_socket(cfg.socket.clone())
@@ -190,22 +122,21 @@ async fn list(cfg: &Cfg) -> Res<()> {
         "both sides must list the same instances"
     );
     eprintln!("[bench] list: {n_direct} instances, warm-up");
-    let warm = Cfg {
-        duration: Duration::from_secs(2),
-        ..clone_cfg(cfg)
-    };
-    load(direct.clone(), direct_url.clone(), None, &warm).await;
-    load(
-        through.clone(),
-        lxgate_url.clone(),
+    let warm = Duration::from_secs(2);
+    load(direct.clone(), direct_url.clone(), None, cfg.conns, warm).await;
+    let token = Some(cfg.token.clone());
+    load(through.clone(), lxgate_url.clone(), token, cfg.conns, warm).await;
+    eprintln!("[bench] list: direct to incusd");
+    let reference = load(direct, direct_url, None, cfg.conns, cfg.duration).await;
+    eprintln!("[bench] list: through lxgate");
+    let gw = load(
+        through,
+        lxgate_url,
         Some(cfg.token.clone()),
-        &warm,
+        cfg.conns,
+        cfg.duration,
     )
     .await;
-    eprintln!("[bench] list: direct to incusd");
-    let reference = load(direct, direct_url, None, cfg).await;
-    eprintln!("[bench] list: through lxgate");
-    let gw = load(through, lxgate_url, Some(cfg.token.clone()), cfg).await;
     println!(
         "| scenario | instances | concurrency | req/s | p50 | p99 | req/s vs direct | p50 vs direct | errors |"
     );
@@ -230,20 +161,6 @@ async fn list(cfg: &Cfg) -> Res<()> {
     }
     println!();
     Ok(())
-}
-
-fn clone_cfg(c: &Cfg) -> Cfg {
-    Cfg {
-        lxgate: c.lxgate.clone(),
-        token: c.token.clone(),
-        socket: c.socket.clone(),
-        duration: c.duration,
-        conns: c.conns,
-        subscribers: c.subscribers,
-        generators: c.generators.clone(),
-        exec_instance: c.exec_instance.clone(),
-        exec_mib: c.exec_mib,
-    }
 }
 
 // ---------------------------------------------------------------- events ---
