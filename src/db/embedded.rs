@@ -373,3 +373,160 @@ pub async fn delete_project(pool: &AnyPool, name: &str) -> Result<(), sqlx::Erro
         .await
         .map(|_| ())
 }
+
+// --------------------------------------------------------------- storage ---
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PoolRow {
+    pub name: String,
+    pub driver: String,
+    pub description: String,
+    /// JSON object.
+    pub config: String,
+    pub created_at: String,
+}
+
+pub async fn list_pools(pool: &AnyPool) -> Result<Vec<PoolRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, driver, description, config, created_at FROM embedded_storage_pools ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_pool(pool: &AnyPool, name: &str) -> Result<Option<PoolRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, driver, description, config, created_at FROM embedded_storage_pools WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn insert_pool(pool: &AnyPool, r: &PoolRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_storage_pools (name, driver, description, config, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.name)
+    .bind(&r.driver)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn update_pool(pool: &AnyPool, r: &PoolRow) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_storage_pools SET description = $2, config = $3 WHERE name = $1")
+        .bind(&r.name)
+        .bind(&r.description)
+        .bind(&r.config)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn delete_pool(pool: &AnyPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_storage_pools WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct VolumeRow {
+    pub pool: String,
+    pub project: String,
+    pub name: String,
+    pub content_type: String,
+    pub description: String,
+    /// JSON object.
+    pub config: String,
+    pub created_at: String,
+}
+
+/// Volumes of a pool, in one project or all.
+pub async fn list_volumes(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: Option<&str>,
+) -> Result<Vec<VolumeRow>, sqlx::Error> {
+    match project {
+        Some(p) => sqlx::query_as(
+            "SELECT pool, project, name, content_type, description, config, created_at FROM embedded_volumes WHERE pool = $1 AND project = $2 ORDER BY name",
+        )
+        .bind(storage_pool)
+        .bind(p)
+        .fetch_all(pool)
+        .await,
+        None => sqlx::query_as(
+            "SELECT pool, project, name, content_type, description, config, created_at FROM embedded_volumes WHERE pool = $1 ORDER BY project, name",
+        )
+        .bind(storage_pool)
+        .fetch_all(pool)
+        .await,
+    }
+}
+
+pub async fn get_volume(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: &str,
+    name: &str,
+) -> Result<Option<VolumeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pool, project, name, content_type, description, config, created_at FROM embedded_volumes WHERE pool = $1 AND project = $2 AND name = $3",
+    )
+    .bind(storage_pool)
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn insert_volume(pool: &AnyPool, r: &VolumeRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_volumes (pool, project, name, content_type, description, config, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&r.pool)
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.content_type)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn update_volume(pool: &AnyPool, r: &VolumeRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE embedded_volumes SET description = $4, config = $5 WHERE pool = $1 AND project = $2 AND name = $3",
+    )
+    .bind(&r.pool)
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn delete_volume(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: &str,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_volumes WHERE pool = $1 AND project = $2 AND name = $3")
+        .bind(storage_pool)
+        .bind(project)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

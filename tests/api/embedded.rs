@@ -1245,3 +1245,150 @@ async fn image_copy_from_a_simplestreams_server() {
         .unwrap_or_default();
     assert!(tmp.is_empty(), "spool left: {tmp:?}");
 }
+
+#[tokio::test]
+async fn storage_pools_and_volumes_on_dir() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+
+    // The implicit default pool, and one more at a source of our own.
+    let pools = app.get("/api/v1/storage/pools", Some(&admin)).await;
+    assert_eq!(pools.body["items"][0]["name"], "default", "{}", pools.text);
+    let source = host.dir.path().join("fastpool");
+    let r = app
+        .post(
+            "/api/v1/storage/pools",
+            Some(&admin),
+            json!({"name": "fast", "driver": "dir", "config": {"source": source.display().to_string()}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    for (body, why) in [
+        (json!({"name": "p2", "driver": "zfs"}), "another driver"),
+        (
+            json!({"name": "p3", "driver": "dir", "config": {"source": "/etc/lxgate"}}),
+            "a system path",
+        ),
+        (
+            json!({"name": "p4", "driver": "dir", "config": {"source": "/tmp/a/../../etc"}}),
+            "a path with ..",
+        ),
+        (
+            json!({"name": "p5", "driver": "dir", "config": {"source": "relative/dir"}}),
+            "a relative path",
+        ),
+    ] {
+        let r = app.post("/api/v1/storage/pools", Some(&admin), body).await;
+        assert!(
+            r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_IMPLEMENTED,
+            "{why}: {}",
+            r.text
+        );
+    }
+
+    // A filesystem volume, bind-mounted into a container.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/fast/volumes",
+            Some(&admin),
+            json!({"name": "data"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/storage/pools/fast/volumes",
+            Some(&admin),
+            json!({"name": "sized", "config": {"size": "1GiB"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "st1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances/st1/volumes",
+            Some(&admin),
+            json!({"pool": "fast", "volume": "data", "path": "/srv/data", "device": "data"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances/st1/volumes",
+            Some(&admin),
+            json!({"pool": "fast", "volume": "missing", "path": "/srv/x", "device": "x"}),
+        )
+        .await;
+    r.assert_problem(404, "volume_not_found");
+    action(&app, &admin, "st1", "start").await;
+    assert_eq!(
+        run_in(
+            &app,
+            &admin,
+            "st1",
+            "echo kept > /srv/data/file && cat /srv/data/file"
+        )
+        .await,
+        "kept\n"
+    );
+    let on_host = source.join("custom/default_data/file");
+    assert_eq!(std::fs::read_to_string(&on_host).unwrap(), "kept\n");
+    let vol = app
+        .get("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
+        .await;
+    assert_eq!(vol.body["used_by"][0], "/1.0/instances/st1", "{}", vol.text);
+    // In use: not deletable.
+    let r = app
+        .delete("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    action(&app, &admin, "st1", "stop").await;
+    let r = app
+        .delete("/api/v1/instances/st1/volumes/data", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .delete("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    assert!(!source.join("custom/default_data").exists());
+
+    // A block volume: a qcow2 disk that grows.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/fast/volumes",
+            Some(&admin),
+            json!({"name": "disk", "content_type": "block", "config": {"size": "64MiB"}}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/storage/pools/fast/volumes/disk/resize",
+            Some(&admin),
+            json!({"size": "128MiB"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(source.join("custom/default_disk.qcow2"))
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 128 << 20);
+    let r = app
+        .delete("/api/v1/storage/pools/fast/volumes/disk", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app.delete("/api/v1/storage/pools/fast", Some(&admin)).await;
+    assert!(r.status.is_success(), "{}", r.text);
+}

@@ -27,6 +27,16 @@ impl Driver {
     /// The instance's run state; one still being created (no files yet) is
     /// Stopped, one the driver cannot read is Error.
     pub async fn info(&self, host: &str) -> LxcInfo {
+        self.info_maybe_cached(host, false).await
+    }
+
+    /// For listings: a container's state may be up to two seconds old
+    /// (lxgate's own changes are never served stale).
+    pub async fn info_for_listing(&self, host: &str) -> LxcInfo {
+        self.info_maybe_cached(host, true).await
+    }
+
+    async fn info_maybe_cached(&self, host: &str, cached: bool) -> LxcInfo {
         match self {
             Driver::Lxc(lxc) => {
                 if !tokio::fs::try_exists(lxc.dir(host).join("config"))
@@ -35,7 +45,12 @@ impl Driver {
                 {
                     return stopped();
                 }
-                lxc.info(host).await.unwrap_or_else(|e| {
+                let info = if cached {
+                    lxc.info_cached(host).await
+                } else {
+                    lxc.info(host).await
+                };
+                info.unwrap_or_else(|e| {
                     tracing::warn!(container = %host, error = %e, "lxc-info failed");
                     LxcInfo {
                         state: "ERROR".into(),
@@ -47,30 +62,49 @@ impl Driver {
         }
     }
 
-    pub async fn start(&self, host: &str, config: &ConfigMap) -> Result<(), BackendError> {
+    /// `drives`: block volumes attached to a VM (a container's volumes are
+    /// in its LXC config already).
+    pub async fn start(
+        &self,
+        host: &str,
+        config: &ConfigMap,
+        drives: &[std::path::PathBuf],
+    ) -> Result<(), BackendError> {
         match self {
-            Driver::Lxc(lxc) => lxc.start(host).await,
-            Driver::Qemu(q) => q.start(host, config).await,
+            Driver::Lxc(lxc) => {
+                lxc.forget(host);
+                lxc.start(host).await
+            }
+            Driver::Qemu(q) => q.start(host, config, drives).await,
         }
     }
 
     pub async fn stop(&self, host: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
         match self {
-            Driver::Lxc(lxc) => lxc.stop(host, timeout, force).await,
+            Driver::Lxc(lxc) => {
+                lxc.forget(host);
+                lxc.stop(host, timeout, force).await
+            }
             Driver::Qemu(q) => q.stop(host, timeout, force).await,
         }
     }
 
     pub async fn freeze(&self, host: &str) -> Result<(), BackendError> {
         match self {
-            Driver::Lxc(lxc) => lxc.freeze(host).await,
+            Driver::Lxc(lxc) => {
+                lxc.forget(host);
+                lxc.freeze(host).await
+            }
             Driver::Qemu(q) => q.qmp(host, "stop", None).await.map(|_| ()),
         }
     }
 
     pub async fn unfreeze(&self, host: &str) -> Result<(), BackendError> {
         match self {
-            Driver::Lxc(lxc) => lxc.unfreeze(host).await,
+            Driver::Lxc(lxc) => {
+                lxc.forget(host);
+                lxc.unfreeze(host).await
+            }
             Driver::Qemu(q) => q.qmp(host, "cont", None).await.map(|_| ()),
         }
     }
@@ -85,6 +119,7 @@ impl Driver {
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
+                lxc.forget(host);
                 lxc.stop(host, timeout, force).await?;
                 lxc.start(host).await
             }
@@ -97,7 +132,10 @@ impl Driver {
 
     pub async fn destroy(&self, host: &str) -> Result<(), BackendError> {
         match self {
-            Driver::Lxc(lxc) => lxc.destroy(host).await,
+            Driver::Lxc(lxc) => {
+                lxc.forget(host);
+                lxc.destroy(host).await
+            }
             Driver::Qemu(q) => q.destroy(host).await,
         }
     }
@@ -110,11 +148,13 @@ impl Driver {
         new_host: &str,
         new_name: &str,
         config: &ConfigMap,
+        mounts: &[(std::path::PathBuf, String)],
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
+                lxc.forget(host);
                 lxc.rename(host, new_host).await?;
-                if let Err(e) = lxc.write_config(new_host, new_name, config).await {
+                if let Err(e) = lxc.write_config(new_host, new_name, config, mounts).await {
                     let _ = lxc.rename(new_host, host).await;
                     return Err(e);
                 }

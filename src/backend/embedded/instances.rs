@@ -162,7 +162,10 @@ impl EmbeddedBackend {
         // (async_trait needs them Send for any lifetime).
         let out = futures::stream::iter(rows)
             .map(|r| async move {
-                let info = self.info_of(&r).await;
+                let info = self
+                    .driver(&r)
+                    .info_for_listing(&Lxc::host_name(&r.project, &r.name))
+                    .await;
                 Self::build_instance(&r, &info)
             })
             .buffered(INFO_CONCURRENCY)
@@ -197,7 +200,8 @@ impl EmbeddedBackend {
             self.driver_available("qemu").await?;
             lxc::check_config(&req.config)?;
             // The VM-specific meaning of the limits (a CPU count).
-            self.qemu.args("check", &Boot::Disk, &req.config, "tcg")?;
+            self.qemu
+                .args("check", &Boot::Disk, &req.config, "tcg", &[])?;
         } else {
             self.driver_available("lxc").await?;
             lxc::check_config(&req.config)?;
@@ -344,7 +348,7 @@ impl EmbeddedBackend {
                     json!({"type": row.instance_type}),
                 );
                 if start {
-                    driver.start(&ct, &user_config).await?;
+                    driver.start(&ct, &user_config, &[]).await?;
                     lifecycle(&bus, &row.project, "instance-started", &source, json!({}));
                 }
                 Ok(Value::Null)
@@ -371,15 +375,17 @@ impl EmbeddedBackend {
                 "ETag doesn't match".into(),
             ));
         }
-        if let Some(devices) = &update.devices
-            && !devices.is_empty()
-            && devices != &current.devices
-        {
-            return Err(BackendError::NotSupported(
-                "devices on embedded instances are attached with the volume and NIC endpoints"
-                    .into(),
-            ));
-        }
+        // Devices: custom volumes only, checked against the storage (and
+        // applied at the next start: a container's mounts, a VM's disks).
+        let devices: DevicesMap = update.devices.clone().unwrap_or_else(|| {
+            if replace {
+                DevicesMap::new()
+            } else {
+                current.devices.clone()
+            }
+        });
+        let vm = row.instance_type == VM;
+        let mounts = self.volume_mounts(project, &devices, vm).await?;
         if let Some(profiles) = &update.profiles
             && let Some(p) = profiles.iter().find(|p| p.as_str() != "default")
         {
@@ -412,12 +418,13 @@ impl EmbeddedBackend {
         }
         lxc::check_config(&user)?;
         let ct = Lxc::host_name(project, name);
-        if row.instance_type == VM {
+        if vm {
             // Applied at the next start, when the command line is built.
-            self.qemu.args(&ct, &Boot::Disk, &user, "tcg")?;
+            self.qemu.args(&ct, &Boot::Disk, &user, "tcg", &[])?;
         } else {
-            self.lxc.write_config(&ct, name, &user).await?;
+            self.lxc.write_config(&ct, name, &user, &mounts).await?;
         }
+        row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
         let mut config = managed;
         config.extend(user);
         row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
@@ -502,6 +509,10 @@ impl EmbeddedBackend {
             )));
         }
         let guard = self.lock(project, name).lock_owned().await;
+        let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
+        let mounts = self
+            .volume_mounts(project, &devices, row.instance_type == VM)
+            .await?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
@@ -529,7 +540,10 @@ impl EmbeddedBackend {
                     .into_iter()
                     .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
                     .collect();
-                if let Err(e) = driver.rename(&old_ct, &new_ct, &new_name, &user).await {
+                if let Err(e) = driver
+                    .rename(&old_ct, &new_ct, &new_name, &user, &mounts)
+                    .await
+                {
                     let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
                     return Err(e.into());
                 }
@@ -597,6 +611,13 @@ impl EmbeddedBackend {
             return Err(BackendError::BadRequest(msg.into()));
         }
         let guard = self.lock(project, name).lock_owned().await;
+        let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
+        let drives: Vec<std::path::PathBuf> = self
+            .volume_mounts(project, &devices, row.instance_type == VM)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
         let (driver, bus, pool) = (self.driver(&row), self.bus.clone(), self.pool.clone());
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let change = change.clone();
@@ -618,7 +639,7 @@ impl EmbeddedBackend {
                 let ct = Lxc::host_name(&row.project, &row.name);
                 let event = match change.action.as_str() {
                     "start" => {
-                        driver.start(&ct, &config).await?;
+                        driver.start(&ct, &config, &drives).await?;
                         let mut row = row.clone();
                         row.last_used_at = now();
                         let _ = inv::update_instance(&pool, &row).await;

@@ -27,13 +27,38 @@ pub struct LxcInfo {
     pub memory: i64,
 }
 
+/// How long a listing may reuse an `lxc-info` answer. Every state change
+/// lxgate makes drops the entry, so only changes from outside (a container
+/// that dies) show up this late.
+const INFO_TTL: Duration = Duration::from_secs(2);
+
 pub struct Lxc {
     lxcpath: PathBuf,
+    recent: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LxcInfo)>>,
 }
 
 impl Lxc {
     pub fn new(lxcpath: PathBuf) -> Self {
-        Self { lxcpath }
+        Self {
+            lxcpath,
+            recent: Default::default(),
+        }
+    }
+
+    /// `info`, or an answer younger than `INFO_TTL` (listings ask for every
+    /// container at once; one process per container per request is too many).
+    pub async fn info_cached(&self, ct: &str) -> Result<LxcInfo, BackendError> {
+        if let Some((at, info)) = self.recent.lock().expect("info cache").get(ct)
+            && at.elapsed() < INFO_TTL
+        {
+            return Ok(info.clone());
+        }
+        self.info(ct).await
+    }
+
+    /// Forgets what `info_cached` knows of a container (after a change).
+    pub fn forget(&self, ct: &str) {
+        self.recent.lock().expect("info cache").remove(ct);
     }
 
     pub fn host_name(project: &str, name: &str) -> String {
@@ -104,17 +129,20 @@ impl Lxc {
             }
             () = cancel => return Err(BackendError::Conflict("cancelled".into())),
         }
-        self.write_config(ct, hostname, config).await
+        self.write_config(ct, hostname, config, &[]).await
     }
 
+    /// `mounts`: (host directory, absolute path in the container) of the
+    /// volumes attached to it, checked by the caller.
     pub async fn write_config(
         &self,
         ct: &str,
         hostname: &str,
         config: &ConfigMap,
+        mounts: &[(PathBuf, String)],
     ) -> Result<(), BackendError> {
         let dir = self.dir(ct);
-        let text = render_config(&dir, hostname, config)?;
+        let text = render_config(&dir, hostname, config, mounts)?;
         tokio::fs::write(dir.join("config"), text)
             .await
             .map_err(io("writing the container configuration"))
@@ -124,7 +152,12 @@ impl Lxc {
         let mut args = self.base_args(ct);
         args.push("-H".as_ref());
         let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
-        Ok(parse_info(&out.stdout))
+        let info = parse_info(&out.stdout);
+        self.recent
+            .lock()
+            .expect("info cache")
+            .insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
+        Ok(info)
     }
 
     pub async fn start(&self, ct: &str) -> Result<(), BackendError> {
@@ -365,6 +398,7 @@ pub fn render_config(
     dir: &Path,
     hostname: &str,
     config: &ConfigMap,
+    mounts: &[(PathBuf, String)],
 ) -> Result<String, BackendError> {
     check_config(config)?;
     let mut out = String::new();
@@ -399,6 +433,18 @@ pub fn render_config(
     }
     if let Some(v) = config.get("limits.processes") {
         line("lxc.cgroup.pids.max", v);
+    }
+    // fstab syntax: fields split on whitespace, so a space is written \040.
+    let field = |s: &str| s.replace(' ', "\\040");
+    for (host, target) in mounts {
+        line(
+            "lxc.mount.entry",
+            &format!(
+                "{} {} none bind,create=dir 0 0",
+                field(&host.display().to_string()),
+                field(target.trim_start_matches('/'))
+            ),
+        );
     }
     Ok(out)
 }
@@ -437,15 +483,25 @@ mod tests {
         let mut c = ConfigMap::new();
         c.insert("limits.memory".into(), "64MiB".into());
         c.insert("limits.cpu".into(), "1".into());
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c).unwrap();
+        let mounts = [(
+            PathBuf::from("/s/my pool/custom/default_v"),
+            "/srv/data".to_owned(),
+        )];
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &mounts).unwrap();
+        assert!(
+            text.contains(
+                "lxc.mount.entry = /s/my\\040pool/custom/default_v srv/data none bind,create=dir 0 0\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("lxc.cgroup.memory.limit_in_bytes = 67108864\n"));
         assert!(text.contains("lxc.cgroup.cpuset.cpus = 0-0\n"));
         assert!(text.contains("lxc.rootfs.path = dir:/d/default_c1/rootfs\n"));
         assert!(text.contains("lxc.net.0.type = empty\n"));
         c.insert("lxc.hook.start".into(), "/bin/evil".into());
-        assert!(render_config(Path::new("/d"), "c1", &c).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &[]).is_err());
         let mut c = ConfigMap::new();
         c.insert("limits.processes".into(), "10\nlxc.x = y".into());
-        assert!(render_config(Path::new("/d"), "c1", &c).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &[]).is_err());
     }
 }

@@ -14,6 +14,7 @@ mod projects;
 mod qemu;
 mod simplestreams;
 mod snapshots;
+mod storage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -478,6 +479,95 @@ impl Backend for EmbeddedBackend {
         backup: &str,
     ) -> Result<types::Download, BackendError> {
         self.export_backup_impl(project, name, backup).await
+    }
+
+    // --- storage (storage.rs) ---
+
+    async fn list_storage_pools(
+        &self,
+        expand: bool,
+    ) -> Result<Listing<types::StoragePool>, BackendError> {
+        self.list_pools_impl(expand).await
+    }
+
+    async fn get_storage_pool(
+        &self,
+        pool: &str,
+    ) -> Result<(types::StoragePool, Option<String>), BackendError> {
+        self.get_pool_impl(pool).await
+    }
+
+    async fn create_storage_pool(
+        &self,
+        req: &types::StoragePoolCreate,
+    ) -> Result<(), BackendError> {
+        self.create_pool_impl(req).await
+    }
+
+    async fn update_storage_pool(
+        &self,
+        pool: &str,
+        update: &types::StoragePoolUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_pool_impl(pool, update, if_match, replace).await
+    }
+
+    async fn delete_storage_pool(&self, pool: &str) -> Result<(), BackendError> {
+        self.delete_pool_impl(pool).await
+    }
+
+    async fn list_volumes(
+        &self,
+        project: &str,
+        pool: &str,
+        expand: bool,
+    ) -> Result<Listing<types::StorageVolume>, BackendError> {
+        self.list_volumes_impl(project, pool, expand).await
+    }
+
+    async fn get_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(types::StorageVolume, Option<String>), BackendError> {
+        self.get_volume_impl(project, pool, name).await
+    }
+
+    async fn create_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        req: &types::StorageVolumeCreate,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.create_volume_impl(project, pool, req)
+            .await
+            .map(|()| None)
+    }
+
+    async fn update_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+        update: &types::StorageVolumeUpdate,
+        if_match: Option<&str>,
+    ) -> Result<(), BackendError> {
+        self.update_volume_impl(project, pool, name, update, if_match)
+            .await
+    }
+
+    async fn delete_volume(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<Option<Operation>, BackendError> {
+        self.delete_volume_impl(project, pool, name)
+            .await
+            .map(|()| None)
     }
 
     // --- projects (projects.rs) ---

@@ -124,6 +124,7 @@ impl Qemu {
         boot: &Boot,
         config: &ConfigMap,
         accel: &str,
+        drives: &[PathBuf],
     ) -> Result<Vec<String>, BackendError> {
         let dir = self.vm_dir(vm);
         // QEMU option strings split on ',': a comma in a path is doubled.
@@ -192,13 +193,28 @@ impl Qemu {
                 cmdline.clone(),
             ]),
         }
+        // Attached block volumes, after the boot disk.
+        for d in drives {
+            args.extend([
+                "-drive".to_owned(),
+                format!(
+                    "file={},format=qcow2,if=virtio",
+                    d.display().to_string().replace(',', ",,")
+                ),
+            ]);
+        }
         Ok(args)
     }
 
-    pub async fn start(&self, vm: &str, config: &ConfigMap) -> Result<(), BackendError> {
+    pub async fn start(
+        &self,
+        vm: &str,
+        config: &ConfigMap,
+        drives: &[PathBuf],
+    ) -> Result<(), BackendError> {
         let boot = self.boot(vm).await?;
         let (accel, _) = super::detect::choose_accel(self.accel).await;
-        let args = self.args(vm, &boot, config, accel)?;
+        let args = self.args(vm, &boot, config, accel, drives)?;
         // Stale sockets of an earlier run would make QEMU refuse to bind.
         for f in ["qmp.sock", "console.sock", "qemu.pid"] {
             let _ = tokio::fs::remove_file(self.vm_dir(vm).join(f)).await;
@@ -443,6 +459,7 @@ mod tests {
                 },
                 &c,
                 "tcg",
+                &[],
             )
             .unwrap();
         let joined = a.join(" ");
@@ -457,11 +474,16 @@ mod tests {
             "{joined}"
         );
         c.insert("limits.cpu".into(), "0-1".into());
-        assert!(q.args("default_v1", &Boot::Disk, &c, "tcg").is_err());
+        assert!(q.args("default_v1", &Boot::Disk, &c, "tcg", &[]).is_err());
+        let extra = [PathBuf::from("/s/custom/default_b.qcow2")];
         let d = q
-            .args("default_v1", &Boot::Disk, &ConfigMap::new(), "tcg")
+            .args("default_v1", &Boot::Disk, &ConfigMap::new(), "tcg", &extra)
             .unwrap()
             .join(" ");
+        assert!(
+            d.ends_with("-drive file=/s/custom/default_b.qcow2,format=qcow2,if=virtio"),
+            "{d}"
+        );
         assert!(
             d.contains("file=/d/vms/default_v1/root.qcow2,format=qcow2,if=virtio"),
             "{d}"

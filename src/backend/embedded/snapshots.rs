@@ -419,7 +419,7 @@ impl EmbeddedBackend {
                     if was_running {
                         let config: ConfigMap =
                             serde_json::from_str(&row.config).unwrap_or_default();
-                        driver.start(&host, &config).await?;
+                        driver.start(&host, &config, &[]).await?;
                     }
                 }
                 // The configuration goes back too.

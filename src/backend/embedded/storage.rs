@@ -1,0 +1,659 @@
+//! Storage on the embedded backend: `dir` pools (a directory each: the
+//! implicit `default` under `DATA_DIR/storage/default`, others under
+//! `DATA_DIR/storage/<name>` or an absolute `source`), and custom volumes in
+//! them: directories (`filesystem`, bind-mounted into containers) or qcow2
+//! disks (`block`, attached to VMs as virtio disks).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::EmbeddedBackend;
+use super::images::db;
+use super::lxc::parse_size;
+use super::operations::{lifecycle, now, resource_url};
+use super::process::run;
+use crate::backend::types::{
+    DevicesMap, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
+    StorageVolumeCreate, StorageVolumeUpdate,
+};
+use crate::backend::{BackendError, Listing};
+use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
+
+pub const DEFAULT_POOL: &str = "default";
+/// Size of a block volume created without `size`.
+const DEFAULT_BLOCK_SIZE: &str = "1GiB";
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
+    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+/// A pool's `source`: an absolute, plain path (it ends up in LXC mount
+/// entries and QEMU options).
+fn check_source(source: &str) -> Result<(), BackendError> {
+    let p = Path::new(source);
+    let plain = source
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+    if !p.is_absolute() || !plain || p.components().any(|c| c.as_os_str() == "..") {
+        return Err(BackendError::BadRequest(
+            "source must be an absolute path of letters, digits, '/', '.', '_' and '-'".into(),
+        ));
+    }
+    for banned in ["/proc", "/sys", "/dev", "/etc", "/boot", "/run"] {
+        if p.starts_with(banned) || p == Path::new("/") {
+            return Err(BackendError::BadRequest(format!(
+                "source {source} is a system path"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn pool_etag(p: &StoragePool) -> String {
+    hex::encode(Sha256::digest(json!([p.description, p.config]).to_string()))
+}
+
+fn volume_etag(v: &StorageVolume) -> String {
+    hex::encode(Sha256::digest(json!([v.description, v.config]).to_string()))
+}
+
+/// A disk device that names a custom volume.
+pub fn volume_device(d: &std::collections::BTreeMap<String, String>) -> Option<(&str, &str)> {
+    if d.get("type").map(String::as_str) != Some("disk") || d.get("path").is_some_and(|p| p == "/")
+    {
+        return None;
+    }
+    Some((d.get("pool")?.as_str(), d.get("source")?.as_str()))
+}
+
+impl EmbeddedBackend {
+    fn storage_root(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+
+    async fn pool_row(&self, name: &str) -> Result<PoolRow, BackendError> {
+        if name == DEFAULT_POOL {
+            return Ok(PoolRow {
+                name: DEFAULT_POOL.into(),
+                driver: "dir".into(),
+                description: "Default lxgate storage pool".into(),
+                config: "{}".into(),
+                created_at: String::new(),
+            });
+        }
+        inv::get_pool(&self.pool, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Storage pool not found".into()))
+    }
+
+    fn pool_dir(&self, row: &PoolRow) -> PathBuf {
+        let config: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&row.config).unwrap_or_default();
+        match config.get("source") {
+            Some(s) => PathBuf::from(s),
+            None => self.storage_root().join(&row.name),
+        }
+    }
+
+    /// Where a volume's data lives on the host.
+    pub(super) async fn volume_path(
+        &self,
+        pool: &str,
+        project: &str,
+        name: &str,
+    ) -> Result<(PathBuf, String), BackendError> {
+        let prow = self.pool_row(pool).await?;
+        let v = inv::get_volume(&self.pool, pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+        let base = self
+            .pool_dir(&prow)
+            .join("custom")
+            .join(format!("{project}_{name}"));
+        Ok(if v.content_type == "block" {
+            (base.with_extension("qcow2"), v.content_type)
+        } else {
+            (base, v.content_type)
+        })
+    }
+
+    async fn volume_used_by(&self, pool: &str, project: &str, name: &str) -> Vec<String> {
+        let rows = inv::list_instances(&self.pool, Some(project))
+            .await
+            .unwrap_or_default();
+        rows.into_iter()
+            .filter(|r| {
+                let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+                devices
+                    .values()
+                    .filter_map(volume_device)
+                    .any(|(p, s)| p == pool && s == name)
+            })
+            .map(|r| resource_url(project, &format!("instances/{}", r.name)))
+            .collect()
+    }
+
+    async fn to_pool(&self, row: &PoolRow) -> Result<StoragePool, BackendError> {
+        let mut config: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&row.config).unwrap_or_default();
+        config
+            .entry("source".into())
+            .or_insert_with(|| self.pool_dir(row).display().to_string());
+        let used_by = inv::list_volumes(&self.pool, &row.name, None)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|v| {
+                resource_url(
+                    &v.project,
+                    &format!("storage-pools/{}/volumes/custom/{}", row.name, v.name),
+                )
+            })
+            .collect();
+        Ok(StoragePool {
+            name: row.name.clone(),
+            description: row.description.clone(),
+            driver: row.driver.clone(),
+            status: "Created".into(),
+            config,
+            used_by,
+            locations: vec!["none".into()],
+        })
+    }
+
+    pub(super) async fn list_pools_impl(
+        &self,
+        expand: bool,
+    ) -> Result<Listing<StoragePool>, BackendError> {
+        let mut rows = vec![self.pool_row(DEFAULT_POOL).await?];
+        rows.extend(inv::list_pools(&self.pool).await.map_err(db)?);
+        if !expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        let mut out = Vec::new();
+        for r in &rows {
+            out.push(self.to_pool(r).await?);
+        }
+        Ok(Listing::Full(out))
+    }
+
+    pub(super) async fn get_pool_impl(
+        &self,
+        name: &str,
+    ) -> Result<(StoragePool, Option<String>), BackendError> {
+        let p = self.to_pool(&self.pool_row(name).await?).await?;
+        let tag = pool_etag(&p);
+        Ok((p, Some(tag)))
+    }
+
+    pub(super) async fn create_pool_impl(
+        &self,
+        req: &StoragePoolCreate,
+    ) -> Result<(), BackendError> {
+        if req.driver != "dir" {
+            return Err(BackendError::NotSupported(format!(
+                "the embedded backend has the dir storage driver only, not {}",
+                req.driver
+            )));
+        }
+        for (k, v) in &req.config {
+            match k.as_str() {
+                "source" => check_source(v)?,
+                k if k.starts_with("user.") => {}
+                _ => {
+                    return Err(BackendError::BadRequest(format!(
+                        "Unknown storage pool configuration key: {k}"
+                    )));
+                }
+            }
+        }
+        if req.name == DEFAULT_POOL
+            || inv::get_pool(&self.pool, &req.name)
+                .await
+                .map_err(db)?
+                .is_some()
+        {
+            return Err(BackendError::Conflict("Storage pool already exists".into()));
+        }
+        let row = PoolRow {
+            name: req.name.clone(),
+            driver: "dir".into(),
+            description: req.description.clone(),
+            config: serde_json::to_string(&req.config).unwrap_or_else(|_| "{}".into()),
+            created_at: now(),
+        };
+        tokio::fs::create_dir_all(self.pool_dir(&row).join("custom"))
+            .await
+            .map_err(|e| {
+                BackendError::BadRequest(format!("cannot use the pool's directory: {e}"))
+            })?;
+        inv::insert_pool(&self.pool, &row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("Storage pool already exists".into())
+                }
+                e => db(e),
+            })?;
+        lifecycle(
+            &self.bus,
+            "",
+            "storage-pool-created",
+            &format!("/1.0/storage-pools/{}", req.name),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn update_pool_impl(
+        &self,
+        name: &str,
+        update: &StoragePoolUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        let mut row = self.pool_row(name).await?;
+        if name == DEFAULT_POOL {
+            return Err(BackendError::BadRequest(
+                "the default pool has no settings to change".into(),
+            ));
+        }
+        let current = self.to_pool(&row).await?;
+        if let Some(tag) = if_match
+            && tag.trim_matches('"') != pool_etag(&current)
+        {
+            return Err(BackendError::PreconditionFailed(
+                "ETag doesn't match".into(),
+            ));
+        }
+        let old: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&row.config).unwrap_or_default();
+        let mut config = if replace {
+            old.iter()
+                .filter(|(k, _)| *k == "source")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            old.clone()
+        };
+        if let Some(c) = &update.config {
+            for (k, v) in c {
+                if k == "source" && old.get("source") != Some(v) {
+                    return Err(BackendError::BadRequest(
+                        "a pool's source cannot change".into(),
+                    ));
+                }
+                if !k.starts_with("user.") && k != "source" {
+                    return Err(BackendError::BadRequest(format!(
+                        "Unknown storage pool configuration key: {k}"
+                    )));
+                }
+                config.insert(k.clone(), v.clone());
+            }
+        }
+        row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
+        if let Some(d) = &update.description {
+            row.description = d.clone();
+        } else if replace {
+            row.description = String::new();
+        }
+        inv::update_pool(&self.pool, &row).await.map_err(db)
+    }
+
+    pub(super) async fn delete_pool_impl(&self, name: &str) -> Result<(), BackendError> {
+        if name == DEFAULT_POOL {
+            return Err(BackendError::BadRequest(
+                "the default pool cannot be deleted".into(),
+            ));
+        }
+        let row = self.pool_row(name).await?;
+        if !inv::list_volumes(&self.pool, name, None)
+            .await
+            .map_err(db)?
+            .is_empty()
+        {
+            return Err(BackendError::BadRequest(
+                "The storage pool is currently in use".into(),
+            ));
+        }
+        inv::delete_pool(&self.pool, name).await.map_err(db)?;
+        // Only lxgate's own directory goes; a configured source stays.
+        let dir = self.pool_dir(&row);
+        let _ = tokio::fs::remove_dir(dir.join("custom")).await;
+        if dir.starts_with(self.storage_root()) {
+            let _ = tokio::fs::remove_dir(&dir).await;
+        }
+        lifecycle(
+            &self.bus,
+            "",
+            "storage-pool-deleted",
+            &format!("/1.0/storage-pools/{name}"),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    async fn to_volume(&self, row: &VolumeRow) -> StorageVolume {
+        StorageVolume {
+            name: row.name.clone(),
+            description: row.description.clone(),
+            volume_type: "custom".into(),
+            content_type: row.content_type.clone(),
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            used_by: self
+                .volume_used_by(&row.pool, &row.project, &row.name)
+                .await,
+            location: "none".into(),
+            project: row.project.clone(),
+            created_at: row.created_at.clone(),
+        }
+    }
+
+    pub(super) async fn list_volumes_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        expand: bool,
+    ) -> Result<Listing<StorageVolume>, BackendError> {
+        self.ensure_project(project).await?;
+        self.pool_row(pool).await?;
+        let rows = inv::list_volumes(&self.pool, pool, Some(project))
+            .await
+            .map_err(db)?;
+        if !expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        let mut out = Vec::new();
+        for r in &rows {
+            out.push(self.to_volume(r).await);
+        }
+        Ok(Listing::Full(out))
+    }
+
+    pub(super) async fn get_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(StorageVolume, Option<String>), BackendError> {
+        self.pool_row(pool).await?;
+        let row = inv::get_volume(&self.pool, pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+        let v = self.to_volume(&row).await;
+        let tag = volume_etag(&v);
+        Ok((v, Some(tag)))
+    }
+
+    pub(super) async fn create_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        req: &StorageVolumeCreate,
+    ) -> Result<(), BackendError> {
+        self.ensure_project(project).await?;
+        let prow = self.pool_row(pool).await?;
+        let content = req.content_type.as_deref().unwrap_or("filesystem");
+        if !matches!(content, "filesystem" | "block") {
+            return Err(BackendError::BadRequest(format!(
+                "content_type {content} is not filesystem or block"
+            )));
+        }
+        let mut config = req.config.clone();
+        for (k, v) in &config {
+            match k.as_str() {
+                "size" if content == "block" => {
+                    parse_size(v)
+                        .ok_or_else(|| BackendError::BadRequest(format!("invalid size {v:?}")))?;
+                }
+                "size" => {
+                    return Err(BackendError::NotSupported(
+                        "the dir driver cannot enforce the size of a filesystem volume".into(),
+                    ));
+                }
+                k if k.starts_with("user.") => {}
+                _ => {
+                    return Err(BackendError::BadRequest(format!(
+                        "Unknown storage volume configuration key: {k}"
+                    )));
+                }
+            }
+        }
+        if content == "block" {
+            config
+                .entry("size".into())
+                .or_insert_with(|| DEFAULT_BLOCK_SIZE.into());
+        }
+        let row = VolumeRow {
+            pool: pool.to_owned(),
+            project: project.to_owned(),
+            name: req.name.clone(),
+            content_type: content.to_owned(),
+            description: req.description.clone(),
+            config: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+            created_at: now(),
+        };
+        inv::insert_volume(&self.pool, &row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("Storage volume already exists".into())
+                }
+                e => db(e),
+            })?;
+        let dir = self.pool_dir(&prow).join("custom");
+        let made = async {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(io("creating the pool directory"))?;
+            let base = dir.join(format!("{project}_{}", req.name));
+            if content == "block" {
+                let bytes = parse_size(&config["size"]).unwrap_or(1 << 30);
+                run(
+                    "qemu-img",
+                    [
+                        "create".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        base.with_extension("qcow2").as_os_str(),
+                        bytes.to_string().as_ref(),
+                    ],
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|_| ())
+            } else {
+                tokio::fs::create_dir(&base)
+                    .await
+                    .map_err(io("creating the volume"))
+            }
+        }
+        .await;
+        if let Err(e) = made {
+            let _ = inv::delete_volume(&self.pool, pool, project, &req.name).await;
+            return Err(e);
+        }
+        lifecycle(
+            &self.bus,
+            project,
+            "storage-volume-created",
+            &resource_url(
+                project,
+                &format!("storage-pools/{pool}/volumes/custom/{}", req.name),
+            ),
+            json!({"type": content}),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn update_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+        update: &StorageVolumeUpdate,
+        if_match: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let (current, tag) = self.get_volume_impl(project, pool, name).await?;
+        if let Some(want) = if_match
+            && Some(want.trim_matches('"')) != tag.as_deref()
+        {
+            return Err(BackendError::PreconditionFailed(
+                "ETag doesn't match".into(),
+            ));
+        }
+        let mut row = inv::get_volume(&self.pool, pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+        let mut config = current.config.clone();
+        if let Some(c) = &update.config {
+            for (k, v) in c {
+                match k.as_str() {
+                    "size" if current.content_type == "block" => {
+                        let bytes = parse_size(v).ok_or_else(|| {
+                            BackendError::BadRequest(format!("invalid size {v:?}"))
+                        })?;
+                        let old = config.get("size").and_then(|s| parse_size(s)).unwrap_or(0);
+                        if bytes < old {
+                            return Err(BackendError::BadRequest(
+                                "a block volume can grow, not shrink".into(),
+                            ));
+                        }
+                        let (path, _) = self.volume_path(pool, project, name).await?;
+                        run(
+                            "qemu-img",
+                            [
+                                "resize".as_ref(),
+                                "-q".as_ref(),
+                                path.as_os_str(),
+                                bytes.to_string().as_ref(),
+                            ],
+                            Duration::from_secs(60),
+                        )
+                        .await?;
+                    }
+                    "size" => {
+                        return Err(BackendError::NotSupported(
+                            "the dir driver cannot enforce the size of a filesystem volume".into(),
+                        ));
+                    }
+                    k if k.starts_with("user.") => {}
+                    _ => {
+                        return Err(BackendError::BadRequest(format!(
+                            "Unknown storage volume configuration key: {k}"
+                        )));
+                    }
+                }
+                config.insert(k.clone(), v.clone());
+            }
+        }
+        row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
+        if let Some(d) = &update.description {
+            row.description = d.clone();
+        }
+        inv::update_volume(&self.pool, &row).await.map_err(db)
+    }
+
+    pub(super) async fn delete_volume_impl(
+        &self,
+        project: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        let (path, content) = self.volume_path(pool, project, name).await?;
+        if !self.volume_used_by(pool, project, name).await.is_empty() {
+            return Err(BackendError::BadRequest(
+                "The storage volume is attached to an instance; detach it first".into(),
+            ));
+        }
+        inv::delete_volume(&self.pool, pool, project, name)
+            .await
+            .map_err(db)?;
+        let removed = if content == "block" {
+            tokio::fs::remove_file(&path).await
+        } else {
+            tokio::fs::remove_dir_all(&path).await
+        };
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io("removing the volume")(e));
+        }
+        lifecycle(
+            &self.bus,
+            project,
+            "storage-volume-deleted",
+            &resource_url(
+                project,
+                &format!("storage-pools/{pool}/volumes/custom/{name}"),
+            ),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    /// Host paths and targets of an instance's volume devices, checked: the
+    /// volumes exist in its project, paths are absolute and plain, and the
+    /// content type suits the instance type.
+    pub(super) async fn volume_mounts(
+        &self,
+        project: &str,
+        devices: &DevicesMap,
+        vm: bool,
+    ) -> Result<Vec<(PathBuf, String)>, BackendError> {
+        let mut out = Vec::new();
+        for (dev, d) in devices {
+            let Some((pool, source)) = volume_device(d) else {
+                return Err(BackendError::NotSupported(format!(
+                    "device {dev}: the embedded backend attaches custom storage volumes (disk devices with pool and source) only"
+                )));
+            };
+            let (path, content) =
+                self.volume_path(pool, project, source)
+                    .await
+                    .map_err(|e| match e {
+                        BackendError::NotFound(_) => BackendError::BadRequest(format!(
+                            "device {dev}: volume {source} does not exist in pool {pool}"
+                        )),
+                        e => e,
+                    })?;
+            let target = d.get("path").cloned().unwrap_or_default();
+            match (vm, content.as_str()) {
+                (false, "filesystem") => {
+                    let ok = target.starts_with('/')
+                        && target.len() > 1
+                        && target.split('/').all(|c| c != ".." && c != ".")
+                        && target
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+                    if !ok {
+                        return Err(BackendError::BadRequest(format!(
+                            "device {dev}: path must be an absolute, plain path in the container"
+                        )));
+                    }
+                }
+                (true, "block") => {}
+                (false, _) => {
+                    return Err(BackendError::BadRequest(format!(
+                        "device {dev}: a container takes filesystem volumes"
+                    )));
+                }
+                (true, _) => {
+                    return Err(BackendError::NotSupported(format!(
+                        "device {dev}: a VM takes block volumes (sharing a filesystem needs virtiofs)"
+                    )));
+                }
+            }
+            out.push((path, target));
+        }
+        Ok(out)
+    }
+}
