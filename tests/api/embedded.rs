@@ -1392,3 +1392,44 @@ async fn storage_pools_and_volumes_on_dir() {
     let r = app.delete("/api/v1/storage/pools/fast", Some(&admin)).await;
     assert!(r.status.is_success(), "{}", r.text);
 }
+
+#[tokio::test]
+async fn host_interfaces_are_listed_read_only() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let list = app.get("/api/v1/networks", Some(&admin)).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let lo = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "lo")
+        .cloned()
+        .expect("lo is listed");
+    assert_eq!(lo["type"], "loopback");
+    assert_eq!(lo["managed"], false);
+    let st = app.get("/api/v1/networks/lo/state", Some(&admin)).await;
+    assert_eq!(st.status, StatusCode::OK, "{}", st.text);
+    assert!(
+        st.body["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["address"] == "127.0.0.1"),
+        "{}",
+        st.text
+    );
+    let missing = app.get("/api/v1/networks/nosuchif0", Some(&admin)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+    // Managed bridges are not offered yet: said clearly, nothing changed.
+    let r = app
+        .post(
+            "/api/v1/networks",
+            Some(&admin),
+            json!({"name": "lxgbr9", "type": "bridge"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text);
+    assert!(!Path::new("/sys/class/net/lxgbr9").exists());
+}

@@ -8,6 +8,7 @@ mod files;
 mod images;
 mod instances;
 mod lxc;
+mod networks;
 mod operations;
 mod process;
 mod projects;
@@ -568,6 +569,32 @@ impl Backend for EmbeddedBackend {
         self.delete_volume_impl(project, pool, name)
             .await
             .map(|()| None)
+    }
+
+    // --- networks (networks.rs): the host's interfaces, read-only ---
+
+    async fn list_networks(
+        &self,
+        project: &str,
+        expand: bool,
+    ) -> Result<Listing<types::Network>, BackendError> {
+        self.list_networks_impl(project, expand).await
+    }
+
+    async fn get_network(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(types::Network, Option<String>), BackendError> {
+        self.get_network_impl(project, name).await
+    }
+
+    async fn network_state(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<types::NetworkState, BackendError> {
+        self.network_state_impl(project, name).await
     }
 
     // --- projects (projects.rs) ---
