@@ -111,6 +111,9 @@ do_start() {
             fd="${fd##*/}"
             if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
         done
+        # Not the caller's directory: incusd's children (rsync for snapshots)
+        # inherit it, and fail once a test checkout it was started from is gone.
+        cd "$INCUS_DIR"
         exec setsid -f nohup "$INCUSD" --group root --logfile "$LOGFILE" \
             </dev/null >"$TESTBED_DIR/incusd.stdout" 2>&1
     )

@@ -293,6 +293,7 @@ pub fn build(state: AppState) -> Router {
                         .try_it_out_enabled(true),
                 ),
         )
+        .route("/terminal", axum::routing::get(terminal_page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -319,4 +320,24 @@ pub fn build(state: AppState) -> Router {
         router = router.layer(cors(&config.cors_origins));
     }
     router.layer(middleware::from_fn(telemetry::request_context))
+}
+
+/// A browser terminal for `exec/ws` and `console/ws` (static; it reads the
+/// token Swagger UI keeps and trades it for a WebSocket ticket). Not framable,
+/// so no other site can overlay it and catch keystrokes.
+async fn terminal_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("../static/terminal.html"),
+    )
 }

@@ -20,13 +20,13 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every host name and IP literal resolves to nothing, except 127.0.0.1: a page
 /// that needs anything from the internet (a CDN script, a web font) breaks.
-const OFFLINE_RULES: &str = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1";
+pub const OFFLINE_RULES: &str = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1";
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-fn chromium_path() -> PathBuf {
+pub fn chromium_path() -> PathBuf {
     let path = std::env::var_os("LXGATE_TEST_CHROMIUM")
         .map(PathBuf::from)
         .expect(
@@ -41,16 +41,16 @@ fn chromium_path() -> PathBuf {
     path
 }
 
-struct BrowserRun {
+pub struct BrowserRun {
     /// `--dump-dom` output: the DOM after scripts ran.
-    dom: String,
-    stderr: String,
+    pub dom: String,
+    pub stderr: String,
 }
 
 /// Runs headless Chromium once on `url` with a fresh profile under `work`,
 /// `extra` flags added, and returns the dumped DOM. Bounded by
 /// `CHROMIUM_TIMEOUT`; the whole process group is killed if it overruns.
-async fn chromium(work: &Path, url: &str, extra: &[String]) -> BrowserRun {
+pub async fn chromium(work: &Path, url: &str, extra: &[String]) -> BrowserRun {
     let profile = tempfile::tempdir_in(work).expect("profile dir");
     let mut cmd = tokio::process::Command::new(chromium_path());
     cmd.args([

@@ -1433,3 +1433,136 @@ async fn host_interfaces_are_listed_read_only() {
     assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text);
     assert!(!Path::new("/sys/class/net/lxgbr9").exists());
 }
+
+/// The browser terminal (`/terminal`) in headless Chromium: it trades the
+/// token for a ticket, opens exec/ws, shows the output and the exit code.
+#[tokio::test]
+async fn the_browser_terminal_runs_a_command() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "t1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+
+    let page = app.get("/terminal", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+
+    let fragment: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("instance", "t1")
+        .append_pair("token", &admin)
+        .append_pair("command", "sh")
+        .append_pair("command", "-c")
+        .append_pair("command", "echo term-ok-$((6*7))")
+        .append_pair("autoconnect", "1")
+        .finish();
+    let url = format!("{}/terminal#{fragment}", app.base);
+    let screen = browser_screen(host.dir.path(), &url, "[exited 0]").await;
+    assert!(screen.contains("term-ok-42"), "{screen}");
+    action(&app, &admin, "t1", "stop").await;
+}
+
+/// Opens `url` in headless Chromium (real time: the page talks over a
+/// WebSocket, which virtual time does not wait for) and reads the terminal's
+/// screen over the DevTools protocol until it shows `until` (bounded).
+async fn browser_screen(work: &Path, url: &str, until: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let profile = tempfile::tempdir_in(work).unwrap();
+    let mut child = tokio::process::Command::new(crate::docs_ui::chromium_path())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+        ])
+        .arg(crate::docs_ui::OFFLINE_RULES)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .env("HOME", work)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+    // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(rest) = l.split("ws://127.0.0.1:").nth(1) {
+                return rest.split('/').next().unwrap().to_owned();
+            }
+        }
+        panic!("chromium printed no DevTools address");
+    })
+    .await
+    .expect("chromium's DevTools address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/json/list"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let targets: Value = r.json().await.unwrap_or_default();
+        let Some(ws_url) = targets
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+        else {
+            continue;
+        };
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(ws_url).await else {
+            continue;
+        };
+        let ask = json!({"id": 1, "method": "Runtime.evaluate", "params": {
+            "expression": "document.getElementById('screen').textContent + '\\n' + document.getElementById('status').textContent",
+            "returnByValue": true}});
+        if ws
+            .send(Message::Text(ask.to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                if v["id"] == 1 {
+                    last = v["result"]["result"]["value"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    break;
+                }
+            }
+        }
+        if last.contains(until) {
+            return last;
+        }
+    }
+    panic!("the terminal never showed {until:?}; last screen:\n{last}");
+}
