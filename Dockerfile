@@ -33,6 +33,8 @@ RUN set -eux; \
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# Pages compiled into the binary (include_str!), e.g. the browser terminal.
+COPY static ./static
 # Forget the dummy crate's build so the real one is compiled (COPY keeps the
 # sources' old mtimes, which cargo would otherwise take as "up to date").
 RUN set -eux; \
@@ -52,7 +54,7 @@ ARG WITH_EMBEDDED=0
 RUN set -eux; \
     apt-get update; \
     pkgs="ca-certificates curl"; \
-    if [ "$WITH_EMBEDDED" = "1" ]; then pkgs="$pkgs lxc qemu-system-x86 qemu-utils"; fi; \
+    if [ "$WITH_EMBEDDED" = "1" ]; then pkgs="$pkgs lxc qemu-system-x86 qemu-utils iproute2"; fi; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs; \
     rm -rf /var/lib/apt/lists/*
 

@@ -1566,3 +1566,87 @@ async fn browser_screen(work: &Path, url: &str, until: &str) -> String {
     }
     panic!("the terminal never showed {until:?}; last screen:\n{last}");
 }
+
+#[tokio::test]
+async fn snapshots_of_a_vm_disk() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    // A qcow2 VM image: the VM gets an overlay disk on it.
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+        )
+        .part(
+            "rootfs.img",
+            Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
+        )
+        .text("alias", "diskvm");
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/images/import?wait=60",
+                Some(&admin),
+            )
+            .multipart(form),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "d1", "type": "virtual-machine", "source": {"type": "image", "alias": "diskvm"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let disk = host.dir.path().join("data/vms/default_d1/root.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(
+        info["backing-filename"]
+            .as_str()
+            .is_some_and(|b| b.contains("/images/")),
+        "an overlay on the image: {info}"
+    );
+
+    let r = app
+        .post(
+            "/api/v1/instances/d1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "s0"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let listed = |disk: &Path| {
+        let out = Command::new("qemu-img")
+            .args(["snapshot", "-l"])
+            .arg(disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(listed(&disk).contains("s0"), "{}", listed(&disk));
+    let r = app
+        .post(
+            "/api/v1/instances/d1/snapshots/s0/restore?wait=60",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .delete("/api/v1/instances/d1/snapshots/s0?wait=60", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert!(!listed(&disk).contains("s0"), "{}", listed(&disk));
+    let r = app
+        .delete("/api/v1/instances/d1?wait=30", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+}
