@@ -110,18 +110,7 @@ pub async fn pull(rootfs: &Path, path: &str) -> Result<FilePull, BackendError> {
     }
     let (file, len) = file.expect("a file");
     let file = tokio::fs::File::from_std(file);
-    let stream = futures::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(buf.into()), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
+    let stream = super::instances::file_stream(file);
     Ok(FilePull::File {
         meta,
         content: Download {

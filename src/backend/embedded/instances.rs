@@ -65,11 +65,12 @@ pub async fn download_file(path: &Path, content_type: &str) -> Result<Download, 
     Ok(Download {
         content_type: Some(content_type.to_owned()),
         content_length: len,
-        stream: Box::pin(tokio_util_stream(file)),
+        stream: Box::pin(file_stream(file)),
     })
 }
 
-fn tokio_util_stream(
+/// A file's bytes as a stream of 64 KiB chunks, read asynchronously.
+pub fn file_stream(
     file: tokio::fs::File,
 ) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
     futures::stream::unfold(file, |mut f| async move {
@@ -144,14 +145,7 @@ impl EmbeddedBackend {
         &self,
         scope: ListScope<'_>,
     ) -> Result<Listing<Instance>, BackendError> {
-        if scope.filter.is_some() {
-            return Err(BackendError::NotSupported(
-                "filter expressions are not supported by the embedded backend".into(),
-            ));
-        }
-        if let Some(p) = scope.project {
-            self.ensure_project(p).await?;
-        }
+        self.check_scope(&scope).await?;
         let rows = inv::list_instances(&self.pool, scope.project)
             .await
             .map_err(db)?;
@@ -172,6 +166,20 @@ impl EmbeddedBackend {
             .collect()
             .await;
         Ok(Listing::Full(out))
+    }
+
+    /// A listing's scope: no filter expressions (Incus's language is not
+    /// implemented here), and a project that exists.
+    pub(super) async fn check_scope(&self, scope: &ListScope<'_>) -> Result<(), BackendError> {
+        if scope.filter.is_some() {
+            return Err(BackendError::NotSupported(
+                "filter expressions are not supported by the embedded backend".into(),
+            ));
+        }
+        if let Some(p) = scope.project {
+            self.ensure_project(p).await?;
+        }
+        Ok(())
     }
 
     /// The host name of a running instance and whether it is a VM, or a clear 400.

@@ -663,14 +663,7 @@ impl Backend for EmbeddedBackend {
         &self,
         scope: ListScope<'_>,
     ) -> Result<Listing<types::Image>, BackendError> {
-        if scope.filter.is_some() {
-            return Err(BackendError::NotSupported(
-                "filter expressions are not supported by the embedded backend".into(),
-            ));
-        }
-        if let Some(p) = scope.project {
-            self.ensure_project(p).await?;
-        }
+        self.check_scope(&scope).await?;
         let rows = inv::list_images(&self.pool, scope.project)
             .await
             .map_err(db)?;
