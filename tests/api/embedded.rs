@@ -1172,6 +1172,11 @@ async fn image_copy_from_a_simplestreams_server() {
     let app = host.app().await;
     let admin = app.admin_token().await;
     let (server, fp) = simplestreams_server(None).await;
+    let mut ops = app
+        .ws(&format!("/api/v1/operations/ws?token={admin}"))
+        .await
+        .expect("operations");
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let r = app
         .post(
@@ -1183,11 +1188,28 @@ async fn image_copy_from_a_simplestreams_server() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
-    // Progress was reported on the way.
+    assert_eq!(r.body["metadata"]["fingerprint"], fp.as_str(), "{}", r.text);
+    // Progress was reported on the way, in the operation's metadata.
+    let mut progress = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !progress
+        .iter()
+        .any(|p: &String| p.starts_with("rootfs: 100%"))
+    {
+        match tokio::time::timeout_at(deadline, ops.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let e: Value = serde_json::from_str(&t).unwrap();
+                if let Some(p) = e["metadata"]["metadata"]["download_progress"].as_str() {
+                    progress.push(p.to_owned());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no download progress ({progress:?}): {other:?}"),
+        }
+    }
     assert!(
-        r.body["metadata"]["fingerprint"] == fp.as_str(),
-        "{}",
-        r.text
+        progress.iter().any(|p| p.starts_with("metadata: ")),
+        "{progress:?}"
     );
     let img = app.get(&format!("/api/v1/images/{fp}"), Some(&admin)).await;
     assert_eq!(img.status, StatusCode::OK, "{}", img.text);

@@ -110,23 +110,14 @@ impl Driver {
     }
 
     /// A container stops and starts again; a VM is reset in place.
-    pub async fn restart(
-        &self,
-        host: &str,
-        config: &ConfigMap,
-        timeout: i64,
-        force: bool,
-    ) -> Result<(), BackendError> {
+    pub async fn restart(&self, host: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
                 lxc.forget(host);
                 lxc.stop(host, timeout, force).await?;
                 lxc.start(host).await
             }
-            Driver::Qemu(q) => {
-                let _ = config;
-                q.qmp(host, "system_reset", None).await.map(|_| ())
-            }
+            Driver::Qemu(q) => q.qmp(host, "system_reset", None).await.map(|_| ()),
         }
     }
 

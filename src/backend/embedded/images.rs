@@ -259,18 +259,18 @@ pub async fn find(pool: &AnyPool, project: &str, prefix: &str) -> Result<ImageRo
 }
 
 /// The API object for a stored image.
-pub async fn to_image(pool: &AnyPool, row: &ImageRow) -> Result<Image, BackendError> {
-    let aliases = inv::list_aliases(pool, &row.project)
-        .await
-        .map_err(db)?
-        .into_iter()
+/// The API object for a stored image; `aliases` are its project's (read
+/// once per listing, not once per image).
+pub fn to_image(row: &ImageRow, aliases: &[AliasRow]) -> Image {
+    let aliases = aliases
+        .iter()
         .filter(|a| a.target == row.fingerprint)
         .map(|a| ImageAlias {
-            name: a.name,
-            description: a.description,
+            name: a.name.clone(),
+            description: a.description.clone(),
         })
         .collect();
-    Ok(Image {
+    Image {
         fingerprint: row.fingerprint.clone(),
         aliases,
         architecture: row.architecture.clone(),
@@ -284,7 +284,7 @@ pub async fn to_image(pool: &AnyPool, row: &ImageRow) -> Result<Image, BackendEr
         size: row.size,
         image_type: row.image_type.clone(),
         ..Default::default()
-    })
+    }
 }
 
 pub fn to_alias(row: &AliasRow, image_type: &str) -> ImageAliasesEntry {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::driver::{Driver, VM};
 use super::lxc::{self, Lxc};
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
-use super::qemu::Boot;
+use super::qemu;
 use super::{EmbeddedBackend, images, resources};
 use crate::backend::types::{
     ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
@@ -36,6 +36,17 @@ fn db(e: sqlx::Error) -> BackendError {
 pub fn etag(inst: &Instance) -> String {
     let v = json!([inst.config, inst.devices, inst.profiles, inst.ephemeral]);
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
+/// Keys lxgate sets itself (`image.*` from the image, `volatile.*`); users
+/// neither set nor see them overwritten.
+fn is_managed(key: &str) -> bool {
+    key.starts_with("image.") || key.starts_with("volatile.")
+}
+
+/// The part of a config the user owns.
+fn user_config(config: ConfigMap) -> ConfigMap {
+    config.into_iter().filter(|(k, _)| !is_managed(k)).collect()
 }
 
 fn root_device() -> DevicesMap {
@@ -208,8 +219,7 @@ impl EmbeddedBackend {
             self.driver_available("qemu").await?;
             lxc::check_config(&req.config)?;
             // The VM-specific meaning of the limits (a CPU count).
-            self.qemu
-                .args("check", &Boot::Disk, &req.config, "tcg", &[])?;
+            qemu::vm_resources(&req.config)?;
         } else {
             self.driver_available("lxc").await?;
             lxc::check_config(&req.config)?;
@@ -375,7 +385,8 @@ impl EmbeddedBackend {
         let lock = self.lock(project, name);
         let _guard = lock.lock().await;
         let mut row = self.row(project, name).await?;
-        let current = self.to_instance(&row).await;
+        // The ETag and the config do not depend on the run state: no lxc-info.
+        let current = Self::build_instance(&row, &lxc::LxcInfo::default());
         if let Some(tag) = if_match
             && tag.trim_matches('"') != etag(&current)
         {
@@ -400,24 +411,13 @@ impl EmbeddedBackend {
             return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
         }
         // Keys lxgate manages stay as they are; the user's keys are checked.
-        let managed: ConfigMap = current
+        let (managed, mut user): (ConfigMap, ConfigMap) = current
             .config
-            .iter()
-            .filter(|(k, _)| k.starts_with("image.") || k.starts_with("volatile."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut user: ConfigMap = current
-            .config
-            .iter()
-            .filter(|(k, _)| !managed.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| is_managed(k));
         if let Some(new) = &update.config {
-            let new: ConfigMap = new
-                .iter()
-                .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let new = user_config(new.clone());
             if replace {
                 user = new;
             } else {
@@ -428,7 +428,7 @@ impl EmbeddedBackend {
         let ct = Lxc::host_name(project, name);
         if vm {
             // Applied at the next start, when the command line is built.
-            self.qemu.args(&ct, &Boot::Disk, &user, "tcg", &[])?;
+            qemu::vm_resources(&user)?;
         } else {
             self.lxc.write_config(&ct, name, &user, &mounts).await?;
         }
@@ -543,11 +543,7 @@ impl EmbeddedBackend {
                         }
                         e => db(e).into(),
                     })?;
-                let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
-                let user: ConfigMap = config
-                    .into_iter()
-                    .filter(|(k, _)| !k.starts_with("image.") && !k.starts_with("volatile."))
-                    .collect();
+                let user = user_config(serde_json::from_str(&row.config).unwrap_or_default());
                 if let Err(e) = driver
                     .rename(&old_ct, &new_ct, &new_name, &user, &mounts)
                     .await
@@ -664,9 +660,7 @@ impl EmbeddedBackend {
                         if state == "FROZEN" {
                             driver.unfreeze(&ct).await?;
                         }
-                        driver
-                            .restart(&ct, &config, change.timeout, change.force)
-                            .await?;
+                        driver.restart(&ct, change.timeout, change.force).await?;
                         "instance-restarted"
                     }
                     "freeze" => {

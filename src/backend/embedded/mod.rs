@@ -672,9 +672,16 @@ impl Backend for EmbeddedBackend {
                 rows.into_iter().map(|r| r.fingerprint).collect(),
             ));
         }
+        let mut aliases: HashMap<String, Vec<inv::AliasRow>> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            out.push(images::to_image(&self.pool, r).await?);
+            if !aliases.contains_key(&r.project) {
+                let a = inv::list_aliases(&self.pool, &r.project)
+                    .await
+                    .map_err(db)?;
+                aliases.insert(r.project.clone(), a);
+            }
+            out.push(images::to_image(r, &aliases[&r.project]));
         }
         Ok(Listing::Full(out))
     }
@@ -685,7 +692,8 @@ impl Backend for EmbeddedBackend {
         fingerprint: &str,
     ) -> Result<(types::Image, Option<String>), BackendError> {
         let row = images::find(&self.pool, project, fingerprint).await?;
-        Ok((images::to_image(&self.pool, &row).await?, None))
+        let aliases = inv::list_aliases(&self.pool, project).await.map_err(db)?;
+        Ok((images::to_image(&row, &aliases), None))
     }
 
     async fn delete_image(
@@ -874,14 +882,17 @@ impl Backend for EmbeddedBackend {
         if !expand {
             return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
         }
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let kind = images::find(&self.pool, project, &r.target)
-                .await
-                .map(|i| i.image_type)
-                .unwrap_or_default();
-            out.push(images::to_alias(r, &kind));
-        }
+        // Each alias names its image's type: one read of the project's images.
+        let kinds: HashMap<String, String> = inv::list_images(&self.pool, Some(project))
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|i| (i.fingerprint, i.image_type))
+            .collect();
+        let out = rows
+            .iter()
+            .map(|r| images::to_alias(r, kinds.get(&r.target).map_or("", String::as_str)))
+            .collect();
         Ok(Listing::Full(out))
     }
 

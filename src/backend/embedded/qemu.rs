@@ -129,24 +129,7 @@ impl Qemu {
         let dir = self.vm_dir(vm);
         // QEMU option strings split on ',': a comma in a path is doubled.
         let p = |f: &str| dir.join(f).display().to_string().replace(',', ",,");
-        let memory_mib = match config.get("limits.memory") {
-            Some(v) => parse_size(v)
-                .map(|b| (b / (1 << 20)).max(32))
-                .ok_or_else(|| BackendError::BadRequest(format!("invalid limits.memory {v:?}")))?,
-            None => DEFAULT_MEMORY_MIB,
-        };
-        let cpus = match config.get("limits.cpu") {
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| {
-                    BackendError::BadRequest(format!(
-                        "limits.cpu for a VM is a CPU count (1-64), not {v:?}"
-                    ))
-                })?,
-            None => 1,
-        };
+        let (memory_mib, cpus) = vm_resources(config)?;
         let mut args: Vec<String> = [
             "-name",
             vm,
@@ -413,6 +396,30 @@ impl Qemu {
             exit: None,
         })
     }
+}
+
+/// A VM's memory (MiB) and CPU count from its config: `limits.memory` as
+/// for containers, `limits.cpu` a count (a VM has no CPU set to pin).
+pub fn vm_resources(config: &ConfigMap) -> Result<(u64, u32), BackendError> {
+    let memory_mib = match config.get("limits.memory") {
+        Some(v) => parse_size(v)
+            .map(|b| (b / (1 << 20)).max(32))
+            .ok_or_else(|| BackendError::BadRequest(format!("invalid limits.memory {v:?}")))?,
+        None => DEFAULT_MEMORY_MIB,
+    };
+    let cpus = match config.get("limits.cpu") {
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| {
+                BackendError::BadRequest(format!(
+                    "limits.cpu for a VM is a CPU count (1-64), not {v:?}"
+                ))
+            })?,
+        None => 1,
+    };
+    Ok((memory_mib, cpus))
 }
 
 /// CPU time (ns) and resident memory (bytes) of the QEMU process.
