@@ -125,6 +125,17 @@ pub enum Listing<T> {
     Full(Vec<T>),
 }
 
+impl<T> Listing<T> {
+    /// The list entries an endpoint returns: `full` for each object, `name`
+    /// for each name.
+    pub fn into_entries<E>(self, full: impl Fn(T) -> E, name: impl Fn(String) -> E) -> Vec<E> {
+        match self {
+            Listing::Names(names) => names.into_iter().map(name).collect(),
+            Listing::Full(items) => items.into_iter().map(full).collect(),
+        }
+    }
+}
+
 /// Which instances a list covers.
 #[derive(Debug, Clone, Copy)]
 pub struct ListScope<'a> {

@@ -16,8 +16,8 @@ use crate::api::v1::snapshots::check_expiry;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::BackendError;
 use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
-use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{BackupName, InstanceName};
 
@@ -93,18 +93,12 @@ pub async fn list_backups(
     }
     .resolve()?;
     let name = InstanceName::from_path(&name)?;
-    let entries: Vec<BackupEntry> = match state
+    let entries = state
         .backend
         .list_backups(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
         .await
         .map_err(no_instance(&name))?
-    {
-        Listing::Names(names) => names.into_iter().map(BackupEntry::Name).collect(),
-        Listing::Full(items) => items
-            .into_iter()
-            .map(|b| BackupEntry::Full(Box::new(b)))
-            .collect(),
-    };
+        .into_entries(|b| BackupEntry::Full(Box::new(b)), BackupEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 

@@ -21,7 +21,7 @@ use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, ListScope};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{ImageAliasName, ImageFingerprint};
 
@@ -165,13 +165,11 @@ pub async fn list_images(
         filter: q.filter.as_deref(),
         expand: q.expand.unwrap_or(true),
     };
-    let entries: Vec<ImageEntry> = match state.backend.list_images(scope).await? {
-        Listing::Names(names) => names.into_iter().map(ImageEntry::Fingerprint).collect(),
-        Listing::Full(items) => items
-            .into_iter()
-            .map(|i| ImageEntry::Full(Box::new(i)))
-            .collect(),
-    };
+    let entries = state
+        .backend
+        .list_images(scope)
+        .await?
+        .into_entries(|i| ImageEntry::Full(Box::new(i)), ImageEntry::Fingerprint);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 
@@ -772,14 +770,11 @@ pub async fn list_image_aliases(
         offset: q.offset,
     }
     .resolve()?;
-    let entries: Vec<AliasEntry> = match state
+    let entries = state
         .backend
         .list_image_aliases(project.as_str(), q.expand.unwrap_or(true))
         .await?
-    {
-        Listing::Names(names) => names.into_iter().map(AliasEntry::Name).collect(),
-        Listing::Full(items) => items.into_iter().map(AliasEntry::Full).collect(),
-    };
+        .into_entries(AliasEntry::Full, AliasEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 

@@ -13,8 +13,8 @@ use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::BackendError;
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate, SnapshotRestore};
-use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, SnapshotName};
 
@@ -103,18 +103,12 @@ pub async fn list_snapshots(
     }
     .resolve()?;
     let name = InstanceName::from_path(&name)?;
-    let entries: Vec<SnapshotEntry> = match state
+    let entries = state
         .backend
         .list_snapshots(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
         .await
         .map_err(no_instance(&name))?
-    {
-        Listing::Names(names) => names.into_iter().map(SnapshotEntry::Name).collect(),
-        Listing::Full(items) => items
-            .into_iter()
-            .map(|s| SnapshotEntry::Full(Box::new(s)))
-            .collect(),
-    };
+        .into_entries(|s| SnapshotEntry::Full(Box::new(s)), SnapshotEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 

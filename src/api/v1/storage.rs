@@ -145,13 +145,7 @@ pub enum Entry<T> {
 }
 
 pub(crate) fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
-    match listing {
-        Listing::Names(names) => names.into_iter().map(Entry::Name).collect(),
-        Listing::Full(items) => items
-            .into_iter()
-            .map(|i| Entry::Full(Box::new(i)))
-            .collect(),
-    }
+    listing.into_entries(|i| Entry::Full(Box::new(i)), Entry::Name)
 }
 
 // --- pools ---
