@@ -10,6 +10,7 @@
 # What it provides:
 #   * Debian packages: lxc (bookworm), qemu-system-x86 and qemu-utils (from
 #     bookworm-backports, added the way testbed-incus.sh adds it), busybox-static,
+#     iproute2 (bridges, veths and network namespaces for the NIC test),
 #     cpio, xz-utils                                        -> LXGATE_TEST_LXC=1
 #   * under $LXGATE_TESTBED_DIR/embedded-image/ (built here, no image server):
 #     - a container image in Incus's split format: meta.tar.xz (metadata.yaml,
@@ -38,7 +39,8 @@
 #   command line holds "hi-N" too). `poweroff` in the shell and QMP
 #   `system_powerdown` (ACPI power button -> busybox acpid) both power it off and
 #   QEMU exits (unless run with -no-shutdown). No network, no disk needed; the
-#   virtio-blk modules are loaded, so an attached virtio disk shows as /dev/vda.
+#   virtio-blk and virtio-net modules are loaded, so an attached virtio disk
+#   shows as /dev/vda and a virtio NIC as eth0 (busybox `ip` and `ping` are in).
 #
 # The kernel is downloaded once and kept in embedded-image/kernel/ (delete that
 # folder to pick up a newer one). These env lines are (re)placed at the end of
@@ -71,14 +73,16 @@ BACKPORTS_SOURCES=/etc/apt/sources.list.d/lxgate-bookworm-backports.sources
 # Container rootfs applets (each a symlink to /bin/busybox).
 APPLETS=(sh ash ls cat echo sleep hostname stty mkdir rm ps mount umount uname id env
     true false head tail wc grep sed dd seq yes printf test tr date kill cp mv ln
-    chmod chown touch find xargs sort uniq cut awk vi ip ifconfig poweroff reboot
+    chmod chown touch find xargs sort uniq cut awk vi ip ifconfig ping poweroff reboot
     halt init)
-# Kernel modules for the initramfs, in load order (none depends on another one
-# outside this list): virtio-pci + virtio-blk for a disk, button + evdev so the
-# ACPI power button reaches acpid.
-VM_MODULES=(virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev
-    virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk
-    acpi/button input/evdev)
+# Kernel modules for the initramfs (paths under the package's kernel/), in load
+# order (none depends on another one outside this list): virtio-pci +
+# virtio-blk for a disk, failover + virtio-net for a NIC on a managed bridge,
+# button + evdev so the ACPI power button reaches acpid.
+VM_MODULES=(drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev
+    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
+    net/core/failover drivers/net/net_failover drivers/net/virtio_net
+    drivers/acpi/button drivers/input/evdev)
 
 T0=$(date +%s%N)
 log() { printf '[testbed-embedded] %s\n' "$*"; }
@@ -208,6 +212,7 @@ need_main=() need_bpo=()
 { is_installed lxc && command -v lxc-start >/dev/null; } || need_main+=(lxc)
 { is_installed busybox-static && [ -x /bin/busybox ]; } || need_main+=(busybox-static)
 { is_installed cpio && command -v cpio >/dev/null; } || need_main+=(cpio)
+{ is_installed iproute2 && command -v ip >/dev/null; } || need_main+=(iproute2)
 { is_installed xz-utils && command -v xz >/dev/null; } || need_main+=(xz-utils)
 { is_backports_qemu qemu-system-x86 && command -v qemu-system-x86_64 >/dev/null; } || need_bpo+=(qemu-system-x86)
 { is_backports_qemu qemu-utils && command -v qemu-img >/dev/null; } || need_bpo+=(qemu-utils)
@@ -349,13 +354,13 @@ fetch_kernel() { # download dir -> 0 when downloaded + extracted into dir/kernel
     # dpkg-deb -x of the whole package writes ~400 MB of modules; take only
     # what is used from its data tarball.
     local want=('./boot/vmlinuz-*')
-    for m in "${VM_MODULES[@]}"; do want+=("./lib/modules/*/kernel/drivers/$m.ko"); done
+    for m in "${VM_MODULES[@]}"; do want+=("./lib/modules/*/kernel/$m.ko"); done
     mkdir -p "$dl/x" "$dl/kernel/modules" || return 1
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dl/x" --wildcards "${want[@]}" || return 1
     f="$(compgen -G "$dl/x/boot/vmlinuz-*" | head -n 1)"
     [ -n "$f" ] && mv "$f" "$dl/kernel/vmlinuz" || return 1
     for m in "${VM_MODULES[@]}"; do
-        f="$(compgen -G "$dl/x/lib/modules/*/kernel/drivers/$m.ko" | head -n 1)"
+        f="$(compgen -G "$dl/x/lib/modules/*/kernel/$m.ko" | head -n 1)"
         [ -n "$f" ] && mv "$f" "$dl/kernel/modules/${m##*/}.ko" || return 1
     done
     printf '%s=%s\n' "$pkg" "$(dpkg-deb -f "$deb" Version)" >"$dl/kernel/package" || return 1

@@ -115,11 +115,15 @@ impl App {
         tokio::spawn(password::warm_up());
 
         let backend: Arc<dyn Backend> = match config.backend {
-            BackendKind::Embedded => Arc::new(EmbeddedBackend::new(
-                config.data_dir.clone(),
-                config.embedded_vm_accel,
-                db.pool.clone(),
-            )),
+            BackendKind::Embedded => {
+                let embedded = EmbeddedBackend::new(
+                    config.data_dir.clone(),
+                    config.embedded_vm_accel,
+                    db.pool.clone(),
+                );
+                embedded.restore_networks().await;
+                Arc::new(embedded)
+            }
             BackendKind::Incus => Arc::new(IncusBackend::with_events(
                 IncusClient::new(&config.incus, &config.data_dir).map_err(anyhow::Error::msg)?,
             )),

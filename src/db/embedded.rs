@@ -530,3 +530,65 @@ pub async fn delete_volume(
         .await
         .map(|_| ())
 }
+
+// -------------------------------------------------------------- networks ---
+
+#[derive(Debug, Clone, FromRow)]
+pub struct NetworkRow {
+    pub name: String,
+    pub network_type: String,
+    pub description: String,
+    /// JSON object.
+    pub config: String,
+    pub created_at: String,
+}
+
+pub async fn list_networks(pool: &AnyPool) -> Result<Vec<NetworkRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, network_type, description, config, created_at FROM embedded_networks ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_network(pool: &AnyPool, name: &str) -> Result<Option<NetworkRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, network_type, description, config, created_at FROM embedded_networks WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Claims the name: fails with a unique violation when it is taken.
+pub async fn insert_network(pool: &AnyPool, r: &NetworkRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_networks (name, network_type, description, config, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.name)
+    .bind(&r.network_type)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+pub async fn update_network(pool: &AnyPool, r: &NetworkRow) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_networks SET description = $2, config = $3 WHERE name = $1")
+        .bind(&r.name)
+        .bind(&r.description)
+        .bind(&r.config)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn delete_network(pool: &AnyPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_networks WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

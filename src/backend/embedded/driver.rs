@@ -3,12 +3,23 @@
 
 use std::sync::Arc;
 
+use std::path::PathBuf;
+
 use super::lxc::{Lxc, LxcInfo};
+use super::networks::Nic;
 use super::qemu::Qemu;
 use crate::backend::BackendError;
 use crate::backend::types::ConfigMap;
 
 pub const VM: &str = "virtual-machine";
+
+/// What an instance's devices are on this host: custom volumes (host path,
+/// and the path in a container) and NICs.
+#[derive(Debug, Clone, Default)]
+pub struct Attachments {
+    pub mounts: Vec<(PathBuf, String)>,
+    pub nics: Vec<Nic>,
+}
 
 #[derive(Clone)]
 pub enum Driver {
@@ -62,20 +73,20 @@ impl Driver {
         }
     }
 
-    /// `drives`: block volumes attached to a VM (a container's volumes are
-    /// in its LXC config already).
+    /// A VM is given its disks and NICs on its command line; a container's
+    /// are in its LXC config already.
     pub async fn start(
         &self,
         host: &str,
         config: &ConfigMap,
-        drives: &[std::path::PathBuf],
+        devices: &Attachments,
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
                 lxc.forget(host);
                 lxc.start(host).await
             }
-            Driver::Qemu(q) => q.start(host, config, drives).await,
+            Driver::Qemu(q) => q.start(host, config, devices).await,
         }
     }
 
@@ -139,13 +150,13 @@ impl Driver {
         new_host: &str,
         new_name: &str,
         config: &ConfigMap,
-        mounts: &[(std::path::PathBuf, String)],
+        devices: &Attachments,
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
                 lxc.forget(host);
                 lxc.rename(host, new_host).await?;
-                if let Err(e) = lxc.write_config(new_host, new_name, config, mounts).await {
+                if let Err(e) = lxc.write_config(new_host, new_name, config, devices).await {
                     let _ = lxc.rename(new_host, host).await;
                     return Err(e);
                 }

@@ -9,8 +9,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::driver::{Driver, VM};
+use super::driver::{Attachments, Driver, VM};
 use super::lxc::{self, Lxc};
+use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::qemu;
 use super::{EmbeddedBackend, images, resources};
@@ -45,7 +46,7 @@ fn is_managed(key: &str) -> bool {
 }
 
 /// The part of a config the user owns.
-fn user_config(config: ConfigMap) -> ConfigMap {
+pub(super) fn user_config(config: ConfigMap) -> ConfigMap {
     config.into_iter().filter(|(k, _)| !is_managed(k)).collect()
 }
 
@@ -208,6 +209,20 @@ impl EmbeddedBackend {
         }
     }
 
+    /// What the instance's devices are on this host (`host`: its host name).
+    pub(super) async fn attachments(
+        &self,
+        project: &str,
+        host: &str,
+        devices: &DevicesMap,
+        vm: bool,
+    ) -> Result<Attachments, BackendError> {
+        Ok(Attachments {
+            mounts: self.volume_mounts(project, devices, vm).await?,
+            nics: self.nics(host, devices).await?,
+        })
+    }
+
     pub(super) async fn create_instance_impl(
         &self,
         project: &str,
@@ -366,7 +381,9 @@ impl EmbeddedBackend {
                     json!({"type": row.instance_type}),
                 );
                 if start {
-                    driver.start(&ct, &user_config, &[]).await?;
+                    driver
+                        .start(&ct, &user_config, &Attachments::default())
+                        .await?;
                     lifecycle(&bus, &row.project, "instance-started", &source, json!({}));
                 }
                 Ok(Value::Null)
@@ -394,9 +411,10 @@ impl EmbeddedBackend {
                 "ETag doesn't match".into(),
             ));
         }
-        // Devices: custom volumes only, checked against the storage (and
-        // applied at the next start: a container's mounts, a VM's disks).
-        let devices: DevicesMap = update.devices.clone().unwrap_or_else(|| {
+        // Devices: custom volumes and NICs, checked against the storage and
+        // networks (and applied at the next start: a container's mounts and
+        // veths, a VM's disks and taps).
+        let mut devices: DevicesMap = update.devices.clone().unwrap_or_else(|| {
             if replace {
                 DevicesMap::new()
             } else {
@@ -404,7 +422,32 @@ impl EmbeddedBackend {
             }
         });
         let vm = row.instance_type == VM;
-        let mounts = self.volume_mounts(project, &devices, vm).await?;
+        let nics_of = |d: &DevicesMap| -> DevicesMap {
+            d.iter()
+                .filter(|(_, v)| nic_network(v).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        // Held until the devices are stored: addresses are given out once.
+        let _net = self.net_lock.lock().await;
+        if nics_of(&devices) != nics_of(&current.devices) {
+            if self
+                .driver(&row)
+                .info(&Lxc::host_name(project, name))
+                .await
+                .state
+                != "STOPPED"
+            {
+                return Err(BackendError::BadRequest(
+                    "NICs are attached to and detached from stopped instances only; stop it first"
+                        .into(),
+                ));
+            }
+            self.assign_nics(project, name, &mut devices).await?;
+        }
+        let attached = self
+            .attachments(project, &Lxc::host_name(project, name), &devices, vm)
+            .await?;
         if let Some(profiles) = &update.profiles
             && let Some(p) = profiles.iter().find(|p| p.as_str() != "default")
         {
@@ -430,7 +473,7 @@ impl EmbeddedBackend {
             // Applied at the next start, when the command line is built.
             qemu::vm_resources(&user)?;
         } else {
-            self.lxc.write_config(&ct, name, &user, &mounts).await?;
+            self.lxc.write_config(&ct, name, &user, &attached).await?;
         }
         row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
         let mut config = managed;
@@ -518,8 +561,14 @@ impl EmbeddedBackend {
         }
         let guard = self.lock(project, name).lock_owned().await;
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
-        let mounts = self
-            .volume_mounts(project, &devices, row.instance_type == VM)
+        // The NICs' host ends are named after the instance: the new name's.
+        let attached = self
+            .attachments(
+                project,
+                &Lxc::host_name(project, new_name),
+                &devices,
+                row.instance_type == VM,
+            )
             .await?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
@@ -545,7 +594,7 @@ impl EmbeddedBackend {
                     })?;
                 let user = user_config(serde_json::from_str(&row.config).unwrap_or_default());
                 if let Err(e) = driver
-                    .rename(&old_ct, &new_ct, &new_name, &user, &mounts)
+                    .rename(&old_ct, &new_ct, &new_name, &user, &attached)
                     .await
                 {
                     let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
@@ -616,12 +665,17 @@ impl EmbeddedBackend {
         }
         let guard = self.lock(project, name).lock_owned().await;
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
-        let drives: Vec<std::path::PathBuf> = self
-            .volume_mounts(project, &devices, row.instance_type == VM)
-            .await?
-            .into_iter()
-            .map(|(path, _)| path)
-            .collect();
+        let attached = self
+            .attachments(
+                project,
+                &Lxc::host_name(project, name),
+                &devices,
+                row.instance_type == VM,
+            )
+            .await?;
+        if matches!(action, "start" | "restart") {
+            self.ensure_bridges(&attached.nics).await?;
+        }
         let (driver, bus, pool) = (self.driver(&row), self.bus.clone(), self.pool.clone());
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let change = change.clone();
@@ -643,7 +697,7 @@ impl EmbeddedBackend {
                 let ct = Lxc::host_name(&row.project, &row.name);
                 let event = match change.action.as_str() {
                     "start" => {
-                        driver.start(&ct, &config, &drives).await?;
+                        driver.start(&ct, &config, &attached).await?;
                         let mut row = row.clone();
                         row.last_used_at = now();
                         let _ = inv::update_instance(&pool, &row).await;

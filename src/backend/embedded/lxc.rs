@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::driver::Attachments;
 use super::process::{self, run};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, ExecOutput, ExecRequest, TerminalSession};
@@ -129,20 +130,20 @@ impl Lxc {
             }
             () = cancel => return Err(BackendError::Conflict("cancelled".into())),
         }
-        self.write_config(ct, hostname, config, &[]).await
+        self.write_config(ct, hostname, config, &Attachments::default())
+            .await
     }
 
-    /// `mounts`: (host directory, absolute path in the container) of the
-    /// volumes attached to it, checked by the caller.
+    /// `devices`: the volumes and NICs attached to it, checked by the caller.
     pub async fn write_config(
         &self,
         ct: &str,
         hostname: &str,
         config: &ConfigMap,
-        mounts: &[(PathBuf, String)],
+        devices: &Attachments,
     ) -> Result<(), BackendError> {
         let dir = self.dir(ct);
-        let text = render_config(&dir, hostname, config, mounts)?;
+        let text = render_config(&dir, hostname, config, devices)?;
         tokio::fs::write(dir.join("config"), text)
             .await
             .map_err(io("writing the container configuration"))
@@ -398,7 +399,7 @@ pub fn render_config(
     dir: &Path,
     hostname: &str,
     config: &ConfigMap,
-    mounts: &[(PathBuf, String)],
+    devices: &Attachments,
 ) -> Result<String, BackendError> {
     check_config(config)?;
     let mut out = String::new();
@@ -414,7 +415,30 @@ pub fn render_config(
         &format!("dir:{}", dir.join("rootfs").display()),
     );
     line("lxc.init.cmd", "/sbin/init");
-    line("lxc.net.0.type", "empty");
+    if devices.nics.is_empty() {
+        line("lxc.net.0.type", "empty");
+    }
+    // A veth pair per NIC, its host end in the bridge; LXC sets the address
+    // and (first NIC with one only: one default route) the gateway.
+    let mut gateway_set = false;
+    for (i, nic) in devices.nics.iter().enumerate() {
+        let key = |k: &str| format!("lxc.net.{i}.{k}");
+        line(&key("type"), "veth");
+        line(&key("link"), &nic.bridge);
+        line(&key("veth.pair"), &nic.host_if);
+        line(&key("name"), &nic.name);
+        line(&key("hwaddr"), &nic.hwaddr);
+        line(&key("flags"), "up");
+        if let Some(a) = nic.ipv4 {
+            line(&key("ipv4.address"), &a.to_string());
+            if let Some(gw) = nic.gateway
+                && !gateway_set
+            {
+                line(&key("ipv4.gateway"), &gw.to_string());
+                gateway_set = true;
+            }
+        }
+    }
     line("lxc.mount.auto", "proc:mixed sys:mixed");
     line("lxc.pty.max", "64");
     line("lxc.tty.max", "0");
@@ -436,7 +460,7 @@ pub fn render_config(
     }
     // fstab syntax: fields split on whitespace, so a space is written \040.
     let field = |s: &str| s.replace(' ', "\\040");
-    for (host, target) in mounts {
+    for (host, target) in &devices.mounts {
         line(
             "lxc.mount.entry",
             &format!(
@@ -452,6 +476,7 @@ pub fn render_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::embedded::networks::Nic;
 
     #[test]
     fn info_is_parsed() {
@@ -483,11 +508,14 @@ mod tests {
         let mut c = ConfigMap::new();
         c.insert("limits.memory".into(), "64MiB".into());
         c.insert("limits.cpu".into(), "1".into());
-        let mounts = [(
-            PathBuf::from("/s/my pool/custom/default_v"),
-            "/srv/data".to_owned(),
-        )];
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &mounts).unwrap();
+        let mut devices = Attachments {
+            mounts: vec![(
+                PathBuf::from("/s/my pool/custom/default_v"),
+                "/srv/data".to_owned(),
+            )],
+            nics: vec![],
+        };
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices).unwrap();
         assert!(
             text.contains(
                 "lxc.mount.entry = /s/my\\040pool/custom/default_v srv/data none bind,create=dir 0 0\n"
@@ -498,10 +526,36 @@ mod tests {
         assert!(text.contains("lxc.cgroup.cpuset.cpus = 0-0\n"));
         assert!(text.contains("lxc.rootfs.path = dir:/d/default_c1/rootfs\n"));
         assert!(text.contains("lxc.net.0.type = empty\n"));
+        // Two NICs: veth pairs, one default route only.
+        let nic = |dev: &str, addr: &str| Nic {
+            device: dev.into(),
+            bridge: "br0".into(),
+            name: dev.into(),
+            hwaddr: "10:66:6a:00:00:01".into(),
+            host_if: format!("lxg{dev}"),
+            ipv4: Some(addr.parse().unwrap()),
+            gateway: Some("10.5.0.1".parse().unwrap()),
+        };
+        devices.nics = vec![nic("eth0", "10.5.0.2/24"), nic("eth1", "10.5.0.3/24")];
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices).unwrap();
+        assert!(!text.contains("type = empty"), "{text}");
+        for want in [
+            "lxc.net.0.type = veth\n",
+            "lxc.net.0.link = br0\n",
+            "lxc.net.0.veth.pair = lxgeth0\n",
+            "lxc.net.0.ipv4.address = 10.5.0.2/24\n",
+            "lxc.net.0.ipv4.gateway = 10.5.0.1\n",
+            "lxc.net.1.name = eth1\n",
+            "lxc.net.1.ipv4.address = 10.5.0.3/24\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        assert!(!text.contains("lxc.net.1.ipv4.gateway"), "{text}");
+        let none = Attachments::default();
         c.insert("lxc.hook.start".into(), "/bin/evil".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &[]).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none).is_err());
         let mut c = ConfigMap::new();
         c.insert("limits.processes".into(), "10\nlxc.x = y".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &[]).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none).is_err());
     }
 }

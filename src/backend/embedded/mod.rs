@@ -1,7 +1,8 @@
-//! The embedded backend: lxgate drives LXC (and, next, QEMU) on this host
+//! The embedded backend: lxgate drives LXC and QEMU on this host
 //! itself. State on disk under `DATA_DIR` (`lxc/`, `images/`), the inventory
 //! in the database, operations and events in process.
 
+mod bridge;
 mod detect;
 mod driver;
 mod files;
@@ -52,6 +53,9 @@ pub struct EmbeddedBackend {
     http: reqwest::Client,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
+    /// Managed networks and the NIC addresses given out on them change
+    /// under this lock (taken after an instance's own, never before).
+    net_lock: tokio::sync::Mutex<()>,
 }
 
 impl EmbeddedBackend {
@@ -74,6 +78,7 @@ impl EmbeddedBackend {
             ops: Operations::new(bus.clone()),
             bus,
             locks: Mutex::default(),
+            net_lock: tokio::sync::Mutex::default(),
         }
     }
 
@@ -160,6 +165,7 @@ impl Backend for EmbeddedBackend {
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
         let features = [
             ("containers", has("lxc")),
+            ("network_bridges", bridge::can_manage().is_ok()),
             ("virtual_machines", has("qemu")),
             ("instances_api", has("lxc") || has("qemu")),
         ]
@@ -571,7 +577,7 @@ impl Backend for EmbeddedBackend {
             .map(|()| None)
     }
 
-    // --- networks (networks.rs): the host's interfaces, read-only ---
+    // --- networks (networks.rs): managed bridges, the host's interfaces ---
 
     async fn list_networks(
         &self,
@@ -589,12 +595,44 @@ impl Backend for EmbeddedBackend {
         self.get_network_impl(project, name).await
     }
 
+    async fn create_network(
+        &self,
+        project: &str,
+        req: &types::NetworkCreate,
+    ) -> Result<(), BackendError> {
+        self.create_network_impl(project, req).await
+    }
+
+    async fn update_network(
+        &self,
+        project: &str,
+        name: &str,
+        update: &types::NetworkUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.update_network_impl(project, name, update, if_match, replace)
+            .await
+    }
+
+    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
+        self.delete_network_impl(project, name).await
+    }
+
     async fn network_state(
         &self,
         project: &str,
         name: &str,
     ) -> Result<types::NetworkState, BackendError> {
         self.network_state_impl(project, name).await
+    }
+
+    async fn network_leases(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<types::NetworkLease>, BackendError> {
+        self.network_leases_impl(project, name).await
     }
 
     // --- projects (projects.rs) ---

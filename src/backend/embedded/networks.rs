@@ -1,18 +1,63 @@
-//! Networks on the embedded backend: the host's interfaces, read-only
-//! (unmanaged, as Incus lists them), from `/sys/class/net` and `ip -j addr`.
-//! Managed bridges are not offered yet; those calls answer 501.
+//! Networks on the embedded backend: managed bridges (a row each, the Linux
+//! bridge made by `bridge.rs`), shared by every project as in an Incus
+//! project without `features.networks`; the host's other interfaces are
+//! listed read-only (unmanaged), from `/sys/class/net` and `ip -j addr`.
+//!
+//! NICs are `nic` devices of an instance naming a managed network. When one is
+//! attached lxgate fixes its MAC (`hwaddr`) and IPv4 address (`ipv4.address`,
+//! the first free one of the subnet) in the device itself, under one lock for
+//! all networks, so two attaches never get the same address. A container's
+//! NIC is a veth pair configured by LXC; a VM's is a tap QEMU opens, put into
+//! the bridge before the guest runs.
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use ipnet::{Ipv4Net, Ipv6Net};
+use rand::Rng;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::EmbeddedBackend;
+use super::bridge::{self, Plan};
+use super::images::db;
+use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
-use crate::backend::types::{Network, NetworkAddress, NetworkState, NetworkStateCounters};
+use crate::backend::types::{
+    ConfigMap, DevicesMap, Network, NetworkAddress, NetworkCreate, NetworkLease, NetworkState,
+    NetworkStateBridge, NetworkStateCounters, NetworkUpdate,
+};
 use crate::backend::{BackendError, Listing};
+use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
 
 const SYS_NET: &str = "/sys/class/net";
+
+/// Keys a `nic` device may have on this backend.
+const NIC_KEYS: [&str; 5] = ["type", "network", "name", "hwaddr", "ipv4.address"];
+
+/// An instance's NIC as the drivers need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub device: String,
+    pub bridge: String,
+    /// The interface name inside the instance.
+    pub name: String,
+    pub hwaddr: String,
+    /// The host end: a container's veth peer or a VM's tap.
+    pub host_if: String,
+    /// The NIC's address with the subnet's prefix.
+    pub ipv4: Option<Ipv4Net>,
+    /// The bridge's address: the instance's default route.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The network a `nic` device names, if it is one.
+pub fn nic_network(d: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    (d.get("type").map(String::as_str) == Some("nic"))
+        .then(|| d.get("network").map_or("", String::as_str))
+}
 
 async fn read(path: impl AsRef<Path>) -> String {
     tokio::fs::read_to_string(path)
@@ -49,30 +94,113 @@ async fn interface(name: &str) -> Result<Network, BackendError> {
         network_type: kind_of(&dir).await.to_owned(),
         managed: false,
         locations: vec!["none".into()],
+        project: "default".into(),
         ..Default::default()
     })
 }
 
+fn network_etag(n: &Network) -> String {
+    hex::encode(Sha256::digest(json!([n.description, n.config]).to_string()))
+}
+
+fn config_of(row: &NetworkRow) -> ConfigMap {
+    serde_json::from_str(&row.config).unwrap_or_default()
+}
+
+/// A random ULA /64 (RFC 4193) for `ipv6.address=auto`: the bridge is ::1.
+fn random_ula() -> Ipv6Net {
+    let r: [u8; 5] = rand::rng().random();
+    let addr = std::net::Ipv6Addr::new(
+        0xfd00 | u16::from(r[0]),
+        u16::from_be_bytes([r[1], r[2]]),
+        u16::from_be_bytes([r[3], r[4]]),
+        0,
+        0,
+        0,
+        0,
+        1,
+    );
+    Ipv6Net::new(addr, 64).expect("a /64")
+}
+
 impl EmbeddedBackend {
+    async fn network_row(&self, name: &str) -> Result<NetworkRow, BackendError> {
+        inv::get_network(&self.pool, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Network not found".into()))
+    }
+
+    /// Instances (of every project) with a NIC on `network`.
+    async fn instances_on(&self, network: &str) -> Result<Vec<InstanceRow>, BackendError> {
+        Ok(inv::list_instances(&self.pool, None)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .filter(|r| {
+                let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+                devices.values().any(|d| nic_network(d) == Some(network))
+            })
+            .collect())
+    }
+
+    /// `used_by` shows the instances of the asking project only: other
+    /// projects' names are not its business.
+    async fn to_network(&self, row: &NetworkRow, project: &str) -> Result<Network, BackendError> {
+        let used_by = self
+            .instances_on(&row.name)
+            .await?
+            .into_iter()
+            .filter(|r| r.project == project)
+            .map(|r| resource_url(&r.project, &format!("instances/{}", r.name)))
+            .collect();
+        Ok(Network {
+            name: row.name.clone(),
+            description: row.description.clone(),
+            network_type: row.network_type.clone(),
+            managed: true,
+            // A bridge the host lost (a reboot) until lxgate makes it again.
+            status: if bridge::exists(&row.name) {
+                "Created"
+            } else {
+                "Unavailable"
+            }
+            .into(),
+            config: config_of(row),
+            used_by,
+            locations: vec!["none".into()],
+            project: "default".into(),
+        })
+    }
+
     pub(super) async fn list_networks_impl(
         &self,
         project: &str,
         expand: bool,
     ) -> Result<Listing<Network>, BackendError> {
         self.ensure_project(project).await?;
-        let mut names = Vec::new();
+        let managed = inv::list_networks(&self.pool).await.map_err(db)?;
+        let mut host = Vec::new();
         let mut rd = tokio::fs::read_dir(SYS_NET)
             .await
             .map_err(|e| BackendError::Internal(anyhow::anyhow!("{SYS_NET}: {e}")))?;
         while let Ok(Some(e)) = rd.next_entry().await {
-            names.push(e.file_name().to_string_lossy().into_owned());
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !managed.iter().any(|m| m.name == n) {
+                host.push(n);
+            }
         }
-        names.sort();
+        host.sort();
         if !expand {
+            let mut names: Vec<String> = managed.into_iter().map(|r| r.name).collect();
+            names.extend(host);
             return Ok(Listing::Names(names));
         }
-        let mut out = Vec::with_capacity(names.len());
-        for n in &names {
+        let mut out = Vec::with_capacity(managed.len() + host.len());
+        for r in &managed {
+            out.push(self.to_network(r, project).await?);
+        }
+        for n in &host {
             if let Ok(net) = interface(n).await {
                 out.push(net);
             }
@@ -86,7 +214,218 @@ impl EmbeddedBackend {
         name: &str,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.ensure_project(project).await?;
-        Ok((interface(name).await?, None))
+        match inv::get_network(&self.pool, name).await.map_err(db)? {
+            Some(row) => {
+                let n = self.to_network(&row, project).await?;
+                let tag = network_etag(&n);
+                Ok((n, Some(tag)))
+            }
+            None => Ok((interface(name).await?, None)),
+        }
+    }
+
+    /// Resolves `auto` addresses (the stored config then holds the real
+    /// ones, as Incus does) and checks the rest.
+    async fn resolve_config(
+        &self,
+        mut config: ConfigMap,
+    ) -> Result<(ConfigMap, Plan), BackendError> {
+        let v4 = config
+            .entry("ipv4.address".into())
+            .or_insert_with(|| "auto".into());
+        if v4 == "auto" {
+            let used = bridge::host_ipv4_nets().await;
+            let mut taken = used;
+            for r in inv::list_networks(&self.pool).await.map_err(db)? {
+                if let Some(n) = bridge::plan(&config_of(&r)).ok().and_then(|p| p.ipv4) {
+                    taken.push(n.trunc().into());
+                }
+            }
+            *v4 = bridge::pick_subnet(&taken)
+                .ok_or_else(|| {
+                    BackendError::Conflict(
+                        "no free /24 left in 10.0.0.0/8 for ipv4.address=auto".into(),
+                    )
+                })?
+                .to_string();
+        }
+        let v6 = config
+            .entry("ipv6.address".into())
+            .or_insert_with(|| "none".into());
+        if v6 == "auto" {
+            *v6 = random_ula().to_string();
+        }
+        let plan = bridge::plan(&config)?;
+        Ok((config, plan))
+    }
+
+    pub(super) async fn create_network_impl(
+        &self,
+        project: &str,
+        req: &NetworkCreate,
+    ) -> Result<(), BackendError> {
+        self.ensure_project(project).await?;
+        let kind = req.network_type.as_deref().unwrap_or("bridge");
+        if kind != "bridge" {
+            return Err(BackendError::NotSupported(format!(
+                "the embedded backend manages bridge networks only, not {kind}"
+            )));
+        }
+        if req.name.len() > bridge::IFNAME_MAX {
+            return Err(BackendError::BadRequest(format!(
+                "a bridge's name is its interface name on the host: at most {} characters",
+                bridge::IFNAME_MAX
+            )));
+        }
+        bridge::can_manage()?;
+        let _net = self.net_lock.lock().await;
+        if inv::get_network(&self.pool, &req.name)
+            .await
+            .map_err(db)?
+            .is_some()
+        {
+            return Err(BackendError::Conflict("The network already exists".into()));
+        }
+        if bridge::exists(&req.name) {
+            return Err(BackendError::Conflict(format!(
+                "the host already has an interface named {}",
+                req.name
+            )));
+        }
+        let (config, plan) = self.resolve_config(req.config.clone()).await?;
+        let row = NetworkRow {
+            name: req.name.clone(),
+            network_type: kind.into(),
+            description: req.description.clone(),
+            config: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+            created_at: now(),
+        };
+        inv::insert_network(&self.pool, &row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("The network already exists".into())
+                }
+                e => db(e),
+            })?;
+        if let Err(e) = bridge::create(&req.name, &plan).await {
+            let _ = inv::delete_network(&self.pool, &req.name).await;
+            return Err(e);
+        }
+        lifecycle(
+            &self.bus,
+            project,
+            "network-created",
+            &format!("/1.0/networks/{}", req.name),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn update_network_impl(
+        &self,
+        project: &str,
+        name: &str,
+        update: &NetworkUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        self.ensure_project(project).await?;
+        let mut row = match inv::get_network(&self.pool, name).await.map_err(db)? {
+            Some(r) => r,
+            None if bridge::exists(name) => {
+                return Err(BackendError::BadRequest(format!(
+                    "{name} is a host interface, not a managed network"
+                )));
+            }
+            None => return Err(BackendError::NotFound("Network not found".into())),
+        };
+        let _net = self.net_lock.lock().await;
+        let current = self.to_network(&row, project).await?;
+        if let Some(tag) = if_match
+            && tag.trim_matches('"') != network_etag(&current)
+        {
+            return Err(BackendError::PreconditionFailed(
+                "ETag doesn't match".into(),
+            ));
+        }
+        let old = config_of(&row);
+        let mut config = if replace {
+            ConfigMap::new()
+        } else {
+            old.clone()
+        };
+        if let Some(c) = &update.config {
+            config.extend(c.clone());
+        }
+        let (config, plan) = self.resolve_config(config).await?;
+        let old_plan = bridge::plan(&old)?;
+        if plan.ipv4 != old_plan.ipv4 && !self.instances_on(name).await?.is_empty() {
+            return Err(BackendError::BadRequest(
+                "ipv4.address cannot change while instances have NICs on the network (their addresses are in its subnet); detach them first".into(),
+            ));
+        }
+        if plan != old_plan {
+            bridge::can_manage()?;
+            if bridge::exists(name) {
+                bridge::configure(name, &plan).await?;
+            } else {
+                bridge::create(name, &plan).await?;
+            }
+        }
+        row.config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
+        if let Some(d) = &update.description {
+            row.description = d.clone();
+        } else if replace {
+            row.description = String::new();
+        }
+        inv::update_network(&self.pool, &row).await.map_err(db)?;
+        lifecycle(
+            &self.bus,
+            project,
+            "network-updated",
+            &format!("/1.0/networks/{name}"),
+            json!({}),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn delete_network_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        self.ensure_project(project).await?;
+        if inv::get_network(&self.pool, name)
+            .await
+            .map_err(db)?
+            .is_none()
+        {
+            return Err(if bridge::exists(name) {
+                BackendError::BadRequest(format!(
+                    "{name} is a host interface, not a managed network"
+                ))
+            } else {
+                BackendError::NotFound("Network not found".into())
+            });
+        }
+        let _net = self.net_lock.lock().await;
+        if !self.instances_on(name).await?.is_empty() {
+            return Err(BackendError::BadRequest(
+                "The network is currently in use (instances have NICs on it)".into(),
+            ));
+        }
+        bridge::can_manage()?;
+        bridge::delete(name).await?;
+        inv::delete_network(&self.pool, name).await.map_err(db)?;
+        lifecycle(
+            &self.bus,
+            project,
+            "network-deleted",
+            &format!("/1.0/networks/{name}"),
+            json!({}),
+        );
+        Ok(())
     }
 
     pub(super) async fn network_state_impl(
@@ -95,6 +434,17 @@ impl EmbeddedBackend {
         name: &str,
     ) -> Result<NetworkState, BackendError> {
         self.ensure_project(project).await?;
+        let managed = inv::get_network(&self.pool, name)
+            .await
+            .map_err(db)?
+            .is_some();
+        if managed && !bridge::exists(name) {
+            return Ok(NetworkState {
+                state: "down".into(),
+                kind: "broadcast".into(),
+                ..Default::default()
+            });
+        }
         interface(name).await?;
         let dir = Path::new(SYS_NET).join(name);
         let stat = |f: &str| {
@@ -128,6 +478,31 @@ impl EmbeddedBackend {
         } else {
             "broadcast"
         };
+        let bridge = if dir.join("bridge").exists() {
+            let b = dir.join("bridge");
+            let mut upper_devices = Vec::new();
+            if let Ok(mut rd) = tokio::fs::read_dir(dir.join("brif")).await {
+                while let Ok(Some(e)) = rd.next_entry().await {
+                    upper_devices.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+            upper_devices.sort();
+            Some(NetworkStateBridge {
+                id: read(b.join("bridge_id")).await,
+                stp: read(b.join("stp_state")).await != "0",
+                // The kernel counts in hundredths of a second.
+                forward_delay: read(b.join("forward_delay"))
+                    .await
+                    .parse::<i64>()
+                    .unwrap_or(0)
+                    * 10,
+                vlan_default: read(b.join("default_pvid")).await.parse().unwrap_or(0),
+                vlan_filtering: read(b.join("vlan_filtering")).await == "1",
+                upper_devices,
+            })
+        } else {
+            None
+        };
         Ok(NetworkState {
             addresses,
             counters: NetworkStateCounters {
@@ -140,7 +515,252 @@ impl EmbeddedBackend {
             mtu: read(dir.join("mtu")).await.parse().unwrap_or(0),
             state: read(dir.join("operstate")).await,
             kind: kind.into(),
+            bridge,
             ..Default::default()
         })
+    }
+
+    /// The fixed addresses of the asking project's NICs on the network, and
+    /// the bridge's own (`gateway`).
+    pub(super) async fn network_leases_impl(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<NetworkLease>, BackendError> {
+        self.ensure_project(project).await?;
+        let row = self.network_row(name).await?;
+        let mut out = Vec::new();
+        if let Some(gw) = bridge::plan(&config_of(&row))?.ipv4 {
+            out.push(NetworkLease {
+                hostname: format!("{name}.gw"),
+                hwaddr: read(Path::new(SYS_NET).join(name).join("address")).await,
+                address: gw.addr().to_string(),
+                lease_type: "gateway".into(),
+                location: "none".into(),
+                project: project.to_owned(),
+            });
+        }
+        for r in self.instances_on(name).await? {
+            if r.project != project {
+                continue;
+            }
+            let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+            for d in devices.values().filter(|d| nic_network(d) == Some(name)) {
+                out.push(NetworkLease {
+                    hostname: r.name.clone(),
+                    hwaddr: d.get("hwaddr").cloned().unwrap_or_default(),
+                    address: d.get("ipv4.address").cloned().unwrap_or_default(),
+                    lease_type: "static".into(),
+                    location: "none".into(),
+                    project: r.project.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the instance's `nic` devices and fixes what lxgate assigns:
+    /// the MAC and the IPv4 address. The caller holds `net_lock` until the
+    /// devices are stored.
+    pub(super) async fn assign_nics(
+        &self,
+        project: &str,
+        name: &str,
+        devices: &mut DevicesMap,
+    ) -> Result<(), BackendError> {
+        let others: Vec<InstanceRow> = inv::list_instances(&self.pool, None)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .filter(|r| !(r.project == project && r.name == name))
+            .collect();
+        // This instance's addresses, so two of its NICs never share one.
+        let mut mine: Vec<(String, String, Ipv4Addr)> = devices
+            .iter()
+            .filter_map(|(dev, d)| {
+                let a = d.get("ipv4.address")?.parse().ok()?;
+                Some((dev.clone(), nic_network(d)?.to_owned(), a))
+            })
+            .collect();
+        let mut names = BTreeSet::new();
+        for (dev, d) in devices.iter_mut() {
+            let Some(network) = nic_network(d).map(str::to_owned) else {
+                continue;
+            };
+            if let Some(k) = d.keys().find(|k| !NIC_KEYS.contains(&k.as_str())) {
+                return Err(BackendError::BadRequest(format!(
+                    "device {dev}: the embedded backend's NICs take {} only, not {k}",
+                    NIC_KEYS.join(", ")
+                )));
+            }
+            let row = inv::get_network(&self.pool, &network)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| {
+                    BackendError::BadRequest(format!(
+                        "device {dev}: {network:?} is not a managed network"
+                    ))
+                })?;
+            let ifname = d
+                .entry("name".into())
+                .or_insert_with(|| dev.clone())
+                .clone();
+            bridge::check_ifname(&ifname)
+                .map_err(|e| BackendError::BadRequest(format!("device {dev}: {e}")))?;
+            if !names.insert(ifname.clone()) {
+                return Err(BackendError::BadRequest(format!(
+                    "device {dev}: another NIC is already named {ifname} in the instance"
+                )));
+            }
+            let hwaddr = d
+                .entry("hwaddr".into())
+                .or_insert_with(bridge::random_hwaddr);
+            bridge::check_hwaddr(hwaddr)
+                .map_err(|e| BackendError::BadRequest(format!("device {dev}: {e}")))?;
+            let subnet = bridge::plan(&config_of(&row))?.ipv4;
+            let requested = d.get("ipv4.address").cloned();
+            let Some(subnet) = subnet else {
+                if requested.is_some() {
+                    return Err(BackendError::BadRequest(format!(
+                        "device {dev}: network {network} has no IPv4 subnet (ipv4.address=none)"
+                    )));
+                }
+                continue;
+            };
+            // Taken: the bridge's, other instances' and this one's other NICs'.
+            let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::from([subnet.addr()]);
+            let all_devices = others
+                .iter()
+                .flat_map(|r| serde_json::from_str::<DevicesMap>(&r.devices).unwrap_or_default())
+                .map(|(_, d)| d);
+            for other in all_devices {
+                if nic_network(&other) == Some(network.as_str())
+                    && let Some(a) = other.get("ipv4.address").and_then(|a| a.parse().ok())
+                {
+                    taken.insert(a);
+                }
+            }
+            for (other, net, a) in &mine {
+                if other != dev && *net == network {
+                    taken.insert(*a);
+                }
+            }
+            let address = match requested {
+                Some(a) => {
+                    let addr: Ipv4Addr = a.parse().map_err(|_| {
+                        BackendError::BadRequest(format!(
+                            "device {dev}: ipv4.address must be a plain IPv4 address, not {a:?}"
+                        ))
+                    })?;
+                    if !subnet.contains(&addr)
+                        || addr == subnet.network()
+                        || addr == subnet.broadcast()
+                    {
+                        return Err(BackendError::BadRequest(format!(
+                            "device {dev}: {addr} is not a host address of {network}'s subnet {}",
+                            subnet.trunc()
+                        )));
+                    }
+                    if taken.contains(&addr) {
+                        return Err(BackendError::Conflict(format!(
+                            "device {dev}: {addr} is already in use on {network}"
+                        )));
+                    }
+                    addr
+                }
+                None => bridge::allocate(subnet, &taken).ok_or_else(|| {
+                    BackendError::Conflict(format!(
+                        "device {dev}: no free address left in {network}'s subnet {}",
+                        subnet.trunc()
+                    ))
+                })?,
+            };
+            d.insert("ipv4.address".into(), address.to_string());
+            mine.retain(|(o, _, _)| o != dev);
+            mine.push((dev.clone(), network, address));
+        }
+        Ok(())
+    }
+}
+
+impl EmbeddedBackend {
+    /// The NICs of an instance (`host`: its host name) as its driver sets
+    /// them up, from devices `assign_nics` has checked.
+    pub(super) async fn nics(
+        &self,
+        host: &str,
+        devices: &DevicesMap,
+    ) -> Result<Vec<Nic>, BackendError> {
+        let mut out = Vec::new();
+        for (dev, d) in devices {
+            let Some(network) = nic_network(d) else {
+                continue;
+            };
+            let row = inv::get_network(&self.pool, network)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| {
+                    BackendError::BadRequest(format!(
+                        "device {dev}: network {network:?} does not exist any more; detach the NIC"
+                    ))
+                })?;
+            let subnet = bridge::plan(&config_of(&row))?.ipv4;
+            let ipv4 = match (subnet, d.get("ipv4.address").and_then(|a| a.parse().ok())) {
+                (Some(s), Some(a)) => Ipv4Net::new(a, s.prefix_len()).ok(),
+                _ => None,
+            };
+            out.push(Nic {
+                device: dev.clone(),
+                bridge: network.to_owned(),
+                name: d.get("name").unwrap_or(dev).clone(),
+                hwaddr: d
+                    .get("hwaddr")
+                    .cloned()
+                    .unwrap_or_else(bridge::random_hwaddr),
+                host_if: bridge::host_ifname(host, dev),
+                ipv4,
+                gateway: subnet.map(|s| s.addr()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes the bridges these NICs need again where the host lost them.
+    pub(super) async fn ensure_bridges(&self, nics: &[Nic]) -> Result<(), BackendError> {
+        let wanted: BTreeSet<&str> = nics.iter().map(|n| n.bridge.as_str()).collect();
+        for name in wanted {
+            if !bridge::exists(name) {
+                let _net = self.net_lock.lock().await;
+                let row = self.network_row(name).await?;
+                if !bridge::exists(name) {
+                    bridge::can_manage()?;
+                    bridge::create(name, &bridge::plan(&config_of(&row))?).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At startup: the managed bridges the host lost (a reboot) are made
+    /// again, so running and starting instances find them.
+    pub async fn restore_networks(&self) {
+        let Ok(rows) = inv::list_networks(&self.pool).await else {
+            return;
+        };
+        for row in rows.iter().filter(|r| !bridge::exists(&r.name)) {
+            let made = match bridge::plan(&config_of(row)) {
+                Ok(plan) => match bridge::can_manage() {
+                    Ok(()) => bridge::create(&row.name, &plan).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(()) => tracing::info!(network = %row.name, "re-created the managed bridge"),
+                Err(e) => {
+                    tracing::warn!(network = %row.name, error = %e, "cannot re-create the managed bridge")
+                }
+            }
+        }
     }
 }

@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use super::bridge;
+use super::driver::Attachments;
 use super::lxc::{LxcInfo, parse_size};
 use super::process::run;
 use crate::backend::BackendError;
@@ -124,7 +126,7 @@ impl Qemu {
         boot: &Boot,
         config: &ConfigMap,
         accel: &str,
-        drives: &[PathBuf],
+        devices: &Attachments,
     ) -> Result<Vec<String>, BackendError> {
         let dir = self.vm_dir(vm);
         // QEMU option strings split on ',': a comma in a path is doubled.
@@ -177,7 +179,7 @@ impl Qemu {
             ]),
         }
         // Attached block volumes, after the boot disk.
-        for d in drives {
+        for (d, _) in &devices.mounts {
             args.extend([
                 "-drive".to_owned(),
                 format!(
@@ -186,6 +188,22 @@ impl Qemu {
                 ),
             ]);
         }
+        // NICs: a tap each (QEMU creates it and it goes when QEMU does); the
+        // guest is held (-S) until lxgate has put the taps into their bridges.
+        for (i, nic) in devices.nics.iter().enumerate() {
+            args.extend([
+                "-netdev".to_owned(),
+                format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no",
+                    nic.host_if
+                ),
+                "-device".to_owned(),
+                format!("virtio-net-pci,netdev=net{i},mac={}", nic.hwaddr),
+            ]);
+        }
+        if !devices.nics.is_empty() {
+            args.push("-S".to_owned());
+        }
         Ok(args)
     }
 
@@ -193,18 +211,34 @@ impl Qemu {
         &self,
         vm: &str,
         config: &ConfigMap,
-        drives: &[PathBuf],
+        devices: &Attachments,
     ) -> Result<(), BackendError> {
         let boot = self.boot(vm).await?;
         let (accel, _) = super::detect::choose_accel(self.accel).await;
-        let args = self.args(vm, &boot, config, accel, drives)?;
+        let args = self.args(vm, &boot, config, accel, devices)?;
         // Stale sockets of an earlier run would make QEMU refuse to bind.
         for f in ["qmp.sock", "console.sock", "qemu.pid"] {
             let _ = tokio::fs::remove_file(self.vm_dir(vm).join(f)).await;
         }
-        run("qemu-system-x86_64", args, Duration::from_secs(60))
-            .await
-            .map(|_| ())
+        run("qemu-system-x86_64", args, Duration::from_secs(60)).await?;
+        if devices.nics.is_empty() {
+            return Ok(());
+        }
+        let mut plugged = Ok(());
+        for nic in &devices.nics {
+            plugged = bridge::enslave(&nic.host_if, &nic.bridge).await;
+            if plugged.is_err() {
+                break;
+            }
+        }
+        match plugged {
+            Ok(()) => self.qmp(vm, "cont", None).await.map(|_| ()),
+            Err(e) => {
+                // Held before its first instruction: nothing to shut down.
+                let _ = self.qmp(vm, "quit", None).await;
+                Err(e)
+            }
+        }
     }
 
     /// The QEMU process of this VM, if it runs: the pidfile's pid, checked
@@ -466,7 +500,7 @@ mod tests {
                 },
                 &c,
                 "tcg",
-                &[],
+                &Attachments::default(),
             )
             .unwrap();
         let joined = a.join(" ");
@@ -481,14 +515,34 @@ mod tests {
             "{joined}"
         );
         c.insert("limits.cpu".into(), "0-1".into());
-        assert!(q.args("default_v1", &Boot::Disk, &c, "tcg", &[]).is_err());
-        let extra = [PathBuf::from("/s/custom/default_b.qcow2")];
+        assert!(
+            q.args(
+                "default_v1",
+                &Boot::Disk,
+                &c,
+                "tcg",
+                &Attachments::default()
+            )
+            .is_err()
+        );
+        let extra = Attachments {
+            mounts: vec![(PathBuf::from("/s/custom/default_b.qcow2"), String::new())],
+            nics: vec![crate::backend::embedded::networks::Nic {
+                device: "eth0".into(),
+                bridge: "br0".into(),
+                name: "eth0".into(),
+                hwaddr: "10:66:6a:00:00:01".into(),
+                host_if: "lxgabc".into(),
+                ipv4: None,
+                gateway: None,
+            }],
+        };
         let d = q
             .args("default_v1", &Boot::Disk, &ConfigMap::new(), "tcg", &extra)
             .unwrap()
             .join(" ");
         assert!(
-            d.ends_with("-drive file=/s/custom/default_b.qcow2,format=qcow2,if=virtio"),
+            d.contains("-drive file=/s/custom/default_b.qcow2,format=qcow2,if=virtio -netdev tap,id=net0,ifname=lxgabc,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=10:66:6a:00:00:01 -S"),
             "{d}"
         );
         assert!(

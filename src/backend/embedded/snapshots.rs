@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::driver::VM;
-use super::instances::download_file;
+use super::instances::{download_file, user_config};
 use super::lxc::Lxc;
+use super::networks::nic_network;
 use super::operations::{OpError, lifecycle, now, resource_url};
 use super::process::run;
 use super::{EmbeddedBackend, resources};
@@ -368,7 +369,23 @@ impl EmbeddedBackend {
             ));
         }
         let guard = self.lock(project, name).lock_owned().await;
+        // NICs stay as they are now: their addresses are live assignments
+        // that may have gone to other instances since the snapshot.
+        let current: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
+        let mut devices: DevicesMap = record
+            .devices
+            .clone()
+            .into_iter()
+            .filter(|(_, d)| nic_network(d).is_none())
+            .collect();
+        devices.extend(
+            current
+                .into_iter()
+                .filter(|(_, d)| nic_network(d).is_some()),
+        );
+        let attached = self.attachments(project, &host, &devices, vm).await?;
         let (idir, bus, pool) = (self.instance_dir(&row), self.bus.clone(), self.pool.clone());
+        let lxc = self.lxc.clone();
         let snap = snap.to_owned();
         let source = resource_url(project, &format!("instances/{name}"));
         let mut row = row.clone();
@@ -416,16 +433,21 @@ impl EmbeddedBackend {
                         .await
                         .map_err(io("putting the snapshot in place"))?;
                     let _ = tokio::fs::remove_dir_all(&old).await;
+                    // The snapshot's limits and volumes, with today's NICs.
+                    lxc.write_config(
+                        &host,
+                        &row.name,
+                        &user_config(record.config.clone()),
+                        &attached,
+                    )
+                    .await?;
                     if was_running {
-                        let config: ConfigMap =
-                            serde_json::from_str(&row.config).unwrap_or_default();
-                        driver.start(&host, &config, &[]).await?;
+                        driver.start(&host, &record.config, &attached).await?;
                     }
                 }
                 // The configuration goes back too.
                 row.config = serde_json::to_string(&record.config).unwrap_or_else(|_| "{}".into());
-                row.devices =
-                    serde_json::to_string(&record.devices).unwrap_or_else(|_| "{}".into());
+                row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
                 let _ = crate::db::embedded::update_instance(&pool, &row).await;
                 lifecycle(
                     &bus,

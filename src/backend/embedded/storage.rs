@@ -611,9 +611,12 @@ impl EmbeddedBackend {
     ) -> Result<Vec<(PathBuf, String)>, BackendError> {
         let mut out = Vec::new();
         for (dev, d) in devices {
+            if super::networks::nic_network(d).is_some() {
+                continue;
+            }
             let Some((pool, source)) = volume_device(d) else {
                 return Err(BackendError::NotSupported(format!(
-                    "device {dev}: the embedded backend attaches custom storage volumes (disk devices with pool and source) only"
+                    "device {dev}: the embedded backend attaches custom storage volumes (disk devices with pool and source) and NICs on its managed networks only"
                 )));
             };
             let (path, content) =
