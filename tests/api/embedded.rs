@@ -1916,6 +1916,22 @@ async fn bridge_networks_and_nics() {
     );
     drop(console);
     run_in(&app, &admin, "c1", "ping -c 1 -W 3 10.77.0.3").await;
+    // The instance's state shows the NIC, its address and the traffic.
+    let st = app.get("/api/v1/instances/c1/state", Some(&admin)).await;
+    let n = &st.body["network"]["eth0"];
+    assert_eq!(n["addresses"][0]["address"], "10.77.0.2", "{}", st.text);
+    assert_eq!(n["hwaddr"], eth0["hwaddr"], "{}", st.text);
+    assert_eq!(n["state"], "up", "{}", st.text);
+    assert!(
+        n["counters"]["packets_sent"].as_i64().unwrap() >= 3,
+        "{}",
+        st.text
+    );
+    assert!(
+        n["host_name"].as_str().unwrap().starts_with("lxg"),
+        "{}",
+        st.text
+    );
 
     // What the API says about it all.
     let r = app.get("/api/v1/networks/lxgbr0", Some(&admin)).await;

@@ -624,6 +624,13 @@ impl EmbeddedBackend {
             Some(pid) => count_processes(pid).await,
             None => 0,
         };
+        let network = if info.pid.is_some() {
+            let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
+            self.nic_states(&Lxc::host_name(project, name), &devices)
+                .await
+        } else {
+            BTreeMap::new()
+        };
         Ok(InstanceState {
             status: status.to_owned(),
             status_code: code,
@@ -637,6 +644,7 @@ impl EmbeddedBackend {
                 usage: info.memory,
                 ..Default::default()
             },
+            network,
             ..Default::default()
         })
     }

@@ -26,8 +26,9 @@ use super::images::db;
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{
-    ConfigMap, DevicesMap, Network, NetworkAddress, NetworkCreate, NetworkLease, NetworkState,
-    NetworkStateBridge, NetworkStateCounters, NetworkUpdate,
+    ConfigMap, DevicesMap, InstanceStateNetwork, Network, NetworkAddress, NetworkCounters,
+    NetworkCreate, NetworkLease, NetworkState, NetworkStateBridge, NetworkStateCounters,
+    NetworkUpdate,
 };
 use crate::backend::{BackendError, Listing};
 use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
@@ -723,6 +724,61 @@ impl EmbeddedBackend {
             });
         }
         Ok(out)
+    }
+
+    /// The `network` part of a running instance's state: per NIC, its
+    /// address as lxgate assigned it and the host end's link and counters
+    /// (seen from the instance, so received and sent swap).
+    pub(super) async fn nic_states(
+        &self,
+        host: &str,
+        devices: &DevicesMap,
+    ) -> std::collections::BTreeMap<String, InstanceStateNetwork> {
+        let mut out = std::collections::BTreeMap::new();
+        for nic in self.nics(host, devices).await.unwrap_or_default() {
+            let dir = Path::new(SYS_NET).join(&nic.host_if);
+            let stat = |f: &str| {
+                let p = dir.join("statistics").join(f);
+                async move { read(p).await.parse::<i64>().unwrap_or(0) }
+            };
+            let addresses = nic
+                .ipv4
+                .map(|a| NetworkAddress {
+                    family: "inet".into(),
+                    address: a.addr().to_string(),
+                    netmask: a.prefix_len().to_string(),
+                    scope: "global".into(),
+                })
+                .into_iter()
+                .collect();
+            out.insert(
+                nic.name.clone(),
+                InstanceStateNetwork {
+                    addresses,
+                    counters: NetworkCounters {
+                        bytes_received: stat("tx_bytes").await,
+                        bytes_sent: stat("rx_bytes").await,
+                        packets_received: stat("tx_packets").await,
+                        packets_sent: stat("rx_packets").await,
+                        errors_received: stat("tx_errors").await,
+                        errors_sent: stat("rx_errors").await,
+                        packets_dropped_inbound: stat("tx_dropped").await,
+                        packets_dropped_outbound: stat("rx_dropped").await,
+                    },
+                    hwaddr: nic.hwaddr.clone(),
+                    mtu: read(dir.join("mtu")).await.parse().unwrap_or(0),
+                    state: if read(dir.join("operstate")).await == "down" {
+                        "down"
+                    } else {
+                        "up"
+                    }
+                    .into(),
+                    kind: "broadcast".into(),
+                    host_name: nic.host_if,
+                },
+            );
+        }
+        out
     }
 
     /// Makes the bridges these NICs need again where the host lost them.
