@@ -128,85 +128,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- packages ---
-is_installed() {
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
-}
-pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+# shellcheck source=SCRIPTDIR/lib/apt.sh
+source "$ROOT/scripts/lib/apt.sh"
 # QEMU as TESTBED.md describes it: 10.x from bookworm-backports (bookworm has 7.2).
 is_backports_qemu() {
     is_installed "$1" && dpkg --compare-versions "$(pkg_version "$1")" ge 1:10~
 }
-
-# Does any enabled apt source already carry bookworm-backports? (As in
-# testbed-incus.sh, which normally ran just before us and added it.)
-backports_configured() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        case "$f" in
-            *.sources) grep -qE '^[[:space:]]*Suites:.*[[:space:]]bookworm-backports([[:space:]]|$)' "$f" && return 0 ;;
-            *) grep -qE '^[[:space:]]*deb[[:space:]].*[[:space:]]bookworm-backports[[:space:]]' "$f" && return 0 ;;
-        esac
-    done
-    return 1
-}
-
-# Same file and content as testbed-incus.sh writes: the URI and Signed-By of the
-# debian.sources stanza whose Suites list `bookworm` (no host name in this project).
-add_backports_source() {
-    local src=/etc/apt/sources.list.d/debian.sources stanza uri signed
-    [ -f "$src" ] || die "$src not found: cannot tell which Debian mirror this machine uses"
-    stanza="$(awk -v RS= '{
-        n = split($0, line, "\n")
-        for (i = 1; i <= n; i++)
-            if (tolower(line[i]) ~ /^suites:/) {
-                m = split(line[i], w, /[[:space:]]+/)
-                for (j = 2; j <= m; j++) if (w[j] == "bookworm") { print; exit }
-            }
-    }' "$src")"
-    uri="$(printf '%s\n' "$stanza" | awk 'tolower($1) == "uris:" { print $2; exit }')"
-    signed="$(printf '%s\n' "$stanza" | awk 'tolower($1) == "signed-by:" { print $2; exit }')"
-    [ -n "$uri" ] || die "no URIs: line for suite bookworm in $src"
-    log "apt: adding bookworm-backports ($BACKPORTS_SOURCES)"
-    {
-        echo "# added by lxgate scripts/testbed-incus.sh (URI as in debian.sources)"
-        echo "Types: deb"
-        echo "URIs: $uri"
-        echo "Suites: bookworm-backports"
-        echo "Components: main"
-        [ -z "$signed" ] || echo "Signed-By: $signed"
-    } >"$BACKPORTS_SOURCES.tmp"
-    mv -f "$BACKPORTS_SOURCES.tmp" "$BACKPORTS_SOURCES"
-}
-
-backports_lists_present() {
-    compgen -G '/var/lib/apt/lists/*_dists_bookworm-backports_main_binary-*_Packages*' >/dev/null
-}
-
-APT_UPDATED=0
-apt_update() {
-    log "apt: update"
-    timeout 300 apt-get update -qq </dev/null 7>&- 8>&- 9>&- \
-        || log "warning: apt-get update reported errors (continuing)"
-    APT_UPDATED=1
-}
 apt_log="$TESTBED_DIR/apt-embedded.log"
-# Output to a log; no descriptor of ours (locks, a CI runner's pipes) is passed on.
-apt_install() {
-    if ! timeout 900 apt-get install -y -qq "$@" </dev/null >"$apt_log" 2>&1 7>&- 8>&- 9>&-; then
-        tail -n 20 "$apt_log" >&2
-        return 1
-    fi
-}
-# Install; when that fails on lists that were not refreshed by this run (the
-# mirror moved on), refresh once and retry.
-apt_install_retry() { # what-for apt-get-args...
-    local what="$1"; shift
-    apt_install "$@" && return 0
-    [ "$APT_UPDATED" = 0 ] || die "apt-get install failed: $what"
-    apt_update
-    apt_install "$@" || die "apt-get install failed: $what"
-}
 
 need_main=() need_bpo=()
 { is_installed lxc && command -v lxc-start >/dev/null; } || need_main+=(lxc)
@@ -250,7 +178,7 @@ if [ "$((${#need_main[@]} + ${#need_bpo[@]}))" -gt 0 ]; then
         TEMP_POLICY_RC=0
     fi
 else
-    log "packages: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), busybox-static, cpio, xz-utils present"
+    log "packages: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), busybox-static, cpio, iproute2, xz-utils present"
 fi
 for tool in lxc-start lxc-attach lxc-stop lxc-destroy lxc-wait qemu-system-x86_64 qemu-img cpio xz python3; do
     command -v "$tool" >/dev/null || die "$tool not found after installing packages"

@@ -67,60 +67,9 @@ flock -w 120 8 || die "could not lock $TESTBED_DIR/incus.lock"
 export LXGATE_INCUS_LOCK_HELD=1
 
 # ---------------------------------------------------------------- packages ---
-is_installed() {
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
-}
-
-# Does any enabled apt source already carry bookworm-backports?
-backports_configured() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        case "$f" in
-            *.sources) grep -qE '^[[:space:]]*Suites:.*[[:space:]]bookworm-backports([[:space:]]|$)' "$f" && return 0 ;;
-            *) grep -qE '^[[:space:]]*deb[[:space:]].*[[:space:]]bookworm-backports[[:space:]]' "$f" && return 0 ;;
-        esac
-    done
-    return 1
-}
-
-# Writes the backports source from the stanza of debian.sources whose Suites
-# list `bookworm`: same URI and Signed-By (no host name is kept in this project).
-add_backports_source() {
-    local src=/etc/apt/sources.list.d/debian.sources stanza uri signed
-    [ -f "$src" ] || die "$src not found: cannot tell which Debian mirror this machine uses"
-    # deb822: stanzas separated by blank lines, "Field: value" lines, # comments.
-    stanza="$(awk -v RS= '{
-        n = split($0, line, "\n")
-        for (i = 1; i <= n; i++)
-            if (tolower(line[i]) ~ /^suites:/) {
-                m = split(line[i], w, /[[:space:]]+/)
-                for (j = 2; j <= m; j++) if (w[j] == "bookworm") { print; exit }
-            }
-    }' "$src")"
-    uri="$(printf '%s\n' "$stanza" | awk 'tolower($1) == "uris:" { print $2; exit }')"
-    signed="$(printf '%s\n' "$stanza" | awk 'tolower($1) == "signed-by:" { print $2; exit }')"
-    [ -n "$uri" ] || die "no URIs: line for suite bookworm in $src"
-    log "apt: adding bookworm-backports ($BACKPORTS_SOURCES)"
-    {
-        echo "# added by lxgate scripts/testbed-incus.sh (URI as in debian.sources)"
-        echo "Types: deb"
-        echo "URIs: $uri"
-        echo "Suites: bookworm-backports"
-        echo "Components: main"
-        [ -z "$signed" ] || echo "Signed-By: $signed"
-    } >"$BACKPORTS_SOURCES.tmp"
-    mv -f "$BACKPORTS_SOURCES.tmp" "$BACKPORTS_SOURCES"
-}
-
-backports_lists_present() {
-    compgen -G '/var/lib/apt/lists/*_dists_bookworm-backports_main_binary-*_Packages*' >/dev/null
-}
-
-apt_update() {
-    log "apt: update"
-    timeout 300 apt-get update -qq </dev/null 8>&- 9>&- || log "warning: apt-get update reported errors (continuing)"
-}
+# shellcheck source=SCRIPTDIR/lib/apt.sh
+source "$ROOT/scripts/lib/apt.sh"
+apt_log="$TESTBED_DIR/apt-incus.log"
 
 need_incus=0 need_busybox=0
 [ -x "$INCUSD" ] && command -v incus >/dev/null || need_incus=1
@@ -135,15 +84,6 @@ if [ "$need_incus$need_busybox" != 00 ]; then
     elif ! backports_lists_present; then
         apt_update; updated=1
     fi
-    # Output to a log; no descriptor of ours (locks, a CI runner's pipes) is
-    # passed on, in case a maintainer script starts a service that stays.
-    apt_log="$TESTBED_DIR/apt-incus.log"
-    apt_install() {
-        if ! timeout 900 apt-get install -y -qq "$@" </dev/null >"$apt_log" 2>&1 8>&- 9>&-; then
-            tail -n 20 "$apt_log" >&2
-            return 1
-        fi
-    }
     install_incus() { apt_install -t bookworm-backports incus; }
     # The packages ship init scripts (incus, incus-user, lxcfs): a system incusd
     # on /var/lib/incus is not wanted. Where no policy-rc.d forbids service

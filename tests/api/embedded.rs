@@ -150,8 +150,13 @@ async fn status(app: &TestApp, token: &str, name: &str) -> String {
 }
 
 async fn read_until(ws: &mut ClientSocket, needle: &str) -> String {
+    read_until_within(ws, needle, Duration::from_secs(15)).await
+}
+
+/// Terminal output until `needle` shows (a VM's boot marker needs longer).
+async fn read_until_within(ws: &mut ClientSocket, needle: &str, limit: Duration) -> String {
     let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + limit;
     while !seen.contains(needle) {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
@@ -691,19 +696,7 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         .ws(&format!("/api/v1/instances/v1/console/ws?token={admin}"))
         .await
         .expect("console opens");
-    let started = std::time::Instant::now();
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !seen.contains(&marker) {
-        match tokio::time::timeout_at(deadline, console.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Some(Ok(_))) => {}
-            other => panic!(
-                "no boot marker after {:?}: {other:?}\n{seen}",
-                started.elapsed()
-            ),
-        }
-    }
+    read_until_within(&mut console, &marker, Duration::from_secs(90)).await;
     // The serial shell answers.
     read_until(&mut console, "# ").await;
     console
@@ -1892,15 +1885,7 @@ async fn bridge_networks_and_nics() {
         .await
         .expect("console opens");
     let marker = env("LXGATE_TEST_VM_MARKER");
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !seen.contains(&marker) {
-        match tokio::time::timeout_at(deadline, console.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no boot marker: {other:?}\n{seen}"),
-        }
-    }
+    read_until_within(&mut console, &marker, Duration::from_secs(90)).await;
     read_until(&mut console, "# ").await;
     console
         .send(Message::Binary(
