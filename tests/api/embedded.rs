@@ -1995,6 +1995,21 @@ async fn bridge_networks_and_nics() {
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
+    // A PUT drops what it leaves out: here the subnet, which is in use.
+    app.put(
+        "/api/v1/networks/lxgbr0",
+        Some(&admin),
+        json!({"description": "x"}),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+    let r = app.get("/api/v1/networks/lxgbr0", Some(&admin)).await;
+    assert_eq!(r.body["description"], "lab bridge", "{}", r.text);
+    assert_eq!(
+        r.body["config"]["ipv4.address"], "10.77.0.1/24",
+        "{}",
+        r.text
+    );
 
     // Stopped, detached, deleted: the addresses are free again.
     for name in ["c1", "v1"] {

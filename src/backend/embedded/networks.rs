@@ -226,17 +226,18 @@ impl EmbeddedBackend {
     }
 
     /// Resolves `auto` addresses (the stored config then holds the real
-    /// ones, as Incus does) and checks the rest.
+    /// ones, as Incus does) and checks the rest. A left-out `ipv4.address`
+    /// is `auto` when `creating`, as in Incus, and `none` when a PUT drops it.
     async fn resolve_config(
         &self,
         mut config: ConfigMap,
+        creating: bool,
     ) -> Result<(ConfigMap, Plan), BackendError> {
         let v4 = config
             .entry("ipv4.address".into())
-            .or_insert_with(|| "auto".into());
+            .or_insert_with(|| if creating { "auto" } else { "none" }.into());
         if v4 == "auto" {
-            let used = bridge::host_ipv4_nets().await;
-            let mut taken = used;
+            let mut taken = bridge::host_ipv4_nets().await;
             for r in inv::list_networks(&self.pool).await.map_err(db)? {
                 if let Some(n) = bridge::plan(&config_of(&r)).ok().and_then(|p| p.ipv4) {
                     taken.push(n.trunc().into());
@@ -293,7 +294,7 @@ impl EmbeddedBackend {
                 req.name
             )));
         }
-        let (config, plan) = self.resolve_config(req.config.clone()).await?;
+        let (config, plan) = self.resolve_config(req.config.clone(), true).await?;
         let row = NetworkRow {
             name: req.name.clone(),
             network_type: kind.into(),
@@ -359,7 +360,7 @@ impl EmbeddedBackend {
         if let Some(c) = &update.config {
             config.extend(c.clone());
         }
-        let (config, plan) = self.resolve_config(config).await?;
+        let (config, plan) = self.resolve_config(config, false).await?;
         let old_plan = bridge::plan(&old)?;
         if plan.ipv4 != old_plan.ipv4 && !self.instances_on(name).await?.is_empty() {
             return Err(BackendError::BadRequest(
