@@ -54,7 +54,7 @@ ARG WITH_EMBEDDED=0
 RUN set -eux; \
     apt-get update; \
     pkgs="ca-certificates curl"; \
-    if [ "$WITH_EMBEDDED" = "1" ]; then pkgs="$pkgs lxc qemu-system-x86 qemu-utils iproute2"; fi; \
+    if [ "$WITH_EMBEDDED" = "1" ]; then pkgs="$pkgs lxc qemu-system-x86 qemu-utils iproute2 dnsmasq-base"; fi; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs; \
     rm -rf /var/lib/apt/lists/*
 

@@ -10,7 +10,8 @@
 # What it provides:
 #   * Debian packages: lxc (bookworm), qemu-system-x86 and qemu-utils (from
 #     bookworm-backports, added the way testbed-incus.sh adds it), busybox-static,
-#     iproute2 (bridges, veths and network namespaces for the NIC test),
+#     iproute2 and dnsmasq-base (bridges, veths, DHCP and network namespaces for
+#     the NIC test),
 #     cpio, xz-utils                                        -> LXGATE_TEST_LXC=1
 #   * under $LXGATE_TESTBED_DIR/embedded-image/ (built here, no image server):
 #     - a container image in Incus's split format: meta.tar.xz (metadata.yaml,
@@ -141,6 +142,7 @@ need_main=() need_bpo=()
 { is_installed busybox-static && [ -x /bin/busybox ]; } || need_main+=(busybox-static)
 { is_installed cpio && command -v cpio >/dev/null; } || need_main+=(cpio)
 { is_installed iproute2 && command -v ip >/dev/null; } || need_main+=(iproute2)
+{ is_installed dnsmasq-base && command -v dnsmasq >/dev/null; } || need_main+=(dnsmasq-base)
 { is_installed xz-utils && command -v xz >/dev/null; } || need_main+=(xz-utils)
 { is_backports_qemu qemu-system-x86 && command -v qemu-system-x86_64 >/dev/null; } || need_bpo+=(qemu-system-x86)
 { is_backports_qemu qemu-utils && command -v qemu-img >/dev/null; } || need_bpo+=(qemu-utils)
@@ -178,7 +180,7 @@ if [ "$((${#need_main[@]} + ${#need_bpo[@]}))" -gt 0 ]; then
         TEMP_POLICY_RC=0
     fi
 else
-    log "packages: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), busybox-static, cpio, iproute2, xz-utils present"
+    log "packages: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), busybox-static, cpio, iproute2, dnsmasq-base, xz-utils present"
 fi
 for tool in lxc-start lxc-attach lxc-stop lxc-destroy lxc-wait qemu-system-x86_64 qemu-img cpio xz python3; do
     command -v "$tool" >/dev/null || die "$tool not found after installing packages"

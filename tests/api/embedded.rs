@@ -1744,6 +1744,24 @@ fn host_ipv4(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the process runs (a zombie has ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The pid of a live dnsmasq named by this pidfile.
+fn dhcp_pid(pidfile: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "dnsmasq").then_some(pid)
+}
+
 fn ping(addr: &str) -> bool {
     Command::new("busybox")
         .args(["ping", "-c", "1", "-W", "3", addr])
@@ -1803,6 +1821,8 @@ async fn bridge_networks_and_nics() {
     net(json!({"name": "lxgbr0"}))
         .await
         .assert_problem(409, "conflict");
+    let dnsmasq = host.data().join("networks/lxgbr0/dnsmasq.pid");
+    let first_dhcp = dhcp_pid(&dnsmasq).expect("a dnsmasq serves the bridge");
     // `auto` (the default) picks a free 10.x.y.1/24.
     let r = net(json!({"name": "lxgbr1"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -1889,7 +1909,7 @@ async fn bridge_networks_and_nics() {
     read_until(&mut console, "# ").await;
     console
         .send(Message::Binary(
-            "cat /sys/class/net/eth0/address; ip addr add 10.77.0.3/24 dev eth0 && ip link set eth0 up && ping -c 1 -W 5 10.77.0.2 >/dev/null && echo net-$((40+2))\n"
+            "cat /sys/class/net/eth0/address; ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -s /bin/true && ip addr add 10.77.0.3/24 dev eth0 && ping -c 1 -W 5 10.77.0.2 >/dev/null && echo net-$((40+2))\n"
                 .into(),
         ))
         .await
@@ -1899,6 +1919,8 @@ async fn bridge_networks_and_nics() {
         out.contains(&vm_mac),
         "the guest's NIC has the MAC lxgate gave: {out}"
     );
+    // lxgate's dnsmasq offered the guest exactly the address reserved for it.
+    assert!(out.contains("lease of 10.77.0.3 obtained"), "DHCP: {out}");
     drop(console);
     run_in(&app, &admin, "c1", "ping -c 1 -W 3 10.77.0.3").await;
     // The instance's state shows the NIC, its address and the traffic.
@@ -1995,6 +2017,20 @@ async fn bridge_networks_and_nics() {
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
+    // DHCP off and on again.
+    let dhcp = |on: &str| {
+        patch(
+            &app,
+            &admin,
+            "/api/v1/networks/lxgbr0",
+            json!({"config": {"ipv4.dhcp": on}}),
+        )
+    };
+    assert!(dhcp("false").await.status.is_success());
+    assert_eq!(dhcp_pid(&dnsmasq), None);
+    assert!(!running(first_dhcp), "dnsmasq stopped");
+    assert!(dhcp("true").await.status.is_success());
+    assert!(dhcp_pid(&dnsmasq).is_some());
     // A PUT drops what it leaves out: here the subnet, which is in use.
     app.put(
         "/api/v1/networks/lxgbr0",
@@ -2040,12 +2076,18 @@ async fn bridge_networks_and_nics() {
         .status()
         .unwrap();
     assert!(ok.success());
+    let stale = dhcp_pid(&dnsmasq).expect("dnsmasq outlives lxgate");
     let app = host.app().await;
     let admin = app.admin_token().await;
     assert_eq!(host_ipv4("lxgbr0"), ["10.77.0.1/24"]);
+    // The dnsmasq of the lost bridge was replaced by one on the new bridge.
+    let fresh = dhcp_pid(&dnsmasq).expect("DHCP is back");
+    assert_ne!(fresh, stale);
     let r = app.delete("/api/v1/networks/lxgbr0", Some(&admin)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert!(!Path::new("/sys/class/net/lxgbr0").exists());
     let r = app.get("/api/v1/networks/lxgbr0", Some(&admin)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert!(!running(fresh), "dnsmasq stopped");
+    assert!(!host.data().join("networks/lxgbr0").exists());
 }

@@ -1,8 +1,8 @@
 //! Linux bridges behind managed networks, driven through `ip` (iproute2,
 //! arguments as arguments), and the address plan NICs are given addresses
 //! from: lxgate assigns each NIC a fixed IPv4 address of the bridge's subnet
-//! itself (there is no DHCP server on these bridges), so a lease is simply an
-//! assignment kept in the instance's device.
+//! itself, kept in the instance's device (a lease is that assignment; DHCP,
+//! in dhcp.rs, only hands these out).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +30,8 @@ pub struct Plan {
     pub ipv4: Option<Ipv4Net>,
     pub ipv6: Option<Ipv6Net>,
     pub mtu: Option<u32>,
+    /// `ipv4.dhcp` as given (unset: on where dnsmasq is installed).
+    pub dhcp: Option<bool>,
 }
 
 fn bad(msg: impl Into<String>) -> BackendError {
@@ -85,16 +87,23 @@ pub fn plan(config: &ConfigMap) -> Result<Plan, BackendError> {
                         .ok_or_else(|| bad("bridge.mtu must be a number from 1280 to 9000"))?,
                 );
             }
-            "ipv4.nat" | "ipv6.nat" | "ipv4.dhcp" | "ipv6.dhcp" if v == "false" => {}
+            "ipv4.dhcp" => {
+                plan.dhcp = Some(match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("ipv4.dhcp must be true or false")),
+                });
+            }
+            "ipv4.nat" | "ipv6.nat" | "ipv6.dhcp" if v == "false" => {}
             "ipv4.nat" | "ipv6.nat" => {
                 return Err(BackendError::NotSupported(format!(
                     "{k}: the embedded backend does not masquerade bridge traffic (it would change the host's firewall and forwarding); route the subnet instead"
                 )));
             }
-            "ipv4.dhcp" | "ipv6.dhcp" => {
-                return Err(BackendError::NotSupported(format!(
-                    "{k}: embedded bridges run no DHCP server; lxgate gives each NIC a fixed address (a container has it configured, a VM finds it in the NIC's ipv4.address)"
-                )));
+            "ipv6.dhcp" => {
+                return Err(BackendError::NotSupported(
+                    "ipv6.dhcp: embedded bridges serve IPv4 DHCP only".into(),
+                ));
             }
             k if k.starts_with("user.") => {}
             _ => return Err(bad(format!("Invalid network configuration key: {k}"))),
@@ -326,7 +335,12 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for unsupported in [("ipv4.nat", "true"), ("ipv4.dhcp", "true")] {
+        assert_eq!(
+            plan(&cfg(&[("ipv4.dhcp", "false")])).unwrap().dhcp,
+            Some(false)
+        );
+        assert!(plan(&cfg(&[("ipv4.dhcp", "yes")])).is_err());
+        for unsupported in [("ipv4.nat", "true"), ("ipv6.dhcp", "true")] {
             assert!(matches!(
                 plan(&cfg(&[unsupported])),
                 Err(BackendError::NotSupported(_))

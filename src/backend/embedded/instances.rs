@@ -430,7 +430,8 @@ impl EmbeddedBackend {
         };
         // Held until the devices are stored: addresses are given out once.
         let _net = self.net_lock.lock().await;
-        if nics_of(&devices) != nics_of(&current.devices) {
+        let nics_changed = nics_of(&devices) != nics_of(&current.devices);
+        if nics_changed {
             if self
                 .driver(&row)
                 .info(&Lxc::host_name(project, name))
@@ -491,6 +492,19 @@ impl EmbeddedBackend {
             row.ephemeral = i64::from(e);
         }
         inv::update_instance(&self.pool, &row).await.map_err(db)?;
+        if nics_changed {
+            // DHCP hands out the new reservations (and forgets the old ones).
+            let networks: std::collections::BTreeSet<&str> = devices
+                .values()
+                .chain(current.devices.values())
+                .filter_map(nic_network)
+                .collect();
+            for n in networks {
+                if let Err(e) = self.sync_dhcp(n).await {
+                    tracing::warn!(network = n, error = %e, "DHCP reservations not updated");
+                }
+            }
+        }
         lifecycle(
             &self.bus,
             project,

@@ -4,6 +4,7 @@
 
 mod bridge;
 mod detect;
+mod dhcp;
 mod driver;
 mod files;
 mod images;
@@ -166,6 +167,10 @@ impl Backend for EmbeddedBackend {
         let features = [
             ("containers", has("lxc")),
             ("network_bridges", bridge::can_manage().is_ok()),
+            (
+                "network_dhcp",
+                bridge::can_manage().is_ok() && dhcp::available(),
+            ),
             ("virtual_machines", has("qemu")),
             ("instances_api", has("lxc") || has("qemu")),
         ]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::EmbeddedBackend;
 use super::bridge::{self, Plan};
+use super::dhcp;
 use super::images::db;
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
@@ -258,6 +259,12 @@ impl EmbeddedBackend {
             *v6 = random_ula().to_string();
         }
         let plan = bridge::plan(&config)?;
+        if plan.dhcp == Some(true) && !dhcp::available() {
+            return Err(BackendError::NotSupported(
+                "ipv4.dhcp: DHCP on embedded bridges needs dnsmasq (apt-get install dnsmasq-base)"
+                    .into(),
+            ));
+        }
         Ok((config, plan))
     }
 
@@ -310,7 +317,17 @@ impl EmbeddedBackend {
                 }
                 e => db(e),
             })?;
-        if let Err(e) = bridge::create(&req.name, &plan).await {
+        let made = match bridge::create(&req.name, &plan).await {
+            Ok(()) => match self.sync_dhcp(&req.name).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = bridge::delete(&req.name).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
             let _ = inv::delete_network(&self.pool, &req.name).await;
             return Err(e);
         }
@@ -382,6 +399,7 @@ impl EmbeddedBackend {
             row.description = String::new();
         }
         inv::update_network(&self.pool, &row).await.map_err(db)?;
+        self.sync_dhcp(name).await?;
         lifecycle(
             &self.bus,
             project,
@@ -418,8 +436,10 @@ impl EmbeddedBackend {
             ));
         }
         bridge::can_manage()?;
+        dhcp::stop(&self.network_dir(name)).await;
         bridge::delete(name).await?;
         inv::delete_network(&self.pool, name).await.map_err(db)?;
+        let _ = tokio::fs::remove_dir_all(self.network_dir(name)).await;
         lifecycle(
             &self.bus,
             project,
@@ -782,41 +802,94 @@ impl EmbeddedBackend {
         out
     }
 
-    /// Makes the bridges these NICs need again where the host lost them.
+    /// Makes the bridges these NICs need (and their DHCP) again where the
+    /// host lost them.
     pub(super) async fn ensure_bridges(&self, nics: &[Nic]) -> Result<(), BackendError> {
         let wanted: BTreeSet<&str> = nics.iter().map(|n| n.bridge.as_str()).collect();
         for name in wanted {
+            let _net = self.net_lock.lock().await;
             if !bridge::exists(name) {
-                let _net = self.net_lock.lock().await;
                 let row = self.network_row(name).await?;
-                if !bridge::exists(name) {
-                    bridge::can_manage()?;
-                    bridge::create(name, &bridge::plan(&config_of(&row))?).await?;
-                }
+                bridge::can_manage()?;
+                bridge::create(name, &bridge::plan(&config_of(&row))?).await?;
+                // A dnsmasq of the lost bridge listens on nothing any more.
+                dhcp::stop(&self.network_dir(name)).await;
             }
+            self.sync_dhcp(name).await?;
         }
         Ok(())
     }
 
+    fn network_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("networks").join(name)
+    }
+
+    /// Runs the network's dnsmasq with today's reservations, or none when
+    /// the network has no DHCP. The caller holds `net_lock`.
+    pub(super) async fn sync_dhcp(&self, name: &str) -> Result<(), BackendError> {
+        let dir = self.network_dir(name);
+        let Some(row) = inv::get_network(&self.pool, name).await.map_err(db)? else {
+            dhcp::stop(&dir).await;
+            return Ok(());
+        };
+        let plan = bridge::plan(&config_of(&row))?;
+        let subnet = match plan.ipv4 {
+            Some(s) if plan.dhcp.unwrap_or_else(dhcp::available) => s,
+            _ => {
+                dhcp::stop(&dir).await;
+                return Ok(());
+            }
+        };
+        let mut hosts = Vec::new();
+        for r in self.instances_on(name).await? {
+            let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+            for d in devices.values().filter(|d| nic_network(d) == Some(name)) {
+                if let (Some(hwaddr), Some(address)) = (
+                    d.get("hwaddr"),
+                    d.get("ipv4.address").and_then(|a| a.parse().ok()),
+                ) {
+                    hosts.push(dhcp::Reservation {
+                        hwaddr: hwaddr.clone(),
+                        address,
+                        hostname: r.name.clone(),
+                    });
+                }
+            }
+        }
+        hosts.sort();
+        dhcp::ensure(&dir, dhcp::args(&dir, name, subnet, &hosts)).await
+    }
+
     /// At startup: the managed bridges the host lost (a reboot) are made
-    /// again, so running and starting instances find them.
+    /// again, with their DHCP, so running and starting instances find them.
     pub async fn restore_networks(&self) {
         let Ok(rows) = inv::list_networks(&self.pool).await else {
             return;
         };
-        for row in rows.iter().filter(|r| !bridge::exists(&r.name)) {
-            let made = match bridge::plan(&config_of(row)) {
-                Ok(plan) => match bridge::can_manage() {
-                    Ok(()) => bridge::create(&row.name, &plan).await,
+        let _net = self.net_lock.lock().await;
+        for row in &rows {
+            let made = if bridge::exists(&row.name) {
+                Ok(())
+            } else {
+                let made = match bridge::plan(&config_of(row)) {
+                    Ok(plan) => match bridge::can_manage() {
+                        Ok(()) => bridge::create(&row.name, &plan).await,
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
-                },
+                };
+                if made.is_ok() {
+                    dhcp::stop(&self.network_dir(&row.name)).await;
+                    tracing::info!(network = %row.name, "re-created the managed bridge");
+                }
+                made
+            };
+            let restored = match made {
+                Ok(()) => self.sync_dhcp(&row.name).await,
                 Err(e) => Err(e),
             };
-            match made {
-                Ok(()) => tracing::info!(network = %row.name, "re-created the managed bridge"),
-                Err(e) => {
-                    tracing::warn!(network = %row.name, error = %e, "cannot re-create the managed bridge")
-                }
+            if let Err(e) = restored {
+                tracing::warn!(network = %row.name, error = %e, "cannot restore the managed network");
             }
         }
     }
