@@ -118,6 +118,22 @@ pub async fn update_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx
     .map(|_| ())
 }
 
+/// Records a start, touching nothing else of the row.
+pub async fn touch_instance(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    last_used_at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_instances SET last_used_at = $3 WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .bind(last_used_at)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 pub async fn rename_instance(
     pool: &AnyPool,
     project: &str,

@@ -1821,6 +1821,13 @@ async fn bridge_networks_and_nics() {
     net(json!({"name": "lxgbr0"}))
         .await
         .assert_problem(409, "conflict");
+    // Another bridge may not take addresses this one has.
+    net(json!({"name": "lxgbr2", "config": {"ipv4.address": "10.77.128.1/16"}}))
+        .await
+        .assert_problem(409, "conflict");
+    net(json!({"name": "lxgbr2", "config": {"ipv6.address": "fe80::1/64"}}))
+        .await
+        .assert_problem(400, "bad_request");
     let dnsmasq = host.data().join("networks/lxgbr0/dnsmasq.pid");
     let first_dhcp = dhcp_pid(&dnsmasq).expect("a dnsmasq serves the bridge");
     // `auto` (the default) picks a free 10.x.y.1/24.

@@ -55,6 +55,17 @@ pub fn plan(config: &ConfigMap) -> Result<Plan, BackendError> {
                 if !(8..=30).contains(&net.prefix_len()) {
                     return Err(bad("ipv4.address: the prefix must be between /8 and /30"));
                 }
+                let a = net.addr();
+                if a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_unspecified()
+                    || a.is_link_local()
+                    || a.is_broadcast()
+                {
+                    return Err(bad(format!(
+                        "ipv4.address: {a} is a loopback, link-local, multicast or reserved address; use a private one such as 10.0.3.1/24"
+                    )));
+                }
                 if net.addr() == net.network() || net.addr() == net.broadcast() {
                     return Err(bad(format!(
                         "ipv4.address: {} is the subnet's network or broadcast address; give the bridge's own address (e.g. {}/{})",
@@ -76,6 +87,16 @@ pub fn plan(config: &ConfigMap) -> Result<Plan, BackendError> {
                     return Err(bad(
                         "ipv6.address: give the bridge's own address with a prefix between /8 and /126",
                     ));
+                }
+                let a = net.addr();
+                if a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_unspecified()
+                    || a.is_unicast_link_local()
+                {
+                    return Err(bad(format!(
+                        "ipv6.address: {a} is a loopback, link-local or multicast address; use a ULA such as fd42:1::1/64"
+                    )));
                 }
                 plan.ipv6 = Some(net);
             }
@@ -119,10 +140,7 @@ pub fn pick_subnet(used: &[IpNet]) -> Option<Ipv4Net> {
     (0..256).find_map(|_| {
         let (b, c) = (rng.random::<u8>(), rng.random::<u8>());
         let net = Ipv4Net::new(Ipv4Addr::new(10, b, c, 0), 24).ok()?;
-        let clash = used.iter().any(|u| match u {
-            IpNet::V4(u) => u.contains(&net.network()) || net.contains(&u.network()),
-            IpNet::V6(_) => false,
-        });
+        let clash = used.iter().any(|u| overlaps(u, &IpNet::V4(net)));
         (!clash).then(|| Ipv4Net::new(Ipv4Addr::new(10, b, c, 1), 24).ok())?
     })
 }
@@ -183,8 +201,15 @@ pub fn host_ifname(host: &str, device: &str) -> String {
     format!("lxg{}", &hex::encode(h)[..12])
 }
 
-pub fn exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+pub async fn exists(name: &str) -> bool {
+    tokio::fs::try_exists(Path::new("/sys/class/net").join(name))
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether two subnets share addresses.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// Only root (CAP_NET_ADMIN) with iproute2 changes the host's interfaces.
@@ -227,9 +252,9 @@ pub async fn create(name: &str, plan: &Plan) -> Result<(), BackendError> {
 /// Sets the bridge's MTU and addresses (replacing the ones it had) and
 /// brings it up.
 pub async fn configure(name: &str, plan: &Plan) -> Result<(), BackendError> {
-    if let Some(mtu) = plan.mtu {
-        ip(["link", "set", "dev", name, "mtu", &mtu.to_string()]).await?;
-    }
+    // Without bridge.mtu: the usual 1500 (also when the key was removed).
+    let mtu = plan.mtu.unwrap_or(1500).to_string();
+    ip(["link", "set", "dev", name, "mtu", &mtu]).await?;
     ip(["addr", "flush", "dev", name, "scope", "global"]).await?;
     if let Some(v4) = plan.ipv4 {
         ip(["-4", "addr", "add", &v4.to_string(), "dev", name]).await?;
@@ -242,7 +267,7 @@ pub async fn configure(name: &str, plan: &Plan) -> Result<(), BackendError> {
 }
 
 pub async fn delete(name: &str) -> Result<(), BackendError> {
-    if !exists(name) {
+    if !exists(name).await {
         return Ok(());
     }
     ip(["link", "delete", "dev", name, "type", "bridge"]).await
@@ -326,6 +351,12 @@ mod tests {
             ("ipv4.address", "10.1.2.1"),
             ("ipv4.address", "10.1.2.300/24"),
             ("ipv4.address", "10.1.2.1/31"),
+            ("ipv4.address", "127.0.0.1/8"),
+            ("ipv4.address", "169.254.0.1/16"),
+            ("ipv4.address", "224.0.0.1/24"),
+            ("ipv6.address", "ff02::1/64"),
+            ("ipv6.address", "::1/64"),
+            ("ipv6.address", "fe80::1/64"),
             ("ipv6.address", "fd42::/64"),
             ("bridge.mtu", "70000"),
             ("dns.domain", "lxd"),

@@ -428,9 +428,12 @@ impl EmbeddedBackend {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        // Held until the devices are stored: addresses are given out once.
-        let _net = self.net_lock.lock().await;
         let nics_changed = nics_of(&devices) != nics_of(&current.devices);
+        // Held until the devices are stored: addresses are given out once.
+        let _net = match nics_changed {
+            true => Some(self.net_lock.lock().await),
+            false => None,
+        };
         if nics_changed {
             if self
                 .driver(&row)
@@ -574,6 +577,13 @@ impl EmbeddedBackend {
             )));
         }
         let guard = self.lock(project, name).lock_owned().await;
+        // Read again under the lock (a change may have held it meanwhile).
+        let row = self.row(project, name).await?;
+        if self.info_of(&row).await.state != "STOPPED" {
+            return Err(BackendError::BadRequest(
+                "Renaming of running instance not allowed".into(),
+            ));
+        }
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
         // The NICs' host ends are named after the instance: the new name's.
         let attached = self
@@ -669,23 +679,15 @@ impl EmbeddedBackend {
         name: &str,
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
+        let action = change.action.as_str();
+        let row = self.row(project, name).await?;
+        refuse_state_change(action, &self.info_of(&row).await.state)?;
+        let guard = self.lock(project, name).lock_owned().await;
+        // Read again under the lock: a change that held it meanwhile (a NIC
+        // attached, another start) is what this action must go by.
         let row = self.row(project, name).await?;
         let state = self.info_of(&row).await.state;
-        let action = change.action.as_str();
-        // The same refusals Incus gives, before any work starts.
-        let refusal = match (action, state.as_str()) {
-            ("start", "RUNNING") => Some("The instance is already running"),
-            ("start", "FROZEN") => Some("The instance is frozen; unfreeze it"),
-            ("stop" | "restart", "STOPPED") => Some("The instance is already stopped"),
-            ("freeze", "FROZEN") => Some("The instance is already frozen"),
-            ("freeze", s) if s != "RUNNING" => Some("The instance is not running"),
-            ("unfreeze", s) if s != "FROZEN" => Some("The instance is not frozen"),
-            _ => None,
-        };
-        if let Some(msg) = refusal {
-            return Err(BackendError::BadRequest(msg.into()));
-        }
-        let guard = self.lock(project, name).lock_owned().await;
+        refuse_state_change(action, &state)?;
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
         let attached = self
             .attachments(
@@ -720,9 +722,7 @@ impl EmbeddedBackend {
                 let event = match change.action.as_str() {
                     "start" => {
                         driver.start(&ct, &config, &attached).await?;
-                        let mut row = row.clone();
-                        row.last_used_at = now();
-                        let _ = inv::update_instance(&pool, &row).await;
+                        let _ = inv::touch_instance(&pool, &row.project, &row.name, &now()).await;
                         "instance-started"
                     }
                     "stop" => {
@@ -756,6 +756,23 @@ impl EmbeddedBackend {
 }
 
 /// Processes in the container: those sharing init's PID namespace.
+/// The same refusals Incus gives, before any work starts.
+fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
+    let refusal = match (action, state) {
+        ("start", "RUNNING") => Some("The instance is already running"),
+        ("start", "FROZEN") => Some("The instance is frozen; unfreeze it"),
+        ("stop" | "restart", "STOPPED") => Some("The instance is already stopped"),
+        ("freeze", "FROZEN") => Some("The instance is already frozen"),
+        ("freeze", s) if s != "RUNNING" => Some("The instance is not running"),
+        ("unfreeze", s) if s != "FROZEN" => Some("The instance is not frozen"),
+        _ => None,
+    };
+    match refusal {
+        Some(msg) => Err(BackendError::BadRequest(msg.into())),
+        None => Ok(()),
+    }
+}
+
 async fn count_processes(init_pid: i64) -> i64 {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
     let pid = init_pid.to_string();

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -162,7 +162,7 @@ impl EmbeddedBackend {
             network_type: row.network_type.clone(),
             managed: true,
             // A bridge the host lost (a reboot) until lxgate makes it again.
-            status: if bridge::exists(&row.name) {
+            status: if bridge::exists(&row.name).await {
                 "Created"
             } else {
                 "Unavailable"
@@ -227,24 +227,36 @@ impl EmbeddedBackend {
     }
 
     /// Resolves `auto` addresses (the stored config then holds the real
-    /// ones, as Incus does) and checks the rest. A left-out `ipv4.address`
-    /// is `auto` when `creating`, as in Incus, and `none` when a PUT drops it.
+    /// ones, as Incus does) and checks the rest. `current`: the network's
+    /// subnet when it is updated (None: it is being created). A left-out
+    /// `ipv4.address` is `auto` on create, as in Incus, and `none` when a PUT
+    /// drops it. A new subnet must not overlap one the host or another
+    /// managed network uses.
     async fn resolve_config(
         &self,
+        name: &str,
         mut config: ConfigMap,
-        creating: bool,
+        current: Option<Option<Ipv4Net>>,
     ) -> Result<(ConfigMap, Plan), BackendError> {
+        let own: Option<IpNet> = current.flatten().map(|n| IpNet::V4(n.trunc()));
+        let mut used: Vec<IpNet> = bridge::host_ipv4_nets()
+            .await
+            .into_iter()
+            // The network's own address and routes are not a clash.
+            .filter(|n| !own.is_some_and(|o| o.contains(n)))
+            .collect();
+        for r in inv::list_networks(&self.pool).await.map_err(db)? {
+            if r.name != name
+                && let Some(n) = bridge::plan(&config_of(&r)).ok().and_then(|p| p.ipv4)
+            {
+                used.push(n.trunc().into());
+            }
+        }
         let v4 = config
             .entry("ipv4.address".into())
-            .or_insert_with(|| if creating { "auto" } else { "none" }.into());
+            .or_insert_with(|| if current.is_none() { "auto" } else { "none" }.into());
         if v4 == "auto" {
-            let mut taken = bridge::host_ipv4_nets().await;
-            for r in inv::list_networks(&self.pool).await.map_err(db)? {
-                if let Some(n) = bridge::plan(&config_of(&r)).ok().and_then(|p| p.ipv4) {
-                    taken.push(n.trunc().into());
-                }
-            }
-            *v4 = bridge::pick_subnet(&taken)
+            *v4 = bridge::pick_subnet(&used)
                 .ok_or_else(|| {
                     BackendError::Conflict(
                         "no free /24 left in 10.0.0.0/8 for ipv4.address=auto".into(),
@@ -259,6 +271,16 @@ impl EmbeddedBackend {
             *v6 = random_ula().to_string();
         }
         let plan = bridge::plan(&config)?;
+        if let Some(net) = plan.ipv4
+            && Some(net) != current.flatten()
+            && let Some(clash) = used
+                .iter()
+                .find(|u| bridge::overlaps(u, &IpNet::V4(net.trunc())))
+        {
+            return Err(BackendError::Conflict(format!(
+                "ipv4.address {net} overlaps {clash}, which the host or another managed network uses"
+            )));
+        }
         if plan.dhcp == Some(true) && !dhcp::available() {
             return Err(BackendError::NotSupported(
                 "ipv4.dhcp: DHCP on embedded bridges needs dnsmasq (apt-get install dnsmasq-base)"
@@ -286,6 +308,7 @@ impl EmbeddedBackend {
                 bridge::IFNAME_MAX
             )));
         }
+        bridge::check_ifname(&req.name)?;
         bridge::can_manage()?;
         let _net = self.net_lock.lock().await;
         if inv::get_network(&self.pool, &req.name)
@@ -295,13 +318,15 @@ impl EmbeddedBackend {
         {
             return Err(BackendError::Conflict("The network already exists".into()));
         }
-        if bridge::exists(&req.name) {
+        if bridge::exists(&req.name).await {
             return Err(BackendError::Conflict(format!(
                 "the host already has an interface named {}",
                 req.name
             )));
         }
-        let (config, plan) = self.resolve_config(req.config.clone(), true).await?;
+        let (config, plan) = self
+            .resolve_config(&req.name, req.config.clone(), None)
+            .await?;
         let row = NetworkRow {
             name: req.name.clone(),
             network_type: kind.into(),
@@ -350,16 +375,17 @@ impl EmbeddedBackend {
         replace: bool,
     ) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
+        // Read under the lock, so two updates never merge into one old config.
+        let _net = self.net_lock.lock().await;
         let mut row = match inv::get_network(&self.pool, name).await.map_err(db)? {
             Some(r) => r,
-            None if bridge::exists(name) => {
+            None if bridge::exists(name).await => {
                 return Err(BackendError::BadRequest(format!(
                     "{name} is a host interface, not a managed network"
                 )));
             }
             None => return Err(BackendError::NotFound("Network not found".into())),
         };
-        let _net = self.net_lock.lock().await;
         let current = self.to_network(&row, project).await?;
         if let Some(tag) = if_match
             && tag.trim_matches('"') != network_etag(&current)
@@ -377,8 +403,10 @@ impl EmbeddedBackend {
         if let Some(c) = &update.config {
             config.extend(c.clone());
         }
-        let (config, plan) = self.resolve_config(config, false).await?;
         let old_plan = bridge::plan(&old)?;
+        let (config, plan) = self
+            .resolve_config(name, config, Some(old_plan.ipv4))
+            .await?;
         if plan.ipv4 != old_plan.ipv4 && !self.instances_on(name).await?.is_empty() {
             return Err(BackendError::BadRequest(
                 "ipv4.address cannot change while instances have NICs on the network (their addresses are in its subnet); detach them first".into(),
@@ -386,8 +414,12 @@ impl EmbeddedBackend {
         }
         if plan != old_plan {
             bridge::can_manage()?;
-            if bridge::exists(name) {
-                bridge::configure(name, &plan).await?;
+            if bridge::exists(name).await {
+                if let Err(e) = bridge::configure(name, &plan).await {
+                    // Back to what the database still says.
+                    let _ = bridge::configure(name, &old_plan).await;
+                    return Err(e);
+                }
             } else {
                 bridge::create(name, &plan).await?;
             }
@@ -421,7 +453,7 @@ impl EmbeddedBackend {
             .map_err(db)?
             .is_none()
         {
-            return Err(if bridge::exists(name) {
+            return Err(if bridge::exists(name).await {
                 BackendError::BadRequest(format!(
                     "{name} is a host interface, not a managed network"
                 ))
@@ -460,7 +492,7 @@ impl EmbeddedBackend {
             .await
             .map_err(db)?
             .is_some();
-        if managed && !bridge::exists(name) {
+        if managed && !bridge::exists(name).await {
             return Ok(NetworkState {
                 state: "down".into(),
                 kind: "broadcast".into(),
@@ -808,7 +840,7 @@ impl EmbeddedBackend {
         let wanted: BTreeSet<&str> = nics.iter().map(|n| n.bridge.as_str()).collect();
         for name in wanted {
             let _net = self.net_lock.lock().await;
-            if !bridge::exists(name) {
+            if !bridge::exists(name).await {
                 let row = self.network_row(name).await?;
                 bridge::can_manage()?;
                 bridge::create(name, &bridge::plan(&config_of(&row))?).await?;
@@ -868,7 +900,7 @@ impl EmbeddedBackend {
         };
         let _net = self.net_lock.lock().await;
         for row in &rows {
-            let made = if bridge::exists(&row.name) {
+            let made = if bridge::exists(&row.name).await {
                 Ok(())
             } else {
                 let made = match bridge::plan(&config_of(row)) {

@@ -231,14 +231,16 @@ impl Qemu {
                 break;
             }
         }
-        match plugged {
+        let running = match plugged {
             Ok(()) => self.qmp(vm, "cont", None).await.map(|_| ()),
-            Err(e) => {
-                // Held before its first instruction: nothing to shut down.
-                let _ = self.qmp(vm, "quit", None).await;
-                Err(e)
-            }
+            Err(e) => Err(e),
+        };
+        if running.is_err() {
+            // Not left paused (it would read as Frozen) nor holding its taps:
+            // quit, SIGKILL if need be, waited for.
+            let _ = self.stop(vm, 0, true).await;
         }
+        running
     }
 
     /// The QEMU process of this VM, if it runs: the pidfile's pid, checked

@@ -369,6 +369,14 @@ impl EmbeddedBackend {
             ));
         }
         let guard = self.lock(project, name).lock_owned().await;
+        // Read again under the lock (a change may have held it meanwhile).
+        let row = self.row(project, name).await?;
+        let state = driver.info(&host).await.state;
+        if vm && state != "STOPPED" {
+            return Err(BackendError::BadRequest(
+                "stop the VM before restoring a snapshot".into(),
+            ));
+        }
         // NICs stay as they are now: their addresses are live assignments
         // that may have gone to other instances since the snapshot.
         let current: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
@@ -384,6 +392,10 @@ impl EmbeddedBackend {
                 .filter(|(_, d)| nic_network(d).is_some()),
         );
         let attached = self.attachments(project, &host, &devices, vm).await?;
+        if state == "RUNNING" || state == "FROZEN" {
+            // It is started again afterwards.
+            self.ensure_bridges(&attached.nics).await?;
+        }
         let (idir, bus, pool) = (self.instance_dir(&row), self.bus.clone(), self.pool.clone());
         let lxc = self.lxc.clone();
         let snap = snap.to_owned();
