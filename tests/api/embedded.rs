@@ -1879,11 +1879,6 @@ async fn bridge_networks_and_nics() {
     assert!(addr.contains("default via 10.77.0.1"), "{addr}");
     run_in(&app, &admin, "c1", "ping -c 1 -W 3 10.77.0.1").await;
     assert!(ping("10.77.0.2"), "the container answers on the bridge");
-    // NICs change on stopped instances only.
-    nic("c1", json!({"network": "lxgbr0", "device": "eth1"}))
-        .await
-        .assert_problem(400, "bad_request");
-
     // A VM on the same bridge: its tap is in the bridge before it boots; the
     // guest (no DHCP) takes the address lxgate reserved for it.
     import_vm_image(&app, &admin, host.dir.path()).await;
@@ -2000,6 +1995,42 @@ async fn bridge_networks_and_nics() {
         "{}",
         leases.text
     );
+    // A running container's NICs are hot-plugged and unplugged; a running
+    // VM's are refused (the guest would have to take part).
+    let r = nic("c1", json!({"network": "lxgbr0", "device": "eth1"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.body["devices"]["eth1"]["ipv4.address"], "10.77.0.4",
+        "{}",
+        r.text
+    );
+    let mac1 = r.body["devices"]["eth1"]["hwaddr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run_in(
+        &app,
+        &admin,
+        "c1",
+        "cat /sys/class/net/eth1/address; ip -4 addr show eth1",
+    )
+    .await;
+    assert!(
+        out.contains(&mac1) && out.contains("inet 10.77.0.4/24"),
+        "{out}"
+    );
+    assert!(ping("10.77.0.4"), "the hot-plugged NIC answers");
+    let r = app
+        .delete("/api/v1/instances/c1/nics/eth1?wait=30", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let out = run_in(&app, &admin, "c1", "ls /sys/class/net").await;
+    assert!(!out.contains("eth1") && out.contains("eth0"), "{out}");
+    assert!(!ping("10.77.0.4"), "the unplugged NIC is gone");
+    nic("v1", json!({"network": "lxgbr0", "device": "eth1"}))
+        .await
+        .assert_problem(400, "bad_request");
+
     // In use: no delete, no re-addressing; the description may change.
     app.delete("/api/v1/networks/lxgbr0", Some(&admin))
         .await

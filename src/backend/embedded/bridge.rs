@@ -278,6 +278,67 @@ pub async fn enslave(ifname: &str, bridge: &str) -> Result<(), BackendError> {
     ip(["link", "set", "dev", ifname, "master", bridge, "up"]).await
 }
 
+/// Runs `ip` inside the network namespace of process `pid` (the host's
+/// `ip`: only the network namespace is entered).
+async fn ip_in(pid: i64, args: &[&str]) -> Result<(), BackendError> {
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let mut all = vec![netns.as_str(), "--", "ip"];
+    all.extend_from_slice(args);
+    run("nsenter", all, IP_TIMEOUT).await.map(|_| ())
+}
+
+/// Hot-plugs a NIC into a running container (init `pid`): a veth pair, the
+/// host end into the bridge, the other moved into the container, renamed,
+/// given its MAC and address, and the default route if it has none yet. On
+/// failure the pair is removed again (deleting one end deletes both).
+pub async fn plug_veth(
+    host_if: &str,
+    bridge: &str,
+    name: &str,
+    hwaddr: &str,
+    ipv4: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+    pid: i64,
+) -> Result<(), BackendError> {
+    // The same hash as the host end, so names never collide.
+    let peer = format!("lxt{}", &host_if[3..]);
+    ip([
+        "link", "add", host_if, "type", "veth", "peer", "name", &peer,
+    ])
+    .await?;
+    let plugged = async {
+        ip(["link", "set", "dev", host_if, "master", bridge, "up"]).await?;
+        ip(["link", "set", "dev", &peer, "netns", &pid.to_string()]).await?;
+        ip_in(
+            pid,
+            &["link", "set", "dev", &peer, "name", name, "address", hwaddr],
+        )
+        .await?;
+        if let Some(a) = ipv4 {
+            ip_in(pid, &["addr", "add", &a.to_string(), "dev", name]).await?;
+        }
+        ip_in(pid, &["link", "set", "dev", name, "up"]).await?;
+        if let Some(gw) = gateway {
+            // Refused when the container has a default route already: kept.
+            let _ = ip_in(pid, &["route", "add", "default", "via", &gw.to_string()]).await;
+        }
+        Ok(())
+    }
+    .await;
+    if plugged.is_err() {
+        let _ = unplug(host_if).await;
+    }
+    plugged
+}
+
+/// Removes a NIC's veth pair (or a tap) by its host end, if it exists.
+pub async fn unplug(host_if: &str) -> Result<(), BackendError> {
+    if !exists(host_if).await {
+        return Ok(());
+    }
+    ip(["link", "delete", "dev", host_if]).await
+}
+
 /// The IPv4 networks the host already uses (its interfaces' subnets and its
 /// routes), for picking a subnet that clashes with none.
 pub async fn host_ipv4_nets() -> Vec<IpNet> {

@@ -412,8 +412,8 @@ impl EmbeddedBackend {
             ));
         }
         // Devices: custom volumes and NICs, checked against the storage and
-        // networks (and applied at the next start: a container's mounts and
-        // veths, a VM's disks and taps).
+        // networks (volumes apply at the next start; NICs of a running
+        // container are hot-plugged).
         let mut devices: DevicesMap = update.devices.clone().unwrap_or_else(|| {
             if replace {
                 DevicesMap::new()
@@ -434,18 +434,24 @@ impl EmbeddedBackend {
             true => Some(self.net_lock.lock().await),
             false => None,
         };
+        // A running container's NICs are hot-plugged (its init's pid); a
+        // running VM's would need the guest's help, so it is stopped first.
+        let mut hot = None;
         if nics_changed {
-            if self
-                .driver(&row)
-                .info(&Lxc::host_name(project, name))
-                .await
-                .state
-                != "STOPPED"
-            {
-                return Err(BackendError::BadRequest(
-                    "NICs are attached to and detached from stopped instances only; stop it first"
-                        .into(),
-                ));
+            let info = self.driver(&row).info(&Lxc::host_name(project, name)).await;
+            if info.state != "STOPPED" {
+                if vm {
+                    return Err(BackendError::BadRequest(
+                        "NICs of a virtual machine are attached and detached while it is stopped; stop it first"
+                            .into(),
+                    ));
+                }
+                hot = Some(info.pid.ok_or_else(|| {
+                    BackendError::BadRequest(format!(
+                        "the container is {} without a process; try again",
+                        info.state.to_lowercase()
+                    ))
+                })?);
             }
             self.assign_nics(project, name, &mut devices).await?;
         }
@@ -473,6 +479,10 @@ impl EmbeddedBackend {
         }
         lxc::check_config(&user)?;
         let ct = Lxc::host_name(project, name);
+        if let Some(pid) = hot {
+            let before = self.nics(&ct, &current.devices).await.unwrap_or_default();
+            Self::hotplug(&before, &attached.nics, pid).await?;
+        }
         if vm {
             // Applied at the next start, when the command line is built.
             qemu::vm_resources(&user)?;

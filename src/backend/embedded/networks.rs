@@ -834,6 +834,41 @@ impl EmbeddedBackend {
         out
     }
 
+    /// Makes a running container's NICs `after` where they were `before`:
+    /// new ones are hot-plugged first (undone if one fails, so nothing
+    /// changes), then the ones gone are unplugged.
+    pub(super) async fn hotplug(
+        before: &[Nic],
+        after: &[Nic],
+        pid: i64,
+    ) -> Result<(), BackendError> {
+        let added: Vec<&Nic> = after.iter().filter(|n| !before.contains(n)).collect();
+        let removed: Vec<&Nic> = before.iter().filter(|n| !after.contains(n)).collect();
+        // A changed NIC is unplugged before its new self is plugged.
+        for n in removed
+            .iter()
+            .filter(|r| added.iter().any(|a| a.host_if == r.host_if))
+        {
+            bridge::unplug(&n.host_if).await?;
+        }
+        for (i, n) in added.iter().enumerate() {
+            let plugged = bridge::plug_veth(
+                &n.host_if, &n.bridge, &n.name, &n.hwaddr, n.ipv4, n.gateway, pid,
+            )
+            .await;
+            if let Err(e) = plugged {
+                for done in &added[..i] {
+                    let _ = bridge::unplug(&done.host_if).await;
+                }
+                return Err(e);
+            }
+        }
+        for n in &removed {
+            bridge::unplug(&n.host_if).await?;
+        }
+        Ok(())
+    }
+
     /// Makes the bridges these NICs need (and their DHCP) again where the
     /// host lost them.
     pub(super) async fn ensure_bridges(&self, nics: &[Nic]) -> Result<(), BackendError> {
