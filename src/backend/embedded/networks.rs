@@ -532,7 +532,10 @@ impl EmbeddedBackend {
         } else {
             "broadcast"
         };
-        let bridge = if dir.join("bridge").exists() {
+        let bridge = if tokio::fs::try_exists(dir.join("bridge"))
+            .await
+            .unwrap_or(false)
+        {
             let b = dir.join("bridge");
             let mut upper_devices = Vec::new();
             if let Ok(mut rd) = tokio::fs::read_dir(dir.join("brif")).await {
