@@ -41,8 +41,8 @@ impl Driver {
         self.info_maybe_cached(host, false).await
     }
 
-    /// For listings: a container's state may be up to two seconds old
-    /// (lxgate's own changes are never served stale).
+    /// For listings and quick refusals: a container's state may be up to
+    /// two seconds old (lxgate's own changes are never served stale).
     pub async fn info_for_listing(&self, host: &str) -> LxcInfo {
         self.info_maybe_cached(host, true).await
     }
