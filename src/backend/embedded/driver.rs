@@ -41,8 +41,17 @@ impl Driver {
         self.info_maybe_cached(host, false).await
     }
 
-    /// For listings and quick refusals: a container's state may be up to
-    /// two seconds old (lxgate's own changes are never served stale).
+    /// A container's state read in the last two seconds, if there is one
+    /// (lxgate's own changes clear it); nothing for a VM.
+    pub fn recent_info(&self, host: &str) -> Option<LxcInfo> {
+        match self {
+            Driver::Lxc(lxc) => lxc.recent(host),
+            Driver::Qemu(_) => None,
+        }
+    }
+
+    /// For listings: a container's state may be up to two seconds old
+    /// (lxgate's own changes are never served stale).
     pub async fn info_for_listing(&self, host: &str) -> LxcInfo {
         self.info_maybe_cached(host, true).await
     }

@@ -691,14 +691,15 @@ impl EmbeddedBackend {
     ) -> Result<Operation, BackendError> {
         let action = change.action.as_str();
         let row = self.row(project, name).await?;
-        // A quick refusal from the recent state (up to 2 s old; lxgate's own
-        // changes clear it), without waiting for the lock; the state read
-        // under the lock decides.
-        let recent = self
+        // A quick refusal from a recent state (up to 2 s old; lxgate's own
+        // changes clear it), without waiting for the lock or forking
+        // lxc-info; the state read under the lock decides.
+        if let Some(recent) = self
             .driver(&row)
-            .info_for_listing(&Lxc::host_name(project, name))
-            .await;
-        refuse_state_change(action, &recent.state)?;
+            .recent_info(&Lxc::host_name(project, name))
+        {
+            refuse_state_change(action, &recent.state)?;
+        }
         let guard = self.lock(project, name).lock_owned().await;
         // Read again under the lock: a change that held it meanwhile (a NIC
         // attached, another start) is what this action must go by.

@@ -49,12 +49,20 @@ impl Lxc {
     /// `info`, or an answer younger than `INFO_TTL` (listings ask for every
     /// container at once; one process per container per request is too many).
     pub async fn info_cached(&self, ct: &str) -> Result<LxcInfo, BackendError> {
-        if let Some((at, info)) = self.recent.lock().expect("info cache").get(ct)
-            && at.elapsed() < INFO_TTL
-        {
-            return Ok(info.clone());
+        match self.recent(ct) {
+            Some(info) => Ok(info),
+            None => self.info(ct).await,
         }
-        self.info(ct).await
+    }
+
+    /// The state read in the last 2 s, if any (never forks lxc-info).
+    pub fn recent(&self, ct: &str) -> Option<LxcInfo> {
+        self.recent
+            .lock()
+            .expect("info cache")
+            .get(ct)
+            .filter(|(at, _)| at.elapsed() < INFO_TTL)
+            .map(|(_, info)| info.clone())
     }
 
     /// Forgets what `info_cached` knows of a container (after a change).
