@@ -70,11 +70,13 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // VMs: their QEMU, by pidfile.
-        if let Ok(vms) = std::fs::read_dir(self.data().join("vms")) {
-            for vm in vms.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
-                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        // VMs' QEMU and bridges' dnsmasq, by pidfile.
+        for (dir, pidfile) in [("vms", "qemu.pid"), ("networks", "dnsmasq.pid")] {
+            if let Ok(entries) = std::fs::read_dir(self.data().join(dir)) {
+                for e in entries.flatten() {
+                    if let Ok(pid) = std::fs::read_to_string(e.path().join(pidfile)) {
+                        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                    }
                 }
             }
         }
@@ -1676,6 +1678,13 @@ struct Netns(String);
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Whatever still runs in it (a failed run's containers, VMs, dnsmasq)
+        // would keep the namespace alive: killed first.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.0])
             .status();

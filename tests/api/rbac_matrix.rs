@@ -335,7 +335,9 @@ fn generic_body(key: &str) -> Value {
         "POST /api/v1/storage/pools/{pool}/volumes" => json!({"name": "rbac-vol"}),
         "POST /api/v1/storage/pools/{pool}/volumes/{name}/resize" => json!({"size": "1GiB"}),
         "POST /api/v1/storage/pools" => json!({"name": "rbac-pool", "driver": "dir"}),
-        "POST /api/v1/networks" => json!({"name": "rbac-net"}),
+        // A type the embedded backend refuses (501) after the role check: a
+        // bridge would be made on the host, outside any test namespace.
+        "POST /api/v1/networks" => json!({"name": "rbac-net", "type": "macvlan"}),
         "POST /api/v1/instances/{name}/volumes" => json!({
             "pool": MISSING, "volume": MISSING, "path": "/mnt/rbac", "device": "rbac-disk"}),
         "POST /api/v1/instances/{name}/nics" => json!({"network": MISSING, "device": "eth9"}),
