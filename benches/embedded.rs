@@ -241,42 +241,23 @@ async fn main() -> Res<()> {
     eprintln!("[bench] creating {list_n} containers on each backend");
     fill(&incus, list_n).await?;
     fill(&embedded, list_n).await?;
-    let url = |s: &Server| format!("{}/api/v1/instances?limit=1000", s.base);
+    // Warm both (connections, caches), then measure each in turn.
+    let list = |s: &Server, secs: Duration| {
+        load(
+            s.http.clone(),
+            format!("{}/api/v1/instances?limit=1000", s.base),
+            Some(s.token.clone()),
+            conns,
+            secs,
+        )
+    };
     let warm = Duration::from_secs(2);
-    load(
-        incus.http.clone(),
-        url(&incus),
-        Some(incus.token.clone()),
-        conns,
-        warm,
-    )
-    .await;
-    load(
-        embedded.http.clone(),
-        url(&embedded),
-        Some(embedded.token.clone()),
-        conns,
-        warm,
-    )
-    .await;
+    list(&incus, warm).await;
+    list(&embedded, warm).await;
     eprintln!("[bench] GET /api/v1/instances: Incus backend");
-    let li = load(
-        incus.http.clone(),
-        url(&incus),
-        Some(incus.token.clone()),
-        conns,
-        duration,
-    )
-    .await;
+    let li = list(&incus, duration).await;
     eprintln!("[bench] GET /api/v1/instances: embedded backend");
-    let le = load(
-        embedded.http.clone(),
-        url(&embedded),
-        Some(embedded.token.clone()),
-        conns,
-        duration,
-    )
-    .await;
+    let le = list(&embedded, duration).await;
     println!(
         "| `GET /api/v1/instances`, {list_n} containers, {conns} concurrent | req/s | p50 | p99 | req/s vs Incus backend | errors |"
     );

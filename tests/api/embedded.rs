@@ -107,6 +107,11 @@ pub async fn import_busybox(app: &TestApp, token: &str) -> String {
         .part("metadata", meta)
         .part("rootfs", rootfs)
         .text("alias", "busybox");
+    upload_image(app, token, form).await
+}
+
+/// `POST /images/import` of a multipart form; the new image's fingerprint.
+async fn upload_image(app: &TestApp, token: &str, form: Form) -> String {
     let r = app
         .send(
             app.request(
@@ -624,22 +629,7 @@ async fn import_vm_image(app: &TestApp, token: &str, scratch: &Path) -> String {
         )
         .part("rootfs.img", Part::file(&boot).await.unwrap())
         .text("alias", "tinyvm");
-    let r = app
-        .send(
-            app.request(
-                reqwest::Method::POST,
-                "/api/v1/images/import?wait=60",
-                Some(token),
-            )
-            .multipart(form),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["status_code"], 200, "{}", r.text);
-    r.body["metadata"]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    upload_image(app, token, form).await
 }
 
 #[tokio::test]
@@ -1601,17 +1591,7 @@ async fn snapshots_of_a_vm_disk() {
             Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
         )
         .text("alias", "diskvm");
-    let r = app
-        .send(
-            app.request(
-                reqwest::Method::POST,
-                "/api/v1/images/import?wait=60",
-                Some(&admin),
-            )
-            .multipart(form),
-        )
-        .await;
-    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    upload_image(&app, &admin, form).await;
     let r = create(
         &app,
         &admin,

@@ -221,8 +221,7 @@ pub fn can_manage() -> Result<(), BackendError> {
             "managing bridges needs root (CAP_NET_ADMIN); lxgate runs as uid {euid}"
         )));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if !std::env::split_paths(&path).any(|d| d.join("ip").is_file()) {
+    if !super::process::on_path("ip") {
         return Err(BackendError::NotSupported(
             "managing bridges needs iproute2's `ip`, which is not installed".into(),
         ));

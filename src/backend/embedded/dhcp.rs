@@ -27,8 +27,7 @@ pub struct Reservation {
 }
 
 pub fn available() -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|d| d.join("dnsmasq").is_file())
+    super::process::on_path("dnsmasq")
 }
 
 /// dnsmasq's arguments: every value is lxgate's own path or was validated

@@ -101,8 +101,15 @@ async fn interface(name: &str) -> Result<Network, BackendError> {
     })
 }
 
-fn network_etag(n: &Network) -> String {
-    hex::encode(Sha256::digest(json!([n.description, n.config]).to_string()))
+/// The version of what a PUT/PATCH changes: description and config.
+fn network_etag(description: &str, config: &ConfigMap) -> String {
+    hex::encode(Sha256::digest(json!([description, config]).to_string()))
+}
+
+/// Whether the instance has a NIC on `network`.
+fn uses(r: &InstanceRow, network: &str) -> bool {
+    let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+    devices.values().any(|d| nic_network(d) == Some(network))
 }
 
 fn config_of(row: &NetworkRow) -> ConfigMap {
@@ -139,24 +146,19 @@ impl EmbeddedBackend {
             .await
             .map_err(db)?
             .into_iter()
-            .filter(|r| {
-                let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
-                devices.values().any(|d| nic_network(d) == Some(network))
-            })
+            .filter(|r| uses(r, network))
             .collect())
     }
 
-    /// `used_by` shows the instances of the asking project only: other
-    /// projects' names are not its business.
-    async fn to_network(&self, row: &NetworkRow, project: &str) -> Result<Network, BackendError> {
-        let used_by = self
-            .instances_on(&row.name)
-            .await?
-            .into_iter()
-            .filter(|r| r.project == project)
+    /// `instances`: the asking project's, read once per call; `used_by`
+    /// shows those only (other projects' names are not its business).
+    async fn to_network(row: &NetworkRow, instances: &[InstanceRow]) -> Network {
+        let used_by = instances
+            .iter()
+            .filter(|r| uses(r, &row.name))
             .map(|r| resource_url(&r.project, &format!("instances/{}", r.name)))
             .collect();
-        Ok(Network {
+        Network {
             name: row.name.clone(),
             description: row.description.clone(),
             network_type: row.network_type.clone(),
@@ -172,7 +174,7 @@ impl EmbeddedBackend {
             used_by,
             locations: vec!["none".into()],
             project: "default".into(),
-        })
+        }
     }
 
     pub(super) async fn list_networks_impl(
@@ -199,8 +201,11 @@ impl EmbeddedBackend {
             return Ok(Listing::Names(names));
         }
         let mut out = Vec::with_capacity(managed.len() + host.len());
+        let instances = inv::list_instances(&self.pool, Some(project))
+            .await
+            .map_err(db)?;
         for r in &managed {
-            out.push(self.to_network(r, project).await?);
+            out.push(Self::to_network(r, &instances).await);
         }
         for n in &host {
             if let Ok(net) = interface(n).await {
@@ -218,26 +223,25 @@ impl EmbeddedBackend {
         self.ensure_project(project).await?;
         match inv::get_network(&self.pool, name).await.map_err(db)? {
             Some(row) => {
-                let n = self.to_network(&row, project).await?;
-                let tag = network_etag(&n);
+                let instances = inv::list_instances(&self.pool, Some(project))
+                    .await
+                    .map_err(db)?;
+                let n = Self::to_network(&row, &instances).await;
+                let tag = network_etag(&n.description, &n.config);
                 Ok((n, Some(tag)))
             }
             None => Ok((interface(name).await?, None)),
         }
     }
 
-    /// Resolves `auto` addresses (the stored config then holds the real
-    /// ones, as Incus does) and checks the rest. `current`: the network's
-    /// subnet when it is updated (None: it is being created). A left-out
-    /// `ipv4.address` is `auto` on create, as in Incus, and `none` when a PUT
-    /// drops it. A new subnet must not overlap one the host or another
-    /// managed network uses.
-    async fn resolve_config(
+    /// The IPv4 subnets network `name` must not overlap: the host's
+    /// addresses and routes (less its own, `current`) and the other managed
+    /// networks'. Asked only when a subnet is picked or changed (it runs ip).
+    async fn used_subnets(
         &self,
         name: &str,
-        mut config: ConfigMap,
         current: Option<Option<Ipv4Net>>,
-    ) -> Result<(ConfigMap, Plan), BackendError> {
+    ) -> Result<Vec<IpNet>, BackendError> {
         let own: Option<IpNet> = current.flatten().map(|n| IpNet::V4(n.trunc()));
         let mut used: Vec<IpNet> = bridge::host_ipv4_nets()
             .await
@@ -252,11 +256,28 @@ impl EmbeddedBackend {
                 used.push(n.trunc().into());
             }
         }
+        Ok(used)
+    }
+
+    /// Resolves `auto` addresses (the stored config then holds the real
+    /// ones, as Incus does) and checks the rest. `current`: the network's
+    /// subnet when it is updated (None: it is being created). A left-out
+    /// `ipv4.address` is `auto` on create, as in Incus, and `none` when a PUT
+    /// drops it. A new subnet must not overlap one the host or another
+    /// managed network uses.
+    async fn resolve_config(
+        &self,
+        name: &str,
+        mut config: ConfigMap,
+        current: Option<Option<Ipv4Net>>,
+    ) -> Result<(ConfigMap, Plan), BackendError> {
         let v4 = config
             .entry("ipv4.address".into())
             .or_insert_with(|| if current.is_none() { "auto" } else { "none" }.into());
-        if v4 == "auto" {
-            *v4 = bridge::pick_subnet(&used)
+        // A picked subnet clashes with nothing by construction.
+        let picked = v4 == "auto";
+        if picked {
+            *v4 = bridge::pick_subnet(&self.used_subnets(name, current).await?)
                 .ok_or_else(|| {
                     BackendError::Conflict(
                         "no free /24 left in 10.0.0.0/8 for ipv4.address=auto".into(),
@@ -272,9 +293,12 @@ impl EmbeddedBackend {
         }
         let plan = bridge::plan(&config)?;
         if let Some(net) = plan.ipv4
+            && !picked
             && Some(net) != current.flatten()
-            && let Some(clash) = used
-                .iter()
+            && let Some(clash) = self
+                .used_subnets(name, current)
+                .await?
+                .into_iter()
                 .find(|u| bridge::overlaps(u, &IpNet::V4(net.trunc())))
         {
             return Err(BackendError::Conflict(format!(
@@ -386,9 +410,8 @@ impl EmbeddedBackend {
             }
             None => return Err(BackendError::NotFound("Network not found".into())),
         };
-        let current = self.to_network(&row, project).await?;
         if let Some(tag) = if_match
-            && tag.trim_matches('"') != network_etag(&current)
+            && tag.trim_matches('"') != network_etag(&row.description, &config_of(&row))
         {
             return Err(BackendError::PreconditionFailed(
                 "ETag doesn't match".into(),
@@ -879,14 +902,19 @@ impl EmbeddedBackend {
         for name in wanted {
             let _net = self.net_lock.lock().await;
             if !bridge::exists(name).await {
-                let row = self.network_row(name).await?;
-                bridge::can_manage()?;
-                bridge::create(name, &bridge::plan(&config_of(&row))?).await?;
-                // A dnsmasq of the lost bridge listens on nothing any more.
-                dhcp::stop(&self.network_dir(name)).await;
+                self.recreate_bridge(&self.network_row(name).await?).await?;
             }
             self.sync_dhcp(name).await?;
         }
+        Ok(())
+    }
+
+    /// Makes a bridge the host lost again from its row; its old dnsmasq
+    /// listens on nothing any more, so it goes too (`sync_dhcp` starts one).
+    async fn recreate_bridge(&self, row: &NetworkRow) -> Result<(), BackendError> {
+        bridge::can_manage()?;
+        bridge::create(&row.name, &bridge::plan(&config_of(row))?).await?;
+        dhcp::stop(&self.network_dir(&row.name)).await;
         Ok(())
     }
 
@@ -941,15 +969,8 @@ impl EmbeddedBackend {
             let made = if bridge::exists(&row.name).await {
                 Ok(())
             } else {
-                let made = match bridge::plan(&config_of(row)) {
-                    Ok(plan) => match bridge::can_manage() {
-                        Ok(()) => bridge::create(&row.name, &plan).await,
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                };
+                let made = self.recreate_bridge(row).await;
                 if made.is_ok() {
-                    dhcp::stop(&self.network_dir(&row.name)).await;
                     tracing::info!(network = %row.name, "re-created the managed bridge");
                 }
                 made

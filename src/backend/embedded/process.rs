@@ -19,6 +19,12 @@ pub struct Ran {
     pub stdout: String,
 }
 
+/// Whether `program` is an executable file on `PATH`.
+pub fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(program).is_file())
+}
+
 /// Runs `program args...`; non-zero exit is an error carrying its stderr.
 pub async fn run<I, S>(program: &str, args: I, timeout: Duration) -> Result<Ran, BackendError>
 where

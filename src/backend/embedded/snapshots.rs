@@ -54,8 +54,30 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
     move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
 }
 
-async fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
-    let mut out = Vec::new();
+/// What snapshot and backup records share: a JSON file each in their
+/// folder, listed by creation time, then name.
+trait Record: for<'de> Deserialize<'de> {
+    const MISSING: &'static str;
+    fn sort_key(&self) -> (&str, &str);
+}
+
+impl Record for SnapshotRecord {
+    const MISSING: &'static str = "Snapshot not found";
+    fn sort_key(&self) -> (&str, &str) {
+        (&self.created_at, &self.name)
+    }
+}
+
+impl Record for BackupRecord {
+    const MISSING: &'static str = "Backup not found";
+    fn sort_key(&self) -> (&str, &str) {
+        (&self.created_at, &self.name)
+    }
+}
+
+/// Every record in `dir`, oldest first.
+async fn read_records<T: Record>(dir: &Path) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
     let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
         return out;
     };
@@ -68,7 +90,16 @@ async fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
             out.push(r);
         }
     }
+    out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     out
+}
+
+/// The record `name` in `dir`, or 404.
+async fn read_record<T: Record>(dir: &Path, name: &str) -> Result<T, BackendError> {
+    let raw = tokio::fs::read(dir.join(format!("{name}.json")))
+        .await
+        .map_err(|_| BackendError::NotFound(T::MISSING.into()))?;
+    serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
 }
 
 async fn write_record<T: Serialize>(path: &Path, r: &T) -> Result<(), BackendError> {
@@ -148,10 +179,7 @@ impl EmbeddedBackend {
         row: &InstanceRow,
         snap: &str,
     ) -> Result<SnapshotRecord, BackendError> {
-        let raw = tokio::fs::read(self.snap_dir(row).join(format!("{snap}.json")))
-            .await
-            .map_err(|_| BackendError::NotFound("Snapshot not found".into()))?;
-        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
+        read_record(&self.snap_dir(row), snap).await
     }
 
     pub(super) async fn list_snapshots_impl(
@@ -161,8 +189,7 @@ impl EmbeddedBackend {
         expand: bool,
     ) -> Result<Listing<Snapshot>, BackendError> {
         let row = self.row(project, name).await?;
-        let mut recs: Vec<SnapshotRecord> = read_records(&self.snap_dir(&row)).await;
-        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        let recs: Vec<SnapshotRecord> = read_records(&self.snap_dir(&row)).await;
         Ok(if expand {
             Listing::Full(recs.into_iter().map(|r| to_snapshot(r, -1)).collect())
         } else {
@@ -480,10 +507,7 @@ impl EmbeddedBackend {
         row: &InstanceRow,
         b: &str,
     ) -> Result<BackupRecord, BackendError> {
-        let raw = tokio::fs::read(self.backup_dir(row).join(format!("{b}.json")))
-            .await
-            .map_err(|_| BackendError::NotFound("Backup not found".into()))?;
-        serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
+        read_record(&self.backup_dir(row), b).await
     }
 
     pub(super) async fn list_backups_impl(
@@ -493,8 +517,7 @@ impl EmbeddedBackend {
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError> {
         let row = self.row(project, name).await?;
-        let mut recs: Vec<BackupRecord> = read_records(&self.backup_dir(&row)).await;
-        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        let recs: Vec<BackupRecord> = read_records(&self.backup_dir(&row)).await;
         Ok(if expand {
             Listing::Full(recs.into_iter().map(to_backup).collect())
         } else {
