@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod names;
 pub mod openapi;
+pub mod policy;
 pub mod router;
 pub mod telemetry;
 

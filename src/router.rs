@@ -154,7 +154,8 @@ pub fn api() -> OpenApiRouter<AppState> {
             projects::update_project,
             projects::delete_project
         ))
-        .routes(routes!(projects::get_project_state));
+        .routes(routes!(projects::get_project_state))
+        .routes(routes!(projects::restrict_project));
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)

@@ -1,6 +1,7 @@
 //! The HTTP API: extractors and envelopes shared by every resource module.
 
 pub mod health;
+pub mod policy;
 pub mod v1;
 pub mod ws;
 

@@ -159,6 +159,14 @@ pub trait Backend: Send + Sync {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
 
+    /// The project config that makes the backend itself refuse what the
+    /// instance policy (`crate::policy`) refuses non-admins in a project
+    /// with `widening`: defence in depth, should a check in lxgate ever be
+    /// missed. `None`: the backend has no such setting (the embedded
+    /// backend enforces the policy in lxgate and confines containers
+    /// itself).
+    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap>;
+
     /// A cheap reachability check for `/health/ready`.
     async fn ping(&self) -> Result<(), BackendError>;
 

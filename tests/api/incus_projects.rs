@@ -27,9 +27,10 @@ async fn project_limits_usage_and_visibility() {
         (a.clone(), second.clone()),
     ]);
 
-    // Create: admins only. The image and the root disk come from `default`.
+    // Create: admins only. The image comes from `default`; the project is
+    // restricted and its own `default` profile gets the root disk.
     let body = json!({"name": a, "description": "team A",
-        "config": {"limits.instances": "1", "features.images": "false", "features.profiles": "false"}});
+        "config": {"limits.instances": "1", "features.images": "false"}});
     app.post("/api/v1/projects", Some(&operator), body.clone())
         .await
         .assert_problem(403, "permission_denied");
@@ -61,7 +62,7 @@ async fn project_limits_usage_and_visibility() {
         .post(
             "/api/v1/projects",
             Some(&admin),
-            json!({"name": b, "config": {"features.images": "false", "features.profiles": "false"}}),
+            json!({"name": b, "config": {"features.images": "false"}}),
         )
         .await;
     assert_eq!(made_b.status, StatusCode::CREATED, "{}", made_b.text);

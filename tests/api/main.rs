@@ -19,6 +19,7 @@ mod incus_snapshots;
 mod incus_storage;
 mod incus_transport;
 mod limits;
+mod policy_escape;
 mod rbac_matrix;
 mod tls;
 mod users_admin;

@@ -181,6 +181,7 @@ const ROUTES: &[(&str, Need)] = &[
     ("PATCH /api/v1/projects/{name}", Admin),
     ("DELETE /api/v1/projects/{name}", Admin),
     ("GET /api/v1/projects/{name}/state", ProjectView),
+    ("POST /api/v1/projects/{name}/restrict", Admin),
     // images
     ("GET /api/v1/images", ProjectView),
     ("POST /api/v1/images", Admin),

@@ -60,8 +60,14 @@ pub async fn attach(
         )
         .with_field("device"));
     }
-    let mut devices = current.devices;
+    let mut devices = current.devices.clone();
     devices.insert(device.as_str().to_owned(), config);
+    crate::api::policy::for_caller(state, user, project)
+        .await?
+        .check_instance(
+            (&current.config, &current.devices),
+            (&current.config, &devices),
+        )?;
     let update = InstanceUpdate {
         devices: Some(devices),
         ..Default::default()
@@ -99,7 +105,7 @@ pub async fn detach(
         .get_instance(project.as_str(), instance.as_str())
         .await
         .map_err(instance_not_found(instance))?;
-    let mut devices = current.devices;
+    let mut devices = current.devices.clone();
     match devices.get(device.as_str()) {
         Some(d) if is_kind(d) => {}
         Some(_) => {
@@ -124,6 +130,14 @@ pub async fn detach(
         }
     }
     devices.remove(device.as_str());
+    // Taking a device away is always allowed; checked all the same so that
+    // every write of an instance's devices passes the policy.
+    crate::api::policy::for_caller(state, user, project)
+        .await?
+        .check_instance(
+            (&current.config, &current.devices),
+            (&current.config, &devices),
+        )?;
     let update = InstanceUpdate {
         description: Some(current.description),
         config: Some(current.config),

@@ -140,7 +140,7 @@ pub struct ProjectQuery {
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
         (status = 400, description = "Invalid name or source", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An instance of that name exists", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_instance(
@@ -172,6 +172,12 @@ pub async fn create_instance(
             "give exactly one of source.alias and source.fingerprint",
         ));
     }
+    crate::api::policy::for_caller(&state, &user, &project)
+        .await?
+        .check_instance(
+            (&Default::default(), &Default::default()),
+            (&req.config, &req.devices),
+        )?;
     let op = state
         .backend
         .create_instance(project.as_str(), &req)
@@ -247,13 +253,34 @@ async fn update(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
+    // The policy judges the change against the instance as it is now; the
+    // update then carries that version's ETag, so the instance cannot change
+    // in between (a client's own If-Match still wins: it must match too).
+    let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
+    let (current, etag) = state
+        .backend
+        .get_instance(project.as_str(), name.as_str())
+        .await
+        .map_err(not_found_as_instance(&name))?;
+    let before = (&current.config, &current.devices);
+    if replace {
+        policy.check_instance(
+            before,
+            (
+                &body.config.clone().unwrap_or_default(),
+                &body.devices.clone().unwrap_or_default(),
+            ),
+        )?;
+    } else {
+        policy.check_instance_patch(before, body.config.as_ref(), body.devices.as_ref())?;
+    }
     let op = state
         .backend
         .update_instance(
             project.as_str(),
             name.as_str(),
             &body,
-            if_match(&headers),
+            if_match(&headers).or(etag.as_deref()),
             replace,
         )
         .await
@@ -290,7 +317,8 @@ async fn update(
     responses(
         (status = 202, description = "Updating", body = OperationRef),
         (status = 200, description = "Updated", body = Instance),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
 pub async fn replace_instance(
@@ -313,7 +341,8 @@ pub async fn replace_instance(
     responses(
         (status = 200, description = "Updated", body = Instance),
         (status = 202, description = "Updating", body = OperationRef),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_instance(

@@ -7,14 +7,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api::policy;
 use crate::api::v1::storage::{Entry, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
-use crate::backend::types::{Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
+use crate::policy::Widening;
 
 fn not_found_as_project(name: &ProjectName) -> impl FnOnce(BackendError) -> ApiError + '_ {
     move |e| match e {
@@ -101,7 +103,7 @@ pub async fn list_projects(
         .filter(|p| user.grants.can_see(&p.name))
         .map(|p| {
             if expand {
-                Entry::Full(Box::new(p))
+                Entry::Full(Box::new(policy::describe(&state, p)))
             } else {
                 Entry::Name(p.name)
             }
@@ -118,7 +120,7 @@ pub async fn list_projects(
     responses(
         (status = 201, description = "Created", body = Project,
             headers(("location" = String, description = "The project's URL"))),
-        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Refused by the backend (e.g. a bad config key), or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A project of that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name", body = Problem, content_type = "application/problem+json")))]
@@ -129,9 +131,17 @@ pub async fn create_project(
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
     let name = ProjectName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    let mut req = req;
+    // New projects are restricted in the backend (where it has such a
+    // setting) to match the instance policy, unless the admin says otherwise.
+    let widening = policy::widening_of(&req.config)?;
+    policy::add_restrictions(&state, &widening, &mut req.config);
     state.backend.create_project(&req).await?;
     let (project, _) = state.backend.get_project(name.as_str()).await?;
-    Ok(created(&format!("/api/v1/projects/{name}"), project))
+    Ok(created(
+        &format!("/api/v1/projects/{name}"),
+        policy::describe(&state, project),
+    ))
 }
 
 /// Get a project (any role in it). The `ETag` header can be sent back as `If-Match`.
@@ -157,7 +167,10 @@ pub async fn get_project(
         .get_project(name.as_str())
         .await
         .map_err(not_found_as_project(&name))?;
-    Ok(with_etag(Json(p).into_response(), etag))
+    Ok(with_etag(
+        Json(policy::describe(&state, p)).into_response(),
+        etag,
+    ))
 }
 
 async fn update(
@@ -170,13 +183,89 @@ async fn update(
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
     let name = ProjectName::from_path(&name)?;
+    let mut body = body;
+    let mut if_match = if_match(&headers).map(str::to_owned);
+    if let Some(config) = &mut body.config {
+        // The config as it will be: checked, and when the project is (or
+        // becomes) restricted, the backend's restrictions follow a changed
+        // allow list. Pinned to the version read.
+        let (current, etag) = state
+            .backend
+            .get_project(name.as_str())
+            .await
+            .map_err(not_found_as_project(&name))?;
+        let mut after = if replace {
+            ConfigMap::new()
+        } else {
+            current.config.clone()
+        };
+        after.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let widening = policy::widening_of(&after)?;
+        let was = Widening::from_project_config(&current.config).unwrap_or_default();
+        let restricted = |c: &ConfigMap| c.get("restricted").map(String::as_str) == Some("true");
+        if restricted(&after) && (widening != was || !restricted(&current.config)) {
+            policy::add_restrictions(&state, &widening, config);
+        }
+        if_match = if_match.or(etag);
+    }
     state
         .backend
-        .update_project(name.as_str(), &body, if_match(&headers), replace)
+        .update_project(name.as_str(), &body, if_match.as_deref(), replace)
         .await
         .map_err(not_found_as_project(&name))?;
     let (p, etag) = state.backend.get_project(name.as_str()).await?;
-    Ok(with_etag(Json(p).into_response(), etag))
+    Ok(with_etag(
+        Json(policy::describe(&state, p)).into_response(),
+        etag,
+    ))
+}
+
+/// Restrict a project in the backend to match the instance policy (admins):
+/// on Incus, `restricted=true` and the `restricted.*` keys for the
+/// project's allow lists, so Incus itself refuses privileged containers,
+/// host-path disks and the other admin-only settings. Works on existing
+/// projects, `default` included; projects lxgate creates start restricted.
+#[utoipa::path(post, path = "/{name}/restrict", tag = "projects", operation_id = "restrict_project",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Project name")),
+    responses(
+        (status = 200, description = "Restricted", body = Project),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The project changed meanwhile; try again", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "The backend has no project restrictions (embedded: containers are unprivileged instead)", body = Problem, content_type = "application/problem+json")))]
+pub async fn restrict_project(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require(Permission::InfraManage, "")?;
+    let name = ProjectName::from_path(&name)?;
+    let (current, etag) = state
+        .backend
+        .get_project(name.as_str())
+        .await
+        .map_err(not_found_as_project(&name))?;
+    let widening = Widening::from_project_config(&current.config).unwrap_or_default();
+    let Some(keys) = state.backend.project_restrictions(&widening) else {
+        return Err(ApiError::not_implemented(
+            "this backend has no project restrictions: lxgate enforces the instance policy itself and runs containers unprivileged",
+        ));
+    };
+    let update = ProjectUpdate {
+        description: None,
+        config: Some(keys),
+    };
+    state
+        .backend
+        .update_project(name.as_str(), &update, etag.as_deref(), false)
+        .await
+        .map_err(not_found_as_project(&name))?;
+    let (p, etag) = state.backend.get_project(name.as_str()).await?;
+    Ok(with_etag(
+        Json(policy::describe(&state, p)).into_response(),
+        etag,
+    ))
 }
 
 /// Replace a project's description and config (left-out fields are emptied,
@@ -188,7 +277,7 @@ async fn update(
     request_body = ProjectUpdate,
     responses(
         (status = 200, description = "Updated", body = Project),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
@@ -210,7 +299,7 @@ pub async fn replace_project(
     request_body = ProjectUpdate,
     responses(
         (status = 200, description = "Updated", body = Project),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]

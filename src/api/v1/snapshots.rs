@@ -245,7 +245,7 @@ pub async fn delete_snapshot(
         (status = 202, description = "Restoring", body = OperationRef),
         (status = 200, description = "Restored within `?wait=`", body = Operation),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json")))]
 pub async fn restore_snapshot(
@@ -270,6 +270,23 @@ pub async fn restore_snapshot(
             )
         })?
     };
+    // The snapshot's config and devices are written back: held to the
+    // policy like any other write (an allowance since withdrawn, say).
+    let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
+    let (current, _) = state
+        .backend
+        .get_instance(project.as_str(), name.as_str())
+        .await
+        .map_err(no_instance(&name))?;
+    let saved = state
+        .backend
+        .get_snapshot(project.as_str(), name.as_str(), snap.as_str())
+        .await
+        .map_err(no_snapshot(&name, &snap))?;
+    policy.check_restore(
+        (&current.config, &current.devices),
+        (&saved.config, &saved.devices),
+    )?;
     let op = state
         .backend
         .restore_snapshot(

@@ -354,7 +354,7 @@ pub async fn list_volumes(
             headers(("location" = String, description = "The volume's URL"))),
         (status = 202, description = "Creating", body = OperationRef),
         (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or config the policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A volume of that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name, content type or size", body = Problem, content_type = "application/problem+json")))]
@@ -380,6 +380,9 @@ pub async fn create_volume(
     if let Some(size) = req.config.get("size") {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
     }
+    crate::api::policy::for_caller(&state, &user, &project)
+        .await?
+        .check_volume(&Default::default(), &req.config)?;
     let op = state
         .backend
         .create_volume(project.as_str(), pool.as_str(), &req)
@@ -467,7 +470,7 @@ async fn patch_volume(
     responses(
         (status = 200, description = "Updated", body = StorageVolume),
         (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or config the policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid size", body = Problem, content_type = "application/problem+json")))]
@@ -486,13 +489,25 @@ pub async fn update_volume(
     if let Some(size) = body.config.as_ref().and_then(|c| c.get("size")) {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
     }
+    let mut if_match = if_match(&headers).map(str::to_owned);
+    if let Some(config) = &body.config {
+        // Judged against the volume as it is now, and pinned to that version.
+        let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
+        let (current, etag) = state
+            .backend
+            .get_volume(project.as_str(), pool.as_str(), name.as_str())
+            .await
+            .map_err(volume_not_found(&pool, &name))?;
+        policy.check_volume_patch(&current.config, config)?;
+        if_match = if_match.or(etag);
+    }
     patch_volume(
         &state,
         project.as_str(),
         &pool,
         &name,
         &body,
-        if_match(&headers),
+        if_match.as_deref(),
     )
     .await
 }

@@ -668,6 +668,13 @@ impl Backend for EmbeddedBackend {
             .await
     }
 
+    fn project_restrictions(
+        &self,
+        _widening: &crate::policy::Widening,
+    ) -> Option<types::ConfigMap> {
+        None
+    }
+
     async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
         self.delete_project_impl(name).await
     }

@@ -140,6 +140,7 @@ impl EmbeddedBackend {
             description: row.description.clone(),
             config: serde_json::from_str(&row.config).unwrap_or_default(),
             used_by,
+            policy: Default::default(),
         })
     }
 

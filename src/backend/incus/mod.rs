@@ -631,6 +631,10 @@ impl Backend for IncusBackend {
             .await
     }
 
+    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap> {
+        Some(projects::restrictions(widening))
+    }
+
     async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
         self.delete_project_impl(name).await
     }

@@ -1,10 +1,74 @@
 //! `/1.0/projects` on Incus.
 
 use reqwest::Method;
+use serde_json::{Value, json};
 
 use super::IncusBackend;
 use crate::backend::BackendError;
-use crate::backend::types::{Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::policy::Widening;
+
+/// Device types Incus restricts with `restricted.devices.<type>` = `block`
+/// or `allow`.
+const BLOCKABLE_DEVICES: [&str; 8] = [
+    "gpu",
+    "usb",
+    "pci",
+    "unix-char",
+    "unix-block",
+    "unix-hotplug",
+    "infiniband",
+    "proxy",
+];
+
+/// The `restricted.*` keys under which Incus refuses what lxgate's instance
+/// policy refuses non-admins in a project with `widening` (DESIGN §4a).
+pub fn restrictions(widening: &Widening) -> ConfigMap {
+    let allow = |yes: bool, no: &str| if yes { "allow" } else { no }.to_owned();
+    let mut r = ConfigMap::new();
+    r.insert("restricted".into(), "true".into());
+    // Operators may take snapshots and backups (DESIGN §4); a restricted
+    // project blocks both unless told otherwise.
+    r.insert("restricted.snapshots".into(), "allow".into());
+    r.insert("restricted.backups".into(), "allow".into());
+    r.insert(
+        "restricted.containers.privilege".into(),
+        allow(widening.allows_key("security.privileged"), "unprivileged"),
+    );
+    r.insert(
+        "restricted.containers.nesting".into(),
+        allow(widening.allows_key("security.nesting"), "block"),
+    );
+    r.insert(
+        "restricted.containers.interception".into(),
+        allow(widening.touches("security.syscalls.intercept."), "block"),
+    );
+    let low_level = widening.has_low_level();
+    r.insert(
+        "restricted.containers.lowlevel".into(),
+        allow(low_level, "block"),
+    );
+    r.insert(
+        "restricted.virtual-machines.lowlevel".into(),
+        allow(low_level, "block"),
+    );
+    for t in BLOCKABLE_DEVICES {
+        r.insert(
+            format!("restricted.devices.{t}"),
+            allow(widening.allows_device(t), "block"),
+        );
+    }
+    // `managed`: only disks backed by a pool, only NICs on managed networks.
+    r.insert(
+        "restricted.devices.disk".into(),
+        allow(widening.allows_device("disk"), "managed"),
+    );
+    r.insert(
+        "restricted.devices.nic".into(),
+        allow(widening.allows_device("nic"), "managed"),
+    );
+    r
+}
 
 impl IncusBackend {
     pub(super) async fn list_projects_impl(&self) -> Result<Vec<Project>, BackendError> {
@@ -26,9 +90,52 @@ impl IncusBackend {
         &self,
         req: &ProjectCreate,
     ) -> Result<(), BackendError> {
+        let restricted = req.config.get("restricted").map(String::as_str) == Some("true");
+        let own_profiles = req.config.get("features.profiles").map(String::as_str) != Some("false");
+        if restricted && !own_profiles {
+            return Err(BackendError::BadRequest(
+                "a restricted project needs profiles of its own: leave features.profiles at true \
+                 (lxgate gives its `default` profile the root disk of the `default` project's), \
+                 or create the project with restricted=false"
+                    .into(),
+            ));
+        }
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
         self.client
             .query(Method::POST, &["projects"], &[], Some(&body), None)
+            .await?;
+        if own_profiles {
+            // A project with profiles of its own starts with an empty
+            // `default` profile: no root disk, so no instance could be
+            // created. It gets the `default` project's root disk.
+            if let Err(e) = self.seed_root_disk(&req.name).await {
+                tracing::warn!(project = %req.name, error = %e, "project created without a root disk in its default profile");
+            }
+        }
+        Ok(())
+    }
+
+    async fn seed_root_disk(&self, project: &str) -> Result<(), BackendError> {
+        let (profile, _): (Value, _) = self
+            .client
+            .query_struct(&["profiles", "default"], &[("project", "default")])
+            .await?;
+        let Some(root) = profile["devices"]
+            .as_object()
+            .and_then(|d| d.values().find(|d| d["type"] == "disk" && d["path"] == "/"))
+        else {
+            return Ok(());
+        };
+        let patch = json!({"devices": {"root": {
+            "type": "disk", "path": "/", "pool": root["pool"].clone()}}});
+        self.client
+            .query(
+                Method::PATCH,
+                &["profiles", "default"],
+                &[("project", project)],
+                Some(&patch),
+                None,
+            )
             .await
             .map(|_| ())
     }
@@ -40,10 +147,35 @@ impl IncusBackend {
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError> {
-        let body = serde_json::to_value(update).map_err(anyhow::Error::from)?;
-        let method = if replace { Method::PUT } else { Method::PATCH };
+        if replace {
+            let body = serde_json::to_value(update).map_err(anyhow::Error::from)?;
+            return self
+                .client
+                .query(Method::PUT, &["projects", name], &[], Some(&body), if_match)
+                .await
+                .map(|_| ());
+        }
+        // Incus 6.0's PATCH of a project replaces the whole config (checked:
+        // keys left out, `restricted` included, are gone), so a PATCH is a
+        // merge here and a PUT there, pinned to the version merged into.
+        let (current, etag) = self.get_project_impl(name).await?;
+        let mut config = current.config;
+        if let Some(c) = &update.config {
+            config.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        config.retain(|_, v| !v.is_empty());
+        let body = json!({
+            "description": update.description.clone().unwrap_or(current.description),
+            "config": config,
+        });
         self.client
-            .query(method, &["projects", name], &[], Some(&body), if_match)
+            .query(
+                Method::PUT,
+                &["projects", name],
+                &[],
+                Some(&body),
+                if_match.or(etag.as_deref()),
+            )
             .await
             .map(|_| ())
     }
@@ -63,5 +195,37 @@ impl IncusBackend {
             .query_struct(&["projects", name, "state"], &[])
             .await
             .map(|(s, _)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{ALLOW_CONFIG_KEY, ALLOW_DEVICES_KEY};
+
+    #[test]
+    fn restrictions_follow_the_widening() {
+        let narrow = restrictions(&Widening::default());
+        assert_eq!(narrow["restricted"], "true");
+        assert_eq!(narrow["restricted.containers.privilege"], "unprivileged");
+        assert_eq!(narrow["restricted.containers.lowlevel"], "block");
+        assert_eq!(narrow["restricted.containers.nesting"], "block");
+        assert_eq!(narrow["restricted.devices.proxy"], "block");
+        assert_eq!(narrow["restricted.devices.disk"], "managed");
+        assert_eq!(narrow["restricted.snapshots"], "allow");
+
+        let config = ConfigMap::from([
+            (
+                ALLOW_CONFIG_KEY.to_owned(),
+                "security.nesting,linux.sysctl.*".to_owned(),
+            ),
+            (ALLOW_DEVICES_KEY.to_owned(), "unix-char".to_owned()),
+        ]);
+        let wide = restrictions(&Widening::from_project_config(&config).unwrap());
+        assert_eq!(wide["restricted.containers.nesting"], "allow");
+        assert_eq!(wide["restricted.containers.privilege"], "unprivileged");
+        assert_eq!(wide["restricted.containers.lowlevel"], "allow");
+        assert_eq!(wide["restricted.devices.unix-char"], "allow");
+        assert_eq!(wide["restricted.devices.unix-block"], "block");
     }
 }

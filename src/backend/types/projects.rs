@@ -23,6 +23,30 @@ pub struct Project {
     /// `/1.0/...` URLs of what lives in the project.
     #[serde(deserialize_with = "null_as_default")]
     pub used_by: Vec<String>,
+    /// lxgate's instance policy in this project (not a field of Incus's
+    /// object; filled in by lxgate).
+    pub policy: ProjectPolicy,
+}
+
+/// What non-admins may put into instances of a project (DESIGN §4a), and
+/// whether the backend enforces it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct ProjectPolicy {
+    /// The backend itself refuses what the policy refuses (Incus:
+    /// `restricted=true` with matching `restricted.*` keys; apply it with
+    /// `POST /api/v1/projects/{name}/restrict`). Always false on the
+    /// embedded backend, which has no such setting and confines containers
+    /// by running them unprivileged.
+    pub restricted: bool,
+    /// Config keys (or `prefix.*`) an admin allowed non-admins here beyond
+    /// the default list: the project config key `user.lxgate.allow.config`.
+    #[schema(example = json!(["security.nesting"]))]
+    pub allow_config: Vec<String>,
+    /// Device types an admin allowed non-admins here, with any option: the
+    /// project config key `user.lxgate.allow.devices`.
+    #[schema(example = json!(["unix-char"]))]
+    pub allow_devices: Vec<String>,
 }
 
 /// `POST /api/v1/projects`.

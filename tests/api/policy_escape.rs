@@ -1,0 +1,691 @@
+//! The escape suite (DESIGN §4a): an operator tries every admin-only config
+//! key and device on create, PUT and PATCH, against both backends, and
+//! nothing reaches Incus or the host. Admins may do it all; a project an
+//! admin widened allows exactly what was listed; a snapshot's config is held
+//! to the same rules on restore.
+
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::embedded::{Host, import_busybox};
+use crate::helpers::*;
+use crate::incus_instances::{Cleanup, incus_app, unique};
+use crate::incus_storage::IncusUndo;
+
+/// One admin-only thing: config keys and/or devices, and the `field` the
+/// 403 must name.
+struct Case {
+    what: &'static str,
+    config: Value,
+    devices: Value,
+    field: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    let key = |what, k: &str, v: &str, field| Case {
+        what,
+        config: json!({ k: v }),
+        devices: json!({}),
+        field,
+    };
+    let dev = |what, d: Value, field| Case {
+        what,
+        config: json!({}),
+        devices: json!({ "h": d }),
+        field,
+    };
+    vec![
+        key(
+            "privileged",
+            "security.privileged",
+            "true",
+            "config.security.privileged",
+        ),
+        key(
+            "nesting",
+            "security.nesting",
+            "true",
+            "config.security.nesting",
+        ),
+        key(
+            "raw.lxc",
+            "raw.lxc",
+            "lxc.apparmor.profile=unconfined",
+            "config.raw.lxc",
+        ),
+        key("raw.qemu", "raw.qemu", "-S", "config.raw.qemu"),
+        key(
+            "kernel modules",
+            "linux.kernel_modules",
+            "ip_tables",
+            "config.linux.kernel_modules",
+        ),
+        key(
+            "syscall interception",
+            "security.syscalls.intercept.mknod",
+            "true",
+            "config.security.syscalls.intercept.mknod",
+        ),
+        key(
+            "syscall deny list",
+            "security.syscalls.deny_default",
+            "false",
+            "config.security.syscalls.deny_default",
+        ),
+        key(
+            "idmap base",
+            "security.idmap.base",
+            "0",
+            "config.security.idmap.base",
+        ),
+        key(
+            "sysctl",
+            "linux.sysctl.kernel.panic",
+            "1",
+            "config.linux.sysctl.kernel.panic",
+        ),
+        dev(
+            "host path disk",
+            json!({"type": "disk", "source": "/", "path": "/host"}),
+            "devices.h.pool",
+        ),
+        dev(
+            "host path disk with a pool",
+            json!({"type": "disk", "pool": "default", "source": "/etc", "path": "/host"}),
+            "devices.h.source",
+        ),
+        dev(
+            "shifted volume",
+            json!({"type": "disk", "pool": "default", "source": "vol", "path": "/v", "shift": "true"}),
+            "devices.h.shift",
+        ),
+        dev(
+            "unix-block",
+            json!({"type": "unix-block", "source": "/dev/vda", "path": "/dev/vda"}),
+            "devices.h.type",
+        ),
+        dev(
+            "unix-char",
+            json!({"type": "unix-char", "source": "/dev/kmsg", "path": "/dev/kmsg"}),
+            "devices.h.type",
+        ),
+        dev(
+            "proxy",
+            json!({"type": "proxy", "listen": "tcp:127.0.0.1:65011", "connect": "tcp:127.0.0.1:22"}),
+            "devices.h.type",
+        ),
+        dev("gpu", json!({"type": "gpu"}), "devices.h.type"),
+        dev(
+            "usb",
+            json!({"type": "usb", "vendorid": "1d6b"}),
+            "devices.h.type",
+        ),
+        dev(
+            "pci",
+            json!({"type": "pci", "address": "0000:00:01.0"}),
+            "devices.h.type",
+        ),
+        dev(
+            "physical nic",
+            json!({"type": "nic", "nictype": "physical", "parent": "lo"}),
+            "devices.h.nictype",
+        ),
+        dev(
+            "macvlan nic",
+            json!({"type": "nic", "nictype": "macvlan", "parent": "lo"}),
+            "devices.h.nictype",
+        ),
+        dev(
+            "nic with a parent",
+            json!({"type": "nic", "network": "lxgbr0", "parent": "lo"}),
+            "devices.h.parent",
+        ),
+    ]
+}
+
+fn merged(base: &Value, extra: &Value) -> Value {
+    let mut m: Map<String, Value> = base.as_object().cloned().unwrap_or_default();
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        m.insert(k.clone(), v.clone());
+    }
+    Value::Object(m)
+}
+
+fn assert_denied(r: &Reply, case: &Case, how: &str) {
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "{} on {how}: {}",
+        case.what,
+        r.text
+    );
+    assert_eq!(r.body["code"], "policy_denied", "{}: {}", case.what, r.text);
+    assert_eq!(
+        r.body["field"], case.field,
+        "{} on {how}: {}",
+        case.what, r.text
+    );
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admin"),
+        "the detail says an admin can allow it: {}",
+        r.text
+    );
+}
+
+/// Every case refused on create (nothing made), PUT and PATCH of
+/// `existing` (nothing changed as lxgate reports it).
+async fn refused_everywhere(
+    app: &TestApp,
+    operator: &str,
+    project: &str,
+    existing: &str,
+    image: Value,
+) {
+    let path = format!("/api/v1/instances/{existing}?project={project}");
+    let before = app.get(&path, Some(operator)).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.text);
+    for case in cases() {
+        let name = unique("esc");
+        let r = app
+            .post(
+                &format!("/api/v1/instances?project={project}&wait=60"),
+                Some(operator),
+                json!({"name": name, "source": image, "config": case.config, "devices": case.devices}),
+            )
+            .await;
+        assert_denied(&r, &case, "create");
+        let got = app
+            .get(
+                &format!("/api/v1/instances/{name}?project={project}"),
+                Some(operator),
+            )
+            .await;
+        assert_eq!(
+            got.status,
+            StatusCode::NOT_FOUND,
+            "{}: {}",
+            case.what,
+            got.text
+        );
+
+        let put = json!({
+            "description": before.body["description"],
+            "config": merged(&before.body["config"], &case.config),
+            "devices": merged(&before.body["devices"], &case.devices),
+            "profiles": before.body["profiles"],
+            "ephemeral": before.body["ephemeral"],
+        });
+        let r = app.put(&path, Some(operator), put).await;
+        assert_denied(&r, &case, "PUT");
+        let r = app
+            .send(
+                app.request(Method::PATCH, &path, Some(operator))
+                    .json(&json!({"config": case.config, "devices": case.devices})),
+            )
+            .await;
+        assert_denied(&r, &case, "PATCH");
+    }
+    let after = app.get(&path, Some(operator)).await;
+    assert_eq!(after.body["config"], before.body["config"]);
+    assert_eq!(after.body["devices"], before.body["devices"]);
+    assert_eq!(after.header("etag"), before.header("etag"));
+
+    // volatile.* is nobody's to write; sent back unchanged it is no write.
+    let r = app
+        .send(
+            app.request(Method::PATCH, &path, Some(operator))
+                .json(&json!({"config": {"volatile.base_image": "0000"}})),
+        )
+        .await;
+    r.assert_problem(400, "invalid_config");
+    let r = app
+        .send(
+            app.request(Method::PATCH, &path, Some(operator)).json(
+                &json!({"config": merged(&before.body["config"], &json!({"user.note": "ok"}))}),
+            ),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+}
+
+fn incus(args: &[&str]) -> std::process::Output {
+    Command::new("incus")
+        .args(args)
+        .env("INCUS_DIR", std::env::var("LXGATE_TEST_INCUS_DIR").unwrap())
+        .output()
+        .expect("incus runs")
+}
+
+fn incus_text(args: &[&str]) -> String {
+    let out = incus(args);
+    assert!(
+        out.status.success(),
+        "incus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn incus_alias() -> String {
+    std::env::var("LXGATE_TEST_INCUS_IMAGE_ALIAS").unwrap_or_else(|_| "busybox".into())
+}
+
+async fn wait_ok(app: &TestApp, token: &str, r: Reply) -> Value {
+    let r = if r.status == StatusCode::ACCEPTED {
+        let wait = r.body["wait_url"].as_str().unwrap().to_owned();
+        app.get(&format!("{wait}?timeout=60"), Some(token)).await
+    } else {
+        r
+    };
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // A finished operation (instances come back as themselves).
+    if r.body.get("class").is_some() {
+        assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    }
+    r.body
+}
+
+#[tokio::test]
+async fn incus_operators_cannot_reach_the_host() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let operator = app.user_with_role(&admin, "escop", None).await;
+    let project = unique("esc");
+    let _undo = IncusUndo::new(&[&["project", "delete", &project]]);
+    let existing = unique("ok");
+    let widened = unique("nest");
+    let direct = unique("direct");
+    let _cleanup = Cleanup(vec![
+        (project.clone(), existing.clone()),
+        (project.clone(), widened.clone()),
+        (project.clone(), direct.clone()),
+    ]);
+    let made = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": project, "config": {"features.images": "false"}}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    assert_eq!(made.body["policy"]["restricted"], true, "{}", made.text);
+    app.grant(&admin, "escop", &project, "operator").await;
+
+    // Incus's own view: restricted, and it refuses a privileged container
+    // and a host path disk sent straight to it, without lxgate.
+    assert_eq!(
+        incus_text(&["project", "get", &project, "restricted"]),
+        "true"
+    );
+    assert_eq!(
+        incus_text(&[
+            "project",
+            "get",
+            &project,
+            "restricted.containers.privilege"
+        ]),
+        "unprivileged"
+    );
+    let out = incus(&[
+        "init",
+        &incus_alias(),
+        &direct,
+        "--project",
+        &project,
+        "-c",
+        "security.privileged=true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Privileged containers are forbidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    incus_text(&["init", &incus_alias(), &direct, "--project", &project]);
+    let out = incus(&[
+        "config",
+        "device",
+        "add",
+        &direct,
+        "h",
+        "disk",
+        "source=/",
+        "path=/host",
+        "--project",
+        &project,
+    ]);
+    assert!(!out.status.success(), "Incus accepted a host path disk");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not backed by a pool"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    incus_text(&["delete", &direct, "--project", &project]);
+
+    // What §4a allows works for the operator.
+    let image = json!({"type": "image", "alias": incus_alias()});
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}&wait=60"),
+            Some(&operator),
+            json!({"name": existing, "source": image,
+                "config": {"limits.cpu": "1", "limits.memory": "256MiB", "user.team": "a",
+                    "environment.GREETING": "hi", "boot.autostart": "false",
+                    "security.protection.delete": "false", "snapshots.expiry": "1d"},
+                "devices": {"root": {"type": "disk", "path": "/", "pool": "default"}}}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let incus_before = incus_text(&["config", "show", &existing, "--project", &project]);
+    refused_everywhere(&app, &operator, &project, &existing, image.clone()).await;
+    let incus_after = incus_text(&["config", "show", &existing, "--project", &project]);
+    assert!(
+        !incus_after.contains("security.privileged"),
+        "{incus_after}"
+    );
+    assert!(!incus_after.contains("/host"), "{incus_after}");
+    assert_eq!(
+        incus_before.replace("user.note: ok\n", ""),
+        incus_after.replace("  user.note: ok\n", ""),
+        "only the allowed PATCH changed the instance"
+    );
+    let listed = incus_text(&["list", "--project", &project, "-c", "n", "-f", "csv"]);
+    assert_eq!(listed, existing, "no refused create reached Incus");
+
+    // Storage volume config: size, snapshots.*, user.* only.
+    let r = app
+        .post(
+            &format!("/api/v1/storage/pools/default/volumes?project={project}"),
+            Some(&operator),
+            json!({"name": unique("vol"), "config": {"security.shifted": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.shifted");
+
+    // An admin widens the project: the allow list shows on the project,
+    // Incus's restriction follows, and the operator may use exactly that.
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/projects/{project}"),
+                Some(&admin),
+            )
+            .json(&json!({"config": {"user.lxgate.allow.config": "security.nesting"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.body["policy"]["allow_config"],
+        json!(["security.nesting"])
+    );
+    assert_eq!(
+        incus_text(&["project", "get", &project, "restricted.containers.nesting"]),
+        "allow"
+    );
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}&wait=60"),
+            Some(&operator),
+            json!({"name": widened, "source": image, "config": {"security.nesting": "true"}}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}&wait=60"),
+            Some(&operator),
+            json!({"name": unique("esc"), "source": image, "config": {"security.privileged": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    let bad = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/projects/{project}"),
+                Some(&admin),
+            )
+            .json(&json!({"config": {"user.lxgate.allow.config": "volatile.*"}})),
+        )
+        .await;
+    bad.assert_problem(400, "invalid_config");
+
+    // A snapshot's config is user data: taken while nesting was allowed,
+    // it cannot bring nesting back once the admin withdrew the allowance.
+    let inst = format!("/api/v1/instances/{widened}");
+    let r = app
+        .post(
+            &format!("{inst}/snapshots?project={project}&wait=60"),
+            Some(&operator),
+            json!({"name": "nested"}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("{inst}?project={project}"),
+                Some(&operator),
+            )
+            .json(&json!({"config": {"security.nesting": "false"}})),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/projects/{project}"),
+                Some(&admin),
+            )
+            .json(&json!({"config": {"user.lxgate.allow.config": ""}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["policy"]["allow_config"], json!([]));
+    assert_eq!(
+        incus_text(&["project", "get", &project, "restricted.containers.nesting"]),
+        "block"
+    );
+    let r = app
+        .post(
+            &format!("{inst}/snapshots/nested/restore?project={project}&wait=60"),
+            Some(&operator),
+            json!({}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.nesting");
+    assert_eq!(
+        incus_text(&[
+            "config",
+            "get",
+            &widened,
+            "security.nesting",
+            "--project",
+            &project
+        ]),
+        "false"
+    );
+}
+
+#[tokio::test]
+async fn incus_admins_may_do_it_all_and_restrict_existing_projects() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let project = unique("open");
+    let _undo = IncusUndo::new(&[&["project", "delete", &project]]);
+    let name = unique("priv");
+    let _cleanup = Cleanup(vec![(project.clone(), name.clone())]);
+    // An admin may opt a new project out of the restriction...
+    let made = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": project, "config": {"features.images": "false", "restricted": "false"}}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    assert_eq!(made.body["policy"]["restricted"], false);
+
+    // ...and put everything of the escape suite into an instance there.
+    let config = json!({"security.privileged": "true", "security.nesting": "true",
+        "linux.kernel_modules": "bridge", "security.syscalls.deny_default": "true"});
+    let devices = json!({
+        "h": {"type": "disk", "source": "/tmp", "path": "/host"},
+        "null": {"type": "unix-char", "source": "/dev/null", "path": "/dev/lxgate-null"},
+        "p": {"type": "proxy", "listen": "tcp:127.0.0.1:65012", "connect": "tcp:127.0.0.1:22"},
+    });
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}&wait=60"),
+            Some(&admin),
+            json!({"name": name, "source": {"type": "image", "alias": incus_alias()},
+                "config": config, "devices": devices}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    assert_eq!(
+        incus_text(&[
+            "config",
+            "get",
+            &name,
+            "security.privileged",
+            "--project",
+            &project
+        ]),
+        "true"
+    );
+    let shown = incus_text(&["config", "device", "show", &name, "--project", &project]);
+    assert!(
+        shown.contains("/host") && shown.contains("unix-char"),
+        "{shown}"
+    );
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{name}?project={project}"),
+                Some(&admin),
+            )
+            .json(&json!({"config": {"raw.lxc": "lxc.cap.drop = sys_time"}})),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+
+    // Restricting the existing project (emptied first): Incus now refuses
+    // what lxgate does.
+    let r = app
+        .delete(
+            &format!("/api/v1/instances/{name}?project={project}&wait=60"),
+            Some(&admin),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let r = app
+        .post(
+            &format!("/api/v1/projects/{project}/restrict"),
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["policy"]["restricted"], true, "{}", r.text);
+    assert_eq!(
+        incus_text(&["project", "get", &project, "restricted"]),
+        "true"
+    );
+    let got = app
+        .get(&format!("/api/v1/projects/{project}"), Some(&admin))
+        .await;
+    assert_eq!(got.body["policy"]["restricted"], true);
+    assert_eq!(got.body["config"]["restricted.devices.disk"], "managed");
+    let out = incus(&[
+        "init",
+        &incus_alias(),
+        &name,
+        "--project",
+        &project,
+        "-c",
+        "security.privileged=true",
+    ]);
+    assert!(
+        !out.status.success(),
+        "Incus accepted a privileged container after restrict"
+    );
+}
+
+#[tokio::test]
+async fn embedded_operators_cannot_reach_the_host() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let operator = app.user_with_role(&admin, "escop", Some("operator")).await;
+    let image = json!({"type": "image", "alias": "busybox"});
+    let existing = "ok1";
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&operator),
+            json!({"name": existing, "source": image,
+                "config": {"limits.cpu": "1", "limits.memory": "128MiB", "user.team": "a"}}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let lxc_config = host
+        .lxcpath()
+        .join(format!("default_{existing}"))
+        .join("config");
+    let on_disk = std::fs::read_to_string(&lxc_config).expect("LXC config");
+    refused_everywhere(&app, &operator, "default", existing, image.clone()).await;
+    assert_eq!(
+        std::fs::read_to_string(&lxc_config).unwrap(),
+        on_disk,
+        "the LXC config did not change"
+    );
+    let dirs: Vec<String> = std::fs::read_dir(host.lxcpath())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        dirs,
+        vec![format!("default_{existing}")],
+        "no refused create touched the host"
+    );
+
+    // Storage volume config from operators is held to the table as well.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&operator),
+            json!({"name": "v1", "config": {"security.shifted": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+
+    // Admins are not held to the policy (what the backend cannot do it
+    // says itself, never with the policy's 403).
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "adm1", "source": image, "config": {"raw.lxc": "lxc.cap.drop = sys_time"}}),
+        )
+        .await;
+    assert_ne!(r.body["code"], "policy_denied", "{}", r.text);
+
+    // The embedded backend has no project restrictions: it says so.
+    app.post("/api/v1/projects/default/restrict", Some(&admin), json!({}))
+        .await
+        .assert_problem(501, "not_supported");
+}
