@@ -173,6 +173,7 @@ impl Backend for EmbeddedBackend {
             ),
             ("virtual_machines", has("qemu")),
             ("instances_api", has("lxc") || has("qemu")),
+            ("project_restrictions", false),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -650,6 +650,8 @@ impl Backend for IncusBackend {
             ("containers", has("lxc")),
             ("virtual_machines", has("qemu")),
             ("instances_api", true),
+            // Projects can be restricted to match the instance policy.
+            ("project_restrictions", true),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
