@@ -735,6 +735,110 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     assert!(!host.dir.path().join("data/vms/default_v1").exists());
 }
 
+/// Files under `dir` (recursively), for "nothing was left on disk".
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                found.extend(files_under(&e.path()));
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A VM disk image with a backing file or an external data file would make
+/// QEMU open a host path the uploader chose: refused with 400, nothing kept.
+#[tokio::test]
+async fn vm_disk_images_that_name_host_files_are_refused() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let qemu_img = |args: &[&std::ffi::OsStr]| {
+        let ok = Command::new("qemu-img").args(args).status().unwrap();
+        assert!(ok.success(), "qemu-img {args:?}");
+    };
+    let backed = scratch.path().join("backed.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        env("LXGATE_TEST_VM_DISK").as_ref(),
+        backed.as_os_str(),
+    ]);
+    let data_file = scratch.path().join("x.raw");
+    let external = scratch.path().join("external.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-o".as_ref(),
+        format!("data_file={}", data_file.display()).as_ref(),
+        external.as_os_str(),
+        "64M".as_ref(),
+    ]);
+    for (disk, why) in [
+        (&backed, "it has a backing file"),
+        (&external, "it has an external data file"),
+    ] {
+        let form = Form::new()
+            .part(
+                "metadata",
+                Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+            )
+            .part("rootfs.img", Part::file(disk).await.unwrap())
+            .text("alias", "evil");
+        let r = app
+            .send(
+                app.request(
+                    reqwest::Method::POST,
+                    "/api/v1/images/import?wait=60",
+                    Some(&admin),
+                )
+                .multipart(form),
+            )
+            .await;
+        r.assert_problem(400, "bad_request");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(why),
+            "{}",
+            r.text
+        );
+    }
+    let images = app.get("/api/v1/images", Some(&admin)).await;
+    assert_eq!(images.body["total"], 0, "{}", images.text);
+    let data = host.data();
+    let left: Vec<_> = [data.join("images"), data.join("tmp")]
+        .iter()
+        .flat_map(|d| files_under(d))
+        .collect();
+    assert!(left.is_empty(), "left on disk: {left:?}");
+
+    // A self-contained qcow2 (the test bed's empty disk) is still taken.
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+        )
+        .part(
+            "rootfs.img",
+            Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
+        )
+        .text("alias", "plain");
+    let fp = upload_image(&app, &admin, form).await;
+    let img = app.get(&format!("/api/v1/images/{fp}"), Some(&admin)).await;
+    assert_eq!(img.body["type"], "virtual-machine", "{}", img.text);
+}
+
 async fn run_in(app: &TestApp, token: &str, name: &str, script: &str) -> String {
     let r = app
         .post(
