@@ -683,7 +683,36 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     action(&app, &admin, "v1", "start").await;
     assert_eq!(status(&app, &admin, "v1").await, "Running");
     let st = app.get("/api/v1/instances/v1/state", Some(&admin)).await;
-    assert!(st.body["pid"].as_i64().unwrap() > 1, "{}", st.text);
+    let pid = st.body["pid"].as_i64().unwrap();
+    assert!(pid > 1, "{}", st.text);
+    // QEMU runs under its seccomp filter and as the test bed's lxgate-qemu
+    // user (scripts/host-setup.sh makes it), not as root.
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Seccomp:"), ["2"], "{proc_status}");
+    let qemu_uid = Command::new("id")
+        .args(["-u", "lxgate-qemu"])
+        .output()
+        .unwrap();
+    let qemu_uid = String::from_utf8_lossy(&qemu_uid.stdout).trim().to_owned();
+    assert!(
+        !qemu_uid.is_empty(),
+        "no lxgate-qemu user: run scripts/host-setup.sh"
+    );
+    assert_eq!(field("Uid:"), [qemu_uid.as_str(); 4], "{proc_status}");
+    assert!(
+        qemu["detail"]
+            .as_str()
+            .unwrap()
+            .contains("runs as lxgate-qemu"),
+        "{qemu}"
+    );
     let mut console = app
         .ws(&format!("/api/v1/instances/v1/console/ws?token={admin}"))
         .await
