@@ -19,6 +19,8 @@ test: ## Install and start what the tests need (PostgreSQL, Chromium...), then r
 	bash scripts/testbed.sh
 	source target/testbed.env && bash scripts/check-static.sh
 	source target/testbed.env && cargo test --locked --all-targets --no-fail-fast
+	@echo '== the README quick start, verbatim, against a fresh clone'
+	source target/testbed.env && bash scripts/check-quickstart.sh
 	@echo '== the Incus resource suites again, over remote mTLS instead of the unix socket'
 	source target/testbed.env && LXGATE_TEST_INCUS_MODE=remote cargo test --locked --test api --no-fail-fast incus_ -- --skip incus_transport
 
