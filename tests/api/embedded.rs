@@ -868,6 +868,87 @@ async fn vm_disk_images_that_name_host_files_are_refused() {
     assert_eq!(img.body["type"], "virtual-machine", "{}", img.text);
 }
 
+/// The same rule for a VM image copied from a simplestreams server: the
+/// operation fails with the reason and nothing is kept.
+#[tokio::test]
+async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let backed = scratch.path().join("backed.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(env("LXGATE_TEST_VM_DISK"))
+        .arg(&backed)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let meta = std::fs::read(env("LXGATE_TEST_VM_META")).unwrap();
+    let disk = std::fs::read(&backed).unwrap();
+    let catalogue = json!({"format": "products:1.0", "datatype": "image-downloads", "products": {
+    "evil:vm:amd64:default": {
+        "aliases": "evil/vm", "arch": "amd64", "os": "busybox", "release": "vm",
+        "versions": {"20261130_00:00": {"items": {
+            "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "meta.tar.xz",
+                "sha256": sha256_hex(&[&meta]), "size": meta.len(),
+                "combined_disk-kvm-img_sha256": sha256_hex(&[&meta, &disk])},
+            "disk-kvm.img": {"ftype": "disk-kvm.img", "path": "disk.qcow2",
+                "sha256": sha256_hex(&[&disk]), "size": disk.len()},
+        }}}}}});
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": ["evil:vm:amd64:default"]}}});
+    let server = axum::Router::new()
+        .route(
+            "/streams/v1/index.json",
+            axum::routing::get(move || async move { axum::Json(index) }),
+        )
+        .route(
+            "/streams/v1/images.json",
+            axum::routing::get(move || async move { axum::Json(catalogue) }),
+        )
+        .route(
+            "/meta.tar.xz",
+            axum::routing::get(move || async move { meta }),
+        )
+        .route(
+            "/disk.qcow2",
+            axum::routing::get(move || async move { disk }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, server).await });
+
+    let r = app
+        .post(
+            "/api/v1/images?wait=60",
+            Some(&admin),
+            json!({"source": {"server": format!("http://{addr}/"), "protocol": "simplestreams",
+                              "alias": "evil/vm", "image_type": "virtual-machine"},
+                   "aliases": [{"name": "evil"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(
+        r.body["err"]
+            .as_str()
+            .unwrap()
+            .contains("it has a backing file"),
+        "{}",
+        r.text
+    );
+    let images = app.get("/api/v1/images", Some(&admin)).await;
+    assert_eq!(images.body["total"], 0, "{}", images.text);
+    let data = host.data();
+    let left: Vec<_> = [data.join("images"), data.join("tmp")]
+        .iter()
+        .flat_map(|d| files_under(d))
+        .collect();
+    assert!(left.is_empty(), "left on disk: {left:?}");
+}
+
 async fn run_in(app: &TestApp, token: &str, name: &str, script: &str) -> String {
     let r = app
         .post(
