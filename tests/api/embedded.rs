@@ -764,6 +764,93 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     assert!(!host.dir.path().join("data/vms/default_v1").exists());
 }
 
+/// A block volume attached to a VM (before it starts) is its virtio disk,
+/// written through by the guest: QEMU opens it before it drops to its user.
+#[tokio::test]
+async fn a_vm_writes_to_an_attached_block_volume() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_vm_image(&app, &admin, host.dir.path()).await;
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "vol", "content_type": "block", "config": {"size": "64MiB"}}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "vd", "type": "virtual-machine",
+               "source": {"type": "image", "alias": "tinyvm"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances/vd/volumes",
+            Some(&admin),
+            json!({"pool": "default", "volume": "vol", "device": "vol"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    action(&app, &admin, "vd", "start").await;
+    let mut console = app
+        .ws(&format!("/api/v1/instances/vd/console/ws?token={admin}"))
+        .await
+        .expect("console opens");
+    read_until_within(
+        &mut console,
+        &env("LXGATE_TEST_VM_MARKER"),
+        Duration::from_secs(90),
+    )
+    .await;
+    read_until(&mut console, "# ").await;
+    // The kernel boots from its initrd, so the volume is the first disk.
+    console
+        .send(Message::Binary(
+            "echo lxgate-disk-$((6*7)) > /dev/vda && sync && echo written-$((1+1))\n".into(),
+        ))
+        .await
+        .unwrap();
+    read_until(&mut console, "\nwritten-2\r\n").await;
+    drop(console);
+    let stop = app
+        .put(
+            "/api/v1/instances/vd/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "timeout": 30}),
+        )
+        .await;
+    assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    // What the guest wrote is in the volume's qcow2.
+    let vol = files_under(&host.data())
+        .into_iter()
+        .find(|p| p.ends_with("custom/default_vol.qcow2"))
+        .expect("the volume's qcow2");
+    let raw = host.dir.path().join("vol.raw");
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&vol)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut head = vec![0u8; 64];
+    use std::io::Read;
+    std::fs::File::open(&raw)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("lxgate-disk-42\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
 /// Files under `dir` (recursively), for "nothing was left on disk".
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
