@@ -11,13 +11,16 @@ help: ## Show the targets
 	cp .env.example .env
 	@echo "created .env from .env.example (dev mode: a JWT secret is generated in ./data)"
 
-run: .env ## Build and run lxgate on :8000 (embedded backend, SQLite in ./data)
+run: .env ## Prepare the host (LXC, QEMU...), build and run lxgate on 127.0.0.1:8000 (embedded backend, SQLite in ./data)
+	@if [ "$${SKIP_HOST_SETUP:-0}" = 1 ]; then echo "SKIP_HOST_SETUP=1: not preparing the host"; else bash scripts/host-setup.sh; fi
 	cargo run --release -- serve
 
 test: ## Install and start what the tests need (PostgreSQL, Chromium...), then run every test
 	bash scripts/testbed.sh
 	source target/testbed.env && bash scripts/check-static.sh
 	source target/testbed.env && cargo test --locked --all-targets --no-fail-fast
+	@echo '== the README quick start, verbatim, against a fresh clone'
+	source target/testbed.env && bash scripts/check-quickstart.sh
 	@echo '== the Incus resource suites again, over remote mTLS instead of the unix socket'
 	source target/testbed.env && LXGATE_TEST_INCUS_MODE=remote cargo test --locked --test api --no-fail-fast incus_ -- --skip incus_transport
 

@@ -8,11 +8,11 @@
 # and probe VM are removed even when a step fails.
 #
 # What it provides:
-#   * Debian packages: lxc (bookworm), qemu-system-x86 and qemu-utils (from
-#     bookworm-backports, added the way testbed-incus.sh adds it), busybox-static,
-#     iproute2 and dnsmasq-base (bridges, veths, DHCP and network namespaces for
-#     the NIC test),
-#     cpio, xz-utils                                        -> LXGATE_TEST_LXC=1
+#   * through scripts/host-setup.sh (what `make run` prepares): lxc (bookworm),
+#     qemu-system-x86 and qemu-utils (from bookworm-backports), iproute2 and
+#     dnsmasq-base (bridges, veths, DHCP and network namespaces for the NIC
+#     test), uidmap, root's subordinate id range, the lxgate-qemu user; and
+#     for the images here busybox-static, cpio, xz-utils    -> LXGATE_TEST_LXC=1
 #   * under $LXGATE_TESTBED_DIR/embedded-image/ (built here, no image server):
 #     - a container image in Incus's split format: meta.tar.xz (metadata.yaml,
 #       empty templates/) + rootfs.tar.xz (busybox-static, applet symlinks,
@@ -70,7 +70,6 @@ VERIFIED_STAMP="$IMAGE_DIR/verified"
 LXC_PROBE_PATH="$TESTBED_DIR/embedded-lxc"  # a private lxcpath, probe only
 LXC_PROBE=lxgate-probe
 
-BACKPORTS_SOURCES=/etc/apt/sources.list.d/lxgate-bookworm-backports.sources
 # Container rootfs applets (each a symlink to /bin/busybox).
 APPLETS=(sh ash ls cat echo sleep hostname stty mkdir rm ps mount umount uname id env
     true false head tail wc grep sed dd seq yes printf test tr date kill cp mv ln
@@ -100,7 +99,6 @@ flock -w 120 7 || die "could not lock $TESTBED_DIR/embedded.lock"
 # ------------------------------------------------------------------ cleanup ---
 # One EXIT trap for everything this run may leave behind.
 CLEAN_DIRS=()          # build / download / probe folders
-TEMP_POLICY_RC=0       # we wrote /usr/sbin/policy-rc.d
 PROBE_VM_PIDFILE=""    # a probe QEMU's pidfile
 PROBE_CT=0             # a probe container may exist
 cleanup() {
@@ -119,9 +117,6 @@ cleanup() {
         rm -rf "${LXC_PROBE_PATH:?}/$LXC_PROBE"
     fi
     for d in "${CLEAN_DIRS[@]}"; do rm -rf "$d"; done
-    if [ "$TEMP_POLICY_RC" = 1 ] && grep -q 'scripts/testbed-embedded.sh' /usr/sbin/policy-rc.d 2>/dev/null; then
-        rm -f /usr/sbin/policy-rc.d
-    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -129,59 +124,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- packages ---
+# LXC, QEMU 10, dnsmasq-base, iproute2, root's subordinate ids and the QEMU
+# user come from the script `make run` uses too; the image builds below also
+# need busybox-static, cpio and xz-utils.
+bash "$ROOT/scripts/host-setup.sh" busybox-static cpio xz-utils
 # shellcheck source=SCRIPTDIR/lib/apt.sh
-source "$ROOT/scripts/lib/apt.sh"
-# QEMU as TESTBED.md describes it: 10.x from bookworm-backports (bookworm has 7.2).
-is_backports_qemu() {
-    is_installed "$1" && dpkg --compare-versions "$(pkg_version "$1")" ge 1:10~
-}
-apt_log="$TESTBED_DIR/apt-embedded.log"
-
-need_main=() need_bpo=()
-{ is_installed lxc && command -v lxc-start >/dev/null; } || need_main+=(lxc)
-{ is_installed busybox-static && [ -x /bin/busybox ]; } || need_main+=(busybox-static)
-{ is_installed cpio && command -v cpio >/dev/null; } || need_main+=(cpio)
-{ is_installed iproute2 && command -v ip >/dev/null; } || need_main+=(iproute2)
-{ is_installed dnsmasq-base && command -v dnsmasq >/dev/null; } || need_main+=(dnsmasq-base)
-{ is_installed xz-utils && command -v xz >/dev/null; } || need_main+=(xz-utils)
-{ is_backports_qemu qemu-system-x86 && command -v qemu-system-x86_64 >/dev/null; } || need_bpo+=(qemu-system-x86)
-{ is_backports_qemu qemu-utils && command -v qemu-img >/dev/null; } || need_bpo+=(qemu-utils)
-
-if [ "$((${#need_main[@]} + ${#need_bpo[@]}))" -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    if [ "${#need_bpo[@]}" -gt 0 ] && ! backports_configured; then
-        add_backports_source
-        apt_update
-    elif [ "${#need_bpo[@]}" -gt 0 ] && ! backports_lists_present; then
-        apt_update
-    elif ! compgen -G '/var/lib/apt/lists/*_dists_bookworm_main_binary-*_Packages*' >/dev/null; then
-        apt_update
-    fi
-    # lxc ships init scripts (lxc, lxc-net: a bridge + dnsmasq) that must not
-    # start here. Where no policy-rc.d forbids service starts already, one does
-    # for the length of the install.
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\n# temporary, scripts/testbed-embedded.sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        TEMP_POLICY_RC=1
-    fi
-    if [ "${#need_main[@]}" -gt 0 ]; then
-        log "apt: installing ${need_main[*]}"
-        # No recommends: lxc's pull in apparmor, libpam-cgfs (PAM changes), debootstrap...
-        apt_install_retry "${need_main[*]}" --no-install-recommends "${need_main[@]}"
-    fi
-    if [ "${#need_bpo[@]}" -gt 0 ]; then
-        log "apt: installing ${need_bpo[*]} from bookworm-backports"
-        apt_install_retry "${need_bpo[*]} (bookworm-backports)" \
-            --no-install-recommends -t bookworm-backports "${need_bpo[@]}"
-    fi
-    if [ "$TEMP_POLICY_RC" = 1 ]; then
-        rm -f /usr/sbin/policy-rc.d
-        TEMP_POLICY_RC=0
-    fi
-else
-    log "packages: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), busybox-static, cpio, iproute2, dnsmasq-base, xz-utils present"
-fi
+source "$ROOT/scripts/lib/apt.sh"   # pkg_version, apt_update (kernel download)
 for tool in lxc-start lxc-attach lxc-stop lxc-destroy lxc-wait qemu-system-x86_64 qemu-img cpio xz python3; do
     command -v "$tool" >/dev/null || die "$tool not found after installing packages"
 done

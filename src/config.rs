@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// `SEED_ADMIN_PASSWORD` in `.env.example`, refused outside dev mode.
+pub const EXAMPLE_ADMIN_PASSWORD: &str = "change-me-please-now";
+
 /// Which backend drives containers and VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -270,7 +273,20 @@ impl Config {
         let host = r.parse("APP_HOST", IpAddr::from([0, 0, 0, 0]));
         let port = r.parse("APP_PORT", 8000u16);
         let dev_mode = r.flag("LXGATE_DEV");
+        // Absolute from here on: the path reaches LXC and QEMU, which resolve
+        // a relative one against their own working directory (lxc-start
+        // failed on `data/lxc/<ct>/rootfs` after `make run`).
         let data_dir = PathBuf::from(r.string("DATA_DIR", "./data"));
+        let data_dir = match std::path::absolute(&data_dir) {
+            Ok(abs) => abs,
+            Err(e) => {
+                r.errors.push(format!(
+                    "DATA_DIR={:?} cannot be made absolute: {e}",
+                    data_dir.display()
+                ));
+                data_dir
+            }
+        };
         let database_url = r.string("DATABASE_URL", "sqlite://data/lxgate.db");
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
@@ -305,6 +321,18 @@ impl Config {
                 .push(format!("SEED_ADMIN_USERNAME is invalid: {e}"));
         }
         let seed_admin_password = r.raw("SEED_ADMIN_PASSWORD").map(Secret::new);
+        // The example's password is public: fine on a laptop in dev mode, an
+        // open door anywhere else. Only `serve` (needs_secret) seeds the admin.
+        if needs_secret
+            && !dev_mode
+            && seed_admin_password
+                .as_ref()
+                .is_some_and(|p| p.expose() == EXAMPLE_ADMIN_PASSWORD)
+        {
+            r.errors.push(format!(
+                "SEED_ADMIN_PASSWORD is still the example's ({EXAMPLE_ADMIN_PASSWORD}): choose another one, or set LXGATE_DEV=1 for development"
+            ));
+        }
         let password_min_length = r.positive("PASSWORD_MIN_LENGTH", 12usize);
         if let Some(p) = &seed_admin_password
             && let Err(e) = crate::auth::password::check_policy(
@@ -462,6 +490,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.0.len(), 5, "{err}");
         assert_eq!(err.to_string().lines().count(), 5);
+    }
+
+    #[test]
+    fn the_example_admin_password_is_for_dev_mode_only() {
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef-secret");
+        let example = ("SEED_ADMIN_PASSWORD", EXAMPLE_ADMIN_PASSWORD);
+        let err = load(&[secret, example]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.to_string().contains("still the example's"), "{err}");
+        let err = load(&[secret, example, ("LXGATE_DEV", "0")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(load(&[example, ("LXGATE_DEV", "1")]).is_ok());
+        assert!(load(&[secret, ("SEED_ADMIN_PASSWORD", "another-long-password")]).is_ok());
+    }
+
+    #[test]
+    fn a_relative_data_dir_becomes_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let cfg = load(&[("LXGATE_DEV", "1")]).unwrap();
+        assert_eq!(cfg.data_dir, cwd.join("data"));
+        let cfg = load(&[("LXGATE_DEV", "1"), ("DATA_DIR", "state/../x")]).unwrap();
+        assert!(cfg.data_dir.is_absolute());
+        assert!(cfg.data_dir.starts_with(&cwd), "{}", cfg.data_dir.display());
+        let cfg = load(&[("LXGATE_DEV", "1"), ("DATA_DIR", "/srv/lxgate")]).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/lxgate"));
+        // The SQLite URL stays as given (sqlx resolves it from the same directory).
+        assert_eq!(cfg.database_url, "sqlite://data/lxgate.db");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2154
 # (log, die, BACKPORTS_SOURCES and apt_log come from the sourcing script.)
-# Debian package helpers shared by testbed-incus.sh and testbed-embedded.sh
+# Debian package helpers shared by host-setup.sh, testbed-incus.sh and testbed-embedded.sh
 # (sourced, not run). The caller defines log/die, BACKPORTS_SOURCES and, for
 # apt_install, apt_log.
 
@@ -41,7 +41,7 @@ add_backports_source() {
     [ -n "$uri" ] || die "no URIs: line for suite bookworm in $src"
     log "apt: adding bookworm-backports ($BACKPORTS_SOURCES)"
     {
-        echo "# added by lxgate scripts/testbed-incus.sh (URI as in debian.sources)"
+        echo "# added by lxgate scripts (host-setup.sh, testbed-incus.sh); URI as in debian.sources"
         echo "Types: deb"
         echo "URIs: $uri"
         echo "Suites: bookworm-backports"
@@ -55,18 +55,18 @@ backports_lists_present() {
     compgen -G '/var/lib/apt/lists/*_dists_bookworm-backports_main_binary-*_Packages*' >/dev/null
 }
 
-# No descriptor of ours (the scripts' locks on 7-9, a CI runner's pipes) is
+# No descriptor of ours (the scripts' locks on 6-9, a CI runner's pipes) is
 # passed on, in case a maintainer script starts a service that stays.
 APT_UPDATED=0
 apt_update() {
     log "apt: update"
-    timeout 300 apt-get update -qq </dev/null 7>&- 8>&- 9>&- \
+    timeout 300 apt-get update -qq </dev/null 6>&- 7>&- 8>&- 9>&- \
         || log "warning: apt-get update reported errors (continuing)"
     APT_UPDATED=1
 }
 # Output to $apt_log, its tail shown on failure.
 apt_install() {
-    if ! timeout 900 apt-get install -y -qq "$@" </dev/null >"$apt_log" 2>&1 7>&- 8>&- 9>&-; then
+    if ! timeout 900 apt-get install -y -qq "$@" </dev/null >"$apt_log" 2>&1 6>&- 7>&- 8>&- 9>&-; then
         tail -n 20 "$apt_log" >&2
         return 1
     fi

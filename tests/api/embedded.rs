@@ -683,7 +683,36 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     action(&app, &admin, "v1", "start").await;
     assert_eq!(status(&app, &admin, "v1").await, "Running");
     let st = app.get("/api/v1/instances/v1/state", Some(&admin)).await;
-    assert!(st.body["pid"].as_i64().unwrap() > 1, "{}", st.text);
+    let pid = st.body["pid"].as_i64().unwrap();
+    assert!(pid > 1, "{}", st.text);
+    // QEMU runs under its seccomp filter and as the test bed's lxgate-qemu
+    // user (scripts/host-setup.sh makes it), not as root.
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Seccomp:"), ["2"], "{proc_status}");
+    let qemu_uid = Command::new("id")
+        .args(["-u", "lxgate-qemu"])
+        .output()
+        .unwrap();
+    let qemu_uid = String::from_utf8_lossy(&qemu_uid.stdout).trim().to_owned();
+    assert!(
+        !qemu_uid.is_empty(),
+        "no lxgate-qemu user: run scripts/host-setup.sh"
+    );
+    assert_eq!(field("Uid:"), [qemu_uid.as_str(); 4], "{proc_status}");
+    assert!(
+        qemu["detail"]
+            .as_str()
+            .unwrap()
+            .contains("runs as lxgate-qemu"),
+        "{qemu}"
+    );
     let mut console = app
         .ws(&format!("/api/v1/instances/v1/console/ws?token={admin}"))
         .await
@@ -733,6 +762,278 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         .await;
     assert_eq!(del.body["status_code"], 200, "{}", del.text);
     assert!(!host.dir.path().join("data/vms/default_v1").exists());
+}
+
+/// A block volume attached to a VM (before it starts) is its virtio disk,
+/// written through by the guest: QEMU opens it before it drops to its user.
+#[tokio::test]
+async fn a_vm_writes_to_an_attached_block_volume() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_vm_image(&app, &admin, host.dir.path()).await;
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "vol", "content_type": "block", "config": {"size": "64MiB"}}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "vd", "type": "virtual-machine",
+               "source": {"type": "image", "alias": "tinyvm"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances/vd/volumes",
+            Some(&admin),
+            json!({"pool": "default", "volume": "vol", "device": "vol"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    action(&app, &admin, "vd", "start").await;
+    let mut console = app
+        .ws(&format!("/api/v1/instances/vd/console/ws?token={admin}"))
+        .await
+        .expect("console opens");
+    read_until_within(
+        &mut console,
+        &env("LXGATE_TEST_VM_MARKER"),
+        Duration::from_secs(90),
+    )
+    .await;
+    read_until(&mut console, "# ").await;
+    // The kernel boots from its initrd, so the volume is the first disk.
+    console
+        .send(Message::Binary(
+            "echo lxgate-disk-$((6*7)) > /dev/vda && sync && echo written-$((1+1))\n".into(),
+        ))
+        .await
+        .unwrap();
+    read_until(&mut console, "\nwritten-2\r\n").await;
+    drop(console);
+    let stop = app
+        .put(
+            "/api/v1/instances/vd/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "timeout": 30}),
+        )
+        .await;
+    assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    // What the guest wrote is in the volume's qcow2.
+    let vol = files_under(&host.data())
+        .into_iter()
+        .find(|p| p.ends_with("custom/default_vol.qcow2"))
+        .expect("the volume's qcow2");
+    let raw = host.dir.path().join("vol.raw");
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&vol)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut head = vec![0u8; 64];
+    use std::io::Read;
+    std::fs::File::open(&raw)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("lxgate-disk-42\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// Files under `dir` (recursively), for "nothing was left on disk".
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                found.extend(files_under(&e.path()));
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A VM disk image with a backing file or an external data file would make
+/// QEMU open a host path the uploader chose: refused with 400, nothing kept.
+#[tokio::test]
+async fn vm_disk_images_that_name_host_files_are_refused() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let qemu_img = |args: &[&std::ffi::OsStr]| {
+        let ok = Command::new("qemu-img").args(args).status().unwrap();
+        assert!(ok.success(), "qemu-img {args:?}");
+    };
+    let backed = scratch.path().join("backed.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        env("LXGATE_TEST_VM_DISK").as_ref(),
+        backed.as_os_str(),
+    ]);
+    let data_file = scratch.path().join("x.raw");
+    let external = scratch.path().join("external.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-o".as_ref(),
+        format!("data_file={}", data_file.display()).as_ref(),
+        external.as_os_str(),
+        "64M".as_ref(),
+    ]);
+    for (disk, why) in [
+        (&backed, "it has a backing file"),
+        (&external, "it has an external data file"),
+    ] {
+        let form = Form::new()
+            .part(
+                "metadata",
+                Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+            )
+            .part("rootfs.img", Part::file(disk).await.unwrap())
+            .text("alias", "evil");
+        let r = app
+            .send(
+                app.request(
+                    reqwest::Method::POST,
+                    "/api/v1/images/import?wait=60",
+                    Some(&admin),
+                )
+                .multipart(form),
+            )
+            .await;
+        r.assert_problem(400, "bad_request");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(why),
+            "{}",
+            r.text
+        );
+    }
+    let images = app.get("/api/v1/images", Some(&admin)).await;
+    assert_eq!(images.body["total"], 0, "{}", images.text);
+    let data = host.data();
+    let left: Vec<_> = [data.join("images"), data.join("tmp")]
+        .iter()
+        .flat_map(|d| files_under(d))
+        .collect();
+    assert!(left.is_empty(), "left on disk: {left:?}");
+
+    // A self-contained qcow2 (the test bed's empty disk) is still taken.
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+        )
+        .part(
+            "rootfs.img",
+            Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
+        )
+        .text("alias", "plain");
+    let fp = upload_image(&app, &admin, form).await;
+    let img = app.get(&format!("/api/v1/images/{fp}"), Some(&admin)).await;
+    assert_eq!(img.body["type"], "virtual-machine", "{}", img.text);
+}
+
+/// The same rule for a VM image copied from a simplestreams server: the
+/// operation fails with the reason and nothing is kept.
+#[tokio::test]
+async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let backed = scratch.path().join("backed.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(env("LXGATE_TEST_VM_DISK"))
+        .arg(&backed)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let meta = std::fs::read(env("LXGATE_TEST_VM_META")).unwrap();
+    let disk = std::fs::read(&backed).unwrap();
+    let catalogue = json!({"format": "products:1.0", "datatype": "image-downloads", "products": {
+    "evil:vm:amd64:default": {
+        "aliases": "evil/vm", "arch": "amd64", "os": "busybox", "release": "vm",
+        "versions": {"20261130_00:00": {"items": {
+            "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "meta.tar.xz",
+                "sha256": sha256_hex(&[&meta]), "size": meta.len(),
+                "combined_disk-kvm-img_sha256": sha256_hex(&[&meta, &disk])},
+            "disk-kvm.img": {"ftype": "disk-kvm.img", "path": "disk.qcow2",
+                "sha256": sha256_hex(&[&disk]), "size": disk.len()},
+        }}}}}});
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": ["evil:vm:amd64:default"]}}});
+    let server = axum::Router::new()
+        .route(
+            "/streams/v1/index.json",
+            axum::routing::get(move || async move { axum::Json(index) }),
+        )
+        .route(
+            "/streams/v1/images.json",
+            axum::routing::get(move || async move { axum::Json(catalogue) }),
+        )
+        .route(
+            "/meta.tar.xz",
+            axum::routing::get(move || async move { meta }),
+        )
+        .route(
+            "/disk.qcow2",
+            axum::routing::get(move || async move { disk }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, server).await });
+
+    let r = app
+        .post(
+            "/api/v1/images?wait=60",
+            Some(&admin),
+            json!({"source": {"server": format!("http://{addr}/"), "protocol": "simplestreams",
+                              "alias": "evil/vm", "image_type": "virtual-machine"},
+                   "aliases": [{"name": "evil"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(
+        r.body["err"]
+            .as_str()
+            .unwrap()
+            .contains("it has a backing file"),
+        "{}",
+        r.text
+    );
+    let images = app.get("/api/v1/images", Some(&admin)).await;
+    assert_eq!(images.body["total"], 0, "{}", images.text);
+    let data = host.data();
+    let left: Vec<_> = [data.join("images"), data.join("tmp")]
+        .iter()
+        .flat_map(|d| files_under(d))
+        .collect();
+    assert!(left.is_empty(), "left on disk: {left:?}");
 }
 
 async fn run_in(app: &TestApp, token: &str, name: &str, script: &str) -> String {

@@ -90,16 +90,39 @@ pub async fn choose_accel(pref: VmAccel) -> (&'static str, String) {
 pub async fn qemu(pref: VmAccel) -> DriverInfo {
     let line = first_line("qemu-system-x86_64", &["--version"]).await;
     let (accel, why) = choose_accel(pref).await;
+    let user = match qemu_user().await {
+        Some(u) => format!("runs as {u}"),
+        None => format!("runs as root: no {QEMU_USER} user, or lxgate is not root"),
+    };
     DriverInfo {
         name: "qemu".into(),
         instance_type: "virtual-machine".into(),
         available: line.is_ok(),
         version: line.as_deref().ok().and_then(qemu_version),
         detail: Some(match line {
-            Ok(_) => format!("accelerator {accel} ({why})"),
+            Ok(_) => format!("accelerator {accel} ({why}); seccomp sandbox, {user}"),
             Err(e) => e,
         }),
     }
+}
+
+/// The unprivileged user QEMU switches to once it has opened its disks,
+/// sockets and taps (scripts/host-setup.sh creates it).
+pub const QEMU_USER: &str = "lxgate-qemu";
+
+/// `QEMU_USER` when QEMU can switch to it here: lxgate runs as root (QEMU
+/// inherits the right to change users) and the user exists. A local user in
+/// /etc/passwd, as host-setup.sh makes it.
+pub async fn qemu_user() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = tokio::fs::read_to_string("/etc/passwd").await.ok()?;
+    passwd
+        .lines()
+        .any(|l| l.split(':').next() == Some(QEMU_USER))
+        .then_some(QEMU_USER)
 }
 
 pub async fn kernel_release() -> Option<String> {

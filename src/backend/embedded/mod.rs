@@ -14,6 +14,7 @@ mod networks;
 mod operations;
 mod process;
 mod projects;
+mod qcow;
 mod qemu;
 mod simplestreams;
 mod snapshots;
@@ -788,6 +789,10 @@ impl Backend for EmbeddedBackend {
         upload: &types::ImageUpload,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
+        // Refused before anything is stored (400; the spool goes with the request).
+        if upload.virtual_machine && qcow::is_qcow2(&upload.rootfs).await? {
+            qcow::check_disk_image(&upload.rootfs).await?;
+        }
         // The spool goes away when this returns: take the files now.
         let fresh = self.images.take_upload(upload).await?;
         let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
@@ -885,6 +890,11 @@ impl Backend for EmbeddedBackend {
                     )));
                 }
                 ctx.check()?;
+                // A server's disk image is held to the rules of an upload; the
+                // spooled files go when this returns.
+                if found.vm && qcow::is_qcow2(&rootfs.0).await? {
+                    qcow::check_disk_image(&rootfs.0).await?;
+                }
                 let up = types::ImageUpload {
                     metadata: meta.0.clone(),
                     metadata_size: meta_size,

@@ -4,6 +4,15 @@
 //! (see detect.rs). Files live in `DATA_DIR/vms/<project>_<name>/`; the
 //! running state is read from the pidfile and QMP every time, so a restarted
 //! lxgate finds its VMs again.
+//!
+//! QEMU runs under its seccomp sandbox (no exec or fork, no obsolete system
+//! calls, no scheduler/resource changes) and, where the host has the
+//! `lxgate-qemu` user and lxgate is root, drops to that user once it has
+//! opened its disks, sockets and taps (`-run-with user=`), so a guest that
+//! escapes into QEMU holds neither root nor the means to start programs.
+//! Both rule out `-daemonize`, which forks (and setsid()s) after the sandbox
+//! is in place: lxgate starts QEMU in a session of its own instead and
+//! waits for QMP to answer.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +32,8 @@ use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, TerminalInput, TerminalSession};
 
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting QEMU may take to answer on QMP.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Memory when `limits.memory` is not set.
 const DEFAULT_MEMORY_MIB: u64 = 256;
 
@@ -39,6 +50,8 @@ pub enum Boot {
 pub struct Qemu {
     dir: PathBuf,
     accel: crate::config::VmAccel,
+    /// The user QEMU drops to (None: stays root), looked up once.
+    user: tokio::sync::OnceCell<Option<&'static str>>,
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
@@ -47,7 +60,11 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
 
 impl Qemu {
     pub fn new(dir: PathBuf, accel: crate::config::VmAccel) -> Self {
-        Self { dir, accel }
+        Self {
+            dir,
+            accel,
+            user: tokio::sync::OnceCell::new(),
+        }
     }
 
     pub fn vm_dir(&self, vm: &str) -> PathBuf {
@@ -127,6 +144,7 @@ impl Qemu {
         config: &ConfigMap,
         accel: &str,
         devices: &Attachments,
+        user: Option<&str>,
     ) -> Result<Vec<String>, BackendError> {
         let dir = self.vm_dir(vm);
         // QEMU option strings split on ',': a comma in a path is doubled.
@@ -145,7 +163,6 @@ impl Qemu {
             "-no-user-config",
             "-display",
             "none",
-            "-daemonize",
             "-pidfile",
             &dir.join("qemu.pid").display().to_string(),
             "-qmp",
@@ -204,6 +221,23 @@ impl Qemu {
         if !devices.nics.is_empty() {
             args.push("-S".to_owned());
         }
+        match user {
+            // Switching users needs set*id(), which elevateprivileges=deny
+            // forbids; after the switch QEMU holds no privilege to regain
+            // (real, effective and saved ids all change) and spawn=deny
+            // keeps it from exec'ing a set-uid program.
+            Some(u) => args.extend([
+                "-sandbox".to_owned(),
+                "on,obsolete=deny,spawn=deny,resourcecontrol=deny".to_owned(),
+                "-run-with".to_owned(),
+                format!("user={u}"),
+            ]),
+            None => args.extend([
+                "-sandbox".to_owned(),
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+                    .to_owned(),
+            ]),
+        }
         Ok(args)
     }
 
@@ -215,12 +249,13 @@ impl Qemu {
     ) -> Result<(), BackendError> {
         let boot = self.boot(vm).await?;
         let (accel, _) = super::detect::choose_accel(self.accel).await;
-        let args = self.args(vm, &boot, config, accel, devices)?;
+        let user = *self.user.get_or_init(super::detect::qemu_user).await;
+        let args = self.args(vm, &boot, config, accel, devices, user)?;
         // Stale sockets of an earlier run would make QEMU refuse to bind.
         for f in ["qmp.sock", "console.sock", "qemu.pid"] {
             let _ = tokio::fs::remove_file(self.vm_dir(vm).join(f)).await;
         }
-        run("qemu-system-x86_64", args, Duration::from_secs(60)).await?;
+        self.spawn(vm, args).await?;
         if devices.nics.is_empty() {
             return Ok(());
         }
@@ -241,6 +276,61 @@ impl Qemu {
             let _ = self.stop(vm, 0, true).await;
         }
         running
+    }
+
+    /// Starts QEMU in a session of its own (a Ctrl-C or SIGHUP meant for
+    /// lxgate does not reach it; it outlives lxgate), its output going to
+    /// `qemu.out`, and waits until QMP answers: QEMU has then opened
+    /// everything and made its taps. A QEMU that exits first reports why.
+    async fn spawn(&self, vm: &str, args: Vec<String>) -> Result<(), BackendError> {
+        let out_path = self.vm_dir(vm).join("qemu.out");
+        let out = tokio::fs::File::create(&out_path)
+            .await
+            .map_err(io("creating qemu.out"))?
+            .into_std()
+            .await;
+        let err = out.try_clone().map_err(io("creating qemu.out"))?;
+        let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
+        cmd.args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir("/");
+        // SAFETY: setsid() is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io("starting qemu-system-x86_64"))?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = tokio::fs::read_to_string(&out_path)
+                    .await
+                    .unwrap_or_default();
+                return Err(BackendError::Internal(anyhow::anyhow!(
+                    "qemu-system-x86_64 failed ({status}): {}",
+                    said.trim()
+                )));
+            }
+            if self.qmp(vm, "query-status", None).await.is_ok() {
+                // Dropped, not killed: tokio reaps it when it exits.
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(BackendError::Timeout(format!(
+                    "QEMU of {vm} did not answer on QMP within {}s",
+                    START_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The QEMU process of this VM, if it runs: the pidfile's pid, checked
@@ -503,6 +593,7 @@ mod tests {
                 &c,
                 "tcg",
                 &Attachments::default(),
+                None,
             )
             .unwrap();
         let joined = a.join(" ");
@@ -523,7 +614,8 @@ mod tests {
                 &Boot::Disk,
                 &c,
                 "tcg",
-                &Attachments::default()
+                &Attachments::default(),
+                None
             )
             .is_err()
         );
@@ -540,7 +632,14 @@ mod tests {
             }],
         };
         let d = q
-            .args("default_v1", &Boot::Disk, &ConfigMap::new(), "tcg", &extra)
+            .args(
+                "default_v1",
+                &Boot::Disk,
+                &ConfigMap::new(),
+                "tcg",
+                &extra,
+                Some("lxgate-qemu"),
+            )
             .unwrap()
             .join(" ");
         assert!(
@@ -552,5 +651,17 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("-m 256 -smp 1"), "{d}");
+        // Sandboxed either way; the set*id() ban only where QEMU stays root.
+        assert!(
+            d.ends_with("-sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny -run-with user=lxgate-qemu"),
+            "{d}"
+        );
+        assert!(
+            joined.ends_with(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{joined}"
+        );
+        assert!(!joined.contains("-daemonize"), "{joined}");
     }
 }
