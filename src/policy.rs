@@ -278,24 +278,6 @@ impl Widening {
         self.devices.contains(kind)
     }
 
-    /// Whether any allowed key is outside `security.privileged`,
-    /// `security.nesting` and `security.syscalls.intercept.*` (what Incus
-    /// calls low-level: `raw.*`, kernel modules, idmaps, syscall lists...).
-    pub fn has_low_level(&self) -> bool {
-        self.config.iter().any(|p| {
-            let k = match p {
-                KeyPattern::Exact(k) | KeyPattern::Prefix(k) => k.as_str(),
-            };
-            ![
-                "security.privileged",
-                "security.nesting",
-                "security.syscalls.intercept.",
-            ]
-            .iter()
-            .any(|known| k.starts_with(known))
-        })
-    }
-
     /// Whether `key` is on the project's allow list.
     pub fn allows_key(&self, key: &str) -> bool {
         self.config.iter().any(|p| p.matches(key))
@@ -341,6 +323,11 @@ impl Policy {
 
     pub fn is_admin(&self) -> bool {
         self.admin
+    }
+
+    /// Whether devices of type `kind` may carry any option for this caller.
+    pub fn allows_device_type(&self, kind: &str) -> bool {
+        self.admin || self.widening.allows_device(kind)
     }
 
     fn instance_key_allowed(&self, key: &str) -> bool {
@@ -425,26 +412,6 @@ impl Policy {
             after_devices.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         self.check_instance(before, (&after_config, &after_devices))
-    }
-
-    /// Checks restoring a snapshot: its config and devices are user data
-    /// written back over the instance's. `volatile.*` keys are the
-    /// backend's own record and are left to it.
-    pub fn check_restore(
-        &self,
-        current: (&Config, &Devices),
-        snapshot: (&Config, &Devices),
-    ) -> Result<(), Denied> {
-        let strip = |c: &Config| -> Config {
-            c.iter()
-                .filter(|(k, _)| !k.starts_with("volatile."))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
-        self.check_instance(
-            (&strip(current.0), current.1),
-            (&strip(snapshot.0), snapshot.1),
-        )
     }
 
     /// Checks one device that is added or changed.

@@ -1,17 +1,20 @@
 //! The instance policy (`crate::policy`) as handlers apply it: who the rules
-//! are for (global admins are unrestricted) and what the project widened.
+//! are for (global admins are unrestricted), what the project widened, and
+//! the parts of a check that need the backend (profiles, networks).
 //!
-//! Every handler that writes instance config or devices, or a volume's
-//! config, calls [`for_caller`] and checks its change before the backend
-//! sees it.
+//! Every handler that writes instance config or devices calls
+//! [`for_caller`] and then [`check_instance_write`]; volume config goes
+//! through `Policy::check_volume*` directly.
+
+use std::collections::BTreeMap;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::backend::BackendError;
-use crate::backend::types::{ConfigMap, Project, ProjectPolicy};
+use crate::backend::types::{ConfigMap, DevicesMap, Instance, Project, ProjectPolicy};
 use crate::error::{ApiError, ApiResult};
 use crate::names::ProjectName;
-use crate::policy::{Policy, Widening};
+use crate::policy::{Denied, Policy, Widening};
 
 /// The policy for `user` writing into `project`.
 pub async fn for_caller(
@@ -42,6 +45,190 @@ pub async fn for_caller(
     Ok(Policy::restricted(widening))
 }
 
+/// An instance as the policy sees it: its own config and devices, and the
+/// profiles it inherits from.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub config: &'a ConfigMap,
+    pub devices: &'a DevicesMap,
+    pub profiles: &'a [String],
+}
+
+impl<'a> Shape<'a> {
+    pub fn of(i: &'a Instance) -> Self {
+        Shape {
+            config: &i.config,
+            devices: &i.devices,
+            profiles: &i.profiles,
+        }
+    }
+}
+
+/// The profile list non-admins may give a new instance.
+fn default_profiles(p: &[String]) -> bool {
+    p.is_empty() || p == ["default"]
+}
+
+/// Checks a write of an instance from `before` (None: a create) to `after`.
+///
+/// Beyond the config and devices themselves (`Policy::check_instance`):
+/// * non-admins keep the profile list as it is (a new instance gets
+///   `default`): a profile is an admin's, and applying one an admin made for
+///   other instances would hand over whatever it holds;
+/// * removing a device of its own must not uncover a profile's device of
+///   that name that the caller could not add itself (an admin's `none` mask
+///   over a host path disk, say);
+/// * a NIC goes on a managed bridge (or OVN) network: a managed `physical`
+///   or `macvlan` network hands the host's interface over.
+pub async fn check_instance_write(
+    state: &AppState,
+    policy: &Policy,
+    project: &ProjectName,
+    before: Option<Shape<'_>>,
+    after: Shape<'_>,
+) -> ApiResult<()> {
+    let (no_config, no_devices) = (ConfigMap::new(), DevicesMap::new());
+    let b = before.unwrap_or(Shape {
+        config: &no_config,
+        devices: &no_devices,
+        profiles: &[],
+    });
+    policy.check_instance((b.config, b.devices), (after.config, after.devices))?;
+    if policy.is_admin() {
+        return Ok(());
+    }
+    let same_profiles = match before {
+        Some(b) => b.profiles == after.profiles,
+        None => default_profiles(after.profiles),
+    };
+    if !same_profiles {
+        return Err(ApiError::forbidden(
+            "policy_denied",
+            "changing an instance's profiles is not allowed for non-admins (new instances get `default`); an admin can change them",
+        )
+        .with_field("profiles"));
+    }
+    let removed: Vec<&String> = b
+        .devices
+        .keys()
+        .filter(|name| !after.devices.contains_key(*name))
+        .collect();
+    if !removed.is_empty() {
+        let inherited = inherited_devices(state, project, after.profiles).await?;
+        for name in removed {
+            if let Some(dev) = inherited.get(name) {
+                policy.check_device(name, dev).map_err(|e| match e {
+                    Denied::Forbidden { detail, .. } => ApiError::forbidden(
+                        "policy_denied",
+                        format!("removing device `{name}` would let the profile's device of that name apply, and {detail}"),
+                    )
+                    .with_field(format!("devices.{name}")),
+                    other => other.into(),
+                })?;
+            }
+        }
+    }
+    for (name, dev) in after.devices {
+        let changed = b.devices.get(name) != Some(dev);
+        if changed
+            && dev.get("type").map(String::as_str) == Some("nic")
+            && !policy.allows_device_type("nic")
+            && let Some(network) = dev.get("network").filter(|n| !n.is_empty())
+        {
+            check_network(state, project, name, network).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The devices the profiles give, the later ones over the earlier.
+async fn inherited_devices(
+    state: &AppState,
+    project: &ProjectName,
+    profiles: &[String],
+) -> ApiResult<DevicesMap> {
+    let mut out = BTreeMap::new();
+    for name in profiles {
+        let p = state
+            .backend
+            .get_profile(project.as_str(), name)
+            .await
+            .map_err(|e| match e {
+                BackendError::NotFound(_) => ApiError::bad_request(
+                    "profile_not_found",
+                    format!("profile `{name}` does not exist"),
+                ),
+                other => other.into(),
+            })?;
+        out.extend(p.devices);
+    }
+    Ok(out)
+}
+
+async fn check_network(
+    state: &AppState,
+    project: &ProjectName,
+    device: &str,
+    network: &str,
+) -> ApiResult<()> {
+    let field = format!("devices.{device}.network");
+    let (n, _) = state
+        .backend
+        .get_network(project.as_str(), network)
+        .await
+        .map_err(|e| match e {
+            BackendError::NotFound(_) => ApiError::bad_request(
+                "network_not_found",
+                format!("network `{network}` does not exist"),
+            )
+            .with_field(field.clone()),
+            other => other.into(),
+        })?;
+    if !n.managed || !matches!(n.network_type.as_str(), "bridge" | "ovn") {
+        return Err(ApiError::forbidden(
+            "policy_denied",
+            format!(
+                "a NIC on network `{network}` (a {} {} network) is not allowed for non-admins, only managed bridge and OVN networks; an admin can allow NICs of any kind for this project (project config `user.lxgate.allow.devices`)",
+                if n.managed { "managed" } else { "host" },
+                n.network_type
+            ),
+        )
+        .with_field(field));
+    }
+    Ok(())
+}
+
+/// `volatile.*` is the backend's own record: a PUT or PATCH carries the
+/// values the instance has now, whatever the client sent back (a dashboard's
+/// GET-modify-PUT holds stale ones, and an empty value would delete one).
+/// Changing one on purpose is refused by the policy on create.
+pub fn keep_volatile(current: &ConfigMap, config: &mut ConfigMap, replace: bool) {
+    config.retain(|k, _| !k.starts_with("volatile."));
+    if replace {
+        config.extend(
+            current
+                .iter()
+                .filter(|(k, _)| k.starts_with("volatile."))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+}
+
+/// The version a write must apply to: the one the policy judged. A client's
+/// own `If-Match` must name that version too (412 otherwise), so nothing
+/// can change between the check and the write.
+pub fn pin(client: Option<&str>, read: Option<String>) -> ApiResult<Option<String>> {
+    match (client, read) {
+        (Some(c), Some(r)) if c.trim_matches('"') != r.trim_matches('"') => Err(ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the ETag does not match: the resource changed since it was read",
+        )),
+        (Some(c), None) => Ok(Some(c.to_owned())),
+        (_, read) => Ok(read),
+    }
+}
+
 /// Fills in `project.policy`: the allow lists, and whether the backend
 /// enforces the policy too.
 pub fn describe(state: &AppState, mut project: Project) -> Project {
@@ -61,16 +248,15 @@ pub fn widening_of(config: &ConfigMap) -> ApiResult<Widening> {
     Widening::from_project_config(config).map_err(ApiError::from)
 }
 
-/// Adds the backend's restriction keys for `widening` to `config`, leaving
-/// the keys an admin gave explicitly alone. Nothing when the backend has no
-/// restrictions, or when the admin asked for `restricted=false`.
-pub fn add_restrictions(state: &AppState, widening: &Widening, config: &mut ConfigMap) {
+/// Puts the backend's restriction keys for `widening` into `config`
+/// (overwriting what was there: they follow the allow lists). Nothing when
+/// the backend has no restrictions, or when the admin asked for
+/// `restricted=false`.
+pub fn set_restrictions(state: &AppState, widening: &Widening, config: &mut ConfigMap) {
     if config.get("restricted").map(String::as_str) == Some("false") {
         return;
     }
     if let Some(keys) = state.backend.project_restrictions(widening) {
-        for (k, v) in keys {
-            config.entry(k).or_insert(v);
-        }
+        config.extend(keys);
     }
 }

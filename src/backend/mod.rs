@@ -69,6 +69,10 @@ pub enum BackendError {
     Timeout(String),
     #[error("the backend refused lxgate's credentials: {0}")]
     Forbidden(String),
+    /// The backend's own restrictions refused the change (a restricted Incus
+    /// project): what the instance policy would refuse, said by the backend.
+    #[error("{0}")]
+    Restricted(String),
     #[error("TLS with the backend failed: {0}")]
     TlsFailure(String),
     /// The backend answered with an error that has no closer meaning (its message is kept).
@@ -87,6 +91,10 @@ impl From<BackendError> for ApiError {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
             }
             BackendError::BadRequest(m) => ApiError::bad_request("bad_request", m),
+            BackendError::Restricted(m) => ApiError::forbidden(
+                "policy_denied",
+                format!("refused by the project's restrictions in the backend: {m}; an admin can allow it for this project (project config `user.lxgate.allow.config` / `user.lxgate.allow.devices`)"),
+            ),
             BackendError::NotSupported(m) => ApiError::not_implemented(m),
             BackendError::Unavailable(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,6 +174,9 @@ pub trait Backend: Send + Sync {
     /// backend enforces the policy in lxgate and confines containers
     /// itself).
     fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap>;
+
+    /// A profile of `project` (as instances there see it).
+    async fn get_profile(&self, project: &str, name: &str) -> Result<types::Profile, BackendError>;
 
     /// A cheap reachability check for `/health/ready`.
     async fn ping(&self) -> Result<(), BackendError>;

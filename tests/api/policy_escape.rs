@@ -235,22 +235,58 @@ async fn refused_everywhere(
     assert_eq!(after.body["devices"], before.body["devices"]);
     assert_eq!(after.header("etag"), before.header("etag"));
 
-    // volatile.* is nobody's to write; sent back unchanged it is no write.
+    // volatile.* is the backend's: a PUT or PATCH carries the current
+    // values whatever the client sends; a create may not set one.
     let r = app
         .send(
             app.request(Method::PATCH, &path, Some(operator))
-                .json(&json!({"config": {"volatile.base_image": "0000"}})),
+                .json(&json!({"config": {"volatile.base_image": "0000", "user.note": "ok"}})),
         )
         .await;
-    r.assert_problem(400, "invalid_config");
+    wait_ok(app, operator, r).await;
+    let now = app.get(&path, Some(operator)).await;
+    assert_eq!(
+        now.body["config"]["volatile.base_image"],
+        before.body["config"]["volatile.base_image"]
+    );
+    assert_eq!(now.body["config"]["user.note"], "ok");
+    app.post(
+        &format!("/api/v1/instances?project={project}"),
+        Some(operator),
+        json!({"name": unique("esc"), "source": image, "config": {"volatile.idmap.base": "0"}}),
+    )
+    .await
+    .assert_problem(400, "invalid_config");
+
+    // Profiles are the admins': a new instance gets `default`, and the
+    // list of an existing one stays as it is.
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}"),
+            Some(operator),
+            json!({"name": unique("esc"), "source": image, "profiles": ["default", "other"]}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "profiles");
     let r = app
         .send(
-            app.request(Method::PATCH, &path, Some(operator)).json(
-                &json!({"config": merged(&before.body["config"], &json!({"user.note": "ok"}))}),
-            ),
+            app.request(Method::PATCH, &path, Some(operator))
+                .json(&json!({"profiles": []})),
         )
         .await;
-    assert!(r.status.is_success(), "{}", r.text);
+    r.assert_problem(403, "policy_denied");
+
+    // The check and the write see the same version: a client's If-Match
+    // naming another one is 412 before anything is written.
+    let r = app
+        .send(
+            app.request(Method::PATCH, &path, Some(operator))
+                .header("if-match", "\"0000\"")
+                .json(&json!({"config": {"user.note": "late"}})),
+        )
+        .await;
+    r.assert_problem(412, "precondition_failed");
 }
 
 fn incus(args: &[&str]) -> std::process::Output {
@@ -396,6 +432,25 @@ async fn incus_operators_cannot_reach_the_host() {
     );
     let listed = incus_text(&["list", "--project", &project, "-c", "n", "-f", "csv"]);
     assert_eq!(listed, existing, "no refused create reached Incus");
+
+    // A key §4a allows but Incus counts as low-level: Incus refuses it in a
+    // restricted project, and says so as the policy's 403.
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{existing}?project={project}"),
+                Some(&operator),
+            )
+            .json(&json!({"config": {"boot.host_shutdown_timeout": "10"}})),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("low-level"),
+        "{}",
+        r.text
+    );
 
     // Storage volume config: size, snapshots.*, user.* only.
     let r = app
@@ -581,6 +636,84 @@ async fn incus_admins_may_do_it_all_and_restrict_existing_projects() {
         .await;
     wait_ok(&app, &admin, r).await;
 
+    // In an unrestricted project lxgate's policy still holds operators:
+    // nothing admin-only, and removing an admin's `none` mask over a
+    // profile's host path disk would hand that disk over.
+    let operator = app.user_with_role(&admin, "openop", None).await;
+    app.grant(&admin, "openop", &project, "operator").await;
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}"),
+            Some(&operator),
+            json!({"name": unique("esc"), "source": {"type": "image", "alias": incus_alias()},
+                "config": {"security.privileged": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    incus_text(&[
+        "profile",
+        "device",
+        "add",
+        "default",
+        "hostfs",
+        "disk",
+        "source=/tmp",
+        "path=/host",
+        "--project",
+        &project,
+    ]);
+    let masked = unique("masked");
+    let _masked = Cleanup(vec![(project.clone(), masked.clone())]);
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={project}&wait=60"),
+            Some(&admin),
+            json!({"name": masked, "source": {"type": "image", "alias": incus_alias()},
+                "devices": {"hostfs": {"type": "none"}, "mask2": {"type": "none"}}}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let path = format!("/api/v1/instances/{masked}?project={project}");
+    let cur = app.get(&path, Some(&operator)).await;
+    let put = |devices: Value| {
+        json!({"config": cur.body["config"], "devices": devices,
+            "profiles": cur.body["profiles"], "description": ""})
+    };
+    let r = app
+        .put(
+            &path,
+            Some(&operator),
+            put(json!({"mask2": {"type": "none"}})),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "devices.hostfs", "{}", r.text);
+    // Removing a device no profile provides is fine.
+    let r = app
+        .put(
+            &path,
+            Some(&operator),
+            put(json!({"hostfs": {"type": "none"}})),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let r = app
+        .delete(
+            &format!("/api/v1/instances/{masked}?project={project}&wait=60"),
+            Some(&admin),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    incus_text(&[
+        "profile",
+        "device",
+        "remove",
+        "default",
+        "hostfs",
+        "--project",
+        &project,
+    ]);
+
     // Restricting the existing project (emptied first): Incus now refuses
     // what lxgate does.
     let r = app
@@ -662,6 +795,20 @@ async fn embedded_operators_cannot_reach_the_host() {
         vec![format!("default_{existing}")],
         "no refused create touched the host"
     );
+
+    // A NIC goes on a managed bridge only, never on a host interface.
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{existing}"),
+                Some(&operator),
+            )
+            .json(&json!({"devices": {"n0": {"type": "nic", "network": "lo"}}})),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "devices.n0.network");
 
     // Storage volume config from operators is held to the table as well.
     let r = app

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::Json;
+use crate::api::policy::{self, Shape};
 use crate::api::v1::operations::accepted;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::backend::BackendError;
-use crate::backend::types::InstanceUpdate;
+use crate::backend::types::{DevicesMap, Instance, InstanceUpdate};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{DeviceName, InstanceName, ProjectName};
 
@@ -62,12 +63,7 @@ pub async fn attach(
     }
     let mut devices = current.devices.clone();
     devices.insert(device.as_str().to_owned(), config);
-    crate::api::policy::for_caller(state, user, project)
-        .await?
-        .check_instance(
-            (&current.config, &current.devices),
-            (&current.config, &devices),
-        )?;
+    check(state, user, project, &current, &devices).await?;
     let update = InstanceUpdate {
         devices: Some(devices),
         ..Default::default()
@@ -130,14 +126,8 @@ pub async fn detach(
         }
     }
     devices.remove(device.as_str());
-    // Taking a device away is always allowed; checked all the same so that
-    // every write of an instance's devices passes the policy.
-    crate::api::policy::for_caller(state, user, project)
-        .await?
-        .check_instance(
-            (&current.config, &current.devices),
-            (&current.config, &devices),
-        )?;
+    // Taking a device away may let a profile's device of that name apply.
+    check(state, user, project, &current, &devices).await?;
     let update = InstanceUpdate {
         description: Some(current.description),
         config: Some(current.config),
@@ -157,6 +147,22 @@ pub async fn detach(
         .await
         .map_err(instance_not_found(instance))?;
     finish(state, user, project, instance, action, op, wait).await
+}
+
+/// The instance policy for a change of `current`'s devices to `devices`.
+async fn check(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    current: &Instance,
+    devices: &DevicesMap,
+) -> ApiResult<()> {
+    let policy = policy::for_caller(state, user, project).await?;
+    let after = Shape {
+        devices,
+        ..Shape::of(current)
+    };
+    policy::check_instance_write(state, &policy, project, Some(Shape::of(current)), after).await
 }
 
 async fn finish(

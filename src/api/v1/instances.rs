@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::policy::{self, Shape};
 use crate::api::v1::operations::{OperationRef, accepted};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -172,12 +173,13 @@ pub async fn create_instance(
             "give exactly one of source.alias and source.fingerprint",
         ));
     }
-    crate::api::policy::for_caller(&state, &user, &project)
-        .await?
-        .check_instance(
-            (&Default::default(), &Default::default()),
-            (&req.config, &req.devices),
-        )?;
+    let policy = policy::for_caller(&state, &user, &project).await?;
+    let after = Shape {
+        config: &req.config,
+        devices: &req.devices,
+        profiles: req.profiles.as_deref().unwrap_or_default(),
+    };
+    policy::check_instance_write(&state, &policy, &project, None, after).await?;
     let op = state
         .backend
         .create_instance(project.as_str(), &req)
@@ -254,33 +256,49 @@ async fn update(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     // The policy judges the change against the instance as it is now; the
-    // update then carries that version's ETag, so the instance cannot change
-    // in between (a client's own If-Match still wins: it must match too).
-    let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
+    // update applies to that version only (its ETag), so nothing can change
+    // in between.
+    let policy = policy::for_caller(&state, &user, &project).await?;
     let (current, etag) = state
         .backend
         .get_instance(project.as_str(), name.as_str())
         .await
         .map_err(not_found_as_instance(&name))?;
-    let before = (&current.config, &current.devices);
-    if replace {
-        policy.check_instance(
-            before,
-            (
-                &body.config.clone().unwrap_or_default(),
-                &body.devices.clone().unwrap_or_default(),
-            ),
-        )?;
-    } else {
-        policy.check_instance_patch(before, body.config.as_ref(), body.devices.as_ref())?;
+    let mut body = body;
+    if let Some(c) = &mut body.config {
+        policy::keep_volatile(&current.config, c, replace);
     }
+    // What the instance will be: a PUT replaces, a PATCH merges config keys
+    // and devices by name (as Incus does).
+    let (config, devices, profiles) = if replace {
+        (
+            body.config.clone().unwrap_or_default(),
+            body.devices.clone().unwrap_or_default(),
+            body.profiles.clone().unwrap_or_default(),
+        )
+    } else {
+        let mut config = current.config.clone();
+        config.extend(body.config.clone().unwrap_or_default());
+        let mut devices = current.devices.clone();
+        devices.extend(body.devices.clone().unwrap_or_default());
+        let profiles = body.profiles.clone().unwrap_or(current.profiles.clone());
+        (config, devices, profiles)
+    };
+    let after = Shape {
+        config: &config,
+        devices: &devices,
+        profiles: &profiles,
+    };
+    policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
+        .await?;
+    let version = policy::pin(if_match(&headers), etag)?;
     let op = state
         .backend
         .update_instance(
             project.as_str(),
             name.as_str(),
             &body,
-            if_match(&headers).or(etag.as_deref()),
+            version.as_deref(),
             replace,
         )
         .await

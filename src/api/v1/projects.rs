@@ -135,7 +135,13 @@ pub async fn create_project(
     // New projects are restricted in the backend (where it has such a
     // setting) to match the instance policy, unless the admin says otherwise.
     let widening = policy::widening_of(&req.config)?;
-    policy::add_restrictions(&state, &widening, &mut req.config);
+    if req.config.get("restricted").map(String::as_str) != Some("false") {
+        // The admin's own restricted.* keys, if any, win.
+        let mut config = ConfigMap::new();
+        policy::set_restrictions(&state, &widening, &mut config);
+        config.extend(std::mem::take(&mut req.config));
+        req.config = config;
+    }
     state.backend.create_project(&req).await?;
     let (project, _) = state.backend.get_project(name.as_str()).await?;
     Ok(created(
@@ -203,10 +209,12 @@ async fn update(
         let widening = policy::widening_of(&after)?;
         let was = Widening::from_project_config(&current.config).unwrap_or_default();
         let restricted = |c: &ConfigMap| c.get("restricted").map(String::as_str) == Some("true");
+        // The restriction keys follow a changed allow list (a stale
+        // restricted.*=allow sent back in a PUT must not outlive it).
         if restricted(&after) && (widening != was || !restricted(&current.config)) {
-            policy::add_restrictions(&state, &widening, config);
+            policy::set_restrictions(&state, &widening, config);
         }
-        if_match = if_match.or(etag);
+        if_match = policy::pin(if_match.as_deref(), etag)?;
     }
     state
         .backend

@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::policy::{self, Shape};
 use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
 use crate::api::v1::operations::{OperationRef, accepted};
 use crate::api::v1::project_param;
@@ -14,7 +15,7 @@ use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
-use crate::backend::types::{Operation, Snapshot, SnapshotCreate, SnapshotRestore};
+use crate::backend::types::{ConfigMap, Operation, Snapshot, SnapshotCreate, SnapshotRestore};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, SnapshotName};
 
@@ -272,7 +273,7 @@ pub async fn restore_snapshot(
     };
     // The snapshot's config and devices are written back: held to the
     // policy like any other write (an allowance since withdrawn, say).
-    let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
+    let policy = policy::for_caller(&state, &user, &project).await?;
     let (current, _) = state
         .backend
         .get_instance(project.as_str(), name.as_str())
@@ -283,10 +284,24 @@ pub async fn restore_snapshot(
         .get_snapshot(project.as_str(), name.as_str(), snap.as_str())
         .await
         .map_err(no_snapshot(&name, &snap))?;
-    policy.check_restore(
-        (&current.config, &current.devices),
-        (&saved.config, &saved.devices),
-    )?;
+    // volatile.* of a snapshot is the backend's record, restored by it.
+    let own = |c: &ConfigMap| -> ConfigMap {
+        c.iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let (now, then) = (own(&current.config), own(&saved.config));
+    let before = Shape {
+        config: &now,
+        ..Shape::of(&current)
+    };
+    let after = Shape {
+        config: &then,
+        devices: &saved.devices,
+        profiles: &saved.profiles,
+    };
+    policy::check_instance_write(&state, &policy, &project, Some(before), after).await?;
     let op = state
         .backend
         .restore_snapshot(

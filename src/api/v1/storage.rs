@@ -499,7 +499,7 @@ pub async fn update_volume(
             .await
             .map_err(volume_not_found(&pool, &name))?;
         policy.check_volume_patch(&current.config, config)?;
-        if_match = if_match.or(etag);
+        if_match = crate::api::policy::pin(if_match.as_deref(), etag)?;
     }
     patch_volume(
         &state,

@@ -50,7 +50,7 @@ pub(super) fn user_config(config: ConfigMap) -> ConfigMap {
     config.into_iter().filter(|(k, _)| !is_managed(k)).collect()
 }
 
-fn root_device() -> DevicesMap {
+pub(super) fn root_device() -> DevicesMap {
     BTreeMap::from([(
         "root".to_owned(),
         BTreeMap::from([
@@ -414,13 +414,17 @@ impl EmbeddedBackend {
         // Devices: custom volumes and NICs, checked against the storage and
         // networks (volumes apply at the next start; NICs of a running
         // container are hot-plugged).
-        let mut devices: DevicesMap = update.devices.clone().unwrap_or_else(|| {
-            if replace {
-                DevicesMap::new()
-            } else {
-                current.devices.clone()
+        // A PUT replaces the devices; a PATCH merges them by name, as in Incus.
+        let mut devices: DevicesMap = match (&update.devices, replace) {
+            (Some(d), true) => d.clone(),
+            (None, true) => DevicesMap::new(),
+            (Some(d), false) => {
+                let mut merged = current.devices.clone();
+                merged.extend(d.clone());
+                merged
             }
-        });
+            (None, false) => current.devices.clone(),
+        };
         let vm = row.instance_type == VM;
         let nics_of = |d: &DevicesMap| -> DevicesMap {
             d.iter()

@@ -670,6 +670,23 @@ impl Backend for EmbeddedBackend {
             .await
     }
 
+    /// The embedded backend has one profile, `default`: the root disk.
+    async fn get_profile(
+        &self,
+        _project: &str,
+        name: &str,
+    ) -> Result<types::Profile, BackendError> {
+        match name {
+            "default" => Ok(types::Profile {
+                name: name.to_owned(),
+                description: "Default profile (the root disk)".to_owned(),
+                config: Default::default(),
+                devices: instances::root_device(),
+            }),
+            _ => Err(BackendError::NotFound(format!("Profile not found: {name}"))),
+        }
+    }
+
     fn project_restrictions(
         &self,
         _widening: &crate::policy::Widening,

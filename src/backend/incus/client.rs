@@ -402,6 +402,14 @@ pub fn typed_error(code: u16, message: &str) -> BackendError {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => BackendError::Forbidden(msg),
         StatusCode::NOT_IMPLEMENTED => BackendError::NotSupported(msg),
         StatusCode::SERVICE_UNAVAILABLE => BackendError::Unavailable(msg),
+        // A restricted project's refusals ("Failed checking if instance
+        // creation allowed: ... Privileged containers are forbidden") come as
+        // internal errors; they are the policy's answer, said by Incus.
+        _ if msg.contains("Failed checking if instance")
+            && (msg.contains("forbidden") || msg.contains("not allowed")) =>
+        {
+            BackendError::Restricted(msg)
+        }
         // Incus reports some name clashes as internal errors from its database.
         _ if msg.contains("already exists") || msg.contains("UNIQUE constraint failed") => {
             BackendError::Conflict(msg)

@@ -631,6 +631,13 @@ impl Backend for IncusBackend {
             .await
     }
 
+    async fn get_profile(&self, project: &str, name: &str) -> Result<types::Profile, BackendError> {
+        self.client
+            .query_struct(&["profiles", name], &[("project", project)])
+            .await
+            .map(|(p, _)| p)
+    }
+
     fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap> {
         Some(projects::restrictions(widening))
     }

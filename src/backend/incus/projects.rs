@@ -21,6 +21,34 @@ const BLOCKABLE_DEVICES: [&str; 8] = [
     "proxy",
 ];
 
+/// Keys a restricted Incus project refuses in containers unless
+/// `restricted.containers.lowlevel=allow` (Incus 6.0, project/permissions.go).
+/// `boot.host_shutdown_timeout` and `limits.memory.swap` are among them,
+/// though DESIGN §4a lets operators set them: in a restricted project Incus
+/// refuses them until an admin allows one for the project.
+const CONTAINER_LOW_LEVEL: [&str; 10] = [
+    "boot.host_shutdown_timeout",
+    "limits.memory.swap",
+    "linux.kernel_modules",
+    "raw.apparmor",
+    "raw.idmap",
+    "raw.lxc",
+    "raw.seccomp",
+    "security.devlxd.images",
+    "security.idmap.base",
+    "security.idmap.size",
+];
+
+/// The same for virtual machines.
+const VM_LOW_LEVEL: [&str; 6] = [
+    "boot.host_shutdown_timeout",
+    "limits.memory.hugepages",
+    "raw.apparmor",
+    "raw.idmap",
+    "raw.qemu",
+    "raw.qemu.conf",
+];
+
 /// The `restricted.*` keys under which Incus refuses what lxgate's instance
 /// policy refuses non-admins in a project with `widening` (DESIGN §4a).
 pub fn restrictions(widening: &Widening) -> ConfigMap {
@@ -43,14 +71,16 @@ pub fn restrictions(widening: &Widening) -> ConfigMap {
         "restricted.containers.interception".into(),
         allow(widening.touches("security.syscalls.intercept."), "block"),
     );
-    let low_level = widening.has_low_level();
+    // Low-level keys are allowed in Incus only when the allow list names
+    // one of them: allowing `linux.sysctl.*` must not open `raw.lxc` too.
+    let any = |keys: &[&str]| keys.iter().any(|k| widening.allows_key(k));
     r.insert(
         "restricted.containers.lowlevel".into(),
-        allow(low_level, "block"),
+        allow(any(&CONTAINER_LOW_LEVEL), "block"),
     );
     r.insert(
         "restricted.virtual-machines.lowlevel".into(),
-        allow(low_level, "block"),
+        allow(any(&VM_LOW_LEVEL), "block"),
     );
     for t in BLOCKABLE_DEVICES {
         r.insert(
@@ -224,7 +254,12 @@ mod tests {
         let wide = restrictions(&Widening::from_project_config(&config).unwrap());
         assert_eq!(wide["restricted.containers.nesting"], "allow");
         assert_eq!(wide["restricted.containers.privilege"], "unprivileged");
-        assert_eq!(wide["restricted.containers.lowlevel"], "allow");
+        // linux.sysctl.* is no low-level key for Incus: raw.lxc stays blocked.
+        assert_eq!(wide["restricted.containers.lowlevel"], "block");
+        let raw = ConfigMap::from([(ALLOW_CONFIG_KEY.to_owned(), "raw.lxc".to_owned())]);
+        let raw = restrictions(&Widening::from_project_config(&raw).unwrap());
+        assert_eq!(raw["restricted.containers.lowlevel"], "allow");
+        assert_eq!(raw["restricted.virtual-machines.lowlevel"], "block");
         assert_eq!(wide["restricted.devices.unix-char"], "allow");
         assert_eq!(wide["restricted.devices.unix-block"], "block");
     }

@@ -19,6 +19,8 @@ pub mod networks;
 pub use networks::*;
 pub mod projects;
 pub use projects::*;
+pub mod profiles;
+pub use profiles::*;
 
 use std::collections::BTreeMap;
 
