@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::driver::{Attachments, Driver, VM};
-use super::lxc::{self, Lxc};
+use super::idmap::{self, IdMap};
+use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::qemu;
@@ -121,9 +122,41 @@ impl EmbeddedBackend {
             .await
     }
 
+    /// How a container runs: privileged as recorded in its row, else under
+    /// the id map stored in its config at creation.
+    pub(super) fn confinement(row: &InstanceRow) -> Result<Confinement, BackendError> {
+        if row.privileged != 0 || row.instance_type == VM {
+            return Ok(Confinement::Privileged);
+        }
+        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        IdMap::stored(&config)
+            .map(Confinement::Unprivileged)
+            .ok_or_else(|| {
+                BackendError::Internal(anyhow::anyhow!(
+                    "container {}/{} has no id map recorded",
+                    row.project,
+                    row.name
+                ))
+            })
+    }
+
+    /// The map new unprivileged containers get, or why this host cannot
+    /// run them (said in 501s and in `system/info`).
+    pub(super) async fn unprivileged_map(&self) -> Result<IdMap, String> {
+        let map = idmap::host_map().await?;
+        lxc::defaults_installed().await?;
+        self.lxc.reachable(&map).await?;
+        Ok(map)
+    }
+
     fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
         let (status, code) = lxc::status_of(&info.state);
-        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        // Said honestly, also for containers made before lxgate mapped ids
+        // (their config never had the key).
+        if row.privileged != 0 && row.instance_type != VM {
+            config.insert("security.privileged".into(), "true".into());
+        }
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
         let mut expanded_devices = root_device();
         expanded_devices.extend(devices.clone());
@@ -287,6 +320,23 @@ impl EmbeddedBackend {
             config.insert(format!("image.{k}"), v);
         }
         config.insert("volatile.base_image".into(), image.fingerprint.clone());
+        // Unprivileged unless an admin asked otherwise (who may ask is the
+        // API's policy; the backend only honours the key).
+        let privileged = kind != VM
+            && req
+                .config
+                .get("security.privileged")
+                .is_some_and(|v| v == "true");
+        let confinement = if kind == VM || privileged {
+            Confinement::Privileged
+        } else {
+            let map = self
+                .unprivileged_map()
+                .await
+                .map_err(|why| idmap::unavailable(&why))?;
+            map.store(&mut config);
+            Confinement::Unprivileged(map)
+        };
         let now = now();
         let row = InstanceRow {
             project: project.to_owned(),
@@ -301,6 +351,7 @@ impl EmbeddedBackend {
             image: image.fingerprint.clone(),
             created_at: now.clone(),
             last_used_at: now,
+            privileged: i64::from(privileged),
         };
         // Take the instance's lock before the name: whatever comes next for
         // this instance waits until it exists.
@@ -350,9 +401,14 @@ impl EmbeddedBackend {
                     match &boot {
                         Some(boot) => qemu.create(&ct, &image_dir, boot).await,
                         None => {
-                            lxc.create(&ct, &row.name, &rootfs, &user_config, async move {
-                                cancel.cancelled().await
-                            })
+                            lxc.create(
+                                &ct,
+                                &row.name,
+                                &rootfs,
+                                &user_config,
+                                &confinement,
+                                async move { cancel.cancelled().await },
+                            )
                             .await
                         }
                     }
@@ -478,6 +534,28 @@ impl EmbeddedBackend {
             }
         }
         lxc::check_config(&user)?;
+        let confinement = Self::confinement(&row)?;
+        if !vm {
+            let wanted = user.get("security.privileged").is_some_and(|v| v == "true");
+            if wanted != (confinement == Confinement::Privileged) {
+                return Err(BackendError::BadRequest(format!(
+                    "security.privileged cannot be changed on an existing container: its files belong to {} and would have to be shifted; create a new container instead",
+                    match confinement {
+                        Confinement::Privileged => "the host's ids".to_owned(),
+                        Confinement::Unprivileged(m) => format!(
+                            "its mapped ids ({}-{})",
+                            m.uid_base,
+                            m.uid_base + m.size - 1
+                        ),
+                    }
+                )));
+            }
+        }
+        if let Some(map) = confinement.map() {
+            for (path, _) in &attached.mounts {
+                give_volume(path, &map).await?;
+            }
+        }
         let ct = Lxc::host_name(project, name);
         if let Some(pid) = hot {
             let before = self.nics(&ct, &current.devices).await.unwrap_or_default();
@@ -487,7 +565,9 @@ impl EmbeddedBackend {
             // Applied at the next start, when the command line is built.
             qemu::vm_resources(&user)?;
         } else {
-            self.lxc.write_config(&ct, name, &user, &attached).await?;
+            self.lxc
+                .write_config(&ct, name, &user, &attached, &confinement)
+                .await?;
         }
         row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
         let mut config = managed;
@@ -604,6 +684,7 @@ impl EmbeddedBackend {
                 row.instance_type == VM,
             )
             .await?;
+        let confinement = Self::confinement(&row)?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
@@ -628,7 +709,7 @@ impl EmbeddedBackend {
                     })?;
                 let user = user_config(serde_json::from_str(&row.config).unwrap_or_default());
                 if let Err(e) = driver
-                    .rename(&old_ct, &new_ct, &new_name, &user, &attached)
+                    .rename(&old_ct, &new_ct, &new_name, &user, &attached, &confinement)
                     .await
                 {
                     let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
@@ -773,7 +854,26 @@ impl EmbeddedBackend {
     }
 }
 
-/// Processes in the container: those sharing init's PID namespace.
+/// A filesystem volume's top directory made the container root's when it
+/// still belongs to the host's root (never used by an unprivileged
+/// container), so root in the container can write to it. Its contents are
+/// left as they are: files a privileged container wrote there show as
+/// nobody inside (shifting them is a re-chown of someone's data).
+async fn give_volume(path: &Path, map: &IdMap) -> Result<(), BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let (path, map) = (path.to_owned(), *map);
+    tokio::task::spawn_blocking(move || {
+        let m = std::fs::symlink_metadata(&path)?;
+        if m.is_dir() && m.uid() == 0 && m.gid() == 0 {
+            std::os::unix::fs::lchown(&path, Some(map.uid_base), Some(map.gid_base))?;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
+    .map_err(|e| BackendError::Internal(anyhow::anyhow!("giving a volume to the container: {e}")))
+}
+
 /// The same refusals Incus gives, before any work starts.
 fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
     let refusal = match (action, state) {
@@ -791,6 +891,7 @@ fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
     }
 }
 
+/// Processes in the container: those sharing init's PID namespace.
 async fn count_processes(init_pid: i64) -> i64 {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
     let pid = init_pid.to_string();

@@ -7,6 +7,7 @@ mod detect;
 mod dhcp;
 mod driver;
 mod files;
+mod idmap;
 mod images;
 mod instances;
 mod lxc;
@@ -162,10 +163,21 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn info(&self) -> Result<SystemInfo, BackendError> {
-        let drivers = self.drivers().await.to_vec();
+        let mut drivers = self.drivers().await.to_vec();
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
+        // Read afresh (not cached with the drivers): an admin who adds the
+        // id range or opens DATA_DIR sees it here without a restart.
+        let unprivileged = if has("lxc") {
+            Some(self.unprivileged_map().await)
+        } else {
+            None
+        };
         let features = [
             ("containers", has("lxc")),
+            (
+                "unprivileged_containers",
+                matches!(unprivileged, Some(Ok(_))),
+            ),
             ("network_bridges", bridge::can_manage().is_ok()),
             (
                 "network_dhcp",
@@ -177,6 +189,11 @@ impl Backend for EmbeddedBackend {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(u) = &unprivileged
+            && let Some(lxc) = drivers.iter_mut().find(|d| d.name == "lxc")
+        {
+            lxc.detail = Some(idmap::describe(u, lxc::apparmor()));
+        }
         Ok(SystemInfo {
             backend: self.kind().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -375,7 +392,13 @@ impl Backend for EmbeddedBackend {
         if row.instance_type == driver::VM {
             return Err(no_vm_files());
         }
-        files::pull(&self.lxc.rootfs(&lxc::Lxc::host_name(project, name)), path).await
+        let map = Self::confinement(&row)?.map();
+        files::pull(
+            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
+            path,
+            map,
+        )
+        .await
     }
 
     async fn push_file(
@@ -390,10 +413,12 @@ impl Backend for EmbeddedBackend {
         if row.instance_type == driver::VM {
             return Err(no_vm_files());
         }
+        let map = Self::confinement(&row)?.map();
         files::push(
             &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
             path,
             opts,
+            map,
             body,
         )
         .await
