@@ -2342,16 +2342,6 @@ async fn containers_are_unprivileged_by_default() {
     .await;
     r.assert_problem(400, "bad_request");
     assert!(r.text.contains("security.privileged"), "{}", r.text);
-    // Per-container ranges are not offered; saying so is a 501, not a 500.
-    let r = create(
-        &app,
-        &admin,
-        json!({"name": "iso", "source": {"type": "image", "alias": "busybox"},
-               "config": {"security.idmap.isolated": "true"}}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{}", r.text);
-
     // Snapshots restore with the owners intact; a rename keeps the map.
     let r = app
         .post(
@@ -2512,4 +2502,101 @@ async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
     for name in ["old", "priv"] {
         action(&app, &admin, name, "stop").await;
     }
+}
+
+#[tokio::test]
+async fn isolated_containers_get_id_ranges_of_their_own() {
+    use std::os::unix::fs::MetadataExt;
+    let ubase = sub_base("/etc/subuid");
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let isolated = |name: &str| {
+        json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.idmap.isolated": "true"}})
+    };
+    for name in ["i1", "i2"] {
+        let r = create(&app, &admin, isolated(name)).await;
+        assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    }
+    // Each its own block of 65536 after the shared one.
+    for (name, block) in [("i1", 1), ("i2", 2)] {
+        action(&app, &admin, name, "start").await;
+        let (_, map) = exec_in(&app, &admin, name, "cat /proc/self/uid_map").await;
+        assert_eq!(
+            words(&map),
+            format!("0 {} 65536", ubase + block * 65536),
+            "{name}"
+        );
+    }
+    let etc = std::fs::metadata(host.lxcpath().join("default_i2/rootfs/etc")).unwrap();
+    assert_eq!(etc.uid(), ubase + 2 * 65536);
+
+    // A volume belongs to the first map it is given to; another container
+    // map cannot take it.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "mine"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let attach = |name: &'static str| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.post(
+                &format!("/api/v1/instances/{name}/volumes"),
+                Some(admin),
+                json!({"pool": "default", "volume": "mine", "path": "/srv/mine", "device": "mine"}),
+            )
+            .await
+        }
+    };
+    let r = attach("i1").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = attach("i2").await;
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("another container id map"), "{}", r.text);
+
+    // Fixed at creation, and meaningless for a privileged container.
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/instances/i1",
+        json!({"config": {"security.idmap.isolated": "false"}}),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "both", "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.idmap.isolated": "true", "security.privileged": "true"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    // A deleted container's block is given out again.
+    action(&app, &admin, "i1", "stop").await;
+    let r = app
+        .delete("/api/v1/instances/i1/volumes/mine", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .delete("/api/v1/instances/i1?wait=60", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = create(&app, &admin, isolated("i3")).await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let i3 = app.get("/api/v1/instances/i3", Some(&admin)).await;
+    assert_eq!(
+        i3.body["config"]["volatile.idmap.base"],
+        (ubase + 65536).to_string(),
+        "{}",
+        i3.text
+    );
+    action(&app, &admin, "i2", "stop").await;
 }

@@ -5,15 +5,17 @@
 //! that `/etc/subuid` and `/etc/subgid` grant root (lxgate runs as root, so
 //! root's range is lxgate's).
 //!
-//! One range shared by all containers, like Incus's default, not one range
-//! per container (Incus's `security.idmap.isolated`): a custom volume
-//! attached to several containers, a snapshot restored, or a copy made has
-//! the same owners in every container without re-chowning a single file.
-//! What isolation would add (one container's root unable to touch another's
-//! files should both escape their mount namespace) is bought with a shift of
-//! the whole rootfs on every copy, restore or volume move; the shared range
-//! still keeps every container's root away from the host's own ids, which is
-//! the escape that matters most.
+//! By default one range, the first 65536 ids of root's, is shared by all
+//! containers, like Incus's default: a custom volume attached to several
+//! containers, a snapshot restored, or a copy made has the same owners in
+//! every container without re-chowning a single file. What a range per
+//! container adds (one container's root unable to touch another's files
+//! should both escape their mount namespace) costs a shift of the whole
+//! rootfs on every copy or move between maps and rules out sharing volumes;
+//! the shared range already keeps every container's root away from the
+//! host's own ids, the escape that matters most. So isolation is asked for
+//! per container, as in Incus: `security.idmap.isolated=true` gives it the
+//! next free block of 65536 ids after the shared one.
 //!
 //! The map a container was created with is stored with it (Incus's
 //! `volatile.idmap.base` / `volatile.idmap.current` keys), so its files and
@@ -138,8 +140,8 @@ impl IdMap {
 }
 
 /// Root's first range of at least `want` ids in a subuid/subgid file
-/// (`name-or-id:start:count` lines): its start.
-pub fn parse_subid(text: &str, want: u32) -> Option<u32> {
+/// (`name-or-id:start:count` lines): its start and length.
+pub fn parse_subid(text: &str, want: u32) -> Option<(u32, u32)> {
     text.lines().find_map(|line| {
         let mut f = line.trim().split(':');
         let (who, start, count) = (f.next()?, f.next()?, f.next()?);
@@ -147,14 +149,54 @@ pub fn parse_subid(text: &str, want: u32) -> Option<u32> {
             return None;
         }
         let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
-        // Root's own ids (below 65536 on any sane host) are never handed out.
-        (count >= want && start >= SIZE && start.checked_add(want).is_some()).then_some(start)
+        // Root's own ids (below 65536 on any sane host) are never handed out;
+        // a range running past the last id is cut where ids end.
+        let count = count.min(u32::MAX - start);
+        (count >= want && start >= SIZE).then_some((start, count))
     })
 }
 
-/// The shared map from the host's ranges, or why there is none (said as
-/// is to clients and in `system/info`).
-pub async fn host_map() -> Result<IdMap, String> {
+/// The ranges root holds on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRange {
+    pub uid_start: u32,
+    pub gid_start: u32,
+    /// Whole blocks of `SIZE` ids in both ranges.
+    pub blocks: u32,
+}
+
+impl HostRange {
+    /// Block `k`'s map: 0 is the shared one, 1.. the isolated ones.
+    pub fn block(&self, k: u32) -> Option<IdMap> {
+        (k < self.blocks).then(|| IdMap {
+            uid_base: self.uid_start + k * SIZE,
+            gid_base: self.gid_start + k * SIZE,
+            size: SIZE,
+        })
+    }
+
+    /// Whether a host uid is one of root's subordinate ids lxgate maps.
+    pub fn holds(&self, uid: u32) -> bool {
+        uid >= self.uid_start
+            && u64::from(uid - self.uid_start) < u64::from(self.blocks) * u64::from(SIZE)
+    }
+
+    pub fn shared(&self) -> IdMap {
+        self.block(0).expect("a range holds at least one block")
+    }
+
+    /// The first isolated block no container holds (`taken`: the uid bases
+    /// of every container's map), or None when all are given out.
+    pub fn free_isolated(&self, taken: &[u32]) -> Option<IdMap> {
+        (1..self.blocks)
+            .filter_map(|k| self.block(k))
+            .find(|m| !taken.contains(&m.uid_base))
+    }
+}
+
+/// Root's ranges from /etc/subuid and /etc/subgid, or why there are none
+/// (said as is to clients and in `system/info`).
+pub async fn host_range() -> Result<HostRange, String> {
     let read = |path: &'static str| async move {
         let text = tokio::fs::read_to_string(path)
             .await
@@ -163,33 +205,38 @@ pub async fn host_map() -> Result<IdMap, String> {
             format!("{path} grants root no range of {SIZE} subordinate ids (a line like root:1000000:1000000000)")
         })
     };
-    let (uid_base, gid_base) = (read(SUBUID).await?, read(SUBGID).await?);
-    Ok(IdMap {
-        uid_base,
-        gid_base,
-        size: SIZE,
+    let ((uid_start, uids), (gid_start, gids)) = (read(SUBUID).await?, read(SUBGID).await?);
+    Ok(HostRange {
+        uid_start,
+        gid_start,
+        blocks: uids.min(gids) / SIZE,
     })
 }
 
 /// How containers are confined on this host, for the LXC driver's detail
 /// in `system/info`.
-pub fn describe(map: &Result<IdMap, String>, apparmor: bool) -> String {
-    match map {
-        Ok(m) => format!(
-            "unprivileged containers: ids 0-{last} are host uids {u}-{ul} and gids {g}-{gl}, \
-             one range shared by all containers; LXC's default seccomp profile; AppArmor {aa}; \
+pub fn describe(range: &Result<HostRange, String>, apparmor: bool) -> String {
+    match range {
+        Ok(r) => {
+            let m = r.shared();
+            format!(
+                "unprivileged containers: ids 0-{last} are host uids {u}-{ul} and gids {g}-{gl}, \
+             one range shared by all containers ({iso} more for security.idmap.isolated=true); \
+             LXC's default seccomp profile; AppArmor {aa}; \
              privileged only with security.privileged=true",
-            last = m.size - 1,
-            u = m.uid_base,
-            ul = m.uid_base + (m.size - 1),
-            g = m.gid_base,
-            gl = m.gid_base + (m.size - 1),
-            aa = if apparmor {
-                "enforced"
-            } else {
-                "absent from this kernel"
-            },
-        ),
+                last = m.size - 1,
+                iso = r.blocks - 1,
+                u = m.uid_base,
+                ul = m.uid_base + (m.size - 1),
+                g = m.gid_base,
+                gl = m.gid_base + (m.size - 1),
+                aa = if apparmor {
+                    "enforced"
+                } else {
+                    "absent from this kernel"
+                },
+            )
+        }
         Err(why) => format!(
             "unprivileged containers unavailable: {why}; only privileged ones \
              (security.privileged=true) can be created"
@@ -213,9 +260,9 @@ mod tests {
     fn root_ranges_are_found() {
         assert_eq!(
             parse_subid("alice:100000:65536\nroot:1000000:1000000000\n", SIZE),
-            Some(1_000_000)
+            Some((1_000_000, 1_000_000_000))
         );
-        assert_eq!(parse_subid("0:200000:65536\n", SIZE), Some(200_000));
+        assert_eq!(parse_subid("0:200000:65536\n", SIZE), Some((200_000, SIZE)));
         // Too small, someone else's, root's own ids, malformed.
         assert_eq!(parse_subid("root:100000:1000\n", SIZE), None);
         assert_eq!(parse_subid("alice:100000:65536\n", SIZE), None);
@@ -224,8 +271,24 @@ mod tests {
         assert_eq!(parse_subid("", SIZE), None);
         assert_eq!(
             parse_subid("root:4294967000:65536\nroot:300000:65536\n", SIZE),
-            Some(300_000)
+            Some((300_000, SIZE))
         );
+    }
+
+    #[test]
+    fn isolated_blocks_follow_the_shared_one() {
+        let r = HostRange {
+            uid_start: 1_000_000,
+            gid_start: 2_000_000,
+            blocks: 3,
+        };
+        assert_eq!(r.shared().uid_base, 1_000_000);
+        let first = r.free_isolated(&[1_000_000]).unwrap();
+        assert_eq!((first.uid_base, first.gid_base), (1_065_536, 2_065_536));
+        // A freed block is given out again; none left is None.
+        assert_eq!(r.free_isolated(&[1_131_072]).unwrap().uid_base, 1_065_536);
+        assert_eq!(r.free_isolated(&[1_065_536, 1_131_072]), None);
+        assert_eq!(r.block(3), None);
     }
 
     #[test]

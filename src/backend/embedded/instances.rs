@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::driver::{Attachments, Driver, VM};
-use super::idmap::{self, IdMap};
+use super::idmap::{self, HostRange, IdMap};
 use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
@@ -140,13 +140,24 @@ impl EmbeddedBackend {
             })
     }
 
-    /// The map new unprivileged containers get, or why this host cannot
-    /// run them (said in 501s and in `system/info`).
-    pub(super) async fn unprivileged_map(&self) -> Result<IdMap, String> {
-        let map = idmap::host_map().await?;
+    /// Root's id ranges new unprivileged containers get their maps from,
+    /// or why this host cannot run them (said in 501s and `system/info`).
+    pub(super) async fn unprivileged_range(&self) -> Result<HostRange, String> {
+        let range = idmap::host_range().await?;
         lxc::defaults_installed().await?;
-        self.lxc.reachable(&map).await?;
-        Ok(map)
+        self.lxc.reachable(&range.shared()).await?;
+        Ok(range)
+    }
+
+    /// The uid bases of every container's map, in every project.
+    async fn maps_in_use(&self) -> Result<Vec<u32>, BackendError> {
+        Ok(inv::list_instances(&self.pool, None)
+            .await
+            .map_err(db)?
+            .iter()
+            .filter_map(|r| IdMap::stored(&serde_json::from_str(&r.config).ok()?))
+            .map(|m| m.uid_base)
+            .collect())
     }
 
     fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
@@ -322,18 +333,42 @@ impl EmbeddedBackend {
         config.insert("volatile.base_image".into(), image.fingerprint.clone());
         // Unprivileged unless an admin asked otherwise (who may ask is the
         // API's policy; the backend only honours the key).
-        let privileged = kind != VM
-            && req
-                .config
-                .get("security.privileged")
-                .is_some_and(|v| v == "true");
+        let is_true = |k: &str| req.config.get(k).is_some_and(|v| v == "true");
+        let privileged = kind != VM && is_true("security.privileged");
+        let isolated = kind != VM && is_true("security.idmap.isolated");
+        if privileged && isolated {
+            return Err(BackendError::BadRequest(
+                "security.idmap.isolated is for unprivileged containers; a privileged one has no id map".into(),
+            ));
+        }
+        // Held until the row that records an isolated map is in.
+        let mut _picking = None;
         let confinement = if kind == VM || privileged {
             Confinement::Privileged
         } else {
-            let map = self
-                .unprivileged_map()
+            let range = self
+                .unprivileged_range()
                 .await
                 .map_err(|why| idmap::unavailable(&why))?;
+            let map = if isolated {
+                _picking = Some(self.idmap_lock.lock().await);
+                let map = range
+                    .free_isolated(&self.maps_in_use().await?)
+                    .ok_or_else(|| {
+                        BackendError::Conflict(format!(
+                            "all {} isolated id ranges of this host are in use",
+                            range.blocks.saturating_sub(1)
+                        ))
+                    })?;
+                // An ACL for the shared root does not let this one through.
+                self.lxc
+                    .reachable(&map)
+                    .await
+                    .map_err(|why| idmap::unavailable(&why))?;
+                map
+            } else {
+                range.shared()
+            };
             map.store(&mut config);
             Confinement::Unprivileged(map)
         };
@@ -536,6 +571,14 @@ impl EmbeddedBackend {
         lxc::check_config(&user)?;
         let confinement = Self::confinement(&row)?;
         if !vm {
+            let on = |c: &ConfigMap, k: &str| c.get(k).is_some_and(|v| v == "true");
+            if on(&user, "security.idmap.isolated")
+                != on(&current.config, "security.idmap.isolated")
+            {
+                return Err(BackendError::BadRequest(
+                    "security.idmap.isolated cannot be changed on an existing container: its files belong to its current id map and would have to be shifted; create a new container instead".into(),
+                ));
+            }
             let wanted = user.get("security.privileged").is_some_and(|v| v == "true");
             if wanted != (confinement == Confinement::Privileged) {
                 return Err(BackendError::BadRequest(format!(
@@ -552,8 +595,9 @@ impl EmbeddedBackend {
             }
         }
         if let Some(map) = confinement.map() {
-            for (path, _) in &attached.mounts {
-                give_volume(path, &map).await?;
+            let range = idmap::host_range().await.ok();
+            for (path, target) in &attached.mounts {
+                give_volume(path, target, &map, range.as_ref()).await?;
             }
         }
         let ct = Lxc::host_name(project, name);
@@ -858,20 +902,39 @@ impl EmbeddedBackend {
 /// still belongs to the host's root (never used by an unprivileged
 /// container), so root in the container can write to it. Its contents are
 /// left as they are: files a privileged container wrote there show as
-/// nobody inside (shifting them is a re-chown of someone's data).
-async fn give_volume(path: &Path, map: &IdMap) -> Result<(), BackendError> {
+/// nobody inside (shifting them is a re-chown of someone's data). A volume
+/// owned by another container map of root's range (an isolated container's,
+/// or the shared one for an isolated container) is refused: root inside
+/// could not write to it, and chowning it would take it from the others.
+async fn give_volume(
+    path: &Path,
+    target: &str,
+    map: &IdMap,
+    range: Option<&HostRange>,
+) -> Result<(), BackendError> {
     use std::os::unix::fs::MetadataExt;
-    let (path, map) = (path.to_owned(), *map);
-    tokio::task::spawn_blocking(move || {
-        let m = std::fs::symlink_metadata(&path)?;
-        if m.is_dir() && m.uid() == 0 && m.gid() == 0 {
-            std::os::unix::fs::lchown(&path, Some(map.uid_base), Some(map.gid_base))?;
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await
-    .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
-    .map_err(|e| BackendError::Internal(anyhow::anyhow!("giving a volume to the container: {e}")))
+    let m = tokio::fs::symlink_metadata(path)
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("reading a volume: {e}")))?;
+    let owner = m.uid();
+    if m.is_dir() && owner == 0 && m.gid() == 0 {
+        let (path, map) = (path.to_owned(), *map);
+        return tokio::task::spawn_blocking(move || {
+            std::os::unix::fs::lchown(&path, Some(map.uid_base), Some(map.gid_base))
+        })
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
+        .map_err(|e| {
+            BackendError::Internal(anyhow::anyhow!("giving a volume to the container: {e}"))
+        });
+    }
+    let ours = map.uid_base <= owner && owner - map.uid_base < map.size;
+    if !ours && range.is_some_and(|r| r.holds(owner)) {
+        return Err(BackendError::BadRequest(format!(
+            "the volume for {target} belongs to another container id map (host uid {owner}): containers with different id maps (security.idmap.isolated) cannot share a volume"
+        )));
+    }
+    Ok(())
 }
 
 /// The same refusals Incus gives, before any work starts.

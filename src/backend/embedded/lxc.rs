@@ -569,14 +569,8 @@ pub fn check_config(config: &ConfigMap) -> Result<(), BackendError> {
             // Read when a container is created; changing it later is refused
             // where updates are handled (the rootfs would need shifting).
             "security.privileged" => matches!(value.as_str(), "true" | "false"),
-            // Containers share one range (see idmap.rs); isolation is not
-            // offered, and saying "false" is saying what already holds.
-            "security.idmap.isolated" if value == "true" => {
-                return Err(BackendError::NotSupported(
-                    "security.idmap.isolated: the embedded backend maps every unprivileged container to one shared id range".into(),
-                ));
-            }
-            "security.idmap.isolated" => value == "false",
+            // Which id map a container gets (see idmap.rs); fixed at creation too.
+            "security.idmap.isolated" => matches!(value.as_str(), "true" | "false"),
             k if k.starts_with("user.") || k.starts_with("environment.") => {
                 !value.contains('\0') && key.len() <= 255
             }
@@ -775,10 +769,8 @@ mod tests {
             Err(BackendError::BadRequest(_))
         ));
         assert!(check_config(&with("security.idmap.isolated", "false")).is_ok());
-        assert!(matches!(
-            check_config(&with("security.idmap.isolated", "true")),
-            Err(BackendError::NotSupported(_))
-        ));
+        assert!(check_config(&with("security.idmap.isolated", "true")).is_ok());
+        assert!(check_config(&with("security.idmap.isolated", "1")).is_err());
         assert!(check_config(&with("security.nesting", "true")).is_err());
     }
 

@@ -58,6 +58,9 @@ pub struct EmbeddedBackend {
     /// Managed networks and the NIC addresses given out on them change
     /// under this lock (taken after an instance's own, never before).
     net_lock: tokio::sync::Mutex<()>,
+    /// Isolated id ranges are picked and recorded (the instance row) under
+    /// this lock, so two creates never take the same one.
+    idmap_lock: tokio::sync::Mutex<()>,
 }
 
 impl EmbeddedBackend {
@@ -81,6 +84,7 @@ impl EmbeddedBackend {
             bus,
             locks: Mutex::default(),
             net_lock: tokio::sync::Mutex::default(),
+            idmap_lock: tokio::sync::Mutex::default(),
         }
     }
 
@@ -168,7 +172,7 @@ impl Backend for EmbeddedBackend {
         // Read afresh (not cached with the drivers): an admin who adds the
         // id range or opens DATA_DIR sees it here without a restart.
         let unprivileged = if has("lxc") {
-            Some(self.unprivileged_map().await)
+            Some(self.unprivileged_range().await)
         } else {
             None
         };
