@@ -2600,3 +2600,54 @@ async fn isolated_containers_get_id_ranges_of_their_own() {
     );
     action(&app, &admin, "i2", "stop").await;
 }
+
+#[tokio::test]
+async fn a_host_that_cannot_map_ids_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    // DATA_DIR under a directory the containers' root cannot pass through.
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    r.assert_problem(501, "not_supported");
+    assert!(
+        r.text.contains("cannot reach") && r.text.contains("security.privileged=true"),
+        "{}",
+        r.text
+    );
+    assert!(!host.lxcpath().join("default_c1").exists());
+    let info = app.get("/api/v1/system/info", Some(&admin)).await;
+    assert_eq!(
+        info.body["features"]["unprivileged_containers"], false,
+        "{}",
+        info.text
+    );
+    assert_eq!(info.body["features"]["containers"], true, "{}", info.text);
+    let lxc = info.body["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "lxc")
+        .unwrap();
+    assert!(
+        lxc["detail"].as_str().unwrap().contains("cannot reach"),
+        "{lxc}"
+    );
+    // An admin's privileged container still runs there.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "p1", "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.privileged": "true"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    action(&app, &admin, "p1", "stop").await;
+}

@@ -200,9 +200,12 @@ pub async fn host_range() -> Result<HostRange, String> {
     let read = |path: &'static str| async move {
         let text = tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|e| format!("{path}: {e} (root needs a subordinate id range there)"))?;
         parse_subid(&text, SIZE).ok_or_else(|| {
-            format!("{path} grants root no range of {SIZE} subordinate ids (a line like root:1000000:1000000000)")
+            format!(
+                "{path} grants root no range of {SIZE} subordinate ids \
+                 (add a line like root:1000000:1000000000; scripts/host-setup.sh does)"
+            )
         })
     };
     let ((uid_start, uids), (gid_start, gids)) = (read(SUBUID).await?, read(SUBGID).await?);
@@ -244,11 +247,11 @@ pub fn describe(range: &Result<HostRange, String>, apparmor: bool) -> String {
     }
 }
 
-/// The 501 a container create gets on a host without a range.
+/// The 501 a container create gets on a host that cannot map its ids.
 pub fn unavailable(why: &str) -> BackendError {
     BackendError::NotSupported(format!(
-        "unprivileged containers need a subordinate id range for root, and this host has none: {why}; \
-         add one (scripts/host-setup.sh does), or an admin may create the container with security.privileged=true"
+        "unprivileged containers cannot run on this host: {why}; \
+         an admin may create the container with security.privileged=true"
     ))
 }
 
