@@ -22,12 +22,16 @@ pub struct InstanceRow {
     pub image: String,
     pub created_at: String,
     pub last_used_at: String,
+    /// 1: a container running with the host's ids (made before lxgate
+    /// mapped ids, or asked for by an admin); 0: a user-namespace id map
+    /// (and every VM). Fixed at creation.
+    pub privileged: i64,
 }
 
 // Macros rather than consts so the SQL stays a `&'static str` (concat!).
 macro_rules! instance_columns {
     () => {
-        "project, name, instance_type, description, architecture, config, devices, profiles, ephemeral, image, created_at, last_used_at"
+        "project, name, instance_type, description, architecture, config, devices, profiles, ephemeral, image, created_at, last_used_at, privileged"
     };
 }
 
@@ -36,7 +40,7 @@ pub async fn insert_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx
     sqlx::query(concat!(
         "INSERT INTO embedded_instances (",
         instance_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     ))
     .bind(&r.project)
     .bind(&r.name)
@@ -50,6 +54,7 @@ pub async fn insert_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx
     .bind(&r.image)
     .bind(&r.created_at)
     .bind(&r.last_used_at)
+    .bind(r.privileged)
     .execute(pool)
     .await
     .map(|_| ())

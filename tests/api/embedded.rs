@@ -28,10 +28,14 @@ pub struct Host {
 
 impl Host {
     pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let _ = env("LXGATE_TEST_LXC");
-        Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        // An unprivileged container's root (a mapped host uid) must pass
+        // through every directory above its rootfs; a temp dir is 0700.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the temp dir");
+        Self { dir }
     }
 
     fn data(&self) -> PathBuf {
@@ -2418,4 +2422,533 @@ async fn bridge_networks_and_nics() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     assert!(!running(fresh), "dnsmasq stopped");
     assert!(!host.data().join("networks/lxgbr0").exists());
+}
+
+/// Root's subordinate range start in a subuid/subgid file (the test bed's
+/// incus package adds `root:1000000:1000000000`).
+fn sub_base(file: &str) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == "root").then(|| f[1].parse().ok())?
+        })
+        .next()
+        .unwrap_or_else(|| panic!("{file} grants root no range"))
+}
+
+/// An exec's exit code and output.
+async fn exec_in(app: &TestApp, token: &str, name: &str, script: &str) -> (i64, String) {
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?wait=30"),
+            Some(token),
+            json!({"command": ["sh", "-c", script]}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let m = &r.body["metadata"];
+    (
+        m["exit_code"].as_i64().unwrap(),
+        format!(
+            "{}{}",
+            m["stdout"].as_str().unwrap(),
+            m["stderr"].as_str().unwrap()
+        ),
+    )
+}
+
+fn words(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn containers_are_unprivileged_by_default() {
+    use std::os::unix::fs::MetadataExt;
+    let (ubase, gbase) = (sub_base("/etc/subuid"), sub_base("/etc/subgid"));
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+
+    let info = app.get("/api/v1/system/info", Some(&admin)).await;
+    assert_eq!(
+        info.body["features"]["unprivileged_containers"], true,
+        "{}",
+        info.text
+    );
+    let lxc = info.body["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "lxc")
+        .unwrap();
+    assert!(
+        lxc["detail"].as_str().unwrap().contains(&ubase.to_string()),
+        "{lxc}"
+    );
+
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "u1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let inst = app.get("/api/v1/instances/u1", Some(&admin)).await;
+    assert_eq!(
+        inst.body["config"].get("security.privileged"),
+        None,
+        "{}",
+        inst.text
+    );
+    assert_eq!(
+        inst.body["config"]["volatile.idmap.base"],
+        ubase.to_string(),
+        "{}",
+        inst.text
+    );
+
+    // Root inside is a mapped id, not the host's root.
+    let (code, map) = exec_in(&app, &admin, "u1", "cat /proc/self/uid_map").await;
+    assert_eq!(code, 0, "{map}");
+    assert_eq!(words(&map), format!("0 {ubase} 65536"));
+    let (_, gmap) = exec_in(&app, &admin, "u1", "cat /proc/self/gid_map").await;
+    assert_eq!(words(&gmap), format!("0 {gbase} 65536"));
+    // The console (init's shell on /dev/console) answers in the namespace too.
+    let mut console = app
+        .ws(&format!("/api/v1/instances/u1/console/ws?token={admin}"))
+        .await
+        .expect("console opens");
+    console
+        .send(Message::Binary(
+            "echo con-$((40+2)) $(wc -l < /proc/self/uid_map)\n".into(),
+        ))
+        .await
+        .unwrap();
+    read_until(&mut console, "\ncon-42 1\r").await;
+    drop(console);
+    // And an interactive exec.
+    let mut term = app
+        .ws(&format!(
+            "/api/v1/instances/u1/exec/ws?token={admin}&command=cat&command=/proc/self/uid_map"
+        ))
+        .await
+        .expect("exec opens");
+    read_until(&mut term, &ubase.to_string()).await;
+    drop(term);
+    // A host block device cannot be made (and so never opened).
+    let (code, out) = exec_in(&app, &admin, "u1", "mknod /tmp/b b 254 0").await;
+    assert_ne!(code, 0, "mknod succeeded: {out}");
+    assert!(!host.lxcpath().join("default_u1/rootfs/tmp/b").exists());
+    // LXC's default seccomp filter is on init.
+    let (_, seccomp) = exec_in(&app, &admin, "u1", "grep '^Seccomp:' /proc/1/status").await;
+    assert_eq!(words(&seccomp), "Seccomp: 2");
+    // The rootfs belongs to the mapped ids on the host.
+    let etc = std::fs::metadata(host.lxcpath().join("default_u1/rootfs/etc")).unwrap();
+    assert_eq!((etc.uid(), etc.gid()), (ubase, gbase));
+
+    // A file pushed as root (no uid given) is root's inside, the mapped
+    // root's on the host, and root inside may write to it.
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/instances/u1/files?path=/root/pushed.txt",
+                Some(&admin),
+            )
+            .body("from-lxgate\n"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let on_host =
+        std::fs::metadata(host.lxcpath().join("default_u1/rootfs/root/pushed.txt")).unwrap();
+    assert_eq!((on_host.uid(), on_host.gid()), (ubase, gbase));
+    let (code, out) = exec_in(
+        &app,
+        &admin,
+        "u1",
+        "echo more >> /root/pushed.txt && stat -c '%u:%g' /root/pushed.txt",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "0:0\n"));
+    let r = app
+        .get(
+            "/api/v1/instances/u1/files?path=/root/pushed.txt",
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.text, "from-lxgate\nmore\n");
+    assert_eq!(r.header("x-file-uid"), Some("0"));
+    // Ids outside the map are refused before anything is written.
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/instances/u1/files?path=/root/big.txt&uid=70000",
+                Some(&admin),
+            )
+            .body("x"),
+        )
+        .await;
+    r.assert_problem(400, "bad_request");
+    assert!(
+        !host
+            .lxcpath()
+            .join("default_u1/rootfs/root/big.txt")
+            .exists()
+    );
+
+    // A volume from a pool is writable by the container's root.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "shared"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    action(&app, &admin, "u1", "stop").await;
+    let r = app
+        .post(
+            "/api/v1/instances/u1/volumes",
+            Some(&admin),
+            json!({"pool": "default", "volume": "shared", "path": "/srv/shared", "device": "shared"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    action(&app, &admin, "u1", "start").await;
+    let (code, out) = exec_in(
+        &app,
+        &admin,
+        "u1",
+        "touch /srv/shared/made-inside && echo ok",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    let made = std::fs::metadata(
+        host.data()
+            .join("storage/default/custom/default_shared/made-inside"),
+    )
+    .unwrap();
+    assert_eq!(made.uid(), ubase);
+
+    // The confinement is fixed at creation: changing it needs a shift.
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/instances/u1",
+        json!({"config": {"security.privileged": "true"}}),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("security.privileged"), "{}", r.text);
+    // Snapshots restore with the owners intact; a rename keeps the map.
+    let r = app
+        .post(
+            "/api/v1/instances/u1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "before"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    exec_in(&app, &admin, "u1", "rm /root/pushed.txt").await;
+    let r = app
+        .post(
+            "/api/v1/instances/u1/snapshots/before/restore?wait=60",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let (code, out) = exec_in(
+        &app,
+        &admin,
+        "u1",
+        "stat -c '%u' /root/pushed.txt && cat /proc/self/uid_map",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(words(&out), format!("0 0 {ubase} 65536"));
+    action(&app, &admin, "u1", "stop").await;
+    let r = app
+        .post(
+            "/api/v1/instances/u1/rename?wait=60",
+            Some(&admin),
+            json!({"name": "u2"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    action(&app, &admin, "u2", "start").await;
+    let (_, map) = exec_in(&app, &admin, "u2", "cat /proc/self/uid_map").await;
+    assert_eq!(words(&map), format!("0 {ubase} 65536"));
+    action(&app, &admin, "u2", "stop").await;
+}
+
+/// Makes an instance's row look like one from before ids were mapped: no
+/// `privileged` value of its own (the column's default, which is what the
+/// migration gives existing rows) and no `security.privileged` key.
+async fn make_it_old(db: &Path, name: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let cols = "project, name, instance_type, description, architecture, config, devices, profiles, ephemeral, image, created_at, last_used_at";
+    for q in [
+        format!(
+            "CREATE TEMP TABLE was AS SELECT {cols} FROM embedded_instances WHERE name = '{name}'"
+        ),
+        format!("DELETE FROM embedded_instances WHERE name = '{name}'"),
+        format!("INSERT INTO embedded_instances ({cols}) SELECT {cols} FROM was"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let (config,): (String,) =
+        sqlx::query_as("SELECT config FROM embedded_instances WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    let mut config: serde_json::Map<String, Value> = serde_json::from_str(&config).unwrap();
+    config.remove("security.privileged");
+    sqlx::query("UPDATE embedded_instances SET config = $1 WHERE name = $2")
+        .bind(Value::Object(config).to_string())
+        .bind(name)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (privileged,): (i64,) =
+        sqlx::query_as("SELECT privileged FROM embedded_instances WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(privileged, 1, "existing rows default to privileged");
+}
+
+#[tokio::test]
+async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
+    let host = Host::new();
+    {
+        let app = host.app().await;
+        let admin = app.admin_token().await;
+        import_busybox(&app, &admin).await;
+        for name in ["priv", "old"] {
+            let r = create(
+                &app,
+                &admin,
+                json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+                       "config": {"security.privileged": "true"}, "start": true}),
+            )
+            .await;
+            assert_eq!(r.body["status_code"], 200, "{}", r.text);
+        }
+        let inst = app.get("/api/v1/instances/priv", Some(&admin)).await;
+        assert_eq!(
+            inst.body["config"]["security.privileged"], "true",
+            "{}",
+            inst.text
+        );
+        assert_eq!(inst.body["config"].get("volatile.idmap.base"), None);
+        let (_, map) = exec_in(&app, &admin, "priv", "cat /proc/self/uid_map").await;
+        assert_eq!(words(&map), "0 0 4294967295");
+        let r = patch(
+            &app,
+            &admin,
+            "/api/v1/instances/priv",
+            json!({"config": {"security.privileged": "false"}}),
+        )
+        .await;
+        r.assert_problem(400, "bad_request");
+    }
+    // "old" as a row from before ids were mapped looks: no key in its
+    // config, and the column's default (what the migration gives them).
+    make_it_old(&host.data().join("lxgate.db"), "old").await;
+
+    // lxgate comes back; the old container kept running and shows what it is.
+    assert_eq!(host.lxc_state("default", "old"), "RUNNING");
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let inst = app.get("/api/v1/instances/old", Some(&admin)).await;
+    assert_eq!(inst.body["status"], "Running", "{}", inst.text);
+    assert_eq!(
+        inst.body["config"]["security.privileged"], "true",
+        "{}",
+        inst.text
+    );
+    assert_eq!(
+        inst.body["expanded_config"]["security.privileged"], "true",
+        "{}",
+        inst.text
+    );
+    // It is still managed as before: an update writes its old (privileged)
+    // configuration, and a restart keeps it privileged.
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/instances/old",
+        json!({"config": {"user.note": "kept"}}),
+    )
+    .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let config = std::fs::read_to_string(host.lxcpath().join("default_old/config")).unwrap();
+    assert!(!config.contains("lxc.idmap"), "{config}");
+    action(&app, &admin, "old", "restart").await;
+    let (_, map) = exec_in(&app, &admin, "old", "cat /proc/self/uid_map").await;
+    assert_eq!(words(&map), "0 0 4294967295");
+    for name in ["old", "priv"] {
+        action(&app, &admin, name, "stop").await;
+    }
+}
+
+#[tokio::test]
+async fn isolated_containers_get_id_ranges_of_their_own() {
+    use std::os::unix::fs::MetadataExt;
+    let ubase = sub_base("/etc/subuid");
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let isolated = |name: &str| {
+        json!({"name": name, "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.idmap.isolated": "true"}})
+    };
+    for name in ["i1", "i2"] {
+        let r = create(&app, &admin, isolated(name)).await;
+        assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    }
+    // Each its own block of 65536 after the shared one.
+    for (name, block) in [("i1", 1), ("i2", 2)] {
+        action(&app, &admin, name, "start").await;
+        let (_, map) = exec_in(&app, &admin, name, "cat /proc/self/uid_map").await;
+        assert_eq!(
+            words(&map),
+            format!("0 {} 65536", ubase + block * 65536),
+            "{name}"
+        );
+    }
+    let etc = std::fs::metadata(host.lxcpath().join("default_i2/rootfs/etc")).unwrap();
+    assert_eq!(etc.uid(), ubase + 2 * 65536);
+
+    // A volume belongs to the first map it is given to; another container
+    // map cannot take it.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "mine"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let attach = |name: &'static str| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.post(
+                &format!("/api/v1/instances/{name}/volumes"),
+                Some(admin),
+                json!({"pool": "default", "volume": "mine", "path": "/srv/mine", "device": "mine"}),
+            )
+            .await
+        }
+    };
+    let r = attach("i1").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = attach("i2").await;
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("another container id map"), "{}", r.text);
+
+    // Fixed at creation, and meaningless for a privileged container.
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/instances/i1",
+        json!({"config": {"security.idmap.isolated": "false"}}),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "both", "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.idmap.isolated": "true", "security.privileged": "true"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    // A deleted container's block is given out again.
+    action(&app, &admin, "i1", "stop").await;
+    let r = app
+        .delete("/api/v1/instances/i1/volumes/mine", Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .delete("/api/v1/instances/i1?wait=60", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = create(&app, &admin, isolated("i3")).await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let i3 = app.get("/api/v1/instances/i3", Some(&admin)).await;
+    assert_eq!(
+        i3.body["config"]["volatile.idmap.base"],
+        (ubase + 65536).to_string(),
+        "{}",
+        i3.text
+    );
+    action(&app, &admin, "i2", "stop").await;
+}
+
+#[tokio::test]
+async fn a_host_that_cannot_map_ids_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    // DATA_DIR under a directory the containers' root cannot pass through.
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    r.assert_problem(501, "not_supported");
+    assert!(
+        r.text.contains("cannot reach") && r.text.contains("security.privileged=true"),
+        "{}",
+        r.text
+    );
+    assert!(!host.lxcpath().join("default_c1").exists());
+    let info = app.get("/api/v1/system/info", Some(&admin)).await;
+    assert_eq!(
+        info.body["features"]["unprivileged_containers"], false,
+        "{}",
+        info.text
+    );
+    assert_eq!(info.body["features"]["containers"], true, "{}", info.text);
+    let lxc = info.body["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "lxc")
+        .unwrap();
+    assert!(
+        lxc["detail"].as_str().unwrap().contains("cannot reach"),
+        "{lxc}"
+    );
+    // An admin's privileged container still runs there.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "p1", "source": {"type": "image", "alias": "busybox"},
+               "config": {"security.privileged": "true"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    action(&app, &admin, "p1", "stop").await;
 }

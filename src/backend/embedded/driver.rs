@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::path::PathBuf;
 
-use super::lxc::{Lxc, LxcInfo};
+use super::lxc::{Confinement, Lxc, LxcInfo};
 use super::networks::Nic;
 use super::qemu::Qemu;
 use crate::backend::BackendError;
@@ -160,12 +160,16 @@ impl Driver {
         new_name: &str,
         config: &ConfigMap,
         devices: &Attachments,
+        confinement: &Confinement,
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
                 lxc.forget(host);
                 lxc.rename(host, new_host).await?;
-                if let Err(e) = lxc.write_config(new_host, new_name, config, devices).await {
+                if let Err(e) = lxc
+                    .write_config(new_host, new_name, config, devices, confinement)
+                    .await
+                {
                     let _ = lxc.rename(new_host, host).await;
                     return Err(e);
                 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::idmap::IdMap;
 use crate::backend::BackendError;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 
@@ -66,17 +67,23 @@ fn map_err(path: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
     }
 }
 
-fn meta_of(m: &std::fs::Metadata) -> FileMeta {
+/// Owners as the container sees them (`map`: its id map, None when it
+/// runs with the host's ids).
+fn meta_of(m: &std::fs::Metadata, map: Option<IdMap>) -> FileMeta {
     use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = match map {
+        Some(map) => (map.ns_uid(m.uid()), map.ns_gid(m.gid())),
+        None => (m.uid(), m.gid()),
+    };
     FileMeta {
         kind: if m.is_dir() { "directory" } else { "file" }.into(),
-        uid: Some(m.uid()),
-        gid: Some(m.gid()),
+        uid: Some(uid),
+        gid: Some(gid),
         mode: Some(m.mode() & 0o7777),
     }
 }
 
-pub async fn pull(rootfs: &Path, path: &str) -> Result<FilePull, BackendError> {
+pub async fn pull(rootfs: &Path, path: &str, map: Option<IdMap>) -> Result<FilePull, BackendError> {
     let rootfs = rootfs.to_owned();
     let p = path.to_owned();
     let (file, meta, entries) = tokio::task::spawn_blocking(move || {
@@ -93,9 +100,9 @@ pub async fn pull(rootfs: &Path, path: &str) -> Result<FilePull, BackendError> {
                     .filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect();
-            Ok::<_, BackendError>((None, meta_of(&m), Some(entries)))
+            Ok::<_, BackendError>((None, meta_of(&m, map), Some(entries)))
         } else if m.is_file() {
-            Ok((Some((file, m.len())), meta_of(&m), None))
+            Ok((Some((file, m.len())), meta_of(&m, map), None))
         } else {
             Err(BackendError::BadRequest(format!(
                 "{p} is neither a file nor a directory"
@@ -125,8 +132,29 @@ pub async fn push(
     rootfs: &Path,
     path: &str,
     opts: FilePush,
+    map: Option<IdMap>,
     mut body: ByteStream,
 ) -> Result<(), BackendError> {
+    // In a container with an id map the request's ids are the container's
+    // (root, 0, when not given, as Incus does): the file belongs to their
+    // host counterparts, so root inside owns what root pushed. Checked
+    // before anything is created.
+    let (uid, gid) = match map {
+        Some(map) => {
+            let (uid, gid) = (opts.uid.unwrap_or(0), opts.gid.unwrap_or(0));
+            let outside = |what: &str, id: u32| {
+                BackendError::BadRequest(format!(
+                    "{what} {id} is outside the container's ids (0-{})",
+                    map.size - 1
+                ))
+            };
+            (
+                Some(map.host_uid(uid).ok_or_else(|| outside("uid", uid))?),
+                Some(map.host_gid(gid).ok_or_else(|| outside("gid", gid))?),
+            )
+        }
+        None => (opts.uid, opts.gid),
+    };
     let (parent, base) = path
         .rsplit_once('/')
         .filter(|(_, b)| !b.is_empty() && *b != "." && *b != "..")
@@ -163,8 +191,8 @@ pub async fn push(
         }
         // SAFETY: a fresh descriptor from openat.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if opts.uid.is_some() || opts.gid.is_some() {
-            std::os::unix::fs::fchown(&file, opts.uid, opts.gid).map_err(map_err(&p))?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&file, uid, gid).map_err(map_err(&p))?;
         }
         if opts.mode.is_some() {
             use std::os::unix::fs::PermissionsExt;

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::driver::{Attachments, Driver, VM};
-use super::lxc::{self, Lxc};
+use super::idmap::{self, HostRange, IdMap};
+use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::qemu;
@@ -121,9 +122,52 @@ impl EmbeddedBackend {
             .await
     }
 
+    /// How a container runs: privileged as recorded in its row, else under
+    /// the id map stored in its config at creation.
+    pub(super) fn confinement(row: &InstanceRow) -> Result<Confinement, BackendError> {
+        if row.privileged != 0 || row.instance_type == VM {
+            return Ok(Confinement::Privileged);
+        }
+        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        IdMap::stored(&config)
+            .map(Confinement::Unprivileged)
+            .ok_or_else(|| {
+                BackendError::Internal(anyhow::anyhow!(
+                    "container {}/{} has no id map recorded",
+                    row.project,
+                    row.name
+                ))
+            })
+    }
+
+    /// Root's id ranges new unprivileged containers get their maps from,
+    /// or why this host cannot run them (said in 501s and `system/info`).
+    pub(super) async fn unprivileged_range(&self) -> Result<HostRange, String> {
+        let range = idmap::host_range().await?;
+        lxc::defaults_installed().await?;
+        self.lxc.reachable(&range.shared()).await?;
+        Ok(range)
+    }
+
+    /// The uid bases of every container's map, in every project.
+    async fn maps_in_use(&self) -> Result<Vec<u32>, BackendError> {
+        Ok(inv::list_instances(&self.pool, None)
+            .await
+            .map_err(db)?
+            .iter()
+            .filter_map(|r| IdMap::stored(&serde_json::from_str(&r.config).ok()?))
+            .map(|m| m.uid_base)
+            .collect())
+    }
+
     fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
         let (status, code) = lxc::status_of(&info.state);
-        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        // Said honestly, also for containers made before lxgate mapped ids
+        // (their config never had the key).
+        if row.privileged != 0 && row.instance_type != VM {
+            config.insert("security.privileged".into(), "true".into());
+        }
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
         let mut expanded_devices = root_device();
         expanded_devices.extend(devices.clone());
@@ -287,6 +331,47 @@ impl EmbeddedBackend {
             config.insert(format!("image.{k}"), v);
         }
         config.insert("volatile.base_image".into(), image.fingerprint.clone());
+        // Unprivileged unless an admin asked otherwise (who may ask is the
+        // API's policy; the backend only honours the key).
+        let is_true = |k: &str| req.config.get(k).is_some_and(|v| v == "true");
+        let privileged = kind != VM && is_true("security.privileged");
+        let isolated = kind != VM && is_true("security.idmap.isolated");
+        if privileged && isolated {
+            return Err(BackendError::BadRequest(
+                "security.idmap.isolated is for unprivileged containers; a privileged one has no id map".into(),
+            ));
+        }
+        // Held until the row that records an isolated map is in.
+        let mut _picking = None;
+        let confinement = if kind == VM || privileged {
+            Confinement::Privileged
+        } else {
+            let range = self
+                .unprivileged_range()
+                .await
+                .map_err(|why| idmap::unavailable(&why))?;
+            let map = if isolated {
+                _picking = Some(self.idmap_lock.lock().await);
+                let map = range
+                    .free_isolated(&self.maps_in_use().await?)
+                    .ok_or_else(|| {
+                        BackendError::Conflict(format!(
+                            "all {} isolated id ranges of this host are in use",
+                            range.blocks.saturating_sub(1)
+                        ))
+                    })?;
+                // An ACL for the shared root does not let this one through.
+                self.lxc
+                    .reachable(&map)
+                    .await
+                    .map_err(|why| idmap::unavailable(&why))?;
+                map
+            } else {
+                range.shared()
+            };
+            map.store(&mut config);
+            Confinement::Unprivileged(map)
+        };
         let now = now();
         let row = InstanceRow {
             project: project.to_owned(),
@@ -301,6 +386,7 @@ impl EmbeddedBackend {
             image: image.fingerprint.clone(),
             created_at: now.clone(),
             last_used_at: now,
+            privileged: i64::from(privileged),
         };
         // Take the instance's lock before the name: whatever comes next for
         // this instance waits until it exists.
@@ -350,9 +436,14 @@ impl EmbeddedBackend {
                     match &boot {
                         Some(boot) => qemu.create(&ct, &image_dir, boot).await,
                         None => {
-                            lxc.create(&ct, &row.name, &rootfs, &user_config, async move {
-                                cancel.cancelled().await
-                            })
+                            lxc.create(
+                                &ct,
+                                &row.name,
+                                &rootfs,
+                                &user_config,
+                                &confinement,
+                                async move { cancel.cancelled().await },
+                            )
                             .await
                         }
                     }
@@ -482,6 +573,37 @@ impl EmbeddedBackend {
             }
         }
         lxc::check_config(&user)?;
+        let confinement = Self::confinement(&row)?;
+        if !vm {
+            let on = |c: &ConfigMap, k: &str| c.get(k).is_some_and(|v| v == "true");
+            if on(&user, "security.idmap.isolated")
+                != on(&current.config, "security.idmap.isolated")
+            {
+                return Err(BackendError::BadRequest(
+                    "security.idmap.isolated cannot be changed on an existing container: its files belong to its current id map and would have to be shifted; create a new container instead".into(),
+                ));
+            }
+            let wanted = user.get("security.privileged").is_some_and(|v| v == "true");
+            if wanted != (confinement == Confinement::Privileged) {
+                return Err(BackendError::BadRequest(format!(
+                    "security.privileged cannot be changed on an existing container: its files belong to {} and would have to be shifted; create a new container instead",
+                    match confinement {
+                        Confinement::Privileged => "the host's ids".to_owned(),
+                        Confinement::Unprivileged(m) => format!(
+                            "its mapped ids ({}-{})",
+                            m.uid_base,
+                            m.uid_base + m.size - 1
+                        ),
+                    }
+                )));
+            }
+        }
+        if let Some(map) = confinement.map() {
+            let range = idmap::host_range().await.ok();
+            for (path, target) in &attached.mounts {
+                give_volume(path, target, &map, range.as_ref()).await?;
+            }
+        }
         let ct = Lxc::host_name(project, name);
         if let Some(pid) = hot {
             let before = self.nics(&ct, &current.devices).await.unwrap_or_default();
@@ -491,7 +613,9 @@ impl EmbeddedBackend {
             // Applied at the next start, when the command line is built.
             qemu::vm_resources(&user)?;
         } else {
-            self.lxc.write_config(&ct, name, &user, &attached).await?;
+            self.lxc
+                .write_config(&ct, name, &user, &attached, &confinement)
+                .await?;
         }
         row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
         let mut config = managed;
@@ -608,6 +732,7 @@ impl EmbeddedBackend {
                 row.instance_type == VM,
             )
             .await?;
+        let confinement = Self::confinement(&row)?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
@@ -632,7 +757,7 @@ impl EmbeddedBackend {
                     })?;
                 let user = user_config(serde_json::from_str(&row.config).unwrap_or_default());
                 if let Err(e) = driver
-                    .rename(&old_ct, &new_ct, &new_name, &user, &attached)
+                    .rename(&old_ct, &new_ct, &new_name, &user, &attached, &confinement)
                     .await
                 {
                     let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
@@ -777,7 +902,45 @@ impl EmbeddedBackend {
     }
 }
 
-/// Processes in the container: those sharing init's PID namespace.
+/// A filesystem volume's top directory made the container root's when it
+/// still belongs to the host's root (never used by an unprivileged
+/// container), so root in the container can write to it. Its contents are
+/// left as they are: files a privileged container wrote there show as
+/// nobody inside (shifting them is a re-chown of someone's data). A volume
+/// owned by another container map of root's range (an isolated container's,
+/// or the shared one for an isolated container) is refused: root inside
+/// could not write to it, and chowning it would take it from the others.
+async fn give_volume(
+    path: &Path,
+    target: &str,
+    map: &IdMap,
+    range: Option<&HostRange>,
+) -> Result<(), BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = tokio::fs::symlink_metadata(path)
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("reading a volume: {e}")))?;
+    let owner = m.uid();
+    if m.is_dir() && owner == 0 && m.gid() == 0 {
+        let (path, map) = (path.to_owned(), *map);
+        return tokio::task::spawn_blocking(move || {
+            std::os::unix::fs::lchown(&path, Some(map.uid_base), Some(map.gid_base))
+        })
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
+        .map_err(|e| {
+            BackendError::Internal(anyhow::anyhow!("giving a volume to the container: {e}"))
+        });
+    }
+    let ours = map.uid_base <= owner && owner - map.uid_base < map.size;
+    if !ours && range.is_some_and(|r| r.holds(owner)) {
+        return Err(BackendError::BadRequest(format!(
+            "the volume for {target} belongs to another container id map (host uid {owner}): containers with different id maps (security.idmap.isolated) cannot share a volume"
+        )));
+    }
+    Ok(())
+}
+
 /// The same refusals Incus gives, before any work starts.
 fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
     let refusal = match (action, state) {
@@ -795,6 +958,7 @@ fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
     }
 }
 
+/// Processes in the container: those sharing init's PID namespace.
 async fn count_processes(init_pid: i64) -> i64 {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
     let pid = init_pid.to_string();

@@ -10,11 +10,39 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::driver::Attachments;
+use super::idmap::IdMap;
 use super::process::{self, run};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, ExecOutput, ExecRequest, TerminalSession};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// LXC's own defaults (Debian's paths): `common.conf` drops dangerous
+/// capabilities, limits devices and loads the default seccomp profile;
+/// `userns.conf` adjusts them for a user namespace.
+const COMMON_CONF: &str = "/usr/share/lxc/config/common.conf";
+const USERNS_CONF: &str = "/usr/share/lxc/config/userns.conf";
+
+/// How a container is confined (see idmap.rs for the choice of map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confinement {
+    /// Host ids inside: containers made before lxgate mapped ids (they keep
+    /// the configuration they were made with, so they keep running as they
+    /// did), and those an admin creates with `security.privileged=true`.
+    Privileged,
+    /// A user namespace over `IdMap`, LXC's common and userns defaults,
+    /// seccomp, AppArmor where the kernel has it.
+    Unprivileged(IdMap),
+}
+
+impl Confinement {
+    pub fn map(&self) -> Option<IdMap> {
+        match self {
+            Confinement::Privileged => None,
+            Confinement::Unprivileged(m) => Some(*m),
+        }
+    }
+}
 
 /// What `lxc-info` says about a container.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -91,6 +119,59 @@ impl Lxc {
         ]
     }
 
+    /// Creates the lxcpath (searchable by everyone, listable by root only:
+    /// an unprivileged container's root must pass through it at start).
+    async fn ensure_lxcpath(&self) -> Result<(), BackendError> {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::create_dir_all(&self.lxcpath)
+            .await
+            .map_err(io("creating the lxcpath"))?;
+        tokio::fs::set_permissions(&self.lxcpath, std::fs::Permissions::from_mode(0o711))
+            .await
+            .map_err(io("making the lxcpath searchable"))
+    }
+
+    /// Whether root of a container under `map` can reach the lxcpath: LXC
+    /// sets a container up as that host uid, so every directory above the
+    /// rootfs must be searchable by it. Asked of the kernel (a process in
+    /// such a namespace tries), so ACLs count; `Err` says what to fix.
+    pub async fn reachable(&self, map: &IdMap) -> Result<(), String> {
+        // Before the first container the lxcpath may not exist: its parent
+        // (DATA_DIR) is what must be searchable then.
+        let target = if tokio::fs::try_exists(&self.lxcpath).await.unwrap_or(false) {
+            self.lxcpath.clone()
+        } else {
+            self.lxcpath
+                .parent()
+                .map_or_else(|| self.lxcpath.clone(), Path::to_path_buf)
+        };
+        let probe = Command::new("lxc-usernsexec")
+            .args(map.usernsexec_args())
+            .arg("--")
+            .args(["test", "-x"])
+            .arg(&target)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(TOOL_TIMEOUT, probe).await {
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            // `test` answered no: the namespace worked, the path is closed.
+            Ok(Ok(out)) if out.status.code() == Some(1) && out.stderr.is_empty() => Err(format!(
+                "the containers' root (host uid {uid}) cannot reach {}: every directory on that path must be searchable by it (chmod o+x, or an ACL u:{uid}:x)",
+                target.display(),
+                uid = map.uid_base,
+            )),
+            Ok(Ok(out)) => Err(format!(
+                "lxc-usernsexec could not map the ids: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Ok(Err(e)) => Err(format!("lxc-usernsexec could not run: {e}")),
+            Err(_) => Err("lxc-usernsexec did not answer in time".into()),
+        }
+    }
+
     /// Unpacks the image's rootfs tarball into a new container directory and
     /// writes its configuration. `cancel` resolving aborts the unpacking.
     pub async fn create(
@@ -99,33 +180,71 @@ impl Lxc {
         hostname: &str,
         rootfs_tarball: &Path,
         config: &ConfigMap,
+        confinement: &Confinement,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<(), BackendError> {
         let dir = self.dir(ct);
         let rootfs = self.rootfs(ct);
-        tokio::fs::create_dir_all(&self.lxcpath)
-            .await
-            .map_err(io("creating the lxcpath"))?;
+        self.ensure_lxcpath().await?;
         tokio::fs::create_dir(&dir)
             .await
             .map_err(io("creating the container directory"))?;
         tokio::fs::create_dir(&rootfs)
             .await
             .map_err(io("creating the rootfs directory"))?;
-        // GNU tar detects the compression itself; ownership and modes are
-        // kept as in the image (lxgate runs as root).
-        let mut tar = Command::new("tar");
-        tar.arg("--extract")
-            .arg("--file")
-            .arg(rootfs_tarball)
-            .arg("--directory")
-            .arg(&rootfs)
-            .args(["--numeric-owner", "--preserve-permissions", "--xattrs"])
-            .stdin(std::process::Stdio::null())
+        let mut tar = match confinement {
+            // GNU tar detects the compression itself; ownership and modes
+            // are kept as in the image (lxgate runs as root).
+            Confinement::Privileged => {
+                let mut tar = Command::new("tar");
+                tar.arg("--extract")
+                    .arg("--file")
+                    .arg(rootfs_tarball)
+                    .arg("--directory")
+                    .arg(&rootfs)
+                    .stdin(std::process::Stdio::null());
+                tar
+            }
+            // Unpacked inside the container's user namespace, so every file
+            // is owned by the mapped ids with no shifting afterwards: root
+            // there owns the (chowned) rootfs directory, and an id outside
+            // the map fails the unpack instead of landing as a host id. The
+            // tarball comes in on stdin and the rootfs is the working
+            // directory, so the mapped root needs no access to DATA_DIR.
+            Confinement::Unprivileged(map) => {
+                let (uid, gid) = (map.uid_base, map.gid_base);
+                let r = rootfs.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::os::unix::fs::chown(&r, Some(uid), Some(gid))
+                })
+                .await
+                .map_err(|e| BackendError::Internal(anyhow::anyhow!("chown task: {e}")))?
+                .map_err(io("giving the rootfs to the container's root"))?;
+                let input = tokio::fs::File::open(rootfs_tarball)
+                    .await
+                    .map_err(io("opening the image's rootfs"))?
+                    .into_std()
+                    .await;
+                let mut tar = Command::new("lxc-usernsexec");
+                tar.args(map.usernsexec_args())
+                    .args(["--", "tar", "--extract", "--file", "-"])
+                    .args(compression_flag(rootfs_tarball).await?)
+                    .current_dir(&rootfs)
+                    .stdin(input);
+                tar
+            }
+        };
+        tar.args(["--numeric-owner", "--preserve-permissions", "--xattrs"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
+            // A group of its own: lxc-usernsexec runs tar as its child, which
+            // outlives a kill of lxc-usernsexec alone and would go on writing
+            // into a directory the cancelled create removes.
+            .process_group(0)
             .kill_on_drop(true);
-        let unpack = tar.output();
+        let child = tar.spawn().map_err(io("running tar"))?;
+        let group = child.id().and_then(|p| i32::try_from(p).ok());
+        let unpack = child.wait_with_output();
         tokio::select! {
             out = unpack => {
                 let out = out.map_err(io("running tar"))?;
@@ -136,9 +255,24 @@ impl Lxc {
                     )));
                 }
             }
-            () = cancel => return Err(BackendError::Conflict("cancelled".into())),
+            () = cancel => {
+                if let Some(pgid) = group {
+                    // SAFETY: kill(2) on the process group made above.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    // Gone (and reaped) before the caller removes the files;
+                    // bounded, a kill takes effect in milliseconds.
+                    for _ in 0..200 {
+                        // SAFETY: signal 0 only asks whether the group exists.
+                        if unsafe { libc::kill(-pgid, 0) } != 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                return Err(BackendError::Conflict("cancelled".into()));
+            }
         }
-        self.write_config(ct, hostname, config, &Attachments::default())
+        self.write_config(ct, hostname, config, &Attachments::default(), confinement)
             .await
     }
 
@@ -149,9 +283,10 @@ impl Lxc {
         hostname: &str,
         config: &ConfigMap,
         devices: &Attachments,
+        confinement: &Confinement,
     ) -> Result<(), BackendError> {
         let dir = self.dir(ct);
-        let text = render_config(&dir, hostname, config, devices)?;
+        let text = render_config(&dir, hostname, config, devices, confinement)?;
         tokio::fs::write(dir.join("config"), text)
             .await
             .map_err(io("writing the container configuration"))
@@ -302,6 +437,55 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
     move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
 }
 
+/// Whether the kernel has AppArmor (LXC confines containers with it then).
+pub fn apparmor() -> bool {
+    Path::new("/sys/kernel/security/apparmor").exists()
+}
+
+/// LXC's default configuration files, where the unprivileged
+/// configuration includes them from, or which is missing.
+pub async fn defaults_installed() -> Result<(), String> {
+    for f in [COMMON_CONF, USERNS_CONF] {
+        if !tokio::fs::try_exists(f).await.unwrap_or(false) {
+            return Err(format!("LXC's default configuration {f} is not installed"));
+        }
+    }
+    Ok(())
+}
+
+/// tar's decompression option for a tarball read from a pipe (tar only
+/// guesses the compression of a file it can seek), from its magic bytes.
+async fn compression_flag(tarball: &Path) -> Result<Option<&'static str>, BackendError> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 6];
+    let mut f = tokio::fs::File::open(tarball)
+        .await
+        .map_err(io("opening the image's rootfs"))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f
+            .read(&mut head[n..])
+            .await
+            .map_err(io("reading the image's rootfs"))?
+        {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(compression_of(&head[..n]))
+}
+
+fn compression_of(head: &[u8]) -> Option<&'static str> {
+    Some(match head {
+        [0x1f, 0x8b, ..] => "--gzip",
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => "--xz",
+        [b'B', b'Z', b'h', ..] => "--bzip2",
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => "--zstd",
+        [0x5d, 0x00, 0x00, ..] => "--lzma",
+        _ => return None,
+    })
+}
+
 /// Parses `lxc-info -H` (raw numbers) output.
 pub fn parse_info(text: &str) -> LxcInfo {
     let mut info = LxcInfo::default();
@@ -382,6 +566,11 @@ pub fn check_config(config: &ConfigMap) -> Result<(), BackendError> {
             "limits.cpu" => parse_cpus(value).is_some(),
             "limits.processes" => value.parse::<u32>().is_ok_and(|n| n > 0),
             "boot.autostart" => matches!(value.as_str(), "true" | "false"),
+            // Read when a container is created; changing it later is refused
+            // where updates are handled (the rootfs would need shifting).
+            "security.privileged" => matches!(value.as_str(), "true" | "false"),
+            // Which id map a container gets (see idmap.rs); fixed at creation too.
+            "security.idmap.isolated" => matches!(value.as_str(), "true" | "false"),
             k if k.starts_with("user.") || k.starts_with("environment.") => {
                 !value.contains('\0') && key.len() <= 255
             }
@@ -408,6 +597,7 @@ pub fn render_config(
     hostname: &str,
     config: &ConfigMap,
     devices: &Attachments,
+    confinement: &Confinement,
 ) -> Result<String, BackendError> {
     check_config(config)?;
     let mut out = String::new();
@@ -417,6 +607,16 @@ pub fn render_config(
         out.push_str(v);
         out.push('\n');
     };
+    // First, so that lxgate's own lines below override the defaults they
+    // bring (the tty and pty counts). A privileged container keeps exactly
+    // the configuration it was made with.
+    if let Confinement::Unprivileged(map) = confinement {
+        line("lxc.include", COMMON_CONF);
+        line("lxc.include", USERNS_CONF);
+        for l in map.lxc_lines() {
+            line("lxc.idmap", &l);
+        }
+    }
     line("lxc.uts.name", hostname);
     line(
         "lxc.rootfs.path",
@@ -454,7 +654,8 @@ pub fn render_config(
         "lxc.console.logfile",
         &dir.join("console.log").display().to_string(),
     );
-    if !Path::new("/sys/kernel/security/apparmor").exists() {
+    // Without AppArmor in the kernel LXC refuses any profile but this.
+    if !apparmor() {
         line("lxc.apparmor.profile", "unconfined");
     }
     if let Some(v) = config.get("limits.memory").and_then(|v| parse_size(v)) {
@@ -511,6 +712,81 @@ mod tests {
         assert_eq!(parse_cpus("0\nlxc.hook.pre-start = /x"), None);
     }
 
+    const P: Confinement = Confinement::Privileged;
+
+    #[test]
+    fn unprivileged_config_maps_ids_and_includes_lxc_defaults() {
+        let map = IdMap {
+            uid_base: 1_000_000,
+            gid_base: 1_000_000,
+            size: 65536,
+        };
+        let u = Confinement::Unprivileged(map);
+        let text = render_config(
+            Path::new("/d/default_c1"),
+            "c1",
+            &ConfigMap::new(),
+            &Attachments::default(),
+            &u,
+        )
+        .unwrap();
+        assert!(
+            text.starts_with(
+                "lxc.include = /usr/share/lxc/config/common.conf\n\
+                 lxc.include = /usr/share/lxc/config/userns.conf\n\
+                 lxc.idmap = u 0 1000000 65536\n\
+                 lxc.idmap = g 0 1000000 65536\n"
+            ),
+            "{text}"
+        );
+        // lxgate's own tty counts come after the includes, so they win.
+        assert!(text.contains("lxc.tty.max = 0\n"), "{text}");
+        // A privileged container's config has none of it: the same text as
+        // before lxgate mapped ids.
+        let old = render_config(
+            Path::new("/d/default_c1"),
+            "c1",
+            &ConfigMap::new(),
+            &Attachments::default(),
+            &P,
+        )
+        .unwrap();
+        assert!(
+            !old.contains("lxc.idmap") && !old.contains("lxc.include"),
+            "{old}"
+        );
+        assert!(old.starts_with("lxc.uts.name = c1\n"), "{old}");
+        assert!(text.ends_with(&old), "{text}");
+    }
+
+    #[test]
+    fn security_keys_are_checked() {
+        let with = |k: &str, v: &str| ConfigMap::from([(k.to_owned(), v.to_owned())]);
+        assert!(check_config(&with("security.privileged", "true")).is_ok());
+        assert!(check_config(&with("security.privileged", "false")).is_ok());
+        assert!(matches!(
+            check_config(&with("security.privileged", "yes")),
+            Err(BackendError::BadRequest(_))
+        ));
+        assert!(check_config(&with("security.idmap.isolated", "false")).is_ok());
+        assert!(check_config(&with("security.idmap.isolated", "true")).is_ok());
+        assert!(check_config(&with("security.idmap.isolated", "1")).is_err());
+        assert!(check_config(&with("security.nesting", "true")).is_err());
+    }
+
+    #[test]
+    fn compression_is_told_by_magic() {
+        assert_eq!(compression_of(&[0x1f, 0x8b, 8, 0]), Some("--gzip"));
+        assert_eq!(compression_of(b"\xfd7zXZ\x00"), Some("--xz"));
+        assert_eq!(compression_of(b"BZh91A"), Some("--bzip2"));
+        assert_eq!(
+            compression_of(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]),
+            Some("--zstd")
+        );
+        assert_eq!(compression_of(b"./\x00\x00\x00\x00"), None);
+        assert_eq!(compression_of(b""), None);
+    }
+
     #[test]
     fn config_keys_are_checked_and_rendered() {
         let mut c = ConfigMap::new();
@@ -523,7 +799,7 @@ mod tests {
             )],
             nics: vec![],
         };
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices).unwrap();
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P).unwrap();
         assert!(
             text.contains(
                 "lxc.mount.entry = /s/my\\040pool/custom/default_v srv/data none bind,create=dir 0 0\n"
@@ -545,7 +821,7 @@ mod tests {
             gateway: Some("10.5.0.1".parse().unwrap()),
         };
         devices.nics = vec![nic("eth0", "10.5.0.2/24"), nic("eth1", "10.5.0.3/24")];
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices).unwrap();
+        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P).unwrap();
         assert!(!text.contains("type = empty"), "{text}");
         for want in [
             "lxc.net.0.type = veth\n",
@@ -561,9 +837,9 @@ mod tests {
         assert!(!text.contains("lxc.net.1.ipv4.gateway"), "{text}");
         let none = Attachments::default();
         c.insert("lxc.hook.start".into(), "/bin/evil".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &none).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P).is_err());
         let mut c = ConfigMap::new();
         c.insert("limits.processes".into(), "10\nlxc.x = y".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &none).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P).is_err());
     }
 }

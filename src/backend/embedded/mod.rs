@@ -7,6 +7,7 @@ mod detect;
 mod dhcp;
 mod driver;
 mod files;
+mod idmap;
 mod images;
 mod instances;
 mod lxc;
@@ -58,6 +59,9 @@ pub struct EmbeddedBackend {
     /// Managed networks and the NIC addresses given out on them change
     /// under this lock (taken after an instance's own, never before).
     net_lock: tokio::sync::Mutex<()>,
+    /// Isolated id ranges are picked and recorded (the instance row) under
+    /// this lock, so two creates never take the same one.
+    idmap_lock: tokio::sync::Mutex<()>,
 }
 
 impl EmbeddedBackend {
@@ -81,6 +85,7 @@ impl EmbeddedBackend {
             bus,
             locks: Mutex::default(),
             net_lock: tokio::sync::Mutex::default(),
+            idmap_lock: tokio::sync::Mutex::default(),
         }
     }
 
@@ -163,10 +168,21 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn info(&self) -> Result<SystemInfo, BackendError> {
-        let drivers = self.drivers().await.to_vec();
+        let mut drivers = self.drivers().await.to_vec();
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
+        // Read afresh (not cached with the drivers): an admin who adds the
+        // id range or opens DATA_DIR sees it here without a restart.
+        let unprivileged = if has("lxc") {
+            Some(self.unprivileged_range().await)
+        } else {
+            None
+        };
         let features = [
             ("containers", has("lxc")),
+            (
+                "unprivileged_containers",
+                matches!(unprivileged, Some(Ok(_))),
+            ),
             ("network_bridges", bridge::can_manage().is_ok()),
             (
                 "network_dhcp",
@@ -179,6 +195,11 @@ impl Backend for EmbeddedBackend {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(u) = &unprivileged
+            && let Some(lxc) = drivers.iter_mut().find(|d| d.name == "lxc")
+        {
+            lxc.detail = Some(idmap::describe(u, lxc::apparmor()));
+        }
         Ok(SystemInfo {
             backend: self.kind().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -377,7 +398,13 @@ impl Backend for EmbeddedBackend {
         if row.instance_type == driver::VM {
             return Err(no_vm_files());
         }
-        files::pull(&self.lxc.rootfs(&lxc::Lxc::host_name(project, name)), path).await
+        let map = Self::confinement(&row)?.map();
+        files::pull(
+            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
+            path,
+            map,
+        )
+        .await
     }
 
     async fn push_file(
@@ -392,10 +419,12 @@ impl Backend for EmbeddedBackend {
         if row.instance_type == driver::VM {
             return Err(no_vm_files());
         }
+        let map = Self::confinement(&row)?.map();
         files::push(
             &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
             path,
             opts,
+            map,
             body,
         )
         .await

@@ -349,6 +349,7 @@ impl EmbeddedBackend {
             image: String::new(),
             created_at: String::new(),
             last_used_at: String::new(),
+            privileged: 0,
         };
         let (memory, cpu) = instance_usage(&probe);
         for (key, adding, value) in [

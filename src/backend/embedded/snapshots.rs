@@ -252,11 +252,17 @@ impl EmbeddedBackend {
             }
         }
         let guard = self.lock(project, name).lock_owned().await;
+        let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        // As the instance shows it (a container made before ids were mapped
+        // has no such key stored), so a restore never asks for a change.
+        if !vm && Self::confinement(&row)? == super::lxc::Confinement::Privileged {
+            config.insert("security.privileged".into(), "true".into());
+        }
         let record = SnapshotRecord {
             name: snap.clone(),
             created_at: now(),
             expires_at: req.expires_at.clone().unwrap_or_else(|| NEVER.into()),
-            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            config,
             devices: serde_json::from_str(&row.devices).unwrap_or_default(),
             profiles: serde_json::from_str(&row.profiles).unwrap_or_default(),
             architecture: row.architecture.clone(),
@@ -423,6 +429,7 @@ impl EmbeddedBackend {
             // It is started again afterwards.
             self.ensure_bridges(&attached.nics).await?;
         }
+        let confinement = Self::confinement(&row)?;
         let (idir, bus, pool) = (self.instance_dir(&row), self.bus.clone(), self.pool.clone());
         let lxc = self.lxc.clone();
         let snap = snap.to_owned();
@@ -478,6 +485,7 @@ impl EmbeddedBackend {
                         &row.name,
                         &user_config(record.config.clone()),
                         &attached,
+                        &confinement,
                     )
                     .await?;
                     if was_running {
