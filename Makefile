@@ -11,8 +11,8 @@ help: ## Show the targets
 	cp .env.example .env
 	@echo "created .env from .env.example (dev mode: a JWT secret is generated in ./data)"
 
-run: .env ## Prepare the host (LXC, QEMU...), build and run lxgate on 127.0.0.1:8000 (embedded backend, SQLite in ./data)
-	@if [ "$${SKIP_HOST_SETUP:-0}" = 1 ]; then echo "SKIP_HOST_SETUP=1: not preparing the host"; else bash scripts/host-setup.sh; fi
+run: .env ## Prepare the host (LXC, QEMU...) and DATA_DIR's path, build and run lxgate on 127.0.0.1:8000 (embedded backend, SQLite in ./data)
+	@if [ "$${SKIP_HOST_SETUP:-0}" = 1 ]; then echo "SKIP_HOST_SETUP=1: not preparing the host"; else bash scripts/host-setup.sh && bash scripts/data-dir-setup.sh; fi
 	cargo run --release -- serve
 
 test: ## Install and start what the tests need (PostgreSQL, Chromium...), then run every test

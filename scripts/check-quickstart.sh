@@ -9,7 +9,10 @@
 # (LXGATE_BIN, default target/debug/lxgate after an incremental
 # `cargo build`) started in the clone with the clone's .env, instead of a
 # second, cold `cargo run --release` build. The host preparation `make run`
-# does (scripts/host-setup.sh) runs as it would.
+# does (scripts/host-setup.sh, then scripts/data-dir-setup.sh) runs as it
+# would. The clone sits in a directory of mode 0700, as a checkout under /root
+# does: the containers' root (uid 1000000) must be let through it by an ACL
+# (data-dir-setup.sh), never a chmod.
 #
 # The clone is of the committed HEAD: commit README changes before checking
 # them. Needs root and the test bed's images (`make image` uses them), port
@@ -45,6 +48,8 @@ if (exec 3<>/dev/tcp/127.0.0.1/8000) 2>/dev/null; then
 fi
 
 WORK="$(mktemp -d /var/tmp/lxgate-quickstart.XXXXXX)"
+# Closed like /root (mktemp makes it 0700 already; said, not assumed).
+chmod 0700 "$WORK"
 CLONE="$WORK/lxgate"
 LXGATE_PID=""
 cleanup() {
@@ -88,9 +93,20 @@ BLOCK="$(awk -v h="$SECTION" '
 ' README.md)"
 [ -n "$BLOCK" ] || die "no \`\`\`sh block under \"$SECTION\" in README.md"
 
-# `make run`, minus its cargo build: the host, then .env, then lxgate.
-bash scripts/host-setup.sh >/dev/null
+# `make run`, minus its cargo build: .env, the host, DATA_DIR's path, then lxgate.
 make --no-print-directory .env >/dev/null
+bash scripts/host-setup.sh >/dev/null
+bash scripts/data-dir-setup.sh >"$WORK/data-dir-setup.out"
+sed 's/^/    | /' "$WORK/data-dir-setup.out"
+# What it changed: search for the mapped root on the closed directory by an
+# ACL, its mode bits untouched (others still get nothing); a second run
+# changes nothing.
+uid="$(awk -F: '($1 == "root" || $1 == "0") && $2 >= 65536 && $3 >= 65536 { print $2; exit }' /etc/subuid)"
+getfacl -cp "$WORK" 2>/dev/null | grep -qx "user:$uid:--x" \
+    || die "no ACL user:$uid:--x on $WORK after scripts/data-dir-setup.sh"
+[ "$(( 0$(stat -c %a "$WORK") & 07 ))" = 0 ] || die "$WORK was opened to others ($(stat -c %A "$WORK")): a chmod, not an ACL"
+bash scripts/data-dir-setup.sh | grep -q 'reachable by the containers' \
+    || die "a second scripts/data-dir-setup.sh run did not find the path reachable as it was"
 # Only the clone's .env configures it (no variable of this shell leaks in).
 env -i PATH="$PATH" HOME="$HOME" "$BIN" serve >"$WORK/lxgate.log" 2>&1 &
 LXGATE_PID=$!

@@ -8,9 +8,10 @@
 # What it provides:
 #   * Debian packages: lxc, qemu-system-x86 and qemu-utils 10.x (from
 #     bookworm-backports on Debian 12, whose own QEMU is 7.2), dnsmasq-base
-#     (DHCP on managed bridges), iproute2 (bridges, veths, taps), uidmap,
-#     curl and jq (the README's quick start), and the extra packages named on
-#     the command line. Without recommends (lxc's pull in apparmor, PAM
+#     (DHCP on managed bridges), iproute2 (bridges, veths, taps), uidmap, acl
+#     (setfacl, for scripts/data-dir-setup.sh: `make run` runs it next), curl
+#     and jq (the README's quick start), and the extra packages named on the
+#     command line. Without recommends (lxc's pull in apparmor, PAM
 #     changes, debootstrap...); no service is started by the install.
 #   * a subordinate uid and gid range for root in /etc/subuid and /etc/subgid
 #     (root:1000000:1000000000, the range Debian's incus package adds) unless
@@ -75,6 +76,7 @@ need_main=() need_qemu=()
 { is_installed iproute2 && command -v ip >/dev/null; } || need_main+=(iproute2)
 { is_installed dnsmasq-base && command -v dnsmasq >/dev/null; } || need_main+=(dnsmasq-base)
 { is_installed uidmap && command -v newuidmap >/dev/null; } || need_main+=(uidmap)
+{ is_installed acl && command -v setfacl >/dev/null; } || need_main+=(acl)
 { is_installed curl && command -v curl >/dev/null; } || need_main+=(curl)
 { is_installed jq && command -v jq >/dev/null; } || need_main+=(jq)
 for p in "$@"; do
@@ -123,7 +125,7 @@ if [ "$((${#need_main[@]} + ${#need_qemu[@]}))" -gt 0 ]; then
     fi
     qemu_ok qemu-system-x86 || die "QEMU $(pkg_version qemu-system-x86) is installed; lxgate needs 10.x"
 fi
-for tool in lxc-start lxc-attach lxc-stop lxc-destroy lxc-usernsexec qemu-system-x86_64 qemu-img ip dnsmasq; do
+for tool in lxc-start lxc-attach lxc-stop lxc-destroy lxc-usernsexec qemu-system-x86_64 qemu-img ip dnsmasq setfacl; do
     command -v "$tool" >/dev/null || die "$tool not found after installing packages"
 done
 
@@ -148,4 +150,4 @@ if ! getent passwd "$QEMU_USER" >/dev/null; then
     log "created the system user $QEMU_USER"
 fi
 
-log "ready: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), dnsmasq-base, iproute2, uidmap; root's subordinate ids; user $QEMU_USER"
+log "ready: lxc $(pkg_version lxc), qemu $(pkg_version qemu-system-x86), dnsmasq-base, iproute2, uidmap, acl; root's subordinate ids; user $QEMU_USER"
