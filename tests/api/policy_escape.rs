@@ -332,7 +332,19 @@ async fn incus_operators_cannot_reach_the_host() {
     let admin = app.admin_token().await;
     let operator = app.user_with_role(&admin, "escop", None).await;
     let project = unique("esc");
-    let _undo = IncusUndo::new(&[&["project", "delete", &project]]);
+    let volume = unique("vol");
+    let _undo = IncusUndo::new(&[
+        &[
+            "storage",
+            "volume",
+            "delete",
+            "default",
+            &volume,
+            "--project",
+            &project,
+        ],
+        &["project", "delete", &project],
+    ]);
     let existing = unique("ok");
     let widened = unique("nest");
     let direct = unique("direct");
@@ -452,7 +464,32 @@ async fn incus_operators_cannot_reach_the_host() {
         r.text
     );
 
-    // Storage volume config: size, snapshots.*, user.* only.
+    // Storage volume config: size, snapshots.*, user.* only; a custom
+    // volume of the project goes into an instance as a disk.
+    let r = app
+        .post(
+            &format!("/api/v1/storage/pools/default/volumes?project={project}"),
+            Some(&operator),
+            json!({"name": volume, "config": {"size": "64MiB", "user.purpose": "data"}}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{existing}?project={project}"),
+                Some(&operator),
+            )
+            .json(
+                &json!({"devices": {"data": {"type": "disk", "pool": "default",
+                    "source": volume, "path": "/data", "readonly": "false"}}}),
+            ),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let shown = incus_text(&["config", "device", "show", &existing, "--project", &project]);
+    assert!(shown.contains(&format!("source: {volume}")), "{shown}");
     let r = app
         .post(
             &format!("/api/v1/storage/pools/default/volumes?project={project}"),
@@ -810,7 +847,34 @@ async fn embedded_operators_cannot_reach_the_host() {
     r.assert_problem(403, "policy_denied");
     assert_eq!(r.body["field"], "devices.n0.network");
 
-    // Storage volume config from operators is held to the table as well.
+    // Storage volume config from operators is held to the table as well;
+    // a volume of the project goes into an instance as a disk.
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&operator),
+            json!({"name": "v2", "config": {"user.purpose": "data"}}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{existing}"),
+                Some(&operator),
+            )
+            .json(
+                &json!({"devices": {"data": {"type": "disk", "pool": "default",
+                    "source": "v2", "path": "/data"}}}),
+            ),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let got = app
+        .get(&format!("/api/v1/instances/{existing}"), Some(&operator))
+        .await;
+    assert_eq!(got.body["devices"]["data"]["source"], "v2", "{}", got.text);
     let r = app
         .post(
             "/api/v1/storage/pools/default/volumes",
