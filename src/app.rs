@@ -98,6 +98,29 @@ pub async fn seed_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// Outside dev mode, the seeded admin must not still have the example's
+/// password: an admin seeded in dev mode keeps it after LXGATE_DEV=0, whatever
+/// SEED_ADMIN_PASSWORD says now, so the stored hash is what is checked.
+async fn refuse_example_password(db: &Db, config: &Config) -> anyhow::Result<()> {
+    let Some(user) = db::users::by_username(&db.pool, &config.seed_admin_username).await? else {
+        return Ok(());
+    };
+    let example = crate::config::EXAMPLE_ADMIN_PASSWORD.to_owned();
+    if password::verify(example, Some(user.password_hash.clone()))
+        .await
+        .unwrap_or(false)
+    {
+        anyhow::bail!(
+            "the user `{}` still has the example's password ({}): change it \
+             (`lxgate user passwd {}`, or PUT /api/v1/auth/me/password), or set LXGATE_DEV=1 for development",
+            config.seed_admin_username,
+            crate::config::EXAMPLE_ADMIN_PASSWORD,
+            config.seed_admin_username
+        );
+    }
+    Ok(())
+}
+
 impl App {
     pub async fn build(mut config: Config) -> anyhow::Result<AppState> {
         tokio::fs::create_dir_all(&config.data_dir)
@@ -112,6 +135,9 @@ impl App {
         let db = Db::connect(&config.database_url, config.database_max_connections).await?;
         db.migrate().await?;
         seed_admin(&db, &config).await?;
+        if !config.dev_mode {
+            refuse_example_password(&db, &config).await?;
+        }
         tokio::spawn(password::warm_up());
 
         let backend: Arc<dyn Backend> = match config.backend {

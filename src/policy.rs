@@ -21,8 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::ApiError;
-
 pub type Config = BTreeMap<String, String>;
 pub type Devices = BTreeMap<String, Config>;
 
@@ -150,19 +148,6 @@ impl Denied {
     pub fn field(&self) -> &str {
         match self {
             Denied::Forbidden { field, .. } | Denied::Invalid { field, .. } => field,
-        }
-    }
-}
-
-impl From<Denied> for ApiError {
-    fn from(d: Denied) -> Self {
-        match d {
-            Denied::Forbidden { field, detail } => {
-                ApiError::forbidden("policy_denied", detail).with_field(field)
-            }
-            Denied::Invalid { field, detail } => {
-                ApiError::bad_request("invalid_config", detail).with_field(field)
-            }
         }
     }
 }

@@ -13,8 +13,21 @@ use crate::auth::AuthUser;
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, DevicesMap, Instance, Project, ProjectPolicy};
 use crate::error::{ApiError, ApiResult};
-use crate::names::ProjectName;
+use crate::names::{InstanceName, ProjectName};
 use crate::policy::{Denied, Policy, Widening};
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::Forbidden { field, detail } => {
+                ApiError::forbidden("policy_denied", detail).with_field(field)
+            }
+            Denied::Invalid { field, detail } => {
+                ApiError::bad_request("invalid_config", detail).with_field(field)
+            }
+        }
+    }
+}
 
 /// The policy for `user` writing into `project`.
 pub async fn for_caller(
@@ -137,6 +150,46 @@ pub async fn check_instance_write(
         {
             check_network(state, project, name, network).await?;
         }
+    }
+    Ok(())
+}
+
+/// Exec, console and file transfer reach inside an instance; in a
+/// privileged container root is the host's root, so only admins may do them
+/// there (containers made before lxgate ran them unprivileged are such).
+pub async fn require_inside_access(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    name: &InstanceName,
+) -> ApiResult<()> {
+    if user.is_admin() {
+        return Ok(());
+    }
+    let (i, _) = state
+        .backend
+        .get_instance(project.as_str(), name.as_str())
+        .await
+        .map_err(|e| match e {
+            BackendError::NotFound(_) => ApiError::not_found(
+                "instance_not_found",
+                format!("instance `{name}` does not exist"),
+            ),
+            other => other.into(),
+        })?;
+    let privileged = i.instance_type == "container"
+        && i.expanded_config
+            .get("security.privileged")
+            .map(String::as_str)
+            == Some("true");
+    if privileged {
+        return Err(ApiError::forbidden(
+            "policy_denied",
+            format!(
+                "`{name}` is a privileged container (its root is the host's root): only admins may exec, open its console or transfer files"
+            ),
+        )
+        .with_field("security.privileged"));
     }
     Ok(())
 }

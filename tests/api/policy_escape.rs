@@ -102,6 +102,36 @@ fn cases() -> Vec<Case> {
             "devices.h.shift",
         ),
         dev(
+            "shared propagation",
+            json!({"type": "disk", "pool": "default", "source": "vol", "path": "/v", "propagation": "shared"}),
+            "devices.h.propagation",
+        ),
+        dev(
+            "recursive mount",
+            json!({"type": "disk", "pool": "default", "source": "vol", "path": "/v", "recursive": "true"}),
+            "devices.h.recursive",
+        ),
+        dev(
+            "raw mount options",
+            json!({"type": "disk", "pool": "default", "source": "vol", "path": "/v", "raw.mount.options": "uid=0"}),
+            "devices.h.raw.mount.options",
+        ),
+        dev(
+            "unix-hotplug",
+            json!({"type": "unix-hotplug", "vendorid": "1d6b"}),
+            "devices.h.type",
+        ),
+        dev(
+            "infiniband",
+            json!({"type": "infiniband", "nictype": "physical", "parent": "ib0"}),
+            "devices.h.type",
+        ),
+        dev(
+            "tpm",
+            json!({"type": "tpm", "path": "/dev/tpm0"}),
+            "devices.h.type",
+        ),
+        dev(
             "unix-block",
             json!({"type": "unix-block", "source": "/dev/vda", "path": "/dev/vda"}),
             "devices.h.type",
@@ -894,6 +924,39 @@ async fn embedded_operators_cannot_reach_the_host() {
         )
         .await;
     assert_ne!(r.body["code"], "policy_denied", "{}", r.text);
+
+    // A privileged container is the admins' alone: its root is the host's,
+    // so operators may not exec in it, open its console or move files.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "priv1", "source": image, "config": {"security.privileged": "true"}}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let r = app
+        .post(
+            "/api/v1/instances/priv1/exec",
+            Some(&operator),
+            json!({"command": ["id"]}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    app.get(
+        "/api/v1/instances/priv1/files?path=/etc/passwd",
+        Some(&operator),
+    )
+    .await
+    .assert_problem(403, "policy_denied");
+    let r = app
+        .post(
+            "/api/v1/instances/priv1/exec",
+            Some(&admin),
+            json!({"command": ["id"]}),
+        )
+        .await;
+    assert_ne!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
     // The embedded backend has no project restrictions: it says so.
     app.post("/api/v1/projects/default/restrict", Some(&admin), json!({}))

@@ -8,6 +8,7 @@ use axum::http::Uri;
 use axum::response::Response;
 use utoipa::IntoParams;
 
+use crate::api::policy;
 use crate::api::v1::events::require_upgrade;
 use crate::api::v1::instances::ProjectWaitQuery;
 use crate::api::v1::operations::{OperationRef, accepted};
@@ -113,7 +114,7 @@ fn authorize_terminal(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Invalid command or size", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
 pub async fn exec_ws(
@@ -125,6 +126,7 @@ pub async fn exec_ws(
 ) -> ApiResult<Response> {
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
+    policy::require_inside_access(&state, &user, &project, &name).await?;
     let req = exec_request(&q)?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
@@ -144,7 +146,7 @@ pub async fn exec_ws(
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
 pub async fn console_ws(
@@ -156,6 +158,7 @@ pub async fn console_ws(
 ) -> ApiResult<Response> {
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
+    policy::require_inside_access(&state, &user, &project, &name).await?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
     let session = state
@@ -175,7 +178,7 @@ pub async fn console_ws(
     responses(
         (status = 202, description = "Running", body = OperationRef),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid command", body = Problem, content_type = "application/problem+json")))]
 pub async fn exec_instance(
@@ -190,6 +193,7 @@ pub async fn exec_instance(
     let name = InstanceName::from_path(&name)?;
     req.validate()
         .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
+    policy::require_inside_access(&state, &user, &project, &name).await?;
     let op = state
         .backend
         .exec(project.as_str(), name.as_str(), &req)

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api::policy;
 use crate::api::v1::instances::ProjectQuery;
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -279,7 +280,7 @@ fn download_name(path: &str) -> String {
                 ("x-file-gid" = u32, description = "Owner gid"),
                 ("x-file-mode" = String, description = "Permission bits in octal, e.g. `0644`"))),
         (status = 400, description = "Invalid name or path", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance or file", body = Problem, content_type = "application/problem+json")))]
 pub async fn pull_file(
     user: AuthUser,
@@ -290,6 +291,7 @@ pub async fn pull_file(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
+    policy::require_inside_access(&state, &user, &project, &name).await?;
     let path = file_path(q.path.as_deref())?;
     let pulled = state
         .backend
@@ -398,7 +400,7 @@ fn too_large() -> ApiError {
     responses(
         (status = 204, description = "Written"),
         (status = 400, description = "Invalid name, path, uid, gid or mode, or the upload broke off", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance, or the file's directory does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 1 GiB", body = Problem, content_type = "application/problem+json")))]
 pub async fn push_file(
@@ -412,6 +414,7 @@ pub async fn push_file(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
+    policy::require_inside_access(&state, &user, &project, &name).await?;
     let path = file_path(q.path.as_deref())?;
     let opts = FilePush {
         uid: id_param("uid", q.uid.as_deref())?,

@@ -268,6 +268,11 @@ async fn update(
     if let Some(c) = &mut body.config {
         policy::keep_volatile(&current.config, c, replace);
     }
+    // A PUT that leaves out `profiles` keeps them (both backends alike;
+    // Incus would otherwise drop them all, and with them what they hold).
+    if replace && body.profiles.is_none() {
+        body.profiles = Some(current.profiles.clone());
+    }
     // What the instance will be: a PUT replaces, a PATCH merges config keys
     // and devices by name (as Incus does).
     let (config, devices, profiles) = if replace {

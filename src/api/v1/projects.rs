@@ -179,6 +179,15 @@ pub async fn get_project(
     ))
 }
 
+/// The project as it is now, with its policy and ETag.
+async fn project_response(state: &AppState, name: &ProjectName) -> ApiResult<Response> {
+    let (p, etag) = state.backend.get_project(name.as_str()).await?;
+    Ok(with_etag(
+        Json(policy::describe(state, p)).into_response(),
+        etag,
+    ))
+}
+
 async fn update(
     state: AppState,
     user: AuthUser,
@@ -213,6 +222,15 @@ async fn update(
         // restricted.*=allow sent back in a PUT must not outlive it).
         if restricted(&after) && (widening != was || !restricted(&current.config)) {
             policy::set_restrictions(&state, &widening, config);
+        } else if restricted(&after) && replace {
+            // A PUT that keeps the project restricted but leaves out restriction
+            // keys would fall back to the backend's defaults (Incus then blocks
+            // snapshots and backups): the missing ones are filled in.
+            let mut keys = ConfigMap::new();
+            policy::set_restrictions(&state, &widening, &mut keys);
+            for (k, v) in keys {
+                config.entry(k).or_insert(v);
+            }
         }
         if_match = policy::pin(if_match.as_deref(), etag)?;
     }
@@ -221,11 +239,7 @@ async fn update(
         .update_project(name.as_str(), &body, if_match.as_deref(), replace)
         .await
         .map_err(not_found_as_project(&name))?;
-    let (p, etag) = state.backend.get_project(name.as_str()).await?;
-    Ok(with_etag(
-        Json(policy::describe(&state, p)).into_response(),
-        etag,
-    ))
+    project_response(&state, &name).await
 }
 
 /// Restrict a project in the backend to match the instance policy (admins):
@@ -269,11 +283,7 @@ pub async fn restrict_project(
         .update_project(name.as_str(), &update, etag.as_deref(), false)
         .await
         .map_err(not_found_as_project(&name))?;
-    let (p, etag) = state.backend.get_project(name.as_str()).await?;
-    Ok(with_etag(
-        Json(policy::describe(&state, p)).into_response(),
-        etag,
-    ))
+    project_response(&state, &name).await
 }
 
 /// Replace a project's description and config (left-out fields are emptied,
