@@ -164,6 +164,23 @@ async fn read_until(ws: &mut ClientSocket, needle: &str) -> String {
     read_until_within(ws, needle, Duration::from_secs(15)).await
 }
 
+/// A VM's serial console until its boot marker and then the shell's prompt
+/// (which may come in the same frame as the marker).
+async fn boot_to_prompt(ws: &mut ClientSocket, marker: &str) {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !seen
+        .split_once(marker)
+        .is_some_and(|(_, after)| after.contains("# "))
+    {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no {marker:?} and then a prompt in {seen:?}: {other:?}"),
+        }
+    }
+}
+
 /// Terminal output until `needle` shows (a VM's boot marker needs longer).
 async fn read_until_within(ws: &mut ClientSocket, needle: &str, limit: Duration) -> String {
     let mut seen = String::new();
@@ -721,9 +738,8 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
         .ws(&format!("/api/v1/instances/v1/console/ws?token={admin}"))
         .await
         .expect("console opens");
-    read_until_within(&mut console, &marker, Duration::from_secs(90)).await;
     // The serial shell answers.
-    read_until(&mut console, "# ").await;
+    boot_to_prompt(&mut console, &marker).await;
     console
         .send(Message::Binary("echo vm-$((40+2))\n".into()))
         .await
@@ -805,13 +821,7 @@ async fn a_vm_writes_to_an_attached_block_volume() {
         .ws(&format!("/api/v1/instances/vd/console/ws?token={admin}"))
         .await
         .expect("console opens");
-    read_until_within(
-        &mut console,
-        &env("LXGATE_TEST_VM_MARKER"),
-        Duration::from_secs(90),
-    )
-    .await;
-    read_until(&mut console, "# ").await;
+    boot_to_prompt(&mut console, &env("LXGATE_TEST_VM_MARKER")).await;
     // The kernel boots from its initrd, so the volume is the first disk.
     console
         .send(Message::Binary(
@@ -2201,8 +2211,7 @@ async fn bridge_networks_and_nics() {
         .await
         .expect("console opens");
     let marker = env("LXGATE_TEST_VM_MARKER");
-    read_until_within(&mut console, &marker, Duration::from_secs(90)).await;
-    read_until(&mut console, "# ").await;
+    boot_to_prompt(&mut console, &marker).await;
     console
         .send(Message::Binary(
             "cat /sys/class/net/eth0/address; ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -s /bin/true && ip addr add 10.77.0.3/24 dev eth0 && ping -c 1 -W 5 10.77.0.2 >/dev/null && echo net-$((40+2))\n"
