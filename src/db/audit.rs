@@ -18,7 +18,15 @@ pub struct AuditRow {
     pub project: Option<String>,
     pub status: i64,
     pub request_id: String,
+    /// What the change set, where lxgate records it (a project's instance
+    /// policy: `restricted`, the allow lists).
+    pub detail: Option<String>,
 }
+
+/// Put into a response's extensions by a handler: recorded as the audit
+/// entry's `detail`.
+#[derive(Debug, Clone)]
+pub struct Detail(pub String);
 
 pub struct NewEntry<'a> {
     pub at: i64,
@@ -30,12 +38,13 @@ pub struct NewEntry<'a> {
     pub project: Option<&'a str>,
     pub status: u16,
     pub request_id: &'a str,
+    pub detail: Option<&'a str>,
 }
 
 pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(e.at)
     .bind(e.username)
@@ -46,6 +55,7 @@ pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> 
     .bind(e.project)
     .bind(i64::from(e.status))
     .bind(e.request_id)
+    .bind(e.detail)
     .execute(pool)
     .await
     .map(|_| ())
@@ -67,7 +77,7 @@ pub async fn list(pool: &AnyPool, f: &Filter<'_>) -> Result<(Vec<AuditRow>, i64)
           AND ($2 IS NULL OR project = $2)
           AND ($3 IS NULL OR at >= $3)";
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id
+        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id, detail
          FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
     )))
     .bind(f.user)

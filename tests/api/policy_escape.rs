@@ -551,6 +551,19 @@ async fn incus_operators_cannot_reach_the_host() {
         incus_text(&["project", "get", &project, "restricted.containers.nesting"]),
         "allow"
     );
+    // The audit log records the widening with what it allowed.
+    let log = app
+        .get("/api/v1/audit?user=admin&limit=50", Some(&admin))
+        .await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.text);
+    let recorded = log.body["items"].as_array().unwrap().iter().any(|e| {
+        e["method"] == "PATCH"
+            && e["path"] == format!("/api/v1/projects/{project}")
+            && e["detail"].as_str().is_some_and(|d| {
+                d.contains("restricted=true") && d.contains("allow_config=[security.nesting]")
+            })
+    });
+    assert!(recorded, "{}", log.text);
     let r = app
         .post(
             &format!("/api/v1/instances?project={project}&wait=60"),

@@ -43,6 +43,10 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     let resp = next.run(req).await;
     let username = ctx.as_ref().and_then(|c| c.user.get().cloned());
     let request_id = current_request_id().unwrap_or_default();
+    let detail = resp
+        .extensions()
+        .get::<db::audit::Detail>()
+        .map(|d| d.0.clone());
     let entry = db::audit::NewEntry {
         at: now_secs(),
         username: username.as_deref(),
@@ -53,6 +57,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         project: project.as_deref(),
         status: resp.status().as_u16(),
         request_id: &request_id,
+        detail: detail.as_deref(),
     };
     if let Err(e) = db::audit::insert(&state.db.pool, entry).await {
         tracing::error!(error = %e, "writing the audit log failed");

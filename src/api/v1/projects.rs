@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::db::audit::Detail;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
 use crate::policy::Widening;
@@ -144,10 +145,11 @@ pub async fn create_project(
     }
     state.backend.create_project(&req).await?;
     let (project, _) = state.backend.get_project(name.as_str()).await?;
-    Ok(created(
-        &format!("/api/v1/projects/{name}"),
-        policy::describe(&state, project),
-    ))
+    let project = policy::describe(&state, project);
+    let detail = audit_detail(&project);
+    let mut resp = created(&format!("/api/v1/projects/{name}"), project);
+    resp.extensions_mut().insert(detail);
+    Ok(resp)
 }
 
 /// Get a project (any role in it). The `ETag` header can be sent back as `If-Match`.
@@ -179,12 +181,23 @@ pub async fn get_project(
     ))
 }
 
-/// The project as it is now, with its policy and ETag.
+/// The project as it is now, with its policy and ETag; the policy also goes
+/// into the audit entry of the change.
 async fn project_response(state: &AppState, name: &ProjectName) -> ApiResult<Response> {
     let (p, etag) = state.backend.get_project(name.as_str()).await?;
-    Ok(with_etag(
-        Json(policy::describe(state, p)).into_response(),
-        etag,
+    let p = policy::describe(state, p);
+    let detail = audit_detail(&p);
+    let mut resp = with_etag(Json(p).into_response(), etag);
+    resp.extensions_mut().insert(detail);
+    Ok(resp)
+}
+
+fn audit_detail(p: &Project) -> Detail {
+    Detail(format!(
+        "policy: restricted={} allow_config=[{}] allow_devices=[{}]",
+        p.policy.restricted,
+        p.policy.allow_config.join(","),
+        p.policy.allow_devices.join(",")
     ))
 }
 
