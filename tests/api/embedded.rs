@@ -607,6 +607,34 @@ async fn files_stay_inside_the_container() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    // A FIFO the container made is refused at once, not waited on (an open
+    // of it would block until a writer came).
+    let r = app
+        .post(
+            "/api/v1/instances/f1/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["busybox", "mkfifo", "/tmp/f"]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["exit_code"], 0, "{}", r.text);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.get("/api/v1/instances/f1/files?path=/tmp/f", Some(&admin)),
+    )
+    .await
+    .expect("a pull of a FIFO answers");
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("FIFO"), "{}", r.text);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        push_bytes(&app, &admin, "/tmp/f", b"x"),
+    )
+    .await
+    .expect("a push to a FIFO answers");
+    r.assert_problem(400, "bad_request");
+    assert!(started.elapsed() < Duration::from_secs(5));
     action(&app, &admin, "f1", "stop").await;
 }
 
