@@ -21,7 +21,8 @@
 #     (`setfacl -m u:<uid>:x`), saying so; modes are not touched.
 #
 # Containers with security.idmap.isolated=true run as other uids (further
-# blocks of the range), which these ACLs do not cover: give those paths o+x.
+# blocks of the range), which these ACLs do not cover: give each of those
+# uids an ACL of its own on the same directories (setfacl -m u:<uid>:x).
 # Idempotent: where everything is searchable it only checks (a few
 # milliseconds) and changes nothing. Root only.
 set -euo pipefail

@@ -10,8 +10,10 @@
 #     bookworm-backports on Debian 12, whose own QEMU is 7.2), dnsmasq-base
 #     (DHCP on managed bridges), iproute2 (bridges, veths, taps), uidmap, acl
 #     (setfacl, for scripts/data-dir-setup.sh: `make run` runs it next), curl
-#     and jq (the README's quick start), and the extra packages named on the
-#     command line. Without recommends (lxc's pull in apparmor, PAM
+#     and jq (the README's quick start), apparmor where the kernel has
+#     AppArmor (LXC loads the profile it generates for each container with
+#     its apparmor_parser), and the extra packages named on the command
+#     line. Without recommends (lxc's pull in apparmor everywhere, PAM
 #     changes, debootstrap...); no service is started by the install.
 #   * a subordinate uid and gid range for root in /etc/subuid and /etc/subgid
 #     (root:1000000:1000000000, the range Debian's incus package adds) unless
@@ -79,6 +81,12 @@ need_main=() need_qemu=()
 { is_installed acl && command -v setfacl >/dev/null; } || need_main+=(acl)
 { is_installed curl && command -v curl >/dev/null; } || need_main+=(curl)
 { is_installed jq && command -v jq >/dev/null; } || need_main+=(jq)
+# With AppArmor in the kernel LXC confines each container with a profile it
+# generates and loads through apparmor_parser; without the parser the start
+# fails. A kernel without it (the test bed's) needs nothing.
+if [ -d /sys/kernel/security/apparmor ]; then
+    { is_installed apparmor && command -v apparmor_parser >/dev/null; } || need_main+=(apparmor)
+fi
 for p in "$@"; do
     is_installed "$p" || need_main+=("$p")
 done

@@ -148,6 +148,7 @@ impl App {
                     db.pool.clone(),
                 );
                 embedded.restore_networks().await;
+                embedded.secure_containers().await;
                 Arc::new(embedded)
             }
             BackendKind::Incus => Arc::new(IncusBackend::with_events(

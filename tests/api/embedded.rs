@@ -412,6 +412,14 @@ async fn instances_are_found_again_after_a_restart() {
         // lxgate goes away; the containers keep running.
     }
     assert_eq!(host.lxc_state("default", "keep"), "RUNNING");
+    // An lxgate that left container directories open (before they were
+    // closed): the next one closes them when it starts.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ct = host.lxcpath().join("default_keep");
+        std::fs::set_permissions(&ct, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(nobody_can_list(&ct));
+    }
     // One container dies while lxgate is down.
     let killed = Command::new("lxc-stop")
         .arg("-P")
@@ -423,6 +431,9 @@ async fn instances_are_found_again_after_a_restart() {
 
     let app = host.app().await;
     let admin = app.admin_token().await;
+    let keep = host.lxcpath().join("default_keep");
+    assert_eq!(owner_mode(&keep), (sub_base("/etc/subuid"), 0o100));
+    assert!(!nobody_can_list(&keep));
     assert_eq!(status(&app, &admin, "keep").await, "Running");
     assert_eq!(status(&app, &admin, "dies").await, "Stopped");
     // The VM is found by its pidfile and still answers on its QMP socket.
@@ -624,6 +635,34 @@ async fn files_stay_inside_the_container() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    // A FIFO the container made is refused at once, not waited on (an open
+    // of it would block until a writer came).
+    let r = app
+        .post(
+            "/api/v1/instances/f1/exec?wait=30",
+            Some(&admin),
+            json!({"command": ["busybox", "mkfifo", "/tmp/f"]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["exit_code"], 0, "{}", r.text);
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.get("/api/v1/instances/f1/files?path=/tmp/f", Some(&admin)),
+    )
+    .await
+    .expect("a pull of a FIFO answers");
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("FIFO"), "{}", r.text);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        push_bytes(&app, &admin, "/tmp/f", b"x"),
+    )
+    .await
+    .expect("a push to a FIFO answers");
+    r.assert_problem(400, "bad_request");
+    assert!(started.elapsed() < Duration::from_secs(5));
     action(&app, &admin, "f1", "stop").await;
 }
 
@@ -1183,6 +1222,12 @@ async fn snapshots_and_backups_of_a_container() {
         "{listing}"
     );
     assert!(!listing.contains("./backups"), "backups hold no backups");
+    // Snapshots and backups (the container's /etc/shadow among them) are
+    // root's alone.
+    let ct = host.lxcpath().join("default_s1");
+    assert_eq!(owner_mode(&ct.join("backups")).1, 0o700);
+    assert_eq!(owner_mode(&ct.join("backups/nightly.tar.gz")), (0, 0o600));
+    assert_eq!(owner_mode(&ct.join("snapshots")), (0, 0o700));
     let r = app
         .delete("/api/v1/instances/s1/backups/nightly?wait=30", Some(&admin))
         .await;
@@ -2471,6 +2516,26 @@ fn words(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A path's owner and permission bits.
+fn owner_mode(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.mode() & 0o7777)
+}
+
+/// Whether a host user that is neither root nor a mapped id (nobody) can
+/// list `path`: asked of the kernel, as that user.
+fn nobody_can_list(path: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("setpriv runs")
+        .success()
+}
+
 #[tokio::test]
 async fn containers_are_unprivileged_by_default() {
     use std::os::unix::fs::MetadataExt;
@@ -2556,6 +2621,14 @@ async fn containers_are_unprivileged_by_default() {
     // The rootfs belongs to the mapped ids on the host.
     let etc = std::fs::metadata(host.lxcpath().join("default_u1/rootfs/etc")).unwrap();
     assert_eq!((etc.uid(), etc.gid()), (ubase, gbase));
+    // And no other host user can reach it (and run a setuid binary the
+    // tenant planted): the container's directory lets its mapped root
+    // through, nobody else. The lxcpath itself is open for passing.
+    let ct = host.lxcpath().join("default_u1");
+    assert_eq!(owner_mode(&ct), (ubase, 0o100));
+    assert!(!nobody_can_list(&ct.join("rootfs")));
+    assert!(!nobody_can_list(&ct.join("rootfs/bin")));
+    assert!(!nobody_can_list(&ct));
 
     // A file pushed as root (no uid given) is root's inside, the mapped
     // root's on the host, and root inside may write to it.
@@ -2661,6 +2734,12 @@ async fn containers_are_unprivileged_by_default() {
         )
         .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    // The copy was made as the container's root: owners as in the rootfs.
+    let snap = host.lxcpath().join("default_u1/snapshots");
+    assert_eq!(owner_mode(&snap), (0, 0o700));
+    assert_eq!(owner_mode(&snap.join("before")), (0, 0o700));
+    let copied = std::fs::metadata(snap.join("before/rootfs/root/pushed.txt")).unwrap();
+    assert_eq!((copied.uid(), copied.gid()), (ubase, gbase));
     exec_in(&app, &admin, "u1", "rm /root/pushed.txt").await;
     let r = app
         .post(
@@ -2740,6 +2819,90 @@ async fn make_it_old(db: &Path, name: &str) {
 }
 
 #[tokio::test]
+async fn a_rootfs_with_device_nodes_unpacks_unprivileged() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    // The busybox rootfs plus what debootstrap leaves in dev/: a character
+    // device and a directory with another one in it.
+    let scratch = host.dir.path().join("devs");
+    let rootfs = scratch.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("dev/net")).unwrap();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS"))
+        .arg("-C")
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    for (node, major, minor) in [("dev/null", "1", "3"), ("dev/net/tun", "10", "200")] {
+        let p = rootfs.join(node);
+        let _ = std::fs::remove_file(&p);
+        let ok = Command::new("mknod")
+            .arg(&p)
+            .args(["c", major, minor])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mknod {node}");
+    }
+    let tarball = scratch.join("devs.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let listing = Command::new("tar")
+        .arg("-tvzf")
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .any(|l| l.starts_with('c') && l.ends_with("./dev/null")),
+        "the image holds a device node"
+    );
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_META"))
+                .await
+                .unwrap(),
+        )
+        .part("rootfs", Part::file(&tarball).await.unwrap())
+        .text("alias", "devs");
+    upload_image(&app, &admin, form).await;
+
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "d1", "source": {"type": "image", "alias": "devs"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "d1").await, "Running");
+    let inst = app.get("/api/v1/instances/d1", Some(&admin)).await;
+    assert!(
+        inst.body["config"].get("volatile.idmap.base").is_some(),
+        "{}",
+        inst.text
+    );
+    // dev/ itself is kept, what was in it left out; inside, LXC's own
+    // /dev has a working null.
+    let on_host = host.lxcpath().join("default_d1/rootfs/dev");
+    assert!(on_host.is_dir());
+    assert_eq!(std::fs::read_dir(&on_host).unwrap().count(), 0);
+    let (code, out) = exec_in(&app, &admin, "d1", "echo gone > /dev/null && echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    action(&app, &admin, "d1", "stop").await;
+}
+
+#[tokio::test]
 async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
     let host = Host::new();
     {
@@ -2765,6 +2928,10 @@ async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
         assert_eq!(inst.body["config"].get("volatile.idmap.base"), None);
         let (_, map) = exec_in(&app, &admin, "priv", "cat /proc/self/uid_map").await;
         assert_eq!(words(&map), "0 0 4294967295");
+        // Its files are host root's: nobody else may come near them.
+        let ct = host.lxcpath().join("default_priv");
+        assert_eq!(owner_mode(&ct), (0, 0o700));
+        assert!(!nobody_can_list(&ct.join("rootfs")));
         let r = patch(
             &app,
             &admin,
@@ -2777,6 +2944,12 @@ async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
     // "old" as a row from before ids were mapped looks: no key in its
     // config, and the column's default (what the migration gives them).
     make_it_old(&host.data().join("lxgate.db"), "old").await;
+    // And its directory as open as earlier versions left it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ct = host.lxcpath().join("default_old");
+        std::fs::set_permissions(&ct, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
 
     // lxgate comes back; the old container kept running and shows what it is.
     assert_eq!(host.lxc_state("default", "old"), "RUNNING");
@@ -2806,6 +2979,7 @@ async fn privileged_containers_only_when_asked_and_old_ones_stay_privileged() {
     assert!(r.status.is_success(), "{}", r.text);
     let config = std::fs::read_to_string(host.lxcpath().join("default_old/config")).unwrap();
     assert!(!config.contains("lxc.idmap"), "{config}");
+    assert_eq!(owner_mode(&host.lxcpath().join("default_old")), (0, 0o700));
     action(&app, &admin, "old", "restart").await;
     let (_, map) = exec_in(&app, &admin, "old", "cat /proc/self/uid_map").await;
     assert_eq!(words(&map), "0 0 4294967295");

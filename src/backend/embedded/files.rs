@@ -54,6 +54,26 @@ fn open_root(rootfs: &Path) -> std::io::Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// Clears O_NONBLOCK on a descriptor opened with it: it only kept the
+/// open from waiting on a FIFO (refused by then); reads and writes of the
+/// regular file that remains are done the ordinary way.
+fn clear_nonblock(fd: &impl AsRawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, flags only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn not_a_file(path: &str) -> BackendError {
+    BackendError::BadRequest(format!(
+        "{path} is neither a regular file nor a directory (a FIFO, socket or device is not transferred)"
+    ))
+}
+
 fn map_err(path: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
     move |e| match e.raw_os_error() {
         Some(libc::ENOENT) => BackendError::NotFound(format!("{path}: no such file or directory")),
@@ -89,9 +109,16 @@ pub async fn pull(rootfs: &Path, path: &str, map: Option<IdMap>) -> Result<FileP
     let (file, meta, entries) = tokio::task::spawn_blocking(move || {
         let root = open_root(&rootfs)
             .map_err(|_| BackendError::NotFound("Instance files not found".into()))?;
-        let fd = openat2(root.as_raw_fd(), &p, libc::O_RDONLY, 0).map_err(map_err(&p))?;
+        // Non-blocking: opening a FIFO the container made would otherwise
+        // wait for a writer that may never come, holding a blocking thread.
+        let fd = openat2(root.as_raw_fd(), &p, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .map_err(map_err(&p))?;
         let file = std::fs::File::from(fd);
         let m = file.metadata().map_err(map_err(&p))?;
+        if !m.is_dir() && !m.is_file() {
+            return Err(not_a_file(&p));
+        }
+        clear_nonblock(&file).map_err(map_err(&p))?;
         if m.is_dir() {
             // Our descriptor is already resolved safely; list through it.
             let entries: Vec<String> =
@@ -101,12 +128,8 @@ pub async fn pull(rootfs: &Path, path: &str, map: Option<IdMap>) -> Result<FileP
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect();
             Ok::<_, BackendError>((None, meta_of(&m, map), Some(entries)))
-        } else if m.is_file() {
-            Ok((Some((file, m.len())), meta_of(&m, map), None))
         } else {
-            Err(BackendError::BadRequest(format!(
-                "{p} is neither a file nor a directory"
-            )))
+            Ok((Some((file, m.len())), meta_of(&m, map), None))
         }
     })
     .await
@@ -177,20 +200,37 @@ pub async fn push(
         // directory and never followed if it is a link.
         let c = CString::new(base).map_err(|_| BackendError::BadRequest("bad file name".into()))?;
         let mode = opts.mode.unwrap_or(0o644) & 0o7777;
+        // Non-blocking and not truncating yet: an existing FIFO would hold
+        // the open until a reader came, and whatever is there is checked
+        // to be a regular file before a byte of it changes.
         // SAFETY: c outlives the call; openat returns a new descriptor or -1.
         let fd = unsafe {
             libc::openat(
                 dir.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_WRONLY
+                    | libc::O_CREAT
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_CLOEXEC,
                 mode as libc::c_uint,
             )
         };
         if fd < 0 {
-            return Err(map_err(&p)(std::io::Error::last_os_error()));
+            let e = std::io::Error::last_os_error();
+            // A FIFO nobody reads: refused by the kernel before we could.
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Err(not_a_file(&p));
+            }
+            return Err(map_err(&p)(e));
         }
         // SAFETY: a fresh descriptor from openat.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if !file.metadata().map_err(map_err(&p))?.is_file() {
+            return Err(not_a_file(&p));
+        }
+        clear_nonblock(&file).map_err(map_err(&p))?;
+        file.set_len(0).map_err(map_err(&p))?;
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::fchown(&file, uid, gid).map_err(map_err(&p))?;
         }

@@ -23,6 +23,19 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMON_CONF: &str = "/usr/share/lxc/config/common.conf";
 const USERNS_CONF: &str = "/usr/share/lxc/config/userns.conf";
 
+/// What an unpack inside a user namespace leaves out: device nodes, which
+/// root there may not make (debootstrap's rootfs have `dev/null` and
+/// friends), and with them the rest of `dev/`, as Incus does. The `dev`
+/// directory itself stays; LXC mounts a tmpfs there with the devices a
+/// container gets. Anchored, so only the rootfs's own `dev`, however the
+/// tarball spells its names.
+const UNPRIVILEGED_EXCLUDES: [&str; 4] = [
+    "--anchored",
+    "--exclude=./dev/*",
+    "--exclude=dev/*",
+    "--exclude=/dev/*",
+];
+
 /// How a container is confined (see idmap.rs for the choice of map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Confinement {
@@ -64,6 +77,9 @@ const INFO_TTL: Duration = Duration::from_secs(2);
 pub struct Lxc {
     lxcpath: PathBuf,
     recent: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LxcInfo)>>,
+    /// Whether the kernel has AppArmor: asked once (it cannot change
+    /// while the host runs), off the executor.
+    apparmor: tokio::sync::OnceCell<bool>,
 }
 
 impl Lxc {
@@ -71,7 +87,20 @@ impl Lxc {
         Self {
             lxcpath,
             recent: Default::default(),
+            apparmor: Default::default(),
         }
+    }
+
+    /// Whether the kernel has AppArmor (LXC confines containers with it then).
+    pub async fn apparmor(&self) -> bool {
+        *self
+            .apparmor
+            .get_or_init(|| async {
+                tokio::fs::try_exists("/sys/kernel/security/apparmor")
+                    .await
+                    .unwrap_or(false)
+            })
+            .await
     }
 
     /// `info`, or an answer younger than `INFO_TTL` (listings ask for every
@@ -131,6 +160,40 @@ impl Lxc {
             .map_err(io("making the lxcpath searchable"))
     }
 
+    /// `secure_dir` for a container, with the map its configuration holds;
+    /// one still being made (no configuration yet) is left as it is.
+    pub async fn secure(&self, ct: &str) -> Result<(), BackendError> {
+        let text = match tokio::fs::read_to_string(self.dir(ct).join("config")).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("reading the container configuration")(e)),
+        };
+        secure_dir(self.dir(ct), map_in_config(&text)).await
+    }
+
+    /// At startup: every container directory closed as `secure_dir` says
+    /// (those made by lxgate versions that left them open included).
+    pub async fn secure_all(&self) {
+        if !tokio::fs::try_exists(&self.lxcpath).await.unwrap_or(false) {
+            return;
+        }
+        if let Err(e) = self.ensure_lxcpath().await {
+            tracing::warn!(error = %e, "cannot set the lxcpath's mode");
+        }
+        let Ok(mut rd) = tokio::fs::read_dir(&self.lxcpath).await else {
+            return;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let ct = e.file_name().to_string_lossy().into_owned();
+            if !e.file_type().await.is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Err(err) = self.secure(&ct).await {
+                tracing::warn!(container = %ct, error = %err, "cannot close the container directory");
+            }
+        }
+    }
+
     /// Whether root of a container under `map` can reach the lxcpath: LXC
     /// sets a container up as that host uid, so every directory above the
     /// rootfs must be searchable by it. Asked of the kernel (a process in
@@ -159,7 +222,7 @@ impl Lxc {
             Ok(Ok(out)) if out.status.success() => Ok(()),
             // `test` answered no: the namespace worked, the path is closed.
             Ok(Ok(out)) if out.status.code() == Some(1) && out.stderr.is_empty() => Err(format!(
-                "the containers' root (host uid {uid}) cannot reach {}: every directory on that path must be searchable by it (chmod o+x, or an ACL u:{uid}:x)",
+                "the containers' root (host uid {uid}) cannot reach {}: every directory on that path must be searchable by it (an ACL u:{uid}:x, as scripts/data-dir-setup.sh grants, opens it to that uid only)",
                 target.display(),
                 uid = map.uid_base,
             )),
@@ -189,6 +252,8 @@ impl Lxc {
         tokio::fs::create_dir(&dir)
             .await
             .map_err(io("creating the container directory"))?;
+        // Closed before anything of the image lands in it.
+        secure_dir(dir.clone(), confinement.map()).await?;
         tokio::fs::create_dir(&rootfs)
             .await
             .map_err(io("creating the rootfs directory"))?;
@@ -229,46 +294,29 @@ impl Lxc {
                 tar.args(map.usernsexec_args())
                     .args(["--", "tar", "--extract", "--file", "-"])
                     .args(compression_flag(rootfs_tarball).await?)
+                    .args(UNPRIVILEGED_EXCLUDES)
                     .current_dir(&rootfs)
                     .stdin(input);
                 tar
             }
         };
-        tar.args(["--numeric-owner", "--preserve-permissions", "--xattrs"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            // A group of its own: lxc-usernsexec runs tar as its child, which
-            // outlives a kill of lxc-usernsexec alone and would go on writing
-            // into a directory the cancelled create removes.
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = tar.spawn().map_err(io("running tar"))?;
-        let group = child.id().and_then(|p| i32::try_from(p).ok());
-        let unpack = child.wait_with_output();
+        tar.args(["--numeric-owner", "--preserve-permissions", "--xattrs"]);
+        let (mut child, mut group) =
+            process::ProcessGroup::spawn(&mut tar).map_err(io("running tar"))?;
+        // Dropping this future (the operation went away) drops `group`,
+        // which kills tar too, not only lxc-usernsexec.
         tokio::select! {
-            out = unpack => {
-                let out = out.map_err(io("running tar"))?;
-                if !out.status.success() {
+            out = group.finish(&mut child) => {
+                let (status, stderr) = out.map_err(io("running tar"))?;
+                if !status.success() {
                     return Err(BackendError::BadRequest(format!(
-                        "the image's rootfs could not be unpacked: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
+                        "the image's rootfs could not be unpacked: {stderr}"
                     )));
                 }
             }
             () = cancel => {
-                if let Some(pgid) = group {
-                    // SAFETY: kill(2) on the process group made above.
-                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                    // Gone (and reaped) before the caller removes the files;
-                    // bounded, a kill takes effect in milliseconds.
-                    for _ in 0..200 {
-                        // SAFETY: signal 0 only asks whether the group exists.
-                        if unsafe { libc::kill(-pgid, 0) } != 0 {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+                // Gone (and reaped) before the caller removes the files.
+                group.kill_and_wait(&mut child).await;
                 return Err(BackendError::Conflict("cancelled".into()));
             }
         }
@@ -286,7 +334,8 @@ impl Lxc {
         confinement: &Confinement,
     ) -> Result<(), BackendError> {
         let dir = self.dir(ct);
-        let text = render_config(&dir, hostname, config, devices, confinement)?;
+        let apparmor = self.apparmor().await;
+        let text = render_config(&dir, hostname, config, devices, confinement, apparmor)?;
         tokio::fs::write(dir.join("config"), text)
             .await
             .map_err(io("writing the container configuration"))
@@ -305,6 +354,9 @@ impl Lxc {
     }
 
     pub async fn start(&self, ct: &str) -> Result<(), BackendError> {
+        // Cheap and idempotent; a container restored, renamed or made by
+        // an older lxgate starts closed all the same.
+        self.secure(ct).await?;
         let log = self.dir(ct).join("lxc.log");
         let mut args = self.base_args(ct);
         args.extend([std::ffi::OsStr::new("-d"), "-o".as_ref(), log.as_os_str()]);
@@ -433,13 +485,102 @@ impl Lxc {
     }
 }
 
-fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
-    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+/// Who may enter a container's directory (`<lxcpath>/<ct>`), as Incus has
+/// it. Its rootfs holds whatever the tenant put there, setuid binaries of
+/// the tenant's root included; any host user who could walk into it could
+/// run them, as the mapped root (which owns every file of every container
+/// on the shared map) or, for a privileged container, as host root. So:
+///
+/// * unprivileged: owned by the mapped root, mode `0100`: that uid may
+///   pass through to the rootfs (LXC sets the container up as it), nobody
+///   else may, not even list it; host root passes anyway.
+/// * privileged: root's, `0700`.
+/// * `snapshots/` and `backups/` (copies of the rootfs, tarballs with the
+///   container's `/etc/shadow`): root's, `0700`, each backup `0600`; the
+///   mapped root never needs them (copies reach them by descriptor).
+///
+/// Idempotent: run on creation, at every start and at lxgate's start, so
+/// containers made by earlier versions are closed too.
+pub async fn secure_dir(dir: PathBuf, map: Option<IdMap>) -> Result<(), BackendError> {
+    tokio::task::spawn_blocking(move || secure_dir_blocking(&dir, map))
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("permissions task: {e}")))?
+        .map_err(io("closing the container directory to other users"))
 }
 
-/// Whether the kernel has AppArmor (LXC confines containers with it then).
-pub fn apparmor() -> bool {
-    Path::new("/sys/kernel/security/apparmor").exists()
+fn secure_dir_blocking(dir: &Path, map: Option<IdMap>) -> std::io::Result<()> {
+    use std::os::unix::fs::{PermissionsExt, lchown};
+    let set = |p: &Path, uid: u32, gid: u32, mode: u32| {
+        // Only what lxgate made: a directory (or file) of its own, never
+        // followed if something put a link in its place.
+        lchown(p, Some(uid), Some(gid))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    };
+    if !std::fs::symlink_metadata(dir)?.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    match map {
+        Some(m) => set(dir, m.uid_base, m.gid_base, 0o100)?,
+        None => set(dir, 0, 0, 0o700)?,
+    }
+    for sub in ["snapshots", "backups"] {
+        let sub = dir.join(sub);
+        match std::fs::symlink_metadata(&sub) {
+            Ok(m) if m.is_dir() => set(&sub, 0, 0, 0o700)?,
+            _ => continue,
+        }
+        for e in std::fs::read_dir(&sub)?.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_file() {
+                set(&e.path(), 0, 0, 0o600)?;
+            } else if t.is_dir() {
+                // A snapshot's own directory; its rootfs keeps the
+                // container's owners.
+                set(&e.path(), 0, 0, 0o700)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id map a container's LXC configuration gives it (`lxc.idmap` lines
+/// for uid and gid 0), None for a privileged one: what LXC will run it as.
+pub fn map_in_config(text: &str) -> Option<IdMap> {
+    let mut uid = None;
+    let mut gid = None;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim() != "lxc.idmap" {
+            continue;
+        }
+        let f: Vec<&str> = v.split_whitespace().collect();
+        let [kind, "0", base, size] = f.as_slice() else {
+            continue;
+        };
+        let (Ok(base), Ok(size)) = (base.parse::<u32>(), size.parse::<u32>()) else {
+            continue;
+        };
+        match *kind {
+            "u" => uid = Some((base, size)),
+            "g" => gid = Some((base, size)),
+            _ => {}
+        }
+    }
+    let ((uid_base, size), (gid_base, gsize)) = (uid?, gid?);
+    (size == gsize).then_some(IdMap {
+        uid_base,
+        gid_base,
+        size,
+    })
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
+    move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
 }
 
 /// LXC's default configuration files, where the unprivileged
@@ -598,6 +739,7 @@ pub fn render_config(
     config: &ConfigMap,
     devices: &Attachments,
     confinement: &Confinement,
+    apparmor: bool,
 ) -> Result<String, BackendError> {
     check_config(config)?;
     let mut out = String::new();
@@ -655,7 +797,7 @@ pub fn render_config(
         &dir.join("console.log").display().to_string(),
     );
     // Without AppArmor in the kernel LXC refuses any profile but this.
-    if !apparmor() {
+    if !apparmor {
         line("lxc.apparmor.profile", "unconfined");
     }
     if let Some(v) = config.get("limits.memory").and_then(|v| parse_size(v)) {
@@ -728,6 +870,7 @@ mod tests {
             &ConfigMap::new(),
             &Attachments::default(),
             &u,
+            false,
         )
         .unwrap();
         assert!(
@@ -749,6 +892,7 @@ mod tests {
             &ConfigMap::new(),
             &Attachments::default(),
             &P,
+            false,
         )
         .unwrap();
         assert!(
@@ -757,6 +901,48 @@ mod tests {
         );
         assert!(old.starts_with("lxc.uts.name = c1\n"), "{old}");
         assert!(text.ends_with(&old), "{text}");
+    }
+
+    #[test]
+    fn the_map_is_read_back_from_the_config() {
+        let map = IdMap {
+            uid_base: 1_000_000,
+            gid_base: 2_000_000,
+            size: 65536,
+        };
+        let none = Attachments::default();
+        let text = render_config(
+            Path::new("/d/default_c1"),
+            "c1",
+            &ConfigMap::new(),
+            &none,
+            &Confinement::Unprivileged(map),
+            true,
+        )
+        .unwrap();
+        assert_eq!(map_in_config(&text), Some(map));
+        assert!(!text.contains("lxc.apparmor.profile"), "{text}");
+        let old =
+            render_config(Path::new("/d"), "c1", &ConfigMap::new(), &none, &P, false).unwrap();
+        assert_eq!(map_in_config(&old), None);
+        assert!(old.contains("lxc.apparmor.profile = unconfined\n"), "{old}");
+        // Half a map, or one at another container id, is no map.
+        assert_eq!(map_in_config("lxc.idmap = u 0 1000000 65536\n"), None);
+        assert_eq!(
+            map_in_config("lxc.idmap = u 1 1000000 65536\nlxc.idmap = g 1 1000000 65536\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn unpacks_in_a_namespace_leave_dev_out() {
+        assert_eq!(UNPRIVILEGED_EXCLUDES[0], "--anchored");
+        for spelling in ["./dev/*", "dev/*", "/dev/*"] {
+            assert!(
+                UNPRIVILEGED_EXCLUDES.contains(&format!("--exclude={spelling}").as_str()),
+                "{spelling}"
+            );
+        }
     }
 
     #[test]
@@ -799,7 +985,8 @@ mod tests {
             )],
             nics: vec![],
         };
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P).unwrap();
+        let text =
+            render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P, false).unwrap();
         assert!(
             text.contains(
                 "lxc.mount.entry = /s/my\\040pool/custom/default_v srv/data none bind,create=dir 0 0\n"
@@ -821,7 +1008,8 @@ mod tests {
             gateway: Some("10.5.0.1".parse().unwrap()),
         };
         devices.nics = vec![nic("eth0", "10.5.0.2/24"), nic("eth1", "10.5.0.3/24")];
-        let text = render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P).unwrap();
+        let text =
+            render_config(Path::new("/d/default_c1"), "c1", &c, &devices, &P, false).unwrap();
         assert!(!text.contains("type = empty"), "{text}");
         for want in [
             "lxc.net.0.type = veth\n",
@@ -837,9 +1025,9 @@ mod tests {
         assert!(!text.contains("lxc.net.1.ipv4.gateway"), "{text}");
         let none = Attachments::default();
         c.insert("lxc.hook.start".into(), "/bin/evil".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P, false).is_err());
         let mut c = ConfigMap::new();
         c.insert("limits.processes".into(), "10\nlxc.x = y".into());
-        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P).is_err());
+        assert!(render_config(Path::new("/d"), "c1", &c, &none, &P, false).is_err());
     }
 }

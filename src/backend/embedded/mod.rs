@@ -62,7 +62,16 @@ pub struct EmbeddedBackend {
     /// Isolated id ranges are picked and recorded (the instance row) under
     /// this lock, so two creates never take the same one.
     idmap_lock: tokio::sync::Mutex<()>,
+    /// `system/info`'s answer about unprivileged containers, with when it
+    /// was read: it forks `lxc-usernsexec`, too much for every request.
+    unprivileged_seen: tokio::sync::Mutex<Option<(std::time::Instant, UnprivilegedRange)>>,
 }
+
+type UnprivilegedRange = Result<idmap::HostRange, String>;
+
+/// How long `system/info` reuses what it found about unprivileged
+/// containers; an admin who fixes the host sees it this much later.
+const UNPRIVILEGED_TTL: Duration = Duration::from_secs(10);
 
 impl EmbeddedBackend {
     pub fn new(data_dir: PathBuf, accel: VmAccel, pool: AnyPool) -> Self {
@@ -86,7 +95,28 @@ impl EmbeddedBackend {
             locks: Mutex::default(),
             net_lock: tokio::sync::Mutex::default(),
             idmap_lock: tokio::sync::Mutex::default(),
+            unprivileged_seen: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// At startup: containers' directories closed to other host users
+    /// (see `lxc::secure_dir`).
+    pub async fn secure_containers(&self) {
+        self.lxc.secure_all().await;
+    }
+
+    /// `unprivileged_range`, reused for `UNPRIVILEGED_TTL`; callers at the
+    /// same time wait for one probe rather than each forking their own.
+    async fn unprivileged_range_cached(&self) -> UnprivilegedRange {
+        let mut seen = self.unprivileged_seen.lock().await;
+        if let Some((at, found)) = seen.as_ref()
+            && at.elapsed() < UNPRIVILEGED_TTL
+        {
+            return found.clone();
+        }
+        let found = self.unprivileged_range().await;
+        *seen = Some((std::time::Instant::now(), found.clone()));
+        found
     }
 
     /// Driver facts do not change while lxgate runs, so they are probed once.
@@ -170,10 +200,10 @@ impl Backend for EmbeddedBackend {
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let mut drivers = self.drivers().await.to_vec();
         let has = |name: &str| drivers.iter().any(|d| d.name == name && d.available);
-        // Read afresh (not cached with the drivers): an admin who adds the
-        // id range or opens DATA_DIR sees it here without a restart.
+        // Not cached with the drivers: an admin who adds the id range or
+        // opens DATA_DIR sees it here without a restart (10 s later at most).
         let unprivileged = if has("lxc") {
-            Some(self.unprivileged_range().await)
+            Some(self.unprivileged_range_cached().await)
         } else {
             None
         };
@@ -198,7 +228,7 @@ impl Backend for EmbeddedBackend {
         if let Some(u) = &unprivileged
             && let Some(lxc) = drivers.iter_mut().find(|d| d.name == "lxc")
         {
-            lxc.detail = Some(idmap::describe(u, lxc::apparmor()));
+            lxc.detail = Some(idmap::describe(u, self.lxc.apparmor().await));
         }
         Ok(SystemInfo {
             backend: self.kind().to_owned(),

@@ -25,7 +25,8 @@ pub fn on_path(program: &str) -> bool {
     std::env::split_paths(&path).any(|d| d.join(program).is_file())
 }
 
-/// Runs `program args...`; non-zero exit is an error carrying its stderr.
+/// Runs `program args...`; non-zero exit is an error carrying the end of
+/// its stderr.
 pub async fn run<I, S>(program: &str, args: I, timeout: Duration) -> Result<Ran, BackendError>
 where
     I: IntoIterator<Item = S>,
@@ -37,7 +38,15 @@ where
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+    let ran = async {
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let ((out, _), err, status) =
+            tokio::join!(read_capped(stdout), read_tail(stderr), child.wait());
+        Ok::<_, std::io::Error>((status?, out, err))
+    };
+    let (status, stdout, stderr) = match tokio::time::timeout(timeout, ran).await {
         Err(_) => {
             return Err(BackendError::Timeout(format!(
                 "{program} did not finish within {}s",
@@ -51,16 +60,149 @@ where
         }
         Ok(Ok(out)) => out,
     };
-    if out.status.success() {
+    if status.success() {
         Ok(Ran {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
         })
     } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
         Err(BackendError::Internal(anyhow::anyhow!(
-            "{program} failed ({}): {}",
-            out.status,
-            stderr.trim()
+            "{program} failed ({status}): {stderr}"
+        )))
+    }
+}
+
+/// How much of a tool's stderr reaches an error message: its end, where
+/// the reason usually is. A tool failing on every file of a big tree can
+/// print megabytes, which must not all land in memory and in an operation.
+const STDERR_TAIL: usize = 4096;
+
+/// Reads `r` to its end (so the writer never blocks on a full pipe),
+/// keeping the last `STDERR_TAIL` bytes, trimmed, as text.
+pub async fn read_tail(mut r: impl AsyncRead + Unpin) -> String {
+    let mut kept: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut cut = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend(&buf[..n]);
+                if kept.len() > STDERR_TAIL {
+                    kept.drain(..kept.len() - STDERR_TAIL);
+                    cut = true;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(kept.make_contiguous());
+    let text = text.trim();
+    if cut {
+        format!("...{text}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// A child that leads a process group of its own, killed as a whole when
+/// this is dropped (a future holding it was dropped, a timeout ran out):
+/// `kill_on_drop` reaches only the child itself, while `lxc-usernsexec`
+/// runs the real work (tar, cp) as *its* child, which would outlive it
+/// and go on writing into a directory the caller is about to remove.
+pub struct ProcessGroup {
+    pgid: Option<i32>,
+}
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new group: stdout discarded, stderr
+    /// piped for `finish`.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<(tokio::process::Child, Self)> {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        Ok((child, Self { pgid }))
+    }
+
+    /// Waits for the leader, with the end of its stderr; the group is
+    /// left alone from then on (its members are gone with it).
+    pub async fn finish(
+        &mut self,
+        child: &mut tokio::process::Child,
+    ) -> std::io::Result<(std::process::ExitStatus, String)> {
+        let stderr = child.stderr.take();
+        let tail = async {
+            match stderr {
+                Some(e) => read_tail(e).await,
+                None => String::new(),
+            }
+        };
+        let (status, tail) = tokio::join!(child.wait(), tail);
+        if status.is_ok() {
+            self.pgid = None;
+        }
+        Ok((status?, tail))
+    }
+
+    /// Kills the group and waits (bounded: a kill takes effect in
+    /// milliseconds) until it is gone, leader reaped, so the caller may
+    /// remove the files it was writing.
+    pub async fn kill_and_wait(mut self, child: &mut tokio::process::Child) {
+        let Some(pgid) = self.pgid.take() else {
+            return;
+        };
+        kill_group(pgid);
+        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        // The leader's children, orphaned now, are reaped by init.
+        for _ in 0..200 {
+            // SAFETY: signal 0 only asks whether the group still exists.
+            if unsafe { libc::kill(-pgid, 0) } != 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            kill_group(pgid);
+        }
+    }
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) of a process group this process created (its leader
+    // is our child, not yet reaped, so the id cannot have been reused).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+}
+
+/// Runs `cmd` as a process group (see `ProcessGroup`) within `timeout`;
+/// non-zero exit is an error carrying the end of its stderr.
+pub async fn run_group(
+    mut cmd: Command,
+    what: &str,
+    timeout: Duration,
+) -> Result<(), BackendError> {
+    let (mut child, mut group) = ProcessGroup::spawn(&mut cmd)
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("running {what}: {e}")))?;
+    // On timeout the group is dropped, which kills all of it.
+    let (status, stderr) = tokio::time::timeout(timeout, group.finish(&mut child))
+        .await
+        .map_err(|_| {
+            BackendError::Timeout(format!(
+                "{what} did not finish within {}s",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("running {what}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BackendError::Internal(anyhow::anyhow!(
+            "{what} failed ({status}): {stderr}"
         )))
     }
 }
@@ -227,4 +369,88 @@ fn is_raw(master: std::os::fd::RawFd) -> bool {
         return true;
     }
     t.c_lflag & libc::ICANON == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_end_of_stderr_is_kept() {
+        let mut long = vec![b'x'; 3 * STDERR_TAIL];
+        long.extend_from_slice(b"the reason\n");
+        let tail = read_tail(&long[..]).await;
+        assert!(tail.starts_with("..."), "{}", &tail[..10]);
+        assert!(tail.ends_with("the reason"), "{tail}");
+        assert!(tail.len() <= STDERR_TAIL + 3);
+        assert_eq!(read_tail(&b"  short\n"[..]).await, "short");
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_says_why_briefly() {
+        let e = run(
+            "sh",
+            [
+                "-c",
+                "yes error | head -c 100000 >&2; echo last words >&2; exit 3",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .err()
+        .expect("a failure");
+        let text = e.to_string();
+        assert!(text.contains("last words"), "{text}");
+        assert!(text.len() < STDERR_TAIL + 200, "{}", text.len());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_group_takes_the_grandchildren_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // The shell starts a grandchild (like lxc-usernsexec starts tar) and
+        // waits for it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("sleep 60 & echo $! > \"$1\"; wait")
+            .arg("sh")
+            .arg(&pidfile)
+            .stdin(Stdio::null());
+        let (mut child, mut group) = ProcessGroup::spawn(&mut cmd).unwrap();
+        let mut pid = None;
+        for _ in 0..200 {
+            if let Ok(p) = std::fs::read_to_string(&pidfile)
+                && let Ok(p) = p.trim().parse::<i32>()
+            {
+                pid = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = pid.expect("the grandchild started");
+        {
+            let waiting = group.finish(&mut child);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), waiting)
+                    .await
+                    .is_err()
+            );
+        }
+        drop(group);
+        let _ = child.wait().await;
+        let mut gone = false;
+        for _ in 0..200 {
+            // SAFETY: signal 0 only asks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ");
+            if !alive {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "the grandchild outlived its group");
+    }
 }

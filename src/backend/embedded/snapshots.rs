@@ -7,6 +7,7 @@
 //! * `backups/<name>.json` + `backups/<name>.tar[.gz|...]`: a tarball of the
 //!   instance directory, streamed out on export.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::driver::VM;
+use super::idmap::IdMap;
 use super::instances::{download_file, user_config};
 use super::lxc::Lxc;
 use super::networks::nic_network;
 use super::operations::{OpError, lifecycle, now, resource_url};
-use super::process::run;
+use super::process::{self, run};
 use super::{EmbeddedBackend, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
@@ -136,21 +138,120 @@ fn to_backup(r: BackupRecord) -> Backup {
     }
 }
 
-/// `cp -a` (reflinks where the file system has them), as a child process.
-async fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
-    run(
-        "cp",
-        [
-            "-a".as_ref(),
-            "--reflink=auto".as_ref(),
-            "--".as_ref(),
-            from.as_os_str(),
-            to.as_os_str(),
-        ],
-        COPY_TIMEOUT,
-    )
-    .await
-    .map(|_| ())
+/// Copies the directory `from` to the new directory `to` with `cp -a`
+/// (reflinks where the file system has them), as a child process.
+///
+/// `cp` walks the tree by path, so a directory swapped for a symlink in
+/// the middle of the copy would be followed (`-a` only keeps the links it
+/// copies from being followed). For an unprivileged container (`map`) it
+/// runs as the container's root, inside its user namespace like the
+/// unpack: whatever a swap could point it at, it reads and writes with no
+/// more rights than the container's root has, and the files keep their
+/// mapped owners. The two trees are handed to it as open descriptors
+/// (`/proc/self/fd/N`), since the mapped root may not pass through
+/// `snapshots/` on its own. A privileged container's root is host root
+/// already, so its copy runs as host root; the copies are only made of a
+/// frozen or stopped container, or of a snapshot it cannot reach.
+async fn copy_tree(from: &Path, to: &Path, map: Option<IdMap>) -> Result<(), BackendError> {
+    let Some(map) = map else {
+        return run(
+            "cp",
+            [
+                "-a".as_ref(),
+                "--reflink=auto".as_ref(),
+                "--".as_ref(),
+                from.as_os_str(),
+                to.as_os_str(),
+            ],
+            COPY_TIMEOUT,
+        )
+        .await
+        .map(|_| ());
+    };
+    tokio::fs::create_dir(to).await.map_err(io("copy target"))?;
+    let (target, uid, gid) = (to.to_owned(), map.uid_base, map.gid_base);
+    tokio::task::spawn_blocking(move || std::os::unix::fs::lchown(&target, Some(uid), Some(gid)))
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("chown task: {e}")))?
+        .map_err(io("giving the copy target to the container's root"))?;
+    let open_dir = |p: &Path| {
+        let p = p.to_owned();
+        async move {
+            tokio::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&p)
+                .await
+                .map(|f| {
+                    std::os::fd::OwnedFd::from(f.try_into_std().expect("no operation in flight"))
+                })
+                .map_err(io("opening a tree to copy"))
+        }
+    };
+    let (src, dst) = (open_dir(from).await?, open_dir(to).await?);
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut cp = tokio::process::Command::new("lxc-usernsexec");
+    cp.args(map.usernsexec_args())
+        .args(["--", "cp", "-a", "--reflink=auto", "--"])
+        .arg(format!("/proc/self/fd/{SRC_FD}/."))
+        .arg(format!("/proc/self/fd/{DST_FD}/"))
+        .stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only fcntl and dup2 run, which are
+    // async-signal-safe. They put the two descriptors (close-on-exec in
+    // lxgate, so no other child inherits them) where cp finds them, by way
+    // of copies above both numbers so that neither overwrites the other.
+    unsafe {
+        cp.pre_exec(move || {
+            let mut high = [0; 2];
+            for (i, fd) in [src_fd, dst_fd].into_iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, DST_FD + 1);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (fd, at) in [(high[0], SRC_FD), (high[1], DST_FD)] {
+                if libc::dup2(fd, at) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let copied = process::run_group(cp, "cp", COPY_TIMEOUT).await;
+    drop((src, dst));
+    copied
+}
+
+/// Where `copy_tree`'s descriptors sit in the copying process.
+const SRC_FD: i32 = 100;
+const DST_FD: i32 = 101;
+
+/// A directory only root may enter (snapshots and backups hold copies of
+/// a container's files: see `lxc::secure_dir`), made if missing.
+async fn private_dir(dir: &Path) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(io("making a private directory"))?;
+    let (d, meta) = (
+        dir.to_owned(),
+        tokio::fs::symlink_metadata(dir)
+            .await
+            .map_err(io("reading a private directory"))?,
+    );
+    if !meta.is_dir() {
+        return Err(BackendError::Internal(anyhow::anyhow!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    tokio::task::spawn_blocking(move || std::os::unix::fs::lchown(&d, Some(0), Some(0)))
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("chown task: {e}")))?
+        .map_err(io("making a directory root's"))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(io("closing a private directory"))
 }
 
 fn tar_flag(algorithm: &str) -> Option<(&'static str, &'static str)> {
@@ -255,7 +356,12 @@ impl EmbeddedBackend {
         let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         // As the instance shows it (a container made before ids were mapped
         // has no such key stored), so a restore never asks for a change.
-        if !vm && Self::confinement(&row)? == super::lxc::Confinement::Privileged {
+        let map = if vm {
+            None
+        } else {
+            Self::confinement(&row)?.map()
+        };
+        if !vm && map.is_none() {
             config.insert("security.privileged".into(), "true".into());
         }
         let record = SnapshotRecord {
@@ -278,9 +384,7 @@ impl EmbeddedBackend {
             move |_ctx| async move {
                 let _guard = guard;
                 let sdir = idir.join("snapshots");
-                tokio::fs::create_dir_all(&sdir)
-                    .await
-                    .map_err(io("snapshot dir"))?;
+                private_dir(&sdir).await?;
                 if vm {
                     run(
                         "qemu-img",
@@ -298,12 +402,13 @@ impl EmbeddedBackend {
                     tokio::fs::create_dir(&target)
                         .await
                         .map_err(io("snapshot dir"))?;
+                    private_dir(&target).await?;
                     // A running container is frozen so the copy is consistent.
                     let freeze = state == "RUNNING";
                     if freeze {
                         driver.freeze(&host).await?;
                     }
-                    let copied = copy_tree(&idir.join("rootfs"), &target.join("rootfs")).await;
+                    let copied = copy_tree(&idir.join("rootfs"), &target.join("rootfs"), map).await;
                     if freeze {
                         let _ = driver.unfreeze(&host).await;
                     }
@@ -465,8 +570,12 @@ impl EmbeddedBackend {
                     // Copy first, swap after: a failed copy changes nothing.
                     let fresh = idir.join("rootfs.restoring");
                     let _ = tokio::fs::remove_dir_all(&fresh).await;
-                    if let Err(e) =
-                        copy_tree(&idir.join("snapshots").join(&snap).join("rootfs"), &fresh).await
+                    if let Err(e) = copy_tree(
+                        &idir.join("snapshots").join(&snap).join("rootfs"),
+                        &fresh,
+                        confinement.map(),
+                    )
+                    .await
                     {
                         let _ = tokio::fs::remove_dir_all(&fresh).await;
                         return Err(e.into());
@@ -595,10 +704,24 @@ impl EmbeddedBackend {
             move |_ctx| async move {
                 let _guard = guard;
                 let bdir = idir.join("backups");
-                tokio::fs::create_dir_all(&bdir)
-                    .await
-                    .map_err(io("backup dir"))?;
+                private_dir(&bdir).await?;
                 let file = bdir.join(&record.file);
+                // Made 0600 before tar writes into it (tar keeps the mode of
+                // a file that exists): it holds the container's secrets.
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&file)
+                    .await
+                    .map_err(io("creating the backup file"))?;
+                tokio::fs::set_permissions(
+                    &file,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .await
+                .map_err(io("closing the backup file"))?;
                 let mut args: Vec<std::ffi::OsString> = vec!["--create".into()];
                 if !flag.is_empty() {
                     args.push(flag.into());
@@ -618,6 +741,11 @@ impl EmbeddedBackend {
                     args.push("--exclude=./snapshots".into());
                 }
                 args.push(".".into());
+                // As host root over a live tree, which is safe: GNU tar
+                // walks it by descriptor (openat with O_NOFOLLOW, no `-h`),
+                // so a directory the container swaps for a symlink mid-way
+                // is archived as that symlink, never followed out of the
+                // container; and what it writes goes to the file above only.
                 if let Err(e) = run("tar", args, COPY_TIMEOUT).await {
                     let _ = tokio::fs::remove_file(&file).await;
                     return Err(OpError::from(e));
