@@ -1036,35 +1036,18 @@ async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
             "disk-kvm.img": {"ftype": "disk-kvm.img", "path": "disk.qcow2",
                 "sha256": sha256_hex(&[&disk]), "size": disk.len()},
         }}}}}});
-    let index = json!({"format": "index:1.0", "index": {"images": {
-        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
-        "products": ["evil:vm:amd64:default"]}}});
-    let server = axum::Router::new()
-        .route(
-            "/streams/v1/index.json",
-            axum::routing::get(move || async move { axum::Json(index) }),
-        )
-        .route(
-            "/streams/v1/images.json",
-            axum::routing::get(move || async move { axum::Json(catalogue) }),
-        )
-        .route(
-            "/meta.tar.xz",
-            axum::routing::get(move || async move { meta }),
-        )
-        .route(
-            "/disk.qcow2",
-            axum::routing::get(move || async move { disk }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, server).await });
+    let server = serve_simplestreams(
+        "evil:vm:amd64:default",
+        catalogue,
+        vec![("/meta.tar.xz", meta), ("/disk.qcow2", disk)],
+    )
+    .await;
 
     let r = app
         .post(
             "/api/v1/images?wait=60",
             Some(&admin),
-            json!({"source": {"server": format!("http://{addr}/"), "protocol": "simplestreams",
+            json!({"source": {"server": server, "protocol": "simplestreams",
                               "alias": "evil/vm", "image_type": "virtual-machine"},
                    "aliases": [{"name": "evil"}]}),
         )
@@ -1468,9 +1451,6 @@ async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
     let meta = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_META")).unwrap();
     let rootfs = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS")).unwrap();
     let fp = sha256_hex(&[&meta, &rootfs]);
-    let index = json!({"format": "index:1.0", "index": {"images": {
-        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
-        "products": ["busybox:test:amd64:default"]}}});
     let catalogue = json!({"format": "products:1.0", "datatype": "image-downloads", "products": {
     "busybox:test:amd64:default": {
         "aliases": "busybox/test,busybox/test/default", "arch": "amd64", "os": "busybox",
@@ -1488,7 +1468,29 @@ async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
                     "size": rootfs.len()},
             }},
         }}}});
-    let app = axum::Router::new()
+    let base = serve_simplestreams(
+        "busybox:test:amd64:default",
+        catalogue,
+        vec![
+            ("/images/new/meta.tar.xz", meta),
+            ("/images/new/rootfs.tar.xz", rootfs),
+        ],
+    )
+    .await;
+    (base, fp)
+}
+
+/// A simplestreams server of the test's own on 127.0.0.1: the index naming
+/// `product`, the catalogue, and the files; its base URL.
+async fn serve_simplestreams(
+    product: &str,
+    catalogue: Value,
+    files: Vec<(&'static str, Vec<u8>)>,
+) -> String {
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": [product]}}});
+    let mut app = axum::Router::new()
         .route(
             "/streams/v1/index.json",
             axum::routing::get(move || async move { axum::Json(index) }),
@@ -1496,19 +1498,14 @@ async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
         .route(
             "/streams/v1/images.json",
             axum::routing::get(move || async move { axum::Json(catalogue) }),
-        )
-        .route(
-            "/images/new/meta.tar.xz",
-            axum::routing::get(move || async move { meta }),
-        )
-        .route(
-            "/images/new/rootfs.tar.xz",
-            axum::routing::get(move || async move { rootfs }),
         );
+    for (path, body) in files {
+        app = app.route(path, axum::routing::get(move || async move { body }));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/"), fp)
+    format!("http://{addr}/")
 }
 
 #[tokio::test]
