@@ -13,7 +13,9 @@
 //! operator sends back unchanged, but the operator may not set, change or
 //! remove it (removing an admin's `security.syscalls.deny` widens the
 //! instance just as much as adding `security.privileged`). Removing a device
-//! only takes access away, so it is always allowed.
+//! takes access away, so it passes here; that it does not uncover a
+//! profile's device of that name is checked where profiles can be read
+//! (`crate::api::policy`), as are profiles and networks.
 //!
 //! This module is pure (no I/O): callers read the project and the current
 //! instance and pass them in. It is a leaf: it knows nothing of HTTP,
