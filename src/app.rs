@@ -148,7 +148,7 @@ impl App {
                     db.pool.clone(),
                 );
                 embedded.restore_networks().await;
-                embedded.secure_containers().await;
+                embedded.secure_data_dir().await;
                 Arc::new(embedded)
             }
             BackendKind::Incus => Arc::new(IncusBackend::with_events(

@@ -409,16 +409,44 @@ async fn instances_are_found_again_after_a_restart() {
             .await;
             assert_eq!(r.body["status_code"], 200, "{}", r.text);
         }
+        for body in [
+            json!({"name": "kept"}),
+            json!({"name": "disk", "content_type": "block", "config": {"size": "16MiB"}}),
+        ] {
+            let r = app
+                .post("/api/v1/storage/pools/default/volumes", Some(&admin), body)
+                .await;
+            assert!(r.status.is_success(), "{}", r.text);
+        }
         // lxgate goes away; the containers keep running.
     }
     assert_eq!(host.lxc_state("default", "keep"), "RUNNING");
-    // An lxgate that left container directories open (before they were
-    // closed): the next one closes them when it starts.
+    // An lxgate that left container and VM directories and volumes open
+    // (before they were closed): the next one closes them when it starts.
+    let custom = host.data().join("storage/default/custom");
+    let (vms, vm) = (host.data().join("vms"), host.data().join("vms/default_vm"));
     {
         use std::os::unix::fs::PermissionsExt;
+        let open = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
         let ct = host.lxcpath().join("default_keep");
-        std::fs::set_permissions(&ct, std::fs::Permissions::from_mode(0o755)).unwrap();
+        open(&ct, 0o755);
         assert!(nobody_can_list(&ct));
+        let ok = Command::new("setfacl")
+            .arg("-b")
+            .arg(&custom)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        open(&custom, 0o755);
+        open(&custom.join("default_disk.qcow2"), 0o644);
+        open(&vms, 0o755);
+        open(&vm, 0o755);
+        open(&vm.join("kernel"), 0o644);
+        open(&vm.join("qmp.sock"), 0o755);
+        assert!(nobody_can_list(&custom.join("default_kept")));
+        assert!(nobody_can_list(&vm));
     }
     // One container dies while lxgate is down.
     let killed = Command::new("lxc-stop")
@@ -434,6 +462,15 @@ async fn instances_are_found_again_after_a_restart() {
     let keep = host.lxcpath().join("default_keep");
     assert_eq!(owner_mode(&keep), (sub_base("/etc/subuid"), 0o100));
     assert!(!nobody_can_list(&keep));
+    assert_custom_closed(&custom, &[sub_base("/etc/subuid")]);
+    assert!(!nobody_can_list(&custom.join("default_kept")));
+    assert_eq!(owner_mode(&custom.join("default_disk.qcow2")), (0, 0o600));
+    assert_eq!(owner_mode(&vms), (0, 0o700));
+    assert_eq!(owner_mode(&vm), (0, 0o700));
+    for f in ["kernel", "qmp.sock", "qemu.pid"] {
+        assert_eq!(owner_mode(&vm.join(f)), (0, 0o600), "{f}");
+    }
+    assert!(!nobody_can_list(&vm));
     assert_eq!(status(&app, &admin, "keep").await, "Running");
     assert_eq!(status(&app, &admin, "dies").await, "Stopped");
     // The VM is found by its pidfile and still answers on its QMP socket.
@@ -737,6 +774,16 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
     .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
     assert_eq!(status(&app, &admin, "v1").await, "Stopped");
+    // The VM's files are root's alone: the guest's disk is the tenant's.
+    let vms = host.data().join("vms");
+    let vm_dir = vms.join("default_v1");
+    assert_eq!(owner_mode(&vms), (0, 0o700));
+    assert_eq!(owner_mode(&vm_dir), (0, 0o700));
+    for f in ["kernel", "initrd", "boot.json"] {
+        assert_eq!(owner_mode(&vm_dir.join(f)), (0, 0o600), "{f}");
+    }
+    assert!(!nobody_can_list(&vms));
+    assert!(!nobody_can_list(&vm_dir));
 
     // Start, then attach the console: under TCG the guest needs seconds to
     // boot, so its boot marker comes through the relay.
@@ -756,6 +803,16 @@ async fn virtual_machine_lifecycle_with_real_qemu() {
             .unwrap_or_default()
     };
     assert_eq!(field("Seccomp:"), ["2"], "{proc_status}");
+    // What QEMU and lxgate made at start is closed too.
+    for f in [
+        "qmp.sock",
+        "console.sock",
+        "qemu.pid",
+        "console.log",
+        "qemu.out",
+    ] {
+        assert_eq!(owner_mode(&vm_dir.join(f)), (0, 0o600), "{f}");
+    }
     let qemu_uid = Command::new("id")
         .args(["-u", "lxgate-qemu"])
         .output()
@@ -883,6 +940,7 @@ async fn a_vm_writes_to_an_attached_block_volume() {
         .into_iter()
         .find(|p| p.ends_with("custom/default_vol.qcow2"))
         .expect("the volume's qcow2");
+    assert_eq!(owner_mode(&vol), (0, 0o600));
     let raw = host.dir.path().join("vol.raw");
     let ok = Command::new("qemu-img")
         .args(["convert", "-f", "qcow2", "-O", "raw"])
@@ -1705,6 +1763,10 @@ async fn storage_pools_and_volumes_on_dir() {
     );
     let on_host = source.join("custom/default_data/file");
     assert_eq!(std::fs::read_to_string(&on_host).unwrap(), "kept\n");
+    // A pool at a source of its own is closed the same way.
+    assert_custom_closed(&source.join("custom"), &[sub_base("/etc/subuid")]);
+    assert!(!nobody_can_list(&source.join("custom/default_data")));
+    assert!(!nobody_can("stat", &on_host));
     let vol = app
         .get("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
         .await;
@@ -1749,6 +1811,12 @@ async fn storage_pools_and_volumes_on_dir() {
         .unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["virtual-size"], 128 << 20);
+    // Root's alone: QEMU and qemu-img open it as root; the mapped roots
+    // that pass through custom/ cannot read another tenant's disk.
+    assert_eq!(
+        owner_mode(&source.join("custom/default_disk.qcow2")),
+        (0, 0o600)
+    );
     let r = app
         .delete("/api/v1/storage/pools/fast/volumes/disk", Some(&admin))
         .await;
@@ -2523,14 +2591,47 @@ fn owner_mode(path: &Path) -> (u32, u32) {
 /// Whether a host user that is neither root nor a mapped id (nobody) can
 /// list `path`: asked of the kernel, as that user.
 fn nobody_can_list(path: &Path) -> bool {
+    nobody_can("ls", path)
+}
+
+/// Whether nobody (as above) can run `tool path`: `stat` of a file in a
+/// directory needs search permission on every directory above it.
+fn nobody_can(tool: &str, path: &Path) -> bool {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", tool])
         .arg(path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .expect("setpriv runs")
         .success()
+}
+
+/// A path's ACL entries (`getfacl`, no header), one per line.
+fn acl_of(path: &Path) -> Vec<String> {
+    let out = Command::new("getfacl")
+        .args(["--omit-header", "--absolute-names", "--"])
+        .arg(path)
+        .output()
+        .expect("getfacl runs");
+    assert!(out.status.success(), "getfacl {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A pool's `custom/` as lxgate leaves it: root's, nothing for the group
+/// or others, search only for exactly these mapped roots, and nobody else
+/// gets in (neither lists it nor reaches a volume below it).
+fn assert_custom_closed(custom: &Path, uids: &[u32]) {
+    assert_eq!(owner_mode(custom), (0, 0o710), "{}", custom.display());
+    let mut want = vec!["user::rwx".to_owned()];
+    want.extend(uids.iter().map(|u| format!("user:{u}:--x")));
+    want.extend(["group::---", "mask::--x", "other::---"].map(String::from));
+    assert_eq!(acl_of(custom), want, "{}", custom.display());
+    assert!(!nobody_can_list(custom));
 }
 
 #[tokio::test]
@@ -2711,6 +2812,17 @@ async fn containers_are_unprivileged_by_default() {
     )
     .unwrap();
     assert_eq!(made.uid(), ubase);
+    // No other host user reaches the volume (and a setuid binary the
+    // tenant's root put there): the pool's custom/ lets the mapped root
+    // through, nobody else, whatever mode root inside gives the volume.
+    let custom = host.data().join("storage/default/custom");
+    exec_in(&app, &admin, "u1", "chmod 0777 /srv/shared").await;
+    assert_custom_closed(&custom, &[ubase]);
+    assert!(!nobody_can_list(&custom.join("default_shared")));
+    assert!(!nobody_can(
+        "stat",
+        &custom.join("default_shared/made-inside")
+    ));
 
     // The confinement is fixed at creation: changing it needs a shift.
     let r = patch(
@@ -3038,6 +3150,23 @@ async fn isolated_containers_get_id_ranges_of_their_own() {
     };
     let r = attach("i1").await;
     assert!(r.status.is_success(), "{}", r.text);
+    // Mounted at the next start, through custom/, which now lets the
+    // isolated root through too; root inside writes to it.
+    action(&app, &admin, "i1", "stop").await;
+    action(&app, &admin, "i1", "start").await;
+    let (code, out) = exec_in(
+        &app,
+        &admin,
+        "i1",
+        "echo iso > /srv/mine/f && stat -c %u /srv/mine/f",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    let custom = host.data().join("storage/default/custom");
+    let on_host = std::fs::metadata(custom.join("default_mine/f")).unwrap();
+    assert_eq!(on_host.uid(), ubase + 65536);
+    assert_custom_closed(&custom, &[ubase, ubase + 65536]);
+    assert!(!nobody_can("stat", &custom.join("default_mine/f")));
     let r = attach("i2").await;
     r.assert_problem(400, "bad_request");
     assert!(r.text.contains("another container id map"), "{}", r.text);

@@ -603,6 +603,7 @@ impl EmbeddedBackend {
             for (path, target) in &attached.mounts {
                 give_volume(path, target, &map, range.as_ref()).await?;
             }
+            self.let_through_to_volumes(&attached.mounts, &map).await?;
         }
         let ct = Lxc::host_name(project, name);
         if let Some(pid) = hot {
@@ -846,6 +847,13 @@ impl EmbeddedBackend {
             .await?;
         if matches!(action, "start" | "restart") {
             self.ensure_bridges(&attached.nics).await?;
+            // LXC mounts the volumes as the container's root, which must
+            // pass through each pool's closed custom/ (storage.rs).
+            if let Some(map) = Self::confinement(&row)?.map()
+                && !attached.mounts.is_empty()
+            {
+                self.let_through_to_volumes(&attached.mounts, &map).await?;
+            }
         }
         let (driver, bus, pool) = (self.driver(&row), self.bus.clone(), self.pool.clone());
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();

@@ -99,10 +99,13 @@ impl EmbeddedBackend {
         }
     }
 
-    /// At startup: containers' directories closed to other host users
-    /// (see `lxc::secure_dir`).
-    pub async fn secure_containers(&self) {
+    /// At startup: containers' and VMs' directories and the pools' volumes
+    /// closed to other host users (see `lxc::secure_dir`,
+    /// `qemu::close_vm_dir`, `storage::close_custom_dir`).
+    pub async fn secure_data_dir(&self) {
         self.lxc.secure_all().await;
+        self.qemu.secure_all().await;
+        self.secure_volumes().await;
     }
 
     /// `unprivileged_range`, reused for `UNPRIVILEGED_TTL`; callers at the

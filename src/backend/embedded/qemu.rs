@@ -79,6 +79,59 @@ impl Qemu {
         self.vm_dir(vm).join("console.sock")
     }
 
+    /// `vms/` itself: lxgate's, 0700 (see `close_vm_dir`).
+    async fn close_root(&self) -> Result<(), BackendError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::PermissionsExt;
+            if !std::fs::symlink_metadata(&dir)?.is_dir() {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            let (uid, gid) = super::storage::lxgate_ids();
+            std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("permissions task: {e}")))?
+        .map_err(io("closing the VMs' directory"))
+    }
+
+    /// A VM's directory closed as `close_vm_dir` says; idempotent.
+    pub async fn secure(&self, vm: &str) -> Result<(), BackendError> {
+        let dir = self.vm_dir(vm);
+        tokio::task::spawn_blocking(move || close_vm_dir(&dir))
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("permissions task: {e}")))?
+            .map_err(io("closing the VM directory"))
+    }
+
+    /// At startup: `vms/` and every VM's directory closed (those made by
+    /// lxgate versions that left them open included). A running VM is
+    /// not disturbed: QEMU holds what it opened, lxgate talks to it as root.
+    pub async fn secure_all(&self) {
+        if !tokio::fs::try_exists(&self.dir).await.unwrap_or(false) {
+            return;
+        }
+        if let Err(e) = self.close_root().await {
+            tracing::warn!(error = %e, "cannot close the VMs' directory");
+        }
+        let Ok(mut rd) = tokio::fs::read_dir(&self.dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if !e.file_type().await.is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let vm = e.file_name().to_string_lossy().into_owned();
+            if let Err(err) = self.secure(&vm).await {
+                tracing::warn!(vm = %vm, error = %err, "cannot close the VM directory");
+            }
+        }
+    }
+
     /// Makes the VM's directory from a stored image: an overlay disk on the
     /// image's qcow2, or copies of its kernel and initrd.
     pub async fn create(
@@ -91,9 +144,14 @@ impl Qemu {
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(io("creating the VM directory"))?;
-        tokio::fs::create_dir(&dir)
+        self.close_root().await?;
+        // Closed (0700 whatever the umask) before anything lands in it.
+        tokio::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
             .await
             .map_err(io("creating the VM directory"))?;
+        self.secure(vm).await?;
         match boot {
             Boot::Disk => {
                 let base = image_dir.join("rootfs");
@@ -125,7 +183,10 @@ impl Qemu {
         let boot = serde_json::to_vec(boot).map_err(|e| BackendError::Internal(e.into()))?;
         tokio::fs::write(dir.join("boot.json"), boot)
             .await
-            .map_err(io("writing boot.json"))
+            .map_err(io("writing boot.json"))?;
+        // The overlay (qemu-img makes it 0644) and the copies (0644, as the
+        // image's files): 0600, though nobody else could reach them.
+        self.secure(vm).await
     }
 
     async fn boot(&self, vm: &str) -> Result<Boot, BackendError> {
@@ -255,7 +316,25 @@ impl Qemu {
         for f in ["qmp.sock", "console.sock", "qemu.pid"] {
             let _ = tokio::fs::remove_file(self.vm_dir(vm).join(f)).await;
         }
+        // Cheap and idempotent: a VM restored, copied, renamed or made by
+        // an older lxgate starts closed all the same.
+        self.secure(vm).await?;
+        // The console log is made 0600 here, not by QEMU (which would make
+        // it 0644 under the usual umask); QEMU appends to it (logappend=on),
+        // opening it as root before it drops to its user.
+        tokio::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(self.vm_dir(vm).join("console.log"))
+            .await
+            .map_err(io("creating console.log"))?;
         self.spawn(vm, args).await?;
+        // What QEMU made (its sockets and pidfile, with the umask's modes)
+        // 0600 too; a failure here leaves them behind the closed directory.
+        if let Err(e) = self.secure(vm).await {
+            tracing::warn!(vm = %vm, error = %e, "cannot close the VM's runtime files");
+        }
         if devices.nics.is_empty() {
             return Ok(());
         }
@@ -284,7 +363,12 @@ impl Qemu {
     /// everything and made its taps. A QEMU that exits first reports why.
     async fn spawn(&self, vm: &str, args: Vec<String>) -> Result<(), BackendError> {
         let out_path = self.vm_dir(vm).join("qemu.out");
-        let out = tokio::fs::File::create(&out_path)
+        let out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&out_path)
             .await
             .map_err(io("creating qemu.out"))?
             .into_std()
@@ -524,6 +608,52 @@ impl Qemu {
     }
 }
 
+/// Who may enter a VM's directory: lxgate (root) only, as for a privileged
+/// container's (`lxc::secure_dir`). It holds the guest's disk (the tenant's data, and
+/// whatever the guest wrote), its console log, QMP and console sockets and
+/// the pidfile; another host user reading the disk reads the tenant's
+/// data. So: the directory and its subdirectories (`snapshots/`,
+/// `backups/`) 0700, every file and socket in them 0600, all lxgate's.
+/// QEMU opens everything it uses (disks, kernel, initrd, sockets, console
+/// log, pidfile) as root before it drops to `lxgate-qemu`, and nothing by
+/// path after that (snapshots are taken with qemu-img while the VM is
+/// stopped; block volumes are attached at start; QMP only controls), so it
+/// needs no access of its own. lxgate talks to the sockets as root.
+/// Idempotent; links are never followed (nobody else can write here, but
+/// nothing is assumed).
+fn close_vm_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt, lchown};
+    let (uid, gid) = super::storage::lxgate_ids();
+    let set = |p: &Path, mode: u32| {
+        lchown(p, Some(uid), Some(gid))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    };
+    if !std::fs::symlink_metadata(dir)?.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    set(dir, 0o700)?;
+    let close_files = |d: &Path, descend: bool| -> std::io::Result<Vec<PathBuf>> {
+        let mut subdirs = Vec::new();
+        for e in std::fs::read_dir(d)?.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_file() || t.is_socket() {
+                set(&e.path(), 0o600)?;
+            } else if t.is_dir() && descend {
+                set(&e.path(), 0o700)?;
+                subdirs.push(e.path());
+            }
+        }
+        Ok(subdirs)
+    };
+    for sub in close_files(dir, true)? {
+        close_files(&sub, false)?;
+    }
+    Ok(())
+}
+
 /// A VM's memory (MiB) and CPU count from its config: `limits.memory` as
 /// for containers, `limits.cpu` a count (a VM has no CPU set to pin).
 pub fn vm_resources(config: &ConfigMap) -> Result<(u64, u32), BackendError> {
@@ -577,6 +707,42 @@ async fn proc_usage(pid: i64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_directory_is_closed_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let open = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let (vm, outside) = (tmp.path().join("default_v"), tmp.path().join("outside"));
+        std::fs::create_dir_all(vm.join("snapshots")).unwrap();
+        for f in [
+            vm.join("root.qcow2"),
+            vm.join("snapshots/s.json"),
+            outside.clone(),
+        ] {
+            std::fs::write(&f, b"x").unwrap();
+            open(&f, 0o644);
+        }
+        std::os::unix::fs::symlink(&outside, vm.join("link")).unwrap();
+        let sock = std::os::unix::net::UnixListener::bind(vm.join("qmp.sock")).unwrap();
+        open(&vm, 0o755);
+        open(&vm.join("snapshots"), 0o755);
+        close_vm_dir(&vm).unwrap();
+        assert_eq!(mode(&vm), 0o700);
+        assert_eq!(mode(&vm.join("snapshots")), 0o700);
+        for f in ["root.qcow2", "snapshots/s.json", "qmp.sock"] {
+            assert_eq!(mode(&vm.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(mode(&outside), 0o644, "a link is not followed");
+        // Idempotent; a link in the directory's place is refused.
+        close_vm_dir(&vm).unwrap();
+        drop(sock);
+        std::os::unix::fs::symlink(&vm, tmp.path().join("alias")).unwrap();
+        assert!(close_vm_dir(&tmp.path().join("alias")).is_err());
+    }
 
     #[test]
     fn command_line_from_config() {

@@ -4,6 +4,8 @@
 //! them: directories (`filesystem`, bind-mounted into containers) or qcow2
 //! disks (`block`, attached to VMs as virtio disks).
 
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,8 +13,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::EmbeddedBackend;
+use super::driver::VM;
+use super::idmap::{self, IdMap};
 use super::images::db;
-use super::lxc::parse_size;
+use super::lxc::{Confinement, parse_size};
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{
@@ -26,8 +30,125 @@ pub const DEFAULT_POOL: &str = "default";
 /// Size of a block volume created without `size`.
 const DEFAULT_BLOCK_SIZE: &str = "1GiB";
 
+/// How long `setfacl` on one directory may take.
+const SETFACL_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
     move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Whether `close_custom_dir` adds its grants to those already there or
+/// makes them the only ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grants {
+    /// While lxgate serves: never takes a grant away from a container
+    /// being set up at the same moment.
+    Add,
+    /// At lxgate's start: grants of maps that no longer mount volumes
+    /// from the pool (deleted or detached isolated containers) go.
+    Exactly,
+}
+
+/// Who may enter a pool's volumes (`<pool>/custom/`).
+///
+/// A filesystem volume is bind-mounted into containers, so it holds
+/// whatever a tenant's root put there, setuid binaries included, owned by
+/// the mapped root (host uid 1000000 for every container on the shared
+/// map): as for a container's rootfs (`lxc::secure_dir`), no other host
+/// user may reach it. The volume's own directory cannot be the barrier, as
+/// a container's directory is for its rootfs: it is the container's mount
+/// point, its root owns it and may chmod it to anything. So the barrier is
+/// `custom/`, which no tenant can touch: root's, mode 0700, with a
+/// search-only ACL entry (`u:<uid>:x`) for the mapped root of each
+/// container map that mounts volumes from the pool. LXC sets a container's
+/// mounts up as that uid, so it must pass through; it still cannot list
+/// `custom/`. Privileged containers and QEMU open volumes as root (QEMU
+/// before it drops to its own user), so they need no entry. The entries
+/// go in one `setfacl` call, which rewrites mode and ACL in one step: a
+/// container starting meanwhile never finds its entry masked off (as a
+/// chmod followed by setfacl would leave it for a moment).
+///
+/// `setfacl` (Debian's `acl` package, which scripts/host-setup.sh installs)
+/// rather than an xattr crate: the ACL's binary layout stays its business.
+/// It follows a symbolic link it is handed, so `dir` is checked to be a
+/// directory first; it is made by lxgate in a pool directory only root
+/// may write to, so nobody can swap it afterwards.
+async fn close_custom_dir(
+    dir: &Path,
+    uids: &BTreeSet<u32>,
+    grants: Grants,
+) -> Result<(), BackendError> {
+    let d = dir.to_owned();
+    let empty = uids.is_empty();
+    tokio::task::spawn_blocking(move || {
+        if !std::fs::symlink_metadata(&d)?.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                d.display()
+            )));
+        }
+        let (uid, gid) = lxgate_ids();
+        std::os::unix::fs::lchown(&d, Some(uid), Some(gid))?;
+        if empty {
+            // No map to let through (a host without subordinate ids). A
+            // stale entry is masked off by the mode (the mask is the group
+            // bits), so this needs no setfacl.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BackendError::Internal(anyhow::anyhow!("permissions task: {e}")))?
+    .map_err(io("closing the pool's custom/ directory"))?;
+    if empty {
+        return Ok(());
+    }
+    let mut spec = String::from("u::rwx,g::---,o::---");
+    for uid in uids {
+        let _ = write!(spec, ",u:{uid}:x");
+    }
+    let flag = match grants {
+        Grants::Add => "-m",
+        Grants::Exactly => {
+            spec.push_str(",m::x");
+            "--set"
+        }
+    };
+    run(
+        "setfacl",
+        [flag.as_ref(), spec.as_ref(), "--".as_ref(), dir.as_os_str()],
+        SETFACL_TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        BackendError::Internal(anyhow::anyhow!(
+            "letting container roots through {} ({e}; setfacl is in the acl package, which scripts/host-setup.sh installs)",
+            dir.display()
+        ))
+    })
+}
+
+/// A block volume (qcow2) or any other file in `custom/`: lxgate's, 0600.
+/// Only root-run tools open it (qemu-img, QEMU before it drops to its
+/// user); the mapped roots that may pass through `custom/` must not read
+/// another tenant's disk. Not followed if it is a link.
+fn close_block_volume(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Ok(());
+    }
+    let (uid, gid) = lxgate_ids();
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Whom lxgate's own files belong to: root, where the embedded backend
+/// runs containers (a non-root lxgate in development keeps its own).
+pub(super) fn lxgate_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// A pool's `source`: an absolute, plain path (it ends up in LXC mount
@@ -58,6 +179,11 @@ fn pool_etag(p: &StoragePool) -> String {
 
 fn volume_etag(v: &StorageVolume) -> String {
     hex::encode(Sha256::digest(json!([v.description, v.config]).to_string()))
+}
+
+/// The shared map's root (host uid), if the host has a range to map.
+async fn shared_uid() -> Option<u32> {
+    idmap::host_range().await.ok().map(|r| r.shared().uid_base)
 }
 
 /// A disk device that names a custom volume.
@@ -120,6 +246,90 @@ impl EmbeddedBackend {
         } else {
             (base, v.content_type)
         })
+    }
+
+    /// A pool's `custom/`, made if need be and closed (`close_custom_dir`),
+    /// with the shared map's root let through.
+    async fn custom_dir(&self, prow: &PoolRow) -> Result<PathBuf, BackendError> {
+        let dir = self.pool_dir(prow).join("custom");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("creating the pool directory"))?;
+        close_custom_dir(&dir, &shared_uid().await.into_iter().collect(), Grants::Add).await?;
+        Ok(dir)
+    }
+
+    /// Lets a container map's root through to the pools of the volumes it
+    /// mounts (see `close_custom_dir`): on attach and before every start,
+    /// so a grant dropped meanwhile (lxgate restarted while the volume was
+    /// detached) is back when LXC needs it.
+    pub(super) async fn let_through_to_volumes(
+        &self,
+        mounts: &[(PathBuf, String)],
+        map: &IdMap,
+    ) -> Result<(), BackendError> {
+        let dirs: BTreeSet<&Path> = mounts.iter().filter_map(|(p, _)| p.parent()).collect();
+        let mut uids: BTreeSet<u32> = shared_uid().await.into_iter().collect();
+        uids.insert(map.uid_base);
+        for dir in dirs {
+            close_custom_dir(dir, &uids, Grants::Add).await?;
+        }
+        Ok(())
+    }
+
+    /// At startup: every pool's `custom/` closed, with grants for exactly
+    /// the shared map and the maps of unprivileged containers that have a
+    /// volume of the pool, and block volumes 0600 (pools and volumes made
+    /// by lxgate versions that left them open included). Idempotent.
+    pub(super) async fn secure_volumes(&self) {
+        let mut pools = match self.pool_row(DEFAULT_POOL).await {
+            Ok(p) => vec![p],
+            Err(_) => return,
+        };
+        pools.extend(inv::list_pools(&self.pool).await.unwrap_or_default());
+        let instances = inv::list_instances(&self.pool, None)
+            .await
+            .unwrap_or_default();
+        let shared = shared_uid().await;
+        for prow in pools {
+            let dir = self.pool_dir(&prow).join("custom");
+            if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+                continue;
+            }
+            let mut uids: BTreeSet<u32> = shared.into_iter().collect();
+            for r in instances.iter().filter(|r| r.instance_type != VM) {
+                let Ok(Confinement::Unprivileged(map)) = Self::confinement(r) else {
+                    continue;
+                };
+                let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+                if devices
+                    .values()
+                    .filter_map(volume_device)
+                    .any(|(p, _)| p == prow.name)
+                {
+                    uids.insert(map.uid_base);
+                }
+            }
+            if let Err(e) = close_custom_dir(&dir, &uids, Grants::Exactly).await {
+                tracing::warn!(pool = %prow.name, error = %e, "cannot close the pool's volumes");
+                continue;
+            }
+            let files = dir.clone();
+            let closed = tokio::task::spawn_blocking(move || {
+                // Filesystem volumes are directories, the tenant's to
+                // arrange; every plain file here is a block volume.
+                for e in std::fs::read_dir(&files)?.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_file()) {
+                        close_block_volume(&e.path())?;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(closed, Ok(Ok(()))) {
+                tracing::warn!(pool = %prow.name, "cannot close the pool's block volumes");
+            }
+        }
     }
 
     async fn volume_used_by(&self, pool: &str, project: &str, name: &str) -> Vec<String> {
@@ -232,6 +442,8 @@ impl EmbeddedBackend {
             .map_err(|e| {
                 BackendError::BadRequest(format!("cannot use the pool's directory: {e}"))
             })?;
+        // Closed before any volume lands in it.
+        self.custom_dir(&row).await?;
         inv::insert_pool(&self.pool, &row)
             .await
             .map_err(|e| match e {
@@ -447,14 +659,14 @@ impl EmbeddedBackend {
                 }
                 e => db(e),
             })?;
-        let dir = self.pool_dir(&prow).join("custom");
         let made = async {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(io("creating the pool directory"))?;
+            // Closed (also a pool made by an older lxgate) before the
+            // volume is made in it.
+            let dir = self.custom_dir(&prow).await?;
             let base = dir.join(format!("{project}_{}", req.name));
             if content == "block" {
                 let bytes = parse_size(&config["size"]).unwrap_or(1 << 30);
+                let disk = base.with_extension("qcow2");
                 run(
                     "qemu-img",
                     [
@@ -462,14 +674,22 @@ impl EmbeddedBackend {
                         "-q".as_ref(),
                         "-f".as_ref(),
                         "qcow2".as_ref(),
-                        base.with_extension("qcow2").as_os_str(),
+                        disk.as_os_str(),
                         bytes.to_string().as_ref(),
                     ],
                     Duration::from_secs(60),
                 )
-                .await
-                .map(|_| ())
+                .await?;
+                // qemu-img makes it 0644; nobody but root could reach it
+                // through custom/ meanwhile.
+                tokio::task::spawn_blocking(move || close_block_volume(&disk))
+                    .await
+                    .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
+                    .map_err(io("closing the block volume"))
             } else {
+                // Its mode stays the default (what the container sees on
+                // its mount point, and its root's to change); custom/
+                // keeps other host users out.
                 tokio::fs::create_dir(&base)
                     .await
                     .map_err(io("creating the volume"))
