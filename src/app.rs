@@ -24,6 +24,8 @@ pub struct App {
     pub tokens: TokenKeys,
     pub auth_limiter: AuthLimiter,
     pub login_throttle: LoginThrottle,
+    /// Audit rows of unauthenticated requests, per client IP.
+    pub audit_limiter: AuthLimiter,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -168,14 +170,34 @@ impl App {
                 config.auth_rate_limit_burst,
             ),
             login_throttle: LoginThrottle::new(config.login_max_failures, config.login_lockout),
+            audit_limiter: AuthLimiter::new(
+                config.audit_unauthenticated_per_minute,
+                config.audit_unauthenticated_per_minute,
+            ),
             tokens,
             db,
             backend,
             metrics: telemetry::metrics_handle(),
             config,
         });
+        purge_audit(&app).await;
         spawn_janitor(Arc::downgrade(&app));
         Ok(AppState(app))
+    }
+}
+
+/// Drops audit rows past `AUDIT_RETENTION_DAYS` (0: keep them all).
+async fn purge_audit(app: &App) {
+    let days = app.config.audit_retention_days;
+    if days == 0 {
+        return;
+    }
+    let before = crate::auth::tokens::now_secs()
+        .saturating_sub(i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX));
+    match db::audit::purge_before(&app.db.pool, before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, days, "purged old audit rows"),
+        Err(e) => tracing::warn!(error = %e, "purging old audit rows failed"),
     }
 }
 
@@ -188,7 +210,9 @@ fn spawn_janitor(app: Weak<App>) {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
             app.auth_limiter.prune();
+            app.audit_limiter.prune();
             app.login_throttle.prune();
+            purge_audit(&app).await;
             if let Err(e) = db::refresh_tokens::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired refresh tokens failed");
             }

@@ -141,6 +141,11 @@ pub struct Config {
     pub auth_rate_limit_burst: u32,
     pub login_max_failures: u32,
     pub login_lockout: Duration,
+    /// Audit rows per minute (and burst) one client IP may cause without
+    /// authenticating; past that its requests are answered but not recorded.
+    pub audit_unauthenticated_per_minute: u32,
+    /// Audit rows older than this many days are purged; 0 keeps them all.
+    pub audit_retention_days: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_origins: Vec<String>,
     pub request_timeout: Duration,
@@ -349,6 +354,9 @@ impl Config {
         let auth_rate_limit_burst = r.positive("AUTH_RATE_LIMIT_BURST", 5u32);
         let login_max_failures = r.positive("LOGIN_MAX_FAILURES", 5u32);
         let login_lockout = Duration::from_secs(r.positive("LOGIN_LOCKOUT_SECONDS", 300u64));
+        let audit_unauthenticated_per_minute =
+            r.positive("AUDIT_UNAUTHENTICATED_PER_MINUTE", 60u32);
+        let audit_retention_days = r.parse("AUDIT_RETENTION_DAYS", 90u64);
 
         let mut trusted_proxies = Vec::new();
         for item in r.string("TRUSTED_PROXIES", "").split(',') {
@@ -439,6 +447,8 @@ impl Config {
             auth_rate_limit_burst,
             login_max_failures,
             login_lockout,
+            audit_unauthenticated_per_minute,
+            audit_retention_days,
             trusted_proxies,
             cors_origins,
             request_timeout,

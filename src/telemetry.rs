@@ -29,12 +29,19 @@ pub fn current_request_id() -> Option<String> {
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     pub user: OnceLock<String>,
+    /// How the caller authenticated (`bearer`, `ticket`, `query_token`,
+    /// `password`, `refresh_token`), for the audit log.
+    pub auth: OnceLock<&'static str>,
 }
 
 impl RequestCtx {
     pub fn set_user(&self, username: &str) {
         let _ = self.user.set(username.to_owned());
         tracing::Span::current().record("user", username);
+    }
+
+    pub fn set_auth(&self, method: &'static str) {
+        let _ = self.auth.set(method);
     }
 }
 

@@ -58,6 +58,7 @@ impl AuthUser {
         parts: &Parts,
         user_id: &str,
         token_version: Option<i64>,
+        method: &'static str,
     ) -> Result<Self, ApiError> {
         let Some((user, grants)) = db::users::with_grants(&state.db.pool, user_id).await? else {
             tracing::debug!("token refused: its user no longer exists");
@@ -79,6 +80,7 @@ impl AuthUser {
         }
         if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
             ctx.set_user(&user.username);
+            ctx.set_auth(method);
         }
         Ok(Self {
             id: user.id,
@@ -87,12 +89,17 @@ impl AuthUser {
         })
     }
 
-    async fn from_jwt(state: &AppState, parts: &Parts, token: &str) -> Result<Self, ApiError> {
+    async fn from_jwt(
+        state: &AppState,
+        parts: &Parts,
+        token: &str,
+        method: &'static str,
+    ) -> Result<Self, ApiError> {
         let claims = state.tokens.verify(token).map_err(|e| {
             tracing::debug!(reason = %e, "token refused");
             invalid_token()
         })?;
-        Self::load(state, parts, &claims.sub, Some(claims.tv)).await
+        Self::load(state, parts, &claims.sub, Some(claims.tv), method).await
     }
 }
 
@@ -123,7 +130,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Self::from_jwt(state, parts, token).await,
+            Some(token) => Self::from_jwt(state, parts, token, "bearer").await,
             None => Err(ApiError::unauthorized(
                 "missing_token",
                 "this endpoint needs `Authorization: Bearer <access token>` (get one from POST /api/v1/auth/login)",
@@ -148,7 +155,9 @@ impl FromRequestParts<AppState> for WsUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
-            return AuthUser::from_jwt(state, parts, token).await.map(WsUser);
+            return AuthUser::from_jwt(state, parts, token, "bearer")
+                .await
+                .map(WsUser);
         }
         // Unparseable query strings simply carry no credentials.
         let creds = Query::<WsCredentials>::try_from_uri(&parts.uri)
@@ -161,12 +170,14 @@ impl FromRequestParts<AppState> for WsUser {
                     "the WebSocket ticket is unknown, used or expired (tickets last 30 s and work once)",
                 ));
             };
-            return AuthUser::load(state, parts, &user_id, None)
+            return AuthUser::load(state, parts, &user_id, None, "ticket")
                 .await
                 .map(WsUser);
         }
         if let Some(token) = creds.token {
-            return AuthUser::from_jwt(state, parts, &token).await.map(WsUser);
+            return AuthUser::from_jwt(state, parts, &token, "query_token")
+                .await
+                .map(WsUser);
         }
         Err(ApiError::unauthorized(
             "missing_token",

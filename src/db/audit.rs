@@ -21,6 +21,9 @@ pub struct AuditRow {
     /// What the change set, where lxgate records it (a project's instance
     /// policy: `restricted`, the allow lists).
     pub detail: Option<String>,
+    /// How the caller authenticated: `bearer`, `ticket`, `query_token`,
+    /// `password` (login), `refresh_token`; none when it did not.
+    pub auth_method: Option<String>,
 }
 
 /// Put into a response's extensions by a handler: recorded as the audit
@@ -39,12 +42,13 @@ pub struct NewEntry<'a> {
     pub status: u16,
     pub request_id: &'a str,
     pub detail: Option<&'a str>,
+    pub auth_method: Option<&'a str>,
 }
 
 pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(e.at)
     .bind(e.username)
@@ -56,6 +60,7 @@ pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> 
     .bind(i64::from(e.status))
     .bind(e.request_id)
     .bind(e.detail)
+    .bind(e.auth_method)
     .execute(pool)
     .await
     .map(|_| ())
@@ -77,7 +82,7 @@ pub async fn list(pool: &AnyPool, f: &Filter<'_>) -> Result<(Vec<AuditRow>, i64)
           AND ($2 IS NULL OR project = $2)
           AND ($3 IS NULL OR at >= $3)";
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id, detail
+        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method
          FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
     )))
     .bind(f.user)
@@ -96,4 +101,13 @@ pub async fn list(pool: &AnyPool, f: &Filter<'_>) -> Result<(Vec<AuditRow>, i64)
     .fetch_one(pool)
     .await?;
     Ok((rows, total))
+}
+
+/// Deletes the rows older than `before` (Unix seconds); how many went.
+pub async fn purge_before(pool: &AnyPool, before: i64) -> Result<u64, sqlx::Error> {
+    sqlx::query("DELETE FROM audit_log WHERE at < $1")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
 }

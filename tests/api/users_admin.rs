@@ -794,3 +794,106 @@ db_test!(audit_log_records_mutations, |app| {
         .await
         .assert_problem(403, "permission_denied");
 });
+
+/// Audit rows say how the caller authenticated; requests without
+/// credentials only write rows within a per-IP budget, so a flood of them
+/// cannot fill the log.
+async fn audit_auth_and_flood(db: Db) {
+    let app = spawn_app_with(db, &[("AUDIT_UNAUTHENTICATED_PER_MINUTE", "3")]).await;
+    let admin = app.admin_token().await;
+    for i in 0..10 {
+        let r = send_with_id(
+            &app,
+            app.request(Method::DELETE, "/api/v1/users/nobody", None),
+            &format!("flood-{i}"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = send_with_id(
+        &app,
+        app.request(Method::POST, "/api/v1/users", Some(&admin))
+            .json(&json!({"username": "counted", "password": PASSWORD})),
+        "with-bearer",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let log = app.get("/api/v1/audit?limit=200", Some(&admin)).await;
+    let items = log.body["items"].as_array().unwrap();
+    let flood = items
+        .iter()
+        .filter(|e| {
+            e["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("flood-"))
+        })
+        .count();
+    assert_eq!(flood, 3, "{}", log.text);
+    assert!(entry(items, "flood-0")["auth_method"].is_null());
+    assert_eq!(entry(items, "with-bearer")["auth_method"], "bearer");
+    // The admin's login (admin_token above) was by password.
+    assert!(
+        items
+            .iter()
+            .any(|e| e["path"] == "/api/v1/auth/login" && e["auth_method"] == "password"),
+        "{}",
+        log.text
+    );
+}
+
+#[tokio::test]
+async fn audit_auth_and_flood_sqlite() {
+    audit_auth_and_flood(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn audit_auth_and_flood_postgres() {
+    audit_auth_and_flood(Db::Postgres).await;
+}
+
+/// Rows older than AUDIT_RETENTION_DAYS go when lxgate starts (and every
+/// minute after); newer ones stay.
+async fn audit_retention(db: Db) {
+    let first = spawn_app(db).await;
+    let url = first.config.database_url.clone();
+    let data = first.config.data_dir.display().to_string();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (at, id) in [(now - 3 * 86_400, "old-row"), (now - 3_600, "recent-row")] {
+        sqlx::query(
+            "INSERT INTO audit_log (at, method, path, status, request_id) VALUES ($1, 'POST', '/x', 200, $2)",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    // `first` stays: its temp dir holds the SQLite file.
+    let app = spawn_app_with(
+        db,
+        &[
+            ("DATABASE_URL", &url),
+            ("DATA_DIR", &data),
+            ("AUDIT_RETENTION_DAYS", "1"),
+        ],
+    )
+    .await;
+    let admin = app.admin_token().await;
+    let log = app.get("/api/v1/audit?limit=200", Some(&admin)).await;
+    assert!(!log.text.contains("old-row"), "{}", log.text);
+    assert!(log.text.contains("recent-row"), "{}", log.text);
+    drop(first);
+}
+
+#[tokio::test]
+async fn audit_retention_sqlite() {
+    audit_retention(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn audit_retention_postgres() {
+    audit_retention(Db::Postgres).await;
+}

@@ -42,6 +42,16 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     let ctx = req.extensions().get::<Arc<RequestCtx>>().cloned();
     let resp = next.run(req).await;
     let username = ctx.as_ref().and_then(|c| c.user.get().cloned());
+    let auth_method = ctx.as_ref().and_then(|c| c.auth.get().copied());
+    // Anybody can send requests without credentials: their rows are
+    // rate-limited per client IP, so a flood cannot fill the log.
+    if auth_method.is_none()
+        && let Some(ip) = ip.as_deref().and_then(|ip| ip.parse().ok())
+        && state.audit_limiter.check(ip).is_err()
+    {
+        metrics::counter!("lxgate_audit_rows_dropped_total").increment(1);
+        return resp;
+    }
     let request_id = current_request_id().unwrap_or_default();
     let detail = resp
         .extensions()
@@ -58,6 +68,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         status: resp.status().as_u16(),
         request_id: &request_id,
         detail: detail.as_deref(),
+        auth_method,
     };
     if let Err(e) = db::audit::insert(&state.db.pool, entry).await {
         tracing::error!(error = %e, "writing the audit log failed");

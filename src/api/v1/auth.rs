@@ -98,6 +98,7 @@ pub async fn login(
 ) -> ApiResult<Json<TokenResponse>> {
     // An invalid username cannot exist; it costs the same as an unknown one.
     let username = Username::parse(&req.username).ok();
+    ctx.set_auth("password");
     if let Some(u) = &username {
         ctx.set_user(u.as_str());
         state
@@ -152,12 +153,14 @@ fn invalid_refresh() -> ApiError {
 pub async fn refresh(
     _limit: AuthRateLimit,
     State(state): State<AppState>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
     Json(req): Json<RefreshRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     let pool = &state.db.pool;
     let Some(row) = db::refresh_tokens::find(pool, &req.refresh_token).await? else {
         return Err(invalid_refresh());
     };
+    ctx.set_auth("refresh_token");
     let reuse = || async {
         let revoked = db::refresh_tokens::revoke_family(pool, &row.family_id).await?;
         tracing::warn!(
@@ -200,9 +203,11 @@ pub async fn refresh(
     responses((status = 204, description = "Logged out")))]
 pub async fn logout(
     State(state): State<AppState>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
     Json(req): Json<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
     if let Some(row) = db::refresh_tokens::find(&state.db.pool, &req.refresh_token).await? {
+        ctx.set_auth("refresh_token");
         db::refresh_tokens::revoke_family(&state.db.pool, &row.family_id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
