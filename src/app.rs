@@ -211,7 +211,7 @@ fn spawn_janitor(app: Weak<App>) {
             let Some(app) = app.upgrade() else { break };
             app.auth_limiter.prune();
             app.audit_limiter.prune();
-            app.login_throttle.prune();
+            app.login_throttle.prune(&app.db.pool).await;
             purge_audit(&app).await;
             if let Err(e) = db::refresh_tokens::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired refresh tokens failed");

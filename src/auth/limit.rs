@@ -1,10 +1,8 @@
 //! Rate limits on the authentication endpoints (DESIGN §5).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -84,18 +82,25 @@ pub async fn limit_by_ip(
     }
 }
 
-struct Failures {
-    count: u32,
-    window_start: Instant,
-    locked_until: Option<Instant>,
-}
+/// How long failures keep counting towards a lockout without a new one.
+const FAILURE_WINDOW_SECS: i64 = 24 * 3600;
+/// The longest a growing lockout gets.
+const MAX_LOCKOUT_SECS: u64 = 3600;
 
-/// Throttles one username after repeated failed logins, whatever IPs they
-/// come from (a per-IP limit alone does not stop a distributed guesser).
+/// Throttles failed logins (and password changes) per username *and*
+/// client IP, in the database so every replica enforces the same lockouts.
+/// Keyed by both, an attacker hammering `admin` from one address cannot lock
+/// the admin out from another; the per-IP rate limit (`AuthLimiter`) bounds
+/// how many usernames one address can try. After `max_failures` the pair is
+/// locked for `lockout`, and every further failure doubles it (up to an
+/// hour): a growing delay rather than a fixed door.
 pub struct LoginThrottle {
     max_failures: u32,
     lockout: Duration,
-    entries: Mutex<HashMap<String, Failures>>,
+}
+
+fn now_secs() -> i64 {
+    crate::auth::tokens::now_secs()
 }
 
 impl LoginThrottle {
@@ -103,60 +108,76 @@ impl LoginThrottle {
         Self {
             max_failures,
             lockout,
-            entries: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Ok, or the seconds until this username may try again.
-    pub fn check(&self, username: &str) -> Result<(), u64> {
-        let entries = self.entries.lock().expect("throttle lock poisoned");
-        match entries.get(username).and_then(|f| f.locked_until) {
-            Some(until) if until > Instant::now() => {
-                let wait = until - Instant::now();
-                Err(wait.as_secs().max(1))
-            }
+    /// The lockout after `failures` failures (none below the threshold).
+    fn delay(&self, failures: i64) -> Option<u64> {
+        let over = u64::try_from(failures - i64::from(self.max_failures)).ok()?;
+        let doublings = u32::try_from(over).unwrap_or(u32::MAX).min(16);
+        let base = self.lockout.as_secs().max(1);
+        Some(
+            base.saturating_mul(1u64 << doublings)
+                .min(MAX_LOCKOUT_SECS.max(base)),
+        )
+    }
+
+    /// Ok, or the seconds until `username` may try again from `ip`.
+    pub async fn check(
+        &self,
+        pool: &sqlx::AnyPool,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let until =
+            crate::db::login_failures::locked_until(pool, username, &ip.to_string()).await?;
+        match until {
+            Some(until) if until > now_secs() => Err(ApiError::too_many_requests(
+                u64::try_from(until - now_secs()).unwrap_or(1).max(1),
+            )),
             _ => Ok(()),
         }
     }
 
-    pub fn record_failure(&self, username: &str) {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().expect("throttle lock poisoned");
-        let f = entries.entry(username.to_owned()).or_insert(Failures {
-            count: 0,
-            window_start: now,
-            locked_until: None,
-        });
-        // Failures older than the lockout window no longer count.
-        if now.duration_since(f.window_start) > self.lockout {
-            f.count = 0;
-            f.window_start = now;
+    pub async fn record_failure(
+        &self,
+        pool: &sqlx::AnyPool,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        let (now, ip) = (now_secs(), ip.to_string());
+        let failures = crate::db::login_failures::record_failure(
+            pool,
+            username,
+            &ip,
+            now,
+            now - FAILURE_WINDOW_SECS,
+        )
+        .await?;
+        if let Some(delay) = self.delay(failures) {
+            let until = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+            crate::db::login_failures::lock(pool, username, &ip, until).await?;
+            tracing::info!(username, client_ip = %ip, failures, seconds = delay, "login locked");
         }
-        f.count += 1;
-        if f.count >= self.max_failures {
-            f.locked_until = Some(now + self.lockout);
-            f.count = 0;
-            f.window_start = now;
-        }
+        Ok(())
     }
 
-    pub fn record_success(&self, username: &str) {
-        self.entries
-            .lock()
-            .expect("throttle lock poisoned")
-            .remove(username);
+    pub async fn record_success(
+        &self,
+        pool: &sqlx::AnyPool,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<(), ApiError> {
+        crate::db::login_failures::clear(pool, username, &ip.to_string()).await?;
+        Ok(())
     }
 
-    pub fn prune(&self) {
-        let now = Instant::now();
-        let lockout = self.lockout;
-        self.entries
-            .lock()
-            .expect("throttle lock poisoned")
-            .retain(|_, f| {
-                f.locked_until.is_some_and(|u| u > now)
-                    || now.duration_since(f.window_start) <= lockout
-            });
+    pub async fn prune(&self, pool: &sqlx::AnyPool) {
+        let now = now_secs();
+        if let Err(e) = crate::db::login_failures::prune(pool, now, now - FAILURE_WINDOW_SECS).await
+        {
+            tracing::warn!(error = %e, "pruning login failures failed");
+        }
     }
 }
 
@@ -196,20 +217,15 @@ mod tests {
     }
 
     #[test]
-    fn throttle_locks_after_repeated_failures_and_success_clears() {
+    fn lockouts_grow_with_further_failures_up_to_an_hour() {
         let t = LoginThrottle::new(3, Duration::from_secs(60));
-        t.record_failure("bob");
-        t.record_failure("bob");
-        assert!(t.check("bob").is_ok());
-        t.record_failure("bob");
-        assert!(t.check("bob").unwrap_err() > 50);
-        assert!(t.check("alice").is_ok());
-        t.record_success("alice");
-        let u = LoginThrottle::new(3, Duration::from_secs(60));
-        u.record_failure("carol");
-        u.record_success("carol");
-        u.record_failure("carol");
-        u.record_failure("carol");
-        assert!(u.check("carol").is_ok());
+        assert_eq!(t.delay(1), None);
+        assert_eq!(t.delay(2), None);
+        assert_eq!(t.delay(3), Some(60));
+        assert_eq!(t.delay(4), Some(120));
+        assert_eq!(t.delay(5), Some(240));
+        assert_eq!(t.delay(40), Some(3600));
+        let long = LoginThrottle::new(3, Duration::from_secs(7200));
+        assert_eq!(long.delay(9), Some(7200));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod embedded;
+pub mod login_failures;
 pub mod operations;
 pub mod project_roles;
 pub mod refresh_tokens;

@@ -338,3 +338,67 @@ async fn cors_allows_only_configured_origins() {
         .to_ascii_lowercase();
     assert!(exposed.contains("x-request-id"), "{exposed:?}");
 }
+
+/// Failed logins lock one username *from one address*: the attacker's IP is
+/// locked out, the real user logs in from another; the lockout is in the
+/// database, so a second replica on the same PostgreSQL holds it too; each
+/// further failure after a lockout doubles the wait.
+#[tokio::test]
+async fn lockouts_are_per_address_shared_by_replicas_and_grow() {
+    let env = [
+        ("LOGIN_MAX_FAILURES", "3"),
+        ("LOGIN_LOCKOUT_SECONDS", "2"),
+        ("TRUSTED_PROXIES", "127.0.0.1/32"),
+    ];
+    let a = spawn_app_with(Db::Postgres, &env).await;
+    let url = a.config.database_url.clone();
+    let mut with_url = env.to_vec();
+    with_url.push(("DATABASE_URL", &url));
+    let b = spawn_app_with(Db::Postgres, &with_url).await;
+    let attacker = Some("203.0.113.66");
+    let user = Some("198.51.100.7");
+    for _ in 0..3 {
+        login_from(&a, attacker, WRONG)
+            .await
+            .assert_problem(401, "invalid_credentials");
+    }
+    // Locked for the attacker's address, on both replicas.
+    let first = assert_rate_limited(&login_from(&a, attacker, ADMIN_PASSWORD).await);
+    assert!((1..=2).contains(&first), "Retry-After {first}");
+    assert_rate_limited(&login_from(&b, attacker, ADMIN_PASSWORD).await);
+    // The admin, from elsewhere, is not locked out.
+    let r = login_from(&b, user, ADMIN_PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Once the lock ends, one more failure locks it again, for longer.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    login_from(&b, attacker, WRONG)
+        .await
+        .assert_problem(401, "invalid_credentials");
+    let second = assert_rate_limited(&login_from(&a, attacker, WRONG).await);
+    assert!(
+        second >= 3,
+        "the second lockout grew: {second}s after {first}s"
+    );
+}
+
+/// `PUT /auth/me/password` is no password oracle: wrong current passwords
+/// are throttled like failed logins.
+#[tokio::test]
+async fn password_change_is_throttled_like_login() {
+    let app = spawn_app_with(
+        Db::Sqlite,
+        &[("LOGIN_MAX_FAILURES", "3"), ("LOGIN_LOCKOUT_SECONDS", "60")],
+    )
+    .await;
+    let admin = app.admin_token().await;
+    let change = |current: &str| {
+        app.request(Method::PUT, "/api/v1/auth/me/password", Some(&admin))
+            .json(&json!({"current_password": current, "new_password": "a brand new passphrase"}))
+    };
+    for _ in 0..3 {
+        let r = app.send(change(WRONG)).await;
+        r.assert_problem(422, "validation_failed");
+    }
+    // Locked: even the right current password waits.
+    assert_rate_limited(&app.send(change(ADMIN_PASSWORD)).await);
+}

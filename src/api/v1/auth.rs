@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::v1::users::{CreateUser, UserOut, create_user_row, created};
-use crate::api::{AuthRateLimit, Json};
+use crate::api::{AuthRateLimit, ClientIp, Json};
 use crate::app::AppState;
 use crate::auth::rbac::{Permission, Scope};
 use crate::auth::{AuthUser, Role, Username, password};
@@ -92,6 +92,7 @@ async fn token_pair(
         (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
 pub async fn login(
     _limit: AuthRateLimit,
+    ClientIp(ip): ClientIp,
     State(state): State<AppState>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Json(req): Json<LoginRequest>,
@@ -103,8 +104,8 @@ pub async fn login(
         ctx.set_user(u.as_str());
         state
             .login_throttle
-            .check(u.as_str())
-            .map_err(ApiError::too_many_requests)?;
+            .check(&state.db.pool, u.as_str(), ip)
+            .await?;
     }
     let user = match &username {
         Some(u) => db::users::by_username(&state.db.pool, u.as_str()).await?,
@@ -116,12 +117,18 @@ pub async fn login(
         _ => {
             metrics::counter!("lxgate_login_failures_total").increment(1);
             if let Some(u) = &username {
-                state.login_throttle.record_failure(u.as_str());
+                state
+                    .login_throttle
+                    .record_failure(&state.db.pool, u.as_str(), ip)
+                    .await?;
             }
             return Err(invalid_credentials());
         }
     };
-    state.login_throttle.record_success(&user.username);
+    state
+        .login_throttle
+        .record_success(&state.db.pool, &user.username, ip)
+        .await?;
     if user.is_disabled() {
         return Err(ApiError::forbidden(
             "account_disabled",
@@ -294,21 +301,35 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Changed; log in again"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current passwords from this address; see `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 pub async fn change_password(
     user: AuthUser,
+    ClientIp(ip): ClientIp,
     State(state): State<AppState>,
     Json(req): Json<ChangePassword>,
 ) -> ApiResult<StatusCode> {
     let row = db::users::by_username(&state.db.pool, &user.username)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the user no longer exists"))?;
+    // A stolen access token must not become a password oracle: wrong
+    // current passwords are throttled like failed logins.
+    let pool = &state.db.pool;
+    state.login_throttle.check(pool, &user.username, ip).await?;
     if !password::verify(req.current_password, Some(row.password_hash)).await? {
+        state
+            .login_throttle
+            .record_failure(pool, &user.username, ip)
+            .await?;
         return Err(ApiError::invalid_field(
             "current_password",
             "the current password is wrong",
         ));
     }
+    state
+        .login_throttle
+        .record_success(pool, &user.username, ip)
+        .await?;
     password::check_policy(
         &user.username,
         &req.new_password,
