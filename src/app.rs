@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::api::ws::SocketSlots;
 use crate::auth::limit::{AuthLimiter, LoginThrottle};
 use crate::auth::tokens::{TokenKeys, random_token};
 use crate::auth::{Role, password};
@@ -26,6 +27,8 @@ pub struct App {
     pub login_throttle: LoginThrottle,
     /// Audit rows of unauthenticated requests, per client IP.
     pub audit_limiter: AuthLimiter,
+    /// Open WebSockets per user.
+    pub sockets: Arc<SocketSlots>,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -170,6 +173,7 @@ impl App {
                 config.auth_rate_limit_burst,
             ),
             login_throttle: LoginThrottle::new(config.login_max_failures, config.login_lockout),
+            sockets: SocketSlots::new(config.max_websockets_per_user),
             audit_limiter: AuthLimiter::new(
                 config.audit_unauthenticated_per_minute,
                 config.audit_unauthenticated_per_minute,

@@ -146,6 +146,8 @@ pub struct Config {
     pub audit_unauthenticated_per_minute: u32,
     /// Audit rows older than this many days are purged; 0 keeps them all.
     pub audit_retention_days: u64,
+    /// WebSockets (exec, console, events) one user may have open at once.
+    pub max_websockets_per_user: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_origins: Vec<String>,
     pub request_timeout: Duration,
@@ -357,6 +359,7 @@ impl Config {
         let audit_unauthenticated_per_minute =
             r.positive("AUDIT_UNAUTHENTICATED_PER_MINUTE", 60u32);
         let audit_retention_days = r.parse("AUDIT_RETENTION_DAYS", 90u64);
+        let max_websockets_per_user = r.positive("MAX_WEBSOCKETS_PER_USER", 32usize);
 
         let mut trusted_proxies = Vec::new();
         for item in r.string("TRUSTED_PROXIES", "").split(',') {
@@ -449,6 +452,7 @@ impl Config {
             login_lockout,
             audit_unauthenticated_per_minute,
             audit_retention_days,
+            max_websockets_per_user,
             trusted_proxies,
             cors_origins,
             request_timeout,

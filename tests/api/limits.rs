@@ -402,3 +402,36 @@ async fn password_change_is_throttled_like_login() {
     // Locked: even the right current password waits.
     assert_rate_limited(&app.send(change(ADMIN_PASSWORD)).await);
 }
+
+/// One account may hold only MAX_WEBSOCKETS_PER_USER sockets at once (429
+/// past it); a closed socket frees its slot; other accounts are unaffected.
+#[tokio::test]
+async fn websockets_are_capped_per_user() {
+    let app = spawn_app_with(Db::Sqlite, &[("MAX_WEBSOCKETS_PER_USER", "2")]).await;
+    let admin = app.admin_token().await;
+    let viewer = app.user_with_role(&admin, "watcher", Some("viewer")).await;
+    let path = |t: &str| format!("/api/v1/events/ws?token={t}");
+    let mut first = app.ws(&path(&viewer)).await.expect("first socket");
+    let _second = app.ws(&path(&viewer)).await.expect("second socket");
+    let refused = app
+        .ws(&path(&viewer))
+        .await
+        .expect_err("a third is refused");
+    assert_eq!(ws_refusal(refused), 429);
+    // Somebody else still gets one.
+    let _other = app.ws(&path(&admin)).await.expect("another user's socket");
+    // Closing one frees its slot (once the server has seen the close).
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match app.ws(&path(&viewer)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(ws_refusal(e), 429);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the slot was not freed: {e}"),
+        }
+    }
+}

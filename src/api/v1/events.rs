@@ -17,6 +17,7 @@ use utoipa::IntoParams;
 
 use crate::api::Query;
 use crate::api::v1::project_param;
+use crate::api::ws::SocketSlot;
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
@@ -179,6 +180,7 @@ async fn upgrade(
     state: &AppState,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     filter: Filter,
+    slot: SocketSlot,
 ) -> ApiResult<Response> {
     let ws = require_upgrade(ws)?;
     let rx = state.backend.subscribe()?;
@@ -187,7 +189,10 @@ async fn upgrade(
     } else {
         None
     };
-    Ok(ws.on_upgrade(move |socket| relay(socket, rx, logging, filter)))
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        relay(socket, rx, logging, filter).await;
+    }))
 }
 
 /// Subscribe to events (WebSocket). Each message is one Incus-shaped Event,
@@ -198,6 +203,7 @@ async fn upgrade(
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Unknown event type or project name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`logging` needs an admin; or no role in the project", body = Problem, content_type = "application/problem+json")))]
@@ -207,8 +213,9 @@ pub async fn events_ws(
     Query(q): Query<EventsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let slot = state.sockets.acquire(&user.id)?;
     let filter = filter(user, &q, &["operation", "lifecycle"])?;
-    upgrade(&state, ws, filter).await
+    upgrade(&state, ws, filter, slot).await
 }
 
 /// Subscribe to operation events only (WebSocket).
@@ -218,6 +225,7 @@ pub async fn events_ws(
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
 pub async fn operations_ws(
@@ -233,6 +241,7 @@ pub async fn operations_ws(
         ));
     }
     q.kinds = Some("operation".into());
+    let slot = state.sockets.acquire(&user.id)?;
     let filter = filter(user, &q, &["operation"])?;
-    upgrade(&state, ws, filter).await
+    upgrade(&state, ws, filter, slot).await
 }

@@ -116,7 +116,8 @@ fn authorize_terminal(
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json")))]
 pub async fn exec_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
@@ -127,6 +128,7 @@ pub async fn exec_ws(
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
+    let slot = state.sockets.acquire(&user.id)?;
     let req = exec_request(&q)?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
@@ -136,7 +138,10 @@ pub async fn exec_ws(
         .exec_interactive(project.as_str(), name.as_str(), &req, size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
-    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session)))
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        relay_terminal(socket, session).await;
+    }))
 }
 
 /// The instance console (WebSocket), relayed like the exec terminal.
@@ -148,7 +153,8 @@ pub async fn exec_ws(
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json")))]
+        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json")))]
 pub async fn console_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
@@ -159,6 +165,7 @@ pub async fn console_ws(
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
+    let slot = state.sockets.acquire(&user.id)?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
     let session = state
@@ -166,7 +173,10 @@ pub async fn console_ws(
         .console(project.as_str(), name.as_str(), size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
-    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session)))
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        relay_terminal(socket, session).await;
+    }))
 }
 
 /// Run a command without a terminal. Answers 202 with an operation; once it
