@@ -16,6 +16,7 @@ use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::incus::{IncusBackend, IncusClient};
 use crate::config::{BackendKind, Config, Secret};
 use crate::db::{self, Db};
+use crate::fetch::Fetcher;
 use crate::telemetry;
 
 pub struct App {
@@ -146,6 +147,7 @@ impl App {
                     config.data_dir.clone(),
                     config.embedded_vm_accel,
                     db.pool.clone(),
+                    Fetcher::new(config.image_server_allowlist.clone()),
                 );
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;
