@@ -298,7 +298,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
 
 /// Copy an image from a remote image server (simplestreams or Incus) into
 /// the project. Answers 202 with an operation; a server that cannot be
-/// reached makes the operation fail.
+/// reached makes the operation fail. The server must be https:// and
+/// resolve to public addresses unless `IMAGE_SERVER_ALLOWLIST` names it;
+/// redirects are followed only within the server's origin.
 #[utoipa::path(post, path = "", tag = "images", operation_id = "copy_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),
@@ -307,8 +309,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
         (status = 202, description = "Copying", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
+        (status = 400, description = "`could_not_fetch`: the server resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid source or alias", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json")))]
 pub async fn copy_image(
     user: AuthUser,
     State(state): State<AppState>,
