@@ -25,6 +25,9 @@ use reqwest::{Url, redirect};
 
 /// Redirects followed within one origin before giving up.
 const MAX_REDIRECTS: usize = 5;
+/// A resolver that never answers must not hold a request (the check runs
+/// while the client waits for its answer).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Hosts (any port) or `host:port` pairs that may be fetched over plain http
 /// and may resolve to addresses that are otherwise refused.
@@ -149,6 +152,9 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
 pub struct FetchError {
     url: String,
     reason: String,
+    /// The HTTP status of a server that passed the checks and answered:
+    /// worth telling the admin, and it says nothing about closed ports.
+    status: Option<reqwest::StatusCode>,
 }
 
 impl FetchError {
@@ -156,6 +162,7 @@ impl FetchError {
         let e = Self {
             url: url.to_string(),
             reason: reason.into(),
+            status: None,
         };
         tracing::warn!(url = %e.url, reason = %e.reason, "image server fetch refused or failed");
         e
@@ -169,7 +176,11 @@ impl FetchError {
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "could not fetch {}", self.url)
+        write!(f, "could not fetch {}", self.url)?;
+        match self.status {
+            Some(status) => write!(f, " (the server answered {status})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -215,10 +226,15 @@ impl Fetcher {
         let addrs: Vec<SocketAddr> = match host {
             url::Host::Ipv4(ip) => vec![SocketAddr::new(ip.into(), port)],
             url::Host::Ipv6(ip) => vec![SocketAddr::new(ip.into(), port)],
-            url::Host::Domain(name) => tokio::net::lookup_host((name, port))
-                .await
-                .map_err(|e| FetchError::new(url, format!("resolving: {e}")))?
-                .collect(),
+            url::Host::Domain(name) => {
+                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
+                    .await
+                {
+                    Err(_) => return Err(FetchError::new(url, "resolving timed out")),
+                    Ok(Err(e)) => return Err(FetchError::new(url, format!("resolving: {e}"))),
+                    Ok(Ok(found)) => found.collect(),
+                }
+            }
         };
         if addrs.is_empty() {
             return Err(FetchError::new(url, "the name resolved to no address"));
@@ -296,7 +312,9 @@ impl OriginClient {
             FetchError::new(url, why)
         })?;
         if !resp.status().is_success() {
-            return Err(FetchError::new(url, format!("answered {}", resp.status())));
+            let mut e = FetchError::new(url, format!("answered {}", resp.status()));
+            e.status = Some(resp.status());
+            return Err(e);
         }
         Ok(resp)
     }

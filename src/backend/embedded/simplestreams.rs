@@ -22,6 +22,8 @@ const MAX_FILE: u64 = 16 << 30;
 /// Largest index or product catalogue read (images.linuxcontainers.org's
 /// whole catalogue is about 3 MiB); it is held in memory to be parsed.
 const MAX_CATALOGUE: usize = 16 << 20;
+/// How long reading one index or catalogue may take in all.
+const CATALOGUE_TIMEOUT: Duration = Duration::from_secs(120);
 const ARCHES: [&str; 2] = ["amd64", "x86_64"];
 
 #[derive(Debug, Clone)]
@@ -73,16 +75,24 @@ pub async fn connect(fetch: &Fetcher, server: &str) -> Result<(OriginClient, Url
 /// A catalogue (index or products) read with a bound while it streams: a
 /// server cannot make lxgate hold more than this in memory.
 async fn get_json(client: &OriginClient, url: Url) -> Result<Value, BackendError> {
-    let bytes = client
-        .get_bounded(&url, MAX_CATALOGUE)
-        .await
-        .map_err(|e| match e {
-            TooLarge::Fetch(e) => bad(e.to_string()),
-            TooLarge::Over(max) => bad(format!(
+    let read = client.get_bounded(&url, MAX_CATALOGUE);
+    // The read timeout alone lets a server drip a byte a minute forever.
+    let bytes = match tokio::time::timeout(CATALOGUE_TIMEOUT, read).await {
+        Err(_) => {
+            return Err(bad(format!(
+                "could not fetch {url} (not read within {}s)",
+                CATALOGUE_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(TooLarge::Fetch(e))) => return Err(bad(e.to_string())),
+        Ok(Err(TooLarge::Over(max))) => {
+            return Err(bad(format!(
                 "{url} is larger than the {} MiB allowed for a catalogue",
                 max >> 20
-            )),
-        })?;
+            )));
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("{url} is not JSON: {e}")))
 }
 
