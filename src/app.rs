@@ -17,6 +17,7 @@ use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::incus::{IncusBackend, IncusClient};
 use crate::config::{BackendKind, Config, Secret};
 use crate::db::{self, Db};
+use crate::fetch::Fetcher;
 use crate::telemetry;
 
 pub struct App {
@@ -151,6 +152,7 @@ impl App {
                     config.data_dir.clone(),
                     config.embedded_vm_accel,
                     db.pool.clone(),
+                    Fetcher::new(config.image_server_allowlist.clone()),
                 );
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;

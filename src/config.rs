@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::fetch::Allowlist;
+
 /// `SEED_ADMIN_PASSWORD` in `.env.example`, refused outside dev mode.
 pub const EXAMPLE_ADMIN_PASSWORD: &str = "change-me-please-now";
 
@@ -150,6 +152,9 @@ pub struct Config {
     pub max_websockets_per_user: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_origins: Vec<String>,
+    /// Image servers that may be fetched over http or from non-public
+    /// addresses (see `fetch`).
+    pub image_server_allowlist: Allowlist,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
@@ -377,6 +382,13 @@ impl Config {
                 )),
             }
         }
+        let image_server_allowlist = r
+            .string("IMAGE_SERVER_ALLOWLIST", "")
+            .parse::<Allowlist>()
+            .unwrap_or_else(|e| {
+                r.errors.push(format!("IMAGE_SERVER_ALLOWLIST {e}"));
+                Allowlist::default()
+            });
         let cors_origins: Vec<String> = r
             .string("CORS_ORIGINS", "")
             .split(',')
@@ -455,6 +467,7 @@ impl Config {
             max_websockets_per_user,
             trusted_proxies,
             cors_origins,
+            image_server_allowlist,
             request_timeout,
             max_body_bytes,
             log_format,
@@ -500,10 +513,11 @@ mod tests {
             ("BACKEND", "docker"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
             ("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+            ("IMAGE_SERVER_ALLOWLIST", "127.0.0.1:8443, http://x"),
         ])
         .unwrap_err();
-        assert_eq!(err.0.len(), 5, "{err}");
-        assert_eq!(err.to_string().lines().count(), 5);
+        assert_eq!(err.0.len(), 6, "{err}");
+        assert_eq!(err.to_string().lines().count(), 6);
     }
 
     #[test]

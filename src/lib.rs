@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fetch;
 pub mod names;
 pub mod openapi;
 pub mod policy;

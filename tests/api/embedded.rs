@@ -47,14 +47,29 @@ impl Host {
     }
 
     pub async fn app(&self) -> TestApp {
+        self.app_allowing(&[]).await
+    }
+
+    /// An app that may fetch images from these test servers (base URLs on
+    /// 127.0.0.1), which `IMAGE_SERVER_ALLOWLIST` must name.
+    pub async fn app_allowing(&self, servers: &[&str]) -> TestApp {
         let data = self.data().display().to_string();
         let db = format!("sqlite://{data}/lxgate.db");
+        let allow = servers
+            .iter()
+            .map(|s| {
+                let u = reqwest::Url::parse(s).unwrap();
+                format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         spawn_app_with(
             Db::Sqlite,
             &[
                 ("BACKEND", "embedded"),
                 ("DATA_DIR", &data),
                 ("DATABASE_URL", &db),
+                ("IMAGE_SERVER_ALLOWLIST", &allow),
             ],
         )
         .await
@@ -1071,8 +1086,6 @@ async fn vm_disk_images_that_name_host_files_are_refused() {
 #[tokio::test]
 async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
     let host = Host::new();
-    let app = host.app().await;
-    let admin = app.admin_token().await;
     let scratch = tempfile::tempdir().unwrap();
     let backed = scratch.path().join("backed.qcow2");
     let ok = Command::new("qemu-img")
@@ -1100,6 +1113,8 @@ async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
         vec![("/meta.tar.xz", meta), ("/disk.qcow2", disk)],
     )
     .await;
+    let app = host.app_allowing(&[&server]).await;
+    let admin = app.admin_token().await;
 
     let r = app
         .post(
@@ -1569,9 +1584,9 @@ async fn serve_simplestreams(
 #[tokio::test]
 async fn image_copy_from_a_simplestreams_server() {
     let host = Host::new();
-    let app = host.app().await;
-    let admin = app.admin_token().await;
     let (server, fp) = simplestreams_server(None).await;
+    let app = host.app_allowing(&[&server]).await;
+    let admin = app.admin_token().await;
     let mut ops = app
         .ws(&format!("/api/v1/operations/ws?token={admin}"))
         .await
@@ -1640,7 +1655,7 @@ async fn image_copy_from_a_simplestreams_server() {
     // A server whose hash does not match what it serves: refused, nothing kept.
     let (liar, _) = simplestreams_server(Some("ab".repeat(32))).await;
     let host2 = Host::new();
-    let app2 = host2.app().await;
+    let app2 = host2.app_allowing(&[&liar]).await;
     let admin2 = app2.admin_token().await;
     let r = app2
         .post(
@@ -3260,4 +3275,208 @@ async fn a_host_that_cannot_map_ids_says_why() {
     .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
     action(&app, &admin, "p1", "stop").await;
+}
+
+/// No image listed and nothing left in the image store or the spool.
+async fn nothing_stored(host: &Host, app: &TestApp, admin: &str) {
+    let list = app.get("/api/v1/images", Some(admin)).await;
+    assert_eq!(list.body["total"], 0, "{}", list.text);
+    let data = host.data();
+    let left: Vec<_> = [data.join("images"), data.join("tmp")]
+        .iter()
+        .flat_map(|d| files_under(d))
+        .collect();
+    assert!(left.is_empty(), "left on disk: {left:?}");
+}
+
+/// A server of the test's own on 127.0.0.1 serving `app`; its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+async fn copy_from(app: &TestApp, admin: &str, server: &str) -> Reply {
+    app.post(
+        "/api/v1/images?wait=60",
+        Some(admin),
+        json!({"source": {"server": server, "protocol": "simplestreams", "alias": "busybox/test"}}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn image_copy_does_not_follow_a_redirect_to_another_origin() {
+    let host = Host::new();
+    // The other origin is a good server, itself on the allow list: the
+    // redirect is refused for leaving the origin, not for its address.
+    let (good, _) = simplestreams_server(None).await;
+    let to = good.trim_end_matches('/').to_owned();
+    let redirector = serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let to = to.clone();
+        async move { axum::response::Redirect::temporary(&format!("{to}{}", uri.path())) }
+    }))
+    .await;
+    let app = host.app_allowing(&[&good, &redirector]).await;
+    let admin = app.admin_token().await;
+
+    let r = copy_from(&app, &admin, &redirector).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert_eq!(
+        r.body["err"],
+        format!("could not fetch {redirector}streams/v1/index.json"),
+        "{}",
+        r.text
+    );
+    nothing_stored(&host, &app, &admin).await;
+    // The same server asked directly works: it was the redirect.
+    let r = copy_from(&app, &admin, &good).await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn image_servers_on_refused_addresses_are_refused_at_request_time() {
+    let host = Host::new();
+    let (open, _) = simplestreams_server(None).await;
+    let open_port = reqwest::Url::parse(&open).unwrap().port().unwrap();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Another port of 127.0.0.1 is allowed: the entry is host:port.
+    let app = host
+        .app_allowing(&[&format!("http://127.0.0.1:{closed_port}/")])
+        .await;
+    let admin = app.admin_token().await;
+
+    // An open and a closed port answer the same, so the error cannot be
+    // used to scan the host; neither is ever connected to.
+    for server in [
+        format!("https://127.0.0.1:{open_port}/"),
+        format!("https://127.0.0.1:{}/", closed_port + 1),
+        format!("https://[::ffff:127.0.0.1]:{open_port}/"),
+        format!("https://localhost:{open_port}/"),
+        "https://169.254.169.254/".to_owned(),
+        "https://10.0.0.1/".to_owned(),
+        "https://[fe80::1]/".to_owned(),
+    ] {
+        let started = std::time::Instant::now();
+        let r = copy_from(&app, &admin, &server).await;
+        r.assert_problem(400, "could_not_fetch");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.starts_with("could not fetch https://"), "{}", r.text);
+        for leak in ["refused", "connect", "timed out", "127.0.0.1 (", "loopback"] {
+            assert!(!detail.contains(leak), "{server}: {}", r.text);
+        }
+        // Refused before any connection: an unroutable address would
+        // otherwise take the 10 s connect timeout.
+        assert!(started.elapsed() < Duration::from_secs(3), "{server}");
+    }
+    // Plain http to a host not on the list is a validation error.
+    for server in [
+        "http://169.254.169.254/".to_owned(),
+        format!("http://127.0.0.1:{open_port}/"),
+    ] {
+        let r = copy_from(&app, &admin, &server).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["field"], "source.server", "{}", r.text);
+    }
+    // The listed port passes the check (then fails to connect, as a failed
+    // operation that says no more than the check would).
+    let listed = format!("http://127.0.0.1:{closed_port}/");
+    let r = copy_from(&app, &admin, &listed).await;
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert_eq!(
+        r.body["err"],
+        format!("could not fetch {listed}streams/v1/index.json"),
+        "{}",
+        r.text
+    );
+    nothing_stored(&host, &app, &admin).await;
+}
+
+#[tokio::test]
+async fn an_oversized_catalogue_fails_the_copy() {
+    let host = Host::new();
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": ["busybox:test:amd64:default"]}}});
+    // Streamed without a length, so the cap must hold while reading.
+    let huge = || {
+        let chunks = (0..17).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1 << 20]));
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    };
+    let server = serve(
+        axum::Router::new()
+            .route(
+                "/streams/v1/index.json",
+                axum::routing::get(move || async move { axum::Json(index) }),
+            )
+            .route(
+                "/streams/v1/images.json",
+                axum::routing::get(move || async move { huge() }),
+            ),
+    )
+    .await;
+    let app = host.app_allowing(&[&server]).await;
+    let admin = app.admin_token().await;
+    let r = copy_from(&app, &admin, &server).await;
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    let err = r.body["err"].as_str().unwrap();
+    assert!(
+        err.contains("images.json is larger than the 16 MiB allowed for a catalogue"),
+        "{}",
+        r.text
+    );
+    nothing_stored(&host, &app, &admin).await;
+}
+
+#[tokio::test]
+async fn an_oversized_metadata_yaml_is_refused() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    // 2 MiB of YAML comment: a few KiB once compressed.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut yaml = b"architecture: x86_64\ncreation_date: 1\n".to_vec();
+    yaml.extend(std::iter::repeat_n(b"# padding\n".as_slice(), 200_000).flatten());
+    std::fs::write(scratch.path().join("metadata.yaml"), &yaml).unwrap();
+    let meta = scratch.path().join("meta.tar.xz");
+    let ok = Command::new("tar")
+        .arg("-cJf")
+        .arg(&meta)
+        .arg("-C")
+        .arg(scratch.path())
+        .arg("metadata.yaml")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(std::fs::metadata(&meta).unwrap().len() < 64 << 10);
+    let form = Form::new()
+        .part("metadata", Part::file(&meta).await.unwrap())
+        .part(
+            "rootfs",
+            Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS"))
+                .await
+                .unwrap(),
+        );
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/v1/images/import?wait=60",
+                Some(&admin),
+            )
+            .multipart(form),
+        )
+        .await;
+    let text = r.text.clone();
+    assert!(
+        text.contains("metadata.yaml is larger than 1 MiB"),
+        "{}: {text}",
+        r.status
+    );
+    nothing_stored(&host, &app, &admin).await;
 }

@@ -600,14 +600,19 @@ async fn broken_uploads_are_refused_and_leave_nothing_behind() {
 
 #[tokio::test]
 async fn copy_from_a_remote_server() {
-    let app = incus_app().await;
-    let admin = app.admin_token().await;
-    let viewer = app.user_with_role(&admin, "viewer", Some("viewer")).await;
-    // A port nothing listens on.
+    // A port nothing listens on, on the allow list so that Incus is asked
+    // to fetch from it (and fails).
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let allow = format!("127.0.0.1:{closed}");
+    let mut vars = crate::incus_transport::suite_env();
+    vars.push(("IMAGE_SERVER_ALLOWLIST".into(), allow));
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = spawn_app_with(Db::Sqlite, &pairs).await;
+    let admin = app.admin_token().await;
+    let viewer = app.user_with_role(&admin, "viewer", Some("viewer")).await;
     let server = format!("https://127.0.0.1:{closed}");
     let before = incus_json(&["image", "list", "--format", "json"])
         .as_array()
@@ -632,6 +637,31 @@ async fn copy_from_a_remote_server() {
         assert!(
             !op["err"].as_str().unwrap_or_default().is_empty(),
             "{protocol}: {op}"
+        );
+    }
+    // Addresses lxgate refuses are refused before Incus hears of them, in
+    // words that do not tell an open port from a closed one.
+    for server in [
+        format!("https://127.0.0.1:{}", closed + 1),
+        "https://169.254.169.254/".to_owned(),
+        "https://[::1]:8443/".to_owned(),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/images",
+                Some(&admin),
+                json!({"source": {
+                "server": server, "protocol": "incus", "alias": "debian/12"}}),
+            )
+            .await;
+        r.assert_problem(400, "could_not_fetch");
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("could not fetch https://"),
+            "{}",
+            r.text
         );
     }
     let after = incus_json(&["image", "list", "--format", "json"])

@@ -23,6 +23,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, ListScope};
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::fetch::Fetcher;
 use crate::names::{ImageAliasName, ImageFingerprint};
 
 /// The largest upload `POST /images/import` accepts (both files together).
@@ -245,7 +246,7 @@ pub async fn delete_image(
 
 /// Where a copy may come from: any `https://` server, or plain `http://`
 /// to 127.0.0.1 only (a local test server; nothing else travels unencrypted).
-fn check_server(server: &str) -> ApiResult<()> {
+fn check_server_url(server: &str, fetch: &Fetcher) -> ApiResult<reqwest::Url> {
     let bad = |msg: &str| Err(ApiError::invalid_field("source.server", msg));
     if server.len() > 2048 {
         return bad("source.server is longer than 2048 characters");
@@ -259,12 +260,25 @@ fn check_server(server: &str) -> ApiResult<()> {
     if url.query().is_some() || url.fragment().is_some() {
         return bad("source.server must not have a query or fragment");
     }
-    match (url.scheme(), url.host_str()) {
-        ("https", Some(_)) => Ok(()),
-        ("http", Some("127.0.0.1")) => Ok(()),
-        ("http", _) => bad("source.server must use https:// (plain http:// only to 127.0.0.1)"),
-        _ => bad("source.server must be an https:// URL"),
+    if let Err(why) = fetch.check_scheme(&url) {
+        return bad(&format!("source.server {why}"));
     }
+    Ok(url)
+}
+
+/// The server an image is copied from, checked under `fetch`'s rules at
+/// request time for both backends: the embedded one checks again (and pins
+/// the addresses) when it connects, and Incus, which fetches by itself, is
+/// never told to fetch from an address lxgate would refuse. A badly formed
+/// URL is a 422 naming the field; a refused or unresolvable host a 400 that
+/// says only "could not fetch".
+async fn check_server(server: &str, fetch: &Fetcher) -> ApiResult<()> {
+    let url = check_server_url(server, fetch)?;
+    fetch
+        .check(&url)
+        .await
+        .map_err(|e| ApiError::bad_request("could_not_fetch", e.to_string()))?;
+    Ok(())
 }
 
 /// A remote alias (`debian/12`): travels in a JSON body, so only length and
@@ -284,7 +298,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
 
 /// Copy an image from a remote image server (simplestreams or Incus) into
 /// the project. Answers 202 with an operation; a server that cannot be
-/// reached makes the operation fail.
+/// reached makes the operation fail. The server must be https:// and
+/// resolve to public addresses unless `IMAGE_SERVER_ALLOWLIST` names it;
+/// redirects are followed only within the server's origin.
 #[utoipa::path(post, path = "", tag = "images", operation_id = "copy_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),
@@ -293,8 +309,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
         (status = 202, description = "Copying", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
+        (status = 400, description = "`could_not_fetch`: the server resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid source or alias", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json")))]
 pub async fn copy_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -309,7 +326,8 @@ pub async fn copy_image(
             "source.protocol must be `simplestreams` or `incus`",
         ));
     }
-    check_server(&req.source.server)?;
+    let fetch = Fetcher::new(state.config.image_server_allowlist.clone());
+    check_server(&req.source.server, &fetch).await?;
     match (&req.source.alias, &req.source.fingerprint) {
         (Some(a), None) => check_remote_alias(a)?,
         (None, Some(f)) => {
@@ -892,18 +910,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_servers() {
+    fn copy_server_urls() {
+        let fetch = Fetcher::new("127.0.0.1:8000".parse().unwrap());
         for ok in [
             "https://images.linuxcontainers.org",
             "https://127.0.0.1:8443",
             "http://127.0.0.1:8000/",
         ] {
-            assert!(check_server(ok).is_ok(), "{ok}");
+            assert!(check_server_url(ok, &fetch).is_ok(), "{ok}");
         }
         for bad in [
             "http://example.com",
             "http://10.0.0.1",
             "http://localhost:80",
+            "http://127.0.0.1:8001",
             "http://127.0.0.2",
             "ftp://example.com",
             "https://user:pw@example.com",
@@ -911,7 +931,23 @@ mod tests {
             "",
             "file:///etc/passwd",
         ] {
-            assert!(check_server(bad).is_err(), "{bad:?}");
+            assert!(check_server_url(bad, &fetch).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn copy_servers_on_refused_addresses() {
+        let fetch = Fetcher::new("127.0.0.1:8000".parse().unwrap());
+        assert!(check_server("http://127.0.0.1:8000/", &fetch).await.is_ok());
+        for bad in [
+            "https://169.254.169.254/",
+            "https://127.0.0.1:8443",
+            "https://[::1]/",
+            "https://10.1.2.3/",
+            "https://[::ffff:192.168.0.1]/",
+        ] {
+            let e = check_server(bad, &fetch).await.unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 

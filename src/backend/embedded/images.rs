@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
 use sqlx::AnyPool;
+use tokio::io::AsyncReadExt;
 
 use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process::run;
@@ -17,6 +19,62 @@ use crate::backend::BackendError;
 use crate::backend::events::EventBus;
 use crate::backend::types::{Image, ImageAlias, ImageAliasesEntry, ImageUpload};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
+
+/// Largest `metadata.yaml` read (real ones are a few KiB). A small
+/// compressed tarball can expand to gigabytes, so the cap is applied while
+/// `tar` streams it out, not after.
+const MAX_METADATA_YAML: u64 = 1 << 20;
+/// How long extracting `metadata.yaml` may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `member` of `tarball` through `tar --to-stdout`, read with the cap; `None`
+/// when the tarball has no such member. Over the cap, `tar` is killed and
+/// the upload refused.
+async fn extract_metadata_yaml(
+    tarball: &Path,
+    member: &str,
+) -> Result<Option<Vec<u8>>, BackendError> {
+    let mut child = tokio::process::Command::new("tar")
+        .arg("--extract")
+        .arg("--to-stdout")
+        .arg("--file")
+        .arg(tarball)
+        .arg(member)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Only success matters ("not found" is a failure); a null stderr
+        // cannot fill up and stall tar.
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("running tar: {e}")))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let read = async {
+        let mut yaml = Vec::new();
+        stdout
+            .take(MAX_METADATA_YAML + 1)
+            .read_to_end(&mut yaml)
+            .await?;
+        if yaml.len() as u64 > MAX_METADATA_YAML {
+            // Dropping the pipe is not enough: tar would go on unpacking.
+            let _ = child.kill().await;
+            return Ok(Err(()));
+        }
+        Ok::<_, std::io::Error>(Ok((child.wait().await?, yaml)))
+    };
+    match tokio::time::timeout(METADATA_TIMEOUT, read).await {
+        Err(_) => Err(BackendError::Timeout(format!(
+            "reading metadata.yaml took over {}s",
+            METADATA_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(BackendError::Internal(anyhow::anyhow!("running tar: {e}"))),
+        Ok(Ok(Err(()))) => Err(BackendError::BadRequest(format!(
+            "metadata.yaml is larger than {} MiB",
+            MAX_METADATA_YAML >> 20
+        ))),
+        Ok(Ok(Ok((status, yaml)))) => Ok(status.success().then_some(yaml)),
+    }
+}
 
 /// `metadata.yaml` as lxgate reads it.
 #[derive(Debug, Default, Deserialize)]
@@ -108,20 +166,8 @@ impl ImageStore {
     pub async fn read_metadata(&self, fp: &str) -> Result<Metadata, BackendError> {
         let tarball = self.metadata(fp);
         for member in ["metadata.yaml", "./metadata.yaml"] {
-            let out = run(
-                "tar",
-                [
-                    "--extract".as_ref(),
-                    "--to-stdout".as_ref(),
-                    "--file".as_ref(),
-                    tarball.as_os_str(),
-                    member.as_ref(),
-                ],
-                Duration::from_secs(60),
-            )
-            .await;
-            if let Ok(out) = out {
-                return serde_yaml_ng::from_str(&out.stdout).map_err(|e| {
+            if let Some(yaml) = extract_metadata_yaml(&tarball, member).await? {
+                return serde_yaml_ng::from_slice(&yaml).map_err(|e| {
                     BackendError::BadRequest(format!("metadata.yaml is not valid: {e}"))
                 });
             }

@@ -36,6 +36,7 @@ use super::types::{self, Instance, InstanceCreate, InstanceState, InstanceUpdate
 use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
 use crate::config::VmAccel;
 use crate::db::embedded as inv;
+use crate::fetch::Fetcher;
 use images::{ImageStore, db};
 use operations::{Operations, lifecycle, resource_url};
 
@@ -52,8 +53,8 @@ pub struct EmbeddedBackend {
     images: Arc<ImageStore>,
     lxc: Arc<lxc::Lxc>,
     qemu: Arc<qemu::Qemu>,
-    /// For image servers (simplestreams).
-    http: reqwest::Client,
+    /// For image servers (simplestreams): every fetch under `fetch`'s rules.
+    fetch: Fetcher,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
     /// Managed networks and the NIC addresses given out on them change
@@ -74,18 +75,13 @@ type UnprivilegedRange = Result<idmap::HostRange, String>;
 const UNPRIVILEGED_TTL: Duration = Duration::from_secs(10);
 
 impl EmbeddedBackend {
-    pub fn new(data_dir: PathBuf, accel: VmAccel, pool: AnyPool) -> Self {
+    pub fn new(data_dir: PathBuf, accel: VmAccel, pool: AnyPool, fetch: Fetcher) -> Self {
         let bus = EventBus::default();
         Self {
             images: Arc::new(ImageStore::new(data_dir.join("images"))),
             lxc: Arc::new(lxc::Lxc::new(data_dir.join("lxc"))),
             qemu: Arc::new(qemu::Qemu::new(data_dir.join("vms"), accel)),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(60))
-                .user_agent(concat!("lxgate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("an HTTP client"),
+            fetch,
             data_dir,
             accel,
             drivers: OnceCell::new(),
@@ -912,11 +908,11 @@ impl Backend for EmbeddedBackend {
             }
         }
         let want_vm = req.source.image_type.as_deref() == Some(driver::VM);
-        let (pool, store, bus, http) = (
+        let (pool, store, bus, fetch) = (
             self.pool.clone(),
             self.images.clone(),
             self.bus.clone(),
-            self.http.clone(),
+            self.fetch.clone(),
         );
         let tmp = self.data_dir.join("tmp");
         let project_owned = project.to_owned();
@@ -927,9 +923,10 @@ impl Backend for EmbeddedBackend {
             BTreeMap::new(),
             true,
             move |ctx| async move {
+                let (http, base) = simplestreams::connect(&fetch, &req.source.server).await?;
                 let found = simplestreams::find(
                     &http,
-                    &req.source.server,
+                    &base,
                     req.source.alias.as_deref(),
                     req.source.fingerprint.as_deref(),
                     want_vm,

@@ -15,9 +15,15 @@ use tokio::io::AsyncWriteExt;
 
 use super::operations::{OpCtx, OpError};
 use crate::backend::BackendError;
+use crate::fetch::{Fetcher, OriginClient, TooLarge};
 
 /// Largest file lxgate downloads for an image.
 const MAX_FILE: u64 = 16 << 30;
+/// Largest index or product catalogue read (images.linuxcontainers.org's
+/// whole catalogue is about 3 MiB); it is held in memory to be parsed.
+const MAX_CATALOGUE: usize = 16 << 20;
+/// How long reading one index or catalogue may take in all.
+const CATALOGUE_TIMEOUT: Duration = Duration::from_secs(120);
 const ARCHES: [&str; 2] = ["amd64", "x86_64"];
 
 #[derive(Debug, Clone)]
@@ -52,38 +58,53 @@ fn resolve(base: &Url, path: &str) -> Result<Url, BackendError> {
     Ok(url)
 }
 
-async fn get_json(client: &reqwest::Client, url: Url) -> Result<Value, BackendError> {
-    let resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(bad(format!("{url} answered {}", resp.status())));
-    }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("{url}: {e}")))?;
-    if bytes.len() > 64 << 20 {
-        return Err(bad(format!("{url} is too large for a catalogue")));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{url} is not JSON: {e}")))
-}
-
-/// Finds the newest matching image on the server.
-pub async fn find(
-    client: &reqwest::Client,
-    server: &str,
-    alias: Option<&str>,
-    fingerprint: Option<&str>,
-    want_vm: bool,
-) -> Result<Found, BackendError> {
+/// The base URL as a directory, and a client for its origin that fetches
+/// under `fetch`'s rules (checked and pinned once for the whole copy).
+pub async fn connect(fetch: &Fetcher, server: &str) -> Result<(OriginClient, Url), BackendError> {
     let mut base = Url::parse(server).map_err(|_| bad("invalid server URL"))?;
     if !base.path().ends_with('/') {
         base.set_path(&format!("{}/", base.path()));
     }
-    let index = get_json(client, resolve(&base, "streams/v1/index.json")?).await?;
+    let client = fetch
+        .client_for(&base)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((client, base))
+}
+
+/// A catalogue (index or products) read with a bound while it streams: a
+/// server cannot make lxgate hold more than this in memory.
+async fn get_json(client: &OriginClient, url: Url) -> Result<Value, BackendError> {
+    let read = client.get_bounded(&url, MAX_CATALOGUE);
+    // The read timeout alone lets a server drip a byte a minute forever.
+    let bytes = match tokio::time::timeout(CATALOGUE_TIMEOUT, read).await {
+        Err(_) => {
+            return Err(bad(format!(
+                "could not fetch {url} (not read within {}s)",
+                CATALOGUE_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(TooLarge::Fetch(e))) => return Err(bad(e.to_string())),
+        Ok(Err(TooLarge::Over(max))) => {
+            return Err(bad(format!(
+                "{url} is larger than the {} MiB allowed for a catalogue",
+                max >> 20
+            )));
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{url} is not JSON: {e}")))
+}
+
+/// Finds the newest matching image on the server at `base` (see `connect`).
+pub async fn find(
+    client: &OriginClient,
+    base: &Url,
+    alias: Option<&str>,
+    fingerprint: Option<&str>,
+    want_vm: bool,
+) -> Result<Found, BackendError> {
+    let index = get_json(client, resolve(base, "streams/v1/index.json")?).await?;
     let catalogue = index["index"]
         .as_object()
         .and_then(|m| {
@@ -92,7 +113,7 @@ pub async fn find(
                 .and_then(|v| v["path"].as_str())
         })
         .ok_or_else(|| bad("the server's index lists no image-downloads catalogue"))?;
-    let images = get_json(client, resolve(&base, catalogue)?).await?;
+    let images = get_json(client, resolve(base, catalogue)?).await?;
     let products = images["products"]
         .as_object()
         .ok_or_else(|| bad("the catalogue has no products"))?;
@@ -145,7 +166,7 @@ pub async fn find(
             }
             let to_item = |i: &Value| -> Result<Item, BackendError> {
                 Ok(Item {
-                    url: resolve(&base, i["path"].as_str().unwrap_or_default())?,
+                    url: resolve(base, i["path"].as_str().unwrap_or_default())?,
                     sha256: i["sha256"]
                         .as_str()
                         .unwrap_or_default()
@@ -180,7 +201,7 @@ pub async fn find(
 /// Downloads `item` to `dest`, feeding `combined` too, reporting progress
 /// as `{label}: N% (speed)` in the operation's metadata, and checks its hash.
 pub async fn download(
-    client: &reqwest::Client,
+    client: &OriginClient,
     item: &Item,
     dest: &Path,
     label: &str,
@@ -188,17 +209,9 @@ pub async fn download(
     ctx: &OpCtx,
 ) -> Result<u64, OpError> {
     let resp = client
-        .get(item.url.clone())
-        .send()
+        .get(&item.url)
         .await
-        .map_err(|e| OpError::Failed(format!("{}: {e}", item.url)))?;
-    if !resp.status().is_success() {
-        return Err(OpError::Failed(format!(
-            "{} answered {}",
-            item.url,
-            resp.status()
-        )));
-    }
+        .map_err(|e| OpError::Failed(e.to_string()))?;
     let total = resp.content_length().unwrap_or(item.size);
     let mut file = tokio::fs::File::create(dest)
         .await
@@ -214,7 +227,10 @@ pub async fn download(
             () = ctx.cancelled() => return Err(OpError::Cancelled),
         };
         let Some(chunk) = chunk else { break };
-        let chunk = chunk.map_err(|e| OpError::Failed(format!("{}: {e}", item.url)))?;
+        let chunk = chunk.map_err(|e| {
+            tracing::warn!(url = %item.url, error = %e, "image download broke off");
+            OpError::Failed(format!("could not fetch {}", item.url))
+        })?;
         got += chunk.len() as u64;
         if got > MAX_FILE || (item.size > 0 && got > item.size) {
             return Err(OpError::Failed(format!(

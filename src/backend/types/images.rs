@@ -109,7 +109,9 @@ pub struct NewImageAlias {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCopySource {
-    /// `https://` URL of the image server.
+    /// `https://` URL of the image server, resolving to public addresses
+    /// (plain `http://` and non-public addresses only for servers on
+    /// `IMAGE_SERVER_ALLOWLIST`).
     #[schema(example = "https://images.linuxcontainers.org")]
     pub server: String,
     /// `simplestreams` or `incus`.
