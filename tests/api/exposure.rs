@@ -234,6 +234,23 @@ async fn exec_output_visibility(app: &TestApp, instance: &str) {
     }
     assert!(!r.text.contains("s3cr3t"), "{}", r.text);
 
+    // Nor through the instance's log files (Incus keeps recorded output in
+    // files of its own; none of them is listed or readable as a log).
+    let logs = app
+        .get(&format!("/api/v1/instances/{instance}/logs"), Some(&viewer))
+        .await;
+    assert_eq!(logs.status, StatusCode::OK, "{}", logs.text);
+    for file in logs.body["items"].as_array().unwrap() {
+        let file = file.as_str().unwrap();
+        let r = app
+            .get(
+                &format!("/api/v1/instances/{instance}/logs/{file}"),
+                Some(&viewer),
+            )
+            .await;
+        assert!(!r.text.contains("s3cr3t"), "log {file}: {}", r.text);
+    }
+
     // The viewer's events show the operation, not what it printed.
     let texts = events_until_done(&mut viewer_events, &id).await;
     for t in &texts {

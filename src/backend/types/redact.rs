@@ -72,3 +72,61 @@ pub fn event_metadata<S: Serializer>(meta: &Value, s: S) -> Result<S::Ok, S::Err
     }
     serde::Serialize::serialize(&meta, s)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::backend::types::{Event, Operation};
+
+    #[test]
+    fn secrets_are_dropped_when_serialized_only() {
+        let op = Operation {
+            class: "websocket".into(),
+            metadata: json!({"fds": {"0": "s0", "control": "sc"}, "command": ["sh"],
+                             "control": "mig", "fs": "mig2", "secret": "tok",
+                             "fingerprint": "kept"}),
+            ..Default::default()
+        };
+        let out = serde_json::to_value(&op).unwrap();
+        assert_eq!(
+            out["metadata"],
+            json!({"command": ["sh"], "fingerprint": "kept"})
+        );
+        // The driver still has them.
+        assert_eq!(op.metadata["fds"]["0"], "s0");
+
+        // An event built from Incus's raw JSON, as the Incus driver does.
+        let ev = Event {
+            kind: "operation".into(),
+            metadata: json!({"id": "x", "metadata": op.metadata.clone()}),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&ev).unwrap();
+        assert!(!text.contains("s0") && !text.contains("fds") && !text.contains("tok"));
+        assert!(text.contains("kept"));
+    }
+
+    #[test]
+    fn exec_output_is_dropped_for_viewers() {
+        let op = Operation {
+            metadata: json!({"return": 0, "stdout": "o", "stderr": "e",
+                             "output": {"1": "/1.0/x"}, "environment": {"K": "v"}}),
+            ..Default::default()
+        }
+        .without_exec_output();
+        assert_eq!(op.metadata, json!({"return": 0}));
+        let ev = Event {
+            kind: "operation".into(),
+            metadata: json!({"id": "x", "metadata": {"return": 0, "stdout": "o"}}),
+            ..Default::default()
+        };
+        let ev = ev.without_exec_output().unwrap();
+        assert_eq!(ev.metadata["metadata"], json!({"return": 0}));
+        let lifecycle = Event {
+            kind: "lifecycle".into(),
+            ..Default::default()
+        };
+        assert!(lifecycle.without_exec_output().is_none());
+    }
+}
