@@ -392,3 +392,41 @@ async fn security_headers() {
     let r = app.login_reply(ADMIN, "wrong-password").await;
     assert_eq!(r.header("cache-control"), Some("no-store"));
 }
+
+/// Incus opens a FIFO and waits for a writer (its HEAD calls it a `file`),
+/// so lxgate bounds the wait: the pull answers 400 within seconds.
+#[tokio::test]
+async fn incus_pull_of_a_fifo_is_refused_in_bounded_time() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = unique("fifo");
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+    container(&app, &admin, &name, true).await;
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?wait=30"),
+            Some(&admin),
+            json!({"command": ["busybox", "mkfifo", "/tmp/f"]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["exit_code"], 0, "{}", r.text);
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.get(
+            &format!("/api/v1/instances/{name}/files?path=/tmp/f"),
+            Some(&admin),
+        ),
+    )
+    .await
+    .expect("a pull of a FIFO answers");
+    r.assert_problem(400, "bad_request");
+    assert!(r.text.contains("FIFO"), "{}", r.text);
+    // A regular file next to it still comes through.
+    let r = app
+        .get(
+            &format!("/api/v1/instances/{name}/files?path=/etc/hostname"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
