@@ -155,6 +155,60 @@ async fn incus_websocket_secrets_never_reach_clients() {
             assert_clean(&format!("{who}'s event"), t, &secrets);
         }
     }
+
+    // The console's operation carries websocket secrets the same way.
+    let console = app
+        .ws(&format!(
+            "/api/v1/instances/{name}/console/ws?token={admin}"
+        ))
+        .await
+        .expect("console opens");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (console_id, upstream) = loop {
+        let list = app
+            .get("/api/v1/operations?project=default", Some(&viewer))
+            .await;
+        let running = list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|op| {
+                let oid = op["id"].as_str()?;
+                // Not the exec's (finished by now, but listed for a while).
+                (op["class"] == "websocket" && op["status_code"] == 103 && oid != id)
+                    .then(|| oid.to_owned())
+            });
+        if let Some(cid) = running
+            && let Some(up) = incus_query(&format!("/1.0/operations/{cid}"))
+        {
+            break (cid, up);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no console operation: {}",
+            list.text
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let secrets: Vec<String> = upstream["metadata"]["fds"]
+        .as_object()
+        .unwrap_or_else(|| panic!("Incus gave the console no fds: {upstream}"))
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert!(!secrets.is_empty(), "{upstream}");
+    for token in [&admin, &viewer] {
+        let r = app
+            .get(&format!("/api/v1/operations/{console_id}"), Some(token))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_clean("the console operation", &r.text, &secrets);
+        let r = app
+            .get("/api/v1/operations?project=default", Some(token))
+            .await;
+        assert_clean("the list with the console", &r.text, &secrets);
+    }
+    drop(console);
 }
 
 /// Output of a recorded exec must not be in `op` (what a viewer gets).
