@@ -122,6 +122,8 @@ pub struct IncusConfig {
     pub timeout: Duration,
 }
 
+pub const METRICS_TOKEN_MIN_LEN: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -161,6 +163,8 @@ pub struct Config {
     pub log_level: String,
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
+    /// Bearer token `/metrics` requires; `None` leaves it open.
+    pub metrics_token: Option<Secret>,
     pub backend: BackendKind,
     pub embedded_vm_accel: VmAccel,
     pub incus: IncusConfig,
@@ -419,6 +423,23 @@ impl Config {
                 .push("TLS_CERT_PATH and TLS_KEY_PATH must be set together".into());
         }
 
+        let metrics_token = r
+            .raw("METRICS_TOKEN")
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        if let Some(t) = &metrics_token {
+            // Short tokens can be guessed; anything else could not be sent in
+            // an Authorization header.
+            if t.expose().len() < METRICS_TOKEN_MIN_LEN
+                || !t.expose().bytes().all(|b| b.is_ascii_graphic())
+            {
+                r.errors.push(format!(
+                    "METRICS_TOKEN must be at least {METRICS_TOKEN_MIN_LEN} printable ASCII \
+                     characters without spaces (or empty to leave /metrics open)"
+                ));
+            }
+        }
+
         let backend = r.parse("BACKEND", BackendKind::Embedded);
         let embedded_vm_accel = r.parse("EMBEDDED_VM_ACCEL", VmAccel::Auto);
         let incus = IncusConfig {
@@ -474,6 +495,7 @@ impl Config {
             log_level,
             tls_cert_path,
             tls_key_path,
+            metrics_token,
             backend,
             embedded_vm_accel,
             incus,

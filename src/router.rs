@@ -1,7 +1,7 @@
 //! Every route in one place, and the layers around them.
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -11,6 +11,7 @@ use axum::{Router, middleware};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa_axum::router::OpenApiRouter;
@@ -35,7 +36,12 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::me))
         .routes(routes!(auth::change_password))
         .routes(routes!(auth::ws_ticket))
-        .routes(routes!(auth::register));
+        .routes(routes!(auth::register))
+        // Tokens and tickets must not stay in a browser's or proxy's cache.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     let users = OpenApiRouter::new()
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(
@@ -320,7 +326,23 @@ pub fn build(state: AppState) -> Router {
     if !config.cors_origins.is_empty() {
         router = router.layer(cors(&config.cors_origins));
     }
-    router.layer(middleware::from_fn(telemetry::request_context))
+    // Outermost, so every answer carries them: errors, fallbacks and timeouts too.
+    if config.tls_cert_path.is_some() {
+        // Only when lxgate itself speaks TLS: behind a plain-HTTP listener the
+        // header would be ignored, and the proxy in front decides.
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ));
+    }
+    router
+        .layer(middleware::from_fn(telemetry::request_context))
+        // A browser must not guess a type: a file pulled from an instance or
+        // a log served as text could otherwise run as HTML or script.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
 }
 
 /// A browser terminal for `exec/ws` and `console/ws` (static; it reads the

@@ -3,13 +3,14 @@
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::Json;
 use crate::app::AppState;
+use crate::error::{ApiError, ApiResult, Problem};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -92,15 +93,41 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics in the text exposition format. With `METRICS_TOKEN`
+/// set, only for `Authorization: Bearer <METRICS_TOKEN>`.
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "get_metrics",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "METRICS_TOKEN is set and the request does not carry it", body = Problem, content_type = "application/problem+json")))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(expected) = &state.config.metrics_token
+        && !bearer_matches(&headers, expected.expose())
+    {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "/metrics needs `Authorization: Bearer <METRICS_TOKEN>`",
+        ));
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(),
     )
+        .into_response())
+}
+
+/// Compared in constant time so response timing does not reveal how much
+/// of a guess was right.
+fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }

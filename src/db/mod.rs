@@ -52,6 +52,9 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the database directory {}", dir.display()))?;
     }
+    if path != ":memory:" && !path.is_empty() {
+        private_sqlite_files(Path::new(path))?;
+    }
     Ok(if url.contains("mode=") {
         url.to_owned()
     } else if url.contains('?') {
@@ -59,6 +62,39 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
     } else {
         format!("{url}?mode=rwc")
     })
+}
+
+/// The database holds password hashes and refresh-token hashes: it is
+/// created 0600 before SQLite opens it, since SQLite gives its `-wal` and
+/// `-shm` files the database file's mode. Files left readable by an older
+/// version are closed too.
+fn private_sqlite_files(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating the database {}", db.display()));
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = db.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private (0600)", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 impl Db {

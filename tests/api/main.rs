@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod docs_ui;
 mod embedded;
+mod exposure;
 mod incus_backups;
 mod incus_events;
 mod incus_exec;

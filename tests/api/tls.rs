@@ -43,6 +43,19 @@ async fn serves_https_with_the_configured_certificate() {
     let url = format!("https://{}/health", app.addr);
     let r = client.get(&url).send().await.expect("HTTPS answers");
     assert_eq!(r.status(), 200);
+    // Served over TLS: browsers are told to stay on HTTPS.
+    assert_eq!(
+        r.headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000")
+    );
+    assert_eq!(
+        r.headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     // Plain HTTP on the same port is not served.

@@ -66,6 +66,23 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// The event as this subscriber may read it: viewers get operation
+    /// events without recorded exec output (as in `operations::for_caller`);
+    /// secrets are dropped for everyone when serialized.
+    fn render(&self, e: &Event) -> serde_json::Result<String> {
+        if !self
+            .user
+            .grants
+            .allows(Permission::ProjectOperate, &e.project)
+            && let Some(stripped) = e.without_exec_output()
+        {
+            return serde_json::to_string(&stripped);
+        }
+        serde_json::to_string(e)
+    }
+}
+
 fn filter(user: AuthUser, q: &EventsQuery, default_kinds: &[&str]) -> ApiResult<Filter> {
     let kinds: BTreeSet<String> = match &q.kinds {
         Some(k) => k
@@ -116,7 +133,7 @@ async fn relay(
                     if !filter.wants(&ev) {
                         continue;
                     }
-                    let Ok(text) = serde_json::to_string(&*ev) else { continue };
+                    let Ok(text) = filter.render(&ev) else { continue };
                     match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
                         Ok(Ok(())) => {}
                         _ => break,

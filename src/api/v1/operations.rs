@@ -65,10 +65,34 @@ pub async fn accepted(
         _ => op,
     };
     if op.is_done() {
+        // The caller is the requester: it sees its own output.
         let op = with_exec_output(state, project, Some(action), op).await?;
         return Ok((StatusCode::OK, Json(op)).into_response());
     }
     Ok(reference(op))
+}
+
+/// Whether `user` may read what an operation's command printed: its
+/// requester and the project's operators may, viewers may not (operators run
+/// commands whose output can hold anything, keys included).
+fn may_read_output(user: &AuthUser, project: &str, requester: Option<&str>) -> bool {
+    requester == Some(user.id.as_str()) || user.grants.allows(Permission::ProjectOperate, project)
+}
+
+/// The operation as `user` may see it: every list, get and wait answer goes
+/// through here (secrets are dropped for everyone when serialized).
+fn for_caller(
+    user: &AuthUser,
+    project: &str,
+    record: Option<&db::operations::OperationRow>,
+    op: Operation,
+) -> Operation {
+    let requester = record.and_then(|r| r.user_id.as_deref());
+    if may_read_output(user, project, requester) {
+        op
+    } else {
+        op.without_exec_output()
+    }
 }
 
 /// A finished exec operation carries the command's exit code, stdout and
@@ -189,6 +213,16 @@ pub async fn list_operations(
             .list_operations(Some(project.as_str()))
             .await?
     };
+    let ops = ops
+        .into_iter()
+        .map(|op| {
+            let project = match q.all_projects {
+                Some(true) => project_of(&op),
+                _ => project.as_str().to_owned(),
+            };
+            for_caller(&user, &project, None, op)
+        })
+        .collect();
     Ok(Json(Page::slice(ops, limit, offset)))
 }
 
@@ -208,7 +242,8 @@ pub async fn get_operation(
     let id = parse_id(&id)?;
     let (op, project, record) = visible(&state, &user, &id).await?;
     let action = record.as_ref().map(|r| r.action.as_str());
-    Ok(Json(with_exec_output(&state, &project, action, op).await?))
+    let op = with_exec_output(&state, &project, action, op).await?;
+    Ok(Json(for_caller(&user, &project, record.as_ref(), op)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -243,7 +278,8 @@ pub async fn wait_operation(
         let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
         state.backend.wait_operation(&id, timeout).await?
     };
-    Ok(Json(with_exec_output(&state, &project, action, op).await?))
+    let op = with_exec_output(&state, &project, action, op).await?;
+    Ok(Json(for_caller(&user, &project, record.as_ref(), op)))
 }
 
 /// Cancel an operation: operators their own, admins anyone's.

@@ -16,6 +16,9 @@ use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 /// `INCUS_TIMEOUT` is for API calls, a transfer lasts as long as its data does.
 pub(super) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
+/// How long Incus may take to start answering a file pull.
+const PULL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A transfer that moves no byte for this long is given up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -144,17 +147,28 @@ impl IncusBackend {
         instance: &str,
         path: &str,
     ) -> Result<FilePull, BackendError> {
-        let resp = self
-            .client
-            .raw_stream(
-                Method::GET,
-                &["instances", instance, "files"],
-                &[("project", project), ("path", path)],
-                HeaderMap::new(),
-                None,
-                TRANSFER_TIMEOUT,
-            )
-            .await?;
+        let segments = ["instances", instance, "files"];
+        let query = [("project", project), ("path", path)];
+        let open = self.client.raw_stream(
+            Method::GET,
+            &segments,
+            &query,
+            HeaderMap::new(),
+            None,
+            TRANSFER_TIMEOUT,
+        );
+        // Incus opens a FIFO like a file and waits for a writer before it
+        // answers (its HEAD calls a FIFO or a device `file` too, so there is
+        // nothing to check first): bound the wait for the answer instead.
+        let resp = tokio::time::timeout(PULL_OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| {
+                BackendError::BadRequest(format!(
+                    "{path} did not open within {} s: a FIFO (or another file that waits \
+                     on open) is not transferred",
+                    PULL_OPEN_TIMEOUT.as_secs()
+                ))
+            })??;
         let meta = file_meta(resp.headers());
         if meta.kind != "directory" {
             return Ok(FilePull::File {

@@ -20,6 +20,7 @@ pub use networks::*;
 pub mod projects;
 pub use projects::*;
 pub mod profiles;
+pub mod redact;
 pub use profiles::*;
 
 use std::collections::BTreeMap;
@@ -155,7 +156,10 @@ pub struct Operation {
     pub status_code: i64,
     /// Affected resources by kind, as `/1.0/...` URLs.
     pub resources: BTreeMap<String, Vec<String>>,
+    /// Secrets (websocket `fds`, tokens) are never serialized: lxgate keeps
+    /// them to bridge sockets itself, clients must not be able to join them.
     #[schema(value_type = Object)]
+    #[serde(serialize_with = "redact::operation_metadata")]
     pub metadata: Value,
     pub may_cancel: bool,
     /// Why the operation failed.
@@ -165,6 +169,13 @@ pub struct Operation {
 
 impl Operation {
     pub const RUNNING: i64 = 103;
+
+    /// The operation without what its command printed or was given (for
+    /// callers who may see the project but not what operators run in it).
+    pub fn without_exec_output(mut self) -> Self {
+        redact::exec_output(&mut self.metadata);
+        self
+    }
 
     /// Finished one way or another (success, failure, cancelled).
     pub fn is_done(&self) -> bool {
