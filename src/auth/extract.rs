@@ -20,6 +20,8 @@ pub struct AuthUser {
     pub id: String,
     pub username: String,
     pub grants: Grants,
+    /// The user's token version when this request was authenticated.
+    pub token_version: i64,
 }
 
 impl AuthUser {
@@ -86,6 +88,7 @@ impl AuthUser {
             id: user.id,
             username: user.username,
             grants,
+            token_version: user.token_version,
         })
     }
 
@@ -164,13 +167,15 @@ impl FromRequestParts<AppState> for WsUser {
             .map(|Query(c)| c)
             .unwrap_or_default();
         if let Some(ticket) = creds.ticket {
-            let Some(user_id) = db::ws_tickets::redeem(&state.db.pool, &ticket).await? else {
+            let Some((user_id, tv)) = db::ws_tickets::redeem(&state.db.pool, &ticket).await? else {
                 return Err(ApiError::unauthorized(
                     "invalid_ticket",
                     "the WebSocket ticket is unknown, used or expired (tickets last 30 s and work once)",
                 ));
             };
-            return AuthUser::load(state, parts, &user_id, None, "ticket")
+            // A ticket issued before a password, role or status change is
+            // revoked with the tokens of that time.
+            return AuthUser::load(state, parts, &user_id, Some(tv), "ticket")
                 .await
                 .map(WsUser);
         }

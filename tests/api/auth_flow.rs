@@ -191,3 +191,31 @@ db_test!(ws_tickets_are_issued_to_authenticated_users, |app| {
         .await
         .assert_problem(401, "missing_token");
 });
+
+/// A WebSocket ticket dies with the tokens of its time: once the user's role
+/// changes (its token version is bumped), a ticket issued before is refused,
+/// and a new one works.
+#[tokio::test]
+async fn a_ticket_issued_before_a_role_change_is_refused() {
+    let app = spawn_app(Db::Sqlite).await;
+    let admin = app.admin_token().await;
+    let viewer = app.user_with_role(&admin, "ticketed", Some("viewer")).await;
+    let stale = app.ticket(&viewer).await;
+    let r = app
+        .send(
+            app.request(Method::PATCH, "/api/v1/users/ticketed", Some(&admin))
+                .json(&json!({"role": "operator"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let refused = app
+        .ws(&format!("/api/v1/events/ws?ticket={stale}"))
+        .await
+        .expect_err("a ticket from before the role change");
+    assert_eq!(ws_refusal(refused), 401);
+    let (fresh_token, _) = app.login("ticketed", PASSWORD).await;
+    let fresh = app.ticket(&fresh_token).await;
+    app.ws(&format!("/api/v1/events/ws?ticket={fresh}"))
+        .await
+        .expect("a ticket issued after it");
+}

@@ -373,7 +373,7 @@ pub async fn ws_ticket(
     user: AuthUser,
     State(state): State<AppState>,
 ) -> ApiResult<Json<WsTicket>> {
-    let ticket = db::ws_tickets::issue(&state.db.pool, &user.id).await?;
+    let ticket = db::ws_tickets::issue(&state.db.pool, &user.id, user.token_version).await?;
     Ok(Json(WsTicket {
         ticket,
         expires_in: TICKET_TTL_SECS,
