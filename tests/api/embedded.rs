@@ -1056,14 +1056,7 @@ async fn vm_disk_images_that_name_host_files_are_refused() {
             r.text
         );
     }
-    let images = app.get("/api/v1/images", Some(&admin)).await;
-    assert_eq!(images.body["total"], 0, "{}", images.text);
-    let data = host.data();
-    let left: Vec<_> = [data.join("images"), data.join("tmp")]
-        .iter()
-        .flat_map(|d| files_under(d))
-        .collect();
-    assert!(left.is_empty(), "left on disk: {left:?}");
+    nothing_stored(&host, &app, &admin).await;
 
     // A self-contained qcow2 (the test bed's empty disk) is still taken.
     let form = Form::new()
@@ -1135,14 +1128,7 @@ async fn a_copied_vm_disk_with_a_backing_file_is_refused() {
         "{}",
         r.text
     );
-    let images = app.get("/api/v1/images", Some(&admin)).await;
-    assert_eq!(images.body["total"], 0, "{}", images.text);
-    let data = host.data();
-    let left: Vec<_> = [data.join("images"), data.join("tmp")]
-        .iter()
-        .flat_map(|d| files_under(d))
-        .collect();
-    assert!(left.is_empty(), "left on disk: {left:?}");
+    nothing_stored(&host, &app, &admin).await;
 }
 
 async fn run_in(app: &TestApp, token: &str, name: &str, script: &str) -> String {
@@ -1575,10 +1561,7 @@ async fn serve_simplestreams(
     for (path, body) in files {
         app = app.route(path, axum::routing::get(move || async move { body }));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/")
+    serve(app).await
 }
 
 #[tokio::test]

@@ -250,22 +250,17 @@ async fn exec_output_visibility(app: &TestApp, instance: &str) {
         ("operator", &operator),
         ("admin", &admin),
     ] {
-        let r = app
-            .get(&format!("/api/v1/operations/{id}"), Some(token))
-            .await;
-        assert_eq!(
-            r.body["metadata"]["stdout"], "key-s3cr3t\n",
-            "{who}: {}",
-            r.text
-        );
-        let r = app
-            .get(&format!("/api/v1/operations/{id}/wait"), Some(token))
-            .await;
-        assert_eq!(
-            r.body["metadata"]["stdout"], "key-s3cr3t\n",
-            "{who}: {}",
-            r.text
-        );
+        for path in [
+            format!("/api/v1/operations/{id}"),
+            format!("/api/v1/operations/{id}/wait"),
+        ] {
+            let r = app.get(&path, Some(token)).await;
+            assert_eq!(
+                r.body["metadata"]["stdout"], "key-s3cr3t\n",
+                "{who} {path}: {}",
+                r.text
+            );
+        }
     }
 
     let r = app

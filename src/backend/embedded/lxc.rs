@@ -180,14 +180,7 @@ impl Lxc {
         if let Err(e) = self.ensure_lxcpath().await {
             tracing::warn!(error = %e, "cannot set the lxcpath's mode");
         }
-        let Ok(mut rd) = tokio::fs::read_dir(&self.lxcpath).await else {
-            return;
-        };
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let ct = e.file_name().to_string_lossy().into_owned();
-            if !e.file_type().await.is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
+        for ct in super::driver::instance_dirs(&self.lxcpath).await {
             if let Err(err) = self.secure(&ct).await {
                 tracing::warn!(container = %ct, error = %err, "cannot close the container directory");
             }

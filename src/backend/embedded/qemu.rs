@@ -118,14 +118,7 @@ impl Qemu {
         if let Err(e) = self.close_root().await {
             tracing::warn!(error = %e, "cannot close the VMs' directory");
         }
-        let Ok(mut rd) = tokio::fs::read_dir(&self.dir).await else {
-            return;
-        };
-        while let Ok(Some(e)) = rd.next_entry().await {
-            if !e.file_type().await.is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let vm = e.file_name().to_string_lossy().into_owned();
+        for vm in super::driver::instance_dirs(&self.dir).await {
             if let Err(err) = self.secure(&vm).await {
                 tracing::warn!(vm = %vm, error = %err, "cannot close the VM directory");
             }

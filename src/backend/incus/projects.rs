@@ -52,51 +52,64 @@ const VM_LOW_LEVEL: [&str; 6] = [
 /// The `restricted.*` keys under which Incus refuses what lxgate's instance
 /// policy refuses non-admins in a project with `widening` (DESIGN §4a).
 pub fn restrictions(widening: &Widening) -> ConfigMap {
-    let allow = |yes: bool, no: &str| if yes { "allow" } else { no }.to_owned();
-    let mut r = ConfigMap::new();
-    r.insert("restricted".into(), "true".into());
-    // Operators may take snapshots and backups (DESIGN §4); a restricted
-    // project blocks both unless told otherwise.
-    r.insert("restricted.snapshots".into(), "allow".into());
-    r.insert("restricted.backups".into(), "allow".into());
-    r.insert(
-        "restricted.containers.privilege".into(),
-        allow(widening.allows_key("security.privileged"), "unprivileged"),
-    );
-    r.insert(
-        "restricted.containers.nesting".into(),
-        allow(widening.allows_key("security.nesting"), "block"),
-    );
-    r.insert(
-        "restricted.containers.interception".into(),
-        allow(widening.touches("security.syscalls.intercept."), "block"),
-    );
     // Low-level keys are allowed in Incus only when the allow list names
     // one of them: allowing `linux.sysctl.*` must not open `raw.lxc` too.
     let any = |keys: &[&str]| keys.iter().any(|k| widening.allows_key(k));
-    r.insert(
-        "restricted.containers.lowlevel".into(),
-        allow(any(&CONTAINER_LOW_LEVEL), "block"),
-    );
-    r.insert(
-        "restricted.virtual-machines.lowlevel".into(),
-        allow(any(&VM_LOW_LEVEL), "block"),
-    );
-    for t in BLOCKABLE_DEVICES {
-        r.insert(
+    // (key, allowed by the widening, the value when it is not)
+    let mut rules: Vec<(String, bool, &str)> = vec![
+        // Operators may take snapshots and backups (DESIGN §4); a
+        // restricted project blocks both unless told otherwise.
+        ("restricted.snapshots".into(), true, ""),
+        ("restricted.backups".into(), true, ""),
+        (
+            "restricted.containers.privilege".into(),
+            widening.allows_key("security.privileged"),
+            "unprivileged",
+        ),
+        (
+            "restricted.containers.nesting".into(),
+            widening.allows_key("security.nesting"),
+            "block",
+        ),
+        (
+            "restricted.containers.interception".into(),
+            widening.touches("security.syscalls.intercept."),
+            "block",
+        ),
+        (
+            "restricted.containers.lowlevel".into(),
+            any(&CONTAINER_LOW_LEVEL),
+            "block",
+        ),
+        (
+            "restricted.virtual-machines.lowlevel".into(),
+            any(&VM_LOW_LEVEL),
+            "block",
+        ),
+        // `managed`: only disks backed by a pool, only NICs on managed networks.
+        (
+            "restricted.devices.disk".into(),
+            widening.allows_device("disk"),
+            "managed",
+        ),
+        (
+            "restricted.devices.nic".into(),
+            widening.allows_device("nic"),
+            "managed",
+        ),
+    ];
+    rules.extend(BLOCKABLE_DEVICES.iter().map(|t| {
+        (
             format!("restricted.devices.{t}"),
-            allow(widening.allows_device(t), "block"),
-        );
-    }
-    // `managed`: only disks backed by a pool, only NICs on managed networks.
-    r.insert(
-        "restricted.devices.disk".into(),
-        allow(widening.allows_device("disk"), "managed"),
-    );
-    r.insert(
-        "restricted.devices.nic".into(),
-        allow(widening.allows_device("nic"), "managed"),
-    );
+            widening.allows_device(t),
+            "block",
+        )
+    }));
+    let mut r: ConfigMap = rules
+        .into_iter()
+        .map(|(k, yes, no)| (k, if yes { "allow" } else { no }.to_owned()))
+        .collect();
+    r.insert("restricted".into(), "true".into());
     r
 }
 
