@@ -188,6 +188,7 @@ impl App {
         });
         purge_audit(&app).await;
         spawn_janitor(Arc::downgrade(&app));
+        spawn_socket_watch(Arc::downgrade(&app));
         Ok(AppState(app))
     }
 }
@@ -207,6 +208,23 @@ async fn purge_audit(app: &App) {
     }
 }
 
+/// Re-checks the users of open WebSockets every `REVOCATION_CHECK_EVERY`,
+/// so that revocation (made on any replica) closes them. Ends when the app
+/// is dropped.
+fn spawn_socket_watch(app: Weak<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::api::ws::REVOCATION_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            if let Err(e) = app.sockets.check(&app.db.pool).await {
+                tracing::warn!(error = %e, "checking open WebSockets for revocation failed");
+            }
+        }
+    });
+}
+
 /// Periodic clean-up: limiter maps, spent tokens and tickets. Ends when the app is dropped.
 fn spawn_janitor(app: Weak<App>) {
     tokio::spawn(async move {
@@ -224,6 +242,9 @@ fn spawn_janitor(app: Weak<App>) {
             }
             if let Err(e) = db::ws_tickets::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired ws tickets failed");
+            }
+            if let Err(e) = db::revoked_tokens::purge_expired(&app.db.pool).await {
+                tracing::warn!(error = %e, "purging expired logged-out tokens failed");
             }
         }
     });

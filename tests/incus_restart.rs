@@ -44,9 +44,8 @@ async fn incusd_going_away_is_503_and_events_reconnect() {
     )
     .await;
     let admin = app.admin_token().await;
-    let ticket = app.ticket(&admin).await;
     let mut events = app
-        .ws(&format!("/api/v1/events/ws?type=lifecycle&ticket={ticket}"))
+        .ws_ticketed(&admin, "/api/v1/events/ws?type=lifecycle")
         .await
         .expect("subscribe");
 

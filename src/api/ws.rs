@@ -1,8 +1,10 @@
 //! WebSocket relay plumbing shared by exec, console and events: the
-//! browser's socket on one side, a backend `TerminalSession` on the other,
-//! and the per-user cap on open sockets.
+//! browser's socket on one side, a backend `TerminalSession` on the other;
+//! the per-user cap on open sockets, and the watcher that closes them when
+//! the access they were opened with is revoked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,38 +12,149 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::AnyPool;
+use tokio::sync::watch;
 
+use crate::auth::AuthUser;
+use crate::auth::rbac::{Grants, Permission};
 use crate::backend::types::{TerminalInput, TerminalSession};
+use crate::db;
 use crate::error::ApiError;
 
-/// Open WebSockets per user, capped (`MAX_WEBSOCKETS_PER_USER`): each one
-/// holds a backend session or an event subscription, so one account must
-/// not be able to open them without bound.
+/// How often open sockets are checked against the database. Revocation
+/// (account disabled or deleted, password or role change, logout, a lost
+/// project role) closes a socket within this long, on every replica.
+pub const REVOCATION_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Close code when the credentials a socket was opened with no longer hold
+/// (account disabled or deleted, token revoked or logged out). Mirrors 401.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code when the user lost the role the socket needs. Mirrors 403.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// Whether an open socket may go on, as the watcher last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Still allowed, with the user's current grants (an events socket
+    /// filters by them, so a project role lost or gained applies at once).
+    Granted(Grants),
+    /// To be closed with this code and reason.
+    Revoked { code: u16, reason: String },
+}
+
+/// What an open socket was opened under.
+#[derive(Debug)]
+struct Holder {
+    user_id: String,
+    token_version: i64,
+    jti: Option<String>,
+    needs: Vec<(Permission, String)>,
+    access: watch::Sender<Access>,
+}
+
+impl Holder {
+    /// The verdict for this socket given the user's current row and grants
+    /// (`None`: the user is gone) and whether its access token was logged out.
+    fn verdict(&self, user: Option<&(db::users::UserRow, Grants)>, logged_out: bool) -> Access {
+        let revoked = |code, reason: &str| Access::Revoked {
+            code,
+            reason: reason.to_owned(),
+        };
+        let Some((row, grants)) = user else {
+            return revoked(CLOSE_UNAUTHORIZED, "account deleted");
+        };
+        if row.is_disabled() {
+            return revoked(CLOSE_UNAUTHORIZED, "account disabled");
+        }
+        if row.token_version != self.token_version {
+            return revoked(
+                CLOSE_UNAUTHORIZED,
+                "credentials revoked (password, role or account status changed); log in again",
+            );
+        }
+        if logged_out {
+            return revoked(CLOSE_UNAUTHORIZED, "logged out");
+        }
+        if let Some((permission, project)) = self
+            .needs
+            .iter()
+            .find(|(p, project)| !grants.allows(*p, project))
+        {
+            let scope = if project.is_empty() {
+                String::new()
+            } else {
+                format!(" in project `{project}`")
+            };
+            return Access::Revoked {
+                code: CLOSE_FORBIDDEN,
+                reason: format!("permission `{}` lost{scope}", permission.as_str()),
+            };
+        }
+        Access::Granted(grants.clone())
+    }
+}
+
+/// The open WebSockets of this replica: capped per user
+/// (`MAX_WEBSOCKETS_PER_USER`, each one holds a backend session or an event
+/// subscription) and watched, so that revocation reaches them.
 #[derive(Debug)]
 pub struct SocketSlots {
     max: usize,
-    open: Mutex<HashMap<String, usize>>,
+    next: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    per_user: HashMap<String, usize>,
+    holders: HashMap<u64, Holder>,
 }
 
 /// One open socket of a user; dropping it (when the socket ends) frees it.
 #[derive(Debug)]
 pub struct SocketSlot {
     slots: Arc<SocketSlots>,
+    key: u64,
     user_id: String,
+    /// Changes when the watcher re-checks the user: new grants, or revoked.
+    pub access: watch::Receiver<Access>,
+}
+
+impl SocketSlot {
+    /// Resolves with the close code and reason once the socket's access is
+    /// revoked; never while it holds.
+    pub async fn revoked(&mut self) -> (u16, String) {
+        loop {
+            if let Access::Revoked { code, reason } = &*self.access.borrow_and_update() {
+                return (*code, reason.clone());
+            }
+            if self.access.changed().await.is_err() {
+                // The registry is gone (shutting down): nothing will revoke it.
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 impl SocketSlots {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
-            open: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            inner: Mutex::new(Inner::default()),
         })
     }
 
-    /// A slot for `user_id`, or 429 when it has `max` sockets open.
-    pub fn acquire(self: &Arc<Self>, user_id: &str) -> Result<SocketSlot, ApiError> {
-        let mut open = self.open.lock().expect("socket slots lock poisoned");
-        let n = open.entry(user_id.to_owned()).or_insert(0);
+    /// A slot for `user`'s socket that needs `needs` (permission, project;
+    /// the project is empty for server-wide permissions) to stay open, or
+    /// 429 when the user has `max` sockets open.
+    pub fn acquire(
+        self: &Arc<Self>,
+        user: &AuthUser,
+        needs: Vec<(Permission, String)>,
+    ) -> Result<SocketSlot, ApiError> {
+        let mut inner = self.inner.lock().expect("socket slots lock poisoned");
+        let n = inner.per_user.entry(user.id.clone()).or_insert(0);
         if *n >= self.max {
             let mut e = ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -55,31 +168,119 @@ impl SocketSlots {
             return Err(e);
         }
         *n += 1;
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(Access::Granted(user.grants.clone()));
+        inner.holders.insert(
+            key,
+            Holder {
+                user_id: user.id.clone(),
+                token_version: user.token_version,
+                jti: user.jti.clone(),
+                needs,
+                access: tx,
+            },
+        );
         Ok(SocketSlot {
             slots: Arc::clone(self),
-            user_id: user_id.to_owned(),
+            key,
+            user_id: user.id.clone(),
+            access: rx,
         })
     }
 
     pub fn open_for(&self, user_id: &str) -> usize {
-        let open = self.open.lock().expect("socket slots lock poisoned");
-        open.get(user_id).copied().unwrap_or(0)
+        let inner = self.inner.lock().expect("socket slots lock poisoned");
+        inner.per_user.get(user_id).copied().unwrap_or(0)
+    }
+
+    /// Re-checks every open socket's user against the database and revokes
+    /// (or updates the grants of) those that changed. A database error
+    /// leaves sockets as they are until the next check.
+    pub async fn check(&self, pool: &AnyPool) -> Result<(), sqlx::Error> {
+        let (mut users, mut jtis) = {
+            let inner = self.inner.lock().expect("socket slots lock poisoned");
+            let users: Vec<String> = inner.per_user.keys().cloned().collect();
+            let jtis: Vec<String> = inner
+                .holders
+                .values()
+                .filter_map(|h| h.jti.clone())
+                .collect();
+            (users, jtis)
+        };
+        if users.is_empty() {
+            return Ok(());
+        }
+        users.sort();
+        jtis.sort();
+        jtis.dedup();
+        let rows: HashMap<String, (db::users::UserRow, Grants)> =
+            db::users::many_with_grants(pool, &users)
+                .await?
+                .into_iter()
+                .map(|(row, grants)| (row.id.clone(), (row, grants)))
+                .collect();
+        let logged_out = db::revoked_tokens::revoked_among(pool, &jtis).await?;
+        let inner = self.inner.lock().expect("socket slots lock poisoned");
+        for holder in inner.holders.values() {
+            let out = holder.jti.as_ref().is_some_and(|j| logged_out.contains(j));
+            let verdict = holder.verdict(rows.get(&holder.user_id), out);
+            holder.access.send_if_modified(|a| {
+                // Once revoked, a socket stays revoked.
+                if *a == verdict || matches!(a, Access::Revoked { .. }) {
+                    return false;
+                }
+                *a = verdict.clone();
+                true
+            });
+        }
+        Ok(())
     }
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().expect("socket slots lock poisoned");
-        if let Some(n) = open.get_mut(&self.user_id) {
+        let mut inner = self.slots.inner.lock().expect("socket slots lock poisoned");
+        inner.holders.remove(&self.key);
+        if let Some(n) = inner.per_user.get_mut(&self.user_id) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.user_id);
+                inner.per_user.remove(&self.user_id);
             }
         }
     }
 }
 
+/// Sends the close frame for a revoked socket (bounded in time: the peer
+/// may not be reading).
+pub async fn close_revoked<S>(sink: &mut S, code: u16, reason: String)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    tracing::info!(code, reason = %reason, "closing a WebSocket: access revoked");
+    metrics::counter!("lxgate_websockets_revoked_total").increment(1);
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(frame)).await;
+}
+
 const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// How a terminal relay ended.
+enum End {
+    /// The process's output is over: say how it exited, then close.
+    Finished,
+    /// The browser or the backend went away.
+    Gone,
+    Revoked(u16, String),
+}
+
+impl From<bool> for End {
+    fn from(finished: bool) -> Self {
+        if finished { End::Finished } else { End::Gone }
+    }
+}
 
 /// Text frames a terminal client may send.
 #[derive(Deserialize)]
@@ -91,7 +292,9 @@ enum Control {
 /// Relays until either side ends. Binary frames are stdin/stdout; text
 /// frames carry JSON control messages (`{"type":"resize",...}`); the last
 /// frame before close is `{"type":"exit","exit_code":N}` for commands.
-pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
+/// A revoked slot ends the session with `CLOSE_UNAUTHORIZED` or
+/// `CLOSE_FORBIDDEN` and the reason.
+pub async fn relay_terminal(socket: WebSocket, session: TerminalSession, mut slot: SocketSlot) {
     let TerminalSession {
         input,
         mut output,
@@ -146,13 +349,16 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
         }
         false
     };
-    let finished = tokio::select! {
-        finished = downstream => finished,
-        finished = upstream => finished,
+    let end = tokio::select! {
+        finished = downstream => End::from(finished),
+        finished = upstream => End::from(finished),
+        (code, reason) = slot.revoked() => End::Revoked(code, reason),
     };
     // Dropping the input hangs the session up on the backend side.
     drop(input);
-    if finished {
+    if let End::Revoked(code, reason) = end {
+        close_revoked(&mut to_browser, code, reason).await;
+    } else if let End::Finished = end {
         if let Some(exit) = exit {
             let code = tokio::time::timeout(Duration::from_secs(30), exit)
                 .await
@@ -176,16 +382,87 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
 mod tests {
     use super::*;
 
+    fn user(id: &str, grants: Grants) -> AuthUser {
+        AuthUser {
+            id: id.to_owned(),
+            username: id.to_owned(),
+            grants,
+            token_version: 3,
+            jti: Some(format!("jti-{id}")),
+        }
+    }
+
     #[test]
     fn slots_are_capped_per_user_and_freed_on_drop() {
         let slots = SocketSlots::new(2);
-        let a = slots.acquire("u1").unwrap();
-        let _b = slots.acquire("u1").unwrap();
-        let err = slots.acquire("u1").unwrap_err();
+        let u1 = user("u1", Grants::default());
+        let a = slots.acquire(&u1, vec![]).unwrap();
+        let _b = slots.acquire(&u1, vec![]).unwrap();
+        let err = slots.acquire(&u1, vec![]).unwrap_err();
         assert_eq!(err.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(slots.acquire("u2").is_ok());
+        assert!(
+            slots
+                .acquire(&user("u2", Grants::default()), vec![])
+                .is_ok()
+        );
         drop(a);
-        assert!(slots.acquire("u1").is_ok());
+        assert!(slots.acquire(&u1, vec![]).is_ok());
         assert_eq!(slots.open_for("u2"), 0);
+    }
+
+    fn row(disabled: bool, token_version: i64) -> db::users::UserRow {
+        db::users::UserRow {
+            id: "u1".into(),
+            username: "u1".into(),
+            password_hash: String::new(),
+            role: None,
+            disabled: i64::from(disabled),
+            token_version,
+            created_at: 0,
+            updated_at: 0,
+            last_login_at: None,
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_user_row_grants_and_logout() {
+        let viewer = Grants {
+            global: None,
+            projects: vec![("team".into(), crate::auth::Role::Viewer)],
+        };
+        let slots = SocketSlots::new(4);
+        let slot = slots
+            .acquire(
+                &user("u1", viewer.clone()),
+                vec![(Permission::ProjectView, "team".into())],
+            )
+            .unwrap();
+        let inner = slots.inner.lock().unwrap();
+        let h = &inner.holders[&slot.key];
+        let code = |a: Access| match a {
+            Access::Revoked { code, .. } => Some(code),
+            Access::Granted(_) => None,
+        };
+        assert_eq!(
+            code(h.verdict(Some(&(row(false, 3), viewer.clone())), false)),
+            None
+        );
+        assert_eq!(code(h.verdict(None, false)), Some(CLOSE_UNAUTHORIZED));
+        assert_eq!(
+            code(h.verdict(Some(&(row(true, 3), viewer.clone())), false)),
+            Some(CLOSE_UNAUTHORIZED)
+        );
+        assert_eq!(
+            code(h.verdict(Some(&(row(false, 4), viewer.clone())), false)),
+            Some(CLOSE_UNAUTHORIZED)
+        );
+        assert_eq!(
+            code(h.verdict(Some(&(row(false, 3), viewer.clone())), true)),
+            Some(CLOSE_UNAUTHORIZED)
+        );
+        assert_eq!(
+            code(h.verdict(Some(&(row(false, 3), Grants::default())), false)),
+            Some(CLOSE_FORBIDDEN)
+        );
     }
 }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{FromRequestParts, OriginalUri, Query};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::Deserialize;
@@ -22,6 +23,10 @@ pub struct AuthUser {
     pub grants: Grants,
     /// The user's token version when this request was authenticated.
     pub token_version: i64,
+    /// The `jti` of the access token this request came with (for a ticket:
+    /// of the token that asked for it), so that logging it out reaches
+    /// sockets opened with it.
+    pub jti: Option<String>,
 }
 
 impl AuthUser {
@@ -60,6 +65,7 @@ impl AuthUser {
         parts: &Parts,
         user_id: &str,
         token_version: Option<i64>,
+        jti: Option<String>,
         method: &'static str,
     ) -> Result<Self, ApiError> {
         let Some((user, grants)) = db::users::with_grants(&state.db.pool, user_id).await? else {
@@ -89,6 +95,7 @@ impl AuthUser {
             username: user.username,
             grants,
             token_version: user.token_version,
+            jti,
         })
     }
 
@@ -102,8 +109,82 @@ impl AuthUser {
             tracing::debug!(reason = %e, "token refused");
             invalid_token()
         })?;
-        Self::load(state, parts, &claims.sub, Some(claims.tv), method).await
+        if db::revoked_tokens::is_revoked(&state.db.pool, &claims.jti).await? {
+            return Err(logged_out());
+        }
+        Self::load(
+            state,
+            parts,
+            &claims.sub,
+            Some(claims.tv),
+            Some(claims.jti),
+            method,
+        )
+        .await
     }
+
+    /// Redeems a WebSocket ticket for the route it is presented on.
+    async fn from_ticket(state: &AppState, parts: &Parts, ticket: &str) -> Result<Self, ApiError> {
+        let invalid = |why: &str| {
+            ApiError::unauthorized(
+                "invalid_ticket",
+                format!(
+                    "the WebSocket ticket {why} (tickets last 30 s, work once, and open the route and project they were issued for)"
+                ),
+            )
+        };
+        let Some(t) = db::ws_tickets::redeem(&state.db.pool, ticket).await? else {
+            return Err(invalid("is unknown, used or expired"));
+        };
+        // Nested routers see a shortened `parts.uri`; the ticket names the
+        // full path the client opened.
+        let path = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |u| u.0.path());
+        if t.path != path || t.project != query_project(parts)? {
+            return Err(invalid("was issued for another route or project"));
+        }
+        if let Some(jti) = &t.jti
+            && db::revoked_tokens::is_revoked(&state.db.pool, jti).await?
+        {
+            return Err(logged_out());
+        }
+        // A ticket issued before a password, role or status change is
+        // revoked with the tokens of that time.
+        Self::load(
+            state,
+            parts,
+            &t.user_id,
+            Some(t.token_version),
+            t.jti,
+            "ticket",
+        )
+        .await
+    }
+}
+
+/// The `?project=` of a request (`None` without one). Given twice it is
+/// ambiguous, and refused.
+fn query_project(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    let query = parts.uri.query().unwrap_or_default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "project" && found.replace(v.into_owned()).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`project` is given more than once",
+            ));
+        }
+    }
+    Ok(found)
+}
+
+fn logged_out() -> ApiError {
+    ApiError::unauthorized(
+        "token_revoked",
+        "this access token was logged out; log in again",
+    )
 }
 
 fn invalid_token() -> ApiError {
@@ -111,7 +192,13 @@ fn invalid_token() -> ApiError {
 }
 
 fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
-    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+    bearer_token(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer` header, if there is one; any
+/// other Authorization header is refused.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| invalid_token())?;
@@ -167,15 +254,7 @@ impl FromRequestParts<AppState> for WsUser {
             .map(|Query(c)| c)
             .unwrap_or_default();
         if let Some(ticket) = creds.ticket {
-            let Some((user_id, tv)) = db::ws_tickets::redeem(&state.db.pool, &ticket).await? else {
-                return Err(ApiError::unauthorized(
-                    "invalid_ticket",
-                    "the WebSocket ticket is unknown, used or expired (tickets last 30 s and work once)",
-                ));
-            };
-            // A ticket issued before a password, role or status change is
-            // revoked with the tokens of that time.
-            return AuthUser::load(state, parts, &user_id, Some(tv), "ticket")
+            return AuthUser::from_ticket(state, parts, &ticket)
                 .await
                 .map(WsUser);
         }

@@ -9,6 +9,7 @@ pub mod login_failures;
 pub mod operations;
 pub mod project_roles;
 pub mod refresh_tokens;
+pub mod revoked_tokens;
 pub mod users;
 pub mod ws_tickets;
 

@@ -268,3 +268,38 @@ pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
         .await?;
     Ok(r.rows_affected() == 1)
 }
+
+/// Many users with their grants, for the open-socket watcher (ids that no
+/// longer exist are simply absent). Bounded statements: 500 ids at a time.
+pub async fn many_with_grants(
+    pool: &AnyPool,
+    ids: &[String],
+) -> Result<Vec<(UserRow, Grants)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        let users = q.fetch_all(pool).await?;
+        let grants = super::project_roles::for_users(pool, chunk).await?;
+        for user in users {
+            let projects = grants
+                .iter()
+                .filter(|g| g.user_id == user.id)
+                .filter_map(|g| Some((g.project.clone(), g.role.parse().ok()?)))
+                .collect();
+            let g = Grants {
+                global: user.role(),
+                projects,
+            };
+            out.push((user, g));
+        }
+    }
+    Ok(out)
+}

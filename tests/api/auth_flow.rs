@@ -182,14 +182,34 @@ db_test!(change_password_checks_current_and_policy, |app| {
 db_test!(ws_tickets_are_issued_to_authenticated_users, |app| {
     let admin = app.admin_token().await;
     let r = app
-        .post("/api/v1/auth/ws-ticket", Some(&admin), json!({}))
+        .post(
+            "/api/v1/auth/ws-ticket",
+            Some(&admin),
+            json!({"path": "/api/v1/events/ws"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["expires_in"], 30);
     assert_eq!(r.body["ticket"].as_str().unwrap().len(), 43);
-    app.post("/api/v1/auth/ws-ticket", None, json!({}))
-        .await
-        .assert_problem(401, "missing_token");
+    // Only WebSocket routes, and valid names.
+    for bad in [
+        json!({}),
+        json!({"path": "/api/v1/users"}),
+        json!({"path": "/api/v1/instances/../exec/ws"}),
+        json!({"path": "/api/v1/instances/a%2Fb/exec/ws"}),
+        json!({"path": "/api/v1/events/ws", "project": "no/such"}),
+    ] {
+        let r = app.post("/api/v1/auth/ws-ticket", Some(&admin), bad).await;
+        assert_eq!(r.status.as_u16() / 100, 4, "{}", r.text);
+        assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    }
+    app.post(
+        "/api/v1/auth/ws-ticket",
+        None,
+        json!({"path": "/api/v1/events/ws"}),
+    )
+    .await
+    .assert_problem(401, "missing_token");
 });
 
 /// A WebSocket ticket dies with the tokens of its time: once the user's role
@@ -200,7 +220,7 @@ async fn a_ticket_issued_before_a_role_change_is_refused() {
     let app = spawn_app(Db::Sqlite).await;
     let admin = app.admin_token().await;
     let viewer = app.user_with_role(&admin, "ticketed", Some("viewer")).await;
-    let stale = app.ticket(&viewer).await;
+    let stale = app.ticket(&viewer, "/api/v1/events/ws").await;
     let r = app
         .send(
             app.request(Method::PATCH, "/api/v1/users/ticketed", Some(&admin))
@@ -214,8 +234,7 @@ async fn a_ticket_issued_before_a_role_change_is_refused() {
         .expect_err("a ticket from before the role change");
     assert_eq!(ws_refusal(refused), 401);
     let (fresh_token, _) = app.login("ticketed", PASSWORD).await;
-    let fresh = app.ticket(&fresh_token).await;
-    app.ws(&format!("/api/v1/events/ws?ticket={fresh}"))
+    app.ws_ticketed(&fresh_token, "/api/v1/events/ws")
         .await
         .expect("a ticket issued after it");
 }

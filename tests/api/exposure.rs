@@ -433,7 +433,11 @@ async fn security_headers() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let r = app
-        .post("/api/v1/auth/ws-ticket", Some(&access), json!({}))
+        .post(
+            "/api/v1/auth/ws-ticket",
+            Some(&access),
+            json!({"path": "/api/v1/events/ws"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.header("cache-control"), Some("no-store"));

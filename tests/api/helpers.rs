@@ -297,13 +297,38 @@ pub type ClientSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl TestApp {
-    /// A single-use WebSocket ticket for `token`'s user.
-    pub async fn ticket(&self, token: &str) -> String {
+    /// A ticket for the WebSocket at `path_and_query`: bound to its path
+    /// and its `?project=` (if any).
+    pub async fn ticket(&self, token: &str, path_and_query: &str) -> String {
+        let uri: axum::http::Uri = path_and_query.parse().unwrap();
+        let project = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "project")
+            .map(|(_, v)| v.into_owned());
         let r = self
-            .post("/api/v1/auth/ws-ticket", Some(token), serde_json::json!({}))
+            .post(
+                "/api/v1/auth/ws-ticket",
+                Some(token),
+                serde_json::json!({"path": uri.path(), "project": project}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "ticket: {}", r.text);
         r.body["ticket"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens the WebSocket at `path_and_query` with a ticket issued for it.
+    pub async fn ws_ticketed(
+        &self,
+        token: &str,
+        path_and_query: &str,
+    ) -> Result<ClientSocket, tokio_tungstenite::tungstenite::Error> {
+        let ticket = self.ticket(token, path_and_query).await;
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        self.ws(&format!("{path_and_query}{sep}ticket={ticket}"))
+            .await
     }
 
     /// Opens a WebSocket to `path_and_query` (which carries its own credentials).

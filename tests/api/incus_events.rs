@@ -46,15 +46,14 @@ async fn lifecycle_and_operation_events_reach_subscribers() {
     let name = unique("ev");
     let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
 
-    let ticket = app.ticket(&admin).await;
+    let path = "/api/v1/events/ws?type=lifecycle,operation";
+    let ticket = app.ticket(&admin, path).await;
     let mut events = app
-        .ws(&format!(
-            "/api/v1/events/ws?type=lifecycle,operation&ticket={ticket}"
-        ))
+        .ws(&format!("{path}&ticket={ticket}"))
         .await
         .expect("subscribe");
     // The ticket worked once and never again.
-    let again = app.ws(&format!("/api/v1/events/ws?ticket={ticket}")).await;
+    let again = app.ws(&format!("{path}&ticket={ticket}")).await;
     assert_eq!(ws_refusal(again.unwrap_err()), 401);
     let mut ops = app
         .ws(&format!("/api/v1/operations/ws?token={admin}"))
@@ -135,20 +134,17 @@ async fn subscribers_only_see_their_projects() {
     let member = app.user_with_role(&admin, "member", None).await;
     app.grant(&admin, "member", &project, "viewer").await;
 
-    let ticket = app.ticket(&member).await;
     let mut mine = app
-        .ws(&format!("/api/v1/events/ws?type=lifecycle&ticket={ticket}"))
+        .ws_ticketed(&member, "/api/v1/events/ws?type=lifecycle")
         .await
         .expect("subscribe");
     // Asking for a project it has no role in, or for logging, is refused.
-    let t = app.ticket(&member).await;
     let refused = app
-        .ws(&format!("/api/v1/events/ws?project=default&ticket={t}"))
+        .ws_ticketed(&member, "/api/v1/events/ws?project=default")
         .await;
     assert_eq!(ws_refusal(refused.unwrap_err()), 403);
-    let t = app.ticket(&member).await;
     let refused = app
-        .ws(&format!("/api/v1/events/ws?type=logging&ticket={t}"))
+        .ws_ticketed(&member, "/api/v1/events/ws?type=logging")
         .await;
     assert_eq!(ws_refusal(refused.unwrap_err()), 403);
     let refused = app.ws("/api/v1/events/ws").await;
@@ -182,9 +178,8 @@ async fn admins_can_follow_the_backend_log() {
     let admin = app.admin_token().await;
     let name = unique("evl");
     let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
-    let ticket = app.ticket(&admin).await;
     let mut log = app
-        .ws(&format!("/api/v1/events/ws?type=logging&ticket={ticket}"))
+        .ws_ticketed(&admin, "/api/v1/events/ws?type=logging")
         .await
         .expect("subscribe to logging");
     tokio::time::sleep(Duration::from_millis(300)).await;

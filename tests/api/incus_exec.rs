@@ -45,11 +45,11 @@ async fn interactive_exec_relays_io_resize_and_exit_code() {
     let name = running_container(&app, &admin).await;
     let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
 
-    let ticket = app.ticket(&admin).await;
     let mut term = app
-        .ws(&format!(
-            "/api/v1/instances/{name}/exec/ws?command=sh&width=80&height=24&ticket={ticket}"
-        ))
+        .ws_ticketed(
+            &admin,
+            &format!("/api/v1/instances/{name}/exec/ws?command=sh&width=80&height=24"),
+        )
         .await
         .expect("terminal opens");
     term.send(Message::Binary("echo hello-$((6*7))\n".into()))
@@ -183,11 +183,8 @@ async fn console_attaches_and_terminal_errors_are_clear() {
     let name = running_container(&app, &admin).await;
     let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
 
-    let ticket = app.ticket(&admin).await;
     let mut console = app
-        .ws(&format!(
-            "/api/v1/instances/{name}/console/ws?ticket={ticket}"
-        ))
+        .ws_ticketed(&admin, &format!("/api/v1/instances/{name}/console/ws"))
         .await
         .expect("console opens");
     console.send(Message::Binary("\n".into())).await.unwrap();
@@ -203,25 +200,78 @@ async fn console_attaches_and_terminal_errors_are_clear() {
 
     // Errors come back as HTTP before any upgrade.
     let viewer = app.user_with_role(&admin, "viewer1", Some("viewer")).await;
-    let t = app.ticket(&viewer).await;
     let r = app
-        .ws(&format!("/api/v1/instances/{name}/exec/ws?ticket={t}"))
+        .ws_ticketed(&viewer, &format!("/api/v1/instances/{name}/exec/ws"))
         .await;
     assert_eq!(ws_refusal(r.unwrap_err()), 403);
-    let t = app.ticket(&admin).await;
     let r = app
-        .ws(&format!(
-            "/api/v1/instances/{name}/exec/ws?width=0&ticket={t}"
-        ))
+        .ws_ticketed(&admin, &format!("/api/v1/instances/{name}/exec/ws?width=0"))
         .await;
     assert_eq!(ws_refusal(r.unwrap_err()), 400);
-    let t = app.ticket(&admin).await;
     let r = app
-        .ws(&format!("/api/v1/instances/no-such-one/exec/ws?ticket={t}"))
+        .ws_ticketed(&admin, "/api/v1/instances/no-such-one/exec/ws")
         .await;
     assert_eq!(ws_refusal(r.unwrap_err()), 404);
     // Plain HTTP on a WebSocket route: 426 problem+json.
     app.get(&format!("/api/v1/instances/{name}/exec/ws"), Some(&admin))
         .await
         .assert_problem(426, "websocket_required");
+}
+
+/// An operator's root shell does not outlive the operator role: the exec
+/// socket closes (4403) within 5 s of the project role being removed, and
+/// a console closes (4401) when its user is disabled.
+#[tokio::test]
+async fn terminals_close_when_access_is_revoked() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+
+    let op = unique("op");
+    let operator = app.user_with_role(&admin, &op, None).await;
+    app.grant(&admin, &op, "default", "operator").await;
+    let mut term = app
+        .ws_ticketed(
+            &operator,
+            &format!("/api/v1/instances/{name}/exec/ws?command=sh"),
+        )
+        .await
+        .expect("terminal opens");
+    term.send(Message::Binary("echo still-$((40+2))\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut term, "still-42", 20).await;
+    let r = app
+        .delete(
+            &format!("/api/v1/users/{op}/projects/default"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text);
+    let (code, reason, after) = crate::revocation::closed(&mut term).await;
+    assert_eq!(code, 4403, "{reason} after {after:?}");
+
+    let con = unique("con");
+    let console_user = app.user_with_role(&admin, &con, Some("operator")).await;
+    let mut console = app
+        .ws_ticketed(
+            &console_user,
+            &format!("/api/v1/instances/{name}/console/ws"),
+        )
+        .await
+        .expect("console opens");
+    let r = app
+        .send(
+            app.request(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/users/{con}"),
+                Some(&admin),
+            )
+            .json(&json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    let (code, reason, _) = crate::revocation::closed(&mut console).await;
+    assert_eq!((code, reason.as_str()), (4401, "account disabled"));
 }

@@ -164,6 +164,7 @@ async fn user_creation_and_tickets_are_rate_limited() {
             .header("x-forwarded-for", ip)
     };
     let new_user = |n: u32| json!({"username": format!("flood{n}"), "password": PASSWORD});
+    let events_ticket = json!({"path": "/api/v1/events/ws"});
 
     // Two user creations spend the bucket of 192.0.2.2 ...
     for n in 0..2 {
@@ -182,7 +183,7 @@ async fn user_creation_and_tickets_are_rate_limited() {
         .await;
     assert_rate_limited(&r);
     let r = app
-        .send(from(Method::POST, "/api/v1/auth/ws-ticket", "192.0.2.2"))
+        .send(from(Method::POST, "/api/v1/auth/ws-ticket", "192.0.2.2").json(&events_ticket))
         .await;
     assert_rate_limited(&r);
     // Endpoints without the limit do not care.
@@ -192,7 +193,7 @@ async fn user_creation_and_tickets_are_rate_limited() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Another client is unaffected.
     let r = app
-        .send(from(Method::POST, "/api/v1/auth/ws-ticket", "192.0.2.3"))
+        .send(from(Method::POST, "/api/v1/auth/ws-ticket", "192.0.2.3").json(&events_ticket))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app

@@ -22,5 +22,6 @@ mod incus_transport;
 mod limits;
 mod policy_escape;
 mod rbac_matrix;
+mod revocation;
 mod tls;
 mod users_admin;

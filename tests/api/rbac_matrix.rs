@@ -442,7 +442,7 @@ impl<'a> Matrix<'a> {
                 let pw = caller.map_or(PASSWORD, |c| c.password);
                 Some(json!({"current_password": pw, "new_password": pw}))
             }
-            "POST /api/v1/auth/ws-ticket" => None,
+            "POST /api/v1/auth/ws-ticket" => Some(json!({"path": "/api/v1/events/ws"})),
             "POST /api/v1/auth/register" | "POST /api/v1/users" => {
                 self.seq += 1;
                 Some(json!({"username": format!("new-{}", self.seq), "password": PASSWORD}))
@@ -485,9 +485,12 @@ impl<'a> Matrix<'a> {
         let reply = tokio::time::timeout(Duration::from_secs(30), self.app.send(rb))
             .await
             .unwrap_or_else(|_| panic!("{key} as {:?} took over 30 s", caller.map(|c| c.name)));
-        // A password change ends the caller's tokens: log in again.
-        if key == "PUT /api/v1/auth/me/password"
-            && let Some(c) = caller
+        // A password change ends the caller's tokens, a logout the one it
+        // was called with: log in again.
+        if matches!(
+            key,
+            "PUT /api/v1/auth/me/password" | "POST /api/v1/auth/logout"
+        ) && let Some(c) = caller
             && reply.status == StatusCode::NO_CONTENT
         {
             let fresh = self.app.login(c.name, c.password).await.0;

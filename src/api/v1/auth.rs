@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,11 +13,13 @@ use utoipa::ToSchema;
 use crate::api::v1::users::{CreateUser, UserOut, create_user_row, created};
 use crate::api::{AuthRateLimit, ClientIp, Json};
 use crate::app::AppState;
+use crate::auth::extract::bearer_token;
 use crate::auth::rbac::{Permission, Scope};
 use crate::auth::{AuthUser, Role, Username, password};
 use crate::db;
 use crate::db::ws_tickets::TICKET_TTL_SECS;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::{InstanceName, ProjectName};
 use crate::telemetry::RequestCtx;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -205,14 +207,31 @@ pub async fn refresh(
 /// Log out: revoke the refresh token and every token rotated from the same login.
 ///
 /// Always answers 204, so it reveals nothing about the token.
+/// Log out: ends the refresh token's whole login and, when the request
+/// carries `Authorization: Bearer <access token>`, that access token too
+/// (at once, on every replica, with the WebSockets opened with it).
 #[utoipa::path(post, path = "/logout", tag = "auth", operation_id = "logout",
+    security((), ("bearer" = [])),
     request_body = RefreshRequest,
-    responses((status = 204, description = "Logged out")))]
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 400, description = "Malformed JSON body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The Authorization header is not a bearer token", body = Problem, content_type = "application/problem+json")))]
 pub async fn logout(
     State(state): State<AppState>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
+    headers: HeaderMap,
     Json(req): Json<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
+    if let Some(token) = bearer_token(&headers)? {
+        // Only a token that verifies is recorded: nobody can fill the
+        // table with made-up ids, and an expired one needs no entry.
+        if let Ok(claims) = state.tokens.verify(token) {
+            ctx.set_auth("bearer");
+            db::revoked_tokens::revoke(&state.db.pool, &claims.jti, &claims.sub, claims.exp)
+                .await?;
+        }
+    }
     if let Some(row) = db::refresh_tokens::find(&state.db.pool, &req.refresh_token).await? {
         ctx.set_auth("refresh_token");
         db::refresh_tokens::revoke_family(&state.db.pool, &row.family_id).await?;
@@ -349,31 +368,88 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The WebSocket a ticket will open.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WsTicketRequest {
+    /// The socket's path: `/api/v1/events/ws`, `/api/v1/operations/ws`,
+    /// `/api/v1/instances/{name}/exec/ws` or `/api/v1/instances/{name}/console/ws`.
+    #[schema(example = "/api/v1/instances/web1/exec/ws", max_length = 128)]
+    pub path: String,
+    /// The `?project=` the socket URL will carry; omit it when the URL has none.
+    #[schema(example = "default", max_length = 63)]
+    pub project: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WsTicket {
-    /// Pass as `?ticket=` when opening a WebSocket. Works once.
+    /// Pass as `?ticket=` when opening the WebSocket. Works once, on the
+    /// path and project it was issued for.
     pub ticket: String,
     /// Seconds the ticket stays valid.
     #[schema(example = 30)]
     pub expires_in: i64,
 }
 
-/// Get a single-use ticket for opening a WebSocket from a browser.
+/// Whether `path` is a WebSocket route a ticket may open.
+fn check_ws_path(path: &str) -> ApiResult<()> {
+    let bad = || {
+        ApiError::invalid_field(
+            "path",
+            "must be /api/v1/events/ws, /api/v1/operations/ws, or /api/v1/instances/{name}/exec/ws or /console/ws",
+        )
+    };
+    match path {
+        "/api/v1/events/ws" | "/api/v1/operations/ws" => Ok(()),
+        _ => {
+            let rest = path.strip_prefix("/api/v1/instances/").ok_or_else(bad)?;
+            let name = rest
+                .strip_suffix("/exec/ws")
+                .or_else(|| rest.strip_suffix("/console/ws"))
+                .ok_or_else(bad)?;
+            InstanceName::parse(name)
+                .map(|_| ())
+                .map_err(|e| ApiError::invalid_field("path", e))
+        }
+    }
+}
+
+/// Get a single-use ticket for opening one WebSocket from a browser.
 ///
 /// Browsers cannot send an `Authorization` header on a WebSocket; a ticket
-/// keeps the long-lived access token out of URLs and logs.
+/// keeps the long-lived access token out of URLs and logs. It opens only
+/// the `path` (and `?project=`) it was issued for, and dies with the access
+/// token that asked for it (logout, password, role or status change).
 #[utoipa::path(post, path = "/ws-ticket", tag = "auth", operation_id = "create_ws_ticket",
     security(("bearer" = [])),
+    request_body = WsTicketRequest,
     responses(
         (status = 200, description = "A ticket valid for 30 seconds", body = WsTicket),
+        (status = 400, description = "Malformed JSON body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`path` is not a WebSocket route, or `project` is not a valid project name", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
 pub async fn ws_ticket(
     _limit: AuthRateLimit,
     user: AuthUser,
     State(state): State<AppState>,
+    Json(req): Json<WsTicketRequest>,
 ) -> ApiResult<Json<WsTicket>> {
-    let ticket = db::ws_tickets::issue(&state.db.pool, &user.id, user.token_version).await?;
+    check_ws_path(&req.path)?;
+    if let Some(p) = &req.project {
+        ProjectName::parse(p).map_err(|e| ApiError::invalid_field("project", e))?;
+    }
+    let ticket = db::ws_tickets::issue(
+        &state.db.pool,
+        &db::ws_tickets::Ticket {
+            user_id: user.id,
+            token_version: user.token_version,
+            path: req.path,
+            project: req.project,
+            jti: user.jti,
+        },
+    )
+    .await?;
     Ok(Json(WsTicket {
         ticket,
         expires_in: TICKET_TTL_SECS,

@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 
 use crate::api::Query;
 use crate::api::v1::project_param;
-use crate::api::ws::SocketSlot;
+use crate::api::ws::{Access, SocketSlot, close_revoked};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
@@ -67,6 +67,20 @@ impl Filter {
 }
 
 impl Filter {
+    /// What keeps the subscription open: `logging` needs an admin, one
+    /// project a role in it. Without a project it filters by the user's
+    /// current grants, updated as they change.
+    fn needs(&self) -> Vec<(Permission, String)> {
+        let mut needs = Vec::new();
+        if self.kinds.contains("logging") {
+            needs.push((Permission::LoggingEvents, String::new()));
+        }
+        if let Some(p) = &self.project {
+            needs.push((Permission::ProjectView, p.clone()));
+        }
+        needs
+    }
+
     /// The event as this subscriber may read it: viewers get operation
     /// events without recorded exec output (as in `operations::for_caller`);
     /// secrets are dropped for everyone when serialized.
@@ -121,7 +135,8 @@ async fn relay(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
     mut logging: Option<tokio::sync::mpsc::Receiver<Event>>,
-    filter: Filter,
+    mut filter: Filter,
+    mut slot: SocketSlot,
 ) {
     metrics::gauge!("lxgate_event_subscribers").increment(1.0);
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -170,6 +185,21 @@ async fn relay(
                 // Subscribers only listen; pongs and anything else are ignored.
                 Some(Ok(_)) => {}
             },
+            changed = slot.access.changed() => {
+                if changed.is_err() {
+                    // Cannot happen while the slot lives; end rather than spin.
+                    break;
+                }
+                let access = slot.access.borrow_and_update().clone();
+                match access {
+                    // Roles changed but still allow it: filter by the new ones.
+                    Access::Granted(grants) => filter.user.grants = grants,
+                    Access::Revoked { code, reason } => {
+                        close_revoked(&mut socket, code, reason).await;
+                        break;
+                    }
+                }
+            }
             _ = ping.tick() => {
                 if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.map_or(true, |r| r.is_err()) {
                     break;
@@ -206,10 +236,7 @@ async fn upgrade(
     } else {
         None
     };
-    Ok(ws.on_upgrade(move |socket| async move {
-        let _slot = slot;
-        relay(socket, rx, logging, filter).await;
-    }))
+    Ok(ws.on_upgrade(move |socket| relay(socket, rx, logging, filter, slot)))
 }
 
 /// Subscribe to events (WebSocket). Each message is one Incus-shaped Event,
@@ -230,8 +257,8 @@ pub async fn events_ws(
     Query(q): Query<EventsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let slot = state.sockets.acquire(&user.id)?;
     let filter = filter(user, &q, &["operation", "lifecycle"])?;
+    let slot = state.sockets.acquire(&filter.user, filter.needs())?;
     upgrade(&state, ws, filter, slot).await
 }
 
@@ -258,7 +285,7 @@ pub async fn operations_ws(
         ));
     }
     q.kinds = Some("operation".into());
-    let slot = state.sockets.acquire(&user.id)?;
     let filter = filter(user, &q, &["operation"])?;
+    let slot = state.sockets.acquire(&filter.user, filter.needs())?;
     upgrade(&state, ws, filter, slot).await
 }

@@ -104,6 +104,11 @@ fn authorize_terminal(
     Ok((project, InstanceName::from_path(name)?))
 }
 
+/// What keeps a terminal open: the operator role it was opened with.
+fn terminal_needs(project: &ProjectName) -> Vec<(Permission, String)> {
+    vec![(Permission::ProjectOperate, project.as_str().to_owned())]
+}
+
 /// Interactive terminal (WebSocket): binary frames are stdin/stdout, the
 /// client may send `{"type":"resize","width":W,"height":H}` as text, and the
 /// last server frame is `{"type":"exit","exit_code":N}`.
@@ -128,7 +133,7 @@ pub async fn exec_ws(
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
-    let slot = state.sockets.acquire(&user.id)?;
+    let slot = state.sockets.acquire(&user, terminal_needs(&project))?;
     let req = exec_request(&q)?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
@@ -138,10 +143,7 @@ pub async fn exec_ws(
         .exec_interactive(project.as_str(), name.as_str(), &req, size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let _slot = slot;
-        relay_terminal(socket, session).await;
-    }))
+    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
 /// The instance console (WebSocket), relayed like the exec terminal.
@@ -165,7 +167,7 @@ pub async fn console_ws(
     let q = terminal_query(&uri)?;
     let (project, name) = authorize_terminal(&user, &q, &name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
-    let slot = state.sockets.acquire(&user.id)?;
+    let slot = state.sockets.acquire(&user, terminal_needs(&project))?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
     let session = state
@@ -173,10 +175,7 @@ pub async fn console_ws(
         .console(project.as_str(), name.as_str(), size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let _slot = slot;
-        relay_terminal(socket, session).await;
-    }))
+    Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
 /// Run a command without a terminal. Answers 202 with an operation; once it
