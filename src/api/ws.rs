@@ -3,7 +3,7 @@
 //! the per-user cap on open sockets, and the watcher that closes them when
 //! the access they were opened with is revoked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,15 +197,19 @@ impl SocketSlots {
     /// (or updates the grants of) those that changed. A database error
     /// leaves sockets as they are until the next check.
     pub async fn check(&self, pool: &AnyPool) -> Result<(), sqlx::Error> {
-        let (mut users, mut jtis) = {
+        let (mut users, mut jtis, before) = {
             let inner = self.inner.lock().expect("socket slots lock poisoned");
+            // Sockets opened after this point were authenticated after the
+            // rows below were read: they are judged at the next check, not
+            // against rows that may not know their user (or new password).
+            let before = self.next.load(Ordering::Relaxed);
             let users: Vec<String> = inner.per_user.keys().cloned().collect();
             let jtis: Vec<String> = inner
                 .holders
                 .values()
                 .filter_map(|h| h.jti.clone())
                 .collect();
-            (users, jtis)
+            (users, jtis, before)
         };
         if users.is_empty() {
             return Ok(());
@@ -219,9 +223,12 @@ impl SocketSlots {
                 .into_iter()
                 .map(|(row, grants)| (row.id.clone(), (row, grants)))
                 .collect();
-        let logged_out = db::revoked_tokens::revoked_among(pool, &jtis).await?;
+        let logged_out: HashSet<String> = db::revoked_tokens::revoked_among(pool, &jtis)
+            .await?
+            .into_iter()
+            .collect();
         let inner = self.inner.lock().expect("socket slots lock poisoned");
-        for holder in inner.holders.values() {
+        for (_, holder) in inner.holders.iter().filter(|(key, _)| **key < before) {
             let out = holder.jti.as_ref().is_some_and(|j| logged_out.contains(j));
             let verdict = holder.verdict(rows.get(&holder.user_id), out);
             holder.access.send_if_modified(|a| {

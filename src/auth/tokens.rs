@@ -41,6 +41,10 @@ pub struct Claims {
 #[error("{0}")]
 pub struct TokenRejected(String);
 
+/// Clock skew tolerated on `exp` and `nbf`: a token verifies up to this
+/// long after its `exp`.
+pub const LEEWAY_SECS: u64 = 5;
+
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -54,7 +58,7 @@ impl TokenKeys {
     pub fn new(secret: &[u8], issuer: &str, audience: &str, access_ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);

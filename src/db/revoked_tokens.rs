@@ -4,7 +4,7 @@
 
 use sqlx::AnyPool;
 
-use crate::auth::tokens::now_secs;
+use crate::auth::tokens::{LEEWAY_SECS, now_secs};
 
 /// Ends the access token `jti` (of `user_id`, valid until `expires_at`).
 pub async fn revoke(
@@ -53,9 +53,11 @@ pub async fn revoked_among(pool: &AnyPool, jtis: &[String]) -> Result<Vec<String
     Ok(out)
 }
 
+/// Drops entries whose token no longer verifies anyway (past `exp` and the
+/// leeway verification allows).
 pub async fn purge_expired(pool: &AnyPool) -> Result<u64, sqlx::Error> {
     let r = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
-        .bind(now_secs())
+        .bind(now_secs() - LEEWAY_SECS as i64 - 1)
         .execute(pool)
         .await?;
     Ok(r.rows_affected())

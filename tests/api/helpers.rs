@@ -342,6 +342,20 @@ impl TestApp {
 }
 
 /// The HTTP status a refused WebSocket handshake got.
+/// The problem `code` of a refused WebSocket handshake, with its status.
+pub fn ws_refusal_code(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+            let code = body["code"].as_str().unwrap_or_default().to_owned();
+            (resp.status().as_u16(), code)
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
 pub fn ws_refusal(e: tokio_tungstenite::tungstenite::Error) -> u16 {
     match e {
         tokio_tungstenite::tungstenite::Error::Http(resp) => resp.status().as_u16(),
