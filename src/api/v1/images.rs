@@ -562,7 +562,7 @@ struct SpooledFile {
         (status = 202, description = "Importing", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
-        (status = 400, description = "Malformed multipart body; on the embedded backend also a rootfs tar cannot read, or a VM disk that is not a self-contained qcow2", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed multipart body; on the embedded backend also a rootfs that tar cannot read, or a VM disk that is not a self-contained qcow2", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The image or an alias already exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`image_too_large`: the files are larger than `MAX_IMAGE_BYTES`, or (embedded backend) the image unpacks to more or its VM disk's virtual size is more; `payload_too_large`: the body is over 8 GiB", body = Problem, content_type = "application/problem+json"),

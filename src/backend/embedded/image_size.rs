@@ -89,12 +89,14 @@ pub async fn check(
 async fn tarball(path: &Path, what: &str, budget: Budget) -> Result<u64, BackendError> {
     let mut cmd = Command::new("tar");
     // GNU tar detects the compression of a file it can seek. Numeric owners
-    // and escaped names keep every line `mode uid/gid size date time name`.
+    // and escaped names keep every line `mode uid/gid size date time name`;
+    // `--force-local`: a `:` in DATA_DIR never names a remote host.
     cmd.args([
         "--list",
         "--verbose",
         "--numeric-owner",
         "--quoting-style=escape",
+        "--force-local",
         "--file",
     ])
     .arg(path)
