@@ -153,6 +153,7 @@ impl App {
                     config.embedded_vm_accel,
                     db.pool.clone(),
                     Fetcher::new(config.image_server_allowlist.clone()),
+                    config.max_image_bytes,
                 );
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;

@@ -124,6 +124,10 @@ pub struct IncusConfig {
 
 pub const METRICS_TOKEN_MIN_LEN: usize = 16;
 
+/// `MAX_IMAGE_BYTES` unless set: room for a desktop distribution's rootfs
+/// or VM disk, far below what a compression bomb unpacks to.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -157,6 +161,10 @@ pub struct Config {
     /// Image servers that may be fetched over http or from non-public
     /// addresses (see `fetch`).
     pub image_server_allowlist: Allowlist,
+    /// The largest image lxgate takes: an upload's files, and on the
+    /// embedded backend a download, the unpacked rootfs (or kernel and
+    /// initrd) and a VM disk's virtual size.
+    pub max_image_bytes: u64,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
@@ -393,6 +401,7 @@ impl Config {
                 r.errors.push(format!("IMAGE_SERVER_ALLOWLIST {e}"));
                 Allowlist::default()
             });
+        let max_image_bytes = r.positive("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES);
         let cors_origins: Vec<String> = r
             .string("CORS_ORIGINS", "")
             .split(',')
@@ -489,6 +498,7 @@ impl Config {
             trusted_proxies,
             cors_origins,
             image_server_allowlist,
+            max_image_bytes,
             request_timeout,
             max_body_bytes,
             log_format,
@@ -525,6 +535,7 @@ mod tests {
         assert_eq!(cfg.port, 8000);
         assert_eq!(cfg.backend, BackendKind::Embedded);
         assert_eq!(cfg.access_token_ttl, Duration::from_secs(1800));
+        assert_eq!(cfg.max_image_bytes, 8 << 30);
     }
 
     #[test]
@@ -536,10 +547,11 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
             ("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
             ("IMAGE_SERVER_ALLOWLIST", "127.0.0.1:8443, http://x"),
+            ("MAX_IMAGE_BYTES", "8G"),
         ])
         .unwrap_err();
-        assert_eq!(err.0.len(), 6, "{err}");
-        assert_eq!(err.to_string().lines().count(), 6);
+        assert_eq!(err.0.len(), 7, "{err}");
+        assert_eq!(err.to_string().lines().count(), 7);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum BackendError {
     Restricted(String),
     #[error("TLS with the backend failed: {0}")]
     TlsFailure(String),
+    /// An image over `MAX_IMAGE_BYTES` (see `image_too_large`).
+    #[error("{0}")]
+    ImageTooLarge(String),
     /// The backend answered with an error that has no closer meaning (its message is kept).
     #[error("{0}")]
     Upstream(String),
@@ -120,10 +123,33 @@ impl From<BackendError> for ApiError {
                 "the TLS connection to the backend failed (untrusted server certificate or protocol mismatch)",
             )
             .with_source(anyhow::anyhow!(m)),
+            BackendError::ImageTooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", m)
+            }
             BackendError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "backend_error", m),
             BackendError::Internal(e) => ApiError::internal(e),
         }
     }
+}
+
+/// Refuses an image over `MAX_IMAGE_BYTES` (`max`): `what` names what is
+/// too large (the upload, a download, the unpacked image, a disk's virtual
+/// size), and the message names the setting and its value.
+pub fn image_too_large(what: &str, max: u64) -> BackendError {
+    BackendError::ImageTooLarge(format!(
+        "{what} is larger than MAX_IMAGE_BYTES allows ({})",
+        human_bytes(max)
+    ))
+}
+
+/// `n` bytes the way a person writes them: `8 GiB`, `64 MiB`, `1000 bytes`.
+pub fn human_bytes(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
 }
 
 /// A list as names (`expand=false`, Incus recursion 0) or full objects.
@@ -740,5 +766,28 @@ pub trait Backend: Send + Sync {
 
     async fn project_state(&self, _name: &str) -> Result<types::ProjectState, BackendError> {
         unsupported("reading project state")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refusals_name_the_setting_in_round_units() {
+        assert_eq!(human_bytes(8 << 30), "8 GiB");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(3 << 40), "3 TiB");
+        assert_eq!(human_bytes(1536), "1536 bytes");
+        assert_eq!(human_bytes(0), "0 bytes");
+        let e: ApiError = image_too_large("the upload", 64 << 20).into();
+        assert_eq!(
+            (e.status, e.code.as_ref(), e.detail.as_str()),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image_too_large",
+                "the upload is larger than MAX_IMAGE_BYTES allows (64 MiB)"
+            )
+        );
     }
 }

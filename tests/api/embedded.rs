@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
-fn env(name: &str) -> String {
+pub fn env(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
@@ -38,7 +38,7 @@ impl Host {
         Self { dir }
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -53,6 +53,11 @@ impl Host {
     /// An app that may fetch images from these test servers (base URLs on
     /// 127.0.0.1), which `IMAGE_SERVER_ALLOWLIST` must name.
     pub async fn app_allowing(&self, servers: &[&str]) -> TestApp {
+        self.app_with(servers, &[]).await
+    }
+
+    /// `app_allowing` with more settings.
+    pub async fn app_with(&self, servers: &[&str], settings: &[(&str, &str)]) -> TestApp {
         let data = self.data().display().to_string();
         let db = format!("sqlite://{data}/lxgate.db");
         let allow = servers
@@ -63,16 +68,14 @@ impl Host {
             })
             .collect::<Vec<_>>()
             .join(",");
-        spawn_app_with(
-            Db::Sqlite,
-            &[
-                ("BACKEND", "embedded"),
-                ("DATA_DIR", &data),
-                ("DATABASE_URL", &db),
-                ("IMAGE_SERVER_ALLOWLIST", &allow),
-            ],
-        )
-        .await
+        let mut vars = vec![
+            ("BACKEND", "embedded"),
+            ("DATA_DIR", data.as_str()),
+            ("DATABASE_URL", db.as_str()),
+            ("IMAGE_SERVER_ALLOWLIST", allow.as_str()),
+        ];
+        vars.extend_from_slice(settings);
+        spawn_app_with(Db::Sqlite, &vars).await
     }
 
     /// `lxc-info` straight from LXC, bypassing lxgate.
@@ -130,7 +133,7 @@ pub async fn import_busybox(app: &TestApp, token: &str) -> String {
 }
 
 /// `POST /images/import` of a multipart form; the new image's fingerprint.
-async fn upload_image(app: &TestApp, token: &str, form: Form) -> String {
+pub async fn upload_image(app: &TestApp, token: &str, form: Form) -> String {
     let r = app
         .send(
             app.request(
@@ -720,7 +723,7 @@ async fn files_stay_inside_the_container() {
 
 /// The test bed's kernel + initrd VM image: metadata tarball, and a
 /// `rootfs.img` tarball holding the two files metadata.yaml's `boot` names.
-async fn import_vm_image(app: &TestApp, token: &str, scratch: &Path) -> String {
+pub async fn import_vm_image(app: &TestApp, token: &str, scratch: &Path) -> String {
     let kernel = PathBuf::from(env("LXGATE_TEST_VM_KERNEL"));
     let initrd = PathBuf::from(env("LXGATE_TEST_VM_INITRD"));
     let boot = scratch.join("boot.tar");
@@ -1495,7 +1498,7 @@ async fn a_cancelled_create_leaves_nothing_behind() {
     panic!("every create finished before its cancel arrived");
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for p in parts {
@@ -1541,7 +1544,7 @@ async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
 
 /// A simplestreams server of the test's own on 127.0.0.1: the index naming
 /// `product`, the catalogue, and the files; its base URL.
-async fn serve_simplestreams(
+pub async fn serve_simplestreams(
     product: &str,
     catalogue: Value,
     files: Vec<(&'static str, Vec<u8>)>,
@@ -3261,7 +3264,7 @@ async fn a_host_that_cannot_map_ids_says_why() {
 }
 
 /// No image listed and nothing left in the image store or the spool.
-async fn nothing_stored(host: &Host, app: &TestApp, admin: &str) {
+pub async fn nothing_stored(host: &Host, app: &TestApp, admin: &str) {
     let list = app.get("/api/v1/images", Some(admin)).await;
     assert_eq!(list.body["total"], 0, "{}", list.text);
     let data = host.data();
@@ -3273,7 +3276,7 @@ async fn nothing_stored(host: &Host, app: &TestApp, admin: &str) {
 }
 
 /// A server of the test's own on 127.0.0.1 serving `app`; its base URL.
-async fn serve(app: axum::Router) -> String {
+pub async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -8,6 +8,7 @@ mod cli;
 mod docs_ui;
 mod embedded;
 mod exposure;
+mod image_bounds;
 mod incus_backups;
 mod incus_events;
 mod incus_exec;

@@ -21,7 +21,7 @@ use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, ListScope};
+use crate::backend::{BackendError, ListScope, image_too_large};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::fetch::Fetcher;
 use crate::names::{ImageAliasName, ImageFingerprint};
@@ -300,7 +300,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
 /// the project. Answers 202 with an operation; a server that cannot be
 /// reached makes the operation fail. The server must be https:// and
 /// resolve to public addresses unless `IMAGE_SERVER_ALLOWLIST` names it;
-/// redirects are followed only within the server's origin.
+/// redirects are followed only within the server's origin. On the embedded
+/// backend an image over `MAX_IMAGE_BYTES` (downloaded, once unpacked, or a
+/// VM disk's virtual size) fails the operation, with nothing kept.
 #[utoipa::path(post, path = "", tag = "images", operation_id = "copy_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),
@@ -468,11 +470,15 @@ fn clean_file_name(name: Option<&str>, fallback: &str) -> String {
 }
 
 /// Writes one file part to `path` chunk by chunk, feeding `hasher` when given.
-/// Returns the size and the first bytes (to recognise a qcow2 disk).
+/// Returns the size and the first bytes (to recognise a qcow2 disk). More
+/// than `room` bytes (what the parts before left of `max`, `MAX_IMAGE_BYTES`)
+/// is refused as soon as it has come in.
 async fn spool_part(
     field: &mut Field<'_>,
     path: &FsPath,
     mut hasher: Option<&mut Sha256>,
+    room: u64,
+    max: u64,
 ) -> ApiResult<(u64, Vec<u8>)> {
     let file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -492,8 +498,11 @@ async fn spool_part(
         if let Some(h) = hasher.as_deref_mut() {
             h.update(&chunk);
         }
-        out.write_all(&chunk).await.map_err(spool_error)?;
         size += chunk.len() as u64;
+        if size > room {
+            return Err(image_too_large("the upload", max).into());
+        }
+        out.write_all(&chunk).await.map_err(spool_error)?;
     }
     out.flush().await.map_err(spool_error)?;
     Ok((size, head))
@@ -542,7 +551,9 @@ struct SpooledFile {
 /// upload: a `metadata` part (tarball holding `metadata.yaml`) and a `rootfs`
 /// part (rootfs tarball, or a qcow2 disk for a VM), plus optional `alias`
 /// and `public` text parts. Streamed to disk, never held in memory; up to
-/// 8 GiB. Answers 202 with an operation once the backend has the files.
+/// `MAX_IMAGE_BYTES` (8 GiB by default), and on the embedded backend the
+/// image must also unpack to no more than that (a VM disk's virtual size
+/// too). Answers 202 with an operation once the backend has the files.
 #[utoipa::path(post, path = "/import", tag = "images", operation_id = "import_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),
@@ -551,10 +562,10 @@ struct SpooledFile {
         (status = 202, description = "Importing", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
-        (status = 400, description = "Malformed multipart body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed multipart body; on the embedded backend also a rootfs that tar cannot read, or a VM disk that is not a self-contained qcow2", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The image or an alias already exists", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than 8 GiB", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`image_too_large`: the files are larger than `MAX_IMAGE_BYTES`, or (embedded backend) the image unpacks to more or its VM disk's virtual size is more; `payload_too_large`: the body is over 8 GiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A part is missing, unknown or invalid", body = Problem, content_type = "application/problem+json")))]
 pub async fn import_image(
@@ -585,6 +596,8 @@ pub async fn import_image(
     let mut virtual_machine = false;
     let mut aliases: Vec<String> = Vec::new();
     let mut public = false;
+    let max = state.config.max_image_bytes;
+    let mut spooled = 0u64;
 
     let parsed: ApiResult<()> = async {
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -607,7 +620,9 @@ pub async fn import_image(
                     in_order &= metadata.is_some();
                     in_order.then_some(&mut hasher)
                 };
-                let (size, head) = spool_part(&mut field, &path, hash).await?;
+                let (size, head) =
+                    spool_part(&mut field, &path, hash, max - spooled, max).await?;
+                spooled += size;
                 let fallback = if is_meta { "metadata.tar" } else { "rootfs" };
                 let file = SpooledFile {
                     path,

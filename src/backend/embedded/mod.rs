@@ -8,6 +8,7 @@ mod dhcp;
 mod driver;
 mod files;
 mod idmap;
+mod image_size;
 mod images;
 mod instances;
 mod lxc;
@@ -55,6 +56,8 @@ pub struct EmbeddedBackend {
     qemu: Arc<qemu::Qemu>,
     /// For image servers (simplestreams): every fetch under `fetch`'s rules.
     fetch: Fetcher,
+    /// `MAX_IMAGE_BYTES`: downloads, unpacked sizes, VM disks' virtual sizes.
+    max_image_bytes: u64,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
     /// Managed networks and the NIC addresses given out on them change
@@ -75,13 +78,20 @@ type UnprivilegedRange = Result<idmap::HostRange, String>;
 const UNPRIVILEGED_TTL: Duration = Duration::from_secs(10);
 
 impl EmbeddedBackend {
-    pub fn new(data_dir: PathBuf, accel: VmAccel, pool: AnyPool, fetch: Fetcher) -> Self {
+    pub fn new(
+        data_dir: PathBuf,
+        accel: VmAccel,
+        pool: AnyPool,
+        fetch: Fetcher,
+        max_image_bytes: u64,
+    ) -> Self {
         let bus = EventBus::default();
         Self {
             images: Arc::new(ImageStore::new(data_dir.join("images"))),
             lxc: Arc::new(lxc::Lxc::new(data_dir.join("lxc"))),
             qemu: Arc::new(qemu::Qemu::new(data_dir.join("vms"), accel)),
             fetch,
+            max_image_bytes,
             data_dir,
             accel,
             drivers: OnceCell::new(),
@@ -864,10 +874,15 @@ impl Backend for EmbeddedBackend {
         upload: &types::ImageUpload,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
-        // Refused before anything is stored (400; the spool goes with the request).
-        if upload.virtual_machine && qcow::is_qcow2(&upload.rootfs).await? {
-            qcow::check_disk_image(&upload.rootfs).await?;
-        }
+        // Refused before anything is stored (400, or 413 when too large
+        // once unpacked; the spool goes with the request).
+        image_size::check(
+            &upload.metadata,
+            &upload.rootfs,
+            upload.virtual_machine,
+            image_size::Budget::new(self.max_image_bytes),
+        )
+        .await?;
         // The spool goes away when this returns: take the files now.
         let fresh = self.images.take_upload(upload).await?;
         let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
@@ -915,6 +930,7 @@ impl Backend for EmbeddedBackend {
             self.fetch.clone(),
         );
         let tmp = self.data_dir.join("tmp");
+        let budget = image_size::Budget::new(self.max_image_bytes);
         let project_owned = project.to_owned();
         let req = req.clone();
         Ok(self.ops.start(
@@ -945,6 +961,7 @@ impl Backend for EmbeddedBackend {
                     &meta.0,
                     "metadata",
                     &mut combined,
+                    budget,
                     &ctx,
                 )
                 .await?;
@@ -954,6 +971,7 @@ impl Backend for EmbeddedBackend {
                     &rootfs.0,
                     "rootfs",
                     &mut combined,
+                    budget.after(meta_size),
                     &ctx,
                 )
                 .await?;
@@ -966,10 +984,14 @@ impl Backend for EmbeddedBackend {
                     )));
                 }
                 ctx.check()?;
-                // A server's disk image is held to the rules of an upload; the
-                // spooled files go when this returns.
-                if found.vm && qcow::is_qcow2(&rootfs.0).await? {
-                    qcow::check_disk_image(&rootfs.0).await?;
+                // A server's image is held to the rules of an upload (its
+                // unpacked size, a VM disk's backing files and virtual
+                // size); the spooled files go when this returns.
+                // Measuring may take minutes for a big image: a cancel stops
+                // it (dropping the check kills tar).
+                tokio::select! {
+                    checked = image_size::check(&meta.0, &rootfs.0, found.vm, budget) => checked?,
+                    () = ctx.cancelled() => return Err(operations::OpError::Cancelled),
                 }
                 let up = types::ImageUpload {
                     metadata: meta.0.clone(),

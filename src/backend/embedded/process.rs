@@ -125,6 +125,18 @@ impl ProcessGroup {
         Ok((child, Self { pgid }))
     }
 
+    /// Spawns `cmd` as the leader of a new group with stdout piped for the
+    /// caller to read (and stderr discarded: `finish` then has no tail).
+    pub fn spawn_reading(cmd: &mut Command) -> std::io::Result<(tokio::process::Child, Self)> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        Ok((child, Self { pgid }))
+    }
+
     /// Waits for the leader, with the end of its stderr; the group is
     /// left alone from then on (its members are gone with it).
     pub async fn finish(

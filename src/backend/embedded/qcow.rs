@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
+use super::image_size::Budget;
 use super::process::run;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, human_bytes};
 
 pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 /// qcow2 v3 incompatible feature bit 2: the guest data lives in an external file.
@@ -25,6 +26,8 @@ struct Header {
     magic: [u8; 4],
     version: u32,
     backing_file_offset: u64,
+    /// The disk's size as the guest sees it, what its overlay can grow to.
+    size: u64,
     incompatible_features: u64,
 }
 
@@ -36,6 +39,7 @@ fn parse_header(b: &[u8]) -> Option<Header> {
         magic: b.get(..4)?.try_into().ok()?,
         version,
         backing_file_offset: u64_at(8)?,
+        size: u64_at(24)?,
         // Version 2 headers end before this field and have no such features.
         incompatible_features: if version >= 3 { u64_at(72)? } else { 0 },
     })
@@ -65,10 +69,19 @@ fn refuse(why: &str) -> BackendError {
     ))
 }
 
-/// Refuses a qcow2 that is not self-contained. The header is read first, so
-/// qemu-img never opens a file a refused image names; then `qemu-img info`
-/// (forced to qcow2, no format probing) must agree.
-pub async fn check_disk_image(path: &Path) -> Result<(), BackendError> {
+fn too_large(virtual_size: u64, budget: Budget) -> BackendError {
+    budget.refuse(&format!(
+        "the VM disk's virtual size ({})",
+        human_bytes(virtual_size)
+    ))
+}
+
+/// Refuses a qcow2 that is not self-contained, or whose virtual size (what
+/// an instance's disk grows to as the guest writes) is over `budget` (what
+/// the image's metadata left of `MAX_IMAGE_BYTES`). The header is
+/// read first, so qemu-img never opens a file a refused image names; then
+/// `qemu-img info` (forced to qcow2, no format probing) must agree.
+pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), BackendError> {
     let head = read_head(path).await?;
     let h = parse_header(&head)
         .filter(|h| &h.magic == QCOW2_MAGIC)
@@ -81,6 +94,9 @@ pub async fn check_disk_image(path: &Path) -> Result<(), BackendError> {
     }
     if h.incompatible_features & INCOMPAT_EXTERNAL_DATA_FILE != 0 {
         return Err(refuse("it has an external data file"));
+    }
+    if h.size > budget.left {
+        return Err(too_large(h.size, budget));
     }
     let out = run(
         "qemu-img",
@@ -100,11 +116,11 @@ pub async fn check_disk_image(path: &Path) -> Result<(), BackendError> {
     })?;
     let info: Value = serde_json::from_str(&out.stdout)
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("qemu-img info output: {e}")))?;
-    check_info(&info)
+    check_info(&info, budget)
 }
 
 /// What `qemu-img info --output=json` says about the image.
-fn check_info(info: &Value) -> Result<(), BackendError> {
+fn check_info(info: &Value, budget: Budget) -> Result<(), BackendError> {
     if info["format"] != "qcow2" {
         return Err(refuse("it is not a qcow2 image"));
     }
@@ -117,7 +133,11 @@ fn check_info(info: &Value) -> Result<(), BackendError> {
     if info["encrypted"] == true {
         return Err(refuse("it is encrypted"));
     }
-    Ok(())
+    match info["virtual-size"].as_u64() {
+        Some(size) if size > budget.left => Err(too_large(size, budget)),
+        Some(_) => Ok(()),
+        None => Err(refuse("qemu-img does not say its virtual size")),
+    }
 }
 
 #[cfg(test)]
@@ -130,11 +150,13 @@ mod tests {
         let mut b = vec![0u8; 104];
         b[..4].copy_from_slice(QCOW2_MAGIC);
         b[7] = 3;
+        b[27] = 0x01;
         let h = parse_header(&b).unwrap();
         assert_eq!(
             (h.version, h.backing_file_offset, h.incompatible_features),
             (3, 0, 0)
         );
+        assert_eq!(h.size, 1 << 32);
         b[15] = 0x70;
         b[79] = 0x04;
         let h = parse_header(&b).unwrap();
@@ -148,15 +170,23 @@ mod tests {
 
     #[test]
     fn qemu_img_info_is_read_strictly() {
-        assert!(check_info(&json!({"format": "qcow2", "format-specific": {"data": {}}})).is_ok());
+        let fine =
+            json!({"format": "qcow2", "virtual-size": 1024, "format-specific": {"data": {}}});
+        assert!(check_info(&fine, Budget::new(1024)).is_ok());
+        let e = check_info(&fine, Budget::new(1 << 20).after((1 << 20) - 1000)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the VM disk's virtual size (1 KiB) is larger than MAX_IMAGE_BYTES allows (1 MiB)"
+        );
         for bad in [
             json!({"format": "raw"}),
             json!({"format": "qcow2", "backing-filename": "/etc/shadow"}),
             json!({"format": "qcow2", "full-backing-filename": "/dev/sda"}),
             json!({"format": "qcow2", "format-specific": {"data": {"data-file": "/x.raw"}}}),
             json!({"format": "qcow2", "encrypted": true}),
+            json!({"format": "qcow2"}),
         ] {
-            assert!(check_info(&bad).is_err(), "{bad}");
+            assert!(check_info(&bad, Budget::new(u64::MAX)).is_err(), "{bad}");
         }
     }
 }

@@ -13,12 +13,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::image_size::Budget;
 use super::operations::{OpCtx, OpError};
 use crate::backend::BackendError;
 use crate::fetch::{Fetcher, OriginClient, TooLarge};
 
-/// Largest file lxgate downloads for an image.
-const MAX_FILE: u64 = 16 << 30;
 /// Largest index or product catalogue read (images.linuxcontainers.org's
 /// whole catalogue is about 3 MiB); it is held in memory to be parsed.
 const MAX_CATALOGUE: usize = 16 << 20;
@@ -200,18 +199,29 @@ pub async fn find(
 
 /// Downloads `item` to `dest`, feeding `combined` too, reporting progress
 /// as `{label}: N% (speed)` in the operation's metadata, and checks its hash.
+/// More than `budget` (what is left of `MAX_IMAGE_BYTES`) fails the copy:
+/// up front when the catalogue or the response says so, else as soon as
+/// that much has come in.
 pub async fn download(
     client: &OriginClient,
     item: &Item,
     dest: &Path,
     label: &str,
     combined: &mut Sha256,
+    budget: Budget,
     ctx: &OpCtx,
 ) -> Result<u64, OpError> {
+    let too_large = || OpError::from(budget.refuse(&format!("the image's {label} ({})", item.url)));
+    if item.size > budget.left {
+        return Err(too_large());
+    }
     let resp = client
         .get(&item.url)
         .await
         .map_err(|e| OpError::Failed(e.to_string()))?;
+    if resp.content_length().is_some_and(|n| n > budget.left) {
+        return Err(too_large());
+    }
     let total = resp.content_length().unwrap_or(item.size);
     let mut file = tokio::fs::File::create(dest)
         .await
@@ -232,7 +242,10 @@ pub async fn download(
             OpError::Failed(format!("could not fetch {}", item.url))
         })?;
         got += chunk.len() as u64;
-        if got > MAX_FILE || (item.size > 0 && got > item.size) {
+        if got > budget.left {
+            return Err(too_large());
+        }
+        if item.size > 0 && got > item.size {
             return Err(OpError::Failed(format!(
                 "{} is larger than announced",
                 item.url
