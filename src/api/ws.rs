@@ -1,9 +1,7 @@
 //! WebSocket relay plumbing shared by exec, console and events: the
-//! browser's socket on one side, a backend `TerminalSession` on the other,
-//! and the per-user cap on open sockets.
+//! browser's socket on one side, a backend `TerminalSession` on the other
+//! (the per-user cap on open sockets is in `api::slots`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -12,72 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::backend::types::{TerminalInput, TerminalSession};
-use crate::error::ApiError;
-
-/// Open WebSockets per user, capped (`MAX_WEBSOCKETS_PER_USER`): each one
-/// holds a backend session or an event subscription, so one account must
-/// not be able to open them without bound.
-#[derive(Debug)]
-pub struct SocketSlots {
-    max: usize,
-    open: Mutex<HashMap<String, usize>>,
-}
-
-/// One open socket of a user; dropping it (when the socket ends) frees it.
-#[derive(Debug)]
-pub struct SocketSlot {
-    slots: Arc<SocketSlots>,
-    user_id: String,
-}
-
-impl SocketSlots {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max,
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A slot for `user_id`, or 429 when it has `max` sockets open.
-    pub fn acquire(self: &Arc<Self>, user_id: &str) -> Result<SocketSlot, ApiError> {
-        let mut open = self.open.lock().expect("socket slots lock poisoned");
-        let n = open.entry(user_id.to_owned()).or_insert(0);
-        if *n >= self.max {
-            let mut e = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sockets",
-                format!(
-                    "this account has {} WebSockets open, the most it may; close one first",
-                    self.max
-                ),
-            );
-            e.retry_after = Some(5);
-            return Err(e);
-        }
-        *n += 1;
-        Ok(SocketSlot {
-            slots: Arc::clone(self),
-            user_id: user_id.to_owned(),
-        })
-    }
-
-    pub fn open_for(&self, user_id: &str) -> usize {
-        let open = self.open.lock().expect("socket slots lock poisoned");
-        open.get(user_id).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().expect("socket slots lock poisoned");
-        if let Some(n) = open.get_mut(&self.user_id) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.user_id);
-            }
-        }
-    }
-}
 
 const PING_EVERY: Duration = Duration::from_secs(20);
 
@@ -169,23 +101,5 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession) {
                 reason: "session ended".into(),
             })))
             .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_capped_per_user_and_freed_on_drop() {
-        let slots = SocketSlots::new(2);
-        let a = slots.acquire("u1").unwrap();
-        let _b = slots.acquire("u1").unwrap();
-        let err = slots.acquire("u1").unwrap_err();
-        assert_eq!(err.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
-        assert!(slots.acquire("u2").is_ok());
-        drop(a);
-        assert!(slots.acquire("u1").is_ok());
-        assert_eq!(slots.open_for("u2"), 0);
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use crate::api::Query;
+use crate::api::slots::UserSlot;
 use crate::api::v1::project_param;
-use crate::api::ws::SocketSlot;
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
@@ -197,7 +197,7 @@ async fn upgrade(
     state: &AppState,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     filter: Filter,
-    slot: SocketSlot,
+    slot: UserSlot,
 ) -> ApiResult<Response> {
     let ws = require_upgrade(ws)?;
     let rx = state.backend.subscribe()?;
