@@ -589,4 +589,20 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("secret\""));
         assert!(!format!("{cfg:?}").contains("0123456789abcdef0123456789abcdef"));
     }
+
+    #[test]
+    fn exec_and_operation_caps_have_defaults_and_must_be_positive() {
+        let cfg = load(&[("LXGATE_DEV", "1")]).unwrap();
+        assert_eq!(cfg.max_running_operations_per_user, 32);
+        assert_eq!(cfg.exec_output_max_bytes, 1024 * 1024);
+        assert_eq!(cfg.exec_output_total_bytes, 64 * 1024 * 1024);
+        let err = load(&[
+            ("LXGATE_DEV", "1"),
+            ("MAX_RUNNING_OPERATIONS_PER_USER", "0"),
+            ("EXEC_OUTPUT_MAX_BYTES", "0"),
+            ("EXEC_OUTPUT_TOTAL_BYTES", "lots"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{:?}", err.0);
+    }
 }
