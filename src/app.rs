@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::api::slots::{Held, UserSlots};
 use crate::api::ws::SocketSlots;
 use crate::auth::limit::{AuthLimiter, LoginThrottle};
 use crate::auth::tokens::{TokenKeys, random_token};
@@ -15,6 +16,7 @@ use crate::auth::{Role, password};
 use crate::backend::Backend;
 use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::incus::{IncusBackend, IncusClient};
+use crate::backend::types::OutputLimits;
 use crate::config::{BackendKind, Config, Secret};
 use crate::db::{self, Db};
 use crate::fetch::Fetcher;
@@ -30,6 +32,8 @@ pub struct App {
     pub audit_limiter: AuthLimiter,
     /// Open WebSockets per user.
     pub sockets: Arc<SocketSlots>,
+    /// Running operations per user (those they started through this replica).
+    pub running_operations: Arc<UserSlots>,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -146,6 +150,10 @@ impl App {
         }
         tokio::spawn(password::warm_up());
 
+        let output_limits = OutputLimits {
+            per_stream: config.exec_output_max_bytes,
+            total: config.exec_output_total_bytes,
+        };
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::Embedded => {
                 let embedded = EmbeddedBackend::new(
@@ -157,11 +165,15 @@ impl App {
                 );
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;
-                Arc::new(embedded)
+                Arc::new(embedded.with_output_limits(output_limits))
             }
-            BackendKind::Incus => Arc::new(IncusBackend::with_events(
-                IncusClient::new(&config.incus, &config.data_dir).map_err(anyhow::Error::msg)?,
-            )),
+            BackendKind::Incus => Arc::new(
+                IncusBackend::with_events(
+                    IncusClient::new(&config.incus, &config.data_dir)
+                        .map_err(anyhow::Error::msg)?,
+                )
+                .with_output_limits(output_limits),
+            ),
         };
 
         let tokens = TokenKeys::new(
@@ -177,6 +189,10 @@ impl App {
             ),
             login_throttle: LoginThrottle::new(config.login_max_failures, config.login_lockout),
             sockets: SocketSlots::new(config.max_websockets_per_user),
+            running_operations: UserSlots::new(
+                config.max_running_operations_per_user,
+                Held::Operations,
+            ),
             audit_limiter: AuthLimiter::new(
                 config.audit_unauthenticated_per_minute,
                 config.audit_unauthenticated_per_minute,

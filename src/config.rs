@@ -156,6 +156,13 @@ pub struct Config {
     pub audit_retention_days: u64,
     /// WebSockets (exec, console, events) one user may have open at once.
     pub max_websockets_per_user: usize,
+    /// Operations one user may have running at once (counted per replica).
+    pub max_running_operations_per_user: usize,
+    /// Bytes of stdout, and of stderr, one recorded exec keeps.
+    pub exec_output_max_bytes: usize,
+    /// Bytes of recorded exec output the embedded backend keeps in memory
+    /// across all operations; past it, the oldest finished outputs go.
+    pub exec_output_total_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_origins: Vec<String>,
     /// Image servers that may be fetched over http or from non-public
@@ -377,6 +384,10 @@ impl Config {
             r.positive("AUDIT_UNAUTHENTICATED_PER_MINUTE", 60u32);
         let audit_retention_days = r.parse("AUDIT_RETENTION_DAYS", 90u64);
         let max_websockets_per_user = r.positive("MAX_WEBSOCKETS_PER_USER", 32usize);
+        let max_running_operations_per_user =
+            r.positive("MAX_RUNNING_OPERATIONS_PER_USER", 32usize);
+        let exec_output_max_bytes = r.positive("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024usize);
+        let exec_output_total_bytes = r.positive("EXEC_OUTPUT_TOTAL_BYTES", 64 * 1024 * 1024usize);
 
         let mut trusted_proxies = Vec::new();
         for item in r.string("TRUSTED_PROXIES", "").split(',') {
@@ -495,6 +506,9 @@ impl Config {
             audit_unauthenticated_per_minute,
             audit_retention_days,
             max_websockets_per_user,
+            max_running_operations_per_user,
+            exec_output_max_bytes,
+            exec_output_total_bytes,
             trusted_proxies,
             cors_origins,
             image_server_allowlist,
@@ -586,5 +600,21 @@ mod tests {
         let cfg = load(&[("JWT_SECRET", "0123456789abcdef0123456789abcdef-secret")]).unwrap();
         assert!(!format!("{cfg:?}").contains("secret\""));
         assert!(!format!("{cfg:?}").contains("0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn exec_and_operation_caps_have_defaults_and_must_be_positive() {
+        let cfg = load(&[("LXGATE_DEV", "1")]).unwrap();
+        assert_eq!(cfg.max_running_operations_per_user, 32);
+        assert_eq!(cfg.exec_output_max_bytes, 1024 * 1024);
+        assert_eq!(cfg.exec_output_total_bytes, 64 * 1024 * 1024);
+        let err = load(&[
+            ("LXGATE_DEV", "1"),
+            ("MAX_RUNNING_OPERATIONS_PER_USER", "0"),
+            ("EXEC_OUTPUT_MAX_BYTES", "0"),
+            ("EXEC_OUTPUT_TOTAL_BYTES", "lots"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{:?}", err.0);
     }
 }

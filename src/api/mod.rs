@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod policy;
+pub mod slots;
 pub mod v1;
 pub mod ws;
 

@@ -1,9 +1,9 @@
 //! WebSocket relay plumbing shared by exec, console and events: the
 //! browser's socket on one side, a backend `TerminalSession` on the other;
-//! the per-user cap on open sockets, and the watcher that closes them when
-//! the access they were opened with is revoked.
+//! the registry of open sockets (capped per user with `api::slots`) and the
+//! watcher that closes them when the access they were opened with is revoked.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde_json::json;
 use sqlx::AnyPool;
 use tokio::sync::watch;
 
+use crate::api::slots::{Held, UserSlot, UserSlots};
 use crate::auth::AuthUser;
 use crate::auth::rbac::{Grants, Permission};
 use crate::backend::types::{TerminalInput, TerminalSession};
@@ -99,15 +100,9 @@ impl Holder {
 /// subscription) and watched, so that revocation reaches them.
 #[derive(Debug)]
 pub struct SocketSlots {
-    max: usize,
+    cap: Arc<UserSlots>,
     next: AtomicU64,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    per_user: HashMap<String, usize>,
-    holders: HashMap<u64, Holder>,
+    holders: Mutex<HashMap<u64, Holder>>,
 }
 
 /// One open socket of a user; dropping it (when the socket ends) frees it.
@@ -115,7 +110,7 @@ struct Inner {
 pub struct SocketSlot {
     slots: Arc<SocketSlots>,
     key: u64,
-    user_id: String,
+    _held: UserSlot,
     /// Changes when the watcher re-checks the user: new grants, or revoked.
     pub access: watch::Receiver<Access>,
 }
@@ -139,9 +134,9 @@ impl SocketSlot {
 impl SocketSlots {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
-            max,
+            cap: UserSlots::new(max, Held::WebSockets),
             next: AtomicU64::new(1),
-            inner: Mutex::new(Inner::default()),
+            holders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -153,70 +148,49 @@ impl SocketSlots {
         user: &AuthUser,
         needs: Vec<(Permission, String)>,
     ) -> Result<SocketSlot, ApiError> {
-        let mut inner = self.inner.lock().expect("socket slots lock poisoned");
-        let n = inner.per_user.entry(user.id.clone()).or_insert(0);
-        if *n >= self.max {
-            let mut e = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sockets",
-                format!(
-                    "this account has {} WebSockets open, the most it may; close one first",
-                    self.max
-                ),
-            );
-            e.retry_after = Some(5);
-            return Err(e);
-        }
-        *n += 1;
+        let held = self.cap.acquire(&user.id)?;
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(Access::Granted(user.grants.clone()));
-        inner.holders.insert(
-            key,
-            Holder {
-                user_id: user.id.clone(),
-                token_version: user.token_version,
-                jti: user.jti.clone(),
-                needs,
-                access: tx,
-            },
-        );
+        self.holders
+            .lock()
+            .expect("socket slots lock poisoned")
+            .insert(
+                key,
+                Holder {
+                    user_id: user.id.clone(),
+                    token_version: user.token_version,
+                    jti: user.jti.clone(),
+                    needs,
+                    access: tx,
+                },
+            );
         Ok(SocketSlot {
             slots: Arc::clone(self),
             key,
-            user_id: user.id.clone(),
+            _held: held,
             access: rx,
         })
-    }
-
-    pub fn open_for(&self, user_id: &str) -> usize {
-        let inner = self.inner.lock().expect("socket slots lock poisoned");
-        inner.per_user.get(user_id).copied().unwrap_or(0)
     }
 
     /// Re-checks every open socket's user against the database and revokes
     /// (or updates the grants of) those that changed. A database error
     /// leaves sockets as they are until the next check.
     pub async fn check(&self, pool: &AnyPool) -> Result<(), sqlx::Error> {
-        let (mut users, mut jtis, before) = {
-            let inner = self.inner.lock().expect("socket slots lock poisoned");
+        let (users, jtis, before) = {
+            let holders = self.holders.lock().expect("socket slots lock poisoned");
             // Sockets opened after this point were authenticated after the
             // rows below were read: they are judged at the next check, not
             // against rows that may not know their user (or new password).
             let before = self.next.load(Ordering::Relaxed);
-            let users: Vec<String> = inner.per_user.keys().cloned().collect();
-            let jtis: Vec<String> = inner
-                .holders
-                .values()
-                .filter_map(|h| h.jti.clone())
-                .collect();
+            let users: BTreeSet<String> = holders.values().map(|h| h.user_id.clone()).collect();
+            let jtis: BTreeSet<String> = holders.values().filter_map(|h| h.jti.clone()).collect();
             (users, jtis, before)
         };
         if users.is_empty() {
             return Ok(());
         }
-        users.sort();
-        jtis.sort();
-        jtis.dedup();
+        let users: Vec<String> = users.into_iter().collect();
+        let jtis: Vec<String> = jtis.into_iter().collect();
         let rows: HashMap<String, (db::users::UserRow, Grants)> =
             db::users::many_with_grants(pool, &users)
                 .await?
@@ -227,8 +201,8 @@ impl SocketSlots {
             .await?
             .into_iter()
             .collect();
-        let inner = self.inner.lock().expect("socket slots lock poisoned");
-        for (_, holder) in inner.holders.iter().filter(|(key, _)| **key < before) {
+        let holders = self.holders.lock().expect("socket slots lock poisoned");
+        for (_, holder) in holders.iter().filter(|(key, _)| **key < before) {
             let out = holder.jti.as_ref().is_some_and(|j| logged_out.contains(j));
             let verdict = holder.verdict(rows.get(&holder.user_id), out);
             holder.access.send_if_modified(|a| {
@@ -246,14 +220,12 @@ impl SocketSlots {
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        let mut inner = self.slots.inner.lock().expect("socket slots lock poisoned");
-        inner.holders.remove(&self.key);
-        if let Some(n) = inner.per_user.get_mut(&self.user_id) {
-            *n -= 1;
-            if *n == 0 {
-                inner.per_user.remove(&self.user_id);
-            }
-        }
+        let mut holders = self
+            .slots
+            .holders
+            .lock()
+            .expect("socket slots lock poisoned");
+        holders.remove(&self.key);
     }
 }
 
@@ -400,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_capped_per_user_and_freed_on_drop() {
+    fn sockets_are_capped_per_user_and_freed_on_drop() {
         let slots = SocketSlots::new(2);
         let u1 = user("u1", Grants::default());
         let a = slots.acquire(&u1, vec![]).unwrap();
@@ -414,7 +386,9 @@ mod tests {
         );
         drop(a);
         assert!(slots.acquire(&u1, vec![]).is_ok());
-        assert_eq!(slots.open_for("u2"), 0);
+        // Only `_b` is still open: the others were dropped at once.
+        let open = slots.holders.lock().unwrap().len();
+        assert_eq!(open, 1);
     }
 
     fn row(disabled: bool, token_version: i64) -> db::users::UserRow {
@@ -444,8 +418,8 @@ mod tests {
                 vec![(Permission::ProjectView, "team".into())],
             )
             .unwrap();
-        let inner = slots.inner.lock().unwrap();
-        let h = &inner.holders[&slot.key];
+        let holders = slots.holders.lock().unwrap();
+        let h = &holders[&slot.key];
         let code = |a: Access| match a {
             Access::Revoked { code, .. } => Some(code),
             Access::Granted(_) => None,

@@ -50,14 +50,19 @@ impl Host {
         self.app_allowing(&[]).await
     }
 
+    /// An app with these settings besides the test defaults.
+    pub async fn app_with(&self, env: &[(&str, &str)]) -> TestApp {
+        self.app_allowing_with(&[], env).await
+    }
+
     /// An app that may fetch images from these test servers (base URLs on
     /// 127.0.0.1), which `IMAGE_SERVER_ALLOWLIST` must name.
     pub async fn app_allowing(&self, servers: &[&str]) -> TestApp {
-        self.app_with(servers, &[]).await
+        self.app_allowing_with(servers, &[]).await
     }
 
     /// `app_allowing` with more settings.
-    pub async fn app_with(&self, servers: &[&str], settings: &[(&str, &str)]) -> TestApp {
+    pub async fn app_allowing_with(&self, servers: &[&str], settings: &[(&str, &str)]) -> TestApp {
         let data = self.data().display().to_string();
         let db = format!("sqlite://{data}/lxgate.db");
         let allow = servers
@@ -3465,4 +3470,134 @@ async fn an_oversized_metadata_yaml_is_refused() {
         r.status
     );
     nothing_stored(&host, &app, &admin).await;
+}
+
+/// Recorded exec is bounded: a timeout kills the command inside the
+/// container (the operation fails with `timed_out` and the output so far);
+/// each stream keeps EXEC_OUTPUT_MAX_BYTES; finished outputs share
+/// EXEC_OUTPUT_TOTAL_BYTES, the oldest expiring first; and one user runs at
+/// most MAX_RUNNING_OPERATIONS_PER_USER operations at once (429 past it).
+#[tokio::test]
+async fn recorded_exec_is_bounded() {
+    let host = Host::new();
+    let app = host
+        .app_with(&[
+            ("EXEC_OUTPUT_MAX_BYTES", "1000"),
+            ("EXEC_OUTPUT_TOTAL_BYTES", "2500"),
+            ("MAX_RUNNING_OPERATIONS_PER_USER", "1"),
+        ])
+        .await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "b1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let exec = |body: Value| app.post("/api/v1/instances/b1/exec?wait=60", Some(&admin), body);
+
+    // Killed at its timeout, inside the container too.
+    let started = std::time::Instant::now();
+    let r = exec(json!({"command": ["sh", "-c", "echo before; sleep 600"], "timeout": 2})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(
+        r.body["err"].as_str().unwrap().contains("timeout of 2s"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["metadata"]["timed_out"], true, "{}", r.text);
+    assert_eq!(r.body["metadata"]["stdout"], "before\n", "{}", r.text);
+    let (_, ps) = exec_in(&app, &admin, "b1", "ps | grep '[s]leep 600' || echo none").await;
+    assert_eq!(ps, "none\n");
+    for bad in [json!(0), json!(86401), json!("soon")] {
+        let r = exec(json!({"command": ["true"], "timeout": bad})).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    }
+
+    // Each stream keeps its first 1000 bytes.
+    let r = exec(
+        json!({"command": ["sh", "-c", "yes abcd | head -c 5000; yes efgh | head -c 300 >&2"]}),
+    )
+    .await;
+    let first = r.body["id"].as_str().unwrap().to_owned();
+    let meta = &r.body["metadata"];
+    assert_eq!(meta["stdout"].as_str().unwrap().len(), 1000, "{}", r.text);
+    assert!(meta["stdout"].as_str().unwrap().starts_with("abcd\nabcd"));
+    assert_eq!(meta["stderr"].as_str().unwrap().len(), 300);
+    assert_eq!(meta["truncated"], true);
+    assert_eq!(meta["exit_code"], 0);
+
+    // 1300 + 900 held; 1000 more is over 2500: the oldest output goes.
+    let r = exec(json!({"command": ["sh", "-c", "yes ijkl | head -c 900"]})).await;
+    let second = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["metadata"]["truncated"], false, "{}", r.text);
+    let r = exec(json!({"command": ["sh", "-c", "yes mnop | head -c 1000"]})).await;
+    assert_eq!(r.body["metadata"]["stdout"].as_str().unwrap().len(), 1000);
+    let op = |id: String| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.get(&format!("/api/v1/operations/{id}"), Some(admin))
+                .await
+        }
+    };
+    let expired = op(first).await;
+    assert_eq!(
+        expired.body["metadata"]["output_expired"], true,
+        "{}",
+        expired.text
+    );
+    assert_eq!(expired.body["metadata"].get("stdout"), None);
+    assert_eq!(expired.body["metadata"]["exit_code"], 0);
+    let kept = op(second).await;
+    assert_eq!(
+        kept.body["metadata"]["stdout"].as_str().unwrap().len(),
+        900,
+        "{}",
+        kept.text
+    );
+    assert_eq!(kept.body["metadata"].get("output_expired"), None);
+
+    // One running operation per user: the second is refused before it starts.
+    let slow = app
+        .post(
+            "/api/v1/instances/b1/exec",
+            Some(&admin),
+            json!({"command": ["sleep", "3"]}),
+        )
+        .await;
+    assert_eq!(slow.status, StatusCode::ACCEPTED, "{}", slow.text);
+    let refused = exec(json!({"command": ["true"]})).await;
+    refused.assert_problem(429, "too_many_operations");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let refused = app
+        .post("/api/v1/instances/b1/stop?wait=60", Some(&admin), json!({}))
+        .await;
+    refused.assert_problem(429, "too_many_operations");
+    assert_eq!(status(&app, &admin, "b1").await, "Running");
+    let wait = slow.body["wait_url"].as_str().unwrap();
+    let done = app.get(&format!("{wait}?timeout=30"), Some(&admin)).await;
+    assert_eq!(done.body["status_code"], 200, "{}", done.text);
+    // Allowed again once it finished (its slot is freed as it does).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = exec(json!({"command": ["true"]})).await;
+        if r.status == StatusCode::OK {
+            assert_eq!(r.body["status_code"], 200, "{}", r.text);
+            break;
+        }
+        r.assert_problem(429, "too_many_operations");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

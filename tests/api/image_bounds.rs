@@ -23,7 +23,8 @@ const LIMIT: &str = "67108864";
 const UNPACKED: &str = "the image once unpacked is larger than MAX_IMAGE_BYTES allows (64 MiB)";
 
 async fn app(host: &Host, servers: &[&str]) -> TestApp {
-    host.app_with(servers, &[("MAX_IMAGE_BYTES", LIMIT)]).await
+    host.app_allowing_with(servers, &[("MAX_IMAGE_BYTES", LIMIT)])
+        .await
 }
 
 /// `nothing_stored`, and not even an empty directory in the image store

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
-use crate::incus_instances::{Cleanup, incus_app, unique};
+use crate::incus_instances::{Cleanup, incus_app, incus_app_with, unique};
 
 /// Creates and starts a busybox container; returns its name.
 async fn running_container(app: &TestApp, admin: &str) -> String {
@@ -274,4 +274,62 @@ async fn terminals_close_when_access_is_revoked() {
     assert_eq!(r.status.as_u16(), 200, "{}", r.text);
     let (code, reason, _) = crate::revocation::closed(&mut console).await;
     assert_eq!((code, reason.as_str()), (4401, "account disabled"));
+}
+
+/// On Incus: each stream of a recorded exec is read back up to
+/// EXEC_OUTPUT_MAX_BYTES; `timeout` is refused (Incus cannot stop a recorded
+/// command) rather than ignored; MAX_RUNNING_OPERATIONS_PER_USER holds.
+#[tokio::test]
+async fn recorded_exec_is_bounded_on_incus() {
+    let app = incus_app_with(&[
+        ("EXEC_OUTPUT_MAX_BYTES", "1000"),
+        ("MAX_RUNNING_OPERATIONS_PER_USER", "1"),
+    ])
+    .await;
+    let admin = app.admin_token().await;
+    let name = running_container(&app, &admin).await;
+    let _cleanup = Cleanup(vec![("default".into(), name.clone())]);
+    let exec_url = format!("/api/v1/instances/{name}/exec");
+    let exec_wait = format!("{exec_url}?wait=60");
+    let exec = |body: Value| app.post(&exec_wait, Some(&admin), body);
+
+    let r = exec(json!({"command": ["sh", "-c", "yes abcd | head -c 5000; echo err >&2"]})).await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let meta = &r.body["metadata"];
+    assert_eq!(meta["stdout"].as_str().unwrap().len(), 1000, "{}", r.text);
+    assert_eq!(meta["stderr"], "err\n");
+    assert_eq!(meta["truncated"], true);
+
+    let r = exec(json!({"command": ["sleep", "600"], "timeout": 5})).await;
+    r.assert_problem(400, "bad_request");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("timeout"),
+        "{}",
+        r.text
+    );
+
+    let slow = app
+        .post(&exec_url, Some(&admin), json!({"command": ["sleep", "3"]}))
+        .await;
+    assert_eq!(slow.status, reqwest::StatusCode::ACCEPTED, "{}", slow.text);
+    let refused = exec(json!({"command": ["true"]})).await;
+    refused.assert_problem(429, "too_many_operations");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let wait = slow.body["wait_url"].as_str().unwrap();
+    let done = app.get(&format!("{wait}?timeout=30"), Some(&admin)).await;
+    assert_eq!(done.body["status_code"], 200, "{}", done.text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = exec(json!({"command": ["true"]})).await;
+        if r.status == reqwest::StatusCode::OK {
+            assert_eq!(r.body["status_code"], 200, "{}", r.text);
+            break;
+        }
+        r.assert_problem(429, "too_many_operations");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

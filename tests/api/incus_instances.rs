@@ -53,8 +53,14 @@ pub fn unique(prefix: &str) -> String {
 /// `make test` runs the resource suites a second time this way) or the unix
 /// socket (default).
 pub async fn incus_app() -> TestApp {
+    incus_app_with(&[]).await
+}
+
+/// An Incus-backed app with these settings besides the suite's.
+pub async fn incus_app_with(env: &[(&str, &str)]) -> TestApp {
     let vars = crate::incus_transport::suite_env();
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.extend_from_slice(env);
     spawn_app_with(Db::Sqlite, &pairs).await
 }
 

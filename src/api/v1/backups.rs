@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::v1::snapshots::check_expiry;
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -116,7 +116,8 @@ pub async fn list_backups(
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A backup of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid backup name, expiry or compression", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid backup name, expiry or compression", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -146,6 +147,7 @@ pub async fn create_backup(
         Some(backup) => format!("{name}/{backup}"),
         None => name.to_string(),
     };
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .create_backup(project.as_str(), name.as_str(), &req)
@@ -153,7 +155,7 @@ pub async fn create_backup(
         .map_err(no_instance(&name))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "backup.create",
         Some(&resource),
@@ -206,7 +208,8 @@ pub async fn get_backup(
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -217,6 +220,7 @@ pub async fn delete_backup(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     let backup = backup_name(&backup)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .delete_backup(project.as_str(), name.as_str(), backup.as_str())
@@ -224,7 +228,7 @@ pub async fn delete_backup(
         .map_err(no_backup(&name, &backup))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "backup.delete",
         Some(&format!("{name}/{backup}")),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::Json;
 use crate::api::policy::{self, Shape};
-use crate::api::v1::operations::accepted;
+use crate::api::v1::operations::{OperationSlot, accepted};
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::backend::BackendError;
@@ -68,6 +68,7 @@ pub async fn attach(
         devices: Some(devices),
         ..Default::default()
     };
+    let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
         .update_instance(
@@ -79,7 +80,7 @@ pub async fn attach(
         )
         .await
         .map_err(instance_not_found(instance))?;
-    finish(state, user, project, instance, action, op, wait).await
+    finish(state, slot, project, instance, action, op, wait).await
 }
 
 /// Removes the instance's own device `device` if `is_kind` accepts it, with a
@@ -135,6 +136,7 @@ pub async fn detach(
         profiles: Some(current.profiles),
         ephemeral: Some(current.ephemeral),
     };
+    let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
         .update_instance(
@@ -146,7 +148,7 @@ pub async fn detach(
         )
         .await
         .map_err(instance_not_found(instance))?;
-    finish(state, user, project, instance, action, op, wait).await
+    finish(state, slot, project, instance, action, op, wait).await
 }
 
 /// The instance policy for a change of `current`'s devices to `devices`.
@@ -167,7 +169,7 @@ async fn check(
 
 async fn finish(
     state: &AppState,
-    user: &AuthUser,
+    slot: OperationSlot,
     project: &ProjectName,
     instance: &InstanceName,
     action: &str,
@@ -178,7 +180,7 @@ async fn finish(
         Some(op) => {
             accepted(
                 state,
-                user,
+                slot,
                 project.as_str(),
                 action,
                 Some(instance.as_str()),

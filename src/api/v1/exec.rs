@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 use crate::api::policy;
 use crate::api::v1::events::require_upgrade;
 use crate::api::v1::instances::ProjectWaitQuery;
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::ws::relay_terminal;
 use crate::api::{Json, Path, Query};
@@ -179,7 +179,13 @@ pub async fn console_ws(
 }
 
 /// Run a command without a terminal. Answers 202 with an operation; once it
-/// finishes, its `metadata` carries `exit_code`, `stdout` and `stderr`.
+/// finishes, its `metadata` carries `exit_code`, `stdout`, `stderr` and
+/// `truncated` (each stream keeps its first `EXEC_OUTPUT_MAX_BYTES`). With
+/// `timeout` (embedded backend) a command still running then is killed and
+/// the operation fails with `timed_out: true` and the output so far. On the
+/// embedded backend finished outputs are held in memory up to
+/// `EXEC_OUTPUT_TOTAL_BYTES` in all; past that the oldest are dropped and
+/// their operation says `output_expired: true`.
 #[utoipa::path(post, path = "/{name}/exec", tag = "instances", operation_id = "exec_instance",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
@@ -187,9 +193,11 @@ pub async fn console_ws(
     responses(
         (status = 202, description = "Running", body = OperationRef),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
+        (status = 400, description = "`timeout` on the Incus backend, which cannot stop a recorded command", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid command", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid command or timeout", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn exec_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -203,6 +211,7 @@ pub async fn exec_instance(
     req.validate()
         .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .exec(project.as_str(), name.as_str(), &req)
@@ -210,7 +219,7 @@ pub async fn exec_instance(
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         EXEC_ACTION,
         Some(name.as_str()),

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -217,7 +217,8 @@ pub async fn get_image(
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
         (status = 400, description = "Not a fingerprint", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -227,6 +228,7 @@ pub async fn delete_image(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ImageManage, project.as_str())?;
     let fp = fingerprint(&fp)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .delete_image(project.as_str(), fp.as_str())
@@ -234,7 +236,7 @@ pub async fn delete_image(
         .map_err(image_not_found(&fp))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "image.delete",
         Some(fp.as_str()),
@@ -313,7 +315,8 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
         (status = 400, description = "`could_not_fetch`: the server resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn copy_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -360,10 +363,11 @@ pub async fn copy_image(
         .alias
         .clone()
         .or_else(|| req.source.fingerprint.clone());
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state.backend.copy_image(project.as_str(), &req).await?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "image.copy",
         what.as_deref(),
@@ -567,7 +571,8 @@ struct SpooledFile {
         (status = 409, description = "The image or an alias already exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`image_too_large`: the files are larger than `MAX_IMAGE_BYTES`, or (embedded backend) the image unpacks to more or its VM disk's virtual size is more; `payload_too_large`: the body is over 8 GiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A part is missing, unknown or invalid", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "A part is missing, unknown or invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn import_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -745,6 +750,7 @@ pub async fn import_image(
         aliases,
         public,
     };
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .import_image(project.as_str(), &upload)
@@ -753,7 +759,7 @@ pub async fn import_image(
     drop(spool);
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "image.import",
         Some(&fp),

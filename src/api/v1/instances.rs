@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::policy::{self, Shape};
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -143,7 +143,8 @@ pub struct ProjectQuery {
         (status = 400, description = "Invalid name or source", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "An instance of that name exists", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "An instance of that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -180,13 +181,14 @@ pub async fn create_instance(
         profiles: req.profiles.as_deref().unwrap_or_default(),
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .create_instance(project.as_str(), &req)
         .await?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "instance.create",
         Some(name.as_str()),
@@ -297,6 +299,7 @@ async fn update(
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
     let version = policy::pin(if_match(&headers), etag)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .update_instance(
@@ -312,7 +315,7 @@ async fn update(
         Some(op) => {
             accepted(
                 &state,
-                &user,
+                slot,
                 project.as_str(),
                 "instance.update",
                 Some(name.as_str()),
@@ -343,7 +346,8 @@ async fn update(
         (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn replace_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -367,7 +371,8 @@ pub async fn replace_instance(
         (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -387,7 +392,8 @@ pub async fn update_instance(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -397,6 +403,7 @@ pub async fn delete_instance(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .delete_instance(project.as_str(), name.as_str())
@@ -404,7 +411,7 @@ pub async fn delete_instance(
         .map_err(not_found_as_instance(&name))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "instance.delete",
         Some(name.as_str()),
@@ -432,7 +439,8 @@ pub struct RenameRequest {
         (status = 200, description = "Renamed within `?wait=`", body = Operation),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The new name is taken", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The new name is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn rename_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -445,6 +453,7 @@ pub async fn rename_instance(
     let name = InstanceName::from_path(&name)?;
     let new_name =
         InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .rename_instance(project.as_str(), name.as_str(), new_name.as_str())
@@ -452,7 +461,7 @@ pub async fn rename_instance(
         .map_err(not_found_as_instance(&name))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "instance.rename",
         Some(name.as_str()),
@@ -511,6 +520,7 @@ async fn change_state(
         ));
     }
     let action = format!("instance.{}", change.action);
+    let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
         .change_state(project.as_str(), name.as_str(), &change)
@@ -518,7 +528,7 @@ async fn change_state(
         .map_err(not_found_as_instance(&name))?;
     accepted(
         state,
-        user,
+        slot,
         project.as_str(),
         &action,
         Some(name.as_str()),
@@ -538,7 +548,8 @@ async fn change_state(
         (status = 200, description = "Done within `?wait=`", body = Operation),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown action", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Unknown action", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn change_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
@@ -572,7 +583,8 @@ pub struct ActionOptions {
         (status = 202, description = "Changing state", body = OperationRef),
         (status = 200, description = "Done within `?wait=`", body = Operation),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or action", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such instance or action", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn instance_action(
     user: AuthUser,
     State(state): State<AppState>,

@@ -328,7 +328,8 @@ pub struct AttachNic {
         (status = 404, description = "No such instance or network", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid names", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid names", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn attach_nic(
     user: AuthUser,
     State(state): State<AppState>,
@@ -400,7 +401,8 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance or NIC", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The NIC comes from a profile", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn detach_nic(
     user: AuthUser,
     State(state): State<AppState>,

@@ -1,12 +1,15 @@
 //! `/api/v1/operations`: background work started through lxgate, and the
 //! 202 + operation-reference convention every long-running endpoint uses.
 
+use std::sync::{Arc, Mutex};
+
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::slots::UserSlot;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -32,24 +35,85 @@ pub struct OperationRef {
 
 pub const MAX_WAIT_SECS: u64 = 300;
 
+/// One of the caller's `MAX_RUNNING_OPERATIONS_PER_USER` slots. Every
+/// handler that starts an operation takes one before the backend starts the
+/// work (429 when the caller has that many running) and hands it to
+/// `accepted`, which keeps it until the operation finishes. Counted per
+/// replica.
+pub struct OperationSlot {
+    slot: UserSlot,
+    user_id: String,
+    username: String,
+}
+
+impl OperationSlot {
+    pub fn acquire(state: &AppState, user: &AuthUser) -> ApiResult<Self> {
+        Ok(Self {
+            slot: state.running_operations.acquire(&user.id)?,
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+        })
+    }
+}
+
+/// The slot of a running operation, freed by whichever sees it finish
+/// first: `accepted` (when it waited) or the task `hold_until_done` starts.
+type SharedSlot = Arc<Mutex<Option<UserSlot>>>;
+
+fn free(slot: &SharedSlot) {
+    slot.lock().expect("slot lock poisoned").take();
+}
+
+/// Keeps `slot` until operation `id` has finished (or is gone), even when
+/// the request that started it has gone away.
+fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot) {
+    let backend = state.backend.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        loop {
+            match backend.wait_operation(&id, MAX_WAIT_SECS).await {
+                Ok(op) if !op.is_done() => {}
+                Ok(_) | Err(crate::backend::BackendError::NotFound(_)) => break,
+                Err(e) => {
+                    // The backend is unreachable for now: the operation may
+                    // still run, so its slot stays taken.
+                    tracing::warn!(op = %id, error = %e, "waiting for an operation to free its slot");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+        free(&slot);
+    });
+}
+
 /// Records who started `op`, then answers 202 with a reference, or, with
-/// `?wait=`, waits and answers 200 with the finished operation.
+/// `?wait=`, waits and answers 200 with the finished operation. The slot is
+/// kept until the operation finishes.
 pub async fn accepted(
     state: &AppState,
-    user: &AuthUser,
+    slot: OperationSlot,
     project: &str,
     action: &str,
     resource: Option<&str>,
     op: Operation,
     wait: Option<u64>,
 ) -> ApiResult<Response> {
+    let OperationSlot {
+        slot,
+        user_id,
+        username,
+    } = slot;
+    let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
+    if !op.is_done() {
+        hold_until_done(state, &op.id, slot.clone());
+    }
     db::operations::record(
         &state.db.pool,
         db::operations::NewOperation {
             id: &op.id,
             project,
-            user_id: &user.id,
-            username: &user.username,
+            user_id: &user_id,
+            username: &username,
             action,
             resource,
         },
@@ -65,6 +129,8 @@ pub async fn accepted(
         _ => op,
     };
     if op.is_done() {
+        // Free before answering: the caller may start the next one at once.
+        free(&slot);
         // The caller is the requester: it sees its own output.
         let op = with_exec_output(state, project, Some(action), op).await?;
         return Ok((StatusCode::OK, Json(op)).into_response());

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::policy::{self, Shape};
 use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -126,7 +126,8 @@ pub async fn list_snapshots(
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A snapshot of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid snapshot name or expiry", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid snapshot name or expiry", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -145,6 +146,7 @@ pub async fn create_snapshot(
         Some(snap) => format!("{name}/{snap}"),
         None => name.to_string(),
     };
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .create_snapshot(project.as_str(), name.as_str(), &req)
@@ -152,7 +154,7 @@ pub async fn create_snapshot(
         .map_err(no_instance(&name))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "snapshot.create",
         Some(&resource),
@@ -205,7 +207,8 @@ pub async fn get_snapshot(
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -216,6 +219,7 @@ pub async fn delete_snapshot(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .delete_snapshot(project.as_str(), name.as_str(), snap.as_str())
@@ -223,7 +227,7 @@ pub async fn delete_snapshot(
         .map_err(no_snapshot(&name, &snap))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "snapshot.delete",
         Some(&format!("{name}/{snap}")),
@@ -248,7 +252,8 @@ pub async fn delete_snapshot(
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn restore_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -302,6 +307,7 @@ pub async fn restore_snapshot(
         profiles: &saved.profiles,
     };
     policy::check_instance_write(&state, &policy, &project, Some(before), after).await?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .restore_snapshot(
@@ -314,7 +320,7 @@ pub async fn restore_snapshot(
         .map_err(no_snapshot(&name, &snap))?;
     accepted(
         &state,
-        &user,
+        slot,
         project.as_str(),
         "snapshot.restore",
         Some(&format!("{name}/{snap}")),

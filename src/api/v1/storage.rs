@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::v1::devices::{self, device_name};
 use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, accepted};
+use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -357,7 +357,8 @@ pub async fn list_volumes(
         (status = 403, description = "No operator role in the project, or config the policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A volume of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name, content type or size", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid name, content type or size", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -383,6 +384,7 @@ pub async fn create_volume(
     crate::api::policy::for_caller(&state, &user, &project)
         .await?
         .check_volume(&Default::default(), &req.config)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .create_volume(project.as_str(), pool.as_str(), &req)
@@ -390,7 +392,7 @@ pub async fn create_volume(
     if let Some(op) = op {
         return accepted(
             &state,
-            &user,
+            slot,
             project.as_str(),
             "volume.create",
             Some(name.as_str()),
@@ -522,7 +524,8 @@ pub async fn update_volume(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 400, description = "The volume is in use", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -533,6 +536,7 @@ pub async fn delete_volume(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
+    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .delete_volume(project.as_str(), pool.as_str(), name.as_str())
@@ -542,7 +546,7 @@ pub async fn delete_volume(
         Some(op) => {
             accepted(
                 &state,
-                &user,
+                slot,
                 project.as_str(),
                 "volume.delete",
                 Some(name.as_str()),
@@ -632,7 +636,8 @@ pub struct AttachVolume {
         (status = 404, description = "No such instance or volume", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid names or path", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid names or path", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn attach_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -702,7 +707,8 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance or volume device", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The device comes from a profile", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
 pub async fn detach_volume(
     user: AuthUser,
     State(state): State<AppState>,

@@ -13,7 +13,7 @@ use super::driver::Attachments;
 use super::idmap::IdMap;
 use super::process::{self, run};
 use crate::backend::BackendError;
-use crate::backend::types::{ConfigMap, ExecOutput, ExecRequest, TerminalSession};
+use crate::backend::types::{ConfigMap, ExecRequest, TerminalSession};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -462,10 +462,11 @@ impl Lxc {
         &self,
         ct: &str,
         req: &ExecRequest,
-    ) -> Result<ExecOutput, BackendError> {
+        rec: process::Recording<'_>,
+    ) -> Result<process::Recorded, BackendError> {
         let mut cmd = Command::new("lxc-attach");
         cmd.args(self.attach_args(ct, req, false));
-        process::run_recorded(cmd).await
+        process::run_recorded(cmd, rec).await
     }
 
     /// The container's console (`/dev/console`, where its init talks).

@@ -58,6 +58,8 @@ pub struct EmbeddedBackend {
     fetch: Fetcher,
     /// `MAX_IMAGE_BYTES`: downloads, unpacked sizes, VM disks' virtual sizes.
     max_image_bytes: u64,
+    /// Recorded exec output kept per command (the total is `ops`'s).
+    output: types::OutputLimits,
     /// One lock per instance: operations on it run one after the other.
     locks: Mutex<HashMap<(String, String), InstanceLock>>,
     /// Managed networks and the NIC addresses given out on them change
@@ -96,13 +98,22 @@ impl EmbeddedBackend {
             accel,
             drivers: OnceCell::new(),
             pool,
-            ops: Operations::new(bus.clone()),
+            ops: Operations::new(bus.clone(), types::OutputLimits::default().total),
+            output: types::OutputLimits::default(),
             bus,
             locks: Mutex::default(),
             net_lock: tokio::sync::Mutex::default(),
             idmap_lock: tokio::sync::Mutex::default(),
             unprivileged_seen: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Recorded exec output caps other than the defaults (call before any
+    /// operation starts: the operation manager is replaced).
+    pub fn with_output_limits(mut self, limits: types::OutputLimits) -> Self {
+        self.ops = Operations::new(self.bus.clone(), limits.total);
+        self.output = limits;
+        self
     }
 
     /// At startup: containers' and VMs' directories and the pools' volumes
@@ -346,20 +357,38 @@ impl Backend for EmbeddedBackend {
         }
         let lxc = self.lxc.clone();
         let req = req.clone();
+        let max_bytes = self.output.per_stream;
         Ok(self.ops.start(
             project,
             "Executing command",
             resources("instances", project, &format!("instances/{name}")),
             false,
-            move |_ctx| async move {
-                let out = lxc.exec_recorded(&ct, &req).await?;
-                Ok(json!({
-                    "return": out.exit_code,
-                    "exit_code": out.exit_code,
+            move |ctx| async move {
+                let reserve = |n| ctx.reserve_output(n);
+                let rec = process::Recording {
+                    max_bytes,
+                    reserve: &reserve,
+                    timeout: req.timeout.map(Duration::from_secs),
+                };
+                let ran = lxc.exec_recorded(&ct, &req, rec).await?;
+                let out = ran.output;
+                let mut meta = json!({
                     "stdout": out.stdout,
                     "stderr": out.stderr,
                     "truncated": out.truncated,
-                }))
+                });
+                if ran.timed_out {
+                    // A failure, with what it printed until then.
+                    meta["timed_out"] = true.into();
+                    ctx.progress(meta);
+                    return Err(operations::OpError::Failed(format!(
+                        "the command did not finish within its timeout of {}s and was killed",
+                        req.timeout.unwrap_or_default()
+                    )));
+                }
+                meta["return"] = out.exit_code.into();
+                meta["exit_code"] = out.exit_code.into();
+                Ok(meta)
             },
         ))
     }

@@ -2,8 +2,11 @@
 //! an Incus-shaped `Operation` (103 Running -> 200 Success / 400 Failure /
 //! 401 Cancelled), published as `operation` events on the bus, waitable and
 //! cancellable, and kept for an hour after it finishes.
+//!
+//! What recorded commands printed is held here too, under one cap across
+//! all operations (`EXEC_OUTPUT_TOTAL_BYTES`, see `OutputBudget`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +45,88 @@ struct Entry {
     cancel: watch::Sender<bool>,
     finished: Mutex<Option<Instant>>,
     project: String,
+    /// Output bytes the running work has reserved in the budget.
+    reserved: Mutex<usize>,
+}
+
+/// The metadata keys that hold recorded output.
+const OUTPUT_KEYS: [&str; 2] = ["stdout", "stderr"];
+
+/// Bytes of recorded output in an operation's metadata.
+fn output_size(meta: &Value) -> usize {
+    OUTPUT_KEYS
+        .iter()
+        .filter_map(|k| meta.get(*k).and_then(Value::as_str))
+        .map(str::len)
+        .sum()
+}
+
+/// Recorded output kept in memory, capped overall: running commands
+/// reserve what they keep as they read it; finished operations hold theirs,
+/// oldest first, until newer output needs the room. Then the oldest loses
+/// its `stdout` and `stderr` and says `output_expired: true`.
+struct OutputBudget {
+    cap: usize,
+    used: usize,
+    held: VecDeque<(Arc<Entry>, usize)>,
+}
+
+impl OutputBudget {
+    /// Up to `n` more bytes, expiring the oldest finished output for room;
+    /// less (down to none) when running commands hold the rest.
+    fn reserve(&mut self, n: usize) -> usize {
+        while self.used + n > self.cap {
+            let Some((entry, bytes)) = self.held.pop_front() else {
+                break;
+            };
+            self.used -= bytes;
+            expire_output(&entry);
+        }
+        let granted = n.min(self.cap.saturating_sub(self.used));
+        self.used += granted;
+        granted
+    }
+
+    /// A finished operation: what it reserved becomes what its metadata
+    /// holds (lossy UTF-8 may have made it a little larger), and older
+    /// output goes while the total is over the cap.
+    fn settle(&mut self, entry: &Arc<Entry>, reserved: usize, holds: usize) {
+        self.used = self.used.saturating_sub(reserved) + holds;
+        while self.used > self.cap {
+            let Some((old, bytes)) = self.held.pop_front() else {
+                break;
+            };
+            self.used -= bytes;
+            expire_output(&old);
+        }
+        if holds > 0 {
+            self.held.push_back((entry.clone(), holds));
+        }
+    }
+
+    /// Operations forgotten: their output is no longer held.
+    fn forget(&mut self, gone: &[Arc<Entry>]) {
+        let mut freed = 0;
+        self.held.retain(|(e, bytes)| {
+            let keep = !gone.iter().any(|g| Arc::ptr_eq(g, e));
+            if !keep {
+                freed += bytes;
+            }
+            keep
+        });
+        self.used -= freed;
+    }
+}
+
+fn expire_output(entry: &Entry) {
+    entry.state.send_modify(|op| {
+        if let Some(meta) = op.metadata.as_object_mut() {
+            for k in OUTPUT_KEYS {
+                meta.remove(k);
+            }
+            meta.insert("output_expired".into(), true.into());
+        }
+    });
 }
 
 /// Handed to the work: progress reports and the cancellation signal.
@@ -49,6 +134,7 @@ struct Entry {
 pub struct OpCtx {
     entry: Arc<Entry>,
     bus: EventBus,
+    budget: Arc<Mutex<OutputBudget>>,
 }
 
 impl OpCtx {
@@ -71,6 +157,14 @@ impl OpCtx {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Room for `n` more bytes of recorded output: how many of them may be
+    /// kept (fewer, down to 0, when the total cap is held by running work).
+    pub fn reserve_output(&self, n: usize) -> usize {
+        let granted = self.budget.lock().expect("output budget lock").reserve(n);
+        *self.entry.reserved.lock().expect("reserved lock") += granted;
+        granted
+    }
+
     /// Fails with `Cancelled` if the operation was cancelled meanwhile.
     pub fn check(&self) -> Result<(), OpError> {
         if self.is_cancelled() {
@@ -87,8 +181,15 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
+/// Operation events carry no recorded output (as Incus's do not): it is
+/// read from the operation, and the bus keeps its last events in memory.
 fn publish(bus: &EventBus, entry: &Entry) {
-    let op = entry.state.borrow().clone();
+    let mut op = entry.state.borrow().clone();
+    if let Some(meta) = op.metadata.as_object_mut() {
+        for k in OUTPUT_KEYS {
+            meta.remove(k);
+        }
+    }
     bus.publish(Event {
         kind: "operation".into(),
         timestamp: now(),
@@ -123,13 +224,20 @@ pub fn resource_url(project: &str, path: &str) -> String {
 pub struct Operations {
     entries: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
     bus: EventBus,
+    budget: Arc<Mutex<OutputBudget>>,
 }
 
 impl Operations {
-    pub fn new(bus: EventBus) -> Self {
+    /// `output_cap`: bytes of recorded output kept across all operations.
+    pub fn new(bus: EventBus, output_cap: usize) -> Self {
         Self {
             entries: Arc::default(),
             bus,
+            budget: Arc::new(Mutex::new(OutputBudget {
+                cap: output_cap,
+                used: 0,
+                held: VecDeque::new(),
+            })),
         }
     }
 
@@ -168,6 +276,7 @@ impl Operations {
             cancel: watch::Sender::new(false),
             finished: Mutex::new(None),
             project: project.to_owned(),
+            reserved: Mutex::new(0),
         });
         self.entries
             .lock()
@@ -177,8 +286,10 @@ impl Operations {
         let ctx = OpCtx {
             entry: entry.clone(),
             bus: self.bus.clone(),
+            budget: self.budget.clone(),
         };
         let bus = self.bus.clone();
+        let budget = self.budget.clone();
         tokio::spawn(async move {
             // A panic in the work must still finish the operation.
             let result = tokio::spawn(work(ctx)).await.unwrap_or_else(|e| {
@@ -208,6 +319,12 @@ impl Operations {
                     }
                 }
             });
+            let reserved = std::mem::take(&mut *entry.reserved.lock().expect("reserved lock"));
+            let holds = output_size(&entry.state.borrow().metadata);
+            budget
+                .lock()
+                .expect("output budget lock")
+                .settle(&entry, reserved, holds);
             *entry.finished.lock().expect("finished lock") = Some(Instant::now());
             publish(&bus, &entry);
         });
@@ -268,15 +385,27 @@ impl Operations {
     }
 
     fn forget_old(&self) {
+        let mut gone = Vec::new();
         self.entries
             .lock()
             .expect("operations lock")
             .retain(|_, e| {
-                e.finished
+                let keep = e
+                    .finished
                     .lock()
                     .expect("finished lock")
-                    .is_none_or(|t| t.elapsed() < KEEP_FINISHED)
+                    .is_none_or(|t| t.elapsed() < KEEP_FINISHED);
+                if !keep {
+                    gone.push(e.clone());
+                }
+                keep
             });
+        if !gone.is_empty() {
+            self.budget
+                .lock()
+                .expect("output budget lock")
+                .forget(&gone);
+        }
     }
 }
 
@@ -286,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn success_failure_and_cancel() {
-        let ops = Operations::new(EventBus::default());
+        let ops = Operations::new(EventBus::default(), 1024);
         let ok = ops.start("default", "ok", BTreeMap::new(), false, |_| async {
             Ok(json!({"x": 1}))
         });
@@ -316,5 +445,45 @@ mod tests {
         assert_eq!(ops.list(Some("p")).len(), 2);
         assert_eq!(ops.list(None).len(), 3);
         assert!(matches!(ops.get("nope"), Err(BackendError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn recorded_output_is_capped_across_operations() {
+        let ops = Operations::new(EventBus::default(), 100);
+        let printing = |n: usize| {
+            move |ctx: OpCtx| async move {
+                let kept = ctx.reserve_output(n);
+                Ok(json!({"stdout": "x".repeat(kept), "stderr": ""}))
+            }
+        };
+        let a = ops.start("p", "a", BTreeMap::new(), false, printing(60));
+        ops.wait(&a.id, Duration::from_secs(5)).await.unwrap();
+        let b = ops.start("p", "b", BTreeMap::new(), false, printing(60));
+        let b = ops.wait(&b.id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(b.metadata["stdout"].as_str().unwrap().len(), 60);
+        // The oldest made room.
+        let a = ops.get(&a.id).unwrap();
+        assert_eq!(a.metadata.get("stdout"), None);
+        assert_eq!(a.metadata["output_expired"], true);
+
+        // Running work holding the whole budget leaves none for others.
+        let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<usize>();
+        let c = ops.start("p", "c", BTreeMap::new(), false, move |ctx| async move {
+            let _ = held_tx.send(ctx.reserve_output(100));
+            let _ = hold_rx.await;
+            Ok(Value::Null)
+        });
+        assert_eq!(held_rx.await.unwrap(), 100);
+        assert_eq!(ops.get(&b.id).unwrap().metadata["output_expired"], true);
+        let d = ops.start("p", "d", BTreeMap::new(), false, printing(10));
+        let d = ops.wait(&d.id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d.metadata["stdout"], "");
+        // Finished without output, c gives it all back.
+        hold_tx.send(()).unwrap();
+        ops.wait(&c.id, Duration::from_secs(5)).await.unwrap();
+        let e = ops.start("p", "e", BTreeMap::new(), false, printing(100));
+        let e = ops.wait(&e.id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(e.metadata["stdout"].as_str().unwrap().len(), 100);
     }
 }

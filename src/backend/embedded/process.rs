@@ -229,48 +229,138 @@ pub fn exit_code(status: std::process::ExitStatus) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Most of a host tool's stdout kept by `run`.
 const OUTPUT_CAP: usize = 1024 * 1024;
 
-async fn read_capped(mut r: impl AsyncRead + Unpin) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut truncated = false;
+async fn read_capped(r: impl AsyncRead + Unpin) -> (Vec<u8>, bool) {
+    let mut kept = Kept::default();
+    record(r, &mut kept, OUTPUT_CAP, &|n| n).await;
+    (kept.bytes, kept.truncated)
+}
+
+/// What `record` kept of a stream.
+#[derive(Default)]
+struct Kept {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// Reads `r` to its end into `kept`, up to `max` bytes and what `reserve`
+/// grants (it answers how many of the bytes asked for may be kept); past
+/// that the rest is read and dropped, so the writer never blocks on a pipe.
+/// Once cut, a stream stays cut: what is kept is always its beginning.
+async fn record(
+    mut r: impl AsyncRead + Unpin,
+    kept: &mut Kept,
+    max: usize,
+    reserve: &(dyn Fn(usize) -> usize + Sync),
+) {
     let mut buf = [0u8; 8192];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
+            Ok(_) if kept.truncated => {}
             Ok(n) => {
-                let room = OUTPUT_CAP.saturating_sub(kept.len());
-                if n > room {
-                    truncated = true;
-                }
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let want = n.min(max.saturating_sub(kept.bytes.len()));
+                let granted = if want > 0 { reserve(want).min(want) } else { 0 };
+                kept.bytes.extend_from_slice(&buf[..granted]);
+                kept.truncated = granted < n;
             }
         }
     }
-    (kept, truncated)
 }
 
-/// Runs a command to completion, keeping up to 1 MiB of stdout and stderr
-/// each (the rest is read and dropped so the command never blocks on a pipe).
-pub async fn run_recorded(mut cmd: Command) -> Result<ExecOutput, BackendError> {
+/// How `run_recorded` keeps a command's output and how long it may run.
+pub struct Recording<'a> {
+    /// Bytes kept of stdout, and of stderr (`EXEC_OUTPUT_MAX_BYTES`).
+    pub max_bytes: usize,
+    /// Room in the overall budget (`EXEC_OUTPUT_TOTAL_BYTES`): how many of
+    /// the bytes asked for may be kept.
+    pub reserve: &'a (dyn Fn(usize) -> usize + Sync),
+    /// Killed after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// A recorded command's result; `timed_out` says it was killed at its
+/// timeout (the output is what it printed until then).
+pub struct Recorded {
+    pub output: ExecOutput,
+    pub timed_out: bool,
+}
+
+/// How long output is still read after a command was killed at its
+/// timeout: a process that left its group may hold the pipes open.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a command to completion (or its timeout) as the leader of a process
+/// group, keeping the beginning of its stdout and stderr as `rec` allows
+/// (the rest is read and dropped so the command never blocks on a pipe).
+/// At the timeout the whole group is killed: with `lxc-attach`, that is
+/// the command inside the container too, and whatever it started that
+/// stayed in its process group.
+pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Recorded, BackendError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("starting the command: {e}")))?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let ((out, t1), (err, t2), status) =
-        tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
-    let status =
-        status.map_err(|e| BackendError::Internal(anyhow::anyhow!("waiting for it: {e}")))?;
-    Ok(ExecOutput {
-        exit_code: exit_code(status),
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-        truncated: t1 || t2,
+    let (mut out, mut err) = (Kept::default(), Kept::default());
+    let reaped = std::sync::atomic::AtomicBool::new(false);
+    let (status, timed_out) = {
+        let wait = async {
+            let status = child.wait().await;
+            reaped.store(true, std::sync::atomic::Ordering::Relaxed);
+            status
+        };
+        let work = async {
+            let (_, _, status) = tokio::join!(
+                record(stdout, &mut out, rec.max_bytes, rec.reserve),
+                record(stderr, &mut err, rec.max_bytes, rec.reserve),
+                wait
+            );
+            status
+        };
+        tokio::pin!(work);
+        let deadline = async {
+            match rec.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = &mut work => (Some(status), false),
+            () = deadline => {
+                // Only while the leader is unreaped: its id cannot have
+                // been reused as another group's.
+                if !reaped.load(std::sync::atomic::Ordering::Relaxed)
+                    && let Some(pgid) = pgid
+                {
+                    kill_group(pgid);
+                }
+                (tokio::time::timeout(KILL_GRACE, &mut work).await.ok(), true)
+            }
+        }
+    };
+    let status = match status {
+        Some(s) => {
+            Some(s.map_err(|e| BackendError::Internal(anyhow::anyhow!("waiting for it: {e}")))?)
+        }
+        None => None,
+    };
+    Ok(Recorded {
+        output: ExecOutput {
+            exit_code: status.map_or(-1, exit_code),
+            stdout: String::from_utf8_lossy(&out.bytes).into_owned(),
+            stderr: String::from_utf8_lossy(&err.bytes).into_owned(),
+            truncated: out.truncated || err.truncated,
+        },
+        timed_out,
     })
 }
 
@@ -386,6 +476,75 @@ fn is_raw(master: std::os::fd::RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[tokio::test]
+    async fn recorded_output_is_capped_per_stream_and_by_the_budget() {
+        let all = |n| n;
+        let rec = Recording {
+            max_bytes: 1000,
+            reserve: &all,
+            timeout: None,
+        };
+        let ran = run_recorded(sh("head -c 5000 /dev/zero; echo err >&2; exit 3"), rec)
+            .await
+            .unwrap();
+        assert_eq!(ran.output.stdout.len(), 1000);
+        assert_eq!(ran.output.stderr, "err\n");
+        assert!(ran.output.truncated && !ran.timed_out);
+        assert_eq!(ran.output.exit_code, 3);
+
+        // A budget with 10 bytes left: the beginning, then nothing more.
+        let left = std::sync::Mutex::new(10usize);
+        let budget = |n: usize| {
+            let mut left = left.lock().unwrap();
+            let granted = n.min(*left);
+            *left -= granted;
+            granted
+        };
+        let rec = Recording {
+            max_bytes: 1000,
+            reserve: &budget,
+            timeout: None,
+        };
+        let ran = run_recorded(sh("echo 0123456789abcdef"), rec)
+            .await
+            .unwrap();
+        assert_eq!(ran.output.stdout, "0123456789");
+        assert!(ran.output.truncated);
+    }
+
+    #[tokio::test]
+    async fn a_recorded_command_is_killed_with_its_group_at_the_timeout() {
+        let all = |n| n;
+        let rec = Recording {
+            max_bytes: 1000,
+            reserve: &all,
+            timeout: Some(Duration::from_millis(500)),
+        };
+        let started = std::time::Instant::now();
+        let ran = run_recorded(sh("sleep 600 & echo $!; wait"), rec)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(ran.timed_out);
+        let pid: i32 = ran.output.stdout.trim().parse().unwrap();
+        // The background sleep went with the group (reaped by init, or a zombie).
+        let gone = (0..100).any(|_| {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let running = state.split(' ').nth(2).is_some_and(|s| s != "Z");
+            if running {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !running
+        });
+        assert!(gone, "sleep {pid} still runs");
+    }
 
     #[tokio::test]
     async fn only_the_end_of_stderr_is_kept() {

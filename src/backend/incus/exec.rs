@@ -14,9 +14,6 @@ use super::websocket::IncusSocket;
 use crate::backend::BackendError;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
 
-/// Most output kept from a recorded exec, per stream.
-const OUTPUT_CAP: usize = 1024 * 1024;
-
 fn secret<'a>(op: &'a Operation, fd: &str) -> Result<&'a str, BackendError> {
     op.metadata["fds"][fd]
         .as_str()
@@ -214,6 +211,13 @@ impl IncusBackend {
         name: &str,
         req: &ExecRequest,
     ) -> Result<Operation, BackendError> {
+        // Incus's exec has no timeout, and a recorded command (no websockets)
+        // cannot be signalled or cancelled: refused rather than not enforced.
+        if req.timeout.is_some() {
+            return Err(BackendError::BadRequest(
+                "`timeout` is not supported on the Incus backend: Incus cannot stop a recorded command; run it under timeout(1) in the instance instead, e.g. [\"timeout\", \"60\", \"sh\", \"-c\", \"...\"]".into(),
+            ));
+        }
         let mut body = json!({
             "command": req.command,
             "environment": req.environment,
@@ -243,7 +247,9 @@ impl IncusBackend {
         let Some(exit_code) = op.metadata["return"].as_i64() else {
             return Ok(None);
         };
+        let cap = self.exec_output_max;
         let mut truncated = false;
+        // Read while capped: past the cap the download is dropped, not drained.
         let mut read = async |fd: &str| -> Result<String, BackendError> {
             let Some(path) = op.metadata["output"][fd].as_str() else {
                 return Ok(String::new());
@@ -259,11 +265,12 @@ impl IncusBackend {
                 .await
                 .map_err(|e| BackendError::Upstream(e.to_string()))?
             {
-                let room = OUTPUT_CAP.saturating_sub(out.len());
+                let room = cap.saturating_sub(out.len());
+                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 if chunk.len() > room {
                     truncated = true;
+                    break;
                 }
-                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(String::from_utf8_lossy(&out).into_owned())
         };

@@ -31,6 +31,9 @@ pub use client::IncusClient;
 pub struct IncusBackend {
     client: IncusClient,
     bus: EventBus,
+    /// Bytes of a recorded exec's stdout, and of its stderr, read back
+    /// (`EXEC_OUTPUT_MAX_BYTES`).
+    exec_output_max: usize,
     _upstream: Option<AbortOnDrop>,
 }
 
@@ -40,6 +43,7 @@ impl IncusBackend {
         Self {
             client,
             bus: EventBus::default(),
+            exec_output_max: super::types::OutputLimits::default().per_stream,
             _upstream: None,
         }
     }
@@ -51,8 +55,16 @@ impl IncusBackend {
         Self {
             client,
             bus,
+            exec_output_max: super::types::OutputLimits::default().per_stream,
             _upstream: Some(AbortOnDrop(upstream)),
         }
+    }
+
+    /// Recorded exec output caps other than the defaults. Incus keeps the
+    /// output in its own files, so only the per-stream cap applies here.
+    pub fn with_output_limits(mut self, limits: super::types::OutputLimits) -> Self {
+        self.exec_output_max = limits.per_stream;
+        self
     }
 }
 

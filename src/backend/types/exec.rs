@@ -26,7 +26,17 @@ pub struct ExecRequest {
     /// Group id to run as (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<u32>,
+    /// Seconds (1-86400) after which the command's process group is killed
+    /// and the operation fails (`timed_out: true` in its metadata, with the
+    /// output so far). Recorded exec on the embedded backend only: Incus
+    /// cannot stop a recorded command, so it answers 400 there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400, example = 600)]
+    pub timeout: Option<u64>,
 }
+
+/// The longest `ExecRequest::timeout`, a day.
+pub const MAX_EXEC_TIMEOUT_SECS: u64 = 86_400;
 
 impl ExecRequest {
     /// Checks what the command may look like before it reaches a backend.
@@ -57,6 +67,15 @@ impl ExecRequest {
         {
             return Err(("cwd", "cwd must be an absolute path".into()));
         }
+        if self
+            .timeout
+            .is_some_and(|t| !(1..=MAX_EXEC_TIMEOUT_SECS).contains(&t))
+        {
+            return Err((
+                "timeout",
+                format!("timeout must be 1-{MAX_EXEC_TIMEOUT_SECS} seconds"),
+            ));
+        }
         Ok(())
     }
 }
@@ -79,14 +98,33 @@ pub struct TerminalSession {
     pub exit: Option<oneshot::Receiver<i64>>,
 }
 
+/// How much recorded exec output is kept: `per_stream` bytes of stdout and
+/// of stderr per command (`EXEC_OUTPUT_MAX_BYTES`); `total` across all the
+/// operations a backend holds in memory (`EXEC_OUTPUT_TOTAL_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub per_stream: usize,
+    pub total: usize,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        Self {
+            per_stream: 1024 * 1024,
+            total: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// The result of a non-interactive exec.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecOutput {
     pub exit_code: i64,
-    /// Standard output (UTF-8, lossy; at most 1 MiB).
+    /// Standard output (UTF-8, lossy; at most `EXEC_OUTPUT_MAX_BYTES`).
     pub stdout: String,
-    /// Standard error (UTF-8, lossy; at most 1 MiB).
+    /// Standard error (UTF-8, lossy; at most `EXEC_OUTPUT_MAX_BYTES`).
     pub stderr: String,
-    /// Whether stdout or stderr was cut at 1 MiB.
+    /// Whether stdout or stderr was cut (at `EXEC_OUTPUT_MAX_BYTES`, or
+    /// because `EXEC_OUTPUT_TOTAL_BYTES` was all held by running commands).
     pub truncated: bool,
 }
