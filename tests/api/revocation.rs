@@ -27,7 +27,12 @@ pub async fn closed(socket: &mut ClientSocket) -> (u16, String, Duration) {
             .unwrap_or_else(|_| panic!("the socket is still open {WITHIN:?} after revocation"));
         match msg {
             Some(Ok(Message::Close(Some(frame)))) => {
-                return (frame.code.into(), frame.reason.to_string(), start.elapsed());
+                let after = start.elapsed();
+                eprintln!(
+                    "socket closed {} ({}) after {after:?}",
+                    frame.code, frame.reason
+                );
+                return (frame.code.into(), frame.reason.to_string(), after);
             }
             Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
             Some(Ok(_)) => continue,
