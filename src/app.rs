@@ -12,7 +12,7 @@ use crate::api::slots::{Held, UserSlots};
 use crate::api::ws::SocketSlots;
 use crate::auth::limit::{AuthLimiter, LoginThrottle};
 use crate::auth::tokens::{TokenKeys, random_token};
-use crate::auth::{Role, password};
+use crate::auth::{Role, Username, accounts, password};
 use crate::backend::Backend;
 use crate::backend::embedded::EmbeddedBackend;
 use crate::backend::incus::{IncusBackend, IncusClient};
@@ -84,14 +84,14 @@ pub async fn seed_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let hash = password::hash(pw.expose().to_owned())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let created = db::users::insert(
+    let username = Username::parse(&config.seed_admin_username)
+        .map_err(|e| anyhow::anyhow!("SEED_ADMIN_USERNAME: {e}"))?;
+    let created = accounts::create(
         &db.pool,
-        db::users::NewUser {
-            username: &config.seed_admin_username,
-            password_hash: &hash,
+        config.password_min_length,
+        accounts::NewAccount {
+            username: &username,
+            password: pw.expose().to_owned(),
             role: Some(Role::Admin),
             disabled: false,
         },
@@ -103,7 +103,7 @@ pub async fn seed_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         // Another replica seeded it at the same moment.
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+        Err(accounts::CreateError::Exists(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

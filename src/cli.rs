@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use crate::auth::{Role, Username, password};
+use crate::auth::{Role, Username, accounts, password};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::names::ProjectName;
@@ -118,27 +118,17 @@ pub async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add { username, role } => {
             let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
             let pw = read_password("Password: ")?;
-            password::check_policy(username.as_str(), &pw, config.password_min_length)
-                .map_err(anyhow::Error::msg)?;
-            let hash = password::hash(pw)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            db::users::insert(
+            accounts::create(
                 pool,
-                db::users::NewUser {
-                    username: username.as_str(),
-                    password_hash: &hash,
+                config.password_min_length,
+                accounts::NewAccount {
+                    username: &username,
+                    password: pw,
                     role,
                     disabled: false,
                 },
             )
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    anyhow::anyhow!("user `{username}` already exists")
-                }
-                e => e.into(),
-            })?;
+            .await?;
             println!("created user {username}");
         }
         UserCommand::Passwd { username } => {
@@ -146,9 +136,7 @@ pub async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             let pw = read_password("New password: ")?;
             password::check_policy(&username, &pw, config.password_min_length)
                 .map_err(anyhow::Error::msg)?;
-            let hash = password::hash(pw)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hash = password::hash(pw).await?;
             db::users::update(
                 pool,
                 &user.id,

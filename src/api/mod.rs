@@ -20,6 +20,27 @@ use crate::app::AppState;
 use crate::auth::limit::client_ip;
 use crate::error::ApiError;
 
+impl From<crate::auth::password::HashError> for ApiError {
+    fn from(e: crate::auth::password::HashError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<crate::auth::accounts::CreateError> for ApiError {
+    fn from(e: crate::auth::accounts::CreateError) -> Self {
+        use crate::auth::accounts::CreateError;
+        match e {
+            CreateError::WeakPassword(why) => ApiError::invalid_field("password", why),
+            CreateError::Exists(name) => {
+                ApiError::conflict("user_exists", format!("user `{name}` already exists"))
+                    .with_field("username")
+            }
+            CreateError::Hash(e) => e.into(),
+            CreateError::Db(e) => e.into(),
+        }
+    }
+}
+
 /// `axum::Json` whose rejections come back as problem+json.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]

@@ -1,5 +1,6 @@
 //! Authentication and authorization: who the caller is and what it may do.
 
+pub mod accounts;
 pub mod extract;
 pub mod limit;
 pub mod password;

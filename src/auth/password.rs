@@ -1,11 +1,16 @@
-//! argon2id password hashing, always off the async executor.
+//! argon2id password hashing, always off the async executor, and the
+//! password policy. A leaf: callers turn `HashError` into their own errors.
 
 use std::sync::{Arc, LazyLock};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+/// Hashing or verifying could not run (not a wrong password: that is
+/// `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(String);
 
 /// OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane.
 const MEMORY_KIB: u32 = 19 * 1024;
@@ -45,26 +50,26 @@ fn verify_blocking(password: &str, hash: &str) -> bool {
 
 async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, HashError> {
     let _permit = HASH_SLOTS
         .clone()
         .acquire_owned()
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| HashError(e.to_string()))?;
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(ApiError::internal)
+        .map_err(|e| HashError(e.to_string()))
 }
 
-pub async fn hash(password: String) -> Result<String, ApiError> {
+pub async fn hash(password: String) -> Result<String, HashError> {
     on_blocking_pool(move || hash_blocking(&password))
         .await?
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("argon2: {e}")))
+        .map_err(|e| HashError(format!("argon2: {e}")))
 }
 
 /// Verifies `password` against `hash`, or against a dummy hash when there is
 /// no user, so both cases cost the same.
-pub async fn verify(password: String, hash: Option<String>) -> Result<bool, ApiError> {
+pub async fn verify(password: String, hash: Option<String>) -> Result<bool, HashError> {
     on_blocking_pool(move || match hash {
         Some(h) => verify_blocking(&password, &h),
         None => {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::api::v1::auth::ProjectGrant;
 use crate::api::{AuthRateLimit, Json, Page, Pagination, Path, Query, rfc3339};
 use crate::app::AppState;
-use crate::auth::{AuthUser, Permission, Role, Username, password};
+use crate::auth::{AuthUser, Permission, Role, Username, accounts, password};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
@@ -74,40 +74,18 @@ fn user_not_found(name: &str) -> ApiError {
 
 pub(crate) async fn create_user_row(state: &AppState, req: CreateUser) -> ApiResult<UserOut> {
     let username = parse_username(&req.username, "username")?;
-    password::check_policy(
-        username.as_str(),
-        &req.password,
-        state.config.password_min_length,
-    )
-    .map_err(|e| ApiError::invalid_field("password", e))?;
-    if db::users::by_username(&state.db.pool, username.as_str())
-        .await?
-        .is_some()
-    {
-        return Err(conflict(&username));
-    }
-    let hash = password::hash(req.password).await?;
-    let row = db::users::insert(
+    let row = accounts::create(
         &state.db.pool,
-        db::users::NewUser {
-            username: username.as_str(),
-            password_hash: &hash,
+        state.config.password_min_length,
+        accounts::NewAccount {
+            username: &username,
+            password: req.password,
             role: req.role,
             disabled: req.disabled,
         },
     )
-    .await
-    .map_err(|e| match ApiError::from(e) {
-        // Lost a race with a concurrent create of the same name.
-        e if e.status == StatusCode::CONFLICT => conflict(&username),
-        e => e,
-    })?;
+    .await?;
     Ok(UserOut::from_row(&row, Vec::new()))
-}
-
-fn conflict(username: &Username) -> ApiError {
-    ApiError::conflict("user_exists", format!("user `{username}` already exists"))
-        .with_field("username")
 }
 
 pub(crate) fn created(user: UserOut) -> Response {
