@@ -1,18 +1,14 @@
 //! Rate limits on the authentication endpoints (DESIGN §5).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 
 /// The caller's address: the socket peer, or the nearest untrusted hop of
@@ -62,23 +58,6 @@ impl AuthLimiter {
     pub fn prune(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-    }
-}
-
-/// Middleware for the rate-limited auth routes.
-pub async fn limit_by_ip(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let ip = client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
-    match state.auth_limiter.check(ip) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            tracing::info!(client_ip = %ip, "auth rate limit hit");
-            ApiError::too_many_requests(wait.max(1)).into_response()
-        }
     }
 }
 
