@@ -343,3 +343,110 @@ async fn downloads_and_uploads_stop_at_the_limit() {
     );
     nothing_left(&host, &app, &admin).await;
 }
+
+/// A file that is a plain tarball to `tar --file` and a gzip stream to
+/// `gzip -d`: its first 512 bytes are a valid ustar header whose name
+/// starts with a gzip header, the gzip "extra field" skipping the rest of
+/// it, and the member's data is the deflate stream of `inner` (a gzipped
+/// tarball made with `gzip -n`, so its own header is 10 bytes).
+fn gzip_tar_polyglot(inner_gz: &[u8]) -> Vec<u8> {
+    let body = &inner_gz[10..];
+    let mut h = [0u8; 512];
+    h[..10].copy_from_slice(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3]);
+    h[10..12].copy_from_slice(&500u16.to_le_bytes());
+    let mut put = |at: usize, s: &str| h[at..at + s.len()].copy_from_slice(s.as_bytes());
+    put(100, "0000644\0");
+    put(108, "0000000\0");
+    put(116, "0000000\0");
+    put(124, &format!("{:011o}\0", body.len()));
+    put(136, "00000000000\0");
+    put(156, "0");
+    put(257, "ustar\0");
+    put(263, "00");
+    put(148, "        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(body);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+/// What is measured is what gets unpacked, and measuring is bounded in
+/// memory: a rootfs that is a small plain tarball to tar but 100 MiB once
+/// gunzipped (as the unpack reads it) is refused, and so is a tarball whose
+/// GNU long name is 600 MiB (tar would hold it whole in memory).
+#[tokio::test]
+async fn tar_tricks_do_not_get_past_the_measurement() {
+    let host = Host::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let meta_path = PathBuf::from(env("LXGATE_TEST_EMBEDDED_IMAGE_META"));
+    let app = app(&host, &[]).await;
+    let admin = app.admin_token().await;
+
+    std::fs::File::create(dir.join("big"))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let inner = Command::new("sh")
+        .arg("-c")
+        .arg("tar -cf - -C \"$0\" big | gzip -1 -n -c")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(inner.status.success());
+    let polyglot = dir.join("polyglot.tar");
+    std::fs::write(&polyglot, gzip_tar_polyglot(&inner.stdout)).unwrap();
+    // The trick is real: plain tar sees one small member.
+    let plain = Command::new("tar")
+        .arg("-tvf")
+        .arg(&polyglot)
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("104857600"));
+    let r = upload(&app, &admin, &meta_path, "rootfs", &polyglot).await;
+    assert_too_large(&r, UNPACKED);
+    nothing_left(&host, &app, &admin).await;
+
+    // A GNU long-name record of 600 MiB (more than tar may hold under
+    // `prlimit`), gzipped to a few MiB: without the limit tar would take
+    // it whole into memory, and list it as nothing.
+    let long_name = dir.join("long-name.tar.gz");
+    let mut header = [0u8; 512];
+    header[..13].copy_from_slice(b"././@LongLink");
+    let mut put = |at: usize, s: &str| header[at..at + s.len()].copy_from_slice(s.as_bytes());
+    put(100, "0000644\0");
+    put(108, "0000000\0");
+    put(116, "0000000\0");
+    put(124, &format!("{:011o}\0", 600u64 << 20));
+    put(136, "00000000000\0");
+    put(156, "L");
+    put(257, "ustar  \0");
+    put(148, "        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut gz = std::process::Command::new("gzip")
+        .args(["-1", "-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&long_name).unwrap())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut w = gz.stdin.take().unwrap();
+        w.write_all(&header).unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..600 {
+            w.write_all(&chunk).unwrap();
+        }
+        w.write_all(&[0u8; 1024]).unwrap();
+    }
+    assert!(gz.wait().unwrap().success());
+    let started = Instant::now();
+    let r = upload(&app, &admin, &meta_path, "rootfs", &long_name).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    nothing_left(&host, &app, &admin).await;
+}

@@ -4,23 +4,24 @@
 //! of zeros (or a sparse file of any size), so the compressed size says
 //! nothing about what an instance create would write to the host.
 //!
-//! Tarballs are measured by GNU tar itself (`tar --list --verbose`), the tool
-//! and decompressors that later unpack them, so whatever would be unpacked is
-//! measured and anything tar cannot read is refused now rather than at the
-//! first instance create. The listing streams: tar prints a member's header
+//! Tarballs are measured by GNU tar itself (`tar --list --verbose`), run
+//! exactly as the unpack runs it (`tarball::reading`: same decompressor,
+//! same memory limit), so whatever would be unpacked is measured and
+//! anything tar cannot read is refused now rather than at the first
+//! instance create. The listing streams: tar prints a member's header
 //! line before it reads past the member's data, and is killed (with the
 //! decompressor it runs) as soon as the running sum passes the bound, so a
-//! bomb costs a few KiB of decompression. Nothing is unpacked, and nothing
-//! is held in memory but the one number being read.
+//! bomb costs a few KiB of decompression. Nothing is unpacked; lxgate holds
+//! nothing but the running sum, and tar no more than `tarball::MEMORY_LIMIT`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 use super::process::ProcessGroup;
 use super::qcow;
+use super::tarball;
 use crate::backend::{BackendError, image_too_large};
 
 /// How long measuring one tarball may take: decompressing 8 GiB of xz takes
@@ -87,20 +88,16 @@ pub async fn check(
 /// The unpacked size of the tarball at `path` (see `Listing`); over `budget`
 /// it is refused. `what` names the file in other errors.
 async fn tarball(path: &Path, what: &str, budget: Budget) -> Result<u64, BackendError> {
-    let mut cmd = Command::new("tar");
-    // GNU tar detects the compression of a file it can seek. Numeric owners
-    // and escaped names keep every line `mode uid/gid size date time name`;
-    // `--force-local`: a `:` in DATA_DIR never names a remote host.
+    // Read exactly as the unpack will read it (`tarball::reading`). Numeric
+    // owners and escaped names keep every line `mode uid/gid size date time
+    // name`.
+    let mut cmd = tarball::reading(path, &[]).await?;
     cmd.args([
         "--list",
         "--verbose",
         "--numeric-owner",
         "--quoting-style=escape",
-        "--force-local",
-        "--file",
-    ])
-    .arg(path)
-    .stdin(std::process::Stdio::null());
+    ]);
     let (mut child, mut group) = ProcessGroup::spawn_reading(&mut cmd)
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("running tar: {e}")))?;
     let mut stdout = child.stdout.take().expect("piped stdout");

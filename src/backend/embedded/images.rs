@@ -13,8 +13,9 @@ use sqlx::AnyPool;
 use tokio::io::AsyncReadExt;
 
 use super::operations::{self, OpError, lifecycle, resource_url};
-use super::process::run;
+use super::process;
 use super::qemu::Boot;
+use super::tarball::reading as tar_reading;
 use crate::backend::BackendError;
 use crate::backend::events::EventBus;
 use crate::backend::types::{Image, ImageAlias, ImageAliasesEntry, ImageUpload};
@@ -34,13 +35,12 @@ async fn extract_metadata_yaml(
     tarball: &Path,
     member: &str,
 ) -> Result<Option<Vec<u8>>, BackendError> {
-    let mut child = tokio::process::Command::new("tar")
+    let mut child = tar_reading(tarball, &[])
+        .await?
         .arg("--extract")
         .arg("--to-stdout")
-        .arg("--file")
-        .arg(tarball)
+        .arg("--")
         .arg(member)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         // Only success matters ("not found" is a failure); a null stderr
         // cannot fill up and stall tar.
@@ -204,29 +204,21 @@ impl ImageStore {
             let staging = dir.join(".boot");
             let _ = tokio::fs::remove_dir_all(&staging).await;
             tokio::fs::create_dir_all(&staging).await.map_err(io)?;
-            let tarball = self.rootfs(fp);
-            run(
-                "tar",
-                [
-                    "--extract".as_ref(),
-                    "--file".as_ref(),
-                    tarball.as_os_str(),
-                    "--directory".as_ref(),
-                    staging.as_os_str(),
-                    "--no-same-owner".as_ref(),
-                    "--".as_ref(),
-                    b.kernel.as_ref(),
-                    b.initrd.as_ref(),
-                ],
-                Duration::from_secs(120),
-            )
-            .await
-            .map_err(|_| {
-                BackendError::BadRequest(format!(
-                    "rootfs.img holds no {} and {}",
-                    b.kernel, b.initrd
-                ))
-            })?;
+            // Read as `image_size` measured it.
+            let mut tar = tar_reading(&self.rootfs(fp), &[]).await?;
+            tar.arg("--extract")
+                .arg("--directory")
+                .arg(&staging)
+                .args(["--no-same-owner", "--"])
+                .args([&b.kernel, &b.initrd]);
+            process::run_group(tar, "tar", Duration::from_secs(120))
+                .await
+                .map_err(|_| {
+                    BackendError::BadRequest(format!(
+                        "rootfs.img holds no {} and {}",
+                        b.kernel, b.initrd
+                    ))
+                })?;
             for (from, to) in [(&b.kernel, "kernel"), (&b.initrd, "initrd")] {
                 let f = staging.join(from);
                 let m = tokio::fs::symlink_metadata(&f).await.map_err(io)?;

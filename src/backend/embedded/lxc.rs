@@ -4,6 +4,7 @@
 //! parts are validated resource names, which never contain `_`, so the
 //! mapping is unambiguous and can never leave the lxcpath.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::process::Command;
 use super::driver::Attachments;
 use super::idmap::IdMap;
 use super::process::{self, run};
+use super::tarball;
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, ExecRequest, TerminalSession};
 
@@ -250,17 +252,14 @@ impl Lxc {
         tokio::fs::create_dir(&rootfs)
             .await
             .map_err(io("creating the rootfs directory"))?;
+        // Read the way `image_size` measured it (`tarball::reading`): same
+        // decompressor, same memory limit.
         let mut tar = match confinement {
-            // GNU tar detects the compression itself; ownership and modes
-            // are kept as in the image (lxgate runs as root).
+            // Ownership and modes are kept as in the image (lxgate runs as
+            // root).
             Confinement::Privileged => {
-                let mut tar = Command::new("tar");
-                tar.arg("--extract")
-                    .arg("--file")
-                    .arg(rootfs_tarball)
-                    .arg("--directory")
-                    .arg(&rootfs)
-                    .stdin(std::process::Stdio::null());
+                let mut tar = tarball::reading(rootfs_tarball, &[]).await?;
+                tar.arg("--extract").arg("--directory").arg(&rootfs);
                 tar
             }
             // Unpacked inside the container's user namespace, so every file
@@ -278,18 +277,14 @@ impl Lxc {
                 .await
                 .map_err(|e| BackendError::Internal(anyhow::anyhow!("chown task: {e}")))?
                 .map_err(io("giving the rootfs to the container's root"))?;
-                let input = tokio::fs::File::open(rootfs_tarball)
-                    .await
-                    .map_err(io("opening the image's rootfs"))?
-                    .into_std()
-                    .await;
-                let mut tar = Command::new("lxc-usernsexec");
-                tar.args(map.usernsexec_args())
-                    .args(["--", "tar", "--extract", "--file", "-"])
-                    .args(compression_flag(rootfs_tarball).await?)
+                let map_args = map.usernsexec_args();
+                let mut wrapper: Vec<&OsStr> = vec![OsStr::new("lxc-usernsexec")];
+                wrapper.extend(map_args.iter().map(OsStr::new));
+                wrapper.push(OsStr::new("--"));
+                let mut tar = tarball::reading(rootfs_tarball, &wrapper).await?;
+                tar.arg("--extract")
                     .args(UNPRIVILEGED_EXCLUDES)
-                    .current_dir(&rootfs)
-                    .stdin(input);
+                    .current_dir(&rootfs);
                 tar
             }
         };
@@ -586,39 +581,6 @@ pub async fn defaults_installed() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// tar's decompression option for a tarball read from a pipe (tar only
-/// guesses the compression of a file it can seek), from its magic bytes.
-async fn compression_flag(tarball: &Path) -> Result<Option<&'static str>, BackendError> {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 6];
-    let mut f = tokio::fs::File::open(tarball)
-        .await
-        .map_err(io("opening the image's rootfs"))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f
-            .read(&mut head[n..])
-            .await
-            .map_err(io("reading the image's rootfs"))?
-        {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(compression_of(&head[..n]))
-}
-
-fn compression_of(head: &[u8]) -> Option<&'static str> {
-    Some(match head {
-        [0x1f, 0x8b, ..] => "--gzip",
-        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => "--xz",
-        [b'B', b'Z', b'h', ..] => "--bzip2",
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => "--zstd",
-        [0x5d, 0x00, 0x00, ..] => "--lzma",
-        _ => return None,
-    })
 }
 
 /// Parses `lxc-info -H` (raw numbers) output.
@@ -952,19 +914,6 @@ mod tests {
         assert!(check_config(&with("security.idmap.isolated", "true")).is_ok());
         assert!(check_config(&with("security.idmap.isolated", "1")).is_err());
         assert!(check_config(&with("security.nesting", "true")).is_err());
-    }
-
-    #[test]
-    fn compression_is_told_by_magic() {
-        assert_eq!(compression_of(&[0x1f, 0x8b, 8, 0]), Some("--gzip"));
-        assert_eq!(compression_of(b"\xfd7zXZ\x00"), Some("--xz"));
-        assert_eq!(compression_of(b"BZh91A"), Some("--bzip2"));
-        assert_eq!(
-            compression_of(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]),
-            Some("--zstd")
-        );
-        assert_eq!(compression_of(b"./\x00\x00\x00\x00"), None);
-        assert_eq!(compression_of(b""), None);
     }
 
     #[test]

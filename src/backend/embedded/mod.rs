@@ -21,6 +21,7 @@ mod qemu;
 mod simplestreams;
 mod snapshots;
 mod storage;
+mod tarball;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
