@@ -3570,7 +3570,7 @@ async fn recorded_exec_is_bounded() {
         .post(
             "/api/v1/instances/b1/exec",
             Some(&admin),
-            json!({"command": ["sleep", "3"]}),
+            json!({"command": ["sleep", "600"]}),
         )
         .await;
     assert_eq!(slow.status, StatusCode::ACCEPTED, "{}", slow.text);
@@ -3582,9 +3582,16 @@ async fn recorded_exec_is_bounded() {
         .await;
     refused.assert_problem(429, "too_many_operations");
     assert_eq!(status(&app, &admin, "b1").await, "Running");
+    // A command without a timeout can be cancelled: it is killed (inside
+    // the container too) and its slot freed.
+    let id = slow.body["operation_id"].as_str().unwrap();
+    let r = app
+        .delete(&format!("/api/v1/operations/{id}"), Some(&admin))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
     let wait = slow.body["wait_url"].as_str().unwrap();
     let done = app.get(&format!("{wait}?timeout=30"), Some(&admin)).await;
-    assert_eq!(done.body["status_code"], 200, "{}", done.text);
+    assert_eq!(done.body["status_code"], 401, "{}", done.text);
     // Allowed again once it finished (its slot is freed as it does).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -3600,4 +3607,6 @@ async fn recorded_exec_is_bounded() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (_, ps) = exec_in(&app, &admin, "b1", "ps | grep '[s]leep 600' || echo none").await;
+    assert_eq!(ps, "none\n");
 }

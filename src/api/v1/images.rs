@@ -404,8 +404,19 @@ struct Spool(Vec<PathBuf>);
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+        let paths = std::mem::take(&mut self.0);
+        if paths.is_empty() {
+            return;
+        }
+        let remove = move || {
+            for p in &paths {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        // Unlinking gigabytes can take a while: not on an executor thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }
@@ -581,6 +592,9 @@ pub async fn import_image(
 ) -> ApiResult<Response> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ImageManage, project.as_str())?;
+    // Taken before spooling: an upload in progress counts as running work,
+    // so one account cannot spool many at once.
+    let slot = OperationSlot::acquire(&state, &user)?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -750,7 +764,6 @@ pub async fn import_image(
         aliases,
         public,
     };
-    let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .import_image(project.as_str(), &upload)

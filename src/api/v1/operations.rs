@@ -64,19 +64,30 @@ fn free(slot: &SharedSlot) {
     slot.lock().expect("slot lock poisoned").take();
 }
 
+/// How long `hold_until_done` keeps a slot while the backend answers only
+/// errors about its operation.
+const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Keeps `slot` until operation `id` has finished (or is gone), even when
 /// the request that started it has gone away.
 fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot) {
     let backend = state.backend.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             match backend.wait_operation(&id, MAX_WAIT_SECS).await {
-                Ok(op) if !op.is_done() => {}
+                Ok(op) if !op.is_done() => failing_since = None,
                 Ok(_) | Err(crate::backend::BackendError::NotFound(_)) => break,
                 Err(e) => {
                     // The backend is unreachable for now: the operation may
-                    // still run, so its slot stays taken.
+                    // still run, so its slot stays taken, but not for ever
+                    // (an error that persists frees it).
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > GIVE_UP_AFTER {
+                        tracing::warn!(op = %id, error = %e, "no answer about an operation for 10 minutes: freeing its slot");
+                        break;
+                    }
                     tracing::warn!(op = %id, error = %e, "waiting for an operation to free its slot");
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 }

@@ -458,10 +458,11 @@ impl Lxc {
         ct: &str,
         req: &ExecRequest,
         rec: process::Recording<'_>,
+        cancel: impl std::future::Future<Output = ()>,
     ) -> Result<process::Recorded, BackendError> {
         let mut cmd = Command::new("lxc-attach");
         cmd.args(self.attach_args(ct, req, false));
-        process::run_recorded(cmd, rec).await
+        process::run_recorded(cmd, rec, cancel).await
     }
 
     /// The container's console (`/dev/console`, where its init talks).

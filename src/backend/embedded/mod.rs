@@ -363,7 +363,10 @@ impl Backend for EmbeddedBackend {
             project,
             "Executing command",
             resources("instances", project, &format!("instances/{name}")),
-            false,
+            // Cancelling kills the command (and its process group): a
+            // command without a timeout need not hold its operation slot
+            // and output budget for ever.
+            true,
             move |ctx| async move {
                 let reserve = |n| ctx.reserve_output(n);
                 let rec = process::Recording {
@@ -371,13 +374,17 @@ impl Backend for EmbeddedBackend {
                     reserve: &reserve,
                     timeout: req.timeout.map(Duration::from_secs),
                 };
-                let ran = lxc.exec_recorded(&ct, &req, rec).await?;
+                let ran = lxc.exec_recorded(&ct, &req, rec, ctx.cancelled()).await?;
                 let out = ran.output;
                 let mut meta = json!({
                     "stdout": out.stdout,
                     "stderr": out.stderr,
                     "truncated": out.truncated,
                 });
+                if ran.cancelled {
+                    ctx.progress(meta);
+                    return Err(operations::OpError::Cancelled);
+                }
                 if ran.timed_out {
                     // A failure, with what it printed until then.
                     meta["timed_out"] = true.into();

@@ -281,15 +281,19 @@ pub struct Recording<'a> {
     pub timeout: Option<Duration>,
 }
 
-/// A recorded command's result; `timed_out` says it was killed at its
-/// timeout (the output is what it printed until then).
+/// A recorded command's result; `timed_out` and `cancelled` say it was
+/// killed at its timeout or when its operation was cancelled (the output is
+/// what it printed until then).
 pub struct Recorded {
     pub output: ExecOutput,
     pub timed_out: bool,
+    pub cancelled: bool,
 }
 
-/// How long output is still read after a command was killed at its
-/// timeout: a process that left its group may hold the pipes open.
+/// How long output is still read after a command was killed, or after it
+/// exited: a process that left its group, or a background child, may hold
+/// the pipes open; it does not keep the operation (and its output budget)
+/// running for ever.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a command to completion (or its timeout) as the leader of a process
@@ -298,7 +302,11 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// At the timeout the whole group is killed: with `lxc-attach`, that is
 /// the command inside the container too, and whatever it started that
 /// stayed in its process group.
-pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Recorded, BackendError> {
+pub async fn run_recorded(
+    mut cmd: Command,
+    rec: Recording<'_>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Recorded, BackendError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -312,18 +320,33 @@ pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Record
     let stderr = child.stderr.take().expect("piped stderr");
     let (mut out, mut err) = (Kept::default(), Kept::default());
     let reaped = std::sync::atomic::AtomicBool::new(false);
-    let (status, timed_out) = {
+    let exited = tokio::sync::Notify::new();
+    let (status, stopped) = {
         let wait = async {
             let status = child.wait().await;
             reaped.store(true, std::sync::atomic::Ordering::Relaxed);
+            exited.notify_one();
             status
         };
+        // Output is read to its end, but no longer than KILL_GRACE after
+        // the command itself exited.
+        let reading = async {
+            let both = async {
+                tokio::join!(
+                    record(stdout, &mut out, rec.max_bytes, rec.reserve),
+                    record(stderr, &mut err, rec.max_bytes, rec.reserve),
+                )
+            };
+            tokio::select! {
+                _ = both => {}
+                () = async {
+                    exited.notified().await;
+                    tokio::time::sleep(KILL_GRACE).await;
+                } => {}
+            }
+        };
         let work = async {
-            let (_, _, status) = tokio::join!(
-                record(stdout, &mut out, rec.max_bytes, rec.reserve),
-                record(stderr, &mut err, rec.max_bytes, rec.reserve),
-                wait
-            );
+            let ((), status) = tokio::join!(reading, wait);
             status
         };
         tokio::pin!(work);
@@ -333,9 +356,15 @@ pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Record
                 None => std::future::pending().await,
             }
         };
+        let stop = async {
+            tokio::select! {
+                () = deadline => Stop::TimedOut,
+                () = cancel => Stop::Cancelled,
+            }
+        };
         tokio::select! {
-            status = &mut work => (Some(status), false),
-            () = deadline => {
+            status = &mut work => (Some(status), None),
+            why = stop => {
                 // Only while the leader is unreaped: its id cannot have
                 // been reused as another group's.
                 if !reaped.load(std::sync::atomic::Ordering::Relaxed)
@@ -343,7 +372,7 @@ pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Record
                 {
                     kill_group(pgid);
                 }
-                (tokio::time::timeout(KILL_GRACE, &mut work).await.ok(), true)
+                (tokio::time::timeout(KILL_GRACE, &mut work).await.ok(), Some(why))
             }
         }
     };
@@ -360,8 +389,16 @@ pub async fn run_recorded(mut cmd: Command, rec: Recording<'_>) -> Result<Record
             stderr: String::from_utf8_lossy(&err.bytes).into_owned(),
             truncated: out.truncated || err.truncated,
         },
-        timed_out,
+        timed_out: stopped == Some(Stop::TimedOut),
+        cancelled: stopped == Some(Stop::Cancelled),
     })
+}
+
+/// Why `run_recorded` stopped a command before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    TimedOut,
+    Cancelled,
 }
 
 /// Runs `program args...` on a new pseudo-terminal of `size` (columns, rows)
@@ -491,9 +528,13 @@ mod tests {
             reserve: &all,
             timeout: None,
         };
-        let ran = run_recorded(sh("head -c 5000 /dev/zero; echo err >&2; exit 3"), rec)
-            .await
-            .unwrap();
+        let ran = run_recorded(
+            sh("head -c 5000 /dev/zero; echo err >&2; exit 3"),
+            rec,
+            never(),
+        )
+        .await
+        .unwrap();
         assert_eq!(ran.output.stdout.len(), 1000);
         assert_eq!(ran.output.stderr, "err\n");
         assert!(ran.output.truncated && !ran.timed_out);
@@ -512,7 +553,7 @@ mod tests {
             reserve: &budget,
             timeout: None,
         };
-        let ran = run_recorded(sh("echo 0123456789abcdef"), rec)
+        let ran = run_recorded(sh("echo 0123456789abcdef"), rec, never())
             .await
             .unwrap();
         assert_eq!(ran.output.stdout, "0123456789");
@@ -528,7 +569,7 @@ mod tests {
             timeout: Some(Duration::from_millis(500)),
         };
         let started = std::time::Instant::now();
-        let ran = run_recorded(sh("sleep 600 & echo $!; wait"), rec)
+        let ran = run_recorded(sh("sleep 600 & echo $!; wait"), rec, never())
             .await
             .unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -544,6 +585,49 @@ mod tests {
             !running
         });
         assert!(gone, "sleep {pid} still runs");
+    }
+
+    fn never() -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_command_is_killed_with_its_group() {
+        let all = |n| n;
+        let rec = Recording {
+            max_bytes: 1000,
+            reserve: &all,
+            timeout: None,
+        };
+        let started = std::time::Instant::now();
+        let cancel = tokio::time::sleep(Duration::from_millis(300));
+        let ran = run_recorded(sh("echo before; sleep 600"), rec, cancel)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(ran.cancelled && !ran.timed_out);
+        assert_eq!(ran.output.stdout, "before\n");
+    }
+
+    /// A background child that keeps stdout open does not keep the command
+    /// running once it exited: reading stops KILL_GRACE later.
+    #[tokio::test]
+    async fn output_is_read_only_a_while_after_the_command_exits() {
+        let all = |n| n;
+        let rec = Recording {
+            max_bytes: 1000,
+            reserve: &all,
+            timeout: None,
+        };
+        let started = std::time::Instant::now();
+        let ran = run_recorded(sh("sleep 600 & echo started"), rec, never())
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took >= KILL_GRACE && took < KILL_GRACE * 2, "{took:?}");
+        assert_eq!(ran.output.stdout, "started\n");
+        assert_eq!(ran.output.exit_code, 0);
+        assert!(!ran.cancelled && !ran.timed_out);
     }
 
     #[tokio::test]
