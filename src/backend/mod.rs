@@ -4,7 +4,10 @@
 pub mod embedded;
 pub mod events;
 pub mod incus;
+mod snapshots;
 pub mod types;
+
+pub use snapshots::Snapshots;
 
 use std::collections::BTreeMap;
 
@@ -189,7 +192,7 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + Snapshots {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
 
@@ -307,53 +310,6 @@ pub trait Backend: Send + Sync {
     }
 
     // --- instance snapshots, backups, logs, console log and files ---
-
-    async fn list_snapshots(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Snapshot>, BackendError> {
-        unsupported("listing snapshots")
-    }
-
-    async fn get_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-    ) -> Result<types::Snapshot, BackendError> {
-        unsupported("reading snapshots")
-    }
-
-    async fn create_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _req: &types::SnapshotCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating snapshots")
-    }
-
-    async fn delete_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting snapshots")
-    }
-
-    /// Puts the instance back to the snapshot (`stateful`: with its memory).
-    async fn restore_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-        _stateful: bool,
-    ) -> Result<Operation, BackendError> {
-        unsupported("restoring snapshots")
-    }
 
     async fn list_backups(
         &self,

@@ -500,53 +500,6 @@ impl Backend for EmbeddedBackend {
 
     // --- snapshots and backups (snapshots.rs) ---
 
-    async fn list_snapshots(
-        &self,
-        project: &str,
-        name: &str,
-        expand: bool,
-    ) -> Result<Listing<types::Snapshot>, BackendError> {
-        self.list_snapshots_impl(project, name, expand).await
-    }
-
-    async fn get_snapshot(
-        &self,
-        project: &str,
-        name: &str,
-        snap: &str,
-    ) -> Result<types::Snapshot, BackendError> {
-        self.get_snapshot_impl(project, name, snap).await
-    }
-
-    async fn create_snapshot(
-        &self,
-        project: &str,
-        name: &str,
-        req: &types::SnapshotCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_snapshot_impl(project, name, req).await
-    }
-
-    async fn delete_snapshot(
-        &self,
-        project: &str,
-        name: &str,
-        snap: &str,
-    ) -> Result<Operation, BackendError> {
-        self.delete_snapshot_impl(project, name, snap).await
-    }
-
-    async fn restore_snapshot(
-        &self,
-        project: &str,
-        name: &str,
-        snap: &str,
-        stateful: bool,
-    ) -> Result<Operation, BackendError> {
-        self.restore_snapshot_impl(project, name, snap, stateful)
-            .await
-    }
-
     async fn list_backups(
         &self,
         project: &str,

@@ -25,7 +25,7 @@ use super::{EmbeddedBackend, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Snapshots};
 use crate::db::embedded::InstanceRow;
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -282,8 +282,11 @@ impl EmbeddedBackend {
     ) -> Result<SnapshotRecord, BackendError> {
         read_record(&self.snap_dir(row), snap).await
     }
+}
 
-    pub(super) async fn list_snapshots_impl(
+#[async_trait::async_trait]
+impl Snapshots for EmbeddedBackend {
+    async fn list_snapshots(
         &self,
         project: &str,
         name: &str,
@@ -298,7 +301,7 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn get_snapshot_impl(
+    async fn get_snapshot(
         &self,
         project: &str,
         name: &str,
@@ -308,7 +311,7 @@ impl EmbeddedBackend {
         Ok(to_snapshot(self.snapshot_record(&row, snap).await?, -1))
     }
 
-    pub(super) async fn create_snapshot_impl(
+    async fn create_snapshot(
         &self,
         project: &str,
         name: &str,
@@ -430,7 +433,7 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn delete_snapshot_impl(
+    async fn delete_snapshot(
         &self,
         project: &str,
         name: &str,
@@ -483,7 +486,7 @@ impl EmbeddedBackend {
 
     /// Puts the instance back to the snapshot. A running container is
     /// stopped for it and started again; a VM must be stopped.
-    pub(super) async fn restore_snapshot_impl(
+    async fn restore_snapshot(
         &self,
         project: &str,
         name: &str,
@@ -616,7 +619,9 @@ impl EmbeddedBackend {
             },
         ))
     }
+}
 
+impl EmbeddedBackend {
     // ------------------------------------------------------------ backups ---
 
     async fn backup_record(

@@ -219,53 +219,6 @@ impl Backend for IncusBackend {
 
     // --- instance snapshots, backups, logs, console log and files ---
 
-    async fn list_snapshots(
-        &self,
-        project: &str,
-        instance: &str,
-        expand: bool,
-    ) -> Result<Listing<super::types::Snapshot>, BackendError> {
-        self.list_snapshots_impl(project, instance, expand).await
-    }
-
-    async fn get_snapshot(
-        &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
-    ) -> Result<super::types::Snapshot, BackendError> {
-        self.get_snapshot_impl(project, instance, snap).await
-    }
-
-    async fn create_snapshot(
-        &self,
-        project: &str,
-        instance: &str,
-        req: &super::types::SnapshotCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_snapshot_impl(project, instance, req).await
-    }
-
-    async fn delete_snapshot(
-        &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
-    ) -> Result<Operation, BackendError> {
-        self.delete_snapshot_impl(project, instance, snap).await
-    }
-
-    async fn restore_snapshot(
-        &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
-        stateful: bool,
-    ) -> Result<Operation, BackendError> {
-        self.restore_snapshot_impl(project, instance, snap, stateful)
-            .await
-    }
-
     async fn list_backups(
         &self,
         project: &str,

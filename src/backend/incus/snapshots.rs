@@ -7,10 +7,11 @@ use super::IncusBackend;
 use super::files::project_query;
 use super::instances::{last_segment, operation_of};
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Snapshots};
 
-impl IncusBackend {
-    pub(super) async fn list_snapshots_impl(
+#[async_trait::async_trait]
+impl Snapshots for IncusBackend {
+    async fn list_snapshots(
         &self,
         project: &str,
         instance: &str,
@@ -32,7 +33,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_snapshot_impl(
+    async fn get_snapshot(
         &self,
         project: &str,
         instance: &str,
@@ -47,7 +48,7 @@ impl IncusBackend {
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn create_snapshot_impl(
+    async fn create_snapshot(
         &self,
         project: &str,
         instance: &str,
@@ -67,7 +68,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn delete_snapshot_impl(
+    async fn delete_snapshot(
         &self,
         project: &str,
         instance: &str,
@@ -88,7 +89,7 @@ impl IncusBackend {
 
     /// Incus restores through the instance itself: `PUT /1.0/instances/{name}`
     /// with `restore` set (the rest of the body is then ignored).
-    pub(super) async fn restore_snapshot_impl(
+    async fn restore_snapshot(
         &self,
         project: &str,
         instance: &str,
@@ -97,7 +98,7 @@ impl IncusBackend {
     ) -> Result<Operation, BackendError> {
         // Incus answers a restore of a missing snapshot with a failed
         // operation; look first so the caller gets a 404 instead.
-        self.get_snapshot_impl(project, instance, snap).await?;
+        self.get_snapshot(project, instance, snap).await?;
         let body = json!({"restore": snap, "stateful": stateful});
         let r = self
             .client
