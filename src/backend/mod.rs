@@ -1,12 +1,14 @@
 //! The backend boundary: what the API layer may ask of whatever runs the
 //! instances, in Incus-shaped types, with no knowledge of HTTP auth.
 
+mod backups;
 pub mod embedded;
 pub mod events;
 pub mod incus;
 mod snapshots;
 pub mod types;
 
+pub use backups::Backups;
 pub use snapshots::Snapshots;
 
 use std::collections::BTreeMap;
@@ -192,7 +194,7 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync + Snapshots {
+pub trait Backend: Send + Sync + Backups + Snapshots {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
 
@@ -310,52 +312,6 @@ pub trait Backend: Send + Sync + Snapshots {
     }
 
     // --- instance snapshots, backups, logs, console log and files ---
-
-    async fn list_backups(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Backup>, BackendError> {
-        unsupported("listing backups")
-    }
-
-    async fn get_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<types::Backup, BackendError> {
-        unsupported("reading backups")
-    }
-
-    async fn create_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _req: &types::BackupCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating backups")
-    }
-
-    async fn delete_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting backups")
-    }
-
-    /// The backup tarball, streamed.
-    async fn export_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("exporting backups")
-    }
 
     /// Names of the instance's log files.
     async fn list_instance_logs(

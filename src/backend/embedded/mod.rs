@@ -500,51 +500,6 @@ impl Backend for EmbeddedBackend {
 
     // --- snapshots and backups (snapshots.rs) ---
 
-    async fn list_backups(
-        &self,
-        project: &str,
-        name: &str,
-        expand: bool,
-    ) -> Result<Listing<types::Backup>, BackendError> {
-        self.list_backups_impl(project, name, expand).await
-    }
-
-    async fn get_backup(
-        &self,
-        project: &str,
-        name: &str,
-        backup: &str,
-    ) -> Result<types::Backup, BackendError> {
-        self.get_backup_impl(project, name, backup).await
-    }
-
-    async fn create_backup(
-        &self,
-        project: &str,
-        name: &str,
-        req: &types::BackupCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_backup_impl(project, name, req).await
-    }
-
-    async fn delete_backup(
-        &self,
-        project: &str,
-        name: &str,
-        backup: &str,
-    ) -> Result<Operation, BackendError> {
-        self.delete_backup_impl(project, name, backup).await
-    }
-
-    async fn export_backup(
-        &self,
-        project: &str,
-        name: &str,
-        backup: &str,
-    ) -> Result<types::Download, BackendError> {
-        self.export_backup_impl(project, name, backup).await
-    }
-
     // --- storage (storage.rs) ---
 
     async fn list_storage_pools(

@@ -25,7 +25,7 @@ use super::{EmbeddedBackend, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
 };
-use crate::backend::{BackendError, Listing, Snapshots};
+use crate::backend::{BackendError, Backups, Listing, Snapshots};
 use crate::db::embedded::InstanceRow;
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -631,8 +631,11 @@ impl EmbeddedBackend {
     ) -> Result<BackupRecord, BackendError> {
         read_record(&self.backup_dir(row), b).await
     }
+}
 
-    pub(super) async fn list_backups_impl(
+#[async_trait::async_trait]
+impl Backups for EmbeddedBackend {
+    async fn list_backups(
         &self,
         project: &str,
         name: &str,
@@ -647,17 +650,12 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn get_backup_impl(
-        &self,
-        project: &str,
-        name: &str,
-        b: &str,
-    ) -> Result<Backup, BackendError> {
+    async fn get_backup(&self, project: &str, name: &str, b: &str) -> Result<Backup, BackendError> {
         let row = self.row(project, name).await?;
         Ok(to_backup(self.backup_record(&row, b).await?))
     }
 
-    pub(super) async fn create_backup_impl(
+    async fn create_backup(
         &self,
         project: &str,
         name: &str,
@@ -768,7 +766,7 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn delete_backup_impl(
+    async fn delete_backup(
         &self,
         project: &str,
         name: &str,
@@ -802,7 +800,7 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn export_backup_impl(
+    async fn export_backup(
         &self,
         project: &str,
         name: &str,

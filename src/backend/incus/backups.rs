@@ -7,10 +7,11 @@ use super::IncusBackend;
 use super::files::{TRANSFER_TIMEOUT, download, project_query};
 use super::instances::{last_segment, operation_of};
 use crate::backend::types::{Backup, BackupCreate, Download, Operation};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Backups, Listing};
 
-impl IncusBackend {
-    pub(super) async fn list_backups_impl(
+#[async_trait::async_trait]
+impl Backups for IncusBackend {
+    async fn list_backups(
         &self,
         project: &str,
         instance: &str,
@@ -32,7 +33,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_backup_impl(
+    async fn get_backup(
         &self,
         project: &str,
         instance: &str,
@@ -47,7 +48,7 @@ impl IncusBackend {
             .map(|(b, _)| b)
     }
 
-    pub(super) async fn create_backup_impl(
+    async fn create_backup(
         &self,
         project: &str,
         instance: &str,
@@ -67,7 +68,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn delete_backup_impl(
+    async fn delete_backup(
         &self,
         project: &str,
         instance: &str,
@@ -86,7 +87,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn export_backup_impl(
+    async fn export_backup(
         &self,
         project: &str,
         instance: &str,

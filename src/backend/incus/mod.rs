@@ -219,51 +219,6 @@ impl Backend for IncusBackend {
 
     // --- instance snapshots, backups, logs, console log and files ---
 
-    async fn list_backups(
-        &self,
-        project: &str,
-        instance: &str,
-        expand: bool,
-    ) -> Result<Listing<super::types::Backup>, BackendError> {
-        self.list_backups_impl(project, instance, expand).await
-    }
-
-    async fn get_backup(
-        &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
-    ) -> Result<super::types::Backup, BackendError> {
-        self.get_backup_impl(project, instance, backup).await
-    }
-
-    async fn create_backup(
-        &self,
-        project: &str,
-        instance: &str,
-        req: &super::types::BackupCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_backup_impl(project, instance, req).await
-    }
-
-    async fn delete_backup(
-        &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
-    ) -> Result<Operation, BackendError> {
-        self.delete_backup_impl(project, instance, backup).await
-    }
-
-    async fn export_backup(
-        &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
-    ) -> Result<super::types::Download, BackendError> {
-        self.export_backup_impl(project, instance, backup).await
-    }
-
     async fn list_instance_logs(
         &self,
         project: &str,

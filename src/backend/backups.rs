@@ -1,0 +1,43 @@
+//! Instance backups: tarballs of an instance that can be downloaded.
+
+use super::types::{Backup, BackupCreate, Download, Operation};
+use super::{BackendError, Listing};
+
+#[async_trait::async_trait]
+pub trait Backups: Send + Sync {
+    async fn list_backups(
+        &self,
+        project: &str,
+        instance: &str,
+        expand: bool,
+    ) -> Result<Listing<Backup>, BackendError>;
+
+    async fn get_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Backup, BackendError>;
+
+    async fn create_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        req: &BackupCreate,
+    ) -> Result<Operation, BackendError>;
+
+    async fn delete_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Operation, BackendError>;
+
+    /// The backup tarball, streamed.
+    async fn export_backup(
+        &self,
+        project: &str,
+        instance: &str,
+        backup: &str,
+    ) -> Result<Download, BackendError>;
+}
