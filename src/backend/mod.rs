@@ -5,10 +5,12 @@ mod backups;
 pub mod embedded;
 pub mod events;
 pub mod incus;
+mod networks;
 mod snapshots;
 pub mod types;
 
 pub use backups::Backups;
+pub use networks::Networks;
 pub use snapshots::Snapshots;
 
 use std::collections::BTreeMap;
@@ -194,7 +196,7 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync + Backups + Snapshots {
+pub trait Backend: Send + Sync + Backups + Networks + Snapshots {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
 
@@ -586,63 +588,6 @@ pub trait Backend: Send + Sync + Backups + Snapshots {
         _name: &str,
     ) -> Result<Option<Operation>, BackendError> {
         unsupported("deleting storage volumes")
-    }
-
-    async fn list_networks(
-        &self,
-        _project: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Network>, BackendError> {
-        unsupported("listing networks")
-    }
-
-    /// The network and its ETag.
-    async fn get_network(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<(types::Network, Option<String>), BackendError> {
-        unsupported("reading networks")
-    }
-
-    async fn create_network(
-        &self,
-        _project: &str,
-        _req: &types::NetworkCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating networks")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_network(
-        &self,
-        _project: &str,
-        _name: &str,
-        _update: &types::NetworkUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating networks")
-    }
-
-    async fn delete_network(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting networks")
-    }
-
-    async fn network_state(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<types::NetworkState, BackendError> {
-        unsupported("reading network state")
-    }
-
-    async fn network_leases(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<Vec<types::NetworkLease>, BackendError> {
-        unsupported("reading network leases")
     }
 
     async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {

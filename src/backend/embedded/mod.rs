@@ -591,62 +591,6 @@ impl Backend for EmbeddedBackend {
 
     // --- networks (networks.rs): managed bridges, the host's interfaces ---
 
-    async fn list_networks(
-        &self,
-        project: &str,
-        expand: bool,
-    ) -> Result<Listing<types::Network>, BackendError> {
-        self.list_networks_impl(project, expand).await
-    }
-
-    async fn get_network(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(types::Network, Option<String>), BackendError> {
-        self.get_network_impl(project, name).await
-    }
-
-    async fn create_network(
-        &self,
-        project: &str,
-        req: &types::NetworkCreate,
-    ) -> Result<(), BackendError> {
-        self.create_network_impl(project, req).await
-    }
-
-    async fn update_network(
-        &self,
-        project: &str,
-        name: &str,
-        update: &types::NetworkUpdate,
-        if_match: Option<&str>,
-        replace: bool,
-    ) -> Result<(), BackendError> {
-        self.update_network_impl(project, name, update, if_match, replace)
-            .await
-    }
-
-    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
-        self.delete_network_impl(project, name).await
-    }
-
-    async fn network_state(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<types::NetworkState, BackendError> {
-        self.network_state_impl(project, name).await
-    }
-
-    async fn network_leases(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Vec<types::NetworkLease>, BackendError> {
-        self.network_leases_impl(project, name).await
-    }
-
     // --- projects (projects.rs) ---
 
     async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {

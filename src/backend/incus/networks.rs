@@ -6,10 +6,11 @@ use serde_json::json;
 use super::IncusBackend;
 use super::storage::listing;
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Networks};
 
-impl IncusBackend {
-    pub(super) async fn list_networks_impl(
+#[async_trait::async_trait]
+impl Networks for IncusBackend {
+    async fn list_networks(
         &self,
         project: &str,
         expand: bool,
@@ -21,7 +22,7 @@ impl IncusBackend {
         listing(self, &["networks"], &q, expand).await
     }
 
-    pub(super) async fn get_network_impl(
+    async fn get_network(
         &self,
         project: &str,
         name: &str,
@@ -31,11 +32,7 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_network_impl(
-        &self,
-        project: &str,
-        req: &NetworkCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_network(&self, project: &str, req: &NetworkCreate) -> Result<(), BackendError> {
         let body = json!({
             "name": req.name,
             "type": req.network_type.as_deref().unwrap_or("bridge"),
@@ -54,7 +51,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn update_network_impl(
+    async fn update_network(
         &self,
         project: &str,
         name: &str,
@@ -76,11 +73,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_network_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(), BackendError> {
+    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,
@@ -93,18 +86,14 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn network_state_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<NetworkState, BackendError> {
+    async fn network_state(&self, project: &str, name: &str) -> Result<NetworkState, BackendError> {
         self.client
             .query_struct(&["networks", name, "state"], &[("project", project)])
             .await
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn network_leases_impl(
+    async fn network_leases(
         &self,
         project: &str,
         name: &str,
