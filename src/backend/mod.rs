@@ -7,11 +7,13 @@ pub mod events;
 pub mod incus;
 mod networks;
 mod snapshots;
+mod storage;
 pub mod types;
 
 pub use backups::Backups;
 pub use networks::Networks;
 pub use snapshots::Snapshots;
+pub use storage::Storage;
 
 use std::collections::BTreeMap;
 
@@ -196,7 +198,7 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync + Backups + Networks + Snapshots {
+pub trait Backend: Send + Sync + Backups + Networks + Snapshots + Storage {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
 
@@ -500,95 +502,6 @@ pub trait Backend: Send + Sync + Backups + Networks + Snapshots {
     }
 
     // --- storage pools and volumes, networks, projects (DESIGN §6) ---
-
-    async fn list_storage_pools(
-        &self,
-        _expand: bool,
-    ) -> Result<Listing<types::StoragePool>, BackendError> {
-        unsupported("listing storage pools")
-    }
-
-    /// The pool and its ETag.
-    async fn get_storage_pool(
-        &self,
-        _pool: &str,
-    ) -> Result<(types::StoragePool, Option<String>), BackendError> {
-        unsupported("reading storage pools")
-    }
-
-    async fn create_storage_pool(
-        &self,
-        _req: &types::StoragePoolCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating storage pools")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_storage_pool(
-        &self,
-        _pool: &str,
-        _update: &types::StoragePoolUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating storage pools")
-    }
-
-    async fn delete_storage_pool(&self, _pool: &str) -> Result<(), BackendError> {
-        unsupported("deleting storage pools")
-    }
-
-    /// Custom volumes of `project` in `pool`.
-    async fn list_volumes(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::StorageVolume>, BackendError> {
-        unsupported("listing storage volumes")
-    }
-
-    /// A custom volume and its ETag.
-    async fn get_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-    ) -> Result<(types::StorageVolume, Option<String>), BackendError> {
-        unsupported("reading storage volumes")
-    }
-
-    /// Returns the operation when the backend creates it in the background.
-    async fn create_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _req: &types::StorageVolumeCreate,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("creating storage volumes")
-    }
-
-    /// PATCH semantics: only the given fields change.
-    async fn update_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-        _update: &types::StorageVolumeUpdate,
-        _if_match: Option<&str>,
-    ) -> Result<(), BackendError> {
-        unsupported("updating storage volumes")
-    }
-
-    /// Returns the operation when the backend deletes it in the background.
-    async fn delete_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("deleting storage volumes")
-    }
 
     async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
         unsupported("listing projects")

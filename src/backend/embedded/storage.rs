@@ -20,10 +20,10 @@ use super::lxc::{Confinement, parse_size};
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{
-    DevicesMap, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
+    DevicesMap, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
 
 pub const DEFAULT_POOL: &str = "default";
@@ -376,10 +376,26 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn list_pools_impl(
-        &self,
-        expand: bool,
-    ) -> Result<Listing<StoragePool>, BackendError> {
+    async fn to_volume(&self, row: &VolumeRow) -> StorageVolume {
+        StorageVolume {
+            name: row.name.clone(),
+            description: row.description.clone(),
+            volume_type: "custom".into(),
+            content_type: row.content_type.clone(),
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            used_by: self
+                .volume_used_by(&row.pool, &row.project, &row.name)
+                .await,
+            location: "none".into(),
+            project: row.project.clone(),
+            created_at: row.created_at.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for EmbeddedBackend {
+    async fn list_storage_pools(&self, expand: bool) -> Result<Listing<StoragePool>, BackendError> {
         let mut rows = vec![self.pool_row(DEFAULT_POOL).await?];
         rows.extend(inv::list_pools(&self.pool).await.map_err(db)?);
         if !expand {
@@ -392,7 +408,7 @@ impl EmbeddedBackend {
         Ok(Listing::Full(out))
     }
 
-    pub(super) async fn get_pool_impl(
+    async fn get_storage_pool(
         &self,
         name: &str,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
@@ -401,10 +417,7 @@ impl EmbeddedBackend {
         Ok((p, Some(tag)))
     }
 
-    pub(super) async fn create_pool_impl(
-        &self,
-        req: &StoragePoolCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_storage_pool(&self, req: &StoragePoolCreate) -> Result<(), BackendError> {
         if req.driver != "dir" {
             return Err(BackendError::NotSupported(format!(
                 "the embedded backend has the dir storage driver only, not {}",
@@ -462,7 +475,7 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn update_pool_impl(
+    async fn update_storage_pool(
         &self,
         name: &str,
         update: &StoragePoolUpdate,
@@ -517,7 +530,7 @@ impl EmbeddedBackend {
         inv::update_pool(&self.pool, &row).await.map_err(db)
     }
 
-    pub(super) async fn delete_pool_impl(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_storage_pool(&self, name: &str) -> Result<(), BackendError> {
         if name == DEFAULT_POOL {
             return Err(BackendError::BadRequest(
                 "the default pool cannot be deleted".into(),
@@ -550,23 +563,7 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    async fn to_volume(&self, row: &VolumeRow) -> StorageVolume {
-        StorageVolume {
-            name: row.name.clone(),
-            description: row.description.clone(),
-            volume_type: "custom".into(),
-            content_type: row.content_type.clone(),
-            config: serde_json::from_str(&row.config).unwrap_or_default(),
-            used_by: self
-                .volume_used_by(&row.pool, &row.project, &row.name)
-                .await,
-            location: "none".into(),
-            project: row.project.clone(),
-            created_at: row.created_at.clone(),
-        }
-    }
-
-    pub(super) async fn list_volumes_impl(
+    async fn list_volumes(
         &self,
         project: &str,
         pool: &str,
@@ -587,7 +584,7 @@ impl EmbeddedBackend {
         Ok(Listing::Full(out))
     }
 
-    pub(super) async fn get_volume_impl(
+    async fn get_volume(
         &self,
         project: &str,
         pool: &str,
@@ -603,12 +600,13 @@ impl EmbeddedBackend {
         Ok((v, Some(tag)))
     }
 
-    pub(super) async fn create_volume_impl(
+    /// Done before it returns: no operation.
+    async fn create_volume(
         &self,
         project: &str,
         pool: &str,
         req: &StorageVolumeCreate,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Operation>, BackendError> {
         self.ensure_project(project).await?;
         let prow = self.pool_row(pool).await?;
         let content = req.content_type.as_deref().unwrap_or("filesystem");
@@ -710,10 +708,10 @@ impl EmbeddedBackend {
             ),
             json!({"type": content}),
         );
-        Ok(())
+        Ok(None)
     }
 
-    pub(super) async fn update_volume_impl(
+    async fn update_volume(
         &self,
         project: &str,
         pool: &str,
@@ -721,7 +719,7 @@ impl EmbeddedBackend {
         update: &StorageVolumeUpdate,
         if_match: Option<&str>,
     ) -> Result<(), BackendError> {
-        let (current, tag) = self.get_volume_impl(project, pool, name).await?;
+        let (current, tag) = self.get_volume(project, pool, name).await?;
         if let Some(want) = if_match
             && Some(want.trim_matches('"')) != tag.as_deref()
         {
@@ -782,12 +780,13 @@ impl EmbeddedBackend {
         inv::update_volume(&self.pool, &row).await.map_err(db)
     }
 
-    pub(super) async fn delete_volume_impl(
+    /// Done before it returns: no operation.
+    async fn delete_volume(
         &self,
         project: &str,
         pool: &str,
         name: &str,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Operation>, BackendError> {
         let (path, content) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {
             return Err(BackendError::BadRequest(
@@ -817,9 +816,11 @@ impl EmbeddedBackend {
             ),
             json!({}),
         );
-        Ok(())
+        Ok(None)
     }
+}
 
+impl EmbeddedBackend {
     /// Host paths and targets of an instance's volume devices, checked: the
     /// volumes exist in its project, paths are absolute and plain, and the
     /// content type suits the instance type.

@@ -10,7 +10,7 @@ use crate::backend::types::{
     Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Storage};
 
 /// The operation of an answer that may be sync or async.
 pub fn maybe_operation(r: Response) -> Result<Option<Operation>, BackendError> {
@@ -47,15 +47,13 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, BackendErro
     serde_json::to_value(v).map_err(|e| anyhow::Error::from(e).into())
 }
 
-impl IncusBackend {
-    pub(super) async fn list_storage_pools_impl(
-        &self,
-        expand: bool,
-    ) -> Result<Listing<StoragePool>, BackendError> {
+#[async_trait::async_trait]
+impl Storage for IncusBackend {
+    async fn list_storage_pools(&self, expand: bool) -> Result<Listing<StoragePool>, BackendError> {
         listing(self, &["storage-pools"], &[recursion(expand)], expand).await
     }
 
-    pub(super) async fn get_storage_pool_impl(
+    async fn get_storage_pool(
         &self,
         pool: &str,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
@@ -64,10 +62,7 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_storage_pool_impl(
-        &self,
-        req: &StoragePoolCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_storage_pool(&self, req: &StoragePoolCreate) -> Result<(), BackendError> {
         let body = to_value(req)?;
         self.client
             .query(Method::POST, &["storage-pools"], &[], Some(&body), None)
@@ -75,7 +70,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn update_storage_pool_impl(
+    async fn update_storage_pool(
         &self,
         pool: &str,
         update: &StoragePoolUpdate,
@@ -90,14 +85,14 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_storage_pool_impl(&self, pool: &str) -> Result<(), BackendError> {
+    async fn delete_storage_pool(&self, pool: &str) -> Result<(), BackendError> {
         self.client
             .query(Method::DELETE, &["storage-pools", pool], &[], None, None)
             .await
             .map(|_| ())
     }
 
-    pub(super) async fn list_volumes_impl(
+    async fn list_volumes(
         &self,
         project: &str,
         pool: &str,
@@ -112,7 +107,7 @@ impl IncusBackend {
         .await
     }
 
-    pub(super) async fn get_volume_impl(
+    async fn get_volume(
         &self,
         project: &str,
         pool: &str,
@@ -126,7 +121,7 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_volume_impl(
+    async fn create_volume(
         &self,
         project: &str,
         pool: &str,
@@ -152,7 +147,7 @@ impl IncusBackend {
         maybe_operation(r)
     }
 
-    pub(super) async fn update_volume_impl(
+    async fn update_volume(
         &self,
         project: &str,
         pool: &str,
@@ -173,7 +168,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_volume_impl(
+    async fn delete_volume(
         &self,
         project: &str,
         pool: &str,
