@@ -6,12 +6,16 @@ pub mod embedded;
 pub mod events;
 pub mod incus;
 mod networks;
+mod profiles;
+mod projects;
 mod snapshots;
 mod storage;
 pub mod types;
 
 pub use backups::Backups;
 pub use networks::Networks;
+pub use profiles::Profiles;
+pub use projects::Projects;
 pub use snapshots::Snapshots;
 pub use storage::Storage;
 
@@ -198,20 +202,11 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync + Backups + Networks + Snapshots + Storage {
+pub trait Backend:
+    Send + Sync + Backups + Networks + Profiles + Projects + Snapshots + Storage
+{
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
-
-    /// The project config that makes the backend itself refuse what the
-    /// instance policy (`crate::policy`) refuses non-admins in a project
-    /// with `widening`: defence in depth, should a check in lxgate ever be
-    /// missed. `None`: the backend has no such setting (the embedded
-    /// backend enforces the policy in lxgate and confines containers
-    /// itself).
-    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap>;
-
-    /// A profile of `project` (as instances there see it).
-    async fn get_profile(&self, project: &str, name: &str) -> Result<types::Profile, BackendError>;
 
     /// A cheap reachability check for `/health/ready`.
     async fn ping(&self) -> Result<(), BackendError>;
@@ -502,41 +497,6 @@ pub trait Backend: Send + Sync + Backups + Networks + Snapshots + Storage {
     }
 
     // --- storage pools and volumes, networks, projects (DESIGN §6) ---
-
-    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
-        unsupported("listing projects")
-    }
-
-    /// The project and its ETag.
-    async fn get_project(
-        &self,
-        _name: &str,
-    ) -> Result<(types::Project, Option<String>), BackendError> {
-        unsupported("reading projects")
-    }
-
-    async fn create_project(&self, _req: &types::ProjectCreate) -> Result<(), BackendError> {
-        unsupported("creating projects")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_project(
-        &self,
-        _name: &str,
-        _update: &types::ProjectUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating projects")
-    }
-
-    async fn delete_project(&self, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting projects")
-    }
-
-    async fn project_state(&self, _name: &str) -> Result<types::ProjectState, BackendError> {
-        unsupported("reading project state")
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod lxc;
 mod networks;
 mod operations;
 mod process;
+mod profiles;
 mod projects;
 mod qcow;
 mod qemu;
@@ -505,64 +506,6 @@ impl Backend for EmbeddedBackend {
     // --- networks (networks.rs): managed bridges, the host's interfaces ---
 
     // --- projects (projects.rs) ---
-
-    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
-        self.list_projects_impl().await
-    }
-
-    async fn get_project(
-        &self,
-        name: &str,
-    ) -> Result<(types::Project, Option<String>), BackendError> {
-        self.get_project_impl(name).await
-    }
-
-    async fn create_project(&self, req: &types::ProjectCreate) -> Result<(), BackendError> {
-        self.create_project_impl(req).await
-    }
-
-    async fn update_project(
-        &self,
-        name: &str,
-        update: &types::ProjectUpdate,
-        if_match: Option<&str>,
-        replace: bool,
-    ) -> Result<(), BackendError> {
-        self.update_project_impl(name, update, if_match, replace)
-            .await
-    }
-
-    /// The embedded backend has one profile, `default`: the root disk.
-    async fn get_profile(
-        &self,
-        _project: &str,
-        name: &str,
-    ) -> Result<types::Profile, BackendError> {
-        match name {
-            "default" => Ok(types::Profile {
-                name: name.to_owned(),
-                description: "Default profile (the root disk)".to_owned(),
-                config: Default::default(),
-                devices: instances::root_device(),
-            }),
-            _ => Err(BackendError::NotFound(format!("Profile not found: {name}"))),
-        }
-    }
-
-    fn project_restrictions(
-        &self,
-        _widening: &crate::policy::Widening,
-    ) -> Option<types::ConfigMap> {
-        None
-    }
-
-    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
-        self.delete_project_impl(name).await
-    }
-
-    async fn project_state(&self, name: &str) -> Result<types::ProjectState, BackendError> {
-        self.project_state_impl(name).await
-    }
 
     // --- operations and events ---
 

@@ -9,6 +9,7 @@ pub mod files;
 pub mod images;
 pub mod instances;
 pub mod networks;
+pub mod profiles;
 pub mod projects;
 pub mod snapshots;
 pub mod storage;
@@ -21,7 +22,6 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::events::{AbortOnDrop, EventBus};
-use super::types;
 use super::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
@@ -385,50 +385,6 @@ impl Backend for IncusBackend {
 
     // --- storage pools and volumes, networks, projects ---
 
-    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
-        self.list_projects_impl().await
-    }
-
-    async fn get_project(
-        &self,
-        name: &str,
-    ) -> Result<(types::Project, Option<String>), BackendError> {
-        self.get_project_impl(name).await
-    }
-
-    async fn create_project(&self, req: &types::ProjectCreate) -> Result<(), BackendError> {
-        self.create_project_impl(req).await
-    }
-
-    async fn update_project(
-        &self,
-        name: &str,
-        update: &types::ProjectUpdate,
-        if_match: Option<&str>,
-        replace: bool,
-    ) -> Result<(), BackendError> {
-        self.update_project_impl(name, update, if_match, replace)
-            .await
-    }
-
-    async fn get_profile(&self, project: &str, name: &str) -> Result<types::Profile, BackendError> {
-        self.client
-            .query_struct(&["profiles", name], &[("project", project)])
-            .await
-            .map(|(p, _)| p)
-    }
-
-    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap> {
-        Some(projects::restrictions(widening))
-    }
-
-    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
-        self.delete_project_impl(name).await
-    }
-
-    async fn project_state(&self, name: &str) -> Result<types::ProjectState, BackendError> {
-        self.project_state_impl(name).await
-    }
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let server = self.server().await?;
         let drivers = drivers(&server.environment);

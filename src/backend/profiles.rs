@@ -1,0 +1,10 @@
+//! Profiles: the configuration instances of a project start from.
+
+use super::BackendError;
+use super::types::Profile;
+
+#[async_trait::async_trait]
+pub trait Profiles: Send + Sync {
+    /// A profile of `project` (as instances there see it).
+    async fn get_profile(&self, project: &str, name: &str) -> Result<Profile, BackendError>;
+}
