@@ -4,6 +4,7 @@
 mod backups;
 pub mod embedded;
 pub mod events;
+mod images;
 pub mod incus;
 mod networks;
 mod profiles;
@@ -13,6 +14,7 @@ mod storage;
 pub mod types;
 
 pub use backups::Backups;
+pub use images::Images;
 pub use networks::Networks;
 pub use profiles::Profiles;
 pub use projects::Projects;
@@ -203,7 +205,7 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
 pub trait Backend:
-    Send + Sync + Backups + Networks + Profiles + Projects + Snapshots + Storage
+    Send + Sync + Backups + Images + Networks + Profiles + Projects + Snapshots + Storage
 {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
@@ -361,80 +363,6 @@ pub trait Backend:
         unsupported("writing files in instances")
     }
 
-    // --- images ---
-
-    /// Images of `scope.project` (every project when `None`); names are fingerprints.
-    async fn list_images(
-        &self,
-        _scope: ListScope<'_>,
-    ) -> Result<Listing<types::Image>, BackendError> {
-        unsupported("listing images")
-    }
-
-    /// The image (by fingerprint or unique prefix) and its ETag.
-    async fn get_image(
-        &self,
-        _project: &str,
-        _fingerprint: &str,
-    ) -> Result<(types::Image, Option<String>), BackendError> {
-        unsupported("reading images")
-    }
-
-    async fn delete_image(
-        &self,
-        _project: &str,
-        _fingerprint: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting images")
-    }
-
-    /// Copies an image from a remote image server into `project`.
-    async fn copy_image(
-        &self,
-        _project: &str,
-        _req: &types::ImageCopy,
-    ) -> Result<Operation, BackendError> {
-        unsupported("copying images")
-    }
-
-    /// Adds an uploaded image (already spooled to local files) to `project`.
-    /// The files may be removed once this returns.
-    async fn import_image(
-        &self,
-        _project: &str,
-        _upload: &types::ImageUpload,
-    ) -> Result<Operation, BackendError> {
-        unsupported("importing images")
-    }
-
-    async fn list_image_aliases(
-        &self,
-        _project: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
-        unsupported("listing image aliases")
-    }
-
-    async fn get_image_alias(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<types::ImageAliasesEntry, BackendError> {
-        unsupported("reading image aliases")
-    }
-
-    async fn create_image_alias(
-        &self,
-        _project: &str,
-        _req: &types::ImageAliasCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating image aliases")
-    }
-
-    async fn delete_image_alias(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting image aliases")
-    }
-
     // --- exec and console ---
 
     /// An interactive command on a PTY of `width` x `height`.
@@ -495,8 +423,6 @@ pub trait Backend:
     ) -> Result<tokio::sync::mpsc::Receiver<types::Event>, BackendError> {
         unsupported("logging events")
     }
-
-    // --- storage pools and volumes, networks, projects (DESIGN §6) ---
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::instances::{last_segment, operation_of};
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, Images, ListScope, Listing};
 
 /// How long an upload to Incus may take: Incus reads the whole body before it
 /// answers with the operation, so `INCUS_TIMEOUT` would cut large images short.
@@ -32,11 +32,9 @@ async fn file_part(path: &std::path::Path, size: u64, name: &str) -> Result<Part
         .map_err(|e| BackendError::Internal(e.into()))
 }
 
-impl IncusBackend {
-    pub(super) async fn list_images_impl(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Image>, BackendError> {
+#[async_trait::async_trait]
+impl Images for IncusBackend {
+    async fn list_images(&self, scope: ListScope<'_>) -> Result<Listing<Image>, BackendError> {
         let mut q: Vec<(&str, &str)> = vec![("recursion", if scope.expand { "1" } else { "0" })];
         match scope.project {
             Some(p) => q.push(("project", p)),
@@ -56,7 +54,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_image_impl(
+    async fn get_image(
         &self,
         project: &str,
         fingerprint: &str,
@@ -66,7 +64,7 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn delete_image_impl(
+    async fn delete_image(
         &self,
         project: &str,
         fingerprint: &str,
@@ -84,11 +82,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn copy_image_impl(
-        &self,
-        project: &str,
-        req: &ImageCopy,
-    ) -> Result<Operation, BackendError> {
+    async fn copy_image(&self, project: &str, req: &ImageCopy) -> Result<Operation, BackendError> {
         let mut source = json!({
             "type": "image",
             "mode": "pull",
@@ -130,7 +124,7 @@ impl IncusBackend {
 
     /// Incus's own split-image upload: `multipart/form-data` with `metadata`
     /// then `rootfs` (`rootfs.img` for a VM disk), streamed from the files.
-    pub(super) async fn import_image_impl(
+    async fn import_image(
         &self,
         project: &str,
         upload: &ImageUpload,
@@ -179,7 +173,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn list_image_aliases_impl(
+    async fn list_image_aliases(
         &self,
         project: &str,
         expand: bool,
@@ -201,7 +195,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_image_alias_impl(
+    async fn get_image_alias(
         &self,
         project: &str,
         name: &str,
@@ -212,7 +206,7 @@ impl IncusBackend {
             .map(|(a, _)| a)
     }
 
-    pub(super) async fn create_image_alias_impl(
+    async fn create_image_alias(
         &self,
         project: &str,
         req: &ImageAliasCreate,
@@ -234,11 +228,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_image_alias_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(), BackendError> {
+    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,

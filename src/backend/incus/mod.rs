@@ -265,75 +265,6 @@ impl Backend for IncusBackend {
             .await
     }
 
-    // --- images ---
-
-    async fn list_images(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<super::types::Image>, BackendError> {
-        self.list_images_impl(scope).await
-    }
-
-    async fn get_image(
-        &self,
-        project: &str,
-        fingerprint: &str,
-    ) -> Result<(super::types::Image, Option<String>), BackendError> {
-        self.get_image_impl(project, fingerprint).await
-    }
-
-    async fn delete_image(
-        &self,
-        project: &str,
-        fingerprint: &str,
-    ) -> Result<Operation, BackendError> {
-        self.delete_image_impl(project, fingerprint).await
-    }
-
-    async fn copy_image(
-        &self,
-        project: &str,
-        req: &super::types::ImageCopy,
-    ) -> Result<Operation, BackendError> {
-        self.copy_image_impl(project, req).await
-    }
-
-    async fn import_image(
-        &self,
-        project: &str,
-        upload: &super::types::ImageUpload,
-    ) -> Result<Operation, BackendError> {
-        self.import_image_impl(project, upload).await
-    }
-
-    async fn list_image_aliases(
-        &self,
-        project: &str,
-        expand: bool,
-    ) -> Result<Listing<super::types::ImageAliasesEntry>, BackendError> {
-        self.list_image_aliases_impl(project, expand).await
-    }
-
-    async fn get_image_alias(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<super::types::ImageAliasesEntry, BackendError> {
-        self.get_image_alias_impl(project, name).await
-    }
-
-    async fn create_image_alias(
-        &self,
-        project: &str,
-        req: &super::types::ImageAliasCreate,
-    ) -> Result<(), BackendError> {
-        self.create_image_alias_impl(project, req).await
-    }
-
-    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
-        self.delete_image_alias_impl(project, name).await
-    }
-
     async fn exec_interactive(
         &self,
         project: &str,
@@ -382,8 +313,6 @@ impl Backend for IncusBackend {
     ) -> Result<tokio::sync::mpsc::Receiver<super::types::Event>, BackendError> {
         events::logging_stream(&self.client).await
     }
-
-    // --- storage pools and volumes, networks, projects ---
 
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let server = self.server().await?;
