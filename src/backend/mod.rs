@@ -7,6 +7,7 @@ pub mod events;
 mod images;
 pub mod incus;
 mod networks;
+mod operations;
 mod profiles;
 mod projects;
 mod snapshots;
@@ -14,8 +15,10 @@ mod storage;
 pub mod types;
 
 pub use backups::Backups;
+pub use events::Events;
 pub use images::Images;
 pub use networks::Networks;
+pub use operations::Operations;
 pub use profiles::Profiles;
 pub use projects::Projects;
 pub use snapshots::Snapshots;
@@ -205,7 +208,17 @@ fn unsupported<T>(what: &str) -> Result<T, BackendError> {
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
 pub trait Backend:
-    Send + Sync + Backups + Images + Networks + Profiles + Projects + Snapshots + Storage
+    Send
+    + Sync
+    + Backups
+    + Events
+    + Images
+    + Networks
+    + Operations
+    + Profiles
+    + Projects
+    + Snapshots
+    + Storage
 {
     /// `embedded` or `incus`.
     fn kind(&self) -> &'static str;
@@ -285,31 +298,6 @@ pub trait Backend:
         _change: &StateChange,
     ) -> Result<Operation, BackendError> {
         unsupported("changing instance state")
-    }
-
-    /// Operations in `project`, or in every project when `None`.
-    async fn list_operations(
-        &self,
-        _project: Option<&str>,
-    ) -> Result<Vec<Operation>, BackendError> {
-        unsupported("listing operations")
-    }
-
-    async fn get_operation(&self, _id: &str) -> Result<Operation, BackendError> {
-        unsupported("reading operations")
-    }
-
-    /// Waits up to `timeout_secs` and returns the operation, finished or not.
-    async fn wait_operation(
-        &self,
-        _id: &str,
-        _timeout_secs: u64,
-    ) -> Result<Operation, BackendError> {
-        unsupported("waiting for operations")
-    }
-
-    async fn cancel_operation(&self, _id: &str) -> Result<(), BackendError> {
-        unsupported("cancelling operations")
     }
 
     // --- instance snapshots, backups, logs, console log and files ---
@@ -407,22 +395,6 @@ pub trait Backend:
     }
 
     // --- events ---
-
-    /// A subscription to every event of every project; the API layer filters
-    /// by what the caller may see.
-    fn subscribe(
-        &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<types::Event>>, BackendError> {
-        unsupported("events")
-    }
-
-    /// The backend's log messages as `logging` events (admins only), on a
-    /// stream of their own: they are many, and few want them.
-    async fn subscribe_logging(
-        &self,
-    ) -> Result<tokio::sync::mpsc::Receiver<types::Event>, BackendError> {
-        unsupported("logging events")
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod bridge;
 mod detect;
 mod dhcp;
 mod driver;
+mod events;
 mod files;
 mod idmap;
 mod image_size;
@@ -496,29 +497,5 @@ impl Backend for EmbeddedBackend {
             body,
         )
         .await
-    }
-
-    // --- operations and events ---
-
-    async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
-        Ok(self.ops.list(project))
-    }
-
-    async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
-        self.ops.get(id)
-    }
-
-    async fn wait_operation(&self, id: &str, timeout_secs: u64) -> Result<Operation, BackendError> {
-        self.ops.wait(id, Duration::from_secs(timeout_secs)).await
-    }
-
-    async fn cancel_operation(&self, id: &str) -> Result<(), BackendError> {
-        self.ops.cancel(id)
-    }
-
-    fn subscribe(
-        &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<Arc<types::Event>>, BackendError> {
-        Ok(self.bus.subscribe())
     }
 }

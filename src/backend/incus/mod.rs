@@ -9,6 +9,7 @@ pub mod files;
 pub mod images;
 pub mod instances;
 pub mod networks;
+pub mod operations;
 pub mod profiles;
 pub mod projects;
 pub mod snapshots;
@@ -201,22 +202,6 @@ impl Backend for IncusBackend {
         self.change_state_impl(project, name, change).await
     }
 
-    async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
-        self.list_operations_impl(project).await
-    }
-
-    async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
-        self.get_operation_impl(id).await
-    }
-
-    async fn wait_operation(&self, id: &str, timeout_secs: u64) -> Result<Operation, BackendError> {
-        self.wait_operation_impl(id, timeout_secs).await
-    }
-
-    async fn cancel_operation(&self, id: &str) -> Result<(), BackendError> {
-        self.cancel_operation_impl(id).await
-    }
-
     // --- instance snapshots, backups, logs, console log and files ---
 
     async fn list_instance_logs(
@@ -299,19 +284,6 @@ impl Backend for IncusBackend {
         size: (u32, u32),
     ) -> Result<super::types::TerminalSession, BackendError> {
         self.console_impl(project, name, size).await
-    }
-
-    fn subscribe(
-        &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<super::types::Event>>, BackendError>
-    {
-        Ok(self.bus.subscribe())
-    }
-
-    async fn subscribe_logging(
-        &self,
-    ) -> Result<tokio::sync::mpsc::Receiver<super::types::Event>, BackendError> {
-        events::logging_stream(&self.client).await
     }
 
     async fn info(&self) -> Result<SystemInfo, BackendError> {
