@@ -4,6 +4,7 @@
 mod backups;
 pub mod embedded;
 pub mod events;
+mod files;
 mod images;
 pub mod incus;
 mod networks;
@@ -16,6 +17,7 @@ pub mod types;
 
 pub use backups::Backups;
 pub use events::Events;
+pub use files::Files;
 pub use images::Images;
 pub use networks::Networks;
 pub use operations::Operations;
@@ -212,6 +214,7 @@ pub trait Backend:
     + Sync
     + Backups
     + Events
+    + Files
     + Images
     + Networks
     + Operations
@@ -300,57 +303,6 @@ pub trait Backend:
         unsupported("changing instance state")
     }
 
-    // --- instance snapshots, backups, logs, console log and files ---
-
-    /// Names of the instance's log files.
-    async fn list_instance_logs(
-        &self,
-        _project: &str,
-        _instance: &str,
-    ) -> Result<Vec<String>, BackendError> {
-        unsupported("listing instance logs")
-    }
-
-    async fn get_instance_log(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _file: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("reading instance logs")
-    }
-
-    /// What the instance wrote to its console (text).
-    async fn console_log(
-        &self,
-        _project: &str,
-        _instance: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("reading the console log")
-    }
-
-    /// A file's content or a directory's entries (`path` is absolute).
-    async fn pull_file(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _path: &str,
-    ) -> Result<types::FilePull, BackendError> {
-        unsupported("reading files in instances")
-    }
-
-    /// Creates or overwrites the file at `path` (absolute) with `body`.
-    async fn push_file(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _path: &str,
-        _opts: types::FilePush,
-        _body: types::ByteStream,
-    ) -> Result<(), BackendError> {
-        unsupported("writing files in instances")
-    }
-
     // --- exec and console ---
 
     /// An interactive command on a PTY of `width` x `height`.
@@ -393,8 +345,6 @@ pub trait Backend:
     ) -> Result<types::TerminalSession, BackendError> {
         unsupported("the console")
     }
-
-    // --- events ---
 }
 
 #[cfg(test)]

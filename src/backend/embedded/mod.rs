@@ -179,18 +179,9 @@ impl EmbeddedBackend {
     }
 }
 
-/// The log files an instance may have (LXC's, QEMU's, the console's).
-const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
-
 fn no_vm_exec() -> BackendError {
     BackendError::NotSupported(
         "exec in a virtual machine needs a guest agent, which lxgate's KVM driver does not run; use the console".into(),
-    )
-}
-
-fn no_vm_files() -> BackendError {
-    BackendError::NotSupported(
-        "file transfer to a virtual machine needs a guest agent; use the console".into(),
     )
 }
 
@@ -414,88 +405,5 @@ impl Backend for EmbeddedBackend {
             return self.qemu.console(&ct).await;
         }
         self.lxc.console(&ct, size)
-    }
-
-    async fn console_log(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<types::Download, BackendError> {
-        let row = self.row(project, name).await?;
-        let path = self.instance_dir(&row).join("console.log");
-        instances::download_file(&path, "text/plain; charset=utf-8").await
-    }
-
-    async fn list_instance_logs(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Vec<String>, BackendError> {
-        let row = self.row(project, name).await?;
-        let dir = self.instance_dir(&row);
-        let mut logs = Vec::new();
-        for f in LOG_FILES {
-            if tokio::fs::try_exists(dir.join(f)).await.unwrap_or(false) {
-                logs.push(f.to_owned());
-            }
-        }
-        Ok(logs)
-    }
-
-    async fn get_instance_log(
-        &self,
-        project: &str,
-        name: &str,
-        file: &str,
-    ) -> Result<types::Download, BackendError> {
-        let row = self.row(project, name).await?;
-        // Only the files lxgate itself names; nothing from the path reaches the disk.
-        let Some(f) = LOG_FILES.iter().find(|f| **f == file) else {
-            return Err(BackendError::NotFound("Log file not found".into()));
-        };
-        let path = self.instance_dir(&row).join(f);
-        instances::download_file(&path, "text/plain; charset=utf-8").await
-    }
-
-    async fn pull_file(
-        &self,
-        project: &str,
-        name: &str,
-        path: &str,
-    ) -> Result<types::FilePull, BackendError> {
-        let row = self.row(project, name).await?;
-        if row.instance_type == driver::VM {
-            return Err(no_vm_files());
-        }
-        let map = Self::confinement(&row)?.map();
-        files::pull(
-            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
-            path,
-            map,
-        )
-        .await
-    }
-
-    async fn push_file(
-        &self,
-        project: &str,
-        name: &str,
-        path: &str,
-        opts: types::FilePush,
-        body: types::ByteStream,
-    ) -> Result<(), BackendError> {
-        let row = self.row(project, name).await?;
-        if row.instance_type == driver::VM {
-            return Err(no_vm_files());
-        }
-        let map = Self::confinement(&row)?.map();
-        files::push(
-            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
-            path,
-            opts,
-            map,
-            body,
-        )
-        .await
     }
 }

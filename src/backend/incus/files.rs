@@ -9,8 +9,8 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, Heade
 
 use super::IncusBackend;
 use super::instances::last_segment;
-use crate::backend::BackendError;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
+use crate::backend::{BackendError, Files};
 
 /// How long one transfer (backup export, file push or pull) may take in all:
 /// `INCUS_TIMEOUT` is for API calls, a transfer lasts as long as its data does.
@@ -89,8 +89,9 @@ fn header(name: &'static str, value: String) -> Result<(HeaderName, HeaderValue)
     Ok((HeaderName::from_static(name), value))
 }
 
-impl IncusBackend {
-    pub(super) async fn list_instance_logs_impl(
+#[async_trait::async_trait]
+impl Files for IncusBackend {
+    async fn list_instance_logs(
         &self,
         project: &str,
         instance: &str,
@@ -102,7 +103,7 @@ impl IncusBackend {
         Ok(urls.iter().map(|u| last_segment(u)).collect())
     }
 
-    pub(super) async fn get_instance_log_impl(
+    async fn get_instance_log(
         &self,
         project: &str,
         instance: &str,
@@ -122,11 +123,7 @@ impl IncusBackend {
         Ok(download(resp))
     }
 
-    pub(super) async fn console_log_impl(
-        &self,
-        project: &str,
-        instance: &str,
-    ) -> Result<Download, BackendError> {
+    async fn console_log(&self, project: &str, instance: &str) -> Result<Download, BackendError> {
         let resp = self
             .client
             .raw_stream(
@@ -141,7 +138,7 @@ impl IncusBackend {
         Ok(download(resp))
     }
 
-    pub(super) async fn pull_file_impl(
+    async fn pull_file(
         &self,
         project: &str,
         instance: &str,
@@ -188,7 +185,7 @@ impl IncusBackend {
         Ok(FilePull::Directory { meta, entries })
     }
 
-    pub(super) async fn push_file_impl(
+    async fn push_file(
         &self,
         project: &str,
         instance: &str,

@@ -202,54 +202,6 @@ impl Backend for IncusBackend {
         self.change_state_impl(project, name, change).await
     }
 
-    // --- instance snapshots, backups, logs, console log and files ---
-
-    async fn list_instance_logs(
-        &self,
-        project: &str,
-        instance: &str,
-    ) -> Result<Vec<String>, BackendError> {
-        self.list_instance_logs_impl(project, instance).await
-    }
-
-    async fn get_instance_log(
-        &self,
-        project: &str,
-        instance: &str,
-        file: &str,
-    ) -> Result<super::types::Download, BackendError> {
-        self.get_instance_log_impl(project, instance, file).await
-    }
-
-    async fn console_log(
-        &self,
-        project: &str,
-        instance: &str,
-    ) -> Result<super::types::Download, BackendError> {
-        self.console_log_impl(project, instance).await
-    }
-
-    async fn pull_file(
-        &self,
-        project: &str,
-        instance: &str,
-        path: &str,
-    ) -> Result<super::types::FilePull, BackendError> {
-        self.pull_file_impl(project, instance, path).await
-    }
-
-    async fn push_file(
-        &self,
-        project: &str,
-        instance: &str,
-        path: &str,
-        opts: super::types::FilePush,
-        body: super::types::ByteStream,
-    ) -> Result<(), BackendError> {
-        self.push_file_impl(project, instance, path, opts, body)
-            .await
-    }
-
     async fn exec_interactive(
         &self,
         project: &str,
