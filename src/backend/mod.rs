@@ -4,6 +4,7 @@
 mod backups;
 pub mod embedded;
 pub mod events;
+mod exec;
 mod files;
 mod images;
 pub mod incus;
@@ -17,6 +18,7 @@ pub mod types;
 
 pub use backups::Backups;
 pub use events::Events;
+pub use exec::Exec;
 pub use files::Files;
 pub use images::Images;
 pub use networks::Networks;
@@ -214,6 +216,7 @@ pub trait Backend:
     + Sync
     + Backups
     + Events
+    + Exec
     + Files
     + Images
     + Networks
@@ -304,47 +307,6 @@ pub trait Backend:
     }
 
     // --- exec and console ---
-
-    /// An interactive command on a PTY of `width` x `height`.
-    async fn exec_interactive(
-        &self,
-        _project: &str,
-        _name: &str,
-        _req: &types::ExecRequest,
-        _size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        unsupported("interactive exec")
-    }
-
-    /// A non-interactive command whose output is recorded; the operation's
-    /// result is read with `exec_output`.
-    async fn exec(
-        &self,
-        _project: &str,
-        _name: &str,
-        _req: &types::ExecRequest,
-    ) -> Result<Operation, BackendError> {
-        unsupported("exec")
-    }
-
-    /// Exit code, stdout and stderr of a finished `exec` operation.
-    async fn exec_output(
-        &self,
-        _project: &str,
-        _op: &Operation,
-    ) -> Result<Option<types::ExecOutput>, BackendError> {
-        unsupported("exec output")
-    }
-
-    /// The instance's console (serial console for VMs, /dev/console for containers).
-    async fn console(
-        &self,
-        _project: &str,
-        _name: &str,
-        _size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        unsupported("the console")
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod detect;
 mod dhcp;
 mod driver;
 mod events;
+mod exec;
 mod files;
 mod idmap;
 mod image_size;
@@ -29,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use sqlx::AnyPool;
 use tokio::sync::OnceCell;
 
@@ -179,12 +179,6 @@ impl EmbeddedBackend {
     }
 }
 
-fn no_vm_exec() -> BackendError {
-    BackendError::NotSupported(
-        "exec in a virtual machine needs a guest agent, which lxgate's KVM driver does not run; use the console".into(),
-    )
-}
-
 fn resources(kind: &str, project: &str, path: &str) -> BTreeMap<String, Vec<String>> {
     BTreeMap::from([(kind.to_owned(), vec![resource_url(project, path)])])
 }
@@ -321,89 +315,5 @@ impl Backend for EmbeddedBackend {
         change: &types::StateChange,
     ) -> Result<Operation, BackendError> {
         self.change_state_impl(project, name, change).await
-    }
-
-    async fn exec_interactive(
-        &self,
-        project: &str,
-        name: &str,
-        req: &types::ExecRequest,
-        size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        let (ct, vm) = self.running_instance(project, name).await?;
-        if vm {
-            return Err(no_vm_exec());
-        }
-        self.lxc.exec_interactive(&ct, req, size)
-    }
-
-    async fn exec(
-        &self,
-        project: &str,
-        name: &str,
-        req: &types::ExecRequest,
-    ) -> Result<Operation, BackendError> {
-        let (ct, vm) = self.running_instance(project, name).await?;
-        if vm {
-            return Err(no_vm_exec());
-        }
-        let lxc = self.lxc.clone();
-        let req = req.clone();
-        let max_bytes = self.output.per_stream;
-        Ok(self.ops.start(
-            project,
-            "Executing command",
-            resources("instances", project, &format!("instances/{name}")),
-            false,
-            move |ctx| async move {
-                let reserve = |n| ctx.reserve_output(n);
-                let rec = process::Recording {
-                    max_bytes,
-                    reserve: &reserve,
-                    timeout: req.timeout.map(Duration::from_secs),
-                };
-                let ran = lxc.exec_recorded(&ct, &req, rec).await?;
-                let out = ran.output;
-                let mut meta = json!({
-                    "stdout": out.stdout,
-                    "stderr": out.stderr,
-                    "truncated": out.truncated,
-                });
-                if ran.timed_out {
-                    // A failure, with what it printed until then.
-                    meta["timed_out"] = true.into();
-                    ctx.progress(meta);
-                    return Err(operations::OpError::Failed(format!(
-                        "the command did not finish within its timeout of {}s and was killed",
-                        req.timeout.unwrap_or_default()
-                    )));
-                }
-                meta["return"] = out.exit_code.into();
-                meta["exit_code"] = out.exit_code.into();
-                Ok(meta)
-            },
-        ))
-    }
-
-    /// The output is already in the operation's metadata.
-    async fn exec_output(
-        &self,
-        _project: &str,
-        _op: &Operation,
-    ) -> Result<Option<types::ExecOutput>, BackendError> {
-        Ok(None)
-    }
-
-    async fn console(
-        &self,
-        project: &str,
-        name: &str,
-        size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        let (ct, vm) = self.running_instance(project, name).await?;
-        if vm {
-            return self.qemu.console(&ct).await;
-        }
-        self.lxc.console(&ct, size)
     }
 }

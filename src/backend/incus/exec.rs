@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 use super::IncusBackend;
 use super::instances::operation_of;
 use super::websocket::IncusSocket;
-use crate::backend::BackendError;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
+use crate::backend::{BackendError, Exec};
 
 fn secret<'a>(op: &'a Operation, fd: &str) -> Result<&'a str, BackendError> {
     op.metadata["fds"][fd]
@@ -171,8 +171,11 @@ impl IncusBackend {
             exit: with_exit.then_some(exit_rx),
         })
     }
+}
 
-    pub(super) async fn exec_interactive_impl(
+#[async_trait::async_trait]
+impl Exec for IncusBackend {
+    async fn exec_interactive(
         &self,
         project: &str,
         name: &str,
@@ -205,7 +208,7 @@ impl IncusBackend {
         self.bridge(operation_of(r)?, true).await
     }
 
-    pub(super) async fn exec_impl(
+    async fn exec(
         &self,
         project: &str,
         name: &str,
@@ -239,7 +242,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn exec_output_impl(
+    async fn exec_output(
         &self,
         project: &str,
         op: &Operation,
@@ -284,7 +287,7 @@ impl IncusBackend {
         }))
     }
 
-    pub(super) async fn console_impl(
+    async fn console(
         &self,
         project: &str,
         name: &str,

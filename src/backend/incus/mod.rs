@@ -202,42 +202,6 @@ impl Backend for IncusBackend {
         self.change_state_impl(project, name, change).await
     }
 
-    async fn exec_interactive(
-        &self,
-        project: &str,
-        name: &str,
-        req: &super::types::ExecRequest,
-        size: (u32, u32),
-    ) -> Result<super::types::TerminalSession, BackendError> {
-        self.exec_interactive_impl(project, name, req, size).await
-    }
-
-    async fn exec(
-        &self,
-        project: &str,
-        name: &str,
-        req: &super::types::ExecRequest,
-    ) -> Result<Operation, BackendError> {
-        self.exec_impl(project, name, req).await
-    }
-
-    async fn exec_output(
-        &self,
-        project: &str,
-        op: &Operation,
-    ) -> Result<Option<super::types::ExecOutput>, BackendError> {
-        self.exec_output_impl(project, op).await
-    }
-
-    async fn console(
-        &self,
-        project: &str,
-        name: &str,
-        size: (u32, u32),
-    ) -> Result<super::types::TerminalSession, BackendError> {
-        self.console_impl(project, name, size).await
-    }
-
     async fn info(&self) -> Result<SystemInfo, BackendError> {
         let server = self.server().await?;
         let drivers = drivers(&server.environment);
