@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod images;
 pub mod incus;
+mod instances;
 mod networks;
 mod operations;
 mod profiles;
@@ -21,6 +22,7 @@ pub use events::Events;
 pub use exec::Exec;
 pub use files::Files;
 pub use images::Images;
+pub use instances::Instances;
 pub use networks::Networks;
 pub use operations::Operations;
 pub use profiles::Profiles;
@@ -35,7 +37,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use types::{Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange};
 
 /// One driver a backend uses (LXC, QEMU, Incus) and whether it works here.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -202,12 +203,6 @@ pub struct ListScope<'a> {
     pub expand: bool,
 }
 
-fn unsupported<T>(what: &str) -> Result<T, BackendError> {
-    Err(BackendError::NotSupported(format!(
-        "{what} is not supported by this backend yet"
-    )))
-}
-
 /// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
 /// Methods a backend does not provide answer 501 `not_supported`.
 #[async_trait::async_trait]
@@ -219,6 +214,7 @@ pub trait Backend:
     + Exec
     + Files
     + Images
+    + Instances
     + Networks
     + Operations
     + Profiles
@@ -234,77 +230,6 @@ pub trait Backend:
 
     /// Drivers, versions and features for `system/info`.
     async fn info(&self) -> Result<SystemInfo, BackendError>;
-
-    async fn list_instances(
-        &self,
-        _scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        unsupported("listing instances")
-    }
-
-    /// The instance and its ETag.
-    async fn get_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<(Instance, Option<String>), BackendError> {
-        unsupported("reading instances")
-    }
-
-    async fn create_instance(
-        &self,
-        _project: &str,
-        _req: &InstanceCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating instances")
-    }
-
-    /// `replace`: PUT (full replacement) rather than PATCH. Returns the
-    /// operation when the backend does the change in the background.
-    async fn update_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-        _update: &InstanceUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("updating instances")
-    }
-
-    async fn delete_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting instances")
-    }
-
-    async fn rename_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-        _new_name: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("renaming instances")
-    }
-
-    async fn instance_state(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<InstanceState, BackendError> {
-        unsupported("reading instance state")
-    }
-
-    async fn change_state(
-        &self,
-        _project: &str,
-        _name: &str,
-        _change: &StateChange,
-    ) -> Result<Operation, BackendError> {
-        unsupported("changing instance state")
-    }
 
     // --- exec and console ---
 }

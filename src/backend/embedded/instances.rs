@@ -20,7 +20,7 @@ use crate::backend::types::{
     ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
     InstanceStateMemory, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, Instances, ListScope, Listing};
 use crate::db::embedded::{self as inv, InstanceRow};
 
 /// lxc-info runs per instance; this many at once when listing.
@@ -197,33 +197,6 @@ impl EmbeddedBackend {
         Self::build_instance(row, &info)
     }
 
-    pub(super) async fn list_instances_impl(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        self.check_scope(&scope).await?;
-        let rows = inv::list_instances(&self.pool, scope.project)
-            .await
-            .map_err(db)?;
-        if !scope.expand {
-            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
-        }
-        // Owned rows keep the stream's futures free of borrowed lifetimes
-        // (async_trait needs them Send for any lifetime).
-        let out = futures::stream::iter(rows)
-            .map(|r| async move {
-                let info = self
-                    .driver(&r)
-                    .info_for_listing(&Lxc::host_name(&r.project, &r.name))
-                    .await;
-                Self::build_instance(&r, &info)
-            })
-            .buffered(INFO_CONCURRENCY)
-            .collect()
-            .await;
-        Ok(Listing::Full(out))
-    }
-
     /// A listing's scope: no filter expressions (Incus's language is not
     /// implemented here), and a project that exists.
     pub(super) async fn check_scope(&self, scope: &ListScope<'_>) -> Result<(), BackendError> {
@@ -266,8 +239,49 @@ impl EmbeddedBackend {
             nics: self.nics(host, devices).await?,
         })
     }
+}
 
-    pub(super) async fn create_instance_impl(
+#[async_trait::async_trait]
+impl Instances for EmbeddedBackend {
+    async fn list_instances(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        self.check_scope(&scope).await?;
+        let rows = inv::list_instances(&self.pool, scope.project)
+            .await
+            .map_err(db)?;
+        if !scope.expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        // Owned rows keep the stream's futures free of borrowed lifetimes
+        // (async_trait needs them Send for any lifetime).
+        let out = futures::stream::iter(rows)
+            .map(|r| async move {
+                let info = self
+                    .driver(&r)
+                    .info_for_listing(&Lxc::host_name(&r.project, &r.name))
+                    .await;
+                Self::build_instance(&r, &info)
+            })
+            .buffered(INFO_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_instance(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        let row = self.row(project, name).await?;
+        let inst = self.to_instance(&row).await;
+        let tag = etag(&inst);
+        Ok((inst, Some(tag)))
+    }
+
+    async fn create_instance(
         &self,
         project: &str,
         req: &InstanceCreate,
@@ -482,14 +496,15 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn update_instance_impl(
+    /// Done before it returns: no operation.
+    async fn update_instance(
         &self,
         project: &str,
         name: &str,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Operation>, BackendError> {
         let lock = self.lock(project, name);
         let _guard = lock.lock().await;
         let mut row = self.row(project, name).await?;
@@ -654,14 +669,10 @@ impl EmbeddedBackend {
             &resource_url(project, &format!("instances/{name}")),
             json!({}),
         );
-        Ok(())
+        Ok(None)
     }
 
-    pub(super) async fn delete_instance_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Operation, BackendError> {
+    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
             return Err(BackendError::BadRequest(
@@ -694,7 +705,7 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn rename_instance_impl(
+    async fn rename_instance(
         &self,
         project: &str,
         name: &str,
@@ -776,7 +787,7 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn instance_state_impl(
+    async fn instance_state(
         &self,
         project: &str,
         name: &str,
@@ -813,7 +824,7 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn change_state_impl(
+    async fn change_state(
         &self,
         project: &str,
         name: &str,

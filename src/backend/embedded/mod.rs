@@ -34,8 +34,8 @@ use sqlx::AnyPool;
 use tokio::sync::OnceCell;
 
 use super::events::EventBus;
-use super::types::{self, Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation};
-use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
+use super::types;
+use super::{Backend, BackendError, DriverInfo, SystemInfo};
 use crate::config::VmAccel;
 use crate::db::embedded as inv;
 use crate::fetch::Fetcher;
@@ -247,73 +247,4 @@ impl Backend for EmbeddedBackend {
     }
 
     // --- instances (instances.rs) ---
-
-    async fn list_instances(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        self.list_instances_impl(scope).await
-    }
-
-    async fn get_instance(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(Instance, Option<String>), BackendError> {
-        let row = self.row(project, name).await?;
-        let inst = self.to_instance(&row).await;
-        let etag = instances::etag(&inst);
-        Ok((inst, Some(etag)))
-    }
-
-    async fn create_instance(
-        &self,
-        project: &str,
-        req: &InstanceCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_instance_impl(project, req).await
-    }
-
-    async fn update_instance(
-        &self,
-        project: &str,
-        name: &str,
-        update: &InstanceUpdate,
-        if_match: Option<&str>,
-        replace: bool,
-    ) -> Result<Option<Operation>, BackendError> {
-        self.update_instance_impl(project, name, update, if_match, replace)
-            .await
-            .map(|()| None)
-    }
-
-    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
-        self.delete_instance_impl(project, name).await
-    }
-
-    async fn rename_instance(
-        &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
-    ) -> Result<Operation, BackendError> {
-        self.rename_instance_impl(project, name, new_name).await
-    }
-
-    async fn instance_state(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<InstanceState, BackendError> {
-        self.instance_state_impl(project, name).await
-    }
-
-    async fn change_state(
-        &self,
-        project: &str,
-        name: &str,
-        change: &types::StateChange,
-    ) -> Result<Operation, BackendError> {
-        self.change_state_impl(project, name, change).await
-    }
 }

@@ -8,7 +8,7 @@ use super::client::Response;
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, Instances, ListScope, Listing};
 
 /// The operation an async Incus response describes.
 pub fn operation_of(r: Response) -> Result<Operation, BackendError> {
@@ -52,8 +52,9 @@ fn project_query(project: &str) -> [(&'static str, &str); 1] {
     [("project", project)]
 }
 
-impl IncusBackend {
-    pub(super) async fn list_instances_impl(
+#[async_trait::async_trait]
+impl Instances for IncusBackend {
+    async fn list_instances(
         &self,
         scope: ListScope<'_>,
     ) -> Result<Listing<Instance>, BackendError> {
@@ -77,7 +78,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_instance_impl(
+    async fn get_instance(
         &self,
         project: &str,
         name: &str,
@@ -87,7 +88,7 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_instance_impl(
+    async fn create_instance(
         &self,
         project: &str,
         req: &InstanceCreate,
@@ -123,7 +124,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn update_instance_impl(
+    async fn update_instance(
         &self,
         project: &str,
         name: &str,
@@ -150,11 +151,7 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn delete_instance_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Operation, BackendError> {
+    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
         let r = self
             .client
             .query(
@@ -168,7 +165,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn rename_instance_impl(
+    async fn rename_instance(
         &self,
         project: &str,
         name: &str,
@@ -188,7 +185,7 @@ impl IncusBackend {
         operation_of(r)
     }
 
-    pub(super) async fn instance_state_impl(
+    async fn instance_state(
         &self,
         project: &str,
         name: &str,
@@ -199,7 +196,7 @@ impl IncusBackend {
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn change_state_impl(
+    async fn change_state(
         &self,
         project: &str,
         name: &str,

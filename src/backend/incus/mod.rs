@@ -23,10 +23,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::events::{AbortOnDrop, EventBus};
-use super::types::{
-    Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
-};
-use super::{Backend, BackendError, DriverInfo, ListScope, Listing, SystemInfo};
+use super::{Backend, BackendError, DriverInfo, SystemInfo};
 pub use client::IncusClient;
 
 pub struct IncusBackend {
@@ -135,71 +132,6 @@ impl Backend for IncusBackend {
 
     async fn ping(&self) -> Result<(), BackendError> {
         self.server().await.map(|_| ())
-    }
-
-    async fn list_instances(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        self.list_instances_impl(scope).await
-    }
-
-    async fn get_instance(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(Instance, Option<String>), BackendError> {
-        self.get_instance_impl(project, name).await
-    }
-
-    async fn create_instance(
-        &self,
-        project: &str,
-        req: &InstanceCreate,
-    ) -> Result<Operation, BackendError> {
-        self.create_instance_impl(project, req).await
-    }
-
-    async fn update_instance(
-        &self,
-        project: &str,
-        name: &str,
-        update: &InstanceUpdate,
-        if_match: Option<&str>,
-        replace: bool,
-    ) -> Result<Option<Operation>, BackendError> {
-        self.update_instance_impl(project, name, update, if_match, replace)
-            .await
-    }
-
-    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
-        self.delete_instance_impl(project, name).await
-    }
-
-    async fn rename_instance(
-        &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
-    ) -> Result<Operation, BackendError> {
-        self.rename_instance_impl(project, name, new_name).await
-    }
-
-    async fn instance_state(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<InstanceState, BackendError> {
-        self.instance_state_impl(project, name).await
-    }
-
-    async fn change_state(
-        &self,
-        project: &str,
-        name: &str,
-        change: &StateChange,
-    ) -> Result<Operation, BackendError> {
-        self.change_state_impl(project, name, change).await
     }
 
     async fn info(&self) -> Result<SystemInfo, BackendError> {
