@@ -15,6 +15,7 @@ mod profiles;
 mod projects;
 mod snapshots;
 mod storage;
+mod system;
 pub mod types;
 
 pub use backups::Backups;
@@ -29,6 +30,7 @@ pub use profiles::Profiles;
 pub use projects::Projects;
 pub use snapshots::Snapshots;
 pub use storage::Storage;
+pub use system::System;
 
 use std::collections::BTreeMap;
 
@@ -203,35 +205,42 @@ pub struct ListScope<'a> {
     pub expand: bool,
 }
 
-/// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
-/// Methods a backend does not provide answer 501 `not_supported`.
-#[async_trait::async_trait]
+/// What every backend implements: the sum of the resource traits, each
+/// implemented in that resource's file of each backend. Object-safe: the app
+/// holds `Arc<dyn Backend>`. What a driver cannot do on this host, it says
+/// itself (`BackendError::NotSupported`: 501 with the reason).
 pub trait Backend:
-    Send
-    + Sync
-    + Backups
-    + Events
+    System
+    + Instances
     + Exec
     + Files
-    + Images
-    + Instances
-    + Networks
-    + Operations
-    + Profiles
-    + Projects
     + Snapshots
+    + Backups
+    + Images
     + Storage
+    + Networks
+    + Projects
+    + Profiles
+    + Operations
+    + Events
 {
-    /// `embedded` or `incus`.
-    fn kind(&self) -> &'static str;
+}
 
-    /// A cheap reachability check for `/health/ready`.
-    async fn ping(&self) -> Result<(), BackendError>;
-
-    /// Drivers, versions and features for `system/info`.
-    async fn info(&self) -> Result<SystemInfo, BackendError>;
-
-    // --- exec and console ---
+impl<T> Backend for T where
+    T: System
+        + Instances
+        + Exec
+        + Files
+        + Snapshots
+        + Backups
+        + Images
+        + Storage
+        + Networks
+        + Projects
+        + Profiles
+        + Operations
+        + Events
+{
 }
 
 #[cfg(test)]
