@@ -168,7 +168,7 @@ pub async fn require_inside_access(
     }
     let (i, _) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(project, name)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::not_found(

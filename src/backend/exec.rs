@@ -2,14 +2,15 @@
 
 use super::BackendError;
 use super::types::{ExecOutput, ExecRequest, Operation, TerminalSession};
+use crate::names::{InstanceName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Exec: Send + Sync {
     /// An interactive command on a PTY of `width` x `height`.
     async fn exec_interactive(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
         size: (u32, u32),
     ) -> Result<TerminalSession, BackendError>;
@@ -18,8 +19,8 @@ pub trait Exec: Send + Sync {
     /// result is read with `exec_output`.
     async fn exec(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
     ) -> Result<Operation, BackendError>;
 
@@ -33,8 +34,8 @@ pub trait Exec: Send + Sync {
     /// The instance's console (serial console for VMs, /dev/console for containers).
     async fn console(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         size: (u32, u32),
     ) -> Result<TerminalSession, BackendError>;
 }

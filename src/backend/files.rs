@@ -2,22 +2,23 @@
 
 use super::BackendError;
 use super::types::{ByteStream, Download, FilePull, FilePush};
+use crate::names::{InstanceName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Files: Send + Sync {
     /// A file's content or a directory's entries (`path` is absolute).
     async fn pull_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
     ) -> Result<FilePull, BackendError>;
 
     /// Creates or overwrites the file at `path` (absolute) with `body`.
     async fn push_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
         opts: FilePush,
         body: ByteStream,
@@ -26,17 +27,21 @@ pub trait Files: Send + Sync {
     /// Names of the instance's log files.
     async fn list_instance_logs(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
     ) -> Result<Vec<String>, BackendError>;
 
     async fn get_instance_log(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         file: &str,
     ) -> Result<Download, BackendError>;
 
     /// What the instance wrote to its console (text).
-    async fn console_log(&self, project: &str, instance: &str) -> Result<Download, BackendError>;
+    async fn console_log(
+        &self,
+        project: &ProjectName,
+        instance: &InstanceName,
+    ) -> Result<Download, BackendError>;
 }

@@ -4,6 +4,7 @@ use super::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
 use super::{BackendError, ListScope, Listing};
+use crate::names::{InstanceName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Instances: Send + Sync {
@@ -13,13 +14,13 @@ pub trait Instances: Send + Sync {
     /// The instance and its ETag.
     async fn get_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError>;
 
     async fn create_instance(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError>;
 
@@ -27,32 +28,36 @@ pub trait Instances: Send + Sync {
     /// operation when the backend does the change in the background.
     async fn update_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<Option<Operation>, BackendError>;
 
-    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError>;
+    async fn delete_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Operation, BackendError>;
 
     async fn rename_instance(
         &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
     ) -> Result<Operation, BackendError>;
 
     async fn instance_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<InstanceState, BackendError>;
 
     async fn change_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         change: &StateChange,
     ) -> Result<Operation, BackendError>;
 }

@@ -199,7 +199,7 @@ impl<T> Listing<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct ListScope<'a> {
     /// `None` = every project (admins only; the API layer checks).
-    pub project: Option<&'a str>,
+    pub project: Option<&'a crate::names::ProjectName>,
     /// Incus filter expression, passed through.
     pub filter: Option<&'a str>,
     pub expand: bool,

@@ -162,7 +162,7 @@ pub async fn list_images(
     }
     .resolve()?;
     let scope = ListScope {
-        project: (!all).then_some(project.as_str()),
+        project: (!all).then_some(&project),
         filter: q.filter.as_deref(),
         expand: q.expand.unwrap_or(true),
     };

@@ -281,7 +281,7 @@ pub async fn restore_snapshot(
     let policy = policy::for_caller(&state, &user, &project).await?;
     let (current, _) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(&project, &name)
         .await
         .map_err(no_instance(&name))?;
     let saved = state

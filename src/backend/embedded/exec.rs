@@ -7,6 +7,7 @@ use serde_json::json;
 use super::{EmbeddedBackend, operations, process, resources};
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalSession};
 use crate::backend::{BackendError, Exec};
+use crate::names::{InstanceName, ProjectName};
 
 fn no_vm_exec() -> BackendError {
     BackendError::NotSupported(
@@ -18,8 +19,8 @@ fn no_vm_exec() -> BackendError {
 impl Exec for EmbeddedBackend {
     async fn exec_interactive(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
         size: (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
@@ -32,8 +33,8 @@ impl Exec for EmbeddedBackend {
 
     async fn exec(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
     ) -> Result<Operation, BackendError> {
         let (ct, vm) = self.running_instance(project, name).await?;
@@ -89,8 +90,8 @@ impl Exec for EmbeddedBackend {
 
     async fn console(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         size: (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
         let (ct, vm) = self.running_instance(project, name).await?;

@@ -14,6 +14,7 @@ use super::idmap::IdMap;
 use super::{EmbeddedBackend, driver, instances, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files};
+use crate::names::{InstanceName, ProjectName};
 
 /// The log files an instance may have (LXC's, QEMU's, the console's).
 const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
@@ -266,8 +267,8 @@ pub async fn push(
 impl Files for EmbeddedBackend {
     async fn pull_file(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         path: &str,
     ) -> Result<FilePull, BackendError> {
         let row = self.row(project, name).await?;
@@ -285,8 +286,8 @@ impl Files for EmbeddedBackend {
 
     async fn push_file(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         path: &str,
         opts: FilePush,
         body: ByteStream,
@@ -308,8 +309,8 @@ impl Files for EmbeddedBackend {
 
     async fn list_instance_logs(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<Vec<String>, BackendError> {
         let row = self.row(project, name).await?;
         let dir = self.instance_dir(&row);
@@ -324,8 +325,8 @@ impl Files for EmbeddedBackend {
 
     async fn get_instance_log(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         file: &str,
     ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
@@ -337,7 +338,11 @@ impl Files for EmbeddedBackend {
         instances::download_file(&path, "text/plain; charset=utf-8").await
     }
 
-    async fn console_log(&self, project: &str, name: &str) -> Result<Download, BackendError> {
+    async fn console_log(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
         let path = self.instance_dir(&row).join("console.log");
         instances::download_file(&path, "text/plain; charset=utf-8").await

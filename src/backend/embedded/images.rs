@@ -458,7 +458,7 @@ impl Images for EmbeddedBackend {
         scope: ListScope<'_>,
     ) -> Result<Listing<types::Image>, BackendError> {
         self.check_scope(&scope).await?;
-        let rows = inv::list_images(&self.pool, scope.project)
+        let rows = inv::list_images(&self.pool, scope.project.map(|p| p.as_str()))
             .await
             .map_err(db)?;
         if !scope.expand {

@@ -22,6 +22,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing};
 use crate::db::embedded::{self as inv, InstanceRow};
+use crate::names::{InstanceName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
 const INFO_CONCURRENCY: usize = 8;
@@ -248,7 +249,7 @@ impl Instances for EmbeddedBackend {
         scope: ListScope<'_>,
     ) -> Result<Listing<Instance>, BackendError> {
         self.check_scope(&scope).await?;
-        let rows = inv::list_instances(&self.pool, scope.project)
+        let rows = inv::list_instances(&self.pool, scope.project.map(|p| p.as_str()))
             .await
             .map_err(db)?;
         if !scope.expand {
@@ -272,8 +273,8 @@ impl Instances for EmbeddedBackend {
 
     async fn get_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError> {
         let row = self.row(project, name).await?;
         let inst = self.to_instance(&row).await;
@@ -283,7 +284,7 @@ impl Instances for EmbeddedBackend {
 
     async fn create_instance(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let kind = req.instance_type.as_deref().unwrap_or("container");
@@ -388,7 +389,7 @@ impl Instances for EmbeddedBackend {
         };
         let now = now();
         let row = InstanceRow {
-            project: project.to_owned(),
+            project: project.as_str().to_owned(),
             name: req.name.clone(),
             instance_type: kind.to_owned(),
             description: req.description.clone().unwrap_or_default(),
@@ -499,8 +500,8 @@ impl Instances for EmbeddedBackend {
     /// Done before it returns: no operation.
     async fn update_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -672,7 +673,11 @@ impl Instances for EmbeddedBackend {
         Ok(None)
     }
 
-    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
+    async fn delete_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
             return Err(BackendError::BadRequest(
@@ -707,9 +712,9 @@ impl Instances for EmbeddedBackend {
 
     async fn rename_instance(
         &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
@@ -789,8 +794,8 @@ impl Instances for EmbeddedBackend {
 
     async fn instance_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<InstanceState, BackendError> {
         let row = self.row(project, name).await?;
         let info = self.info_of(&row).await;
@@ -826,8 +831,8 @@ impl Instances for EmbeddedBackend {
 
     async fn change_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
         let action = change.action.as_str();

@@ -13,6 +13,7 @@ use super::instances::operation_of;
 use super::websocket::IncusSocket;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
 use crate::backend::{BackendError, Exec};
+use crate::names::{InstanceName, ProjectName};
 
 fn secret<'a>(op: &'a Operation, fd: &str) -> Result<&'a str, BackendError> {
     op.metadata["fds"][fd]
@@ -177,8 +178,8 @@ impl IncusBackend {
 impl Exec for IncusBackend {
     async fn exec_interactive(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
         (width, height): (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
@@ -210,8 +211,8 @@ impl Exec for IncusBackend {
 
     async fn exec(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
     ) -> Result<Operation, BackendError> {
         // Incus's exec has no timeout, and a recorded command (no websockets)
@@ -289,8 +290,8 @@ impl Exec for IncusBackend {
 
     async fn console(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         (width, height): (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
         let body = json!({"type": "console", "width": width, "height": height});

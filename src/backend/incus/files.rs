@@ -11,6 +11,7 @@ use super::IncusBackend;
 use super::instances::last_segment;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files};
+use crate::names::{InstanceName, ProjectName};
 
 /// How long one transfer (backup export, file push or pull) may take in all:
 /// `INCUS_TIMEOUT` is for API calls, a transfer lasts as long as its data does.
@@ -93,8 +94,8 @@ fn header(name: &'static str, value: String) -> Result<(HeaderName, HeaderValue)
 impl Files for IncusBackend {
     async fn list_instance_logs(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
     ) -> Result<Vec<String>, BackendError> {
         let (urls, _): (Vec<String>, _) = self
             .client
@@ -105,8 +106,8 @@ impl Files for IncusBackend {
 
     async fn get_instance_log(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         file: &str,
     ) -> Result<Download, BackendError> {
         let resp = self
@@ -123,7 +124,11 @@ impl Files for IncusBackend {
         Ok(download(resp))
     }
 
-    async fn console_log(&self, project: &str, instance: &str) -> Result<Download, BackendError> {
+    async fn console_log(
+        &self,
+        project: &ProjectName,
+        instance: &InstanceName,
+    ) -> Result<Download, BackendError> {
         let resp = self
             .client
             .raw_stream(
@@ -140,12 +145,12 @@ impl Files for IncusBackend {
 
     async fn pull_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
     ) -> Result<FilePull, BackendError> {
         let segments = ["instances", instance, "files"];
-        let query = [("project", project), ("path", path)];
+        let query = [("project", project.as_str()), ("path", path)];
         let open = self.client.raw_stream(
             Method::GET,
             &segments,
@@ -187,8 +192,8 @@ impl Files for IncusBackend {
 
     async fn push_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
         opts: FilePush,
         body: ByteStream,

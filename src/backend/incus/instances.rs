@@ -9,6 +9,7 @@ use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing};
+use crate::names::{InstanceName, ProjectName};
 
 /// The operation an async Incus response describes.
 pub fn operation_of(r: Response) -> Result<Operation, BackendError> {
@@ -80,8 +81,8 @@ impl Instances for IncusBackend {
 
     async fn get_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError> {
         self.client
             .query_struct(&["instances", name], &project_query(project))
@@ -90,7 +91,7 @@ impl Instances for IncusBackend {
 
     async fn create_instance(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let mut source = json!({"type": req.source.kind});
@@ -126,8 +127,8 @@ impl Instances for IncusBackend {
 
     async fn update_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -151,7 +152,11 @@ impl Instances for IncusBackend {
         }
     }
 
-    async fn delete_instance(&self, project: &str, name: &str) -> Result<Operation, BackendError> {
+    async fn delete_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Operation, BackendError> {
         let r = self
             .client
             .query(
@@ -167,9 +172,9 @@ impl Instances for IncusBackend {
 
     async fn rename_instance(
         &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let body = json!({"name": new_name});
         let r = self
@@ -187,8 +192,8 @@ impl Instances for IncusBackend {
 
     async fn instance_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<InstanceState, BackendError> {
         self.client
             .query_struct(&["instances", name, "state"], &project_query(project))
@@ -198,8 +203,8 @@ impl Instances for IncusBackend {
 
     async fn change_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(change).map_err(anyhow::Error::from)?;
