@@ -2,42 +2,43 @@
 
 use super::types::{Backup, BackupCreate, Download, Operation};
 use super::{BackendError, Listing};
+use crate::names::{BackupName, InstanceName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Backups: Send + Sync {
     async fn list_backups(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError>;
 
     async fn get_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Backup, BackendError>;
 
     async fn create_backup(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         req: &BackupCreate,
     ) -> Result<Operation, BackendError>;
 
     async fn delete_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Operation, BackendError>;
 
     /// The backup tarball, streamed.
     async fn export_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Download, BackendError>;
 }

@@ -27,6 +27,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Backups, Listing, Snapshots};
 use crate::db::embedded::InstanceRow;
+use crate::names::{BackupName, InstanceName, ProjectName, SnapshotName};
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
 const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -288,8 +289,8 @@ impl EmbeddedBackend {
 impl Snapshots for EmbeddedBackend {
     async fn list_snapshots(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Snapshot>, BackendError> {
         let row = self.row(project, name).await?;
@@ -303,9 +304,9 @@ impl Snapshots for EmbeddedBackend {
 
     async fn get_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Snapshot, BackendError> {
         let row = self.row(project, name).await?;
         Ok(to_snapshot(self.snapshot_record(&row, snap).await?, -1))
@@ -313,8 +314,8 @@ impl Snapshots for EmbeddedBackend {
 
     async fn create_snapshot(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &SnapshotCreate,
     ) -> Result<Operation, BackendError> {
         if req.stateful {
@@ -435,9 +436,9 @@ impl Snapshots for EmbeddedBackend {
 
     async fn delete_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         self.snapshot_record(&row, snap).await?;
@@ -467,7 +468,8 @@ impl Snapshots for EmbeddedBackend {
                     )
                     .await?;
                 } else {
-                    let _ = tokio::fs::remove_dir_all(idir.join("snapshots").join(&snap)).await;
+                    let _ =
+                        tokio::fs::remove_dir_all(idir.join("snapshots").join(snap.as_str())).await;
                 }
                 tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
                     .await
@@ -488,9 +490,9 @@ impl Snapshots for EmbeddedBackend {
     /// stopped for it and started again; a VM must be stopped.
     async fn restore_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
         stateful: bool,
     ) -> Result<Operation, BackendError> {
         if stateful {
@@ -574,7 +576,7 @@ impl Snapshots for EmbeddedBackend {
                     let fresh = idir.join("rootfs.restoring");
                     let _ = tokio::fs::remove_dir_all(&fresh).await;
                     if let Err(e) = copy_tree(
-                        &idir.join("snapshots").join(&snap).join("rootfs"),
+                        &idir.join("snapshots").join(snap.as_str()).join("rootfs"),
                         &fresh,
                         confinement.map(),
                     )
@@ -637,8 +639,8 @@ impl EmbeddedBackend {
 impl Backups for EmbeddedBackend {
     async fn list_backups(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError> {
         let row = self.row(project, name).await?;
@@ -650,15 +652,20 @@ impl Backups for EmbeddedBackend {
         })
     }
 
-    async fn get_backup(&self, project: &str, name: &str, b: &str) -> Result<Backup, BackendError> {
+    async fn get_backup(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
+    ) -> Result<Backup, BackendError> {
         let row = self.row(project, name).await?;
         Ok(to_backup(self.backup_record(&row, b).await?))
     }
 
     async fn create_backup(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &BackupCreate,
     ) -> Result<Operation, BackendError> {
         if req.optimized_storage {
@@ -768,9 +775,9 @@ impl Backups for EmbeddedBackend {
 
     async fn delete_backup(
         &self,
-        project: &str,
-        name: &str,
-        b: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         let record = self.backup_record(&row, b).await?;
@@ -802,9 +809,9 @@ impl Backups for EmbeddedBackend {
 
     async fn export_backup(
         &self,
-        project: &str,
-        name: &str,
-        b: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
     ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
         let record = self.backup_record(&row, b).await?;

@@ -8,17 +8,18 @@ use super::files::{TRANSFER_TIMEOUT, download, project_query};
 use super::instances::{last_segment, operation_of};
 use crate::backend::types::{Backup, BackupCreate, Download, Operation};
 use crate::backend::{BackendError, Backups, Listing};
+use crate::names::{BackupName, InstanceName, ProjectName};
 
 #[async_trait::async_trait]
 impl Backups for IncusBackend {
     async fn list_backups(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError> {
         let q = [
-            ("project", project),
+            ("project", project.as_str()),
             ("recursion", if expand { "1" } else { "0" }),
         ];
         let segments = ["instances", instance, "backups"];
@@ -35,9 +36,9 @@ impl Backups for IncusBackend {
 
     async fn get_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Backup, BackendError> {
         self.client
             .query_struct(
@@ -50,8 +51,8 @@ impl Backups for IncusBackend {
 
     async fn create_backup(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         req: &BackupCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
@@ -70,9 +71,9 @@ impl Backups for IncusBackend {
 
     async fn delete_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Operation, BackendError> {
         let r = self
             .client
@@ -89,9 +90,9 @@ impl Backups for IncusBackend {
 
     async fn export_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Download, BackendError> {
         let resp = self
             .client

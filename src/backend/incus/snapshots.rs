@@ -8,17 +8,18 @@ use super::files::project_query;
 use super::instances::{last_segment, operation_of};
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
 use crate::backend::{BackendError, Listing, Snapshots};
+use crate::names::{InstanceName, ProjectName, SnapshotName};
 
 #[async_trait::async_trait]
 impl Snapshots for IncusBackend {
     async fn list_snapshots(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Snapshot>, BackendError> {
         let q = [
-            ("project", project),
+            ("project", project.as_str()),
             ("recursion", if expand { "1" } else { "0" }),
         ];
         let segments = ["instances", instance, "snapshots"];
@@ -35,9 +36,9 @@ impl Snapshots for IncusBackend {
 
     async fn get_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Snapshot, BackendError> {
         self.client
             .query_struct(
@@ -50,8 +51,8 @@ impl Snapshots for IncusBackend {
 
     async fn create_snapshot(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         req: &SnapshotCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
@@ -70,9 +71,9 @@ impl Snapshots for IncusBackend {
 
     async fn delete_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
         let r = self
             .client
@@ -91,9 +92,9 @@ impl Snapshots for IncusBackend {
     /// with `restore` set (the rest of the body is then ignored).
     async fn restore_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
         stateful: bool,
     ) -> Result<Operation, BackendError> {
         // Incus answers a restore of a missing snapshot with a failed
