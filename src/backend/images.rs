@@ -2,6 +2,7 @@
 
 use super::types::{Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation};
 use super::{BackendError, ListScope, Listing};
+use crate::names::ProjectName;
 
 #[async_trait::async_trait]
 pub trait Images: Send + Sync {
@@ -11,44 +12,52 @@ pub trait Images: Send + Sync {
     /// The image (by fingerprint or unique prefix) and its ETag.
     async fn get_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<(Image, Option<String>), BackendError>;
 
     async fn delete_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<Operation, BackendError>;
 
     /// Copies an image from a remote image server into `project`.
-    async fn copy_image(&self, project: &str, req: &ImageCopy) -> Result<Operation, BackendError>;
+    async fn copy_image(
+        &self,
+        project: &ProjectName,
+        req: &ImageCopy,
+    ) -> Result<Operation, BackendError>;
 
     /// Adds an uploaded image (already spooled to local files) to `project`.
     /// The files may be removed once this returns.
     async fn import_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         upload: &ImageUpload,
     ) -> Result<Operation, BackendError>;
 
     async fn list_image_aliases(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<ImageAliasesEntry>, BackendError>;
 
     async fn get_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<ImageAliasesEntry, BackendError>;
 
     async fn create_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &ImageAliasCreate,
     ) -> Result<(), BackendError>;
 
-    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError>;
+    async fn delete_image_alias(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<(), BackendError>;
 }

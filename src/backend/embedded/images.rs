@@ -22,6 +22,7 @@ use crate::backend::events::EventBus;
 use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
 use crate::backend::{BackendError, Images, ListScope, Listing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
+use crate::names::ProjectName;
 
 /// Largest `metadata.yaml` read (real ones are a few KiB). A small
 /// compressed tarball can expand to gigabytes, so the cap is applied while
@@ -482,7 +483,7 @@ impl Images for EmbeddedBackend {
 
     async fn get_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<(types::Image, Option<String>), BackendError> {
         let row = find(&self.pool, project, fingerprint).await?;
@@ -492,7 +493,7 @@ impl Images for EmbeddedBackend {
 
     async fn delete_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<Operation, BackendError> {
         let row = find(&self.pool, project, fingerprint).await?;
@@ -527,7 +528,7 @@ impl Images for EmbeddedBackend {
 
     async fn copy_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &types::ImageCopy,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
@@ -642,7 +643,7 @@ impl Images for EmbeddedBackend {
                         let _ = inv::insert_alias(
                             &pool,
                             &inv::AliasRow {
-                                project: project_owned.clone(),
+                                project: project_owned.to_string(),
                                 name: a.name.clone(),
                                 target: fp.clone(),
                                 description: a.description.clone().unwrap_or_default(),
@@ -660,7 +661,7 @@ impl Images for EmbeddedBackend {
 
     async fn import_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         upload: &types::ImageUpload,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
@@ -693,7 +694,7 @@ impl Images for EmbeddedBackend {
 
     async fn list_image_aliases(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
         let rows = inv::list_aliases(&self.pool, project).await.map_err(db)?;
@@ -716,7 +717,7 @@ impl Images for EmbeddedBackend {
 
     async fn get_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<types::ImageAliasesEntry, BackendError> {
         let row = inv::get_alias(&self.pool, project, name)
@@ -732,14 +733,14 @@ impl Images for EmbeddedBackend {
 
     async fn create_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &types::ImageAliasCreate,
     ) -> Result<(), BackendError> {
         let image = find(&self.pool, project, &req.target).await?;
         inv::insert_alias(
             &self.pool,
             &inv::AliasRow {
-                project: project.to_owned(),
+                project: project.as_str().to_owned(),
                 name: req.name.clone(),
                 target: image.fingerprint,
                 description: req.description.clone().unwrap_or_default(),
@@ -754,7 +755,11 @@ impl Images for EmbeddedBackend {
         })
     }
 
-    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
+    async fn delete_image_alias(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<(), BackendError> {
         if inv::delete_alias(&self.pool, project, name)
             .await
             .map_err(db)?

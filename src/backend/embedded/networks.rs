@@ -33,6 +33,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Listing, Networks};
 use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
+use crate::names::ProjectName;
 
 const SYS_NET: &str = "/sys/class/net";
 
@@ -262,7 +263,7 @@ impl EmbeddedBackend {
 impl Networks for EmbeddedBackend {
     async fn list_networks(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<Network>, BackendError> {
         self.ensure_project(project).await?;
@@ -300,7 +301,7 @@ impl Networks for EmbeddedBackend {
 
     async fn get_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.ensure_project(project).await?;
@@ -317,7 +318,11 @@ impl Networks for EmbeddedBackend {
         }
     }
 
-    async fn create_network(&self, project: &str, req: &NetworkCreate) -> Result<(), BackendError> {
+    async fn create_network(
+        &self,
+        project: &ProjectName,
+        req: &NetworkCreate,
+    ) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
         let kind = req.network_type.as_deref().unwrap_or("bridge");
         if kind != "bridge" {
@@ -391,7 +396,7 @@ impl Networks for EmbeddedBackend {
 
     async fn update_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
         update: &NetworkUpdate,
         if_match: Option<&str>,
@@ -464,7 +469,7 @@ impl Networks for EmbeddedBackend {
         Ok(())
     }
 
-    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
+    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
         if inv::get_network(&self.pool, name)
             .await
@@ -500,7 +505,11 @@ impl Networks for EmbeddedBackend {
         Ok(())
     }
 
-    async fn network_state(&self, project: &str, name: &str) -> Result<NetworkState, BackendError> {
+    async fn network_state(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<NetworkState, BackendError> {
         self.ensure_project(project).await?;
         let managed = inv::get_network(&self.pool, name)
             .await
@@ -595,7 +604,7 @@ impl Networks for EmbeddedBackend {
     /// the bridge's own (`gateway`).
     async fn network_leases(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         self.ensure_project(project).await?;
@@ -608,11 +617,11 @@ impl Networks for EmbeddedBackend {
                 address: gw.addr().to_string(),
                 lease_type: "gateway".into(),
                 location: "none".into(),
-                project: project.to_owned(),
+                project: project.as_str().to_owned(),
             });
         }
         for r in self.instances_on(name).await? {
-            if r.project != project {
+            if r.project != project.as_str() {
                 continue;
             }
             let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();

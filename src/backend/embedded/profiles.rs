@@ -3,11 +3,16 @@
 use super::{EmbeddedBackend, instances};
 use crate::backend::types::Profile;
 use crate::backend::{BackendError, Profiles};
+use crate::names::ProjectName;
 
 #[async_trait::async_trait]
 impl Profiles for EmbeddedBackend {
     /// The embedded backend has one profile, `default`: the root disk.
-    async fn get_profile(&self, _project: &str, name: &str) -> Result<Profile, BackendError> {
+    async fn get_profile(
+        &self,
+        _project: &ProjectName,
+        name: &str,
+    ) -> Result<Profile, BackendError> {
         match name {
             "default" => Ok(Profile {
                 name: name.to_owned(),

@@ -17,6 +17,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Projects};
 use crate::db::embedded::{self as inv, InstanceRow, ProjectRow};
+use crate::names::ProjectName;
 
 pub const DEFAULT: &str = "default";
 
@@ -157,7 +158,10 @@ impl Projects for EmbeddedBackend {
         Ok(out)
     }
 
-    async fn get_project(&self, name: &str) -> Result<(Project, Option<String>), BackendError> {
+    async fn get_project(
+        &self,
+        name: &ProjectName,
+    ) -> Result<(Project, Option<String>), BackendError> {
         let p = self.to_project(&self.project_row(name).await?).await?;
         let tag = etag(&p);
         Ok((p, Some(tag)))
@@ -196,12 +200,12 @@ impl Projects for EmbeddedBackend {
 
     async fn update_project(
         &self,
-        name: &str,
+        name: &ProjectName,
         update: &ProjectUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError> {
-        if name == DEFAULT {
+        if name.as_str() == DEFAULT {
             return Err(BackendError::BadRequest(
                 "the default project of the embedded backend has no settings".into(),
             ));
@@ -241,8 +245,8 @@ impl Projects for EmbeddedBackend {
         Ok(())
     }
 
-    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
-        if name == DEFAULT {
+    async fn delete_project(&self, name: &ProjectName) -> Result<(), BackendError> {
+        if name.as_str() == DEFAULT {
             return Err(BackendError::BadRequest(
                 "The 'default' project cannot be deleted".into(),
             ));
@@ -264,7 +268,7 @@ impl Projects for EmbeddedBackend {
         Ok(())
     }
 
-    async fn project_state(&self, name: &str) -> Result<ProjectState, BackendError> {
+    async fn project_state(&self, name: &ProjectName) -> Result<ProjectState, BackendError> {
         let row = self.project_row(name).await?;
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let instances = inv::list_instances(&self.pool, Some(name))
@@ -315,7 +319,7 @@ impl EmbeddedBackend {
     /// limits, with the limit named.
     pub(super) async fn check_project_limits(
         &self,
-        project: &str,
+        project: &ProjectName,
         kind: &str,
         config: &ConfigMap,
     ) -> Result<(), BackendError> {
@@ -339,7 +343,7 @@ impl EmbeddedBackend {
             }
         }
         let probe = InstanceRow {
-            project: project.into(),
+            project: project.as_str().into(),
             name: String::new(),
             instance_type: kind.into(),
             description: String::new(),

@@ -25,6 +25,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Listing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
+use crate::names::{PoolName, ProjectName, VolumeName};
 
 pub const DEFAULT_POOL: &str = "default";
 /// Size of a block volume created without `size`.
@@ -410,7 +411,7 @@ impl Storage for EmbeddedBackend {
 
     async fn get_storage_pool(
         &self,
-        name: &str,
+        name: &PoolName,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
         let p = self.to_pool(&self.pool_row(name).await?).await?;
         let tag = pool_etag(&p);
@@ -477,13 +478,13 @@ impl Storage for EmbeddedBackend {
 
     async fn update_storage_pool(
         &self,
-        name: &str,
+        name: &PoolName,
         update: &StoragePoolUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError> {
         let mut row = self.pool_row(name).await?;
-        if name == DEFAULT_POOL {
+        if name.as_str() == DEFAULT_POOL {
             return Err(BackendError::BadRequest(
                 "the default pool has no settings to change".into(),
             ));
@@ -530,8 +531,8 @@ impl Storage for EmbeddedBackend {
         inv::update_pool(&self.pool, &row).await.map_err(db)
     }
 
-    async fn delete_storage_pool(&self, name: &str) -> Result<(), BackendError> {
-        if name == DEFAULT_POOL {
+    async fn delete_storage_pool(&self, name: &PoolName) -> Result<(), BackendError> {
+        if name.as_str() == DEFAULT_POOL {
             return Err(BackendError::BadRequest(
                 "the default pool cannot be deleted".into(),
             ));
@@ -565,8 +566,8 @@ impl Storage for EmbeddedBackend {
 
     async fn list_volumes(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         expand: bool,
     ) -> Result<Listing<StorageVolume>, BackendError> {
         self.ensure_project(project).await?;
@@ -586,9 +587,9 @@ impl Storage for EmbeddedBackend {
 
     async fn get_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<(StorageVolume, Option<String>), BackendError> {
         self.pool_row(pool).await?;
         let row = inv::get_volume(&self.pool, pool, project, name)
@@ -603,8 +604,8 @@ impl Storage for EmbeddedBackend {
     /// Done before it returns: no operation.
     async fn create_volume(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         req: &StorageVolumeCreate,
     ) -> Result<Option<Operation>, BackendError> {
         self.ensure_project(project).await?;
@@ -641,8 +642,8 @@ impl Storage for EmbeddedBackend {
                 .or_insert_with(|| DEFAULT_BLOCK_SIZE.into());
         }
         let row = VolumeRow {
-            pool: pool.to_owned(),
-            project: project.to_owned(),
+            pool: pool.as_str().to_owned(),
+            project: project.as_str().to_owned(),
             name: req.name.clone(),
             content_type: content.to_owned(),
             description: req.description.clone(),
@@ -713,9 +714,9 @@ impl Storage for EmbeddedBackend {
 
     async fn update_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
         update: &StorageVolumeUpdate,
         if_match: Option<&str>,
     ) -> Result<(), BackendError> {
@@ -783,9 +784,9 @@ impl Storage for EmbeddedBackend {
     /// Done before it returns: no operation.
     async fn delete_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError> {
         let (path, content) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {

@@ -12,6 +12,7 @@ use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
 use crate::backend::{BackendError, Images, ListScope, Listing};
+use crate::names::ProjectName;
 
 /// How long an upload to Incus may take: Incus reads the whole body before it
 /// answers with the operation, so `INCUS_TIMEOUT` would cut large images short.
@@ -56,7 +57,7 @@ impl Images for IncusBackend {
 
     async fn get_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<(Image, Option<String>), BackendError> {
         self.client
@@ -66,7 +67,7 @@ impl Images for IncusBackend {
 
     async fn delete_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<Operation, BackendError> {
         let r = self
@@ -82,7 +83,11 @@ impl Images for IncusBackend {
         operation_of(r)
     }
 
-    async fn copy_image(&self, project: &str, req: &ImageCopy) -> Result<Operation, BackendError> {
+    async fn copy_image(
+        &self,
+        project: &ProjectName,
+        req: &ImageCopy,
+    ) -> Result<Operation, BackendError> {
         let mut source = json!({
             "type": "image",
             "mode": "pull",
@@ -126,7 +131,7 @@ impl Images for IncusBackend {
     /// then `rootfs` (`rootfs.img` for a VM disk), streamed from the files.
     async fn import_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         upload: &ImageUpload,
     ) -> Result<Operation, BackendError> {
         let rootfs_part = if upload.virtual_machine {
@@ -175,7 +180,7 @@ impl Images for IncusBackend {
 
     async fn list_image_aliases(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<ImageAliasesEntry>, BackendError> {
         let q = [
@@ -197,7 +202,7 @@ impl Images for IncusBackend {
 
     async fn get_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<ImageAliasesEntry, BackendError> {
         self.client
@@ -208,7 +213,7 @@ impl Images for IncusBackend {
 
     async fn create_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &ImageAliasCreate,
     ) -> Result<(), BackendError> {
         let body = json!({
@@ -228,7 +233,11 @@ impl Images for IncusBackend {
             .map(|_| ())
     }
 
-    async fn delete_image_alias(&self, project: &str, name: &str) -> Result<(), BackendError> {
+    async fn delete_image_alias(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,

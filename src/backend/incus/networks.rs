@@ -7,12 +7,13 @@ use super::IncusBackend;
 use super::storage::listing;
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
 use crate::backend::{BackendError, Listing, Networks};
+use crate::names::ProjectName;
 
 #[async_trait::async_trait]
 impl Networks for IncusBackend {
     async fn list_networks(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<Network>, BackendError> {
         let q = [
@@ -24,7 +25,7 @@ impl Networks for IncusBackend {
 
     async fn get_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.client
@@ -32,7 +33,11 @@ impl Networks for IncusBackend {
             .await
     }
 
-    async fn create_network(&self, project: &str, req: &NetworkCreate) -> Result<(), BackendError> {
+    async fn create_network(
+        &self,
+        project: &ProjectName,
+        req: &NetworkCreate,
+    ) -> Result<(), BackendError> {
         let body = json!({
             "name": req.name,
             "type": req.network_type.as_deref().unwrap_or("bridge"),
@@ -53,7 +58,7 @@ impl Networks for IncusBackend {
 
     async fn update_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
         update: &NetworkUpdate,
         if_match: Option<&str>,
@@ -73,7 +78,7 @@ impl Networks for IncusBackend {
             .map(|_| ())
     }
 
-    async fn delete_network(&self, project: &str, name: &str) -> Result<(), BackendError> {
+    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,
@@ -86,7 +91,11 @@ impl Networks for IncusBackend {
             .map(|_| ())
     }
 
-    async fn network_state(&self, project: &str, name: &str) -> Result<NetworkState, BackendError> {
+    async fn network_state(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<NetworkState, BackendError> {
         self.client
             .query_struct(&["networks", name, "state"], &[("project", project)])
             .await
@@ -95,7 +104,7 @@ impl Networks for IncusBackend {
 
     async fn network_leases(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         let (leases, _): (Option<Vec<NetworkLease>>, _) = self

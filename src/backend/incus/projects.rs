@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::IncusBackend;
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
 use crate::backend::{BackendError, Projects};
+use crate::names::ProjectName;
 use crate::policy::Widening;
 
 /// Device types Incus restricts with `restricted.devices.<type>` = `block`
@@ -150,7 +151,10 @@ impl Projects for IncusBackend {
         Ok(items.unwrap_or_default())
     }
 
-    async fn get_project(&self, name: &str) -> Result<(Project, Option<String>), BackendError> {
+    async fn get_project(
+        &self,
+        name: &ProjectName,
+    ) -> Result<(Project, Option<String>), BackendError> {
         self.client.query_struct(&["projects", name], &[]).await
     }
 
@@ -182,7 +186,7 @@ impl Projects for IncusBackend {
 
     async fn update_project(
         &self,
-        name: &str,
+        name: &ProjectName,
         update: &ProjectUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -220,14 +224,14 @@ impl Projects for IncusBackend {
             .map(|_| ())
     }
 
-    async fn delete_project(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_project(&self, name: &ProjectName) -> Result<(), BackendError> {
         self.client
             .query(Method::DELETE, &["projects", name], &[], None, None)
             .await
             .map(|_| ())
     }
 
-    async fn project_state(&self, name: &str) -> Result<ProjectState, BackendError> {
+    async fn project_state(&self, name: &ProjectName) -> Result<ProjectState, BackendError> {
         self.client
             .query_struct(&["projects", name, "state"], &[])
             .await

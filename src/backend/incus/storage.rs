@@ -11,6 +11,7 @@ use crate::backend::types::{
     StorageVolumeCreate, StorageVolumeUpdate,
 };
 use crate::backend::{BackendError, Listing, Storage};
+use crate::names::{PoolName, ProjectName, VolumeName};
 
 /// The operation of an answer that may be sync or async.
 pub fn maybe_operation(r: Response) -> Result<Option<Operation>, BackendError> {
@@ -55,7 +56,7 @@ impl Storage for IncusBackend {
 
     async fn get_storage_pool(
         &self,
-        pool: &str,
+        pool: &PoolName,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
         self.client
             .query_struct(&["storage-pools", pool], &[])
@@ -72,7 +73,7 @@ impl Storage for IncusBackend {
 
     async fn update_storage_pool(
         &self,
-        pool: &str,
+        pool: &PoolName,
         update: &StoragePoolUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -85,7 +86,7 @@ impl Storage for IncusBackend {
             .map(|_| ())
     }
 
-    async fn delete_storage_pool(&self, pool: &str) -> Result<(), BackendError> {
+    async fn delete_storage_pool(&self, pool: &PoolName) -> Result<(), BackendError> {
         self.client
             .query(Method::DELETE, &["storage-pools", pool], &[], None, None)
             .await
@@ -94,8 +95,8 @@ impl Storage for IncusBackend {
 
     async fn list_volumes(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         expand: bool,
     ) -> Result<Listing<StorageVolume>, BackendError> {
         listing(
@@ -109,9 +110,9 @@ impl Storage for IncusBackend {
 
     async fn get_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<(StorageVolume, Option<String>), BackendError> {
         self.client
             .query_struct(
@@ -123,8 +124,8 @@ impl Storage for IncusBackend {
 
     async fn create_volume(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         req: &StorageVolumeCreate,
     ) -> Result<Option<Operation>, BackendError> {
         let body = json!({
@@ -149,9 +150,9 @@ impl Storage for IncusBackend {
 
     async fn update_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
         update: &StorageVolumeUpdate,
         if_match: Option<&str>,
     ) -> Result<(), BackendError> {
@@ -170,9 +171,9 @@ impl Storage for IncusBackend {
 
     async fn delete_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError> {
         let r = self
             .client
