@@ -271,6 +271,7 @@ impl Operations {
             may_cancel,
             err: String::new(),
             location: "none".into(),
+            project: project.to_owned(),
         };
         let entry = Arc::new(Entry {
             state: watch::Sender::new(op.clone()),

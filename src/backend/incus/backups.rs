@@ -5,7 +5,7 @@ use reqwest::header::HeaderMap;
 
 use super::IncusBackend;
 use super::files::{TRANSFER_TIMEOUT, download, project_query};
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{Backup, BackupCreate, Download, Operation};
 use crate::backend::{BackendError, Backups, Listing};
 use crate::names::{BackupName, InstanceName, ProjectName};
@@ -56,17 +56,15 @@ impl Backups for IncusBackend {
         req: &BackupCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", instance, "backups"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn delete_backup(
@@ -75,17 +73,15 @@ impl Backups for IncusBackend {
         instance: &InstanceName,
         backup: &BackupName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", instance, "backups", backup],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn export_backup(

@@ -9,7 +9,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::IncusBackend;
-use super::instances::operation_of;
 use super::websocket::IncusSocket;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
 use crate::backend::{BackendError, Exec};
@@ -196,9 +195,9 @@ impl Exec for IncusBackend {
             "height": height,
         });
         add_identity(&mut body, req);
-        let r = self
+        let op = self
             .client
-            .query(
+            .query_operation(
                 Method::POST,
                 &["instances", name, "exec"],
                 &[("project", project)],
@@ -206,7 +205,7 @@ impl Exec for IncusBackend {
                 None,
             )
             .await?;
-        self.bridge(operation_of(r)?, true).await
+        self.bridge(op, true).await
     }
 
     async fn exec(
@@ -230,17 +229,15 @@ impl Exec for IncusBackend {
             "record-output": true,
         });
         add_identity(&mut body, req);
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", name, "exec"],
                 &[("project", project)],
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn exec_output(
@@ -295,9 +292,9 @@ impl Exec for IncusBackend {
         (width, height): (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
         let body = json!({"type": "console", "width": width, "height": height});
-        let r = self
+        let op = self
             .client
-            .query(
+            .query_operation(
                 Method::POST,
                 &["instances", name, "console"],
                 &[("project", project)],
@@ -305,7 +302,7 @@ impl Exec for IncusBackend {
                 None,
             )
             .await?;
-        self.bridge(operation_of(r)?, false).await
+        self.bridge(op, false).await
     }
 }
 

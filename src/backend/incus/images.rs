@@ -7,7 +7,7 @@ use reqwest::multipart::{Form, Part};
 use serde_json::json;
 
 use super::IncusBackend;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
@@ -70,17 +70,15 @@ impl Images for IncusBackend {
         project: &ProjectName,
         fingerprint: &str,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["images", fingerprint],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn copy_image(
@@ -114,17 +112,15 @@ impl Images for IncusBackend {
             "public": req.public,
             "auto_update": req.auto_update,
         });
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["images"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     /// Incus's own split-image upload: `multipart/form-data` with `metadata`
@@ -175,7 +171,7 @@ impl Images for IncusBackend {
                 UPLOAD_TIMEOUT,
             )
             .await?;
-        operation_of(r)
+        r.into_operation(project)
     }
 
     async fn list_image_aliases(

@@ -4,24 +4,11 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::client::Response;
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing};
 use crate::names::{InstanceName, ProjectName};
-
-/// The operation an async Incus response describes.
-pub fn operation_of(r: Response) -> Result<Operation, BackendError> {
-    if r.envelope.kind != "async" {
-        return Err(BackendError::Upstream(format!(
-            "expected a background operation from Incus, got a {} response",
-            r.envelope.kind
-        )));
-    }
-    serde_json::from_value(r.envelope.metadata)
-        .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))
-}
 
 /// `/1.0/instances/web-1?project=x` -> `web-1`.
 pub fn last_segment(url: &str) -> String {
@@ -30,7 +17,7 @@ pub fn last_segment(url: &str) -> String {
     url_unescape(name)
 }
 
-fn url_unescape(s: &str) -> String {
+pub(super) fn url_unescape(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -112,17 +99,15 @@ impl Instances for IncusBackend {
             "start": req.start,
             "ephemeral": req.ephemeral,
         });
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn update_instance(
@@ -145,11 +130,7 @@ impl Instances for IncusBackend {
                 if_match,
             )
             .await?;
-        if r.envelope.kind == "async" {
-            operation_of(r).map(Some)
-        } else {
-            Ok(None)
-        }
+        r.into_maybe_operation(project)
     }
 
     async fn delete_instance(
@@ -157,17 +138,15 @@ impl Instances for IncusBackend {
         project: &ProjectName,
         name: &InstanceName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", name],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn rename_instance(
@@ -177,17 +156,15 @@ impl Instances for IncusBackend {
         new_name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let body = json!({"name": new_name});
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", name],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn instance_state(
@@ -208,33 +185,16 @@ impl Instances for IncusBackend {
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(change).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::PUT,
                 &["instances", name, "state"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
-}
-
-/// The project an Incus operation belongs to, read from its resource URLs
-/// (`/1.0/instances/x?project=p`; no project parameter means `default`).
-pub fn project_of(op: &Operation) -> String {
-    op.resources
-        .values()
-        .flatten()
-        .find_map(|url| {
-            let q = url.split_once('?')?.1;
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("project="))
-                .map(url_unescape)
-        })
-        .unwrap_or_else(|| "default".to_owned())
 }
 
 #[cfg(test)]
@@ -242,15 +202,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_projects_are_read_from_urls() {
+    fn names_are_read_from_urls() {
         assert_eq!(last_segment("/1.0/instances/web-1"), "web-1");
         assert_eq!(last_segment("/1.0/instances/web-1?project=team-a"), "web-1");
-        let mut op = Operation::default();
-        op.resources.insert(
-            "instances".into(),
-            vec!["/1.0/instances/x?project=team-a".into()],
-        );
-        assert_eq!(project_of(&op), "team-a");
-        assert_eq!(project_of(&Operation::default()), "default");
     }
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::IncusBackend;
 use super::files::project_query;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
 use crate::backend::{BackendError, Listing, Snapshots};
 use crate::names::{InstanceName, ProjectName, SnapshotName};
@@ -56,17 +56,15 @@ impl Snapshots for IncusBackend {
         req: &SnapshotCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", instance, "snapshots"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     async fn delete_snapshot(
@@ -75,17 +73,15 @@ impl Snapshots for IncusBackend {
         instance: &InstanceName,
         snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", instance, "snapshots", snap],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     /// Incus restores through the instance itself: `PUT /1.0/instances/{name}`
@@ -101,16 +97,14 @@ impl Snapshots for IncusBackend {
         // operation; look first so the caller gets a 404 instead.
         self.get_snapshot(project, instance, snap).await?;
         let body = json!({"restore": snap, "stateful": stateful});
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::PUT,
                 &["instances", instance],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 }

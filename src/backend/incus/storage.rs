@@ -4,23 +4,13 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::client::Response;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{
     Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
 use crate::backend::{BackendError, Listing, Storage};
 use crate::names::{PoolName, ProjectName, VolumeName};
-
-/// The operation of an answer that may be sync or async.
-pub fn maybe_operation(r: Response) -> Result<Option<Operation>, BackendError> {
-    if r.envelope.kind == "async" {
-        operation_of(r).map(Some)
-    } else {
-        Ok(None)
-    }
-}
 
 fn recursion(expand: bool) -> (&'static str, &'static str) {
     ("recursion", if expand { "1" } else { "0" })
@@ -145,7 +135,7 @@ impl Storage for IncusBackend {
                 None,
             )
             .await?;
-        maybe_operation(r)
+        r.into_maybe_operation(project)
     }
 
     async fn update_volume(
@@ -185,6 +175,6 @@ impl Storage for IncusBackend {
                 None,
             )
             .await?;
-        maybe_operation(r)
+        r.into_maybe_operation(project)
     }
 }
