@@ -1,5 +1,10 @@
 //! The backend boundary: what the API layer may ask of whatever runs the
 //! instances, in Incus-shaped types, with no knowledge of HTTP auth.
+//!
+//! One small trait per resource, each in its own module here (`instances`,
+//! `snapshots`, `storage`...) and implemented in the file of the same name
+//! of each backend (`embedded/instances.rs`, `incus/instances.rs`...);
+//! `Backend` is their sum.
 
 mod backups;
 pub mod embedded;
