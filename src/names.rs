@@ -73,6 +73,14 @@ macro_rules! resource_name {
                 f.write_str(&self.0)
             }
         }
+
+        /// A checked name reads as the string it is (never the other way round).
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
@@ -131,6 +139,13 @@ impl fmt::Display for ImageFingerprint {
     }
 }
 
+impl std::ops::Deref for ImageFingerprint {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// An image alias name. Incus allows more than resource names (`debian/12`
 /// style names live on image servers): here 1-255 characters, no `/`, no
 /// whitespace or control characters, and not `.` or `..`.
@@ -166,6 +181,13 @@ impl ImageAliasName {
 impl fmt::Display for ImageAliasName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for ImageAliasName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn for_caller(
     }
     let (p, _) = state
         .backend
-        .get_project(project.as_str())
+        .get_project(project)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::not_found(
@@ -168,7 +168,7 @@ pub async fn require_inside_access(
     }
     let (i, _) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(project, name)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::not_found(
@@ -204,7 +204,7 @@ async fn inherited_devices(
     for name in profiles {
         let p = state
             .backend
-            .get_profile(project.as_str(), name)
+            .get_profile(project, name)
             .await
             .map_err(|e| match e {
                 BackendError::NotFound(_) => ApiError::bad_request(
@@ -227,7 +227,7 @@ async fn check_network(
     let field = format!("devices.{device}.network");
     let (n, _) = state
         .backend
-        .get_network(project.as_str(), network)
+        .get_network(project, network)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::bad_request(

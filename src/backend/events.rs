@@ -1,12 +1,25 @@
-//! The in-process event bus: one producer (the backend) and any number of
-//! subscribers. A broadcast channel never blocks the producer; a subscriber
-//! that falls too far behind is told so and dropped.
+//! Events: the `Events` trait, and the in-process event bus behind it (one
+//! producer, the backend, and any number of subscribers). A broadcast
+//! channel never blocks the producer; a subscriber that falls too far behind
+//! is told so and dropped.
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
+use super::BackendError;
 use super::types::Event;
+
+#[async_trait::async_trait]
+pub trait Events: Send + Sync {
+    /// A subscription to every event of every project; the API layer filters
+    /// by what the caller may see.
+    fn subscribe(&self) -> Result<broadcast::Receiver<Arc<Event>>, BackendError>;
+
+    /// The backend's log messages as `logging` events (admins only), on a
+    /// stream of their own: they are many, and few want them.
+    async fn subscribe_logging(&self) -> Result<mpsc::Receiver<Event>, BackendError>;
+}
 
 /// Events a subscriber may lag behind before it is dropped.
 pub const BUFFER: usize = 1024;

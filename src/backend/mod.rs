@@ -1,10 +1,41 @@
 //! The backend boundary: what the API layer may ask of whatever runs the
 //! instances, in Incus-shaped types, with no knowledge of HTTP auth.
+//!
+//! One small trait per resource, each in its own module here (`instances`,
+//! `snapshots`, `storage`...) and implemented in the file of the same name
+//! of each backend (`embedded/instances.rs`, `incus/instances.rs`...);
+//! `Backend` is their sum.
 
+mod backups;
 pub mod embedded;
 pub mod events;
+mod exec;
+mod files;
+mod images;
 pub mod incus;
+mod instances;
+mod networks;
+mod operations;
+mod profiles;
+mod projects;
+mod snapshots;
+mod storage;
+mod system;
 pub mod types;
+
+pub use backups::Backups;
+pub use events::Events;
+pub use exec::Exec;
+pub use files::Files;
+pub use images::Images;
+pub use instances::Instances;
+pub use networks::Networks;
+pub use operations::Operations;
+pub use profiles::Profiles;
+pub use projects::Projects;
+pub use snapshots::Snapshots;
+pub use storage::Storage;
+pub use system::System;
 
 use std::collections::BTreeMap;
 
@@ -13,7 +44,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use types::{Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange};
 
 /// One driver a backend uses (LXC, QEMU, Incus) and whether it works here.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -174,599 +204,48 @@ impl<T> Listing<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct ListScope<'a> {
     /// `None` = every project (admins only; the API layer checks).
-    pub project: Option<&'a str>,
+    pub project: Option<&'a crate::names::ProjectName>,
     /// Incus filter expression, passed through.
     pub filter: Option<&'a str>,
     pub expand: bool,
 }
 
-fn unsupported<T>(what: &str) -> Result<T, BackendError> {
-    Err(BackendError::NotSupported(format!(
-        "{what} is not supported by this backend yet"
-    )))
+/// What every backend implements: the sum of the resource traits, each
+/// implemented in that resource's file of each backend. Object-safe: the app
+/// holds `Arc<dyn Backend>`. What a driver cannot do on this host, it says
+/// itself (`BackendError::NotSupported`: 501 with the reason).
+pub trait Backend:
+    System
+    + Instances
+    + Exec
+    + Files
+    + Snapshots
+    + Backups
+    + Images
+    + Storage
+    + Networks
+    + Projects
+    + Profiles
+    + Operations
+    + Events
+{
 }
 
-/// What every backend implements. Object-safe: the app holds `Arc<dyn Backend>`.
-/// Methods a backend does not provide answer 501 `not_supported`.
-#[async_trait::async_trait]
-pub trait Backend: Send + Sync {
-    /// `embedded` or `incus`.
-    fn kind(&self) -> &'static str;
-
-    /// The project config that makes the backend itself refuse what the
-    /// instance policy (`crate::policy`) refuses non-admins in a project
-    /// with `widening`: defence in depth, should a check in lxgate ever be
-    /// missed. `None`: the backend has no such setting (the embedded
-    /// backend enforces the policy in lxgate and confines containers
-    /// itself).
-    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<types::ConfigMap>;
-
-    /// A profile of `project` (as instances there see it).
-    async fn get_profile(&self, project: &str, name: &str) -> Result<types::Profile, BackendError>;
-
-    /// A cheap reachability check for `/health/ready`.
-    async fn ping(&self) -> Result<(), BackendError>;
-
-    /// Drivers, versions and features for `system/info`.
-    async fn info(&self) -> Result<SystemInfo, BackendError>;
-
-    async fn list_instances(
-        &self,
-        _scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        unsupported("listing instances")
-    }
-
-    /// The instance and its ETag.
-    async fn get_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<(Instance, Option<String>), BackendError> {
-        unsupported("reading instances")
-    }
-
-    async fn create_instance(
-        &self,
-        _project: &str,
-        _req: &InstanceCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating instances")
-    }
-
-    /// `replace`: PUT (full replacement) rather than PATCH. Returns the
-    /// operation when the backend does the change in the background.
-    async fn update_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-        _update: &InstanceUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("updating instances")
-    }
-
-    async fn delete_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting instances")
-    }
-
-    async fn rename_instance(
-        &self,
-        _project: &str,
-        _name: &str,
-        _new_name: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("renaming instances")
-    }
-
-    async fn instance_state(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<InstanceState, BackendError> {
-        unsupported("reading instance state")
-    }
-
-    async fn change_state(
-        &self,
-        _project: &str,
-        _name: &str,
-        _change: &StateChange,
-    ) -> Result<Operation, BackendError> {
-        unsupported("changing instance state")
-    }
-
-    /// Operations in `project`, or in every project when `None`.
-    async fn list_operations(
-        &self,
-        _project: Option<&str>,
-    ) -> Result<Vec<Operation>, BackendError> {
-        unsupported("listing operations")
-    }
-
-    async fn get_operation(&self, _id: &str) -> Result<Operation, BackendError> {
-        unsupported("reading operations")
-    }
-
-    /// Waits up to `timeout_secs` and returns the operation, finished or not.
-    async fn wait_operation(
-        &self,
-        _id: &str,
-        _timeout_secs: u64,
-    ) -> Result<Operation, BackendError> {
-        unsupported("waiting for operations")
-    }
-
-    async fn cancel_operation(&self, _id: &str) -> Result<(), BackendError> {
-        unsupported("cancelling operations")
-    }
-
-    // --- instance snapshots, backups, logs, console log and files ---
-
-    async fn list_snapshots(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Snapshot>, BackendError> {
-        unsupported("listing snapshots")
-    }
-
-    async fn get_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-    ) -> Result<types::Snapshot, BackendError> {
-        unsupported("reading snapshots")
-    }
-
-    async fn create_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _req: &types::SnapshotCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating snapshots")
-    }
-
-    async fn delete_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting snapshots")
-    }
-
-    /// Puts the instance back to the snapshot (`stateful`: with its memory).
-    async fn restore_snapshot(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _snap: &str,
-        _stateful: bool,
-    ) -> Result<Operation, BackendError> {
-        unsupported("restoring snapshots")
-    }
-
-    async fn list_backups(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Backup>, BackendError> {
-        unsupported("listing backups")
-    }
-
-    async fn get_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<types::Backup, BackendError> {
-        unsupported("reading backups")
-    }
-
-    async fn create_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _req: &types::BackupCreate,
-    ) -> Result<Operation, BackendError> {
-        unsupported("creating backups")
-    }
-
-    async fn delete_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting backups")
-    }
-
-    /// The backup tarball, streamed.
-    async fn export_backup(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _backup: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("exporting backups")
-    }
-
-    /// Names of the instance's log files.
-    async fn list_instance_logs(
-        &self,
-        _project: &str,
-        _instance: &str,
-    ) -> Result<Vec<String>, BackendError> {
-        unsupported("listing instance logs")
-    }
-
-    async fn get_instance_log(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _file: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("reading instance logs")
-    }
-
-    /// What the instance wrote to its console (text).
-    async fn console_log(
-        &self,
-        _project: &str,
-        _instance: &str,
-    ) -> Result<types::Download, BackendError> {
-        unsupported("reading the console log")
-    }
-
-    /// A file's content or a directory's entries (`path` is absolute).
-    async fn pull_file(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _path: &str,
-    ) -> Result<types::FilePull, BackendError> {
-        unsupported("reading files in instances")
-    }
-
-    /// Creates or overwrites the file at `path` (absolute) with `body`.
-    async fn push_file(
-        &self,
-        _project: &str,
-        _instance: &str,
-        _path: &str,
-        _opts: types::FilePush,
-        _body: types::ByteStream,
-    ) -> Result<(), BackendError> {
-        unsupported("writing files in instances")
-    }
-
-    // --- images ---
-
-    /// Images of `scope.project` (every project when `None`); names are fingerprints.
-    async fn list_images(
-        &self,
-        _scope: ListScope<'_>,
-    ) -> Result<Listing<types::Image>, BackendError> {
-        unsupported("listing images")
-    }
-
-    /// The image (by fingerprint or unique prefix) and its ETag.
-    async fn get_image(
-        &self,
-        _project: &str,
-        _fingerprint: &str,
-    ) -> Result<(types::Image, Option<String>), BackendError> {
-        unsupported("reading images")
-    }
-
-    async fn delete_image(
-        &self,
-        _project: &str,
-        _fingerprint: &str,
-    ) -> Result<Operation, BackendError> {
-        unsupported("deleting images")
-    }
-
-    /// Copies an image from a remote image server into `project`.
-    async fn copy_image(
-        &self,
-        _project: &str,
-        _req: &types::ImageCopy,
-    ) -> Result<Operation, BackendError> {
-        unsupported("copying images")
-    }
-
-    /// Adds an uploaded image (already spooled to local files) to `project`.
-    /// The files may be removed once this returns.
-    async fn import_image(
-        &self,
-        _project: &str,
-        _upload: &types::ImageUpload,
-    ) -> Result<Operation, BackendError> {
-        unsupported("importing images")
-    }
-
-    async fn list_image_aliases(
-        &self,
-        _project: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
-        unsupported("listing image aliases")
-    }
-
-    async fn get_image_alias(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<types::ImageAliasesEntry, BackendError> {
-        unsupported("reading image aliases")
-    }
-
-    async fn create_image_alias(
-        &self,
-        _project: &str,
-        _req: &types::ImageAliasCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating image aliases")
-    }
-
-    async fn delete_image_alias(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting image aliases")
-    }
-
-    // --- exec and console ---
-
-    /// An interactive command on a PTY of `width` x `height`.
-    async fn exec_interactive(
-        &self,
-        _project: &str,
-        _name: &str,
-        _req: &types::ExecRequest,
-        _size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        unsupported("interactive exec")
-    }
-
-    /// A non-interactive command whose output is recorded; the operation's
-    /// result is read with `exec_output`.
-    async fn exec(
-        &self,
-        _project: &str,
-        _name: &str,
-        _req: &types::ExecRequest,
-    ) -> Result<Operation, BackendError> {
-        unsupported("exec")
-    }
-
-    /// Exit code, stdout and stderr of a finished `exec` operation.
-    async fn exec_output(
-        &self,
-        _project: &str,
-        _op: &Operation,
-    ) -> Result<Option<types::ExecOutput>, BackendError> {
-        unsupported("exec output")
-    }
-
-    /// The instance's console (serial console for VMs, /dev/console for containers).
-    async fn console(
-        &self,
-        _project: &str,
-        _name: &str,
-        _size: (u32, u32),
-    ) -> Result<types::TerminalSession, BackendError> {
-        unsupported("the console")
-    }
-
-    // --- events ---
-
-    /// A subscription to every event of every project; the API layer filters
-    /// by what the caller may see.
-    fn subscribe(
-        &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<std::sync::Arc<types::Event>>, BackendError> {
-        unsupported("events")
-    }
-
-    /// The backend's log messages as `logging` events (admins only), on a
-    /// stream of their own: they are many, and few want them.
-    async fn subscribe_logging(
-        &self,
-    ) -> Result<tokio::sync::mpsc::Receiver<types::Event>, BackendError> {
-        unsupported("logging events")
-    }
-
-    // --- storage pools and volumes, networks, projects (DESIGN §6) ---
-
-    async fn list_storage_pools(
-        &self,
-        _expand: bool,
-    ) -> Result<Listing<types::StoragePool>, BackendError> {
-        unsupported("listing storage pools")
-    }
-
-    /// The pool and its ETag.
-    async fn get_storage_pool(
-        &self,
-        _pool: &str,
-    ) -> Result<(types::StoragePool, Option<String>), BackendError> {
-        unsupported("reading storage pools")
-    }
-
-    async fn create_storage_pool(
-        &self,
-        _req: &types::StoragePoolCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating storage pools")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_storage_pool(
-        &self,
-        _pool: &str,
-        _update: &types::StoragePoolUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating storage pools")
-    }
-
-    async fn delete_storage_pool(&self, _pool: &str) -> Result<(), BackendError> {
-        unsupported("deleting storage pools")
-    }
-
-    /// Custom volumes of `project` in `pool`.
-    async fn list_volumes(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::StorageVolume>, BackendError> {
-        unsupported("listing storage volumes")
-    }
-
-    /// A custom volume and its ETag.
-    async fn get_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-    ) -> Result<(types::StorageVolume, Option<String>), BackendError> {
-        unsupported("reading storage volumes")
-    }
-
-    /// Returns the operation when the backend creates it in the background.
-    async fn create_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _req: &types::StorageVolumeCreate,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("creating storage volumes")
-    }
-
-    /// PATCH semantics: only the given fields change.
-    async fn update_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-        _update: &types::StorageVolumeUpdate,
-        _if_match: Option<&str>,
-    ) -> Result<(), BackendError> {
-        unsupported("updating storage volumes")
-    }
-
-    /// Returns the operation when the backend deletes it in the background.
-    async fn delete_volume(
-        &self,
-        _project: &str,
-        _pool: &str,
-        _name: &str,
-    ) -> Result<Option<Operation>, BackendError> {
-        unsupported("deleting storage volumes")
-    }
-
-    async fn list_networks(
-        &self,
-        _project: &str,
-        _expand: bool,
-    ) -> Result<Listing<types::Network>, BackendError> {
-        unsupported("listing networks")
-    }
-
-    /// The network and its ETag.
-    async fn get_network(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<(types::Network, Option<String>), BackendError> {
-        unsupported("reading networks")
-    }
-
-    async fn create_network(
-        &self,
-        _project: &str,
-        _req: &types::NetworkCreate,
-    ) -> Result<(), BackendError> {
-        unsupported("creating networks")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_network(
-        &self,
-        _project: &str,
-        _name: &str,
-        _update: &types::NetworkUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating networks")
-    }
-
-    async fn delete_network(&self, _project: &str, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting networks")
-    }
-
-    async fn network_state(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<types::NetworkState, BackendError> {
-        unsupported("reading network state")
-    }
-
-    async fn network_leases(
-        &self,
-        _project: &str,
-        _name: &str,
-    ) -> Result<Vec<types::NetworkLease>, BackendError> {
-        unsupported("reading network leases")
-    }
-
-    async fn list_projects(&self) -> Result<Vec<types::Project>, BackendError> {
-        unsupported("listing projects")
-    }
-
-    /// The project and its ETag.
-    async fn get_project(
-        &self,
-        _name: &str,
-    ) -> Result<(types::Project, Option<String>), BackendError> {
-        unsupported("reading projects")
-    }
-
-    async fn create_project(&self, _req: &types::ProjectCreate) -> Result<(), BackendError> {
-        unsupported("creating projects")
-    }
-
-    /// `replace`: PUT rather than PATCH.
-    async fn update_project(
-        &self,
-        _name: &str,
-        _update: &types::ProjectUpdate,
-        _if_match: Option<&str>,
-        _replace: bool,
-    ) -> Result<(), BackendError> {
-        unsupported("updating projects")
-    }
-
-    async fn delete_project(&self, _name: &str) -> Result<(), BackendError> {
-        unsupported("deleting projects")
-    }
-
-    async fn project_state(&self, _name: &str) -> Result<types::ProjectState, BackendError> {
-        unsupported("reading project state")
-    }
+impl<T> Backend for T where
+    T: System
+        + Instances
+        + Exec
+        + Files
+        + Snapshots
+        + Backups
+        + Images
+        + Storage
+        + Networks
+        + Projects
+        + Profiles
+        + Operations
+        + Events
+{
 }
 
 #[cfg(test)]

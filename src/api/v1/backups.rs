@@ -95,7 +95,7 @@ pub async fn list_backups(
     let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
-        .list_backups(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
+        .list_backups(&project, &name, q.expand.unwrap_or(true))
         .await
         .map_err(no_instance(&name))?
         .into_entries(|b| BackupEntry::Full(Box::new(b)), BackupEntry::Name);
@@ -150,7 +150,7 @@ pub async fn create_backup(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .create_backup(project.as_str(), name.as_str(), &req)
+        .create_backup(&project, &name, &req)
         .await
         .map_err(no_instance(&name))?;
     accepted(
@@ -190,7 +190,7 @@ pub async fn get_backup(
     Ok(Json(
         state
             .backend
-            .get_backup(project.as_str(), name.as_str(), backup.as_str())
+            .get_backup(&project, &name, &backup)
             .await
             .map_err(no_backup(&name, &backup))?,
     ))
@@ -223,7 +223,7 @@ pub async fn delete_backup(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .delete_backup(project.as_str(), name.as_str(), backup.as_str())
+        .delete_backup(&project, &name, &backup)
         .await
         .map_err(no_backup(&name, &backup))?;
     accepted(
@@ -286,7 +286,7 @@ pub async fn export_backup(
         mut stream,
     } = state
         .backend
-        .export_backup(project.as_str(), name.as_str(), backup.as_str())
+        .export_backup(&project, &name, &backup)
         .await
         .map_err(no_backup(&name, &backup))?;
     // The first chunk tells the compression (for the file name); it is sent

@@ -49,7 +49,7 @@ pub async fn attach(
 ) -> ApiResult<Response> {
     let (current, etag) = state
         .backend
-        .get_instance(project.as_str(), instance.as_str())
+        .get_instance(project, instance)
         .await
         .map_err(instance_not_found(instance))?;
     if current.devices.contains_key(device.as_str())
@@ -71,13 +71,7 @@ pub async fn attach(
     let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
-        .update_instance(
-            project.as_str(),
-            instance.as_str(),
-            &update,
-            etag.as_deref(),
-            false,
-        )
+        .update_instance(project, instance, &update, etag.as_deref(), false)
         .await
         .map_err(instance_not_found(instance))?;
     finish(state, slot, project, instance, action, op, wait).await
@@ -99,7 +93,7 @@ pub async fn detach(
 ) -> ApiResult<Response> {
     let (current, etag) = state
         .backend
-        .get_instance(project.as_str(), instance.as_str())
+        .get_instance(project, instance)
         .await
         .map_err(instance_not_found(instance))?;
     let mut devices = current.devices.clone();
@@ -139,13 +133,7 @@ pub async fn detach(
     let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
-        .update_instance(
-            project.as_str(),
-            instance.as_str(),
-            &update,
-            etag.as_deref(),
-            true,
-        )
+        .update_instance(project, instance, &update, etag.as_deref(), true)
         .await
         .map_err(instance_not_found(instance))?;
     finish(state, slot, project, instance, action, op, wait).await
@@ -190,10 +178,7 @@ async fn finish(
             .await
         }
         None => {
-            let (instance, _) = state
-                .backend
-                .get_instance(project.as_str(), instance.as_str())
-                .await?;
+            let (instance, _) = state.backend.get_instance(project, instance).await?;
             Ok(Json(instance).into_response())
         }
     }

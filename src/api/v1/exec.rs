@@ -140,7 +140,7 @@ pub async fn exec_ws(
     // Start the session before upgrading, so failures are plain HTTP errors.
     let session = state
         .backend
-        .exec_interactive(project.as_str(), name.as_str(), &req, size)
+        .exec_interactive(&project, &name, &req, size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
@@ -172,7 +172,7 @@ pub async fn console_ws(
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
     let session = state
         .backend
-        .console(project.as_str(), name.as_str(), size)
+        .console(&project, &name, size)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
@@ -214,7 +214,7 @@ pub async fn exec_instance(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .exec(project.as_str(), name.as_str(), &req)
+        .exec(&project, &name, &req)
         .await
         .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
     accepted(

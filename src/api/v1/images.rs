@@ -162,7 +162,7 @@ pub async fn list_images(
     }
     .resolve()?;
     let scope = ListScope {
-        project: (!all).then_some(project.as_str()),
+        project: (!all).then_some(&project),
         filter: q.filter.as_deref(),
         expand: q.expand.unwrap_or(true),
     };
@@ -196,7 +196,7 @@ pub async fn get_image(
     let fp = fingerprint(&fp)?;
     let (image, etag) = state
         .backend
-        .get_image(project.as_str(), fp.as_str())
+        .get_image(&project, fp.as_str())
         .await
         .map_err(image_not_found(&fp))?;
     let mut resp = Json(image).into_response();
@@ -231,7 +231,7 @@ pub async fn delete_image(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .delete_image(project.as_str(), fp.as_str())
+        .delete_image(&project, fp.as_str())
         .await
         .map_err(image_not_found(&fp))?;
     accepted(
@@ -364,7 +364,7 @@ pub async fn copy_image(
         .clone()
         .or_else(|| req.source.fingerprint.clone());
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state.backend.copy_image(project.as_str(), &req).await?;
+    let op = state.backend.copy_image(&project, &req).await?;
     accepted(
         &state,
         slot,
@@ -729,7 +729,7 @@ pub async fn import_image(
     };
 
     // Refuse what Incus would only refuse after the upload, in a failed operation.
-    match state.backend.get_image(project.as_str(), &fp).await {
+    match state.backend.get_image(&project, &fp).await {
         Ok(_) => {
             return Err(ApiError::conflict(
                 "image_exists",
@@ -740,7 +740,7 @@ pub async fn import_image(
         Err(e) => return Err(e.into()),
     }
     for a in &aliases {
-        match state.backend.get_image_alias(project.as_str(), a).await {
+        match state.backend.get_image_alias(&project, a).await {
             Ok(_) => {
                 return Err(ApiError::conflict(
                     "alias_exists",
@@ -764,10 +764,7 @@ pub async fn import_image(
         aliases,
         public,
     };
-    let op = state
-        .backend
-        .import_image(project.as_str(), &upload)
-        .await?;
+    let op = state.backend.import_image(&project, &upload).await?;
     // The backend has its own copy now.
     drop(spool);
     accepted(
@@ -824,7 +821,7 @@ pub async fn list_image_aliases(
     .resolve()?;
     let entries = state
         .backend
-        .list_image_aliases(project.as_str(), q.expand.unwrap_or(true))
+        .list_image_aliases(&project, q.expand.unwrap_or(true))
         .await?
         .into_entries(AliasEntry::Full, AliasEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
@@ -861,7 +858,7 @@ pub async fn create_image_alias(
     }
     state
         .backend
-        .create_image_alias(project.as_str(), &req)
+        .create_image_alias(&project, &req)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::not_found(
@@ -876,7 +873,7 @@ pub async fn create_image_alias(
         })?;
     let alias = state
         .backend
-        .get_image_alias(project.as_str(), name.as_str())
+        .get_image_alias(&project, name.as_str())
         .await?;
     let location = format!("/api/v1/images/aliases/{}", path_segment(name.as_str()));
     let mut resp = (StatusCode::CREATED, Json(alias)).into_response();
@@ -907,7 +904,7 @@ pub async fn get_image_alias(
     Ok(Json(
         state
             .backend
-            .get_image_alias(project.as_str(), name.as_str())
+            .get_image_alias(&project, name.as_str())
             .await
             .map_err(alias_not_found(&name))?,
     ))
@@ -933,7 +930,7 @@ pub async fn delete_image_alias(
     let name = alias_name(&name)?;
     state
         .backend
-        .delete_image_alias(project.as_str(), name.as_str())
+        .delete_image_alias(&project, name.as_str())
         .await
         .map_err(alias_not_found(&name))?;
     Ok(StatusCode::NO_CONTENT)

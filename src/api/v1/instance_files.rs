@@ -142,7 +142,7 @@ pub async fn list_instance_logs(
     let name = InstanceName::from_path(&name)?;
     let files = state
         .backend
-        .list_instance_logs(project.as_str(), name.as_str())
+        .list_instance_logs(&project, &name)
         .await
         .map_err(no_instance(&name))?;
     Ok(Json(Page::slice(files, limit, offset)))
@@ -172,7 +172,7 @@ pub async fn get_instance_log(
     let file = log_file_name(&file)?;
     let content = state
         .backend
-        .get_instance_log(project.as_str(), name.as_str(), file)
+        .get_instance_log(&project, &name, file)
         .await
         .map_err(not_found_as(
             "log_not_found",
@@ -202,7 +202,7 @@ pub async fn get_console_log(
     let name = InstanceName::from_path(&name)?;
     let content = state
         .backend
-        .console_log(project.as_str(), name.as_str())
+        .console_log(&project, &name)
         .await
         .map_err(no_instance(&name))?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
@@ -295,7 +295,7 @@ pub async fn pull_file(
     let path = file_path(q.path.as_deref())?;
     let pulled = state
         .backend
-        .pull_file(project.as_str(), name.as_str(), path)
+        .pull_file(&project, &name, path)
         .await
         .map_err(not_found_as(
             "file_not_found",
@@ -450,13 +450,7 @@ pub async fn push_file(
     });
     let result = state
         .backend
-        .push_file(
-            project.as_str(),
-            name.as_str(),
-            path,
-            opts,
-            Box::pin(stream),
-        )
+        .push_file(&project, &name, path, opts, Box::pin(stream))
         .await;
     match (result, outcome.load(Ordering::Relaxed)) {
         (Ok(()), _) => Ok(StatusCode::NO_CONTENT),

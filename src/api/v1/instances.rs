@@ -87,7 +87,7 @@ pub async fn list_instances(
     }
     let expand = q.expand.unwrap_or(true);
     let scope = ListScope {
-        project: (!all).then_some(project.as_str()),
+        project: (!all).then_some(&project),
         filter: q.filter.as_deref(),
         // Filtering by type needs the objects even when only names are returned.
         expand: expand || q.instance_type.is_some(),
@@ -182,10 +182,7 @@ pub async fn create_instance(
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .create_instance(project.as_str(), &req)
-        .await?;
+    let op = state.backend.create_instance(&project, &req).await?;
     accepted(
         &state,
         slot,
@@ -218,7 +215,7 @@ pub async fn get_instance(
     let name = InstanceName::from_path(&name)?;
     let (instance, etag) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(&project, &name)
         .await
         .map_err(not_found_as_instance(&name))?;
     let mut resp = Json(instance).into_response();
@@ -263,7 +260,7 @@ async fn update(
     let policy = policy::for_caller(&state, &user, &project).await?;
     let (current, etag) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(&project, &name)
         .await
         .map_err(not_found_as_instance(&name))?;
     let mut body = body;
@@ -302,13 +299,7 @@ async fn update(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .update_instance(
-            project.as_str(),
-            name.as_str(),
-            &body,
-            version.as_deref(),
-            replace,
-        )
+        .update_instance(&project, &name, &body, version.as_deref(), replace)
         .await
         .map_err(not_found_as_instance(&name))?;
     match op {
@@ -325,10 +316,7 @@ async fn update(
             .await
         }
         None => {
-            let (instance, _) = state
-                .backend
-                .get_instance(project.as_str(), name.as_str())
-                .await?;
+            let (instance, _) = state.backend.get_instance(&project, &name).await?;
             Ok(Json(instance).into_response())
         }
     }
@@ -406,7 +394,7 @@ pub async fn delete_instance(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .delete_instance(project.as_str(), name.as_str())
+        .delete_instance(&project, &name)
         .await
         .map_err(not_found_as_instance(&name))?;
     accepted(
@@ -456,7 +444,7 @@ pub async fn rename_instance(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .rename_instance(project.as_str(), name.as_str(), new_name.as_str())
+        .rename_instance(&project, &name, &new_name)
         .await
         .map_err(not_found_as_instance(&name))?;
     accepted(
@@ -491,7 +479,7 @@ pub async fn get_instance_state(
     Ok(Json(
         state
             .backend
-            .instance_state(project.as_str(), name.as_str())
+            .instance_state(&project, &name)
             .await
             .map_err(not_found_as_instance(&name))?,
     ))
@@ -523,7 +511,7 @@ async fn change_state(
     let slot = OperationSlot::acquire(state, user)?;
     let op = state
         .backend
-        .change_state(project.as_str(), name.as_str(), &change)
+        .change_state(&project, &name, &change)
         .await
         .map_err(not_found_as_instance(&name))?;
     accepted(

@@ -61,7 +61,7 @@ pub async fn list_networks(
     let (limit, offset) = q.page()?;
     let listing = state
         .backend
-        .list_networks(project.as_str(), q.expand.unwrap_or(true))
+        .list_networks(&project, q.expand.unwrap_or(true))
         .await?;
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
@@ -96,11 +96,8 @@ pub async fn create_network(
             format!("type must be one of {}", NETWORK_TYPES.join(", ")),
         ));
     }
-    state.backend.create_network(project.as_str(), &req).await?;
-    let (network, _) = state
-        .backend
-        .get_network(project.as_str(), name.as_str())
-        .await?;
+    state.backend.create_network(&project, &req).await?;
+    let (network, _) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(created(
         &format!("/api/v1/networks/{name}?project={}", project.as_str()),
         network,
@@ -127,7 +124,7 @@ pub async fn get_network(
     let name = NetworkName::from_path(&name)?;
     let (n, etag) = state
         .backend
-        .get_network(project.as_str(), name.as_str())
+        .get_network(&project, name.as_str())
         .await
         .map_err(not_found_as_network(&name))?;
     Ok(with_etag(Json(n).into_response(), etag))
@@ -147,19 +144,10 @@ async fn update(
     let name = NetworkName::from_path(&name)?;
     state
         .backend
-        .update_network(
-            project.as_str(),
-            name.as_str(),
-            &body,
-            if_match(&headers),
-            replace,
-        )
+        .update_network(&project, name.as_str(), &body, if_match(&headers), replace)
         .await
         .map_err(not_found_as_network(&name))?;
-    let (n, etag) = state
-        .backend
-        .get_network(project.as_str(), name.as_str())
-        .await?;
+    let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
 
@@ -230,7 +218,7 @@ pub async fn delete_network(
     let name = NetworkName::from_path(&name)?;
     state
         .backend
-        .delete_network(project.as_str(), name.as_str())
+        .delete_network(&project, name.as_str())
         .await
         .map_err(not_found_as_network(&name))?;
     Ok(StatusCode::NO_CONTENT)
@@ -256,7 +244,7 @@ pub async fn get_network_state(
     Ok(Json(
         state
             .backend
-            .network_state(project.as_str(), name.as_str())
+            .network_state(&project, name.as_str())
             .await
             .map_err(not_found_as_network(&name))?,
     ))
@@ -282,7 +270,7 @@ pub async fn list_network_leases(
     Ok(Json(
         state
             .backend
-            .network_leases(project.as_str(), name.as_str())
+            .network_leases(&project, name.as_str())
             .await
             .map_err(|e| match e {
                 // Host interfaces are listed too, but only managed networks have leases.
@@ -358,7 +346,7 @@ pub async fn attach_nic(
     // A clear 404 for a missing network, before touching the instance.
     let (net, _) = state
         .backend
-        .get_network(project.as_str(), network.as_str())
+        .get_network(&project, network.as_str())
         .await
         .map_err(not_found_as_network(&network))?;
     if !net.managed {

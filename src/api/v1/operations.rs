@@ -13,7 +13,6 @@ use crate::api::slots::UserSlot;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::incus::instances::project_of;
 use crate::backend::types::Operation;
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -241,7 +240,7 @@ async fn visible(
     let project = record
         .as_ref()
         .map(|r| r.project.clone())
-        .unwrap_or_else(|| project_of(&op));
+        .unwrap_or_else(|| op.project.clone());
     if !user.grants.can_see(&project) {
         return Err(operation_not_found(id));
     }
@@ -294,7 +293,7 @@ pub async fn list_operations(
         .into_iter()
         .map(|op| {
             let project = match q.all_projects {
-                Some(true) => project_of(&op),
+                Some(true) => op.project.clone(),
                 _ => project.as_str().to_owned(),
             };
             for_caller(&user, &project, None, op)

@@ -144,7 +144,7 @@ pub async fn create_project(
         req.config = config;
     }
     state.backend.create_project(&req).await?;
-    let (project, _) = state.backend.get_project(name.as_str()).await?;
+    let (project, _) = state.backend.get_project(&name).await?;
     let project = policy::describe(&state, project);
     let detail = audit_detail(&project);
     let mut resp = created(&format!("/api/v1/projects/{name}"), project);
@@ -172,7 +172,7 @@ pub async fn get_project(
     q.check(name.as_str())?;
     let (p, etag) = state
         .backend
-        .get_project(name.as_str())
+        .get_project(&name)
         .await
         .map_err(not_found_as_project(&name))?;
     Ok(with_etag(
@@ -184,7 +184,7 @@ pub async fn get_project(
 /// The project as it is now, with its policy and ETag; the policy also goes
 /// into the audit entry of the change.
 async fn project_response(state: &AppState, name: &ProjectName) -> ApiResult<Response> {
-    let (p, etag) = state.backend.get_project(name.as_str()).await?;
+    let (p, etag) = state.backend.get_project(name).await?;
     let p = policy::describe(state, p);
     let detail = audit_detail(&p);
     let mut resp = with_etag(Json(p).into_response(), etag);
@@ -219,7 +219,7 @@ async fn update(
         // allow list. Pinned to the version read.
         let (current, etag) = state
             .backend
-            .get_project(name.as_str())
+            .get_project(&name)
             .await
             .map_err(not_found_as_project(&name))?;
         let mut after = if replace {
@@ -249,7 +249,7 @@ async fn update(
     }
     state
         .backend
-        .update_project(name.as_str(), &body, if_match.as_deref(), replace)
+        .update_project(&name, &body, if_match.as_deref(), replace)
         .await
         .map_err(not_found_as_project(&name))?;
     project_response(&state, &name).await
@@ -278,7 +278,7 @@ pub async fn restrict_project(
     let name = ProjectName::from_path(&name)?;
     let (current, etag) = state
         .backend
-        .get_project(name.as_str())
+        .get_project(&name)
         .await
         .map_err(not_found_as_project(&name))?;
     let widening = Widening::from_project_config(&current.config).unwrap_or_default();
@@ -293,7 +293,7 @@ pub async fn restrict_project(
     };
     state
         .backend
-        .update_project(name.as_str(), &update, etag.as_deref(), false)
+        .update_project(&name, &update, etag.as_deref(), false)
         .await
         .map_err(not_found_as_project(&name))?;
     project_response(&state, &name).await
@@ -364,7 +364,7 @@ pub async fn delete_project(
     refuse_default(&name)?;
     state
         .backend
-        .delete_project(name.as_str())
+        .delete_project(&name)
         .await
         .map_err(not_found_as_project(&name))?;
     // A project re-created later under the same name must not hand the old
@@ -395,7 +395,7 @@ pub async fn get_project_state(
     Ok(Json(
         state
             .backend
-            .project_state(name.as_str())
+            .project_state(&name)
             .await
             .map_err(not_found_as_project(&name))?,
     ))

@@ -106,7 +106,7 @@ pub async fn list_snapshots(
     let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
-        .list_snapshots(project.as_str(), name.as_str(), q.expand.unwrap_or(true))
+        .list_snapshots(&project, &name, q.expand.unwrap_or(true))
         .await
         .map_err(no_instance(&name))?
         .into_entries(|s| SnapshotEntry::Full(Box::new(s)), SnapshotEntry::Name);
@@ -149,7 +149,7 @@ pub async fn create_snapshot(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .create_snapshot(project.as_str(), name.as_str(), &req)
+        .create_snapshot(&project, &name, &req)
         .await
         .map_err(no_instance(&name))?;
     accepted(
@@ -189,7 +189,7 @@ pub async fn get_snapshot(
     Ok(Json(
         state
             .backend
-            .get_snapshot(project.as_str(), name.as_str(), snap.as_str())
+            .get_snapshot(&project, &name, &snap)
             .await
             .map_err(no_snapshot(&name, &snap))?,
     ))
@@ -222,7 +222,7 @@ pub async fn delete_snapshot(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .delete_snapshot(project.as_str(), name.as_str(), snap.as_str())
+        .delete_snapshot(&project, &name, &snap)
         .await
         .map_err(no_snapshot(&name, &snap))?;
     accepted(
@@ -281,12 +281,12 @@ pub async fn restore_snapshot(
     let policy = policy::for_caller(&state, &user, &project).await?;
     let (current, _) = state
         .backend
-        .get_instance(project.as_str(), name.as_str())
+        .get_instance(&project, &name)
         .await
         .map_err(no_instance(&name))?;
     let saved = state
         .backend
-        .get_snapshot(project.as_str(), name.as_str(), snap.as_str())
+        .get_snapshot(&project, &name, &snap)
         .await
         .map_err(no_snapshot(&name, &snap))?;
     // volatile.* of a snapshot is the backend's record, restored by it.
@@ -310,12 +310,7 @@ pub async fn restore_snapshot(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .restore_snapshot(
-            project.as_str(),
-            name.as_str(),
-            snap.as_str(),
-            opts.stateful,
-        )
+        .restore_snapshot(&project, &name, &snap, opts.stateful)
         .await
         .map_err(no_snapshot(&name, &snap))?;
     accepted(

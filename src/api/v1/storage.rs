@@ -23,7 +23,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{InstanceName, PoolName, VolumeName};
+use crate::names::{InstanceName, PoolName, ProjectName, VolumeName};
 
 /// Storage drivers Incus (and LXD) know; anything else is refused before
 /// the backend sees it.
@@ -199,7 +199,7 @@ pub async fn create_storage_pool(
         ));
     }
     state.backend.create_storage_pool(&req).await?;
-    let (pool, _) = state.backend.get_storage_pool(name.as_str()).await?;
+    let (pool, _) = state.backend.get_storage_pool(&name).await?;
     Ok(created(&format!("/api/v1/storage/pools/{name}"), pool))
 }
 
@@ -223,7 +223,7 @@ pub async fn get_storage_pool(
     let pool = PoolName::from_path(&pool)?;
     let (p, etag) = state
         .backend
-        .get_storage_pool(pool.as_str())
+        .get_storage_pool(&pool)
         .await
         .map_err(pool_not_found(&pool))?;
     Ok(with_etag(Json(p).into_response(), etag))
@@ -241,10 +241,10 @@ async fn update_pool(
     let pool = PoolName::from_path(&pool)?;
     state
         .backend
-        .update_storage_pool(pool.as_str(), &body, if_match(&headers), replace)
+        .update_storage_pool(&pool, &body, if_match(&headers), replace)
         .await
         .map_err(pool_not_found(&pool))?;
-    let (p, etag) = state.backend.get_storage_pool(pool.as_str()).await?;
+    let (p, etag) = state.backend.get_storage_pool(&pool).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
 
@@ -310,7 +310,7 @@ pub async fn delete_storage_pool(
     let pool = PoolName::from_path(&pool)?;
     state
         .backend
-        .delete_storage_pool(pool.as_str())
+        .delete_storage_pool(&pool)
         .await
         .map_err(pool_not_found(&pool))?;
     Ok(StatusCode::NO_CONTENT)
@@ -338,7 +338,7 @@ pub async fn list_volumes(
     let (limit, offset) = q.page()?;
     let listing = state
         .backend
-        .list_volumes(project.as_str(), pool.as_str(), q.expand.unwrap_or(true))
+        .list_volumes(&project, &pool, q.expand.unwrap_or(true))
         .await?;
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
@@ -385,10 +385,7 @@ pub async fn create_volume(
         .await?
         .check_volume(&Default::default(), &req.config)?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .create_volume(project.as_str(), pool.as_str(), &req)
-        .await?;
+    let op = state.backend.create_volume(&project, &pool, &req).await?;
     if let Some(op) = op {
         return accepted(
             &state,
@@ -401,10 +398,7 @@ pub async fn create_volume(
         )
         .await;
     }
-    let (volume, _) = state
-        .backend
-        .get_volume(project.as_str(), pool.as_str(), name.as_str())
-        .await?;
+    let (volume, _) = state.backend.get_volume(&project, &pool, &name).await?;
     Ok(created(
         &format!(
             "/api/v1/storage/pools/{pool}/volumes/{name}?project={}",
@@ -436,7 +430,7 @@ pub async fn get_volume(
     let name = volume_name(&name)?;
     let (v, etag) = state
         .backend
-        .get_volume(project.as_str(), pool.as_str(), name.as_str())
+        .get_volume(&project, &pool, &name)
         .await
         .map_err(volume_not_found(&pool, &name))?;
     Ok(with_etag(Json(v).into_response(), etag))
@@ -444,7 +438,7 @@ pub async fn get_volume(
 
 async fn patch_volume(
     state: &AppState,
-    project: &str,
+    project: &ProjectName,
     pool: &PoolName,
     name: &VolumeName,
     update: &StorageVolumeUpdate,
@@ -452,13 +446,10 @@ async fn patch_volume(
 ) -> ApiResult<Response> {
     state
         .backend
-        .update_volume(project, pool.as_str(), name.as_str(), update, if_match)
+        .update_volume(project, pool, name, update, if_match)
         .await
         .map_err(volume_not_found(pool, name))?;
-    let (v, etag) = state
-        .backend
-        .get_volume(project, pool.as_str(), name.as_str())
-        .await?;
+    let (v, etag) = state.backend.get_volume(project, pool, name).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
 
@@ -497,21 +488,13 @@ pub async fn update_volume(
         let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
         let (current, etag) = state
             .backend
-            .get_volume(project.as_str(), pool.as_str(), name.as_str())
+            .get_volume(&project, &pool, &name)
             .await
             .map_err(volume_not_found(&pool, &name))?;
         policy.check_volume_patch(&current.config, config)?;
         if_match = crate::api::policy::pin(if_match.as_deref(), etag)?;
     }
-    patch_volume(
-        &state,
-        project.as_str(),
-        &pool,
-        &name,
-        &body,
-        if_match.as_deref(),
-    )
-    .await
+    patch_volume(&state, &project, &pool, &name, &body, if_match.as_deref()).await
 }
 
 /// Delete a custom volume; it must not be attached to an instance.
@@ -539,7 +522,7 @@ pub async fn delete_volume(
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
-        .delete_volume(project.as_str(), pool.as_str(), name.as_str())
+        .delete_volume(&project, &pool, &name)
         .await
         .map_err(volume_not_found(&pool, &name))?;
     match op {
@@ -597,7 +580,7 @@ pub async fn resize_volume(
         description: None,
         config: Some(BTreeMap::from([("size".to_owned(), req.size)])),
     };
-    patch_volume(&state, project.as_str(), &pool, &name, &update, None).await
+    patch_volume(&state, &project, &pool, &name, &update, None).await
 }
 
 // --- attaching volumes to instances ---
@@ -664,7 +647,7 @@ pub async fn attach_volume(
     // A clear 404 for a missing volume, before touching the instance.
     state
         .backend
-        .get_volume(project.as_str(), pool.as_str(), volume.as_str())
+        .get_volume(&project, &pool, &volume)
         .await
         .map_err(volume_not_found(&pool, &volume))?;
     let mut config = BTreeMap::from([

@@ -11,8 +11,19 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::idmap::IdMap;
-use crate::backend::BackendError;
+use super::{EmbeddedBackend, driver, instances, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
+use crate::backend::{BackendError, Files};
+use crate::names::{InstanceName, ProjectName};
+
+/// The log files an instance may have (LXC's, QEMU's, the console's).
+const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
+
+fn no_vm_files() -> BackendError {
+    BackendError::NotSupported(
+        "file transfer to a virtual machine needs a guest agent; use the console".into(),
+    )
+}
 
 fn open_how(flags: i32, mode: u32) -> libc::open_how {
     // SAFETY: open_how is plain data; zero is a valid value for every field.
@@ -250,4 +261,90 @@ pub async fn push(
         file.write_all(&chunk).await.map_err(map_err(path))?;
     }
     file.flush().await.map_err(map_err(path))
+}
+
+#[async_trait::async_trait]
+impl Files for EmbeddedBackend {
+    async fn pull_file(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        path: &str,
+    ) -> Result<FilePull, BackendError> {
+        let row = self.row(project, name).await?;
+        if row.instance_type == driver::VM {
+            return Err(no_vm_files());
+        }
+        let map = Self::confinement(&row)?.map();
+        pull(
+            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
+            path,
+            map,
+        )
+        .await
+    }
+
+    async fn push_file(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        path: &str,
+        opts: FilePush,
+        body: ByteStream,
+    ) -> Result<(), BackendError> {
+        let row = self.row(project, name).await?;
+        if row.instance_type == driver::VM {
+            return Err(no_vm_files());
+        }
+        let map = Self::confinement(&row)?.map();
+        push(
+            &self.lxc.rootfs(&lxc::Lxc::host_name(project, name)),
+            path,
+            opts,
+            map,
+            body,
+        )
+        .await
+    }
+
+    async fn list_instance_logs(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Vec<String>, BackendError> {
+        let row = self.row(project, name).await?;
+        let dir = self.instance_dir(&row);
+        let mut logs = Vec::new();
+        for f in LOG_FILES {
+            if tokio::fs::try_exists(dir.join(f)).await.unwrap_or(false) {
+                logs.push(f.to_owned());
+            }
+        }
+        Ok(logs)
+    }
+
+    async fn get_instance_log(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        file: &str,
+    ) -> Result<Download, BackendError> {
+        let row = self.row(project, name).await?;
+        // Only the files lxgate itself names; nothing from the path reaches the disk.
+        let Some(f) = LOG_FILES.iter().find(|f| **f == file) else {
+            return Err(BackendError::NotFound("Log file not found".into()));
+        };
+        let path = self.instance_dir(&row).join(f);
+        instances::download_file(&path, "text/plain; charset=utf-8").await
+    }
+
+    async fn console_log(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Download, BackendError> {
+        let row = self.row(project, name).await?;
+        let path = self.instance_dir(&row).join("console.log");
+        instances::download_file(&path, "text/plain; charset=utf-8").await
+    }
 }

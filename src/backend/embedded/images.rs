@@ -3,12 +3,14 @@
 //! fingerprint however many projects hold it; which project holds what is
 //! in the database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::json;
+use sha2::Digest;
 use sqlx::AnyPool;
 use tokio::io::AsyncReadExt;
 
@@ -16,10 +18,12 @@ use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process;
 use super::qemu::Boot;
 use super::tarball::reading as tar_reading;
-use crate::backend::BackendError;
+use super::{EmbeddedBackend, driver, image_size, resources, simplestreams};
 use crate::backend::events::EventBus;
-use crate::backend::types::{Image, ImageAlias, ImageAliasesEntry, ImageUpload};
+use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
+use crate::backend::{BackendError, Images, ListScope, Listing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
+use crate::names::ProjectName;
 
 /// Largest `metadata.yaml` read (real ones are a few KiB). A small
 /// compressed tarball can expand to gigabytes, so the cap is applied while
@@ -438,4 +442,323 @@ pub async fn register(
         serde_json::json!({"type": image_type}),
     );
     Ok(serde_json::json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
+}
+
+#[async_trait::async_trait]
+impl Images for EmbeddedBackend {
+    async fn list_images(
+        &self,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<types::Image>, BackendError> {
+        self.check_scope(&scope).await?;
+        let rows = inv::list_images(&self.pool, scope.project.map(|p| p.as_str()))
+            .await
+            .map_err(db)?;
+        if !scope.expand {
+            return Ok(Listing::Names(
+                rows.into_iter().map(|r| r.fingerprint).collect(),
+            ));
+        }
+        let mut aliases: HashMap<String, Vec<inv::AliasRow>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if !aliases.contains_key(&r.project) {
+                let a = inv::list_aliases(&self.pool, &r.project)
+                    .await
+                    .map_err(db)?;
+                aliases.insert(r.project.clone(), a);
+            }
+            out.push(to_image(r, &aliases[&r.project]));
+        }
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_image(
+        &self,
+        project: &ProjectName,
+        fingerprint: &str,
+    ) -> Result<(types::Image, Option<String>), BackendError> {
+        let row = find(&self.pool, project, fingerprint).await?;
+        let aliases = inv::list_aliases(&self.pool, project).await.map_err(db)?;
+        Ok((to_image(&row, &aliases), None))
+    }
+
+    async fn delete_image(
+        &self,
+        project: &ProjectName,
+        fingerprint: &str,
+    ) -> Result<Operation, BackendError> {
+        let row = find(&self.pool, project, fingerprint).await?;
+        let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
+        let project_owned = project.to_owned();
+        let fp = row.fingerprint.clone();
+        Ok(self.ops.start(
+            project,
+            "Deleting image",
+            resources("images", project, &format!("images/{fp}")),
+            false,
+            move |_ctx| async move {
+                inv::delete_image(&pool, &project_owned, &fp)
+                    .await
+                    .map_err(db)?;
+                if inv::image_references(&pool, &fp).await.map_err(db)? == 0
+                    && inv::instances_using_image(&pool, &fp).await.map_err(db)? == 0
+                {
+                    store.remove(&fp).await?;
+                }
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "image-deleted",
+                    &resource_url(&project_owned, &format!("images/{fp}")),
+                    json!({}),
+                );
+                Ok(serde_json::Value::Null)
+            },
+        ))
+    }
+
+    async fn copy_image(
+        &self,
+        project: &ProjectName,
+        req: &types::ImageCopy,
+    ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
+        if req.source.protocol != "simplestreams" {
+            return Err(BackendError::NotSupported(
+                "the embedded backend copies images from simplestreams servers; copying from an Incus server needs BACKEND=incus".into(),
+            ));
+        }
+        for a in &req.aliases {
+            if inv::get_alias(&self.pool, project, &a.name)
+                .await
+                .map_err(db)?
+                .is_some()
+            {
+                return Err(BackendError::Conflict(format!(
+                    "Alias {} already exists",
+                    a.name
+                )));
+            }
+        }
+        let want_vm = req.source.image_type.as_deref() == Some(driver::VM);
+        let (pool, store, bus, fetch) = (
+            self.pool.clone(),
+            self.images.clone(),
+            self.bus.clone(),
+            self.fetch.clone(),
+        );
+        let tmp = self.data_dir.join("tmp");
+        let budget = image_size::Budget::new(self.max_image_bytes);
+        let project_owned = project.to_owned();
+        let req = req.clone();
+        Ok(self.ops.start(
+            project,
+            "Downloading image",
+            BTreeMap::new(),
+            true,
+            move |ctx| async move {
+                let (http, base) = simplestreams::connect(&fetch, &req.source.server).await?;
+                let found = simplestreams::find(
+                    &http,
+                    &base,
+                    req.source.alias.as_deref(),
+                    req.source.fingerprint.as_deref(),
+                    want_vm,
+                )
+                .await?;
+                tokio::fs::create_dir_all(&tmp)
+                    .await
+                    .map_err(|e| operations::OpError::Failed(format!("spool: {e}")))?;
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let meta = simplestreams::Spooled(tmp.join(format!("ss-{id}.meta")));
+                let rootfs = simplestreams::Spooled(tmp.join(format!("ss-{id}.rootfs")));
+                let mut combined = sha2::Sha256::new();
+                let meta_size = simplestreams::download(
+                    &http,
+                    &found.metadata,
+                    &meta.0,
+                    "metadata",
+                    &mut combined,
+                    budget,
+                    &ctx,
+                )
+                .await?;
+                let rootfs_size = simplestreams::download(
+                    &http,
+                    &found.rootfs,
+                    &rootfs.0,
+                    "rootfs",
+                    &mut combined,
+                    budget.after(meta_size),
+                    &ctx,
+                )
+                .await?;
+                let fp = hex::encode(combined.finalize());
+                if let Some(c) = &found.combined
+                    && !c.eq_ignore_ascii_case(&fp)
+                {
+                    return Err(operations::OpError::Failed(format!(
+                        "the image's fingerprint {fp} does not match the server's {c}"
+                    )));
+                }
+                ctx.check()?;
+                // A server's image is held to the rules of an upload (its
+                // unpacked size, a VM disk's backing files and virtual
+                // size); the spooled files go when this returns.
+                // Measuring may take minutes for a big image: a cancel stops
+                // it (dropping the check kills tar).
+                tokio::select! {
+                    checked = image_size::check(&meta.0, &rootfs.0, found.vm, budget) => checked?,
+                    () = ctx.cancelled() => return Err(operations::OpError::Cancelled),
+                }
+                let up = types::ImageUpload {
+                    metadata: meta.0.clone(),
+                    metadata_size: meta_size,
+                    metadata_name: "metadata.tar.xz".into(),
+                    rootfs: rootfs.0.clone(),
+                    rootfs_size,
+                    rootfs_name: if found.vm {
+                        "disk-kvm.img"
+                    } else {
+                        "root.tar.xz"
+                    }
+                    .into(),
+                    virtual_machine: found.vm,
+                    fingerprint: fp.clone(),
+                    aliases: req.aliases.iter().map(|a| a.name.clone()).collect(),
+                    public: req.public,
+                };
+                // Already here: only the aliases are new.
+                if find(&pool, &project_owned, &fp).await.is_ok() {
+                    for a in &req.aliases {
+                        let _ = inv::insert_alias(
+                            &pool,
+                            &inv::AliasRow {
+                                project: project_owned.to_string(),
+                                name: a.name.clone(),
+                                target: fp.clone(),
+                                description: a.description.clone().unwrap_or_default(),
+                            },
+                        )
+                        .await;
+                    }
+                    return Ok(json!({"fingerprint": fp}));
+                }
+                let fresh = store.take_upload(&up).await?;
+                register(&pool, &store, &bus, &project_owned, &up, fresh).await
+            },
+        ))
+    }
+
+    async fn import_image(
+        &self,
+        project: &ProjectName,
+        upload: &types::ImageUpload,
+    ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
+        // Refused before anything is stored (400, or 413 when too large
+        // once unpacked; the spool goes with the request).
+        image_size::check(
+            &upload.metadata,
+            &upload.rootfs,
+            upload.virtual_machine,
+            image_size::Budget::new(self.max_image_bytes),
+        )
+        .await?;
+        // The spool goes away when this returns: take the files now.
+        let fresh = self.images.take_upload(upload).await?;
+        let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
+        let project_owned = project.to_owned();
+        let up = upload.clone();
+        Ok(
+            self.ops.start(
+                project,
+                "Importing image",
+                resources("images", project, &format!("images/{}", up.fingerprint)),
+                false,
+                move |_ctx| async move {
+                    register(&pool, &store, &bus, &project_owned, &up, fresh).await
+                },
+            ),
+        )
+    }
+
+    async fn list_image_aliases(
+        &self,
+        project: &ProjectName,
+        expand: bool,
+    ) -> Result<Listing<types::ImageAliasesEntry>, BackendError> {
+        let rows = inv::list_aliases(&self.pool, project).await.map_err(db)?;
+        if !expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        // Each alias names its image's type: one read of the project's images.
+        let kinds: HashMap<String, String> = inv::list_images(&self.pool, Some(project))
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|i| (i.fingerprint, i.image_type))
+            .collect();
+        let out = rows
+            .iter()
+            .map(|r| to_alias(r, kinds.get(&r.target).map_or("", String::as_str)))
+            .collect();
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_image_alias(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<types::ImageAliasesEntry, BackendError> {
+        let row = inv::get_alias(&self.pool, project, name)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| BackendError::NotFound("Image alias not found".into()))?;
+        let kind = find(&self.pool, project, &row.target)
+            .await
+            .map(|i| i.image_type)
+            .unwrap_or_default();
+        Ok(to_alias(&row, &kind))
+    }
+
+    async fn create_image_alias(
+        &self,
+        project: &ProjectName,
+        req: &types::ImageAliasCreate,
+    ) -> Result<(), BackendError> {
+        let image = find(&self.pool, project, &req.target).await?;
+        inv::insert_alias(
+            &self.pool,
+            &inv::AliasRow {
+                project: project.as_str().to_owned(),
+                name: req.name.clone(),
+                target: image.fingerprint,
+                description: req.description.clone().unwrap_or_default(),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                BackendError::Conflict("Alias already exists".into())
+            }
+            e => db(e),
+        })
+    }
+
+    async fn delete_image_alias(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        if inv::delete_alias(&self.pool, project, name)
+            .await
+            .map_err(db)?
+        {
+            Ok(())
+        } else {
+            Err(BackendError::NotFound("Image alias not found".into()))
+        }
+    }
 }

@@ -20,8 +20,9 @@ use crate::backend::types::{
     ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
     InstanceStateMemory, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, Instances, ListScope, Listing};
 use crate::db::embedded::{self as inv, InstanceRow};
+use crate::names::{InstanceName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
 const INFO_CONCURRENCY: usize = 8;
@@ -197,33 +198,6 @@ impl EmbeddedBackend {
         Self::build_instance(row, &info)
     }
 
-    pub(super) async fn list_instances_impl(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Instance>, BackendError> {
-        self.check_scope(&scope).await?;
-        let rows = inv::list_instances(&self.pool, scope.project)
-            .await
-            .map_err(db)?;
-        if !scope.expand {
-            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
-        }
-        // Owned rows keep the stream's futures free of borrowed lifetimes
-        // (async_trait needs them Send for any lifetime).
-        let out = futures::stream::iter(rows)
-            .map(|r| async move {
-                let info = self
-                    .driver(&r)
-                    .info_for_listing(&Lxc::host_name(&r.project, &r.name))
-                    .await;
-                Self::build_instance(&r, &info)
-            })
-            .buffered(INFO_CONCURRENCY)
-            .collect()
-            .await;
-        Ok(Listing::Full(out))
-    }
-
     /// A listing's scope: no filter expressions (Incus's language is not
     /// implemented here), and a project that exists.
     pub(super) async fn check_scope(&self, scope: &ListScope<'_>) -> Result<(), BackendError> {
@@ -266,10 +240,51 @@ impl EmbeddedBackend {
             nics: self.nics(host, devices).await?,
         })
     }
+}
 
-    pub(super) async fn create_instance_impl(
+#[async_trait::async_trait]
+impl Instances for EmbeddedBackend {
+    async fn list_instances(
         &self,
-        project: &str,
+        scope: ListScope<'_>,
+    ) -> Result<Listing<Instance>, BackendError> {
+        self.check_scope(&scope).await?;
+        let rows = inv::list_instances(&self.pool, scope.project.map(|p| p.as_str()))
+            .await
+            .map_err(db)?;
+        if !scope.expand {
+            return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
+        }
+        // Owned rows keep the stream's futures free of borrowed lifetimes
+        // (async_trait needs them Send for any lifetime).
+        let out = futures::stream::iter(rows)
+            .map(|r| async move {
+                let info = self
+                    .driver(&r)
+                    .info_for_listing(&Lxc::host_name(&r.project, &r.name))
+                    .await;
+                Self::build_instance(&r, &info)
+            })
+            .buffered(INFO_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<(Instance, Option<String>), BackendError> {
+        let row = self.row(project, name).await?;
+        let inst = self.to_instance(&row).await;
+        let tag = etag(&inst);
+        Ok((inst, Some(tag)))
+    }
+
+    async fn create_instance(
+        &self,
+        project: &ProjectName,
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let kind = req.instance_type.as_deref().unwrap_or("container");
@@ -374,7 +389,7 @@ impl EmbeddedBackend {
         };
         let now = now();
         let row = InstanceRow {
-            project: project.to_owned(),
+            project: project.as_str().to_owned(),
             name: req.name.clone(),
             instance_type: kind.to_owned(),
             description: req.description.clone().unwrap_or_default(),
@@ -482,14 +497,15 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn update_instance_impl(
+    /// Done before it returns: no operation.
+    async fn update_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Operation>, BackendError> {
         let lock = self.lock(project, name);
         let _guard = lock.lock().await;
         let mut row = self.row(project, name).await?;
@@ -654,13 +670,13 @@ impl EmbeddedBackend {
             &resource_url(project, &format!("instances/{name}")),
             json!({}),
         );
-        Ok(())
+        Ok(None)
     }
 
-    pub(super) async fn delete_instance_impl(
+    async fn delete_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
@@ -694,11 +710,11 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn rename_instance_impl(
+    async fn rename_instance(
         &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
@@ -776,10 +792,10 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn instance_state_impl(
+    async fn instance_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<InstanceState, BackendError> {
         let row = self.row(project, name).await?;
         let info = self.info_of(&row).await;
@@ -813,10 +829,10 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn change_state_impl(
+    async fn change_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
         let action = change.action.as_str();

@@ -31,8 +31,9 @@ use crate::backend::types::{
     NetworkCreate, NetworkLease, NetworkState, NetworkStateBridge, NetworkStateCounters,
     NetworkUpdate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Networks};
 use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
+use crate::names::ProjectName;
 
 const SYS_NET: &str = "/sys/class/net";
 
@@ -177,63 +178,6 @@ impl EmbeddedBackend {
         }
     }
 
-    pub(super) async fn list_networks_impl(
-        &self,
-        project: &str,
-        expand: bool,
-    ) -> Result<Listing<Network>, BackendError> {
-        self.ensure_project(project).await?;
-        let managed = inv::list_networks(&self.pool).await.map_err(db)?;
-        let mut host = Vec::new();
-        let mut rd = tokio::fs::read_dir(SYS_NET)
-            .await
-            .map_err(|e| BackendError::Internal(anyhow::anyhow!("{SYS_NET}: {e}")))?;
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !managed.iter().any(|m| m.name == n) {
-                host.push(n);
-            }
-        }
-        host.sort();
-        if !expand {
-            let mut names: Vec<String> = managed.into_iter().map(|r| r.name).collect();
-            names.extend(host);
-            return Ok(Listing::Names(names));
-        }
-        let mut out = Vec::with_capacity(managed.len() + host.len());
-        let instances = inv::list_instances(&self.pool, Some(project))
-            .await
-            .map_err(db)?;
-        for r in &managed {
-            out.push(Self::to_network(r, &instances).await);
-        }
-        for n in &host {
-            if let Ok(net) = interface(n).await {
-                out.push(net);
-            }
-        }
-        Ok(Listing::Full(out))
-    }
-
-    pub(super) async fn get_network_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(Network, Option<String>), BackendError> {
-        self.ensure_project(project).await?;
-        match inv::get_network(&self.pool, name).await.map_err(db)? {
-            Some(row) => {
-                let instances = inv::list_instances(&self.pool, Some(project))
-                    .await
-                    .map_err(db)?;
-                let n = Self::to_network(&row, &instances).await;
-                let tag = network_etag(&n.description, &n.config);
-                Ok((n, Some(tag)))
-            }
-            None => Ok((interface(name).await?, None)),
-        }
-    }
-
     /// The IPv4 subnets network `name` must not overlap: the host's
     /// addresses and routes (less its own, `current`) and the other managed
     /// networks'. Asked only when a subnet is picked or changed (it runs ip).
@@ -313,10 +257,70 @@ impl EmbeddedBackend {
         }
         Ok((config, plan))
     }
+}
 
-    pub(super) async fn create_network_impl(
+#[async_trait::async_trait]
+impl Networks for EmbeddedBackend {
+    async fn list_networks(
         &self,
-        project: &str,
+        project: &ProjectName,
+        expand: bool,
+    ) -> Result<Listing<Network>, BackendError> {
+        self.ensure_project(project).await?;
+        let managed = inv::list_networks(&self.pool).await.map_err(db)?;
+        let mut host = Vec::new();
+        let mut rd = tokio::fs::read_dir(SYS_NET)
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("{SYS_NET}: {e}")))?;
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !managed.iter().any(|m| m.name == n) {
+                host.push(n);
+            }
+        }
+        host.sort();
+        if !expand {
+            let mut names: Vec<String> = managed.into_iter().map(|r| r.name).collect();
+            names.extend(host);
+            return Ok(Listing::Names(names));
+        }
+        let mut out = Vec::with_capacity(managed.len() + host.len());
+        let instances = inv::list_instances(&self.pool, Some(project))
+            .await
+            .map_err(db)?;
+        for r in &managed {
+            out.push(Self::to_network(r, &instances).await);
+        }
+        for n in &host {
+            if let Ok(net) = interface(n).await {
+                out.push(net);
+            }
+        }
+        Ok(Listing::Full(out))
+    }
+
+    async fn get_network(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<(Network, Option<String>), BackendError> {
+        self.ensure_project(project).await?;
+        match inv::get_network(&self.pool, name).await.map_err(db)? {
+            Some(row) => {
+                let instances = inv::list_instances(&self.pool, Some(project))
+                    .await
+                    .map_err(db)?;
+                let n = Self::to_network(&row, &instances).await;
+                let tag = network_etag(&n.description, &n.config);
+                Ok((n, Some(tag)))
+            }
+            None => Ok((interface(name).await?, None)),
+        }
+    }
+
+    async fn create_network(
+        &self,
+        project: &ProjectName,
         req: &NetworkCreate,
     ) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
@@ -390,9 +394,9 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn update_network_impl(
+    async fn update_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
         update: &NetworkUpdate,
         if_match: Option<&str>,
@@ -465,11 +469,7 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn delete_network_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(), BackendError> {
+    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
         if inv::get_network(&self.pool, name)
             .await
@@ -505,9 +505,9 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn network_state_impl(
+    async fn network_state(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<NetworkState, BackendError> {
         self.ensure_project(project).await?;
@@ -602,9 +602,9 @@ impl EmbeddedBackend {
 
     /// The fixed addresses of the asking project's NICs on the network, and
     /// the bridge's own (`gateway`).
-    pub(super) async fn network_leases_impl(
+    async fn network_leases(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         self.ensure_project(project).await?;
@@ -617,11 +617,11 @@ impl EmbeddedBackend {
                 address: gw.addr().to_string(),
                 lease_type: "gateway".into(),
                 location: "none".into(),
-                project: project.to_owned(),
+                project: project.as_str().to_owned(),
             });
         }
         for r in self.instances_on(name).await? {
-            if r.project != project {
+            if r.project != project.as_str() {
                 continue;
             }
             let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
@@ -638,7 +638,9 @@ impl EmbeddedBackend {
         }
         Ok(out)
     }
+}
 
+impl EmbeddedBackend {
     /// Checks the instance's `nic` devices and fixes what lxgate assigns:
     /// the MAC and the IPv4 address. The caller holds `net_lock` until the
     /// devices are stored.

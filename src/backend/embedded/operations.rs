@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::EmbeddedBackend;
 use crate::backend::BackendError;
 use crate::backend::events::EventBus;
 use crate::backend::types::{Event, Operation};
@@ -270,6 +271,7 @@ impl Operations {
             may_cancel,
             err: String::new(),
             location: "none".into(),
+            project: project.to_owned(),
         };
         let entry = Arc::new(Entry {
             state: watch::Sender::new(op.clone()),
@@ -406,6 +408,25 @@ impl Operations {
                 .expect("output budget lock")
                 .forget(&gone);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::Operations for EmbeddedBackend {
+    async fn list_operations(&self, project: Option<&str>) -> Result<Vec<Operation>, BackendError> {
+        Ok(self.ops.list(project))
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
+        self.ops.get(id)
+    }
+
+    async fn wait_operation(&self, id: &str, timeout_secs: u64) -> Result<Operation, BackendError> {
+        self.ops.wait(id, Duration::from_secs(timeout_secs)).await
+    }
+
+    async fn cancel_operation(&self, id: &str) -> Result<(), BackendError> {
+        self.ops.cancel(id)
     }
 }
 

@@ -12,11 +12,12 @@ use super::driver::VM;
 use super::images::db;
 use super::lxc::{parse_cpus, parse_size};
 use super::operations::{lifecycle, now, resource_url};
-use crate::backend::BackendError;
 use crate::backend::types::{
     ConfigMap, Project, ProjectCreate, ProjectState, ProjectStateResource, ProjectUpdate,
 };
+use crate::backend::{BackendError, Projects};
 use crate::db::embedded::{self as inv, InstanceRow, ProjectRow};
+use crate::names::ProjectName;
 
 pub const DEFAULT: &str = "default";
 
@@ -143,8 +144,11 @@ impl EmbeddedBackend {
             policy: Default::default(),
         })
     }
+}
 
-    pub(super) async fn list_projects_impl(&self) -> Result<Vec<Project>, BackendError> {
+#[async_trait::async_trait]
+impl Projects for EmbeddedBackend {
+    async fn list_projects(&self) -> Result<Vec<Project>, BackendError> {
         let mut rows = vec![self.project_row(DEFAULT).await?];
         rows.extend(inv::list_projects(&self.pool).await.map_err(db)?);
         let mut out = Vec::with_capacity(rows.len());
@@ -154,19 +158,16 @@ impl EmbeddedBackend {
         Ok(out)
     }
 
-    pub(super) async fn get_project_impl(
+    async fn get_project(
         &self,
-        name: &str,
+        name: &ProjectName,
     ) -> Result<(Project, Option<String>), BackendError> {
         let p = self.to_project(&self.project_row(name).await?).await?;
         let tag = etag(&p);
         Ok((p, Some(tag)))
     }
 
-    pub(super) async fn create_project_impl(
-        &self,
-        req: &ProjectCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_project(&self, req: &ProjectCreate) -> Result<(), BackendError> {
         check_config(&req.config)?;
         if req.name == DEFAULT {
             return Err(BackendError::Conflict("Project already exists".into()));
@@ -197,14 +198,14 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn update_project_impl(
+    async fn update_project(
         &self,
-        name: &str,
+        name: &ProjectName,
         update: &ProjectUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError> {
-        if name == DEFAULT {
+        if name.as_str() == DEFAULT {
             return Err(BackendError::BadRequest(
                 "the default project of the embedded backend has no settings".into(),
             ));
@@ -244,8 +245,8 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn delete_project_impl(&self, name: &str) -> Result<(), BackendError> {
-        if name == DEFAULT {
+    async fn delete_project(&self, name: &ProjectName) -> Result<(), BackendError> {
+        if name.as_str() == DEFAULT {
             return Err(BackendError::BadRequest(
                 "The 'default' project cannot be deleted".into(),
             ));
@@ -267,10 +268,7 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn project_state_impl(
-        &self,
-        name: &str,
-    ) -> Result<ProjectState, BackendError> {
+    async fn project_state(&self, name: &ProjectName) -> Result<ProjectState, BackendError> {
         let row = self.project_row(name).await?;
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let instances = inv::list_instances(&self.pool, Some(name))
@@ -309,15 +307,23 @@ impl EmbeddedBackend {
         Ok(ProjectState { resources })
     }
 
+    /// None: the embedded backend enforces the policy in lxgate and confines
+    /// containers itself.
+    fn project_restrictions(&self, _widening: &crate::policy::Widening) -> Option<ConfigMap> {
+        None
+    }
+}
+
+impl EmbeddedBackend {
     /// Refuses an instance that would take the project over one of its
     /// limits, with the limit named.
     pub(super) async fn check_project_limits(
         &self,
-        project: &str,
+        project: &ProjectName,
         kind: &str,
         config: &ConfigMap,
     ) -> Result<(), BackendError> {
-        let state = self.project_state_impl(project).await?;
+        let state = self.project_state(project).await?;
         let r = |k: &str| state.resources.get(k).cloned().unwrap_or_default();
         let over = |k: &str, adding: i64| {
             let res = r(k);
@@ -337,7 +343,7 @@ impl EmbeddedBackend {
             }
         }
         let probe = InstanceRow {
-            project: project.into(),
+            project: project.as_str().into(),
             name: String::new(),
             instance_type: kind.into(),
             description: String::new(),

@@ -25,8 +25,9 @@ use super::{EmbeddedBackend, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Backups, Listing, Snapshots};
 use crate::db::embedded::InstanceRow;
+use crate::names::{BackupName, InstanceName, ProjectName, SnapshotName};
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
 const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -282,11 +283,14 @@ impl EmbeddedBackend {
     ) -> Result<SnapshotRecord, BackendError> {
         read_record(&self.snap_dir(row), snap).await
     }
+}
 
-    pub(super) async fn list_snapshots_impl(
+#[async_trait::async_trait]
+impl Snapshots for EmbeddedBackend {
+    async fn list_snapshots(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Snapshot>, BackendError> {
         let row = self.row(project, name).await?;
@@ -298,20 +302,20 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn get_snapshot_impl(
+    async fn get_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Snapshot, BackendError> {
         let row = self.row(project, name).await?;
         Ok(to_snapshot(self.snapshot_record(&row, snap).await?, -1))
     }
 
-    pub(super) async fn create_snapshot_impl(
+    async fn create_snapshot(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &SnapshotCreate,
     ) -> Result<Operation, BackendError> {
         if req.stateful {
@@ -430,11 +434,11 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn delete_snapshot_impl(
+    async fn delete_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         self.snapshot_record(&row, snap).await?;
@@ -464,7 +468,8 @@ impl EmbeddedBackend {
                     )
                     .await?;
                 } else {
-                    let _ = tokio::fs::remove_dir_all(idir.join("snapshots").join(&snap)).await;
+                    let _ =
+                        tokio::fs::remove_dir_all(idir.join("snapshots").join(snap.as_str())).await;
                 }
                 tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
                     .await
@@ -483,11 +488,11 @@ impl EmbeddedBackend {
 
     /// Puts the instance back to the snapshot. A running container is
     /// stopped for it and started again; a VM must be stopped.
-    pub(super) async fn restore_snapshot_impl(
+    async fn restore_snapshot(
         &self,
-        project: &str,
-        name: &str,
-        snap: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        snap: &SnapshotName,
         stateful: bool,
     ) -> Result<Operation, BackendError> {
         if stateful {
@@ -571,7 +576,7 @@ impl EmbeddedBackend {
                     let fresh = idir.join("rootfs.restoring");
                     let _ = tokio::fs::remove_dir_all(&fresh).await;
                     if let Err(e) = copy_tree(
-                        &idir.join("snapshots").join(&snap).join("rootfs"),
+                        &idir.join("snapshots").join(snap.as_str()).join("rootfs"),
                         &fresh,
                         confinement.map(),
                     )
@@ -616,7 +621,9 @@ impl EmbeddedBackend {
             },
         ))
     }
+}
 
+impl EmbeddedBackend {
     // ------------------------------------------------------------ backups ---
 
     async fn backup_record(
@@ -626,11 +633,14 @@ impl EmbeddedBackend {
     ) -> Result<BackupRecord, BackendError> {
         read_record(&self.backup_dir(row), b).await
     }
+}
 
-    pub(super) async fn list_backups_impl(
+#[async_trait::async_trait]
+impl Backups for EmbeddedBackend {
+    async fn list_backups(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError> {
         let row = self.row(project, name).await?;
@@ -642,20 +652,20 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn get_backup_impl(
+    async fn get_backup(
         &self,
-        project: &str,
-        name: &str,
-        b: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
     ) -> Result<Backup, BackendError> {
         let row = self.row(project, name).await?;
         Ok(to_backup(self.backup_record(&row, b).await?))
     }
 
-    pub(super) async fn create_backup_impl(
+    async fn create_backup(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &BackupCreate,
     ) -> Result<Operation, BackendError> {
         if req.optimized_storage {
@@ -763,11 +773,11 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn delete_backup_impl(
+    async fn delete_backup(
         &self,
-        project: &str,
-        name: &str,
-        b: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         let record = self.backup_record(&row, b).await?;
@@ -797,11 +807,11 @@ impl EmbeddedBackend {
         ))
     }
 
-    pub(super) async fn export_backup_impl(
+    async fn export_backup(
         &self,
-        project: &str,
-        name: &str,
-        b: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        b: &BackupName,
     ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
         let record = self.backup_record(&row, b).await?;

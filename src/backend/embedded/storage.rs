@@ -20,11 +20,12 @@ use super::lxc::{Confinement, parse_size};
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{
-    DevicesMap, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
+    DevicesMap, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
+use crate::names::{PoolName, ProjectName, VolumeName};
 
 pub const DEFAULT_POOL: &str = "default";
 /// Size of a block volume created without `size`.
@@ -376,10 +377,26 @@ impl EmbeddedBackend {
         })
     }
 
-    pub(super) async fn list_pools_impl(
-        &self,
-        expand: bool,
-    ) -> Result<Listing<StoragePool>, BackendError> {
+    async fn to_volume(&self, row: &VolumeRow) -> StorageVolume {
+        StorageVolume {
+            name: row.name.clone(),
+            description: row.description.clone(),
+            volume_type: "custom".into(),
+            content_type: row.content_type.clone(),
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            used_by: self
+                .volume_used_by(&row.pool, &row.project, &row.name)
+                .await,
+            location: "none".into(),
+            project: row.project.clone(),
+            created_at: row.created_at.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for EmbeddedBackend {
+    async fn list_storage_pools(&self, expand: bool) -> Result<Listing<StoragePool>, BackendError> {
         let mut rows = vec![self.pool_row(DEFAULT_POOL).await?];
         rows.extend(inv::list_pools(&self.pool).await.map_err(db)?);
         if !expand {
@@ -392,19 +409,16 @@ impl EmbeddedBackend {
         Ok(Listing::Full(out))
     }
 
-    pub(super) async fn get_pool_impl(
+    async fn get_storage_pool(
         &self,
-        name: &str,
+        name: &PoolName,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
         let p = self.to_pool(&self.pool_row(name).await?).await?;
         let tag = pool_etag(&p);
         Ok((p, Some(tag)))
     }
 
-    pub(super) async fn create_pool_impl(
-        &self,
-        req: &StoragePoolCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_storage_pool(&self, req: &StoragePoolCreate) -> Result<(), BackendError> {
         if req.driver != "dir" {
             return Err(BackendError::NotSupported(format!(
                 "the embedded backend has the dir storage driver only, not {}",
@@ -462,15 +476,15 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    pub(super) async fn update_pool_impl(
+    async fn update_storage_pool(
         &self,
-        name: &str,
+        name: &PoolName,
         update: &StoragePoolUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError> {
         let mut row = self.pool_row(name).await?;
-        if name == DEFAULT_POOL {
+        if name.as_str() == DEFAULT_POOL {
             return Err(BackendError::BadRequest(
                 "the default pool has no settings to change".into(),
             ));
@@ -517,8 +531,8 @@ impl EmbeddedBackend {
         inv::update_pool(&self.pool, &row).await.map_err(db)
     }
 
-    pub(super) async fn delete_pool_impl(&self, name: &str) -> Result<(), BackendError> {
-        if name == DEFAULT_POOL {
+    async fn delete_storage_pool(&self, name: &PoolName) -> Result<(), BackendError> {
+        if name.as_str() == DEFAULT_POOL {
             return Err(BackendError::BadRequest(
                 "the default pool cannot be deleted".into(),
             ));
@@ -550,26 +564,10 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    async fn to_volume(&self, row: &VolumeRow) -> StorageVolume {
-        StorageVolume {
-            name: row.name.clone(),
-            description: row.description.clone(),
-            volume_type: "custom".into(),
-            content_type: row.content_type.clone(),
-            config: serde_json::from_str(&row.config).unwrap_or_default(),
-            used_by: self
-                .volume_used_by(&row.pool, &row.project, &row.name)
-                .await,
-            location: "none".into(),
-            project: row.project.clone(),
-            created_at: row.created_at.clone(),
-        }
-    }
-
-    pub(super) async fn list_volumes_impl(
+    async fn list_volumes(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         expand: bool,
     ) -> Result<Listing<StorageVolume>, BackendError> {
         self.ensure_project(project).await?;
@@ -587,11 +585,11 @@ impl EmbeddedBackend {
         Ok(Listing::Full(out))
     }
 
-    pub(super) async fn get_volume_impl(
+    async fn get_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<(StorageVolume, Option<String>), BackendError> {
         self.pool_row(pool).await?;
         let row = inv::get_volume(&self.pool, pool, project, name)
@@ -603,12 +601,13 @@ impl EmbeddedBackend {
         Ok((v, Some(tag)))
     }
 
-    pub(super) async fn create_volume_impl(
+    /// Done before it returns: no operation.
+    async fn create_volume(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         req: &StorageVolumeCreate,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<Operation>, BackendError> {
         self.ensure_project(project).await?;
         let prow = self.pool_row(pool).await?;
         let content = req.content_type.as_deref().unwrap_or("filesystem");
@@ -643,8 +642,8 @@ impl EmbeddedBackend {
                 .or_insert_with(|| DEFAULT_BLOCK_SIZE.into());
         }
         let row = VolumeRow {
-            pool: pool.to_owned(),
-            project: project.to_owned(),
+            pool: pool.as_str().to_owned(),
+            project: project.as_str().to_owned(),
             name: req.name.clone(),
             content_type: content.to_owned(),
             description: req.description.clone(),
@@ -710,18 +709,18 @@ impl EmbeddedBackend {
             ),
             json!({"type": content}),
         );
-        Ok(())
+        Ok(None)
     }
 
-    pub(super) async fn update_volume_impl(
+    async fn update_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
         update: &StorageVolumeUpdate,
         if_match: Option<&str>,
     ) -> Result<(), BackendError> {
-        let (current, tag) = self.get_volume_impl(project, pool, name).await?;
+        let (current, tag) = self.get_volume(project, pool, name).await?;
         if let Some(want) = if_match
             && Some(want.trim_matches('"')) != tag.as_deref()
         {
@@ -782,12 +781,13 @@ impl EmbeddedBackend {
         inv::update_volume(&self.pool, &row).await.map_err(db)
     }
 
-    pub(super) async fn delete_volume_impl(
+    /// Done before it returns: no operation.
+    async fn delete_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
-    ) -> Result<(), BackendError> {
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
+    ) -> Result<Option<Operation>, BackendError> {
         let (path, content) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {
             return Err(BackendError::BadRequest(
@@ -817,9 +817,11 @@ impl EmbeddedBackend {
             ),
             json!({}),
         );
-        Ok(())
+        Ok(None)
     }
+}
 
+impl EmbeddedBackend {
     /// Host paths and targets of an instance's volume devices, checked: the
     /// volumes exist in its project, paths are absolute and plain, and the
     /// content type suits the instance type.

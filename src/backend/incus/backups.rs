@@ -5,19 +5,21 @@ use reqwest::header::HeaderMap;
 
 use super::IncusBackend;
 use super::files::{TRANSFER_TIMEOUT, download, project_query};
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{Backup, BackupCreate, Download, Operation};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Backups, Listing};
+use crate::names::{BackupName, InstanceName, ProjectName};
 
-impl IncusBackend {
-    pub(super) async fn list_backups_impl(
+#[async_trait::async_trait]
+impl Backups for IncusBackend {
+    async fn list_backups(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Backup>, BackendError> {
         let q = [
-            ("project", project),
+            ("project", project.as_str()),
             ("recursion", if expand { "1" } else { "0" }),
         ];
         let segments = ["instances", instance, "backups"];
@@ -32,11 +34,11 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_backup_impl(
+    async fn get_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Backup, BackendError> {
         self.client
             .query_struct(
@@ -47,50 +49,46 @@ impl IncusBackend {
             .map(|(b, _)| b)
     }
 
-    pub(super) async fn create_backup_impl(
+    async fn create_backup(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         req: &BackupCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", instance, "backups"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn delete_backup_impl(
+    async fn delete_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", instance, "backups", backup],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn export_backup_impl(
+    async fn export_backup(
         &self,
-        project: &str,
-        instance: &str,
-        backup: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        backup: &BackupName,
     ) -> Result<Download, BackendError> {
         let resp = self
             .client

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::tls::{self, ServerTrust};
 use crate::backend::BackendError;
+use crate::backend::types::Operation;
 use crate::config::{IncusConfig, IncusMode};
 
 /// Where lxgate keeps its Incus client identity unless configured otherwise.
@@ -59,6 +60,40 @@ pub struct Envelope {
 pub struct Response {
     pub envelope: Envelope,
     pub etag: Option<String>,
+}
+
+impl Response {
+    /// The background operation an async answer describes; it runs in
+    /// `project` (Incus's operation objects do not say).
+    pub fn into_operation(self, project: &str) -> Result<Operation, BackendError> {
+        if self.envelope.kind != "async" {
+            return Err(BackendError::Upstream(format!(
+                "expected a background operation from Incus, got a {} response",
+                self.envelope.kind
+            )));
+        }
+        let mut op: Operation = serde_json::from_value(self.envelope.metadata)
+            .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))?;
+        op.project = project.to_owned();
+        Ok(op)
+    }
+
+    /// The operation of an answer that may be sync (`None`) or async.
+    pub fn into_maybe_operation(self, project: &str) -> Result<Option<Operation>, BackendError> {
+        if self.envelope.kind == "async" {
+            self.into_operation(project).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The project a request's `query` names (`default` when it names none).
+pub fn project_in<'a>(query: &[(&str, &'a str)]) -> &'a str {
+    query
+        .iter()
+        .find(|(k, _)| *k == "project")
+        .map_or("default", |(_, v)| v)
 }
 
 /// How websockets reach Incus (reqwest does not do websockets).
@@ -309,6 +344,21 @@ impl IncusClient {
             return Err(typed_error(code, &envelope.error));
         }
         Ok(Response { envelope, etag })
+    }
+
+    /// A request that starts a background operation, and that operation, in
+    /// the project `query` names (as Incus's Go client's `queryOperation`).
+    pub async fn query_operation(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Operation, BackendError> {
+        self.query(method, segments, query, body, if_match)
+            .await?
+            .into_operation(project_in(query))
     }
 
     pub async fn query_struct<T: DeserializeOwned>(

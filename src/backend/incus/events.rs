@@ -1,14 +1,19 @@
-//! One upstream `/1.0/events` websocket (all projects, all types) feeding the
-//! event bus, reconnecting with backoff when Incus goes away.
+//! Events on Incus: one upstream `/1.0/events` websocket (all projects, all
+//! types) feeding the event bus, reconnecting with backoff when Incus goes
+//! away, and a websocket of its own for each `logging` subscriber.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::IncusBackend;
 use super::client::IncusClient;
 use crate::backend::events::EventBus;
 use crate::backend::types::Event;
+use crate::backend::{BackendError, Events};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -59,27 +64,34 @@ pub async fn run_upstream(client: IncusClient, bus: EventBus) {
     }
 }
 
-/// A dedicated `logging` event stream for one subscriber. The connection
-/// closes when the receiver is dropped or cannot keep up.
-pub async fn logging_stream(
-    client: &IncusClient,
-) -> Result<tokio::sync::mpsc::Receiver<Event>, crate::backend::BackendError> {
-    let mut socket = client
-        .websocket(
-            &["events"],
-            &[("type", "logging"), ("all-projects", "true")],
-        )
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(crate::backend::events::BUFFER);
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = socket.next().await {
-            if let Message::Text(text) = msg
-                && let Ok(event) = serde_json::from_str::<Event>(&text)
-                && tx.try_send(event).is_err()
-            {
-                break;
+#[async_trait::async_trait]
+impl Events for IncusBackend {
+    /// The one upstream connection's events (`run_upstream`).
+    fn subscribe(&self) -> Result<broadcast::Receiver<Arc<Event>>, BackendError> {
+        Ok(self.bus.subscribe())
+    }
+
+    /// A dedicated `logging` event stream for one subscriber. The connection
+    /// closes when the receiver is dropped or cannot keep up.
+    async fn subscribe_logging(&self) -> Result<mpsc::Receiver<Event>, BackendError> {
+        let mut socket = self
+            .client
+            .websocket(
+                &["events"],
+                &[("type", "logging"), ("all-projects", "true")],
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(crate::backend::events::BUFFER);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = socket.next().await {
+                if let Message::Text(text) = msg
+                    && let Ok(event) = serde_json::from_str::<Event>(&text)
+                    && tx.try_send(event).is_err()
+                {
+                    break;
+                }
             }
-        }
-    });
-    Ok(rx)
+        });
+        Ok(rx)
+    }
 }

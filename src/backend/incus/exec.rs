@@ -9,10 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::IncusBackend;
-use super::instances::operation_of;
 use super::websocket::IncusSocket;
-use crate::backend::BackendError;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
+use crate::backend::{BackendError, Exec};
+use crate::names::{InstanceName, ProjectName};
 
 fn secret<'a>(op: &'a Operation, fd: &str) -> Result<&'a str, BackendError> {
     op.metadata["fds"][fd]
@@ -171,11 +171,14 @@ impl IncusBackend {
             exit: with_exit.then_some(exit_rx),
         })
     }
+}
 
-    pub(super) async fn exec_interactive_impl(
+#[async_trait::async_trait]
+impl Exec for IncusBackend {
+    async fn exec_interactive(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
         (width, height): (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
@@ -192,9 +195,9 @@ impl IncusBackend {
             "height": height,
         });
         add_identity(&mut body, req);
-        let r = self
+        let op = self
             .client
-            .query(
+            .query_operation(
                 Method::POST,
                 &["instances", name, "exec"],
                 &[("project", project)],
@@ -202,13 +205,13 @@ impl IncusBackend {
                 None,
             )
             .await?;
-        self.bridge(operation_of(r)?, true).await
+        self.bridge(op, true).await
     }
 
-    pub(super) async fn exec_impl(
+    async fn exec(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         req: &ExecRequest,
     ) -> Result<Operation, BackendError> {
         // Incus's exec has no timeout, and a recorded command (no websockets)
@@ -226,20 +229,18 @@ impl IncusBackend {
             "record-output": true,
         });
         add_identity(&mut body, req);
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", name, "exec"],
                 &[("project", project)],
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn exec_output_impl(
+    async fn exec_output(
         &self,
         project: &str,
         op: &Operation,
@@ -284,16 +285,16 @@ impl IncusBackend {
         }))
     }
 
-    pub(super) async fn console_impl(
+    async fn console(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         (width, height): (u32, u32),
     ) -> Result<TerminalSession, BackendError> {
         let body = json!({"type": "console", "width": width, "height": height});
-        let r = self
+        let op = self
             .client
-            .query(
+            .query_operation(
                 Method::POST,
                 &["instances", name, "console"],
                 &[("project", project)],
@@ -301,7 +302,7 @@ impl IncusBackend {
                 None,
             )
             .await?;
-        self.bridge(operation_of(r)?, false).await
+        self.bridge(op, false).await
     }
 }
 

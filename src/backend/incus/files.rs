@@ -9,8 +9,9 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, Heade
 
 use super::IncusBackend;
 use super::instances::last_segment;
-use crate::backend::BackendError;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
+use crate::backend::{BackendError, Files};
+use crate::names::{InstanceName, ProjectName};
 
 /// How long one transfer (backup export, file push or pull) may take in all:
 /// `INCUS_TIMEOUT` is for API calls, a transfer lasts as long as its data does.
@@ -89,11 +90,12 @@ fn header(name: &'static str, value: String) -> Result<(HeaderName, HeaderValue)
     Ok((HeaderName::from_static(name), value))
 }
 
-impl IncusBackend {
-    pub(super) async fn list_instance_logs_impl(
+#[async_trait::async_trait]
+impl Files for IncusBackend {
+    async fn list_instance_logs(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
     ) -> Result<Vec<String>, BackendError> {
         let (urls, _): (Vec<String>, _) = self
             .client
@@ -102,10 +104,10 @@ impl IncusBackend {
         Ok(urls.iter().map(|u| last_segment(u)).collect())
     }
 
-    pub(super) async fn get_instance_log_impl(
+    async fn get_instance_log(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         file: &str,
     ) -> Result<Download, BackendError> {
         let resp = self
@@ -122,10 +124,10 @@ impl IncusBackend {
         Ok(download(resp))
     }
 
-    pub(super) async fn console_log_impl(
+    async fn console_log(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
     ) -> Result<Download, BackendError> {
         let resp = self
             .client
@@ -141,14 +143,14 @@ impl IncusBackend {
         Ok(download(resp))
     }
 
-    pub(super) async fn pull_file_impl(
+    async fn pull_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
     ) -> Result<FilePull, BackendError> {
         let segments = ["instances", instance, "files"];
-        let query = [("project", project), ("path", path)];
+        let query = [("project", project.as_str()), ("path", path)];
         let open = self.client.raw_stream(
             Method::GET,
             &segments,
@@ -188,10 +190,10 @@ impl IncusBackend {
         Ok(FilePull::Directory { meta, entries })
     }
 
-    pub(super) async fn push_file_impl(
+    async fn push_file(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         path: &str,
         opts: FilePush,
         body: ByteStream,

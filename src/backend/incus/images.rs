@@ -7,11 +7,12 @@ use reqwest::multipart::{Form, Part};
 use serde_json::json;
 
 use super::IncusBackend;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, ListScope, Listing};
+use crate::backend::{BackendError, Images, ListScope, Listing};
+use crate::names::ProjectName;
 
 /// How long an upload to Incus may take: Incus reads the whole body before it
 /// answers with the operation, so `INCUS_TIMEOUT` would cut large images short.
@@ -32,11 +33,9 @@ async fn file_part(path: &std::path::Path, size: u64, name: &str) -> Result<Part
         .map_err(|e| BackendError::Internal(e.into()))
 }
 
-impl IncusBackend {
-    pub(super) async fn list_images_impl(
-        &self,
-        scope: ListScope<'_>,
-    ) -> Result<Listing<Image>, BackendError> {
+#[async_trait::async_trait]
+impl Images for IncusBackend {
+    async fn list_images(&self, scope: ListScope<'_>) -> Result<Listing<Image>, BackendError> {
         let mut q: Vec<(&str, &str)> = vec![("recursion", if scope.expand { "1" } else { "0" })];
         match scope.project {
             Some(p) => q.push(("project", p)),
@@ -56,9 +55,9 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_image_impl(
+    async fn get_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<(Image, Option<String>), BackendError> {
         self.client
@@ -66,27 +65,25 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn delete_image_impl(
+    async fn delete_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         fingerprint: &str,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["images", fingerprint],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn copy_image_impl(
+    async fn copy_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &ImageCopy,
     ) -> Result<Operation, BackendError> {
         let mut source = json!({
@@ -115,24 +112,22 @@ impl IncusBackend {
             "public": req.public,
             "auto_update": req.auto_update,
         });
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["images"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     /// Incus's own split-image upload: `multipart/form-data` with `metadata`
     /// then `rootfs` (`rootfs.img` for a VM disk), streamed from the files.
-    pub(super) async fn import_image_impl(
+    async fn import_image(
         &self,
-        project: &str,
+        project: &ProjectName,
         upload: &ImageUpload,
     ) -> Result<Operation, BackendError> {
         let rootfs_part = if upload.virtual_machine {
@@ -176,12 +171,12 @@ impl IncusBackend {
                 UPLOAD_TIMEOUT,
             )
             .await?;
-        operation_of(r)
+        r.into_operation(project)
     }
 
-    pub(super) async fn list_image_aliases_impl(
+    async fn list_image_aliases(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<ImageAliasesEntry>, BackendError> {
         let q = [
@@ -201,9 +196,9 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_image_alias_impl(
+    async fn get_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<ImageAliasesEntry, BackendError> {
         self.client
@@ -212,9 +207,9 @@ impl IncusBackend {
             .map(|(a, _)| a)
     }
 
-    pub(super) async fn create_image_alias_impl(
+    async fn create_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &ImageAliasCreate,
     ) -> Result<(), BackendError> {
         let body = json!({
@@ -234,9 +229,9 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_image_alias_impl(
+    async fn delete_image_alias(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<(), BackendError> {
         self.client

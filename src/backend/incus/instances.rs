@@ -1,26 +1,14 @@
-//! `/1.0/instances` and `/1.0/operations` on Incus.
+//! `/1.0/instances` on Incus.
 
 use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::client::Response;
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, ListScope, Listing};
-
-/// The operation an async Incus response describes.
-pub fn operation_of(r: Response) -> Result<Operation, BackendError> {
-    if r.envelope.kind != "async" {
-        return Err(BackendError::Upstream(format!(
-            "expected a background operation from Incus, got a {} response",
-            r.envelope.kind
-        )));
-    }
-    serde_json::from_value(r.envelope.metadata)
-        .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))
-}
+use crate::backend::{BackendError, Instances, ListScope, Listing};
+use crate::names::{InstanceName, ProjectName};
 
 /// `/1.0/instances/web-1?project=x` -> `web-1`.
 pub fn last_segment(url: &str) -> String {
@@ -29,7 +17,7 @@ pub fn last_segment(url: &str) -> String {
     url_unescape(name)
 }
 
-fn url_unescape(s: &str) -> String {
+pub(super) fn url_unescape(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -52,8 +40,9 @@ fn project_query(project: &str) -> [(&'static str, &str); 1] {
     [("project", project)]
 }
 
-impl IncusBackend {
-    pub(super) async fn list_instances_impl(
+#[async_trait::async_trait]
+impl Instances for IncusBackend {
+    async fn list_instances(
         &self,
         scope: ListScope<'_>,
     ) -> Result<Listing<Instance>, BackendError> {
@@ -77,19 +66,19 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_instance_impl(
+    async fn get_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError> {
         self.client
             .query_struct(&["instances", name], &project_query(project))
             .await
     }
 
-    pub(super) async fn create_instance_impl(
+    async fn create_instance(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &InstanceCreate,
     ) -> Result<Operation, BackendError> {
         let mut source = json!({"type": req.source.kind});
@@ -110,23 +99,21 @@ impl IncusBackend {
             "start": req.start,
             "ephemeral": req.ephemeral,
         });
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn update_instance_impl(
+    async fn update_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         update: &InstanceUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -143,55 +130,47 @@ impl IncusBackend {
                 if_match,
             )
             .await?;
-        if r.envelope.kind == "async" {
-            operation_of(r).map(Some)
-        } else {
-            Ok(None)
-        }
+        r.into_maybe_operation(project)
     }
 
-    pub(super) async fn delete_instance_impl(
+    async fn delete_instance(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", name],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn rename_instance_impl(
+    async fn rename_instance(
         &self,
-        project: &str,
-        name: &str,
-        new_name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
     ) -> Result<Operation, BackendError> {
         let body = json!({"name": new_name});
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", name],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn instance_state_impl(
+    async fn instance_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
     ) -> Result<InstanceState, BackendError> {
         self.client
             .query_struct(&["instances", name, "state"], &project_query(project))
@@ -199,99 +178,23 @@ impl IncusBackend {
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn change_state_impl(
+    async fn change_state(
         &self,
-        project: &str,
-        name: &str,
+        project: &ProjectName,
+        name: &InstanceName,
         change: &StateChange,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(change).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::PUT,
                 &["instances", name, "state"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
-    }
-
-    pub(super) async fn list_operations_impl(
-        &self,
-        project: Option<&str>,
-    ) -> Result<Vec<Operation>, BackendError> {
-        let mut q: Vec<(&str, &str)> = vec![("recursion", "1")];
-        match project {
-            Some(p) => q.push(("project", p)),
-            None => q.push(("all-projects", "true")),
-        }
-        // Incus groups operations by status: {"running": [...], "success": [...]}.
-        let (groups, _): (std::collections::BTreeMap<String, Vec<Operation>>, _) =
-            self.client.query_struct(&["operations"], &q).await?;
-        let mut ops: Vec<Operation> = groups.into_values().flatten().collect();
-        ops.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        Ok(ops)
-    }
-
-    pub(super) async fn get_operation_impl(&self, id: &str) -> Result<Operation, BackendError> {
-        self.client
-            .query_struct(&["operations", id], &[])
             .await
-            .map(|(o, _)| o)
     }
-
-    pub(super) async fn wait_operation_impl(
-        &self,
-        id: &str,
-        timeout_secs: u64,
-    ) -> Result<Operation, BackendError> {
-        let timeout = timeout_secs.to_string();
-        // The HTTP timeout must outlast the wait itself.
-        let r = self
-            .client
-            .query_long(
-                Method::GET,
-                &["operations", id, "wait"],
-                &[("timeout", &timeout)],
-                std::time::Duration::from_secs(timeout_secs + 10),
-            )
-            .await;
-        match r {
-            Ok(r) => serde_json::from_value::<Operation>(r.envelope.metadata)
-                .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}"))),
-            // Incus answers the wait of a failed operation with the failure
-            // as an error; the operation itself tells the story.
-            Err(
-                BackendError::Upstream(_) | BackendError::BadRequest(_) | BackendError::Conflict(_),
-            ) => self.get_operation_impl(id).await,
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(super) async fn cancel_operation_impl(&self, id: &str) -> Result<(), BackendError> {
-        self.client
-            .query(Method::DELETE, &["operations", id], &[], None, None)
-            .await
-            .map(|_| ())
-    }
-}
-
-/// The project an Incus operation belongs to, read from its resource URLs
-/// (`/1.0/instances/x?project=p`; no project parameter means `default`).
-pub fn project_of(op: &Operation) -> String {
-    op.resources
-        .values()
-        .flatten()
-        .find_map(|url| {
-            let q = url.split_once('?')?.1;
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("project="))
-                .map(url_unescape)
-        })
-        .unwrap_or_else(|| "default".to_owned())
 }
 
 #[cfg(test)]
@@ -299,15 +202,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_projects_are_read_from_urls() {
+    fn names_are_read_from_urls() {
         assert_eq!(last_segment("/1.0/instances/web-1"), "web-1");
         assert_eq!(last_segment("/1.0/instances/web-1?project=team-a"), "web-1");
-        let mut op = Operation::default();
-        op.resources.insert(
-            "instances".into(),
-            vec!["/1.0/instances/x?project=team-a".into()],
-        );
-        assert_eq!(project_of(&op), "team-a");
-        assert_eq!(project_of(&Operation::default()), "default");
     }
 }

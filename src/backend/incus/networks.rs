@@ -6,12 +6,14 @@ use serde_json::json;
 use super::IncusBackend;
 use super::storage::listing;
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Networks};
+use crate::names::ProjectName;
 
-impl IncusBackend {
-    pub(super) async fn list_networks_impl(
+#[async_trait::async_trait]
+impl Networks for IncusBackend {
+    async fn list_networks(
         &self,
-        project: &str,
+        project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<Network>, BackendError> {
         let q = [
@@ -21,9 +23,9 @@ impl IncusBackend {
         listing(self, &["networks"], &q, expand).await
     }
 
-    pub(super) async fn get_network_impl(
+    async fn get_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.client
@@ -31,9 +33,9 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_network_impl(
+    async fn create_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         req: &NetworkCreate,
     ) -> Result<(), BackendError> {
         let body = json!({
@@ -54,9 +56,9 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn update_network_impl(
+    async fn update_network(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
         update: &NetworkUpdate,
         if_match: Option<&str>,
@@ -76,11 +78,7 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_network_impl(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(), BackendError> {
+    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,
@@ -93,9 +91,9 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn network_state_impl(
+    async fn network_state(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<NetworkState, BackendError> {
         self.client
@@ -104,9 +102,9 @@ impl IncusBackend {
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn network_leases_impl(
+    async fn network_leases(
         &self,
-        project: &str,
+        project: &ProjectName,
         name: &str,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         let (leases, _): (Option<Vec<NetworkLease>>, _) = self

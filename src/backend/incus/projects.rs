@@ -4,8 +4,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::IncusBackend;
-use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
+use crate::backend::{BackendError, Projects};
+use crate::names::ProjectName;
 use crate::policy::Widening;
 
 /// Device types Incus restricts with `restricted.devices.<type>` = `block`
@@ -114,7 +115,35 @@ pub fn restrictions(widening: &Widening) -> ConfigMap {
 }
 
 impl IncusBackend {
-    pub(super) async fn list_projects_impl(&self) -> Result<Vec<Project>, BackendError> {
+    async fn seed_root_disk(&self, project: &str) -> Result<(), BackendError> {
+        let (profile, _): (Value, _) = self
+            .client
+            .query_struct(&["profiles", "default"], &[("project", "default")])
+            .await?;
+        let Some(root) = profile["devices"]
+            .as_object()
+            .and_then(|d| d.values().find(|d| d["type"] == "disk" && d["path"] == "/"))
+        else {
+            return Ok(());
+        };
+        let patch = json!({"devices": {"root": {
+            "type": "disk", "path": "/", "pool": root["pool"].clone()}}});
+        self.client
+            .query(
+                Method::PATCH,
+                &["profiles", "default"],
+                &[("project", project)],
+                Some(&patch),
+                None,
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl Projects for IncusBackend {
+    async fn list_projects(&self) -> Result<Vec<Project>, BackendError> {
         let (items, _): (Option<Vec<Project>>, _) = self
             .client
             .query_struct(&["projects"], &[("recursion", "1")])
@@ -122,17 +151,14 @@ impl IncusBackend {
         Ok(items.unwrap_or_default())
     }
 
-    pub(super) async fn get_project_impl(
+    async fn get_project(
         &self,
-        name: &str,
+        name: &ProjectName,
     ) -> Result<(Project, Option<String>), BackendError> {
         self.client.query_struct(&["projects", name], &[]).await
     }
 
-    pub(super) async fn create_project_impl(
-        &self,
-        req: &ProjectCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_project(&self, req: &ProjectCreate) -> Result<(), BackendError> {
         let restricted = req.config.get("restricted").map(String::as_str) == Some("true");
         let own_profiles = req.config.get("features.profiles").map(String::as_str) != Some("false");
         if restricted && !own_profiles {
@@ -158,34 +184,9 @@ impl IncusBackend {
         Ok(())
     }
 
-    async fn seed_root_disk(&self, project: &str) -> Result<(), BackendError> {
-        let (profile, _): (Value, _) = self
-            .client
-            .query_struct(&["profiles", "default"], &[("project", "default")])
-            .await?;
-        let Some(root) = profile["devices"]
-            .as_object()
-            .and_then(|d| d.values().find(|d| d["type"] == "disk" && d["path"] == "/"))
-        else {
-            return Ok(());
-        };
-        let patch = json!({"devices": {"root": {
-            "type": "disk", "path": "/", "pool": root["pool"].clone()}}});
-        self.client
-            .query(
-                Method::PATCH,
-                &["profiles", "default"],
-                &[("project", project)],
-                Some(&patch),
-                None,
-            )
-            .await
-            .map(|_| ())
-    }
-
-    pub(super) async fn update_project_impl(
+    async fn update_project(
         &self,
-        name: &str,
+        name: &ProjectName,
         update: &ProjectUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -201,7 +202,7 @@ impl IncusBackend {
         // Incus 6.0's PATCH of a project replaces the whole config (checked:
         // keys left out, `restricted` included, are gone), so a PATCH is a
         // merge here and a PUT there, pinned to the version merged into.
-        let (current, etag) = self.get_project_impl(name).await?;
+        let (current, etag) = self.get_project(name).await?;
         let mut config = current.config;
         if let Some(c) = &update.config {
             config.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -223,21 +224,22 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_project_impl(&self, name: &str) -> Result<(), BackendError> {
+    async fn delete_project(&self, name: &ProjectName) -> Result<(), BackendError> {
         self.client
             .query(Method::DELETE, &["projects", name], &[], None, None)
             .await
             .map(|_| ())
     }
 
-    pub(super) async fn project_state_impl(
-        &self,
-        name: &str,
-    ) -> Result<ProjectState, BackendError> {
+    async fn project_state(&self, name: &ProjectName) -> Result<ProjectState, BackendError> {
         self.client
             .query_struct(&["projects", name, "state"], &[])
             .await
             .map(|(s, _)| s)
+    }
+
+    fn project_restrictions(&self, widening: &crate::policy::Widening) -> Option<ConfigMap> {
+        Some(restrictions(widening))
     }
 }
 

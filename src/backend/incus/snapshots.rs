@@ -5,19 +5,21 @@ use serde_json::json;
 
 use super::IncusBackend;
 use super::files::project_query;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
-use crate::backend::{BackendError, Listing};
+use crate::backend::{BackendError, Listing, Snapshots};
+use crate::names::{InstanceName, ProjectName, SnapshotName};
 
-impl IncusBackend {
-    pub(super) async fn list_snapshots_impl(
+#[async_trait::async_trait]
+impl Snapshots for IncusBackend {
+    async fn list_snapshots(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         expand: bool,
     ) -> Result<Listing<Snapshot>, BackendError> {
         let q = [
-            ("project", project),
+            ("project", project.as_str()),
             ("recursion", if expand { "1" } else { "0" }),
         ];
         let segments = ["instances", instance, "snapshots"];
@@ -32,11 +34,11 @@ impl IncusBackend {
         }
     }
 
-    pub(super) async fn get_snapshot_impl(
+    async fn get_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Snapshot, BackendError> {
         self.client
             .query_struct(
@@ -47,68 +49,62 @@ impl IncusBackend {
             .map(|(s, _)| s)
     }
 
-    pub(super) async fn create_snapshot_impl(
+    async fn create_snapshot(
         &self,
-        project: &str,
-        instance: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
         req: &SnapshotCreate,
     ) -> Result<Operation, BackendError> {
         let body = serde_json::to_value(req).map_err(anyhow::Error::from)?;
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::POST,
                 &["instances", instance, "snapshots"],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
-    pub(super) async fn delete_snapshot_impl(
+    async fn delete_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::DELETE,
                 &["instances", instance, "snapshots", snap],
                 &project_query(project),
                 None,
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 
     /// Incus restores through the instance itself: `PUT /1.0/instances/{name}`
     /// with `restore` set (the rest of the body is then ignored).
-    pub(super) async fn restore_snapshot_impl(
+    async fn restore_snapshot(
         &self,
-        project: &str,
-        instance: &str,
-        snap: &str,
+        project: &ProjectName,
+        instance: &InstanceName,
+        snap: &SnapshotName,
         stateful: bool,
     ) -> Result<Operation, BackendError> {
         // Incus answers a restore of a missing snapshot with a failed
         // operation; look first so the caller gets a 404 instead.
-        self.get_snapshot_impl(project, instance, snap).await?;
+        self.get_snapshot(project, instance, snap).await?;
         let body = json!({"restore": snap, "stateful": stateful});
-        let r = self
-            .client
-            .query(
+        self.client
+            .query_operation(
                 Method::PUT,
                 &["instances", instance],
                 &project_query(project),
                 Some(&body),
                 None,
             )
-            .await?;
-        operation_of(r)
+            .await
     }
 }

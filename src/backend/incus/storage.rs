@@ -4,22 +4,13 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::client::Response;
-use super::instances::{last_segment, operation_of};
+use super::instances::last_segment;
 use crate::backend::types::{
     Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing};
-
-/// The operation of an answer that may be sync or async.
-pub fn maybe_operation(r: Response) -> Result<Option<Operation>, BackendError> {
-    if r.envelope.kind == "async" {
-        operation_of(r).map(Some)
-    } else {
-        Ok(None)
-    }
-}
+use crate::backend::{BackendError, Listing, Storage};
+use crate::names::{PoolName, ProjectName, VolumeName};
 
 fn recursion(expand: bool) -> (&'static str, &'static str) {
     ("recursion", if expand { "1" } else { "0" })
@@ -47,27 +38,22 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, BackendErro
     serde_json::to_value(v).map_err(|e| anyhow::Error::from(e).into())
 }
 
-impl IncusBackend {
-    pub(super) async fn list_storage_pools_impl(
-        &self,
-        expand: bool,
-    ) -> Result<Listing<StoragePool>, BackendError> {
+#[async_trait::async_trait]
+impl Storage for IncusBackend {
+    async fn list_storage_pools(&self, expand: bool) -> Result<Listing<StoragePool>, BackendError> {
         listing(self, &["storage-pools"], &[recursion(expand)], expand).await
     }
 
-    pub(super) async fn get_storage_pool_impl(
+    async fn get_storage_pool(
         &self,
-        pool: &str,
+        pool: &PoolName,
     ) -> Result<(StoragePool, Option<String>), BackendError> {
         self.client
             .query_struct(&["storage-pools", pool], &[])
             .await
     }
 
-    pub(super) async fn create_storage_pool_impl(
-        &self,
-        req: &StoragePoolCreate,
-    ) -> Result<(), BackendError> {
+    async fn create_storage_pool(&self, req: &StoragePoolCreate) -> Result<(), BackendError> {
         let body = to_value(req)?;
         self.client
             .query(Method::POST, &["storage-pools"], &[], Some(&body), None)
@@ -75,9 +61,9 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn update_storage_pool_impl(
+    async fn update_storage_pool(
         &self,
-        pool: &str,
+        pool: &PoolName,
         update: &StoragePoolUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -90,17 +76,17 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_storage_pool_impl(&self, pool: &str) -> Result<(), BackendError> {
+    async fn delete_storage_pool(&self, pool: &PoolName) -> Result<(), BackendError> {
         self.client
             .query(Method::DELETE, &["storage-pools", pool], &[], None, None)
             .await
             .map(|_| ())
     }
 
-    pub(super) async fn list_volumes_impl(
+    async fn list_volumes(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         expand: bool,
     ) -> Result<Listing<StorageVolume>, BackendError> {
         listing(
@@ -112,11 +98,11 @@ impl IncusBackend {
         .await
     }
 
-    pub(super) async fn get_volume_impl(
+    async fn get_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<(StorageVolume, Option<String>), BackendError> {
         self.client
             .query_struct(
@@ -126,10 +112,10 @@ impl IncusBackend {
             .await
     }
 
-    pub(super) async fn create_volume_impl(
+    async fn create_volume(
         &self,
-        project: &str,
-        pool: &str,
+        project: &ProjectName,
+        pool: &PoolName,
         req: &StorageVolumeCreate,
     ) -> Result<Option<Operation>, BackendError> {
         let body = json!({
@@ -149,14 +135,14 @@ impl IncusBackend {
                 None,
             )
             .await?;
-        maybe_operation(r)
+        r.into_maybe_operation(project)
     }
 
-    pub(super) async fn update_volume_impl(
+    async fn update_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
         update: &StorageVolumeUpdate,
         if_match: Option<&str>,
     ) -> Result<(), BackendError> {
@@ -173,11 +159,11 @@ impl IncusBackend {
             .map(|_| ())
     }
 
-    pub(super) async fn delete_volume_impl(
+    async fn delete_volume(
         &self,
-        project: &str,
-        pool: &str,
-        name: &str,
+        project: &ProjectName,
+        pool: &PoolName,
+        name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError> {
         let r = self
             .client
@@ -189,6 +175,6 @@ impl IncusBackend {
                 None,
             )
             .await?;
-        maybe_operation(r)
+        r.into_maybe_operation(project)
     }
 }

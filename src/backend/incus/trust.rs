@@ -175,7 +175,7 @@ pub async fn trust(
     );
     write_private(&paths.server_cert, pem.as_bytes(), 0o644).await?;
     let backend = super::IncusBackend::new(client);
-    crate::backend::Backend::ping(&backend)
+    crate::backend::System::ping(&backend)
         .await
         .map_err(|e| anyhow::anyhow!("trust was not established: {e}"))?;
     println!(

@@ -165,6 +165,10 @@ pub struct Operation {
     /// Why the operation failed.
     pub err: String,
     pub location: String,
+    /// The project the operation runs in, as the backend knows it (Incus's
+    /// objects do not carry it; lxgate's answers do not show it).
+    #[serde(skip)]
+    pub project: String,
 }
 
 impl Operation {

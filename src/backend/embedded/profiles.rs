@@ -1,0 +1,26 @@
+//! Profiles on the embedded backend: there is one, `default`.
+
+use super::{EmbeddedBackend, instances};
+use crate::backend::types::Profile;
+use crate::backend::{BackendError, Profiles};
+use crate::names::ProjectName;
+
+#[async_trait::async_trait]
+impl Profiles for EmbeddedBackend {
+    /// The embedded backend has one profile, `default`: the root disk.
+    async fn get_profile(
+        &self,
+        _project: &ProjectName,
+        name: &str,
+    ) -> Result<Profile, BackendError> {
+        match name {
+            "default" => Ok(Profile {
+                name: name.to_owned(),
+                description: "Default profile (the root disk)".to_owned(),
+                config: Default::default(),
+                devices: instances::root_device(),
+            }),
+            _ => Err(BackendError::NotFound(format!("Profile not found: {name}"))),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `/1.0/profiles/{name}` on Incus.
+
+use super::IncusBackend;
+use crate::backend::types::Profile;
+use crate::backend::{BackendError, Profiles};
+use crate::names::ProjectName;
+
+#[async_trait::async_trait]
+impl Profiles for IncusBackend {
+    async fn get_profile(
+        &self,
+        project: &ProjectName,
+        name: &str,
+    ) -> Result<Profile, BackendError> {
+        self.client
+            .query_struct(&["profiles", name], &[("project", project)])
+            .await
+            .map(|(p, _)| p)
+    }
+}

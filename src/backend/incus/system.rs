@@ -1,0 +1,127 @@
+//! `GET /1.0` on Incus: the server, its drivers, and whether it trusts lxgate.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::IncusBackend;
+use crate::backend::{BackendError, DriverInfo, System, SystemInfo};
+
+/// The parts of `GET /1.0` lxgate uses.
+#[derive(Debug, Deserialize)]
+struct Server {
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    environment: Environment,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Environment {
+    #[serde(default)]
+    driver: String,
+    #[serde(default)]
+    driver_version: String,
+    #[serde(default)]
+    server_version: String,
+    #[serde(default)]
+    server: String,
+}
+
+impl IncusBackend {
+    /// `GET /1.0`, refusing to go on when Incus does not trust lxgate.
+    async fn server(&self) -> Result<Server, BackendError> {
+        let (server, _): (Server, _) = self.client.query_struct(&[], &[]).await?;
+        if server.auth != "trusted" {
+            return Err(BackendError::Forbidden(format!(
+                "{} does not trust lxgate's client certificate (auth: {:?}); run `lxgate remote trust`",
+                self.client.endpoint, server.auth
+            )));
+        }
+        Ok(server)
+    }
+}
+
+/// `"lxc | qemu"` and `"5.0.2 | 9.0.4"` -> one entry per driver.
+fn drivers(env: &Environment) -> Vec<DriverInfo> {
+    let versions: Vec<&str> = env.driver_version.split('|').map(str::trim).collect();
+    env.driver
+        .split('|')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .enumerate()
+        .map(|(i, name)| DriverInfo {
+            name: name.to_owned(),
+            instance_type: if name == "qemu" {
+                "virtual-machine"
+            } else {
+                "container"
+            }
+            .to_owned(),
+            available: true,
+            version: versions.get(i).map(|v| (*v).to_owned()),
+            detail: None,
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl System for IncusBackend {
+    fn kind(&self) -> &'static str {
+        "incus"
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.server().await.map(|_| ())
+    }
+
+    async fn info(&self) -> Result<SystemInfo, BackendError> {
+        let server = self.server().await?;
+        let drivers = drivers(&server.environment);
+        let has = |name: &str| drivers.iter().any(|d| d.name == name);
+        let features: BTreeMap<String, bool> = [
+            ("containers", has("lxc")),
+            ("virtual_machines", has("qemu")),
+            ("instances_api", true),
+            // Projects can be restricted to match the instance policy.
+            ("project_restrictions", true),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Ok(SystemInfo {
+            backend: self.kind().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            api_version: "v1".to_owned(),
+            server_version: Some(format!(
+                "{} {}",
+                if server.environment.server.is_empty() {
+                    "incus"
+                } else {
+                    &server.environment.server
+                },
+                server.environment.server_version
+            )),
+            drivers,
+            features,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_strings_are_split() {
+        let d = drivers(&Environment {
+            driver: "lxc | qemu".into(),
+            driver_version: "6.0.4 | 9.2.0".into(),
+            ..Default::default()
+        });
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].name, "qemu");
+        assert_eq!(d[1].instance_type, "virtual-machine");
+        assert_eq!(d[1].version.as_deref(), Some("9.2.0"));
+    }
+}

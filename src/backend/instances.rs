@@ -1,0 +1,63 @@
+//! Instances: containers and virtual machines.
+
+use super::types::{
+    Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
+};
+use super::{BackendError, ListScope, Listing};
+use crate::names::{InstanceName, ProjectName};
+
+#[async_trait::async_trait]
+pub trait Instances: Send + Sync {
+    async fn list_instances(&self, scope: ListScope<'_>)
+    -> Result<Listing<Instance>, BackendError>;
+
+    /// The instance and its ETag.
+    async fn get_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<(Instance, Option<String>), BackendError>;
+
+    async fn create_instance(
+        &self,
+        project: &ProjectName,
+        req: &InstanceCreate,
+    ) -> Result<Operation, BackendError>;
+
+    /// `replace`: PUT (full replacement) rather than PATCH. Returns the
+    /// operation when the backend does the change in the background.
+    async fn update_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        update: &InstanceUpdate,
+        if_match: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<Operation>, BackendError>;
+
+    async fn delete_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<Operation, BackendError>;
+
+    async fn rename_instance(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        new_name: &InstanceName,
+    ) -> Result<Operation, BackendError>;
+
+    async fn instance_state(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<InstanceState, BackendError>;
+
+    async fn change_state(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+        change: &StateChange,
+    ) -> Result<Operation, BackendError>;
+}
