@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::image_budget::Budget;
 use super::process::ProcessGroup;
 use super::qcow;
 use super::tarball;
-use crate::backend::{BackendError, image_too_large};
+use crate::backend::BackendError;
 
 /// How long measuring one tarball may take: decompressing 8 GiB of xz takes
 /// about a minute on a small host, bzip2 several.
@@ -31,34 +32,6 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(600);
 /// What a member costs on top of its data: its 512-byte header, so that a
 /// million empty files count too.
 const HEADER: u64 = 512;
-
-/// What is left of `MAX_IMAGE_BYTES` for the rest of an image, as its
-/// parts are counted (downloads, then unpacked sizes) one after the other.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    pub left: u64,
-    /// The setting, named in refusals.
-    pub max: u64,
-}
-
-impl Budget {
-    pub fn new(max: u64) -> Self {
-        Self { left: max, max }
-    }
-
-    /// What is left once `n` bytes are counted.
-    pub fn after(self, n: u64) -> Self {
-        Self {
-            left: self.left.saturating_sub(n),
-            ..self
-        }
-    }
-
-    /// The refusal of `what` (`image_too_large`, naming the setting).
-    pub fn refuse(self, what: &str) -> BackendError {
-        image_too_large(what, self.max)
-    }
-}
 
 /// Refuses an image that unpacks to more than `budget`: the members of its
 /// metadata tarball, then those of its rootfs tarball (a container's tree,

@@ -18,7 +18,7 @@ use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process;
 use super::qemu::Boot;
 use super::tarball::reading as tar_reading;
-use super::{EmbeddedBackend, driver, image_size, resources, simplestreams};
+use super::{EmbeddedBackend, driver, image_budget, image_size, resources, simplestreams};
 use crate::backend::events::EventBus;
 use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
 use crate::backend::{BackendError, Images, ListScope, Listing};
@@ -549,7 +549,7 @@ impl Images for EmbeddedBackend {
             self.fetch.clone(),
         );
         let tmp = self.data_dir.join("tmp");
-        let budget = image_size::Budget::new(self.max_image_bytes);
+        let budget = image_budget::Budget::new(self.max_image_bytes);
         let project_owned = project.to_owned();
         let req = req.clone();
         Ok(self.ops.start(
@@ -663,7 +663,7 @@ impl Images for EmbeddedBackend {
             &upload.metadata,
             &upload.rootfs,
             upload.virtual_machine,
-            image_size::Budget::new(self.max_image_bytes),
+            image_budget::Budget::new(self.max_image_bytes),
         )
         .await?;
         // The spool goes away when this returns: take the files now.

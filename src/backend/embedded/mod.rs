@@ -10,6 +10,7 @@ mod events;
 mod exec;
 mod files;
 mod idmap;
+mod image_budget;
 mod image_size;
 mod images;
 mod instances;

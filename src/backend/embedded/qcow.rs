@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-use super::image_size::Budget;
+use super::image_budget::Budget;
 use super::process::run;
 use crate::backend::{BackendError, human_bytes};
 

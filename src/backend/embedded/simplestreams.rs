@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::image_size::Budget;
+use super::image_budget::Budget;
 use super::operations::{OpCtx, OpError};
 use crate::backend::BackendError;
 use crate::fetch::{Fetcher, OriginClient, TooLarge};
