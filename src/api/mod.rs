@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod policy;
+pub mod schemas;
 pub mod slots;
 pub mod v1;
 pub mod ws;
@@ -74,8 +75,10 @@ impl<T> Page<T> {
 #[into_params(parameter_in = Query)]
 pub struct Pagination {
     /// Page size (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

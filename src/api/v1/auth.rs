@@ -312,7 +312,7 @@ pub async fn me(user: AuthUser) -> Json<Me> {
 pub struct ChangePassword {
     #[schema(format = Password)]
     pub current_password: String,
-    #[schema(format = Password)]
+    #[schema(min_length = 12, max_length = 1024, format = Password)]
     pub new_password: String,
 }
 

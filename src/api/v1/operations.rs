@@ -242,12 +242,15 @@ async fn visible(
 #[into_params(parameter_in = Query)]
 pub struct ListOperationsQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Every project (admins only).
     #[serde(rename = "all-projects")]
     #[param(rename = "all-projects")]
     pub all_projects: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -295,7 +298,7 @@ pub async fn list_operations(
 /// Get an operation.
 #[utoipa::path(get, path = "/{id}", tag = "operations", operation_id = "get_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 200, description = "The operation", body = Operation),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -324,7 +327,7 @@ pub struct WaitQuery {
 /// return it (check `status_code`: 103 means still running).
 #[utoipa::path(get, path = "/{id}/wait", tag = "operations", operation_id = "wait_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)"), WaitQuery),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)"), WaitQuery),
     responses(
         (status = 200, description = "The operation, finished or still running", body = Operation),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -351,7 +354,7 @@ pub async fn wait_operation(
 /// Cancel an operation: operators their own, admins anyone's.
 #[utoipa::path(delete, path = "/{id}", tag = "operations", operation_id = "cancel_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 204, description = "Cancelled"),
         (status = 403, description = "Not the caller's operation, or no operator role", body = Problem, content_type = "application/problem+json"),

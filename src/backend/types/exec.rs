@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The program and its arguments, e.g. `["sh", "-c", "echo hi"]`.
-    #[schema(example = json!(["sh", "-c", "echo hello"]))]
+    #[schema(min_items = 1, example = json!(["sh", "-c", "echo hello"]))]
     pub command: Vec<String>,
     /// Extra environment variables.
     #[serde(default)]

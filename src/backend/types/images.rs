@@ -86,10 +86,10 @@ pub struct ImageAliasesEntry {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageAliasCreate {
-    #[schema(example = "my-image")]
+    #[schema(value_type = crate::names::ImageAliasName, example = "my-image")]
     pub name: String,
     /// Fingerprint (or a unique prefix of one) of an image in the project.
-    #[schema(example = "06b86454720d")]
+    #[schema(value_type = crate::names::ImageFingerprint, example = "06b86454720d")]
     pub target: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -99,7 +99,7 @@ pub struct ImageAliasCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewImageAlias {
-    #[schema(example = "debian-12")]
+    #[schema(value_type = crate::names::ImageAliasName, example = "debian-12")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -115,7 +115,7 @@ pub struct ImageCopySource {
     #[schema(example = "https://images.linuxcontainers.org")]
     pub server: String,
     /// `simplestreams` or `incus`.
-    #[schema(example = "simplestreams")]
+    #[schema(value_type = super::schema::ImageServerProtocol, example = "simplestreams")]
     pub protocol: String,
     /// The image's alias on the server (give this or `fingerprint`).
     #[serde(default)]
