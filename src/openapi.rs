@@ -44,6 +44,14 @@ use utoipa::{Modify, OpenApi};
         crate::auth::Username,
         crate::api::schemas::ProjectParam,
         crate::api::schemas::LogFileName,
+        crate::api::schemas::ByteSize,
+        crate::api::schemas::AbsolutePath,
+        crate::api::schemas::FileMode,
+        crate::api::schemas::ExecArgument,
+        crate::api::schemas::ExecEnvironment,
+        crate::api::schemas::ExecCommand,
+        crate::api::schemas::WaitSeconds,
+        crate::backend::types::schema::DeviceOptions,
         crate::backend::types::schema::InstanceAction
     ))
 )]
@@ -85,6 +93,7 @@ struct CommonResponses;
 /// lxgate does not do what was asked, and when.
 const NOT_SUPPORTED: &[(&str, &str)] = &[
     ("list_instances", "`filter` on the embedded backend"),
+    ("list_images", "`filter` on the embedded backend"),
     (
         "create_instance",
         "`devices` on the embedded backend (attach volumes and NICs with their own endpoints), or an instance type whose driver this host lacks",
@@ -183,6 +192,20 @@ impl CommonResponses {
             })
         });
         let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        let project_query = op.parameters.iter().flatten().any(|p| {
+            serde_json::to_value(p).is_ok_and(|v| v["in"] == "query" && v["name"] == "project")
+        });
+        // An optional body is left out, never sent as JSON `null` (which the
+        // extractors refuse): `Option<T>` bodies are documented as `T`.
+        if let Some(RefOr::T(body)) = &mut op.request_body {
+            for content in body.content.values_mut() {
+                if let RefOr::T(content) = content
+                    && let Some(schema) = content.schema.take()
+                {
+                    content.schema = Some(without_null_alternative(schema));
+                }
+            }
+        }
         let body_types: Vec<String> = match &op.request_body {
             Some(RefOr::T(body)) => body.content.keys().cloned().collect(),
             _ => Vec::new(),
@@ -218,6 +241,12 @@ impl CommonResponses {
         if !body_types.is_empty() {
             add("413", "The body is larger than lxgate takes".into());
         }
+        if project_query {
+            add(
+                "404",
+                "No such project (`?project=`), or no such resource in it".into(),
+            );
+        }
         if let Some((_, when)) = NOT_SUPPORTED.iter().find(|(op_id, _)| *op_id == id) {
             add(
                 "501",
@@ -225,6 +254,23 @@ impl CommonResponses {
             );
         }
     }
+}
+
+/// `oneOf: [X, {type: null}]` -> `X`.
+fn without_null_alternative(
+    schema: RefOr<utoipa::openapi::Schema>,
+) -> RefOr<utoipa::openapi::Schema> {
+    if let RefOr::T(utoipa::openapi::Schema::OneOf(one_of)) = &schema {
+        let mut rest = one_of.items.iter().filter(|item| {
+            !serde_json::to_value(item).is_ok_and(|v| v == serde_json::json!({"type": "null"}))
+        });
+        if let (Some(only), None) = (rest.next(), rest.next())
+            && one_of.items.len() == 2
+        {
+            return only.clone();
+        }
+    }
+    schema
 }
 
 impl Modify for CommonResponses {
@@ -266,6 +312,20 @@ mod tests {
             committed == current,
             "the API changed but openapi.json did not: review the change, then run `make openapi` and commit openapi.json"
         );
+    }
+
+    /// Every `$ref` names a component that is in the document (utoipa does not
+    /// collect every schema a `value_type` names).
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = serde_json::to_value(crate::router::openapi()).unwrap();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (i, _) in text.match_indices("#/components/schemas/") {
+            let rest = &text[i + "#/components/schemas/".len()..];
+            let name = &rest[..rest.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "no component {name}");
+        }
     }
 
     #[test]

@@ -186,6 +186,154 @@ impl ToSchema for ProjectParam {
     }
 }
 
+/// A byte size as `storage::check_size` reads it: 1-19 digits, not all
+/// zeros, and an optional unit.
+pub const BYTE_SIZE_PATTERN: &str =
+    "^(?!0+(?:[A-Za-z]|$))[0-9]{1,19}(?:B|kB|MB|GB|TB|PB|EB|KiB|MiB|GiB|TiB|PiB|EiB)?$";
+
+/// An absolute path inside an instance: starts with `/`, no NUL (at most
+/// 4096 bytes: `maxLength` says characters, the same for ASCII).
+pub const ABSOLUTE_PATH_PATTERN: &str = r"^/[^\x00]*$";
+
+/// Octal permission bits, at most `7777`.
+pub const FILE_MODE_PATTERN: &str = "^0?[0-7]{1,4}$";
+
+fn plain(description: &str, pattern: &str, min: usize, max: usize, example: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .min_length(Some(min))
+        .max_length(Some(max))
+        .examples([json!(example)])
+        .into()
+}
+
+macro_rules! plain_schema {
+    ($ty:ident, $description:literal, $pattern:expr, $min:expr, $max:expr, $example:literal) => {
+        #[doc = $description]
+        pub struct $ty;
+        impl PartialSchema for $ty {
+            fn schema() -> RefOr<Schema> {
+                plain($description, &$pattern, $min, $max, $example)
+            }
+        }
+        impl ToSchema for $ty {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($ty))
+            }
+        }
+    };
+}
+
+plain_schema!(
+    ByteSize,
+    "A byte size: a positive integer (at most 19 digits) with an optional unit (`B`, `kB`, `MB`, `GB`, `TB`, `PB`, `EB`, `KiB`, `MiB`, `GiB`, `TiB`, `PiB`, `EiB`).",
+    BYTE_SIZE_PATTERN,
+    1,
+    22,
+    "10GiB"
+);
+plain_schema!(
+    AbsolutePath,
+    "An absolute path inside the instance: starts with `/`, no NUL, at most 4096 bytes.",
+    ABSOLUTE_PATH_PATTERN,
+    1,
+    4096,
+    "/etc/hostname"
+);
+plain_schema!(
+    FileMode,
+    "Permission bits in octal, at most `7777`.",
+    FILE_MODE_PATTERN,
+    1,
+    5,
+    "0644"
+);
+plain_schema!(
+    ExecArgument,
+    "One argv element: no NUL, at most 16 KiB.",
+    r"^[^\x00]*$",
+    0,
+    16384,
+    "sh"
+);
+
+/// `ExecRequest.environment`: names without `=` or NUL, values without NUL.
+pub struct ExecEnvironment;
+impl PartialSchema for ExecEnvironment {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Extra environment variables: names without `=` or NUL, values without NUL.",
+            ))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[^=\x00]+$"))
+                    .min_length(Some(1)),
+            ))
+            .additional_properties(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[^\x00]*$")),
+            ))
+            .examples([json!({"TERM": "xterm"})])
+            .into()
+    }
+}
+impl ToSchema for ExecEnvironment {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ExecEnvironment")
+    }
+}
+
+/// A schema written as JSON (what utoipa's builders make awkward).
+fn from_json(v: serde_json::Value) -> RefOr<Schema> {
+    serde_json::from_value(v).expect("a valid schema")
+}
+
+/// `?wait=` and `?timeout=` seconds: any unsigned 64-bit number, used up to
+/// 300 (a larger one waits 300 s).
+pub struct WaitSeconds;
+impl PartialSchema for WaitSeconds {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": u64::MAX,
+            "description": "Seconds; more than 300 waits 300.",
+            "examples": [30]
+        }))
+    }
+}
+impl ToSchema for WaitSeconds {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("WaitSeconds")
+    }
+}
+
+/// `ExecRequest.command`: the program (not empty), then its arguments.
+pub struct ExecCommand;
+impl PartialSchema for ExecCommand {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "type": "array",
+            "description": "The program and its arguments, e.g. `[\"sh\", \"-c\", \"echo hi\"]`: the program is not empty; no element has NUL or more than 16 KiB.",
+            "minItems": 1,
+            "prefixItems": [{"type": "string", "pattern": "^[^\\x00]*$", "minLength": 1, "maxLength": 16384}],
+            "items": {"$ref": "#/components/schemas/ExecArgument"},
+            "examples": [["sh", "-c", "echo hello"]]
+        }))
+    }
+}
+impl ToSchema for ExecCommand {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ExecCommand")
+    }
+}
+
 /// A log file name of `GET instances/{name}/logs/{file}`.
 pub struct LogFileName;
 name_schema!(

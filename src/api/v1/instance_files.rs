@@ -219,7 +219,7 @@ pub struct PullQuery {
     #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Absolute path inside the instance.
-    #[param(example = "/etc/hostname")]
+    #[param(required = true, value_type = crate::api::schemas::AbsolutePath)]
     pub path: Option<String>,
 }
 
@@ -338,14 +338,16 @@ pub struct PushQuery {
     #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Absolute path inside the instance; its directory must exist.
-    #[param(example = "/root/hello.txt")]
+    #[param(required = true, value_type = crate::api::schemas::AbsolutePath)]
     pub path: Option<String>,
     /// Owner uid for a new file (default 0).
+    #[param(value_type = Option<u32>)]
     pub uid: Option<String>,
     /// Owner gid for a new file (default 0).
+    #[param(value_type = Option<u32>)]
     pub gid: Option<String>,
     /// Permission bits in octal for a new file (default `0644`).
-    #[param(example = "0640")]
+    #[param(value_type = Option<crate::api::schemas::FileMode>)]
     pub mode: Option<String>,
 }
 

@@ -124,6 +124,7 @@ pub struct ProjectWaitQuery {
     #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Wait up to this many seconds (max 300) for the operation to finish.
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
     pub wait: Option<u64>,
 }
 
@@ -569,6 +570,7 @@ pub async fn change_instance_state(
 #[serde(deny_unknown_fields)]
 pub struct ActionOptions {
     /// Seconds to wait for a clean stop (default 30).
+    #[schema(minimum = -1, maximum = 3600)]
     pub timeout: Option<i64>,
     /// Kill rather than shut down cleanly.
     #[serde(default)]

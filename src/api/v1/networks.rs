@@ -88,6 +88,17 @@ pub async fn create_network(
     user.require(Permission::InfraManage, "")?;
     let project = project_param(q.project.as_deref())?;
     let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    // A bridge's name is its interface name on the host, where `all` and
+    // `default` name the kernel's settings for every and for new interfaces
+    // (creating one failed as a 500).
+    if matches!(req.network_type.as_deref(), None | Some("bridge"))
+        && matches!(name.as_str(), "all" | "default")
+    {
+        return Err(ApiError::invalid_field(
+            "name",
+            "a bridge's name is its interface name on the host, where `all` and `default` are taken",
+        ));
+    }
     if let Some(t) = &req.network_type
         && !NETWORK_TYPES.contains(&t.as_str())
     {

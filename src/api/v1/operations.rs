@@ -320,6 +320,7 @@ pub async fn get_operation(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Seconds to wait (default 30, max 300).
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
     pub timeout: Option<u64>,
 }
 

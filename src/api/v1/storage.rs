@@ -568,7 +568,7 @@ pub struct ResizeRequest {
     /// The new size: an integer with an optional unit (`B`, `kB`, `MB`,
     /// `GB`, `KiB`, `MiB`, `GiB`, `TiB`...). Shrinking may be refused by the
     /// storage driver.
-    #[schema(example = "10GiB")]
+    #[schema(value_type = crate::api::schemas::ByteSize, example = "10GiB")]
     pub size: String,
 }
 
@@ -617,7 +617,7 @@ pub struct AttachVolume {
     /// Mount point inside the instance (filesystem volumes; leave out for a
     /// block volume on a VM).
     #[serde(default)]
-    #[schema(example = "/mnt/data")]
+    #[schema(value_type = Option<crate::api::schemas::AbsolutePath>, example = "/mnt/data")]
     pub path: Option<String>,
     /// The device name on the instance.
     #[schema(value_type = crate::names::DeviceName, example = "data")]

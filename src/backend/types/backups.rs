@@ -38,7 +38,7 @@ pub struct BackupCreate {
     pub optimized_storage: bool,
     /// `none`, `gzip` (the server's default), `bzip2`, `lz4`, `lzma`, `xz` or `zstd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "gzip")]
+    #[schema(value_type = Option<super::schema::CompressionAlgorithm>, example = "gzip")]
     pub compression_algorithm: Option<String>,
 }
 

@@ -266,6 +266,7 @@ pub struct StateChange {
     pub action: String,
     /// Seconds to wait for a clean stop before giving up (or forcing, with `force`).
     #[serde(default = "default_timeout")]
+    #[schema(minimum = -1, maximum = 3600)]
     pub timeout: i64,
     #[serde(default)]
     pub force: bool,

@@ -45,7 +45,7 @@ pub struct NetworkCreate {
     pub name: String,
     /// `bridge` (default), `macvlan`, `sriov`, `ovn` or `physical`.
     #[serde(default, rename = "type")]
-    #[schema(example = "bridge")]
+    #[schema(value_type = Option<super::schema::NetworkType>, example = "bridge")]
     pub network_type: Option<String>,
     #[serde(default)]
     pub description: String,

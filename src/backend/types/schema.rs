@@ -23,9 +23,26 @@ pub struct ConfigMap(BTreeMap<String, String>);
 pub struct DevicesMap(BTreeMap<String, DeviceOptions>);
 
 /// One device's options: string keys to string values, `type` among them.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct DeviceOptions(BTreeMap<String, String>);
+pub struct DeviceOptions;
+
+impl utoipa::PartialSchema for DeviceOptions {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        serde_json::from_value(serde_json::json!({
+            "type": "object",
+            "description": "One device's options: string keys to string values, `type` (`disk`, `nic`...) among them.",
+            "required": ["type"],
+            "properties": {"type": {"type": "string", "examples": ["disk"]}},
+            "additionalProperties": {"type": "string"}
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl ToSchema for DeviceOptions {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("DeviceOptions")
+    }
+}
 
 /// Disk name to its usage (`InstanceState.disk`). Named so that generators
 /// that name an inline map after its parent and property do not make a
@@ -75,4 +92,58 @@ pub enum InstanceSourceType {
 pub enum ImageServerProtocol {
     Simplestreams,
     Incus,
+}
+
+/// Compression of a backup tarball.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum CompressionAlgorithm {
+    None,
+    Gzip,
+    Bzip2,
+    Lz4,
+    Lzma,
+    Xz,
+    Zstd,
+}
+
+/// A network's type (Incus's; the embedded backend manages `bridge` only).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum NetworkType {
+    Bridge,
+    Macvlan,
+    Sriov,
+    Ovn,
+    Physical,
+}
+
+/// A storage driver Incus knows (the embedded backend has `dir` only).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StorageDriver {
+    Dir,
+    Btrfs,
+    Lvm,
+    Lvmcluster,
+    Zfs,
+    Ceph,
+    Cephfs,
+    Cephobject,
+    Linstor,
+    Powerflex,
+    Pure,
+    Truenas,
+}
+
+/// What a custom volume holds.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum VolumeContentType {
+    Filesystem,
+    Block,
 }

@@ -46,7 +46,7 @@ pub struct StoragePoolCreate {
     #[schema(value_type = crate::names::PoolName, example = "fast")]
     pub name: String,
     /// The storage driver: `dir`, `btrfs`, `zfs`, `lvm`, `ceph`...
-    #[schema(example = "dir")]
+    #[schema(value_type = super::schema::StorageDriver, example = "dir")]
     pub driver: String,
     #[serde(default)]
     pub description: String,
@@ -104,7 +104,7 @@ pub struct StorageVolumeCreate {
     pub name: String,
     /// `filesystem` (default) or `block` (block volumes attach to VMs only).
     #[serde(default)]
-    #[schema(example = "filesystem")]
+    #[schema(value_type = Option<super::schema::VolumeContentType>, example = "filesystem")]
     pub content_type: Option<String>,
     #[serde(default)]
     pub description: String,
