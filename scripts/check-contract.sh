@@ -10,8 +10,11 @@
 #      a time budget, as the admin, and prints the failures per check;
 #   3. generates a Python client (openapi-python-client) and TypeScript types
 #      (openapi-typescript) from that document, then imports and type-checks the
-#      Python one (mypy) and type-checks the TypeScript one with a small typed
-#      use of it (tsc --noEmit, strict).
+#      Python one (mypy) and drives a flow through it against the server
+#      (scripts/contract/py_flow.py: image upload, instance create, get, state,
+#      exec, snapshot, operations, stop, delete; every response parsed), and
+#      type-checks the TypeScript one with a small typed use of it (tsc
+#      --noEmit, strict).
 #
 # Exit status: 0 only when schemathesis found nothing and both generators and
 # type checks passed. Not part of `make test` yet (the contract is not exact
@@ -222,6 +225,25 @@ EOF
             head -n 40 "$OUT/python-mypy.txt" | sed 's/^/    | /'
             log "python client: mypy (strict) FAILED: $(tail -n 1 "$OUT/python-mypy.txt")"
         fi
+    fi
+
+    # The Python client driven through a dashboard's flow against the server
+    # (an image upload, an instance created, read, exec'd, snapshotted,
+    # stopped and deleted), every response parsed into its model.
+    if [ -d "$pyout/lxgate_client" ] && [ -n "${LXGATE_TEST_EMBEDDED_IMAGE_META:-}" ]; then
+        if (cd "$pyout" && timeout 600 ip netns exec "$NS" env PYTHONPATH="$pyout" \
+            LXGATE_CONTRACT_BASE="$BASE" LXGATE_CONTRACT_USERNAME="$ADMIN" LXGATE_CONTRACT_PASSWORD="$ADMIN_PASSWORD" \
+            LXGATE_TEST_EMBEDDED_IMAGE_META="$LXGATE_TEST_EMBEDDED_IMAGE_META" \
+            LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS="$LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS" \
+            "$PY" "$ROOT/scripts/contract/py_flow.py") >"$OUT/python-flow.txt" 2>&1; then
+            log "python client flow: $(tail -n 1 "$OUT/python-flow.txt")"
+        else
+            status=1
+            tail -n 20 "$OUT/python-flow.txt" | sed 's/^/    | /'
+            log "python client flow FAILED"
+        fi
+    else
+        log "python client flow: skipped (no generated client, or no test bed image: source target/testbed.env)"
     fi
 
     # TypeScript: openapi-typescript types, used through openapi-fetch by a

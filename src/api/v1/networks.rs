@@ -320,7 +320,7 @@ pub struct AttachNic {
     pub device: String,
     /// The interface name inside the instance (default: the device name).
     #[serde(default)]
-    #[schema(example = "eth1")]
+    #[schema(value_type = Option<crate::names::DeviceName>, example = "eth1")]
     pub name: Option<String>,
 }
 

@@ -20,6 +20,7 @@ pub struct ExecRequest {
     pub environment: BTreeMap<String, String>,
     /// Working directory (absolute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^/[^\x00]*$")]
     pub cwd: Option<String>,
     /// User id to run as (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]

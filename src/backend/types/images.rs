@@ -112,7 +112,11 @@ pub struct ImageCopySource {
     /// `https://` URL of the image server, resolving to public addresses
     /// (plain `http://` and non-public addresses only for servers on
     /// `IMAGE_SERVER_ALLOWLIST`).
-    #[schema(example = "https://images.linuxcontainers.org")]
+    #[schema(
+        example = "https://images.linuxcontainers.org",
+        max_length = 2048,
+        pattern = "^https://"
+    )]
     pub server: String,
     /// `simplestreams` or `incus`.
     #[schema(value_type = super::schema::ImageServerProtocol, example = "simplestreams")]

@@ -212,6 +212,7 @@ pub struct InstanceSource {
 
 /// `POST /api/v1/instances`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "web-1", "type": "container", "source": {"type": "image", "alias": "busybox"}, "start": true}))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceCreate {
     #[schema(value_type = crate::names::InstanceName, example = "web-1")]
@@ -220,6 +221,7 @@ pub struct InstanceCreate {
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<schema::InstanceType>, example = "container")]
     pub instance_type: Option<String>,
+    #[schema(value_type = schema::InstanceSourceSchema)]
     pub source: InstanceSource,
     #[serde(default)]
     pub description: Option<String>,

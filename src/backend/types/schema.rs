@@ -147,3 +147,41 @@ pub enum VolumeContentType {
     Filesystem,
     Block,
 }
+
+/// `InstanceCreate.source`: exactly one of `alias` and `fingerprint`
+/// (the derive cannot say so). Named `InstanceSource`, as the type it documents.
+pub struct InstanceSourceSchema;
+
+impl utoipa::PartialSchema for InstanceSourceSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        serde_json::from_value(serde_json::json!({
+            "type": "object",
+            "description": "Where a new instance comes from: a local image, by `alias` or by `fingerprint` (exactly one of them).",
+            "required": ["type"],
+            "properties": {
+                "type": {"$ref": "#/components/schemas/InstanceSourceType"},
+                "alias": {
+                    "oneOf": [{"$ref": "#/components/schemas/ImageAliasName"}, {"type": "null"}],
+                    "description": "An image alias on the server."
+                },
+                "fingerprint": {
+                    "oneOf": [{"$ref": "#/components/schemas/ImageFingerprint"}, {"type": "null"}],
+                    "description": "An image fingerprint (or a unique prefix) on the server."
+                }
+            },
+            "additionalProperties": false,
+            "oneOf": [
+                {"required": ["alias"], "properties": {"alias": {"type": "string"}}},
+                {"required": ["fingerprint"], "properties": {"fingerprint": {"type": "string"}}}
+            ],
+            "examples": [{"type": "image", "alias": "busybox"}]
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl ToSchema for InstanceSourceSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("InstanceSource")
+    }
+}
