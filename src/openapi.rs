@@ -52,7 +52,7 @@ use utoipa::{Modify, OpenApi};
         crate::api::schemas::ExecCommand,
         crate::api::schemas::WaitSeconds,
         crate::backend::types::schema::DeviceOptions,
-        crate::backend::types::schema::InstanceSourceSchema,
+        crate::api::schemas::InstanceSourceSchema,
         crate::backend::types::schema::InstanceSourceType,
         crate::backend::types::schema::InstanceAction
     ))

@@ -605,17 +605,7 @@ pub async fn instance_action(
             format!("no action `{action}`; use start, stop, restart, freeze or unfreeze"),
         ));
     }
-    let opts: ActionOptions = if body.iter().all(u8::is_ascii_whitespace) {
-        ActionOptions::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let opts: ActionOptions = crate::api::optional_json_body(&body)?;
     let change = StateChange {
         action,
         timeout: opts.timeout.unwrap_or(30),

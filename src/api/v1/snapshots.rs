@@ -2,7 +2,6 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -268,17 +267,7 @@ pub async fn restore_snapshot(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
-    let opts: SnapshotRestore = if body.iter().all(u8::is_ascii_whitespace) {
-        SnapshotRestore::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let opts: SnapshotRestore = crate::api::optional_json_body(&body)?;
     // The snapshot's config and devices are written back: held to the
     // policy like any other write (an allowance since withdrawn, say).
     let policy = policy::for_caller(&state, &user, &project).await?;

@@ -221,7 +221,7 @@ pub struct InstanceCreate {
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<schema::InstanceType>, example = "container")]
     pub instance_type: Option<String>,
-    #[schema(value_type = schema::InstanceSourceSchema)]
+    #[schema(value_type = crate::api::schemas::InstanceSourceSchema)]
     pub source: InstanceSource,
     #[serde(default)]
     pub description: Option<String>,
