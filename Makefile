@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint openapi bench image
+.PHONY: help run test lint openapi contract bench image
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ lint: ## rustfmt and clippy, warnings as errors
 
 openapi: ## Regenerate the committed openapi.json after an intended API change
 	UPDATE_OPENAPI=1 cargo test --lib openapi_json_matches_the_committed_contract
+
+contract: ## Check openapi.json against the server (schemathesis, all checks) and the Python/TypeScript client generators (not in `make test` until it passes)
+	bash scripts/testbed.sh
+	source target/testbed.env && bash scripts/check-contract.sh
 
 bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); results go to BENCHMARKS.md by hand
 	bash scripts/bench.sh

@@ -14,7 +14,11 @@
 #   * the chromium binary for the /docs browser test     -> LXGATE_TEST_CHROMIUM
 #   * a Python venv (target/testbed-venv) with jsonschema, PyYAML and
 #     check-jsonschema (which ships the Compose Specification schema) for
-#     scripts/check-static.sh                            -> LXGATE_TESTBED_PYTHON
+#     scripts/check-static.sh, and for scripts/check-contract.sh schemathesis,
+#     openapi-python-client and mypy (all pinned)      -> LXGATE_TESTBED_PYTHON
+#   * a project-local npm folder (target/contract-node) with openapi-typescript,
+#     openapi-fetch and typescript (pinned), for scripts/check-contract.sh
+#                                                      -> LXGATE_TESTBED_NODE_MODULES
 #   * then scripts/testbed-incus.sh: a private incusd with a busybox image
 #     (appends the LXGATE_TEST_INCUS_* lines)
 #   * last, scripts/testbed-embedded.sh: LXC and QEMU for the embedded drivers, a
@@ -44,8 +48,15 @@ PG_DB=lxgate_test
 PG_URL="postgres://$PG_ROLE:$PG_PASSWORD@$PG_HOST:$PG_PORT/$PG_DB"
 
 VENV="$ROOT/target/testbed-venv"
-# Pinned so every machine validates against the same vendored compose-spec.json.
-VENV_REQUIREMENTS="check-jsonschema==0.39.0 jsonschema>=4.18,<5 PyYAML>=6,<7"
+# Pinned so every machine validates against the same vendored compose-spec.json,
+# and tests the contract with the same schemathesis and generators.
+VENV_REQUIREMENTS="check-jsonschema==0.39.0 jsonschema>=4.18,<5 PyYAML>=6,<7 schemathesis==4.32.5 openapi-python-client==0.29.1 mypy==2.4.1"
+VENV_IMPORTS="import jsonschema, yaml, check_jsonschema, schemathesis, openapi_python_client, mypy"
+
+# TypeScript side of the contract check: installed into a folder of the project's
+# own (never globally), exact versions.
+NODE_DIR="$ROOT/target/contract-node"
+NODE_PACKAGES="openapi-typescript@7.13.0 openapi-fetch@0.17.0 typescript@5.9.3"
 
 APT_PACKAGES=(postgresql chromium wrk curl jq python3-venv ca-certificates)
 
@@ -236,7 +247,7 @@ log "chromium: $CHROMIUM"
 # ------------------------------------------------- python venv (static checks) ---
 venv_stamp="$VENV/.lxgate-requirements"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$venv_stamp" 2>/dev/null)" = "$VENV_REQUIREMENTS" ] \
-    && "$VENV/bin/python" -c 'import jsonschema, yaml, check_jsonschema' 2>/dev/null; then
+    && "$VENV/bin/python" -c "$VENV_IMPORTS" 2>/dev/null; then
     log "python venv: $VENV ok"
 else
     log "python venv: creating $VENV"
@@ -245,9 +256,28 @@ else
     # shellcheck disable=SC2086  # word splitting of the requirement list is intended
     "$VENV/bin/pip" install -q --disable-pip-version-check $VENV_REQUIREMENTS \
         || die "pip install into $VENV failed"
-    "$VENV/bin/python" -c 'import jsonschema, yaml, check_jsonschema' \
+    "$VENV/bin/python" -c "$VENV_IMPORTS" \
         || die "venv $VENV is unusable"
     printf '%s' "$VENV_REQUIREMENTS" >"$venv_stamp"
+fi
+
+# ------------------------------------------- npm tools (contract check) ---
+node_stamp="$NODE_DIR/.lxgate-packages"
+command -v npm >/dev/null || die "npm not found (the machine's Node.js)"
+if [ "$(cat "$node_stamp" 2>/dev/null)" = "$NODE_PACKAGES" ] \
+    && [ -x "$NODE_DIR/node_modules/.bin/openapi-typescript" ] && [ -x "$NODE_DIR/node_modules/.bin/tsc" ]; then
+    log "npm tools: $NODE_DIR ok"
+else
+    log "npm tools: installing $NODE_PACKAGES into $NODE_DIR"
+    rm -rf "$NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    printf '{"name": "lxgate-contract-tools", "private": true}\n' >"$NODE_DIR/package.json"
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --save-exact $NODE_PACKAGES </dev/null >/dev/null) \
+        || die "npm install into $NODE_DIR failed"
+    [ -x "$NODE_DIR/node_modules/.bin/openapi-typescript" ] && [ -x "$NODE_DIR/node_modules/.bin/tsc" ] \
+        || die "npm tools in $NODE_DIR are unusable"
+    printf '%s' "$NODE_PACKAGES" >"$node_stamp"
 fi
 
 # ------------------------------------------------------------ testbed.env ---
@@ -258,6 +288,7 @@ tmp="$ENV_FILE.tmp.$$"
         LXGATE_TEST_POSTGRES_URL "$PG_URL" \
         LXGATE_TEST_CHROMIUM "$CHROMIUM" \
         LXGATE_TESTBED_PYTHON "$VENV/bin/python" \
+        LXGATE_TESTBED_NODE_MODULES "$NODE_DIR/node_modules" \
         LXGATE_TESTBED_DIR "$TESTBED_DIR"
 } >"$tmp"
 mv -f "$tmp" "$ENV_FILE"

@@ -1,6 +1,8 @@
 //! The OpenAPI document: metadata, tags and the bearer security scheme.
 
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -27,7 +29,33 @@ use utoipa::{Modify, OpenApi};
         (name = "audit", description = "Who changed what (admins)"),
         (name = "health", description = "Liveness, readiness and metrics (no auth)")
     ),
-    components(schemas(crate::error::Problem))
+    components(schemas(
+        crate::error::Problem,
+        crate::names::InstanceName,
+        crate::names::ProjectName,
+        crate::names::SnapshotName,
+        crate::names::BackupName,
+        crate::names::PoolName,
+        crate::names::VolumeName,
+        crate::names::NetworkName,
+        crate::names::DeviceName,
+        crate::names::ImageFingerprint,
+        crate::names::ImageAliasName,
+        crate::auth::Username,
+        crate::api::schemas::ProjectParam,
+        crate::api::schemas::LogFileName,
+        crate::api::schemas::ByteSize,
+        crate::api::schemas::AbsolutePath,
+        crate::api::schemas::FileMode,
+        crate::api::schemas::ExecArgument,
+        crate::api::schemas::ExecEnvironment,
+        crate::api::schemas::ExecCommand,
+        crate::api::schemas::WaitSeconds,
+        crate::backend::types::schema::DeviceOptions,
+        crate::api::schemas::InstanceSourceSchema,
+        crate::backend::types::schema::InstanceSourceType,
+        crate::backend::types::schema::InstanceAction
+    ))
 )]
 pub struct ApiDoc;
 
@@ -46,6 +74,223 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The document with every route in it (`router::api()`'s) completed: see
+/// [`CommonResponses`]. Both `/openapi.json` and `lxgate openapi` are this.
+pub fn complete(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    CommonResponses.modify(&mut doc);
+    doc
+}
+
+/// The answers every operation of a kind can give, documented where its
+/// handler's annotation does not: the extractors' and the auth layer's
+/// refusals, and the 501s of what one of the backends does not do. Added
+/// after the handlers' own responses, never replacing one. (Applied to the
+/// finished document: `ApiDoc`'s own modifiers run before the routes are in.)
+struct CommonResponses;
+
+/// Operations that answer 501 `not_supported` when the backend behind
+/// lxgate does not do what was asked, and when.
+const NOT_SUPPORTED: &[(&str, &str)] = &[
+    ("list_instances", "`filter` on the embedded backend"),
+    ("list_images", "`filter` on the embedded backend"),
+    (
+        "create_instance",
+        "`devices` on the embedded backend (attach volumes and NICs with their own endpoints), or an instance type whose driver this host lacks",
+    ),
+    (
+        "replace_instance",
+        "`devices` on the embedded backend (attach volumes and NICs with their own endpoints)",
+    ),
+    (
+        "update_instance",
+        "`devices` on the embedded backend (attach volumes and NICs with their own endpoints)",
+    ),
+    (
+        "instance_action",
+        "an instance type whose driver this host lacks",
+    ),
+    (
+        "change_instance_state",
+        "an instance type whose driver this host lacks",
+    ),
+    (
+        "exec_instance",
+        "a virtual machine on the embedded backend (no guest agent)",
+    ),
+    (
+        "pull_file",
+        "a virtual machine on the embedded backend (no guest agent)",
+    ),
+    (
+        "push_file",
+        "a virtual machine on the embedded backend (no guest agent)",
+    ),
+    ("create_snapshot", "`stateful` on the embedded backend"),
+    ("restore_snapshot", "`stateful` on the embedded backend"),
+    (
+        "create_backup",
+        "`optimized_storage`, or a compression algorithm the embedded backend lacks",
+    ),
+    ("copy_image", "protocol `incus` on the embedded backend"),
+    (
+        "create_network",
+        "a network type other than `bridge`, masquerading, IPv6 DHCP, or DHCP without dnsmasq, on the embedded backend",
+    ),
+    (
+        "replace_network",
+        "masquerading, IPv6 DHCP, or DHCP without dnsmasq, on the embedded backend",
+    ),
+    (
+        "update_network",
+        "masquerading, IPv6 DHCP, or DHCP without dnsmasq, on the embedded backend",
+    ),
+    (
+        "attach_nic",
+        "a NIC on an unmanaged network on the embedded backend",
+    ),
+    (
+        "create_storage_pool",
+        "a driver other than `dir` on the embedded backend",
+    ),
+    (
+        "create_volume",
+        "a size on a filesystem volume of the embedded backend's `dir` pools",
+    ),
+    (
+        "update_volume",
+        "a size on a filesystem volume of the embedded backend's `dir` pools",
+    ),
+    (
+        "resize_volume",
+        "a filesystem volume of the embedded backend's `dir` pools",
+    ),
+    (
+        "attach_volume",
+        "a filesystem volume for a virtual machine on the embedded backend",
+    ),
+];
+
+fn problem(description: String) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+impl CommonResponses {
+    fn complete(op: &mut Operation) {
+        let secured = op.security.as_ref().is_some_and(|alts| {
+            !alts.iter().any(|a| {
+                serde_json::to_value(a).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+            })
+        });
+        let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        let project_query = op.parameters.iter().flatten().any(|p| {
+            serde_json::to_value(p).is_ok_and(|v| v["in"] == "query" && v["name"] == "project")
+        });
+        // An optional body is left out, never sent as JSON `null` (which the
+        // extractors refuse): `Option<T>` bodies are documented as `T`.
+        if let Some(RefOr::T(body)) = &mut op.request_body {
+            for content in body.content.values_mut() {
+                if let RefOr::T(content) = content
+                    && let Some(schema) = content.schema.take()
+                {
+                    content.schema = Some(without_null_alternative(schema));
+                }
+            }
+        }
+        let body_types: Vec<String> = match &op.request_body {
+            Some(RefOr::T(body)) => body.content.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let json_body = body_types.iter().any(|t| t == "application/json");
+        let id = op.operation_id.clone().unwrap_or_default();
+        let responses = &mut op.responses.responses;
+        let mut add = |status: &str, description: String| {
+            responses
+                .entry(status.to_owned())
+                .or_insert_with(|| problem(description));
+        };
+        if secured {
+            add(
+                "401",
+                "No access token, or one that is invalid, expired or revoked".into(),
+            );
+        }
+        if has_params {
+            add(
+                "400",
+                "A path or query parameter is invalid (`invalid_name`, `invalid_query`)".into(),
+            );
+        }
+        if json_body {
+            add("400", "The body is not JSON (`invalid_json`)".into());
+            add("415", "The body is not sent as `application/json`".into());
+            add(
+                "422",
+                "The body does not fit the request schema, or a value in it is refused (`validation_failed`; `field` names it)".into(),
+            );
+        }
+        if !body_types.is_empty() {
+            add("413", "The body is larger than lxgate takes".into());
+        }
+        if project_query {
+            add(
+                "404",
+                "No such project (`?project=`), or no such resource in it".into(),
+            );
+        }
+        if let Some((_, when)) = NOT_SUPPORTED.iter().find(|(op_id, _)| *op_id == id) {
+            add(
+                "501",
+                format!("Not supported by the backend behind lxgate (`not_supported`): {when}"),
+            );
+        }
+    }
+}
+
+/// `oneOf: [X, {type: null}]` -> `X`.
+fn without_null_alternative(
+    schema: RefOr<utoipa::openapi::Schema>,
+) -> RefOr<utoipa::openapi::Schema> {
+    if let RefOr::T(utoipa::openapi::Schema::OneOf(one_of)) = &schema {
+        let mut rest = one_of.items.iter().filter(|item| {
+            !serde_json::to_value(item).is_ok_and(|v| v == serde_json::json!({"type": "null"}))
+        });
+        if let (Some(only), None) = (rest.next(), rest.next())
+            && one_of.items.len() == 2
+        {
+            return only.clone();
+        }
+    }
+    schema
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::complete(op);
+            }
+        }
     }
 }
 
@@ -69,6 +314,20 @@ mod tests {
             committed == current,
             "the API changed but openapi.json did not: review the change, then run `make openapi` and commit openapi.json"
         );
+    }
+
+    /// Every `$ref` names a component that is in the document (utoipa does not
+    /// collect every schema a `value_type` names).
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = serde_json::to_value(crate::router::openapi()).unwrap();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (i, _) in text.match_indices("#/components/schemas/") {
+            let rest = &text[i + "#/components/schemas/".len()..];
+            let name = &rest[..rest.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "no component {name}");
+        }
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document alone (for `lxgate openapi` and the drift test).
 pub fn openapi() -> OpenApiDoc {
-    api().into_openapi()
+    crate::openapi::complete(api().into_openapi())
 }
 
 async fn not_found() -> ApiError {
@@ -288,6 +288,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// The full application: API, docs, fallbacks and layers.
 pub fn build(state: AppState) -> Router {
     let (api, openapi) = api().split_for_parts();
+    let openapi = crate::openapi::complete(openapi);
     let config = &state.config;
     let mut router = api
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod policy;
+pub mod schemas;
 pub mod slots;
 pub mod v1;
 pub mod ws;
@@ -42,9 +43,147 @@ impl From<crate::auth::accounts::CreateError> for ApiError {
 }
 
 /// `axum::Json` whose rejections come back as problem+json.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+///
+/// A number with a zero fraction (`30.0`) is read as the integer it is, as
+/// JSON Schema's `integer` (and so the OpenAPI contract) counts it: serde
+/// alone refuses a float where the field is an integer.
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // Content type, size limit and syntax: axum's checks and rejections.
+        let axum::Json(raw) =
+            axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await?;
+        match axum::Json::<T>::from_bytes(raw.get().as_bytes()) {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(axum::extract::rejection::JsonRejection::JsonDataError(e))
+                if e.body_text().contains("invalid type: floating point") =>
+            {
+                // Once more with `30.0` as `30`; the document goes through a
+                // `Value`, which would drop a duplicate key: those are refused
+                // here as the derive refuses them.
+                let _: DuplicateKeyCheck = serde_json::from_str(raw.get()).map_err(|d| {
+                    ApiError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "validation_failed",
+                        d.to_string(),
+                    )
+                })?;
+                let mut value: serde_json::Value =
+                    serde_json::from_str(raw.get()).map_err(ApiError::internal)?;
+                integral_floats_as_integers(&mut value);
+                let bytes = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+                let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
+                Ok(Json(v))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// An optional JSON body a handler reads itself (empty: `T::default()`), with
+/// the same reading of `30.0` as [`Json`]. Refusals are 422 `validation_failed`.
+pub fn optional_json_body<T>(body: &[u8]) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let invalid = |e: serde_json::Error| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("invalid body: {e}"),
+        )
+    };
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(e) if e.to_string().contains("invalid type: floating point") => {
+            let _: DuplicateKeyCheck = serde_json::from_slice(body).map_err(invalid)?;
+            let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+            integral_floats_as_integers(&mut value);
+            serde_json::from_value(value).map_err(invalid)
+        }
+        Err(e) => Err(invalid(e)),
+    }
+}
+
+/// Walks a JSON document and fails on an object with a key given twice.
+struct DuplicateKeyCheck;
+
+impl<'de> Deserialize<'de> for DuplicateKeyCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DuplicateKeyCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    map.next_value::<DuplicateKeyCheck>()?;
+                }
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<DuplicateKeyCheck>()?.is_some() {}
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(DuplicateKeyCheck)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+            {
+                if f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    *n = (f as i64).into();
+                } else if f >= 0.0 && f < u64::MAX as f64 {
+                    *n = (f as u64).into();
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -95,8 +234,10 @@ impl<T> Page<T> {
 #[into_params(parameter_in = Query)]
 pub struct Pagination {
     /// Page size (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

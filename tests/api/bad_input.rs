@@ -712,3 +712,53 @@ async fn error_responses_always_carry_their_request_id() {
         );
     }
 }
+
+/// `30.0` is an integer to JSON Schema (and so to the OpenAPI contract):
+/// read as 30, where `30.5` is still refused, and the second reading keeps
+/// refusing a key given twice. Through the `Json` extractor (state) and a
+/// handler's own optional body (action).
+#[tokio::test]
+async fn integral_float_is_read_as_the_integer() {
+    let app = sqlite_app().await;
+    let admin = app.admin_token().await;
+    let send = |method: Method, path: &'static str, body: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            app.send(
+                app.request(method, path, Some(admin))
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await
+        }
+    };
+    for (method, path, ok, fraction, twice) in [
+        (
+            Method::PUT,
+            "/api/v1/instances/nope/state",
+            r#"{"action": "stop", "timeout": 30.0}"#,
+            r#"{"action": "stop", "timeout": 30.5}"#,
+            r#"{"action": "stop", "timeout": 30.0, "force": true, "force": false}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1/instances/nope/stop",
+            r#"{"timeout": 30.0}"#,
+            r#"{"timeout": 30.5}"#,
+            r#"{"timeout": 30.0, "force": true, "force": false}"#,
+        ),
+    ] {
+        // Parsed, so it gets as far as the missing instance.
+        problem(
+            &send(method.clone(), path, ok).await,
+            404,
+            "instance_not_found",
+        );
+        problem(
+            &send(method.clone(), path, fraction).await,
+            422,
+            "validation_failed",
+        );
+        problem(&send(method, path, twice).await, 422, "validation_failed");
+    }
+}

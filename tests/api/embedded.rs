@@ -2217,6 +2217,12 @@ async fn bridge_networks_and_nics() {
     net(json!({"name": "a-sixteen-chars0"}))
         .await
         .assert_problem(400, "bad_request");
+    // `all` and `default` are the kernel's (the bridge failed as a 500).
+    for name in ["all", "default"] {
+        net(json!({"name": name}))
+            .await
+            .assert_problem(422, "validation_failed");
+    }
     net(json!({"name": "lxgbr0", "config": {"ipv4.address": "10.77.0.0/24"}}))
         .await
         .assert_problem(400, "bad_request");

@@ -93,10 +93,13 @@ pub struct AuditQuery {
     /// Only requests about this project.
     pub project: Option<String>,
     /// Only requests at or after this time (RFC 3339, e.g. `2026-11-23T00:00:00Z`).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Page size (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -312,7 +312,7 @@ pub async fn me(user: AuthUser) -> Json<Me> {
 pub struct ChangePassword {
     #[schema(format = Password)]
     pub current_password: String,
-    #[schema(format = Password)]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password)]
     pub new_password: String,
 }
 
@@ -377,10 +377,14 @@ pub async fn change_password(
 pub struct WsTicketRequest {
     /// The socket's path: `/api/v1/events/ws`, `/api/v1/operations/ws`,
     /// `/api/v1/instances/{name}/exec/ws` or `/api/v1/instances/{name}/console/ws`.
-    #[schema(example = "/api/v1/instances/web1/exec/ws", max_length = 128)]
+    #[schema(
+        example = "/api/v1/instances/web1/exec/ws",
+        max_length = 128,
+        pattern = "^/api/v1/(?:events/ws|operations/ws|instances/[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?/(?:exec|console)/ws)$"
+    )]
     pub path: String,
     /// The `?project=` the socket URL will carry; omit it when the URL has none.
-    #[schema(example = "default", max_length = 63)]
+    #[schema(value_type = Option<crate::names::ProjectName>)]
     pub project: Option<String>,
 }
 

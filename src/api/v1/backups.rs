@@ -55,10 +55,13 @@ fn no_backup<'a>(
 #[into_params(parameter_in = Query)]
 pub struct ListBackupsQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -73,7 +76,7 @@ pub enum BackupEntry {
 /// List an instance's backups.
 #[utoipa::path(get, path = "", tag = "backups", operation_id = "list_backups",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ListBackupsQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListBackupsQuery),
     responses(
         (status = 200, description = "A page of backups (or names)", body = Page<BackupEntry>),
         (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
@@ -106,7 +109,7 @@ pub async fn list_backups(
 /// with an operation.
 #[utoipa::path(post, path = "", tag = "backups", operation_id = "create_backup",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = BackupCreate,
     responses(
         (status = 202, description = "Backing up", body = OperationRef,
@@ -169,8 +172,8 @@ pub async fn create_backup(
 #[utoipa::path(get, path = "/{backup}", tag = "backups", operation_id = "get_backup",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("backup" = String, Path, description = "Backup name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
         ProjectQuery),
     responses(
         (status = 200, description = "The backup", body = Backup),
@@ -200,8 +203,8 @@ pub async fn get_backup(
 #[utoipa::path(delete, path = "/{backup}", tag = "backups", operation_id = "delete_backup",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("backup" = String, Path, description = "Backup name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
         ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
@@ -260,8 +263,8 @@ fn tarball_extension(head: &[u8]) -> &'static str {
 #[utoipa::path(get, path = "/{backup}/export", tag = "backups", operation_id = "export_backup",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("backup" = String, Path, description = "Backup name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
         ProjectQuery),
     responses(
         (status = 200, description = "The backup tarball", content_type = "application/octet-stream",

@@ -38,6 +38,7 @@ pub struct EventsQuery {
     #[param(rename = "type")]
     pub kinds: Option<String>,
     /// Only this project (default: every project the caller can see).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// A single-use ticket from `POST /api/v1/auth/ws-ticket` (browsers).
     pub ticket: Option<String>,

@@ -36,6 +36,7 @@ pub struct TerminalQuery {
     pub env: Vec<String>,
     /// Working directory (absolute).
     pub cwd: Option<String>,
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// A single-use ticket from `POST /api/v1/auth/ws-ticket` (browsers).
     pub ticket: Option<String>,
@@ -114,7 +115,7 @@ fn terminal_needs(project: &ProjectName) -> Vec<(Permission, String)> {
 /// last server frame is `{"type":"exit","exit_code":N}`.
 #[utoipa::path(get, path = "/{name}/exec/ws", tag = "instances", operation_id = "exec_instance_terminal",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), TerminalQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Invalid command or size", body = Problem, content_type = "application/problem+json"),
@@ -149,7 +150,7 @@ pub async fn exec_ws(
 /// The instance console (WebSocket), relayed like the exec terminal.
 #[utoipa::path(get, path = "/{name}/console/ws", tag = "instances", operation_id = "instance_console",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), TerminalQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -188,7 +189,7 @@ pub async fn console_ws(
 /// their operation says `output_expired: true`.
 #[utoipa::path(post, path = "/{name}/exec", tag = "instances", operation_id = "exec_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = ExecRequest,
     responses(
         (status = 202, description = "Running", body = OperationRef),

@@ -115,6 +115,7 @@ fn path_segment(s: &str) -> String {
 #[into_params(parameter_in = Query)]
 pub struct ListImagesQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only fingerprints.
     pub expand: Option<bool>,
@@ -124,7 +125,9 @@ pub struct ListImagesQuery {
     #[serde(rename = "all-projects")]
     #[param(rename = "all-projects")]
     pub all_projects: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -177,7 +180,7 @@ pub async fn list_images(
 /// Get an image by fingerprint (a unique prefix is enough).
 #[utoipa::path(get, path = "/{fingerprint}", tag = "images", operation_id = "get_image",
     security(("bearer" = [])),
-    params(("fingerprint" = String, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
+    params(("fingerprint" = crate::names::ImageFingerprint, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
         ProjectQuery),
     responses(
         (status = 200, description = "The image", body = Image,
@@ -209,7 +212,7 @@ pub async fn get_image(
 /// Delete an image (instances made from it are not affected).
 #[utoipa::path(delete, path = "/{fingerprint}", tag = "images", operation_id = "delete_image",
     security(("bearer" = [])),
-    params(("fingerprint" = String, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
+    params(("fingerprint" = crate::names::ImageFingerprint, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
         ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef,
@@ -784,10 +787,13 @@ pub async fn import_image(
 #[into_params(parameter_in = Query)]
 pub struct ListAliasesQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -886,7 +892,7 @@ pub async fn create_image_alias(
 /// Get an image alias.
 #[utoipa::path(get, path = "/aliases/{name}", tag = "images", operation_id = "get_image_alias",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Alias name"), ProjectQuery),
+    params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
     responses(
         (status = 200, description = "The alias", body = ImageAliasesEntry),
         (status = 400, description = "Invalid alias name", body = Problem, content_type = "application/problem+json"),
@@ -913,7 +919,7 @@ pub async fn get_image_alias(
 /// Delete an image alias (the image stays).
 #[utoipa::path(delete, path = "/aliases/{name}", tag = "images", operation_id = "delete_image_alias",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Alias name"), ProjectQuery),
+    params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid alias name", body = Problem, content_type = "application/problem+json"),

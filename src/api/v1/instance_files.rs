@@ -112,15 +112,18 @@ fn streamed(content: Download, content_type: &'static str) -> Response {
 #[into_params(parameter_in = Query)]
 pub struct ListLogsQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
 /// List an instance's log files (names, e.g. `lxc.log`).
 #[utoipa::path(get, path = "/logs", tag = "instances", operation_id = "list_instance_logs",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ListLogsQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListLogsQuery),
     responses(
         (status = 200, description = "A page of log file names", body = Page<String>),
         (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
@@ -152,8 +155,8 @@ pub async fn list_instance_logs(
 #[utoipa::path(get, path = "/logs/{file}", tag = "instances", operation_id = "get_instance_log",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("file" = String, Path, description = "Log file name, e.g. `lxc.log`"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("file" = crate::api::schemas::LogFileName, Path, description = "Log file name, e.g. `lxc.log`"),
         ProjectQuery),
     responses(
         (status = 200, description = "The log file", content_type = "text/plain", body = String),
@@ -185,7 +188,7 @@ pub async fn get_instance_log(
 /// for an instance that has not run).
 #[utoipa::path(get, path = "/console/log", tag = "instances", operation_id = "get_console_log",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
     responses(
         (status = 200, description = "The console output", content_type = "text/plain", body = String),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
@@ -213,9 +216,10 @@ pub async fn get_console_log(
 #[into_params(parameter_in = Query)]
 pub struct PullQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Absolute path inside the instance.
-    #[param(example = "/etc/hostname")]
+    #[param(required = true, value_type = crate::api::schemas::AbsolutePath)]
     pub path: Option<String>,
 }
 
@@ -268,7 +272,7 @@ fn download_name(path: &str) -> String {
 /// mode (octal) and type come in `X-File-*` headers.
 #[utoipa::path(get, path = "/files", tag = "instances", operation_id = "pull_file",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), PullQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), PullQuery),
     responses(
         (status = 200, description = "The file's bytes (`application/octet-stream`), or a directory listing (JSON)",
             content(
@@ -331,16 +335,19 @@ pub async fn pull_file(
 #[into_params(parameter_in = Query)]
 pub struct PushQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Absolute path inside the instance; its directory must exist.
-    #[param(example = "/root/hello.txt")]
+    #[param(required = true, value_type = crate::api::schemas::AbsolutePath)]
     pub path: Option<String>,
     /// Owner uid for a new file (default 0).
+    #[param(value_type = Option<u32>)]
     pub uid: Option<String>,
     /// Owner gid for a new file (default 0).
+    #[param(value_type = Option<u32>)]
     pub gid: Option<String>,
     /// Permission bits in octal for a new file (default `0644`).
-    #[param(example = "0640")]
+    #[param(value_type = Option<crate::api::schemas::FileMode>)]
     pub mode: Option<String>,
 }
 
@@ -394,7 +401,7 @@ fn too_large() -> ApiError {
 /// apply to a new file. At most 1 GiB.
 #[utoipa::path(post, path = "/files", tag = "instances", operation_id = "push_file",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), PushQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), PushQuery),
     request_body(content = BinaryContent, content_type = "application/octet-stream",
         description = "The file's content"),
     responses(

@@ -27,6 +27,7 @@ const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 #[into_params(parameter_in = Query)]
 pub struct ListInstancesQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
@@ -34,13 +35,15 @@ pub struct ListInstancesQuery {
     pub filter: Option<String>,
     /// `container` or `virtual-machine`.
     #[serde(rename = "instance-type")]
-    #[param(rename = "instance-type")]
+    #[param(rename = "instance-type", value_type = Option<crate::backend::types::schema::InstanceType>)]
     pub instance_type: Option<String>,
     /// Instances of every project (admins only).
     #[serde(rename = "all-projects")]
     #[param(rename = "all-projects")]
     pub all_projects: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -118,8 +121,10 @@ pub async fn list_instances(
 #[into_params(parameter_in = Query)]
 pub struct ProjectWaitQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Wait up to this many seconds (max 300) for the operation to finish.
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
     pub wait: Option<u64>,
 }
 
@@ -128,6 +133,7 @@ pub struct ProjectWaitQuery {
 #[into_params(parameter_in = Query)]
 pub struct ProjectQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
 }
 
@@ -198,7 +204,7 @@ pub async fn create_instance(
 /// Get an instance. The `ETag` header can be sent back as `If-Match` on PUT/PATCH.
 #[utoipa::path(get, path = "/{name}", tag = "instances", operation_id = "get_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
     responses(
         (status = 200, description = "The instance", body = Instance,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -325,7 +331,7 @@ async fn update(
 /// Replace an instance's configuration (fields left out are emptied, as in Incus).
 #[utoipa::path(put, path = "/{name}", tag = "instances", operation_id = "replace_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery,
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
     request_body = InstanceUpdate,
     responses(
@@ -350,7 +356,7 @@ pub async fn replace_instance(
 /// Change some of an instance's configuration.
 #[utoipa::path(patch, path = "/{name}", tag = "instances", operation_id = "update_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery,
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
     request_body = InstanceUpdate,
     responses(
@@ -375,7 +381,7 @@ pub async fn update_instance(
 /// Delete an instance (it must be stopped).
 #[utoipa::path(delete, path = "/{name}", tag = "instances", operation_id = "delete_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
@@ -413,14 +419,14 @@ pub async fn delete_instance(
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     /// The new name.
-    #[schema(example = "web-2")]
+    #[schema(value_type = crate::names::InstanceName, example = "web-2")]
     pub name: String,
 }
 
 /// Rename an instance (it must be stopped).
 #[utoipa::path(post, path = "/{name}/rename", tag = "instances", operation_id = "rename_instance",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = RenameRequest,
     responses(
         (status = 202, description = "Renaming", body = OperationRef),
@@ -462,7 +468,7 @@ pub async fn rename_instance(
 /// Runtime state: status, processes, CPU, memory, disks, network addresses.
 #[utoipa::path(get, path = "/{name}/state", tag = "instances", operation_id = "get_instance_state",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
     responses(
         (status = 200, description = "The state", body = InstanceState),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
@@ -529,7 +535,7 @@ async fn change_state(
 /// Start, stop, restart, freeze or unfreeze an instance.
 #[utoipa::path(put, path = "/{name}/state", tag = "instances", operation_id = "change_instance_state",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = StateChange,
     responses(
         (status = 202, description = "Changing state", body = OperationRef),
@@ -552,6 +558,7 @@ pub async fn change_instance_state(
 #[serde(deny_unknown_fields)]
 pub struct ActionOptions {
     /// Seconds to wait for a clean stop (default 30).
+    #[schema(minimum = -1, maximum = 3600)]
     pub timeout: Option<i64>,
     /// Kill rather than shut down cleanly.
     #[serde(default)]
@@ -563,8 +570,8 @@ pub struct ActionOptions {
 #[utoipa::path(post, path = "/{name}/{action}", tag = "instances", operation_id = "instance_action",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("action" = String, Path, description = "start, stop, restart, freeze or unfreeze"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("action" = crate::backend::types::schema::InstanceAction, Path, description = "start, stop, restart, freeze or unfreeze"),
         ProjectWaitQuery),
     request_body(content = Option<ActionOptions>, description = "Optional"),
     responses(
@@ -586,17 +593,7 @@ pub async fn instance_action(
             format!("no action `{action}`; use start, stop, restart, freeze or unfreeze"),
         ));
     }
-    let opts: ActionOptions = if body.iter().all(u8::is_ascii_whitespace) {
-        ActionOptions::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let opts: ActionOptions = crate::api::optional_json_body(&body)?;
     let change = StateChange {
         action,
         timeout: opts.timeout.unwrap_or(30),

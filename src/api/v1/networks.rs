@@ -88,6 +88,17 @@ pub async fn create_network(
     user.require(Permission::InfraManage, "")?;
     let project = project_param(q.project.as_deref())?;
     let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    // A bridge's name is its interface name on the host, where `all` and
+    // `default` name the kernel's settings for every and for new interfaces
+    // (creating one failed as a 500).
+    if matches!(req.network_type.as_deref(), None | Some("bridge"))
+        && matches!(name.as_str(), "all" | "default")
+    {
+        return Err(ApiError::invalid_field(
+            "name",
+            "a bridge's name is its interface name on the host, where `all` and `default` are taken",
+        ));
+    }
     if let Some(t) = &req.network_type
         && !NETWORK_TYPES.contains(&t.as_str())
     {
@@ -107,7 +118,7 @@ pub async fn create_network(
 /// Get a network. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/{name}", tag = "networks", operation_id = "get_network",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 200, description = "The network", body = Network,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -155,7 +166,7 @@ async fn update(
 /// emptied, as in Incus; admins).
 #[utoipa::path(put, path = "/{name}", tag = "networks", operation_id = "replace_network",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery,
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
     request_body = NetworkUpdate,
     responses(
@@ -178,7 +189,7 @@ pub async fn replace_network(
 /// Change a managed network's description or some config keys (admins).
 #[utoipa::path(patch, path = "/{name}", tag = "networks", operation_id = "update_network",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery,
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
     request_body = NetworkUpdate,
     responses(
@@ -201,7 +212,7 @@ pub async fn update_network(
 /// Delete a managed network; it must be unused (admins).
 #[utoipa::path(delete, path = "/{name}", tag = "networks", operation_id = "delete_network",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The network is in use", body = Problem, content_type = "application/problem+json"),
@@ -227,7 +238,7 @@ pub async fn delete_network(
 /// The network's interface on the host: link state, addresses, counters.
 #[utoipa::path(get, path = "/{name}/state", tag = "networks", operation_id = "get_network_state",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 200, description = "The state", body = NetworkState),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
@@ -253,7 +264,7 @@ pub async fn get_network_state(
 /// DHCP leases (and static allocations) on a managed network.
 #[utoipa::path(get, path = "/{name}/leases", tag = "networks", operation_id = "list_network_leases",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Network name"), ProjectQuery),
+    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 200, description = "The leases", body = Vec<NetworkLease>),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
@@ -289,15 +300,15 @@ pub async fn list_network_leases(
 #[serde(deny_unknown_fields)]
 pub struct AttachNic {
     /// A managed network of the instance's project.
-    #[schema(example = "lxgbr0")]
+    #[schema(value_type = crate::names::NetworkName, example = "lxgbr0")]
     pub network: String,
     /// The device name on the instance; also the interface name inside it
     /// unless `name` says otherwise.
-    #[schema(example = "eth1")]
+    #[schema(value_type = crate::names::DeviceName, example = "eth1")]
     pub device: String,
     /// The interface name inside the instance (default: the device name).
     #[serde(default)]
-    #[schema(example = "eth1")]
+    #[schema(value_type = Option<crate::names::DeviceName>, example = "eth1")]
     pub name: Option<String>,
 }
 
@@ -306,7 +317,7 @@ pub struct AttachNic {
 /// in the background); 412 if the instance changed meanwhile.
 #[utoipa::path(post, path = "", tag = "networks", operation_id = "attach_nic",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = AttachNic,
     responses(
         (status = 200, description = "Attached", body = Instance),
@@ -381,8 +392,8 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
 /// with `?wait=`).
 #[utoipa::path(delete, path = "/{device}", tag = "networks", operation_id = "detach_nic",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"),
-        ("device" = String, Path, description = "The device name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("device" = crate::names::DeviceName, Path, description = "The device name"), ProjectWaitQuery),
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),

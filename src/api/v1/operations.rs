@@ -252,12 +252,15 @@ async fn visible(
 #[into_params(parameter_in = Query)]
 pub struct ListOperationsQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Every project (admins only).
     #[serde(rename = "all-projects")]
     #[param(rename = "all-projects")]
     pub all_projects: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -305,7 +308,7 @@ pub async fn list_operations(
 /// Get an operation.
 #[utoipa::path(get, path = "/{id}", tag = "operations", operation_id = "get_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 200, description = "The operation", body = Operation),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -327,6 +330,7 @@ pub async fn get_operation(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Seconds to wait (default 30, max 300).
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
     pub timeout: Option<u64>,
 }
 
@@ -334,7 +338,7 @@ pub struct WaitQuery {
 /// return it (check `status_code`: 103 means still running).
 #[utoipa::path(get, path = "/{id}/wait", tag = "operations", operation_id = "wait_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)"), WaitQuery),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)"), WaitQuery),
     responses(
         (status = 200, description = "The operation, finished or still running", body = Operation),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -361,7 +365,7 @@ pub async fn wait_operation(
 /// Cancel an operation: operators their own, admins anyone's.
 #[utoipa::path(delete, path = "/{id}", tag = "operations", operation_id = "cancel_operation",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Operation id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 204, description = "Cancelled"),
         (status = 403, description = "Not the caller's operation, or no operator role", body = Problem, content_type = "application/problem+json"),

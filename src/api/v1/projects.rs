@@ -50,7 +50,9 @@ fn refuse_default(name: &ProjectName) -> ApiResult<()> {
 pub struct ListProjectsQuery {
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -60,6 +62,7 @@ pub struct ListProjectsQuery {
 #[into_params(parameter_in = Query)]
 pub struct SameProjectQuery {
     /// Optional; if given, it must equal the project in the path.
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
 }
 
@@ -155,7 +158,7 @@ pub async fn create_project(
 /// Get a project (any role in it). The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/{name}", tag = "projects", operation_id = "get_project",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name"), SameProjectQuery),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name"), SameProjectQuery),
     responses(
         (status = 200, description = "The project", body = Project,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -262,7 +265,7 @@ async fn update(
 /// projects, `default` included; projects lxgate creates start restricted.
 #[utoipa::path(post, path = "/{name}/restrict", tag = "projects", operation_id = "restrict_project",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name")),
     responses(
         (status = 200, description = "Restricted", body = Project),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
@@ -303,7 +306,7 @@ pub async fn restrict_project(
 /// as in Incus; admins).
 #[utoipa::path(put, path = "/{name}", tag = "projects", operation_id = "replace_project",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name"),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name"),
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
     request_body = ProjectUpdate,
     responses(
@@ -325,7 +328,7 @@ pub async fn replace_project(
 /// Change a project's description or some config keys, e.g. limits (admins).
 #[utoipa::path(patch, path = "/{name}", tag = "projects", operation_id = "update_project",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name"),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name"),
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
     request_body = ProjectUpdate,
     responses(
@@ -348,7 +351,7 @@ pub async fn update_project(
 /// (grants may name projects that do not exist yet).
 #[utoipa::path(delete, path = "/{name}", tag = "projects", operation_id = "delete_project",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name")),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
@@ -378,7 +381,7 @@ pub async fn delete_project(
 /// a limit of -1 means none.
 #[utoipa::path(get, path = "/{name}/state", tag = "projects", operation_id = "get_project_state",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Project name"), SameProjectQuery),
+    params(("name" = crate::names::ProjectName, Path, description = "Project name"), SameProjectQuery),
     responses(
         (status = 200, description = "Usage and limits", body = ProjectState),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),

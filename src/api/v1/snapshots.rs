@@ -2,7 +2,6 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -66,10 +65,13 @@ fn no_snapshot<'a>(
 #[into_params(parameter_in = Query)]
 pub struct ListSnapshotsQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -84,7 +86,7 @@ pub enum SnapshotEntry {
 /// List an instance's snapshots.
 #[utoipa::path(get, path = "", tag = "snapshots", operation_id = "list_snapshots",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ListSnapshotsQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListSnapshotsQuery),
     responses(
         (status = 200, description = "A page of snapshots (or names)", body = Page<SnapshotEntry>),
         (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
@@ -116,7 +118,7 @@ pub async fn list_snapshots(
 /// Take a snapshot. Answers 202 with an operation.
 #[utoipa::path(post, path = "", tag = "snapshots", operation_id = "create_snapshot",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = SnapshotCreate,
     responses(
         (status = 202, description = "Snapshotting", body = OperationRef,
@@ -168,8 +170,8 @@ pub async fn create_snapshot(
 #[utoipa::path(get, path = "/{snap}", tag = "snapshots", operation_id = "get_snapshot",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("snap" = String, Path, description = "Snapshot name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
         ProjectQuery),
     responses(
         (status = 200, description = "The snapshot", body = Snapshot),
@@ -199,8 +201,8 @@ pub async fn get_snapshot(
 #[utoipa::path(delete, path = "/{snap}", tag = "snapshots", operation_id = "delete_snapshot",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("snap" = String, Path, description = "Snapshot name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
         ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
@@ -242,8 +244,8 @@ pub async fn delete_snapshot(
 #[utoipa::path(post, path = "/{snap}/restore", tag = "snapshots", operation_id = "restore_snapshot",
     security(("bearer" = [])),
     params(
-        ("name" = String, Path, description = "Instance name"),
-        ("snap" = String, Path, description = "Snapshot name"),
+        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
         ProjectWaitQuery),
     request_body(content = Option<SnapshotRestore>, description = "Optional"),
     responses(
@@ -265,17 +267,7 @@ pub async fn restore_snapshot(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
-    let opts: SnapshotRestore = if body.iter().all(u8::is_ascii_whitespace) {
-        SnapshotRestore::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!("invalid body: {e}"),
-            )
-        })?
-    };
+    let opts: SnapshotRestore = crate::api::optional_json_body(&body)?;
     // The snapshot's config and devices are written back: held to the
     // policy like any other write (an allowance since withdrawn, say).
     let policy = policy::for_caller(&state, &user, &project).await?;

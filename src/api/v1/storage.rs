@@ -119,10 +119,13 @@ fn volume_not_found<'a>(
 #[into_params(parameter_in = Query)]
 pub struct ProjectListQuery {
     /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
     pub project: Option<String>,
     /// Full objects (default) or only names.
     pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -206,7 +209,7 @@ pub async fn create_storage_pool(
 /// Get a storage pool. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/pools/{pool}", tag = "storage", operation_id = "get_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"), ProjectQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectQuery),
     responses(
         (status = 200, description = "The pool", body = StoragePool,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -251,7 +254,7 @@ async fn update_pool(
 /// Replace a pool's description and config (left-out fields are emptied, as in Incus; admins).
 #[utoipa::path(put, path = "/pools/{pool}", tag = "storage", operation_id = "replace_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
     request_body = StoragePoolUpdate,
     responses(
@@ -273,7 +276,7 @@ pub async fn replace_storage_pool(
 /// Change a pool's description or some config keys (admins).
 #[utoipa::path(patch, path = "/pools/{pool}", tag = "storage", operation_id = "update_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
     request_body = StoragePoolUpdate,
     responses(
@@ -295,7 +298,7 @@ pub async fn update_storage_pool(
 /// Delete a storage pool; it must be unused (admins).
 #[utoipa::path(delete, path = "/pools/{pool}", tag = "storage", operation_id = "delete_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name")),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The pool is in use", body = Problem, content_type = "application/problem+json"),
@@ -321,7 +324,7 @@ pub async fn delete_storage_pool(
 /// List the custom volumes of a project in a pool.
 #[utoipa::path(get, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "list_volumes",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"), ProjectListQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of volumes (or names)", body = Page<Entry<StorageVolume>>),
         (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
@@ -347,7 +350,7 @@ pub async fn list_volumes(
 /// operation when the backend creates it in the background.
 #[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"), ProjectWaitQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectWaitQuery),
     request_body = StorageVolumeCreate,
     responses(
         (status = 201, description = "Created", body = StorageVolume,
@@ -411,8 +414,8 @@ pub async fn create_volume(
 /// Get a custom volume. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "get_volume",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
-        ("name" = String, Path, description = "Volume name"), ProjectQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery),
     responses(
         (status = 200, description = "The volume", body = StorageVolume,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -456,8 +459,8 @@ async fn patch_volume(
 /// Change a custom volume's description or some config keys.
 #[utoipa::path(patch, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "update_volume",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
-        ("name" = String, Path, description = "Volume name"), ProjectQuery,
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the volume changed since")),
     request_body = StorageVolumeUpdate,
     responses(
@@ -500,8 +503,8 @@ pub async fn update_volume(
 /// Delete a custom volume; it must not be attached to an instance.
 #[utoipa::path(delete, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "delete_volume",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
-        ("name" = String, Path, description = "Volume name"), ProjectWaitQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectWaitQuery),
     responses(
         (status = 204, description = "Deleted"),
         (status = 202, description = "Deleting", body = OperationRef),
@@ -548,15 +551,15 @@ pub struct ResizeRequest {
     /// The new size: an integer with an optional unit (`B`, `kB`, `MB`,
     /// `GB`, `KiB`, `MiB`, `GiB`, `TiB`...). Shrinking may be refused by the
     /// storage driver.
-    #[schema(example = "10GiB")]
+    #[schema(value_type = crate::api::schemas::ByteSize, example = "10GiB")]
     pub size: String,
 }
 
 /// Resize a custom volume (sets its `size`).
 #[utoipa::path(post, path = "/pools/{pool}/volumes/{name}/resize", tag = "storage", operation_id = "resize_volume",
     security(("bearer" = [])),
-    params(("pool" = String, Path, description = "Pool name"),
-        ("name" = String, Path, description = "Volume name"), ProjectQuery),
+    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery),
     request_body = ResizeRequest,
     responses(
         (status = 200, description = "Resized", body = StorageVolume),
@@ -589,18 +592,18 @@ pub async fn resize_volume(
 #[serde(deny_unknown_fields)]
 pub struct AttachVolume {
     /// The pool holding the volume.
-    #[schema(example = "default")]
+    #[schema(value_type = crate::names::PoolName, example = "default")]
     pub pool: String,
     /// A custom volume of the instance's project.
-    #[schema(example = "data")]
+    #[schema(value_type = crate::names::VolumeName, example = "data")]
     pub volume: String,
     /// Mount point inside the instance (filesystem volumes; leave out for a
     /// block volume on a VM).
     #[serde(default)]
-    #[schema(example = "/mnt/data")]
+    #[schema(value_type = Option<crate::api::schemas::AbsolutePath>, example = "/mnt/data")]
     pub path: Option<String>,
     /// The device name on the instance.
-    #[schema(example = "data")]
+    #[schema(value_type = crate::names::DeviceName, example = "data")]
     pub device: String,
 }
 
@@ -609,7 +612,7 @@ pub struct AttachVolume {
 /// in the background); 412 if the instance changed meanwhile.
 #[utoipa::path(post, path = "", tag = "storage", operation_id = "attach_volume",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
     request_body = AttachVolume,
     responses(
         (status = 200, description = "Attached", body = Instance),
@@ -682,8 +685,8 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
 /// kept. Answers 202 with an operation (or 200 with `?wait=`).
 #[utoipa::path(delete, path = "/{device}", tag = "storage", operation_id = "detach_volume",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Instance name"),
-        ("device" = String, Path, description = "The device name"), ProjectWaitQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"),
+        ("device" = crate::names::DeviceName, Path, description = "The device name"), ProjectWaitQuery),
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),

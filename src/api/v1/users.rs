@@ -48,10 +48,10 @@ impl UserOut {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 1-64 characters: letters, digits, `.`, `_`, `-`, `@`; starts with a letter or digit.
-    #[schema(example = "alice")]
+    #[schema(value_type = crate::auth::Username, example = "alice")]
     pub username: String,
     /// At least `PASSWORD_MIN_LENGTH` (12) characters, not the username.
-    #[schema(format = Password, example = "a long passphrase")]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password, example = "a long passphrase")]
     pub password: String,
     /// Global role; omit or `null` for a user that will only get project roles.
     #[serde(default)]
@@ -179,7 +179,7 @@ pub async fn create_user(
 /// Get a user.
 #[utoipa::path(get, path = "/{username}", tag = "users", operation_id = "get_user",
     security(("bearer" = [])),
-    params(("username" = String, Path, description = "The username")),
+    params(("username" = crate::auth::Username, Path, description = "The username")),
     responses(
         (status = 200, description = "The user", body = UserOut),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
@@ -212,7 +212,7 @@ pub struct UpdateUser {
     pub role: Option<Option<Role>>,
     pub disabled: Option<bool>,
     /// Reset the password (an admin action; the user's sessions end).
-    #[schema(format = Password)]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password)]
     pub password: Option<String>,
 }
 
@@ -221,7 +221,7 @@ pub struct UpdateUser {
 /// Any change ends the user's current access tokens at once.
 #[utoipa::path(patch, path = "/{username}", tag = "users", operation_id = "update_user",
     security(("bearer" = [])),
-    params(("username" = String, Path, description = "The username")),
+    params(("username" = crate::auth::Username, Path, description = "The username")),
     request_body = UpdateUser,
     responses(
         (status = 200, description = "The updated user", body = UserOut),
@@ -274,7 +274,7 @@ fn last_admin() -> ApiError {
 /// Delete a user and its grants and sessions.
 #[utoipa::path(delete, path = "/{username}", tag = "users", operation_id = "delete_user",
     security(("bearer" = [])),
-    params(("username" = String, Path, description = "The username")),
+    params(("username" = crate::auth::Username, Path, description = "The username")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
@@ -312,8 +312,8 @@ pub struct GrantRequest {
 #[utoipa::path(put, path = "/{username}/projects/{project}", tag = "users", operation_id = "grant_project_role",
     security(("bearer" = [])),
     params(
-        ("username" = String, Path, description = "The username"),
-        ("project" = String, Path, description = "The project")),
+        ("username" = crate::auth::Username, Path, description = "The username"),
+        ("project" = crate::names::ProjectName, Path, description = "The project")),
     request_body = GrantRequest,
     responses(
         (status = 200, description = "The user with its grants", body = UserOut),
@@ -338,8 +338,8 @@ pub async fn grant_project_role(
 #[utoipa::path(delete, path = "/{username}/projects/{project}", tag = "users", operation_id = "revoke_project_role",
     security(("bearer" = [])),
     params(
-        ("username" = String, Path, description = "The username"),
-        ("project" = String, Path, description = "The project")),
+        ("username" = crate::auth::Username, Path, description = "The username"),
+        ("project" = crate::names::ProjectName, Path, description = "The project")),
     responses(
         (status = 204, description = "Removed"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),

@@ -24,11 +24,11 @@ pub struct Backup {
 pub struct BackupCreate {
     /// The backup's name; the backend picks one (`backup0`...) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "nightly")]
+    #[schema(value_type = Option<crate::names::BackupName>, example = "nightly")]
     pub name: Option<String>,
     /// Delete the backup automatically at this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "2030-01-01T00:00:00Z")]
+    #[schema(format = DateTime, example = "2030-01-01T00:00:00Z")]
     pub expires_at: Option<String>,
     /// Leave the instance's snapshots out.
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct BackupCreate {
     pub optimized_storage: bool,
     /// `none`, `gzip` (the server's default), `bzip2`, `lz4`, `lzma`, `xz` or `zstd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "gzip")]
+    #[schema(value_type = Option<super::schema::CompressionAlgorithm>, example = "gzip")]
     pub compression_algorithm: Option<String>,
 }
 

@@ -12,13 +12,15 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The program and its arguments, e.g. `["sh", "-c", "echo hi"]`.
-    #[schema(example = json!(["sh", "-c", "echo hello"]))]
+    #[schema(value_type = crate::api::schemas::ExecCommand, min_items = 1, example = json!(["sh", "-c", "echo hello"]))]
     pub command: Vec<String>,
     /// Extra environment variables.
     #[serde(default)]
+    #[schema(value_type = crate::api::schemas::ExecEnvironment)]
     pub environment: BTreeMap<String, String>,
     /// Working directory (absolute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^/[^\x00]*$")]
     pub cwd: Option<String>,
     /// User id to run as (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -86,10 +86,10 @@ pub struct ImageAliasesEntry {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageAliasCreate {
-    #[schema(example = "my-image")]
+    #[schema(value_type = crate::names::ImageAliasName, example = "my-image")]
     pub name: String,
     /// Fingerprint (or a unique prefix of one) of an image in the project.
-    #[schema(example = "06b86454720d")]
+    #[schema(value_type = crate::names::ImageFingerprint, example = "06b86454720d")]
     pub target: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -99,7 +99,7 @@ pub struct ImageAliasCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewImageAlias {
-    #[schema(example = "debian-12")]
+    #[schema(value_type = crate::names::ImageAliasName, example = "debian-12")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -112,10 +112,14 @@ pub struct ImageCopySource {
     /// `https://` URL of the image server, resolving to public addresses
     /// (plain `http://` and non-public addresses only for servers on
     /// `IMAGE_SERVER_ALLOWLIST`).
-    #[schema(example = "https://images.linuxcontainers.org")]
+    #[schema(
+        example = "https://images.linuxcontainers.org",
+        max_length = 2048,
+        pattern = "^https://"
+    )]
     pub server: String,
     /// `simplestreams` or `incus`.
-    #[schema(example = "simplestreams")]
+    #[schema(value_type = super::schema::ImageServerProtocol, example = "simplestreams")]
     pub protocol: String,
     /// The image's alias on the server (give this or `fingerprint`).
     #[serde(default)]

@@ -21,6 +21,7 @@ pub mod projects;
 pub use projects::*;
 pub mod profiles;
 pub mod redact;
+pub mod schema;
 pub use profiles::*;
 
 use std::collections::BTreeMap;
@@ -58,9 +59,13 @@ pub struct Instance {
     pub profiles: Vec<String>,
     pub ephemeral: bool,
     pub stateful: bool,
+    #[schema(value_type = schema::ConfigMap)]
     pub config: ConfigMap,
+    #[schema(value_type = schema::DevicesMap)]
     pub devices: DevicesMap,
+    #[schema(value_type = schema::ConfigMap)]
     pub expanded_config: ConfigMap,
+    #[schema(value_type = schema::DevicesMap)]
     pub expanded_devices: DevicesMap,
 }
 
@@ -136,7 +141,9 @@ pub struct InstanceState {
     pub started_at: String,
     pub cpu: InstanceStateCpu,
     pub memory: InstanceStateMemory,
+    #[schema(value_type = schema::InstanceStateDisks)]
     pub disk: BTreeMap<String, InstanceStateDisk>,
+    #[schema(value_type = schema::InstanceStateNetworks)]
     pub network: BTreeMap<String, InstanceStateNetwork>,
 }
 
@@ -156,9 +163,11 @@ pub struct Operation {
     pub status_code: i64,
     /// Affected resources by kind, as `/1.0/...` URLs.
     pub resources: BTreeMap<String, Vec<String>>,
-    /// Secrets (websocket `fds`, tokens) are never serialized: lxgate keeps
-    /// them to bridge sockets itself, clients must not be able to join them.
-    #[schema(value_type = Object)]
+    /// What the operation reports (an exec's output, a new image's
+    /// fingerprint...), `null` when it has nothing to say. Secrets (websocket
+    /// `fds`, tokens) are never serialized: lxgate keeps them to bridge sockets
+    /// itself, clients must not be able to join them.
+    #[schema(value_type = Option<Object>)]
     #[serde(serialize_with = "redact::operation_metadata")]
     pub metadata: Value,
     pub may_cancel: bool,
@@ -193,33 +202,38 @@ impl Operation {
 pub struct InstanceSource {
     /// `image` (the only type lxgate exposes so far).
     #[serde(rename = "type")]
-    #[schema(example = "image")]
+    #[schema(value_type = schema::InstanceSourceType, example = "image")]
     pub kind: String,
     /// An image alias on the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "busybox")]
+    #[schema(value_type = Option<crate::names::ImageAliasName>, example = "busybox")]
     pub alias: Option<String>,
     /// An image fingerprint on the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::names::ImageFingerprint>)]
     pub fingerprint: Option<String>,
 }
 
 /// `POST /api/v1/instances`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "web-1", "type": "container", "source": {"type": "image", "alias": "busybox"}, "start": true}))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceCreate {
-    #[schema(example = "web-1")]
+    #[schema(value_type = crate::names::InstanceName, example = "web-1")]
     pub name: String,
     /// `container` (default) or `virtual-machine`.
     #[serde(default, rename = "type")]
-    #[schema(example = "container")]
+    #[schema(value_type = Option<schema::InstanceType>, example = "container")]
     pub instance_type: Option<String>,
+    #[schema(value_type = crate::api::schemas::InstanceSourceSchema)]
     pub source: InstanceSource,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = schema::ConfigMap)]
     pub config: ConfigMap,
     #[serde(default)]
+    #[schema(value_type = schema::DevicesMap)]
     pub devices: DevicesMap,
     /// Profiles to apply; default `["default"]`.
     #[serde(default)]
@@ -238,8 +252,10 @@ pub struct InstanceUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::ConfigMap>)]
     pub config: Option<ConfigMap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::DevicesMap>)]
     pub devices: Option<DevicesMap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profiles: Option<Vec<String>>,
@@ -252,10 +268,11 @@ pub struct InstanceUpdate {
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
     /// `start`, `stop`, `restart`, `freeze` or `unfreeze`.
-    #[schema(example = "stop")]
+    #[schema(value_type = schema::InstanceAction, example = "stop")]
     pub action: String,
     /// Seconds to wait for a clean stop before giving up (or forcing, with `force`).
     #[serde(default = "default_timeout")]
+    #[schema(minimum = -1, maximum = 3600)]
     pub timeout: i64,
     #[serde(default)]
     pub force: bool,

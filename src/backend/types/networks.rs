@@ -25,6 +25,7 @@ pub struct Network {
     /// `Created`, `Pending`, `Errored` or `Unknown` (managed networks only).
     pub status: String,
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
     /// `/1.0/...` URLs of the instances and profiles using the network.
     #[serde(deserialize_with = "null_as_default")]
@@ -40,16 +41,17 @@ pub struct Network {
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
     /// For a `bridge` this is also the host interface name (at most 15 characters).
-    #[schema(example = "lxgbr0")]
+    #[schema(value_type = crate::names::NetworkName, example = "lxgbr0")]
     pub name: String,
     /// `bridge` (default), `macvlan`, `sriov`, `ovn` or `physical`.
     #[serde(default, rename = "type")]
-    #[schema(example = "bridge")]
+    #[schema(value_type = Option<super::schema::NetworkType>, example = "bridge")]
     pub network_type: Option<String>,
     #[serde(default)]
     pub description: String,
     /// E.g. `{"ipv4.address": "10.0.3.1/24", "ipv4.nat": "true"}`.
     #[serde(default)]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
 }
 
@@ -61,6 +63,7 @@ pub struct NetworkUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::schema::ConfigMap>)]
     pub config: Option<ConfigMap>,
 }
 

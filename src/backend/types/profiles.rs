@@ -17,7 +17,9 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::DevicesMap)]
     pub devices: DevicesMap,
 }

@@ -19,6 +19,7 @@ pub struct Project {
     pub description: String,
     /// Features (`features.images`...) and limits (`limits.instances`...).
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
     /// `/1.0/...` URLs of what lives in the project.
     #[serde(deserialize_with = "null_as_default")]
@@ -53,12 +54,13 @@ pub struct ProjectPolicy {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectCreate {
-    #[schema(example = "team-a")]
+    #[schema(value_type = crate::names::ProjectName, example = "team-a")]
     pub name: String,
     #[serde(default)]
     pub description: String,
     /// E.g. `{"limits.instances": "5", "features.images": "false"}`.
     #[serde(default)]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
 }
 
@@ -70,6 +72,7 @@ pub struct ProjectUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::schema::ConfigMap>)]
     pub config: Option<ConfigMap>,
 }
 

@@ -23,9 +23,13 @@ pub struct Snapshot {
     /// Whether the snapshot holds the instance's runtime state.
     pub stateful: bool,
     pub profiles: Vec<String>,
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
+    #[schema(value_type = super::schema::DevicesMap)]
     pub devices: DevicesMap,
+    #[schema(value_type = super::schema::ConfigMap)]
     pub expanded_config: ConfigMap,
+    #[schema(value_type = super::schema::DevicesMap)]
     pub expanded_devices: DevicesMap,
     /// Bytes on disk (-1 when the storage driver cannot tell).
     pub size: i64,
@@ -37,14 +41,14 @@ pub struct Snapshot {
 pub struct SnapshotCreate {
     /// The snapshot's name; the backend picks one (`snap0`, `snap1`...) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "before-upgrade")]
+    #[schema(value_type = Option<crate::names::SnapshotName>, example = "before-upgrade")]
     pub name: Option<String>,
     /// Include the running instance's memory (needs CRIU for containers).
     #[serde(default)]
     pub stateful: bool,
     /// Delete the snapshot automatically at this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "2030-01-01T00:00:00Z")]
+    #[schema(format = DateTime, example = "2030-01-01T00:00:00Z")]
     pub expires_at: Option<String>,
 }
 

@@ -29,6 +29,7 @@ pub struct StoragePool {
     #[schema(example = "Created")]
     pub status: String,
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
     /// `/1.0/...` URLs of what uses the pool (profiles, instances, volumes).
     #[serde(deserialize_with = "null_as_default")]
@@ -42,15 +43,16 @@ pub struct StoragePool {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoragePoolCreate {
-    #[schema(example = "fast")]
+    #[schema(value_type = crate::names::PoolName, example = "fast")]
     pub name: String,
     /// The storage driver: `dir`, `btrfs`, `zfs`, `lvm`, `ceph`...
-    #[schema(example = "dir")]
+    #[schema(value_type = super::schema::StorageDriver, example = "dir")]
     pub driver: String,
     #[serde(default)]
     pub description: String,
     /// Driver settings, e.g. `{"source": "/srv/pool"}` for `dir`.
     #[serde(default)]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
 }
 
@@ -62,6 +64,7 @@ pub struct StoragePoolUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::schema::ConfigMap>)]
     pub config: Option<ConfigMap>,
 }
 
@@ -82,6 +85,7 @@ pub struct StorageVolume {
     pub content_type: String,
     /// Settings such as `size` (`10GiB`).
     #[serde(deserialize_with = "null_as_default")]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
     /// `/1.0/...` URLs of the instances and profiles using the volume.
     #[serde(deserialize_with = "null_as_default")]
@@ -96,16 +100,17 @@ pub struct StorageVolume {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageVolumeCreate {
-    #[schema(example = "data")]
+    #[schema(value_type = crate::names::VolumeName, example = "data")]
     pub name: String,
     /// `filesystem` (default) or `block` (block volumes attach to VMs only).
     #[serde(default)]
-    #[schema(example = "filesystem")]
+    #[schema(value_type = Option<super::schema::VolumeContentType>, example = "filesystem")]
     pub content_type: Option<String>,
     #[serde(default)]
     pub description: String,
     /// Settings such as `{"size": "10GiB"}`.
     #[serde(default)]
+    #[schema(value_type = super::schema::ConfigMap)]
     pub config: ConfigMap,
 }
 
@@ -117,5 +122,6 @@ pub struct StorageVolumeUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::schema::ConfigMap>)]
     pub config: Option<ConfigMap>,
 }
