@@ -239,7 +239,7 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
     }
     // ?wait= is capped at MAX_WAIT_SECS; leave room for the answer itself.
     let limit = if waits_on_purpose(&req) {
-        Duration::from_secs(operations::MAX_WAIT_SECS + 30)
+        Duration::from_secs(crate::api::operation::MAX_WAIT_SECS + 30)
     } else {
         limit
     };

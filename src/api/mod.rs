@@ -1,7 +1,11 @@
 //! The HTTP API: extractors and envelopes shared by every resource module.
 
+pub mod accounts;
+pub mod devices;
 pub mod health;
+pub mod operation;
 pub mod policy;
+pub mod resource;
 pub mod schemas;
 pub mod slots;
 pub mod v1;

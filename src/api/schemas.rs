@@ -479,3 +479,8 @@ mod tests {
         }
     }
 }
+
+/// Raw bytes in the OpenAPI document (a file's or a tarball's content).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct BinaryContent(pub Vec<u8>);

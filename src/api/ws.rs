@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -20,7 +21,7 @@ use crate::auth::AuthUser;
 use crate::auth::rbac::{Grants, Permission};
 use crate::backend::types::{TerminalInput, TerminalSession};
 use crate::db;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// How often open sockets are checked against the database. Revocation
 /// (account disabled or deleted, password or role change, logout, a lost
@@ -227,6 +228,19 @@ impl Drop for SocketSlot {
             .expect("socket slots lock poisoned");
         holders.remove(&self.key);
     }
+}
+
+/// A WebSocket route called as plain HTTP gets a problem+json answer too.
+pub fn require_upgrade(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<WebSocketUpgrade> {
+    ws.map_err(|r| {
+        ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket only ({})", r.body_text()),
+        )
+    })
 }
 
 /// Sends the close frame for a revoked socket (bounded in time: the peer

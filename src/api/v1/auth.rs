@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::v1::users::{CreateUser, UserOut, create_user_row, created};
+use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
 use crate::api::{AuthRateLimit, ClientIp, Json};
 use crate::app::AppState;
 use crate::auth::extract::bearer_token;
@@ -240,13 +240,6 @@ pub async fn logout(
         db::refresh_tokens::revoke_family(&state.db.pool, &row.family_id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectGrant {
-    #[schema(example = "team-a")]
-    pub project: String,
-    pub role: Role,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

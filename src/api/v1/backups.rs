@@ -9,10 +9,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::v1::project_param;
-use crate::api::v1::snapshots::check_expiry;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -268,7 +267,7 @@ fn tarball_extension(head: &[u8]) -> &'static str {
         ProjectQuery),
     responses(
         (status = 200, description = "The backup tarball", content_type = "application/octet-stream",
-            body = crate::api::v1::instance_files::BinaryContent,
+            body = crate::api::schemas::BinaryContent,
             headers(("content-disposition" = String, description = "attachment; filename=\"<instance>-<backup>.tar.gz\""))),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),

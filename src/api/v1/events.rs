@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
 use axum::response::Response;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -17,7 +16,7 @@ use utoipa::IntoParams;
 
 use crate::api::Query;
 use crate::api::v1::project_param;
-use crate::api::ws::{Access, SocketSlot, close_revoked};
+use crate::api::ws::{Access, SocketSlot, close_revoked, require_upgrade};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
@@ -209,19 +208,6 @@ async fn relay(
         }
     }
     metrics::gauge!("lxgate_event_subscribers").decrement(1.0);
-}
-
-/// A WebSocket route called as plain HTTP gets a problem+json answer too.
-pub fn require_upgrade(
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> ApiResult<WebSocketUpgrade> {
-    ws.map_err(|r| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            format!("this endpoint speaks WebSocket only ({})", r.body_text()),
-        )
-    })
 }
 
 async fn upgrade(

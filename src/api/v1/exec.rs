@@ -8,12 +8,11 @@ use axum::http::Uri;
 use axum::response::Response;
 use utoipa::IntoParams;
 
+use crate::api::operation::{EXEC_ACTION, OperationRef, OperationSlot, accepted};
 use crate::api::policy;
-use crate::api::v1::events::require_upgrade;
-use crate::api::v1::instances::ProjectWaitQuery;
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::ProjectWaitQuery;
 use crate::api::v1::project_param;
-use crate::api::ws::relay_terminal;
+use crate::api::ws::{relay_terminal, require_upgrade};
 use crate::api::{Json, Path, Query};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
@@ -143,7 +142,7 @@ pub async fn exec_ws(
         .backend
         .exec_interactive(&project, &name, &req, size)
         .await
-        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+        .map_err(crate::api::resource::not_found_as_instance(&name))?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
@@ -175,7 +174,7 @@ pub async fn console_ws(
         .backend
         .console(&project, &name, size)
         .await
-        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+        .map_err(crate::api::resource::not_found_as_instance(&name))?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
@@ -217,7 +216,7 @@ pub async fn exec_instance(
         .backend
         .exec(&project, &name, &req)
         .await
-        .map_err(crate::api::v1::instances::not_found_as_instance(&name))?;
+        .map_err(crate::api::resource::not_found_as_instance(&name))?;
     accepted(
         &state,
         slot,
@@ -229,5 +228,3 @@ pub async fn exec_instance(
     )
     .await
 }
-
-pub const EXEC_ACTION: &str = "instance.exec";

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::v1::instances::ProjectQuery;
+use crate::api::resource::ProjectQuery;
+use crate::api::schemas::BinaryContent;
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -23,11 +24,6 @@ use crate::backend::BackendError;
 use crate::backend::types::{DirectoryListing, Download, FileMeta, FilePull, FilePush};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::InstanceName;
-
-/// Raw bytes in the OpenAPI document (a file's or a tarball's content).
-#[derive(utoipa::ToSchema)]
-#[schema(value_type = String, format = Binary)]
-pub struct BinaryContent(pub Vec<u8>);
 
 /// The largest file `POST /files` accepts (the request's own body limit;
 /// the global `MAX_BODY_BYTES` is for JSON bodies).

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, not_found_as_instance};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -116,27 +117,6 @@ pub async fn list_instances(
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ProjectWaitQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-    /// Wait up to this many seconds (max 300) for the operation to finish.
-    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
-    pub wait: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ProjectQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-}
-
 /// Create an instance from an image. Answers 202 with an operation.
 #[utoipa::path(post, path = "", tag = "instances", operation_id = "create_instance",
     security(("bearer" = [])),
@@ -229,19 +209,6 @@ pub async fn get_instance(
         resp.headers_mut().insert(header::ETAG, v);
     }
     Ok(resp)
-}
-
-/// Backend 404s on an instance path become `instance_not_found`.
-pub fn not_found_as_instance(
-    name: &InstanceName,
-) -> impl FnOnce(crate::backend::BackendError) -> ApiError + '_ {
-    move |e| match e {
-        crate::backend::BackendError::NotFound(_) => ApiError::not_found(
-            "instance_not_found",
-            format!("instance `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
 }
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {

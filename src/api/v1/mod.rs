@@ -3,7 +3,6 @@
 pub mod audit;
 pub mod auth;
 pub mod backups;
-pub mod devices;
 pub mod events;
 pub mod exec;
 pub mod images;

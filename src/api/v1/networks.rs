@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::api::v1::devices::{self, device_name};
-use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::OperationRef;
+use crate::api::devices::{self, device_name};
+use crate::api::operation::OperationRef;
+use crate::api::resource::{Entry, ProjectListQuery, created, entries, with_etag};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
 use crate::api::v1::project_param;
-use crate::api::v1::storage::{Entry, ProjectListQuery, created, entries, with_etag};
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};

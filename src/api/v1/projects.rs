@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::v1::storage::{Entry, created, with_etag};
+use crate::api::resource::{Entry, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};

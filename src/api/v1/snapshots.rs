@@ -6,9 +6,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -20,19 +20,6 @@ use crate::names::{InstanceName, SnapshotName};
 
 fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
     SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-/// An RFC 3339 timestamp, checked before it reaches the backend.
-pub(crate) fn check_expiry(field: &str, at: Option<&str>) -> ApiResult<()> {
-    if let Some(at) = at
-        && time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_err()
-    {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("{field} must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z"),
-        ));
-    }
-    Ok(())
 }
 
 /// Backend 404s on an instance-level path become `instance_not_found`.

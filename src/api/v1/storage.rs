@@ -5,23 +5,25 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::ToSchema;
 
-use crate::api::v1::devices::{self, device_name};
-use crate::api::v1::instances::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::operations::{OperationRef, OperationSlot, accepted};
+use crate::api::devices::{self, device_name};
+use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::{
+    Entry, ProjectListQuery, ProjectQuery, ProjectWaitQuery, created, entries, with_etag,
+};
 use crate::api::v1::project_param;
-use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::BackendError;
 use crate::backend::types::{
     Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, PoolName, ProjectName, VolumeName};
 
@@ -52,23 +54,6 @@ fn volume_name(s: &str) -> ApiResult<VolumeName> {
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
-
-/// `resp` with an `ETag` header, when there is one.
-pub(crate) fn with_etag(mut resp: Response, etag: Option<String>) -> Response {
-    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
-}
-
-/// 201 with the new resource and its URL.
-pub(crate) fn created<T: Serialize>(location: &str, body: T) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
 }
 
 /// A byte size as Incus reads it: an integer with an optional unit
@@ -112,43 +97,6 @@ fn volume_not_found<'a>(
         ),
         other => other.into(),
     }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ProjectListQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-    /// Full objects (default) or only names.
-    pub expand: Option<bool>,
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
-}
-
-impl ProjectListQuery {
-    pub fn page(&self) -> ApiResult<(i64, i64)> {
-        Pagination {
-            limit: self.limit,
-            offset: self.offset,
-        }
-        .resolve()
-    }
-}
-
-/// A list entry: the object, or its name with `expand=false`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Entry<T> {
-    Full(Box<T>),
-    Name(String),
-}
-
-pub(crate) fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
-    listing.into_entries(|i| Entry::Full(Box::new(i)), Entry::Name)
 }
 
 // --- pools ---

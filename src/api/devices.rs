@@ -10,27 +10,17 @@ use std::collections::BTreeMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::Json;
+use crate::api::operation::{OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::v1::operations::{OperationSlot, accepted};
+use crate::api::resource::not_found_as_instance;
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::backend::BackendError;
 use crate::backend::types::{DevicesMap, Instance, InstanceUpdate};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{DeviceName, InstanceName, ProjectName};
 
 pub fn device_name(s: &str) -> ApiResult<DeviceName> {
     DeviceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-fn instance_not_found(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "instance_not_found",
-            format!("instance `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// Adds `device` to the instance's own devices (the existing ones are sent
@@ -51,7 +41,7 @@ pub async fn attach(
         .backend
         .get_instance(project, instance)
         .await
-        .map_err(instance_not_found(instance))?;
+        .map_err(not_found_as_instance(instance))?;
     if current.devices.contains_key(device.as_str())
         || current.expanded_devices.contains_key(device.as_str())
     {
@@ -73,7 +63,7 @@ pub async fn attach(
         .backend
         .update_instance(project, instance, &update, etag.as_deref(), false)
         .await
-        .map_err(instance_not_found(instance))?;
+        .map_err(not_found_as_instance(instance))?;
     finish(state, slot, project, instance, action, op, wait).await
 }
 
@@ -95,7 +85,7 @@ pub async fn detach(
         .backend
         .get_instance(project, instance)
         .await
-        .map_err(instance_not_found(instance))?;
+        .map_err(not_found_as_instance(instance))?;
     let mut devices = current.devices.clone();
     match devices.get(device.as_str()) {
         Some(d) if is_kind(d) => {}
@@ -135,7 +125,7 @@ pub async fn detach(
         .backend
         .update_instance(project, instance, &update, etag.as_deref(), true)
         .await
-        .map_err(instance_not_found(instance))?;
+        .map_err(not_found_as_instance(instance))?;
     finish(state, slot, project, instance, action, op, wait).await
 }
 

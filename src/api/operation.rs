@@ -1,0 +1,216 @@
+//! The 202 + operation-reference convention every long-running endpoint
+//! uses (DESIGN §2): the per-user slot an operation holds while it runs, the
+//! record of who started it, the answer, and how an operation is shown to
+//! each caller.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::Json;
+use crate::api::slots::UserSlot;
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::Operation;
+use crate::db;
+use crate::error::ApiResult;
+
+/// The action recorded for a non-interactive exec: its operation carries
+/// the command's output.
+pub const EXEC_ACTION: &str = "instance.exec";
+
+/// The body of a 202 answer (DESIGN §2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationRef {
+    #[schema(example = "6916c8a6-9b7d-4abd-90b3-aadfb1b5fb46")]
+    pub operation_id: String,
+    #[schema(example = "Running")]
+    pub status: String,
+    #[schema(example = 103)]
+    pub status_code: i64,
+    /// The operation's URL on the backend (for reference; use `poll_url`).
+    pub operation_url: String,
+    pub poll_url: String,
+    pub wait_url: String,
+}
+
+pub const MAX_WAIT_SECS: u64 = 300;
+
+/// One of the caller's `MAX_RUNNING_OPERATIONS_PER_USER` slots. Every
+/// handler that starts an operation takes one before the backend starts the
+/// work (429 when the caller has that many running) and hands it to
+/// `accepted`, which keeps it until the operation finishes. Counted per
+/// replica.
+pub struct OperationSlot {
+    slot: UserSlot,
+    user_id: String,
+    username: String,
+}
+
+impl OperationSlot {
+    pub fn acquire(state: &AppState, user: &AuthUser) -> ApiResult<Self> {
+        Ok(Self {
+            slot: state.running_operations.acquire(&user.id)?,
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+        })
+    }
+}
+
+/// The slot of a running operation, freed by whichever sees it finish
+/// first: `accepted` (when it waited) or the task `hold_until_done` starts.
+type SharedSlot = Arc<Mutex<Option<UserSlot>>>;
+
+fn free(slot: &SharedSlot) {
+    slot.lock().expect("slot lock poisoned").take();
+}
+
+/// How long `hold_until_done` keeps a slot while the backend answers only
+/// errors about its operation.
+const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Keeps `slot` until operation `id` has finished (or is gone), even when
+/// the request that started it has gone away.
+fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot) {
+    let backend = state.backend.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            match backend.wait_operation(&id, MAX_WAIT_SECS).await {
+                Ok(op) if !op.is_done() => failing_since = None,
+                Ok(_) | Err(crate::backend::BackendError::NotFound(_)) => break,
+                Err(e) => {
+                    // The backend is unreachable for now: the operation may
+                    // still run, so its slot stays taken, but not for ever
+                    // (an error that persists frees it).
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > GIVE_UP_AFTER {
+                        tracing::warn!(op = %id, error = %e, "no answer about an operation for 10 minutes: freeing its slot");
+                        break;
+                    }
+                    tracing::warn!(op = %id, error = %e, "waiting for an operation to free its slot");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+        free(&slot);
+    });
+}
+
+/// Records who started `op`, then answers 202 with a reference, or, with
+/// `?wait=`, waits and answers 200 with the finished operation. The slot is
+/// kept until the operation finishes.
+pub async fn accepted(
+    state: &AppState,
+    slot: OperationSlot,
+    project: &str,
+    action: &str,
+    resource: Option<&str>,
+    op: Operation,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    let OperationSlot {
+        slot,
+        user_id,
+        username,
+    } = slot;
+    let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
+    if !op.is_done() {
+        hold_until_done(state, &op.id, slot.clone());
+    }
+    db::operations::record(
+        &state.db.pool,
+        db::operations::NewOperation {
+            id: &op.id,
+            project,
+            user_id: &user_id,
+            username: &username,
+            action,
+            resource,
+        },
+    )
+    .await?;
+    let op = match wait.filter(|w| *w > 0) {
+        Some(secs) if !op.is_done() => {
+            state
+                .backend
+                .wait_operation(&op.id, secs.min(MAX_WAIT_SECS))
+                .await?
+        }
+        _ => op,
+    };
+    if op.is_done() {
+        // Free before answering: the caller may start the next one at once.
+        free(&slot);
+        // The caller is the requester: it sees its own output.
+        let op = with_exec_output(state, project, Some(action), op).await?;
+        return Ok((StatusCode::OK, Json(op)).into_response());
+    }
+    Ok(reference(op))
+}
+
+/// Whether `user` may read what an operation's command printed: its
+/// requester and the project's operators may, viewers may not (operators run
+/// commands whose output can hold anything, keys included).
+pub fn may_read_output(user: &AuthUser, project: &str, requester: Option<&str>) -> bool {
+    requester == Some(user.id.as_str()) || user.grants.allows(Permission::ProjectOperate, project)
+}
+
+/// The operation as `user` may see it: every list, get and wait answer goes
+/// through here (secrets are dropped for everyone when serialized).
+pub fn for_caller(
+    user: &AuthUser,
+    project: &str,
+    record: Option<&db::operations::OperationRow>,
+    op: Operation,
+) -> Operation {
+    let requester = record.and_then(|r| r.user_id.as_deref());
+    if may_read_output(user, project, requester) {
+        op
+    } else {
+        op.without_exec_output()
+    }
+}
+
+/// A finished exec operation carries the command's exit code, stdout and
+/// stderr in its metadata (not just where the backend logged them).
+pub async fn with_exec_output(
+    state: &AppState,
+    project: &str,
+    action: Option<&str>,
+    mut op: Operation,
+) -> ApiResult<Operation> {
+    if action != Some(EXEC_ACTION) || op.status_code != 200 {
+        return Ok(op);
+    }
+    if let Some(out) = state.backend.exec_output(project, &op).await?
+        && let Some(meta) = op.metadata.as_object_mut()
+    {
+        meta.insert("exit_code".into(), out.exit_code.into());
+        meta.insert("stdout".into(), out.stdout.into());
+        meta.insert("stderr".into(), out.stderr.into());
+        meta.insert("truncated".into(), out.truncated.into());
+    }
+    Ok(op)
+}
+
+pub fn reference(op: Operation) -> Response {
+    let poll_url = format!("/api/v1/operations/{}", op.id);
+    let body = OperationRef {
+        operation_url: format!("/1.0/operations/{}", op.id),
+        wait_url: format!("{poll_url}/wait"),
+        poll_url: poll_url.clone(),
+        operation_id: op.id,
+        status: op.status,
+        status_code: op.status_code,
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&poll_url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}

@@ -1,0 +1,112 @@
+//! What the handlers of every resource share: the `?project=` queries,
+//! list entries (`expand=false` gives names), 201 and ETag answers, and the
+//! 404 of an instance path.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::{Json, Pagination};
+use crate::backend::{BackendError, Listing};
+use crate::error::{ApiError, ApiResult};
+use crate::names::InstanceName;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectWaitQuery {
+    /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
+    pub project: Option<String>,
+    /// Wait up to this many seconds (max 300) for the operation to finish.
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectQuery {
+    /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectListQuery {
+    /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
+    pub project: Option<String>,
+    /// Full objects (default) or only names.
+    pub expand: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+impl ProjectListQuery {
+    pub fn page(&self) -> ApiResult<(i64, i64)> {
+        Pagination {
+            limit: self.limit,
+            offset: self.offset,
+        }
+        .resolve()
+    }
+}
+
+/// A list entry: the object, or its name with `expand=false`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Entry<T> {
+    Full(Box<T>),
+    Name(String),
+}
+
+pub fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
+    listing.into_entries(|i| Entry::Full(Box::new(i)), Entry::Name)
+}
+
+/// Backend 404s on an instance path become `instance_not_found`.
+pub fn not_found_as_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
+    move |e| match e {
+        BackendError::NotFound(_) => ApiError::not_found(
+            "instance_not_found",
+            format!("instance `{name}` does not exist"),
+        ),
+        other => other.into(),
+    }
+}
+
+/// `resp` with an `ETag` header, when there is one.
+pub fn with_etag(mut resp: Response, etag: Option<String>) -> Response {
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// 201 with the new resource and its URL.
+pub fn created<T: Serialize>(location: &str, body: T) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// An RFC 3339 timestamp, checked before it reaches the backend.
+pub fn check_expiry(field: &str, at: Option<&str>) -> ApiResult<()> {
+    if let Some(at) = at
+        && time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_err()
+    {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z"),
+        ));
+    }
+    Ok(())
+}
