@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -22,17 +22,6 @@ use crate::names::{BackupName, InstanceName};
 
 fn backup_name(s: &str) -> ApiResult<BackupName> {
     BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-/// Backend 404s on an instance-level path become `instance_not_found`.
-fn no_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "instance_not_found",
-            format!("instance `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// Backend 404s on a backup path become `backup_not_found`.
@@ -99,7 +88,7 @@ pub async fn list_backups(
         .backend
         .list_backups(&project, &name, q.expand.unwrap_or(true))
         .await
-        .map_err(no_instance(&name))?
+        .map_err(not_found_as_instance(&name))?
         .into_entries(|b| BackupEntry::Full(Box::new(b)), BackupEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
@@ -154,7 +143,7 @@ pub async fn create_backup(
         .backend
         .create_backup(&project, &name, &req)
         .await
-        .map_err(no_instance(&name))?;
+        .map_err(not_found_as_instance(&name))?;
     accepted(
         &state,
         slot,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::resource::ProjectQuery;
+use crate::api::resource::{ProjectQuery, not_found_as_instance};
 use crate::api::schemas::BinaryContent;
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -38,13 +38,6 @@ fn not_found_as(code: &'static str, detail: String) -> impl FnOnce(BackendError)
         BackendError::NotFound(_) => ApiError::not_found(code, detail),
         other => other.into(),
     }
-}
-
-fn no_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError {
-    not_found_as(
-        "instance_not_found",
-        format!("instance `{name}` does not exist"),
-    )
 }
 
 /// A log file name: 1-255 of `A-Z a-z 0-9 . _ -`, never `.`/`..`-like.
@@ -143,7 +136,7 @@ pub async fn list_instance_logs(
         .backend
         .list_instance_logs(&project, &name)
         .await
-        .map_err(no_instance(&name))?;
+        .map_err(not_found_as_instance(&name))?;
     Ok(Json(Page::slice(files, limit, offset)))
 }
 
@@ -203,7 +196,7 @@ pub async fn get_console_log(
         .backend
         .console_log(&project, &name)
         .await
-        .map_err(no_instance(&name))?;
+        .map_err(not_found_as_instance(&name))?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
 }
 

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -20,17 +20,6 @@ use crate::names::{InstanceName, SnapshotName};
 
 fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
     SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-/// Backend 404s on an instance-level path become `instance_not_found`.
-fn no_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "instance_not_found",
-            format!("instance `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// Backend 404s on a snapshot path become `snapshot_not_found`.
@@ -97,7 +86,7 @@ pub async fn list_snapshots(
         .backend
         .list_snapshots(&project, &name, q.expand.unwrap_or(true))
         .await
-        .map_err(no_instance(&name))?
+        .map_err(not_found_as_instance(&name))?
         .into_entries(|s| SnapshotEntry::Full(Box::new(s)), SnapshotEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
@@ -140,7 +129,7 @@ pub async fn create_snapshot(
         .backend
         .create_snapshot(&project, &name, &req)
         .await
-        .map_err(no_instance(&name))?;
+        .map_err(not_found_as_instance(&name))?;
     accepted(
         &state,
         slot,
@@ -262,7 +251,7 @@ pub async fn restore_snapshot(
         .backend
         .get_instance(&project, &name)
         .await
-        .map_err(no_instance(&name))?;
+        .map_err(not_found_as_instance(&name))?;
     let saved = state
         .backend
         .get_snapshot(&project, &name, &snap)
