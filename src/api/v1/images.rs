@@ -416,10 +416,12 @@ impl Drop for Spool {
                 let _ = std::fs::remove_file(p);
             }
         };
-        // Unlinking gigabytes can take a while: not on an executor thread.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(remove)),
-            Err(_) => remove(),
+        // Gone before the answer is sent (a refused upload leaves nothing),
+        // and as unlinking gigabytes can take a while, the worker says it
+        // blocks so that other tasks move off it meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(remove),
+            _ => remove(),
         }
     }
 }
