@@ -6,13 +6,14 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance};
+use crate::api::resource::{
+    ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance,
+};
 use crate::api::v1::project_param;
-use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
@@ -38,21 +39,6 @@ fn no_backup<'a>(
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListBackupsQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-    /// Full objects (default) or only names.
-    pub expand: Option<bool>,
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
-}
-
 /// A list entry: the backup, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -64,7 +50,7 @@ pub enum BackupEntry {
 /// List an instance's backups.
 #[utoipa::path(get, path = "", tag = "backups", operation_id = "list_backups",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListBackupsQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of backups (or names)", body = Page<BackupEntry>),
         (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
@@ -74,15 +60,11 @@ pub async fn list_backups(
     user: AuthUser,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<ListBackupsQuery>,
+    Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<BackupEntry>>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (limit, offset) = Pagination {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .resolve()?;
+    let (limit, offset) = q.page()?;
     let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend

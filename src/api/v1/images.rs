@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
+use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -784,21 +784,6 @@ pub async fn import_image(
     .await
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListAliasesQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-    /// Full objects (default) or only names.
-    pub expand: Option<bool>,
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
-}
-
 /// A list entry: the alias, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -810,7 +795,7 @@ pub enum AliasEntry {
 /// List image aliases.
 #[utoipa::path(get, path = "/aliases", tag = "images", operation_id = "list_image_aliases",
     security(("bearer" = [])),
-    params(ListAliasesQuery),
+    params(ProjectListQuery),
     responses(
         (status = 200, description = "A page of aliases (or names)", body = Page<AliasEntry>),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
@@ -818,15 +803,11 @@ pub enum AliasEntry {
 pub async fn list_image_aliases(
     user: AuthUser,
     State(state): State<AppState>,
-    Query(q): Query<ListAliasesQuery>,
+    Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<AliasEntry>>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (limit, offset) = Pagination {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .resolve()?;
+    let (limit, offset) = q.page()?;
     let entries = state
         .backend
         .list_image_aliases(&project, q.expand.unwrap_or(true))

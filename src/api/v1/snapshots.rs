@@ -3,14 +3,15 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance};
+use crate::api::resource::{
+    ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance,
+};
 use crate::api::v1::project_param;
-use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
@@ -36,21 +37,6 @@ fn no_snapshot<'a>(
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListSnapshotsQuery {
-    /// The project (default `default`).
-    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
-    pub project: Option<String>,
-    /// Full objects (default) or only names.
-    pub expand: Option<bool>,
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0)]
-    pub offset: Option<i64>,
-}
-
 /// A list entry: the snapshot, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -62,7 +48,7 @@ pub enum SnapshotEntry {
 /// List an instance's snapshots.
 #[utoipa::path(get, path = "", tag = "snapshots", operation_id = "list_snapshots",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListSnapshotsQuery),
+    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of snapshots (or names)", body = Page<SnapshotEntry>),
         (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
@@ -72,15 +58,11 @@ pub async fn list_snapshots(
     user: AuthUser,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<ListSnapshotsQuery>,
+    Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<SnapshotEntry>>> {
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (limit, offset) = Pagination {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .resolve()?;
+    let (limit, offset) = q.page()?;
     let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
