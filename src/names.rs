@@ -9,9 +9,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub fn check_resource_name(kind: &str, s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 63 {
+    check_name_of_length(kind, s, 63)
+}
+
+/// `check_resource_name` with another maximum length (network names are
+/// interface names on the host: 15 characters, the kernel's limit).
+fn check_name_of_length(kind: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() || s.len() > max {
         return Err(format!(
-            "{kind} name must be 1-63 characters (got {})",
+            "{kind} name must be 1-{max} characters (got {})",
             s.chars().count()
         ));
     }
@@ -36,6 +42,9 @@ pub fn check_resource_name(kind: &str, s: &str) -> Result<(), String> {
 
 macro_rules! resource_name {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        resource_name!($(#[$doc])* $name, $kind, 63);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -43,7 +52,7 @@ macro_rules! resource_name {
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, String> {
-                check_resource_name($kind, s).map(|()| Self(s.to_owned()))
+                check_name_of_length($kind, s, $max).map(|()| Self(s.to_owned()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -204,9 +213,11 @@ resource_name!(
 );
 
 resource_name!(
-    /// A network name (host interfaces included: `eth0`, `lo`).
+    /// A network name (host interfaces included: `eth0`, `lo`): also the
+    /// interface name on the host, so at most 15 characters.
     NetworkName,
-    "network"
+    "network",
+    15
 );
 
 resource_name!(

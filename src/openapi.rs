@@ -53,6 +53,8 @@ use utoipa::{Modify, OpenApi};
         crate::api::schemas::WaitSeconds,
         crate::backend::types::schema::DeviceOptions,
         crate::api::schemas::InstanceSourceSchema,
+        crate::api::schemas::InstanceSourceByAlias,
+        crate::api::schemas::InstanceSourceByFingerprint,
         crate::backend::types::schema::InstanceSourceType,
         crate::backend::types::schema::InstanceAction
     ))

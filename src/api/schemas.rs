@@ -127,9 +127,9 @@ name_schema!(
 name_schema!(
     NetworkName,
     "NetworkName",
-    "A network name: 1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-`.",
-    RESOURCE_NAME_PATTERN,
-    63,
+    "A network name: 1-15 ASCII letters, digits and `-`, starting with a letter, not ending with `-` (it is the interface name on the host).",
+    INTERFACE_NAME_PATTERN,
+    15,
     "lxgbr0"
 );
 name_schema!(
@@ -164,6 +164,21 @@ name_schema!(
     64,
     "alice"
 );
+
+/// A network interface name inside an instance (`AttachNic`): a device name
+/// of at most 15 characters, the kernel's limit (IFNAMSIZ).
+pub struct InterfaceName;
+name_schema!(
+    InterfaceName,
+    "InterfaceName",
+    "A network interface name: 1-15 ASCII letters, digits and `-`, starting with a letter, not ending with `-` (the kernel's limit).",
+    INTERFACE_NAME_PATTERN,
+    15,
+    "eth1"
+);
+
+/// `InterfaceName`: `RESOURCE_NAME_PATTERN` cut to 15 characters.
+pub const INTERFACE_NAME_PATTERN: &str = "^[A-Za-z](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?$";
 
 /// `?project=`: a project name, or empty for `default`.
 pub struct ProjectParam;
@@ -334,46 +349,89 @@ impl ToSchema for ExecCommand {
     }
 }
 
-/// `InstanceCreate.source`: exactly one of `alias` and `fingerprint` (the
-/// derive cannot say so). Named `InstanceSource`, as the type it documents.
-/// The two ids are inline and without examples: schemathesis fills an object
-/// from its properties' examples, both ids at once.
+/// `InstanceCreate.source`: an image by `alias` or by `fingerprint`, exactly
+/// one of them (the derive cannot say so). Two complete variants rather than
+/// an object with a `oneOf` of `required` lists: generators make one model
+/// per variant (an object-level `oneOf` loses the shared `type` field in
+/// openapi-python-client), and schemathesis fills one id at a time.
 pub struct InstanceSourceSchema;
 impl PartialSchema for InstanceSourceSchema {
     fn schema() -> RefOr<Schema> {
         from_json(json!({
-            "type": "object",
             "description": "Where a new instance comes from: a local image, by `alias` or by `fingerprint` (exactly one of them).",
-            "required": ["type"],
-            "properties": {
-                "type": {"$ref": "#/components/schemas/InstanceSourceType"},
-                "alias": {
-                    "type": ["string", "null"],
-                    "description": "An image alias on the server.",
-                    "pattern": alias_pattern(),
-                    "minLength": 1,
-                    "maxLength": 255
-                },
-                "fingerprint": {
-                    "type": ["string", "null"],
-                    "description": "An image fingerprint (or a unique prefix) on the server.",
-                    "pattern": FINGERPRINT_PATTERN,
-                    "minLength": 1,
-                    "maxLength": 64
-                }
-            },
-            "additionalProperties": false,
             "oneOf": [
-                {"required": ["alias"], "properties": {"alias": {"type": "string"}}},
-                {"required": ["fingerprint"], "properties": {"fingerprint": {"type": "string"}}}
-            ],
-            "examples": [{"type": "image", "alias": "busybox"}]
+                {"$ref": "#/components/schemas/InstanceSourceByAlias"},
+                {"$ref": "#/components/schemas/InstanceSourceByFingerprint"}
+            ]
         }))
     }
 }
 impl ToSchema for InstanceSourceSchema {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("InstanceSource")
+    }
+}
+
+/// One variant of `InstanceSource`: `id` is the field that names the image.
+fn instance_source_variant(
+    id: &str,
+    description: &str,
+    id_schema: serde_json::Value,
+) -> RefOr<Schema> {
+    from_json(json!({
+        "type": "object",
+        "description": description,
+        "required": ["type", id],
+        "properties": {
+            "type": {"$ref": "#/components/schemas/InstanceSourceType"},
+            id: id_schema
+        },
+        "additionalProperties": false
+    }))
+}
+
+pub struct InstanceSourceByAlias;
+impl PartialSchema for InstanceSourceByAlias {
+    fn schema() -> RefOr<Schema> {
+        instance_source_variant(
+            "alias",
+            "A local image named by one of its aliases.",
+            json!({
+                "type": "string",
+                "description": "An image alias on the server.",
+                "pattern": alias_pattern(),
+                "minLength": 1,
+                "maxLength": 255,
+                "examples": ["busybox"]
+            }),
+        )
+    }
+}
+impl ToSchema for InstanceSourceByAlias {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("InstanceSourceByAlias")
+    }
+}
+
+pub struct InstanceSourceByFingerprint;
+impl PartialSchema for InstanceSourceByFingerprint {
+    fn schema() -> RefOr<Schema> {
+        instance_source_variant(
+            "fingerprint",
+            "A local image named by its fingerprint (or a prefix that names one image).",
+            json!({
+                "type": "string",
+                "description": "An image fingerprint (or a unique prefix) on the server.",
+                "pattern": FINGERPRINT_PATTERN,
+                "minLength": 1,
+                "maxLength": 64
+            }),
+        )
+    }
+}
+impl ToSchema for InstanceSourceByFingerprint {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("InstanceSourceByFingerprint")
     }
 }
 

@@ -167,7 +167,7 @@ db_test!(change_password_checks_current_and_policy, |app| {
     let r = app
         .send(put(json!({"current_password": "wrong wrong wrong", "new_password": "a fine new passphrase"})))
         .await;
-    r.assert_problem(422, "validation_failed");
+    r.assert_problem(403, "wrong_password");
     assert_eq!(r.body["field"], "current_password");
     let r = app
         .send(put(

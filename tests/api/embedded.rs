@@ -2216,7 +2216,7 @@ async fn bridge_networks_and_nics() {
     };
     net(json!({"name": "a-sixteen-chars0"}))
         .await
-        .assert_problem(400, "bad_request");
+        .assert_problem(422, "validation_failed");
     // `all` and `default` are the kernel's (the bridge failed as a 500).
     for name in ["all", "default"] {
         net(json!({"name": name}))

@@ -398,7 +398,7 @@ async fn password_change_is_throttled_like_login() {
     };
     for _ in 0..3 {
         let r = app.send(change(WRONG)).await;
-        r.assert_problem(422, "validation_failed");
+        r.assert_problem(403, "wrong_password");
     }
     // Locked: even the right current password waits.
     assert_rate_limited(&app.send(change(ADMIN_PASSWORD)).await);

@@ -316,7 +316,8 @@ pub struct ChangePassword {
     responses(
         (status = 204, description = "Changed; log in again"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong (`wrong_password`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new password is too weak", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords from this address; see `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 pub async fn change_password(
     user: AuthUser,
@@ -336,10 +337,11 @@ pub async fn change_password(
             .login_throttle
             .record_failure(pool, &user.username, ip)
             .await?;
-        return Err(ApiError::invalid_field(
-            "current_password",
-            "the current password is wrong",
-        ));
+        // 403, not 422: the body is well formed; the proof of identity in
+        // it failed (and not 401, which would tell clients to log in again).
+        let mut e = ApiError::forbidden("wrong_password", "the current password is wrong");
+        e.field = Some("current_password".into());
+        return Err(e);
     }
     state
         .login_throttle

@@ -303,12 +303,12 @@ pub struct AttachNic {
     #[schema(value_type = crate::names::NetworkName, example = "lxgbr0")]
     pub network: String,
     /// The device name on the instance; also the interface name inside it
-    /// unless `name` says otherwise.
-    #[schema(value_type = crate::names::DeviceName, example = "eth1")]
+    /// unless `name` says otherwise (so at most 15 characters).
+    #[schema(value_type = crate::api::schemas::InterfaceName, example = "eth1")]
     pub device: String,
     /// The interface name inside the instance (default: the device name).
     #[serde(default)]
-    #[schema(value_type = Option<crate::names::DeviceName>, example = "eth1")]
+    #[schema(value_type = Option<crate::api::schemas::InterfaceName>, example = "eth1")]
     pub name: Option<String>,
 }
 
@@ -348,11 +348,15 @@ pub async fn attach_nic(
         Some(n) => DeviceName::parse(n).map_err(|e| ApiError::invalid_field("name", e))?,
         None => device.clone(),
     };
-    if ifname.as_str().len() > 15 {
-        return Err(ApiError::invalid_field(
-            if req.name.is_some() { "name" } else { "device" },
-            "an interface name has at most 15 characters (set `name` for a shorter one)",
-        ));
+    // Both are interface names (the device's is the default one), so both
+    // keep to the kernel's 15 characters, as the schema says.
+    for (field, n) in [("device", &device), ("name", &ifname)] {
+        if n.as_str().len() > 15 {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` names a network interface: at most 15 characters"),
+            ));
+        }
     }
     // A clear 404 for a missing network, before touching the instance.
     let (net, _) = state

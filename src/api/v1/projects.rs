@@ -314,7 +314,8 @@ pub async fn restrict_project(
         (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` project has no settings to change", body = Problem, content_type = "application/problem+json")))]
 pub async fn replace_project(
     user: AuthUser,
     State(state): State<AppState>,
@@ -336,7 +337,8 @@ pub async fn replace_project(
         (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` project has no settings to change", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_project(
     user: AuthUser,
     State(state): State<AppState>,

@@ -210,7 +210,8 @@ async fn update_pool(
         (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` pool has no settings to change", body = Problem, content_type = "application/problem+json")))]
 pub async fn replace_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -232,7 +233,8 @@ pub async fn replace_storage_pool(
         (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` pool has no settings to change", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -249,9 +251,10 @@ pub async fn update_storage_pool(
     params(("pool" = crate::names::PoolName, Path, description = "Pool name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "The pool is in use", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The pool is in use (Incus)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The embedded backend's `default` pool, which holds the root disks, cannot be deleted", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,

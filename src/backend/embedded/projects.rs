@@ -206,8 +206,8 @@ impl Projects for EmbeddedBackend {
         replace: bool,
     ) -> Result<(), BackendError> {
         if name.as_str() == DEFAULT {
-            return Err(BackendError::BadRequest(
-                "the default project of the embedded backend has no settings".into(),
+            return Err(BackendError::NotSupported(
+                "the default project of the embedded backend has no settings to change".into(),
             ));
         }
         let mut row = self.project_row(name).await?;

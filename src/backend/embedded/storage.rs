@@ -485,8 +485,8 @@ impl Storage for EmbeddedBackend {
     ) -> Result<(), BackendError> {
         let mut row = self.pool_row(name).await?;
         if name.as_str() == DEFAULT_POOL {
-            return Err(BackendError::BadRequest(
-                "the default pool has no settings to change".into(),
+            return Err(BackendError::NotSupported(
+                "the default pool of the embedded backend has no settings to change".into(),
             ));
         }
         let current = self.to_pool(&row).await?;
@@ -533,7 +533,9 @@ impl Storage for EmbeddedBackend {
 
     async fn delete_storage_pool(&self, name: &PoolName) -> Result<(), BackendError> {
         if name.as_str() == DEFAULT_POOL {
-            return Err(BackendError::BadRequest(
+            // A conflict with what the pool is (it holds the root disks),
+            // not a malformed request.
+            return Err(BackendError::Conflict(
                 "the default pool cannot be deleted".into(),
             ));
         }
