@@ -55,6 +55,11 @@ use utoipa::{Modify, OpenApi};
         crate::api::schemas::InstanceSourceSchema,
         crate::api::schemas::InstanceSourceByAlias,
         crate::api::schemas::InstanceSourceByFingerprint,
+        crate::api::schemas::ImageCopySourceSchema,
+        crate::api::schemas::ImageCopySourceByAlias,
+        crate::api::schemas::ImageCopySourceByFingerprint,
+        crate::backend::types::schema::ImageServerProtocol,
+        crate::backend::types::schema::InstanceType,
         crate::backend::types::schema::InstanceSourceType,
         crate::backend::types::schema::InstanceAction
     ))

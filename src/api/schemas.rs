@@ -435,6 +435,118 @@ impl ToSchema for InstanceSourceByFingerprint {
     }
 }
 
+/// `ImageCopy.source`: a remote server and the image on it, by `alias` or by
+/// `fingerprint` (exactly one), as two complete variants (see
+/// `InstanceSourceSchema`).
+pub struct ImageCopySourceSchema;
+impl PartialSchema for ImageCopySourceSchema {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "description": "The remote server a copy comes from, and the image on it by `alias` or by `fingerprint` (exactly one of them).",
+            "oneOf": [
+                {"$ref": "#/components/schemas/ImageCopySourceByAlias"},
+                {"$ref": "#/components/schemas/ImageCopySourceByFingerprint"}
+            ]
+        }))
+    }
+}
+impl ToSchema for ImageCopySourceSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ImageCopySource")
+    }
+}
+
+/// An image server URL as `images::check_server_url` takes it: `https://`, a
+/// host name (its last label not numeric, which the URL parser would read
+/// as an IPv4 address) or a dotted-quad IPv4 address, an optional port up
+/// to 65535, an optional path; no credentials, query or fragment.
+pub const IMAGE_SERVER_PATTERN: &str = concat!(
+    r"^https://(?:(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*",
+    r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]))",
+    r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"(?:/[^\s?#]*)?$"
+);
+
+/// A remote image alias (`debian/12`): 1-255 characters, no whitespace or
+/// control characters (`images::check_remote_alias`).
+fn remote_alias_pattern() -> String {
+    format!("^[^{}]{{1,255}}$", &ALIAS_CHAR[1..])
+}
+
+/// One variant of `ImageCopySource`: `id` is the field naming the image.
+fn image_copy_source_variant(
+    id: &str,
+    description: &str,
+    id_schema: serde_json::Value,
+) -> RefOr<Schema> {
+    from_json(json!({
+        "type": "object",
+        "description": description,
+        "required": ["server", "protocol", id],
+        "properties": {
+            "server": {
+                "type": "string",
+                "description": "`https://` URL of the image server, resolving to public addresses (plain `http://` and non-public addresses only for servers on `IMAGE_SERVER_ALLOWLIST`).",
+                "pattern": IMAGE_SERVER_PATTERN,
+                "maxLength": 2048,
+                "examples": ["https://images.linuxcontainers.org"]
+            },
+            "protocol": {"$ref": "#/components/schemas/ImageServerProtocol"},
+            id: id_schema,
+            "image_type": {
+                "description": "`container` or `virtual-machine`, when the alias names both.",
+                "oneOf": [{"$ref": "#/components/schemas/InstanceType"}, {"type": "null"}]
+            }
+        },
+        "additionalProperties": false
+    }))
+}
+
+pub struct ImageCopySourceByAlias;
+impl PartialSchema for ImageCopySourceByAlias {
+    fn schema() -> RefOr<Schema> {
+        image_copy_source_variant(
+            "alias",
+            "An image on a remote server, by its alias there.",
+            json!({
+                "type": "string",
+                "description": "The image's alias on the server.",
+                "pattern": remote_alias_pattern(),
+                "minLength": 1,
+                "maxLength": 255,
+                "examples": ["debian/12"]
+            }),
+        )
+    }
+}
+impl ToSchema for ImageCopySourceByAlias {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ImageCopySourceByAlias")
+    }
+}
+
+pub struct ImageCopySourceByFingerprint;
+impl PartialSchema for ImageCopySourceByFingerprint {
+    fn schema() -> RefOr<Schema> {
+        image_copy_source_variant(
+            "fingerprint",
+            "An image on a remote server, by its fingerprint.",
+            json!({
+                "type": "string",
+                "description": "The image's fingerprint (or a unique prefix) on the server.",
+                "pattern": FINGERPRINT_PATTERN,
+                "minLength": 1,
+                "maxLength": 64
+            }),
+        )
+    }
+}
+impl ToSchema for ImageCopySourceByFingerprint {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ImageCopySourceByFingerprint")
+    }
+}
+
 /// A log file name of `GET instances/{name}/logs/{file}`.
 pub struct LogFileName;
 name_schema!(
@@ -506,6 +618,39 @@ mod tests {
             &"x".repeat(256),
         ] {
             assert_eq!(alias.is_match(s), ImageAliasName::parse(s).is_ok(), "{s:?}");
+        }
+        // Every server the pattern takes is a URL with a host (what
+        // `images::check_server_url` parses); the refusals are the shapes
+        // schemathesis found (no host) and what the parser refuses.
+        let servers = re(IMAGE_SERVER_PATTERN);
+        for (s, ok) in [
+            ("https://images.linuxcontainers.org", true),
+            ("https://example.com:8443/some/path", true),
+            ("https://10.1.2.3", true),
+            ("https://a", true),
+            ("https://", false),
+            ("https://1.2.3.999", false),
+            ("https://host:65536", false),
+            ("https://u:p@host", false),
+            ("https://host/?q", false),
+            ("https://host/#f", false),
+            ("http://host", false),
+        ] {
+            assert_eq!(servers.is_match(s), ok, "{s:?}");
+            if ok {
+                let url = reqwest::Url::parse(s).expect(s);
+                assert!(url.host_str().is_some_and(|h| !h.is_empty()), "{s:?}");
+            }
+        }
+        let remote = re(&remote_alias_pattern());
+        for (s, ok) in [
+            ("debian/12", true),
+            ("a", true),
+            ("", false),
+            ("a b", false),
+            ("a\u{85}", false),
+        ] {
+            assert_eq!(remote.is_match(s), ok, "{s:?}");
         }
         let users = re(USERNAME_PATTERN);
         for s in [

@@ -380,8 +380,10 @@ pub async fn copy_image(
     .await
 }
 
-/// The parts of `POST /api/v1/images/import` (for the API description).
+/// The parts of `POST /api/v1/images/import` (for the API description; no
+/// other part is taken).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[expect(
     dead_code,
     reason = "describes the multipart form; parsed field by field"
@@ -395,7 +397,7 @@ pub struct ImageImportForm {
     #[schema(value_type = String, format = Binary)]
     rootfs: Vec<u8>,
     /// An alias for the new image (the part may be repeated).
-    #[schema(example = "my-image")]
+    #[schema(value_type = Option<crate::names::ImageAliasName>, example = "my-image")]
     alias: Option<String>,
     /// `true` to make the image available to unauthenticated users of the server.
     public: Option<bool>,
@@ -677,7 +679,7 @@ pub async fn import_image(
             }
             "alias" => {
                 let text = text_part(&mut field, "alias").await?;
-                let name = ImageAliasName::parse(text.trim())
+                let name = ImageAliasName::parse(&text)
                     .map_err(|e| ApiError::invalid_field("alias", e))?;
                 aliases.push(name.as_str().to_owned());
             }

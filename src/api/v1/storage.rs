@@ -254,7 +254,7 @@ pub async fn update_storage_pool(
         (status = 400, description = "The pool is in use (Incus)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The embedded backend's `default` pool, which holds the root disks, cannot be deleted", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The pool holds volumes (embedded backend), or is the embedded backend's `default` pool, which holds the root disks", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,

@@ -545,7 +545,7 @@ impl Storage for EmbeddedBackend {
             .map_err(db)?
             .is_empty()
         {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "The storage pool is currently in use".into(),
             ));
         }

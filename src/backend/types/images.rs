@@ -137,6 +137,7 @@ pub struct ImageCopySource {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCopy {
+    #[schema(value_type = crate::api::schemas::ImageCopySourceSchema)]
     pub source: ImageCopySource,
     /// Aliases to create for the copy in the target project.
     #[serde(default)]
