@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::backend::error::{BackendError, Missing};
 use crate::telemetry::current_request_id;
 
 /// The body of every error response (`application/problem+json`).
@@ -252,6 +253,74 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The code of each kind of 404 a backend reports; the detail is the
+/// `Missing`'s own sentence.
+fn not_found_code(m: &Missing) -> &'static str {
+    match m {
+        Missing::Instance { .. } => "instance_not_found",
+        Missing::Snapshot { .. } => "snapshot_not_found",
+        Missing::Backup { .. } => "backup_not_found",
+        Missing::Log { .. } => "log_not_found",
+        Missing::File { .. } | Missing::FileDirectory { .. } => "file_not_found",
+        Missing::Image { .. } | Missing::AliasTarget { .. } => "image_not_found",
+        Missing::ImageAlias { .. } => "alias_not_found",
+        Missing::Pool { .. } => "storage_pool_not_found",
+        Missing::Volume { .. } => "volume_not_found",
+        Missing::Network { .. } | Missing::ManagedNetwork { .. } => "network_not_found",
+        Missing::Project { .. } => "project_not_found",
+        Missing::Profile { .. } => "profile_not_found",
+        Missing::Operation { .. } => "operation_not_found",
+        Missing::Other(_) => "not_found",
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound(m) => Self::not_found(not_found_code(&m), m.to_string()),
+            BackendError::Conflict(m) => Self::conflict("conflict", m),
+            BackendError::PreconditionFailed(m) => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
+            }
+            BackendError::BadRequest(m) => Self::bad_request("bad_request", m),
+            BackendError::Restricted(m) => Self::forbidden(
+                "policy_denied",
+                format!("refused by the project's restrictions in the backend: {m}; an admin can allow it for this project (project config `user.lxgate.allow.config` / `user.lxgate.allow.devices`)"),
+            ),
+            BackendError::NotSupported(m) => Self::not_implemented(m),
+            BackendError::Unavailable(m) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                "the backend is unavailable; try again shortly",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Timeout(m) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend_timeout",
+                "the backend did not answer in time",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::Forbidden(m) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "backend_forbidden",
+                "the backend refused lxgate's credentials",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::TlsFailure(m) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "backend_tls_failure",
+                "the TLS connection to the backend failed (untrusted server certificate or protocol mismatch)",
+            )
+            .with_source(anyhow::anyhow!(m)),
+            BackendError::ImageTooLarge(m) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", m)
+            }
+            BackendError::Upstream(m) => Self::new(StatusCode::BAD_GATEWAY, "backend_error", m),
+            BackendError::Internal(e) => Self::internal(e),
+        }
+    }
+}
+
 /// Splits serde_path_to_error's "path: message" into the field and a message.
 fn field_of(text: &str) -> (Option<String>, String) {
     let msg = text
@@ -341,5 +410,141 @@ mod tests {
             "Failed to deserialize the JSON body into the target type: missing field `password` at line 1 column 2",
         );
         assert_eq!(f.as_deref(), Some("password"));
+    }
+
+    #[test]
+    fn each_missing_thing_is_answered_with_its_code_and_detail() {
+        let s = String::from;
+        let cases = [
+            (
+                Missing::Instance { name: s("web") },
+                "instance_not_found",
+                "instance `web` does not exist",
+            ),
+            (
+                Missing::Snapshot {
+                    instance: s("web"),
+                    name: s("snap0"),
+                },
+                "snapshot_not_found",
+                "instance `web` has no snapshot `snap0`",
+            ),
+            (
+                Missing::Backup {
+                    instance: s("web"),
+                    name: s("b1"),
+                },
+                "backup_not_found",
+                "instance `web` has no backup `b1`",
+            ),
+            (
+                Missing::Log {
+                    instance: s("web"),
+                    file: s("qemu.log"),
+                },
+                "log_not_found",
+                "instance `web` has no log file `qemu.log`",
+            ),
+            (
+                Missing::File {
+                    instance: s("web"),
+                    path: s("/etc/x"),
+                },
+                "file_not_found",
+                "instance `web` has no file `/etc/x`",
+            ),
+            (
+                Missing::FileDirectory {
+                    instance: s("web"),
+                    path: s("/no/x"),
+                },
+                "file_not_found",
+                "instance `web` does not exist, or the directory of `/no/x` does not exist in it",
+            ),
+            (
+                Missing::Image {
+                    fingerprint: s("abc1"),
+                },
+                "image_not_found",
+                "no image matches fingerprint `abc1`",
+            ),
+            (
+                Missing::AliasTarget {
+                    project: s("team"),
+                    target: s("abc1"),
+                },
+                "image_not_found",
+                "no image in project `team` matches target `abc1`",
+            ),
+            (
+                Missing::ImageAlias { name: s("deb") },
+                "alias_not_found",
+                "image alias `deb` does not exist",
+            ),
+            (
+                Missing::Pool { name: s("fast") },
+                "storage_pool_not_found",
+                "storage pool `fast` does not exist",
+            ),
+            (
+                Missing::Volume {
+                    pool: s("fast"),
+                    name: s("data"),
+                    reason: s("Storage volume not found"),
+                },
+                "volume_not_found",
+                "custom volume `data` in storage pool `fast` does not exist (Storage volume not found)",
+            ),
+            (
+                Missing::Network { name: s("br0") },
+                "network_not_found",
+                "network `br0` does not exist",
+            ),
+            (
+                Missing::ManagedNetwork { name: s("eth0") },
+                "network_not_found",
+                "network `eth0` does not exist or is not managed (only managed networks have leases)",
+            ),
+            (
+                Missing::Project { name: s("team") },
+                "project_not_found",
+                "project `team` does not exist",
+            ),
+            (
+                Missing::Profile { name: s("gpu") },
+                "profile_not_found",
+                "profile `gpu` does not exist",
+            ),
+            (
+                Missing::Operation { id: s("6f1c") },
+                "operation_not_found",
+                "operation `6f1c` does not exist",
+            ),
+            (
+                Missing::Other(s("the websocket no longer exists")),
+                "not_found",
+                "the websocket no longer exists",
+            ),
+        ];
+        for (missing, code, detail) in cases {
+            let e: ApiError = BackendError::NotFound(missing).into();
+            assert_eq!(
+                (e.status, e.code.as_ref(), e.detail.as_str()),
+                (StatusCode::NOT_FOUND, code, detail)
+            );
+        }
+    }
+
+    #[test]
+    fn image_refusals_name_the_setting() {
+        let e: ApiError = crate::backend::error::image_too_large("the upload", 64 << 20).into();
+        assert_eq!(
+            (e.status, e.code.as_ref(), e.detail.as_str()),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image_too_large",
+                "the upload is larger than MAX_IMAGE_BYTES allows (64 MiB)"
+            )
+        );
     }
 }

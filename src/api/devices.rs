@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use crate::api::Json;
 use crate::api::operation::{OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::resource::not_found_as_instance;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::backend::types::{DevicesMap, Instance, InstanceUpdate};
@@ -37,11 +36,7 @@ pub async fn attach(
     action: &str,
     wait: Option<u64>,
 ) -> ApiResult<Response> {
-    let (current, etag) = state
-        .backend
-        .get_instance(project, instance)
-        .await
-        .map_err(not_found_as_instance(instance))?;
+    let (current, etag) = state.backend.get_instance(project, instance).await?;
     if current.devices.contains_key(device.as_str())
         || current.expanded_devices.contains_key(device.as_str())
     {
@@ -62,8 +57,7 @@ pub async fn attach(
     let op = state
         .backend
         .update_instance(project, instance, &update, etag.as_deref(), false)
-        .await
-        .map_err(not_found_as_instance(instance))?;
+        .await?;
     finish(state, slot, project, instance, action, op, wait).await
 }
 
@@ -81,11 +75,7 @@ pub async fn detach(
     action: &str,
     wait: Option<u64>,
 ) -> ApiResult<Response> {
-    let (current, etag) = state
-        .backend
-        .get_instance(project, instance)
-        .await
-        .map_err(not_found_as_instance(instance))?;
+    let (current, etag) = state.backend.get_instance(project, instance).await?;
     let mut devices = current.devices.clone();
     match devices.get(device.as_str()) {
         Some(d) if is_kind(d) => {}
@@ -124,8 +114,7 @@ pub async fn detach(
     let op = state
         .backend
         .update_instance(project, instance, &update, etag.as_deref(), true)
-        .await
-        .map_err(not_found_as_instance(instance))?;
+        .await?;
     finish(state, slot, project, instance, action, op, wait).await
 }
 

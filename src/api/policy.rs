@@ -38,17 +38,7 @@ pub async fn for_caller(
     if user.is_admin() {
         return Ok(Policy::admin());
     }
-    let (p, _) = state
-        .backend
-        .get_project(project)
-        .await
-        .map_err(|e| match e {
-            BackendError::NotFound(_) => ApiError::not_found(
-                "project_not_found",
-                format!("project `{project}` does not exist"),
-            ),
-            other => other.into(),
-        })?;
+    let (p, _) = state.backend.get_project(project).await?;
     // An allow list an admin wrote straight into the backend with a typo
     // must not widen anything: fall back to the narrow default.
     let widening = Widening::from_project_config(&p.config).unwrap_or_else(|e| {
@@ -166,17 +156,7 @@ pub async fn require_inside_access(
     if user.is_admin() {
         return Ok(());
     }
-    let (i, _) = state
-        .backend
-        .get_instance(project, name)
-        .await
-        .map_err(|e| match e {
-            BackendError::NotFound(_) => ApiError::not_found(
-                "instance_not_found",
-                format!("instance `{name}` does not exist"),
-            ),
-            other => other.into(),
-        })?;
+    let (i, _) = state.backend.get_instance(project, name).await?;
     let privileged = i.instance_type == "container"
         && i.expanded_config
             .get("security.privileged")

@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{Json, Pagination};
-use crate::backend::{BackendError, Listing};
+use crate::backend::Listing;
 use crate::error::{ApiError, ApiResult};
-use crate::names::InstanceName;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -68,17 +67,6 @@ pub enum Entry<T> {
 
 pub fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
     listing.into_entries(|i| Entry::Full(Box::new(i)), Entry::Name)
-}
-
-/// Backend 404s on an instance path become `instance_not_found`.
-pub fn not_found_as_instance(name: &InstanceName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "instance_not_found",
-            format!("instance `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// `resp` with an `ETag` header, when there is one.

@@ -8,6 +8,7 @@
 
 mod backups;
 pub mod embedded;
+pub mod error;
 pub mod events;
 mod exec;
 mod files;
@@ -24,6 +25,7 @@ mod system;
 pub mod types;
 
 pub use backups::Backups;
+pub use error::{BackendError, Missing, ReportMissing, human_bytes, image_too_large};
 pub use events::Events;
 pub use exec::Exec;
 pub use files::Files;
@@ -39,11 +41,8 @@ pub use system::System;
 
 use std::collections::BTreeMap;
 
-use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
-
-use crate::error::ApiError;
 
 /// One driver a backend uses (LXC, QEMU, Incus) and whether it works here.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -79,107 +78,6 @@ pub struct SystemInfo {
     pub drivers: Vec<DriverInfo>,
     /// Feature flags a dashboard can use to show or hide actions.
     pub features: BTreeMap<String, bool>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    PreconditionFailed(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotSupported(String),
-    #[error("the backend is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the backend did not answer in time: {0}")]
-    Timeout(String),
-    #[error("the backend refused lxgate's credentials: {0}")]
-    Forbidden(String),
-    /// The backend's own restrictions refused the change (a restricted Incus
-    /// project): what the instance policy would refuse, said by the backend.
-    #[error("{0}")]
-    Restricted(String),
-    #[error("TLS with the backend failed: {0}")]
-    TlsFailure(String),
-    /// An image over `MAX_IMAGE_BYTES` (see `image_too_large`).
-    #[error("{0}")]
-    ImageTooLarge(String),
-    /// The backend answered with an error that has no closer meaning (its message is kept).
-    #[error("{0}")]
-    Upstream(String),
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
-
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> Self {
-        match e {
-            BackendError::NotFound(m) => ApiError::not_found("not_found", m),
-            BackendError::Conflict(m) => ApiError::conflict("conflict", m),
-            BackendError::PreconditionFailed(m) => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
-            }
-            BackendError::BadRequest(m) => ApiError::bad_request("bad_request", m),
-            BackendError::Restricted(m) => ApiError::forbidden(
-                "policy_denied",
-                format!("refused by the project's restrictions in the backend: {m}; an admin can allow it for this project (project config `user.lxgate.allow.config` / `user.lxgate.allow.devices`)"),
-            ),
-            BackendError::NotSupported(m) => ApiError::not_implemented(m),
-            BackendError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
-                "the backend is unavailable; try again shortly",
-            )
-            .with_source(anyhow::anyhow!(m)),
-            BackendError::Timeout(m) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "backend_timeout",
-                "the backend did not answer in time",
-            )
-            .with_source(anyhow::anyhow!(m)),
-            BackendError::Forbidden(m) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "backend_forbidden",
-                "the backend refused lxgate's credentials",
-            )
-            .with_source(anyhow::anyhow!(m)),
-            BackendError::TlsFailure(m) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "backend_tls_failure",
-                "the TLS connection to the backend failed (untrusted server certificate or protocol mismatch)",
-            )
-            .with_source(anyhow::anyhow!(m)),
-            BackendError::ImageTooLarge(m) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", m)
-            }
-            BackendError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "backend_error", m),
-            BackendError::Internal(e) => ApiError::internal(e),
-        }
-    }
-}
-
-/// Refuses an image over `MAX_IMAGE_BYTES` (`max`): `what` names what is
-/// too large (the upload, a download, the unpacked image, a disk's virtual
-/// size), and the message names the setting and its value.
-pub fn image_too_large(what: &str, max: u64) -> BackendError {
-    BackendError::ImageTooLarge(format!(
-        "{what} is larger than MAX_IMAGE_BYTES allows ({})",
-        human_bytes(max)
-    ))
-}
-
-/// `n` bytes the way a person writes them: `8 GiB`, `64 MiB`, `1000 bytes`.
-pub fn human_bytes(n: u64) -> String {
-    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{} {unit}", n >> shift);
-        }
-    }
-    format!("{n} bytes")
 }
 
 /// A list as names (`expand=false`, Incus recursion 0) or full objects.
@@ -246,27 +144,4 @@ impl<T> Backend for T where
         + Operations
         + Events
 {
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_refusals_name_the_setting_in_round_units() {
-        assert_eq!(human_bytes(8 << 30), "8 GiB");
-        assert_eq!(human_bytes(64 << 20), "64 MiB");
-        assert_eq!(human_bytes(3 << 40), "3 TiB");
-        assert_eq!(human_bytes(1536), "1536 bytes");
-        assert_eq!(human_bytes(0), "0 bytes");
-        let e: ApiError = image_too_large("the upload", 64 << 20).into();
-        assert_eq!(
-            (e.status, e.code.as_ref(), e.detail.as_str()),
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "image_too_large",
-                "the upload is larger than MAX_IMAGE_BYTES allows (64 MiB)"
-            )
-        );
-    }
 }

@@ -9,9 +9,7 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{
-    ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance,
-};
+use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
@@ -23,20 +21,6 @@ use crate::names::{BackupName, InstanceName};
 
 fn backup_name(s: &str) -> ApiResult<BackupName> {
     BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-/// Backend 404s on a backup path become `backup_not_found`.
-fn no_backup<'a>(
-    name: &'a InstanceName,
-    backup: &'a BackupName,
-) -> impl FnOnce(BackendError) -> ApiError + 'a {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "backup_not_found",
-            format!("instance `{name}` has no backup `{backup}`"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// A list entry: the backup, or its name with `expand=false`.
@@ -69,8 +53,7 @@ pub async fn list_backups(
     let entries = state
         .backend
         .list_backups(&project, &name, q.expand.unwrap_or(true))
-        .await
-        .map_err(not_found_as_instance(&name))?
+        .await?
         .into_entries(|b| BackupEntry::Full(Box::new(b)), BackupEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
@@ -121,11 +104,7 @@ pub async fn create_backup(
         None => name.to_string(),
     };
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .create_backup(&project, &name, &req)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let op = state.backend.create_backup(&project, &name, &req).await?;
     accepted(
         &state,
         slot,
@@ -161,11 +140,7 @@ pub async fn get_backup(
     let name = InstanceName::from_path(&name)?;
     let backup = backup_name(&backup)?;
     Ok(Json(
-        state
-            .backend
-            .get_backup(&project, &name, &backup)
-            .await
-            .map_err(no_backup(&name, &backup))?,
+        state.backend.get_backup(&project, &name, &backup).await?,
     ))
 }
 
@@ -197,8 +172,7 @@ pub async fn delete_backup(
     let op = state
         .backend
         .delete_backup(&project, &name, &backup)
-        .await
-        .map_err(no_backup(&name, &backup))?;
+        .await?;
     accepted(
         &state,
         slot,
@@ -260,8 +234,7 @@ pub async fn export_backup(
     } = state
         .backend
         .export_backup(&project, &name, &backup)
-        .await
-        .map_err(no_backup(&name, &backup))?;
+        .await?;
     // The first chunk tells the compression (for the file name); it is sent
     // on in front of the rest.
     let first = match stream.next().await {

@@ -141,8 +141,7 @@ pub async fn exec_ws(
     let session = state
         .backend
         .exec_interactive(&project, &name, &req, size)
-        .await
-        .map_err(crate::api::resource::not_found_as_instance(&name))?;
+        .await?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
@@ -170,11 +169,7 @@ pub async fn console_ws(
     let slot = state.sockets.acquire(&user, terminal_needs(&project))?;
     let ws = require_upgrade(ws)?;
     let size = (q.width.unwrap_or(80), q.height.unwrap_or(24));
-    let session = state
-        .backend
-        .console(&project, &name, size)
-        .await
-        .map_err(crate::api::resource::not_found_as_instance(&name))?;
+    let session = state.backend.console(&project, &name, size).await?;
     Ok(ws.on_upgrade(move |socket| relay_terminal(socket, session, slot)))
 }
 
@@ -212,11 +207,7 @@ pub async fn exec_instance(
         .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .exec(&project, &name, &req)
-        .await
-        .map_err(crate::api::resource::not_found_as_instance(&name))?;
+    let op = state.backend.exec(&project, &name, &req).await?;
     accepted(
         &state,
         slot,

@@ -75,28 +75,6 @@ fn alias_name(s: &str) -> ApiResult<ImageAliasName> {
     ImageAliasName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
 }
 
-/// Backend 404s on an image path become `image_not_found`.
-fn image_not_found(fp: &ImageFingerprint) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "image_not_found",
-            format!("no image matches fingerprint `{fp}`"),
-        ),
-        other => other.into(),
-    }
-}
-
-/// Backend 404s on an alias path become `alias_not_found`.
-fn alias_not_found(name: &ImageAliasName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "alias_not_found",
-            format!("image alias `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
-}
-
 /// Percent-encodes one path segment for a `Location` header.
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -197,11 +175,7 @@ pub async fn get_image(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let fp = fingerprint(&fp)?;
-    let (image, etag) = state
-        .backend
-        .get_image(&project, fp.as_str())
-        .await
-        .map_err(image_not_found(&fp))?;
+    let (image, etag) = state.backend.get_image(&project, fp.as_str()).await?;
     let mut resp = Json(image).into_response();
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -232,11 +206,7 @@ pub async fn delete_image(
     user.require(Permission::ImageManage, project.as_str())?;
     let fp = fingerprint(&fp)?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .delete_image(&project, fp.as_str())
-        .await
-        .map_err(image_not_found(&fp))?;
+    let op = state.backend.delete_image(&project, fp.as_str()).await?;
     accepted(
         &state,
         slot,
@@ -839,8 +809,7 @@ pub async fn create_image_alias(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ImageManage, project.as_str())?;
     let name = ImageAliasName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
-    let target =
-        ImageFingerprint::parse(&req.target).map_err(|e| ApiError::invalid_field("target", e))?;
+    ImageFingerprint::parse(&req.target).map_err(|e| ApiError::invalid_field("target", e))?;
     if req.description.as_ref().is_some_and(|d| d.len() > 4096) {
         return Err(ApiError::invalid_field(
             "description",
@@ -852,10 +821,6 @@ pub async fn create_image_alias(
         .create_image_alias(&project, &req)
         .await
         .map_err(|e| match e {
-            BackendError::NotFound(_) => ApiError::not_found(
-                "image_not_found",
-                format!("no image in project `{project}` matches target `{target}`"),
-            ),
             BackendError::Conflict(_) => ApiError::conflict(
                 "alias_exists",
                 format!("image alias `{name}` already exists in project `{project}`"),
@@ -896,8 +861,7 @@ pub async fn get_image_alias(
         state
             .backend
             .get_image_alias(&project, name.as_str())
-            .await
-            .map_err(alias_not_found(&name))?,
+            .await?,
     ))
 }
 
@@ -922,8 +886,7 @@ pub async fn delete_image_alias(
     state
         .backend
         .delete_image_alias(&project, name.as_str())
-        .await
-        .map_err(alias_not_found(&name))?;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

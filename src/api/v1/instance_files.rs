@@ -14,13 +14,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::resource::{ProjectQuery, not_found_as_instance};
+use crate::api::resource::ProjectQuery;
 use crate::api::schemas::BinaryContent;
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::BackendError;
 use crate::backend::types::{DirectoryListing, Download, FileMeta, FilePull, FilePush};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::InstanceName;
@@ -31,14 +30,6 @@ pub const MAX_PUSH_BYTES: u64 = 1 << 30;
 
 /// Longest `?path=` accepted (Linux's `PATH_MAX`).
 const MAX_PATH_BYTES: usize = 4096;
-
-/// Backend 404s become `code`, with `detail`.
-fn not_found_as(code: &'static str, detail: String) -> impl FnOnce(BackendError) -> ApiError {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(code, detail),
-        other => other.into(),
-    }
-}
 
 /// A log file name: 1-255 of `A-Z a-z 0-9 . _ -`, never `.`/`..`-like.
 fn log_file_name(s: &str) -> ApiResult<&str> {
@@ -132,11 +123,7 @@ pub async fn list_instance_logs(
     }
     .resolve()?;
     let name = InstanceName::from_path(&name)?;
-    let files = state
-        .backend
-        .list_instance_logs(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let files = state.backend.list_instance_logs(&project, &name).await?;
     Ok(Json(Page::slice(files, limit, offset)))
 }
 
@@ -165,11 +152,7 @@ pub async fn get_instance_log(
     let content = state
         .backend
         .get_instance_log(&project, &name, file)
-        .await
-        .map_err(not_found_as(
-            "log_not_found",
-            format!("instance `{name}` has no log file `{file}`"),
-        ))?;
+        .await?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
 }
 
@@ -192,11 +175,7 @@ pub async fn get_console_log(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
-    let content = state
-        .backend
-        .console_log(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let content = state.backend.console_log(&project, &name).await?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
 }
 
@@ -286,14 +265,7 @@ pub async fn pull_file(
     let name = InstanceName::from_path(&name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let path = file_path(q.path.as_deref())?;
-    let pulled = state
-        .backend
-        .pull_file(&project, &name, path)
-        .await
-        .map_err(not_found_as(
-            "file_not_found",
-            format!("instance `{name}` has no file `{path}`"),
-        ))?;
+    let pulled = state.backend.pull_file(&project, &name, path).await?;
     Ok(match pulled {
         FilePull::File { meta, content } => {
             let mut resp = streamed(content, "application/octet-stream");
@@ -455,12 +427,7 @@ pub async fn push_file(
             "upload_failed",
             "the request body broke off before the file was complete",
         )),
-        (Err(e), _) => Err(not_found_as(
-            "file_not_found",
-            format!(
-                "instance `{name}` does not exist, or the directory of `{path}` does not exist in it"
-            ),
-        )(e)),
+        (Err(e), _) => Err(e.into()),
     }
 }
 

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, not_found_as_instance};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -199,11 +199,7 @@ pub async fn get_instance(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
-    let (instance, etag) = state
-        .backend
-        .get_instance(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let (instance, etag) = state.backend.get_instance(&project, &name).await?;
     let mut resp = Json(instance).into_response();
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -231,11 +227,7 @@ async fn update(
     // update applies to that version only (its ETag), so nothing can change
     // in between.
     let policy = policy::for_caller(&state, &user, &project).await?;
-    let (current, etag) = state
-        .backend
-        .get_instance(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let (current, etag) = state.backend.get_instance(&project, &name).await?;
     let mut body = body;
     if let Some(c) = &mut body.config {
         policy::keep_volatile(&current.config, c, replace);
@@ -273,8 +265,7 @@ async fn update(
     let op = state
         .backend
         .update_instance(&project, &name, &body, version.as_deref(), replace)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+        .await?;
     match op {
         Some(op) => {
             accepted(
@@ -365,11 +356,7 @@ pub async fn delete_instance(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .delete_instance(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let op = state.backend.delete_instance(&project, &name).await?;
     accepted(
         &state,
         slot,
@@ -418,8 +405,7 @@ pub async fn rename_instance(
     let op = state
         .backend
         .rename_instance(&project, &name, &new_name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+        .await?;
     accepted(
         &state,
         slot,
@@ -449,13 +435,7 @@ pub async fn get_instance_state(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let name = InstanceName::from_path(&name)?;
-    Ok(Json(
-        state
-            .backend
-            .instance_state(&project, &name)
-            .await
-            .map_err(not_found_as_instance(&name))?,
-    ))
+    Ok(Json(state.backend.instance_state(&project, &name).await?))
 }
 
 async fn change_state(
@@ -482,11 +462,7 @@ async fn change_state(
     }
     let action = format!("instance.{}", change.action);
     let slot = OperationSlot::acquire(state, user)?;
-    let op = state
-        .backend
-        .change_state(&project, &name, &change)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let op = state.backend.change_state(&project, &name, &change).await?;
     accepted(
         state,
         slot,

@@ -18,7 +18,6 @@ use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::BackendError;
 use crate::backend::types::{
     Instance, Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate, Operation,
 };
@@ -28,16 +27,6 @@ use crate::names::{DeviceName, InstanceName, NetworkName};
 /// Network types Incus manages; anything else is refused before the backend
 /// sees it.
 const NETWORK_TYPES: [&str; 5] = ["bridge", "macvlan", "sriov", "ovn", "physical"];
-
-fn not_found_as_network(name: &NetworkName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "network_not_found",
-            format!("network `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
-}
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
@@ -133,11 +122,7 @@ pub async fn get_network(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let name = NetworkName::from_path(&name)?;
-    let (n, etag) = state
-        .backend
-        .get_network(&project, name.as_str())
-        .await
-        .map_err(not_found_as_network(&name))?;
+    let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
 
@@ -156,8 +141,7 @@ async fn update(
     state
         .backend
         .update_network(&project, name.as_str(), &body, if_match(&headers), replace)
-        .await
-        .map_err(not_found_as_network(&name))?;
+        .await?;
     let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
@@ -230,8 +214,7 @@ pub async fn delete_network(
     state
         .backend
         .delete_network(&project, name.as_str())
-        .await
-        .map_err(not_found_as_network(&name))?;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -253,11 +236,7 @@ pub async fn get_network_state(
     user.require(Permission::ProjectView, project.as_str())?;
     let name = NetworkName::from_path(&name)?;
     Ok(Json(
-        state
-            .backend
-            .network_state(&project, name.as_str())
-            .await
-            .map_err(not_found_as_network(&name))?,
+        state.backend.network_state(&project, name.as_str()).await?,
     ))
 }
 
@@ -282,15 +261,7 @@ pub async fn list_network_leases(
         state
             .backend
             .network_leases(&project, name.as_str())
-            .await
-            .map_err(|e| match e {
-                // Host interfaces are listed too, but only managed networks have leases.
-                BackendError::NotFound(_) => ApiError::not_found(
-                    "network_not_found",
-                    format!("network `{name}` does not exist or is not managed (only managed networks have leases)"),
-                ),
-                other => other.into(),
-            })?,
+            .await?,
     ))
 }
 
@@ -362,8 +333,7 @@ pub async fn attach_nic(
     let (net, _) = state
         .backend
         .get_network(&project, network.as_str())
-        .await
-        .map_err(not_found_as_network(&network))?;
+        .await?;
     if !net.managed {
         return Err(ApiError::invalid_field(
             "network",

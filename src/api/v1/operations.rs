@@ -11,14 +11,14 @@ use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::Operation;
+use crate::backend::{BackendError, Missing};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
 
+/// The backend's answer for an unknown operation, also given for one the
+/// caller may not see (so the two cannot be told apart).
 fn operation_not_found(id: &str) -> ApiError {
-    ApiError::not_found(
-        "operation_not_found",
-        format!("operation `{id}` does not exist"),
-    )
+    BackendError::NotFound(Missing::operation(id)).into()
 }
 
 /// Operation ids are UUIDs; anything else cannot name one.
@@ -36,11 +36,7 @@ async fn visible(
     id: &str,
 ) -> ApiResult<(Operation, String, Option<db::operations::OperationRow>)> {
     let record = db::operations::get(&state.db.pool, id).await?;
-    let op = match state.backend.get_operation(id).await {
-        Ok(op) => op,
-        Err(crate::backend::BackendError::NotFound(_)) => return Err(operation_not_found(id)),
-        Err(e) => return Err(e.into()),
-    };
+    let op = state.backend.get_operation(id).await?;
     let project = record
         .as_ref()
         .map(|r| r.project.clone())

@@ -12,22 +12,11 @@ use crate::api::resource::{Entry, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
 use crate::db::audit::Detail;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
 use crate::policy::Widening;
-
-fn not_found_as_project(name: &ProjectName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "project_not_found",
-            format!("project `{name}` does not exist"),
-        ),
-        other => other.into(),
-    }
-}
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
@@ -173,11 +162,7 @@ pub async fn get_project(
     let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
-    let (p, etag) = state
-        .backend
-        .get_project(&name)
-        .await
-        .map_err(not_found_as_project(&name))?;
+    let (p, etag) = state.backend.get_project(&name).await?;
     Ok(with_etag(
         Json(policy::describe(&state, p)).into_response(),
         etag,
@@ -220,11 +205,7 @@ async fn update(
         // The config as it will be: checked, and when the project is (or
         // becomes) restricted, the backend's restrictions follow a changed
         // allow list. Pinned to the version read.
-        let (current, etag) = state
-            .backend
-            .get_project(&name)
-            .await
-            .map_err(not_found_as_project(&name))?;
+        let (current, etag) = state.backend.get_project(&name).await?;
         let mut after = if replace {
             ConfigMap::new()
         } else {
@@ -253,8 +234,7 @@ async fn update(
     state
         .backend
         .update_project(&name, &body, if_match.as_deref(), replace)
-        .await
-        .map_err(not_found_as_project(&name))?;
+        .await?;
     project_response(&state, &name).await
 }
 
@@ -279,11 +259,7 @@ pub async fn restrict_project(
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
     let name = ProjectName::from_path(&name)?;
-    let (current, etag) = state
-        .backend
-        .get_project(&name)
-        .await
-        .map_err(not_found_as_project(&name))?;
+    let (current, etag) = state.backend.get_project(&name).await?;
     let widening = Widening::from_project_config(&current.config).unwrap_or_default();
     let Some(keys) = state.backend.project_restrictions(&widening) else {
         return Err(ApiError::not_implemented(
@@ -297,8 +273,7 @@ pub async fn restrict_project(
     state
         .backend
         .update_project(&name, &update, etag.as_deref(), false)
-        .await
-        .map_err(not_found_as_project(&name))?;
+        .await?;
     project_response(&state, &name).await
 }
 
@@ -367,11 +342,7 @@ pub async fn delete_project(
     user.require(Permission::InfraManage, "")?;
     let name = ProjectName::from_path(&name)?;
     refuse_default(&name)?;
-    state
-        .backend
-        .delete_project(&name)
-        .await
-        .map_err(not_found_as_project(&name))?;
+    state.backend.delete_project(&name).await?;
     // A project re-created later under the same name must not hand the old
     // members their roles back.
     crate::db::project_roles::remove_project(&state.db.pool, name.as_str()).await?;
@@ -397,11 +368,5 @@ pub async fn get_project_state(
     let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
-    Ok(Json(
-        state
-            .backend
-            .project_state(&name)
-            .await
-            .map_err(not_found_as_project(&name))?,
-    ))
+    Ok(Json(state.backend.project_state(&name).await?))
 }

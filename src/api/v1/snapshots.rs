@@ -7,34 +7,17 @@ use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
-use crate::api::resource::{
-    ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance,
-};
+use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, Operation, Snapshot, SnapshotCreate, SnapshotRestore};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, SnapshotName};
 
 fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
     SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-/// Backend 404s on a snapshot path become `snapshot_not_found`.
-fn no_snapshot<'a>(
-    name: &'a InstanceName,
-    snap: &'a SnapshotName,
-) -> impl FnOnce(BackendError) -> ApiError + 'a {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "snapshot_not_found",
-            format!("instance `{name}` has no snapshot `{snap}`"),
-        ),
-        other => other.into(),
-    }
 }
 
 /// A list entry: the snapshot, or its name with `expand=false`.
@@ -67,8 +50,7 @@ pub async fn list_snapshots(
     let entries = state
         .backend
         .list_snapshots(&project, &name, q.expand.unwrap_or(true))
-        .await
-        .map_err(not_found_as_instance(&name))?
+        .await?
         .into_entries(|s| SnapshotEntry::Full(Box::new(s)), SnapshotEntry::Name);
     Ok(Json(Page::slice(entries, limit, offset)))
 }
@@ -107,11 +89,7 @@ pub async fn create_snapshot(
         None => name.to_string(),
     };
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .create_snapshot(&project, &name, &req)
-        .await
-        .map_err(not_found_as_instance(&name))?;
+    let op = state.backend.create_snapshot(&project, &name, &req).await?;
     accepted(
         &state,
         slot,
@@ -147,11 +125,7 @@ pub async fn get_snapshot(
     let name = InstanceName::from_path(&name)?;
     let snap = snapshot_name(&snap)?;
     Ok(Json(
-        state
-            .backend
-            .get_snapshot(&project, &name, &snap)
-            .await
-            .map_err(no_snapshot(&name, &snap))?,
+        state.backend.get_snapshot(&project, &name, &snap).await?,
     ))
 }
 
@@ -183,8 +157,7 @@ pub async fn delete_snapshot(
     let op = state
         .backend
         .delete_snapshot(&project, &name, &snap)
-        .await
-        .map_err(no_snapshot(&name, &snap))?;
+        .await?;
     accepted(
         &state,
         slot,
@@ -229,16 +202,8 @@ pub async fn restore_snapshot(
     // The snapshot's config and devices are written back: held to the
     // policy like any other write (an allowance since withdrawn, say).
     let policy = policy::for_caller(&state, &user, &project).await?;
-    let (current, _) = state
-        .backend
-        .get_instance(&project, &name)
-        .await
-        .map_err(not_found_as_instance(&name))?;
-    let saved = state
-        .backend
-        .get_snapshot(&project, &name, &snap)
-        .await
-        .map_err(no_snapshot(&name, &snap))?;
+    let (current, _) = state.backend.get_instance(&project, &name).await?;
+    let saved = state.backend.get_snapshot(&project, &name, &snap).await?;
     // volatile.* of a snapshot is the backend's record, restored by it.
     let own = |c: &ConfigMap| -> ConfigMap {
         c.iter()
@@ -261,8 +226,7 @@ pub async fn restore_snapshot(
     let op = state
         .backend
         .restore_snapshot(&project, &name, &snap, opts.stateful)
-        .await
-        .map_err(no_snapshot(&name, &snap))?;
+        .await?;
     accepted(
         &state,
         slot,

@@ -19,7 +19,6 @@ use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::BackendError;
 use crate::backend::types::{
     Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
@@ -71,31 +70,6 @@ pub(crate) fn check_size(size: &str) -> Result<(), String> {
         Err(format!(
             "size {size:?} is not a byte size: a positive integer with an optional unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB...), e.g. `10GiB`"
         ))
-    }
-}
-
-fn pool_not_found(pool: &PoolName) -> impl FnOnce(BackendError) -> ApiError + '_ {
-    move |e| match e {
-        BackendError::NotFound(_) => ApiError::not_found(
-            "storage_pool_not_found",
-            format!("storage pool `{pool}` does not exist"),
-        ),
-        other => other.into(),
-    }
-}
-
-/// Backend 404s on a volume path: the pool, the project or the volume is
-/// missing; the backend's message says which.
-fn volume_not_found<'a>(
-    pool: &'a PoolName,
-    name: &'a VolumeName,
-) -> impl FnOnce(BackendError) -> ApiError + 'a {
-    move |e| match e {
-        BackendError::NotFound(m) => ApiError::not_found(
-            "volume_not_found",
-            format!("custom volume `{name}` in storage pool `{pool}` does not exist ({m})"),
-        ),
-        other => other.into(),
     }
 }
 
@@ -172,11 +146,7 @@ pub async fn get_storage_pool(
     let project = project_param(q.project.as_deref())?;
     user.require(Permission::ProjectView, project.as_str())?;
     let pool = PoolName::from_path(&pool)?;
-    let (p, etag) = state
-        .backend
-        .get_storage_pool(&pool)
-        .await
-        .map_err(pool_not_found(&pool))?;
+    let (p, etag) = state.backend.get_storage_pool(&pool).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
 
@@ -193,8 +163,7 @@ async fn update_pool(
     state
         .backend
         .update_storage_pool(&pool, &body, if_match(&headers), replace)
-        .await
-        .map_err(pool_not_found(&pool))?;
+        .await?;
     let (p, etag) = state.backend.get_storage_pool(&pool).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
@@ -262,11 +231,7 @@ pub async fn delete_storage_pool(
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
     let pool = PoolName::from_path(&pool)?;
-    state
-        .backend
-        .delete_storage_pool(&pool)
-        .await
-        .map_err(pool_not_found(&pool))?;
+    state.backend.delete_storage_pool(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -382,11 +347,7 @@ pub async fn get_volume(
     user.require(Permission::ProjectView, project.as_str())?;
     let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
-    let (v, etag) = state
-        .backend
-        .get_volume(&project, &pool, &name)
-        .await
-        .map_err(volume_not_found(&pool, &name))?;
+    let (v, etag) = state.backend.get_volume(&project, &pool, &name).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
 
@@ -401,8 +362,7 @@ async fn patch_volume(
     state
         .backend
         .update_volume(project, pool, name, update, if_match)
-        .await
-        .map_err(volume_not_found(pool, name))?;
+        .await?;
     let (v, etag) = state.backend.get_volume(project, pool, name).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
@@ -440,11 +400,7 @@ pub async fn update_volume(
     if let Some(config) = &body.config {
         // Judged against the volume as it is now, and pinned to that version.
         let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
-        let (current, etag) = state
-            .backend
-            .get_volume(&project, &pool, &name)
-            .await
-            .map_err(volume_not_found(&pool, &name))?;
+        let (current, etag) = state.backend.get_volume(&project, &pool, &name).await?;
         policy.check_volume_patch(&current.config, config)?;
         if_match = crate::api::policy::pin(if_match.as_deref(), etag)?;
     }
@@ -474,11 +430,7 @@ pub async fn delete_volume(
     let pool = PoolName::from_path(&pool)?;
     let name = volume_name(&name)?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
-        .backend
-        .delete_volume(&project, &pool, &name)
-        .await
-        .map_err(volume_not_found(&pool, &name))?;
+    let op = state.backend.delete_volume(&project, &pool, &name).await?;
     match op {
         Some(op) => {
             accepted(
@@ -599,11 +551,7 @@ pub async fn attach_volume(
         ));
     }
     // A clear 404 for a missing volume, before touching the instance.
-    state
-        .backend
-        .get_volume(&project, &pool, &volume)
-        .await
-        .map_err(volume_not_found(&pool, &volume))?;
+    state.backend.get_volume(&project, &pool, &volume).await?;
     let mut config = BTreeMap::from([
         ("type".to_owned(), "disk".to_owned()),
         ("pool".to_owned(), pool.to_string()),

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use super::idmap::IdMap;
 use super::{EmbeddedBackend, driver, instances, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
-use crate::backend::{BackendError, Files};
+use crate::backend::{BackendError, Files, Missing, ReportMissing};
 use crate::names::{InstanceName, ProjectName};
 
 /// The log files an instance may have (LXC's, QEMU's, the console's).
@@ -87,7 +87,9 @@ fn not_a_file(path: &str) -> BackendError {
 
 fn map_err(path: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
     move |e| match e.raw_os_error() {
-        Some(libc::ENOENT) => BackendError::NotFound(format!("{path}: no such file or directory")),
+        Some(libc::ENOENT) => {
+            BackendError::NotFound(Missing::Other(format!("{path}: no such file or directory")))
+        }
         Some(libc::ENOTDIR) => {
             BackendError::BadRequest(format!("{path}: a parent is not a directory"))
         }
@@ -118,8 +120,9 @@ pub async fn pull(rootfs: &Path, path: &str, map: Option<IdMap>) -> Result<FileP
     let rootfs = rootfs.to_owned();
     let p = path.to_owned();
     let (file, meta, entries) = tokio::task::spawn_blocking(move || {
-        let root = open_root(&rootfs)
-            .map_err(|_| BackendError::NotFound("Instance files not found".into()))?;
+        let root = open_root(&rootfs).map_err(|_| {
+            BackendError::NotFound(Missing::Other("Instance files not found".into()))
+        })?;
         // Non-blocking: opening a FIFO the container made would otherwise
         // wait for a writer that may never come, holding a blocking thread.
         let fd = openat2(root.as_raw_fd(), &p, libc::O_RDONLY | libc::O_NONBLOCK, 0)
@@ -198,8 +201,9 @@ pub async fn push(
     let rootfs = rootfs.to_owned();
     let p = path.to_owned();
     let file = tokio::task::spawn_blocking(move || {
-        let root = open_root(&rootfs)
-            .map_err(|_| BackendError::NotFound("Instance files not found".into()))?;
+        let root = open_root(&rootfs).map_err(|_| {
+            BackendError::NotFound(Missing::Other("Instance files not found".into()))
+        })?;
         let dir = openat2(
             root.as_raw_fd(),
             &parent,
@@ -282,6 +286,10 @@ impl Files for EmbeddedBackend {
             map,
         )
         .await
+        .missing(|| Missing::File {
+            instance: name.to_string(),
+            path: path.to_owned(),
+        })
     }
 
     async fn push_file(
@@ -305,6 +313,10 @@ impl Files for EmbeddedBackend {
             body,
         )
         .await
+        .missing(|| Missing::FileDirectory {
+            instance: name.to_string(),
+            path: path.to_owned(),
+        })
     }
 
     async fn list_instance_logs(
@@ -329,13 +341,17 @@ impl Files for EmbeddedBackend {
         name: &InstanceName,
         file: &str,
     ) -> Result<Download, BackendError> {
+        let log = || Missing::Log {
+            instance: name.to_string(),
+            file: file.to_owned(),
+        };
         let row = self.row(project, name).await?;
         // Only the files lxgate itself names; nothing from the path reaches the disk.
         let Some(f) = LOG_FILES.iter().find(|f| **f == file) else {
-            return Err(BackendError::NotFound("Log file not found".into()));
+            return Err(BackendError::NotFound(log()));
         };
         let path = self.instance_dir(&row).join(f);
-        instances::download_file(&path, "text/plain; charset=utf-8").await
+        instances::download_file(&path, "text/plain; charset=utf-8", log).await
     }
 
     async fn console_log(
@@ -345,6 +361,9 @@ impl Files for EmbeddedBackend {
     ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
         let path = self.instance_dir(&row).join("console.log");
-        instances::download_file(&path, "text/plain; charset=utf-8").await
+        instances::download_file(&path, "text/plain; charset=utf-8", || {
+            Missing::instance(name)
+        })
+        .await
     }
 }

@@ -21,7 +21,7 @@ use super::tarball::reading as tar_reading;
 use super::{EmbeddedBackend, driver, image_budget, image_size, resources, simplestreams};
 use crate::backend::events::EventBus;
 use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
-use crate::backend::{BackendError, Images, ListScope, Listing};
+use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
 use crate::names::ProjectName;
 
@@ -286,13 +286,13 @@ pub fn db(e: sqlx::Error) -> BackendError {
 /// The one image of `project` whose fingerprint starts with `prefix`.
 pub async fn find(pool: &AnyPool, project: &str, prefix: &str) -> Result<ImageRow, BackendError> {
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(BackendError::NotFound("Image not found".into()));
+        return Err(BackendError::NotFound(Missing::image(prefix)));
     }
     let mut rows = inv::find_images(pool, project, &prefix.to_ascii_lowercase())
         .await
         .map_err(db)?;
     match rows.len() {
-        0 => Err(BackendError::NotFound("Image not found".into())),
+        0 => Err(BackendError::NotFound(Missing::image(prefix))),
         1 => Ok(rows.remove(0)),
         _ => Err(BackendError::BadRequest(
             "More than one image matches this fingerprint prefix".into(),
@@ -715,7 +715,7 @@ impl Images for EmbeddedBackend {
         let row = inv::get_alias(&self.pool, project, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Image alias not found".into()))?;
+            .ok_or_else(|| BackendError::NotFound(Missing::image_alias(name)))?;
         let kind = find(&self.pool, project, &row.target)
             .await
             .map(|i| i.image_type)
@@ -728,7 +728,13 @@ impl Images for EmbeddedBackend {
         project: &ProjectName,
         req: &types::ImageAliasCreate,
     ) -> Result<(), BackendError> {
-        let image = find(&self.pool, project, &req.target).await?;
+        let image =
+            find(&self.pool, project, &req.target)
+                .await
+                .missing(|| Missing::AliasTarget {
+                    project: project.to_string(),
+                    target: req.target.clone(),
+                })?;
         inv::insert_alias(
             &self.pool,
             &inv::AliasRow {
@@ -758,7 +764,7 @@ impl Images for EmbeddedBackend {
         {
             Ok(())
         } else {
-            Err(BackendError::NotFound("Image alias not found".into()))
+            Err(BackendError::NotFound(Missing::image_alias(name)))
         }
     }
 }

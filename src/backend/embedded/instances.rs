@@ -20,16 +20,12 @@ use crate::backend::types::{
     ConfigMap, DevicesMap, Download, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
     InstanceStateMemory, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, Instances, ListScope, Listing};
+use crate::backend::{BackendError, Instances, ListScope, Listing, Missing};
 use crate::db::embedded::{self as inv, InstanceRow};
 use crate::names::{InstanceName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
 const INFO_CONCURRENCY: usize = 8;
-
-fn not_found() -> BackendError {
-    BackendError::NotFound("Instance not found".into())
-}
 
 fn db(e: sqlx::Error) -> BackendError {
     images::db(e)
@@ -63,11 +59,16 @@ pub(super) fn root_device() -> DevicesMap {
     )])
 }
 
-pub async fn download_file(path: &Path, content_type: &str) -> Result<Download, BackendError> {
+/// The file at `path` as a download; `missing` is what its absence means.
+pub async fn download_file(
+    path: &Path,
+    content_type: &str,
+    missing: impl FnOnce() -> Missing,
+) -> Result<Download, BackendError> {
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BackendError::NotFound("File not found".into()));
+            return Err(BackendError::NotFound(missing()));
         }
         Err(e) => {
             return Err(BackendError::Internal(anyhow::anyhow!(
@@ -106,7 +107,7 @@ impl EmbeddedBackend {
         inv::get_instance(&self.pool, project, name)
             .await
             .map_err(db)?
-            .ok_or_else(not_found)
+            .ok_or_else(|| BackendError::NotFound(Missing::instance(name)))
     }
 
     pub(super) fn driver(&self, row: &InstanceRow) -> Driver {

@@ -31,7 +31,7 @@ use crate::backend::types::{
     NetworkCreate, NetworkLease, NetworkState, NetworkStateBridge, NetworkStateCounters,
     NetworkUpdate,
 };
-use crate::backend::{BackendError, Listing, Networks};
+use crate::backend::{BackendError, Listing, Missing, Networks, ReportMissing};
 use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
 use crate::names::ProjectName;
 
@@ -90,7 +90,7 @@ async fn kind_of(dir: &Path) -> &'static str {
 async fn interface(name: &str) -> Result<Network, BackendError> {
     let dir = Path::new(SYS_NET).join(name);
     if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-        return Err(BackendError::NotFound("Network not found".into()));
+        return Err(BackendError::NotFound(Missing::network(name)));
     }
     Ok(Network {
         name: name.to_owned(),
@@ -138,7 +138,7 @@ impl EmbeddedBackend {
         inv::get_network(&self.pool, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Network not found".into()))
+            .ok_or_else(|| BackendError::NotFound(Missing::network(name)))
     }
 
     /// Instances (of every project) with a NIC on `network`.
@@ -412,7 +412,7 @@ impl Networks for EmbeddedBackend {
                     "{name} is a host interface, not a managed network"
                 )));
             }
-            None => return Err(BackendError::NotFound("Network not found".into())),
+            None => return Err(BackendError::NotFound(Missing::network(name))),
         };
         if let Some(tag) = if_match
             && tag.trim_matches('"') != network_etag(&row.description, &config_of(&row))
@@ -481,7 +481,7 @@ impl Networks for EmbeddedBackend {
                     "{name} is a host interface, not a managed network"
                 ))
             } else {
-                BackendError::NotFound("Network not found".into())
+                BackendError::NotFound(Missing::network(name))
             });
         }
         let _net = self.net_lock.lock().await;
@@ -608,7 +608,12 @@ impl Networks for EmbeddedBackend {
         name: &str,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         self.ensure_project(project).await?;
-        let row = self.network_row(name).await?;
+        let row = self
+            .network_row(name)
+            .await
+            .missing(|| Missing::ManagedNetwork {
+                name: name.to_owned(),
+            })?;
         let mut out = Vec::new();
         if let Some(gw) = bridge::plan(&config_of(&row))?.ipv4 {
             out.push(NetworkLease {

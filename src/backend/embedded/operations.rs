@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::EmbeddedBackend;
-use crate::backend::BackendError;
 use crate::backend::events::EventBus;
 use crate::backend::types::{Event, Operation};
+use crate::backend::{BackendError, Missing};
 
 /// How long a finished operation stays readable.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
@@ -339,7 +339,7 @@ impl Operations {
             .expect("operations lock")
             .get(id)
             .cloned()
-            .ok_or_else(|| BackendError::NotFound("Operation not found".into()))
+            .ok_or_else(|| BackendError::NotFound(Missing::operation(id)))
     }
 
     pub fn get(&self, id: &str) -> Result<Operation, BackendError> {

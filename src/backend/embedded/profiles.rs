@@ -2,7 +2,7 @@
 
 use super::{EmbeddedBackend, instances};
 use crate::backend::types::Profile;
-use crate::backend::{BackendError, Profiles};
+use crate::backend::{BackendError, Missing, Profiles};
 use crate::names::ProjectName;
 
 #[async_trait::async_trait]
@@ -20,7 +20,9 @@ impl Profiles for EmbeddedBackend {
                 config: Default::default(),
                 devices: instances::root_device(),
             }),
-            _ => Err(BackendError::NotFound(format!("Profile not found: {name}"))),
+            _ => Err(BackendError::NotFound(Missing::Profile {
+                name: name.to_owned(),
+            })),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::operations::{lifecycle, now, resource_url};
 use crate::backend::types::{
     ConfigMap, Project, ProjectCreate, ProjectState, ProjectStateResource, ProjectUpdate,
 };
-use crate::backend::{BackendError, Projects};
+use crate::backend::{BackendError, Missing, Projects};
 use crate::db::embedded::{self as inv, InstanceRow, ProjectRow};
 use crate::names::ProjectName;
 
@@ -97,7 +97,7 @@ impl EmbeddedBackend {
         inv::get_project(&self.pool, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Project not found".into()))
+            .ok_or_else(|| BackendError::NotFound(Missing::project(name)))
     }
 
     /// Where the project's images live: its own store, or the default

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::image_budget::Budget;
 use super::operations::{OpCtx, OpError};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Missing};
 use crate::fetch::{Fetcher, OriginClient, TooLarge};
 
 /// Largest index or product catalogue read (images.linuxcontainers.org's
@@ -185,7 +185,7 @@ pub async fn find(
         }
     }
     best.map(|(_, f)| f).ok_or_else(|| {
-        BackendError::NotFound(format!(
+        BackendError::NotFound(Missing::Other(format!(
             "the server has no {} image {} for x86_64",
             if want_vm {
                 "virtual-machine"
@@ -193,7 +193,7 @@ pub async fn find(
                 "container"
             },
             alias.or(fingerprint).unwrap_or_default()
-        ))
+        )))
     })
 }
 

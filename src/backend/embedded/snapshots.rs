@@ -25,7 +25,7 @@ use super::{EmbeddedBackend, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
 };
-use crate::backend::{BackendError, Backups, Listing, Snapshots};
+use crate::backend::{BackendError, Backups, Listing, Missing, Snapshots};
 use crate::db::embedded::InstanceRow;
 use crate::names::{BackupName, InstanceName, ProjectName, SnapshotName};
 
@@ -60,19 +60,24 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
 /// What snapshot and backup records share: a JSON file each in their
 /// folder, listed by creation time, then name.
 trait Record: for<'de> Deserialize<'de> {
-    const MISSING: &'static str;
+    /// The 404 for record `name` of `instance`.
+    fn missing(instance: &str, name: &str) -> Missing;
     fn sort_key(&self) -> (&str, &str);
 }
 
 impl Record for SnapshotRecord {
-    const MISSING: &'static str = "Snapshot not found";
+    fn missing(instance: &str, name: &str) -> Missing {
+        Missing::snapshot(instance, name)
+    }
     fn sort_key(&self) -> (&str, &str) {
         (&self.created_at, &self.name)
     }
 }
 
 impl Record for BackupRecord {
-    const MISSING: &'static str = "Backup not found";
+    fn missing(instance: &str, name: &str) -> Missing {
+        Missing::backup(instance, name)
+    }
     fn sort_key(&self) -> (&str, &str) {
         (&self.created_at, &self.name)
     }
@@ -97,11 +102,11 @@ async fn read_records<T: Record>(dir: &Path) -> Vec<T> {
     out
 }
 
-/// The record `name` in `dir`, or 404.
-async fn read_record<T: Record>(dir: &Path, name: &str) -> Result<T, BackendError> {
+/// The record `name` of `instance` in `dir`, or 404.
+async fn read_record<T: Record>(dir: &Path, instance: &str, name: &str) -> Result<T, BackendError> {
     let raw = tokio::fs::read(dir.join(format!("{name}.json")))
         .await
-        .map_err(|_| BackendError::NotFound(T::MISSING.into()))?;
+        .map_err(|_| BackendError::NotFound(T::missing(instance, name)))?;
     serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
 }
 
@@ -281,7 +286,7 @@ impl EmbeddedBackend {
         row: &InstanceRow,
         snap: &str,
     ) -> Result<SnapshotRecord, BackendError> {
-        read_record(&self.snap_dir(row), snap).await
+        read_record(&self.snap_dir(row), &row.name, snap).await
     }
 }
 
@@ -631,7 +636,7 @@ impl EmbeddedBackend {
         row: &InstanceRow,
         b: &str,
     ) -> Result<BackupRecord, BackendError> {
-        read_record(&self.backup_dir(row), b).await
+        read_record(&self.backup_dir(row), &row.name, b).await
     }
 }
 
@@ -818,6 +823,7 @@ impl Backups for EmbeddedBackend {
         download_file(
             &self.backup_dir(&row).join(&record.file),
             "application/octet-stream",
+            || Missing::backup(name, b),
         )
         .await
     }

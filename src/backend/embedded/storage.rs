@@ -23,7 +23,7 @@ use crate::backend::types::{
     DevicesMap, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing, Storage};
+use crate::backend::{BackendError, Listing, Missing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
 use crate::names::{PoolName, ProjectName, VolumeName};
 
@@ -174,6 +174,15 @@ fn check_source(source: &str) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Volume `name` is not in pool `pool` (which exists).
+fn no_volume(pool: &str, name: &str) -> BackendError {
+    BackendError::NotFound(Missing::Volume {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
+        reason: "Storage volume not found".into(),
+    })
+}
+
 fn pool_etag(p: &StoragePool) -> String {
     hex::encode(Sha256::digest(json!([p.description, p.config]).to_string()))
 }
@@ -214,7 +223,7 @@ impl EmbeddedBackend {
         inv::get_pool(&self.pool, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Storage pool not found".into()))
+            .ok_or_else(|| BackendError::NotFound(Missing::pool(name)))
     }
 
     fn pool_dir(&self, row: &PoolRow) -> PathBuf {
@@ -237,7 +246,7 @@ impl EmbeddedBackend {
         let v = inv::get_volume(&self.pool, pool, project, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+            .ok_or_else(|| no_volume(pool, name))?;
         let base = self
             .pool_dir(&prow)
             .join("custom")
@@ -597,7 +606,7 @@ impl Storage for EmbeddedBackend {
         let row = inv::get_volume(&self.pool, pool, project, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+            .ok_or_else(|| no_volume(pool, name))?;
         let v = self.to_volume(&row).await;
         let tag = volume_etag(&v);
         Ok((v, Some(tag)))
@@ -733,7 +742,7 @@ impl Storage for EmbeddedBackend {
         let mut row = inv::get_volume(&self.pool, pool, project, name)
             .await
             .map_err(db)?
-            .ok_or_else(|| BackendError::NotFound("Storage volume not found".into()))?;
+            .ok_or_else(|| no_volume(pool, name))?;
         let mut config = current.config.clone();
         if let Some(c) = &update.config {
             for (k, v) in c {

@@ -7,7 +7,7 @@ use super::IncusBackend;
 use super::files::{TRANSFER_TIMEOUT, download, project_query};
 use super::instances::last_segment;
 use crate::backend::types::{Backup, BackupCreate, Download, Operation};
-use crate::backend::{BackendError, Backups, Listing};
+use crate::backend::{BackendError, Backups, Listing, Missing, ReportMissing};
 use crate::names::{BackupName, InstanceName, ProjectName};
 
 #[async_trait::async_trait]
@@ -24,10 +24,18 @@ impl Backups for IncusBackend {
         ];
         let segments = ["instances", instance, "backups"];
         if expand {
-            let (items, _): (Vec<Backup>, _) = self.client.query_struct(&segments, &q).await?;
+            let (items, _): (Vec<Backup>, _) = self
+                .client
+                .query_struct(&segments, &q)
+                .await
+                .missing(|| Missing::instance(instance))?;
             Ok(Listing::Full(items))
         } else {
-            let (urls, _): (Vec<String>, _) = self.client.query_struct(&segments, &q).await?;
+            let (urls, _): (Vec<String>, _) = self
+                .client
+                .query_struct(&segments, &q)
+                .await
+                .missing(|| Missing::instance(instance))?;
             Ok(Listing::Names(
                 urls.iter().map(|u| last_segment(u)).collect(),
             ))
@@ -46,6 +54,7 @@ impl Backups for IncusBackend {
                 &project_query(project),
             )
             .await
+            .missing(|| Missing::backup(instance, backup))
             .map(|(b, _)| b)
     }
 
@@ -65,6 +74,7 @@ impl Backups for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(instance))
     }
 
     async fn delete_backup(
@@ -82,6 +92,7 @@ impl Backups for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::backup(instance, backup))
     }
 
     async fn export_backup(
@@ -100,7 +111,8 @@ impl Backups for IncusBackend {
                 None,
                 TRANSFER_TIMEOUT,
             )
-            .await?;
+            .await
+            .missing(|| Missing::backup(instance, backup))?;
         Ok(download(resp))
     }
 }

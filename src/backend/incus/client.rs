@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::tls::{self, ServerTrust};
-use crate::backend::BackendError;
 use crate::backend::types::Operation;
+use crate::backend::{BackendError, Missing};
 use crate::config::{IncusConfig, IncusMode};
 
 /// Where lxgate keeps its Incus client identity unless configured otherwise.
@@ -441,11 +441,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Incus's error codes keep their meaning (DESIGN §2).
+/// Incus's error codes keep their meaning (DESIGN §2). A 404 has only
+/// Incus's words: the resource method that asked names what is missing
+/// (`ReportMissing`).
 pub fn typed_error(code: u16, message: &str) -> BackendError {
     let msg = message.to_owned();
     match StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY) {
-        StatusCode::NOT_FOUND => BackendError::NotFound(msg),
+        StatusCode::NOT_FOUND => BackendError::NotFound(Missing::Other(msg)),
         StatusCode::CONFLICT => BackendError::Conflict(msg),
         StatusCode::PRECONDITION_FAILED => BackendError::PreconditionFailed(msg),
         StatusCode::BAD_REQUEST => BackendError::BadRequest(msg),
@@ -495,7 +497,10 @@ mod tests {
 
     #[test]
     fn incus_error_codes_keep_their_meaning() {
-        assert!(matches!(typed_error(404, "x"), BackendError::NotFound(_)));
+        assert!(matches!(
+            typed_error(404, "x"),
+            BackendError::NotFound(Missing::Other(m)) if m == "x"
+        ));
         assert!(matches!(
             typed_error(412, "x"),
             BackendError::PreconditionFailed(_)

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::IncusBackend;
 use super::websocket::IncusSocket;
 use crate::backend::types::{ExecOutput, ExecRequest, Operation, TerminalInput, TerminalSession};
-use crate::backend::{BackendError, Exec};
+use crate::backend::{BackendError, Exec, Missing, ReportMissing};
 use crate::names::{InstanceName, ProjectName};
 
 fn secret<'a>(op: &'a Operation, fd: &str) -> Result<&'a str, BackendError> {
@@ -204,7 +204,8 @@ impl Exec for IncusBackend {
                 Some(&body),
                 None,
             )
-            .await?;
+            .await
+            .missing(|| Missing::instance(name))?;
         self.bridge(op, true).await
     }
 
@@ -238,6 +239,7 @@ impl Exec for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(name))
     }
 
     async fn exec_output(
@@ -301,7 +303,8 @@ impl Exec for IncusBackend {
                 Some(&body),
                 None,
             )
-            .await?;
+            .await
+            .missing(|| Missing::instance(name))?;
         self.bridge(op, false).await
     }
 }

@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, Heade
 use super::IncusBackend;
 use super::instances::last_segment;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
-use crate::backend::{BackendError, Files};
+use crate::backend::{BackendError, Files, Missing, ReportMissing};
 use crate::names::{InstanceName, ProjectName};
 
 /// How long one transfer (backup export, file push or pull) may take in all:
@@ -100,7 +100,8 @@ impl Files for IncusBackend {
         let (urls, _): (Vec<String>, _) = self
             .client
             .query_struct(&["instances", instance, "logs"], &project_query(project))
-            .await?;
+            .await
+            .missing(|| Missing::instance(instance))?;
         Ok(urls.iter().map(|u| last_segment(u)).collect())
     }
 
@@ -120,7 +121,11 @@ impl Files for IncusBackend {
                 None,
                 TRANSFER_TIMEOUT,
             )
-            .await?;
+            .await
+            .missing(|| Missing::Log {
+                instance: instance.to_string(),
+                file: file.to_owned(),
+            })?;
         Ok(download(resp))
     }
 
@@ -139,7 +144,8 @@ impl Files for IncusBackend {
                 None,
                 TRANSFER_TIMEOUT,
             )
-            .await?;
+            .await
+            .missing(|| Missing::instance(instance))?;
         Ok(download(resp))
     }
 
@@ -170,7 +176,11 @@ impl Files for IncusBackend {
                      on open) is not transferred",
                     PULL_OPEN_TIMEOUT.as_secs()
                 ))
-            })??;
+            })?
+            .missing(|| Missing::File {
+                instance: instance.to_string(),
+                path: path.to_owned(),
+            })?;
         let meta = file_meta(resp.headers());
         if meta.kind != "directory" {
             return Ok(FilePull::File {
@@ -233,6 +243,10 @@ impl Files for IncusBackend {
                 TRANSFER_TIMEOUT,
             )
             .await
+            .missing(|| Missing::FileDirectory {
+                instance: instance.to_string(),
+                path: path.to_owned(),
+            })
             .map(|_| ())
     }
 }

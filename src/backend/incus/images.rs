@@ -11,7 +11,7 @@ use super::instances::last_segment;
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, Images, ListScope, Listing};
+use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::names::ProjectName;
 
 /// How long an upload to Incus may take: Incus reads the whole body before it
@@ -63,6 +63,7 @@ impl Images for IncusBackend {
         self.client
             .query_struct(&["images", fingerprint], &project_query(project))
             .await
+            .missing(|| Missing::image(fingerprint))
     }
 
     async fn delete_image(
@@ -79,6 +80,7 @@ impl Images for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::image(fingerprint))
     }
 
     async fn copy_image(
@@ -204,6 +206,7 @@ impl Images for IncusBackend {
         self.client
             .query_struct(&["images", "aliases", name], &project_query(project))
             .await
+            .missing(|| Missing::image_alias(name))
             .map(|(a, _)| a)
     }
 
@@ -226,6 +229,10 @@ impl Images for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::AliasTarget {
+                project: project.to_string(),
+                target: req.target.clone(),
+            })
             .map(|_| ())
     }
 
@@ -243,6 +250,7 @@ impl Images for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::image_alias(name))
             .map(|_| ())
     }
 }

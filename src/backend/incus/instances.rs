@@ -7,7 +7,7 @@ use super::IncusBackend;
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, Instances, ListScope, Listing};
+use crate::backend::{BackendError, Instances, ListScope, Listing, Missing, ReportMissing};
 use crate::names::{InstanceName, ProjectName};
 
 /// `/1.0/instances/web-1?project=x` -> `web-1`.
@@ -74,6 +74,7 @@ impl Instances for IncusBackend {
         self.client
             .query_struct(&["instances", name], &project_query(project))
             .await
+            .missing(|| Missing::instance(name))
     }
 
     async fn create_instance(
@@ -129,7 +130,8 @@ impl Instances for IncusBackend {
                 Some(&body),
                 if_match,
             )
-            .await?;
+            .await
+            .missing(|| Missing::instance(name))?;
         r.into_maybe_operation(project)
     }
 
@@ -147,6 +149,7 @@ impl Instances for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(name))
     }
 
     async fn rename_instance(
@@ -165,6 +168,7 @@ impl Instances for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(name))
     }
 
     async fn instance_state(
@@ -175,6 +179,7 @@ impl Instances for IncusBackend {
         self.client
             .query_struct(&["instances", name, "state"], &project_query(project))
             .await
+            .missing(|| Missing::instance(name))
             .map(|(s, _)| s)
     }
 
@@ -194,6 +199,7 @@ impl Instances for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(name))
     }
 }
 

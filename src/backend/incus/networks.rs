@@ -6,7 +6,7 @@ use serde_json::json;
 use super::IncusBackend;
 use super::storage::listing;
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
-use crate::backend::{BackendError, Listing, Networks};
+use crate::backend::{BackendError, Listing, Missing, Networks, ReportMissing};
 use crate::names::ProjectName;
 
 #[async_trait::async_trait]
@@ -31,6 +31,7 @@ impl Networks for IncusBackend {
         self.client
             .query_struct(&["networks", name], &[("project", project)])
             .await
+            .missing(|| Missing::network(name))
     }
 
     async fn create_network(
@@ -75,6 +76,7 @@ impl Networks for IncusBackend {
                 if_match,
             )
             .await
+            .missing(|| Missing::network(name))
             .map(|_| ())
     }
 
@@ -88,6 +90,7 @@ impl Networks for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::network(name))
             .map(|_| ())
     }
 
@@ -99,6 +102,7 @@ impl Networks for IncusBackend {
         self.client
             .query_struct(&["networks", name, "state"], &[("project", project)])
             .await
+            .missing(|| Missing::network(name))
             .map(|(s, _)| s)
     }
 
@@ -110,7 +114,10 @@ impl Networks for IncusBackend {
         let (leases, _): (Option<Vec<NetworkLease>>, _) = self
             .client
             .query_struct(&["networks", name, "leases"], &[("project", project)])
-            .await?;
+            .await
+            .missing(|| Missing::ManagedNetwork {
+                name: name.to_owned(),
+            })?;
         Ok(leases.unwrap_or_default())
     }
 }

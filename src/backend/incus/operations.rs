@@ -5,7 +5,7 @@ use reqwest::Method;
 use super::IncusBackend;
 use super::instances::url_unescape;
 use crate::backend::types::Operation;
-use crate::backend::{BackendError, Operations};
+use crate::backend::{BackendError, Missing, Operations, ReportMissing};
 
 #[async_trait::async_trait]
 impl Operations for IncusBackend {
@@ -30,8 +30,11 @@ impl Operations for IncusBackend {
     }
 
     async fn get_operation(&self, id: &str) -> Result<Operation, BackendError> {
-        let (mut op, _): (Operation, _) =
-            self.client.query_struct(&["operations", id], &[]).await?;
+        let (mut op, _): (Operation, _) = self
+            .client
+            .query_struct(&["operations", id], &[])
+            .await
+            .missing(|| Missing::operation(id))?;
         op.project = project_of(&op);
         Ok(op)
     }
@@ -47,7 +50,8 @@ impl Operations for IncusBackend {
                 &[("timeout", &timeout)],
                 std::time::Duration::from_secs(timeout_secs + 10),
             )
-            .await;
+            .await
+            .missing(|| Missing::operation(id));
         match r {
             Ok(r) => {
                 let mut op =
@@ -70,6 +74,7 @@ impl Operations for IncusBackend {
         self.client
             .query(Method::DELETE, &["operations", id], &[], None, None)
             .await
+            .missing(|| Missing::operation(id))
             .map(|_| ())
     }
 }

@@ -2,7 +2,7 @@
 
 use super::IncusBackend;
 use crate::backend::types::Profile;
-use crate::backend::{BackendError, Profiles};
+use crate::backend::{BackendError, Missing, Profiles, ReportMissing};
 use crate::names::ProjectName;
 
 #[async_trait::async_trait]
@@ -15,6 +15,9 @@ impl Profiles for IncusBackend {
         self.client
             .query_struct(&["profiles", name], &[("project", project)])
             .await
+            .missing(|| Missing::Profile {
+                name: name.to_owned(),
+            })
             .map(|(p, _)| p)
     }
 }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::IncusBackend;
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
-use crate::backend::{BackendError, Projects};
+use crate::backend::{BackendError, Missing, Projects, ReportMissing};
 use crate::names::ProjectName;
 use crate::policy::Widening;
 
@@ -155,7 +155,10 @@ impl Projects for IncusBackend {
         &self,
         name: &ProjectName,
     ) -> Result<(Project, Option<String>), BackendError> {
-        self.client.query_struct(&["projects", name], &[]).await
+        self.client
+            .query_struct(&["projects", name], &[])
+            .await
+            .missing(|| Missing::project(name))
     }
 
     async fn create_project(&self, req: &ProjectCreate) -> Result<(), BackendError> {
@@ -197,6 +200,7 @@ impl Projects for IncusBackend {
                 .client
                 .query(Method::PUT, &["projects", name], &[], Some(&body), if_match)
                 .await
+                .missing(|| Missing::project(name))
                 .map(|_| ());
         }
         // Incus 6.0's PATCH of a project replaces the whole config (checked:
@@ -221,6 +225,7 @@ impl Projects for IncusBackend {
                 if_match.or(etag.as_deref()),
             )
             .await
+            .missing(|| Missing::project(name))
             .map(|_| ())
     }
 
@@ -228,6 +233,7 @@ impl Projects for IncusBackend {
         self.client
             .query(Method::DELETE, &["projects", name], &[], None, None)
             .await
+            .missing(|| Missing::project(name))
             .map(|_| ())
     }
 
@@ -235,6 +241,7 @@ impl Projects for IncusBackend {
         self.client
             .query_struct(&["projects", name, "state"], &[])
             .await
+            .missing(|| Missing::project(name))
             .map(|(s, _)| s)
     }
 

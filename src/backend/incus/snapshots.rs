@@ -7,7 +7,7 @@ use super::IncusBackend;
 use super::files::project_query;
 use super::instances::last_segment;
 use crate::backend::types::{Operation, Snapshot, SnapshotCreate};
-use crate::backend::{BackendError, Listing, Snapshots};
+use crate::backend::{BackendError, Listing, Missing, ReportMissing, Snapshots};
 use crate::names::{InstanceName, ProjectName, SnapshotName};
 
 #[async_trait::async_trait]
@@ -24,10 +24,18 @@ impl Snapshots for IncusBackend {
         ];
         let segments = ["instances", instance, "snapshots"];
         if expand {
-            let (items, _): (Vec<Snapshot>, _) = self.client.query_struct(&segments, &q).await?;
+            let (items, _): (Vec<Snapshot>, _) = self
+                .client
+                .query_struct(&segments, &q)
+                .await
+                .missing(|| Missing::instance(instance))?;
             Ok(Listing::Full(items))
         } else {
-            let (urls, _): (Vec<String>, _) = self.client.query_struct(&segments, &q).await?;
+            let (urls, _): (Vec<String>, _) = self
+                .client
+                .query_struct(&segments, &q)
+                .await
+                .missing(|| Missing::instance(instance))?;
             Ok(Listing::Names(
                 urls.iter().map(|u| last_segment(u)).collect(),
             ))
@@ -46,6 +54,7 @@ impl Snapshots for IncusBackend {
                 &project_query(project),
             )
             .await
+            .missing(|| Missing::snapshot(instance, snap))
             .map(|(s, _)| s)
     }
 
@@ -65,6 +74,7 @@ impl Snapshots for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::instance(instance))
     }
 
     async fn delete_snapshot(
@@ -82,6 +92,7 @@ impl Snapshots for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::snapshot(instance, snap))
     }
 
     /// Incus restores through the instance itself: `PUT /1.0/instances/{name}`
@@ -106,5 +117,6 @@ impl Snapshots for IncusBackend {
                 None,
             )
             .await
+            .missing(|| Missing::snapshot(instance, snap))
     }
 }

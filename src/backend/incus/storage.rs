@@ -9,7 +9,7 @@ use crate::backend::types::{
     Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
     StorageVolumeCreate, StorageVolumeUpdate,
 };
-use crate::backend::{BackendError, Listing, Storage};
+use crate::backend::{BackendError, Listing, Missing, ReportMissing, Storage};
 use crate::names::{PoolName, ProjectName, VolumeName};
 
 fn recursion(expand: bool) -> (&'static str, &'static str) {
@@ -34,6 +34,16 @@ pub(super) async fn listing<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A volume's 404: Incus's words say which of the project, the pool or the
+/// volume it lacks.
+fn volume<'a>(pool: &'a str, name: &'a str) -> impl FnOnce(String) -> Missing + 'a {
+    move |reason| Missing::Volume {
+        pool: pool.to_owned(),
+        name: name.to_owned(),
+        reason,
+    }
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, BackendError> {
     serde_json::to_value(v).map_err(|e| anyhow::Error::from(e).into())
 }
@@ -51,6 +61,7 @@ impl Storage for IncusBackend {
         self.client
             .query_struct(&["storage-pools", pool], &[])
             .await
+            .missing(|| Missing::pool(pool))
     }
 
     async fn create_storage_pool(&self, req: &StoragePoolCreate) -> Result<(), BackendError> {
@@ -73,6 +84,7 @@ impl Storage for IncusBackend {
         self.client
             .query(method, &["storage-pools", pool], &[], Some(&body), if_match)
             .await
+            .missing(|| Missing::pool(pool))
             .map(|_| ())
     }
 
@@ -80,6 +92,7 @@ impl Storage for IncusBackend {
         self.client
             .query(Method::DELETE, &["storage-pools", pool], &[], None, None)
             .await
+            .missing(|| Missing::pool(pool))
             .map(|_| ())
     }
 
@@ -110,6 +123,7 @@ impl Storage for IncusBackend {
                 &[("project", project)],
             )
             .await
+            .missing_as(volume(pool, name))
     }
 
     async fn create_volume(
@@ -156,6 +170,7 @@ impl Storage for IncusBackend {
                 if_match,
             )
             .await
+            .missing_as(volume(pool, name))
             .map(|_| ())
     }
 
@@ -174,7 +189,8 @@ impl Storage for IncusBackend {
                 None,
                 None,
             )
-            .await?;
+            .await
+            .missing_as(volume(pool, name))?;
         r.into_maybe_operation(project)
     }
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::client::{IncusClient, WsTransport};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Missing};
 
 /// Either transport, so one websocket type serves both modes.
 pub enum Stream {
@@ -119,7 +119,9 @@ impl IncusClient {
                         BackendError::Forbidden(format!("{}: websocket refused", self.endpoint))
                     }
                     tokio_tungstenite::tungstenite::Error::Http(resp) if resp.status() == 404 => {
-                        BackendError::NotFound("the websocket no longer exists".into())
+                        BackendError::NotFound(Missing::Other(
+                            "the websocket no longer exists".into(),
+                        ))
                     }
                     other => unavailable(self, other),
                 })?;
