@@ -318,9 +318,7 @@ impl Instances for EmbeddedBackend {
                 let a = inv::get_alias(&self.pool, &images_in, alias)
                     .await
                     .map_err(db)?
-                    .ok_or_else(|| {
-                        BackendError::BadRequest(format!("Image alias not found: {alias}"))
-                    })?;
+                    .ok_or_else(|| BackendError::NotFound(Missing::image_alias(alias)))?;
                 images::find(&self.pool, &images_in, &a.target).await?
             }
             (None, Some(fp)) => images::find(&self.pool, &images_in, fp)
