@@ -9,10 +9,10 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::ProjectScoped;
 use crate::api::resource::{
     ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry, not_found_as_instance,
 };
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -20,10 +20,6 @@ use crate::backend::BackendError;
 use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{BackupName, InstanceName};
-
-fn backup_name(s: &str) -> ApiResult<BackupName> {
-    BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
 
 /// Backend 404s on a backup path become `backup_not_found`.
 fn no_backup<'a>(
@@ -59,13 +55,12 @@ pub enum BackupEntry {
 pub async fn list_backups(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<BackupEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
         .list_backups(&project, &name, q.expand.unwrap_or(true))
@@ -94,13 +89,12 @@ pub async fn list_backups(
 pub async fn create_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<BackupCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     if let Some(backup) = &req.name {
         BackupName::parse(backup).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -153,13 +147,11 @@ pub async fn create_backup(
 pub async fn get_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Backup>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     Ok(Json(
         state
             .backend
@@ -186,13 +178,11 @@ pub async fn get_backup(
 pub async fn delete_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -246,13 +236,11 @@ fn tarball_extension(head: &[u8]) -> &'static str {
 pub async fn export_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     let Download {
         content_type,
         content_length,

@@ -13,8 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::project_param;
+use crate::api::resource::{
+    ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, project_scoped,
+};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -65,14 +66,6 @@ fn file_kind(head: &[u8]) -> Option<FileKind> {
     } else {
         None
     }
-}
-
-fn fingerprint(s: &str) -> ApiResult<ImageFingerprint> {
-    ImageFingerprint::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-fn alias_name(s: &str) -> ApiResult<ImageAliasName> {
-    ImageAliasName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
 }
 
 /// Backend 404s on an image path become `image_not_found`.
@@ -131,6 +124,8 @@ pub struct ListImagesQuery {
     pub offset: Option<i64>,
 }
 
+project_scoped!(ListImagesQuery);
+
 /// A list entry: the image, or its fingerprint with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -152,7 +147,7 @@ pub async fn list_images(
     State(state): State<AppState>,
     Query(q): Query<ListImagesQuery>,
 ) -> ApiResult<Json<Page<ImageEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     let all = q.all_projects == Some(true);
     if all {
         user.require(Permission::AllProjectsView, "")?;
@@ -191,12 +186,11 @@ pub async fn list_images(
 pub async fn get_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<String>,
+    Path(fp): Path<ImageFingerprint>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let fp = fingerprint(&fp)?;
     let (image, etag) = state
         .backend
         .get_image(&project, fp.as_str())
@@ -225,12 +219,11 @@ pub async fn get_image(
 pub async fn delete_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<String>,
+    Path(fp): Path<ImageFingerprint>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
-    let fp = fingerprint(&fp)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -326,7 +319,7 @@ pub async fn copy_image(
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<ImageCopy>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     if !matches!(req.source.protocol.as_str(), "simplestreams" | "incus") {
         return Err(ApiError::invalid_field(
@@ -595,7 +588,7 @@ pub async fn import_image(
     Query(q): Query<ProjectWaitQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     // Taken before spooling: an upload in progress counts as running work,
     // so one account cannot spool many at once.
@@ -805,7 +798,7 @@ pub async fn list_image_aliases(
     State(state): State<AppState>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<AliasEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
     let entries = state
@@ -834,7 +827,7 @@ pub async fn create_image_alias(
     Query(q): Query<ProjectQuery>,
     Json(req): Json<ImageAliasCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     let name = ImageAliasName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     let target =
@@ -884,12 +877,11 @@ pub async fn create_image_alias(
 pub async fn get_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ImageAliasName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<ImageAliasesEntry>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = alias_name(&name)?;
     Ok(Json(
         state
             .backend
@@ -911,12 +903,11 @@ pub async fn get_image_alias(
 pub async fn delete_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ImageAliasName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<StatusCode> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
-    let name = alias_name(&name)?;
     state
         .backend
         .delete_image_alias(&project, name.as_str())

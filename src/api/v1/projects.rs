@@ -2,13 +2,13 @@
 //! delete them; everybody sees the projects they hold a role in.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::resource::{Entry, created, with_etag};
+use crate::api::resource::{Entry, IfMatch, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -27,10 +27,6 @@ fn not_found_as_project(name: &ProjectName) -> impl FnOnce(BackendError) -> ApiE
         ),
         other => other.into(),
     }
-}
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
 }
 
 /// The `default` project exists on every server and cannot go away.
@@ -167,10 +163,9 @@ pub async fn create_project(
 pub async fn get_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Response> {
-    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     let (p, etag) = state
@@ -207,15 +202,13 @@ fn audit_detail(p: &Project) -> Detail {
 async fn update(
     state: AppState,
     user: AuthUser,
-    name: String,
-    headers: HeaderMap,
+    name: ProjectName,
+    mut if_match: Option<String>,
     body: ProjectUpdate,
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     let mut body = body;
-    let mut if_match = if_match(&headers).map(str::to_owned);
     if let Some(config) = &mut body.config {
         // The config as it will be: checked, and when the project is (or
         // becomes) restricted, the backend's restrictions follow a changed
@@ -275,10 +268,9 @@ async fn update(
 pub async fn restrict_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     let (current, etag) = state
         .backend
         .get_project(&name)
@@ -318,11 +310,11 @@ pub async fn restrict_project(
 pub async fn replace_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
+    Path(name): Path<ProjectName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, headers, body, true).await
+    update(state, user, name, if_match, body, true).await
 }
 
 /// Change a project's description or some config keys, e.g. limits (admins).
@@ -340,11 +332,11 @@ pub async fn replace_project(
 pub async fn update_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
+    Path(name): Path<ProjectName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, headers, body, false).await
+    update(state, user, name, if_match, body, false).await
 }
 
 /// Delete a project; it must be empty (admins). Role grants in it are kept
@@ -360,10 +352,9 @@ pub async fn update_project(
 pub async fn delete_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     refuse_default(&name)?;
     state
         .backend
@@ -389,10 +380,9 @@ pub async fn delete_project(
 pub async fn get_project_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Json<ProjectState>> {
-    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     Ok(Json(
