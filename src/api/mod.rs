@@ -8,6 +8,7 @@ pub mod policy;
 pub mod resource;
 pub mod schemas;
 pub mod slots;
+pub mod upload;
 pub mod v1;
 pub mod ws;
 
