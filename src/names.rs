@@ -40,6 +40,40 @@ fn check_name_of_length(kind: &str, s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// What every checked name has: built only through `parse` (also when
+/// serde reads one: a JSON field or a URL path segment, where
+/// `crate::api::Path` answers a refusal with 400 `invalid_name`), and read as
+/// the string it is (never the other way round).
+macro_rules! checked_name {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                Self::parse(&s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
 macro_rules! resource_name {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         resource_name!($(#[$doc])* $name, $kind, 63);
@@ -54,40 +88,13 @@ macro_rules! resource_name {
             pub fn parse(s: &str) -> Result<Self, String> {
                 check_name_of_length($kind, s, $max).map(|()| Self(s.to_owned()))
             }
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            /// Parses a name taken from a URL path: invalid is 400 `invalid_name`.
-            pub fn from_path(s: &str) -> Result<Self, crate::error::ApiError> {
-                Self::parse(s).map_err(|e| crate::error::ApiError::bad_request("invalid_name", e))
-            }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                Self::parse(&s)
-            }
-        }
+        checked_name!($name);
 
         impl From<$name> for String {
             fn from(n: $name) -> String {
                 n.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        /// A checked name reads as the string it is (never the other way round).
-        impl std::ops::Deref for $name {
-            type Target = str;
-            fn deref(&self) -> &str {
-                &self.0
             }
         }
     };
@@ -119,7 +126,8 @@ resource_name!(
 
 /// An image fingerprint: 1-64 lowercase hex digits (a prefix is enough
 /// when it is unique, as in Incus).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ImageFingerprint(String);
 
 impl ImageFingerprint {
@@ -137,28 +145,15 @@ impl ImageFingerprint {
         }
         Ok(Self(s.to_owned()))
     }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for ImageFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::ops::Deref for ImageFingerprint {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+checked_name!(ImageFingerprint);
 
 /// An image alias name. Incus allows more than resource names (`debian/12`
 /// style names live on image servers): here 1-255 characters, no `/`, no
 /// whitespace or control characters, and not `.` or `..`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ImageAliasName(String);
 
 impl ImageAliasName {
@@ -182,23 +177,9 @@ impl ImageAliasName {
         }
         Ok(Self(s.to_owned()))
     }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for ImageAliasName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::ops::Deref for ImageAliasName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+checked_name!(ImageAliasName);
 
 resource_name!(
     /// A storage pool name.
@@ -225,6 +206,44 @@ resource_name!(
     DeviceName,
     "device"
 );
+
+/// The name of one of an instance's log files (`lxc.log`): 1-255 of ASCII
+/// letters, digits, `.`, `_` and `-`, never `.`/`..`-like.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LogFileName(String);
+
+impl LogFileName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = (1..=255).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && !s.contains("..")
+            && s != ".";
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("a log file name is 1-255 letters, digits, '.', '_' or '-' (and no '..')".into())
+        }
+    }
+}
+
+checked_name!(LogFileName);
+
+/// An operation id: a UUID, kept in its hyphenated lowercase form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OperationId(String);
+
+impl OperationId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| Self(u.to_string()))
+            .map_err(|_| "an operation id is a UUID".to_owned())
+    }
+}
+
+checked_name!(OperationId);
 
 impl Default for ProjectName {
     fn default() -> Self {
@@ -258,6 +277,38 @@ mod tests {
             &"x".repeat(256),
         ] {
             assert!(ImageAliasName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_file_names() {
+        for ok in ["lxc.log", "lxc.conf", "exec_1-2.stdout", &"x".repeat(255)] {
+            assert!(LogFileName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a..b",
+            "a b",
+            "é",
+            &"x".repeat(256),
+        ] {
+            assert!(LogFileName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn operation_ids_are_uuids_in_one_form() {
+        let id = OperationId::parse("6F9619FF-8B86-D011-B42D-00C04FC964FF").unwrap();
+        assert_eq!(id.as_str(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        for bad in ["", "not-a-uuid", "6f9619ff"] {
+            assert_eq!(
+                OperationId::parse(bad).unwrap_err(),
+                "an operation id is a UUID"
+            );
         }
     }
 

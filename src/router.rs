@@ -18,10 +18,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::health;
 use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
 use crate::api::v1::{backups, exec, instance_files, snapshots};
 use crate::api::v1::{networks, projects, storage};
+use crate::api::{health, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -93,7 +93,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(images::import_image))
-                .layer(DefaultBodyLimit::max(images::IMPORT_MAX_BYTES)),
+                .layer(DefaultBodyLimit::max(upload::IMPORT_MAX_BYTES)),
         );
     // Instance snapshots, backups, logs, console log and files. The file push
     // counts its streamed body itself (instance_files::MAX_PUSH_BYTES).

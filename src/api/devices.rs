@@ -18,10 +18,6 @@ use crate::backend::types::{DevicesMap, Instance, InstanceUpdate};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{DeviceName, InstanceName, ProjectName};
 
-pub fn device_name(s: &str) -> ApiResult<DeviceName> {
-    DeviceName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 /// Adds `device` to the instance's own devices (the existing ones are sent
 /// back unchanged) with PATCH + If-Match. Answers 200 with the instance, or
 /// 202 / `?wait=` when the backend changes it in the background.

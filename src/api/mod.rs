@@ -8,6 +8,7 @@ pub mod policy;
 pub mod resource;
 pub mod schemas;
 pub mod slots;
+pub mod upload;
 pub mod v1;
 pub mod ws;
 
@@ -200,10 +201,39 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// `axum::extract::Path` with problem+json rejections.
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+/// `axum::extract::Path` with problem+json rejections, for path values of
+/// the checked name types (`Path<InstanceName>`,
+/// `Path<(InstanceName, SnapshotName)>`, `Path<Username>`...): a value its
+/// type refuses is 400 `invalid_name` with the type's own reason, before the
+/// handler runs. Other failures (a value that is not UTF-8) are 400
+/// `invalid_path`.
+#[derive(Debug)]
 pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            // A custom message comes only from a type's own check: the names'
+            // `TryFrom<String>` (a value a `String` takes never fails so).
+            Err(PathRejection::FailedToDeserializePathParams(e)) => match e.kind() {
+                ErrorKind::Message(why) | ErrorKind::DeserializeError { message: why, .. } => {
+                    Err(ApiError::bad_request("invalid_name", why.clone()))
+                }
+                _ => Err(PathRejection::FailedToDeserializePathParams(e).into()),
+            },
+            Err(other) => Err(other.into()),
+        }
+    }
+}
 
 /// The list envelope of DESIGN §2.
 #[derive(Debug, Serialize, ToSchema)]
@@ -311,5 +341,72 @@ impl FromRequestParts<AppState> for AuthRateLimit {
             ApiError::too_many_requests(wait.max(1))
         })?;
         Ok(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::Path;
+    use crate::names::{InstanceName, SnapshotName};
+
+    async fn get_path(uri: &str) -> (StatusCode, String) {
+        let app = Router::new()
+            .route(
+                "/i/{name}",
+                get(|Path(name): Path<InstanceName>| async move { name.to_string() }),
+            )
+            .route(
+                "/i/{name}/s/{snap}",
+                get(
+                    |Path((name, snap)): Path<(InstanceName, SnapshotName)>| async move {
+                        format!("{name}/{snap}")
+                    },
+                ),
+            );
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn problem(body: &str) -> (String, String) {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        (
+            v["code"].as_str().unwrap().to_owned(),
+            v["detail"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn path_names_are_checked_as_they_are_extracted() {
+        assert_eq!(get_path("/i/web-1").await, (StatusCode::OK, "web-1".into()));
+        assert_eq!(
+            get_path("/i/web-1/s/snap0").await,
+            (StatusCode::OK, "web-1/snap0".into())
+        );
+        // The type's own reason, as `parse` gives it.
+        for (uri, why) in [
+            ("/i/bad_name", InstanceName::parse("bad_name").unwrap_err()),
+            ("/i/a%20b", InstanceName::parse("a b").unwrap_err()),
+            ("/i/1x/s/snap0", InstanceName::parse("1x").unwrap_err()),
+            ("/i/web-1/s/a.b", SnapshotName::parse("a.b").unwrap_err()),
+        ] {
+            let (status, body) = get_path(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(problem(&body), ("invalid_name".into(), why), "{uri}");
+        }
+        // Not a name problem: the URL itself.
+        let (status, body) = get_path("/i/%FF").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(problem(&body).0, "invalid_path");
     }
 }

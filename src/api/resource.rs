@@ -1,7 +1,11 @@
-//! What the handlers of every resource share: the `?project=` queries,
-//! list entries (`expand=false` gives names), 201 and ETag answers, and the
-//! 404 of an instance path.
+//! What the handlers of every resource share: the `?project=` queries and
+//! the checked project they name, list entries (`expand=false` gives names),
+//! `If-Match`, 201 and ETag answers, and the 404 of an instance path.
 
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -10,6 +14,38 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::{Json, Pagination};
 use crate::backend::Listing;
 use crate::error::{ApiError, ApiResult};
+use crate::names::ProjectName;
+
+/// A query with `?project=` (documented as `ProjectParam`): the project it
+/// names, checked. Read in the handler, after the extractors, so a bad body
+/// is still answered before a bad project.
+pub trait ProjectScoped {
+    /// `?project=` as sent.
+    fn project_param(&self) -> Option<&str>;
+
+    /// `?project=`, validated (400 `invalid_name`); `default` when absent or
+    /// empty, as in Incus.
+    fn project(&self) -> ApiResult<ProjectName> {
+        match self.project_param() {
+            None | Some("") => Ok(ProjectName::default()),
+            Some(p) => ProjectName::parse(p).map_err(|e| ApiError::bad_request("invalid_name", e)),
+        }
+    }
+}
+
+/// `ProjectScoped` for query structs with a `project: Option<String>` field.
+macro_rules! project_scoped {
+    ($($query:ty),+ $(,)?) => {
+        $(impl $crate::api::resource::ProjectScoped for $query {
+            fn project_param(&self) -> Option<&str> {
+                self.project.as_deref()
+            }
+        })+
+    };
+}
+pub(crate) use project_scoped;
+
+project_scoped!(ProjectQuery, ProjectWaitQuery, ProjectListQuery);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +103,27 @@ pub enum Entry<T> {
 
 pub fn entries<T>(listing: Listing<T>) -> Vec<Entry<T>> {
     listing.into_entries(|i| Entry::Full(Box::new(i)), Entry::Name)
+}
+
+/// The `If-Match` header: the ETag a client read, to make a change apply
+/// to that version only (412 otherwise). A value that is not visible ASCII
+/// counts as absent. Each handler declares the header in its `params(...)`
+/// (`"if-match"`, saying what changed since).
+#[derive(Debug, Default)]
+pub struct IfMatch(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self(
+            parts
+                .headers
+                .get(header::IF_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ))
+    }
 }
 
 /// `resp` with an `ETag` header, when there is one.

@@ -14,8 +14,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::auth::Username;
 use crate::names::{
-    BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, NetworkName, PoolName,
-    ProjectName, SnapshotName, VolumeName,
+    BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
+    NetworkName, PoolName, ProjectName, SnapshotName, VolumeName,
 };
 
 /// Incus's rule (`names::check_resource_name`): 1-63 ASCII letters, digits
@@ -33,8 +33,8 @@ const ALIAS_CHAR: &str = r"/\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 /// starting with a letter or digit.
 pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$";
 
-/// A log file name (`instance_files::log_file_name`): 1-255 of ASCII
-/// letters, digits, `.`, `_` and `-`, no `..`, not `.`.
+/// `names::LogFileName`: 1-255 of ASCII letters, digits, `.`, `_` and
+/// `-`, no `..`, not `.`.
 pub const LOG_FILE_PATTERN: &str = r"^(?:\.?[A-Za-z0-9_-])+\.?$";
 
 fn alias_pattern() -> String {
@@ -547,8 +547,7 @@ impl ToSchema for ImageCopySourceByFingerprint {
     }
 }
 
-/// A log file name of `GET instances/{name}/logs/{file}`.
-pub struct LogFileName;
+// A log file name of `GET instances/{name}/logs/{file}`.
 name_schema!(
     LogFileName,
     "LogFileName",
@@ -679,6 +678,7 @@ mod tests {
             ("", false),
         ] {
             assert_eq!(logs.is_match(s), ok, "{s:?}");
+            assert_eq!(LogFileName::parse(s).is_ok(), ok, "{s:?}");
         }
     }
 }

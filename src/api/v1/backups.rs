@@ -9,8 +9,8 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -18,10 +18,6 @@ use crate::backend::BackendError;
 use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{BackupName, InstanceName};
-
-fn backup_name(s: &str) -> ApiResult<BackupName> {
-    BackupName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
 
 /// A list entry: the backup, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -43,13 +39,12 @@ pub enum BackupEntry {
 pub async fn list_backups(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<BackupEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
         .list_backups(&project, &name, q.expand.unwrap_or(true))
@@ -77,13 +72,12 @@ pub async fn list_backups(
 pub async fn create_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<BackupCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     if let Some(backup) = &req.name {
         BackupName::parse(backup).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -132,13 +126,11 @@ pub async fn create_backup(
 pub async fn get_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Backup>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     Ok(Json(
         state.backend.get_backup(&project, &name, &backup).await?,
     ))
@@ -161,13 +153,11 @@ pub async fn get_backup(
 pub async fn delete_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -220,13 +210,11 @@ fn tarball_extension(head: &[u8]) -> &'static str {
 pub async fn export_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(String, String)>,
+    Path((name, backup)): Path<(InstanceName, BackupName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let backup = backup_name(&backup)?;
     let Download {
         content_type,
         content_length,

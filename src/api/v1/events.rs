@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use crate::api::Query;
-use crate::api::v1::project_param;
+use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::ws::{Access, SocketSlot, close_revoked, require_upgrade};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
@@ -44,6 +44,8 @@ pub struct EventsQuery {
     /// An access token, when a ticket cannot be used (never logged).
     pub token: Option<String>,
 }
+
+project_scoped!(EventsQuery);
 
 /// What one subscriber receives.
 struct Filter {
@@ -116,9 +118,10 @@ fn filter(user: AuthUser, q: &EventsQuery, default_kinds: &[&str]) -> ApiResult<
     if kinds.contains("logging") {
         user.require(Permission::LoggingEvents, "")?;
     }
+    // Without `?project=`, every project the caller can see.
     let project = match &q.project {
-        Some(p) => {
-            let p = project_param(Some(p))?;
+        Some(_) => {
+            let p = q.project()?;
             user.require(Permission::ProjectView, p.as_str())?;
             Some(p.as_str().to_owned())
         }

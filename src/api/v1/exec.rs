@@ -10,8 +10,7 @@ use utoipa::IntoParams;
 
 use crate::api::operation::{EXEC_ACTION, OperationRef, OperationSlot, accepted};
 use crate::api::policy;
-use crate::api::resource::ProjectWaitQuery;
-use crate::api::v1::project_param;
+use crate::api::resource::{ProjectScoped, ProjectWaitQuery, project_scoped};
 use crate::api::ws::{relay_terminal, require_upgrade};
 use crate::api::{Json, Path, Query};
 use crate::app::AppState;
@@ -42,6 +41,8 @@ pub struct TerminalQuery {
     /// An access token, when a ticket cannot be used (never logged).
     pub token: Option<String>,
 }
+
+project_scoped!(TerminalQuery);
 
 /// Parses the query by hand: serde's query format cannot repeat keys.
 fn terminal_query(uri: &Uri) -> ApiResult<TerminalQuery> {
@@ -94,14 +95,10 @@ fn exec_request(q: &TerminalQuery) -> ApiResult<ExecRequest> {
     Ok(req)
 }
 
-fn authorize_terminal(
-    user: &AuthUser,
-    q: &TerminalQuery,
-    name: &str,
-) -> ApiResult<(ProjectName, InstanceName)> {
-    let project = project_param(q.project.as_deref())?;
+fn authorize_terminal(user: &AuthUser, q: &TerminalQuery) -> ApiResult<ProjectName> {
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    Ok((project, InstanceName::from_path(name)?))
+    Ok(project)
 }
 
 /// What keeps a terminal open: the operator role it was opened with.
@@ -126,12 +123,12 @@ fn terminal_needs(project: &ProjectName) -> Vec<(Permission, String)> {
 pub async fn exec_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let q = terminal_query(&uri)?;
-    let (project, name) = authorize_terminal(&user, &q, &name)?;
+    let project = authorize_terminal(&user, &q)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let slot = state.sockets.acquire(&user, terminal_needs(&project))?;
     let req = exec_request(&q)?;
@@ -159,12 +156,12 @@ pub async fn exec_ws(
 pub async fn console_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let q = terminal_query(&uri)?;
-    let (project, name) = authorize_terminal(&user, &q, &name)?;
+    let project = authorize_terminal(&user, &q)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let slot = state.sockets.acquire(&user, terminal_needs(&project))?;
     let ws = require_upgrade(ws)?;
@@ -196,13 +193,12 @@ pub async fn console_ws(
 pub async fn exec_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<ExecRequest>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     req.validate()
         .map_err(|(field, why)| ApiError::invalid_field(field, why))?;
     policy::require_inside_access(&state, &user, &project, &name).await?;

@@ -1,79 +1,28 @@
 //! `/api/v1/images`: the image store (list, read, delete, copy from a remote
 //! image server, upload) and image aliases.
 
-use std::path::{Path as FsPath, PathBuf};
-
 use axum::extract::State;
-use axum::extract::multipart::{Field, Multipart, MultipartError, MultipartRejection};
+use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
-use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::project_param;
+use crate::api::resource::{
+    ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, project_scoped,
+};
+use crate::api::upload;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
-use crate::backend::{BackendError, ListScope, image_too_large};
+use crate::backend::{BackendError, ListScope};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::fetch::Fetcher;
-use crate::names::{ImageAliasName, ImageFingerprint};
-
-/// The largest upload `POST /images/import` accepts (both files together).
-pub const IMPORT_MAX_BYTES: usize = 8 << 30;
-
-/// Text parts of an upload (`alias`, `public`) are short.
-const TEXT_PART_MAX: usize = 1024;
-
-/// How many leading bytes identify an archive (a plain tar's `ustar` ends at 262).
-const HEAD_LEN: usize = 263;
-
-/// What an uploaded file is, by its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileKind {
-    /// A tarball, plain or compressed.
-    Tarball,
-    Squashfs,
-    /// A VM disk (qcow2, vmdk).
-    Disk,
-}
-
-/// Recognises what Incus can unpack, as Incus's own `DetectCompressionFile`
-/// does, so that an upload it would refuse is answered 422 up front.
-fn file_kind(head: &[u8]) -> Option<FileKind> {
-    let starts = |magic: &[u8]| head.starts_with(magic);
-    if starts(b"BZ")
-        || starts(&[0x1f, 0x8b])
-        || (head.len() >= 5 && &head[1..5] == b"7zXZ")
-        || starts(&[0x5d, 0x00, 0x00])
-        || starts(&[0x28, 0xb5, 0x2f, 0xfd])
-        || starts(&[0x04, 0x22, 0x4d, 0x18])
-        || head.get(257..262) == Some(b"ustar".as_slice())
-    {
-        Some(FileKind::Tarball)
-    } else if starts(b"hsqs") {
-        Some(FileKind::Squashfs)
-    } else if starts(b"QFI") || starts(b"KDMV") {
-        Some(FileKind::Disk)
-    } else {
-        None
-    }
-}
-
-fn fingerprint(s: &str) -> ApiResult<ImageFingerprint> {
-    ImageFingerprint::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-fn alias_name(s: &str) -> ApiResult<ImageAliasName> {
-    ImageAliasName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
+use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
 /// Percent-encodes one path segment for a `Location` header.
 fn path_segment(s: &str) -> String {
@@ -109,6 +58,8 @@ pub struct ListImagesQuery {
     pub offset: Option<i64>,
 }
 
+project_scoped!(ListImagesQuery);
+
 /// A list entry: the image, or its fingerprint with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -130,7 +81,7 @@ pub async fn list_images(
     State(state): State<AppState>,
     Query(q): Query<ListImagesQuery>,
 ) -> ApiResult<Json<Page<ImageEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     let all = q.all_projects == Some(true);
     if all {
         user.require(Permission::AllProjectsView, "")?;
@@ -169,12 +120,11 @@ pub async fn list_images(
 pub async fn get_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<String>,
+    Path(fp): Path<ImageFingerprint>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let fp = fingerprint(&fp)?;
     let (image, etag) = state.backend.get_image(&project, fp.as_str()).await?;
     let mut resp = Json(image).into_response();
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -199,12 +149,11 @@ pub async fn get_image(
 pub async fn delete_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<String>,
+    Path(fp): Path<ImageFingerprint>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
-    let fp = fingerprint(&fp)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state.backend.delete_image(&project, fp.as_str()).await?;
     accepted(
@@ -296,7 +245,7 @@ pub async fn copy_image(
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<ImageCopy>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     if !matches!(req.source.protocol.as_str(), "simplestreams" | "incus") {
         return Err(ApiError::invalid_field(
@@ -373,172 +322,6 @@ pub struct ImageImportForm {
     public: Option<bool>,
 }
 
-/// Spooled upload files, removed when dropped (also when the request fails
-/// or the client goes away mid-upload).
-struct Spool(Vec<PathBuf>);
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let paths = std::mem::take(&mut self.0);
-        if paths.is_empty() {
-            return;
-        }
-        let remove = move || {
-            for p in &paths {
-                let _ = std::fs::remove_file(p);
-            }
-        };
-        // Gone before the answer is sent (a refused upload leaves nothing),
-        // and as unlinking gigabytes can take a while, the worker says it
-        // blocks so that other tasks move off it meanwhile.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(remove),
-            _ => remove(),
-        }
-    }
-}
-
-fn multipart_error(e: MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the upload is larger than {IMPORT_MAX_BYTES} bytes"),
-        )
-    } else {
-        // A malformed body, or the client stopped sending: its side either way.
-        ApiError::bad_request(
-            "invalid_multipart",
-            format!("the multipart body could not be read: {}", e.body_text()),
-        )
-    }
-}
-
-/// Reads and drops the rest of a multipart body (bounded in bytes and time).
-async fn drain(multipart: &mut Multipart) {
-    const MAX: usize = 256 * 1024 * 1024;
-    let mut seen = 0;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Ok(Some(mut field)) = multipart.next_field().await {
-            while let Ok(Some(chunk)) = field.chunk().await {
-                seen += chunk.len();
-                if seen > MAX {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-}
-
-fn spool_error(e: std::io::Error) -> ApiError {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
-            "lxgate has no room left to receive the upload",
-        )
-        .with_source(e)
-    } else {
-        ApiError::internal(anyhow::anyhow!("spooling an image upload: {e}"))
-    }
-}
-
-/// A file name safe to pass on (Incus records the rootfs one).
-fn clean_file_name(name: Option<&str>, fallback: &str) -> String {
-    let base = name
-        .and_then(|n| n.rsplit(['/', '\\']).next())
-        .unwrap_or_default();
-    let clean: String = base
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .take(128)
-        .collect();
-    if clean.is_empty() || clean.chars().all(|c| c == '.') {
-        fallback.to_owned()
-    } else {
-        clean
-    }
-}
-
-/// Writes one file part to `path` chunk by chunk, feeding `hasher` when given.
-/// Returns the size and the first bytes (to recognise a qcow2 disk). More
-/// than `room` bytes (what the parts before left of `max`, `MAX_IMAGE_BYTES`)
-/// is refused as soon as it has come in.
-async fn spool_part(
-    field: &mut Field<'_>,
-    path: &FsPath,
-    mut hasher: Option<&mut Sha256>,
-    room: u64,
-    max: u64,
-) -> ApiResult<(u64, Vec<u8>)> {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .await
-        .map_err(spool_error)?;
-    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut size = 0u64;
-    let mut head = Vec::with_capacity(HEAD_LEN);
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if head.len() < HEAD_LEN {
-            let take = (HEAD_LEN - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
-        }
-        if let Some(h) = hasher.as_deref_mut() {
-            h.update(&chunk);
-        }
-        size += chunk.len() as u64;
-        if size > room {
-            return Err(image_too_large("the upload", max).into());
-        }
-        out.write_all(&chunk).await.map_err(spool_error)?;
-    }
-    out.flush().await.map_err(spool_error)?;
-    Ok((size, head))
-}
-
-/// A short text part, read whole.
-async fn text_part(field: &mut Field<'_>, name: &str) -> ApiResult<String> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if buf.len() + chunk.len() > TEXT_PART_MAX {
-            return Err(ApiError::invalid_field(
-                name,
-                format!("the `{name}` part is longer than {TEXT_PART_MAX} bytes"),
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    String::from_utf8(buf)
-        .map_err(|_| ApiError::invalid_field(name, format!("the `{name}` part is not UTF-8")))
-}
-
-/// SHA-256 over files in order (when the parts did not arrive metadata first).
-async fn hash_files(paths: &[&FsPath]) -> ApiResult<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    for p in paths {
-        let mut f = tokio::fs::File::open(p).await.map_err(spool_error)?;
-        loop {
-            let n = f.read(&mut buf).await.map_err(spool_error)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-struct SpooledFile {
-    path: PathBuf,
-    size: u64,
-    name: String,
-}
-
 /// Upload an image as `multipart/form-data`, as Incus's own split-image
 /// upload: a `metadata` part (tarball holding `metadata.yaml`) and a `rootfs`
 /// part (rootfs tarball, or a qcow2 disk for a VM), plus optional `alias`
@@ -567,183 +350,18 @@ pub async fn import_image(
     Query(q): Query<ProjectWaitQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     // Taken before spooling: an upload in progress counts as running work,
     // so one account cannot spool many at once.
     let slot = OperationSlot::acquire(&state, &user)?;
-    let mut multipart = multipart.map_err(|_| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected a `multipart/form-data` body with parts `metadata` and `rootfs`",
-        )
-    })?;
-
-    let dir = state.config.data_dir.join("tmp");
-    tokio::fs::create_dir_all(&dir).await.map_err(spool_error)?;
-    let mut spool = Spool(Vec::new());
-    // The fingerprint is SHA-256 over metadata then rootfs: computed on the
-    // way in when the parts come in that order (as Incus's client sends them).
-    let mut hasher = Sha256::new();
-    let mut in_order = true;
-    let mut metadata: Option<SpooledFile> = None;
-    let mut rootfs: Option<SpooledFile> = None;
-    let mut virtual_machine = false;
-    let mut aliases: Vec<String> = Vec::new();
-    let mut public = false;
-    let max = state.config.max_image_bytes;
-    let mut spooled = 0u64;
-
-    let parsed: ApiResult<()> = async {
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-        let part = field.name().unwrap_or_default().to_owned();
-        match part.as_str() {
-            "metadata" | "rootfs" | "rootfs.img" => {
-                let is_meta = part == "metadata";
-                if (is_meta && metadata.is_some()) || (!is_meta && rootfs.is_some()) {
-                    return Err(ApiError::invalid_field(
-                        &part,
-                        format!("the `{part}` part is given twice"),
-                    ));
-                }
-                let path = dir.join(format!("image-{}.{part}", uuid::Uuid::new_v4().simple()));
-                spool.0.push(path.clone());
-                let hash = if is_meta {
-                    in_order &= rootfs.is_none();
-                    Some(&mut hasher)
-                } else {
-                    in_order &= metadata.is_some();
-                    in_order.then_some(&mut hasher)
-                };
-                let (size, head) =
-                    spool_part(&mut field, &path, hash, max - spooled, max).await?;
-                spooled += size;
-                let fallback = if is_meta { "metadata.tar" } else { "rootfs" };
-                let file = SpooledFile {
-                    path,
-                    size,
-                    name: clean_file_name(field.file_name(), fallback),
-                };
-                let kind = file_kind(&head);
-                if is_meta {
-                    if size > 0 && kind != Some(FileKind::Tarball) {
-                        return Err(ApiError::invalid_field(
-                            "metadata",
-                            "the `metadata` part is not a tarball (plain, gzip, bzip2, xz, lzma, zstd or lz4)",
-                        ));
-                    }
-                    metadata = Some(file);
-                } else {
-                    if size > 0 && kind.is_none() {
-                        return Err(ApiError::invalid_field(
-                            &part,
-                            format!(
-                                "the `{part}` part is neither a tarball, a squashfs nor a qcow2 disk"
-                            ),
-                        ));
-                    }
-                    virtual_machine = part == "rootfs.img" || kind == Some(FileKind::Disk);
-                    rootfs = Some(file);
-                }
-            }
-            "alias" => {
-                let text = text_part(&mut field, "alias").await?;
-                let name = ImageAliasName::parse(&text)
-                    .map_err(|e| ApiError::invalid_field("alias", e))?;
-                aliases.push(name.as_str().to_owned());
-            }
-            "public" => {
-                let text = text_part(&mut field, "public").await?;
-                public = match text.trim() {
-                    "true" | "1" => true,
-                    "false" | "0" | "" => false,
-                    _ => {
-                        return Err(ApiError::invalid_field(
-                            "public",
-                            "the `public` part must be `true` or `false`",
-                        ));
-                    }
-                };
-            }
-            other => {
-                return Err(ApiError::invalid_field(
-                    other,
-                    format!(
-                        "unknown part `{other}`; expected `metadata`, `rootfs`, `alias` or `public`"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-    }
-    .await;
-    if let Err(e) = parsed {
-        // Read what the client is still sending before answering: closing
-        // the connection under a client mid-upload makes it see a reset
-        // instead of this error.
-        drain(&mut multipart).await;
-        return Err(e);
-    }
-
-    let Some(metadata) = metadata.filter(|m| m.size > 0) else {
-        return Err(ApiError::invalid_field(
-            "metadata",
-            "the `metadata` part (a tarball holding metadata.yaml) is missing or empty",
-        ));
-    };
-    let Some(rootfs) = rootfs.filter(|r| r.size > 0) else {
-        return Err(ApiError::invalid_field(
-            "rootfs",
-            "the `rootfs` part (a rootfs tarball or qcow2 disk) is missing or empty",
-        ));
-    };
-    let fp = if in_order {
-        hex::encode(hasher.finalize())
-    } else {
-        hash_files(&[&metadata.path, &rootfs.path]).await?
-    };
-
-    // Refuse what Incus would only refuse after the upload, in a failed operation.
-    match state.backend.get_image(&project, &fp).await {
-        Ok(_) => {
-            return Err(ApiError::conflict(
-                "image_exists",
-                format!("image {fp} is already in project `{project}`"),
-            ));
-        }
-        Err(BackendError::NotFound(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    for a in &aliases {
-        match state.backend.get_image_alias(&project, a).await {
-            Ok(_) => {
-                return Err(ApiError::conflict(
-                    "alias_exists",
-                    format!("image alias `{a}` already exists in project `{project}`"),
-                ));
-            }
-            Err(BackendError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    let upload = ImageUpload {
-        metadata: metadata.path,
-        metadata_size: metadata.size,
-        metadata_name: metadata.name,
-        rootfs: rootfs.path,
-        rootfs_size: rootfs.size,
-        rootfs_name: rootfs.name,
-        virtual_machine,
-        fingerprint: fp.clone(),
-        aliases,
-        public,
-    };
-    let op = state.backend.import_image(&project, &upload).await?;
+    let spool_dir = state.config.data_dir.join("tmp");
+    let image = upload::receive(multipart, &spool_dir, state.config.max_image_bytes).await?;
+    refuse_existing(&state, &project, &image.upload).await?;
+    let op = state.backend.import_image(&project, &image.upload).await?;
+    let fp = image.upload.fingerprint.clone();
     // The backend has its own copy now.
-    drop(spool);
+    drop(image);
     accepted(
         &state,
         slot,
@@ -754,6 +372,39 @@ pub async fn import_image(
         q.wait,
     )
     .await
+}
+
+/// Refuses what Incus would only refuse after the upload, in a failed
+/// operation: the image is in the project already, or an alias is taken.
+async fn refuse_existing(
+    state: &AppState,
+    project: &ProjectName,
+    upload: &ImageUpload,
+) -> ApiResult<()> {
+    let fp = &upload.fingerprint;
+    match state.backend.get_image(project, fp).await {
+        Ok(_) => {
+            return Err(ApiError::conflict(
+                "image_exists",
+                format!("image {fp} is already in project `{project}`"),
+            ));
+        }
+        Err(BackendError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    for a in &upload.aliases {
+        match state.backend.get_image_alias(project, a).await {
+            Ok(_) => {
+                return Err(ApiError::conflict(
+                    "alias_exists",
+                    format!("image alias `{a}` already exists in project `{project}`"),
+                ));
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A list entry: the alias, or its name with `expand=false`.
@@ -777,7 +428,7 @@ pub async fn list_image_aliases(
     State(state): State<AppState>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<AliasEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
     let entries = state
@@ -806,7 +457,7 @@ pub async fn create_image_alias(
     Query(q): Query<ProjectQuery>,
     Json(req): Json<ImageAliasCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     let name = ImageAliasName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     ImageFingerprint::parse(&req.target).map_err(|e| ApiError::invalid_field("target", e))?;
@@ -851,12 +502,11 @@ pub async fn create_image_alias(
 pub async fn get_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ImageAliasName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<ImageAliasesEntry>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = alias_name(&name)?;
     Ok(Json(
         state
             .backend
@@ -877,12 +527,11 @@ pub async fn get_image_alias(
 pub async fn delete_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ImageAliasName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<StatusCode> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
-    let name = alias_name(&name)?;
     state
         .backend
         .delete_image_alias(&project, name.as_str())
@@ -937,30 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn uploads_are_recognised_by_their_first_bytes() {
-        let mut tar = vec![0u8; 512];
-        tar[257..262].copy_from_slice(b"ustar");
-        assert_eq!(file_kind(&tar), Some(FileKind::Tarball));
-        assert_eq!(
-            file_kind(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
-            Some(FileKind::Tarball)
-        );
-        assert_eq!(file_kind(&[0x1f, 0x8b, 8]), Some(FileKind::Tarball));
-        assert_eq!(file_kind(b"QFI\xfb\0\0\0\x03"), Some(FileKind::Disk));
-        assert_eq!(file_kind(b"hsqs...."), Some(FileKind::Squashfs));
-        assert_eq!(file_kind(b"garbage"), None);
-        assert_eq!(file_kind(b""), None);
-    }
-
-    #[test]
-    fn file_names_are_cleaned() {
-        assert_eq!(
-            clean_file_name(Some("../../x/rootfs.tar.xz"), "r"),
-            "rootfs.tar.xz"
-        );
-        assert_eq!(clean_file_name(Some("a\"b;c.tar"), "r"), "abc.tar");
-        assert_eq!(clean_file_name(Some(".."), "r"), "r");
-        assert_eq!(clean_file_name(None, "r"), "r");
+    fn alias_locations_are_percent_encoded() {
         assert_eq!(path_segment("a b/é"), "a%20b%2F%C3%A9");
     }
 }

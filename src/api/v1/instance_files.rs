@@ -15,14 +15,14 @@ use utoipa::IntoParams;
 
 use crate::api::policy;
 use crate::api::resource::ProjectQuery;
+use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::schemas::BinaryContent;
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{DirectoryListing, Download, FileMeta, FilePull, FilePush};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::InstanceName;
+use crate::names::{InstanceName, LogFileName};
 
 /// The largest file `POST /files` accepts (the request's own body limit;
 /// the global `MAX_BODY_BYTES` is for JSON bodies).
@@ -30,23 +30,6 @@ pub const MAX_PUSH_BYTES: u64 = 1 << 30;
 
 /// Longest `?path=` accepted (Linux's `PATH_MAX`).
 const MAX_PATH_BYTES: usize = 4096;
-
-/// A log file name: 1-255 of `A-Z a-z 0-9 . _ -`, never `.`/`..`-like.
-fn log_file_name(s: &str) -> ApiResult<&str> {
-    let ok = (1..=255).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !s.contains("..")
-        && s != ".";
-    if ok {
-        Ok(s)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_name",
-            "a log file name is 1-255 letters, digits, '.', '_' or '-' (and no '..')",
-        ))
-    }
-}
 
 /// `?path=`: required, absolute, no NUL, at most `PATH_MAX`.
 fn file_path(p: Option<&str>) -> ApiResult<&str> {
@@ -112,17 +95,16 @@ pub struct ListLogsQuery {
 pub async fn list_instance_logs(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ListLogsQuery>,
 ) -> ApiResult<Json<Page<String>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = Pagination {
         limit: q.limit,
         offset: q.offset,
     }
     .resolve()?;
-    let name = InstanceName::from_path(&name)?;
     let files = state.backend.list_instance_logs(&project, &name).await?;
     Ok(Json(Page::slice(files, limit, offset)))
 }
@@ -132,7 +114,7 @@ pub async fn list_instance_logs(
     security(("bearer" = [])),
     params(
         ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("file" = crate::api::schemas::LogFileName, Path, description = "Log file name, e.g. `lxc.log`"),
+        ("file" = crate::names::LogFileName, Path, description = "Log file name, e.g. `lxc.log`"),
         ProjectQuery),
     responses(
         (status = 200, description = "The log file", content_type = "text/plain", body = String),
@@ -142,16 +124,14 @@ pub async fn list_instance_logs(
 pub async fn get_instance_log(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, file)): Path<(String, String)>,
+    Path((name, file)): Path<(InstanceName, LogFileName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let file = log_file_name(&file)?;
     let content = state
         .backend
-        .get_instance_log(&project, &name, file)
+        .get_instance_log(&project, &name, &file)
         .await?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
 }
@@ -169,12 +149,11 @@ pub async fn get_instance_log(
 pub async fn get_console_log(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     let content = state.backend.console_log(&project, &name).await?;
     Ok(streamed(content, "text/plain; charset=utf-8"))
 }
@@ -257,12 +236,11 @@ fn download_name(path: &str) -> String {
 pub async fn pull_file(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<PullQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let path = file_path(q.path.as_deref())?;
     let pulled = state.backend.pull_file(&project, &name, path).await?;
@@ -311,6 +289,8 @@ pub struct PushQuery {
     #[param(value_type = Option<crate::api::schemas::FileMode>)]
     pub mode: Option<String>,
 }
+
+project_scoped!(ListLogsQuery, PullQuery, PushQuery);
 
 fn id_param(field: &str, v: Option<&str>) -> ApiResult<Option<u32>> {
     v.map(|s| {
@@ -374,14 +354,13 @@ fn too_large() -> ApiError {
 pub async fn push_file(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<PushQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     policy::require_inside_access(&state, &user, &project, &name).await?;
     let path = file_path(q.path.as_deref())?;
     let opts = FilePush {
@@ -434,26 +413,6 @@ pub async fn push_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_file_names() {
-        for ok in ["lxc.log", "lxc.conf", "exec_1-2.stdout", &"x".repeat(255)] {
-            assert!(log_file_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "../x",
-            "a..b",
-            "a b",
-            "é",
-            &"x".repeat(256),
-        ] {
-            assert!(log_file_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn paths_modes_and_ids() {

@@ -2,15 +2,15 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
+use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -48,6 +48,8 @@ pub struct ListInstancesQuery {
     pub offset: Option<i64>,
 }
 
+project_scoped!(ListInstancesQuery);
+
 /// A list entry: the instance, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 #[serde(untagged)]
@@ -74,7 +76,7 @@ pub async fn list_instances(
         offset: q.offset,
     }
     .resolve()?;
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     let all = q.all_projects == Some(true);
     if all {
         user.require(Permission::AllProjectsView, "")?;
@@ -137,7 +139,7 @@ pub async fn create_instance(
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<InstanceCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     if let Some(t) = &req.instance_type
@@ -193,12 +195,11 @@ pub async fn create_instance(
 pub async fn get_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     let (instance, etag) = state.backend.get_instance(&project, &name).await?;
     let mut resp = Json(instance).into_response();
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -207,22 +208,17 @@ pub async fn get_instance(
     Ok(resp)
 }
 
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
-
 async fn update(
     state: AppState,
     user: AuthUser,
-    name: String,
+    name: InstanceName,
     q: ProjectWaitQuery,
-    headers: HeaderMap,
+    if_match: Option<String>,
     body: InstanceUpdate,
     replace: bool,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     // The policy judges the change against the instance as it is now; the
     // update applies to that version only (its ETag), so nothing can change
     // in between.
@@ -260,7 +256,7 @@ async fn update(
     };
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
-    let version = policy::pin(if_match(&headers), etag)?;
+    let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -303,12 +299,12 @@ async fn update(
 pub async fn replace_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
-    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<InstanceUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, q, headers, body, true).await
+    update(state, user, name, q, if_match, body, true).await
 }
 
 /// Change some of an instance's configuration.
@@ -328,12 +324,12 @@ pub async fn replace_instance(
 pub async fn update_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
-    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<InstanceUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, q, headers, body, false).await
+    update(state, user, name, q, if_match, body, false).await
 }
 
 /// Delete an instance (it must be stopped).
@@ -349,12 +345,11 @@ pub async fn update_instance(
 pub async fn delete_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state.backend.delete_instance(&project, &name).await?;
     accepted(
@@ -392,13 +387,12 @@ pub struct RenameRequest {
 pub async fn rename_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<RenameRequest>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     let new_name =
         InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     let slot = OperationSlot::acquire(&state, &user)?;
@@ -429,25 +423,23 @@ pub async fn rename_instance(
 pub async fn get_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<InstanceState>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     Ok(Json(state.backend.instance_state(&project, &name).await?))
 }
 
 async fn change_state(
     state: &AppState,
     user: &AuthUser,
-    name: &str,
+    name: InstanceName,
     q: &ProjectWaitQuery,
     change: StateChange,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(name)?;
     if !STATE_ACTIONS.contains(&change.action.as_str()) {
         return Err(ApiError::invalid_field(
             "action",
@@ -490,11 +482,11 @@ async fn change_state(
 pub async fn change_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(change): Json<StateChange>,
 ) -> ApiResult<Response> {
-    change_state(&state, &user, &name, &q, change).await
+    change_state(&state, &user, name, &q, change).await
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -526,7 +518,7 @@ pub struct ActionOptions {
 pub async fn instance_action(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    Path((name, action)): Path<(InstanceName, String)>,
     Query(q): Query<ProjectWaitQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -542,5 +534,5 @@ pub async fn instance_action(
         timeout: opts.timeout.unwrap_or(30),
         force: opts.force,
     };
-    change_state(&state, &user, &name, &q, change).await
+    change_state(&state, &user, name, &q, change).await
 }

@@ -5,16 +5,15 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::api::devices::{self, device_name};
+use crate::api::devices;
 use crate::api::operation::OperationRef;
 use crate::api::resource::{Entry, ProjectListQuery, created, entries, with_etag};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
-use crate::api::v1::project_param;
+use crate::api::resource::{IfMatch, ProjectQuery, ProjectScoped, ProjectWaitQuery};
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -27,10 +26,6 @@ use crate::names::{DeviceName, InstanceName, NetworkName};
 /// Network types Incus manages; anything else is refused before the backend
 /// sees it.
 const NETWORK_TYPES: [&str; 5] = ["bridge", "macvlan", "sriov", "ovn", "physical"];
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
 
 /// List networks: managed ones and the host's interfaces (`managed: false`).
 #[utoipa::path(get, path = "", tag = "networks", operation_id = "list_networks",
@@ -45,7 +40,7 @@ pub async fn list_networks(
     State(state): State<AppState>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<Entry<Network>>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
     let listing = state
@@ -75,7 +70,7 @@ pub async fn create_network(
     Json(req): Json<NetworkCreate>,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     // A bridge's name is its interface name on the host, where `all` and
     // `default` name the kernel's settings for every and for new interfaces
@@ -116,12 +111,11 @@ pub async fn create_network(
 pub async fn get_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = NetworkName::from_path(&name)?;
     let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
@@ -129,18 +123,17 @@ pub async fn get_network(
 async fn update(
     state: AppState,
     user: AuthUser,
-    name: String,
+    name: NetworkName,
     q: ProjectQuery,
-    headers: HeaderMap,
+    if_match: Option<String>,
     body: NetworkUpdate,
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let project = project_param(q.project.as_deref())?;
-    let name = NetworkName::from_path(&name)?;
+    let project = q.project()?;
     state
         .backend
-        .update_network(&project, name.as_str(), &body, if_match(&headers), replace)
+        .update_network(&project, name.as_str(), &body, if_match.as_deref(), replace)
         .await?;
     let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
     Ok(with_etag(Json(n).into_response(), etag))
@@ -162,12 +155,12 @@ async fn update(
 pub async fn replace_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
-    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<NetworkUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, q, headers, body, true).await
+    update(state, user, name, q, if_match, body, true).await
 }
 
 /// Change a managed network's description or some config keys (admins).
@@ -185,12 +178,12 @@ pub async fn replace_network(
 pub async fn update_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
-    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<NetworkUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, q, headers, body, false).await
+    update(state, user, name, q, if_match, body, false).await
 }
 
 /// Delete a managed network; it must be unused (admins).
@@ -205,12 +198,11 @@ pub async fn update_network(
 pub async fn delete_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let project = project_param(q.project.as_deref())?;
-    let name = NetworkName::from_path(&name)?;
+    let project = q.project()?;
     state
         .backend
         .delete_network(&project, name.as_str())
@@ -229,12 +221,11 @@ pub async fn delete_network(
 pub async fn get_network_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<NetworkState>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = NetworkName::from_path(&name)?;
     Ok(Json(
         state.backend.network_state(&project, name.as_str()).await?,
     ))
@@ -251,12 +242,11 @@ pub async fn get_network_state(
 pub async fn list_network_leases(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<NetworkName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Vec<NetworkLease>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = NetworkName::from_path(&name)?;
     Ok(Json(
         state
             .backend
@@ -303,14 +293,12 @@ pub struct AttachNic {
 pub async fn attach_nic(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(instance): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<AttachNic>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance =
-        InstanceName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e))?;
     let network =
         NetworkName::parse(&req.network).map_err(|e| ApiError::invalid_field("network", e))?;
     let device =
@@ -379,14 +367,11 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
 pub async fn detach_nic(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, device)): Path<(String, String)>,
+    Path((instance, device)): Path<(InstanceName, DeviceName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance =
-        InstanceName::parse(&name).map_err(|e| ApiError::bad_request("invalid_name", e))?;
-    let device = device_name(&device)?;
     devices::detach(
         &state,
         &user,

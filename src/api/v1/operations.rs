@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::operation::{MAX_WAIT_SECS, for_caller, with_exec_output};
+use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -14,18 +15,12 @@ use crate::backend::types::Operation;
 use crate::backend::{BackendError, Missing};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::names::OperationId;
 
 /// The backend's answer for an unknown operation, also given for one the
 /// caller may not see (so the two cannot be told apart).
 fn operation_not_found(id: &str) -> ApiError {
     BackendError::NotFound(Missing::operation(id)).into()
-}
-
-/// Operation ids are UUIDs; anything else cannot name one.
-fn parse_id(id: &str) -> ApiResult<String> {
-    uuid::Uuid::parse_str(id)
-        .map(|u| u.to_string())
-        .map_err(|_| ApiError::bad_request("invalid_name", "an operation id is a UUID"))
 }
 
 /// The operation, after checking the caller may see its project. Unknown
@@ -64,6 +59,8 @@ pub struct ListOperationsQuery {
     pub offset: Option<i64>,
 }
 
+project_scoped!(ListOperationsQuery);
+
 /// List operations in a project (newest first).
 #[utoipa::path(get, path = "", tag = "operations", operation_id = "list_operations",
     security(("bearer" = [])),
@@ -81,7 +78,7 @@ pub async fn list_operations(
         offset: q.offset,
     }
     .resolve()?;
-    let project = crate::api::v1::project_param(q.project.as_deref())?;
+    let project = q.project()?;
     let ops = if q.all_projects == Some(true) {
         user.require(Permission::OperationCancelAny, "")?;
         state.backend.list_operations(None).await?
@@ -116,9 +113,8 @@ pub async fn list_operations(
 pub async fn get_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(id): Path<OperationId>,
 ) -> ApiResult<Json<Operation>> {
-    let id = parse_id(&id)?;
     let (op, project, record) = visible(&state, &user, &id).await?;
     let action = record.as_ref().map(|r| r.action.as_str());
     let op = with_exec_output(&state, &project, action, op).await?;
@@ -146,10 +142,9 @@ pub struct WaitQuery {
 pub async fn wait_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(id): Path<OperationId>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {
-    let id = parse_id(&id)?;
     let (op, project, record) = visible(&state, &user, &id).await?;
     let action = record.as_ref().map(|r| r.action.as_str());
     let op = if op.is_done() {
@@ -174,9 +169,8 @@ pub async fn wait_operation(
 pub async fn cancel_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(id): Path<OperationId>,
 ) -> ApiResult<StatusCode> {
-    let id = parse_id(&id)?;
     let (op, project, record) = visible(&state, &user, &id).await?;
     let own = record
         .as_ref()

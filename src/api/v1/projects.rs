@@ -2,13 +2,13 @@
 //! delete them; everybody sees the projects they hold a role in.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
-use crate::api::resource::{Entry, created, with_etag};
+use crate::api::resource::{Entry, IfMatch, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -17,10 +17,6 @@ use crate::db::audit::Detail;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
 use crate::policy::Widening;
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
 
 /// The `default` project exists on every server and cannot go away.
 fn refuse_default(name: &ProjectName) -> ApiResult<()> {
@@ -156,10 +152,9 @@ pub async fn create_project(
 pub async fn get_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Response> {
-    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     let (p, etag) = state.backend.get_project(&name).await?;
@@ -192,15 +187,13 @@ fn audit_detail(p: &Project) -> Detail {
 async fn update(
     state: AppState,
     user: AuthUser,
-    name: String,
-    headers: HeaderMap,
+    name: ProjectName,
+    mut if_match: Option<String>,
     body: ProjectUpdate,
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     let mut body = body;
-    let mut if_match = if_match(&headers).map(str::to_owned);
     if let Some(config) = &mut body.config {
         // The config as it will be: checked, and when the project is (or
         // becomes) restricted, the backend's restrictions follow a changed
@@ -255,10 +248,9 @@ async fn update(
 pub async fn restrict_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     let (current, etag) = state.backend.get_project(&name).await?;
     let widening = Widening::from_project_config(&current.config).unwrap_or_default();
     let Some(keys) = state.backend.project_restrictions(&widening) else {
@@ -294,11 +286,11 @@ pub async fn restrict_project(
 pub async fn replace_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
+    Path(name): Path<ProjectName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, headers, body, true).await
+    update(state, user, name, if_match, body, true).await
 }
 
 /// Change a project's description or some config keys, e.g. limits (admins).
@@ -317,11 +309,11 @@ pub async fn replace_project(
 pub async fn update_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
+    Path(name): Path<ProjectName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
-    update(state, user, name, headers, body, false).await
+    update(state, user, name, if_match, body, false).await
 }
 
 /// Delete a project; it must be empty (admins). Role grants in it are kept
@@ -337,10 +329,9 @@ pub async fn update_project(
 pub async fn delete_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let name = ProjectName::from_path(&name)?;
     refuse_default(&name)?;
     state.backend.delete_project(&name).await?;
     // A project re-created later under the same name must not hand the old
@@ -362,10 +353,9 @@ pub async fn delete_project(
 pub async fn get_project_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<ProjectName>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Json<ProjectState>> {
-    let name = ProjectName::from_path(&name)?;
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
     Ok(Json(state.backend.project_state(&name).await?))

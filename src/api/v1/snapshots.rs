@@ -7,18 +7,14 @@ use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
+use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ConfigMap, Operation, Snapshot, SnapshotCreate, SnapshotRestore};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::{InstanceName, SnapshotName};
-
-fn snapshot_name(s: &str) -> ApiResult<SnapshotName> {
-    SnapshotName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
 
 /// A list entry: the snapshot, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -40,13 +36,12 @@ pub enum SnapshotEntry {
 pub async fn list_snapshots(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<SnapshotEntry>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let name = InstanceName::from_path(&name)?;
     let entries = state
         .backend
         .list_snapshots(&project, &name, q.expand.unwrap_or(true))
@@ -73,13 +68,12 @@ pub async fn list_snapshots(
 pub async fn create_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<SnapshotCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
     if let Some(snap) = &req.name {
         SnapshotName::parse(snap).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -117,13 +111,11 @@ pub async fn create_snapshot(
 pub async fn get_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(String, String)>,
+    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Snapshot>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let snap = snapshot_name(&snap)?;
     Ok(Json(
         state.backend.get_snapshot(&project, &name, &snap).await?,
     ))
@@ -146,13 +138,11 @@ pub async fn get_snapshot(
 pub async fn delete_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(String, String)>,
+    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let snap = snapshot_name(&snap)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -190,14 +180,12 @@ pub async fn delete_snapshot(
 pub async fn restore_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(String, String)>,
+    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
     Query(q): Query<ProjectWaitQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let name = InstanceName::from_path(&name)?;
-    let snap = snapshot_name(&snap)?;
     let opts: SnapshotRestore = crate::api::optional_json_body(&body)?;
     // The snapshot's config and devices are written back: held to the
     // policy like any other write (an allowance since withdrawn, say).

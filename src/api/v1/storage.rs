@@ -5,17 +5,17 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::api::devices::{self, device_name};
+use crate::api::devices;
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::resource::{
-    Entry, ProjectListQuery, ProjectQuery, ProjectWaitQuery, created, entries, with_etag,
+    Entry, IfMatch, ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, created,
+    entries, with_etag,
 };
-use crate::api::v1::project_param;
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -24,7 +24,7 @@ use crate::backend::types::{
     StorageVolumeCreate, StorageVolumeUpdate,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{InstanceName, PoolName, ProjectName, VolumeName};
+use crate::names::{DeviceName, InstanceName, PoolName, ProjectName, VolumeName};
 
 /// Storage drivers Incus (and LXD) know; anything else is refused before
 /// the backend sees it.
@@ -46,14 +46,6 @@ const POOL_DRIVERS: [&str; 12] = [
 const SIZE_UNITS: [&str; 14] = [
     "", "B", "kB", "MB", "GB", "TB", "PB", "EB", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB",
 ];
-
-fn volume_name(s: &str) -> ApiResult<VolumeName> {
-    VolumeName::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-}
 
 /// A byte size as Incus reads it: an integer with an optional unit
 /// (`500MiB`, `10GiB`, `1GB`, `1073741824`).
@@ -89,7 +81,7 @@ pub async fn list_storage_pools(
     State(state): State<AppState>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<Entry<StoragePool>>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
     let listing = state
@@ -140,12 +132,11 @@ pub async fn create_storage_pool(
 pub async fn get_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
+    Path(pool): Path<PoolName>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
     let (p, etag) = state.backend.get_storage_pool(&pool).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
@@ -153,16 +144,15 @@ pub async fn get_storage_pool(
 async fn update_pool(
     state: AppState,
     user: AuthUser,
-    pool: String,
-    headers: HeaderMap,
+    pool: PoolName,
+    if_match: Option<String>,
     body: StoragePoolUpdate,
     replace: bool,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
-    let pool = PoolName::from_path(&pool)?;
     state
         .backend
-        .update_storage_pool(&pool, &body, if_match(&headers), replace)
+        .update_storage_pool(&pool, &body, if_match.as_deref(), replace)
         .await?;
     let (p, etag) = state.backend.get_storage_pool(&pool).await?;
     Ok(with_etag(Json(p).into_response(), etag))
@@ -184,11 +174,11 @@ async fn update_pool(
 pub async fn replace_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: HeaderMap,
+    Path(pool): Path<PoolName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<StoragePoolUpdate>,
 ) -> ApiResult<Response> {
-    update_pool(state, user, pool, headers, body, true).await
+    update_pool(state, user, pool, if_match, body, true).await
 }
 
 /// Change a pool's description or some config keys (admins).
@@ -207,11 +197,11 @@ pub async fn replace_storage_pool(
 pub async fn update_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: HeaderMap,
+    Path(pool): Path<PoolName>,
+    IfMatch(if_match): IfMatch,
     Json(body): Json<StoragePoolUpdate>,
 ) -> ApiResult<Response> {
-    update_pool(state, user, pool, headers, body, false).await
+    update_pool(state, user, pool, if_match, body, false).await
 }
 
 /// Delete a storage pool; it must be unused (admins).
@@ -227,10 +217,9 @@ pub async fn update_storage_pool(
 pub async fn delete_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
+    Path(pool): Path<PoolName>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
-    let pool = PoolName::from_path(&pool)?;
     state.backend.delete_storage_pool(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -248,12 +237,11 @@ pub async fn delete_storage_pool(
 pub async fn list_volumes(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
+    Path(pool): Path<PoolName>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<Entry<StorageVolume>>>> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
     let (limit, offset) = q.page()?;
     let listing = state
         .backend
@@ -281,13 +269,12 @@ pub async fn list_volumes(
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<String>,
+    Path(pool): Path<PoolName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<StorageVolumeCreate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
     let name = VolumeName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     if let Some(ct) = &req.content_type
         && !["filesystem", "block"].contains(&ct.as_str())
@@ -340,13 +327,11 @@ pub async fn create_volume(
 pub async fn get_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(String, String)>,
+    Path((pool, name)): Path<(PoolName, VolumeName)>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
-    let name = volume_name(&name)?;
     let (v, etag) = state.backend.get_volume(&project, &pool, &name).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
@@ -384,19 +369,16 @@ async fn patch_volume(
 pub async fn update_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(String, String)>,
+    Path((pool, name)): Path<(PoolName, VolumeName)>,
     Query(q): Query<ProjectQuery>,
-    headers: HeaderMap,
+    IfMatch(mut if_match): IfMatch,
     Json(body): Json<StorageVolumeUpdate>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
-    let name = volume_name(&name)?;
     if let Some(size) = body.config.as_ref().and_then(|c| c.get("size")) {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
     }
-    let mut if_match = if_match(&headers).map(str::to_owned);
     if let Some(config) = &body.config {
         // Judged against the volume as it is now, and pinned to that version.
         let policy = crate::api::policy::for_caller(&state, &user, &project).await?;
@@ -422,13 +404,11 @@ pub async fn update_volume(
 pub async fn delete_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(String, String)>,
+    Path((pool, name)): Path<(PoolName, VolumeName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
-    let name = volume_name(&name)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state.backend.delete_volume(&project, &pool, &name).await?;
     match op {
@@ -473,14 +453,12 @@ pub struct ResizeRequest {
 pub async fn resize_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(String, String)>,
+    Path((pool, name)): Path<(PoolName, VolumeName)>,
     Query(q): Query<ProjectQuery>,
     Json(req): Json<ResizeRequest>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let pool = PoolName::from_path(&pool)?;
-    let name = volume_name(&name)?;
     check_size(&req.size).map_err(|e| ApiError::invalid_field("size", e))?;
     let update = StorageVolumeUpdate {
         description: None,
@@ -530,13 +508,12 @@ pub struct AttachVolume {
 pub async fn attach_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(instance): Path<InstanceName>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<AttachVolume>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance = InstanceName::from_path(&name)?;
     let pool = PoolName::parse(&req.pool).map_err(|e| ApiError::invalid_field("pool", e))?;
     let volume =
         VolumeName::parse(&req.volume).map_err(|e| ApiError::invalid_field("volume", e))?;
@@ -597,13 +574,11 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
 pub async fn detach_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, device)): Path<(String, String)>,
+    Path((instance, device)): Path<(InstanceName, DeviceName)>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
-    let project = project_param(q.project.as_deref())?;
+    let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
-    let instance = InstanceName::from_path(&name)?;
-    let device = device_name(&device)?;
     devices::detach(
         &state,
         &user,

@@ -16,10 +16,6 @@ use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::ProjectName;
 
-fn path_username(s: &str) -> ApiResult<Username> {
-    Username::parse(s).map_err(|e| ApiError::bad_request("invalid_name", e))
-}
-
 fn user_not_found(name: &str) -> ApiError {
     ApiError::not_found("user_not_found", format!("user `{name}` does not exist"))
 }
@@ -114,10 +110,9 @@ pub async fn create_user(
 pub async fn get_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<Username>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
-    let name = path_username(&name)?;
     Ok(Json(load(&state, &name).await?.1))
 }
 
@@ -159,11 +154,10 @@ pub struct UpdateUser {
 pub async fn update_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<Username>,
     Json(req): Json<UpdateUser>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
-    let name = path_username(&name)?;
     let (row, _) = load(&state, &name).await?;
     let password_hash = match req.password {
         Some(pw) => {
@@ -210,10 +204,9 @@ fn last_admin() -> ApiError {
 pub async fn delete_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(name): Path<Username>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::UserManage, "")?;
-    let name = path_username(&name)?;
     let (row, _) = load(&state, &name).await?;
     let deleted = if row.role() == Some(Role::Admin) && !row.is_disabled() {
         match db::users::delete_keeping_an_admin(&state.db, &row.id).await? {
@@ -250,12 +243,10 @@ pub struct GrantRequest {
 pub async fn grant_project_role(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, project)): Path<(String, String)>,
+    Path((name, project)): Path<(Username, ProjectName)>,
     Json(req): Json<GrantRequest>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
-    let name = path_username(&name)?;
-    let project = ProjectName::from_path(&project)?;
     let (row, _) = load(&state, &name).await?;
     db::project_roles::set(&state.db.pool, &row.id, project.as_str(), req.role).await?;
     Ok(Json(load(&state, &name).await?.1))
@@ -274,11 +265,9 @@ pub async fn grant_project_role(
 pub async fn revoke_project_role(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, project)): Path<(String, String)>,
+    Path((name, project)): Path<(Username, ProjectName)>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::UserManage, "")?;
-    let name = path_username(&name)?;
-    let project = ProjectName::from_path(&project)?;
     let (row, _) = load(&state, &name).await?;
     if !db::project_roles::remove(&state.db.pool, &row.id, project.as_str()).await? {
         return Err(ApiError::not_found(
