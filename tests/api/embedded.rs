@@ -562,7 +562,7 @@ async fn bad_requests_are_refused_before_touching_the_host() {
             json!({"name": "nope", "source": {"type": "image", "alias": "missing"}}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_problem(404, "alias_not_found");
     // A container image cannot boot a VM; a VM's CPU limit is a count.
     let r = create(&app, &admin, make("vm", json!({"type": "virtual-machine"}))).await;
     r.assert_problem(400, "bad_request");
