@@ -31,7 +31,7 @@ lint: ## rustfmt and clippy, warnings as errors
 openapi: ## Regenerate the committed openapi.json after an intended API change
 	UPDATE_OPENAPI=1 cargo test --lib openapi_json_matches_the_committed_contract
 
-contract: ## Check openapi.json against the server (schemathesis, all checks) and the Python/TypeScript client generators (not in `make test` until it passes)
+contract: ## Check openapi.json against the server on both backends (schemathesis, all checks; Incus: a private incusd in a network namespace) and the Python/TypeScript client generators (not in `make test` until it passes)
 	bash scripts/testbed.sh
 	source target/testbed.env && bash scripts/check-contract.sh
 

@@ -17,7 +17,6 @@
 set -euo pipefail
 
 TESTBED_DIR="${LXGATE_TESTBED_DIR:-/var/tmp/lxgate-testbed}"
-INCUSD=/usr/libexec/incus/incusd
 READY_TIMEOUT="${LXGATE_INCUS_READY_TIMEOUT:-30}"
 STOP_TIMEOUT="${LXGATE_INCUS_STOP_TIMEOUT:-20}"
 
@@ -31,49 +30,26 @@ PIDFILE="$TESTBED_DIR/incusd.pid"
 
 log() { printf '[incus-test-ctl] %s\n' "$*" >&2; }
 die() { printf '[incus-test-ctl] ERROR: %s\n' "$*" >&2; exit 1; }
+# INCUSD, incusd_is_ours/_find_pid/_wait_ready/_wait_gone/_stop.
+# shellcheck source=SCRIPTDIR/lib/incusd.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/incusd.sh"
 
 # Bounded GET on the unix socket; prints the body.
 api_get() { curl -sS --fail --max-time 3 --unix-socket "$SOCKET" "http://incus$1"; }
 
-# The pid of our daemon, or nothing. Ours = incusd binary, not a fork helper
-# (forkstart/forkexec/forkproxy run the same binary), with our INCUS_DIR.
-# Checked through /proc so a stale pid file (after a reboot the pid may belong
-# to anything) is never trusted.
-is_our_incusd() {
-    local pid="$1" exe args
-    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-    [ "${exe% (deleted)}" = "$INCUSD" ] || return 1
-    args="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-    case "$args" in *"--logfile $LOGFILE"*) ;; *) return 1 ;; esac
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "INCUS_DIR=$INCUS_DIR"
-}
+# The pid of our daemon, or nothing. A stale pid file (after a reboot the pid
+# may belong to anything) is never trusted: checked through /proc.
 incusd_pid() {
     local pid
     pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    if is_our_incusd "$pid"; then echo "$pid"; return 0; fi
+    if incusd_is_ours "$pid" "$LOGFILE"; then echo "$pid"; return 0; fi
     # Pid file lost or stale: look for one started by other means.
-    for d in /proc/[0-9]*; do
-        pid="${d#/proc/}"
-        if is_our_incusd "$pid"; then echo "$pid"; return 0; fi
-    done
-    return 1
+    incusd_find_pid "$LOGFILE"
 }
 
 # Answers on its socket and reports itself ready (/internal/ready).
 answering() {
     api_get /1.0 >/dev/null 2>&1 && timeout 5 incus admin waitready --timeout 2 >/dev/null 2>&1
-}
-
-wait_gone() { # pid seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        [ -d "/proc/$1" ] || return 0
-        # A zombie (our own child in a non-init reaper) counts as gone.
-        [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ] && return 0
-        sleep 0.1
-    done
-    return 1
 }
 
 do_start() {
@@ -93,7 +69,7 @@ do_start() {
         log "incusd (pid $pid) does not answer: killing it"
         kill -TERM "$pid" 2>/dev/null || true
         kill -CONT "$pid" 2>/dev/null || true   # in case it was stopped (SIGSTOP)
-        wait_gone "$pid" 10 || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 5 || die "cannot kill incusd $pid"; }
+        incusd_wait_gone "$pid" 10 || { kill -KILL "$pid" 2>/dev/null || true; incusd_wait_gone "$pid" 5 || die "cannot kill incusd $pid"; }
     fi
 
     # Not running: whatever a dead daemon left (machine restart, kill -9) is stale.
@@ -128,19 +104,7 @@ do_start() {
     echo "$pid" >"$PIDFILE"
 
     # Ready within READY_TIMEOUT, failing early if the daemon dies.
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    while :; do
-        if timeout 5 incus admin waitready --timeout 1 >/dev/null 2>&1; then break; fi
-        if ! [ -d "/proc/$pid" ]; then
-            tail -n 30 "$LOGFILE" >&2 || true
-            die "incusd exited during startup (log: $LOGFILE)"
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            tail -n 30 "$LOGFILE" >&2 || true
-            die "incusd (pid $pid) not ready after ${READY_TIMEOUT}s (log: $LOGFILE)"
-        fi
-        sleep 0.2
-    done
+    incusd_wait_ready "$pid" "$READY_TIMEOUT" "$LOGFILE" || die "incusd did not start"
     log "incusd started (pid $pid), ready on $SOCKET"
 }
 
@@ -152,20 +116,7 @@ do_stop() {
         return 0
     fi
     log "stopping incusd (pid $pid)"
-    # Graceful: incusd stops its running instances and exits. Bounded twice:
-    # --timeout for incusd's own wait, timeout(1) in case the socket hangs.
-    timeout $((STOP_TIMEOUT + 5)) incus admin shutdown --timeout "$STOP_TIMEOUT" >/dev/null 2>&1 \
-        || log "incus admin shutdown did not finish cleanly"
-    if ! wait_gone "$pid" 5; then
-        log "incusd still running: SIGTERM"
-        kill -TERM "$pid" 2>/dev/null || true
-        kill -CONT "$pid" 2>/dev/null || true
-        if ! wait_gone "$pid" 10; then
-            log "incusd still running: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            wait_gone "$pid" 5 || die "cannot stop incusd $pid"
-        fi
-    fi
+    incusd_stop "$pid" "$STOP_TIMEOUT" || die "cannot stop incusd $pid"
     rm -f "$PIDFILE"
     log "incusd stopped"
 }
