@@ -125,7 +125,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "exec_instance",
-        "a virtual machine on the embedded backend (no guest agent)",
+        "a virtual machine on the embedded backend (no guest agent); `timeout` on the Incus backend (Incus cannot stop a recorded command)",
     ),
     (
         "pull_file",
@@ -160,7 +160,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "create_storage_pool",
-        "a driver other than `dir` on the embedded backend",
+        "a driver other than `dir` on the embedded backend; on Incus, a driver the server lacks or whose tools are not installed",
     ),
     (
         "create_volume",
@@ -194,7 +194,7 @@ fn problem(description: String) -> RefOr<utoipa::openapi::Response> {
 }
 
 impl CommonResponses {
-    fn complete(op: &mut Operation) {
+    fn complete(op: &mut Operation, write: bool) {
         let secured = op.security.as_ref().is_some_and(|alts| {
             !alts.iter().any(|a| {
                 serde_json::to_value(a).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
@@ -221,6 +221,20 @@ impl CommonResponses {
         };
         let json_body = body_types.iter().any(|t| t == "application/json");
         let id = op.operation_id.clone().unwrap_or_default();
+        // A change to what the backend holds can meet its current state.
+        let backend_write = write
+            && op.tags.iter().flatten().any(|t| {
+                matches!(
+                    t.as_str(),
+                    "instances"
+                        | "images"
+                        | "backups"
+                        | "snapshots"
+                        | "networks"
+                        | "storage"
+                        | "projects"
+                )
+            });
         let responses = &mut op.responses.responses;
         let mut add = |status: &str, description: String| {
             responses
@@ -256,6 +270,12 @@ impl CommonResponses {
                 "No such project (`?project=`), or no such resource in it".into(),
             );
         }
+        if backend_write {
+            add(
+                "409",
+                "The change conflicts with the current state of what it is about: in use, running, busy with another operation, or already there (`conflict`)".into(),
+            );
+        }
         if let Some((_, when)) = NOT_SUPPORTED.iter().find(|(op_id, _)| *op_id == id) {
             add(
                 "501",
@@ -285,17 +305,16 @@ fn without_null_alternative(
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                Self::complete(op);
+            for (op, write) in [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+            ] {
+                if let Some(op) = op {
+                    Self::complete(op, write);
+                }
             }
         }
     }

@@ -66,6 +66,7 @@ where
         // Content type, size limit and syntax: axum's checks and rejections.
         let axum::Json(raw) =
             axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await?;
+        object_body(raw.get().as_bytes())?;
         match axum::Json::<T>::from_bytes(raw.get().as_bytes()) {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(axum::extract::rejection::JsonRejection::JsonDataError(e))
@@ -102,6 +103,7 @@ where
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    object_body(body)?;
     let invalid = |e: serde_json::Error| {
         ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -118,6 +120,20 @@ where
             serde_json::from_value(value).map_err(invalid)
         }
         Err(e) => Err(invalid(e)),
+    }
+}
+
+/// Every JSON body of the API is an object; serde's derive would also read
+/// a struct from an array of its fields in order (`[null, null]`), which
+/// the schema does not allow.
+fn object_body(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => Ok(()),
+        Some(_) => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "the body must be a JSON object",
+        )),
     }
 }
 

@@ -180,6 +180,23 @@ name_schema!(
 /// `InterfaceName`: `RESOURCE_NAME_PATTERN` cut to 15 characters.
 pub const INTERFACE_NAME_PATTERN: &str = "^[A-Za-z](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?$";
 
+/// The name of a new network (`NetworkCreate.name`): an interface name on
+/// the host of 2-15 characters (Incus's minimum), not `all` or `default`
+/// (the kernel's names for every and for new interfaces).
+pub struct NewNetworkName;
+name_schema!(
+    NewNetworkName,
+    "NewNetworkName",
+    "A new network's name: 2-15 ASCII letters, digits and `-`, starting with a letter, not ending with `-`, not `all` or `default` (it is the interface name on the host).",
+    NEW_NETWORK_NAME_PATTERN,
+    15,
+    "lxgbr0"
+);
+
+/// `NewNetworkName` (a lookahead: JSON Schema's ECMA-262 patterns have them).
+pub const NEW_NETWORK_NAME_PATTERN: &str =
+    "^(?!(?:all|default)$)[A-Za-z][A-Za-z0-9-]{0,13}[A-Za-z0-9]$";
+
 /// `?project=`: a project name, or empty for `default`.
 pub struct ProjectParam;
 impl PartialSchema for ProjectParam {

@@ -762,3 +762,29 @@ async fn integral_float_is_read_as_the_integer() {
         problem(&send(method, path, twice).await, 422, "validation_failed");
     }
 }
+
+/// Every JSON body is an object: serde's derive would read a struct from
+/// an array of its fields (`[null, null]` was a valid PATCH on Incus).
+/// Through the `Json` extractor (PATCH) and a handler's own optional body
+/// (instance action).
+#[tokio::test]
+async fn json_bodies_must_be_objects() {
+    let app = sqlite_app().await;
+    let admin = app.admin_token().await;
+    for (method, path) in [
+        (Method::PATCH, "/api/v1/projects/default"),
+        (Method::PATCH, "/api/v1/storage/pools/default"),
+        (Method::POST, "/api/v1/instances/nope/stop"),
+    ] {
+        for body in ["[null, null]", "[]", "null", "3", "\"x\""] {
+            let r = app
+                .send(
+                    app.request(method.clone(), path, Some(&admin))
+                        .header("content-type", "application/json")
+                        .body(body),
+                )
+                .await;
+            problem(&r, 422, "validation_failed");
+        }
+    }
+}

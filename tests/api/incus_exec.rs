@@ -301,7 +301,7 @@ async fn recorded_exec_is_bounded_on_incus() {
     assert_eq!(meta["truncated"], true);
 
     let r = exec(json!({"command": ["sleep", "600"], "timeout": 5})).await;
-    r.assert_problem(400, "bad_request");
+    r.assert_problem(501, "not_supported");
     assert!(
         r.body["detail"].as_str().unwrap().contains("timeout"),
         "{}",

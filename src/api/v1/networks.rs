@@ -72,15 +72,20 @@ pub async fn create_network(
     user.require(Permission::InfraManage, "")?;
     let project = q.project()?;
     let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
-    // A bridge's name is its interface name on the host, where `all` and
-    // `default` name the kernel's settings for every and for new interfaces
-    // (creating one failed as a 500).
-    if matches!(req.network_type.as_deref(), None | Some("bridge"))
-        && matches!(name.as_str(), "all" | "default")
-    {
+    // A network's name is an interface name on the host (Incus: 2-15
+    // characters, for every type), where `all` and `default` name the
+    // kernel's settings for every and for new interfaces (creating one
+    // failed as a 500).
+    if name.len() < 2 {
         return Err(ApiError::invalid_field(
             "name",
-            "a bridge's name is its interface name on the host, where `all` and `default` are taken",
+            "a network's name is at least 2 characters",
+        ));
+    }
+    if matches!(name.as_str(), "all" | "default") {
+        return Err(ApiError::invalid_field(
+            "name",
+            "a network's name is its interface name on the host, where `all` and `default` are taken",
         ));
     }
     if let Some(t) = &req.network_type

@@ -100,6 +100,7 @@ pub fn file_stream(
             Err(e) => Some((Err(e), f)),
         }
     })
+    .fuse()
 }
 
 impl EmbeddedBackend {

@@ -486,7 +486,7 @@ impl Networks for EmbeddedBackend {
         }
         let _net = self.net_lock.lock().await;
         if !self.instances_on(name).await?.is_empty() {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "The network is currently in use (instances have NICs on it)".into(),
             ));
         }

@@ -441,39 +441,78 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Incus's error codes keep their meaning (DESIGN §2). A 404 has only
-/// Incus's words: the resource method that asked names what is missing
-/// (`ReportMissing`).
+/// Incus's error codes keep their meaning (DESIGN §2), except where its
+/// words say more than its status: it answers state conflicts ("in use",
+/// "busy") as 400 and many refusals of the request's own values as 500 (plain
+/// errors its `SmartError` cannot type). A 404 has only Incus's words: the
+/// resource method that asked names what is missing (`ReportMissing`).
 pub fn typed_error(code: u16, message: &str) -> BackendError {
     let msg = message.to_owned();
-    match StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY) {
-        StatusCode::NOT_FOUND => BackendError::NotFound(Missing::Other(msg)),
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status == StatusCode::NOT_FOUND {
+        return BackendError::NotFound(Missing::Other(msg));
+    }
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::INTERNAL_SERVER_ERROR
+    ) && let Some(e) = by_message(&msg)
+    {
+        return e;
+    }
+    match status {
         StatusCode::CONFLICT => BackendError::Conflict(msg),
         StatusCode::PRECONDITION_FAILED => BackendError::PreconditionFailed(msg),
         StatusCode::BAD_REQUEST => BackendError::BadRequest(msg),
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => BackendError::Forbidden(msg),
         StatusCode::NOT_IMPLEMENTED => BackendError::NotSupported(msg),
         StatusCode::SERVICE_UNAVAILABLE => BackendError::Unavailable(msg),
-        // A restricted project's refusals ("Failed checking if instance
-        // creation allowed: ... Privileged containers are forbidden") come as
-        // internal errors; they are the policy's answer, said by Incus.
-        _ if msg.contains("Failed checking if instance")
-            && (msg.contains("forbidden") || msg.contains("not allowed")) =>
-        {
-            BackendError::Restricted(msg)
-        }
-        // Incus reports some name clashes as internal errors from its database.
-        _ if msg.contains("already exists") || msg.contains("UNIQUE constraint failed") => {
-            BackendError::Conflict(msg)
-        }
-        // ...and so are project limits and non-empty projects (the client can fix both).
-        _ if msg.contains("Reached maximum number of")
-            || msg.contains("Only empty projects can be removed") =>
-        {
-            BackendError::Conflict(msg)
-        }
         _ => BackendError::Upstream(msg),
     }
+}
+
+/// What an Incus 400 or 500 means by its message (Incus 6's wording).
+fn by_message(msg: &str) -> Option<BackendError> {
+    let has = |s: &str| msg.contains(s);
+    // A restricted project's refusals ("Failed checking if instance
+    // creation allowed: ... Privileged containers are forbidden"): the
+    // policy's answer, said by Incus.
+    if has("Failed checking if instance") && (has("forbidden") || has("not allowed")) {
+        return Some(BackendError::Restricted(msg.to_owned()));
+    }
+    // The state of what the request is about, which the client can change:
+    // name clashes from Incus's database, project limits, non-empty
+    // projects, pools and networks in use, running or busy instances.
+    if has("already exists")
+        || has("UNIQUE constraint failed")
+        || has("Reached maximum number of")
+        || has("Only empty projects can be removed")
+        || has("currently in use")
+        || has("Instance is running")
+        || has("is busy running")
+    {
+        return Some(BackendError::Conflict(msg.to_owned()));
+    }
+    // What this Incus server cannot do (a storage driver it lacks, or whose
+    // tools are not installed).
+    if has("Required tool") || msg.starts_with("Unknown driver") {
+        return Some(BackendError::NotSupported(msg.to_owned()));
+    }
+    // A profile the request names that the project lacks.
+    if has("Requested profile") && has("doesn't exist") {
+        return Some(BackendError::NotFound(Missing::Other(msg.to_owned())));
+    }
+    // The request's own values, refused by Incus's validation.
+    if has("Invalid value for")
+        || has("Invalid option")
+        || has("Invalid config")
+        || has("Invalid project configuration key")
+        || has("Invalid filter")
+        || has("cannot be changed")
+        || has("Overflow")
+    {
+        return Some(BackendError::BadRequest(msg.to_owned()));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -507,5 +546,43 @@ mod tests {
         ));
         assert!(matches!(typed_error(403, "x"), BackendError::Forbidden(_)));
         assert!(matches!(typed_error(500, "x"), BackendError::Upstream(_)));
+    }
+
+    /// Incus's words decide where its status is too coarse (messages as
+    /// Incus 6.0 words them; seen in the contract run against it).
+    #[test]
+    fn incus_messages_refine_400_and_500() {
+        let conflict = |c, m| matches!(typed_error(c, m), BackendError::Conflict(_));
+        assert!(conflict(400, "The storage pool is currently in use"));
+        assert!(conflict(400, "Instance is running"));
+        assert!(conflict(
+            500,
+            "Failed to create instance update operation: Instance is busy running a \"stop\" operation"
+        ));
+        assert!(matches!(
+            typed_error(
+                500,
+                "Invalid value for network \"A\" option \"parent\": Required value"
+            ),
+            BackendError::BadRequest(_)
+        ));
+        assert!(matches!(
+            typed_error(500, "Required tool 'lvm' is missing"),
+            BackendError::NotSupported(_)
+        ));
+        assert!(matches!(
+            typed_error(500, "Requested profile \"x\" doesn't exist"),
+            BackendError::NotFound(_)
+        ));
+        // Not the request's fault: still Incus's own failure.
+        assert!(matches!(
+            typed_error(500, "Failed to mount: no space left on device"),
+            BackendError::Upstream(_)
+        ));
+        // A 409 stays a 409, a 403 never turns into a conflict.
+        assert!(matches!(
+            typed_error(403, "already exists"),
+            BackendError::Forbidden(_)
+        ));
     }
 }

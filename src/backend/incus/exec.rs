@@ -218,7 +218,7 @@ impl Exec for IncusBackend {
         // Incus's exec has no timeout, and a recorded command (no websockets)
         // cannot be signalled or cancelled: refused rather than not enforced.
         if req.timeout.is_some() {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::NotSupported(
                 "`timeout` is not supported on the Incus backend: Incus cannot stop a recorded command; run it under timeout(1) in the instance instead, e.g. [\"timeout\", \"60\", \"sh\", \"-c\", \"...\"]".into(),
             ));
         }

@@ -35,9 +35,8 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let stream = Box::pin(stream);
-    Box::pin(futures::stream::unfold(
-        Some(stream),
-        move |state| async move {
+    Box::pin(
+        futures::stream::unfold(Some(stream), move |state| async move {
             let mut s = state?;
             match tokio::time::timeout(idle, s.next()).await {
                 Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(s))),
@@ -51,8 +50,11 @@ where
                     None,
                 )),
             }
-        },
-    ))
+        })
+        // Ends for good: a body polled once more after its end must not
+        // panic (unfold does; seen on console and log reads).
+        .fuse(),
+    )
 }
 
 /// A successful streamed answer as a `Download`.

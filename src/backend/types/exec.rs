@@ -31,7 +31,7 @@ pub struct ExecRequest {
     /// Seconds (1-86400) after which the command's process group is killed
     /// and the operation fails (`timed_out: true` in its metadata, with the
     /// output so far). Recorded exec on the embedded backend only: Incus
-    /// cannot stop a recorded command, so it answers 400 there.
+    /// cannot stop a recorded command, so it answers 501 `not_supported` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86400, example = 600)]
     pub timeout: Option<u64>,

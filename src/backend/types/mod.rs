@@ -139,10 +139,15 @@ pub struct InstanceState {
     pub pid: i64,
     pub processes: i64,
     pub started_at: String,
+    // Incus sends `null` for what a stopped instance has none of.
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub cpu: InstanceStateCpu,
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub memory: InstanceStateMemory,
+    #[serde(deserialize_with = "storage::null_as_default")]
     #[schema(value_type = schema::InstanceStateDisks)]
     pub disk: BTreeMap<String, InstanceStateDisk>,
+    #[serde(deserialize_with = "storage::null_as_default")]
     #[schema(value_type = schema::InstanceStateNetworks)]
     pub network: BTreeMap<String, InstanceStateNetwork>,
 }

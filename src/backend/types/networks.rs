@@ -41,7 +41,7 @@ pub struct Network {
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
     /// For a `bridge` this is also the host interface name (at most 15 characters).
-    #[schema(value_type = crate::names::NetworkName, example = "lxgbr0")]
+    #[schema(value_type = crate::api::schemas::NewNetworkName, example = "lxgbr0")]
     pub name: String,
     /// `bridge` (default), `macvlan`, `sriov`, `ovn` or `physical`.
     #[serde(default, rename = "type")]
