@@ -223,11 +223,11 @@ async fn managed_bridge_lifecycle_and_nics() {
         "{}",
         used.text
     );
-    // Incus refuses to delete a network in use.
+    // Incus refuses to delete a network in use: a conflict with its state.
     let r = app
         .send(app.request(Method::DELETE, &path, Some(&admin)))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_problem(409, "conflict");
     // Only NICs are detached here.
     app.send(app.request(
         Method::DELETE,
