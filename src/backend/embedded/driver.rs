@@ -3,38 +3,11 @@
 
 use std::sync::Arc;
 
-use std::path::PathBuf;
-
-use super::lxc::{Confinement, Lxc, LxcInfo};
-use super::networks::Nic;
+use super::driver_types::{Attachments, LxcInfo};
+use super::lxc::{Confinement, Lxc};
 use super::qemu::Qemu;
 use crate::backend::BackendError;
 use crate::backend::types::ConfigMap;
-
-pub const VM: &str = "virtual-machine";
-
-/// The names of the directories in `dir` (none when it is missing): each
-/// driver keeps one per instance there.
-pub async fn instance_dirs(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
-        return out;
-    };
-    while let Ok(Some(e)) = rd.next_entry().await {
-        if e.file_type().await.is_ok_and(|t| t.is_dir()) {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
-}
-
-/// What an instance's devices are on this host: custom volumes (host path,
-/// and the path in a container) and NICs.
-#[derive(Debug, Clone, Default)]
-pub struct Attachments {
-    pub mounts: Vec<(PathBuf, String)>,
-    pub nics: Vec<Nic>,
-}
 
 #[derive(Clone)]
 pub enum Driver {

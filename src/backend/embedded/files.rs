@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::idmap::IdMap;
-use super::{EmbeddedBackend, driver, instances, lxc};
+use super::{EmbeddedBackend, driver_types, instances, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files, Missing, ReportMissing};
 use crate::names::{InstanceName, ProjectName};
@@ -276,7 +276,7 @@ impl Files for EmbeddedBackend {
         path: &str,
     ) -> Result<FilePull, BackendError> {
         let row = self.row(project, name).await?;
-        if row.instance_type == driver::VM {
+        if row.instance_type == driver_types::VM {
             return Err(no_vm_files());
         }
         let map = Self::confinement(&row)?.map();
@@ -301,7 +301,7 @@ impl Files for EmbeddedBackend {
         body: ByteStream,
     ) -> Result<(), BackendError> {
         let row = self.row(project, name).await?;
-        if row.instance_type == driver::VM {
+        if row.instance_type == driver_types::VM {
             return Err(no_vm_files());
         }
         let map = Self::confinement(&row)?.map();

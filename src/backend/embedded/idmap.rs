@@ -20,6 +20,9 @@
 //! The map a container was created with is stored with it (Incus's
 //! `volatile.idmap.base` / `volatile.idmap.current` keys), so its files and
 //! its configuration keep agreeing even if the host's range changes later.
+//!
+//! The host ids that are no container's are here too: whom lxgate's own
+//! files belong to (`lxgate_ids`).
 
 use serde::{Deserialize, Serialize};
 
@@ -214,6 +217,13 @@ pub async fn host_range() -> Result<HostRange, String> {
         gid_start,
         blocks: uids.min(gids) / SIZE,
     })
+}
+
+/// Whom lxgate's own files belong to: root, where the embedded backend
+/// runs containers (a non-root lxgate in development keeps its own).
+pub(super) fn lxgate_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// How containers are confined on this host, for the LXC driver's detail

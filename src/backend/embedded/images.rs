@@ -14,11 +14,12 @@ use sha2::Digest;
 use sqlx::AnyPool;
 use tokio::io::AsyncReadExt;
 
+use super::inventory::db;
 use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process;
 use super::qemu::Boot;
 use super::tarball::reading as tar_reading;
-use super::{EmbeddedBackend, driver, image_budget, image_size, resources, simplestreams};
+use super::{EmbeddedBackend, driver_types, image_budget, image_size, resources, simplestreams};
 use crate::backend::events::EventBus;
 use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
@@ -279,10 +280,6 @@ fn io(e: std::io::Error) -> BackendError {
     BackendError::Internal(anyhow::anyhow!("image store: {e}"))
 }
 
-pub fn db(e: sqlx::Error) -> BackendError {
-    BackendError::Internal(anyhow::anyhow!("inventory: {e}"))
-}
-
 /// The one image of `project` whose fingerprint starts with `prefix`.
 pub async fn find(pool: &AnyPool, project: &str, prefix: &str) -> Result<ImageRow, BackendError> {
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -541,7 +538,7 @@ impl Images for EmbeddedBackend {
                 )));
             }
         }
-        let want_vm = req.source.image_type.as_deref() == Some(driver::VM);
+        let want_vm = req.source.image_type.as_deref() == Some(driver_types::VM);
         let (pool, store, bus, fetch) = (
             self.pool.clone(),
             self.images.clone(),

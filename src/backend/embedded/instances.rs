@@ -9,8 +9,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::driver::{Attachments, Driver, VM};
+use super::driver::Driver;
+use super::driver_types::{Attachments, LxcInfo, VM};
 use super::idmap::{self, HostRange, IdMap};
+use super::inventory::db;
 use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
@@ -26,10 +28,6 @@ use crate::names::{InstanceName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
 const INFO_CONCURRENCY: usize = 8;
-
-fn db(e: sqlx::Error) -> BackendError {
-    images::db(e)
-}
 
 /// Incus's ETag idea: a hash over what PUT replaces (not the description).
 pub fn etag(inst: &Instance) -> String {
@@ -119,7 +117,7 @@ impl EmbeddedBackend {
         }
     }
 
-    async fn info_of(&self, row: &InstanceRow) -> lxc::LxcInfo {
+    async fn info_of(&self, row: &InstanceRow) -> LxcInfo {
         self.driver(row)
             .info(&Lxc::host_name(&row.project, &row.name))
             .await
@@ -163,7 +161,7 @@ impl EmbeddedBackend {
             .collect())
     }
 
-    fn build_instance(row: &InstanceRow, info: &lxc::LxcInfo) -> Instance {
+    fn build_instance(row: &InstanceRow, info: &LxcInfo) -> Instance {
         let (status, code) = lxc::status_of(&info.state);
         let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         // Said honestly, also for containers made before lxgate mapped ids
@@ -510,7 +508,7 @@ impl Instances for EmbeddedBackend {
         let _guard = lock.lock().await;
         let mut row = self.row(project, name).await?;
         // The ETag and the config do not depend on the run state: no lxc-info.
-        let current = Self::build_instance(&row, &lxc::LxcInfo::default());
+        let current = Self::build_instance(&row, &LxcInfo::default());
         if let Some(tag) = if_match
             && tag.trim_matches('"') != etag(&current)
         {

@@ -6,6 +6,7 @@ mod bridge;
 mod detect;
 mod dhcp;
 mod driver;
+mod driver_types;
 mod events;
 mod exec;
 mod files;
@@ -14,6 +15,8 @@ mod image_budget;
 mod image_size;
 mod images;
 mod instances;
+mod inventory;
+mod limits;
 mod lxc;
 mod networks;
 mod operations;
@@ -165,7 +168,7 @@ impl EmbeddedBackend {
     /// Where an instance's files live on the host.
     fn instance_dir(&self, row: &inv::InstanceRow) -> PathBuf {
         let host = lxc::Lxc::host_name(&row.project, &row.name);
-        if row.instance_type == driver::VM {
+        if row.instance_type == driver_types::VM {
             self.qemu.vm_dir(&host)
         } else {
             self.lxc.dir(&host)

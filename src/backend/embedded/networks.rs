@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::EmbeddedBackend;
 use super::bridge::{self, Plan};
 use super::dhcp;
-use super::images::db;
+use super::inventory::db;
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{

@@ -8,9 +8,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::EmbeddedBackend;
-use super::driver::VM;
-use super::images::db;
-use super::lxc::{parse_cpus, parse_size};
+use super::driver_types::VM;
+use super::inventory::db;
+use super::limits::{parse_cpus, parse_size};
 use super::operations::{lifecycle, now, resource_url};
 use crate::backend::types::{
     ConfigMap, Project, ProjectCreate, ProjectState, ProjectStateResource, ProjectUpdate,

@@ -25,8 +25,8 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::bridge;
-use super::driver::Attachments;
-use super::lxc::{LxcInfo, parse_size};
+use super::driver_types::{Attachments, LxcInfo};
+use super::limits::parse_size;
 use super::process::run;
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, TerminalInput, TerminalSession};
@@ -90,7 +90,7 @@ impl Qemu {
                     dir.display()
                 )));
             }
-            let (uid, gid) = super::storage::lxgate_ids();
+            let (uid, gid) = super::idmap::lxgate_ids();
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         })
@@ -118,7 +118,7 @@ impl Qemu {
         if let Err(e) = self.close_root().await {
             tracing::warn!(error = %e, "cannot close the VMs' directory");
         }
-        for vm in super::driver::instance_dirs(&self.dir).await {
+        for vm in super::driver_types::instance_dirs(&self.dir).await {
             if let Err(err) = self.secure(&vm).await {
                 tracing::warn!(vm = %vm, error = %err, "cannot close the VM directory");
             }
@@ -616,7 +616,7 @@ impl Qemu {
 /// nothing is assumed).
 fn close_vm_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt, lchown};
-    let (uid, gid) = super::storage::lxgate_ids();
+    let (uid, gid) = super::idmap::lxgate_ids();
     let set = |p: &Path, mode: u32| {
         lchown(p, Some(uid), Some(gid))?;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))

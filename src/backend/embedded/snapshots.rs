@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::driver::VM;
+use super::driver_types::VM;
 use super::idmap::IdMap;
 use super::instances::{download_file, user_config};
 use super::lxc::Lxc;

@@ -13,10 +13,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::EmbeddedBackend;
-use super::driver::VM;
-use super::idmap::{self, IdMap};
-use super::images::db;
-use super::lxc::{Confinement, parse_size};
+use super::driver_types::VM;
+use super::idmap::{self, IdMap, lxgate_ids};
+use super::inventory::db;
+use super::limits::parse_size;
+use super::lxc::Confinement;
 use super::operations::{lifecycle, now, resource_url};
 use super::process::run;
 use crate::backend::types::{
@@ -143,13 +144,6 @@ fn close_block_volume(path: &Path) -> std::io::Result<()> {
     let (uid, gid) = lxgate_ids();
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
-/// Whom lxgate's own files belong to: root, where the embedded backend
-/// runs containers (a non-root lxgate in development keeps its own).
-pub(super) fn lxgate_ids() -> (u32, u32) {
-    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// A pool's `source`: an absolute, plain path (it ends up in LXC mount
