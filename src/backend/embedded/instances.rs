@@ -320,9 +320,7 @@ impl Instances for EmbeddedBackend {
                     .ok_or_else(|| BackendError::NotFound(Missing::image_alias(alias)))?;
                 images::find(&self.pool, &images_in, &a.target).await?
             }
-            (None, Some(fp)) => images::find(&self.pool, &images_in, fp)
-                .await
-                .map_err(|_| BackendError::BadRequest(format!("Image not found: {fp}")))?,
+            (None, Some(fp)) => images::find(&self.pool, &images_in, fp).await?,
             (None, None) => {
                 return Err(BackendError::BadRequest(
                     "the source needs an image alias or fingerprint".into(),

@@ -408,7 +408,8 @@ impl Networks for EmbeddedBackend {
         let mut row = match inv::get_network(&self.pool, name).await.map_err(db)? {
             Some(r) => r,
             None if bridge::exists(name).await => {
-                return Err(BackendError::BadRequest(format!(
+                // There, but not lxgate's to change: a conflict with what it is.
+                return Err(BackendError::Conflict(format!(
                     "{name} is a host interface, not a managed network"
                 )));
             }
@@ -477,7 +478,7 @@ impl Networks for EmbeddedBackend {
             .is_none()
         {
             return Err(if bridge::exists(name).await {
-                BackendError::BadRequest(format!(
+                BackendError::Conflict(format!(
                     "{name} is a host interface, not a managed network"
                 ))
             } else {
