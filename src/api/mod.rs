@@ -5,6 +5,7 @@ pub mod devices;
 pub mod health;
 pub mod operation;
 pub mod policy;
+pub mod problems;
 pub mod resource;
 pub mod schemas;
 pub mod slots;

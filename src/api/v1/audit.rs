@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::IntoParams;
 
+use crate::api::problems::Admin403;
 use crate::api::{Json, Page, Pagination, Query};
 use crate::app::AppState;
 use crate::auth::limit::client_ip;
@@ -20,7 +21,7 @@ use crate::auth::tokens::now_secs;
 use crate::auth::{AuthUser, Permission};
 use crate::db;
 use crate::db::audit::AuditRow;
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult};
 use crate::telemetry::{RequestCtx, current_request_id};
 
 /// Records mutating requests after they complete, whatever their outcome.
@@ -109,8 +110,7 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of audit entries", body = Page<AuditRow>),
-        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json")))]
+        Admin403))]
 pub async fn list_audit(
     user: AuthUser,
     State(state): State<AppState>,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
+use crate::api::problems::{Admin403, AuthRateLimited429, NameTaken409, NewUser422};
 use crate::api::{AuthRateLimit, ClientIp, Json};
 use crate::app::AppState;
 use crate::auth::extract::bearer_token;
@@ -88,10 +89,9 @@ async fn token_pair(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
+        AuthRateLimited429,
         (status = 401, description = "Wrong username or password", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
+        (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json")))]
 pub async fn login(
     _limit: AuthRateLimit,
     ClientIp(ip): ClientIp,
@@ -157,8 +157,8 @@ fn invalid_refresh() -> ApiError {
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
-        (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json")))]
+        AuthRateLimited429,
+        (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = Problem, content_type = "application/problem+json")))]
 pub async fn refresh(
     _limit: AuthRateLimit,
     State(state): State<AppState>,
@@ -216,8 +216,7 @@ pub async fn refresh(
     security((), ("bearer" = [])),
     request_body = RefreshRequest,
     responses(
-        (status = 204, description = "Logged out"),
-        (status = 400, description = "Malformed JSON body", body = Problem, content_type = "application/problem+json")))]
+        (status = 204, description = "Logged out")))]
 pub async fn logout(
     State(state): State<AppState>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
@@ -267,8 +266,7 @@ fn permissions_in(user: &AuthUser, project: &str) -> Vec<String> {
 #[utoipa::path(get, path = "/me", tag = "auth", operation_id = "get_me",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The authenticated user", body = Me),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json")))]
+        (status = 200, description = "The authenticated user", body = Me)))]
 pub async fn me(user: AuthUser) -> Json<Me> {
     let global_permissions = Permission::ALL
         .into_iter()
@@ -315,7 +313,6 @@ pub struct ChangePassword {
     request_body = ChangePassword,
     responses(
         (status = 204, description = "Changed; log in again"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The current password is wrong (`wrong_password`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new password is too weak", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords from this address; see `Retry-After`", body = Problem, content_type = "application/problem+json")))]
@@ -427,10 +424,8 @@ fn check_ws_path(path: &str) -> ApiResult<()> {
     request_body = WsTicketRequest,
     responses(
         (status = 200, description = "A ticket valid for 30 seconds", body = WsTicket),
-        (status = 400, description = "Malformed JSON body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`path` is not a WebSocket route, or `project` is not a valid project name", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+        AuthRateLimited429,
+        (status = 422, description = "`path` is not a WebSocket route, or `project` is not a valid project name", body = Problem, content_type = "application/problem+json")))]
 pub async fn ws_ticket(
     _limit: AuthRateLimit,
     user: AuthUser,
@@ -464,10 +459,7 @@ pub async fn ws_ticket(
     request_body = CreateUser,
     responses(
         (status = 201, description = "Created", body = UserOut),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid username or weak password", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+        Admin403, NameTaken409, NewUser422, AuthRateLimited429))]
 pub async fn register(
     _limit: AuthRateLimit,
     user: AuthUser,

@@ -9,6 +9,9 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::problems::{
+    BackupMissing, InstanceMissing, NameTaken409, Operator403, TooManyOperations429, Viewer403,
+};
 use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::{Json, Page, Path, Query};
@@ -16,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
 use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult};
 use crate::names::{BackupName, InstanceName};
 
 /// A list entry: the backup, or its name with `expand=false`.
@@ -33,9 +36,7 @@ pub enum BackupEntry {
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of backups (or names)", body = Page<BackupEntry>),
-        (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn list_backups(
     user: AuthUser,
     State(state): State<AppState>,
@@ -63,12 +64,7 @@ pub async fn list_backups(
         (status = 202, description = "Backing up", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid instance name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A backup of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid backup name, expiry or compression", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, InstanceMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -120,9 +116,7 @@ pub async fn create_backup(
         ProjectQuery),
     responses(
         (status = 200, description = "The backup", body = Backup),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, BackupMissing))]
 pub async fn get_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -146,10 +140,7 @@ pub async fn get_backup(
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, BackupMissing, TooManyOperations429))]
 pub async fn delete_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -204,9 +195,7 @@ fn tarball_extension(head: &[u8]) -> &'static str {
         (status = 200, description = "The backup tarball", content_type = "application/octet-stream",
             body = crate::api::schemas::BinaryContent,
             headers(("content-disposition" = String, description = "attachment; filename=\"<instance>-<backup>.tar.gz\""))),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or backup", body = Problem, content_type = "application/problem+json")))]
+        Operator403, BackupMissing))]
 pub async fn export_backup(
     user: AuthUser,
     State(state): State<AppState>,

@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use crate::api::Query;
+use crate::api::problems::{NotWebSocket426, TooManySockets429, Viewer403};
 use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::ws::{Access, SocketSlot, close_revoked, require_upgrade};
 use crate::app::AppState;
@@ -236,10 +237,8 @@ async fn upgrade(
     params(EventsQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json"),
+        NotWebSocket426, TooManySockets429,
         (status = 400, description = "Unknown event type or project name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`logging` needs an admin; or no role in the project", body = Problem, content_type = "application/problem+json")))]
 pub async fn events_ws(
     WsUser(user): WsUser,
@@ -258,10 +257,7 @@ pub async fn events_ws(
     params(EventsQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        NotWebSocket426, TooManySockets429, Viewer403))]
 pub async fn operations_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,

@@ -10,6 +10,9 @@ use utoipa::IntoParams;
 
 use crate::api::operation::{EXEC_ACTION, OperationRef, OperationSlot, accepted};
 use crate::api::policy;
+use crate::api::problems::{
+    GuestOperator403, InstanceMissing, NotWebSocket426, TooManyOperations429, TooManySockets429,
+};
 use crate::api::resource::{ProjectScoped, ProjectWaitQuery, project_scoped};
 use crate::api::ws::{relay_terminal, require_upgrade};
 use crate::api::{Json, Path, Query};
@@ -114,12 +117,7 @@ fn terminal_needs(project: &ProjectName) -> Vec<(Permission, String)> {
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "Invalid command or size", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json")))]
+        GuestOperator403, InstanceMissing, NotWebSocket426, TooManySockets429))]
 pub async fn exec_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
@@ -148,11 +146,7 @@ pub async fn exec_ws(
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 426, description = "Not a WebSocket request", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_WEBSOCKETS_PER_USER sockets open", body = Problem, content_type = "application/problem+json")))]
+        GuestOperator403, InstanceMissing, NotWebSocket426, TooManySockets429))]
 pub async fn console_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
@@ -185,11 +179,8 @@ pub async fn console_ws(
     responses(
         (status = 202, description = "Running", body = OperationRef),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        (status = 400, description = "`timeout` on the Incus backend, which cannot stop a recorded command", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid command or timeout", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        GuestOperator403, InstanceMissing, TooManyOperations429,
+        (status = 400, description = "`timeout` on the Incus backend, which cannot stop a recorded command", body = Problem, content_type = "application/problem+json")))]
 pub async fn exec_instance(
     user: AuthUser,
     State(state): State<AppState>,

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::problems::{
+    Admin403, AliasMissing, ImageMissing, NameTaken409, TooManyOperations429, Viewer403,
+};
 use crate::api::resource::{
     ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, project_scoped,
 };
@@ -74,8 +77,7 @@ pub enum ImageEntry {
     params(ListImagesQuery),
     responses(
         (status = 200, description = "A page of images (or fingerprints)", body = Page<ImageEntry>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_images(
     user: AuthUser,
     State(state): State<AppState>,
@@ -114,9 +116,7 @@ pub async fn list_images(
     responses(
         (status = 200, description = "The image", body = Image,
             headers(("etag" = String, description = "Version"))),
-        (status = 400, description = "Not a fingerprint", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, ImageMissing))]
 pub async fn get_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -142,10 +142,7 @@ pub async fn get_image(
         (status = 202, description = "Deleting", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
-        (status = 400, description = "Not a fingerprint", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Admin403, ImageMissing, TooManyOperations429))]
 pub async fn delete_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -235,10 +232,9 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
         (status = 202, description = "Copying", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
+        Admin403, TooManyOperations429,
         (status = 400, description = "`could_not_fetch`: the server resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json")))]
 pub async fn copy_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -337,13 +333,12 @@ pub struct ImageImportForm {
         (status = 202, description = "Importing", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
+        Admin403, TooManyOperations429,
         (status = 400, description = "Malformed multipart body; on the embedded backend also a rootfs that tar cannot read, or a VM disk that is not a self-contained qcow2", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The image or an alias already exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`image_too_large`: the files are larger than `MAX_IMAGE_BYTES`, or (embedded backend) the image unpacks to more or its VM disk's virtual size is more; `payload_too_large`: the body is over 8 GiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A part is missing, unknown or invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "A part is missing, unknown or invalid", body = Problem, content_type = "application/problem+json")))]
 pub async fn import_image(
     user: AuthUser,
     State(state): State<AppState>,
@@ -421,8 +416,7 @@ pub enum AliasEntry {
     params(ProjectListQuery),
     responses(
         (status = 200, description = "A page of aliases (or names)", body = Page<AliasEntry>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_image_aliases(
     user: AuthUser,
     State(state): State<AppState>,
@@ -447,10 +441,8 @@ pub async fn list_image_aliases(
     responses(
         (status = 201, description = "Created", body = ImageAliasesEntry,
             headers(("location" = String, description = "The alias's URL"))),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No image matches the target", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The alias exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or target", body = Problem, content_type = "application/problem+json")))]
+        Admin403, NameTaken409,
+        (status = 404, description = "No image matches the target", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
@@ -496,9 +488,7 @@ pub async fn create_image_alias(
     params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
     responses(
         (status = 200, description = "The alias", body = ImageAliasesEntry),
-        (status = 400, description = "Invalid alias name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such alias", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, AliasMissing))]
 pub async fn get_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
@@ -521,9 +511,7 @@ pub async fn get_image_alias(
     params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid alias name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such alias", body = Problem, content_type = "application/problem+json")))]
+        Admin403, AliasMissing))]
 pub async fn delete_image_alias(
     user: AuthUser,
     State(state): State<AppState>,

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
+use crate::api::problems::{GuestOperator403, InstanceMissing, Viewer403};
 use crate::api::resource::ProjectQuery;
 use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::schemas::BinaryContent;
@@ -89,9 +90,7 @@ pub struct ListLogsQuery {
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListLogsQuery),
     responses(
         (status = 200, description = "A page of log file names", body = Page<String>),
-        (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn list_instance_logs(
     user: AuthUser,
     State(state): State<AppState>,
@@ -118,8 +117,7 @@ pub async fn list_instance_logs(
         ProjectQuery),
     responses(
         (status = 200, description = "The log file", content_type = "text/plain", body = String),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
+        Viewer403,
         (status = 404, description = "No such instance or log file", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_instance_log(
     user: AuthUser,
@@ -143,9 +141,7 @@ pub async fn get_instance_log(
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
     responses(
         (status = 200, description = "The console output", content_type = "text/plain", body = String),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn get_console_log(
     user: AuthUser,
     State(state): State<AppState>,
@@ -230,8 +226,7 @@ fn download_name(path: &str) -> String {
                 ("x-file-uid" = u32, description = "Owner uid"),
                 ("x-file-gid" = u32, description = "Owner gid"),
                 ("x-file-mode" = String, description = "Permission bits in octal, e.g. `0644`"))),
-        (status = 400, description = "Invalid name or path", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
+        GuestOperator403,
         (status = 404, description = "No such instance or file", body = Problem, content_type = "application/problem+json")))]
 pub async fn pull_file(
     user: AuthUser,
@@ -347,8 +342,8 @@ fn too_large() -> ApiError {
         description = "The file's content"),
     responses(
         (status = 204, description = "Written"),
+        GuestOperator403,
         (status = 400, description = "Invalid name, path, uid, gid or mode, or the upload broke off", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or a privileged container (admins only)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such instance, or the file's directory does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 1 GiB", body = Problem, content_type = "application/problem+json")))]
 pub async fn push_file(

@@ -9,6 +9,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
+use crate::api::problems::{
+    ImageMissing, InstanceConfig400, InstanceMissing, InstancePolicy403, NameTaken409, Operator403,
+    Stale412, TooManyOperations429, Viewer403,
+};
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -64,8 +68,7 @@ pub enum InstanceEntry {
     params(ListInstancesQuery),
     responses(
         (status = 200, description = "A page of instances (or names)", body = Page<InstanceEntry>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_instances(
     user: AuthUser,
     State(state): State<AppState>,
@@ -128,11 +131,7 @@ pub async fn list_instances(
         (status = 202, description = "Creating", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid name or source", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such image", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "An instance of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        InstancePolicy403, ImageMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -190,8 +189,7 @@ pub async fn create_instance(
     responses(
         (status = 200, description = "The instance", body = Instance,
             headers(("etag" = String, description = "Version, for If-Match"))),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn get_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -291,11 +289,7 @@ async fn update(
     responses(
         (status = 202, description = "Updating", body = OperationRef),
         (status = 200, description = "Updated", body = Instance),
-        (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        InstanceConfig400, InstancePolicy403, InstanceMissing, Stale412, TooManyOperations429))]
 pub async fn replace_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -316,11 +310,7 @@ pub async fn replace_instance(
     responses(
         (status = 200, description = "Updated", body = Instance),
         (status = 202, description = "Updating", body = OperationRef),
-        (status = 400, description = "A `volatile.*` key or a device without a type", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        InstanceConfig400, InstancePolicy403, InstanceMissing, Stale412, TooManyOperations429))]
 pub async fn update_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -339,9 +329,7 @@ pub async fn update_instance(
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, InstanceMissing, TooManyOperations429))]
 pub async fn delete_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -380,10 +368,7 @@ pub struct RenameRequest {
     responses(
         (status = 202, description = "Renaming", body = OperationRef),
         (status = 200, description = "Renamed within `?wait=`", body = Operation),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The new name is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, InstanceMissing, NameTaken409, TooManyOperations429))]
 pub async fn rename_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -418,8 +403,7 @@ pub async fn rename_instance(
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
     responses(
         (status = 200, description = "The state", body = InstanceState),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn get_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
@@ -475,10 +459,7 @@ async fn change_state(
     responses(
         (status = 202, description = "Changing state", body = OperationRef),
         (status = 200, description = "Done within `?wait=`", body = Operation),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown action", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, InstanceMissing, TooManyOperations429))]
 pub async fn change_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
@@ -512,9 +493,8 @@ pub struct ActionOptions {
     responses(
         (status = 202, description = "Changing state", body = OperationRef),
         (status = 200, description = "Done within `?wait=`", body = Operation),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or action", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, TooManyOperations429,
+        (status = 404, description = "No such instance or action", body = Problem, content_type = "application/problem+json")))]
 pub async fn instance_action(
     user: AuthUser,
     State(state): State<AppState>,

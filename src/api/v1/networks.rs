@@ -12,6 +12,11 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::OperationRef;
+use crate::api::problems::{
+    Admin403, BackendRefused400, DeviceNameTaken409, InstanceChanged412, ManagedNetworkMissing,
+    NameTaken409, NetworkMissing, Operator403, ProfileDevice409, Stale412, TooManyOperations429,
+    Viewer403,
+};
 use crate::api::resource::{Entry, ProjectListQuery, created, entries, with_etag};
 use crate::api::resource::{IfMatch, ProjectQuery, ProjectScoped, ProjectWaitQuery};
 use crate::api::{Json, Page, Path, Query};
@@ -33,8 +38,7 @@ const NETWORK_TYPES: [&str; 5] = ["bridge", "macvlan", "sriov", "ovn", "physical
     params(ProjectListQuery),
     responses(
         (status = 200, description = "A page of networks (or names)", body = Page<Entry<Network>>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_networks(
     user: AuthUser,
     State(state): State<AppState>,
@@ -59,10 +63,7 @@ pub async fn list_networks(
     responses(
         (status = 201, description = "Created", body = Network,
             headers(("location" = String, description = "The network's URL"))),
-        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A network of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or type", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, NameTaken409))]
 pub async fn create_network(
     user: AuthUser,
     State(state): State<AppState>,
@@ -111,8 +112,7 @@ pub async fn create_network(
     responses(
         (status = 200, description = "The network", body = Network,
             headers(("etag" = String, description = "Version, for If-Match"))),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such network", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, NetworkMissing))]
 pub async fn get_network(
     user: AuthUser,
     State(state): State<AppState>,
@@ -153,10 +153,7 @@ async fn update(
     request_body = NetworkUpdate,
     responses(
         (status = 200, description = "Updated", body = Network),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, ManagedNetworkMissing, Stale412))]
 pub async fn replace_network(
     user: AuthUser,
     State(state): State<AppState>,
@@ -176,10 +173,7 @@ pub async fn replace_network(
     request_body = NetworkUpdate,
     responses(
         (status = 200, description = "Updated", body = Network),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, ManagedNetworkMissing, Stale412))]
 pub async fn update_network(
     user: AuthUser,
     State(state): State<AppState>,
@@ -197,9 +191,8 @@ pub async fn update_network(
     params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "The network is in use", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json")))]
+        Admin403, ManagedNetworkMissing,
+        (status = 400, description = "The network is in use", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_network(
     user: AuthUser,
     State(state): State<AppState>,
@@ -221,8 +214,7 @@ pub async fn delete_network(
     params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 200, description = "The state", body = NetworkState),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such network", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, NetworkMissing))]
 pub async fn get_network_state(
     user: AuthUser,
     State(state): State<AppState>,
@@ -242,8 +234,7 @@ pub async fn get_network_state(
     params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
     responses(
         (status = 200, description = "The leases", body = Vec<NetworkLease>),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such managed network", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, ManagedNetworkMissing))]
 pub async fn list_network_leases(
     user: AuthUser,
     State(state): State<AppState>,
@@ -288,13 +279,8 @@ pub struct AttachNic {
     responses(
         (status = 200, description = "Attached", body = Instance),
         (status = 202, description = "Attaching", body = OperationRef),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or network", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid names", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Operator403, DeviceNameTaken409, InstanceChanged412, TooManyOperations429,
+        (status = 404, description = "No such instance or network", body = Problem, content_type = "application/problem+json")))]
 pub async fn attach_nic(
     user: AuthUser,
     State(state): State<AppState>,
@@ -364,11 +350,8 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or NIC", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The NIC comes from a profile", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, ProfileDevice409, InstanceChanged412, TooManyOperations429,
+        (status = 404, description = "No such instance or NIC", body = Problem, content_type = "application/problem+json")))]
 pub async fn detach_nic(
     user: AuthUser,
     State(state): State<AppState>,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::operation::{MAX_WAIT_SECS, for_caller, with_exec_output};
+use crate::api::problems::{OperationMissing, Viewer403};
 use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
@@ -67,7 +68,7 @@ project_scoped!(ListOperationsQuery);
     params(ListOperationsQuery),
     responses(
         (status = 200, description = "A page of operations", body = Page<Operation>),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_operations(
     user: AuthUser,
     State(state): State<AppState>,
@@ -108,8 +109,7 @@ pub async fn list_operations(
     params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 200, description = "The operation", body = Operation),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such operation (or not visible to the caller)", body = Problem, content_type = "application/problem+json")))]
+        OperationMissing))]
 pub async fn get_operation(
     user: AuthUser,
     State(state): State<AppState>,
@@ -137,8 +137,7 @@ pub struct WaitQuery {
     params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)"), WaitQuery),
     responses(
         (status = 200, description = "The operation, finished or still running", body = Operation),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json")))]
+        OperationMissing))]
 pub async fn wait_operation(
     user: AuthUser,
     State(state): State<AppState>,
@@ -163,8 +162,8 @@ pub async fn wait_operation(
     params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
     responses(
         (status = 204, description = "Cancelled"),
+        OperationMissing,
         (status = 403, description = "Not the caller's operation, or no operator role", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The operation cannot be cancelled", body = Problem, content_type = "application/problem+json")))]
 pub async fn cancel_operation(
     user: AuthUser,

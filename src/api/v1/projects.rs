@@ -8,6 +8,10 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::policy;
+use crate::api::problems::{
+    Admin403, DefaultProjectSettings501, NameTaken409, ProjectMissing, ProjectRefused400, Stale412,
+    Viewer403,
+};
 use crate::api::resource::{Entry, IfMatch, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -70,9 +74,7 @@ impl SameProjectQuery {
     security(("bearer" = [])),
     params(ListProjectsQuery),
     responses(
-        (status = 200, description = "A page of the caller's projects (or names)", body = Page<Entry<Project>>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json")))]
+        (status = 200, description = "A page of the caller's projects (or names)", body = Page<Entry<Project>>)))]
 pub async fn list_projects(
     user: AuthUser,
     State(state): State<AppState>,
@@ -109,10 +111,7 @@ pub async fn list_projects(
     responses(
         (status = 201, description = "Created", body = Project,
             headers(("location" = String, description = "The project's URL"))),
-        (status = 400, description = "Refused by the backend (e.g. a bad config key), or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A project of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name", body = Problem, content_type = "application/problem+json")))]
+        ProjectRefused400, Admin403, NameTaken409))]
 pub async fn create_project(
     user: AuthUser,
     State(state): State<AppState>,
@@ -147,8 +146,7 @@ pub async fn create_project(
     responses(
         (status = 200, description = "The project", body = Project,
             headers(("etag" = String, description = "Version, for If-Match"))),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, ProjectMissing))]
 pub async fn get_project(
     user: AuthUser,
     State(state): State<AppState>,
@@ -241,8 +239,7 @@ async fn update(
     params(("name" = crate::names::ProjectName, Path, description = "Project name")),
     responses(
         (status = 200, description = "Restricted", body = Project),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        Admin403, ProjectMissing,
         (status = 412, description = "The project changed meanwhile; try again", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The backend has no project restrictions (embedded: containers are unprivileged instead)", body = Problem, content_type = "application/problem+json")))]
 pub async fn restrict_project(
@@ -278,11 +275,7 @@ pub async fn restrict_project(
     request_body = ProjectUpdate,
     responses(
         (status = 200, description = "Updated", body = Project),
-        (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` project has no settings to change", body = Problem, content_type = "application/problem+json")))]
+        ProjectRefused400, Admin403, ProjectMissing, Stale412, DefaultProjectSettings501))]
 pub async fn replace_project(
     user: AuthUser,
     State(state): State<AppState>,
@@ -301,11 +294,7 @@ pub async fn replace_project(
     request_body = ProjectUpdate,
     responses(
         (status = 200, description = "Updated", body = Project),
-        (status = 400, description = "Refused by the backend, or a malformed policy allow list", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` project has no settings to change", body = Problem, content_type = "application/problem+json")))]
+        ProjectRefused400, Admin403, ProjectMissing, Stale412, DefaultProjectSettings501))]
 pub async fn update_project(
     user: AuthUser,
     State(state): State<AppState>,
@@ -323,8 +312,7 @@ pub async fn update_project(
     params(("name" = crate::names::ProjectName, Path, description = "Project name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
+        Admin403, ProjectMissing,
         (status = 409, description = "The project is not empty, or is `default`", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_project(
     user: AuthUser,
@@ -348,8 +336,7 @@ pub async fn delete_project(
     params(("name" = crate::names::ProjectName, Path, description = "Project name"), SameProjectQuery),
     responses(
         (status = 200, description = "Usage and limits", body = ProjectState),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, ProjectMissing))]
 pub async fn get_project_state(
     user: AuthUser,
     State(state): State<AppState>,

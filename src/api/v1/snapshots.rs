@@ -7,6 +7,9 @@ use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::policy::{self, Shape};
+use crate::api::problems::{
+    InstanceMissing, NameTaken409, Operator403, SnapshotMissing, TooManyOperations429, Viewer403,
+};
 use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
 use crate::api::{Json, Page, Path, Query};
@@ -30,9 +33,7 @@ pub enum SnapshotEntry {
     params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of snapshots (or names)", body = Page<SnapshotEntry>),
-        (status = 400, description = "Invalid name or query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, InstanceMissing))]
 pub async fn list_snapshots(
     user: AuthUser,
     State(state): State<AppState>,
@@ -59,12 +60,7 @@ pub async fn list_snapshots(
         (status = 202, description = "Snapshotting", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid instance name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A snapshot of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid snapshot name or expiry", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, InstanceMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -105,9 +101,7 @@ pub async fn create_snapshot(
         ProjectQuery),
     responses(
         (status = 200, description = "The snapshot", body = Snapshot),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, SnapshotMissing))]
 pub async fn get_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -131,10 +125,7 @@ pub async fn get_snapshot(
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, SnapshotMissing, TooManyOperations429))]
 pub async fn delete_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -172,11 +163,8 @@ pub async fn delete_snapshot(
     responses(
         (status = 202, description = "Restoring", body = OperationRef),
         (status = 200, description = "Restored within `?wait=`", body = Operation),
-        (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or snapshot", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        SnapshotMissing, TooManyOperations429,
+        (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json")))]
 pub async fn restore_snapshot(
     user: AuthUser,
     State(state): State<AppState>,

@@ -12,6 +12,11 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::problems::{
+    Admin403, BackendRefused400, DefaultPoolSettings501, DeviceNameTaken409, InstanceChanged412,
+    NameTaken409, Operator403, PoolMissing, PoolOrProjectMissing, ProfileDevice409, Stale412,
+    TooManyOperations429, Viewer403, VolumeMissing, VolumePolicy403,
+};
 use crate::api::resource::{
     Entry, IfMatch, ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, created,
     entries, with_etag,
@@ -74,8 +79,7 @@ pub(crate) fn check_size(size: &str) -> Result<(), String> {
     params(ProjectListQuery),
     responses(
         (status = 200, description = "A page of pools (or names)", body = Page<Entry<StoragePool>>),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403))]
 pub async fn list_storage_pools(
     user: AuthUser,
     State(state): State<AppState>,
@@ -98,10 +102,7 @@ pub async fn list_storage_pools(
     responses(
         (status = 201, description = "Created", body = StoragePool,
             headers(("location" = String, description = "The pool's URL"))),
-        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A pool of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or driver", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, NameTaken409))]
 pub async fn create_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -127,8 +128,7 @@ pub async fn create_storage_pool(
     responses(
         (status = 200, description = "The pool", body = StoragePool,
             headers(("etag" = String, description = "Version, for If-Match"))),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, PoolMissing))]
 pub async fn get_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -166,11 +166,7 @@ async fn update_pool(
     request_body = StoragePoolUpdate,
     responses(
         (status = 200, description = "Updated", body = StoragePool),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` pool has no settings to change", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, PoolMissing, Stale412, DefaultPoolSettings501))]
 pub async fn replace_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -189,11 +185,7 @@ pub async fn replace_storage_pool(
     request_body = StoragePoolUpdate,
     responses(
         (status = 200, description = "Updated", body = StoragePool),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` pool has no settings to change", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Admin403, PoolMissing, Stale412, DefaultPoolSettings501))]
 pub async fn update_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
@@ -210,9 +202,8 @@ pub async fn update_storage_pool(
     params(("pool" = crate::names::PoolName, Path, description = "Pool name")),
     responses(
         (status = 204, description = "Deleted"),
+        Admin403, PoolMissing,
         (status = 400, description = "The pool is in use (Incus)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The pool holds volumes (embedded backend), or is the embedded backend's `default` pool, which holds the root disks", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_storage_pool(
     user: AuthUser,
@@ -232,8 +223,7 @@ pub async fn delete_storage_pool(
     params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectListQuery),
     responses(
         (status = 200, description = "A page of volumes (or names)", body = Page<Entry<StorageVolume>>),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, PoolOrProjectMissing))]
 pub async fn list_volumes(
     user: AuthUser,
     State(state): State<AppState>,
@@ -260,12 +250,7 @@ pub async fn list_volumes(
         (status = 201, description = "Created", body = StorageVolume,
             headers(("location" = String, description = "The volume's URL"))),
         (status = 202, description = "Creating", body = OperationRef),
-        (status = 400, description = "Refused by the backend (e.g. a bad config key)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or config the policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pool or project", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A volume of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name, content type or size", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, VolumePolicy403, PoolOrProjectMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -322,8 +307,7 @@ pub async fn create_volume(
     responses(
         (status = 200, description = "The volume", body = StorageVolume,
             headers(("etag" = String, description = "Version, for If-Match"))),
-        (status = 403, description = "No role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json")))]
+        Viewer403, VolumeMissing))]
 pub async fn get_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -361,11 +345,7 @@ async fn patch_volume(
     request_body = StorageVolumeUpdate,
     responses(
         (status = 200, description = "Updated", body = StorageVolume),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project, or config the policy does not allow the caller", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The ETag does not match", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid size", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, VolumePolicy403, VolumeMissing, Stale412))]
 pub async fn update_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -397,10 +377,8 @@ pub async fn update_volume(
     responses(
         (status = 204, description = "Deleted"),
         (status = 202, description = "Deleting", body = OperationRef),
-        (status = 400, description = "The volume is in use", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, VolumeMissing, TooManyOperations429,
+        (status = 400, description = "The volume is in use", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -446,10 +424,8 @@ pub struct ResizeRequest {
     request_body = ResizeRequest,
     responses(
         (status = 200, description = "Resized", body = StorageVolume),
-        (status = 400, description = "Refused by the storage driver", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such volume", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid size", body = Problem, content_type = "application/problem+json")))]
+        Operator403, VolumeMissing,
+        (status = 400, description = "Refused by the storage driver", body = Problem, content_type = "application/problem+json")))]
 pub async fn resize_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -498,13 +474,8 @@ pub struct AttachVolume {
     responses(
         (status = 200, description = "Attached", body = Instance),
         (status = 202, description = "Attaching", body = OperationRef),
-        (status = 400, description = "Refused by the backend", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or volume", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The device name is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid names or path", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        BackendRefused400, Operator403, DeviceNameTaken409, InstanceChanged412, TooManyOperations429,
+        (status = 404, description = "No such instance or volume", body = Problem, content_type = "application/problem+json")))]
 pub async fn attach_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -566,11 +537,8 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),
-        (status = 403, description = "No operator role in the project", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such instance or volume device", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The device comes from a profile", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The instance changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running", body = Problem, content_type = "application/problem+json")))]
+        Operator403, ProfileDevice409, InstanceChanged412, TooManyOperations429,
+        (status = 404, description = "No such instance or volume device", body = Problem, content_type = "application/problem+json")))]
 pub async fn detach_volume(
     user: AuthUser,
     State(state): State<AppState>,

@@ -15,7 +15,6 @@ use crate::error::{ApiResult, Problem};
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Backend facts", body = SystemInfo),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Backend unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn info(_user: AuthUser, State(state): State<AppState>) -> ApiResult<Json<SystemInfo>> {
     Ok(Json(state.backend.info().await?))

@@ -9,6 +9,9 @@ use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
+use crate::api::problems::{
+    Admin403, AuthRateLimited429, LastAdmin409, NameTaken409, NewUser422, UserMissing,
+};
 use crate::api::{AuthRateLimit, Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role, Username, password};
@@ -54,7 +57,7 @@ async fn load(state: &AppState, name: &Username) -> ApiResult<(db::users::UserRo
     params(Pagination),
     responses(
         (status = 200, description = "A page of users", body = Page<UserOut>),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json")))]
+        Admin403))]
 pub async fn list_users(
     user: AuthUser,
     State(state): State<AppState>,
@@ -85,10 +88,7 @@ pub async fn list_users(
     responses(
         (status = 201, description = "Created", body = UserOut,
             headers(("location" = String, description = "URL of the new user"))),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid username or weak password", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests", body = Problem, content_type = "application/problem+json")))]
+        Admin403, NameTaken409, NewUser422, AuthRateLimited429))]
 pub async fn create_user(
     _limit: AuthRateLimit,
     user: AuthUser,
@@ -105,8 +105,7 @@ pub async fn create_user(
     params(("username" = crate::auth::Username, Path, description = "The username")),
     responses(
         (status = 200, description = "The user", body = UserOut),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json")))]
+        Admin403, UserMissing))]
 pub async fn get_user(
     user: AuthUser,
     State(state): State<AppState>,
@@ -147,10 +146,7 @@ pub struct UpdateUser {
     request_body = UpdateUser,
     responses(
         (status = 200, description = "The updated user", body = UserOut),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Would leave no enabled admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid value", body = Problem, content_type = "application/problem+json")))]
+        Admin403, UserMissing, LastAdmin409))]
 pub async fn update_user(
     user: AuthUser,
     State(state): State<AppState>,
@@ -198,9 +194,7 @@ fn last_admin() -> ApiError {
     params(("username" = crate::auth::Username, Path, description = "The username")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Would leave no enabled admin", body = Problem, content_type = "application/problem+json")))]
+        Admin403, UserMissing, LastAdmin409))]
 pub async fn delete_user(
     user: AuthUser,
     State(state): State<AppState>,
@@ -237,9 +231,7 @@ pub struct GrantRequest {
     request_body = GrantRequest,
     responses(
         (status = 200, description = "The user with its grants", body = UserOut),
-        (status = 400, description = "Invalid project name", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json")))]
+        Admin403, UserMissing))]
 pub async fn grant_project_role(
     user: AuthUser,
     State(state): State<AppState>,
@@ -260,7 +252,7 @@ pub async fn grant_project_role(
         ("project" = crate::names::ProjectName, Path, description = "The project")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        Admin403,
         (status = 404, description = "No such user or grant", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_project_role(
     user: AuthUser,

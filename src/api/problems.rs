@@ -1,0 +1,89 @@
+//! The error answers handlers document, each declared once: a type per
+//! status (and meaning) with its `application/problem+json` body and the
+//! standard wording, listed in `#[utoipa::path(responses(...))]` after the
+//! success tuples:
+//!
+//! ```text
+//! responses(
+//!     (status = 200, description = "The instance", body = Instance),
+//!     Viewer403, InstanceMissing)
+//! ```
+//!
+//! What a handler says only of itself (which conflict, which backend cannot
+//! do what, a problem `code` worth naming) stays a tuple in its annotation.
+//! What every operation of a kind answers (401 when secured, 400 for a bad
+//! path or query parameter, 400/415/422 for a JSON body, 413, 404 for
+//! `?project=`, the 501s of `NOT_SUPPORTED`) is not listed at all:
+//! `openapi::CommonResponses` adds it to the finished document.
+
+use crate::error::Problem;
+
+/// One `IntoResponses` type per line: `Name = status, "description";`.
+/// The types only document; no handler returns one.
+macro_rules! problem_responses {
+    ($($(#[$attr:meta])* $name:ident = $status:tt, $description:tt;)*) => {$(
+        $(#[$attr])*
+        #[derive(utoipa::IntoResponses)]
+        #[response(status = $status, description = $description, content_type = "application/problem+json")]
+        pub struct $name(#[expect(dead_code, reason = "a contract type, never built")] Problem);
+    )*};
+}
+
+problem_responses! {
+    // 403 `permission_denied`: the role the operation needs.
+    Viewer403 = 403, "No role in the project";
+    Operator403 = 403, "No operator role in the project";
+    Admin403 = 403, "Not an admin";
+    /// Exec, console and files: inside a privileged container only admins go.
+    GuestOperator403 = 403, "No operator role in the project, or a privileged container (admins only)";
+    /// Writing an instance's config or devices, checked against the project's instance policy.
+    InstancePolicy403 = 403, "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)";
+    VolumePolicy403 = 403, "No operator role in the project, or config the policy does not allow the caller";
+
+    // 404: what the path names is not there.
+    InstanceMissing = 404, "No such instance";
+    SnapshotMissing = 404, "No such instance or snapshot";
+    BackupMissing = 404, "No such instance or backup";
+    ImageMissing = 404, "No such image";
+    AliasMissing = 404, "No such alias";
+    ProjectMissing = 404, "No such project";
+    PoolMissing = 404, "No such pool";
+    PoolOrProjectMissing = 404, "No such pool or project";
+    VolumeMissing = 404, "No such volume";
+    NetworkMissing = 404, "No such network";
+    /// Changing a network, or its leases: only managed networks have those.
+    ManagedNetworkMissing = 404, "No such managed network";
+    UserMissing = 404, "No such user";
+    /// Another user's operation is not visible to a caller who is not an admin.
+    OperationMissing = 404, "No such operation (or not visible to the caller)";
+
+    // 400: refused further in.
+    BackendRefused400 = 400, "Refused by the backend (e.g. a bad config key)";
+    ProjectRefused400 = 400, "Refused by the backend (e.g. a bad config key), or a malformed policy allow list";
+    InstanceConfig400 = 400, "A `volatile.*` key or a device without a type";
+
+    // 409: the conflict.
+    /// Creating (or renaming to) a name another resource of the kind has.
+    NameTaken409 = 409, "The name is taken";
+    DeviceNameTaken409 = 409, "The device name is taken";
+    ProfileDevice409 = 409, "The device comes from a profile";
+    LastAdmin409 = 409, "Would leave no enabled admin";
+
+    // 412: `If-Match`, or a read-modify-write that lost a race.
+    Stale412 = 412, "The ETag does not match";
+    InstanceChanged412 = 412, "The instance changed meanwhile; retry";
+
+    NewUser422 = 422, "Invalid username or weak password";
+
+    NotWebSocket426 = 426, "Not a WebSocket request";
+
+    // 429: a limit of the account or the address.
+    TooManyOperations429 = 429, "The account has MAX_RUNNING_OPERATIONS_PER_USER operations running";
+    TooManySockets429 = 429, "The account has MAX_WEBSOCKETS_PER_USER sockets open";
+    /// The per-address limit on logins, refreshes and account creation.
+    AuthRateLimited429 = 429, "Too many requests from this address; see `Retry-After`";
+
+    // 501 `not_supported`, beyond `NOT_SUPPORTED`'s per-operation entries.
+    DefaultProjectSettings501 = 501, "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` project has no settings to change";
+    DefaultPoolSettings501 = 501, "Not supported by the backend behind lxgate (`not_supported`): the embedded backend's `default` pool has no settings to change";
+}
