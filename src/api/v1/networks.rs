@@ -192,7 +192,7 @@ pub async fn update_network(
     responses(
         (status = 204, description = "Deleted"),
         Admin403, ManagedNetworkMissing,
-        (status = 400, description = "The network is in use", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The network is in use, or is a host interface lxgate does not manage", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_network(
     user: AuthUser,
     State(state): State<AppState>,

@@ -203,8 +203,7 @@ pub async fn update_storage_pool(
     responses(
         (status = 204, description = "Deleted"),
         Admin403, PoolMissing,
-        (status = 400, description = "The pool is in use (Incus)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The pool holds volumes (embedded backend), or is the embedded backend's `default` pool, which holds the root disks", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The pool is in use (it holds volumes), or is the embedded backend's `default` pool, which holds the root disks", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,

@@ -478,9 +478,7 @@ impl Networks for EmbeddedBackend {
             .is_none()
         {
             return Err(if bridge::exists(name).await {
-                BackendError::Conflict(format!(
-                    "{name} is a host interface, not a managed network"
-                ))
+                BackendError::Conflict(format!("{name} is a host interface, not a managed network"))
             } else {
                 BackendError::NotFound(Missing::network(name))
             });
