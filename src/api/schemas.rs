@@ -218,10 +218,13 @@ impl ToSchema for ProjectParam {
     }
 }
 
-/// A byte size as `storage::check_size` reads it: 1-19 digits, not all
-/// zeros, and an optional unit.
-pub const BYTE_SIZE_PATTERN: &str =
-    "^(?!0+(?:[A-Za-z]|$))[0-9]{1,19}(?:B|kB|MB|GB|TB|PB|EB|KiB|MiB|GiB|TiB|PiB|EiB)?$";
+/// A byte size as `storage::check_size` reads it: a positive integer
+/// without leading zeros, with as many digits as its unit allows within
+/// Incus's int64 (18 bare or in bytes ... 3 in PB/PiB, 1-7 EB/EiB).
+pub const BYTE_SIZE_PATTERN: &str = concat!(
+    "^(?:[1-9][0-9]{0,17}B?|[1-9][0-9]{0,14}(?:kB|KiB)|[1-9][0-9]{0,11}(?:MB|MiB)",
+    "|[1-9][0-9]{0,8}(?:GB|GiB)|[1-9][0-9]{0,5}(?:TB|TiB)|[1-9][0-9]{0,2}(?:PB|PiB)|[1-7](?:EB|EiB))$"
+);
 
 /// An absolute path inside an instance: starts with `/`, no NUL (at most
 /// 4096 bytes: `maxLength` says characters, the same for ASCII).
@@ -260,10 +263,10 @@ macro_rules! plain_schema {
 
 plain_schema!(
     ByteSize,
-    "A byte size: a positive integer (at most 19 digits) with an optional unit (`B`, `kB`, `MB`, `GB`, `TB`, `PB`, `EB`, `KiB`, `MiB`, `GiB`, `TiB`, `PiB`, `EiB`).",
+    "A byte size: a positive integer without leading zeros and an optional unit (`B`, `kB`, `MB`, `GB`, `TB`, `PB`, `EB`, `KiB`, `MiB`, `GiB`, `TiB`, `PiB`, `EiB`), at most 7 EiB (18 digits bare, 15 with kB/KiB, 12 MB/MiB, 9 GB/GiB, 6 TB/TiB, 3 PB/PiB).",
     BYTE_SIZE_PATTERN,
     1,
-    22,
+    19,
     "10GiB"
 );
 plain_schema!(
@@ -667,6 +670,30 @@ mod tests {
             ("a\u{85}", false),
         ] {
             assert_eq!(remote.is_match(s), ok, "{s:?}");
+        }
+        let sizes = re(BYTE_SIZE_PATTERN);
+        for s in [
+            "1",
+            "10GiB",
+            "7EiB",
+            "8EiB",
+            "9EB",
+            "010GiB",
+            "0",
+            "999999999999999999",
+            "9999999999999999999",
+            "999999999GiB",
+            "1000000000GiB",
+            "1000PB",
+            "999PiB",
+            "1gib",
+            "",
+        ] {
+            assert_eq!(
+                sizes.is_match(s),
+                crate::api::v1::storage::check_size(s).is_ok(),
+                "{s:?}"
+            );
         }
         let users = re(USERNAME_PATTERN);
         for s in [

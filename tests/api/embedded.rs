@@ -713,7 +713,7 @@ async fn files_stay_inside_the_container() {
     )
     .await
     .expect("a pull of a FIFO answers");
-    r.assert_problem(400, "bad_request");
+    r.assert_problem(409, "conflict");
     assert!(r.text.contains("FIFO"), "{}", r.text);
     let r = tokio::time::timeout(
         Duration::from_secs(10),
@@ -721,7 +721,7 @@ async fn files_stay_inside_the_container() {
     )
     .await
     .expect("a push to a FIFO answers");
-    r.assert_problem(400, "bad_request");
+    r.assert_problem(409, "conflict");
     assert!(started.elapsed() < Duration::from_secs(5));
     action(&app, &admin, "f1", "stop").await;
 }

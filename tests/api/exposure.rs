@@ -472,7 +472,7 @@ async fn incus_pull_of_a_fifo_is_refused_in_bounded_time() {
     )
     .await
     .expect("a pull of a FIFO answers");
-    r.assert_problem(400, "bad_request");
+    r.assert_problem(409, "conflict");
     assert!(r.text.contains("FIFO"), "{}", r.text);
     // A regular file next to it still comes through.
     let r = app

@@ -227,7 +227,8 @@ fn download_name(path: &str) -> String {
                 ("x-file-gid" = u32, description = "Owner gid"),
                 ("x-file-mode" = String, description = "Permission bits in octal, e.g. `0644`"))),
         GuestOperator403,
-        (status = 404, description = "No such instance or file", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "No such instance or file", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The path is a FIFO, socket or device (not transferred), or (Incus) did not open within 8 s because the instance is busy", body = Problem, content_type = "application/problem+json")))]
 pub async fn pull_file(
     user: AuthUser,
     State(state): State<AppState>,

@@ -23,7 +23,7 @@ use crate::backend::types::{
 };
 use crate::backend::{ListScope, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::InstanceName;
+use crate::names::{ImageAliasName, ImageFingerprint, InstanceName};
 
 const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 
@@ -155,11 +155,20 @@ pub async fn create_instance(
             "source.type must be `image`",
         ));
     }
-    if req.source.alias.is_none() == req.source.fingerprint.is_none() {
-        return Err(ApiError::invalid_field(
-            "source",
-            "give exactly one of source.alias and source.fingerprint",
-        ));
+    match (&req.source.alias, &req.source.fingerprint) {
+        (Some(a), None) => {
+            ImageAliasName::parse(a).map_err(|e| ApiError::invalid_field("source.alias", e))?;
+        }
+        (None, Some(f)) => {
+            ImageFingerprint::parse(f)
+                .map_err(|e| ApiError::invalid_field("source.fingerprint", e))?;
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "source",
+                "give exactly one of source.alias and source.fingerprint",
+            ));
+        }
     }
     let policy = policy::for_caller(&state, &user, &project).await?;
     let after = Shape {

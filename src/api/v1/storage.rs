@@ -48,24 +48,45 @@ const POOL_DRIVERS: [&str; 12] = [
     "truenas",
 ];
 
-const SIZE_UNITS: [&str; 14] = [
-    "", "B", "kB", "MB", "GB", "TB", "PB", "EB", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB",
+/// The units a byte size may carry, with the most digits its number may
+/// have so that the size stays within Incus's int64 (9,223,372,036,854,775,807
+/// bytes): `9EiB` overflows there ("Overflow multiplying"), `7EiB` does not.
+const SIZE_UNITS: [(&str, usize); 14] = [
+    ("", 18),
+    ("B", 18),
+    ("kB", 15),
+    ("KiB", 15),
+    ("MB", 12),
+    ("MiB", 12),
+    ("GB", 9),
+    ("GiB", 9),
+    ("TB", 6),
+    ("TiB", 6),
+    ("PB", 3),
+    ("PiB", 3),
+    ("EB", 1),
+    ("EiB", 1),
 ];
 
-/// A byte size as Incus reads it: an integer with an optional unit
-/// (`500MiB`, `10GiB`, `1GB`, `1073741824`).
+/// A byte size as Incus reads it: a positive integer without leading zeros
+/// and an optional unit (`500MiB`, `10GiB`, `1GB`, `1073741824`), small
+/// enough for Incus's int64 (the schema's `ByteSize` pattern says the same).
 pub(crate) fn check_size(size: &str) -> Result<(), String> {
     let digits = size.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = size.split_at(digits);
-    let valid = !number.is_empty()
-        && number.len() <= 19
-        && number.parse::<u64>().is_ok_and(|n| n > 0)
-        && SIZE_UNITS.contains(&unit);
-    if valid {
+    let fits = SIZE_UNITS
+        .iter()
+        .find(|(u, _)| *u == unit)
+        .is_some_and(|(u, max)| {
+            (1..=*max).contains(&number.len())
+                && !number.starts_with('0')
+                && (!u.starts_with('E') || number <= "7")
+        });
+    if fits {
         Ok(())
     } else {
         Err(format!(
-            "size {size:?} is not a byte size: a positive integer with an optional unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB...), e.g. `10GiB`"
+            "size {size:?} is not a byte size: a positive integer with an optional unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB...), e.g. `10GiB`, at most 7 EiB"
         ))
     }
 }
@@ -566,7 +587,18 @@ mod tests {
 
     #[test]
     fn sizes_are_checked_like_incus_reads_them() {
-        for ok in ["1GiB", "500MiB", "10GB", "1073741824", "1B", "2TiB", "3kB"] {
+        for ok in [
+            "1GiB",
+            "500MiB",
+            "10GB",
+            "1073741824",
+            "1B",
+            "2TiB",
+            "3kB",
+            "7EiB",
+            "999999999999999999",
+            "999999999GiB",
+        ] {
             assert!(check_size(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -582,6 +614,11 @@ mod tests {
             "10GiB;",
             "1GiBs",
             "99999999999999999999GiB",
+            "9EiB",
+            "8EB",
+            "1000000000GiB",
+            "9999999999999999999",
+            "010GiB",
         ] {
             assert!(check_size(bad).is_err(), "{bad:?}");
         }

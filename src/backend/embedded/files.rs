@@ -79,8 +79,11 @@ fn clear_nonblock(fd: &impl AsRawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the path is keeps it from being transferred: a conflict with the
+/// file's state, as on the Incus backend (where a FIFO keeps the pull from
+/// opening).
 fn not_a_file(path: &str) -> BackendError {
-    BackendError::BadRequest(format!(
+    BackendError::Conflict(format!(
         "{path} is neither a regular file nor a directory (a FIFO, socket or device is not transferred)"
     ))
 }

@@ -507,6 +507,7 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("Invalid config")
         || has("Invalid project configuration key")
         || has("Invalid filter")
+        || has("Invalid type")
         || has("cannot be changed")
         || has("Overflow")
     {

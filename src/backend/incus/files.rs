@@ -18,7 +18,7 @@ use crate::names::{InstanceName, ProjectName};
 pub(super) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// How long Incus may take to start answering a file pull.
-const PULL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const PULL_OPEN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A transfer that moves no byte for this long is given up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -173,9 +173,11 @@ impl Files for IncusBackend {
         let resp = tokio::time::timeout(PULL_OPEN_TIMEOUT, open)
             .await
             .map_err(|_| {
-                BackendError::BadRequest(format!(
+                // The file (a FIFO), or the instance (busy with another
+                // operation), is in a state that keeps it from opening.
+                BackendError::Conflict(format!(
                     "{path} did not open within {} s: a FIFO (or another file that waits \
-                     on open) is not transferred",
+                     on open) is not transferred, or the instance is busy",
                     PULL_OPEN_TIMEOUT.as_secs()
                 ))
             })?
