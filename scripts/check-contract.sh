@@ -37,8 +37,8 @@
 # cgroup `lxc.payload.NAME-1`, so it runs beside the test bed's incusd.
 #
 # Exit status: 0 only when schemathesis found nothing on every backend run and
-# both generators and type checks passed. Not part of `make test` yet (the
-# contract is not exact yet); run it with `make contract`. The tools come from
+# both generators and type checks passed. `make test` runs it last with a
+# fixed seed; `make contract` runs it with a random one. The tools come from
 # scripts/testbed.sh (target/testbed.env must be sourced, or this script
 # sources it).
 #
@@ -129,6 +129,9 @@ RESULTS=()
 # reaches this daemon), INCUS_NS_PID (unshare, our child: killing it kills the
 # PID namespace and everything in it) and INCUSD_PID (the daemon, host pid).
 start_incusd() {
+    # The CLI reads INCUS_SOCKET (and a remote) before INCUS_DIR: one left in
+    # the caller's environment would point it at the shared test bed's daemon.
+    unset INCUS_SOCKET INCUS_REMOTE
     export INCUS_DIR="$BWORK/incus" INCUS_CONF="$BWORK/incus-client"
     INCUSD_LOG="$BWORK/incusd.log"
     install -d -m 711 "$INCUS_DIR"
@@ -267,6 +270,8 @@ teardown() {
 
 cleanup() {
     local rc=$?
+    # A second Ctrl-C must not cut the teardown short.
+    trap '' INT TERM
     if [ "$rc" != 0 ] && [ "$rc" != 1 ] && [ -n "$BWORK" ] && [ -f "$BWORK/lxgate.log" ]; then
         echo "--- lxgate's log (last 30 lines)" >&2
         tail -n 30 "$BWORK/lxgate.log" >&2 || true

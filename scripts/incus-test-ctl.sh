@@ -20,6 +20,8 @@ TESTBED_DIR="${LXGATE_TESTBED_DIR:-/var/tmp/lxgate-testbed}"
 READY_TIMEOUT="${LXGATE_INCUS_READY_TIMEOUT:-30}"
 STOP_TIMEOUT="${LXGATE_INCUS_STOP_TIMEOUT:-20}"
 
+# The CLI reads INCUS_SOCKET (and a remote) before INCUS_DIR.
+unset INCUS_SOCKET INCUS_REMOTE
 export INCUS_DIR="$TESTBED_DIR/incus"
 # The CLI's own configuration (remotes, client certificate) stays in the test
 # bed too, instead of ~/.config/incus.

@@ -194,11 +194,11 @@ resource_name!(
 );
 
 resource_name!(
-    /// A network name (host interfaces included: `eth0`, `lo`): also the
-    /// interface name on the host, so at most 15 characters.
+    /// A network name (host interfaces included: `eth0`, `lo`). Incus keeps
+    /// bridges to interface names (15 characters) but not OVN or macvlan
+    /// networks; new networks are held to 15 where they are created.
     NetworkName,
-    "network",
-    15
+    "network"
 );
 
 resource_name!(

@@ -17,6 +17,7 @@
 
 import json
 import os
+import re
 import urllib.request
 
 import schemathesis
@@ -46,9 +47,18 @@ class AdminLogin:
         case.headers["Authorization"] = f"Bearer {data}"
 
 
+# A path parameter that is its own placeholder (`{pool}`): a link the
+# stateful phase inferred but could not fill (seen from GET /audit to
+# DELETE .../volumes/{name}), sent as `/pools/%7Bpool%7D/...` and counted as
+# schema-valid. Not a request a client makes; no generated value looks so.
+PLACEHOLDER = re.compile(r"^\{[A-Za-z_]+\}$")
+
+
 @schemathesis.hook
 def filter_case(ctx, case):
     path = case.path_parameters or {}
+    if any(isinstance(v, str) and PLACEHOLDER.match(v) for v in path.values()):
+        return False
     return not (case.method.upper() != "GET" and path.get("username") == USERNAME)
 
 

@@ -127,9 +127,9 @@ name_schema!(
 name_schema!(
     NetworkName,
     "NetworkName",
-    "A network name: 1-15 ASCII letters, digits and `-`, starting with a letter, not ending with `-` (it is the interface name on the host).",
-    INTERFACE_NAME_PATTERN,
-    15,
+    "A network name: 1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-` (networks lxgate creates: 2-15, see `NewNetworkName`).",
+    RESOURCE_NAME_PATTERN,
+    63,
     "lxgbr0"
 );
 name_schema!(
@@ -476,13 +476,22 @@ impl ToSchema for ImageCopySourceSchema {
     }
 }
 
-/// An image server URL as `images::check_server_url` takes it: `https://`, a
-/// host name (its last label not numeric, which the URL parser would read
-/// as an IPv4 address) or a dotted-quad IPv4 address, an optional port up
-/// to 65535, an optional path; no credentials, query or fragment.
+/// An image server URL as `images::check_server_url` takes it (it matches
+/// this very pattern): `https://` (or `http://`, for servers on
+/// `IMAGE_SERVER_ALLOWLIST` only), a host name (its last label not numeric,
+/// which the URL parser would read as an IPv4 address) or a dotted-quad IPv4
+/// address or a bracketed IPv6 address, an optional port up to 65535, an
+/// optional path; no credentials, query or fragment.
 pub const IMAGE_SERVER_PATTERN: &str = concat!(
-    r"^https://(?:(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*",
-    r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]))",
+    r"^https?://(?:(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*",
+    r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r"|\[(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|(?:[0-9a-fA-F]{1,4}:){1,7}:",
+    r"|(?:[0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|(?:[0-9a-fA-F]{1,4}:){1,5}(?::[0-9a-fA-F]{1,4}){1,2}",
+    r"|(?:[0-9a-fA-F]{1,4}:){1,4}(?::[0-9a-fA-F]{1,4}){1,3}|(?:[0-9a-fA-F]{1,4}:){1,3}(?::[0-9a-fA-F]{1,4}){1,4}",
+    r"|(?:[0-9a-fA-F]{1,4}:){1,2}(?::[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(?::[0-9a-fA-F]{1,4}){1,6}",
+    r"|:(?:(?::[0-9a-fA-F]{1,4}){1,7}|:)",
+    r"|::(?:[fF]{4}(?::0{1,4})?:)?(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r")\])",
     r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
     r"(?:/[^\s?#]*)?$"
 );
@@ -506,7 +515,7 @@ fn image_copy_source_variant(
         "properties": {
             "server": {
                 "type": "string",
-                "description": "`https://` URL of the image server, resolving to public addresses (plain `http://` and non-public addresses only for servers on `IMAGE_SERVER_ALLOWLIST`).",
+                "description": "`https://` URL of the image server (a host name or an IP address, an optional port and path), resolving to public addresses (plain `http://` and non-public addresses only for servers on `IMAGE_SERVER_ALLOWLIST`).",
                 "pattern": IMAGE_SERVER_PATTERN,
                 "maxLength": 2048,
                 "examples": ["https://images.linuxcontainers.org"]
@@ -653,7 +662,14 @@ mod tests {
             ("https://u:p@host", false),
             ("https://host/?q", false),
             ("https://host/#f", false),
-            ("http://host", false),
+            ("http://host", true),
+            ("HTTPS://host", false),
+            ("https://[::1]", true),
+            ("https://[::ffff:192.168.0.1]/", true),
+            ("https://[fe80::1]:8443/x", true),
+            ("https://[:::1]", false),
+            ("https://[1::2::3]", false),
+            ("https://host./", false),
         ] {
             assert_eq!(servers.is_match(s), ok, "{s:?}");
             if ok {

@@ -20,7 +20,7 @@ use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ExecRequest, Operation};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult};
 use crate::names::{InstanceName, ProjectName};
 
 /// The query of a terminal WebSocket. `command` repeats once per argv element.
@@ -179,8 +179,7 @@ pub async fn console_ws(
     responses(
         (status = 202, description = "Running", body = OperationRef),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        GuestOperator403, InstanceMissing, TooManyOperations429,
-        (status = 400, description = "`timeout` on the Incus backend, which cannot stop a recorded command", body = Problem, content_type = "application/problem+json")))]
+        GuestOperator403, InstanceMissing, TooManyOperations429))]
 pub async fn exec_instance(
     user: AuthUser,
     State(state): State<AppState>,

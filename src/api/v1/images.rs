@@ -172,6 +172,15 @@ fn check_server_url(server: &str, fetch: &Fetcher) -> ApiResult<reqwest::Url> {
     if server.len() > 2048 {
         return bad("source.server is longer than 2048 characters");
     }
+    // The schema's pattern, so that what it takes and what is taken agree.
+    static SHAPE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(crate::api::schemas::IMAGE_SERVER_PATTERN).expect("a valid pattern")
+    });
+    if !SHAPE.is_match(server) {
+        return bad(
+            "source.server must be an https:// URL with a host name or an IP address, an optional port and path, and no credentials, query or fragment",
+        );
+    }
     let Ok(url) = reqwest::Url::parse(server) else {
         return bad("source.server must be an absolute https:// URL");
     };

@@ -73,14 +73,16 @@ pub async fn create_network(
     user.require(Permission::InfraManage, "")?;
     let project = q.project()?;
     let name = NetworkName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
-    // A network's name is an interface name on the host (Incus: 2-15
-    // characters, for every type), where `all` and `default` name the
-    // kernel's settings for every and for new interfaces (creating one
-    // failed as a 500).
-    if name.len() < 2 {
+    // New networks are named like interfaces on the host, whatever their
+    // type: 2-15 characters (what Incus asks of bridges; OVN and macvlan
+    // names could be longer there, but a name that fits every type keeps a
+    // network's type changeable by recreating it), and not `all` or
+    // `default`, the kernel's settings for every and for new interfaces
+    // (creating one failed as a 500).
+    if !(2..=15).contains(&name.len()) {
         return Err(ApiError::invalid_field(
             "name",
-            "a network's name is at least 2 characters",
+            "a new network's name is 2-15 characters (an interface name on the host)",
         ));
     }
     if matches!(name.as_str(), "all" | "default") {

@@ -476,7 +476,9 @@ fn by_message(msg: &str) -> Option<BackendError> {
     // A restricted project's refusals ("Failed checking if instance
     // creation allowed: ... Privileged containers are forbidden"): the
     // policy's answer, said by Incus.
-    if has("Failed checking if instance") && (has("forbidden") || has("not allowed")) {
+    if (has("Failed checking if instance") || has("Failed checking if volume"))
+        && (has("forbidden") || has("not allowed"))
+    {
         return Some(BackendError::Restricted(msg.to_owned()));
     }
     // The state of what the request is about, which the client can change:
@@ -485,6 +487,8 @@ fn by_message(msg: &str) -> Option<BackendError> {
     if has("already exists")
         || has("UNIQUE constraint failed")
         || has("Reached maximum number of")
+        || has("Reached maximum aggregate value")
+        || has("still in use")
         || has("Only empty projects can be removed")
         || has("currently in use")
         || has("Instance is running")
