@@ -1777,11 +1777,11 @@ async fn storage_pools_and_volumes_on_dir() {
         .get("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
         .await;
     assert_eq!(vol.body["used_by"][0], "/1.0/instances/st1", "{}", vol.text);
-    // In use: not deletable.
+    // In use: not deletable (a conflict with its state).
     let r = app
         .delete("/api/v1/storage/pools/fast/volumes/data", Some(&admin))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_problem(409, "conflict");
     action(&app, &admin, "st1", "stop").await;
     let r = app
         .delete("/api/v1/instances/st1/volumes/data", Some(&admin))
@@ -2459,7 +2459,7 @@ async fn bridge_networks_and_nics() {
     // In use: no delete, no re-addressing; the description may change.
     app.delete("/api/v1/networks/lxgbr0", Some(&admin))
         .await
-        .assert_problem(400, "bad_request");
+        .assert_problem(409, "conflict");
     patch(
         &app,
         &admin,

@@ -305,11 +305,11 @@ async fn storage_pools_and_volumes() {
         "{}",
         got.text
     );
-    // Incus refuses to delete a volume in use.
+    // Incus refuses to delete a volume in use: a conflict with its state.
     let r = app
         .send(app.request(Method::DELETE, &vpath, Some(&operator)))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_problem(409, "conflict");
 
     // Detach: the volume stays; the root disk from the profile cannot go.
     let detach = format!("{attach}/data?wait=30");

@@ -398,7 +398,7 @@ pub async fn update_volume(
         (status = 204, description = "Deleted"),
         (status = 202, description = "Deleting", body = OperationRef),
         Operator403, VolumeMissing, TooManyOperations429,
-        (status = 400, description = "The volume is in use", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The volume is in use (attached to an instance)", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_volume(
     user: AuthUser,
     State(state): State<AppState>,

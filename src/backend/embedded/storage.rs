@@ -795,7 +795,7 @@ impl Storage for EmbeddedBackend {
     ) -> Result<Option<Operation>, BackendError> {
         let (path, content) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "The storage volume is attached to an instance; detach it first".into(),
             ));
         }
