@@ -181,6 +181,31 @@ impl ImageAliasName {
 
 checked_name!(ImageAliasName);
 
+/// A profile name, by Incus's own rule for profiles (`profilesPost`): not
+/// empty, no `/`, and not `.` or `..`. Looser than the resource names:
+/// profiles come from Incus (an admin's `gpu_large` or `web.v2`), and one an
+/// instance already uses must stay usable here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProfileName(String);
+
+impl ProfileName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("a profile name must not be empty".into());
+        }
+        if s.contains('/') {
+            return Err(format!("profile name {s:?} must not contain '/'"));
+        }
+        if s == "." || s == ".." {
+            return Err(format!("{s:?} is not a valid profile name"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+checked_name!(ProfileName);
+
 resource_name!(
     /// A storage pool name.
     PoolName,
@@ -277,6 +302,16 @@ mod tests {
             &"x".repeat(256),
         ] {
             assert!(ImageAliasName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn profile_names_follow_incus() {
+        for ok in ["default", "gpu_large", "web.v2", "1st", "a b"] {
+            assert!(ProfileName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "/", ".", ".."] {
+            assert!(ProfileName::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -13,7 +13,7 @@ use crate::auth::AuthUser;
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, DevicesMap, Instance, Project, ProjectPolicy};
 use crate::error::{ApiError, ApiResult};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, NetworkName, ProfileName, ProjectName};
 use crate::policy::{Denied, Policy, Widening};
 
 impl From<Denied> for ApiError {
@@ -182,9 +182,13 @@ async fn inherited_devices(
 ) -> ApiResult<DevicesMap> {
     let mut out = BTreeMap::new();
     for name in profiles {
+        // The list is the instance's own (Incus's data) or `default`: the
+        // rule is Incus's, so a profile Incus has always passes.
+        let name = ProfileName::parse(name)
+            .map_err(|e| ApiError::bad_request("invalid_config", e).with_field("profiles"))?;
         let p = state
             .backend
-            .get_profile(project, name)
+            .get_profile(project, &name)
             .await
             .map_err(|e| match e {
                 BackendError::NotFound(_) => ApiError::bad_request(
@@ -205,9 +209,18 @@ async fn check_network(
     network: &str,
 ) -> ApiResult<()> {
     let field = format!("devices.{device}.network");
+    // `Policy::check_device` refused a NIC with an invalid network name
+    // already; the same answer should one get here.
+    let network = NetworkName::parse(network).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_config",
+            format!("network name {network:?} on `{device}` is invalid"),
+        )
+        .with_field(field.clone())
+    })?;
     let (n, _) = state
         .backend
-        .get_network(project, network)
+        .get_network(project, &network)
         .await
         .map_err(|e| match e {
             BackendError::NotFound(_) => ApiError::bad_request(

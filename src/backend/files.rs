@@ -2,7 +2,7 @@
 
 use super::BackendError;
 use super::types::{ByteStream, Download, FilePull, FilePush};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, LogFileName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Files: Send + Sync {
@@ -35,7 +35,7 @@ pub trait Files: Send + Sync {
         &self,
         project: &ProjectName,
         instance: &InstanceName,
-        file: &str,
+        file: &LogFileName,
     ) -> Result<Download, BackendError>;
 
     /// What the instance wrote to its console (text).

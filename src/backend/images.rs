@@ -2,7 +2,7 @@
 
 use super::types::{Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation};
 use super::{BackendError, ListScope, Listing};
-use crate::names::ProjectName;
+use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Images: Send + Sync {
@@ -13,13 +13,13 @@ pub trait Images: Send + Sync {
     async fn get_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<(Image, Option<String>), BackendError>;
 
     async fn delete_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<Operation, BackendError>;
 
     /// Copies an image from a remote image server into `project`.
@@ -46,7 +46,7 @@ pub trait Images: Send + Sync {
     async fn get_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<ImageAliasesEntry, BackendError>;
 
     async fn create_image_alias(
@@ -58,6 +58,6 @@ pub trait Images: Send + Sync {
     async fn delete_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<(), BackendError>;
 }

@@ -2,7 +2,7 @@
 
 use super::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
 use super::{BackendError, Listing};
-use crate::names::ProjectName;
+use crate::names::{NetworkName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Networks: Send + Sync {
@@ -16,7 +16,7 @@ pub trait Networks: Send + Sync {
     async fn get_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<(Network, Option<String>), BackendError>;
 
     async fn create_network(
@@ -29,23 +29,27 @@ pub trait Networks: Send + Sync {
     async fn update_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
         update: &NetworkUpdate,
         if_match: Option<&str>,
         replace: bool,
     ) -> Result<(), BackendError>;
 
-    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError>;
+    async fn delete_network(
+        &self,
+        project: &ProjectName,
+        name: &NetworkName,
+    ) -> Result<(), BackendError>;
 
     async fn network_state(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<NetworkState, BackendError>;
 
     async fn network_leases(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<Vec<NetworkLease>, BackendError>;
 }

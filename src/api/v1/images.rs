@@ -125,7 +125,7 @@ pub async fn get_image(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (image, etag) = state.backend.get_image(&project, fp.as_str()).await?;
+    let (image, etag) = state.backend.get_image(&project, &fp).await?;
     let mut resp = Json(image).into_response();
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -152,7 +152,7 @@ pub async fn delete_image(
     let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state.backend.delete_image(&project, fp.as_str()).await?;
+    let op = state.backend.delete_image(&project, &fp).await?;
     accepted(
         &state,
         slot,
@@ -385,8 +385,12 @@ async fn refuse_existing(
     project: &ProjectName,
     upload: &ImageUpload,
 ) -> ApiResult<()> {
-    let fp = &upload.fingerprint;
-    match state.backend.get_image(project, fp).await {
+    // Computed here (SHA-256 in hex), and the aliases were checked as the
+    // parts came in: neither can fail to parse.
+    let fp = ImageFingerprint::parse(&upload.fingerprint).map_err(|e| {
+        ApiError::internal(anyhow::anyhow!("computed image fingerprint refused: {e}"))
+    })?;
+    match state.backend.get_image(project, &fp).await {
         Ok(_) => {
             return Err(ApiError::conflict(
                 "image_exists",
@@ -397,7 +401,8 @@ async fn refuse_existing(
         Err(e) => return Err(e.into()),
     }
     for a in &upload.aliases {
-        match state.backend.get_image_alias(project, a).await {
+        let a = ImageAliasName::parse(a).map_err(|e| ApiError::invalid_field("alias", e))?;
+        match state.backend.get_image_alias(project, &a).await {
             Ok(_) => {
                 return Err(ApiError::conflict(
                     "alias_exists",
@@ -479,10 +484,7 @@ pub async fn create_image_alias(
             ),
             other => other.into(),
         })?;
-    let alias = state
-        .backend
-        .get_image_alias(&project, name.as_str())
-        .await?;
+    let alias = state.backend.get_image_alias(&project, &name).await?;
     let location = format!("/api/v1/images/aliases/{}", path_segment(name.as_str()));
     let mut resp = (StatusCode::CREATED, Json(alias)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -506,12 +508,7 @@ pub async fn get_image_alias(
 ) -> ApiResult<Json<ImageAliasesEntry>> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    Ok(Json(
-        state
-            .backend
-            .get_image_alias(&project, name.as_str())
-            .await?,
-    ))
+    Ok(Json(state.backend.get_image_alias(&project, &name).await?))
 }
 
 /// Delete an image alias (the image stays).
@@ -529,10 +526,7 @@ pub async fn delete_image_alias(
 ) -> ApiResult<StatusCode> {
     let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
-    state
-        .backend
-        .delete_image_alias(&project, name.as_str())
-        .await?;
+    state.backend.delete_image_alias(&project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -100,7 +100,7 @@ pub async fn create_network(
         ));
     }
     state.backend.create_network(&project, &req).await?;
-    let (network, _) = state.backend.get_network(&project, name.as_str()).await?;
+    let (network, _) = state.backend.get_network(&project, &name).await?;
     Ok(created(
         &format!("/api/v1/networks/{name}?project={}", project.as_str()),
         network,
@@ -123,7 +123,7 @@ pub async fn get_network(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
+    let (n, etag) = state.backend.get_network(&project, &name).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
 
@@ -140,9 +140,9 @@ async fn update(
     let project = q.project()?;
     state
         .backend
-        .update_network(&project, name.as_str(), &body, if_match.as_deref(), replace)
+        .update_network(&project, &name, &body, if_match.as_deref(), replace)
         .await?;
-    let (n, etag) = state.backend.get_network(&project, name.as_str()).await?;
+    let (n, etag) = state.backend.get_network(&project, &name).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
 
@@ -203,10 +203,7 @@ pub async fn delete_network(
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
     let project = q.project()?;
-    state
-        .backend
-        .delete_network(&project, name.as_str())
-        .await?;
+    state.backend.delete_network(&project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -225,9 +222,7 @@ pub async fn get_network_state(
 ) -> ApiResult<Json<NetworkState>> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    Ok(Json(
-        state.backend.network_state(&project, name.as_str()).await?,
-    ))
+    Ok(Json(state.backend.network_state(&project, &name).await?))
 }
 
 /// DHCP leases (and static allocations) on a managed network.
@@ -245,12 +240,7 @@ pub async fn list_network_leases(
 ) -> ApiResult<Json<Vec<NetworkLease>>> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    Ok(Json(
-        state
-            .backend
-            .network_leases(&project, name.as_str())
-            .await?,
-    ))
+    Ok(Json(state.backend.network_leases(&project, &name).await?))
 }
 
 // --- NICs on instances ---
@@ -311,10 +301,7 @@ pub async fn attach_nic(
         }
     }
     // A clear 404 for a missing network, before touching the instance.
-    let (net, _) = state
-        .backend
-        .get_network(&project, network.as_str())
-        .await?;
+    let (net, _) = state.backend.get_network(&project, &network).await?;
     if !net.managed {
         return Err(ApiError::invalid_field(
             "network",

@@ -14,7 +14,7 @@ use super::idmap::IdMap;
 use super::{EmbeddedBackend, driver_types, instances, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files, Missing, ReportMissing};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, LogFileName, ProjectName};
 
 /// The log files an instance may have (LXC's, QEMU's, the console's).
 const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
@@ -342,15 +342,15 @@ impl Files for EmbeddedBackend {
         &self,
         project: &ProjectName,
         name: &InstanceName,
-        file: &str,
+        file: &LogFileName,
     ) -> Result<Download, BackendError> {
         let log = || Missing::Log {
             instance: name.to_string(),
-            file: file.to_owned(),
+            file: file.to_string(),
         };
         let row = self.row(project, name).await?;
         // Only the files lxgate itself names; nothing from the path reaches the disk.
-        let Some(f) = LOG_FILES.iter().find(|f| **f == file) else {
+        let Some(f) = LOG_FILES.iter().find(|f| **f == file.as_str()) else {
             return Err(BackendError::NotFound(log()));
         };
         let path = self.instance_dir(&row).join(f);

@@ -24,7 +24,7 @@ use crate::backend::events::EventBus;
 use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
-use crate::names::ProjectName;
+use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
 /// Largest `metadata.yaml` read (real ones are a few KiB). A small
 /// compressed tarball can expand to gigabytes, so the cap is applied while
@@ -473,7 +473,7 @@ impl Images for EmbeddedBackend {
     async fn get_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<(types::Image, Option<String>), BackendError> {
         let row = find(&self.pool, project, fingerprint).await?;
         let aliases = inv::list_aliases(&self.pool, project).await.map_err(db)?;
@@ -483,7 +483,7 @@ impl Images for EmbeddedBackend {
     async fn delete_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<Operation, BackendError> {
         let row = find(&self.pool, project, fingerprint).await?;
         let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
@@ -707,7 +707,7 @@ impl Images for EmbeddedBackend {
     async fn get_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<types::ImageAliasesEntry, BackendError> {
         let row = inv::get_alias(&self.pool, project, name)
             .await
@@ -753,7 +753,7 @@ impl Images for EmbeddedBackend {
     async fn delete_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<(), BackendError> {
         if inv::delete_alias(&self.pool, project, name)
             .await

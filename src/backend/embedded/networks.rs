@@ -33,7 +33,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Listing, Missing, Networks, ReportMissing};
 use crate::db::embedded::{self as inv, InstanceRow, NetworkRow};
-use crate::names::ProjectName;
+use crate::names::{NetworkName, ProjectName};
 
 const SYS_NET: &str = "/sys/class/net";
 
@@ -302,7 +302,7 @@ impl Networks for EmbeddedBackend {
     async fn get_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.ensure_project(project).await?;
         match inv::get_network(&self.pool, name).await.map_err(db)? {
@@ -397,7 +397,7 @@ impl Networks for EmbeddedBackend {
     async fn update_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
         update: &NetworkUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -470,7 +470,11 @@ impl Networks for EmbeddedBackend {
         Ok(())
     }
 
-    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
+    async fn delete_network(
+        &self,
+        project: &ProjectName,
+        name: &NetworkName,
+    ) -> Result<(), BackendError> {
         self.ensure_project(project).await?;
         if inv::get_network(&self.pool, name)
             .await
@@ -507,7 +511,7 @@ impl Networks for EmbeddedBackend {
     async fn network_state(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<NetworkState, BackendError> {
         self.ensure_project(project).await?;
         let managed = inv::get_network(&self.pool, name)
@@ -522,7 +526,7 @@ impl Networks for EmbeddedBackend {
             });
         }
         interface(name).await?;
-        let dir = Path::new(SYS_NET).join(name);
+        let dir = Path::new(SYS_NET).join(name.as_str());
         let stat = |f: &str| {
             let p = dir.join("statistics").join(f);
             async move { read(p).await.parse::<i64>().unwrap_or(0) }
@@ -604,20 +608,20 @@ impl Networks for EmbeddedBackend {
     async fn network_leases(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         self.ensure_project(project).await?;
         let row = self
             .network_row(name)
             .await
             .missing(|| Missing::ManagedNetwork {
-                name: name.to_owned(),
+                name: name.to_string(),
             })?;
         let mut out = Vec::new();
         if let Some(gw) = bridge::plan(&config_of(&row))?.ipv4 {
             out.push(NetworkLease {
                 hostname: format!("{name}.gw"),
-                hwaddr: read(Path::new(SYS_NET).join(name).join("address")).await,
+                hwaddr: read(Path::new(SYS_NET).join(name.as_str()).join("address")).await,
                 address: gw.addr().to_string(),
                 lease_type: "gateway".into(),
                 location: "none".into(),

@@ -3,7 +3,7 @@
 use super::{EmbeddedBackend, instances};
 use crate::backend::types::Profile;
 use crate::backend::{BackendError, Missing, Profiles};
-use crate::names::ProjectName;
+use crate::names::{ProfileName, ProjectName};
 
 #[async_trait::async_trait]
 impl Profiles for EmbeddedBackend {
@@ -11,17 +11,17 @@ impl Profiles for EmbeddedBackend {
     async fn get_profile(
         &self,
         _project: &ProjectName,
-        name: &str,
+        name: &ProfileName,
     ) -> Result<Profile, BackendError> {
-        match name {
+        match name.as_str() {
             "default" => Ok(Profile {
-                name: name.to_owned(),
+                name: name.to_string(),
                 description: "Default profile (the root disk)".to_owned(),
                 config: Default::default(),
                 devices: instances::root_device(),
             }),
             _ => Err(BackendError::NotFound(Missing::Profile {
-                name: name.to_owned(),
+                name: name.to_string(),
             })),
         }
     }

@@ -11,7 +11,7 @@ use super::IncusBackend;
 use super::instances::last_segment;
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files, Missing, ReportMissing};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, LogFileName, ProjectName};
 
 /// How long one transfer (backup export, file push or pull) may take in all:
 /// `INCUS_TIMEOUT` is for API calls, a transfer lasts as long as its data does.
@@ -111,13 +111,13 @@ impl Files for IncusBackend {
         &self,
         project: &ProjectName,
         instance: &InstanceName,
-        file: &str,
+        file: &LogFileName,
     ) -> Result<Download, BackendError> {
         let resp = self
             .client
             .raw_stream(
                 Method::GET,
-                &["instances", instance, "logs", file],
+                &["instances", instance, "logs", file.as_str()],
                 &project_query(project),
                 HeaderMap::new(),
                 None,
@@ -126,7 +126,7 @@ impl Files for IncusBackend {
             .await
             .missing(|| Missing::Log {
                 instance: instance.to_string(),
-                file: file.to_owned(),
+                file: file.to_string(),
             })?;
         Ok(download(resp))
     }

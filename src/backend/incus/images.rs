@@ -12,7 +12,7 @@ use crate::backend::types::{
     Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
 };
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
-use crate::names::ProjectName;
+use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
 /// How long an upload to Incus may take: Incus reads the whole body before it
 /// answers with the operation, so `INCUS_TIMEOUT` would cut large images short.
@@ -58,10 +58,10 @@ impl Images for IncusBackend {
     async fn get_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<(Image, Option<String>), BackendError> {
         self.client
-            .query_struct(&["images", fingerprint], &project_query(project))
+            .query_struct(&["images", fingerprint.as_str()], &project_query(project))
             .await
             .missing(|| Missing::image(fingerprint))
     }
@@ -69,12 +69,12 @@ impl Images for IncusBackend {
     async fn delete_image(
         &self,
         project: &ProjectName,
-        fingerprint: &str,
+        fingerprint: &ImageFingerprint,
     ) -> Result<Operation, BackendError> {
         self.client
             .query_operation(
                 Method::DELETE,
-                &["images", fingerprint],
+                &["images", fingerprint.as_str()],
                 &project_query(project),
                 None,
                 None,
@@ -201,10 +201,13 @@ impl Images for IncusBackend {
     async fn get_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<ImageAliasesEntry, BackendError> {
         self.client
-            .query_struct(&["images", "aliases", name], &project_query(project))
+            .query_struct(
+                &["images", "aliases", name.as_str()],
+                &project_query(project),
+            )
             .await
             .missing(|| Missing::image_alias(name))
             .map(|(a, _)| a)
@@ -239,12 +242,12 @@ impl Images for IncusBackend {
     async fn delete_image_alias(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ImageAliasName,
     ) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,
-                &["images", "aliases", name],
+                &["images", "aliases", name.as_str()],
                 &project_query(project),
                 None,
                 None,

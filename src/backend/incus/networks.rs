@@ -7,7 +7,7 @@ use super::IncusBackend;
 use super::storage::listing;
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
 use crate::backend::{BackendError, Listing, Missing, Networks, ReportMissing};
-use crate::names::ProjectName;
+use crate::names::{NetworkName, ProjectName};
 
 #[async_trait::async_trait]
 impl Networks for IncusBackend {
@@ -26,10 +26,10 @@ impl Networks for IncusBackend {
     async fn get_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<(Network, Option<String>), BackendError> {
         self.client
-            .query_struct(&["networks", name], &[("project", project)])
+            .query_struct(&["networks", name.as_str()], &[("project", project)])
             .await
             .missing(|| Missing::network(name))
     }
@@ -60,7 +60,7 @@ impl Networks for IncusBackend {
     async fn update_network(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
         update: &NetworkUpdate,
         if_match: Option<&str>,
         replace: bool,
@@ -70,7 +70,7 @@ impl Networks for IncusBackend {
         self.client
             .query(
                 method,
-                &["networks", name],
+                &["networks", name.as_str()],
                 &[("project", project)],
                 Some(&body),
                 if_match,
@@ -80,11 +80,15 @@ impl Networks for IncusBackend {
             .map(|_| ())
     }
 
-    async fn delete_network(&self, project: &ProjectName, name: &str) -> Result<(), BackendError> {
+    async fn delete_network(
+        &self,
+        project: &ProjectName,
+        name: &NetworkName,
+    ) -> Result<(), BackendError> {
         self.client
             .query(
                 Method::DELETE,
-                &["networks", name],
+                &["networks", name.as_str()],
                 &[("project", project)],
                 None,
                 None,
@@ -97,10 +101,13 @@ impl Networks for IncusBackend {
     async fn network_state(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<NetworkState, BackendError> {
         self.client
-            .query_struct(&["networks", name, "state"], &[("project", project)])
+            .query_struct(
+                &["networks", name.as_str(), "state"],
+                &[("project", project)],
+            )
             .await
             .missing(|| Missing::network(name))
             .map(|(s, _)| s)
@@ -109,14 +116,17 @@ impl Networks for IncusBackend {
     async fn network_leases(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &NetworkName,
     ) -> Result<Vec<NetworkLease>, BackendError> {
         let (leases, _): (Option<Vec<NetworkLease>>, _) = self
             .client
-            .query_struct(&["networks", name, "leases"], &[("project", project)])
+            .query_struct(
+                &["networks", name.as_str(), "leases"],
+                &[("project", project)],
+            )
             .await
             .missing(|| Missing::ManagedNetwork {
-                name: name.to_owned(),
+                name: name.to_string(),
             })?;
         Ok(leases.unwrap_or_default())
     }

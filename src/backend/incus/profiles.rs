@@ -3,20 +3,20 @@
 use super::IncusBackend;
 use crate::backend::types::Profile;
 use crate::backend::{BackendError, Missing, Profiles, ReportMissing};
-use crate::names::ProjectName;
+use crate::names::{ProfileName, ProjectName};
 
 #[async_trait::async_trait]
 impl Profiles for IncusBackend {
     async fn get_profile(
         &self,
         project: &ProjectName,
-        name: &str,
+        name: &ProfileName,
     ) -> Result<Profile, BackendError> {
         self.client
-            .query_struct(&["profiles", name], &[("project", project)])
+            .query_struct(&["profiles", name.as_str()], &[("project", project)])
             .await
             .missing(|| Missing::Profile {
-                name: name.to_owned(),
+                name: name.to_string(),
             })
             .map(|(p, _)| p)
     }
