@@ -59,6 +59,8 @@ def filter_case(ctx, case):
     path = case.path_parameters or {}
     if any(isinstance(v, str) and PLACEHOLDER.match(v) for v in path.values()):
         return False
+    if any(name not in path for name in re.findall(r"\{(\w+)\}", case.path)):
+        return False
     return not (case.method.upper() != "GET" and path.get("username") == USERNAME)
 
 
