@@ -445,7 +445,7 @@ pub struct ResizeRequest {
     responses(
         (status = 200, description = "Resized", body = StorageVolume),
         Operator403, VolumeMissing,
-        (status = 400, description = "Refused by the storage driver", body = Problem, content_type = "application/problem+json")))]
+        (status = 400, description = "Refused by the storage driver (e.g. a block volume shrunk, or more than the pool holds)", body = Problem, content_type = "application/problem+json")))]
 pub async fn resize_volume(
     user: AuthUser,
     State(state): State<AppState>,

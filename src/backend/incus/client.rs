@@ -513,6 +513,7 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("Invalid filter")
         || has("Invalid type")
         || has("cannot be changed")
+        || has("cannot be shrunk")
         || has("Overflow")
     {
         return Some(BackendError::BadRequest(msg.to_owned()));
