@@ -64,8 +64,28 @@ def filter_case(ctx, case):
     return not (case.method.upper() != "GET" and path.get("username") == USERNAME)
 
 
+# An existing-looking value for a path parameter a stateful link left
+# unfilled (schemathesis sent `/pools/%7Bpool%7D` after GET /audit): valid
+# for the parameter's pattern, naming nothing, so the call is a plain 404.
+UNFILLED = {
+    "fingerprint": "f" * 12,
+    "id": "00000000-0000-4000-8000-000000000000",
+    "username": "nobody0",
+}
+
+
+def fill_unfilled_links(case):
+    path = case.path_parameters if case.path_parameters is not None else {}
+    for name in re.findall(r"\{(\w+)\}", case.path):
+        value = path.get(name)
+        if value is None or (isinstance(value, str) and PLACEHOLDER.match(value)):
+            path[name] = UNFILLED.get(name, "missing0")
+    case.path_parameters = path
+
+
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
+    fill_unfilled_links(case)
     query = case.query
     if not query:
         return
