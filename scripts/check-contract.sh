@@ -346,14 +346,14 @@ PY
 # schemathesis speaks plain HTTP, which they answer 426.
 run_schemathesis() {
     local st_rc=0 unique
-    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, positive+negative, phases examples,coverage,fuzzing,stateful; --max-examples $MAX_EXAMPLES --max-time $MAX_TIME --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
+    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, positive+negative data (stateful: positive, linked), phases examples,coverage,fuzzing,stateful; --max-examples $MAX_EXAMPLES --max-time $MAX_TIME --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
     # The run's own bound is --max-time; the outer timeout only guards a hang.
     # Run from $BWORK: schemathesis leaves a .schemathesis/ folder behind.
     (cd "$BWORK" && timeout --kill-after=30 $((MAX_TIME + 300)) ip netns exec "$NS" \
         env NO_COLOR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$ROOT/scripts/contract" SCHEMATHESIS_HOOKS=hooks \
         LXGATE_CONTRACT_BASE="$BASE" LXGATE_CONTRACT_USERNAME="$ADMIN" LXGATE_CONTRACT_PASSWORD="$ADMIN_PASSWORD" \
         "$VENV_BIN/schemathesis" --config-file "$ROOT/scripts/contract/schemathesis.toml" run "$BASE/openapi.json" \
-        --checks all --mode all --phases examples,coverage,fuzzing,stateful \
+        --checks all --phases examples,coverage,fuzzing,stateful \
         --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "$SEED" \
         --workers "$WORKERS" --request-timeout 60 --generation-database none \
         --suppress-health-check all --no-color --output-truncate true \
