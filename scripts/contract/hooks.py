@@ -75,12 +75,20 @@ UNFILLED = {
 
 
 def fill_unfilled_links(case):
-    path = case.path_parameters if case.path_parameters is not None else {}
-    for name in re.findall(r"\{(\w+)\}", case.path):
-        value = path.get(name)
-        if value is None or (isinstance(value, str) and PLACEHOLDER.match(value)):
-            path[name] = UNFILLED.get(name, "missing0")
-    case.path_parameters = path
+    # Touches the case only when a parameter is unfilled: schemathesis
+    # re-judges a case a hook edited (an edit that changes nothing made
+    # negative cases count as valid ones).
+    path = case.path_parameters or {}
+    missing = [
+        name
+        for name in re.findall(r"\{(\w+)\}", case.path)
+        if path.get(name) is None or (isinstance(path.get(name), str) and PLACEHOLDER.match(path[name]))
+    ]
+    if missing:
+        filled = dict(path)
+        for name in missing:
+            filled[name] = UNFILLED.get(name, "missing0")
+        case.path_parameters = filled
 
 
 @schemathesis.hook
