@@ -44,6 +44,7 @@
 #
 # Knobs: CONTRACT_BACKEND (embedded | incus | both, default both),
 # CONTRACT_MAX_TIME (seconds of schemathesis per backend, default 240),
+# CONTRACT_PHASES (default examples,coverage,fuzzing,stateful),
 # CONTRACT_MAX_EXAMPLES (per operation and phase, default 25), CONTRACT_DETAILS=1
 # (list every failing operation with its answer), CONTRACT_SEED
 # (default: random, printed; the same for every backend), CONTRACT_WORKERS
@@ -76,6 +77,7 @@ VENV_BIN="$(dirname "$PY")"
 
 MAX_TIME="${CONTRACT_MAX_TIME:-240}"
 MAX_EXAMPLES="${CONTRACT_MAX_EXAMPLES:-25}"
+PHASES="${CONTRACT_PHASES:-examples,coverage,fuzzing,stateful}"
 # One worker: schemathesis's threads meet CPython 3.11's AST bug
 # (python/cpython#106905, "SystemError: AST constructor recursion depth
 # mismatch", fixed after Debian 12's 3.11.2), an error of the tool that
@@ -346,14 +348,14 @@ PY
 # schemathesis speaks plain HTTP, which they answer 426.
 run_schemathesis() {
     local st_rc=0 unique
-    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, positive+negative data (stateful: positive, linked), phases examples,coverage,fuzzing,stateful; --max-examples $MAX_EXAMPLES --max-time $MAX_TIME --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
+    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, positive+negative data (stateful: positive, linked), phases $PHASES; --max-examples $MAX_EXAMPLES --max-time $MAX_TIME --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
     # The run's own bound is --max-time; the outer timeout only guards a hang.
     # Run from $BWORK: schemathesis leaves a .schemathesis/ folder behind.
     (cd "$BWORK" && timeout --kill-after=30 $((MAX_TIME + 300)) ip netns exec "$NS" \
         env NO_COLOR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$ROOT/scripts/contract" SCHEMATHESIS_HOOKS=hooks \
         LXGATE_CONTRACT_BASE="$BASE" LXGATE_CONTRACT_USERNAME="$ADMIN" LXGATE_CONTRACT_PASSWORD="$ADMIN_PASSWORD" \
         "$VENV_BIN/schemathesis" --config-file "$ROOT/scripts/contract/schemathesis.toml" run "$BASE/openapi.json" \
-        --checks all --phases examples,coverage,fuzzing,stateful \
+        --checks all --phases "$PHASES" \
         --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "$SEED" \
         --workers "$WORKERS" --request-timeout 60 --generation-database none \
         --suppress-health-check all --no-color --output-truncate true \
