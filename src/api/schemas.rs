@@ -61,6 +61,24 @@ fn string_schema(
         .into()
 }
 
+/// A schema-only type, `$name` among the components, made by `$schema`.
+macro_rules! named_schema {
+    ($(#[$doc:meta])* $ty:ident, $name:expr, $schema:expr) => {
+        $(#[$doc])*
+        pub struct $ty;
+        impl PartialSchema for $ty {
+            fn schema() -> RefOr<Schema> {
+                $schema
+            }
+        }
+        impl ToSchema for $ty {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
 macro_rules! name_schema {
     ($ty:ty, $name:literal, $description:literal, $pattern:expr, $max:expr, $example:literal) => {
         impl PartialSchema for $ty {
@@ -197,26 +215,20 @@ name_schema!(
 pub const NEW_NETWORK_NAME_PATTERN: &str =
     "^(?!(?:all|default)$)[A-Za-z][A-Za-z0-9-]{0,13}[A-Za-z0-9]$";
 
-/// `?project=`: a project name, or empty for `default`.
-pub struct ProjectParam;
-impl PartialSchema for ProjectParam {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some(
-                "A project name (1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-`); empty or absent: `default`.",
-            ))
-            .pattern(Some(format!("^(?:{})?$", &RESOURCE_NAME_PATTERN[1..RESOURCE_NAME_PATTERN.len() - 1])))
-            .max_length(Some(63))
-            .examples([json!("default")])
-            .into()
-    }
-}
-impl ToSchema for ProjectParam {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ProjectParam")
-    }
-}
+named_schema!(
+    /// `?project=`: a project name, or empty for `default`.
+    ProjectParam,
+    "ProjectParam",
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "A project name (1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-`); empty or absent: `default`.",
+        ))
+        .pattern(Some(format!("^(?:{})?$", &RESOURCE_NAME_PATTERN[1..RESOURCE_NAME_PATTERN.len() - 1])))
+        .max_length(Some(63))
+        .examples([json!("default")])
+        .into()
+);
 
 /// A byte size as `storage::check_size` reads it: a positive integer
 /// without leading zeros, with as many digits as its unit allows within
@@ -246,18 +258,12 @@ fn plain(description: &str, pattern: &str, min: usize, max: usize, example: &str
 
 macro_rules! plain_schema {
     ($ty:ident, $description:literal, $pattern:expr, $min:expr, $max:expr, $example:literal) => {
-        #[doc = $description]
-        pub struct $ty;
-        impl PartialSchema for $ty {
-            fn schema() -> RefOr<Schema> {
-                plain($description, &$pattern, $min, $max, $example)
-            }
-        }
-        impl ToSchema for $ty {
-            fn name() -> Cow<'static, str> {
-                Cow::Borrowed(stringify!($ty))
-            }
-        }
+        named_schema!(
+            #[doc = $description]
+            $ty,
+            stringify!($ty),
+            plain($description, &$pattern, $min, $max, $example)
+        );
     };
 }
 
@@ -294,103 +300,79 @@ plain_schema!(
     "sh"
 );
 
-/// `ExecRequest.environment`: names without `=` or NUL, values without NUL.
-pub struct ExecEnvironment;
-impl PartialSchema for ExecEnvironment {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .description(Some(
-                "Extra environment variables: names without `=` or NUL, values without NUL.",
-            ))
-            .property_names(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(r"^[^=\x00]+$"))
-                    .min_length(Some(1)),
-            ))
-            .additional_properties(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(r"^[^\x00]*$")),
-            ))
-            .examples([json!({"TERM": "xterm"})])
-            .into()
-    }
-}
-impl ToSchema for ExecEnvironment {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ExecEnvironment")
-    }
-}
+named_schema!(
+    /// `ExecRequest.environment`: names without `=` or NUL, values without NUL.
+    ExecEnvironment,
+    "ExecEnvironment",
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "Extra environment variables: names without `=` or NUL, values without NUL.",
+        ))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[^=\x00]+$"))
+                .min_length(Some(1)),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[^\x00]*$")),
+        ))
+        .examples([json!({"TERM": "xterm"})])
+        .into()
+);
 
 /// A schema written as JSON (what utoipa's builders make awkward).
 fn from_json(v: serde_json::Value) -> RefOr<Schema> {
     serde_json::from_value(v).expect("a valid schema")
 }
 
-/// `?wait=` and `?timeout=` seconds: any unsigned 64-bit number, used up to
-/// 300 (a larger one waits 300 s).
-pub struct WaitSeconds;
-impl PartialSchema for WaitSeconds {
-    fn schema() -> RefOr<Schema> {
-        from_json(json!({
-            "type": "integer",
-            "minimum": 0,
-            "maximum": u64::MAX,
-            "description": "Seconds; more than 300 waits 300.",
-            "examples": [30]
-        }))
-    }
-}
-impl ToSchema for WaitSeconds {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("WaitSeconds")
-    }
-}
+named_schema!(
+    /// `?wait=` and `?timeout=` seconds: any unsigned 64-bit number, used up to
+    /// 300 (a larger one waits 300 s).
+    WaitSeconds,
+    "WaitSeconds",
+    from_json(json!({
+        "type": "integer",
+        "minimum": 0,
+        "maximum": u64::MAX,
+        "description": "Seconds; more than 300 waits 300.",
+        "examples": [30]
+    }))
+);
 
-/// `ExecRequest.command`: the program (not empty), then its arguments.
-pub struct ExecCommand;
-impl PartialSchema for ExecCommand {
-    fn schema() -> RefOr<Schema> {
-        from_json(json!({
-            "type": "array",
-            "description": "The program and its arguments, e.g. `[\"sh\", \"-c\", \"echo hi\"]`: the program is not empty; no element has NUL or more than 16 KiB.",
-            "minItems": 1,
-            "prefixItems": [{"type": "string", "pattern": "^[^\\x00]*$", "minLength": 1, "maxLength": 16384}],
-            "items": {"$ref": "#/components/schemas/ExecArgument"},
-            "examples": [["sh", "-c", "echo hello"]]
-        }))
-    }
-}
-impl ToSchema for ExecCommand {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ExecCommand")
-    }
-}
+named_schema!(
+    /// `ExecRequest.command`: the program (not empty), then its arguments.
+    ExecCommand,
+    "ExecCommand",
+    from_json(json!({
+        "type": "array",
+        "description": "The program and its arguments, e.g. `[\"sh\", \"-c\", \"echo hi\"]`: the program is not empty; no element has NUL or more than 16 KiB.",
+        "minItems": 1,
+        "prefixItems": [{"type": "string", "pattern": "^[^\\x00]*$", "minLength": 1, "maxLength": 16384}],
+        "items": {"$ref": "#/components/schemas/ExecArgument"},
+        "examples": [["sh", "-c", "echo hello"]]
+    }))
+);
 
-/// `InstanceCreate.source`: an image by `alias` or by `fingerprint`, exactly
-/// one of them (the derive cannot say so). Two complete variants rather than
-/// an object with a `oneOf` of `required` lists: generators make one model
-/// per variant (an object-level `oneOf` loses the shared `type` field in
-/// openapi-python-client), and schemathesis fills one id at a time.
-pub struct InstanceSourceSchema;
-impl PartialSchema for InstanceSourceSchema {
-    fn schema() -> RefOr<Schema> {
-        from_json(json!({
-            "description": "Where a new instance comes from: a local image, by `alias` or by `fingerprint` (exactly one of them).",
-            "oneOf": [
-                {"$ref": "#/components/schemas/InstanceSourceByAlias"},
-                {"$ref": "#/components/schemas/InstanceSourceByFingerprint"}
-            ]
-        }))
-    }
-}
-impl ToSchema for InstanceSourceSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("InstanceSource")
-    }
-}
+named_schema!(
+    /// `InstanceCreate.source`: an image by `alias` or by `fingerprint`, exactly
+    /// one of them (the derive cannot say so). Two complete variants rather than
+    /// an object with a `oneOf` of `required` lists: generators make one model
+    /// per variant (an object-level `oneOf` loses the shared `type` field in
+    /// openapi-python-client), and schemathesis fills one id at a time.
+    InstanceSourceSchema,
+    "InstanceSource",
+    from_json(json!({
+        "description": "Where a new instance comes from: a local image, by `alias` or by `fingerprint` (exactly one of them).",
+        "oneOf": [
+            {"$ref": "#/components/schemas/InstanceSourceByAlias"},
+            {"$ref": "#/components/schemas/InstanceSourceByFingerprint"}
+        ]
+    }))
+);
 
 /// One variant of `InstanceSource`: `id` is the field that names the image.
 fn instance_source_variant(
@@ -410,71 +392,53 @@ fn instance_source_variant(
     }))
 }
 
-pub struct InstanceSourceByAlias;
-impl PartialSchema for InstanceSourceByAlias {
-    fn schema() -> RefOr<Schema> {
-        instance_source_variant(
-            "alias",
-            "A local image named by one of its aliases.",
-            json!({
-                "type": "string",
-                "description": "An image alias on the server.",
-                "pattern": alias_pattern(),
-                "minLength": 1,
-                "maxLength": 255,
-                "examples": ["busybox"]
-            }),
-        )
-    }
-}
-impl ToSchema for InstanceSourceByAlias {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("InstanceSourceByAlias")
-    }
-}
+named_schema!(
+    InstanceSourceByAlias,
+    "InstanceSourceByAlias",
+    instance_source_variant(
+        "alias",
+        "A local image named by one of its aliases.",
+        json!({
+            "type": "string",
+            "description": "An image alias on the server.",
+            "pattern": alias_pattern(),
+            "minLength": 1,
+            "maxLength": 255,
+            "examples": ["busybox"]
+        }),
+    )
+);
 
-pub struct InstanceSourceByFingerprint;
-impl PartialSchema for InstanceSourceByFingerprint {
-    fn schema() -> RefOr<Schema> {
-        instance_source_variant(
-            "fingerprint",
-            "A local image named by its fingerprint (or a prefix that names one image).",
-            json!({
-                "type": "string",
-                "description": "An image fingerprint (or a unique prefix) on the server.",
-                "pattern": FINGERPRINT_PATTERN,
-                "minLength": 1,
-                "maxLength": 64
-            }),
-        )
-    }
-}
-impl ToSchema for InstanceSourceByFingerprint {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("InstanceSourceByFingerprint")
-    }
-}
+named_schema!(
+    InstanceSourceByFingerprint,
+    "InstanceSourceByFingerprint",
+    instance_source_variant(
+        "fingerprint",
+        "A local image named by its fingerprint (or a prefix that names one image).",
+        json!({
+            "type": "string",
+            "description": "An image fingerprint (or a unique prefix) on the server.",
+            "pattern": FINGERPRINT_PATTERN,
+            "minLength": 1,
+            "maxLength": 64
+        }),
+    )
+);
 
-/// `ImageCopy.source`: a remote server and the image on it, by `alias` or by
-/// `fingerprint` (exactly one), as two complete variants (see
-/// `InstanceSourceSchema`).
-pub struct ImageCopySourceSchema;
-impl PartialSchema for ImageCopySourceSchema {
-    fn schema() -> RefOr<Schema> {
-        from_json(json!({
-            "description": "The remote server a copy comes from, and the image on it by `alias` or by `fingerprint` (exactly one of them).",
-            "oneOf": [
-                {"$ref": "#/components/schemas/ImageCopySourceByAlias"},
-                {"$ref": "#/components/schemas/ImageCopySourceByFingerprint"}
-            ]
-        }))
-    }
-}
-impl ToSchema for ImageCopySourceSchema {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ImageCopySource")
-    }
-}
+named_schema!(
+    /// `ImageCopy.source`: a remote server and the image on it, by `alias` or by
+    /// `fingerprint` (exactly one), as two complete variants (see
+    /// `InstanceSourceSchema`).
+    ImageCopySourceSchema,
+    "ImageCopySource",
+    from_json(json!({
+        "description": "The remote server a copy comes from, and the image on it by `alias` or by `fingerprint` (exactly one of them).",
+        "oneOf": [
+            {"$ref": "#/components/schemas/ImageCopySourceByAlias"},
+            {"$ref": "#/components/schemas/ImageCopySourceByFingerprint"}
+        ]
+    }))
+);
 
 /// An image server URL as `images::check_server_url` takes it (it matches
 /// this very pattern): `https://` (or `http://`, for servers on
@@ -531,50 +495,38 @@ fn image_copy_source_variant(
     }))
 }
 
-pub struct ImageCopySourceByAlias;
-impl PartialSchema for ImageCopySourceByAlias {
-    fn schema() -> RefOr<Schema> {
-        image_copy_source_variant(
-            "alias",
-            "An image on a remote server, by its alias there.",
-            json!({
-                "type": "string",
-                "description": "The image's alias on the server.",
-                "pattern": remote_alias_pattern(),
-                "minLength": 1,
-                "maxLength": 255,
-                "examples": ["debian/12"]
-            }),
-        )
-    }
-}
-impl ToSchema for ImageCopySourceByAlias {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ImageCopySourceByAlias")
-    }
-}
+named_schema!(
+    ImageCopySourceByAlias,
+    "ImageCopySourceByAlias",
+    image_copy_source_variant(
+        "alias",
+        "An image on a remote server, by its alias there.",
+        json!({
+            "type": "string",
+            "description": "The image's alias on the server.",
+            "pattern": remote_alias_pattern(),
+            "minLength": 1,
+            "maxLength": 255,
+            "examples": ["debian/12"]
+        }),
+    )
+);
 
-pub struct ImageCopySourceByFingerprint;
-impl PartialSchema for ImageCopySourceByFingerprint {
-    fn schema() -> RefOr<Schema> {
-        image_copy_source_variant(
-            "fingerprint",
-            "An image on a remote server, by its fingerprint.",
-            json!({
-                "type": "string",
-                "description": "The image's fingerprint (or a unique prefix) on the server.",
-                "pattern": FINGERPRINT_PATTERN,
-                "minLength": 1,
-                "maxLength": 64
-            }),
-        )
-    }
-}
-impl ToSchema for ImageCopySourceByFingerprint {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ImageCopySourceByFingerprint")
-    }
-}
+named_schema!(
+    ImageCopySourceByFingerprint,
+    "ImageCopySourceByFingerprint",
+    image_copy_source_variant(
+        "fingerprint",
+        "An image on a remote server, by its fingerprint.",
+        json!({
+            "type": "string",
+            "description": "The image's fingerprint (or a unique prefix) on the server.",
+            "pattern": FINGERPRINT_PATTERN,
+            "minLength": 1,
+            "maxLength": 64
+        }),
+    )
+);
 
 // A log file name of `GET instances/{name}/logs/{file}`.
 name_schema!(
