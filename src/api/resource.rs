@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::{Json, Pagination};
 use crate::backend::Listing;
 use crate::error::{ApiError, ApiResult};
-use crate::names::ProjectName;
+use crate::names::{ImageFingerprint, ProjectName};
 
 /// A query with `?project=` (documented as `ProjectParam`): the project it
 /// names, checked. Read in the handler, after the extractors, so a bad body
@@ -123,6 +123,26 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         ))
+    }
+}
+
+/// A `source` that names an image by `alias` or by `fingerprint`: exactly
+/// one of them, each checked (the alias by `check_alias`: a local alias and
+/// one on a remote server have different rules).
+pub fn check_image_source(
+    alias: Option<&str>,
+    fingerprint: Option<&str>,
+    check_alias: impl FnOnce(&str) -> ApiResult<()>,
+) -> ApiResult<()> {
+    match (alias, fingerprint) {
+        (Some(a), None) => check_alias(a),
+        (None, Some(f)) => ImageFingerprint::parse(f)
+            .map(drop)
+            .map_err(|e| ApiError::invalid_field("source.fingerprint", e)),
+        _ => Err(ApiError::invalid_field(
+            "source",
+            "give exactly one of source.alias and source.fingerprint",
+        )),
     }
 }
 

@@ -13,7 +13,8 @@ use crate::api::problems::{
     Admin403, AliasMissing, ImageMissing, NameTaken409, TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{
-    ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, project_scoped,
+    ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, check_image_source,
+    project_scoped,
 };
 use crate::api::upload;
 use crate::api::{Json, Page, Pagination, Path, Query};
@@ -260,19 +261,11 @@ pub async fn copy_image(
     }
     let fetch = Fetcher::new(state.config.image_server_allowlist.clone());
     check_server(&req.source.server, &fetch).await?;
-    match (&req.source.alias, &req.source.fingerprint) {
-        (Some(a), None) => check_remote_alias(a)?,
-        (None, Some(f)) => {
-            ImageFingerprint::parse(f)
-                .map_err(|e| ApiError::invalid_field("source.fingerprint", e))?;
-        }
-        _ => {
-            return Err(ApiError::invalid_field(
-                "source",
-                "give exactly one of source.alias and source.fingerprint",
-            ));
-        }
-    }
+    check_image_source(
+        req.source.alias.as_deref(),
+        req.source.fingerprint.as_deref(),
+        check_remote_alias,
+    )?;
     if let Some(t) = &req.source.image_type
         && !matches!(t.as_str(), "container" | "virtual-machine")
     {

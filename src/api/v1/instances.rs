@@ -14,7 +14,7 @@ use crate::api::problems::{
     Stale412, TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery};
+use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_image_source};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -23,7 +23,7 @@ use crate::backend::types::{
 };
 use crate::backend::{ListScope, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{ImageAliasName, ImageFingerprint, InstanceName};
+use crate::names::{ImageAliasName, InstanceName};
 
 const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 
@@ -155,21 +155,15 @@ pub async fn create_instance(
             "source.type must be `image`",
         ));
     }
-    match (&req.source.alias, &req.source.fingerprint) {
-        (Some(a), None) => {
-            ImageAliasName::parse(a).map_err(|e| ApiError::invalid_field("source.alias", e))?;
-        }
-        (None, Some(f)) => {
-            ImageFingerprint::parse(f)
-                .map_err(|e| ApiError::invalid_field("source.fingerprint", e))?;
-        }
-        _ => {
-            return Err(ApiError::invalid_field(
-                "source",
-                "give exactly one of source.alias and source.fingerprint",
-            ));
-        }
-    }
+    check_image_source(
+        req.source.alias.as_deref(),
+        req.source.fingerprint.as_deref(),
+        |a| {
+            ImageAliasName::parse(a)
+                .map(drop)
+                .map_err(|e| ApiError::invalid_field("source.alias", e))
+        },
+    )?;
     let policy = policy::for_caller(&state, &user, &project).await?;
     let after = Shape {
         config: &req.config,
