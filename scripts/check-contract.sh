@@ -78,6 +78,13 @@ VENV_BIN="$(dirname "$PY")"
 MAX_TIME="${CONTRACT_MAX_TIME:-240}"
 MAX_EXAMPLES="${CONTRACT_MAX_EXAMPLES:-25}"
 PHASES="${CONTRACT_PHASES:-examples,coverage,fuzzing,stateful}"
+# The stateful phase runs on a budget of its own, after the others: in the
+# same run it would get only what they leave of --max-time (nothing, with
+# 240 s).
+STATEFUL_MAX_TIME="${CONTRACT_STATEFUL_MAX_TIME:-120}"
+BATCH_PHASES="$(tr ',' '\n' <<<"$PHASES" | grep -vx stateful | paste -sd, - || true)"
+STATEFUL=0
+if tr ',' '\n' <<<"$PHASES" | grep -qx stateful; then STATEFUL=1; fi
 # One worker: schemathesis's threads meet CPython 3.11's AST bug
 # (python/cpython#106905, "SystemError: AST constructor recursion depth
 # mismatch", fixed after Debian 12's 3.11.2), an error of the tool that
@@ -341,38 +348,58 @@ PY
     token >/dev/null || die "could not log in as the seeded admin ($B backend)"
 }
 
+# The test bed's busybox image as alias `busybox`, as the Incus run's daemon
+# has it: the documented example of an instance create names it, so
+# generated creates (and the stateful links that follow them: state, exec,
+# snapshots, delete) reach real containers on the embedded backend too.
+seed_embedded_image() {
+    { [ -s "${LXGATE_TEST_EMBEDDED_IMAGE_META:-}" ] && [ -s "${LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS:-}" ]; } \
+        || die "no test bed busybox image for the embedded backend (LXGATE_TEST_EMBEDDED_IMAGE_META/_ROOTFS): run \`bash scripts/testbed.sh\`, source target/testbed.env"
+    local tok status
+    tok="$(token)" || die "could not log in as the seeded admin ($B backend)"
+    status="$(in_ns curl -sS --max-time 180 -o "$BWORK/seed-image.json" -w '%{http_code}' \
+        -H "authorization: Bearer $tok" \
+        -F "metadata=@$LXGATE_TEST_EMBEDDED_IMAGE_META" -F "rootfs=@$LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS" -F alias=busybox \
+        "$BASE/api/v1/images/import?wait=120")" || status="curl failed"
+    [ "$status" = 200 ] && grep -q '"status":"Success"' "$BWORK/seed-image.json" \
+        || die "image import of busybox ($B backend): $status $(head -c 300 "$BWORK/seed-image.json" 2>/dev/null)"
+}
+
 # ----------------------------------------------------------- schemathesis ---
 # scripts/contract/hooks.py logs in (again after a generated logout or role
 # change revokes the token) and keeps generated requests from changing the
 # run's own account. The WebSocket endpoints (.../ws) are left out:
 # schemathesis speaks plain HTTP, which they answer 426.
+# $1: phases, $2: --max-time, $3: the run's name (its reports' folder).
 run_schemathesis() {
-    local st_rc=0 unique
-    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, positive+negative data (stateful: positive, linked), phases $PHASES; --max-examples $MAX_EXAMPLES --max-time $MAX_TIME --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
+    local phases="$1" max_time="$2" name="$3" st_rc=0 unique
+    local rout="$BOUT/$name"
+    mkdir -p "$rout"
+    log "[$B] schemathesis $("$VENV_BIN/schemathesis" --version | awk '{print $NF}'): all checks, phases $phases ($([ "$name" = stateful ] && echo 'positive data, sequences joined by the published links' || echo 'positive and negative data')); --max-examples $MAX_EXAMPLES --max-time $max_time --seed $SEED --workers $WORKERS; WebSocket endpoints left out"
     # The run's own bound is --max-time; the outer timeout only guards a hang.
     # Run from $BWORK: schemathesis leaves a .schemathesis/ folder behind.
-    (cd "$BWORK" && timeout --kill-after=30 $((MAX_TIME + 300)) ip netns exec "$NS" \
+    (cd "$BWORK" && timeout --kill-after=30 $((max_time + 300)) ip netns exec "$NS" \
         env NO_COLOR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$ROOT/scripts/contract" SCHEMATHESIS_HOOKS=hooks \
         LXGATE_CONTRACT_BASE="$BASE" LXGATE_CONTRACT_USERNAME="$ADMIN" LXGATE_CONTRACT_PASSWORD="$ADMIN_PASSWORD" \
         "$VENV_BIN/schemathesis" --config-file "$ROOT/scripts/contract/schemathesis.toml" run "$BASE/openapi.json" \
-        --checks all --phases "$PHASES" \
-        --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "$SEED" \
+        --checks all --phases "$phases" \
+        --max-examples "$MAX_EXAMPLES" --max-time "$max_time" --seed "$SEED" \
         --workers "$WORKERS" --request-timeout 60 --generation-database none \
         --suppress-health-check all --no-color --output-truncate true \
-        --report junit,ndjson --report-dir "$BOUT" --exclude-path-regex '/ws$' \
-        >"$BOUT/schemathesis.txt" 2>&1) || st_rc=$?
+        --report junit,ndjson --report-dir "$rout" --exclude-path-regex '/ws$' \
+        >"$rout/schemathesis.txt" 2>&1) || st_rc=$?
     # schemathesis's own closing summary, then the failures per check.
-    echo "==================== [$B backend] schemathesis ===================="
-    awk '/^=+ SUMMARY =+$/ { p = 1 } p' "$BOUT/schemathesis.txt" | sed 's/^/    | /'
-    "$PY" "$ROOT/scripts/contract/summary.py" "$BOUT" --label "$B backend" --spec "$BWORK/openapi.json" \
+    echo "==================== [$B backend] schemathesis: $phases ===================="
+    awk '/^=+ SUMMARY =+$/ { p = 1 } p' "$rout/schemathesis.txt" | sed 's/^/    | /'
+    "$PY" "$ROOT/scripts/contract/summary.py" "$rout" --label "$B backend, $name" --spec "$BWORK/openapi.json" \
         ${CONTRACT_DETAILS:+--by-operation} || true
-    unique="$("$PY" "$ROOT/scripts/contract/summary.py" "$BOUT" --spec "$BWORK/openapi.json" --count 2>/dev/null || echo '?')"
+    unique="$("$PY" "$ROOT/scripts/contract/summary.py" "$rout" --spec "$BWORK/openapi.json" --count 2>/dev/null || echo '?')"
     if [ "$st_rc" = 0 ]; then
-        RESULTS+=("$B backend: schemathesis found nothing")
+        RESULTS+=("$B backend, $phases: schemathesis found nothing")
     else
         status=1
-        log "[$B] schemathesis: exit $st_rc (full output: ${CONTRACT_OUT:-a temp dir; set CONTRACT_OUT to keep it}/$B/schemathesis.txt)"
-        RESULTS+=("$B backend: schemathesis FAILED (exit $st_rc, $unique unique failures)")
+        log "[$B] schemathesis: exit $st_rc (full output: ${CONTRACT_OUT:-a temp dir; set CONTRACT_OUT to keep it}/$B/$name/schemathesis.txt)"
+        RESULTS+=("$B backend, $phases: schemathesis FAILED (exit $st_rc, $unique unique failures)")
     fi
     kill -0 "$LXGATE_PID" 2>/dev/null || die "lxgate died during the schemathesis run ($B backend)"
 }
@@ -490,8 +517,12 @@ for backend in "${BACKENDS[@]}"; do
     fi
     t1=$(ms)
     start_lxgate
+    [ "$B" != embedded ] || seed_embedded_image
     t2=$(ms)
-    [ "${CONTRACT_SKIP_SCHEMATHESIS:-0}" = 1 ] || run_schemathesis
+    if [ "${CONTRACT_SKIP_SCHEMATHESIS:-0}" != 1 ]; then
+        [ -z "$BATCH_PHASES" ] || run_schemathesis "$BATCH_PHASES" "$MAX_TIME" phases
+        [ "$STATEFUL" != 1 ] || run_schemathesis stateful "$STATEFUL_MAX_TIME" stateful
+    fi
     t3=$(ms)
     if [ "$B" = embedded ] && [ "$SKIP_CLIENTS" != 1 ]; then run_clients; fi
     t4=$(ms)
@@ -500,7 +531,7 @@ for backend in "${BACKENDS[@]}"; do
     if [ "$backend" = incus ]; then
         log "[incus] wall time $(secs "$t0" "$t5") s: incusd start-up and seeding $(secs "$t0" "$t1") s, lxgate start-up $(secs "$t1" "$t2") s, schemathesis $(secs "$t2" "$t3") s, shutdown and cleanup $(secs "$t4" "$t5") s"
     else
-        log "[$backend] wall time $(secs "$t0" "$t5") s: lxgate start-up $(secs "$t0" "$t2") s, schemathesis $(secs "$t2" "$t3") s, clients $(secs "$t3" "$t4") s, shutdown and cleanup $(secs "$t4" "$t5") s"
+        log "[$backend] wall time $(secs "$t0" "$t5") s: lxgate start-up and seeding $(secs "$t0" "$t2") s, schemathesis $(secs "$t2" "$t3") s, clients $(secs "$t3" "$t4") s, shutdown and cleanup $(secs "$t4" "$t5") s"
     fi
 done
 

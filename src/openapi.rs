@@ -5,6 +5,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
+mod links;
+mod text;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -85,9 +88,11 @@ impl Modify for BearerAuth {
 }
 
 /// The document with every route in it (`router::api()`'s) completed: see
-/// [`CommonResponses`]. Both `/openapi.json` and `lxgate openapi` are this.
+/// [`CommonResponses`], [`text`] and [`links`]. Both `/openapi.json` and `lxgate openapi` are this.
 pub fn complete(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     CommonResponses.modify(&mut doc);
+    text::forbid_nul(&mut doc);
+    links::add(&mut doc);
     doc
 }
 

@@ -68,6 +68,7 @@ where
         let axum::Json(raw) =
             axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await?;
         object_body(raw.get().as_bytes())?;
+        no_nul(raw.get().as_bytes())?;
         match axum::Json::<T>::from_bytes(raw.get().as_bytes()) {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(axum::extract::rejection::JsonRejection::JsonDataError(e))
@@ -105,6 +106,7 @@ where
         return Ok(T::default());
     }
     object_body(body)?;
+    no_nul(body)?;
     let invalid = |e: serde_json::Error| {
         ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -121,6 +123,58 @@ where
             serde_json::from_value(value).map_err(invalid)
         }
         Err(e) => Err(invalid(e)),
+    }
+}
+
+/// No string of a JSON body (key or value) may hold U+0000: Incus stores
+/// text as C strings and cuts it at the NUL (a description silently
+/// shortened; a network whose stored type no longer loads, 502), argv and
+/// LXC's config files cannot carry one either. The schema says so on every
+/// free-text field of a request (`openapi::CommonResponses`). Answered 422
+/// `validation_failed` naming the field.
+fn no_nul(body: &[u8]) -> Result<(), ApiError> {
+    // JSON can only spell NUL as the escape `\u0000`: no such bytes, no NUL
+    // (the common case costs one scan). Otherwise look properly: the bytes
+    // may be an escaped backslash followed by `u0000`.
+    if !body.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(()); // the typed read answers syntax errors
+    };
+    match nul_at(&value, String::new()) {
+        Some(field) => Err(ApiError::invalid_field(
+            &field,
+            format!("`{field}` contains a NUL character (U+0000), which no field takes"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The path (`config.user.x`, `devices.root.pool`, `command[1]`) of the first
+/// key or string holding U+0000.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "\\u0000")))
+            } else {
+                nul_at(v, join(k))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -425,5 +479,30 @@ mod tests {
         let (status, body) = get_path("/i/%FF").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(problem(&body).0, "invalid_path");
+    }
+
+    /// A NUL anywhere in a JSON body is refused, naming where; an escaped
+    /// backslash before `u0000` is plain text.
+    #[test]
+    fn nul_in_a_body_is_refused_naming_the_field() {
+        let field = |body: &str| super::no_nul(body.as_bytes()).map_err(|e| e.field.clone());
+        assert_eq!(
+            field(r#"{"description": "a\u0000b"}"#),
+            Err(Some("description".into()))
+        );
+        assert_eq!(
+            field(r#"{"config": {"user.x": "ok", "user.y": "\u0000"}}"#),
+            Err(Some("config.user.y".into()))
+        );
+        assert_eq!(
+            field(r#"{"command": ["sh", "-c", "x\u0000"]}"#),
+            Err(Some("command[2]".into()))
+        );
+        assert_eq!(
+            field(r#"{"config": {"a\u0000": "1"}}"#),
+            Err(Some("config.a\\u0000".into()))
+        );
+        assert_eq!(field(r#"{"description": "a\\u0000b"}"#), Ok(()));
+        assert_eq!(field(r#"{"description": "plain"}"#), Ok(()));
     }
 }
