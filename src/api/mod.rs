@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod devices;
 pub mod health;
 pub mod operation;
+pub mod paths;
 pub mod policy;
 pub mod problems;
 pub mod resource;
@@ -272,12 +273,13 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// `axum::extract::Path` with problem+json rejections, for path values of
-/// the checked name types (`Path<InstanceName>`,
-/// `Path<(InstanceName, SnapshotName)>`, `Path<Username>`...): a value its
-/// type refuses is 400 `invalid_name` with the type's own reason, before the
-/// handler runs. Other failures (a value that is not UTF-8) are 400
-/// `invalid_path`.
+/// `axum::extract::Path` with problem+json rejections. Handlers extract one
+/// of the path structs of `crate::api::paths` (`Path<InstancePath>`,
+/// `Path<InstanceSnapshotPath>`...), whose fields are the checked name
+/// types, and name the same struct in their `params(...)`, so what is
+/// checked is what is documented. A value its type refuses is 400
+/// `invalid_name` with the type's own reason, before the handler runs. Other
+/// failures (a value that is not UTF-8) are 400 `invalid_path`.
 #[derive(Debug)]
 pub struct Path<T>(pub T);
 
@@ -424,7 +426,14 @@ mod tests {
     use tower::ServiceExt;
 
     use super::Path;
+    use super::paths::InstanceSnapshotPath;
     use crate::names::{InstanceName, SnapshotName};
+
+    async fn snapshot_path(
+        Path(InstanceSnapshotPath { name, snap }): Path<InstanceSnapshotPath>,
+    ) -> String {
+        format!("{name}/{snap}")
+    }
 
     async fn get_path(uri: &str) -> (StatusCode, String) {
         let app = Router::new()
@@ -439,7 +448,8 @@ mod tests {
                         format!("{name}/{snap}")
                     },
                 ),
-            );
+            )
+            .route("/p/{name}/s/{snap}", get(snapshot_path));
         let req = Request::get(uri).body(Body::empty()).unwrap();
         let resp = app.oneshot(req).await.unwrap();
         let status = resp.status();
@@ -504,5 +514,32 @@ mod tests {
         );
         assert_eq!(field(r#"{"description": "a\\u0000b"}"#), Ok(()));
         assert_eq!(field(r#"{"description": "plain"}"#), Ok(()));
+    }
+
+    /// The handlers extract the structs of `api::paths`, which axum
+    /// deserializes as a map keyed by placeholder, not as a sequence like a
+    /// tuple: each field must still answer with its own type's reason.
+    #[tokio::test]
+    async fn path_structs_are_checked_field_by_field() {
+        assert_eq!(
+            get_path("/p/web-1/s/snap0").await,
+            (StatusCode::OK, "web-1/snap0".into())
+        );
+        for (uri, why) in [
+            (
+                "/p/bad_name/s/snap0",
+                InstanceName::parse("bad_name").unwrap_err(),
+            ),
+            ("/p/a%20b/s/snap0", InstanceName::parse("a b").unwrap_err()),
+            ("/p/web-1/s/a.b", SnapshotName::parse("a.b").unwrap_err()),
+            ("/p/web-1/s/a%20b", SnapshotName::parse("a b").unwrap_err()),
+        ] {
+            let (status, body) = get_path(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(problem(&body), ("invalid_name".into(), why), "{uri}");
+        }
+        let (status, body) = get_path("/p/web-1/s/%FF").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(problem(&body).0, "invalid_path");
     }
 }

@@ -3,8 +3,9 @@
 //! `minLength` and `maxLength`, so that a client or a fuzzer can tell a name
 //! lxgate accepts from one it refuses with 400 `invalid_name` before sending it.
 //!
-//! Each is a named component; path and query parameters and body fields name
-//! them with `value_type = ...` (tuple parameters: `("name" = InstanceName, Path, ...)`).
+//! Each is a named component; path parameters name them as the field types
+//! of the structs in `crate::api::paths`, query parameters and body fields
+//! with `value_type = ...`.
 
 use std::borrow::Cow;
 

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::paths::{BackupPath, InstancePath};
 use crate::api::problems::{
     BackupMissing, InstanceMissing, NameTaken409, Operator403, TooManyOperations429, Viewer403,
 };
@@ -20,7 +21,7 @@ use crate::auth::{AuthUser, Permission};
 use crate::backend::BackendError;
 use crate::backend::types::{Backup, BackupCreate, COMPRESSION_ALGORITHMS, Download, Operation};
 use crate::error::{ApiError, ApiResult};
-use crate::names::{BackupName, InstanceName};
+use crate::names::BackupName;
 
 /// A list entry: the backup, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -33,14 +34,14 @@ pub enum BackupEntry {
 /// List an instance's backups.
 #[utoipa::path(get, path = "", tag = "backups", operation_id = "list_backups",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
+    params(InstancePath, ProjectListQuery),
     responses(
         (status = 200, description = "A page of backups (or names)", body = Page<BackupEntry>),
         Viewer403, InstanceMissing))]
 pub async fn list_backups(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<BackupEntry>>> {
     let project = q.project()?;
@@ -58,7 +59,7 @@ pub async fn list_backups(
 /// with an operation.
 #[utoipa::path(post, path = "", tag = "backups", operation_id = "create_backup",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = BackupCreate,
     responses(
         (status = 202, description = "Backing up", body = OperationRef,
@@ -68,7 +69,7 @@ pub async fn list_backups(
 pub async fn create_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<BackupCreate>,
 ) -> ApiResult<Response> {
@@ -110,17 +111,14 @@ pub async fn create_backup(
 /// Get a backup.
 #[utoipa::path(get, path = "/{backup}", tag = "backups", operation_id = "get_backup",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
-        ProjectQuery),
+    params(BackupPath, ProjectQuery),
     responses(
         (status = 200, description = "The backup", body = Backup),
         Viewer403, BackupMissing))]
 pub async fn get_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(InstanceName, BackupName)>,
+    Path(BackupPath { name, backup }): Path<BackupPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Backup>> {
     let project = q.project()?;
@@ -133,10 +131,7 @@ pub async fn get_backup(
 /// Delete a backup. Answers 202 with an operation.
 #[utoipa::path(delete, path = "/{backup}", tag = "backups", operation_id = "delete_backup",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
-        ProjectWaitQuery),
+    params(BackupPath, ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
@@ -144,7 +139,7 @@ pub async fn get_backup(
 pub async fn delete_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(InstanceName, BackupName)>,
+    Path(BackupPath { name, backup }): Path<BackupPath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -187,10 +182,7 @@ fn tarball_extension(head: &[u8]) -> &'static str {
 /// `<instance>-<backup>.tar[.gz|.xz|.zst|...]` after its compression.
 #[utoipa::path(get, path = "/{backup}/export", tag = "backups", operation_id = "export_backup",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("backup" = crate::names::BackupName, Path, description = "Backup name"),
-        ProjectQuery),
+    params(BackupPath, ProjectQuery),
     responses(
         (status = 200, description = "The backup tarball", content_type = "application/octet-stream",
             body = crate::api::schemas::BinaryContent,
@@ -199,7 +191,7 @@ fn tarball_extension(head: &[u8]) -> &'static str {
 pub async fn export_backup(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, backup)): Path<(InstanceName, BackupName)>,
+    Path(BackupPath { name, backup }): Path<BackupPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;

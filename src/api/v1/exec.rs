@@ -9,6 +9,7 @@ use axum::response::Response;
 use utoipa::IntoParams;
 
 use crate::api::operation::{EXEC_ACTION, OperationRef, OperationSlot, accepted};
+use crate::api::paths::InstancePath;
 use crate::api::policy;
 use crate::api::problems::{
     GuestOperator403, InstanceMissing, NotWebSocket426, TooManyOperations429, TooManySockets429,
@@ -21,7 +22,7 @@ use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ExecRequest, Operation};
 use crate::error::{ApiError, ApiResult};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::ProjectName;
 
 /// The query of a terminal WebSocket. `command` repeats once per argv element.
 #[derive(Debug, Default, IntoParams)]
@@ -114,14 +115,14 @@ fn terminal_needs(project: &ProjectName) -> Vec<(Permission, String)> {
 /// last server frame is `{"type":"exit","exit_code":N}`.
 #[utoipa::path(get, path = "/{name}/exec/ws", tag = "instances", operation_id = "exec_instance_terminal",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
+    params(InstancePath, TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         GuestOperator403, InstanceMissing, NotWebSocket426, TooManySockets429))]
 pub async fn exec_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -143,14 +144,14 @@ pub async fn exec_ws(
 /// The instance console (WebSocket), relayed like the exec terminal.
 #[utoipa::path(get, path = "/{name}/console/ws", tag = "instances", operation_id = "instance_console",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), TerminalQuery),
+    params(InstancePath, TerminalQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         GuestOperator403, InstanceMissing, NotWebSocket426, TooManySockets429))]
 pub async fn console_ws(
     WsUser(user): WsUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -174,7 +175,7 @@ pub async fn console_ws(
 /// their operation says `output_expired: true`.
 #[utoipa::path(post, path = "/{name}/exec", tag = "instances", operation_id = "exec_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = ExecRequest,
     responses(
         (status = 202, description = "Running", body = OperationRef),
@@ -183,7 +184,7 @@ pub async fn console_ws(
 pub async fn exec_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<ExecRequest>,
 ) -> ApiResult<Response> {

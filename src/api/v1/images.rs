@@ -9,6 +9,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::paths::{AliasPath, ImagePath};
 use crate::api::problems::{
     Admin403, AliasMissing, ImageMissing, NameTaken409, TooManyOperations429, Viewer403,
 };
@@ -112,8 +113,7 @@ pub async fn list_images(
 /// Get an image by fingerprint (a unique prefix is enough).
 #[utoipa::path(get, path = "/{fingerprint}", tag = "images", operation_id = "get_image",
     security(("bearer" = [])),
-    params(("fingerprint" = crate::names::ImageFingerprint, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
-        ProjectQuery),
+    params(ImagePath, ProjectQuery),
     responses(
         (status = 200, description = "The image", body = Image,
             headers(("etag" = String, description = "Version"))),
@@ -121,7 +121,7 @@ pub async fn list_images(
 pub async fn get_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<ImageFingerprint>,
+    Path(ImagePath { fingerprint: fp }): Path<ImagePath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -137,8 +137,7 @@ pub async fn get_image(
 /// Delete an image (instances made from it are not affected).
 #[utoipa::path(delete, path = "/{fingerprint}", tag = "images", operation_id = "delete_image",
     security(("bearer" = [])),
-    params(("fingerprint" = crate::names::ImageFingerprint, Path, description = "Fingerprint, or a unique prefix (lowercase hex)"),
-        ProjectWaitQuery),
+    params(ImagePath, ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
@@ -147,7 +146,7 @@ pub async fn get_image(
 pub async fn delete_image(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(fp): Path<ImageFingerprint>,
+    Path(ImagePath { fingerprint: fp }): Path<ImagePath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -489,14 +488,14 @@ pub async fn create_image_alias(
 /// Get an image alias.
 #[utoipa::path(get, path = "/aliases/{name}", tag = "images", operation_id = "get_image_alias",
     security(("bearer" = [])),
-    params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
+    params(AliasPath, ProjectQuery),
     responses(
         (status = 200, description = "The alias", body = ImageAliasesEntry),
         Viewer403, AliasMissing))]
 pub async fn get_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ImageAliasName>,
+    Path(AliasPath { name }): Path<AliasPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<ImageAliasesEntry>> {
     let project = q.project()?;
@@ -507,14 +506,14 @@ pub async fn get_image_alias(
 /// Delete an image alias (the image stays).
 #[utoipa::path(delete, path = "/aliases/{name}", tag = "images", operation_id = "delete_image_alias",
     security(("bearer" = [])),
-    params(("name" = crate::names::ImageAliasName, Path, description = "Alias name"), ProjectQuery),
+    params(AliasPath, ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
         Admin403, AliasMissing))]
 pub async fn delete_image_alias(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ImageAliasName>,
+    Path(AliasPath { name }): Path<AliasPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<StatusCode> {
     let project = q.project()?;

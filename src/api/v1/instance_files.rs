@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api::paths::{InstancePath, LogPath};
 use crate::api::policy;
 use crate::api::problems::{GuestOperator403, InstanceMissing, Viewer403};
 use crate::api::resource::ProjectQuery;
@@ -23,7 +24,6 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{DirectoryListing, Download, FileMeta, FilePull, FilePush};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{InstanceName, LogFileName};
 
 /// The largest file `POST /files` accepts (the request's own body limit;
 /// the global `MAX_BODY_BYTES` is for JSON bodies).
@@ -87,14 +87,14 @@ pub struct ListLogsQuery {
 /// List an instance's log files (names, e.g. `lxc.log`).
 #[utoipa::path(get, path = "/logs", tag = "instances", operation_id = "list_instance_logs",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ListLogsQuery),
+    params(InstancePath, ListLogsQuery),
     responses(
         (status = 200, description = "A page of log file names", body = Page<String>),
         Viewer403, InstanceMissing))]
 pub async fn list_instance_logs(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ListLogsQuery>,
 ) -> ApiResult<Json<Page<String>>> {
     let project = q.project()?;
@@ -111,10 +111,7 @@ pub async fn list_instance_logs(
 /// Read one of an instance's log files (plain text, streamed).
 #[utoipa::path(get, path = "/logs/{file}", tag = "instances", operation_id = "get_instance_log",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("file" = crate::names::LogFileName, Path, description = "Log file name, e.g. `lxc.log`"),
-        ProjectQuery),
+    params(LogPath, ProjectQuery),
     responses(
         (status = 200, description = "The log file", content_type = "text/plain", body = String),
         Viewer403,
@@ -122,7 +119,7 @@ pub async fn list_instance_logs(
 pub async fn get_instance_log(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, file)): Path<(InstanceName, LogFileName)>,
+    Path(LogPath { name, file }): Path<LogPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -138,14 +135,14 @@ pub async fn get_instance_log(
 /// for an instance that has not run).
 #[utoipa::path(get, path = "/console/log", tag = "instances", operation_id = "get_console_log",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
+    params(InstancePath, ProjectQuery),
     responses(
         (status = 200, description = "The console output", content_type = "text/plain", body = String),
         Viewer403, InstanceMissing))]
 pub async fn get_console_log(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -215,7 +212,7 @@ fn download_name(path: &str) -> String {
 /// mode (octal) and type come in `X-File-*` headers.
 #[utoipa::path(get, path = "/files", tag = "instances", operation_id = "pull_file",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), PullQuery),
+    params(InstancePath, PullQuery),
     responses(
         (status = 200, description = "The file's bytes (`application/octet-stream`), or a directory listing (JSON)",
             content(
@@ -232,7 +229,7 @@ fn download_name(path: &str) -> String {
 pub async fn pull_file(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<PullQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -338,7 +335,7 @@ fn too_large() -> ApiError {
 /// apply to a new file. At most 1 GiB.
 #[utoipa::path(post, path = "/files", tag = "instances", operation_id = "push_file",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), PushQuery),
+    params(InstancePath, PushQuery),
     request_body(content = BinaryContent, content_type = "application/octet-stream",
         description = "The file's content"),
     responses(
@@ -350,7 +347,7 @@ fn too_large() -> ApiError {
 pub async fn push_file(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<PushQuery>,
     headers: HeaderMap,
     body: Body,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
     ImageMissing, InstanceConfig400, InstanceMissing, InstancePolicy403, NameTaken409, Operator403,
@@ -188,7 +189,7 @@ pub async fn create_instance(
 /// Get an instance. The `ETag` header can be sent back as `If-Match` on PUT/PATCH.
 #[utoipa::path(get, path = "/{name}", tag = "instances", operation_id = "get_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
+    params(InstancePath, ProjectQuery),
     responses(
         (status = 200, description = "The instance", body = Instance,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -196,7 +197,7 @@ pub async fn create_instance(
 pub async fn get_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -286,7 +287,7 @@ async fn update(
 /// Replace an instance's configuration (fields left out are emptied, as in Incus).
 #[utoipa::path(put, path = "/{name}", tag = "instances", operation_id = "replace_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery,
+    params(InstancePath, ProjectWaitQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
     request_body = InstanceUpdate,
     responses(
@@ -296,7 +297,7 @@ async fn update(
 pub async fn replace_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<InstanceUpdate>,
@@ -307,7 +308,7 @@ pub async fn replace_instance(
 /// Change some of an instance's configuration.
 #[utoipa::path(patch, path = "/{name}", tag = "instances", operation_id = "update_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery,
+    params(InstancePath, ProjectWaitQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the instance changed since")),
     request_body = InstanceUpdate,
     responses(
@@ -317,7 +318,7 @@ pub async fn replace_instance(
 pub async fn update_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<InstanceUpdate>,
@@ -328,7 +329,7 @@ pub async fn update_instance(
 /// Delete an instance (it must be stopped).
 #[utoipa::path(delete, path = "/{name}", tag = "instances", operation_id = "delete_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
@@ -336,7 +337,7 @@ pub async fn update_instance(
 pub async fn delete_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -366,7 +367,7 @@ pub struct RenameRequest {
 /// Rename an instance (it must be stopped).
 #[utoipa::path(post, path = "/{name}/rename", tag = "instances", operation_id = "rename_instance",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = RenameRequest,
     responses(
         (status = 202, description = "Renaming", body = OperationRef),
@@ -375,7 +376,7 @@ pub struct RenameRequest {
 pub async fn rename_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<RenameRequest>,
 ) -> ApiResult<Response> {
@@ -403,14 +404,14 @@ pub async fn rename_instance(
 /// Runtime state: status, processes, CPU, memory, disks, network addresses.
 #[utoipa::path(get, path = "/{name}/state", tag = "instances", operation_id = "get_instance_state",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectQuery),
+    params(InstancePath, ProjectQuery),
     responses(
         (status = 200, description = "The state", body = InstanceState),
         Viewer403, InstanceMissing))]
 pub async fn get_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<InstanceState>> {
     let project = q.project()?;
@@ -457,7 +458,7 @@ async fn change_state(
 /// Start, stop, restart, freeze or unfreeze an instance.
 #[utoipa::path(put, path = "/{name}/state", tag = "instances", operation_id = "change_instance_state",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = StateChange,
     responses(
         (status = 202, description = "Changing state", body = OperationRef),
@@ -466,7 +467,7 @@ async fn change_state(
 pub async fn change_instance_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(change): Json<StateChange>,
 ) -> ApiResult<Response> {
@@ -488,10 +489,7 @@ pub struct ActionOptions {
 /// `restart`, `freeze`, `unfreeze`). The body is optional.
 #[utoipa::path(post, path = "/{name}/{action}", tag = "instances", operation_id = "instance_action",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("action" = crate::backend::types::schema::InstanceAction, Path, description = "start, stop, restart, freeze or unfreeze"),
-        ProjectWaitQuery),
+    params(InstanceActionPath, ProjectWaitQuery),
     request_body(content = Option<ActionOptions>, description = "Optional"),
     responses(
         (status = 202, description = "Changing state", body = OperationRef),
@@ -501,7 +499,7 @@ pub struct ActionOptions {
 pub async fn instance_action(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, action)): Path<(InstanceName, String)>,
+    Path(InstanceActionPath { name, action }): Path<InstanceActionPath>,
     Query(q): Query<ProjectWaitQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {

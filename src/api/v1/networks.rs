@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::OperationRef;
+use crate::api::paths::{DevicePath, InstancePath, NetworkPath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DeviceNameTaken409, InstanceChanged412, ManagedNetworkMissing,
     NameTaken409, NetworkMissing, Operator403, ProfileDevice409, Stale412, TooManyOperations429,
@@ -26,7 +27,7 @@ use crate::backend::types::{
     Instance, Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate, Operation,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{DeviceName, InstanceName, NetworkName};
+use crate::names::{DeviceName, NetworkName};
 
 /// Network types Incus manages; anything else is refused before the backend
 /// sees it.
@@ -110,7 +111,7 @@ pub async fn create_network(
 /// Get a network. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/{name}", tag = "networks", operation_id = "get_network",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
+    params(NetworkPath, ProjectQuery),
     responses(
         (status = 200, description = "The network", body = Network,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -118,7 +119,7 @@ pub async fn create_network(
 pub async fn get_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -150,7 +151,7 @@ async fn update(
 /// emptied, as in Incus; admins).
 #[utoipa::path(put, path = "/{name}", tag = "networks", operation_id = "replace_network",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery,
+    params(NetworkPath, ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
     request_body = NetworkUpdate,
     responses(
@@ -159,7 +160,7 @@ async fn update(
 pub async fn replace_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<NetworkUpdate>,
@@ -170,7 +171,7 @@ pub async fn replace_network(
 /// Change a managed network's description or some config keys (admins).
 #[utoipa::path(patch, path = "/{name}", tag = "networks", operation_id = "update_network",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery,
+    params(NetworkPath, ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the network changed since")),
     request_body = NetworkUpdate,
     responses(
@@ -179,7 +180,7 @@ pub async fn replace_network(
 pub async fn update_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<NetworkUpdate>,
@@ -190,7 +191,7 @@ pub async fn update_network(
 /// Delete a managed network; it must be unused (admins).
 #[utoipa::path(delete, path = "/{name}", tag = "networks", operation_id = "delete_network",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
+    params(NetworkPath, ProjectQuery),
     responses(
         (status = 204, description = "Deleted"),
         Admin403, ManagedNetworkMissing,
@@ -198,7 +199,7 @@ pub async fn update_network(
 pub async fn delete_network(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
@@ -210,14 +211,14 @@ pub async fn delete_network(
 /// The network's interface on the host: link state, addresses, counters.
 #[utoipa::path(get, path = "/{name}/state", tag = "networks", operation_id = "get_network_state",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
+    params(NetworkPath, ProjectQuery),
     responses(
         (status = 200, description = "The state", body = NetworkState),
         Viewer403, NetworkMissing))]
 pub async fn get_network_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<NetworkState>> {
     let project = q.project()?;
@@ -228,14 +229,14 @@ pub async fn get_network_state(
 /// DHCP leases (and static allocations) on a managed network.
 #[utoipa::path(get, path = "/{name}/leases", tag = "networks", operation_id = "list_network_leases",
     security(("bearer" = [])),
-    params(("name" = crate::names::NetworkName, Path, description = "Network name"), ProjectQuery),
+    params(NetworkPath, ProjectQuery),
     responses(
         (status = 200, description = "The leases", body = Vec<NetworkLease>),
         Viewer403, ManagedNetworkMissing))]
 pub async fn list_network_leases(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<NetworkName>,
+    Path(NetworkPath { name }): Path<NetworkPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Vec<NetworkLease>>> {
     let project = q.project()?;
@@ -266,7 +267,7 @@ pub struct AttachNic {
 /// in the background); 412 if the instance changed meanwhile.
 #[utoipa::path(post, path = "", tag = "networks", operation_id = "attach_nic",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = AttachNic,
     responses(
         (status = 200, description = "Attached", body = Instance),
@@ -276,7 +277,7 @@ pub struct AttachNic {
 pub async fn attach_nic(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(instance): Path<InstanceName>,
+    Path(InstancePath { name: instance }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<AttachNic>,
 ) -> ApiResult<Response> {
@@ -334,8 +335,7 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
 /// with `?wait=`).
 #[utoipa::path(delete, path = "/{device}", tag = "networks", operation_id = "detach_nic",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("device" = crate::names::DeviceName, Path, description = "The device name"), ProjectWaitQuery),
+    params(DevicePath, ProjectWaitQuery),
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),
@@ -344,7 +344,10 @@ fn is_nic(d: &BTreeMap<String, String>) -> bool {
 pub async fn detach_nic(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((instance, device)): Path<(InstanceName, DeviceName)>,
+    Path(DevicePath {
+        name: instance,
+        device,
+    }): Path<DevicePath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;

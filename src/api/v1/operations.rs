@@ -7,6 +7,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::operation::{MAX_WAIT_SECS, for_caller, with_exec_output};
+use crate::api::paths::OperationPath;
 use crate::api::problems::{OperationMissing, Viewer403};
 use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::{Json, Page, Path, Query};
@@ -16,7 +17,6 @@ use crate::backend::types::Operation;
 use crate::backend::{BackendError, Missing};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::OperationId;
 
 /// The backend's answer for an unknown operation, also given for one the
 /// caller may not see (so the two cannot be told apart).
@@ -106,14 +106,14 @@ pub async fn list_operations(
 /// Get an operation.
 #[utoipa::path(get, path = "/{id}", tag = "operations", operation_id = "get_operation",
     security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
+    params(OperationPath),
     responses(
         (status = 200, description = "The operation", body = Operation),
         OperationMissing))]
 pub async fn get_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<OperationId>,
+    Path(OperationPath { id }): Path<OperationPath>,
 ) -> ApiResult<Json<Operation>> {
     let (op, project, record) = visible(&state, &user, &id).await?;
     let action = record.as_ref().map(|r| r.action.as_str());
@@ -134,14 +134,14 @@ pub struct WaitQuery {
 /// return it (check `status_code`: 103 means still running).
 #[utoipa::path(get, path = "/{id}/wait", tag = "operations", operation_id = "wait_operation",
     security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)"), WaitQuery),
+    params(OperationPath, WaitQuery),
     responses(
         (status = 200, description = "The operation, finished or still running", body = Operation),
         OperationMissing))]
 pub async fn wait_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<OperationId>,
+    Path(OperationPath { id }): Path<OperationPath>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Operation>> {
     let (op, project, record) = visible(&state, &user, &id).await?;
@@ -159,7 +159,7 @@ pub async fn wait_operation(
 /// Cancel an operation: operators their own, admins anyone's.
 #[utoipa::path(delete, path = "/{id}", tag = "operations", operation_id = "cancel_operation",
     security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "Operation id (UUID)")),
+    params(OperationPath),
     responses(
         (status = 204, description = "Cancelled"),
         OperationMissing,
@@ -168,7 +168,7 @@ pub async fn wait_operation(
 pub async fn cancel_operation(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(id): Path<OperationId>,
+    Path(OperationPath { id }): Path<OperationPath>,
 ) -> ApiResult<StatusCode> {
     let (op, project, record) = visible(&state, &user, &id).await?;
     let own = record

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api::paths::ProjectPath;
 use crate::api::policy;
 use crate::api::problems::{
     Admin403, DefaultProjectSettings501, NameTaken409, ProjectMissing, ProjectRefused400, Stale412,
@@ -142,7 +143,7 @@ pub async fn create_project(
 /// Get a project (any role in it). The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/{name}", tag = "projects", operation_id = "get_project",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name"), SameProjectQuery),
+    params(ProjectPath, SameProjectQuery),
     responses(
         (status = 200, description = "The project", body = Project,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -150,7 +151,7 @@ pub async fn create_project(
 pub async fn get_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Response> {
     user.require(Permission::ProjectView, name.as_str())?;
@@ -236,7 +237,7 @@ async fn update(
 /// projects, `default` included; projects lxgate creates start restricted.
 #[utoipa::path(post, path = "/{name}/restrict", tag = "projects", operation_id = "restrict_project",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name")),
+    params(ProjectPath),
     responses(
         (status = 200, description = "Restricted", body = Project),
         Admin403, ProjectMissing,
@@ -245,7 +246,7 @@ async fn update(
 pub async fn restrict_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
 ) -> ApiResult<Response> {
     user.require(Permission::InfraManage, "")?;
     let (current, etag) = state.backend.get_project(&name).await?;
@@ -270,7 +271,7 @@ pub async fn restrict_project(
 /// as in Incus; admins).
 #[utoipa::path(put, path = "/{name}", tag = "projects", operation_id = "replace_project",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name"),
+    params(ProjectPath,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
     request_body = ProjectUpdate,
     responses(
@@ -279,7 +280,7 @@ pub async fn restrict_project(
 pub async fn replace_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
@@ -289,7 +290,7 @@ pub async fn replace_project(
 /// Change a project's description or some config keys, e.g. limits (admins).
 #[utoipa::path(patch, path = "/{name}", tag = "projects", operation_id = "update_project",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name"),
+    params(ProjectPath,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the project changed since")),
     request_body = ProjectUpdate,
     responses(
@@ -298,7 +299,7 @@ pub async fn replace_project(
 pub async fn update_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<ProjectUpdate>,
 ) -> ApiResult<Response> {
@@ -309,7 +310,7 @@ pub async fn update_project(
 /// (grants may name projects that do not exist yet).
 #[utoipa::path(delete, path = "/{name}", tag = "projects", operation_id = "delete_project",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name")),
+    params(ProjectPath),
     responses(
         (status = 204, description = "Deleted"),
         Admin403, ProjectMissing,
@@ -317,7 +318,7 @@ pub async fn update_project(
 pub async fn delete_project(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
     refuse_default(&name)?;
@@ -333,14 +334,14 @@ pub async fn delete_project(
 /// a limit of -1 means none.
 #[utoipa::path(get, path = "/{name}/state", tag = "projects", operation_id = "get_project_state",
     security(("bearer" = [])),
-    params(("name" = crate::names::ProjectName, Path, description = "Project name"), SameProjectQuery),
+    params(ProjectPath, SameProjectQuery),
     responses(
         (status = 200, description = "Usage and limits", body = ProjectState),
         Viewer403, ProjectMissing))]
 pub async fn get_project_state(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<ProjectName>,
+    Path(ProjectPath { name }): Path<ProjectPath>,
     Query(q): Query<SameProjectQuery>,
 ) -> ApiResult<Json<ProjectState>> {
     user.require(Permission::ProjectView, name.as_str())?;

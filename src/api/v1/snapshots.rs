@@ -6,6 +6,7 @@ use axum::response::Response;
 use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::paths::{InstancePath, InstanceSnapshotPath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
     InstanceMissing, NameTaken409, Operator403, SnapshotMissing, TooManyOperations429, Viewer403,
@@ -17,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ConfigMap, Operation, Snapshot, SnapshotCreate, SnapshotRestore};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{InstanceName, SnapshotName};
+use crate::names::SnapshotName;
 
 /// A list entry: the snapshot, or its name with `expand=false`.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -30,14 +31,14 @@ pub enum SnapshotEntry {
 /// List an instance's snapshots.
 #[utoipa::path(get, path = "", tag = "snapshots", operation_id = "list_snapshots",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectListQuery),
+    params(InstancePath, ProjectListQuery),
     responses(
         (status = 200, description = "A page of snapshots (or names)", body = Page<SnapshotEntry>),
         Viewer403, InstanceMissing))]
 pub async fn list_snapshots(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<SnapshotEntry>>> {
     let project = q.project()?;
@@ -54,7 +55,7 @@ pub async fn list_snapshots(
 /// Take a snapshot. Answers 202 with an operation.
 #[utoipa::path(post, path = "", tag = "snapshots", operation_id = "create_snapshot",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = SnapshotCreate,
     responses(
         (status = 202, description = "Snapshotting", body = OperationRef,
@@ -64,7 +65,7 @@ pub async fn list_snapshots(
 pub async fn create_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<InstanceName>,
+    Path(InstancePath { name }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<SnapshotCreate>,
 ) -> ApiResult<Response> {
@@ -95,17 +96,14 @@ pub async fn create_snapshot(
 /// Get a snapshot.
 #[utoipa::path(get, path = "/{snap}", tag = "snapshots", operation_id = "get_snapshot",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
-        ProjectQuery),
+    params(InstanceSnapshotPath, ProjectQuery),
     responses(
         (status = 200, description = "The snapshot", body = Snapshot),
         Viewer403, SnapshotMissing))]
 pub async fn get_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
+    Path(InstanceSnapshotPath { name, snap }): Path<InstanceSnapshotPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Json<Snapshot>> {
     let project = q.project()?;
@@ -118,10 +116,7 @@ pub async fn get_snapshot(
 /// Delete a snapshot. Answers 202 with an operation.
 #[utoipa::path(delete, path = "/{snap}", tag = "snapshots", operation_id = "delete_snapshot",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
-        ProjectWaitQuery),
+    params(InstanceSnapshotPath, ProjectWaitQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
@@ -129,7 +124,7 @@ pub async fn get_snapshot(
 pub async fn delete_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
+    Path(InstanceSnapshotPath { name, snap }): Path<InstanceSnapshotPath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -155,10 +150,7 @@ pub async fn delete_snapshot(
 /// the restored disk). The body is optional. Answers 202 with an operation.
 #[utoipa::path(post, path = "/{snap}/restore", tag = "snapshots", operation_id = "restore_snapshot",
     security(("bearer" = [])),
-    params(
-        ("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("snap" = crate::names::SnapshotName, Path, description = "Snapshot name"),
-        ProjectWaitQuery),
+    params(InstanceSnapshotPath, ProjectWaitQuery),
     request_body(content = Option<SnapshotRestore>, description = "Optional"),
     responses(
         (status = 202, description = "Restoring", body = OperationRef),
@@ -168,7 +160,7 @@ pub async fn delete_snapshot(
 pub async fn restore_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, snap)): Path<(InstanceName, SnapshotName)>,
+    Path(InstanceSnapshotPath { name, snap }): Path<InstanceSnapshotPath>,
     Query(q): Query<ProjectWaitQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {

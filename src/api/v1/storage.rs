@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::paths::{DevicePath, InstancePath, PoolPath, VolumePath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DefaultPoolSettings501, DeviceNameTaken409, InstanceChanged412,
     NameTaken409, Operator403, PoolMissing, PoolOrProjectMissing, ProfileDevice409, Stale412,
@@ -29,7 +30,7 @@ use crate::backend::types::{
     StorageVolumeCreate, StorageVolumeUpdate,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{DeviceName, InstanceName, PoolName, ProjectName, VolumeName};
+use crate::names::{PoolName, ProjectName, VolumeName};
 
 /// Storage drivers Incus (and LXD) know; anything else is refused before
 /// the backend sees it.
@@ -145,7 +146,7 @@ pub async fn create_storage_pool(
 /// Get a storage pool. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/pools/{pool}", tag = "storage", operation_id = "get_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectQuery),
+    params(PoolPath, ProjectQuery),
     responses(
         (status = 200, description = "The pool", body = StoragePool,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -153,7 +154,7 @@ pub async fn create_storage_pool(
 pub async fn get_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -182,7 +183,7 @@ async fn update_pool(
 /// Replace a pool's description and config (left-out fields are emptied, as in Incus; admins).
 #[utoipa::path(put, path = "/pools/{pool}", tag = "storage", operation_id = "replace_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+    params(PoolPath,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
     request_body = StoragePoolUpdate,
     responses(
@@ -191,7 +192,7 @@ async fn update_pool(
 pub async fn replace_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<StoragePoolUpdate>,
 ) -> ApiResult<Response> {
@@ -201,7 +202,7 @@ pub async fn replace_storage_pool(
 /// Change a pool's description or some config keys (admins).
 #[utoipa::path(patch, path = "/pools/{pool}", tag = "storage", operation_id = "update_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
+    params(PoolPath,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the pool changed since")),
     request_body = StoragePoolUpdate,
     responses(
@@ -210,7 +211,7 @@ pub async fn replace_storage_pool(
 pub async fn update_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
     IfMatch(if_match): IfMatch,
     Json(body): Json<StoragePoolUpdate>,
 ) -> ApiResult<Response> {
@@ -220,7 +221,7 @@ pub async fn update_storage_pool(
 /// Delete a storage pool; it must be unused (admins).
 #[utoipa::path(delete, path = "/pools/{pool}", tag = "storage", operation_id = "delete_storage_pool",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name")),
+    params(PoolPath),
     responses(
         (status = 204, description = "Deleted"),
         Admin403, PoolMissing,
@@ -228,7 +229,7 @@ pub async fn update_storage_pool(
 pub async fn delete_storage_pool(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::InfraManage, "")?;
     state.backend.delete_storage_pool(&pool).await?;
@@ -240,14 +241,14 @@ pub async fn delete_storage_pool(
 /// List the custom volumes of a project in a pool.
 #[utoipa::path(get, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "list_volumes",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectListQuery),
+    params(PoolPath, ProjectListQuery),
     responses(
         (status = 200, description = "A page of volumes (or names)", body = Page<Entry<StorageVolume>>),
         Viewer403, PoolOrProjectMissing))]
 pub async fn list_volumes(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
     Query(q): Query<ProjectListQuery>,
 ) -> ApiResult<Json<Page<Entry<StorageVolume>>>> {
     let project = q.project()?;
@@ -264,7 +265,7 @@ pub async fn list_volumes(
 /// operation when the backend creates it in the background.
 #[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"), ProjectWaitQuery),
+    params(PoolPath, ProjectWaitQuery),
     request_body = StorageVolumeCreate,
     responses(
         (status = 201, description = "Created", body = StorageVolume,
@@ -274,7 +275,7 @@ pub async fn list_volumes(
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(pool): Path<PoolName>,
+    Path(PoolPath { pool }): Path<PoolPath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<StorageVolumeCreate>,
 ) -> ApiResult<Response> {
@@ -322,8 +323,7 @@ pub async fn create_volume(
 /// Get a custom volume. The `ETag` header can be sent back as `If-Match`.
 #[utoipa::path(get, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "get_volume",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
-        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery),
+    params(VolumePath, ProjectQuery),
     responses(
         (status = 200, description = "The volume", body = StorageVolume,
             headers(("etag" = String, description = "Version, for If-Match"))),
@@ -331,7 +331,7 @@ pub async fn create_volume(
 pub async fn get_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(PoolName, VolumeName)>,
+    Path(VolumePath { pool, name }): Path<VolumePath>,
     Query(q): Query<ProjectQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -359,8 +359,7 @@ async fn patch_volume(
 /// Change a custom volume's description or some config keys.
 #[utoipa::path(patch, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "update_volume",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
-        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery,
+    params(VolumePath, ProjectQuery,
         ("if-match" = Option<String>, Header, description = "ETag from GET; 412 if the volume changed since")),
     request_body = StorageVolumeUpdate,
     responses(
@@ -369,7 +368,7 @@ async fn patch_volume(
 pub async fn update_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(PoolName, VolumeName)>,
+    Path(VolumePath { pool, name }): Path<VolumePath>,
     Query(q): Query<ProjectQuery>,
     IfMatch(mut if_match): IfMatch,
     Json(body): Json<StorageVolumeUpdate>,
@@ -392,8 +391,7 @@ pub async fn update_volume(
 /// Delete a custom volume; it must not be attached to an instance.
 #[utoipa::path(delete, path = "/pools/{pool}/volumes/{name}", tag = "storage", operation_id = "delete_volume",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
-        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectWaitQuery),
+    params(VolumePath, ProjectWaitQuery),
     responses(
         (status = 204, description = "Deleted"),
         (status = 202, description = "Deleting", body = OperationRef),
@@ -402,7 +400,7 @@ pub async fn update_volume(
 pub async fn delete_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(PoolName, VolumeName)>,
+    Path(VolumePath { pool, name }): Path<VolumePath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -439,8 +437,7 @@ pub struct ResizeRequest {
 /// Resize a custom volume (sets its `size`).
 #[utoipa::path(post, path = "/pools/{pool}/volumes/{name}/resize", tag = "storage", operation_id = "resize_volume",
     security(("bearer" = [])),
-    params(("pool" = crate::names::PoolName, Path, description = "Pool name"),
-        ("name" = crate::names::VolumeName, Path, description = "Volume name"), ProjectQuery),
+    params(VolumePath, ProjectQuery),
     request_body = ResizeRequest,
     responses(
         (status = 200, description = "Resized", body = StorageVolume),
@@ -449,7 +446,7 @@ pub struct ResizeRequest {
 pub async fn resize_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((pool, name)): Path<(PoolName, VolumeName)>,
+    Path(VolumePath { pool, name }): Path<VolumePath>,
     Query(q): Query<ProjectQuery>,
     Json(req): Json<ResizeRequest>,
 ) -> ApiResult<Response> {
@@ -489,7 +486,7 @@ pub struct AttachVolume {
 /// in the background); 412 if the instance changed meanwhile.
 #[utoipa::path(post, path = "", tag = "storage", operation_id = "attach_volume",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"), ProjectWaitQuery),
+    params(InstancePath, ProjectWaitQuery),
     request_body = AttachVolume,
     responses(
         (status = 200, description = "Attached", body = Instance),
@@ -499,7 +496,7 @@ pub struct AttachVolume {
 pub async fn attach_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(instance): Path<InstanceName>,
+    Path(InstancePath { name: instance }): Path<InstancePath>,
     Query(q): Query<ProjectWaitQuery>,
     Json(req): Json<AttachVolume>,
 ) -> ApiResult<Response> {
@@ -552,8 +549,7 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
 /// kept. Answers 202 with an operation (or 200 with `?wait=`).
 #[utoipa::path(delete, path = "/{device}", tag = "storage", operation_id = "detach_volume",
     security(("bearer" = [])),
-    params(("name" = crate::names::InstanceName, Path, description = "Instance name"),
-        ("device" = crate::names::DeviceName, Path, description = "The device name"), ProjectWaitQuery),
+    params(DevicePath, ProjectWaitQuery),
     responses(
         (status = 200, description = "Detached", body = Operation),
         (status = 202, description = "Detaching", body = OperationRef),
@@ -562,7 +558,10 @@ fn is_volume_device(d: &BTreeMap<String, String>) -> bool {
 pub async fn detach_volume(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((instance, device)): Path<(InstanceName, DeviceName)>,
+    Path(DevicePath {
+        name: instance,
+        device,
+    }): Path<DevicePath>,
     Query(q): Query<ProjectWaitQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
+use crate::api::paths::{UserPath, UserProjectPath};
 use crate::api::problems::{
     Admin403, AuthRateLimited429, LastAdmin409, NameTaken409, NewUser422, UserMissing,
 };
@@ -17,7 +18,6 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role, Username, password};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::ProjectName;
 
 fn user_not_found(name: &str) -> ApiError {
     ApiError::not_found("user_not_found", format!("user `{name}` does not exist"))
@@ -102,14 +102,14 @@ pub async fn create_user(
 /// Get a user.
 #[utoipa::path(get, path = "/{username}", tag = "users", operation_id = "get_user",
     security(("bearer" = [])),
-    params(("username" = crate::auth::Username, Path, description = "The username")),
+    params(UserPath),
     responses(
         (status = 200, description = "The user", body = UserOut),
         Admin403, UserMissing))]
 pub async fn get_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<Username>,
+    Path(UserPath { username: name }): Path<UserPath>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
     Ok(Json(load(&state, &name).await?.1))
@@ -142,7 +142,7 @@ pub struct UpdateUser {
 /// Any change ends the user's current access tokens at once.
 #[utoipa::path(patch, path = "/{username}", tag = "users", operation_id = "update_user",
     security(("bearer" = [])),
-    params(("username" = crate::auth::Username, Path, description = "The username")),
+    params(UserPath),
     request_body = UpdateUser,
     responses(
         (status = 200, description = "The updated user", body = UserOut),
@@ -150,7 +150,7 @@ pub struct UpdateUser {
 pub async fn update_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<Username>,
+    Path(UserPath { username: name }): Path<UserPath>,
     Json(req): Json<UpdateUser>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
@@ -191,14 +191,14 @@ fn last_admin() -> ApiError {
 /// Delete a user and its grants and sessions.
 #[utoipa::path(delete, path = "/{username}", tag = "users", operation_id = "delete_user",
     security(("bearer" = [])),
-    params(("username" = crate::auth::Username, Path, description = "The username")),
+    params(UserPath),
     responses(
         (status = 204, description = "Deleted"),
         Admin403, UserMissing, LastAdmin409))]
 pub async fn delete_user(
     user: AuthUser,
     State(state): State<AppState>,
-    Path(name): Path<Username>,
+    Path(UserPath { username: name }): Path<UserPath>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::UserManage, "")?;
     let (row, _) = load(&state, &name).await?;
@@ -225,9 +225,7 @@ pub struct GrantRequest {
 /// Grant a user a role in one project (replaces an earlier grant there).
 #[utoipa::path(put, path = "/{username}/projects/{project}", tag = "users", operation_id = "grant_project_role",
     security(("bearer" = [])),
-    params(
-        ("username" = crate::auth::Username, Path, description = "The username"),
-        ("project" = crate::names::ProjectName, Path, description = "The project")),
+    params(UserProjectPath),
     request_body = GrantRequest,
     responses(
         (status = 200, description = "The user with its grants", body = UserOut),
@@ -235,7 +233,10 @@ pub struct GrantRequest {
 pub async fn grant_project_role(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, project)): Path<(Username, ProjectName)>,
+    Path(UserProjectPath {
+        username: name,
+        project,
+    }): Path<UserProjectPath>,
     Json(req): Json<GrantRequest>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
@@ -247,9 +248,7 @@ pub async fn grant_project_role(
 /// Remove a user's role in one project.
 #[utoipa::path(delete, path = "/{username}/projects/{project}", tag = "users", operation_id = "revoke_project_role",
     security(("bearer" = [])),
-    params(
-        ("username" = crate::auth::Username, Path, description = "The username"),
-        ("project" = crate::names::ProjectName, Path, description = "The project")),
+    params(UserProjectPath),
     responses(
         (status = 204, description = "Removed"),
         Admin403,
@@ -257,7 +256,10 @@ pub async fn grant_project_role(
 pub async fn revoke_project_role(
     user: AuthUser,
     State(state): State<AppState>,
-    Path((name, project)): Path<(Username, ProjectName)>,
+    Path(UserProjectPath {
+        username: name,
+        project,
+    }): Path<UserProjectPath>,
 ) -> ApiResult<StatusCode> {
     user.require(Permission::UserManage, "")?;
     let (row, _) = load(&state, &name).await?;
