@@ -54,7 +54,7 @@ pub struct CreateUser {
     #[schema(value_type = crate::auth::Username, example = "alice")]
     pub username: String,
     /// At least `PASSWORD_MIN_LENGTH` (12) characters, not the username.
-    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password, example = "a long passphrase")]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)[^\u0000]*$", format = Password, example = "a long passphrase")]
     pub password: String,
     /// Global role; omit or `null` for a user that will only get project roles.
     #[serde(default)]

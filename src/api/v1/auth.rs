@@ -303,7 +303,7 @@ pub async fn me(user: AuthUser) -> Json<Me> {
 pub struct ChangePassword {
     #[schema(format = Password)]
     pub current_password: String,
-    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password)]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)[^\u0000]*$", format = Password)]
     pub new_password: String,
 }
 

@@ -133,7 +133,7 @@ pub struct UpdateUser {
     pub role: Option<Option<Role>>,
     pub disabled: Option<bool>,
     /// Reset the password (an admin action; the user's sessions end).
-    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)", format = Password)]
+    #[schema(min_length = 12, max_length = 1024, pattern = r"^(?!([\s\S])\1*$)[^\u0000]*$", format = Password)]
     pub password: Option<String>,
 }
 

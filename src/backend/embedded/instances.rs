@@ -212,7 +212,8 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    /// The host name of a running instance and whether it is a VM, or a clear 400.
+    /// The host name of a running instance and whether it is a VM, or a clear
+    /// 409 (the instance's state, which the client can change).
     pub(super) async fn running_instance(
         &self,
         project: &str,
@@ -222,8 +223,8 @@ impl EmbeddedBackend {
         let info = self.info_of(&row).await;
         match info.state.as_str() {
             "RUNNING" => Ok((Lxc::host_name(project, name), row.instance_type == VM)),
-            "FROZEN" => Err(BackendError::BadRequest("Instance is frozen".into())),
-            _ => Err(BackendError::BadRequest("Instance is not running".into())),
+            "FROZEN" => Err(BackendError::Conflict("Instance is frozen".into())),
+            _ => Err(BackendError::Conflict("Instance is not running".into())),
         }
     }
 
@@ -961,7 +962,8 @@ async fn give_volume(
     Ok(())
 }
 
-/// The same refusals Incus gives, before any work starts.
+/// The same refusals Incus gives, before any work starts: 409, as the
+/// instance's current state is what the request meets (Incus says 400).
 fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
     let refusal = match (action, state) {
         ("start", "RUNNING") => Some("The instance is already running"),
@@ -973,7 +975,7 @@ fn refuse_state_change(action: &str, state: &str) -> Result<(), BackendError> {
         _ => None,
     };
     match refusal {
-        Some(msg) => Err(BackendError::BadRequest(msg.into())),
+        Some(msg) => Err(BackendError::Conflict(msg.into())),
         None => Ok(()),
     }
 }

@@ -493,6 +493,13 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("currently in use")
         || has("Instance is running")
         || has("is busy running")
+        // A state change or exec that meets the instance's current state.
+        || has("The instance is already")
+        || has("Instance is not running")
+        || has("The instance is not running")
+        || has("The instance is not frozen")
+        || has("Instance is frozen")
+        || has("The instance is frozen")
     {
         return Some(BackendError::Conflict(msg.to_owned()));
     }
@@ -561,6 +568,8 @@ mod tests {
         let conflict = |c, m| matches!(typed_error(c, m), BackendError::Conflict(_));
         assert!(conflict(400, "The storage pool is currently in use"));
         assert!(conflict(400, "Instance is running"));
+        assert!(conflict(400, "The instance is already stopped"));
+        assert!(conflict(400, "Instance is not running"));
         assert!(conflict(
             500,
             "Failed to create instance update operation: Instance is busy running a \"stop\" operation"
