@@ -35,10 +35,13 @@ pub trait Instances: Send + Sync {
         replace: bool,
     ) -> Result<Option<Operation>, BackendError>;
 
+    /// Deletes a stopped instance; with `force`, a running (or frozen) one
+    /// is stopped first, without waiting for a clean shutdown.
     async fn delete_instance(
         &self,
         project: &ProjectName,
         name: &InstanceName,
+        force: bool,
     ) -> Result<Operation, BackendError>;
 
     async fn rename_instance(

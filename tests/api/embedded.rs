@@ -272,11 +272,11 @@ async fn container_lifecycle_with_real_lxc() {
     let st = app.get("/api/v1/instances/c1/state", Some(&admin)).await;
     assert!(st.body["pid"].as_i64().unwrap() > 1, "{}", st.text);
     assert!(st.body["processes"].as_i64().unwrap() >= 1, "{}", st.text);
-    // Starting twice is a client mistake, said clearly.
+    // Starting twice meets the instance's state, said clearly.
     let again = app
         .post("/api/v1/instances/c1/start", Some(&admin), json!({}))
         .await;
-    again.assert_problem(400, "bad_request");
+    again.assert_problem(409, "conflict");
 
     // Interactive exec over the WebSocket: output, then the exit code.
     let mut term = app
@@ -340,9 +340,9 @@ async fn container_lifecycle_with_real_lxc() {
     action(&app, &admin, "c1", "unfreeze").await;
     assert_eq!(host.lxc_state("default", "c1"), "RUNNING");
 
-    // A running instance cannot be deleted.
+    // A running instance cannot be deleted (without `?force=true`).
     let del = app.delete("/api/v1/instances/c1", Some(&admin)).await;
-    del.assert_problem(400, "bad_request");
+    del.assert_problem(409, "conflict");
 
     let stop = app
         .put(
@@ -372,6 +372,25 @@ async fn container_lifecycle_with_real_lxc() {
     assert!(!host.lxcpath().join("default_c2").exists());
     let gone = app.get("/api/v1/instances/c2", Some(&admin)).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
+
+    // `?force=true` stops a running (here: frozen) one first, then deletes.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c3", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    action(&app, &admin, "c3", "freeze").await;
+    assert_eq!(host.lxc_state("default", "c3"), "FROZEN");
+    let del = app
+        .delete("/api/v1/instances/c3?force=true&wait=60", Some(&admin))
+        .await;
+    assert_eq!(del.body["status_code"], 200, "{}", del.text);
+    assert!(!host.lxcpath().join("default_c3").exists());
+    app.get("/api/v1/instances/c3", Some(&admin))
+        .await
+        .assert_problem(404, "instance_not_found");
 
     // The lifecycle, as a dashboard subscribed to events saw it.
     let mut actions = Vec::new();

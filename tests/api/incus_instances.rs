@@ -196,6 +196,10 @@ async fn instance_lifecycle_through_operations() {
     }
     let frozen_check = app.get(&format!("{path}/state"), Some(&admin)).await;
     assert_eq!(frozen_check.body["status"], "Running");
+    // A running instance cannot be deleted without `?force=true`.
+    app.delete(&path, Some(&admin))
+        .await
+        .assert_problem(409, "conflict");
     let stop = app
         .post(
             &format!("{path}/stop?wait=60"),
@@ -227,6 +231,32 @@ async fn instance_lifecycle_through_operations() {
         ))
         .await;
     assert_eq!(del.body["status_code"], 200, "{}", del.text);
+
+    // `?force=true` stops a running one first (as `incus delete --force`).
+    let forced = unique("forced");
+    let _cleanup3 = Cleanup(vec![("default".into(), forced.clone())]);
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": forced, "source": {"type": "image", "alias": alias()}, "start": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let forced_path = format!("/api/v1/instances/{forced}");
+    assert_eq!(
+        app.get(&format!("{forced_path}/state"), Some(&admin))
+            .await
+            .body["status"],
+        "Running"
+    );
+    let del = app
+        .delete(&format!("{forced_path}?force=true&wait=60"), Some(&admin))
+        .await;
+    assert_eq!(del.body["status_code"], 200, "{}", del.text);
+    app.get(&forced_path, Some(&admin))
+        .await
+        .assert_problem(404, "instance_not_found");
 
     // The operations it made are listed (newest first) and recorded.
     let ops = app.get("/api/v1/operations", Some(&admin)).await;

@@ -326,10 +326,28 @@ pub async fn update_instance(
     update(state, user, name, q, if_match, body, false).await
 }
 
-/// Delete an instance (it must be stopped).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteInstanceQuery {
+    /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
+    pub project: Option<String>,
+    /// Wait up to this many seconds (max 300) for the operation to finish.
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
+    pub wait: Option<u64>,
+    /// Stop a running or frozen instance first (at once, without a clean
+    /// shutdown), as `incus delete --force` does. Without it, deleting one
+    /// that is not stopped is 409.
+    pub force: Option<bool>,
+}
+
+project_scoped!(DeleteInstanceQuery);
+
+/// Delete an instance (stopped, or any with `?force=true`).
 #[utoipa::path(delete, path = "/{name}", tag = "instances", operation_id = "delete_instance",
     security(("bearer" = [])),
-    params(InstancePath, ProjectWaitQuery),
+    params(InstancePath, DeleteInstanceQuery),
     responses(
         (status = 202, description = "Deleting", body = OperationRef),
         (status = 200, description = "Deleted within `?wait=`", body = Operation),
@@ -338,12 +356,15 @@ pub async fn delete_instance(
     user: AuthUser,
     State(state): State<AppState>,
     Path(InstancePath { name }): Path<InstancePath>,
-    Query(q): Query<ProjectWaitQuery>,
+    Query(q): Query<DeleteInstanceQuery>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state.backend.delete_instance(&project, &name).await?;
+    let op = state
+        .backend
+        .delete_instance(&project, &name, q.force.unwrap_or(false))
+        .await?;
     accepted(
         &state,
         slot,

@@ -674,11 +674,13 @@ impl Instances for EmbeddedBackend {
         &self,
         project: &ProjectName,
         name: &InstanceName,
+        force: bool,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
-        if self.info_of(&row).await.state != "STOPPED" {
-            return Err(BackendError::BadRequest(
-                "The instance is currently running, stop it first".into(),
+        if !force && self.info_of(&row).await.state != "STOPPED" {
+            return Err(BackendError::Conflict(
+                "The instance is currently running, stop it first (or delete with ?force=true)"
+                    .into(),
             ));
         }
         let guard = self.lock(project, name).lock_owned().await;
@@ -692,10 +694,19 @@ impl Instances for EmbeddedBackend {
             move |_ctx| async move {
                 let _guard = guard;
                 let ct = Lxc::host_name(&row.project, &row.name);
-                if driver.info(&ct).await.state != "STOPPED" {
-                    return Err(OpError::Failed(
-                        "The instance is currently running, stop it first".into(),
-                    ));
+                let state = driver.info(&ct).await.state;
+                if state != "STOPPED" {
+                    if !force {
+                        return Err(OpError::Failed(
+                            "The instance is currently running, stop it first".into(),
+                        ));
+                    }
+                    // A frozen container's processes cannot take the kill.
+                    if state == "FROZEN" {
+                        driver.unfreeze(&ct).await?;
+                    }
+                    driver.stop(&ct, 0, true).await?;
+                    lifecycle(&bus, &row.project, "instance-stopped", &source, json!({}));
                 }
                 driver.destroy(&ct).await?;
                 inv::delete_instance(&pool, &row.project, &row.name)
@@ -715,7 +726,7 @@ impl Instances for EmbeddedBackend {
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "Renaming of running instance not allowed".into(),
             ));
         }

@@ -493,7 +493,10 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("currently in use")
         || has("Instance is running")
         || has("is busy running")
-        // A state change or exec that meets the instance's current state.
+        // A state change, exec, delete or rename that meets the instance's
+        // current state.
+        || has("is currently running")
+        || has("Renaming of running instance not allowed")
         || has("The instance is already")
         || has("Instance is not running")
         || has("The instance is not running")

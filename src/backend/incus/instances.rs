@@ -7,7 +7,9 @@ use super::IncusBackend;
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
-use crate::backend::{BackendError, Instances, ListScope, Listing, Missing, ReportMissing};
+use crate::backend::{
+    BackendError, Instances, ListScope, Listing, Missing, Operations, ReportMissing,
+};
 use crate::names::{InstanceName, ProjectName};
 
 /// `/1.0/instances/web-1?project=x` -> `web-1`.
@@ -139,7 +141,11 @@ impl Instances for IncusBackend {
         &self,
         project: &ProjectName,
         name: &InstanceName,
+        force: bool,
     ) -> Result<Operation, BackendError> {
+        if force {
+            self.stop_at_once(project, name).await?;
+        }
         self.client
             .query_operation(
                 Method::DELETE,
@@ -202,6 +208,50 @@ impl Instances for IncusBackend {
             .missing(|| Missing::instance(name))
     }
 }
+
+impl IncusBackend {
+    /// What `incus delete --force` does first: a forced stop, waited for.
+    /// An instance already stopped is what was wanted.
+    async fn stop_at_once(
+        &self,
+        project: &ProjectName,
+        name: &InstanceName,
+    ) -> Result<(), BackendError> {
+        let stop = json!({"action": "stop", "force": true, "timeout": -1});
+        let op = match self
+            .client
+            .query_operation(
+                Method::PUT,
+                &["instances", name, "state"],
+                &project_query(project),
+                Some(&stop),
+                None,
+            )
+            .await
+            .missing(|| Missing::instance(name))
+        {
+            Ok(op) => op,
+            Err(BackendError::Conflict(m)) if m.contains("already stopped") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let done = Operations::wait_operation(self, &op.id, STOP_WAIT_SECS).await?;
+        match done.status_code {
+            200 => Ok(()),
+            _ if done.err.contains("already stopped") => Ok(()),
+            // Still stopping: the delete would meet a running instance.
+            103 => Err(BackendError::Conflict(format!(
+                "the instance did not stop within {STOP_WAIT_SECS} s; try again"
+            ))),
+            _ => Err(BackendError::Conflict(format!(
+                "could not stop the instance before deleting it: {}",
+                done.err
+            ))),
+        }
+    }
+}
+
+/// How long a forced stop before a delete may take.
+const STOP_WAIT_SECS: u64 = 60;
 
 #[cfg(test)]
 mod tests {
