@@ -61,6 +61,10 @@ mod text;
         crate::api::schemas::ImageCopySourceSchema,
         crate::api::schemas::ImageCopySourceByAlias,
         crate::api::schemas::ImageCopySourceByFingerprint,
+        crate::api::schemas::ImageCreateSchema,
+        crate::backend::types::ImagePublish,
+        crate::api::schemas::ImagePublishSourceSchema,
+        crate::backend::types::ImageCopy,
         crate::backend::types::schema::ImageServerProtocol,
         crate::backend::types::schema::InstanceType,
         crate::backend::types::schema::InstanceSourceType,
@@ -146,7 +150,10 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
         "create_backup",
         "`optimized_storage`, or a compression algorithm the embedded backend lacks",
     ),
-    ("copy_image", "protocol `incus` on the embedded backend"),
+    (
+        "create_image",
+        "a copy with protocol `incus`, or a publish of a virtual machine, on the embedded backend",
+    ),
     (
         "create_network",
         "a network type other than `bridge`, masquerading, IPv6 DHCP, or DHCP without dnsmasq, on the embedded backend",

@@ -82,8 +82,9 @@ pub fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(operations::wait_operation));
     let images = OpenApiRouter::new()
-        .routes(routes!(images::list_images, images::copy_image))
+        .routes(routes!(images::list_images, images::create_image))
         .routes(routes!(images::get_image, images::delete_image))
+        .routes(routes!(images::export_image))
         .routes(routes!(
             images::list_image_aliases,
             images::create_image_alias

@@ -97,6 +97,16 @@ where
     }
 }
 
+impl<T: serde::de::DeserializeOwned> Json<T> {
+    /// A body the extractor already read as JSON (`Json<Value>`, for a
+    /// handler that picks the type from a field), typed with the same 422s.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ApiError> {
+        let bytes = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(v))
+    }
+}
+
 /// An optional JSON body a handler reads itself (empty: `T::default()`), with
 /// the same reading of `30.0` as [`Json`]. Refusals are 422 `validation_failed`.
 pub fn optional_json_body<T>(body: &[u8]) -> Result<T, ApiError>

@@ -441,6 +441,62 @@ named_schema!(
     }))
 );
 
+named_schema!(
+    /// `ImagePublish.source`: an instance by name, or a snapshot as
+    /// `instance/snapshot`, as two complete variants.
+    ImagePublishSourceSchema,
+    "ImagePublishSource",
+    from_json(json!({
+        "description": "What an image is published from: `type` `instance` (`name` = the instance, which must be stopped) or `snapshot` (`name` = `instance/snapshot`), in `project` (default: the image's own project).",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["type", "name"],
+                "additionalProperties": false,
+                "properties": {
+                    "type": {"type": "string", "enum": ["instance"]},
+                    "name": {"$ref": "#/components/schemas/InstanceName"},
+                    "project": {"oneOf": [{"$ref": "#/components/schemas/ProjectName"}, {"type": "null"}]}
+                }
+            },
+            {
+                "type": "object",
+                "required": ["type", "name"],
+                "additionalProperties": false,
+                "properties": {
+                    "type": {"type": "string", "enum": ["snapshot"]},
+                    "name": {
+                        "type": "string",
+                        "description": "`instance/snapshot`",
+                        "maxLength": 127,
+                        "pattern": format!(
+                            "^{}/{}$",
+                            RESOURCE_NAME_PATTERN.trim_start_matches('^').trim_end_matches('$'),
+                            RESOURCE_NAME_PATTERN.trim_start_matches('^').trim_end_matches('$')
+                        ),
+                        "examples": ["web-1/before-upgrade"]
+                    },
+                    "project": {"oneOf": [{"$ref": "#/components/schemas/ProjectName"}, {"type": "null"}]}
+                }
+            }
+        ]
+    }))
+);
+
+named_schema!(
+    /// `POST /api/v1/images`: a copy from a remote server, or a publish of an
+    /// instance or snapshot (told apart by `source.type`).
+    ImageCreateSchema,
+    "ImageCreate",
+    from_json(json!({
+        "description": "A copy from a remote image server (`ImageCopy`), or an instance or snapshot published as an image (`ImagePublish`, `source.type` `instance` or `snapshot`).",
+        "oneOf": [
+            {"$ref": "#/components/schemas/ImageCopy"},
+            {"$ref": "#/components/schemas/ImagePublish"}
+        ]
+    }))
+);
+
 /// An image server URL as `images::check_server_url` takes it (it matches
 /// this very pattern): `https://` (or `http://`, for servers on
 /// `IMAGE_SERVER_ALLOWLIST` only), a host name (its last label not numeric,

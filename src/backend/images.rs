@@ -1,6 +1,9 @@
 //! Images instances are created from, and their aliases.
 
-use super::types::{Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation};
+use super::types::{
+    Download, Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImagePublish, ImageUpload,
+    Operation, PublishFrom,
+};
 use super::{BackendError, ListScope, Listing};
 use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
@@ -36,6 +39,24 @@ pub trait Images: Send + Sync {
         project: &ProjectName,
         upload: &ImageUpload,
     ) -> Result<Operation, BackendError>;
+
+    /// Packs an instance (stopped) or a snapshot of one into a new image of
+    /// `project`, with `req`'s aliases and properties.
+    async fn publish_image(
+        &self,
+        project: &ProjectName,
+        from: &PublishFrom,
+        req: &ImagePublish,
+    ) -> Result<Operation, BackendError>;
+
+    /// The image's files, streamed: `multipart/form-data` with a `metadata`
+    /// and a `rootfs` part for a split image (what `POST images/import`
+    /// takes back), the tarball alone for a unified one.
+    async fn export_image(
+        &self,
+        project: &ProjectName,
+        fingerprint: &ImageFingerprint,
+    ) -> Result<Download, BackendError>;
 
     async fn list_image_aliases(
         &self,

@@ -60,12 +60,12 @@ fn expected_fingerprint() -> String {
 /// project's profiles, so instances get a root disk). Dropping it removes,
 /// in order, its instances, its images (and so their aliases) and itself,
 /// also when the test failed half-way.
-struct TestProject {
-    name: String,
+pub struct TestProject {
+    pub name: String,
 }
 
 impl TestProject {
-    fn create() -> Self {
+    pub fn create() -> Self {
         let name = unique("img");
         let out = incus(&[
             "project",
@@ -116,7 +116,7 @@ impl Drop for TestProject {
     }
 }
 
-async fn upload_form(alias: Option<&str>, metadata_first: bool) -> Form {
+pub async fn upload_form(alias: Option<&str>, metadata_first: bool) -> Form {
     let (meta, rootfs) = image_files();
     let meta = Part::file(meta).await.expect("metadata tarball");
     let rootfs = Part::file(rootfs).await.expect("rootfs tarball");
@@ -132,7 +132,7 @@ async fn upload_form(alias: Option<&str>, metadata_first: bool) -> Form {
     }
 }
 
-async fn import(app: &TestApp, token: &str, query: &str, form: Form) -> Reply {
+pub async fn import(app: &TestApp, token: &str, query: &str, form: Form) -> Reply {
     app.send(
         app.request(
             Method::POST,

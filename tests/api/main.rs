@@ -9,6 +9,7 @@ mod docs_ui;
 mod embedded;
 mod exposure;
 mod image_bounds;
+mod image_publish;
 mod incus_backups;
 mod incus_events;
 mod incus_exec;

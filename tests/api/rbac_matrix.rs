@@ -186,6 +186,7 @@ const ROUTES: &[(&str, Need)] = &[
     ("GET /api/v1/images", ProjectView),
     ("POST /api/v1/images", Admin),
     ("GET /api/v1/images/{fingerprint}", ProjectView),
+    ("GET /api/v1/images/{fingerprint}/export", ProjectView),
     ("DELETE /api/v1/images/{fingerprint}", Admin),
     ("POST /api/v1/images/import", Admin),
     ("GET /api/v1/images/aliases", ProjectView),

@@ -22,12 +22,13 @@ use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
-    Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
+    Download, Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImagePublish, ImageUpload,
+    Operation, PublishFrom,
 };
 use crate::backend::{BackendError, ListScope};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::fetch::Fetcher;
-use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
+use crate::names::{ImageAliasName, ImageFingerprint, InstanceName, ProjectName, SnapshotName};
 
 /// Percent-encodes one path segment for a `Location` header.
 fn path_segment(s: &str) -> String {
@@ -227,31 +228,62 @@ fn check_remote_alias(alias: &str) -> ApiResult<()> {
 }
 
 /// Copy an image from a remote image server (simplestreams or Incus) into
-/// the project. Answers 202 with an operation; a server that cannot be
-/// reached makes the operation fail. The server must be https:// and
-/// resolve to public addresses unless `IMAGE_SERVER_ALLOWLIST` names it;
-/// redirects are followed only within the server's origin. On the embedded
-/// backend an image over `MAX_IMAGE_BYTES` (downloaded, once unpacked, or a
-/// VM disk's virtual size) fails the operation, with nothing kept.
-#[utoipa::path(post, path = "", tag = "images", operation_id = "copy_image",
+/// the project, or publish an instance or a snapshot of one as an image
+/// (`source.type` `instance` or `snapshot`). Answers 202 with an operation.
+///
+/// A copy: a server that cannot be reached makes the operation fail. The
+/// server must be https:// and resolve to public addresses unless
+/// `IMAGE_SERVER_ALLOWLIST` names it; redirects are followed only within the
+/// server's origin. On the embedded backend an image over `MAX_IMAGE_BYTES`
+/// (downloaded, once unpacked, or a VM disk's virtual size) fails the
+/// operation, with nothing kept.
+///
+/// A publish: `source.name` is the instance (it must be stopped: 409
+/// otherwise) or `instance/snapshot`, in `source.project` (default: the
+/// image's project). The image gets the properties of the image the
+/// instance was made from, with `properties` over them. On the embedded
+/// backend containers are packed as the split format (ids shifted back to
+/// 0); publishing a virtual machine needs the Incus backend.
+#[utoipa::path(post, path = "", tag = "images", operation_id = "create_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),
-    request_body = ImageCopy,
+    request_body = crate::api::schemas::ImageCreateSchema,
     responses(
-        (status = 202, description = "Copying", body = OperationRef,
+        (status = 202, description = "Copying or publishing", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished (or failed) within `?wait=`", body = Operation),
         Admin403, TooManyOperations429,
+        (status = 404, description = "No such project, or (publish) no such instance or snapshot", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "`could_not_fetch`: the server resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid source or alias (plain http:// to a host not on `IMAGE_SERVER_ALLOWLIST` included)", body = Problem, content_type = "application/problem+json")))]
-pub async fn copy_image(
+pub async fn create_image(
     user: AuthUser,
     State(state): State<AppState>,
     Query(q): Query<ProjectWaitQuery>,
-    Json(req): Json<ImageCopy>,
+    Json(body): Json<serde_json::Value>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ImageManage, project.as_str())?;
+    let publish = matches!(
+        body.pointer("/source/type").and_then(|t| t.as_str()),
+        Some("instance" | "snapshot")
+    );
+    if publish {
+        let Json(req) = Json::from_value(body)?;
+        publish_image(state, user, project, q.wait, req).await
+    } else {
+        let Json(req) = Json::from_value(body)?;
+        copy_image(state, user, project, q.wait, req).await
+    }
+}
+
+async fn copy_image(
+    state: AppState,
+    user: AuthUser,
+    project: ProjectName,
+    wait: Option<u64>,
+    req: ImageCopy,
+) -> ApiResult<Response> {
     if !matches!(req.source.protocol.as_str(), "simplestreams" | "incus") {
         return Err(ApiError::invalid_field(
             "source.protocol",
@@ -273,10 +305,7 @@ pub async fn copy_image(
             "source.image_type must be `container` or `virtual-machine`",
         ));
     }
-    for (i, a) in req.aliases.iter().enumerate() {
-        ImageAliasName::parse(&a.name)
-            .map_err(|e| ApiError::invalid_field(&format!("aliases[{i}].name"), e))?;
-    }
+    check_new_aliases(&req.aliases)?;
     let what = req
         .source
         .alias
@@ -291,9 +320,113 @@ pub async fn copy_image(
         "image.copy",
         what.as_deref(),
         op,
-        q.wait,
+        wait,
     )
     .await
+}
+
+async fn publish_image(
+    state: AppState,
+    user: AuthUser,
+    project: ProjectName,
+    wait: Option<u64>,
+    req: ImagePublish,
+) -> ApiResult<Response> {
+    let field = |e: String| ApiError::invalid_field("source.name", e);
+    let (instance, snapshot) = match (
+        req.source.source_type.as_str(),
+        req.source.name.split_once('/'),
+    ) {
+        ("instance", None) => (InstanceName::parse(&req.source.name).map_err(field)?, None),
+        ("snapshot", Some((i, s))) => (
+            InstanceName::parse(i).map_err(field)?,
+            Some(SnapshotName::parse(s).map_err(field)?),
+        ),
+        ("instance", Some(_)) => {
+            return Err(field(
+                "an instance's name has no `/` (publish a snapshot with `source.type` `snapshot`)"
+                    .into(),
+            ));
+        }
+        _ => return Err(field("a snapshot is named `instance/snapshot`".into())),
+    };
+    let from_project = match &req.source.project {
+        Some(p) => {
+            ProjectName::parse(p).map_err(|e| ApiError::invalid_field("source.project", e))?
+        }
+        None => project.clone(),
+    };
+    // The instance's project must be one the caller may act on (admins
+    // only today; said here so a wider grant later cannot skip it).
+    user.require(Permission::ProjectOperate, from_project.as_str())?;
+    check_new_aliases(&req.aliases)?;
+    let what = req.source.name.clone();
+    let from = PublishFrom {
+        project: from_project,
+        instance,
+        snapshot,
+    };
+    let slot = OperationSlot::acquire(&state, &user)?;
+    let op = state.backend.publish_image(&project, &from, &req).await?;
+    accepted(
+        &state,
+        slot,
+        project.as_str(),
+        "image.publish",
+        Some(&what),
+        op,
+        wait,
+    )
+    .await
+}
+
+/// Each new alias of a copy or a publish is a valid alias name (422 naming it).
+fn check_new_aliases(aliases: &[crate::backend::types::NewImageAlias]) -> ApiResult<()> {
+    for (i, a) in aliases.iter().enumerate() {
+        ImageAliasName::parse(&a.name)
+            .map_err(|e| ApiError::invalid_field(&format!("aliases[{i}].name"), e))?;
+    }
+    Ok(())
+}
+
+/// Download an image's files: `multipart/form-data` with a `metadata` and a
+/// `rootfs` part (`rootfs.img` for a VM disk) for a split image, which
+/// `POST images/import` takes back as it is; the tarball alone
+/// (`application/octet-stream`) for a unified one (Incus). Streamed.
+#[utoipa::path(get, path = "/{fingerprint}/export", tag = "images", operation_id = "export_image",
+    security(("bearer" = [])),
+    params(ImagePath, ProjectQuery),
+    responses(
+        (status = 200, description = "The image's files",
+            content(
+                (crate::api::schemas::BinaryContent = "multipart/form-data"),
+                (crate::api::schemas::BinaryContent = "application/octet-stream"))),
+        Viewer403, ImageMissing))]
+pub async fn export_image(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Path(ImagePath { fingerprint: fp }): Path<ImagePath>,
+    Query(q): Query<ProjectQuery>,
+) -> ApiResult<Response> {
+    let project = q.project()?;
+    user.require(Permission::ProjectView, project.as_str())?;
+    let Download {
+        content_type,
+        content_length,
+        stream,
+    } = state.backend.export_image(&project, &fp).await?;
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        content_type
+            .and_then(|t| HeaderValue::from_str(&t).ok())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Some(len) = content_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Ok(resp)
 }
 
 /// The parts of `POST /api/v1/images/import` (for the API description; no

@@ -15,13 +15,19 @@ use sqlx::AnyPool;
 use tokio::io::AsyncReadExt;
 
 use super::inventory::db;
+use super::lxc::Lxc;
 use super::operations::{self, OpError, lifecycle, resource_url};
 use super::process;
 use super::qemu::Boot;
 use super::tarball::reading as tar_reading;
-use super::{EmbeddedBackend, driver_types, image_budget, image_size, resources, simplestreams};
+use super::{
+    EmbeddedBackend, driver_types, image_budget, image_pack, image_size, resources, simplestreams,
+};
 use crate::backend::events::EventBus;
-use crate::backend::types::{self, Image, ImageAlias, ImageAliasesEntry, ImageUpload, Operation};
+use crate::backend::types::{
+    self, Download, Image, ImageAlias, ImageAliasesEntry, ImagePublish, ImageUpload, Operation,
+    PublishFrom,
+};
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
 use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
@@ -131,6 +137,23 @@ impl ImageStore {
 
     pub fn metadata(&self, fp: &str) -> PathBuf {
         self.path(fp).join("metadata")
+    }
+
+    /// A fresh folder inside the store, only root may enter, for packing a
+    /// published image (its files are then taken like an upload's).
+    pub async fn publish_spool(&self) -> Result<PathBuf, BackendError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self
+            .dir
+            .join(format!(".publishing-{}", uuid::Uuid::new_v4().simple()));
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        let made = dir.clone();
+        tokio::task::spawn_blocking(move || builder.create(&made))
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("spool task: {e}")))?
+            .map_err(io)?;
+        Ok(dir)
     }
 
     /// Moves an upload's spooled files into the store (a rename: the spool
@@ -679,6 +702,112 @@ impl Images for EmbeddedBackend {
                 },
             ),
         )
+    }
+
+    async fn publish_image(
+        &self,
+        project: &ProjectName,
+        from: &PublishFrom,
+        req: &ImagePublish,
+    ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
+        let row = self.row(&from.project, &from.instance).await?;
+        if row.instance_type == driver_types::VM {
+            return Err(BackendError::NotSupported(
+                "publishing a virtual machine needs the Incus backend (the embedded one publishes containers)".into(),
+            ));
+        }
+        let idir = self.instance_dir(&row);
+        // Held while packing: the instance is neither started nor changed,
+        // renamed or deleted meanwhile.
+        let guard = self.lock(&from.project, &from.instance).lock_owned().await;
+        let rootfs = match &from.snapshot {
+            Some(snap) => {
+                let dir = idir.join("snapshots").join(snap.as_str()).join("rootfs");
+                if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+                    return Err(BackendError::NotFound(Missing::snapshot(
+                        &from.instance,
+                        snap,
+                    )));
+                }
+                dir
+            }
+            None => {
+                let host = Lxc::host_name(&row.project, &row.name);
+                if self.driver(&row).info(&host).await.state != "STOPPED" {
+                    return Err(BackendError::Conflict(
+                        "The instance is running; stop it (or publish a snapshot of it) first"
+                            .into(),
+                    ));
+                }
+                idir.join("rootfs")
+            }
+        };
+        let map = Self::confinement(&row)?.map();
+        // The image it was made from describes it, unless told otherwise.
+        let config: types::ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+        let mut properties: BTreeMap<String, String> = config
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("image.")?.to_owned(), v.clone())))
+            .collect();
+        properties.extend(req.properties.clone());
+        let (pool, store, bus) = (self.pool.clone(), self.images.clone(), self.bus.clone());
+        let budget = image_budget::Budget::new(self.max_image_bytes);
+        let project_owned = project.to_owned();
+        let aliases: Vec<String> = req.aliases.iter().map(|a| a.name.clone()).collect();
+        let public = req.public;
+        Ok(self.ops.start(
+            project,
+            "Publishing image",
+            resources(
+                "instances",
+                &from.project,
+                &format!("instances/{}", from.instance),
+            ),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let spool = store.publish_spool().await?;
+                let result = async {
+                    let packed =
+                        image_pack::pack_container(&spool, &rootfs, map.as_ref(), &properties)
+                            .await?;
+                    image_size::check(&packed.metadata, &packed.rootfs, false, budget).await?;
+                    let up = ImageUpload {
+                        metadata: packed.metadata,
+                        metadata_size: packed.metadata_size,
+                        metadata_name: "metadata.tar.gz".into(),
+                        rootfs: packed.rootfs,
+                        rootfs_size: packed.rootfs_size,
+                        rootfs_name: "rootfs.tar.gz".into(),
+                        virtual_machine: false,
+                        fingerprint: packed.fingerprint,
+                        aliases,
+                        public,
+                    };
+                    let fresh = store.take_upload(&up).await?;
+                    Ok::<_, BackendError>((up, fresh))
+                }
+                .await;
+                let _ = tokio::fs::remove_dir_all(&spool).await;
+                let (up, fresh) = result?;
+                register(&pool, &store, &bus, &project_owned, &up, fresh).await
+            },
+        ))
+    }
+
+    async fn export_image(
+        &self,
+        project: &ProjectName,
+        fingerprint: &ImageFingerprint,
+    ) -> Result<Download, BackendError> {
+        let row = find(&self.pool, project, fingerprint).await?;
+        image_pack::export_split(
+            &self.images.metadata(&row.fingerprint),
+            &self.images.rootfs(&row.fingerprint),
+            row.image_type == "virtual-machine",
+        )
+        .await
     }
 
     async fn list_image_aliases(

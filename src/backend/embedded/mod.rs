@@ -12,6 +12,7 @@ mod exec;
 mod files;
 mod idmap;
 mod image_budget;
+mod image_pack;
 mod image_size;
 mod images;
 mod instances;

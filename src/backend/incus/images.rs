@@ -7,9 +7,11 @@ use reqwest::multipart::{Form, Part};
 use serde_json::json;
 
 use super::IncusBackend;
+use super::files::{TRANSFER_TIMEOUT, download};
 use super::instances::last_segment;
 use crate::backend::types::{
-    Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImageUpload, Operation,
+    Download, Image, ImageAliasCreate, ImageAliasesEntry, ImageCopy, ImagePublish, ImageUpload,
+    Operation, PublishFrom,
 };
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
@@ -123,6 +125,86 @@ impl Images for IncusBackend {
                 None,
             )
             .await
+    }
+
+    /// Incus publishes by itself (`POST /1.0/images` with an instance or
+    /// snapshot source); it refuses a running instance.
+    async fn publish_image(
+        &self,
+        project: &ProjectName,
+        from: &PublishFrom,
+        req: &ImagePublish,
+    ) -> Result<Operation, BackendError> {
+        let (kind, name) = match &from.snapshot {
+            Some(snap) => ("snapshot", format!("{}/{snap}", from.instance)),
+            None => ("instance", from.instance.to_string()),
+        };
+        let aliases: Vec<_> = req
+            .aliases
+            .iter()
+            .map(|a| json!({"name": a.name, "description": a.description.as_deref().unwrap_or_default()}))
+            .collect();
+        let body = json!({
+            "source": {"type": kind, "name": name, "project": from.project},
+            "aliases": aliases,
+            "properties": req.properties,
+            "public": req.public,
+        });
+        let missing = || match &from.snapshot {
+            Some(snap) => Missing::snapshot(&from.instance, snap),
+            None => Missing::instance(&from.instance),
+        };
+        // Incus takes a publish of a missing source and fails its operation
+        // at once: a clear 404 first instead.
+        let source: Vec<&str> = match &from.snapshot {
+            Some(snap) => vec![
+                "instances",
+                from.instance.as_str(),
+                "snapshots",
+                snap.as_str(),
+            ],
+            None => vec!["instances", from.instance.as_str()],
+        };
+        self.client
+            .query(
+                Method::GET,
+                &source,
+                &project_query(&from.project),
+                None,
+                None,
+            )
+            .await
+            .missing(missing)?;
+        self.client
+            .query_operation(
+                Method::POST,
+                &["images"],
+                &project_query(project),
+                Some(&body),
+                None,
+            )
+            .await
+            .missing(missing)
+    }
+
+    async fn export_image(
+        &self,
+        project: &ProjectName,
+        fingerprint: &ImageFingerprint,
+    ) -> Result<Download, BackendError> {
+        let resp = self
+            .client
+            .raw_stream(
+                Method::GET,
+                &["images", fingerprint.as_str(), "export"],
+                &project_query(project),
+                reqwest::header::HeaderMap::new(),
+                None,
+                TRANSFER_TIMEOUT,
+            )
+            .await
+            .missing(|| Missing::image(fingerprint))?;
+        Ok(download(resp))
     }
 
     /// Incus's own split-image upload: `multipart/form-data` with `metadata`

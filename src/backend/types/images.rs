@@ -150,6 +150,47 @@ pub struct ImageCopy {
     pub auto_update: bool,
 }
 
+/// Where a published image comes from: `type` `instance` (`name` = the
+/// instance) or `snapshot` (`name` = `instance/snap`), in `project`
+/// (documented as `api::schemas::ImagePublishSourceSchema`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePublishSource {
+    #[serde(rename = "type")]
+    pub source_type: String,
+    pub name: String,
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// `POST /api/v1/images` with `source.type` `instance` or `snapshot`:
+/// publish an instance or a snapshot as an image of the project.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePublish {
+    #[schema(value_type = crate::api::schemas::ImagePublishSourceSchema)]
+    pub source: ImagePublishSource,
+    /// Aliases for the new image.
+    #[serde(default)]
+    pub aliases: Vec<NewImageAlias>,
+    /// Properties of the image (`os`, `release`, `description`...), merged
+    /// over those of the image the instance was made from.
+    #[serde(default)]
+    #[schema(value_type = super::schema::ConfigMap)]
+    pub properties: BTreeMap<String, String>,
+    /// Make the image available to unauthenticated users of the server.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// What a publish reads, checked: the instance (and snapshot) in its project.
+#[derive(Debug, Clone)]
+pub struct PublishFrom {
+    pub project: crate::names::ProjectName,
+    pub instance: crate::names::InstanceName,
+    pub snapshot: Option<crate::names::SnapshotName>,
+}
+
 /// An uploaded image spooled to local files, ready to hand to a backend
 /// (`POST /api/v1/images/import`). Not part of the API's JSON.
 #[derive(Debug, Clone)]
