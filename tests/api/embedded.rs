@@ -3680,9 +3680,7 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
     app.post(&snaps, Some(&viewer), json!({"name": "s1"}))
         .await
         .assert_problem(403, "permission_denied");
-    let r = app
-        .post(&snaps, Some(&op), json!({"name": "s1"}))
-        .await;
+    let r = app.post(&snaps, Some(&op), json!({"name": "s1"})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let wait = app
         .get(
@@ -3691,9 +3689,13 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         )
         .await;
     assert_eq!(wait.body["status_code"], 200, "{}", wait.text);
-    app.post(&format!("{snaps}?wait=60"), Some(&op), json!({"name": "s1"}))
-        .await
-        .assert_problem(409, "conflict");
+    app.post(
+        &format!("{snaps}?wait=60"),
+        Some(&op),
+        json!({"name": "s1"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
     let r = app
         .post(&snaps, Some(&op), json!({"name": "bad_name"}))
         .await;
@@ -3710,7 +3712,9 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
     assert_eq!(got.body["content_type"], "filesystem");
     assert_eq!(got.body["expires_at"], "0001-01-01T00:00:00Z");
     assert!(got.body["created_at"].as_str().unwrap().starts_with("20"));
-    let list = app.get(&format!("{snaps}?expand=false"), Some(&viewer)).await;
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
     assert_eq!(list.body["items"], json!(["s1", "snap0"]), "{}", list.text);
     let list = app.get(&snaps, Some(&viewer)).await;
     assert_eq!(list.body["total"], 2);
@@ -3746,7 +3750,10 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         .await;
     assert_done(&r, "restore");
     action(&app, &admin, "vs1", "start").await;
-    assert_eq!(run_in(&app, &admin, "vs1", "cat /srv/data/file").await, "v1\n");
+    assert_eq!(
+        run_in(&app, &admin, "vs1", "cat /srv/data/file").await,
+        "v1\n"
+    );
     assert_eq!(
         run_in(&app, &admin, "vs1", "busybox stat -c %u /srv/data/owned").await,
         "1000\n"
@@ -3756,7 +3763,11 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, vec!["default_data".to_owned()], "nothing of the swap left");
+    assert_eq!(
+        left,
+        vec!["default_data".to_owned()],
+        "nothing of the swap left"
+    );
 
     // Copies: of the volume (in use: a filesystem volume may be), across
     // pools; of a snapshot, in the same pool.
@@ -3770,7 +3781,10 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         .await;
     assert_done(&r, "copy across pools");
     let copied = fast.join("custom/default_copy1");
-    assert_eq!(std::fs::read_to_string(copied.join("file")).unwrap(), "v1\n");
+    assert_eq!(
+        std::fs::read_to_string(copied.join("file")).unwrap(),
+        "v1\n"
+    );
     assert_eq!(owner_mode(&copied.join("owned")).0, ubase + 1000);
     let got = app.get(&format!("{fast_vols}/copy1"), Some(&viewer)).await;
     assert_eq!(got.body["content_type"], "filesystem", "{}", got.text);
@@ -3846,12 +3860,12 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         .assert_problem(404, "volume_snapshot_not_found");
 
     // Deleting a snapshot; deleting the volume takes the rest.
-    let r = app
-        .delete(&format!("{snaps}/s1?wait=60"), Some(&op))
-        .await;
+    let r = app.delete(&format!("{snaps}/s1?wait=60"), Some(&op)).await;
     assert_done(&r, "snapshot delete");
     assert!(!snap_root.join("default_data/s1").exists());
-    let list = app.get(&format!("{snaps}?expand=false"), Some(&viewer)).await;
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
     assert_eq!(list.body["items"], json!(["snap0"]));
     action(&app, &admin, "vs1", "stop").await;
     let r = app
@@ -3901,7 +3915,10 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
         .unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["virtual-size"], 128 << 20);
-    assert_eq!(owner_mode(&fast.join("custom/default_bigger.qcow2")), (0, 0o600));
+    assert_eq!(
+        owner_mode(&fast.join("custom/default_bigger.qcow2")),
+        (0, 0o600)
+    );
     let r = app
         .post(
             &format!("{fast_vols}?wait=60"),

@@ -479,7 +479,15 @@ async fn volume_snapshots_restores_and_copies() {
 
     // Data written through a running container.
     incus_ok(&["init", "busybox", &inst]);
-    incus_ok(&["storage", "volume", "attach", "default", &vol, &inst, "/mnt/data"]);
+    incus_ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "default",
+        &vol,
+        &inst,
+        "/mnt/data",
+    ]);
     incus_ok(&["start", &inst]);
     exec_in(&inst, "echo v1 > /mnt/data/file");
 
@@ -488,9 +496,15 @@ async fn volume_snapshots_restores_and_copies() {
     app.post(&snaps, Some(&viewer), json!({"name": "s1"}))
         .await
         .assert_problem(403, "permission_denied");
-    let r = app.post(&snaps, Some(&operator), json!({"name": "s1"})).await;
+    let r = app
+        .post(&snaps, Some(&operator), json!({"name": "s1"}))
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    assert!(r.header("location").unwrap().starts_with("/api/v1/operations/"));
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with("/api/v1/operations/")
+    );
     let wait = app
         .get(
             &format!("{}?timeout=60", r.body["wait_url"].as_str().unwrap()),
@@ -498,9 +512,13 @@ async fn volume_snapshots_restores_and_copies() {
         )
         .await;
     assert_eq!(wait.body["status_code"], 200, "{}", wait.text);
-    app.post(&format!("{snaps}?wait=60"), Some(&operator), json!({"name": "s1"}))
-        .await
-        .assert_problem(409, "conflict");
+    app.post(
+        &format!("{snaps}?wait=60"),
+        Some(&operator),
+        json!({"name": "s1"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
     exec_in(&inst, "echo v2 > /mnt/data/file");
     let r = app
         .post(&format!("{snaps}?wait=60"), Some(&operator), json!({}))
@@ -525,7 +543,9 @@ async fn volume_snapshots_restores_and_copies() {
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .find(|n| n != "s1")
         .unwrap();
-    let list = app.get(&format!("{snaps}?expand=false"), Some(&viewer)).await;
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
     let mut names: Vec<String> = serde_json::from_value(list.body["items"].clone()).unwrap();
     names.sort();
     let mut want = vec!["s1".to_owned(), auto.clone()];
@@ -537,9 +557,13 @@ async fn volume_snapshots_restores_and_copies() {
     app.post(&restore, Some(&operator), json!({}))
         .await
         .assert_problem(409, "conflict");
-    app.post(&format!("{snaps}/nosuch/restore"), Some(&operator), json!({}))
-        .await
-        .assert_problem(404, "volume_snapshot_not_found");
+    app.post(
+        &format!("{snaps}/nosuch/restore"),
+        Some(&operator),
+        json!({}),
+    )
+    .await
+    .assert_problem(404, "volume_snapshot_not_found");
     incus_ok(&["stop", "--force", &inst]);
     let r = app
         .send(app.request(Method::POST, &restore, Some(&operator)))
@@ -570,9 +594,11 @@ async fn volume_snapshots_restores_and_copies() {
     let copied = default_custom.join(format!("default_{fromsnap}/file"));
     assert_eq!(std::fs::read_to_string(&copied).unwrap(), "v2\n");
     assert!(
-        incus_ok(&["storage", "volume", "snapshot", "list", "default", &fromsnap, "-f", "csv"])
-            .trim()
-            .is_empty(),
+        incus_ok(&[
+            "storage", "volume", "snapshot", "list", "default", &fromsnap, "-f", "csv"
+        ])
+        .trim()
+        .is_empty(),
         "a copy starts without snapshots"
     );
     app.post(
@@ -634,7 +660,12 @@ async fn volume_snapshots_restores_and_copies() {
         .await;
     assert_done(&r, "operator copy with its own config");
     let got = app.get(&format!("{vols}/{op_copy}"), Some(&viewer)).await;
-    assert_eq!(got.body["config"], json!({"user.mine": "1"}), "{}", got.text);
+    assert_eq!(
+        got.body["config"],
+        json!({"user.mine": "1"}),
+        "{}",
+        got.text
+    );
     let r = app
         .post(
             &format!("{vols}?wait=60"),
@@ -644,7 +675,15 @@ async fn volume_snapshots_restores_and_copies() {
         .await;
     assert_done(&r, "admin copy");
     assert_eq!(
-        incus_ok(&["storage", "volume", "get", "default", &adm_copy, "security.shifted"]).trim(),
+        incus_ok(&[
+            "storage",
+            "volume",
+            "get",
+            "default",
+            &adm_copy,
+            "security.shifted"
+        ])
+        .trim(),
         "true"
     );
 
@@ -659,7 +698,9 @@ async fn volume_snapshots_restores_and_copies() {
         .delete(&format!("{snaps}/s1?wait=60"), Some(&operator))
         .await;
     assert_done(&r, "snapshot delete");
-    let list = app.get(&format!("{snaps}?expand=false"), Some(&viewer)).await;
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
     assert_eq!(list.body["items"], json!([auto]));
 }
 
@@ -683,13 +724,21 @@ async fn system_health_and_resources_on_incus() {
     let r = app.get("/api/v1/system/resources", Some(&admin)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(r.body["cpu"]["total"].as_u64().unwrap() >= 1, "{}", r.text);
-    assert!(!r.body["cpu"]["sockets"][0]["name"].as_str().unwrap().is_empty());
+    assert!(
+        !r.body["cpu"]["sockets"][0]["name"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
     let mem = &r.body["memory"];
     assert!(mem["total"].as_u64().unwrap() > 0);
     assert!(mem["used"].as_u64().unwrap() <= mem["total"].as_u64().unwrap());
     assert!(r.body["storage"]["total"].as_u64().is_some(), "{}", r.text);
     let pools = r.body["storage_pools"].as_array().unwrap();
-    let default = pools.iter().find(|p| p["name"] == "default").expect("the default pool");
+    let default = pools
+        .iter()
+        .find(|p| p["name"] == "default")
+        .expect("the default pool");
     assert_eq!(default["driver"], "dir");
     assert!(default["space"]["total"].as_u64().unwrap() > 0);
     // Only the fields lxgate publishes: Incus's flags and caches stay out.

@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{VolumePath, VolumeSnapshotPath};
 use crate::api::problems::{
-    Operator403, TooManyOperations429, Viewer403, VolumeMissing,
-    VolumeSnapshotMissing,
+    Operator403, TooManyOperations429, Viewer403, VolumeMissing, VolumeSnapshotMissing,
 };
 use crate::api::resource::{
     Entry, ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, check_expiry, entries,

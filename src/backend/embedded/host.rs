@@ -173,8 +173,8 @@ fn space(dir: &Path) -> std::io::Result<(ResourcesUsage, ResourcesUsage)> {
         .ancestors()
         .find(|p| p.exists())
         .ok_or_else(|| std::io::Error::other("no existing directory"))?;
-    let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
-        .map_err(std::io::Error::other)?;
+    let path =
+        std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: `path` is a NUL-terminated string and `st` a buffer of the
     // right type, which statvfs fills when it returns 0.
@@ -222,7 +222,8 @@ mod tests {
 
     #[test]
     fn memory_in_use_is_what_is_not_available() {
-        let m = parse_meminfo("MemTotal:       2048 kB\nMemFree:  100 kB\nMemAvailable:   512 kB\n");
+        let m =
+            parse_meminfo("MemTotal:       2048 kB\nMemFree:  100 kB\nMemAvailable:   512 kB\n");
         assert_eq!((m.total, m.used), (2048 * 1024, 1536 * 1024));
         assert_eq!(parse_meminfo("garbage").total, 0);
     }

@@ -353,24 +353,22 @@ async fn tar_copy(from: &Path, to: &Path) -> Result<(), BackendError> {
         }
     };
     // Both ends are killed (kill_on_drop) if the time runs out.
-    let (created, extracted, created_err, extracted_err) = tokio::time::timeout(
-        VOLUME_COPY_TIMEOUT,
-        async {
+    let (created, extracted, created_err, extracted_err) =
+        tokio::time::timeout(VOLUME_COPY_TIMEOUT, async {
             tokio::join!(
                 reader.wait(),
                 writer.wait(),
                 tail(reader_err),
                 tail(writer_err)
             )
-        },
-    )
-    .await
-    .map_err(|_| {
-        BackendError::Timeout(format!(
-            "copying a volume did not finish within {}s",
-            VOLUME_COPY_TIMEOUT.as_secs()
-        ))
-    })?;
+        })
+        .await
+        .map_err(|_| {
+            BackendError::Timeout(format!(
+                "copying a volume did not finish within {}s",
+                VOLUME_COPY_TIMEOUT.as_secs()
+            ))
+        })?;
     let (created, extracted) = (
         created.map_err(io("waiting for tar"))?,
         extracted.map_err(io("waiting for tar"))?,
@@ -1120,7 +1118,10 @@ impl Storage for EmbeddedBackend {
                 .await?;
             let had = src.config.get("size").cloned().unwrap_or_default();
             let want = config.entry("size".into()).or_insert(had.clone()).clone();
-            (parse_size(&had).unwrap_or(0), parse_size(&want).unwrap_or(0))
+            (
+                parse_size(&had).unwrap_or(0),
+                parse_size(&want).unwrap_or(0),
+            )
         } else {
             (0, 0)
         };
@@ -1217,7 +1218,6 @@ impl Storage for EmbeddedBackend {
         ))
     }
 }
-
 
 impl EmbeddedBackend {
     /// Host paths and targets of an instance's volume devices, checked: the

@@ -92,7 +92,9 @@ impl VolumeSnapshots for EmbeddedBackend {
         snap: &SnapshotName,
     ) -> Result<StorageVolumeSnapshot, BackendError> {
         let content = self.volume_content(project, pool, volume).await?;
-        let row = self.volume_snapshot_row(project, pool, volume, snap).await?;
+        let row = self
+            .volume_snapshot_row(project, pool, volume, snap)
+            .await?;
         Ok(to_snapshot(row, &content))
     }
 

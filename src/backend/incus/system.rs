@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::IncusBackend;
-use crate::backend::types::{
-    ResourcesStoragePool, ResourcesUsage, StoragePool, SystemResources,
-};
+use crate::backend::types::{ResourcesStoragePool, ResourcesUsage, StoragePool, SystemResources};
 use crate::backend::{BackendError, DriverInfo, System, SystemInfo};
 
 /// The parts of `GET /1.0` lxgate uses.

@@ -64,7 +64,14 @@ impl VolumeSnapshots for IncusBackend {
     ) -> Result<Listing<StorageVolumeSnapshot>, BackendError> {
         let listed: Listing<StorageVolumeSnapshot> = listing(
             self,
-            &["storage-pools", pool, "volumes", "custom", volume, "snapshots"],
+            &[
+                "storage-pools",
+                pool,
+                "volumes",
+                "custom",
+                volume,
+                "snapshots",
+            ],
             &[
                 ("recursion", if expand { "1" } else { "0" }),
                 ("project", project),
@@ -127,7 +134,14 @@ impl VolumeSnapshots for IncusBackend {
         self.client
             .query_operation(
                 Method::POST,
-                &["storage-pools", pool, "volumes", "custom", volume, "snapshots"],
+                &[
+                    "storage-pools",
+                    pool,
+                    "volumes",
+                    "custom",
+                    volume,
+                    "snapshots",
+                ],
                 &[("project", project)],
                 Some(&body),
                 None,
@@ -203,7 +217,11 @@ mod tests {
         .unwrap();
         let s = normalized(listed, "filesystem");
         assert_eq!(
-            (s.name.as_str(), s.content_type.as_str(), s.expires_at.as_str()),
+            (
+                s.name.as_str(),
+                s.content_type.as_str(),
+                s.expires_at.as_str()
+            ),
             ("s1", "filesystem", NEVER)
         );
         let fetched: StorageVolumeSnapshot = serde_json::from_value(json!({
@@ -212,7 +230,11 @@ mod tests {
         .unwrap();
         let s = normalized(fetched, "");
         assert_eq!(
-            (s.name.as_str(), s.content_type.as_str(), s.expires_at.as_str()),
+            (
+                s.name.as_str(),
+                s.content_type.as_str(),
+                s.expires_at.as_str()
+            ),
             ("s1", "block", "2030-01-01T00:00:00Z")
         );
     }
