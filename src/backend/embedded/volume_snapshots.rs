@@ -139,6 +139,7 @@ impl VolumeSnapshots for EmbeddedBackend {
             created_at: now(),
             expires_at: req.expires_at.clone().unwrap_or_else(|| NEVER.into()),
         };
+        let dir = self.volume_snapshot_dir(pool, project, volume).await?;
         // The row claims the name before any data is copied.
         inv::insert_volume_snapshot(&self.pool, &row)
             .await
@@ -149,7 +150,6 @@ impl VolumeSnapshots for EmbeddedBackend {
                 e => db(e),
             })?;
         let guard = self.volume_lock(pool, project, volume).lock_owned().await;
-        let dir = self.volume_snapshot_dir(pool, project, volume).await?;
         let to = snapshot_data(&dir, &snap, &content);
         let (db_pool, bus) = (self.pool.clone(), self.bus.clone());
         let url = snapshot_url(project, pool, volume, &snap);
