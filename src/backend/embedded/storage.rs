@@ -299,7 +299,6 @@ pub(super) async fn copy_volume_data(
 /// with different maps, and its files keep whatever host ids they have.
 async fn tar_copy(from: &Path, to: &Path) -> Result<(), BackendError> {
     use std::process::Stdio;
-    let spawn = |what: &'static str| move |e: std::io::Error| io(what)(e);
     let mut create = tokio::process::Command::new("tar");
     create
         .args([
@@ -319,13 +318,13 @@ async fn tar_copy(from: &Path, to: &Path) -> Result<(), BackendError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut reader = create.spawn().map_err(spawn("running tar"))?;
+    let mut reader = create.spawn().map_err(io("running tar"))?;
     let pipe: Stdio = reader
         .stdout
         .take()
         .expect("stdout is piped")
         .try_into()
-        .map_err(spawn("piping tar"))?;
+        .map_err(io("piping tar"))?;
     let mut extract = tokio::process::Command::new("tar");
     extract
         .args([
@@ -344,7 +343,7 @@ async fn tar_copy(from: &Path, to: &Path) -> Result<(), BackendError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut writer = extract.spawn().map_err(spawn("running tar"))?;
+    let mut writer = extract.spawn().map_err(io("running tar"))?;
     let (reader_err, writer_err) = (reader.stderr.take(), writer.stderr.take());
     let tail = |e: Option<tokio::process::ChildStderr>| async move {
         match e {
