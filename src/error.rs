@@ -266,6 +266,7 @@ fn not_found_code(m: &Missing) -> &'static str {
         Missing::ImageAlias { .. } => "alias_not_found",
         Missing::Pool { .. } => "storage_pool_not_found",
         Missing::Volume { .. } => "volume_not_found",
+        Missing::VolumeSnapshot { .. } => "volume_snapshot_not_found",
         Missing::Network { .. } | Missing::ManagedNetwork { .. } => "network_not_found",
         Missing::Project { .. } => "project_not_found",
         Missing::Profile { .. } => "profile_not_found",
@@ -494,6 +495,16 @@ mod tests {
                 },
                 "volume_not_found",
                 "custom volume `data` in storage pool `fast` does not exist (Storage volume not found)",
+            ),
+            (
+                Missing::VolumeSnapshot {
+                    pool: s("fast"),
+                    volume: s("data"),
+                    name: s("snap0"),
+                    reason: s("Storage volume snapshot not found"),
+                },
+                "volume_snapshot_not_found",
+                "custom volume `data` in storage pool `fast` has no snapshot `snap0` (Storage volume snapshot not found)",
             ),
             (
                 Missing::Network { name: s("br0") },

@@ -20,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
 use crate::api::v1::{backups, exec, instance_files, snapshots};
-use crate::api::v1::{networks, projects, storage};
+use crate::api::v1::{networks, projects, storage, volume_snapshots};
 use crate::api::{health, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -136,7 +136,16 @@ pub fn api() -> OpenApiRouter<AppState> {
             storage::update_volume,
             storage::delete_volume
         ))
-        .routes(routes!(storage::resize_volume));
+        .routes(routes!(storage::resize_volume))
+        .routes(routes!(
+            volume_snapshots::list_volume_snapshots,
+            volume_snapshots::create_volume_snapshot
+        ))
+        .routes(routes!(
+            volume_snapshots::get_volume_snapshot,
+            volume_snapshots::delete_volume_snapshot
+        ))
+        .routes(routes!(volume_snapshots::restore_volume_snapshot));
     let instance_volumes = OpenApiRouter::new()
         .routes(routes!(storage::attach_volume))
         .routes(routes!(storage::detach_volume));
@@ -187,7 +196,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         )
         .nest(
             "/system",
-            OpenApiRouter::new().routes(routes!(system::info)),
+            OpenApiRouter::new()
+                .routes(routes!(system::info))
+                .routes(routes!(system::health))
+                .routes(routes!(system::resources)),
         );
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))

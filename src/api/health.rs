@@ -30,14 +30,43 @@ pub async fn health() -> Json<Health> {
     })
 }
 
+/// How a check (or all of them) came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Ok,
+    Error,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Check {
-    /// `ok` or `error`.
-    pub status: &'static str,
+    pub status: CheckStatus,
+    /// How long the check took, in milliseconds.
+    #[schema(minimum = 0, example = 1.25)]
     pub latency_ms: f64,
     /// Why the check failed (no internals).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Check {
+    /// A check that ran from `started` until now; `Err` holds what the
+    /// caller may be told.
+    pub fn finished(started: Instant, r: Result<(), String>) -> Self {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match r {
+            Ok(()) => Check {
+                status: CheckStatus::Ok,
+                latency_ms,
+                error: None,
+            },
+            Err(why) => Check {
+                status: CheckStatus::Error,
+                latency_ms,
+                error: Some(why),
+            },
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -49,22 +78,13 @@ pub struct Readiness {
 }
 
 fn check<E: std::fmt::Display>(started: Instant, r: Result<(), E>, what: &str) -> Check {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match r {
-        Ok(()) => Check {
-            status: "ok",
-            latency_ms,
-            error: None,
-        },
-        Err(e) => {
+    Check::finished(
+        started,
+        r.map_err(|e| {
             tracing::warn!(error = %e, "readiness: {what} check failed");
-            Check {
-                status: "error",
-                latency_ms,
-                error: Some(format!("{what} unreachable")),
-            }
-        }
-    }
+            format!("{what} unreachable")
+        }),
+    )
 }
 
 /// Readiness: the database and the backend answer. 503 when either does not.
@@ -77,7 +97,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = check(t, state.db.ping().await, "database");
     let t = Instant::now();
     let backend = check(t, state.backend.ping().await, "backend");
-    let ok = database.status == "ok" && backend.status == "ok";
+    let ok = database.status == CheckStatus::Ok && backend.status == CheckStatus::Ok;
     let code = if ok {
         StatusCode::OK
     } else {

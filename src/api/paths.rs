@@ -100,6 +100,18 @@ pub struct VolumePath {
     pub name: VolumeName,
 }
 
+/// `/storage/pools/{pool}/volumes/{name}/snapshots/{snap}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct VolumeSnapshotPath {
+    /// Pool name
+    pub pool: PoolName,
+    /// Volume name
+    pub name: VolumeName,
+    /// Snapshot name
+    pub snap: SnapshotName,
+}
+
 /// `/networks/{name}`
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

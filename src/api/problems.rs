@@ -50,6 +50,9 @@ problem_responses! {
     PoolMissing = 404, "No such pool";
     PoolOrProjectMissing = 404, "No such pool or project";
     VolumeMissing = 404, "No such volume";
+    VolumeSnapshotMissing = 404, "No such volume or snapshot";
+    /// A volume copy names its source in the body.
+    VolumeSourceMissing = 404, "No such pool or project, or no such source volume or snapshot";
     NetworkMissing = 404, "No such network";
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";

@@ -92,6 +92,14 @@ pub enum Missing {
         name: String,
         reason: String,
     },
+    /// A custom volume's snapshot (or the volume, or its pool: `reason` is
+    /// the backend's own words, as for `Volume`).
+    VolumeSnapshot {
+        pool: String,
+        volume: String,
+        name: String,
+        reason: String,
+    },
     Network {
         name: String,
     },
@@ -194,6 +202,15 @@ impl fmt::Display for Missing {
             Missing::Volume { pool, name, reason } => write!(
                 f,
                 "custom volume `{name}` in storage pool `{pool}` does not exist ({reason})"
+            ),
+            Missing::VolumeSnapshot {
+                pool,
+                volume,
+                name,
+                reason,
+            } => write!(
+                f,
+                "custom volume `{volume}` in storage pool `{pool}` has no snapshot `{name}` ({reason})"
             ),
             Missing::Network { name } => write!(f, "network `{name}` does not exist"),
             Missing::ManagedNetwork { name } => write!(

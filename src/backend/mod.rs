@@ -23,6 +23,7 @@ mod snapshots;
 mod storage;
 mod system;
 pub mod types;
+mod volume_snapshots;
 
 pub use backups::Backups;
 pub use error::{BackendError, Missing, ReportMissing, human_bytes, image_too_large};
@@ -38,6 +39,7 @@ pub use projects::Projects;
 pub use snapshots::Snapshots;
 pub use storage::Storage;
 pub use system::System;
+pub use volume_snapshots::VolumeSnapshots;
 
 use std::collections::BTreeMap;
 
@@ -121,6 +123,7 @@ pub trait Backend:
     + Backups
     + Images
     + Storage
+    + VolumeSnapshots
     + Networks
     + Projects
     + Profiles
@@ -138,6 +141,7 @@ impl<T> Backend for T where
         + Backups
         + Images
         + Storage
+        + VolumeSnapshots
         + Networks
         + Projects
         + Profiles

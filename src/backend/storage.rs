@@ -2,7 +2,7 @@
 
 use super::types::{
     Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
-    StorageVolumeCreate, StorageVolumeUpdate,
+    StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy,
 };
 use super::{BackendError, Listing};
 use crate::names::{PoolName, ProjectName, VolumeName};
@@ -46,7 +46,9 @@ pub trait Storage: Send + Sync {
         name: &VolumeName,
     ) -> Result<(StorageVolume, Option<String>), BackendError>;
 
-    /// Returns the operation when the backend creates it in the background.
+    /// A new, empty volume (`req.source` is not read: copies go through
+    /// `copy_volume`). Returns the operation when the backend creates it in
+    /// the background.
     async fn create_volume(
         &self,
         project: &ProjectName,
@@ -71,4 +73,14 @@ pub trait Storage: Send + Sync {
         pool: &PoolName,
         name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError>;
+
+    /// A new volume in `pool` holding a copy of another volume of the
+    /// project, or of one of its snapshots (within or across pools), with
+    /// the content type of its source and no snapshots.
+    async fn copy_volume(
+        &self,
+        project: &ProjectName,
+        pool: &PoolName,
+        req: &VolumeCopy,
+    ) -> Result<Operation, BackendError>;
 }

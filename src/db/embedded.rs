@@ -552,6 +552,105 @@ pub async fn delete_volume(
         .map(|_| ())
 }
 
+#[derive(Debug, Clone, FromRow)]
+pub struct VolumeSnapshotRow {
+    pub pool: String,
+    pub project: String,
+    pub volume: String,
+    pub name: String,
+    pub description: String,
+    /// JSON object: the volume's config when the snapshot was taken.
+    pub config: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+/// A volume's snapshots, oldest first.
+pub async fn list_volume_snapshots(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: &str,
+    volume: &str,
+) -> Result<Vec<VolumeSnapshotRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pool, project, volume, name, description, config, created_at, expires_at FROM embedded_volume_snapshots WHERE pool = $1 AND project = $2 AND volume = $3 ORDER BY created_at, name",
+    )
+    .bind(storage_pool)
+    .bind(project)
+    .bind(volume)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_volume_snapshot(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: &str,
+    volume: &str,
+    name: &str,
+) -> Result<Option<VolumeSnapshotRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pool, project, volume, name, description, config, created_at, expires_at FROM embedded_volume_snapshots WHERE pool = $1 AND project = $2 AND volume = $3 AND name = $4",
+    )
+    .bind(storage_pool)
+    .bind(project)
+    .bind(volume)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Claims the name: fails with a unique violation when it is taken.
+pub async fn insert_volume_snapshot(
+    pool: &AnyPool,
+    r: &VolumeSnapshotRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO embedded_volume_snapshots (pool, project, volume, name, description, config, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&r.pool)
+    .bind(&r.project)
+    .bind(&r.volume)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.created_at)
+    .bind(&r.expires_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// One snapshot, or with `name` `None` every snapshot of the volume.
+pub async fn delete_volume_snapshots(
+    pool: &AnyPool,
+    storage_pool: &str,
+    project: &str,
+    volume: &str,
+    name: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    match name {
+        Some(n) => sqlx::query(
+            "DELETE FROM embedded_volume_snapshots WHERE pool = $1 AND project = $2 AND volume = $3 AND name = $4",
+        )
+        .bind(storage_pool)
+        .bind(project)
+        .bind(volume)
+        .bind(n)
+        .execute(pool)
+        .await,
+        None => sqlx::query(
+            "DELETE FROM embedded_volume_snapshots WHERE pool = $1 AND project = $2 AND volume = $3",
+        )
+        .bind(storage_pool)
+        .bind(project)
+        .bind(volume)
+        .execute(pool)
+        .await,
+    }
+    .map(|_| ())
+}
+
 // -------------------------------------------------------------- networks ---
 
 #[derive(Debug, Clone, FromRow)]

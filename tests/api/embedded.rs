@@ -3635,3 +3635,387 @@ async fn recorded_exec_is_bounded() {
     let (_, ps) = exec_in(&app, &admin, "b1", "ps | grep '[s]leep 600' || echo none").await;
     assert_eq!(ps, "none\n");
 }
+
+/// A finished operation's answer (`?wait=` long enough): 200 and success.
+#[track_caller]
+fn assert_done(r: &Reply, what: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{what}: {}", r.text);
+}
+
+#[tokio::test]
+async fn volume_snapshots_restores_and_copies_on_dir() {
+    let ubase = sub_base("/etc/subuid");
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let op = app.user_with_role(&admin, "op", Some("operator")).await;
+    let viewer = app.user_with_role(&admin, "viewer", Some("viewer")).await;
+    import_busybox(&app, &admin).await;
+    let default_custom = host.data().join("storage/default/custom");
+    let fast = host.dir.path().join("fastpool");
+    let r = app
+        .post(
+            "/api/v1/storage/pools",
+            Some(&admin),
+            json!({"name": "fast", "driver": "dir", "config": {"source": fast.display().to_string()}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let vols = "/api/v1/storage/pools/default/volumes";
+    let r = app.post(vols, Some(&op), json!({"name": "data"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    // Data written through an unprivileged container, one file owned by
+    // an unprivileged user inside it.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "vs1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances/vs1/volumes",
+            Some(&op),
+            json!({"pool": "default", "volume": "data", "path": "/srv/data", "device": "data"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    action(&app, &admin, "vs1", "start").await;
+    run_in(
+        &app,
+        &admin,
+        "vs1",
+        "echo v1 > /srv/data/file && echo mine > /srv/data/owned && busybox chown 1000:1000 /srv/data/owned",
+    )
+    .await;
+    let on_host = default_custom.join("default_data");
+    assert_eq!(owner_mode(&on_host.join("owned")).0, ubase + 1000);
+
+    // Snapshots: viewers may not take them; operators do, named or not.
+    let snaps = format!("{vols}/data/snapshots");
+    app.post(&snaps, Some(&viewer), json!({"name": "s1"}))
+        .await
+        .assert_problem(403, "permission_denied");
+    let r = app.post(&snaps, Some(&op), json!({"name": "s1"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let wait = app
+        .get(
+            &format!("{}?timeout=60", r.body["wait_url"].as_str().unwrap()),
+            Some(&op),
+        )
+        .await;
+    assert_eq!(wait.body["status_code"], 200, "{}", wait.text);
+    app.post(
+        &format!("{snaps}?wait=60"),
+        Some(&op),
+        json!({"name": "s1"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+    let r = app
+        .post(&snaps, Some(&op), json!({"name": "bad_name"}))
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["field"], "name");
+    run_in(&app, &admin, "vs1", "echo v2 > /srv/data/file").await;
+    let r = app
+        .post(&format!("{snaps}?wait=60"), Some(&op), json!({}))
+        .await;
+    assert_done(&r, "unnamed snapshot");
+    let got = app.get(&format!("{snaps}/s1"), Some(&viewer)).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.body["name"], "s1");
+    assert_eq!(got.body["content_type"], "filesystem");
+    assert_eq!(got.body["expires_at"], "0001-01-01T00:00:00Z");
+    assert!(got.body["created_at"].as_str().unwrap().starts_with("20"));
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
+    assert_eq!(list.body["items"], json!(["s1", "snap0"]), "{}", list.text);
+    let list = app.get(&snaps, Some(&viewer)).await;
+    assert_eq!(list.body["total"], 2);
+    assert_eq!(list.body["items"][1]["name"], "snap0");
+    // Kept where no container reaches: root's, closed.
+    let snap_root = host.data().join("storage/default/custom-snapshots");
+    assert_eq!(owner_mode(&snap_root), (0, 0o700));
+    assert_eq!(owner_mode(&snap_root.join("default_data")), (0, 0o700));
+    assert_eq!(
+        std::fs::read_to_string(snap_root.join("default_data/s1/file")).unwrap(),
+        "v1\n"
+    );
+    assert_eq!(
+        owner_mode(&snap_root.join("default_data/s1/owned")).0,
+        ubase + 1000,
+        "the copy keeps the mapped owners"
+    );
+
+    // Restore: not under a running container; stopped, the data goes back.
+    let restore = format!("{snaps}/s1/restore?wait=60");
+    app.post(&restore, Some(&op), json!({}))
+        .await
+        .assert_problem(409, "conflict");
+    action(&app, &admin, "vs1", "stop").await;
+    app.post(&restore, Some(&viewer), json!({}))
+        .await
+        .assert_problem(403, "permission_denied");
+    app.post(&format!("{snaps}/nosuch/restore"), Some(&op), json!({}))
+        .await
+        .assert_problem(404, "volume_snapshot_not_found");
+    let r = app
+        .send(app.request(reqwest::Method::POST, &restore, Some(&op)))
+        .await;
+    assert_done(&r, "restore");
+    action(&app, &admin, "vs1", "start").await;
+    assert_eq!(
+        run_in(&app, &admin, "vs1", "cat /srv/data/file").await,
+        "v1\n"
+    );
+    assert_eq!(
+        run_in(&app, &admin, "vs1", "busybox stat -c %u /srv/data/owned").await,
+        "1000\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&default_custom)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["default_data".to_owned()],
+        "nothing of the swap left"
+    );
+
+    // Copies: of the volume (in use: a filesystem volume may be), across
+    // pools; of a snapshot, in the same pool.
+    let fast_vols = "/api/v1/storage/pools/fast/volumes";
+    let r = app
+        .post(
+            &format!("{fast_vols}?wait=60"),
+            Some(&op),
+            json!({"name": "copy1", "source": {"volume": "data", "pool": "default"}}),
+        )
+        .await;
+    assert_done(&r, "copy across pools");
+    let copied = fast.join("custom/default_copy1");
+    assert_eq!(
+        std::fs::read_to_string(copied.join("file")).unwrap(),
+        "v1\n"
+    );
+    assert_eq!(owner_mode(&copied.join("owned")).0, ubase + 1000);
+    let got = app.get(&format!("{fast_vols}/copy1"), Some(&viewer)).await;
+    assert_eq!(got.body["content_type"], "filesystem", "{}", got.text);
+    let r = app
+        .post(
+            &format!("{vols}?wait=60"),
+            Some(&op),
+            json!({"name": "fromsnap", "source": {"volume": "data", "snapshot": "snap0"}, "config": {"user.from": "snap0"}}),
+        )
+        .await;
+    assert_done(&r, "copy of a snapshot");
+    assert_eq!(
+        std::fs::read_to_string(default_custom.join("default_fromsnap/file")).unwrap(),
+        "v2\n"
+    );
+    let got = app.get(&format!("{vols}/fromsnap"), Some(&viewer)).await;
+    assert_eq!(got.body["config"], json!({"user.from": "snap0"}));
+    // The name is taken; what is missing is named; the content type is the source's.
+    app.post(
+        &format!("{vols}?wait=60"),
+        Some(&op),
+        json!({"name": "fromsnap", "source": {"volume": "data"}}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+    app.post(
+        vols,
+        Some(&op),
+        json!({"name": "c2", "source": {"volume": "nosuch"}}),
+    )
+    .await
+    .assert_problem(404, "volume_not_found");
+    app.post(
+        vols,
+        Some(&op),
+        json!({"name": "c2", "source": {"volume": "data", "snapshot": "nosuch"}}),
+    )
+    .await
+    .assert_problem(404, "volume_snapshot_not_found");
+    app.post(
+        vols,
+        Some(&op),
+        json!({"name": "c2", "source": {"volume": "data", "pool": "nosuch"}}),
+    )
+    .await
+    .assert_problem(404, "storage_pool_not_found");
+    let r = app
+        .post(
+            vols,
+            Some(&op),
+            json!({"name": "c2", "content_type": "block", "source": {"volume": "data"}}),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["field"], "content_type");
+    // A copy is a new volume: its config is held to the policy.
+    let r = app
+        .post(
+            vols,
+            Some(&op),
+            json!({"name": "c2", "source": {"volume": "data"}, "config": {"security.shifted": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.shifted");
+
+    // Snapshots of a missing volume, a missing snapshot.
+    app.get(&format!("{vols}/nosuch/snapshots"), Some(&viewer))
+        .await
+        .assert_problem(404, "volume_not_found");
+    app.get(&format!("{snaps}/nosuch"), Some(&viewer))
+        .await
+        .assert_problem(404, "volume_snapshot_not_found");
+
+    // Deleting a snapshot; deleting the volume takes the rest.
+    let r = app.delete(&format!("{snaps}/s1?wait=60"), Some(&op)).await;
+    assert_done(&r, "snapshot delete");
+    assert!(!snap_root.join("default_data/s1").exists());
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
+    assert_eq!(list.body["items"], json!(["snap0"]));
+    action(&app, &admin, "vs1", "stop").await;
+    let r = app
+        .delete("/api/v1/instances/vs1/volumes/data?wait=60", Some(&op))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app.delete(&format!("{vols}/data"), Some(&op)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(!snap_root.join("default_data").exists());
+
+    // A block volume: its qcow2 copied, a copy grown on the way.
+    let r = app
+        .post(
+            fast_vols,
+            Some(&op),
+            json!({"name": "disk", "content_type": "block", "config": {"size": "64MiB"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            &format!("{fast_vols}/disk/snapshots?wait=60"),
+            Some(&op),
+            json!({"name": "b1"}),
+        )
+        .await;
+    assert_done(&r, "block snapshot");
+    let snap_disk = fast.join("custom-snapshots/default_disk/b1.qcow2");
+    assert_eq!(owner_mode(&snap_disk), (0, 0o600));
+    let got = app
+        .get(&format!("{fast_vols}/disk/snapshots/b1"), Some(&viewer))
+        .await;
+    assert_eq!(got.body["content_type"], "block");
+    assert_eq!(got.body["config"]["size"], "64MiB");
+    let r = app
+        .post(
+            &format!("{fast_vols}?wait=60"),
+            Some(&op),
+            json!({"name": "bigger", "source": {"volume": "disk", "snapshot": "b1"}, "config": {"size": "128MiB"}}),
+        )
+        .await;
+    assert_done(&r, "block copy");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(fast.join("custom/default_bigger.qcow2"))
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 128 << 20);
+    assert_eq!(
+        owner_mode(&fast.join("custom/default_bigger.qcow2")),
+        (0, 0o600)
+    );
+    let r = app
+        .post(
+            &format!("{fast_vols}?wait=60"),
+            Some(&op),
+            json!({"name": "smaller", "source": {"volume": "disk"}, "config": {"size": "32MiB"}}),
+        )
+        .await;
+    r.assert_problem(400, "bad_request");
+    let r = app
+        .post(
+            &format!("{fast_vols}/disk/snapshots/b1/restore?wait=60"),
+            Some(&op),
+            json!({}),
+        )
+        .await;
+    assert_done(&r, "block restore");
+}
+
+#[tokio::test]
+async fn system_health_and_resources_on_embedded() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let nobody = app.user_with_role(&admin, "nobody", None).await;
+    let op = app.user_with_role(&admin, "op", Some("operator")).await;
+
+    let r = app.get("/api/v1/system/health", Some(&nobody)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "ok");
+    assert_eq!(r.body["backend_kind"], "embedded");
+    for check in ["database", "backend"] {
+        assert_eq!(r.body[check]["status"], "ok", "{}", r.text);
+        let ms = r.body[check]["latency_ms"].as_f64().unwrap();
+        assert!((0.0..5000.0).contains(&ms), "{check}: {ms}");
+        assert!(r.body[check].get("error").is_none());
+    }
+    app.get("/api/v1/system/health", None)
+        .await
+        .assert_problem(401, "missing_token");
+
+    app.get("/api/v1/system/resources", Some(&op))
+        .await
+        .assert_problem(403, "permission_denied");
+    let r = app.get("/api/v1/system/resources", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let cpu = &r.body["cpu"];
+    assert!(cpu["total"].as_u64().unwrap() >= 1, "{}", r.text);
+    assert_eq!(cpu["architecture"], std::env::consts::ARCH);
+    assert!(!cpu["sockets"][0]["name"].as_str().unwrap().is_empty());
+    let (total, used) = (
+        r.body["memory"]["total"].as_u64().unwrap(),
+        r.body["memory"]["used"].as_u64().unwrap(),
+    );
+    assert!(total > 0 && used <= total, "{}", r.text);
+    let disks = r.body["storage"]["disks"].as_array().unwrap();
+    assert_eq!(r.body["storage"]["total"], disks.len());
+    assert!(disks.iter().all(|d| d["size"].as_u64().is_some()));
+    let pool = &r.body["storage_pools"][0];
+    assert_eq!(pool["name"], "default", "{}", r.text);
+    assert_eq!(pool["driver"], "dir");
+    let space = &pool["space"];
+    assert!(space["total"].as_u64().unwrap() > 0);
+    assert!(space["used"].as_u64().unwrap() <= space["total"].as_u64().unwrap());
+
+    // DATA_DIR gone: the backend check fails, 503 with the same body.
+    let moved = host.dir.path().join("data-moved");
+    std::fs::rename(host.data(), &moved).unwrap();
+    let r = app.get("/api/v1/system/health", Some(&nobody)).await;
+    std::fs::rename(&moved, host.data()).unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.body["status"], "error");
+    assert_eq!(r.body["backend"]["status"], "error");
+    assert_eq!(r.body["backend"]["error"], "backend unreachable");
+    assert!(
+        !r.text.contains(&host.data().display().to_string()),
+        "no paths: {}",
+        r.text
+    );
+    let r = app.get("/api/v1/system/health", Some(&nobody)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}

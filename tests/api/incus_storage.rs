@@ -420,3 +420,328 @@ async fn storage_bad_input_and_project_scope() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
+
+/// `incus exec <inst> -- sh -c <script>`'s stdout.
+fn exec_in(inst: &str, script: &str) -> String {
+    incus_ok(&["exec", inst, "--", "sh", "-c", script])
+}
+
+/// A finished operation's answer (`?wait=` long enough): 200 and success.
+#[track_caller]
+fn assert_done(r: &crate::helpers::Reply, what: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{what}: {}", r.text);
+}
+
+#[tokio::test]
+async fn volume_snapshots_restores_and_copies() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let operator = app.user_with_role(&admin, "op", Some("operator")).await;
+    let viewer = app.user_with_role(&admin, "viewer", Some("viewer")).await;
+    let pool2 = unique("pool2");
+    let (vol, across, fromsnap, adm, adm_copy, op_copy) = (
+        unique("vol"),
+        unique("across"),
+        unique("fromsnap"),
+        unique("adm"),
+        unique("admcopy"),
+        unique("opcopy"),
+    );
+    let inst = unique("volsnap");
+    let source = tempfile::tempdir().expect("temp dir");
+    let incus_dir = std::env::var("LXGATE_TEST_INCUS_DIR").unwrap();
+    let default_custom = std::path::Path::new(&incus_dir).join("storage-pools/default/custom");
+    // Instance first, then the volumes, then the second pool.
+    let _undo = IncusUndo::new(&[
+        &["storage", "volume", "delete", "default", &vol],
+        &["storage", "volume", "delete", "default", &fromsnap],
+        &["storage", "volume", "delete", "default", &adm],
+        &["storage", "volume", "delete", "default", &adm_copy],
+        &["storage", "volume", "delete", "default", &op_copy],
+        &["storage", "volume", "delete", &pool2, &across],
+        &["storage", "delete", &pool2],
+    ]);
+    let _instance = Cleanup(vec![("default".into(), inst.clone())]);
+
+    // A second pool for copies across pools.
+    let r = app
+        .post(
+            "/api/v1/storage/pools",
+            Some(&admin),
+            json!({"name": pool2, "driver": "dir", "config": {"source": source.path().display().to_string()}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let vols = "/api/v1/storage/pools/default/volumes";
+    let r = app.post(vols, Some(&operator), json!({"name": vol})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    // Data written through a running container.
+    incus_ok(&["init", "busybox", &inst]);
+    incus_ok(&[
+        "storage",
+        "volume",
+        "attach",
+        "default",
+        &vol,
+        &inst,
+        "/mnt/data",
+    ]);
+    incus_ok(&["start", &inst]);
+    exec_in(&inst, "echo v1 > /mnt/data/file");
+
+    // Snapshots: named, then one Incus names.
+    let snaps = format!("{vols}/{vol}/snapshots");
+    app.post(&snaps, Some(&viewer), json!({"name": "s1"}))
+        .await
+        .assert_problem(403, "permission_denied");
+    let r = app
+        .post(&snaps, Some(&operator), json!({"name": "s1"}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with("/api/v1/operations/")
+    );
+    let wait = app
+        .get(
+            &format!("{}?timeout=60", r.body["wait_url"].as_str().unwrap()),
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(wait.body["status_code"], 200, "{}", wait.text);
+    app.post(
+        &format!("{snaps}?wait=60"),
+        Some(&operator),
+        json!({"name": "s1"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+    exec_in(&inst, "echo v2 > /mnt/data/file");
+    let r = app
+        .post(&format!("{snaps}?wait=60"), Some(&operator), json!({}))
+        .await;
+    assert_done(&r, "unnamed snapshot");
+    let got = app.get(&format!("{snaps}/s1"), Some(&viewer)).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.body["name"], "s1");
+    assert_eq!(got.body["content_type"], "filesystem");
+    assert_eq!(got.body["expires_at"], "0001-01-01T00:00:00Z");
+    // The list reads like the item (Incus's own list says `vol/s1`, no
+    // content type, a null expiry).
+    let list = app.get(&snaps, Some(&viewer)).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.body["total"], 2, "{}", list.text);
+    let items = list.body["items"].as_array().unwrap();
+    let s1 = items.iter().find(|s| s["name"] == "s1").expect("s1 listed");
+    assert_eq!(s1["content_type"], "filesystem");
+    assert_eq!(s1["expires_at"], "0001-01-01T00:00:00Z");
+    let auto = items
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .find(|n| n != "s1")
+        .unwrap();
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
+    let mut names: Vec<String> = serde_json::from_value(list.body["items"].clone()).unwrap();
+    names.sort();
+    let mut want = vec!["s1".to_owned(), auto.clone()];
+    want.sort();
+    assert_eq!(names, want);
+
+    // Restore: refused under a running instance; stopped, the data goes back.
+    let restore = format!("{snaps}/s1/restore");
+    app.post(&restore, Some(&operator), json!({}))
+        .await
+        .assert_problem(409, "conflict");
+    app.post(
+        &format!("{snaps}/nosuch/restore"),
+        Some(&operator),
+        json!({}),
+    )
+    .await
+    .assert_problem(404, "volume_snapshot_not_found");
+    incus_ok(&["stop", "--force", &inst]);
+    let r = app
+        .send(app.request(Method::POST, &restore, Some(&operator)))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    incus_ok(&["start", &inst]);
+    assert_eq!(exec_in(&inst, "cat /mnt/data/file"), "v1\n");
+
+    // Copies: the volume into the other pool, a snapshot within this one.
+    let r = app
+        .post(
+            &format!("/api/v1/storage/pools/{pool2}/volumes?wait=60"),
+            Some(&operator),
+            json!({"name": across, "source": {"volume": vol, "pool": "default"}}),
+        )
+        .await;
+    assert_done(&r, "copy across pools");
+    let copied = source.path().join(format!("custom/default_{across}/file"));
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "v1\n");
+    let r = app
+        .post(
+            &format!("{vols}?wait=60"),
+            Some(&operator),
+            json!({"name": fromsnap, "source": {"volume": vol, "snapshot": auto}}),
+        )
+        .await;
+    assert_done(&r, "copy of a snapshot");
+    let copied = default_custom.join(format!("default_{fromsnap}/file"));
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "v2\n");
+    assert!(
+        incus_ok(&[
+            "storage", "volume", "snapshot", "list", "default", &fromsnap, "-f", "csv"
+        ])
+        .trim()
+        .is_empty(),
+        "a copy starts without snapshots"
+    );
+    app.post(
+        vols,
+        Some(&operator),
+        json!({"name": "c2", "source": {"volume": "no-such-vol"}}),
+    )
+    .await
+    .assert_problem(404, "volume_not_found");
+    app.post(
+        vols,
+        Some(&operator),
+        json!({"name": "c2", "source": {"volume": vol, "snapshot": "nosuch"}}),
+    )
+    .await
+    .assert_problem(404, "volume_snapshot_not_found");
+    app.post(
+        &format!("{vols}?wait=60"),
+        Some(&operator),
+        json!({"name": fromsnap, "source": {"volume": vol}}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+
+    // A copy cannot carry config an operator could not set: a volume an
+    // admin made with `security.shifted` copies for admins only, or with
+    // a config of the operator's own.
+    let r = app
+        .post(
+            vols,
+            Some(&admin),
+            json!({"name": adm, "config": {"security.shifted": "true"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            vols,
+            Some(&operator),
+            json!({"name": op_copy, "source": {"volume": adm}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.shifted");
+    let r = app
+        .post(
+            vols,
+            Some(&operator),
+            json!({"name": op_copy, "source": {"volume": adm}, "config": {"security.shifted": "true"}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    let r = app
+        .post(
+            &format!("{vols}?wait=60"),
+            Some(&operator),
+            json!({"name": op_copy, "source": {"volume": adm}, "config": {"user.mine": "1"}}),
+        )
+        .await;
+    assert_done(&r, "operator copy with its own config");
+    let got = app.get(&format!("{vols}/{op_copy}"), Some(&viewer)).await;
+    assert_eq!(
+        got.body["config"],
+        json!({"user.mine": "1"}),
+        "{}",
+        got.text
+    );
+    let r = app
+        .post(
+            &format!("{vols}?wait=60"),
+            Some(&admin),
+            json!({"name": adm_copy, "source": {"volume": adm}}),
+        )
+        .await;
+    assert_done(&r, "admin copy");
+    assert_eq!(
+        incus_ok(&[
+            "storage",
+            "volume",
+            "get",
+            "default",
+            &adm_copy,
+            "security.shifted"
+        ])
+        .trim(),
+        "true"
+    );
+
+    // 404s, and deleting a snapshot.
+    app.get(&format!("{snaps}/nosuch"), Some(&viewer))
+        .await
+        .assert_problem(404, "volume_snapshot_not_found");
+    app.get(&format!("{vols}/no-such-vol/snapshots"), Some(&viewer))
+        .await
+        .assert_problem(404, "volume_not_found");
+    let r = app
+        .delete(&format!("{snaps}/s1?wait=60"), Some(&operator))
+        .await;
+    assert_done(&r, "snapshot delete");
+    let list = app
+        .get(&format!("{snaps}?expand=false"), Some(&viewer))
+        .await;
+    assert_eq!(list.body["items"], json!([auto]));
+}
+
+#[tokio::test]
+async fn system_health_and_resources_on_incus() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let nobody = app.user_with_role(&admin, "nobody", None).await;
+    let operator = app.user_with_role(&admin, "op", Some("operator")).await;
+    let r = app.get("/api/v1/system/health", Some(&nobody)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "ok");
+    assert_eq!(r.body["backend_kind"], "incus");
+    for check in ["database", "backend"] {
+        assert_eq!(r.body[check]["status"], "ok", "{}", r.text);
+        assert!(r.body[check]["latency_ms"].as_f64().unwrap() >= 0.0);
+    }
+    app.get("/api/v1/system/resources", Some(&operator))
+        .await
+        .assert_problem(403, "permission_denied");
+    let r = app.get("/api/v1/system/resources", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.body["cpu"]["total"].as_u64().unwrap() >= 1, "{}", r.text);
+    assert!(
+        !r.body["cpu"]["sockets"][0]["name"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let mem = &r.body["memory"];
+    assert!(mem["total"].as_u64().unwrap() > 0);
+    assert!(mem["used"].as_u64().unwrap() <= mem["total"].as_u64().unwrap());
+    assert!(r.body["storage"]["total"].as_u64().is_some(), "{}", r.text);
+    let pools = r.body["storage_pools"].as_array().unwrap();
+    let default = pools
+        .iter()
+        .find(|p| p["name"] == "default")
+        .expect("the default pool");
+    assert_eq!(default["driver"], "dir");
+    assert!(default["space"]["total"].as_u64().unwrap() > 0);
+    // Only the fields lxgate publishes: Incus's flags and caches stay out.
+    assert!(r.body["cpu"]["sockets"][0].get("cores").is_none());
+    assert!(r.body.get("gpu").is_none());
+}

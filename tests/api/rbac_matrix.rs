@@ -63,6 +63,12 @@ const ROUTES: &[(&str, Need)] = &[
     // audit, system
     ("GET /api/v1/audit", Admin),
     ("GET /api/v1/system/info", Authenticated),
+    // Deep health shows no more than the public /health/ready (plus
+    // latencies and the kind of failure): any caller with a token. The
+    // host's resources describe the whole machine, across every project,
+    // like the storage pools and networks only admins manage: admins.
+    ("GET /api/v1/system/health", Authenticated),
+    ("GET /api/v1/system/resources", Admin),
     // Operations by id: any authenticated caller gets past authentication;
     // visibility (404 outside the caller's projects) and ownership (cancel)
     // are checked per operation, tested in incus_instances.rs.
@@ -150,6 +156,28 @@ const ROUTES: &[(&str, Need)] = &[
     ),
     (
         "POST /api/v1/storage/pools/{pool}/volumes/{name}/resize",
+        ProjectOperate,
+    ),
+    // Volume snapshots, like instance snapshots: viewers read them,
+    // operators take, delete and restore them.
+    (
+        "GET /api/v1/storage/pools/{pool}/volumes/{name}/snapshots",
+        ProjectView,
+    ),
+    (
+        "POST /api/v1/storage/pools/{pool}/volumes/{name}/snapshots",
+        ProjectOperate,
+    ),
+    (
+        "GET /api/v1/storage/pools/{pool}/volumes/{name}/snapshots/{snap}",
+        ProjectView,
+    ),
+    (
+        "DELETE /api/v1/storage/pools/{pool}/volumes/{name}/snapshots/{snap}",
+        ProjectOperate,
+    ),
+    (
+        "POST /api/v1/storage/pools/{pool}/volumes/{name}/snapshots/{snap}/restore",
         ProjectOperate,
     ),
     ("POST /api/v1/instances/{name}/volumes", ProjectOperate),
@@ -335,6 +363,9 @@ fn generic_body(key: &str) -> Value {
         "POST /api/v1/instances/{name}/snapshots" => json!({"name": "rbac-snap"}),
         "POST /api/v1/instances/{name}/backups" => json!({"name": "rbac-backup"}),
         "POST /api/v1/storage/pools/{pool}/volumes" => json!({"name": "rbac-vol"}),
+        "POST /api/v1/storage/pools/{pool}/volumes/{name}/snapshots" => {
+            json!({"name": "rbac-snap"})
+        }
         "POST /api/v1/storage/pools/{pool}/volumes/{name}/resize" => json!({"size": "1GiB"}),
         "POST /api/v1/storage/pools" => json!({"name": "rbac-pool", "driver": "dir"}),
         // A type the embedded backend refuses (501) after the role check: a

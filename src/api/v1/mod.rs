@@ -15,3 +15,4 @@ pub mod snapshots;
 pub mod storage;
 pub mod system;
 pub mod users;
+pub mod volume_snapshots;

@@ -16,7 +16,7 @@ use crate::api::paths::{DevicePath, InstancePath, PoolPath, VolumePath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DefaultPoolSettings501, DeviceNameTaken409, InstanceChanged412,
     NameTaken409, Operator403, PoolMissing, PoolOrProjectMissing, ProfileDevice409, Stale412,
-    TooManyOperations429, Viewer403, VolumeMissing, VolumePolicy403,
+    TooManyOperations429, Viewer403, VolumeMissing, VolumePolicy403, VolumeSourceMissing,
 };
 use crate::api::resource::{
     Entry, IfMatch, ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, created,
@@ -26,11 +26,11 @@ use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
-    Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
-    StorageVolumeCreate, StorageVolumeUpdate,
+    ConfigMap, Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate,
+    StorageVolume, StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy, VolumeSource,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{PoolName, ProjectName, VolumeName};
+use crate::names::{PoolName, ProjectName, SnapshotName, VolumeName};
 
 /// Storage drivers Incus (and LXD) know; anything else is refused before
 /// the backend sees it.
@@ -261,8 +261,18 @@ pub async fn list_volumes(
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
 
-/// Create a custom volume. Answers 201 with the volume, or 202 with an
-/// operation when the backend creates it in the background.
+/// Create a custom volume, empty or as a copy.
+///
+/// With `source`, a copy of a volume of the project or of one of its
+/// snapshots, from this pool or another (`source.pool`). Answers 201 with
+/// the volume, or 202 with an operation when the backend works in the
+/// background (a copy always does).
+///
+/// A copy takes its source's content type, and its source's config unless
+/// the request gives one; either way the new volume's config is held to the
+/// policy as a new volume's is (operators: `size`, `snapshots.*`, `user.*`),
+/// so copying a volume an admin configured needs an admin, or a config of
+/// the caller's own. The copy starts without snapshots.
 #[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
     security(("bearer" = [])),
     params(PoolPath, ProjectWaitQuery),
@@ -270,8 +280,11 @@ pub async fn list_volumes(
     responses(
         (status = 201, description = "Created", body = StorageVolume,
             headers(("location" = String, description = "The volume's URL"))),
-        (status = 202, description = "Creating", body = OperationRef),
-        BackendRefused400, VolumePolicy403, PoolOrProjectMissing, NameTaken409, TooManyOperations429))]
+        (status = 202, description = "Creating (or copying)", body = OperationRef,
+            headers(("location" = String, description = "The operation's URL"))),
+        (status = 200, description = "Finished within `?wait=`", body = Operation),
+        BackendRefused400, VolumePolicy403, VolumeSourceMissing, TooManyOperations429,
+        (status = 409, description = "The name is taken, or (a copy on the embedded backend) the source is a block volume in use by a running VM", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
@@ -282,6 +295,9 @@ pub async fn create_volume(
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = VolumeName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    if let Some(source) = &req.source {
+        return copy_volume(&state, &user, &project, &pool, name, &req, source, q.wait).await;
+    }
     if let Some(ct) = &req.content_type
         && !["filesystem", "block"].contains(&ct.as_str())
     {
@@ -318,6 +334,99 @@ pub async fn create_volume(
         ),
         volume,
     ))
+}
+
+/// The copy branch of `create_volume`.
+#[expect(clippy::too_many_arguments, reason = "the handler's parts, passed on")]
+async fn copy_volume(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    pool: &PoolName,
+    name: VolumeName,
+    req: &StorageVolumeCreate,
+    source: &VolumeSource,
+    wait: Option<u64>,
+) -> ApiResult<Response> {
+    if req.content_type.is_some() {
+        return Err(ApiError::invalid_field(
+            "content_type",
+            "a copy has its source's content type; leave content_type out",
+        ));
+    }
+    let source_volume = VolumeName::parse(&source.volume)
+        .map_err(|e| ApiError::invalid_field("source.volume", e))?;
+    let source_snapshot = source
+        .snapshot
+        .as_deref()
+        .map(SnapshotName::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("source.snapshot", e))?;
+    let source_pool = match &source.pool {
+        Some(p) => PoolName::parse(p).map_err(|e| ApiError::invalid_field("source.pool", e))?,
+        None => pool.clone(),
+    };
+    if let Some(size) = req.config.get("size") {
+        check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
+    }
+    // What is copied: its content type, config and description (a 404
+    // here names the missing source).
+    let (content_type, config, description) = match &source_snapshot {
+        Some(snap) => {
+            let s = state
+                .backend
+                .get_volume_snapshot(project, &source_pool, &source_volume, snap)
+                .await?;
+            (s.content_type, s.config, s.description)
+        }
+        None => {
+            let (v, _) = state
+                .backend
+                .get_volume(project, &source_pool, &source_volume)
+                .await?;
+            (v.content_type, v.config, v.description)
+        }
+    };
+    // The new volume's whole config, decided here and sent as it is (the
+    // backend copies nothing else): a config the request gives, else the
+    // source's without the backend's own `volatile.*` keys. Judged as a new
+    // volume's, whoever configured the source.
+    let config: ConfigMap = if req.config.is_empty() {
+        config
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .collect()
+    } else {
+        req.config.clone()
+    };
+    crate::api::policy::for_caller(state, user, project)
+        .await?
+        .check_volume(&Default::default(), &config)?;
+    let copy = VolumeCopy {
+        name: name.clone(),
+        description: if req.description.is_empty() {
+            description
+        } else {
+            req.description.clone()
+        },
+        content_type,
+        config,
+        source_pool,
+        source_volume,
+        source_snapshot,
+    };
+    let slot = OperationSlot::acquire(state, user)?;
+    let op = state.backend.copy_volume(project, pool, &copy).await?;
+    accepted(
+        state,
+        slot,
+        project.as_str(),
+        "volume.copy",
+        Some(&format!("{pool}/{name}")),
+        op,
+        wait,
+    )
+    .await
 }
 
 /// Get a custom volume. The `ETag` header can be sent back as `If-Match`.

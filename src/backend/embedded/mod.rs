@@ -10,6 +10,7 @@ mod driver_types;
 mod events;
 mod exec;
 mod files;
+mod host;
 mod idmap;
 mod image_budget;
 mod image_pack;
@@ -31,6 +32,7 @@ mod snapshots;
 mod storage;
 mod system;
 mod tarball;
+mod volume_snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -174,6 +176,13 @@ impl EmbeddedBackend {
         } else {
             self.lxc.dir(&host)
         }
+    }
+
+    /// Serializes the work on one custom volume's data (snapshots,
+    /// restores, copies from it, its deletion). Kept with the instance
+    /// locks under a key no instance has (names hold no `/`).
+    fn volume_lock(&self, pool: &str, project: &str, volume: &str) -> InstanceLock {
+        self.lock(project, &format!("volume/{pool}/{volume}"))
     }
 
     fn lock(&self, project: &str, name: &str) -> InstanceLock {

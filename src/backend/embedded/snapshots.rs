@@ -234,7 +234,7 @@ const DST_FD: i32 = 101;
 
 /// A directory only root may enter (snapshots and backups hold copies of
 /// a container's files: see `lxc::secure_dir`), made if missing.
-async fn private_dir(dir: &Path) -> Result<(), BackendError> {
+pub(super) async fn private_dir(dir: &Path) -> Result<(), BackendError> {
     use std::os::unix::fs::PermissionsExt;
     tokio::fs::create_dir_all(dir)
         .await

@@ -17,12 +17,13 @@ use super::driver_types::VM;
 use super::idmap::{self, IdMap, lxgate_ids};
 use super::inventory::db;
 use super::limits::parse_size;
-use super::lxc::Confinement;
-use super::operations::{lifecycle, now, resource_url};
-use super::process::run;
+use super::lxc::{Confinement, Lxc};
+use super::operations::{OpError, lifecycle, now, resource_url};
+use super::process::{read_tail, run};
+use super::resources;
 use crate::backend::types::{
-    DevicesMap, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate, StorageVolume,
-    StorageVolumeCreate, StorageVolumeUpdate,
+    ConfigMap, DevicesMap, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate,
+    StorageVolume, StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy,
 };
 use crate::backend::{BackendError, Listing, Missing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
@@ -34,6 +35,9 @@ const DEFAULT_BLOCK_SIZE: &str = "1GiB";
 
 /// How long `setfacl` on one directory may take.
 const SETFACL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long copying one volume's data (a snapshot, a restore, a copy) may take.
+const VOLUME_COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
     move |e| BackendError::Internal(anyhow::anyhow!("{what}: {e}"))
@@ -177,6 +181,26 @@ fn no_volume(pool: &str, name: &str) -> BackendError {
     })
 }
 
+/// Volume `volume` (which exists) has no snapshot `name`.
+pub(super) fn no_snapshot(pool: &str, volume: &str, name: &str) -> BackendError {
+    BackendError::NotFound(Missing::VolumeSnapshot {
+        pool: pool.to_owned(),
+        volume: volume.to_owned(),
+        name: name.to_owned(),
+        reason: "Storage volume snapshot not found".into(),
+    })
+}
+
+/// A snapshot's data in its volume's snapshot directory (see
+/// `volume_snapshot_dir`): a directory, or a qcow2 file for a block volume.
+pub(super) fn snapshot_data(dir: &Path, snap: &str, content: &str) -> PathBuf {
+    if content == "block" {
+        dir.join(format!("{snap}.qcow2"))
+    } else {
+        dir.join(snap)
+    }
+}
+
 fn pool_etag(p: &StoragePool) -> String {
     hex::encode(Sha256::digest(json!([p.description, p.config]).to_string()))
 }
@@ -199,12 +223,191 @@ pub fn volume_device(d: &std::collections::BTreeMap<String, String>) -> Option<(
     Some((d.get("pool")?.as_str(), d.get("source")?.as_str()))
 }
 
+/// A volume's config as the dir driver takes it (create and copy): `size`
+/// only on a block volume (a directory cannot be held to one), `user.*`.
+fn check_volume_config(content: &str, config: &ConfigMap) -> Result<(), BackendError> {
+    for (k, v) in config {
+        match k.as_str() {
+            "size" if content == "block" => {
+                parse_size(v)
+                    .ok_or_else(|| BackendError::BadRequest(format!("invalid size {v:?}")))?;
+            }
+            "size" => {
+                return Err(BackendError::NotSupported(
+                    "the dir driver cannot enforce the size of a filesystem volume".into(),
+                ));
+            }
+            k if k.starts_with("user.") => {}
+            _ => {
+                return Err(BackendError::BadRequest(format!(
+                    "Unknown storage volume configuration key: {k}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a volume's data from `from` to the new `to`: a block volume's
+/// qcow2 file with `cp` (sparse, reflinked where the file system can),
+/// then closed like every block volume; a filesystem volume's tree with
+/// `tar_copy`.
+pub(super) async fn copy_volume_data(
+    from: &Path,
+    to: &Path,
+    content: &str,
+) -> Result<(), BackendError> {
+    if content == "block" {
+        run(
+            "cp",
+            [
+                "--sparse=always".as_ref(),
+                "--reflink=auto".as_ref(),
+                "--".as_ref(),
+                from.as_os_str(),
+                to.as_os_str(),
+            ],
+            VOLUME_COPY_TIMEOUT,
+        )
+        .await?;
+        let disk = to.to_owned();
+        return tokio::task::spawn_blocking(move || close_block_volume(&disk))
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("volume task: {e}")))?
+            .map_err(io("closing the block volume"));
+    }
+    tokio::fs::create_dir(to)
+        .await
+        .map_err(io("creating the copy's directory"))?;
+    tar_copy(from, to).await
+}
+
+/// Copies the tree `from` into the existing, empty directory `to`, owners,
+/// modes, ACLs and xattrs kept: `tar --create` piped into `tar --extract`,
+/// both as host root.
+///
+/// As host root over a tree a tenant controls, and possibly live (a running
+/// container's volume), which is safe the way the backups' tar is: GNU tar
+/// creates by walking the tree by descriptor (openat with O_NOFOLLOW, no
+/// `-h`), so a directory swapped for a symlink mid-way is archived as that
+/// symlink and never followed out of the volume; `--one-file-system` keeps
+/// it off anything mounted inside. The archive it extracts comes from that
+/// walk (no `..`, no absolute names), into a directory only lxgate has
+/// made, and GNU tar extracts symlinks last, so no member is written
+/// through one. Unlike `cp -a` in the container's user namespace (instance
+/// snapshots), it needs no id map: a volume can be shared by containers
+/// with different maps, and its files keep whatever host ids they have.
+async fn tar_copy(from: &Path, to: &Path) -> Result<(), BackendError> {
+    use std::process::Stdio;
+    let mut create = tokio::process::Command::new("tar");
+    create
+        .args([
+            "--create",
+            "--file=-",
+            "--numeric-owner",
+            "--acls",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--sparse",
+            "--one-file-system",
+            "--directory",
+        ])
+        .arg(from)
+        .arg(".")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut reader = create.spawn().map_err(io("running tar"))?;
+    let pipe: Stdio = reader
+        .stdout
+        .take()
+        .expect("stdout is piped")
+        .try_into()
+        .map_err(io("piping tar"))?;
+    let mut extract = tokio::process::Command::new("tar");
+    extract
+        .args([
+            "--extract",
+            "--file=-",
+            "--numeric-owner",
+            "--same-owner",
+            "--preserve-permissions",
+            "--acls",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--directory",
+        ])
+        .arg(to)
+        .stdin(pipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut writer = extract.spawn().map_err(io("running tar"))?;
+    let (reader_err, writer_err) = (reader.stderr.take(), writer.stderr.take());
+    let tail = |e: Option<tokio::process::ChildStderr>| async move {
+        match e {
+            Some(e) => read_tail(e).await,
+            None => String::new(),
+        }
+    };
+    // Both ends are killed (kill_on_drop) if the time runs out.
+    let (created, extracted, created_err, extracted_err) =
+        tokio::time::timeout(VOLUME_COPY_TIMEOUT, async {
+            tokio::join!(
+                reader.wait(),
+                writer.wait(),
+                tail(reader_err),
+                tail(writer_err)
+            )
+        })
+        .await
+        .map_err(|_| {
+            BackendError::Timeout(format!(
+                "copying a volume did not finish within {}s",
+                VOLUME_COPY_TIMEOUT.as_secs()
+            ))
+        })?;
+    let (created, extracted) = (
+        created.map_err(io("waiting for tar"))?,
+        extracted.map_err(io("waiting for tar"))?,
+    );
+    // Exit 1 of `tar --create` is "a file changed as it was read": what a
+    // copy of a volume in use gets, as consistent as Incus's of a `dir`
+    // volume in use.
+    if !(created.success() || created.code() == Some(1)) {
+        return Err(BackendError::Internal(anyhow::anyhow!(
+            "reading the volume failed ({created}): {created_err}"
+        )));
+    }
+    if !extracted.success() {
+        return Err(BackendError::Internal(anyhow::anyhow!(
+            "writing the copy failed ({extracted}): {extracted_err}"
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a volume's (or a snapshot's) data, whichever it is; missing is
+/// fine.
+pub(super) async fn remove_volume_data(path: &Path) -> Result<(), BackendError> {
+    let removed = match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(path).await,
+        Ok(_) => tokio::fs::remove_file(path).await,
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing volume data")(e)),
+        _ => Ok(()),
+    }
+}
+
 impl EmbeddedBackend {
     fn storage_root(&self) -> PathBuf {
         self.data_dir.join("storage")
     }
 
-    async fn pool_row(&self, name: &str) -> Result<PoolRow, BackendError> {
+    pub(super) async fn pool_row(&self, name: &str) -> Result<PoolRow, BackendError> {
         if name == DEFAULT_POOL {
             return Ok(PoolRow {
                 name: DEFAULT_POOL.into(),
@@ -220,7 +423,7 @@ impl EmbeddedBackend {
             .ok_or_else(|| BackendError::NotFound(Missing::pool(name)))
     }
 
-    fn pool_dir(&self, row: &PoolRow) -> PathBuf {
+    pub(super) fn pool_dir(&self, row: &PoolRow) -> PathBuf {
         let config: std::collections::BTreeMap<String, String> =
             serde_json::from_str(&row.config).unwrap_or_default();
         match config.get("source") {
@@ -250,6 +453,55 @@ impl EmbeddedBackend {
         } else {
             (base, v.content_type)
         })
+    }
+
+    /// Where the snapshots of a volume live: `custom-snapshots/<project>_<volume>`
+    /// in its pool, out of every container's reach.
+    pub(super) async fn volume_snapshot_dir(
+        &self,
+        pool: &str,
+        project: &str,
+        volume: &str,
+    ) -> Result<PathBuf, BackendError> {
+        let prow = self.pool_row(pool).await?;
+        Ok(self
+            .pool_dir(&prow)
+            .join("custom-snapshots")
+            .join(format!("{project}_{volume}")))
+    }
+
+    /// The instances of `project` running (or frozen) with the volume
+    /// attached: a restore would pull its data from under them, a copy of a
+    /// block volume would read a disk QEMU is writing.
+    pub(super) async fn volume_running_users(
+        &self,
+        pool: &str,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<String>, BackendError> {
+        let rows = inv::list_instances(&self.pool, Some(project))
+            .await
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let devices: DevicesMap = serde_json::from_str(&r.devices).unwrap_or_default();
+            if !devices
+                .values()
+                .filter_map(volume_device)
+                .any(|(p, s)| p == pool && s == name)
+            {
+                continue;
+            }
+            let state = self
+                .driver(&r)
+                .info(&Lxc::host_name(&r.project, &r.name))
+                .await
+                .state;
+            if state == "RUNNING" || state == "FROZEN" {
+                out.push(r.name);
+            }
+        }
+        Ok(out)
     }
 
     /// A pool's `custom/`, made if need be and closed (`close_custom_dir`),
@@ -556,6 +808,7 @@ impl Storage for EmbeddedBackend {
         // Only lxgate's own directory goes; a configured source stays.
         let dir = self.pool_dir(&row);
         let _ = tokio::fs::remove_dir(dir.join("custom")).await;
+        let _ = tokio::fs::remove_dir(dir.join("custom-snapshots")).await;
         if dir.starts_with(self.storage_root()) {
             let _ = tokio::fs::remove_dir(&dir).await;
         }
@@ -622,25 +875,7 @@ impl Storage for EmbeddedBackend {
             )));
         }
         let mut config = req.config.clone();
-        for (k, v) in &config {
-            match k.as_str() {
-                "size" if content == "block" => {
-                    parse_size(v)
-                        .ok_or_else(|| BackendError::BadRequest(format!("invalid size {v:?}")))?;
-                }
-                "size" => {
-                    return Err(BackendError::NotSupported(
-                        "the dir driver cannot enforce the size of a filesystem volume".into(),
-                    ));
-                }
-                k if k.starts_with("user.") => {}
-                _ => {
-                    return Err(BackendError::BadRequest(format!(
-                        "Unknown storage volume configuration key: {k}"
-                    )));
-                }
-            }
-        }
+        check_volume_config(content, &config)?;
         if content == "block" {
             config
                 .entry("size".into())
@@ -793,25 +1028,24 @@ impl Storage for EmbeddedBackend {
         pool: &PoolName,
         name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError> {
-        let (path, content) = self.volume_path(pool, project, name).await?;
+        let (path, _) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {
             return Err(BackendError::Conflict(
                 "The storage volume is attached to an instance; detach it first".into(),
             ));
         }
+        // Not while a snapshot, restore or copy of it runs.
+        let _guard = self.volume_lock(pool, project, name).lock_owned().await;
+        let snapshots = self.volume_snapshot_dir(pool, project, name).await?;
         inv::delete_volume(&self.pool, pool, project, name)
             .await
             .map_err(db)?;
-        let removed = if content == "block" {
-            tokio::fs::remove_file(&path).await
-        } else {
-            tokio::fs::remove_dir_all(&path).await
-        };
-        if let Err(e) = removed
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(io("removing the volume")(e));
-        }
+        // Its snapshots go with it, as in Incus.
+        inv::delete_volume_snapshots(&self.pool, pool, project, name, None)
+            .await
+            .map_err(db)?;
+        remove_volume_data(&path).await?;
+        remove_volume_data(&snapshots).await?;
         lifecycle(
             &self.bus,
             project,
@@ -823,6 +1057,164 @@ impl Storage for EmbeddedBackend {
             json!({}),
         );
         Ok(None)
+    }
+
+    /// The copy runs as an operation: the data is copied while it holds
+    /// the source volume's lock (no restore swaps it meanwhile); the new
+    /// volume's row is written first, so its name is taken at once.
+    async fn copy_volume(
+        &self,
+        project: &ProjectName,
+        pool: &PoolName,
+        req: &VolumeCopy,
+    ) -> Result<Operation, BackendError> {
+        self.ensure_project(project).await?;
+        let prow = self.pool_row(pool).await?;
+        let (source_path, content) = self
+            .volume_path(&req.source_pool, project, &req.source_volume)
+            .await?;
+        let from = match &req.source_snapshot {
+            Some(snap) => {
+                inv::get_volume_snapshot(
+                    &self.pool,
+                    &req.source_pool,
+                    project,
+                    &req.source_volume,
+                    snap,
+                )
+                .await
+                .map_err(db)?
+                .ok_or_else(|| no_snapshot(&req.source_pool, &req.source_volume, snap))?;
+                snapshot_data(
+                    &self
+                        .volume_snapshot_dir(&req.source_pool, project, &req.source_volume)
+                        .await?,
+                    snap,
+                    &content,
+                )
+            }
+            None => {
+                if content == "block" {
+                    let users = self
+                        .volume_running_users(&req.source_pool, project, &req.source_volume)
+                        .await?;
+                    if !users.is_empty() {
+                        return Err(BackendError::Conflict(format!(
+                            "the block volume is in use by running instances ({}): stop them, or copy a snapshot",
+                            users.join(", ")
+                        )));
+                    }
+                }
+                source_path
+            }
+        };
+        let mut config = req.config.clone();
+        check_volume_config(&content, &config)?;
+        // A block copy is its source's disk, grown if the config asks for more.
+        let (source_size, size) = if content == "block" {
+            let (src, _) = self
+                .get_volume(project, &req.source_pool, &req.source_volume)
+                .await?;
+            let had = src.config.get("size").cloned().unwrap_or_default();
+            let want = config.entry("size".into()).or_insert(had.clone()).clone();
+            (
+                parse_size(&had).unwrap_or(0),
+                parse_size(&want).unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
+        if size < source_size {
+            return Err(BackendError::BadRequest(
+                "a copy of a block volume can grow, not shrink".into(),
+            ));
+        }
+        // Closed (also a pool made by an older lxgate) before the copy
+        // lands in it.
+        self.custom_dir(&prow).await?;
+        let row = VolumeRow {
+            pool: pool.as_str().to_owned(),
+            project: project.as_str().to_owned(),
+            name: req.name.as_str().to_owned(),
+            content_type: content.clone(),
+            description: req.description.clone(),
+            config: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+            created_at: now(),
+        };
+        inv::insert_volume(&self.pool, &row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("Storage volume already exists".into())
+                }
+                e => db(e),
+            })?;
+        let guard = self
+            .volume_lock(&req.source_pool, project, &req.source_volume)
+            .lock_owned()
+            .await;
+        let to = {
+            let base = self
+                .pool_dir(&prow)
+                .join("custom")
+                .join(format!("{project}_{}", req.name));
+            if content == "block" {
+                base.with_extension("qcow2")
+            } else {
+                base
+            }
+        };
+        let (db_pool, bus) = (self.pool.clone(), self.bus.clone());
+        let url = resource_url(
+            project,
+            &format!("storage-pools/{pool}/volumes/custom/{}", req.name),
+        );
+        let (project_owned, pool_owned, name) =
+            (project.to_string(), pool.to_string(), req.name.to_string());
+        Ok(self.ops.start(
+            project,
+            "Copying storage volume",
+            resources(
+                "storage_volumes",
+                project,
+                &format!("storage-pools/{pool}/volumes/custom/{}", req.name),
+            ),
+            false,
+            move |_ctx| async move {
+                let _guard = guard;
+                let copied = async {
+                    copy_volume_data(&from, &to, &content).await?;
+                    if size > source_size {
+                        run(
+                            "qemu-img",
+                            [
+                                "resize".as_ref(),
+                                "-q".as_ref(),
+                                to.as_os_str(),
+                                size.to_string().as_ref(),
+                            ],
+                            Duration::from_secs(60),
+                        )
+                        .await?;
+                    }
+                    Ok::<_, BackendError>(())
+                }
+                .await;
+                if let Err(e) = copied {
+                    let _ = remove_volume_data(&to).await;
+                    let _ = inv::delete_volume(&db_pool, &pool_owned, &project_owned, &name).await;
+                    return Err(OpError::from(e));
+                }
+                lifecycle(
+                    &bus,
+                    &project_owned,
+                    "storage-volume-created",
+                    &url,
+                    json!({"type": content}),
+                );
+                Ok(serde_json::Value::Null)
+            },
+        ))
     }
 }
 

@@ -1,8 +1,12 @@
 //! The embedded backend as a whole: `DATA_DIR`, and what this host's
 //! drivers can do (`system/info`).
 
-use super::{EmbeddedBackend, bridge, detect, dhcp, idmap};
+use super::inventory::db;
+use super::storage::DEFAULT_POOL;
+use super::{EmbeddedBackend, bridge, detect, dhcp, host, idmap};
+use crate::backend::types::SystemResources;
 use crate::backend::{BackendError, System, SystemInfo};
+use crate::db::embedded as inv;
 
 #[async_trait::async_trait]
 impl System for EmbeddedBackend {
@@ -65,5 +69,24 @@ impl System for EmbeddedBackend {
             drivers,
             features,
         })
+    }
+
+    /// Read from /proc, /sys and `statvfs` of each pool's directory, on a
+    /// blocking thread.
+    async fn resources(&self) -> Result<SystemResources, BackendError> {
+        let mut rows = vec![self.pool_row(DEFAULT_POOL).await?];
+        rows.extend(inv::list_pools(&self.pool).await.map_err(db)?);
+        let pools: Vec<host::PoolDir> = rows
+            .iter()
+            .map(|r| host::PoolDir {
+                name: r.name.clone(),
+                driver: r.driver.clone(),
+                dir: self.pool_dir(r),
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || host::read(&pools))
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("resources task: {e}")))?
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("reading /proc: {e}")))
     }
 }

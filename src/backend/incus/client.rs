@@ -493,6 +493,7 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("currently in use")
         || has("Instance is running")
         || has("is busy running")
+        || has("used by running instances")
         // A state change, exec, delete or rename that meets the instance's
         // current state.
         || has("is currently running")

@@ -17,6 +17,7 @@ pub mod storage;
 pub mod system;
 pub mod tls;
 pub mod trust;
+pub mod volume_snapshots;
 pub mod websocket;
 
 use super::events::{AbortOnDrop, EventBus};

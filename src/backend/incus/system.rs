@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::IncusBackend;
+use crate::backend::types::{ResourcesStoragePool, ResourcesUsage, StoragePool, SystemResources};
 use crate::backend::{BackendError, DriverInfo, System, SystemInfo};
 
 /// The parts of `GET /1.0` lxgate uses.
@@ -65,6 +66,14 @@ fn drivers(env: &Environment) -> Vec<DriverInfo> {
         .collect()
 }
 
+/// `GET /1.0/storage-pools/{pool}/resources`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PoolResources {
+    space: ResourcesUsage,
+    inodes: ResourcesUsage,
+}
+
 #[async_trait::async_trait]
 impl System for IncusBackend {
     fn kind(&self) -> &'static str {
@@ -105,6 +114,39 @@ impl System for IncusBackend {
             drivers,
             features,
         })
+    }
+
+    /// `/1.0/resources` read into lxgate's subset of it (the same field
+    /// names), and each pool's `/1.0/storage-pools/{pool}/resources`.
+    async fn resources(&self) -> Result<SystemResources, BackendError> {
+        let (mut res, _): (SystemResources, _) =
+            self.client.query_struct(&["resources"], &[]).await?;
+        let (pools, _): (Vec<StoragePool>, _) = self
+            .client
+            .query_struct(&["storage-pools"], &[("recursion", "1")])
+            .await?;
+        res.storage_pools.clear();
+        for pool in pools {
+            // A pool whose backing store does not answer (a remote Ceph
+            // down, say) leaves the others readable; its state is the
+            // pool's own business (`GET storage/pools/{pool}`).
+            match self
+                .client
+                .query_struct::<PoolResources>(&["storage-pools", &pool.name, "resources"], &[])
+                .await
+            {
+                Ok((r, _)) => res.storage_pools.push(ResourcesStoragePool {
+                    name: pool.name,
+                    driver: pool.driver,
+                    space: r.space,
+                    inodes: r.inodes,
+                }),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, error = %e, "cannot read a storage pool's resources");
+                }
+            }
+        }
+        Ok(res)
     }
 }
 

@@ -21,6 +21,8 @@ pub mod projects;
 pub use projects::*;
 pub mod profiles;
 pub mod redact;
+pub mod resources;
+pub use resources::*;
 pub mod schema;
 pub use profiles::*;
 
