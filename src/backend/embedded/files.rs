@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::idmap::IdMap;
-use super::{EmbeddedBackend, driver_types, instances, lxc};
+use super::{EmbeddedBackend, driver_types, lxc};
 use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files, Missing, ReportMissing};
 use crate::names::{InstanceName, LogFileName, ProjectName};
@@ -157,7 +157,7 @@ pub async fn pull(rootfs: &Path, path: &str, map: Option<IdMap>) -> Result<FileP
     }
     let (file, len) = file.expect("a file");
     let file = tokio::fs::File::from_std(file);
-    let stream = super::instances::file_stream(file);
+    let stream = super::downloads::file_stream(file);
     Ok(FilePull::File {
         meta,
         content: Download {
@@ -354,7 +354,7 @@ impl Files for EmbeddedBackend {
             return Err(BackendError::NotFound(log()));
         };
         let path = self.instance_dir(&row).join(f);
-        instances::download_file(&path, "text/plain; charset=utf-8", log).await
+        super::downloads::download_file(&path, "text/plain; charset=utf-8", log).await
     }
 
     async fn console_log(
@@ -364,7 +364,7 @@ impl Files for EmbeddedBackend {
     ) -> Result<Download, BackendError> {
         let row = self.row(project, name).await?;
         let path = self.instance_dir(&row).join("console.log");
-        instances::download_file(&path, "text/plain; charset=utf-8", || {
+        super::downloads::download_file(&path, "text/plain; charset=utf-8", || {
             Missing::instance(name)
         })
         .await

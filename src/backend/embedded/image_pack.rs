@@ -13,8 +13,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::downloads::file_stream;
 use super::idmap::IdMap;
-use super::instances::file_stream;
 use super::process;
 use crate::backend::BackendError;
 use crate::backend::types::Download;

@@ -5,6 +5,7 @@
 mod bridge;
 mod detect;
 mod dhcp;
+mod downloads;
 mod driver;
 mod driver_types;
 mod events;

@@ -14,9 +14,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::downloads::download_file;
 use super::driver_types::VM;
 use super::idmap::IdMap;
-use super::instances::{download_file, user_config};
+use super::instances::user_config;
 use super::lxc::Lxc;
 use super::networks::nic_network;
 use super::operations::{OpError, lifecycle, now, resource_url};
