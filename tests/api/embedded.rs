@@ -3850,6 +3850,23 @@ async fn volume_snapshots_restores_and_copies_on_dir() {
     )
     .await
     .assert_problem(404, "storage_pool_not_found");
+    // Data already where the copy would land (not a volume lxgate knows)
+    // is neither overwritten nor removed.
+    let stray = default_custom.join("default_c3");
+    std::fs::create_dir(&stray).unwrap();
+    std::fs::write(stray.join("keep"), "mine").unwrap();
+    app.post(
+        &format!("{vols}?wait=60"),
+        Some(&op),
+        json!({"name": "c3", "source": {"volume": "data"}}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+    assert_eq!(std::fs::read_to_string(stray.join("keep")).unwrap(), "mine");
+    app.get(&format!("{vols}/c3"), Some(&op))
+        .await
+        .assert_problem(404, "volume_not_found");
+    std::fs::remove_dir_all(&stray).unwrap();
     let r = app
         .post(
             vols,

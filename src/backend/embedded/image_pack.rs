@@ -99,16 +99,26 @@ pub async fn pack_container(
         rootfs.into(),
         "--numeric-owner".into(),
         "--xattrs".into(),
+        // The container's own tree only (nothing mounted into it).
+        "--one-file-system".into(),
     ];
     if let Some(map) = map {
         // `+<host id> :<container id>` for each id of the map.
         let (users, groups) = (spool.join("owner-map"), spool.join("group-map"));
-        tokio::fs::write(&users, id_map_file(map.uid_base, map.size))
-            .await
-            .map_err(io("writing the owner map"))?;
-        tokio::fs::write(&groups, id_map_file(map.gid_base, map.size))
-            .await
-            .map_err(io("writing the group map"))?;
+        let (u, g, (ub, gb, size)) = (
+            users.clone(),
+            groups.clone(),
+            (map.uid_base, map.gid_base, map.size),
+        );
+        // Written line by line on a blocking thread: an admin-set map may
+        // be large.
+        tokio::task::spawn_blocking(move || {
+            write_id_map(&u, ub, size)?;
+            write_id_map(&g, gb, size)
+        })
+        .await
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("id map task: {e}")))?
+        .map_err(io("writing the id maps"))?;
         let mut owner = OsString::from("--owner-map=");
         owner.push(&users);
         let mut group = OsString::from("--group-map=");
@@ -135,10 +145,17 @@ pub async fn pack_container(
 }
 
 /// GNU tar's `--owner-map`/`--group-map` lines for `size` ids from `base`.
-fn id_map_file(base: u32, size: u32) -> String {
-    (0..size)
-        .map(|i| format!("+{} :{i}\n", u64::from(base) + u64::from(i)))
-        .collect()
+fn id_map_lines(base: u32, size: u32) -> impl Iterator<Item = String> {
+    (0..size).map(move |i| format!("+{} :{i}\n", u64::from(base) + u64::from(i)))
+}
+
+fn write_id_map(path: &Path, base: u32, size: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for line in id_map_lines(base, size) {
+        out.write_all(line.as_bytes())?;
+    }
+    out.flush()
 }
 
 /// Sizes of both files and the SHA-256 of their concatenation.
@@ -208,8 +225,8 @@ mod tests {
 
     #[test]
     fn id_maps_shift_every_id_of_the_range_back_to_zero() {
-        let lines = id_map_file(1_000_000, 3);
+        let lines: String = id_map_lines(1_000_000, 3).collect();
         assert_eq!(lines, "+1000000 :0\n+1000001 :1\n+1000002 :2\n");
-        assert_eq!(id_map_file(4_294_000_000, 65536).lines().count(), 65536);
+        assert_eq!(id_map_lines(4_294_000_000, 65536).count(), 65536);
     }
 }

@@ -711,6 +711,16 @@ impl Images for EmbeddedBackend {
         req: &ImagePublish,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
+        let first = self.row(&from.project, &from.instance).await?;
+        if first.instance_type == driver_types::VM {
+            return Err(BackendError::NotSupported(
+                "publishing a virtual machine needs the Incus backend (the embedded one publishes containers)".into(),
+            ));
+        }
+        // Held while packing: the instance is neither started nor changed,
+        // renamed or deleted meanwhile. Read again under it: the one named
+        // may have been deleted and made anew (another id map) meanwhile.
+        let guard = self.lock(&from.project, &from.instance).lock_owned().await;
         let row = self.row(&from.project, &from.instance).await?;
         if row.instance_type == driver_types::VM {
             return Err(BackendError::NotSupported(
@@ -718,9 +728,6 @@ impl Images for EmbeddedBackend {
             ));
         }
         let idir = self.instance_dir(&row);
-        // Held while packing: the instance is neither started nor changed,
-        // renamed or deleted meanwhile.
-        let guard = self.lock(&from.project, &from.instance).lock_owned().await;
         let rootfs = match &from.snapshot {
             Some(snap) => {
                 let dir = idir.join("snapshots").join(snap.as_str()).join("rootfs");

@@ -825,6 +825,12 @@ impl Instances for EmbeddedBackend {
                 row.instance_type == VM,
             )
             .await?;
+        // Held through the start (see `lock_attached_volumes`).
+        let volume_guards = if matches!(action, "start" | "restart") {
+            self.lock_attached_volumes(project, &devices).await
+        } else {
+            Vec::new()
+        };
         if matches!(action, "start" | "restart") {
             self.ensure_bridges(&attached.nics).await?;
             // LXC mounts the volumes as the container's root, which must
@@ -853,6 +859,7 @@ impl Instances for EmbeddedBackend {
             false,
             move |_ctx| async move {
                 let _guard = guard;
+                let _volumes = volume_guards;
                 let ct = Lxc::host_name(&row.project, &row.name);
                 let event = match change.action.as_str() {
                     "start" => {

@@ -81,6 +81,15 @@ fn too_large(virtual_size: u64, budget: Budget) -> BackendError {
 /// the image's metadata left of `MAX_IMAGE_BYTES`). The header is
 /// read first, so qemu-img never opens a file a refused image names; then
 /// `qemu-img info` (forced to qcow2, no format probing) must agree.
+/// The disk's virtual size, from its qcow2 header.
+pub async fn virtual_size(path: &Path) -> Result<u64, BackendError> {
+    let head = read_head(path).await?;
+    parse_header(&head)
+        .filter(|h| &h.magic == QCOW2_MAGIC)
+        .map(|h| h.size)
+        .ok_or_else(|| refuse("it is not a qcow2 image"))
+}
+
 pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), BackendError> {
     let head = read_head(path).await?;
     let h = parse_header(&head)

@@ -473,6 +473,27 @@ impl EmbeddedBackend {
     /// The instances of `project` running (or frozen) with the volume
     /// attached: a restore would pull its data from under them, a copy of a
     /// block volume would read a disk QEMU is writing.
+    /// The locks of the custom volumes `devices` name, taken in order (two
+    /// starts sharing volumes cannot wait on each other): a start must not
+    /// mount a volume while a restore swaps its data or a snapshot or copy
+    /// reads it. Those re-check the volume's running users under the lock.
+    pub(super) async fn lock_attached_volumes(
+        &self,
+        project: &str,
+        devices: &DevicesMap,
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let volumes: std::collections::BTreeSet<(String, String)> = devices
+            .values()
+            .filter_map(volume_device)
+            .map(|(p, s)| (p.to_owned(), s.to_owned()))
+            .collect();
+        let mut guards = Vec::with_capacity(volumes.len());
+        for (pool, volume) in volumes {
+            guards.push(self.volume_lock(&pool, project, &volume).lock_owned().await);
+        }
+        guards
+    }
+
     pub(super) async fn volume_running_users(
         &self,
         pool: &str,
@@ -1028,14 +1049,16 @@ impl Storage for EmbeddedBackend {
         pool: &PoolName,
         name: &VolumeName,
     ) -> Result<Option<Operation>, BackendError> {
+        self.volume_path(pool, project, name).await?;
+        // Not while a snapshot, restore or copy of it runs; what it is and
+        // who uses it are read under the lock.
+        let _guard = self.volume_lock(pool, project, name).lock_owned().await;
         let (path, _) = self.volume_path(pool, project, name).await?;
         if !self.volume_used_by(pool, project, name).await.is_empty() {
             return Err(BackendError::Conflict(
                 "The storage volume is attached to an instance; detach it first".into(),
             ));
         }
-        // Not while a snapshot, restore or copy of it runs.
-        let _guard = self.volume_lock(pool, project, name).lock_owned().await;
         let snapshots = self.volume_snapshot_dir(pool, project, name).await?;
         inv::delete_volume(&self.pool, pool, project, name)
             .await
@@ -1110,17 +1133,49 @@ impl Storage for EmbeddedBackend {
         };
         let mut config = req.config.clone();
         check_volume_config(&content, &config)?;
-        // A block copy is its source's disk, grown if the config asks for more.
-        let (source_size, size) = if content == "block" {
-            let (src, _) = self
-                .get_volume(project, &req.source_pool, &req.source_volume)
+        if req.source_pool.as_str() == pool.as_str() && req.source_volume == req.name {
+            return Err(BackendError::Conflict(
+                "Storage volume already exists".into(),
+            ));
+        }
+        // Both volumes' locks, in order, before the new one's row claims its
+        // name: nothing deletes, snapshots or restores the copy while it is
+        // made, nothing changes the source while it is read, and a request
+        // that goes away while waiting leaves nothing behind.
+        let (src_key, dst_key) = (
+            (req.source_pool.to_string(), req.source_volume.to_string()),
+            (pool.to_string(), req.name.to_string()),
+        );
+        let mut keys = [&src_key, &dst_key];
+        keys.sort();
+        let mut guards = Vec::with_capacity(2);
+        for (p, v) in keys {
+            guards.push(self.volume_lock(p, project, v).lock_owned().await);
+        }
+        if content == "block" && req.source_snapshot.is_none() {
+            // Again under the lock (a VM may have started meanwhile).
+            let users = self
+                .volume_running_users(&req.source_pool, project, &req.source_volume)
                 .await?;
-            let had = src.config.get("size").cloned().unwrap_or_default();
-            let want = config.entry("size".into()).or_insert(had.clone()).clone();
-            (
-                parse_size(&had).unwrap_or(0),
-                parse_size(&want).unwrap_or(0),
-            )
+            if !users.is_empty() {
+                return Err(BackendError::Conflict(format!(
+                    "the block volume is in use by running instances ({}): stop them, or copy a snapshot",
+                    users.join(", ")
+                )));
+            }
+        }
+        // A block copy is its source's disk (the volume's, or the
+        // snapshot's as it was then), grown if the config asks for more.
+        let (source_size, size) = if content == "block" {
+            let had = super::qcow::virtual_size(&from).await?;
+            let want = match config.get("size") {
+                Some(s) => parse_size(s).unwrap_or(0),
+                None => {
+                    config.insert("size".into(), had.to_string());
+                    had
+                }
+            };
+            (had, want)
         } else {
             (0, 0)
         };
@@ -1132,6 +1187,25 @@ impl Storage for EmbeddedBackend {
         // Closed (also a pool made by an older lxgate) before the copy
         // lands in it.
         self.custom_dir(&prow).await?;
+        let to = {
+            let base = self
+                .pool_dir(&prow)
+                .join("custom")
+                .join(format!("{project}_{}", req.name));
+            if content == "block" {
+                base.with_extension("qcow2")
+            } else {
+                base
+            }
+        };
+        // Data already where the copy would go (left by something else, or
+        // a pool sharing another's directory) is never overwritten, nor
+        // removed by a failed copy.
+        if tokio::fs::symlink_metadata(&to).await.is_ok() {
+            return Err(BackendError::Conflict(
+                "the pool already holds data under this volume's name".into(),
+            ));
+        }
         let row = VolumeRow {
             pool: pool.as_str().to_owned(),
             project: project.as_str().to_owned(),
@@ -1149,21 +1223,6 @@ impl Storage for EmbeddedBackend {
                 }
                 e => db(e),
             })?;
-        let guard = self
-            .volume_lock(&req.source_pool, project, &req.source_volume)
-            .lock_owned()
-            .await;
-        let to = {
-            let base = self
-                .pool_dir(&prow)
-                .join("custom")
-                .join(format!("{project}_{}", req.name));
-            if content == "block" {
-                base.with_extension("qcow2")
-            } else {
-                base
-            }
-        };
         let (db_pool, bus) = (self.pool.clone(), self.bus.clone());
         let url = resource_url(
             project,
@@ -1181,7 +1240,7 @@ impl Storage for EmbeddedBackend {
             ),
             false,
             move |_ctx| async move {
-                let _guard = guard;
+                let _guards = guards;
                 let copied = async {
                     copy_volume_data(&from, &to, &content).await?;
                     if size > source_size {
@@ -1190,6 +1249,8 @@ impl Storage for EmbeddedBackend {
                             [
                                 "resize".as_ref(),
                                 "-q".as_ref(),
+                                "-f".as_ref(),
+                                "qcow2".as_ref(),
                                 to.as_os_str(),
                                 size.to_string().as_ref(),
                             ],

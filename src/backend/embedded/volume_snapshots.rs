@@ -109,6 +109,10 @@ impl VolumeSnapshots for EmbeddedBackend {
         req: &StorageVolumeSnapshotCreate,
     ) -> Result<Operation, BackendError> {
         let (from, content) = self.volume_path(pool, project, volume).await?;
+        // Taken before the row claims the name (a request that goes away
+        // while waiting leaves nothing behind); a VM starting with the
+        // volume waits for it (`lock_attached_volumes`).
+        let guard = self.volume_lock(pool, project, volume).lock_owned().await;
         if content == "block" {
             let users = self.volume_running_users(pool, project, volume).await?;
             if !users.is_empty() {
@@ -149,7 +153,6 @@ impl VolumeSnapshots for EmbeddedBackend {
                 }
                 e => db(e),
             })?;
-        let guard = self.volume_lock(pool, project, volume).lock_owned().await;
         let to = snapshot_data(&dir, &snap, &content);
         let (db_pool, bus) = (self.pool.clone(), self.bus.clone());
         let url = snapshot_url(project, pool, volume, &snap);
@@ -321,6 +324,15 @@ impl VolumeSnapshots for EmbeddedBackend {
             false,
             move |_ctx| async move {
                 let _guard = guard;
+                // A restore cut short between its two renames (lxgate
+                // killed) left the volume's data aside: put it back first.
+                if tokio::fs::symlink_metadata(&path).await.is_err()
+                    && tokio::fs::symlink_metadata(&old).await.is_ok()
+                {
+                    tokio::fs::rename(&old, &path).await.map_err(|e| {
+                        OpError::Failed(format!("putting back an interrupted restore: {e}"))
+                    })?;
+                }
                 remove_volume_data(&fresh).await?;
                 if let Err(e) = copy_volume_data(&from, &fresh, &content).await {
                     let _ = remove_volume_data(&fresh).await;
