@@ -165,6 +165,9 @@ pub async fn create_instance(
                 .map_err(|e| ApiError::invalid_field("source.alias", e))
         },
     )?;
+    if let Some(p) = &req.profiles {
+        policy::check_profile_list(p)?;
+    }
     let policy = policy::for_caller(&state, &user, &project).await?;
     let after = Shape {
         config: &req.config,
@@ -221,6 +224,9 @@ async fn update(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    if let Some(p) = &body.profiles {
+        policy::check_profile_list(p)?;
+    }
     // The policy judges the change against the instance as it is now; the
     // update applies to that version only (its ETag), so nothing can change
     // in between.
