@@ -16,6 +16,7 @@ mod incus_files;
 mod incus_images;
 mod incus_instances;
 mod incus_networks;
+mod incus_profiles;
 mod incus_projects;
 mod incus_snapshots;
 mod incus_storage;
