@@ -54,6 +54,12 @@ problem_responses! {
     VolumeMissing = 404, "No such volume";
     NetworkMissing = 404, "No such network";
     ProfileMissing = 404, "No such profile";
+    /// Creating an instance: its image, or a profile its `profiles` names.
+    ImageOrProfileMissing = 404, "No such image, or no such profile (`profiles`)";
+    /// Changing an instance: it, or a profile its `profiles` names.
+    InstanceOrProfileMissing = 404, "No such instance, or no such profile (`profiles`)";
+    /// Restoring: the snapshot, or one of the profiles it names.
+    SnapshotOrProfileMissing = 404, "No such instance or snapshot, or no such profile (the snapshot's `profiles`)";
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";
     UserMissing = 404, "No such user";

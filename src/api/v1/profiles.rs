@@ -24,6 +24,7 @@ use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{Profile, ProfileCreate, ProfileUpdate};
+use crate::backend::{BackendError, Missing};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{ProfileName, ProjectName, check_resource_name};
 
@@ -106,14 +107,19 @@ pub async fn create_profile(
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = new_name(&req.name)?;
-    // Where it will belong: where the project's `default` does.
+    // Where it will belong: where the project's `default` does (every
+    // project has one, so its 404 is the project's).
     let (default, _) = state
         .backend
         .get_profile(
             &project,
             &ProfileName::parse("default").expect("a profile name"),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            BackendError::NotFound(_) => BackendError::NotFound(Missing::project(&project)),
+            e => e,
+        })?;
     let home = home(&user, &project, &default)?;
     let new = Profile {
         name: name.to_string(),
