@@ -23,6 +23,7 @@ mod incus_storage;
 mod incus_transport;
 mod limits;
 mod policy_escape;
+mod profiles_db;
 mod rbac_matrix;
 mod revocation;
 mod tls;
