@@ -6,7 +6,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::db_test;
-use crate::helpers::*;
 
 db_test!(profiles_are_kept_per_project, |app| {
     let admin = app.admin_token().await;
