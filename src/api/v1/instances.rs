@@ -169,10 +169,15 @@ pub async fn create_instance(
         policy::check_profile_list(p)?;
     }
     let policy = policy::for_caller(&state, &user, &project).await?;
+    // Without a list, both backends give it `default`: judged as such.
+    let profiles = req
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec!["default".to_owned()]);
     let after = Shape {
         config: &req.config,
         devices: &req.devices,
-        profiles: req.profiles.as_deref().unwrap_or_default(),
+        profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
