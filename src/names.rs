@@ -182,7 +182,7 @@ impl ImageAliasName {
 checked_name!(ImageAliasName);
 
 /// A profile name, by Incus's own rule for profiles (`profilesPost`): not
-/// empty, no `/`, and not `.` or `..`. Looser than the resource names:
+/// empty, no `/`, and not `.` or `..`; and no NUL (no request text holds one). Looser than the resource names:
 /// profiles come from Incus (an admin's `gpu_large` or `web.v2`), and one an
 /// instance already uses must stay usable here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -194,8 +194,8 @@ impl ProfileName {
         if s.is_empty() {
             return Err("a profile name must not be empty".into());
         }
-        if s.contains('/') {
-            return Err(format!("profile name {s:?} must not contain '/'"));
+        if s.contains('/') || s.contains('\0') {
+            return Err(format!("profile name {s:?} must not contain '/' or NUL"));
         }
         if s == "." || s == ".." {
             return Err(format!("{s:?} is not a valid profile name"));
@@ -310,7 +310,7 @@ mod tests {
         for ok in ["default", "gpu_large", "web.v2", "1st", "a b"] {
             assert!(ProfileName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "/", ".", ".."] {
+        for bad in ["", "a/b", "/", ".", "..", "a\0"] {
             assert!(ProfileName::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -26,6 +26,7 @@ mod text;
         (name = "storage", description = "Storage pools (admins) and custom volumes; attaching volumes to instances"),
         (name = "networks", description = "Networks (admins), their state and leases; attaching instances to networks"),
         (name = "projects", description = "Projects, their limits and usage"),
+        (name = "profiles", description = "Profiles: config and devices instances of a project take, in the order they list them, under their own. Operators manage them, held to the instance policy. On the embedded backend lxgate keeps them and applies them when an instance is created and each time it starts: a change reaches a running instance at its next start"),
         (name = "images", description = "The image store: list, copy from image servers, upload, aliases"),
         (name = "events", description = "The event stream over WebSocket"),
         (name = "system", description = "What backend runs behind lxgate"),
@@ -41,6 +42,8 @@ mod text;
         crate::names::PoolName,
         crate::names::VolumeName,
         crate::names::NetworkName,
+        crate::names::ProfileName,
+        crate::api::schemas::NewProfileName,
         crate::names::DeviceName,
         crate::names::ImageFingerprint,
         crate::names::ImageAliasName,
@@ -187,6 +190,18 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
         "a filesystem volume of the embedded backend's `dir` pools",
     ),
     (
+        "create_profile",
+        "devices other than the root disk on the embedded backend (attach volumes and NICs to instances with their own endpoints)",
+    ),
+    (
+        "replace_profile",
+        "devices other than the root disk on the embedded backend (attach volumes and NICs to instances with their own endpoints)",
+    ),
+    (
+        "update_profile",
+        "devices other than the root disk on the embedded backend (attach volumes and NICs to instances with their own endpoints)",
+    ),
+    (
         "attach_volume",
         "a filesystem volume for a virtual machine on the embedded backend",
     ),
@@ -245,6 +260,7 @@ impl CommonResponses {
                         | "networks"
                         | "storage"
                         | "projects"
+                        | "profiles"
                 )
             });
         let responses = &mut op.responses.responses;

@@ -20,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
 use crate::api::v1::{backups, exec, instance_files, snapshots};
-use crate::api::v1::{networks, projects, storage, volume_snapshots};
+use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::{health, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -172,6 +172,15 @@ pub fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(projects::get_project_state))
         .routes(routes!(projects::restrict_project));
+    let profiles = OpenApiRouter::new()
+        .routes(routes!(profiles::list_profiles, profiles::create_profile))
+        .routes(routes!(
+            profiles::get_profile,
+            profiles::replace_profile,
+            profiles::update_profile,
+            profiles::delete_profile
+        ))
+        .routes(routes!(profiles::rename_profile));
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)
@@ -181,6 +190,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .nest("/storage", storage)
         .nest("/networks", networks)
         .nest("/projects", projects)
+        .nest("/profiles", profiles)
         .nest("/instances/{name}/snapshots", snapshots)
         .nest("/instances/{name}/backups", backups)
         .nest("/instances/{name}", instance_files)

@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    NetworkName, OperationId, PoolName, ProjectName, SnapshotName, VolumeName,
+    NetworkName, OperationId, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
 };
 
 /// `/instances/{name}`
@@ -118,6 +118,14 @@ pub struct VolumeSnapshotPath {
 pub struct NetworkPath {
     /// Network name
     pub name: NetworkName,
+}
+
+/// `/profiles/{name}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProfilePath {
+    /// Profile name
+    pub name: ProfileName,
 }
 
 /// `/projects/{name}`

@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
-use crate::backend::BackendError;
-use crate::backend::types::{ConfigMap, DevicesMap, Instance, Project, ProjectPolicy};
+use crate::auth::{AuthUser, Permission};
+use crate::backend::types::{
+    ConfigMap, DevicesMap, Instance, Profile, Project, ProjectPolicy, expand, instance_of_url,
+};
+use crate::backend::{BackendError, Missing};
 use crate::error::{ApiError, ApiResult};
 use crate::names::{InstanceName, NetworkName, ProfileName, ProjectName};
 use crate::policy::{Denied, Policy, Widening};
@@ -67,17 +69,16 @@ impl<'a> Shape<'a> {
     }
 }
 
-/// The profile list non-admins may give a new instance.
-fn default_profiles(p: &[String]) -> bool {
-    p.is_empty() || p == ["default"]
-}
-
 /// Checks a write of an instance from `before` (None: a create) to `after`.
 ///
 /// Beyond the config and devices themselves (`Policy::check_instance`):
-/// * non-admins keep the profile list as it is (a new instance gets
-///   `default`): a profile is an admin's, and applying one an admin made for
-///   other instances would hand over whatever it holds;
+/// * what the instance comes to with its profiles (their config and devices
+///   in order, then its own) is judged the same way, before against after:
+///   a profile may hold only what the caller could set here, unless it was
+///   there already (an admin's, unchanged). So an operator may give an
+///   instance any profile of the project the policy accepts, and a profile
+///   an admin put a widened key into is usable where the key is allowed
+///   (the project it was widened for) and nowhere else;
 /// * removing a device of its own must not uncover a profile's device of
 ///   that name that the caller could not add itself (an admin's `none` mask
 ///   over a host path disk, say);
@@ -100,39 +101,66 @@ pub async fn check_instance_write(
     if policy.is_admin() {
         return Ok(());
     }
-    let same_profiles = match before {
-        Some(b) => b.profiles == after.profiles,
-        None => default_profiles(after.profiles),
+    let profiles = read_profiles(state, project, b.profiles.iter().chain(after.profiles)).await?;
+    let of = |names: &[String]| -> Vec<&Profile> {
+        names.iter().filter_map(|n| profiles.get(n)).collect()
     };
-    if !same_profiles {
-        return Err(ApiError::forbidden(
-            "policy_denied",
-            "changing an instance's profiles is not allowed for non-admins (new instances get `default`); an admin can change them",
-        )
-        .with_field("profiles"));
-    }
-    let removed: Vec<&String> = b
-        .devices
-        .keys()
-        .filter(|name| !after.devices.contains_key(*name))
-        .collect();
-    if !removed.is_empty() {
-        let inherited = inherited_devices(state, project, after.profiles).await?;
-        for name in removed {
-            if let Some(dev) = inherited.get(name) {
-                policy.check_device(name, dev).map_err(|e| match e {
-                    Denied::Forbidden { detail, .. } => ApiError::forbidden(
-                        "policy_denied",
-                        format!("removing device `{name}` would let the profile's device of that name apply, and {detail}"),
-                    )
-                    .with_field(format!("devices.{name}")),
-                    other => other.into(),
-                })?;
-            }
+    let (_, inherited) = expand(of(after.profiles), &no_config, &no_devices);
+    for name in b.devices.keys().filter(|n| !after.devices.contains_key(*n)) {
+        if let Some(dev) = inherited.get(name) {
+            policy.check_device(name, dev).map_err(|e| match e {
+                Denied::Forbidden { detail, .. } => ApiError::forbidden(
+                    "policy_denied",
+                    format!("removing device `{name}` would let the profile's device of that name apply, and {detail}"),
+                )
+                .with_field(format!("devices.{name}")),
+                other => other.into(),
+            })?;
         }
     }
-    for (name, dev) in after.devices {
-        let changed = b.devices.get(name) != Some(dev);
+    let was = match before {
+        Some(b) => expand(of(b.profiles), b.config, b.devices),
+        None => (ConfigMap::new(), DevicesMap::new()),
+    };
+    let will = expand(of(after.profiles), after.config, after.devices);
+    policy
+        .check_instance((&was.0, &was.1), (&will.0, &will.1))
+        .map_err(|d| from_profiles(d, &of(after.profiles)))?;
+    check_nics(state, policy, project, &was.1, &will.1).await
+}
+
+/// A refusal of what an instance expands to: the profile that gives the
+/// key or device is named (the instance's own config passed already).
+fn from_profiles(d: Denied, profiles: &[&Profile]) -> ApiError {
+    let Denied::Forbidden { field, detail } = d else {
+        return d.into();
+    };
+    let gives = |p: &&&Profile| match field.strip_prefix("config.") {
+        Some(key) => p.config.contains_key(key),
+        None => field
+            .strip_prefix("devices.")
+            .and_then(|rest| rest.split('.').next())
+            .is_some_and(|dev| p.devices.contains_key(dev)),
+    };
+    let detail = match profiles.iter().rev().find(gives) {
+        Some(p) => format!("through profile `{}`: {detail}", p.name),
+        None => detail,
+    };
+    ApiError::forbidden("policy_denied", detail).with_field(field)
+}
+
+/// NICs added or changed (from `before` to `after`, devices as they
+/// expand) go on managed bridge or OVN networks of `project`, unless NICs
+/// of any kind are allowed there.
+async fn check_nics(
+    state: &AppState,
+    policy: &Policy,
+    project: &ProjectName,
+    before: &DevicesMap,
+    after: &DevicesMap,
+) -> ApiResult<()> {
+    for (name, dev) in after {
+        let changed = before.get(name) != Some(dev);
         if changed
             && dev.get("type").map(String::as_str) == Some("nic")
             && !policy.allows_device_type("nic")
@@ -140,6 +168,144 @@ pub async fn check_instance_write(
         {
             check_network(state, project, name, network).await?;
         }
+    }
+    Ok(())
+}
+
+/// A profile list sent for an instance: profile names, none twice (400
+/// `invalid_config` before anything reaches the backend).
+pub fn check_profile_list(names: &[String]) -> ApiResult<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        ProfileName::parse(n)
+            .map_err(|e| ApiError::bad_request("invalid_config", e).with_field("profiles"))?;
+        if !seen.insert(n) {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                format!("profile `{n}` is listed twice"),
+            )
+            .with_field("profiles"));
+        }
+    }
+    Ok(())
+}
+
+/// The profiles named, as `project`'s instances see them (a name that is
+/// no profile there: 404 `profile_not_found`, field `profiles`).
+async fn read_profiles<'a>(
+    state: &AppState,
+    project: &ProjectName,
+    names: impl Iterator<Item = &'a String>,
+) -> ApiResult<BTreeMap<String, Profile>> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        if out.contains_key(name) {
+            continue;
+        }
+        // An instance's own list is Incus's data or was checked by
+        // `check_profile_list`: the rule is Incus's, so a name Incus has
+        // always passes.
+        let parsed = ProfileName::parse(name)
+            .map_err(|e| ApiError::bad_request("invalid_config", e).with_field("profiles"))?;
+        let (p, _) = state
+            .backend
+            .get_profile(project, &parsed)
+            .await
+            .map_err(|e| match e {
+                BackendError::NotFound(_) => {
+                    ApiError::from(BackendError::NotFound(Missing::Profile {
+                        name: name.clone(),
+                    }))
+                    .with_field("profiles")
+                }
+                other => other.into(),
+            })?;
+        out.insert(name.clone(), p);
+    }
+    Ok(out)
+}
+
+/// Checks a write of a profile of `project` (the project it belongs to)
+/// from `before` (None: a create) to `after`, for `user`.
+///
+/// A profile is instance config many instances take: what it holds is
+/// judged like an instance's own config and devices, under the policy of
+/// its project (keys an admin put there may stay, unchanged). And since a
+/// change reaches every instance using the profile, each of them is judged
+/// as it would expand, under the policy of its own project, which the
+/// caller must also operate in (on Incus, instances of a project without
+/// profiles of its own use the `default` project's).
+pub async fn check_profile_write(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    before: Option<&Profile>,
+    after: &Profile,
+) -> ApiResult<()> {
+    let policy = for_caller(state, user, project).await?;
+    let (no_config, no_devices) = (ConfigMap::new(), DevicesMap::new());
+    let (config, devices) = before.map_or((&no_config, &no_devices), |p| (&p.config, &p.devices));
+    policy.check_instance((config, devices), (&after.config, &after.devices))?;
+    if policy.is_admin() {
+        return Ok(());
+    }
+    check_nics(state, &policy, project, devices, &after.devices).await?;
+    let Some(before) = before else {
+        return Ok(());
+    };
+    for url in &before.used_by {
+        let Some((iproject, iname)) = instance_of_url(url) else {
+            continue;
+        };
+        // Names from the backend; one lxgate cannot read is not waved
+        // through unchecked.
+        let unreadable = || {
+            ApiError::forbidden(
+                "policy_denied",
+                format!(
+                    "the profile is used by {url:?}, which lxgate cannot check; an admin can change the profile"
+                ),
+            )
+        };
+        let iproject = ProjectName::parse(&iproject).map_err(|_| unreadable())?;
+        let iname = InstanceName::parse(&iname).map_err(|_| unreadable())?;
+        user.require(Permission::ProjectOperate, iproject.as_str())?;
+        let ipolicy = match &iproject == project {
+            true => policy.clone(),
+            false => for_caller(state, user, &iproject).await?,
+        };
+        let (inst, _) = state.backend.get_instance(&iproject, &iname).await?;
+        let mut profiles = read_profiles(
+            state,
+            &iproject,
+            inst.profiles.iter().filter(|n| **n != before.name),
+        )
+        .await?;
+        let with = |profiles: &BTreeMap<String, Profile>| {
+            let list: Vec<&Profile> = inst
+                .profiles
+                .iter()
+                .filter_map(|n| profiles.get(n))
+                .collect();
+            expand(list, &inst.config, &inst.devices)
+        };
+        profiles.insert(before.name.clone(), before.clone());
+        let was = with(&profiles);
+        profiles.insert(before.name.clone(), after.clone());
+        let will = with(&profiles);
+        let name_it = |mut e: ApiError| {
+            e.detail = format!(
+                "instance `{iname}` (project `{iproject}`) uses the profile: {}",
+                e.detail
+            );
+            e
+        };
+        ipolicy
+            .check_instance((&was.0, &was.1), (&will.0, &will.1))
+            .map_err(|d| name_it(d.into()))?;
+        check_nics(state, &ipolicy, &iproject, &was.1, &will.1)
+            .await
+            .map_err(name_it)?;
     }
     Ok(())
 }
@@ -172,34 +338,6 @@ pub async fn require_inside_access(
         .with_field("security.privileged"));
     }
     Ok(())
-}
-
-/// The devices the profiles give, the later ones over the earlier.
-async fn inherited_devices(
-    state: &AppState,
-    project: &ProjectName,
-    profiles: &[String],
-) -> ApiResult<DevicesMap> {
-    let mut out = BTreeMap::new();
-    for name in profiles {
-        // The list is the instance's own (Incus's data) or `default`: the
-        // rule is Incus's, so a profile Incus has always passes.
-        let name = ProfileName::parse(name)
-            .map_err(|e| ApiError::bad_request("invalid_config", e).with_field("profiles"))?;
-        let p = state
-            .backend
-            .get_profile(project, &name)
-            .await
-            .map_err(|e| match e {
-                BackendError::NotFound(_) => ApiError::bad_request(
-                    "profile_not_found",
-                    format!("profile `{name}` does not exist"),
-                ),
-                other => other.into(),
-            })?;
-        out.extend(p.devices);
-    }
-    Ok(out)
 }
 
 async fn check_network(

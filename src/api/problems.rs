@@ -39,6 +39,8 @@ problem_responses! {
     /// Writing an instance's config or devices, checked against the project's instance policy.
     InstancePolicy403 = 403, "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)";
     VolumePolicy403 = 403, "No operator role in the project, or config the policy does not allow the caller";
+    /// Writing a profile: what it holds, and what it gives the instances using it.
+    ProfilePolicy403 = 403, "No operator role in the project (or in the project the profile belongs to, or of an instance using it), or config or devices the instance policy does not allow the caller, in the profile or in an instance using it (the problem's `field` names the key or device option)";
 
     // 404: what the path names is not there.
     InstanceMissing = 404, "No such instance";
@@ -54,6 +56,13 @@ problem_responses! {
     /// A volume copy names its source in the body.
     VolumeSourceMissing = 404, "No such pool or project, or no such source volume or snapshot";
     NetworkMissing = 404, "No such network";
+    ProfileMissing = 404, "No such profile";
+    /// Creating an instance: its image, or a profile its `profiles` names.
+    ImageOrProfileMissing = 404, "No such image, or no such profile (`profiles`)";
+    /// Changing an instance: it, or a profile its `profiles` names.
+    InstanceOrProfileMissing = 404, "No such instance, or no such profile (`profiles`)";
+    /// Restoring: the snapshot, or one of the profiles it names.
+    SnapshotOrProfileMissing = 404, "No such instance or snapshot, or no such profile (the snapshot's `profiles`)";
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";
     UserMissing = 404, "No such user";
@@ -64,12 +73,16 @@ problem_responses! {
     BackendRefused400 = 400, "Refused by the backend (e.g. a bad config key)";
     ProjectRefused400 = 400, "Refused by the backend (e.g. a bad config key), or a malformed policy allow list";
     InstanceConfig400 = 400, "A `volatile.*` key or a device without a type";
+    /// A profile's config or devices, refused by lxgate or the backend.
+    ProfileConfig400 = 400, "A `volatile.*` key, a device without a type, or config or devices the backend refuses (e.g. an unknown key, or a change an instance using the profile could not run with)";
 
     // 409: the conflict.
     /// Creating (or renaming to) a name another resource of the kind has.
     NameTaken409 = 409, "The name is taken";
     DeviceNameTaken409 = 409, "The device name is taken";
     ProfileDevice409 = 409, "The device comes from a profile";
+    /// Deleting or renaming `default`, or deleting a profile in use.
+    DefaultOrUsedProfile409 = 409, "The profile is `default` (it cannot be deleted or renamed), or is in use";
     LastAdmin409 = 409, "Would leave no enabled admin";
 
     // 412: `If-Match`, or a read-modify-write that lost a race.

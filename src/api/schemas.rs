@@ -16,7 +16,7 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    NetworkName, PoolName, ProjectName, SnapshotName, VolumeName,
+    NetworkName, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
 };
 
 /// Incus's rule (`names::check_resource_name`): 1-63 ASCII letters, digits
@@ -182,6 +182,44 @@ name_schema!(
     USERNAME_PATTERN,
     64,
     "alice"
+);
+
+/// `names::ProfileName` (Incus's rule): not empty, no `/` (nor NUL, which no
+/// request text holds), not `.` or `..` (without a lookahead, as
+/// `alias_pattern`).
+pub const PROFILE_NAME_PATTERN: &str = r"^(?:[^/\x00]{3,}|[^./\x00][^/\x00]?|[^/\x00][^./\x00])$";
+
+// No maxLength: Incus sets none, and a profile an admin named on Incus must
+// stay reachable.
+impl PartialSchema for ProfileName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A profile name, by Incus's rule: not empty, no `/` or NUL, not `.` or `..` (profiles made through lxgate have `NewProfileName`s).",
+            ))
+            .pattern(Some(PROFILE_NAME_PATTERN))
+            .min_length(Some(1))
+            .examples([json!("default")])
+            .into()
+    }
+}
+impl ToSchema for ProfileName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ProfileName")
+    }
+}
+
+/// The name of a new profile (`ProfileCreate.name`, a rename's `name`):
+/// a resource name, as DESIGN §6 asks of every name lxgate creates.
+pub struct NewProfileName;
+name_schema!(
+    NewProfileName,
+    "NewProfileName",
+    "A new profile's name: 1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-`.",
+    RESOURCE_NAME_PATTERN,
+    63,
+    "small"
 );
 
 /// A network interface name inside an instance (`AttachNic`): a device name
@@ -620,6 +658,25 @@ mod tests {
             &"x".repeat(64),
         ] {
             assert_eq!(names.is_match(s), ProjectName::parse(s).is_ok(), "{s:?}");
+        }
+        let profile = re(PROFILE_NAME_PATTERN);
+        for s in [
+            "default",
+            "gpu_large",
+            "web.v2",
+            "1st",
+            "a b",
+            ".a",
+            "a.",
+            "...",
+            "a",
+            "",
+            "a/b",
+            "/",
+            ".",
+            "..",
+        ] {
+            assert_eq!(profile.is_match(s), ProfileName::parse(s).is_ok(), "{s:?}");
         }
         let fp = re(FINGERPRINT_PATTERN);
         for s in [

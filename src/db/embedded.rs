@@ -712,3 +712,149 @@ pub async fn delete_network(pool: &AnyPool, name: &str) -> Result<(), sqlx::Erro
         .await
         .map(|_| ())
 }
+
+// -------------------------------------------------------------- profiles ---
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ProfileRow {
+    pub project: String,
+    pub name: String,
+    pub description: String,
+    /// JSON object.
+    pub config: String,
+    /// JSON object.
+    pub devices: String,
+    pub created_at: String,
+}
+
+macro_rules! profile_columns {
+    () => {
+        "project, name, description, config, devices, created_at"
+    };
+}
+
+/// A project's profiles with a row, by name.
+pub async fn list_profiles(pool: &AnyPool, project: &str) -> Result<Vec<ProfileRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        profile_columns!(),
+        " FROM embedded_profiles WHERE project = $1 ORDER BY name"
+    ))
+    .bind(project)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_profile(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+) -> Result<Option<ProfileRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        profile_columns!(),
+        " FROM embedded_profiles WHERE project = $1 AND name = $2"
+    ))
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Claims the name: fails with a unique violation when it is taken.
+pub async fn insert_profile(pool: &AnyPool, r: &ProfileRow) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO embedded_profiles (",
+        profile_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6)"
+    ))
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.devices)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Writes the editable fields back, adding the row of a `default` profile
+/// that had none (both dialects know `ON CONFLICT ... DO UPDATE`).
+pub async fn put_profile(pool: &AnyPool, r: &ProfileRow) -> Result<(), sqlx::Error> {
+    sqlx::query(concat!(
+        "INSERT INTO embedded_profiles (",
+        profile_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (project, name) DO UPDATE SET \
+         description = excluded.description, config = excluded.config, devices = excluded.devices"
+    ))
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.description)
+    .bind(&r.config)
+    .bind(&r.devices)
+    .bind(&r.created_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Whether there was such a row.
+pub async fn delete_profile(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_profiles WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+}
+
+/// Every profile row of a project (the project is going away).
+pub async fn delete_project_profiles(pool: &AnyPool, project: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM embedded_profiles WHERE project = $1")
+        .bind(project)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Renames a profile and rewrites the profile lists of the instances using
+/// it (`instances`: name and its new list, as JSON) in one transaction, so
+/// no instance is left naming a profile that does not exist. A unique
+/// violation when the new name is taken.
+pub async fn rename_profile(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    new_name: &str,
+    instances: &[(String, String)],
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let renamed =
+        sqlx::query("UPDATE embedded_profiles SET name = $3 WHERE project = $1 AND name = $2")
+            .bind(project)
+            .bind(name)
+            .bind(new_name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+    if !renamed {
+        return Ok(false);
+    }
+    for (instance, profiles) in instances {
+        sqlx::query("UPDATE embedded_instances SET profiles = $3 WHERE project = $1 AND name = $2")
+            .bind(project)
+            .bind(instance)
+            .bind(profiles)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}

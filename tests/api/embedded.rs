@@ -4036,3 +4036,268 @@ async fn system_health_and_resources_on_embedded() {
     let r = app.get("/api/v1/system/health", Some(&nobody)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
+
+/// `memory.limit_in_bytes` of a running container, read from its cgroup by
+/// LXC (bypassing lxgate).
+fn memory_limit(host: &Host, ct: &str) -> String {
+    let out = Command::new("lxc-cgroup")
+        .arg("-P")
+        .arg(host.lxcpath())
+        .args(["-n", ct, "memory.limit_in_bytes"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn profiles_apply_when_containers_are_created_and_started() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+
+    // `default` is every project's: the root disk.
+    let list = app.get("/api/v1/profiles", Some(&admin)).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.body["total"], 1, "{}", list.text);
+    assert_eq!(list.body["items"][0]["name"], "default");
+    assert_eq!(list.body["items"][0]["devices"]["root"]["path"], "/");
+
+    let r = app
+        .post(
+            "/api/v1/profiles",
+            Some(&admin),
+            json!({"name": "small", "description": "Small",
+                   "config": {"limits.memory": "96MiB", "user.tier": "small"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let etag = r.header("etag").expect("an ETag").to_owned();
+    // What the drivers do not implement is refused as on an instance.
+    app.post(
+        "/api/v1/profiles",
+        Some(&admin),
+        json!({"name": "nest", "config": {"security.nesting": "true"}}),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+    app.post(
+        "/api/v1/profiles",
+        Some(&admin),
+        json!({"name": "vol", "devices": {"data": {"type": "disk", "pool": "default",
+            "source": "v1", "path": "/data"}}}),
+    )
+    .await
+    .assert_problem(501, "not_supported");
+    app.get("/api/v1/profiles/vol", Some(&admin))
+        .await
+        .assert_problem(404, "profile_not_found");
+
+    // Created and started with its profiles' config under its own.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "image", "alias": "busybox"},
+               "profiles": ["default", "small"], "config": {"user.own": "yes"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let i = app.get("/api/v1/instances/c1", Some(&admin)).await;
+    assert_eq!(i.body["profiles"], json!(["default", "small"]));
+    assert_eq!(i.body["expanded_config"]["limits.memory"], "96MiB");
+    assert_eq!(i.body["expanded_config"]["user.own"], "yes");
+    assert_eq!(i.body["config"].get("limits.memory"), None, "{}", i.text);
+    assert_eq!(i.body["expanded_devices"]["root"]["type"], "disk");
+    action(&app, &admin, "c1", "start").await;
+    assert_eq!(memory_limit(&host, "default_c1"), "100663296");
+    let p = app.get("/api/v1/profiles/small", Some(&admin)).await;
+    assert_eq!(
+        p.body["used_by"],
+        json!(["/1.0/instances/c1"]),
+        "{}",
+        p.text
+    );
+
+    // A change reaches a running container at its next start.
+    let stale = app
+        .send(
+            app.request(reqwest::Method::PUT, "/api/v1/profiles/small", Some(&admin))
+                .header("if-match", &etag)
+                .json(&json!({"config": {}})),
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::OK, "{}", stale.text);
+    assert_eq!(stale.body["config"], json!({}));
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/profiles/small",
+        json!({"config": {"limits.memory": "64MiB"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let put_again = app
+        .send(
+            app.request(reqwest::Method::PUT, "/api/v1/profiles/small", Some(&admin))
+                .header("if-match", &etag)
+                .json(&json!({"config": {}})),
+        )
+        .await;
+    put_again.assert_problem(412, "precondition_failed");
+    assert_eq!(memory_limit(&host, "default_c1"), "100663296");
+    let i = app.get("/api/v1/instances/c1", Some(&admin)).await;
+    assert_eq!(i.body["expanded_config"]["limits.memory"], "64MiB");
+    action(&app, &admin, "c1", "restart").await;
+    assert_eq!(memory_limit(&host, "default_c1"), "67108864");
+
+    // A change no container using it could run with is refused: its id
+    // map is fixed, and it needs a root disk.
+    patch(
+        &app,
+        &admin,
+        "/api/v1/profiles/small",
+        json!({"config": {"security.privileged": "true"}}),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+    let r = app
+        .put(
+            "/api/v1/profiles/default",
+            Some(&admin),
+            json!({"description": "none"}),
+        )
+        .await;
+    r.assert_problem(400, "bad_request");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("root"),
+        "{}",
+        r.text
+    );
+    patch(
+        &app,
+        &admin,
+        "/api/v1/instances/c1",
+        json!({"profiles": []}),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+    patch(
+        &app,
+        &admin,
+        "/api/v1/instances/c1",
+        json!({"profiles": ["default", "nope"]}),
+    )
+    .await
+    .assert_problem(404, "profile_not_found");
+    patch(
+        &app,
+        &admin,
+        "/api/v1/instances/c1",
+        json!({"profiles": ["default", "default"]}),
+    )
+    .await
+    .assert_problem(400, "invalid_config");
+
+    // In use: not deleted; renamed, the instance follows.
+    app.delete("/api/v1/profiles/small", Some(&admin))
+        .await
+        .assert_problem(409, "conflict");
+    let r = app
+        .post(
+            "/api/v1/profiles/small/rename",
+            Some(&admin),
+            json!({"name": "tiny"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["used_by"], json!(["/1.0/instances/c1"]));
+    let i = app.get("/api/v1/instances/c1", Some(&admin)).await;
+    assert_eq!(i.body["profiles"], json!(["default", "tiny"]));
+    assert_eq!(i.body["expanded_config"]["limits.memory"], "64MiB");
+    app.delete("/api/v1/profiles/default", Some(&admin))
+        .await
+        .assert_problem(409, "default_profile");
+    app.post(
+        "/api/v1/profiles/tiny/rename",
+        Some(&admin),
+        json!({"name": "default"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
+
+    // Taken off the instance (it keeps running as it was), then deleted.
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/instances/c1",
+        json!({"profiles": ["default"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["expanded_config"].get("limits.memory"), None);
+    let r = app.delete("/api/v1/profiles/tiny", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+
+    // Profiles count towards a project's limits, now and when they change.
+    let r = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": "lim", "config": {"limits.memory": "256MiB", "features.images": "false"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/profiles?project=lim",
+            Some(&admin),
+            json!({"name": "mem", "config": {"limits.memory": "128MiB"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances?project=lim&wait=60",
+            Some(&admin),
+            json!({"name": "l1", "source": {"type": "image", "alias": "busybox"},
+                   "profiles": ["default", "mem"]}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let st = app.get("/api/v1/projects/lim/state", Some(&admin)).await;
+    assert_eq!(
+        st.body["resources"]["memory"]["Usage"], 134217728,
+        "{}",
+        st.text
+    );
+    let r = patch(
+        &app,
+        &admin,
+        "/api/v1/profiles/mem?project=lim",
+        json!({"config": {"limits.memory": "512MiB"}}),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("limits.memory"),
+        "{}",
+        r.text
+    );
+    // A project of the embedded backend keeps profiles of its own.
+    app.post(
+        "/api/v1/projects",
+        Some(&admin),
+        json!({"name": "shared", "config": {"features.profiles": "false"}}),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+
+    let r = app
+        .post(
+            "/api/v1/instances/c1/stop?wait=60",
+            Some(&admin),
+            json!({"force": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+}

@@ -288,8 +288,7 @@ async fn refused_everywhere(
     .await
     .assert_problem(400, "invalid_config");
 
-    // Profiles are the admins': a new instance gets `default`, and the
-    // list of an existing one stays as it is.
+    // A profile list names profiles of the project, each once.
     let r = app
         .post(
             &format!("/api/v1/instances?project={project}"),
@@ -297,15 +296,15 @@ async fn refused_everywhere(
             json!({"name": unique("esc"), "source": image, "profiles": ["default", "other"]}),
         )
         .await;
-    r.assert_problem(403, "policy_denied");
+    r.assert_problem(404, "profile_not_found");
     assert_eq!(r.body["field"], "profiles");
     let r = app
         .send(
             app.request(Method::PATCH, &path, Some(operator))
-                .json(&json!({"profiles": []})),
+                .json(&json!({"profiles": ["default", "default"]})),
         )
         .await;
-    r.assert_problem(403, "policy_denied");
+    r.assert_problem(400, "invalid_config");
 
     // The check and the write see the same version: a client's If-Match
     // naming another one is 412 before anything is written.
@@ -317,6 +316,185 @@ async fn refused_everywhere(
         )
         .await;
     r.assert_problem(412, "precondition_failed");
+}
+
+/// Every case smuggled through a profile, refused: in a profile an
+/// operator creates, PUTs or PATCHes (its own, and `default`), and, where
+/// an admin put it into one (and the backend took it), in an instance an
+/// operator creates with that profile or gives it to. Nothing is written.
+async fn refused_through_profiles(
+    app: &TestApp,
+    operator: &str,
+    admin: &str,
+    project: &str,
+    existing: &str,
+    image: Value,
+) {
+    let q = format!("?project={project}");
+    let mine = unique("mine");
+    let r = app
+        .post(
+            &format!("/api/v1/profiles{q}"),
+            Some(operator),
+            json!({"name": mine, "config": {"limits.cpu": "1", "user.team": "a"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let path = format!("/api/v1/profiles/{mine}{q}");
+    let default = format!("/api/v1/profiles/default{q}");
+    let before = app.get(&path, Some(operator)).await;
+    let default_before = app.get(&default, Some(operator)).await;
+    let ipath = format!("/api/v1/instances/{existing}{q}");
+    let instance = app.get(&ipath, Some(operator)).await;
+    let mut used = 0;
+    for case in cases() {
+        let name = unique("escp");
+        let r = app
+            .post(
+                &format!("/api/v1/profiles{q}"),
+                Some(operator),
+                json!({"name": name, "config": case.config, "devices": case.devices}),
+            )
+            .await;
+        assert_denied(&r, &case, "profile create");
+        app.get(&format!("/api/v1/profiles/{name}{q}"), Some(operator))
+            .await
+            .assert_problem(404, "profile_not_found");
+        let put = json!({
+            "description": before.body["description"],
+            "config": merged(&before.body["config"], &case.config),
+            "devices": merged(&before.body["devices"], &case.devices),
+        });
+        assert_denied(
+            &app.put(&path, Some(operator), put).await,
+            &case,
+            "profile PUT",
+        );
+        for p in [&path, &default] {
+            let r = app
+                .send(
+                    app.request(Method::PATCH, p, Some(operator))
+                        .json(&json!({"config": case.config, "devices": case.devices})),
+                )
+                .await;
+            assert_denied(&r, &case, "profile PATCH");
+        }
+
+        // An admin's profile holding it is not the operator's to apply.
+        let adm = unique("adm");
+        let r = app
+            .post(
+                &format!("/api/v1/profiles{q}"),
+                Some(admin),
+                json!({"name": adm, "config": case.config, "devices": case.devices}),
+            )
+            .await;
+        if r.status != StatusCode::CREATED {
+            // The backend's own refusal (a restricted Incus project, a key or
+            // device the embedded drivers lack): never the policy's.
+            assert_ne!(r.body["code"], "permission_denied", "{}", r.text);
+            continue;
+        }
+        used += 1;
+        let inst = unique("esc");
+        let r = app
+            .post(
+                &format!("/api/v1/instances{q}&wait=60"),
+                Some(operator),
+                json!({"name": inst, "source": image, "profiles": ["default", adm]}),
+            )
+            .await;
+        assert_denied(&r, &case, "create with an admin's profile");
+        assert!(
+            r.body["detail"].as_str().unwrap_or_default().contains(&adm),
+            "the detail names the profile: {}",
+            r.text
+        );
+        app.get(&format!("/api/v1/instances/{inst}{q}"), Some(operator))
+            .await
+            .assert_problem(404, "instance_not_found");
+        let mut profiles = instance.body["profiles"].as_array().unwrap().clone();
+        profiles.push(json!(adm));
+        let r = app
+            .send(
+                app.request(Method::PATCH, &ipath, Some(operator))
+                    .json(&json!({"profiles": profiles})),
+            )
+            .await;
+        assert_denied(&r, &case, "an admin's profile added to an instance");
+        let r = app
+            .delete(&format!("/api/v1/profiles/{adm}{q}"), Some(admin))
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    }
+    eprintln!("{used} admin profiles were refused to the operator's instances");
+    let after = app.get(&path, Some(operator)).await;
+    assert_eq!(
+        after.header("etag"),
+        before.header("etag"),
+        "{}",
+        after.text
+    );
+    let default_after = app.get(&default, Some(operator)).await;
+    assert_eq!(default_after.body["config"], default_before.body["config"]);
+    assert_eq!(
+        default_after.body["devices"],
+        default_before.body["devices"]
+    );
+    let now = app.get(&ipath, Some(operator)).await;
+    assert_eq!(now.body["profiles"], instance.body["profiles"]);
+
+    // What §4a allows goes through a profile too, onto the instance.
+    let r = app
+        .send(
+            app.request(Method::PATCH, &ipath, Some(operator))
+                .json(&json!({"profiles": ["default", mine]})),
+        )
+        .await;
+    wait_ok(app, operator, r).await;
+    let now = app.get(&ipath, Some(operator)).await;
+    assert_eq!(
+        now.body["expanded_config"]["user.team"], "a",
+        "{}",
+        now.text
+    );
+    // Taking an admin's key out of a profile is a change like any other.
+    let r = app
+        .post(
+            &format!("/api/v1/profiles{q}"),
+            Some(admin),
+            json!({"name": unique("admkey"), "config": {"security.privileged": "false"}}),
+        )
+        .await;
+    if r.status == StatusCode::CREATED {
+        let p = format!("/api/v1/profiles/{}{q}", r.body["name"].as_str().unwrap());
+        let r = app
+            .send(
+                app.request(Method::PATCH, &p, Some(operator))
+                    .json(&json!({"config": {"security.privileged": ""}})),
+            )
+            .await;
+        r.assert_problem(403, "policy_denied");
+        assert_eq!(r.body["field"], "config.security.privileged");
+        // ...while the rest of it is the operator's to change.
+        let r = app
+            .send(
+                app.request(Method::PATCH, &p, Some(operator))
+                    .json(&json!({"description": "mine now", "config": {"limits.cpu": "1"}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        app.delete(&p, Some(admin)).await;
+    }
+    let r = app
+        .send(
+            app.request(Method::PATCH, &ipath, Some(operator))
+                .json(&json!({"profiles": instance.body["profiles"]})),
+        )
+        .await;
+    wait_ok(app, operator, r).await;
+    let r = app.delete(&path, Some(operator)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
 }
 
 fn incus(args: &[&str]) -> std::process::Output {
@@ -472,6 +650,9 @@ async fn incus_operators_cannot_reach_the_host() {
         incus_after.replace("  user.note: ok\n", ""),
         "only the allowed PATCH changed the instance"
     );
+    let listed = incus_text(&["list", "--project", &project, "-c", "n", "-f", "csv"]);
+    assert_eq!(listed, existing, "no refused create reached Incus");
+    refused_through_profiles(&app, &operator, &admin, &project, &existing, image.clone()).await;
     let listed = incus_text(&["list", "--project", &project, "-c", "n", "-f", "csv"]);
     assert_eq!(listed, existing, "no refused create reached Incus");
 
@@ -650,6 +831,178 @@ async fn incus_operators_cannot_reach_the_host() {
         ]),
         "false"
     );
+}
+
+/// A profile an admin put a key into that a project's allow list widened
+/// is usable in that project only: judged where an instance uses it, under
+/// that instance's project. On Incus a project without profiles of its own
+/// (`features.profiles=false`) uses the `default` project's; writing those
+/// is writing `default`.
+#[tokio::test]
+async fn incus_a_widened_profile_is_usable_only_where_it_was_widened() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let wide = unique("wide");
+    let shared = unique("shared");
+    let (nest, nest_default) = (unique("nest"), unique("nestd"));
+    let (ok1, ok2, esc) = (unique("ok"), unique("ok"), unique("esc"));
+    let _undo = IncusUndo::new(&[
+        &["profile", "delete", &nest, "--project", &wide],
+        &["profile", "delete", &nest_default, "--project", "default"],
+        &["project", "delete", &wide],
+        &["project", "delete", &shared],
+    ]);
+    let _cleanup = Cleanup(vec![
+        (wide.clone(), ok1.clone()),
+        (shared.clone(), ok2.clone()),
+        (shared.clone(), esc.clone()),
+    ]);
+    for (name, config) in [
+        (
+            &wide,
+            json!({"features.images": "false", "user.lxgate.allow.config": "security.nesting"}),
+        ),
+        (
+            &shared,
+            json!({"features.images": "false", "features.profiles": "false", "restricted": "false"}),
+        ),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/projects",
+                Some(&admin),
+                json!({"name": name, "config": config}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let operator = app.user_with_role(&admin, "xop", None).await;
+    app.grant(&admin, "xop", &wide, "operator").await;
+    app.grant(&admin, "xop", &shared, "operator").await;
+    let image = json!({"type": "image", "alias": incus_alias()});
+
+    // Where nesting was allowed, an admin's profile with it is usable, and
+    // an operator may write the key too.
+    let r = app
+        .post(
+            &format!("/api/v1/profiles?project={wide}"),
+            Some(&admin),
+            json!({"name": nest, "config": {"security.nesting": "true"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={wide}&wait=60"),
+            Some(&operator),
+            json!({"name": ok1, "source": image, "profiles": ["default", nest]}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    assert_eq!(
+        incus_text(&[
+            "config",
+            "get",
+            "--expanded",
+            &ok1,
+            "security.nesting",
+            "--project",
+            &wide
+        ]),
+        "true"
+    );
+
+    // The same key in a profile the other project sees (the default
+    // project's, an admin's) is refused to its operator.
+    let r = app
+        .post(
+            "/api/v1/profiles?project=default",
+            Some(&admin),
+            json!({"name": nest_default, "config": {"security.nesting": "true"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let seen = app
+        .get(
+            &format!("/api/v1/profiles/{nest_default}?project={shared}"),
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(seen.status, StatusCode::OK, "{}", seen.text);
+    assert_eq!(seen.body["project"], "default");
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={shared}&wait=60"),
+            Some(&operator),
+            json!({"name": esc, "source": image, "profiles": ["default", nest_default]}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.nesting");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains(&nest_default),
+        "{}",
+        r.text
+    );
+    // The widened project's profile is no profile there at all.
+    app.post(
+        &format!("/api/v1/instances?project={shared}&wait=60"),
+        Some(&operator),
+        json!({"name": esc, "source": image, "profiles": ["default", nest]}),
+    )
+    .await
+    .assert_problem(404, "profile_not_found");
+    // Its profiles are the default project's: an operator of `shared` alone
+    // may not write them.
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/profiles/{nest_default}?project={shared}"),
+                Some(&operator),
+            )
+            .json(&json!({"description": "mine"})),
+        )
+        .await;
+    r.assert_problem(403, "permission_denied");
+    assert_eq!(r.body["project"], "default");
+    app.post(
+        &format!("/api/v1/profiles?project={shared}"),
+        Some(&operator),
+        json!({"name": unique("p")}),
+    )
+    .await
+    .assert_problem(403, "permission_denied");
+    // Nor, through `shared`, the default project's `default` profile that
+    // every instance there takes.
+    app.send(
+        app.request(
+            Method::PATCH,
+            &format!("/api/v1/profiles/default?project={shared}"),
+            Some(&operator),
+        )
+        .json(&json!({"config": {"security.nesting": "true"}})),
+    )
+    .await
+    .assert_problem(403, "permission_denied");
+    // What the shared profiles allow is the operator's to use.
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={shared}&wait=60"),
+            Some(&operator),
+            json!({"name": ok2, "source": image}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    for (project, name) in [(&wide, &ok1), (&shared, &ok2)] {
+        let r = app
+            .delete(
+                &format!("/api/v1/instances/{name}?project={project}&wait=60"),
+                Some(&admin),
+            )
+            .await;
+        wait_ok(&app, &admin, r).await;
+    }
 }
 
 #[tokio::test]
@@ -875,6 +1228,13 @@ async fn embedded_operators_cannot_reach_the_host() {
         vec![format!("default_{existing}")],
         "no refused create touched the host"
     );
+    refused_through_profiles(&app, &operator, &admin, "default", existing, image.clone()).await;
+    let dirs: Vec<String> = std::fs::read_dir(host.lxcpath())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec![format!("default_{existing}")]);
 
     // A NIC goes on a managed bridge only, never on a host interface.
     let r = app
@@ -975,4 +1335,113 @@ async fn embedded_operators_cannot_reach_the_host() {
     app.post("/api/v1/projects/default/restrict", Some(&admin), json!({}))
         .await
         .assert_problem(501, "not_supported");
+}
+
+/// On the embedded backend each project has profiles of its own: one an
+/// operator of a widened project may fill with the widened key serves that
+/// project only, and the same key in another project's profile (an admin's)
+/// is refused to that project's operators.
+#[tokio::test]
+async fn embedded_a_widened_profile_is_usable_only_where_it_was_widened() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    for (name, config) in [
+        (
+            "wide",
+            json!({"features.images": "false", "user.lxgate.allow.config": "security.privileged"}),
+        ),
+        ("narrow", json!({"features.images": "false"})),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/projects",
+                Some(&admin),
+                json!({"name": name, "config": config}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let operator = app.user_with_role(&admin, "pop", None).await;
+    app.grant(&admin, "pop", "wide", "operator").await;
+    app.grant(&admin, "pop", "narrow", "operator").await;
+    let image = json!({"type": "image", "alias": "busybox"});
+    let priv_profile = json!({"name": "priv", "config": {"security.privileged": "true"}});
+
+    // Widened: the operator's profile may hold the key, and applies.
+    let r = app
+        .post(
+            "/api/v1/profiles?project=wide",
+            Some(&operator),
+            priv_profile.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances?project=wide&wait=60",
+            Some(&operator),
+            json!({"name": "w1", "source": image, "profiles": ["default", "priv"]}),
+        )
+        .await;
+    wait_ok(&app, &operator, r).await;
+    let got = app
+        .get("/api/v1/instances/w1?project=wide", Some(&operator))
+        .await;
+    assert_eq!(got.body["expanded_config"]["security.privileged"], "true");
+    let lxc_config =
+        std::fs::read_to_string(host.lxcpath().join("wide_w1").join("config")).expect("LXC config");
+    assert!(!lxc_config.contains("lxc.idmap"), "{lxc_config}");
+    // Root in it is the host's root: still the admins' alone to enter.
+    app.post(
+        "/api/v1/instances/w1/exec?project=wide",
+        Some(&operator),
+        json!({"command": ["id"]}),
+    )
+    .await
+    .assert_problem(403, "policy_denied");
+
+    // Not widened: the operator may not write it, the other project's
+    // profile is no profile here, and an admin's profile with it is refused
+    // to the operator's instances.
+    let r = app
+        .post(
+            "/api/v1/profiles?project=narrow",
+            Some(&operator),
+            priv_profile.clone(),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.privileged");
+    let create = json!({"name": "n1", "source": image, "profiles": ["default", "priv"]});
+    app.post(
+        "/api/v1/instances?project=narrow&wait=60",
+        Some(&operator),
+        create.clone(),
+    )
+    .await
+    .assert_problem(404, "profile_not_found");
+    let r = app
+        .post(
+            "/api/v1/profiles?project=narrow",
+            Some(&admin),
+            priv_profile,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/instances?project=narrow&wait=60",
+            Some(&operator),
+            create,
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.privileged");
+    assert!(!host.lxcpath().join("narrow_n1").exists());
+    let r = app
+        .delete("/api/v1/instances/w1?project=wide&wait=60", Some(&admin))
+        .await;
+    wait_ok(&app, &admin, r).await;
 }

@@ -199,6 +199,15 @@ const ROUTES: &[(&str, Need)] = &[
         "DELETE /api/v1/instances/{name}/nics/{device}",
         ProjectOperate,
     ),
+    // profiles: instance config of a project, held to the instance policy
+    // (DESIGN §4a), so managed by its operators
+    ("GET /api/v1/profiles", ProjectView),
+    ("POST /api/v1/profiles", ProjectOperate),
+    ("GET /api/v1/profiles/{name}", ProjectView),
+    ("PUT /api/v1/profiles/{name}", ProjectOperate),
+    ("PATCH /api/v1/profiles/{name}", ProjectOperate),
+    ("DELETE /api/v1/profiles/{name}", ProjectOperate),
+    ("POST /api/v1/profiles/{name}/rename", ProjectOperate),
     // projects ({name} is the project itself)
     // Any caller may list projects; the list holds only the projects the
     // caller has a role in (all of them for a global role).
@@ -375,6 +384,8 @@ fn generic_body(key: &str) -> Value {
             "pool": MISSING, "volume": MISSING, "path": "/mnt/rbac", "device": "rbac-disk"}),
         "POST /api/v1/instances/{name}/nics" => json!({"network": MISSING, "device": "eth9"}),
         "POST /api/v1/projects" => json!({"name": "rbac-project"}),
+        "POST /api/v1/profiles" => json!({"name": "rbac-profile"}),
+        "POST /api/v1/profiles/{name}/rename" => json!({"name": "rbac-renamed"}),
         "POST /api/v1/images" => json!({"source": {
             "server": "https://127.0.0.1:1", "protocol": "simplestreams", "alias": MISSING}}),
         "POST /api/v1/images/aliases" => json!({"name": "rbac-alias", "target": "0".repeat(64)}),

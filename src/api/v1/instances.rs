@@ -11,8 +11,8 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageMissing, InstanceConfig400, InstanceMissing, InstancePolicy403, NameTaken409, Operator403,
-    Stale412, TooManyOperations429, Viewer403,
+    ImageOrProfileMissing, InstanceConfig400, InstanceMissing, InstanceOrProfileMissing,
+    InstancePolicy403, NameTaken409, Operator403, Stale412, TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_image_source};
@@ -132,7 +132,7 @@ pub async fn list_instances(
         (status = 202, description = "Creating", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        InstancePolicy403, ImageMissing, NameTaken409, TooManyOperations429))]
+        InstancePolicy403, ImageOrProfileMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -165,11 +165,19 @@ pub async fn create_instance(
                 .map_err(|e| ApiError::invalid_field("source.alias", e))
         },
     )?;
+    if let Some(p) = &req.profiles {
+        policy::check_profile_list(p)?;
+    }
     let policy = policy::for_caller(&state, &user, &project).await?;
+    // Without a list, both backends give it `default`: judged as such.
+    let profiles = req
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec!["default".to_owned()]);
     let after = Shape {
         config: &req.config,
         devices: &req.devices,
-        profiles: req.profiles.as_deref().unwrap_or_default(),
+        profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
@@ -221,6 +229,9 @@ async fn update(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    if let Some(p) = &body.profiles {
+        policy::check_profile_list(p)?;
+    }
     // The policy judges the change against the instance as it is now; the
     // update applies to that version only (its ETag), so nothing can change
     // in between.
@@ -293,7 +304,7 @@ async fn update(
     responses(
         (status = 202, description = "Updating", body = OperationRef),
         (status = 200, description = "Updated", body = Instance),
-        InstanceConfig400, InstancePolicy403, InstanceMissing, Stale412, TooManyOperations429))]
+        InstanceConfig400, InstancePolicy403, InstanceOrProfileMissing, Stale412, TooManyOperations429))]
 pub async fn replace_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -314,7 +325,7 @@ pub async fn replace_instance(
     responses(
         (status = 200, description = "Updated", body = Instance),
         (status = 202, description = "Updating", body = OperationRef),
-        InstanceConfig400, InstancePolicy403, InstanceMissing, Stale412, TooManyOperations429))]
+        InstanceConfig400, InstancePolicy403, InstanceOrProfileMissing, Stale412, TooManyOperations429))]
 pub async fn update_instance(
     user: AuthUser,
     State(state): State<AppState>,

@@ -10,6 +10,7 @@ pub mod instance_files;
 pub mod instances;
 pub mod networks;
 pub mod operations;
+pub mod profiles;
 pub mod projects;
 pub mod snapshots;
 pub mod storage;

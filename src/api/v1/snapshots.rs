@@ -9,7 +9,8 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstancePath, InstanceSnapshotPath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    InstanceMissing, NameTaken409, Operator403, SnapshotMissing, TooManyOperations429, Viewer403,
+    InstanceMissing, NameTaken409, Operator403, SnapshotMissing, SnapshotOrProfileMissing,
+    TooManyOperations429, Viewer403,
 };
 use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
@@ -155,7 +156,7 @@ pub async fn delete_snapshot(
     responses(
         (status = 202, description = "Restoring", body = OperationRef),
         (status = 200, description = "Restored within `?wait=`", body = Operation),
-        SnapshotMissing, TooManyOperations429,
+        SnapshotOrProfileMissing, TooManyOperations429,
         (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json")))]
 pub async fn restore_snapshot(
     user: AuthUser,

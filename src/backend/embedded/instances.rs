@@ -17,10 +17,10 @@ use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::qemu;
-use super::{EmbeddedBackend, images, resources};
+use super::{EmbeddedBackend, images, profiles, resources};
 use crate::backend::types::{
     ConfigMap, DevicesMap, Instance, InstanceCreate, InstanceState, InstanceStateCpu,
-    InstanceStateMemory, InstanceUpdate, Operation, StateChange,
+    InstanceStateMemory, InstanceUpdate, Operation, Profile, StateChange, expand,
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing, Missing};
 use crate::db::embedded::{self as inv, InstanceRow};
@@ -44,6 +44,16 @@ fn is_managed(key: &str) -> bool {
 /// The part of a config the user owns.
 pub(super) fn user_config(config: ConfigMap) -> ConfigMap {
     config.into_iter().filter(|(k, _)| !is_managed(k)).collect()
+}
+
+/// An instance's own config as stored, and said honestly for a container
+/// made before lxgate mapped ids (privileged, its config never had the key).
+pub(super) fn own_config(row: &InstanceRow) -> ConfigMap {
+    let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+    if row.privileged != 0 && row.instance_type != VM {
+        config.insert("security.privileged".into(), "true".into());
+    }
+    config
 }
 
 pub(super) fn root_device() -> DevicesMap {
@@ -117,17 +127,18 @@ impl EmbeddedBackend {
             .collect())
     }
 
-    fn build_instance(row: &InstanceRow, info: &LxcInfo) -> Instance {
+    /// The instance as lxgate shows it; `profiles`: its project's.
+    fn build_instance(
+        row: &InstanceRow,
+        info: &LxcInfo,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Instance {
         let (status, code) = lxc::status_of(&info.state);
-        let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
-        // Said honestly, also for containers made before lxgate mapped ids
-        // (their config never had the key).
-        if row.privileged != 0 && row.instance_type != VM {
-            config.insert("security.privileged".into(), "true".into());
-        }
+        let config = own_config(row);
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
-        let mut expanded_devices = root_device();
-        expanded_devices.extend(devices.clone());
+        let names = profiles::names_of(row);
+        let (expanded_config, expanded_devices) =
+            expand(profiles::in_order(profiles, &names), &config, &devices);
         Instance {
             name: row.name.clone(),
             instance_type: row.instance_type.clone(),
@@ -139,19 +150,33 @@ impl EmbeddedBackend {
             last_used_at: row.last_used_at.clone(),
             location: "none".into(),
             project: row.project.clone(),
-            profiles: serde_json::from_str(&row.profiles).unwrap_or_default(),
+            profiles: names,
             ephemeral: row.ephemeral != 0,
             stateful: false,
-            expanded_config: config.clone(),
+            expanded_config,
             config,
             devices,
             expanded_devices,
         }
     }
 
-    pub(super) async fn to_instance(&self, row: &InstanceRow) -> Instance {
+    pub(super) async fn to_instance(&self, row: &InstanceRow) -> Result<Instance, BackendError> {
         let info = self.info_of(row).await;
-        Self::build_instance(row, &info)
+        let profiles = self.profiles_of(&row.project).await?;
+        Ok(Self::build_instance(row, &info, &profiles))
+    }
+
+    /// The config an instance's driver gets (the LXC configuration, QEMU's
+    /// command line): its profiles' and its own, without the keys lxgate
+    /// keeps for itself.
+    pub(super) async fn driver_config(&self, row: &InstanceRow) -> Result<ConfigMap, BackendError> {
+        let profiles = self.profiles_of(&row.project).await?;
+        let (config, _) = expand(
+            profiles::in_order(&profiles, &profiles::names_of(row)),
+            &own_config(row),
+            &DevicesMap::new(),
+        );
+        Ok(user_config(config))
     }
 
     /// A listing's scope: no filter expressions (Incus's language is not
@@ -212,6 +237,15 @@ impl Instances for EmbeddedBackend {
         if !scope.expand {
             return Ok(Listing::Names(rows.into_iter().map(|r| r.name).collect()));
         }
+        // Each project's profiles, read once.
+        let mut profiles: BTreeMap<String, BTreeMap<String, Profile>> = BTreeMap::new();
+        for r in &rows {
+            if !profiles.contains_key(&r.project) {
+                let of = self.profiles_of(&r.project).await?;
+                profiles.insert(r.project.clone(), of);
+            }
+        }
+        let profiles = &profiles;
         // Owned rows keep the stream's futures free of borrowed lifetimes
         // (async_trait needs them Send for any lifetime).
         let out = futures::stream::iter(rows)
@@ -220,7 +254,7 @@ impl Instances for EmbeddedBackend {
                     .driver(&r)
                     .info_for_listing(&Lxc::host_name(&r.project, &r.name))
                     .await;
-                Self::build_instance(&r, &info)
+                Self::build_instance(&r, &info, &profiles[&r.project])
             })
             .buffered(INFO_CONCURRENCY)
             .collect()
@@ -234,7 +268,7 @@ impl Instances for EmbeddedBackend {
         name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError> {
         let row = self.row(project, name).await?;
-        let inst = self.to_instance(&row).await;
+        let inst = self.to_instance(&row).await?;
         let tag = etag(&inst);
         Ok((inst, Some(tag)))
     }
@@ -264,10 +298,18 @@ impl Instances for EmbeddedBackend {
         let profiles = req
             .profiles
             .clone()
-            .unwrap_or_else(|| vec!["default".into()]);
-        if let Some(p) = profiles.iter().find(|p| p.as_str() != "default") {
-            return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
-        }
+            .unwrap_or_else(|| vec![profiles::DEFAULT_PROFILE.into()]);
+        let known = self.profiles_of(project).await?;
+        profiles::check_list(&known, &profiles)?;
+        // What it runs with: its profiles' config and root disk under its
+        // own config, held to what the drivers implement.
+        let (expanded, _) = profiles::runnable(
+            kind,
+            &profiles::in_order(&known, &profiles),
+            &req.config,
+            &req.devices,
+            None,
+        )?;
         let images_in = self.image_project(project).await?;
         let image = match (&req.source.alias, &req.source.fingerprint) {
             (Some(alias), _) => {
@@ -301,7 +343,7 @@ impl Instances for EmbeddedBackend {
         config.insert("volatile.base_image".into(), image.fingerprint.clone());
         // Unprivileged unless an admin asked otherwise (who may ask is the
         // API's policy; the backend only honours the key).
-        let is_true = |k: &str| req.config.get(k).is_some_and(|v| v == "true");
+        let is_true = |k: &str| expanded.get(k).is_some_and(|v| v == "true");
         let privileged = kind != VM && is_true("security.privileged");
         let isolated = kind != VM && is_true("security.idmap.isolated");
         if privileged && isolated {
@@ -365,8 +407,7 @@ impl Instances for EmbeddedBackend {
             // both squeeze under a limit.
             let project_lock = self.lock(project, "");
             let _p = project_lock.lock().await;
-            self.check_project_limits(project, kind, &req.config)
-                .await?;
+            self.check_project_limits(project, kind, &expanded).await?;
             inv::insert_instance(&self.pool, &row)
                 .await
                 .map_err(|e| match e {
@@ -387,7 +428,7 @@ impl Instances for EmbeddedBackend {
             None
         };
         let start = req.start;
-        let user_config = req.config.clone();
+        let user_config = user_config(expanded);
         let source = resource_url(project, &format!("instances/{}", req.name));
         Ok(self.ops.start(
             project,
@@ -462,8 +503,9 @@ impl Instances for EmbeddedBackend {
         let lock = self.lock(project, name);
         let _guard = lock.lock().await;
         let mut row = self.row(project, name).await?;
+        let known = self.profiles_of(project).await?;
         // The ETag and the config do not depend on the run state: no lxc-info.
-        let current = Self::build_instance(&row, &LxcInfo::default());
+        let current = Self::build_instance(&row, &LxcInfo::default(), &known);
         if let Some(tag) = if_match
             && tag.trim_matches('"') != etag(&current)
         {
@@ -522,11 +564,13 @@ impl Instances for EmbeddedBackend {
         let attached = self
             .attachments(project, &Lxc::host_name(project, name), &devices, vm)
             .await?;
-        if let Some(profiles) = &update.profiles
-            && let Some(p) = profiles.iter().find(|p| p.as_str() != "default")
-        {
-            return Err(BackendError::BadRequest(format!("Profile not found: {p}")));
-        }
+        let names = match &update.profiles {
+            Some(p) => {
+                profiles::check_list(&known, p)?;
+                p.clone()
+            }
+            None => current.profiles.clone(),
+        };
         // Keys lxgate manages stay as they are; the user's keys are checked.
         let (managed, mut user): (ConfigMap, ConfigMap) = current
             .config
@@ -543,30 +587,16 @@ impl Instances for EmbeddedBackend {
         }
         lxc::check_config(&user)?;
         let confinement = Self::confinement(&row)?;
-        if !vm {
-            let on = |c: &ConfigMap, k: &str| c.get(k).is_some_and(|v| v == "true");
-            if on(&user, "security.idmap.isolated")
-                != on(&current.config, "security.idmap.isolated")
-            {
-                return Err(BackendError::BadRequest(
-                    "security.idmap.isolated cannot be changed on an existing container: its files belong to its current id map and would have to be shifted; create a new container instead".into(),
-                ));
-            }
-            let wanted = user.get("security.privileged").is_some_and(|v| v == "true");
-            if wanted != (confinement == Confinement::Privileged) {
-                return Err(BackendError::BadRequest(format!(
-                    "security.privileged cannot be changed on an existing container: its files belong to {} and would have to be shifted; create a new container instead",
-                    match confinement {
-                        Confinement::Privileged => "the host's ids".to_owned(),
-                        Confinement::Unprivileged(m) => format!(
-                            "its mapped ids ({}-{})",
-                            m.uid_base,
-                            m.uid_base + m.size - 1
-                        ),
-                    }
-                )));
-            }
-        }
+        // What it runs with from now on: still something it can run, made
+        // as it was (the id map its files belong to).
+        let (expanded, _) = profiles::runnable(
+            &row.instance_type,
+            &profiles::in_order(&known, &names),
+            &user,
+            &devices,
+            Some((&confinement, profiles::isolated(&current.expanded_config))),
+        )?;
+        let driver_config = user_config(expanded);
         if let Some(map) = confinement.map() {
             let range = idmap::host_range().await.ok();
             for (path, target) in &attached.mounts {
@@ -579,12 +609,10 @@ impl Instances for EmbeddedBackend {
             let before = self.nics(&ct, &current.devices).await.unwrap_or_default();
             Self::hotplug(&before, &attached.nics, pid).await?;
         }
-        if vm {
-            // Applied at the next start, when the command line is built.
-            qemu::vm_resources(&user)?;
-        } else {
+        // A VM's is applied at the next start, when the command line is built.
+        if !vm {
             self.lxc
-                .write_config(&ct, name, &user, &attached, &confinement)
+                .write_config(&ct, name, &driver_config, &attached, &confinement)
                 .await?;
         }
         row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
@@ -714,6 +742,7 @@ impl Instances for EmbeddedBackend {
             )
             .await?;
         let confinement = Self::confinement(&row)?;
+        let user = self.driver_config(&row).await?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
@@ -736,7 +765,6 @@ impl Instances for EmbeddedBackend {
                         }
                         e => db(e).into(),
                     })?;
-                let user = user_config(serde_json::from_str(&row.config).unwrap_or_default());
                 if let Err(e) = driver
                     .rename(&old_ct, &new_ct, &new_name, &user, &attached, &confinement)
                     .await
@@ -841,8 +869,22 @@ impl Instances for EmbeddedBackend {
                 self.let_through_to_volumes(&attached.mounts, &map).await?;
             }
         }
+        // Started with what its profiles say now: a profile changed since the
+        // last start applies from this one (the LXC configuration is written
+        // again; a VM's command line is built from it).
+        let config = self.driver_config(&row).await?;
+        if matches!(action, "start" | "restart") && row.instance_type != VM {
+            self.lxc
+                .write_config(
+                    &Lxc::host_name(project, name),
+                    name,
+                    &config,
+                    &attached,
+                    &Self::confinement(&row)?,
+                )
+                .await?;
+        }
         let (driver, bus, pool) = (self.driver(&row), self.bus.clone(), self.pool.clone());
-        let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let change = change.clone();
         let source = resource_url(project, &format!("instances/{name}"));
         let description = match action {

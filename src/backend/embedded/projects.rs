@@ -12,8 +12,10 @@ use super::driver_types::VM;
 use super::inventory::db;
 use super::limits::{parse_cpus, parse_size};
 use super::operations::{lifecycle, now, resource_url};
+use super::profiles::{in_order, names_of};
 use crate::backend::types::{
-    ConfigMap, Project, ProjectCreate, ProjectState, ProjectStateResource, ProjectUpdate,
+    ConfigMap, Profile, Project, ProjectCreate, ProjectState, ProjectStateResource, ProjectUpdate,
+    expand,
 };
 use crate::backend::{BackendError, Missing, Projects};
 use crate::db::embedded::{self as inv, InstanceRow, ProjectRow};
@@ -38,6 +40,15 @@ fn check_config(config: &ConfigMap) -> Result<(), BackendError> {
             } else {
                 parse_size(v).is_some()
             }
+        } else if k == "features.profiles" {
+            // Profiles are kept per project here (a project's instances use
+            // the project's own); sharing the default project's is Incus's.
+            if v != "true" {
+                return Err(BackendError::BadRequest(
+                    "features.profiles: every project of the embedded backend has profiles of its own (only \"true\")".into(),
+                ));
+            }
+            true
         } else if k.starts_with("features.") {
             matches!(v.as_str(), "true" | "false")
         } else if k.starts_with("user.") {
@@ -60,9 +71,9 @@ fn etag(p: &Project) -> String {
     hex::encode(Sha256::digest(json!([p.description, p.config]).to_string()))
 }
 
-/// What one instance counts for: its configured memory and CPUs.
-fn instance_usage(row: &InstanceRow) -> (i64, i64) {
-    let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
+/// What one instance counts for: the memory and CPUs its expanded config
+/// (its profiles' and its own) gives it.
+fn instance_usage(config: &ConfigMap) -> (i64, i64) {
     let memory = config
         .get("limits.memory")
         .and_then(|v| parse_size(v))
@@ -135,6 +146,15 @@ impl EmbeddedBackend {
                 &row.name,
                 &format!("images/{}", i.fingerprint),
             ));
+        }
+        // Its profiles but `default`, which every project has (as Incus).
+        for p in inv::list_profiles(&self.pool, &row.name)
+            .await
+            .map_err(db)?
+            .iter()
+            .filter(|p| p.name != super::profiles::DEFAULT_PROFILE)
+        {
+            used_by.push(resource_url(&row.name, &format!("profiles/{}", p.name)));
         }
         Ok(Project {
             name: row.name.clone(),
@@ -257,6 +277,9 @@ impl Projects for EmbeddedBackend {
                 "Only empty projects can be removed".into(),
             ));
         }
+        inv::delete_project_profiles(&self.pool, name)
+            .await
+            .map_err(db)?;
         inv::delete_project(&self.pool, name).await.map_err(db)?;
         lifecycle(
             &self.bus,
@@ -269,6 +292,25 @@ impl Projects for EmbeddedBackend {
     }
 
     async fn project_state(&self, name: &ProjectName) -> Result<ProjectState, BackendError> {
+        let profiles = self.profiles_of(name).await?;
+        self.state_with(name, &profiles).await
+    }
+
+    /// None: the embedded backend enforces the policy in lxgate and confines
+    /// containers itself.
+    fn project_restrictions(&self, _widening: &crate::policy::Widening) -> Option<ConfigMap> {
+        None
+    }
+}
+
+impl EmbeddedBackend {
+    /// The project's usage, its instances expanded with `profiles` (its
+    /// profiles as they are, or as a profile change would make them).
+    async fn state_with(
+        &self,
+        name: &str,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Result<ProjectState, BackendError> {
         let row = self.project_row(name).await?;
         let config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let instances = inv::list_instances(&self.pool, Some(name))
@@ -285,7 +327,14 @@ impl Projects for EmbeddedBackend {
         let vms = instances.iter().filter(|i| i.instance_type == VM).count() as i64;
         let (memory, cpu) = instances
             .iter()
-            .map(instance_usage)
+            .map(|r| {
+                let (config, _) = expand(
+                    in_order(profiles, &names_of(r)),
+                    &serde_json::from_str(&r.config).unwrap_or_default(),
+                    &Default::default(),
+                );
+                instance_usage(&config)
+            })
             .fold((0, 0), |(m, c), (im, ic)| (m + im, c + ic));
         let mut resources = BTreeMap::new();
         let mut put = |k: &str, limit: i64, usage: i64| {
@@ -307,14 +356,65 @@ impl Projects for EmbeddedBackend {
         Ok(ProjectState { resources })
     }
 
-    /// None: the embedded backend enforces the policy in lxgate and confines
-    /// containers itself.
-    fn project_restrictions(&self, _widening: &crate::policy::Widening) -> Option<ConfigMap> {
-        None
+    /// Refuses a profile change (`profiles`: the project's profiles with
+    /// the change applied) that would take the project over its memory or
+    /// CPU limit, or take the limited key away from an instance that has it
+    /// (what a project limit asks of every instance). A project already over
+    /// a limit an admin lowered is not held to it by changes that add nothing.
+    pub(super) async fn check_limits_with(
+        &self,
+        project: &str,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Result<(), BackendError> {
+        let now = self.profiles_of(project).await?;
+        let (before, after) = (
+            self.state_with(project, &now).await?,
+            self.state_with(project, profiles).await?,
+        );
+        let rows = inv::list_instances(&self.pool, Some(project))
+            .await
+            .map_err(db)?;
+        let usage = |profiles: &BTreeMap<String, Profile>, r: &InstanceRow| {
+            let (config, _) = expand(
+                in_order(profiles, &names_of(r)),
+                &serde_json::from_str(&r.config).unwrap_or_default(),
+                &Default::default(),
+            );
+            instance_usage(&config)
+        };
+        for (key, value, pick) in [
+            (
+                "memory",
+                "limits.memory",
+                (|u: (i64, i64)| u.0) as fn((i64, i64)) -> i64,
+            ),
+            ("cpu", "limits.cpu", |u: (i64, i64)| u.1),
+        ] {
+            let (Some(b), Some(a)) = (before.resources.get(key), after.resources.get(key)) else {
+                continue;
+            };
+            if a.limit < 0 {
+                continue;
+            }
+            if a.usage > a.limit && a.usage > b.usage {
+                return Err(BackendError::BadRequest(format!(
+                    "the change would take project \"{project}\" over its {value} ({} of {})",
+                    a.usage, a.limit
+                )));
+            }
+            if let Some(r) = rows
+                .iter()
+                .find(|r| pick(usage(&now, r)) > 0 && pick(usage(profiles, r)) == 0)
+            {
+                return Err(BackendError::BadRequest(format!(
+                    "Project \"{project}\" limits {value}: instance {} would be left without it",
+                    r.name
+                )));
+            }
+        }
+        Ok(())
     }
-}
 
-impl EmbeddedBackend {
     /// Refuses an instance that would take the project over one of its
     /// limits, with the limit named.
     pub(super) async fn check_project_limits(
@@ -342,22 +442,7 @@ impl EmbeddedBackend {
                 )));
             }
         }
-        let probe = InstanceRow {
-            project: project.as_str().into(),
-            name: String::new(),
-            instance_type: kind.into(),
-            description: String::new(),
-            architecture: String::new(),
-            config: serde_json::to_string(config).unwrap_or_default(),
-            devices: "{}".into(),
-            profiles: "[]".into(),
-            ephemeral: 0,
-            image: String::new(),
-            created_at: String::new(),
-            last_used_at: String::new(),
-            privileged: 0,
-        };
-        let (memory, cpu) = instance_usage(&probe);
+        let (memory, cpu) = instance_usage(config);
         for (key, adding, value) in [
             ("memory", memory, "limits.memory"),
             ("cpu", cpu, "limits.cpu"),

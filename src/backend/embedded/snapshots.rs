@@ -17,14 +17,15 @@ use serde_json::{Value, json};
 use super::downloads::download_file;
 use super::driver_types::VM;
 use super::idmap::IdMap;
-use super::instances::user_config;
+use super::instances::{own_config, user_config};
 use super::lxc::Lxc;
 use super::networks::nic_network;
 use super::operations::{OpError, lifecycle, now, resource_url};
 use super::process::{self, run};
-use super::{EmbeddedBackend, resources};
+use super::{EmbeddedBackend, profiles, resources};
 use crate::backend::types::{
     Backup, BackupCreate, ConfigMap, DevicesMap, Download, Operation, Snapshot, SnapshotCreate,
+    expand,
 };
 use crate::backend::{BackendError, Backups, Listing, Missing, Snapshots};
 use crate::db::embedded::InstanceRow;
@@ -546,6 +547,24 @@ impl Snapshots for EmbeddedBackend {
             self.ensure_bridges(&attached.nics).await?;
         }
         let confinement = Self::confinement(&row)?;
+        // Its profiles go back too: the ones it had then, as they are now
+        // (one deleted or renamed since is a 404; a rename does not reach
+        // snapshots).
+        let known = self.profiles_of(project).await?;
+        profiles::check_list(&known, &record.profiles)?;
+        let (now, _) = expand(
+            profiles::in_order(&known, &profiles::names_of(&row)),
+            &own_config(&row),
+            &DevicesMap::new(),
+        );
+        let (expanded, _) = profiles::runnable(
+            &row.instance_type,
+            &profiles::in_order(&known, &record.profiles),
+            &user_config(record.config.clone()),
+            &devices,
+            Some((&confinement, profiles::isolated(&now))),
+        )?;
+        let driver_config = user_config(expanded);
         let (idir, bus, pool) = (self.instance_dir(&row), self.bus.clone(), self.pool.clone());
         let lxc = self.lxc.clone();
         let snap = snap.to_owned();
@@ -600,20 +619,16 @@ impl Snapshots for EmbeddedBackend {
                         .map_err(io("putting the snapshot in place"))?;
                     let _ = tokio::fs::remove_dir_all(&old).await;
                     // The snapshot's limits and volumes, with today's NICs.
-                    lxc.write_config(
-                        &host,
-                        &row.name,
-                        &user_config(record.config.clone()),
-                        &attached,
-                        &confinement,
-                    )
-                    .await?;
+                    lxc.write_config(&host, &row.name, &driver_config, &attached, &confinement)
+                        .await?;
                     if was_running {
-                        driver.start(&host, &record.config, &attached).await?;
+                        driver.start(&host, &driver_config, &attached).await?;
                     }
                 }
                 // The configuration goes back too.
                 row.config = serde_json::to_string(&record.config).unwrap_or_else(|_| "{}".into());
+                row.profiles =
+                    serde_json::to_string(&record.profiles).unwrap_or_else(|_| "[]".into());
                 row.devices = serde_json::to_string(&devices).unwrap_or_else(|_| "{}".into());
                 let _ = crate::db::embedded::update_instance(&pool, &row).await;
                 lifecycle(

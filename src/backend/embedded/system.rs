@@ -52,6 +52,10 @@ impl System for EmbeddedBackend {
             ("virtual_machines", has("qemu")),
             ("instances_api", has("lxc") || has("qemu")),
             ("project_restrictions", false),
+            ("profiles", true),
+            // Profiles hold the root disk only: volumes and NICs go on
+            // instances.
+            ("profile_devices", false),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -526,6 +526,9 @@ fn by_message(msg: &str) -> Option<BackendError> {
         || has("cannot be changed")
         || has("cannot be shrunk")
         || has("Overflow")
+        // A profile change an instance using the profile could not run
+        // with (its root disk taken away), which Incus answers with a 500.
+        || has("relies on this profile")
     {
         return Some(BackendError::BadRequest(msg.to_owned()));
     }
@@ -582,6 +585,13 @@ mod tests {
             typed_error(
                 500,
                 "Invalid value for network \"A\" option \"parent\": Required value"
+            ),
+            BackendError::BadRequest(_)
+        ));
+        assert!(matches!(
+            typed_error(
+                500,
+                "At least one instance relies on this profile's root disk device"
             ),
             BackendError::BadRequest(_)
         ));

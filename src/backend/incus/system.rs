@@ -94,6 +94,8 @@ impl System for IncusBackend {
             ("instances_api", true),
             // Projects can be restricted to match the instance policy.
             ("project_restrictions", true),
+            ("profiles", true),
+            ("profile_devices", true),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

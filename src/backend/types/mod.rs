@@ -58,15 +58,21 @@ pub struct Instance {
     pub location: String,
     #[schema(example = "default")]
     pub project: String,
+    /// Its profiles, applied in this order under its own config and devices.
     pub profiles: Vec<String>,
     pub ephemeral: bool,
     pub stateful: bool,
+    /// Its own config (what PUT and PATCH change).
     #[schema(value_type = schema::ConfigMap)]
     pub config: ConfigMap,
+    /// Its own devices.
     #[schema(value_type = schema::DevicesMap)]
     pub devices: DevicesMap,
+    /// What it runs with: its profiles' config in order, then its own.
     #[schema(value_type = schema::ConfigMap)]
     pub expanded_config: ConfigMap,
+    /// Its profiles' devices in order, then its own (a device of a later
+    /// one replaces an earlier one of that name whole).
     #[schema(value_type = schema::DevicesMap)]
     pub expanded_devices: DevicesMap,
 }
@@ -242,8 +248,10 @@ pub struct InstanceCreate {
     #[serde(default)]
     #[schema(value_type = schema::DevicesMap)]
     pub devices: DevicesMap,
-    /// Profiles to apply; default `["default"]`.
+    /// Profiles of the project to apply, in order, under the instance's own
+    /// config and devices; default `["default"]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::names::ProfileName>>)]
     pub profiles: Option<Vec<String>>,
     /// Start the instance once created.
     #[serde(default)]
@@ -264,7 +272,9 @@ pub struct InstanceUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<schema::DevicesMap>)]
     pub devices: Option<DevicesMap>,
+    /// Profiles of the project, in the order they apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::names::ProfileName>>)]
     pub profiles: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral: Option<bool>,
