@@ -881,6 +881,38 @@ async fn incus_a_widened_profile_is_usable_only_where_it_was_widened() {
     app.grant(&admin, "xop", &shared, "operator").await;
     let image = json!({"type": "image", "alias": incus_alias()});
 
+    // An admin's profile holding what operators may not set there is not
+    // theirs to rename (onto a name a check just judged) or to delete.
+    let privp = unique("priv");
+    let r = app
+        .post(
+            &format!("/api/v1/profiles?project={wide}"),
+            Some(&admin),
+            json!({"name": privp, "config": {"security.privileged": "true"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    app.post(
+        &format!("/api/v1/profiles/{privp}/rename?project={wide}"),
+        Some(&operator),
+        json!({"name": unique("mine")}),
+    )
+    .await
+    .assert_problem(403, "policy_denied");
+    app.delete(
+        &format!("/api/v1/profiles/{privp}?project={wide}"),
+        Some(&operator),
+    )
+    .await
+    .assert_problem(403, "policy_denied");
+    let r = app
+        .delete(
+            &format!("/api/v1/profiles/{privp}?project={wide}"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+
     // Where nesting was allowed, an admin's profile with it is usable, and
     // an operator may write the key too.
     let r = app
@@ -944,6 +976,18 @@ async fn incus_a_widened_profile_is_usable_only_where_it_was_widened() {
         "{}",
         r.text
     );
+    // An empty value of the instance's own masks nothing: Incus stores no
+    // empty value, so the profile's key would be in force.
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={shared}&wait=60"),
+            Some(&operator),
+            json!({"name": esc, "source": image, "profiles": ["default", nest_default],
+                   "config": {"security.nesting": ""}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "config.security.nesting");
     // The widened project's profile is no profile there at all.
     app.post(
         &format!("/api/v1/instances?project={shared}&wait=60"),

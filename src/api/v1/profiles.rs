@@ -250,7 +250,10 @@ pub async fn delete_profile(
     user.require(Permission::ProjectOperate, project.as_str())?;
     refuse_default(&name, "deleted")?;
     let (current, _) = state.backend.get_profile(&project, &name).await?;
-    home(&user, &project, &current)?;
+    let home = home(&user, &project, &current)?;
+    // Only a profile the caller could have made: an admin's (holding what
+    // operators may not set) is not theirs to remove or rename.
+    policy::check_profile_write(&state, &user, &home, None, &current).await?;
     state.backend.delete_profile(&project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -286,7 +289,10 @@ pub async fn rename_profile(
     refuse_default(&name, "renamed")?;
     let new = new_name(&req.name)?;
     let (current, _) = state.backend.get_profile(&project, &name).await?;
-    home(&user, &project, &current)?;
+    let home = home(&user, &project, &current)?;
+    // Only a profile the caller could have made: renaming an admin's onto
+    // a name an instance check just judged would swap its content in.
+    policy::check_profile_write(&state, &user, &home, None, &current).await?;
     state.backend.rename_profile(&project, &name, &new).await?;
     let (p, etag) = state.backend.get_profile(&project, &new).await?;
     let mut resp = with_etag(Json(p).into_response(), etag);

@@ -96,18 +96,26 @@ impl Profile {
 /// What an instance's config and devices come to: its profiles' in order,
 /// each over the ones before, then its own over them. A device is replaced
 /// whole, never merged option by option (as Incus expands them; a `none`
-/// device of the instance masks a profile's).
+/// device of the instance masks a profile's). An empty value is no value
+/// (Incus never stores one: `""` unsets a key), so it masks nothing: an
+/// instance's `"raw.lxc": ""` leaves a profile's `raw.lxc` in force.
 pub fn expand<'a>(
     profiles: impl IntoIterator<Item = &'a Profile>,
     config: &ConfigMap,
     devices: &DevicesMap,
 ) -> (ConfigMap, DevicesMap) {
     let (mut c, mut d) = (ConfigMap::new(), DevicesMap::new());
+    let set = |m: &ConfigMap| {
+        m.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
     for p in profiles {
-        c.extend(p.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        c.extend(set(&p.config));
         d.extend(p.devices.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    c.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    c.extend(set(config));
     d.extend(devices.iter().map(|(k, v)| (k.clone(), v.clone())));
     (c, d)
 }
@@ -178,6 +186,15 @@ mod tests {
         assert_eq!(d["x"]["type"], "none");
         let (c, _) = expand([&big, &base], &ConfigMap::new(), &DevicesMap::new());
         assert_eq!(c["limits.memory"], "1GiB");
+        // An empty value masks nothing (Incus stores none): the profile's
+        // key stays in force, where the policy sees it.
+        let raw = Profile {
+            name: "raw".into(),
+            config: map(&[("raw.lxc", "lxc.apparmor.profile=unconfined")]),
+            ..Default::default()
+        };
+        let (c, _) = expand([&raw], &map(&[("raw.lxc", "")]), &DevicesMap::new());
+        assert_eq!(c["raw.lxc"], "lxc.apparmor.profile=unconfined");
     }
 
     #[test]
