@@ -232,23 +232,29 @@ resource_name!(
     "device"
 );
 
-/// The name of one of an instance's log files (`lxc.log`): 1-255 of ASCII
-/// letters, digits, `.`, `_` and `-`, never `.`/`..`-like.
+/// The name of one of an instance's log files, as Incus serves them:
+/// `lxc.log`, `lxc.conf`, `qemu.log`, `qemu.conf`, or `migration_`/`snapshot_`
+/// followed by ASCII letters, digits, `.`, `_` and `-` (no `..`), at most 255
+/// characters (`api::schemas::LOG_FILE_PATTERN` says the same).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct LogFileName(String);
 
 impl LogFileName {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = (1..=255).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && !s.contains("..")
-            && s != ".";
-        if ok {
+        let plain = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && !s.contains("..");
+        let named = matches!(s, "lxc.log" | "lxc.conf" | "qemu.log" | "qemu.conf")
+            || s.starts_with("migration_")
+            || s.starts_with("snapshot_");
+        if s.len() <= 255 && plain && named {
             Ok(Self(s.to_owned()))
         } else {
-            Err("a log file name is 1-255 letters, digits, '.', '_' or '-' (and no '..')".into())
+            Err(format!(
+                "log file {s:?} is not one an instance has: lxc.log, lxc.conf, qemu.log, qemu.conf, migration_... or snapshot_... (letters, digits, '.', '_', '-', no '..'); the console's log is console/log"
+            ))
         }
     }
 }
@@ -317,7 +323,14 @@ mod tests {
 
     #[test]
     fn log_file_names() {
-        for ok in ["lxc.log", "lxc.conf", "exec_1-2.stdout", &"x".repeat(255)] {
+        let longest = format!("snapshot_{}", "x".repeat(246));
+        for ok in [
+            "lxc.log",
+            "lxc.conf",
+            "qemu.conf",
+            "migration_1-2.log",
+            &longest,
+        ] {
             assert!(LogFileName::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -329,7 +342,11 @@ mod tests {
             "a..b",
             "a b",
             "é",
-            &"x".repeat(256),
+            &format!("{longest}x"),
+            // Names Incus does not serve as logs.
+            "exec_1-2.stdout",
+            "console.log",
+            "lxc.log.1",
         ] {
             assert!(LogFileName::parse(bad).is_err(), "{bad:?}");
         }

@@ -36,7 +36,13 @@ pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$";
 
 /// `names::LogFileName`: 1-255 of ASCII letters, digits, `.`, `_` and
 /// `-`, no `..`, not `.`.
-pub const LOG_FILE_PATTERN: &str = r"^(?:\.?[A-Za-z0-9_-])+\.?$";
+/// A volume's mount point as `attach_volume` takes it (it matches this very
+/// pattern): absolute, components of ASCII letters, digits, `.`, `_` and
+/// `-` that are not `.` or `..`, no empty component, an optional trailing
+/// `/`. Plain enough to go into an LXC mount entry as it is.
+pub const MOUNT_PATH_PATTERN: &str = r"^(?:/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))+/?$";
+
+pub const LOG_FILE_PATTERN: &str = r"^(?:lxc\.log|lxc\.conf|qemu\.log|qemu\.conf|(?:migration|snapshot)_(?:\.?[A-Za-z0-9_-])*\.?)$";
 
 fn alias_pattern() -> String {
     // Not `.` or `..` either, without a lookahead: one character that is not
@@ -623,11 +629,65 @@ named_schema!(
     )
 );
 
+named_schema!(
+    /// `POST storage/pools/{pool}/volumes`: an empty volume (with its
+    /// `content_type`) or a copy (with `source`, the content type its
+    /// source's), as two complete variants, so a copy with a content type
+    /// is no valid request.
+    StorageVolumeCreateSchema,
+    "StorageVolumeCreate",
+    from_json(json!({
+        "description": "A new custom volume: empty (`content_type` `filesystem`, the default, or `block`), or with `source` a copy of another volume or of one of its snapshots (its content type is the source's). `config` holds settings such as `{\"size\": \"10GiB\"}`; a copy given none takes its source's (as Incus does).",
+        "oneOf": [
+            {
+                "type": "object",
+                "title": "NewStorageVolume",
+                "required": ["name"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"$ref": "#/components/schemas/VolumeName"},
+                    "content_type": {"oneOf": [{"$ref": "#/components/schemas/VolumeContentType"}, {"type": "null"}]},
+                    "description": {"type": "string"},
+                    "config": {"$ref": "#/components/schemas/ConfigMap"},
+                    "source": {"type": "null"}
+                }
+            },
+            {
+                "type": "object",
+                "title": "StorageVolumeCopy",
+                "required": ["name", "source"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"$ref": "#/components/schemas/VolumeName"},
+                    "content_type": {"type": "null"},
+                    "description": {"type": "string"},
+                    "config": {"$ref": "#/components/schemas/ConfigMap"},
+                    "source": {"$ref": "#/components/schemas/VolumeSource"}
+                }
+            }
+        ]
+    }))
+);
+
+named_schema!(
+    /// A volume's mount point inside an instance (`MOUNT_PATH_PATTERN`).
+    MountPath,
+    "MountPath",
+    from_json(json!({
+        "type": "string",
+        "description": "A mount point inside the instance: absolute, of components of ASCII letters, digits, `.`, `_` and `-` (not `.` or `..`), no `//`; at most 4096 bytes.",
+        "minLength": 2,
+        "maxLength": 4096,
+        "pattern": MOUNT_PATH_PATTERN,
+        "examples": ["/mnt/data"]
+    }))
+);
+
 // A log file name of `GET instances/{name}/logs/{file}`.
 name_schema!(
     LogFileName,
     "LogFileName",
-    "A log file name: 1-255 ASCII letters, digits, `.`, `_` and `-`, no `..`, not `.`.",
+    "A log file name, as Incus serves them: `lxc.log`, `lxc.conf`, `qemu.log`, `qemu.conf`, or `migration_...`/`snapshot_...` (ASCII letters, digits, `.`, `_` and `-`, no `..`), at most 255 characters. The console's log is `GET instances/{name}/console/log`.",
     LOG_FILE_PATTERN,
     255,
     "lxc.log"
@@ -791,16 +851,38 @@ mod tests {
         ] {
             assert_eq!(users.is_match(s), Username::parse(s).is_ok(), "{s:?}");
         }
+        let mounts = re(MOUNT_PATH_PATTERN);
+        for (p, ok) in [
+            ("/mnt/data", true),
+            ("/srv/data/", true),
+            ("/a/.hidden/...x/..y", true),
+            ("/", false),
+            ("//a", false),
+            ("/a//b", false),
+            ("/a/./b", false),
+            ("/a/..", false),
+            ("/..", false),
+            ("relative", false),
+            ("/a b", false),
+            ("/a\nb", false),
+        ] {
+            assert_eq!(mounts.is_match(p), ok, "{p:?}");
+        }
         let logs = re(LOG_FILE_PATTERN);
         for (s, ok) in [
             ("lxc.log", true),
-            (".a", true),
-            ("a.", true),
-            ("a.b.c", true),
+            ("qemu.conf", true),
+            ("snapshot_x.log", true),
+            ("migration_", true),
+            ("migration_a.", true),
+            ("snapshot_.a", true),
+            ("console.log", false),
+            ("0", false),
+            ("snapshot_a..b", false),
+            ("snapshot_a/b", false),
+            ("lxc.log2", false),
             (".", false),
             ("..", false),
-            ("a..b", false),
-            ("a/b", false),
             ("", false),
         ] {
             assert_eq!(logs.is_match(s), ok, "{s:?}");

@@ -4,8 +4,9 @@
 //! Derived from the routes' shape rather than listed by hand, so a new
 //! resource gets its links with its routes:
 //!
-//! * **create -> item**: a `POST` to a collection links to every operation of
-//!   the item it made (`POST /instances` -> `GET`, `PUT`, `PATCH`, `DELETE
+//! * **create -> item**: a `POST` to a collection links, from the answers
+//!   that mean the item is made (201, or 200 when its operation finished
+//!   within `?wait=`; not 202), to every operation of the item it made (`POST /instances` -> `GET`, `PUT`, `PATCH`, `DELETE
 //!   /instances/{name}`, `GET /instances/{name}/state`, ...). The item's name
 //!   is the body field of the same name as the path parameter, or `name`; the
 //!   parents' path parameters and `?project=` are the ones of the request.
@@ -111,10 +112,16 @@ fn read_ops(doc: &Value) -> Vec<Op> {
                 schemas,
                 &op["requestBody"]["content"]["application/json"]["schema"],
             );
-            let body_fields = body["properties"]
-                .as_object()
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default();
+            // Top-level properties, or those of any variant of a oneOf.
+            let variants: Vec<&Value> = match body["oneOf"].as_array() {
+                Some(v) => v.iter().map(|v| resolve(schemas, v)).collect(),
+                None => vec![body],
+            };
+            let body_fields = variants
+                .iter()
+                .filter_map(|v| v["properties"].as_object())
+                .flat_map(|p| p.keys().cloned())
+                .collect();
             let successes = op["responses"]
                 .as_object()
                 .into_iter()
@@ -165,7 +172,14 @@ fn template(segment: &str) -> Option<&str> {
 fn plan(ops: &[Op]) -> Vec<Planned> {
     let mut planned = Vec::new();
     for source in ops {
-        let statuses: Vec<&String> = source.successes.keys().collect();
+        // A 202 is work accepted, not done: the item is there once its
+        // operation finishes (the 200 of `?wait=`), so only answers that
+        // mean "made" lead to it.
+        let statuses: Vec<&String> = source
+            .successes
+            .keys()
+            .filter(|s| s.as_str() != "202")
+            .collect();
         let src_segments = segments(&source.path);
         let carried = |target: &Op, mut parameters: BTreeMap<String, String>| {
             for parent in source.path_params.intersection(&target.path_params) {
@@ -321,10 +335,16 @@ mod tests {
             "create_snapshot",
         ] {
             assert!(
-                links.contains(&("202".into(), target.into(), item.clone())),
+                links.contains(&("200".into(), target.into(), item.clone())),
                 "create_instance -> {target}: {links:?}"
             );
         }
+        // Not from the 202: the instance is made once its operation ends.
+        assert!(
+            !links
+                .iter()
+                .any(|(s, t, _)| s == "202" && t == "get_instance")
+        );
         // `{action}` would be left to chance: no link; nor to a WebSocket.
         assert!(!links.iter().any(|(_, t, _)| t == "instance_action"));
         assert!(!links.iter().any(|(_, t, _)| t == "exec_instance_terminal"));
@@ -340,7 +360,7 @@ mod tests {
     fn nested_creates_carry_their_parents() {
         let links = links_of("create_snapshot");
         assert!(links.contains(&(
-            "202".into(),
+            "200".into(),
             "get_snapshot".into(),
             params(&[
                 ("path.name", "$request.path.name"),

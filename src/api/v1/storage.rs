@@ -276,7 +276,7 @@ pub async fn list_volumes(
 #[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
     security(("bearer" = [])),
     params(PoolPath, ProjectWaitQuery),
-    request_body = StorageVolumeCreate,
+    request_body = crate::api::schemas::StorageVolumeCreateSchema,
     responses(
         (status = 201, description = "Created", body = StorageVolume,
             headers(("location" = String, description = "The volume's URL"))),
@@ -583,7 +583,7 @@ pub struct AttachVolume {
     /// Mount point inside the instance (filesystem volumes; leave out for a
     /// block volume on a VM).
     #[serde(default)]
-    #[schema(value_type = Option<crate::api::schemas::AbsolutePath>, example = "/mnt/data")]
+    #[schema(value_type = Option<crate::api::schemas::MountPath>, example = "/mnt/data")]
     pub path: Option<String>,
     /// The device name on the instance.
     #[schema(value_type = crate::names::DeviceName, example = "data")]
@@ -616,12 +616,16 @@ pub async fn attach_volume(
         VolumeName::parse(&req.volume).map_err(|e| ApiError::invalid_field("volume", e))?;
     let device = crate::names::DeviceName::parse(&req.device)
         .map_err(|e| ApiError::invalid_field("device", e))?;
+    // The schema's pattern, so that what it takes and what is taken agree.
+    static MOUNT_PATH: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(crate::api::schemas::MOUNT_PATH_PATTERN).expect("a valid pattern")
+    });
     if let Some(path) = &req.path
-        && (!path.starts_with('/') || path.len() > 4096 || path.contains('\0'))
+        && (path.len() > 4096 || !MOUNT_PATH.is_match(path))
     {
         return Err(ApiError::invalid_field(
             "path",
-            "path must be an absolute path inside the instance",
+            "path must be an absolute, plain path inside the instance: components of letters, digits, '.', '_' and '-', not '.' or '..', no '//'",
         ));
     }
     // A clear 404 for a missing volume, before touching the instance.

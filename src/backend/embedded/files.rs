@@ -16,8 +16,9 @@ use crate::backend::types::{ByteStream, Download, FileMeta, FilePull, FilePush};
 use crate::backend::{BackendError, Files, Missing, ReportMissing};
 use crate::names::{InstanceName, LogFileName, ProjectName};
 
-/// The log files an instance may have (LXC's, QEMU's, the console's).
-const LOG_FILES: [&str; 3] = ["lxc.log", "qemu.log", "console.log"];
+/// The log files an instance may have (LXC's, QEMU's); the console's is
+/// `console_log`.
+const LOG_FILES: [&str; 2] = ["lxc.log", "qemu.log"];
 
 fn no_vm_files() -> BackendError {
     BackendError::NotSupported(
