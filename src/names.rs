@@ -233,7 +233,7 @@ resource_name!(
 );
 
 /// The name of one of an instance's log files, as Incus serves them:
-/// `lxc.log`, `lxc.conf`, `qemu.log`, `qemu.conf`, or `migration_`/`snapshot_`
+/// `lxc.log`, `lxc.conf`, `qemu.log`, or `migration_`/`snapshot_`
 /// followed by ASCII letters, digits, `.`, `_` and `-` (no `..`), at most 255
 /// characters (`api::schemas::LOG_FILE_PATTERN` says the same).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -246,14 +246,14 @@ impl LogFileName {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
             && !s.contains("..");
-        let named = matches!(s, "lxc.log" | "lxc.conf" | "qemu.log" | "qemu.conf")
+        let named = matches!(s, "lxc.log" | "lxc.conf" | "qemu.log")
             || s.starts_with("migration_")
             || s.starts_with("snapshot_");
         if s.len() <= 255 && plain && named {
             Ok(Self(s.to_owned()))
         } else {
             Err(format!(
-                "log file {s:?} is not one an instance has: lxc.log, lxc.conf, qemu.log, qemu.conf, migration_... or snapshot_... (letters, digits, '.', '_', '-', no '..'); the console's log is console/log"
+                "log file {s:?} is not one an instance has: lxc.log, lxc.conf, qemu.log, migration_... or snapshot_... (letters, digits, '.', '_', '-', no '..'); the console's log is console/log"
             ))
         }
     }
@@ -327,7 +327,7 @@ mod tests {
         for ok in [
             "lxc.log",
             "lxc.conf",
-            "qemu.conf",
+            "qemu.log",
             "migration_1-2.log",
             &longest,
         ] {
@@ -347,6 +347,7 @@ mod tests {
             "exec_1-2.stdout",
             "console.log",
             "lxc.log.1",
+            "qemu.conf",
         ] {
             assert!(LogFileName::parse(bad).is_err(), "{bad:?}");
         }

@@ -155,7 +155,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ("restore_snapshot", "`stateful` on the embedded backend"),
     (
         "create_backup",
-        "`optimized_storage`, or a compression algorithm the embedded backend lacks",
+        "`optimized_storage`, or a compression algorithm whose tool the host lacks (either backend)",
     ),
     (
         "create_image",

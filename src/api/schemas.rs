@@ -42,7 +42,8 @@ pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$";
 /// `/`. Plain enough to go into an LXC mount entry as it is.
 pub const MOUNT_PATH_PATTERN: &str = r"^(?:/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))+/?$";
 
-pub const LOG_FILE_PATTERN: &str = r"^(?:lxc\.log|lxc\.conf|qemu\.log|qemu\.conf|(?:migration|snapshot)_(?:\.?[A-Za-z0-9_-])*\.?)$";
+pub const LOG_FILE_PATTERN: &str =
+    r"^(?:lxc\.log|lxc\.conf|qemu\.log|(?:migration|snapshot)_(?:\.?[A-Za-z0-9_-])*\.?)$";
 
 fn alias_pattern() -> String {
     // Not `.` or `..` either, without a lookahead: one character that is not
@@ -687,7 +688,7 @@ named_schema!(
 name_schema!(
     LogFileName,
     "LogFileName",
-    "A log file name, as Incus serves them: `lxc.log`, `lxc.conf`, `qemu.log`, `qemu.conf`, or `migration_...`/`snapshot_...` (ASCII letters, digits, `.`, `_` and `-`, no `..`), at most 255 characters. The console's log is `GET instances/{name}/console/log`.",
+    "A log file name, as Incus serves them: `lxc.log`, `lxc.conf`, `qemu.log`, or `migration_...`/`snapshot_...` (ASCII letters, digits, `.`, `_` and `-`, no `..`), at most 255 characters. The console's log is `GET instances/{name}/console/log`.",
     LOG_FILE_PATTERN,
     255,
     "lxc.log"
@@ -871,7 +872,8 @@ mod tests {
         let logs = re(LOG_FILE_PATTERN);
         for (s, ok) in [
             ("lxc.log", true),
-            ("qemu.conf", true),
+            ("qemu.log", true),
+            ("qemu.conf", false),
             ("snapshot_x.log", true),
             ("migration_", true),
             ("migration_a.", true),

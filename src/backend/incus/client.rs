@@ -509,7 +509,8 @@ fn by_message(msg: &str) -> Option<BackendError> {
     }
     // What this Incus server cannot do (a storage driver it lacks, or whose
     // tools are not installed).
-    if has("Required tool") || msg.starts_with("Unknown driver") {
+    if has("Required tool") || msg.starts_with("Unknown driver") || has("isn't currently supported")
+    {
         return Some(BackendError::NotSupported(msg.to_owned()));
     }
     // A profile the request names that the project lacks.
@@ -518,6 +519,9 @@ fn by_message(msg: &str) -> Option<BackendError> {
     }
     // The request's own values, refused by Incus's validation.
     if has("Invalid value for")
+        || has("Unknown configuration key")
+        || has("Device validation failed")
+        || has("validation for device")
         || has("Invalid option")
         || has("Invalid config")
         || has("Invalid project configuration key")
@@ -577,6 +581,24 @@ mod tests {
         assert!(conflict(400, "Instance is running"));
         assert!(conflict(400, "The instance is already stopped"));
         assert!(conflict(400, "Instance is not running"));
+        assert!(matches!(
+            typed_error(500, "Unknown configuration key: x"),
+            BackendError::BadRequest(_)
+        ));
+        assert!(matches!(
+            typed_error(
+                500,
+                "Failed add validation for device \"A\": Custom filesystem volumes require a path to be defined"
+            ),
+            BackendError::BadRequest(_)
+        ));
+        assert!(matches!(
+            typed_error(
+                400,
+                "Compression algorithm \"lz4\" isn't currently supported"
+            ),
+            BackendError::NotSupported(_)
+        ));
         assert!(conflict(
             500,
             "Failed to create instance update operation: Instance is busy running a \"stop\" operation"
