@@ -29,6 +29,7 @@ mod text;
         (name = "images", description = "The image store: list, copy from image servers, upload, aliases"),
         (name = "events", description = "The event stream over WebSocket"),
         (name = "system", description = "What backend runs behind lxgate"),
+        (name = "cluster", description = "The servers behind lxgate: an Incus cluster's members and their status, evacuate and restore (admins)"),
         (name = "audit", description = "Who changed what (admins)"),
         (name = "health", description = "Liveness, readiness and metrics (no auth)")
     ),
@@ -45,6 +46,7 @@ mod text;
         crate::names::ImageFingerprint,
         crate::names::ImageAliasName,
         crate::names::LogFileName,
+        crate::names::MemberName,
         crate::auth::Username,
         crate::api::schemas::ProjectParam,
         crate::api::schemas::ByteSize,
@@ -245,6 +247,7 @@ impl CommonResponses {
                         | "networks"
                         | "storage"
                         | "projects"
+                        | "cluster"
                 )
             });
         let responses = &mut op.responses.responses;

@@ -39,20 +39,27 @@ problem_responses! {
     /// Writing an instance's config or devices, checked against the project's instance policy.
     InstancePolicy403 = 403, "No operator role in the project, or config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option)";
     VolumePolicy403 = 403, "No operator role in the project, or config the policy does not allow the caller";
+    /// An instance create: the policy, and who may pick the cluster member.
+    Placement403 = 403, "No operator role in the project, config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or a `target` the caller may not choose in the project (`policy_denied`)";
+    /// A volume create: the policy, and who may pick the cluster member.
+    VolumePlacement403 = 403, "No operator role in the project, config the policy does not allow the caller, or a `target` the caller may not choose in the project (`policy_denied`)";
 
     // 404: what the path names is not there.
     InstanceMissing = 404, "No such instance";
     SnapshotMissing = 404, "No such instance or snapshot";
     BackupMissing = 404, "No such instance or backup";
     ImageMissing = 404, "No such image";
+    /// An instance create names its image in the body and its member in `?target=`.
+    ImageOrMemberMissing = 404, "No such image, or no such cluster member (`?target=`: `member_not_found`)";
+    MemberMissing = 404, "No such cluster member (`member_not_found`)";
     AliasMissing = 404, "No such alias";
     ProjectMissing = 404, "No such project";
     PoolMissing = 404, "No such pool";
     PoolOrProjectMissing = 404, "No such pool or project";
     VolumeMissing = 404, "No such volume";
     VolumeSnapshotMissing = 404, "No such volume or snapshot";
-    /// A volume copy names its source in the body.
-    VolumeSourceMissing = 404, "No such pool or project, or no such source volume or snapshot";
+    /// A volume create names its source (a copy) in the body and its member in `?target=`.
+    VolumeSourceOrMemberMissing = 404, "No such pool or project, no such source volume or snapshot, or no such cluster member (`?target=`: `member_not_found`)";
     NetworkMissing = 404, "No such network";
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";

@@ -16,12 +16,16 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    NetworkName, PoolName, ProjectName, SnapshotName, VolumeName,
+    MemberName, NetworkName, PoolName, ProjectName, SnapshotName, VolumeName,
 };
 
 /// Incus's rule (`names::check_resource_name`): 1-63 ASCII letters, digits
 /// and `-`, starting with a letter, not ending with `-`.
 pub const RESOURCE_NAME_PATTERN: &str = "^[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+
+/// `names::MemberName` (Incus's host name label): 1-63 ASCII letters,
+/// digits and `-`, not starting or ending with `-`.
+pub const MEMBER_NAME_PATTERN: &str = "^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 
 /// `names::ImageFingerprint`: 1-64 lowercase hex digits.
 pub const FINGERPRINT_PATTERN: &str = "^[0-9a-f]{1,64}$";
@@ -585,6 +589,15 @@ named_schema!(
     )
 );
 
+name_schema!(
+    MemberName,
+    "MemberName",
+    "A cluster member name: 1-63 ASCII letters, digits and `-`, not starting or ending with `-`.",
+    MEMBER_NAME_PATTERN,
+    63,
+    "m1"
+);
+
 // A log file name of `GET instances/{name}/logs/{file}`.
 name_schema!(
     LogFileName,
@@ -733,6 +746,20 @@ mod tests {
             &"u".repeat(65),
         ] {
             assert_eq!(users.is_match(s), Username::parse(s).is_ok(), "{s:?}");
+        }
+        let members = re(MEMBER_NAME_PATTERN);
+        for s in [
+            "m1",
+            "01-rack",
+            "9",
+            &"m".repeat(63),
+            "",
+            "-a",
+            "a-",
+            "a.b",
+            &"m".repeat(64),
+        ] {
+            assert_eq!(members.is_match(s), MemberName::parse(s).is_ok(), "{s:?}");
         }
         let logs = re(LOG_FILE_PATTERN);
         for (s, ok) in [

@@ -223,6 +223,13 @@ const ROUTES: &[(&str, Need)] = &[
     ("DELETE /api/v1/images/aliases/{name}", Admin),
     // operations
     ("GET /api/v1/operations", ProjectView),
+    // cluster members: server-wide like storage pools, so any role in the
+    // `?project=` reads them (a project allowed to pick a `target` needs
+    // their names); evacuating and restoring a member is for admins.
+    ("GET /api/v1/cluster/members", ProjectView),
+    ("GET /api/v1/cluster/members/{name}", ProjectView),
+    ("POST /api/v1/cluster/members/{name}/evacuate", Admin),
+    ("POST /api/v1/cluster/members/{name}/restore", Admin),
 ];
 
 const TARGET: &str = "target";

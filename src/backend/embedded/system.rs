@@ -52,6 +52,8 @@ impl System for EmbeddedBackend {
             ("virtual_machines", has("qemu")),
             ("instances_api", has("lxc") || has("qemu")),
             ("project_restrictions", false),
+            // One host: no placement choice, nothing to evacuate to.
+            ("clustered", false),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
