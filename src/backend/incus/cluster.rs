@@ -36,7 +36,8 @@ impl IncusBackend {
 
     /// The `target` Incus is to be given for a placement on `target`: the
     /// member's name on a cluster (after checking it exists: 404
-    /// `member_not_found` rather than Incus's words about a failed create);
+    /// `member_not_found` rather than Incus's words about a failed create;
+    /// and that it is not evacuated: 409);
     /// none on a server that is not clustered, where the one member is the
     /// only place and Incus refuses any `target`.
     pub(super) async fn placement(
@@ -45,6 +46,13 @@ impl IncusBackend {
     ) -> Result<Option<String>, BackendError> {
         let Some(name) = target else { return Ok(None) };
         Ok(match self.find_member(name).await? {
+            // Incus answers this one with a 403, which would read as lxgate's
+            // own credentials refused: said here as the state it is.
+            Found::Clustered(member, _) if member.status == "Evacuated" => {
+                return Err(BackendError::Conflict(format!(
+                    "cluster member `{name}` is evacuated: it takes nothing new until it is restored"
+                )));
+            }
             Found::Clustered(..) => Some(name.to_string()),
             Found::Standalone(_) => None,
         })

@@ -43,7 +43,8 @@ impl IncusBackend {
         if server.auth != "trusted" {
             return Err(BackendError::Forbidden(format!(
                 "{} does not trust lxgate's client certificate (auth: {:?}); run `lxgate remote trust`",
-                self.client.endpoint, server.auth
+                self.client.endpoint(),
+                server.auth
             )));
         }
         Ok(server)
