@@ -607,6 +607,37 @@ mod tests {
     }
 
     #[test]
+    fn incus_remote_url_lists_cluster_members() {
+        let remote = [
+            ("LXGATE_DEV", "1"),
+            ("BACKEND", "incus"),
+            ("INCUS_CONNECTION_MODE", "remote"),
+        ];
+        let cfg = load(
+            &[
+                &remote[..],
+                &[(
+                    "INCUS_REMOTE_URL",
+                    "https://10.0.0.11:8443, https://10.0.0.12:8443,",
+                )],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.incus.remote_urls,
+            ["https://10.0.0.11:8443", "https://10.0.0.12:8443"]
+        );
+        let err = load(&[&remote[..], &[("INCUS_REMOTE_URL", " , ")]].concat()).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.contains("INCUS_REMOTE_URL is required")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let cfg = load(&[("JWT_SECRET", "0123456789abcdef0123456789abcdef-secret")]).unwrap();
         assert!(!format!("{cfg:?}").contains("secret\""));

@@ -307,7 +307,13 @@ impl IncusClient {
     ) -> Result<reqwest::Response, BackendError> {
         let mut last = None;
         for (member, base) in self.members() {
-            let Some(req) = build(base) else { break };
+            let Some(req) = build(base) else {
+                // A streamed body went to a member that could not be
+                // reached: this request fails, the next starts with the
+                // member after it.
+                self.current.store(member, Ordering::Relaxed);
+                break;
+            };
             match req.send().await {
                 Ok(resp) => {
                     self.settle_on(member);
@@ -738,6 +744,26 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(client.current.load(Ordering::Relaxed), 0);
+
+        // A streamed body is sent once: the request fails with the first
+        // member, and the next one starts with the second.
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from("x"))]);
+        let e = client
+            .raw_stream(
+                Method::POST,
+                &["instances", "x", "files"],
+                &[],
+                reqwest::header::HeaderMap::new(),
+                Some(reqwest::Body::wrap_stream(stream)),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Unavailable(m) if m.starts_with(&a)),
+            "{e:?}"
+        );
+        assert_eq!(client.current.load(Ordering::Relaxed), 1);
     }
 
     #[test]
