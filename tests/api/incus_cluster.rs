@@ -649,3 +649,63 @@ async fn failover_when_the_member_in_use_goes_down() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
+
+/// A standalone Incus (the test bed's single incusd) is a cluster of one:
+/// it lists itself, takes its own name as `target` (and no other), and
+/// answers evacuate and restore with 501.
+#[tokio::test]
+async fn a_standalone_server_is_a_cluster_of_one() {
+    let app = crate::incus_instances::incus_app().await;
+    let admin = app.admin_token().await;
+    let r = app.get("/api/v1/cluster/members", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["total"], 1, "{}", r.text);
+    let me = r.body["items"][0]["server_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!me.is_empty(), "{}", r.text);
+    assert_eq!(r.body["items"][0]["status"], "Online");
+    let got = app
+        .get(&format!("/api/v1/cluster/members/{me}"), Some(&admin))
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    app.get("/api/v1/cluster/members/elsewhere", Some(&admin))
+        .await
+        .assert_problem(404, "member_not_found");
+    app.post(
+        &format!("/api/v1/cluster/members/{me}/evacuate"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .assert_problem(501, "not_supported");
+    let info = app.get("/api/v1/system/info", Some(&admin)).await;
+    assert_eq!(info.body["features"]["clustered"], false, "{}", info.text);
+
+    // The one member as target: a volume is made there (Incus itself would
+    // refuse any target on a server that is not clustered).
+    let vol = unique("solo-vol");
+    let r = app
+        .post(
+            &format!("/api/v1/storage/pools/default/volumes?target={me}"),
+            Some(&admin),
+            json!({"name": vol}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .delete(
+            &format!("/api/v1/storage/pools/default/volumes/{vol}"),
+            Some(&admin),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    app.post(
+        "/api/v1/storage/pools/default/volumes?target=elsewhere",
+        Some(&admin),
+        json!({"name": unique("solo-vol")}),
+    )
+    .await
+    .assert_problem(404, "member_not_found");
+}
