@@ -70,7 +70,8 @@ mod text;
         crate::backend::types::schema::ImageServerProtocol,
         crate::backend::types::schema::InstanceType,
         crate::backend::types::schema::InstanceSourceType,
-        crate::backend::types::schema::InstanceAction
+        crate::backend::types::schema::InstanceAction,
+        crate::backend::types::schema::EvacuationMode
     ))
 )]
 pub struct ApiDoc;

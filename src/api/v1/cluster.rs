@@ -93,7 +93,7 @@ pub struct EvacuateOptions {
     /// What happens to the member's instances: `auto` (each instance's
     /// `cluster.evacuate` decides; the default), `stop`, `migrate` or
     /// `live-migrate`.
-    #[schema(example = "stop")]
+    #[schema(value_type = Option<crate::backend::types::schema::EvacuationMode>, example = "stop")]
     pub mode: Option<String>,
 }
 
@@ -184,4 +184,19 @@ async fn change_state(
         wait,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    /// The documented modes are the ones the handler accepts.
+    #[test]
+    fn evacuation_modes_agree_with_the_schema() {
+        let schema =
+            serde_json::to_value(crate::backend::types::schema::EvacuationMode::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(EVACUATION_MODES));
+    }
 }

@@ -357,12 +357,6 @@ async fn copy_volume(
     source: &VolumeSource,
     q: &PlacementQuery,
 ) -> ApiResult<Response> {
-    if req.content_type.is_some() {
-        return Err(ApiError::invalid_field(
-            "content_type",
-            "a copy has its source's content type; leave content_type out",
-        ));
-    }
     let source_volume = VolumeName::parse(&source.volume)
         .map_err(|e| ApiError::invalid_field("source.volume", e))?;
     let source_snapshot = source
@@ -396,6 +390,18 @@ async fn copy_volume(
             (v.content_type, v.config, v.description)
         }
     };
+    // A client may repeat the source's type (read back from it); another
+    // one cannot be had by copying.
+    if let Some(ct) = &req.content_type
+        && *ct != content_type
+    {
+        return Err(ApiError::invalid_field(
+            "content_type",
+            format!(
+                "a copy has its source's content type (`{content_type}`); leave content_type out"
+            ),
+        ));
+    }
     // The new volume's whole config, decided here and sent as it is (the
     // backend copies nothing else): a config the request gives, else the
     // source's without the backend's own `volatile.*` keys. Judged as a new
