@@ -64,7 +64,9 @@ pub async fn check_placement(
     project: &ProjectName,
     target: Option<&str>,
 ) -> ApiResult<Option<MemberName>> {
-    let Some(target) = target.filter(|t| !t.is_empty()) else {
+    // An empty `target=` is a malformed name like any other (400), not
+    // "no target": the schema says 1-63 characters.
+    let Some(target) = target else {
         return Ok(None);
     };
     let name = MemberName::parse(target).map_err(|e| ApiError::bad_request("invalid_name", e))?;

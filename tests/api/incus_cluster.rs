@@ -346,13 +346,15 @@ async fn placement_with_target() {
         )
         .await;
     r.assert_problem(404, "member_not_found");
-    app.post(
-        "/api/v1/instances?target=not_a_name",
-        Some(&admin),
-        json!({"name": unique("cl-none"), "source": {"type": "image", "alias": "busybox"}}),
-    )
-    .await
-    .assert_problem(400, "invalid_name");
+    for bad in ["not_a_name", ""] {
+        app.post(
+            &format!("/api/v1/instances?target={bad}"),
+            Some(&admin),
+            json!({"name": unique("cl-none"), "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await
+        .assert_problem(400, "invalid_name");
+    }
 
     // A volume on m2 (the `local` pool is a directory on each member).
     let pool = env("LXGATE_TEST_CLUSTER_POOL");
