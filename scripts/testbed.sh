@@ -21,6 +21,8 @@
 #                                                      -> LXGATE_TESTBED_NODE_MODULES
 #   * then scripts/testbed-incus.sh: a private incusd with a busybox image
 #     (appends the LXGATE_TEST_INCUS_* lines)
+#   * then scripts/testbed-cluster.sh: a two-member Incus cluster on
+#     127.0.0.2 / 127.0.0.3 (appends the LXGATE_TEST_CLUSTER_* lines)
 #   * last, scripts/testbed-embedded.sh: LXC and QEMU for the embedded drivers, a
 #     busybox container image and a kernel+initrd VM image built here, checked
 #     once by booting them (appends LXGATE_TEST_LXC, LXGATE_TEST_EMBEDDED_IMAGE_*
@@ -299,6 +301,10 @@ log "wrote ${ENV_FILE#"$ROOT"/} ($(( (T1 - T0) / 1000000 )) ms)"
 # ------------------------------------------------------------------- incus ---
 # After the file above is written: appends its LXGATE_TEST_INCUS_* lines to it.
 LXGATE_TESTBED_DIR="$TESTBED_DIR" bash "$ROOT/scripts/testbed-incus.sh"
+
+# ----------------------------------------------------------------- cluster ---
+# After incus (which installs it and builds the image): appends LXGATE_TEST_CLUSTER_*.
+LXGATE_TESTBED_DIR="$TESTBED_DIR" bash "$ROOT/scripts/testbed-cluster.sh"
 
 # ---------------------------------------------------------------- embedded ---
 # After incus: appends the LXGATE_TEST_LXC / _EMBEDDED_IMAGE_* / _VM_* lines.

@@ -113,7 +113,9 @@ impl fmt::Debug for Secret {
 pub struct IncusConfig {
     pub mode: IncusMode,
     pub socket_path: PathBuf,
-    pub remote_url: Option<String>,
+    /// `INCUS_REMOTE_URL`: one server, or several members of one cluster
+    /// (a comma list; lxgate fails over between them).
+    pub remote_urls: Vec<String>,
     pub client_cert_path: Option<PathBuf>,
     pub client_key_path: Option<PathBuf>,
     pub server_cert_path: Option<PathBuf>,
@@ -465,7 +467,16 @@ impl Config {
         let incus = IncusConfig {
             mode: r.parse("INCUS_CONNECTION_MODE", IncusMode::Local),
             socket_path: PathBuf::from(r.string("INCUS_SOCKET_PATH", "/var/lib/incus/unix.socket")),
-            remote_url: r.raw("INCUS_REMOTE_URL"),
+            remote_urls: r
+                .raw("INCUS_REMOTE_URL")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             client_cert_path: r.path("INCUS_CLIENT_CERT_PATH"),
             client_key_path: r.path("INCUS_CLIENT_KEY_PATH"),
             server_cert_path: r.path("INCUS_SERVER_CERT_PATH"),
@@ -475,7 +486,7 @@ impl Config {
         };
         if backend == BackendKind::Incus
             && incus.mode == IncusMode::Remote
-            && incus.remote_url.is_none()
+            && incus.remote_urls.is_empty()
         {
             r.errors
                 .push("INCUS_REMOTE_URL is required when INCUS_CONNECTION_MODE=remote".into());
@@ -593,6 +604,37 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/lxgate"));
         // The SQLite URL stays as given (sqlx resolves it from the same directory).
         assert_eq!(cfg.database_url, "sqlite://data/lxgate.db");
+    }
+
+    #[test]
+    fn incus_remote_url_lists_cluster_members() {
+        let remote = [
+            ("LXGATE_DEV", "1"),
+            ("BACKEND", "incus"),
+            ("INCUS_CONNECTION_MODE", "remote"),
+        ];
+        let cfg = load(
+            &[
+                &remote[..],
+                &[(
+                    "INCUS_REMOTE_URL",
+                    "https://10.0.0.11:8443, https://10.0.0.12:8443,",
+                )],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.incus.remote_urls,
+            ["https://10.0.0.11:8443", "https://10.0.0.12:8443"]
+        );
+        let err = load(&[&remote[..], &[("INCUS_REMOTE_URL", " , ")]].concat()).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.contains("INCUS_REMOTE_URL is required")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -271,6 +271,7 @@ fn not_found_code(m: &Missing) -> &'static str {
         Missing::Project { .. } => "project_not_found",
         Missing::Profile { .. } => "profile_not_found",
         Missing::Operation { .. } => "operation_not_found",
+        Missing::Member { .. } => "member_not_found",
         Missing::Other(_) => "not_found",
     }
 }
@@ -530,6 +531,11 @@ mod tests {
                 Missing::Operation { id: s("6f1c") },
                 "operation_not_found",
                 "operation `6f1c` does not exist",
+            ),
+            (
+                Missing::Member { name: s("m2") },
+                "member_not_found",
+                "cluster member `m2` does not exist",
             ),
             (
                 Missing::Other(s("the websocket no longer exists")),

@@ -232,6 +232,47 @@ resource_name!(
     "device"
 );
 
+/// A cluster member's name, by Incus's rule for them (a host name label):
+/// 1-63 ASCII letters, digits and hyphens, not starting or ending with a
+/// hyphen. Unlike resource names it may start with a digit (members are
+/// often named after hosts: `01-rack-a`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemberName(String);
+
+impl MemberName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 63 {
+            return Err(format!(
+                "cluster member name must be 1-63 characters (got {})",
+                s.chars().count()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "cluster member name {s:?} contains {c:?}; only letters, digits and '-' are allowed"
+            ));
+        }
+        if s.starts_with('-') || s.ends_with('-') {
+            return Err(format!(
+                "cluster member name {s:?} must not start or end with '-'"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+checked_name!(MemberName);
+
+impl From<MemberName> for String {
+    fn from(n: MemberName) -> String {
+        n.0
+    }
+}
+
 /// The name of one of an instance's log files, as Incus serves them:
 /// `lxc.log`, `lxc.conf`, `qemu.log`, or `migration_`/`snapshot_`
 /// followed by ASCII letters, digits, `.`, `_` and `-` (no `..`), at most 255
@@ -318,6 +359,25 @@ mod tests {
         }
         for bad in ["", "a/b", "/", ".", "..", "a\0"] {
             assert!(ProfileName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn member_names_are_host_name_labels() {
+        for ok in ["m1", "node-2", "01-rack-a", "9", &"x".repeat(63)] {
+            assert!(MemberName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a.b",
+            "a/b",
+            "a b",
+            "../m1",
+            &"x".repeat(64),
+        ] {
+            assert!(MemberName::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -30,6 +30,7 @@ mod text;
         (name = "images", description = "The image store: list, copy from image servers, upload, aliases"),
         (name = "events", description = "The event stream over WebSocket"),
         (name = "system", description = "What backend runs behind lxgate"),
+        (name = "cluster", description = "The servers behind lxgate: an Incus cluster's members and their status, evacuate and restore (admins)"),
         (name = "audit", description = "Who changed what (admins)"),
         (name = "health", description = "Liveness, readiness and metrics (no auth)")
     ),
@@ -48,6 +49,7 @@ mod text;
         crate::names::ImageFingerprint,
         crate::names::ImageAliasName,
         crate::names::LogFileName,
+        crate::names::MemberName,
         crate::auth::Username,
         crate::api::schemas::ProjectParam,
         crate::api::schemas::ByteSize,
@@ -75,7 +77,8 @@ mod text;
         crate::backend::types::schema::ImageServerProtocol,
         crate::backend::types::schema::InstanceType,
         crate::backend::types::schema::InstanceSourceType,
-        crate::backend::types::schema::InstanceAction
+        crate::backend::types::schema::InstanceAction,
+        crate::backend::types::schema::EvacuationMode
     ))
 )]
 pub struct ApiDoc;
@@ -265,6 +268,7 @@ impl CommonResponses {
                         | "storage"
                         | "projects"
                         | "profiles"
+                        | "cluster"
                 )
             });
         let responses = &mut op.responses.responses;

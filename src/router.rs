@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
-use crate::api::v1::{backups, exec, instance_files, snapshots};
+use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::{health, upload};
 use crate::app::AppState;
@@ -181,6 +181,12 @@ pub fn api() -> OpenApiRouter<AppState> {
             profiles::delete_profile
         ))
         .routes(routes!(profiles::rename_profile));
+    // The servers behind lxgate; evacuating one is for admins.
+    let cluster = OpenApiRouter::new()
+        .routes(routes!(cluster::list_members))
+        .routes(routes!(cluster::get_member))
+        .routes(routes!(cluster::evacuate_member))
+        .routes(routes!(cluster::restore_member));
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)
@@ -196,6 +202,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .nest("/instances/{name}", instance_files)
         .nest("/operations", operations)
         .nest("/images", images)
+        .nest("/cluster", cluster)
         .nest(
             "/events",
             OpenApiRouter::new().routes(routes!(events::events_ws)),

@@ -18,7 +18,8 @@ use utoipa::IntoParams;
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    NetworkName, OperationId, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
+    MemberName, NetworkName, OperationId, PoolName, ProfileName, ProjectName, SnapshotName,
+    VolumeName,
 };
 
 /// `/instances/{name}`
@@ -177,4 +178,12 @@ pub struct ImagePath {
 pub struct AliasPath {
     /// Alias name
     pub name: ImageAliasName,
+}
+
+/// `/cluster/members/{name}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MemberPath {
+    /// Cluster member name
+    pub name: MemberName,
 }

@@ -15,7 +15,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Missing};
 use crate::error::{ApiError, ApiResult};
-use crate::names::{InstanceName, NetworkName, ProfileName, ProjectName};
+use crate::names::{InstanceName, MemberName, NetworkName, ProfileName, ProjectName};
 use crate::policy::{Denied, Policy, Widening};
 
 impl From<Denied> for ApiError {
@@ -48,6 +48,42 @@ pub async fn for_caller(
         Widening::default()
     });
     Ok(Policy::restricted(widening))
+}
+
+/// The project setting that lets non-admins pick a cluster member: Incus's
+/// own, so Incus refuses what lxgate refuses (a restricted project blocks
+/// `target` unless it says `allow`).
+pub const CLUSTER_TARGET_KEY: &str = "restricted.cluster.target";
+
+/// `?target=` of a create: the member to place it on, checked (400 for a
+/// malformed name). Choosing a member is an admin's call, like the
+/// infrastructure itself (DESIGN §4); others may only where an admin let the
+/// project (`restricted.cluster.target=allow`). Whether the member exists is
+/// the backend's answer (404 `member_not_found`).
+pub async fn check_placement(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    target: Option<&str>,
+) -> ApiResult<Option<MemberName>> {
+    // An empty `target=` is a malformed name like any other (400), not
+    // "no target": the schema says 1-63 characters.
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let name = MemberName::parse(target).map_err(|e| ApiError::bad_request("invalid_name", e))?;
+    if !user.is_admin() {
+        let (p, _) = state.backend.get_project(project).await?;
+        if p.config.get(CLUSTER_TARGET_KEY).map(String::as_str) != Some("allow") {
+            return Err(ApiError::forbidden(
+                "policy_denied",
+                format!(
+                    "choosing the cluster member (`target`) is for admins in project `{project}`; an admin can allow it for the project (project config `{CLUSTER_TARGET_KEY}=allow`)"
+                ),
+            ));
+        }
+    }
+    Ok(Some(name))
 }
 
 /// An instance as the policy sees it: its own config and devices, and the

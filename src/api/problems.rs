@@ -41,20 +41,29 @@ problem_responses! {
     VolumePolicy403 = 403, "No operator role in the project, or config the policy does not allow the caller";
     /// Writing a profile: what it holds, and what it gives the instances using it.
     ProfilePolicy403 = 403, "No operator role in the project (or in the project the profile belongs to, or of an instance using it), or config or devices the instance policy does not allow the caller, in the profile or in an instance using it (the problem's `field` names the key or device option)";
+    /// An instance create: the policy (profiles included), and who may pick the cluster member.
+    Placement403 = 403, "No operator role in the project, config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or a `target` the caller may not choose in the project (`policy_denied`)";
+    /// A volume create: the policy, and who may pick the cluster member.
+    VolumePlacement403 = 403, "No operator role in the project, config the policy does not allow the caller, or a `target` the caller may not choose in the project (`policy_denied`)";
 
     // 404: what the path names is not there.
     InstanceMissing = 404, "No such instance";
     SnapshotMissing = 404, "No such instance or snapshot";
     BackupMissing = 404, "No such instance or backup";
     ImageMissing = 404, "No such image";
+    /// An instance create names its image in the body and its member in `?target=`.
+    ImageOrMemberMissing = 404, "No such image, or no such cluster member (`?target=`: `member_not_found`)";
+    MemberMissing = 404, "No such cluster member (`member_not_found`)";
+    /// An instance create: its image and profiles in the body, its member in `?target=`.
+    ImageProfileOrMemberMissing = 404, "No such image, no such profile (`profiles`), or no such cluster member (`?target=`: `member_not_found`)";
     AliasMissing = 404, "No such alias";
     ProjectMissing = 404, "No such project";
     PoolMissing = 404, "No such pool";
     PoolOrProjectMissing = 404, "No such pool or project";
     VolumeMissing = 404, "No such volume";
     VolumeSnapshotMissing = 404, "No such volume or snapshot";
-    /// A volume copy names its source in the body.
-    VolumeSourceMissing = 404, "No such pool or project, or no such source volume or snapshot";
+    /// A volume create names its source (a copy) in the body and its member in `?target=`.
+    VolumeSourceOrMemberMissing = 404, "No such pool or project, no such source volume or snapshot, or no such cluster member (`?target=`: `member_not_found`)";
     NetworkMissing = 404, "No such network";
     ProfileMissing = 404, "No such profile";
     /// Creating an instance: its image, or a profile its `profiles` names.

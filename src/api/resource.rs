@@ -45,7 +45,12 @@ macro_rules! project_scoped {
 }
 pub(crate) use project_scoped;
 
-project_scoped!(ProjectQuery, ProjectWaitQuery, ProjectListQuery);
+project_scoped!(
+    ProjectQuery,
+    ProjectWaitQuery,
+    ProjectListQuery,
+    PlacementQuery
+);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +62,24 @@ pub struct ProjectWaitQuery {
     /// Wait up to this many seconds (max 300) for the operation to finish.
     #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
     pub wait: Option<u64>,
+}
+
+/// The query of a create that can pick the cluster member (`?target=`).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PlacementQuery {
+    /// The project (default `default`).
+    #[param(value_type = Option<crate::api::schemas::ProjectParam>)]
+    pub project: Option<String>,
+    /// Wait up to this many seconds (max 300) for the operation to finish.
+    #[param(value_type = Option<crate::api::schemas::WaitSeconds>)]
+    pub wait: Option<u64>,
+    /// The cluster member to create it on (see `GET cluster/members`; the
+    /// backend picks one when absent). Admins may always choose; others
+    /// only in a project whose config has `restricted.cluster.target=allow`.
+    #[param(value_type = Option<crate::names::MemberName>)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

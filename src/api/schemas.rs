@@ -16,12 +16,16 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    NetworkName, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
+    MemberName, NetworkName, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
 };
 
 /// Incus's rule (`names::check_resource_name`): 1-63 ASCII letters, digits
 /// and `-`, starting with a letter, not ending with `-`.
 pub const RESOURCE_NAME_PATTERN: &str = "^[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+
+/// `names::MemberName` (Incus's host name label): 1-63 ASCII letters,
+/// digits and `-`, not starting or ending with `-`.
+pub const MEMBER_NAME_PATTERN: &str = "^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 
 /// `names::ImageFingerprint`: 1-64 lowercase hex digits.
 pub const FINGERPRINT_PATTERN: &str = "^[0-9a-f]{1,64}$";
@@ -34,14 +38,13 @@ const ALIAS_CHAR: &str = r"/\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 /// starting with a letter or digit.
 pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$";
 
-/// `names::LogFileName`: 1-255 of ASCII letters, digits, `.`, `_` and
-/// `-`, no `..`, not `.`.
 /// A volume's mount point as `attach_volume` takes it (it matches this very
 /// pattern): absolute, components of ASCII letters, digits, `.`, `_` and
 /// `-` that are not `.` or `..`, no empty component, an optional trailing
 /// `/`. Plain enough to go into an LXC mount entry as it is.
 pub const MOUNT_PATH_PATTERN: &str = r"^(?:/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))+/?$";
 
+/// `names::LogFileName`: the log files Incus serves.
 pub const LOG_FILE_PATTERN: &str =
     r"^(?:lxc\.log|lxc\.conf|qemu\.log|(?:migration|snapshot)_(?:\.?[A-Za-z0-9_-])*\.?)$";
 
@@ -684,6 +687,15 @@ named_schema!(
     }))
 );
 
+name_schema!(
+    MemberName,
+    "MemberName",
+    "A cluster member name: 1-63 ASCII letters, digits and `-`, not starting or ending with `-`.",
+    MEMBER_NAME_PATTERN,
+    63,
+    "m1"
+);
+
 // A log file name of `GET instances/{name}/logs/{file}`.
 name_schema!(
     LogFileName,
@@ -868,6 +880,20 @@ mod tests {
             ("/a\nb", false),
         ] {
             assert_eq!(mounts.is_match(p), ok, "{p:?}");
+        }
+        let members = re(MEMBER_NAME_PATTERN);
+        for s in [
+            "m1",
+            "01-rack",
+            "9",
+            &"m".repeat(63),
+            "",
+            "-a",
+            "a-",
+            "a.b",
+            &"m".repeat(64),
+        ] {
+            assert_eq!(members.is_match(s), MemberName::parse(s).is_ok(), "{s:?}");
         }
         let logs = re(LOG_FILE_PATTERN);
         for (s, ok) in [

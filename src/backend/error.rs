@@ -116,6 +116,10 @@ pub enum Missing {
     Operation {
         id: String,
     },
+    /// A cluster member (or the target of a placement).
+    Member {
+        name: String,
+    },
     /// Something the backend did not name (its own words): the request
     /// that got the 404 says what it asked for with `ReportMissing`.
     Other(String),
@@ -165,6 +169,10 @@ impl Missing {
 
     pub fn operation(id: &str) -> Self {
         Self::Operation { id: id.into() }
+    }
+
+    pub fn member(name: &str) -> Self {
+        Self::Member { name: name.into() }
     }
 }
 
@@ -220,6 +228,7 @@ impl fmt::Display for Missing {
             Missing::Project { name } => write!(f, "project `{name}` does not exist"),
             Missing::Profile { name } => write!(f, "profile `{name}` does not exist"),
             Missing::Operation { id } => write!(f, "operation `{id}` does not exist"),
+            Missing::Member { name } => write!(f, "cluster member `{name}` does not exist"),
             Missing::Other(words) => f.write_str(words),
         }
     }

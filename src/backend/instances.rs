@@ -4,7 +4,7 @@ use super::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, StateChange,
 };
 use super::{BackendError, ListScope, Listing};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, MemberName, ProjectName};
 
 #[async_trait::async_trait]
 pub trait Instances: Send + Sync {
@@ -18,10 +18,13 @@ pub trait Instances: Send + Sync {
         name: &InstanceName,
     ) -> Result<(Instance, Option<String>), BackendError>;
 
+    /// `target`: the cluster member to place the instance on (checked: 404
+    /// when there is no such member); the backend's choice when `None`.
     async fn create_instance(
         &self,
         project: &ProjectName,
         req: &InstanceCreate,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError>;
 
     /// `replace`: PUT (full replacement) rather than PATCH. Returns the

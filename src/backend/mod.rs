@@ -7,6 +7,7 @@
 //! `Backend` is their sum.
 
 mod backups;
+mod cluster;
 pub mod embedded;
 pub mod error;
 pub mod events;
@@ -26,6 +27,7 @@ pub mod types;
 mod volume_snapshots;
 
 pub use backups::Backups;
+pub use cluster::{Cluster, MemberAction};
 pub use error::{BackendError, Missing, ReportMissing, human_bytes, image_too_large};
 pub use events::Events;
 pub use exec::Exec;
@@ -127,6 +129,7 @@ pub trait Backend:
     + Networks
     + Projects
     + Profiles
+    + Cluster
     + Operations
     + Events
 {
@@ -145,6 +148,7 @@ impl<T> Backend for T where
         + Networks
         + Projects
         + Profiles
+        + Cluster
         + Operations
         + Events
 {

@@ -5,7 +5,7 @@ use super::types::{
     StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy,
 };
 use super::{BackendError, Listing};
-use crate::names::{PoolName, ProjectName, VolumeName};
+use crate::names::{MemberName, PoolName, ProjectName, VolumeName};
 
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync {
@@ -48,12 +48,14 @@ pub trait Storage: Send + Sync {
 
     /// A new, empty volume (`req.source` is not read: copies go through
     /// `copy_volume`). Returns the operation when the backend creates it in
-    /// the background.
+    /// the background. `target`: the cluster member to create it on (for a
+    /// pool each member has its own of), as for `create_instance`.
     async fn create_volume(
         &self,
         project: &ProjectName,
         pool: &PoolName,
         req: &StorageVolumeCreate,
+        target: Option<&MemberName>,
     ) -> Result<Option<Operation>, BackendError>;
 
     /// PATCH semantics: only the given fields change.
@@ -82,5 +84,6 @@ pub trait Storage: Send + Sync {
         project: &ProjectName,
         pool: &PoolName,
         req: &VolumeCopy,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError>;
 }

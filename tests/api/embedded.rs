@@ -4301,3 +4301,105 @@ async fn profiles_apply_when_containers_are_created_and_started() {
         .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
+
+/// The host lxgate runs on is the embedded backend's one cluster member:
+/// listed, the only `target`, every instance's and operation's location;
+/// evacuating it is not supported (nowhere to move instances to).
+#[tokio::test]
+async fn the_host_is_the_one_cluster_member() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let operator = app.user_with_role(&admin, "op", Some("operator")).await;
+    let me = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let r = app.get("/api/v1/cluster/members", Some(&operator)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["total"], 1, "{}", r.text);
+    let member = &r.body["items"][0];
+    assert_eq!(member["server_name"], me.as_str(), "{}", r.text);
+    assert_eq!(member["status"], "Online");
+    assert_eq!(member["roles"], json!([]));
+    let r = app
+        .get(&format!("/api/v1/cluster/members/{me}"), Some(&operator))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.get("/api/v1/cluster/members/elsewhere", Some(&operator))
+        .await
+        .assert_problem(404, "member_not_found");
+    for action in ["evacuate", "restore"] {
+        let r = app
+            .post(
+                &format!("/api/v1/cluster/members/{me}/{action}"),
+                Some(&admin),
+                json!({}),
+            )
+            .await;
+        r.assert_problem(501, "not_supported");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("one host"),
+            "{}",
+            r.text
+        );
+    }
+    let info = app.get("/api/v1/system/info", Some(&operator)).await;
+    assert_eq!(info.body["features"]["clustered"], false, "{}", info.text);
+
+    // Volumes: the host is the only target; choosing is an admin's call.
+    let r = app
+        .post(
+            &format!("/api/v1/storage/pools/default/volumes?target={me}"),
+            Some(&admin),
+            json!({"name": "placed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["location"], me.as_str(), "{}", r.text);
+    app.post(
+        "/api/v1/storage/pools/default/volumes?target=elsewhere",
+        Some(&admin),
+        json!({"name": "nowhere"}),
+    )
+    .await
+    .assert_problem(404, "member_not_found");
+    app.post(
+        &format!("/api/v1/storage/pools/default/volumes?target={me}"),
+        Some(&operator),
+        json!({"name": "mine"}),
+    )
+    .await
+    .assert_problem(403, "policy_denied");
+
+    // Instances and their operations are located on the host.
+    import_busybox(&app, &admin).await;
+    let r = app
+        .post(
+            "/api/v1/instances?target=elsewhere",
+            Some(&admin),
+            json!({"name": "away", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    r.assert_problem(404, "member_not_found");
+    let r = app
+        .post(
+            &format!("/api/v1/instances?target={me}&wait=60"),
+            Some(&admin),
+            json!({"name": "here", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(r.body["location"], me.as_str(), "{}", r.text);
+    let r = app.get("/api/v1/instances/here", Some(&operator)).await;
+    assert_eq!(r.body["location"], me.as_str(), "{}", r.text);
+    let r = app
+        .delete("/api/v1/instances/here?wait=60", Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+}

@@ -11,6 +11,7 @@ mod exposure;
 mod image_bounds;
 mod image_publish;
 mod incus_backups;
+mod incus_cluster;
 mod incus_events;
 mod incus_exec;
 mod incus_files;

@@ -232,6 +232,13 @@ const ROUTES: &[(&str, Need)] = &[
     ("DELETE /api/v1/images/aliases/{name}", Admin),
     // operations
     ("GET /api/v1/operations", ProjectView),
+    // cluster members: server-wide like storage pools, so any role in the
+    // `?project=` reads them (a project allowed to pick a `target` needs
+    // their names); evacuating and restoring a member is for admins.
+    ("GET /api/v1/cluster/members", ProjectView),
+    ("GET /api/v1/cluster/members/{name}", ProjectView),
+    ("POST /api/v1/cluster/members/{name}/evacuate", Admin),
+    ("POST /api/v1/cluster/members/{name}/restore", Admin),
 ];
 
 const TARGET: &str = "target";
@@ -342,6 +349,8 @@ fn param_value(param: &str, template: &str, project: &str) -> String {
         "fingerprint" => "0".repeat(64),
         "id" => "00000000-0000-4000-8000-000000000000".to_owned(),
         "action" => "start".to_owned(),
+        // A log name must be one Incus serves (else 400 before the role).
+        "file" => "snapshot_rbac-missing.log".to_owned(),
         _ => MISSING.to_owned(),
     }
 }

@@ -11,11 +11,12 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageOrProfileMissing, InstanceConfig400, InstanceMissing, InstanceOrProfileMissing,
-    InstancePolicy403, NameTaken409, Operator403, Stale412, TooManyOperations429, Viewer403,
+    ImageProfileOrMemberMissing, InstanceConfig400, InstanceMissing, InstanceOrProfileMissing,
+    InstancePolicy403, NameTaken409, Operator403, Placement403, Stale412, TooManyOperations429,
+    Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
-use crate::api::resource::{ProjectQuery, ProjectWaitQuery, check_image_source};
+use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery, check_image_source};
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -124,19 +125,22 @@ pub async fn list_instances(
 }
 
 /// Create an instance from an image. Answers 202 with an operation.
+///
+/// `?target=` places it on that cluster member (where `location` will say
+/// it runs); without it the backend chooses.
 #[utoipa::path(post, path = "", tag = "instances", operation_id = "create_instance",
     security(("bearer" = [])),
-    params(ProjectWaitQuery),
+    params(PlacementQuery),
     request_body = InstanceCreate,
     responses(
         (status = 202, description = "Creating", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        InstancePolicy403, ImageOrProfileMissing, NameTaken409, TooManyOperations429))]
+        Placement403, ImageProfileOrMemberMissing, NameTaken409, TooManyOperations429))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,
-    Query(q): Query<ProjectWaitQuery>,
+    Query(q): Query<PlacementQuery>,
     Json(req): Json<InstanceCreate>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
@@ -180,8 +184,12 @@ pub async fn create_instance(
         profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
+    let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state.backend.create_instance(&project, &req).await?;
+    let op = state
+        .backend
+        .create_instance(&project, &req, target.as_ref())
+        .await?;
     accepted(
         &state,
         slot,

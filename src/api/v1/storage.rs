@@ -16,11 +16,12 @@ use crate::api::paths::{DevicePath, InstancePath, PoolPath, VolumePath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DefaultPoolSettings501, DeviceNameTaken409, InstanceChanged412,
     NameTaken409, Operator403, PoolMissing, PoolOrProjectMissing, ProfileDevice409, Stale412,
-    TooManyOperations429, Viewer403, VolumeMissing, VolumePolicy403, VolumeSourceMissing,
+    TooManyOperations429, Viewer403, VolumeMissing, VolumePlacement403, VolumePolicy403,
+    VolumeSourceOrMemberMissing,
 };
 use crate::api::resource::{
-    Entry, IfMatch, ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, created,
-    entries, with_etag,
+    Entry, IfMatch, PlacementQuery, ProjectListQuery, ProjectQuery, ProjectScoped,
+    ProjectWaitQuery, created, entries, with_etag,
 };
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
@@ -273,9 +274,12 @@ pub async fn list_volumes(
 /// policy as a new volume's is (operators: `size`, `snapshots.*`, `user.*`),
 /// so copying a volume an admin configured needs an admin, or a config of
 /// the caller's own. The copy starts without snapshots.
+///
+/// `?target=` creates it on that cluster member (for a pool whose members
+/// each have their own storage, such as `dir`).
 #[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage", operation_id = "create_volume",
     security(("bearer" = [])),
-    params(PoolPath, ProjectWaitQuery),
+    params(PoolPath, PlacementQuery),
     request_body = crate::api::schemas::StorageVolumeCreateSchema,
     responses(
         (status = 201, description = "Created", body = StorageVolume,
@@ -283,20 +287,20 @@ pub async fn list_volumes(
         (status = 202, description = "Creating (or copying)", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        BackendRefused400, VolumePolicy403, VolumeSourceMissing, TooManyOperations429,
+        BackendRefused400, VolumePlacement403, VolumePolicy403, VolumeSourceOrMemberMissing, TooManyOperations429,
         (status = 409, description = "The name is taken, or (a copy on the embedded backend) the source is a block volume in use by a running VM", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_volume(
     user: AuthUser,
     State(state): State<AppState>,
     Path(PoolPath { pool }): Path<PoolPath>,
-    Query(q): Query<ProjectWaitQuery>,
+    Query(q): Query<PlacementQuery>,
     Json(req): Json<StorageVolumeCreate>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
     let name = VolumeName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     if let Some(source) = &req.source {
-        return copy_volume(&state, &user, &project, &pool, name, &req, source, q.wait).await;
+        return copy_volume(&state, &user, &project, &pool, name, &req, source, &q).await;
     }
     if let Some(ct) = &req.content_type
         && !["filesystem", "block"].contains(&ct.as_str())
@@ -312,8 +316,13 @@ pub async fn create_volume(
     crate::api::policy::for_caller(&state, &user, &project)
         .await?
         .check_volume(&Default::default(), &req.config)?;
+    let target =
+        crate::api::policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state.backend.create_volume(&project, &pool, &req).await?;
+    let op = state
+        .backend
+        .create_volume(&project, &pool, &req, target.as_ref())
+        .await?;
     if let Some(op) = op {
         return accepted(
             &state,
@@ -346,14 +355,8 @@ async fn copy_volume(
     name: VolumeName,
     req: &StorageVolumeCreate,
     source: &VolumeSource,
-    wait: Option<u64>,
+    q: &PlacementQuery,
 ) -> ApiResult<Response> {
-    if req.content_type.is_some() {
-        return Err(ApiError::invalid_field(
-            "content_type",
-            "a copy has its source's content type; leave content_type out",
-        ));
-    }
     let source_volume = VolumeName::parse(&source.volume)
         .map_err(|e| ApiError::invalid_field("source.volume", e))?;
     let source_snapshot = source
@@ -387,6 +390,16 @@ async fn copy_volume(
             (v.content_type, v.config, v.description)
         }
     };
+    // A copy has its source's type: the schema's copy variant takes none
+    // (not even the same one), so neither does the server.
+    if req.content_type.is_some() {
+        return Err(ApiError::invalid_field(
+            "content_type",
+            format!(
+                "a copy has its source's content type (`{content_type}`); leave content_type out"
+            ),
+        ));
+    }
     // The new volume's whole config, decided here and sent as it is (the
     // backend copies nothing else): a config the request gives, else the
     // source's without the backend's own `volatile.*` keys. Judged as a new
@@ -415,8 +428,13 @@ async fn copy_volume(
         source_volume,
         source_snapshot,
     };
+    let target =
+        crate::api::policy::check_placement(state, user, project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(state, user)?;
-    let op = state.backend.copy_volume(project, pool, &copy).await?;
+    let op = state
+        .backend
+        .copy_volume(project, pool, &copy, target.as_ref())
+        .await?;
     accepted(
         state,
         slot,
@@ -424,7 +442,7 @@ async fn copy_volume(
         "volume.copy",
         Some(&format!("{pool}/{name}")),
         op,
-        wait,
+        q.wait,
     )
     .await
 }

@@ -42,6 +42,25 @@ fn attr(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The host's name as the one member of the embedded backend's "cluster"
+/// (what `cluster/members` lists, `?target=` must name, and instances and
+/// operations show as their `location`): the first label of the kernel's
+/// host name, as Incus names a member after its host; `localhost` when that
+/// is no valid member name. Read once (a host renamed while lxgate runs
+/// keeps its old name until a restart, as its instances' records do).
+pub fn member_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let full = attr(Path::new("/proc/sys/kernel/hostname"));
+        member_name_of(&full)
+    })
+}
+
+fn member_name_of(host: &str) -> String {
+    let label = host.split('.').next().unwrap_or_default();
+    crate::names::MemberName::parse(label).map_or_else(|_| "localhost".to_owned(), String::from)
+}
+
 /// Everything `system/resources` shows. Pools whose directory cannot be
 /// measured are left out (and logged); /proc being unreadable is an error.
 pub fn read(pools: &[PoolDir]) -> std::io::Result<SystemResources> {
@@ -226,6 +245,15 @@ mod tests {
             parse_meminfo("MemTotal:       2048 kB\nMemFree:  100 kB\nMemAvailable:   512 kB\n");
         assert_eq!((m.total, m.used), (2048 * 1024, 1536 * 1024));
         assert_eq!(parse_meminfo("garbage").total, 0);
+    }
+
+    #[test]
+    fn the_member_is_named_after_the_host() {
+        assert_eq!(member_name_of("node-1.example.org"), "node-1");
+        assert_eq!(member_name_of("vm"), "vm");
+        assert_eq!(member_name_of(""), "localhost");
+        assert_eq!(member_name_of("under_score"), "localhost");
+        assert!(crate::names::MemberName::parse(member_name()).is_ok());
     }
 
     #[test]

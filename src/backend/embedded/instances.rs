@@ -24,7 +24,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing, Missing};
 use crate::db::embedded::{self as inv, InstanceRow};
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, MemberName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
 const INFO_CONCURRENCY: usize = 8;
@@ -148,7 +148,7 @@ impl EmbeddedBackend {
             architecture: row.architecture.clone(),
             created_at: row.created_at.clone(),
             last_used_at: row.last_used_at.clone(),
-            location: "none".into(),
+            location: super::host::member_name().into(),
             project: row.project.clone(),
             profiles: names,
             ephemeral: row.ephemeral != 0,
@@ -277,7 +277,9 @@ impl Instances for EmbeddedBackend {
         &self,
         project: &ProjectName,
         req: &InstanceCreate,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
+        super::cluster::check_target(target)?;
         let kind = req.instance_type.as_deref().unwrap_or("container");
         self.ensure_project(project).await?;
         if kind == VM {

@@ -3,6 +3,7 @@
 //! in the database, operations and events in process.
 
 mod bridge;
+mod cluster;
 mod detect;
 mod dhcp;
 mod downloads;

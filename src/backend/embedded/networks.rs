@@ -96,7 +96,7 @@ async fn interface(name: &str) -> Result<Network, BackendError> {
         name: name.to_owned(),
         network_type: kind_of(&dir).await.to_owned(),
         managed: false,
-        locations: vec!["none".into()],
+        locations: vec![super::host::member_name().into()],
         project: "default".into(),
         ..Default::default()
     })
@@ -173,7 +173,7 @@ impl EmbeddedBackend {
             .into(),
             config: config_of(row),
             used_by,
-            locations: vec!["none".into()],
+            locations: vec![super::host::member_name().into()],
             project: "default".into(),
         }
     }
@@ -624,7 +624,7 @@ impl Networks for EmbeddedBackend {
                 hwaddr: read(Path::new(SYS_NET).join(name.as_str()).join("address")).await,
                 address: gw.addr().to_string(),
                 lease_type: "gateway".into(),
-                location: "none".into(),
+                location: super::host::member_name().into(),
                 project: project.as_str().to_owned(),
             });
         }
@@ -639,7 +639,7 @@ impl Networks for EmbeddedBackend {
                     hwaddr: d.get("hwaddr").cloned().unwrap_or_default(),
                     address: d.get("ipv4.address").cloned().unwrap_or_default(),
                     lease_type: "static".into(),
-                    location: "none".into(),
+                    location: super::host::member_name().into(),
                     project: r.project.clone(),
                 });
             }

@@ -195,7 +195,7 @@ fn publish(bus: &EventBus, entry: &Entry) {
         kind: "operation".into(),
         timestamp: now(),
         metadata: serde_json::to_value(&op).unwrap_or(Value::Null),
-        location: "none".into(),
+        location: super::host::member_name().into(),
         project: entry.project.clone(),
     });
 }
@@ -206,7 +206,7 @@ pub fn lifecycle(bus: &EventBus, project: &str, action: &str, source: &str, cont
         kind: "lifecycle".into(),
         timestamp: now(),
         metadata: json!({"action": action, "source": source, "context": context}),
-        location: "none".into(),
+        location: super::host::member_name().into(),
         project: project.to_owned(),
     });
 }
@@ -270,7 +270,7 @@ impl Operations {
             metadata: Value::Null,
             may_cancel,
             err: String::new(),
-            location: "none".into(),
+            location: super::host::member_name().into(),
             project: project.to_owned(),
         };
         let entry = Arc::new(Entry {

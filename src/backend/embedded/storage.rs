@@ -27,7 +27,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Listing, Missing, Storage};
 use crate::db::embedded::{self as inv, PoolRow, VolumeRow};
-use crate::names::{PoolName, ProjectName, VolumeName};
+use crate::names::{MemberName, PoolName, ProjectName, VolumeName};
 
 pub const DEFAULT_POOL: &str = "default";
 /// Size of a block volume created without `size`.
@@ -649,7 +649,7 @@ impl EmbeddedBackend {
             status: "Created".into(),
             config,
             used_by,
-            locations: vec!["none".into()],
+            locations: vec![super::host::member_name().into()],
         })
     }
 
@@ -663,7 +663,7 @@ impl EmbeddedBackend {
             used_by: self
                 .volume_used_by(&row.pool, &row.project, &row.name)
                 .await,
-            location: "none".into(),
+            location: super::host::member_name().into(),
             project: row.project.clone(),
             created_at: row.created_at.clone(),
         }
@@ -886,7 +886,9 @@ impl Storage for EmbeddedBackend {
         project: &ProjectName,
         pool: &PoolName,
         req: &StorageVolumeCreate,
+        target: Option<&MemberName>,
     ) -> Result<Option<Operation>, BackendError> {
+        super::cluster::check_target(target)?;
         self.ensure_project(project).await?;
         let prow = self.pool_row(pool).await?;
         let content = req.content_type.as_deref().unwrap_or("filesystem");
@@ -1090,7 +1092,9 @@ impl Storage for EmbeddedBackend {
         project: &ProjectName,
         pool: &PoolName,
         req: &VolumeCopy,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
+        super::cluster::check_target(target)?;
         self.ensure_project(project).await?;
         let prow = self.pool_row(pool).await?;
         let (source_path, content) = self

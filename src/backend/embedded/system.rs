@@ -56,6 +56,8 @@ impl System for EmbeddedBackend {
             // Profiles hold the root disk only: volumes and NICs go on
             // instances.
             ("profile_devices", false),
+            // One host: no placement choice, nothing to evacuate to.
+            ("clustered", false),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -2,8 +2,14 @@
 //! `raw` (one HTTP request, transport errors mapped) -> `query` (`/1.0`,
 //! project, the response envelope parsed once into data or a typed
 //! `BackendError`) -> `query_struct` (typed JSON).
+//!
+//! Remote mode may name several members of an Incus cluster (every member
+//! serves the whole API): requests go to the member that answered last and
+//! fail over to the next when it cannot be reached (`send`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -106,10 +112,30 @@ pub enum WsTransport {
 #[derive(Clone)]
 pub struct IncusClient {
     http: reqwest::Client,
-    base: Url,
+    /// Where Incus answers: one base URL for the unix socket, each member's
+    /// for a cluster (in the order `INCUS_REMOTE_URL` lists them).
+    bases: Arc<[Url]>,
+    /// The index in `bases` requests go to first: the member that answered
+    /// last. Shared by every clone (the event stream's too), so the first
+    /// request to find a member down spares the others the wait.
+    current: Arc<AtomicUsize>,
     pub(super) ws: WsTransport,
-    /// Shown in errors and `system/info` (never contains secrets).
-    pub endpoint: String,
+    /// For the unix socket, its path (shown instead of the placeholder URL).
+    socket: Option<PathBuf>,
+}
+
+/// A transport error that means the member was never reached: the
+/// connection was refused or timed out, so nothing of the request was sent
+/// and another member may take it. A TLS failure is no such error (every
+/// member presents the same cluster certificate: it would fail there too).
+fn unreachable(e: &reqwest::Error) -> bool {
+    e.is_connect() && find_tls_error(e).is_none()
+}
+
+/// Also worth another member for a request that changes nothing: a pooled
+/// connection the member closed as it went down.
+fn lost_idempotent(e: &reqwest::Error) -> bool {
+    !e.is_timeout() && find_tls_error(e).is_none() && (e.is_request() || e.is_body())
 }
 
 impl IncusClient {
@@ -133,19 +159,29 @@ impl IncusClient {
                 Ok(Self {
                     http,
                     ws: WsTransport::Unix(cfg.socket_path.clone()),
-                    base: Url::parse("http://incus").expect("static URL"),
-                    endpoint: format!("unix://{}", cfg.socket_path.display()),
+                    bases: vec![Url::parse("http://incus").expect("static URL")].into(),
+                    current: Arc::default(),
+                    socket: Some(cfg.socket_path.clone()),
                 })
             }
             IncusMode::Remote => {
-                let url = cfg
-                    .remote_url
-                    .as_deref()
-                    .ok_or("INCUS_REMOTE_URL is required in remote mode")?;
-                let base = Url::parse(url).map_err(|e| format!("INCUS_REMOTE_URL: {e}"))?;
-                if base.scheme() != "https" {
-                    return Err("INCUS_REMOTE_URL must be an https:// URL".into());
+                if cfg.remote_urls.is_empty() {
+                    return Err("INCUS_REMOTE_URL is required in remote mode".into());
                 }
+                let bases = cfg
+                    .remote_urls
+                    .iter()
+                    .map(|url| {
+                        let base =
+                            Url::parse(url).map_err(|e| format!("INCUS_REMOTE_URL {url}: {e}"))?;
+                        if base.scheme() != "https" {
+                            return Err(format!(
+                                "INCUS_REMOTE_URL must list https:// URLs (got {url})"
+                            ));
+                        }
+                        Ok(base)
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
                 let paths = IdentityPaths::resolve(cfg, data_dir);
                 let trust = match &cfg.trusted_ca_path {
                     Some(ca) => ServerTrust::Ca(
@@ -166,17 +202,21 @@ impl IncusClient {
                         .map_err(|e| format!("client key (INCUS_CLIENT_KEY_PATH): {e}"))?,
                     cfg.insecure_tls,
                 )?;
-                Ok(Self::remote_with(builder, base, config)?)
+                Ok(Self::remote_with(builder, bases, config)?)
             }
         }
     }
 
-    /// A remote client from a ready TLS configuration (also used by `remote trust`).
+    /// A remote client of the members at `bases` (one or more) from a ready
+    /// TLS configuration (also used by `remote trust`).
     pub fn remote_with(
         builder: reqwest::ClientBuilder,
-        base: Url,
+        bases: Vec<Url>,
         config: rustls::ClientConfig,
     ) -> Result<Self, String> {
+        if bases.is_empty() {
+            return Err("no Incus URL".into());
+        }
         let ws = WsTransport::Tls(std::sync::Arc::new(config.clone()));
         let http = builder
             .tls_backend_preconfigured(config)
@@ -184,16 +224,63 @@ impl IncusClient {
             .map_err(|e| format!("Incus client: {e}"))?;
         Ok(Self {
             ws,
-            endpoint: base.to_string(),
             http,
-            base,
+            bases: bases.into(),
+            current: Arc::default(),
+            socket: None,
         })
     }
 
-    /// `/1.0/<segments...>?<query>` with each segment percent-encoded, so a
-    /// name can never change the path it is placed in.
+    /// The member requests go to first (shown in errors, logs and
+    /// `system/info`; never contains secrets).
+    pub fn endpoint(&self) -> String {
+        self.endpoint_of(self.current.load(Ordering::Relaxed))
+    }
+
+    fn endpoint_of(&self, member: usize) -> String {
+        match &self.socket {
+            Some(path) => format!("unix://{}", path.display()),
+            None => self.bases[member % self.bases.len()].to_string(),
+        }
+    }
+
+    /// The members in the order to try them: the current one, then the
+    /// others as listed.
+    pub(super) fn members(&self) -> impl Iterator<Item = (usize, &Url)> {
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        (0..n).map(move |i| {
+            let m = (start + i) % n;
+            (m, &self.bases[m])
+        })
+    }
+
+    /// Makes `member` the one requests go to first (it answered).
+    pub(super) fn settle_on(&self, member: usize) {
+        let before = self.current.swap(member, Ordering::Relaxed);
+        if before != member {
+            tracing::warn!(
+                from = %self.endpoint_of(before),
+                to = %self.endpoint_of(member),
+                "an Incus member could not be reached: failed over to the next"
+            );
+        }
+    }
+
+    /// Whether there is another member to fail over to.
+    pub(super) fn clustered(&self) -> bool {
+        self.bases.len() > 1
+    }
+
+    /// `/1.0/<segments...>?<query>` on the current member, each segment
+    /// percent-encoded, so a name can never change the path it is placed in.
     pub fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = self.base.clone();
+        let member = self.current.load(Ordering::Relaxed) % self.bases.len();
+        self.url_on(&self.bases[member], segments, query)
+    }
+
+    pub(super) fn url_on(&self, base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = base.clone();
         {
             let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
             path.pop_if_empty().push("1.0");
@@ -207,53 +294,99 @@ impl IncusClient {
         url
     }
 
-    /// One HTTP request; transport failures become 503 / 502 / 504 errors.
+    /// Sends the request `build` makes for a member's URL (`None` once it
+    /// cannot make another: a streamed body is sent once), to the current
+    /// member first and then to the others while a member cannot be reached
+    /// (`unreachable`; for GETs also a connection lost on the way). The
+    /// member that answers becomes the current one. Transport failures
+    /// become 503 / 502 / 504 errors (the last member's, when none answered).
+    async fn send(
+        &self,
+        idempotent: bool,
+        mut build: impl FnMut(&Url) -> Option<reqwest::RequestBuilder>,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut last = None;
+        for (member, base) in self.members() {
+            let Some(req) = build(base) else {
+                // A streamed body went to a member that could not be
+                // reached: this request fails, the next starts with the
+                // member after it.
+                self.current.store(member, Ordering::Relaxed);
+                break;
+            };
+            match req.send().await {
+                Ok(resp) => {
+                    self.settle_on(member);
+                    return Ok(resp);
+                }
+                Err(e)
+                    if self.clustered()
+                        && (unreachable(&e) || idempotent && lost_idempotent(&e)) =>
+                {
+                    tracing::warn!(member = %self.endpoint_of(member), error = %error_chain(&e), "cannot reach an Incus member");
+                    last = Some(self.transport_error(member, e));
+                }
+                Err(e) => return Err(self.transport_error(member, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            BackendError::Unavailable(format!("{}: no member could be reached", self.endpoint()))
+        }))
+    }
+
+    /// One HTTP request under `/1.0`; transport failures become 503 / 502 /
+    /// 504 errors.
     pub async fn raw(
         &self,
         method: Method,
-        url: Url,
+        segments: &[&str],
+        query: &[(&str, &str)],
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<reqwest::Response, BackendError> {
-        self.raw_with_timeout(method, url, body, if_match, None)
+        self.raw_with_timeout(method, segments, query, body, if_match, None)
             .await
     }
 
     async fn raw_with_timeout(
         &self,
         method: Method,
-        url: Url,
+        segments: &[&str],
+        query: &[(&str, &str)],
         body: Option<&Value>,
         if_match: Option<&str>,
         timeout: Option<std::time::Duration>,
     ) -> Result<reqwest::Response, BackendError> {
-        let mut req = self.http.request(method, url);
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(etag) = if_match {
-            req = req.header(reqwest::header::IF_MATCH, etag);
-        }
-        req.send().await.map_err(|e| self.transport_error(e))
+        let idempotent = method == Method::GET;
+        self.send(idempotent, |base| {
+            let mut req = self
+                .http
+                .request(method.clone(), self.url_on(base, segments, query));
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(etag) = if_match {
+                req = req.header(reqwest::header::IF_MATCH, etag);
+            }
+            Some(req)
+        })
+        .await
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> BackendError {
+    fn transport_error(&self, member: usize, e: reqwest::Error) -> BackendError {
+        let endpoint = self.endpoint_of(member);
         let chain = error_chain(&e);
         if e.is_timeout() {
-            return BackendError::Timeout(format!("{}: {chain}", self.endpoint));
+            return BackendError::Timeout(format!("{endpoint}: {chain}"));
         }
         // TLS failures surface as connect errors: tell them apart by their cause.
-        let tls_cause = find_tls_error(&e);
-        if let Some(tls) = tls_cause {
-            return BackendError::TlsFailure(format!("{}: {tls}", self.endpoint));
+        if let Some(tls) = find_tls_error(&e) {
+            return BackendError::TlsFailure(format!("{endpoint}: {tls}"));
         }
-        if e.is_connect() {
-            return BackendError::Unavailable(format!("{}: {chain}", self.endpoint));
-        }
-        BackendError::Unavailable(format!("{}: {chain}", self.endpoint))
+        BackendError::Unavailable(format!("{endpoint}: {chain}"))
     }
 
     /// A request under `/1.0`, with the envelope parsed and errors typed.
@@ -290,9 +423,8 @@ impl IncusClient {
         if_match: Option<&str>,
         timeout: Option<std::time::Duration>,
     ) -> Result<Response, BackendError> {
-        let url = self.url(segments, query);
         let resp = self
-            .raw_with_timeout(method, url, body, if_match, timeout)
+            .raw_with_timeout(method, segments, query, body, if_match, timeout)
             .await?;
         self.envelope_of(resp).await
     }
@@ -308,15 +440,22 @@ impl IncusClient {
         headers: &[(&'static str, String)],
         timeout: std::time::Duration,
     ) -> Result<Response, BackendError> {
-        let mut req = self
-            .http
-            .post(self.url(segments, query))
-            .timeout(timeout)
-            .multipart(form);
-        for (name, value) in headers {
-            req = req.header(*name, value);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        // The form streams its parts: it can go to one member only (a
+        // member that cannot be reached still hands it to the next).
+        let mut form = Some(form);
+        let resp = self
+            .send(false, |base| {
+                let mut req = self
+                    .http
+                    .post(self.url_on(base, segments, query))
+                    .timeout(timeout)
+                    .multipart(form.take()?);
+                for (name, value) in headers {
+                    req = req.header(*name, value);
+                }
+                Some(req)
+            })
+            .await?;
         self.envelope_of(resp).await
     }
 
@@ -328,7 +467,10 @@ impl IncusClient {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(self.current.load(Ordering::Relaxed), e))?;
         let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|_| {
             BackendError::Upstream(format!(
                 "unexpected answer from Incus (HTTP {status}): {}",
@@ -385,20 +527,36 @@ impl IncusClient {
         body: Option<reqwest::Body>,
         timeout: std::time::Duration,
     ) -> Result<reqwest::Response, BackendError> {
-        let mut req = self
-            .http
-            .request(method, self.url(segments, query))
-            .headers(headers)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.body(b);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let idempotent = method == Method::GET;
+        // A body in memory can go to any member; one that streams is sent
+        // once (to the first member that can be reached).
+        let has_body = body.is_some();
+        let mut body = body;
+        let resp = self
+            .send(idempotent, |base| {
+                let mut req = self
+                    .http
+                    .request(method.clone(), self.url_on(base, segments, query))
+                    .headers(headers.clone())
+                    .timeout(timeout);
+                if has_body {
+                    let b = body.take()?;
+                    body = b
+                        .as_bytes()
+                        .map(|bytes| reqwest::Body::from(bytes.to_vec()));
+                    req = req.body(b);
+                }
+                Some(req)
+            })
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(self.current.load(Ordering::Relaxed), e))?;
         Err(match serde_json::from_slice::<Envelope>(&bytes) {
             Ok(env) if env.error_code != 0 => typed_error(env.error_code, &env.error),
             Ok(env) => typed_error(status.as_u16(), &env.error),
@@ -543,14 +701,81 @@ fn by_message(msg: &str) -> Option<BackendError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_are_escaped_into_path_segments() {
-        let client = IncusClient {
+    fn client_of(urls: &[&str]) -> IncusClient {
+        IncusClient {
             ws: WsTransport::Unix(PathBuf::from("/x")),
             http: reqwest::Client::new(),
-            base: Url::parse("https://incus.example:8443").unwrap(),
-            endpoint: String::new(),
+            bases: urls.iter().map(|u| Url::parse(u).unwrap()).collect(),
+            current: Arc::default(),
+            socket: None,
+        }
+    }
+
+    #[test]
+    fn members_are_tried_from_the_one_that_answered_last() {
+        let client = client_of(&["https://m1:8443", "https://m2:8443", "https://m3:8443"]);
+        let order = |c: &IncusClient| c.members().map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(order(&client), [0, 1, 2]);
+        assert_eq!(client.endpoint(), "https://m1:8443/");
+        // A clone (the event stream's) shares where requests go.
+        let clone = client.clone();
+        clone.settle_on(2);
+        assert_eq!(order(&client), [2, 0, 1]);
+        assert_eq!(client.endpoint(), "https://m3:8443/");
+        assert!(
+            client
+                .url(&["instances"], &[])
+                .as_str()
+                .starts_with("https://m3:8443/1.0/")
+        );
+    }
+
+    /// Members that refuse connections: each is tried once, the answer is
+    /// 503 naming the last, and the current member stays where it was.
+    #[tokio::test]
+    async fn when_no_member_answers_the_request_is_503() {
+        let closed = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            drop(l);
+            format!("http://127.0.0.1:{port}")
         };
+        let (a, b) = (closed(), closed());
+        let client = client_of(&[&a, &b]);
+        let e = client
+            .raw(Method::GET, &["instances"], &[], None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Unavailable(m) if m.starts_with(&b)),
+            "{e:?}"
+        );
+        assert_eq!(client.current.load(Ordering::Relaxed), 0);
+
+        // A streamed body is sent once: the request fails with the first
+        // member, and the next one starts with the second.
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from("x"))]);
+        let e = client
+            .raw_stream(
+                Method::POST,
+                &["instances", "x", "files"],
+                &[],
+                reqwest::header::HeaderMap::new(),
+                Some(reqwest::Body::wrap_stream(stream)),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Unavailable(m) if m.starts_with(&a)),
+            "{e:?}"
+        );
+        assert_eq!(client.current.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn names_are_escaped_into_path_segments() {
+        let client = client_of(&["https://incus.example:8443"]);
         let url = client.url(&["instances", "../../etc?x=1#y"], &[("project", "a&b")]);
         assert_eq!(
             url.as_str(),

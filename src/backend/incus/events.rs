@@ -34,7 +34,7 @@ pub async fn run_upstream(client: IncusClient, bus: EventBus) {
             .await
         {
             Ok(mut socket) => {
-                tracing::info!(endpoint = %client.endpoint, "connected to the Incus event stream");
+                tracing::info!(endpoint = %client.endpoint(), "connected to the Incus event stream");
                 metrics::gauge!("lxgate_events_upstream_connected").set(1.0);
                 was_connected = true;
                 backoff = Duration::from_millis(250);
@@ -49,7 +49,7 @@ pub async fn run_upstream(client: IncusClient, bus: EventBus) {
                     }
                 }
                 metrics::gauge!("lxgate_events_upstream_connected").set(0.0);
-                tracing::warn!(endpoint = %client.endpoint, "the Incus event stream ended; reconnecting");
+                tracing::warn!(endpoint = %client.endpoint(), "the Incus event stream ended; reconnecting");
             }
             Err(e) => {
                 // Say it once per outage, not on every retry.

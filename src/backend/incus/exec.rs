@@ -260,8 +260,10 @@ impl Exec for IncusBackend {
             // "/1.0/instances/<name>/logs/exec-output/<file>": re-split so every
             // part goes through the client's escaping.
             let segments: Vec<&str> = path.trim_start_matches("/1.0/").split('/').collect();
-            let url = self.client.url(&segments, &[("project", project)]);
-            let mut resp = self.client.raw(Method::GET, url, None, None).await?;
+            let mut resp = self
+                .client
+                .raw(Method::GET, &segments, &[("project", project)], None, None)
+                .await?;
             let mut out = Vec::new();
             while let Some(chunk) = resp
                 .chunk()

@@ -10,7 +10,7 @@ use crate::backend::types::{
 use crate::backend::{
     BackendError, Instances, ListScope, Listing, Missing, Operations, ReportMissing,
 };
-use crate::names::{InstanceName, ProjectName};
+use crate::names::{InstanceName, MemberName, ProjectName};
 
 /// `/1.0/instances/web-1?project=x` -> `web-1`.
 pub fn last_segment(url: &str) -> String {
@@ -83,7 +83,9 @@ impl Instances for IncusBackend {
         &self,
         project: &ProjectName,
         req: &InstanceCreate,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
+        let target = self.placement(target).await?;
         let mut source = json!({"type": req.source.kind});
         if let Some(a) = &req.source.alias {
             source["alias"] = json!(a);
@@ -102,14 +104,12 @@ impl Instances for IncusBackend {
             "start": req.start,
             "ephemeral": req.ephemeral,
         });
+        let mut query = vec![("project", project.as_str())];
+        if let Some(t) = &target {
+            query.push(("target", t));
+        }
         self.client
-            .query_operation(
-                Method::POST,
-                &["instances"],
-                &project_query(project),
-                Some(&body),
-                None,
-            )
+            .query_operation(Method::POST, &["instances"], &query, Some(&body), None)
             .await
     }
 

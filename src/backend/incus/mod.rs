@@ -3,6 +3,7 @@
 
 pub mod backups;
 pub mod client;
+pub mod cluster;
 pub mod events;
 pub mod exec;
 pub mod files;

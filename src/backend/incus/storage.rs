@@ -10,7 +10,7 @@ use crate::backend::types::{
     StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy,
 };
 use crate::backend::{BackendError, Listing, Missing, ReportMissing, Storage};
-use crate::names::{PoolName, ProjectName, VolumeName};
+use crate::names::{MemberName, PoolName, ProjectName, VolumeName};
 
 fn recursion(expand: bool) -> (&'static str, &'static str) {
     ("recursion", if expand { "1" } else { "0" })
@@ -46,6 +46,13 @@ fn volume<'a>(pool: &'a str, name: &'a str) -> impl FnOnce(String) -> Missing + 
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, BackendError> {
     serde_json::to_value(v).map_err(|e| anyhow::Error::from(e).into())
+}
+
+/// `?project=`, and `?target=` for a placement on a cluster member.
+fn placed<'a>(project: &'a str, target: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut q = vec![("project", project)];
+    q.extend(target.map(|t| ("target", t)));
+    q
 }
 
 #[async_trait::async_trait]
@@ -131,7 +138,9 @@ impl Storage for IncusBackend {
         project: &ProjectName,
         pool: &PoolName,
         req: &StorageVolumeCreate,
+        target: Option<&MemberName>,
     ) -> Result<Option<Operation>, BackendError> {
+        let target = self.placement(target).await?;
         let body = json!({
             "name": req.name,
             "type": "custom",
@@ -144,7 +153,7 @@ impl Storage for IncusBackend {
             .query(
                 Method::POST,
                 &["storage-pools", pool, "volumes", "custom"],
-                &[("project", project)],
+                &placed(project, target.as_deref()),
                 Some(&body),
                 None,
             )
@@ -200,7 +209,9 @@ impl Storage for IncusBackend {
         project: &ProjectName,
         pool: &PoolName,
         req: &VolumeCopy,
+        target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
+        let target = self.placement(target).await?;
         // Incus names a snapshot source `volume/snapshot`.
         let source = match &req.source_snapshot {
             Some(snap) => format!("{}/{snap}", req.source_volume),
@@ -224,7 +235,7 @@ impl Storage for IncusBackend {
             .query_operation(
                 Method::POST,
                 &["storage-pools", pool, "volumes", "custom"],
-                &[("project", project)],
+                &placed(project, target.as_deref()),
                 Some(&body),
                 None,
             )

@@ -10,15 +10,15 @@ use crate::backend::{BackendError, DriverInfo, System, SystemInfo};
 
 /// The parts of `GET /1.0` lxgate uses.
 #[derive(Debug, Deserialize)]
-struct Server {
+pub(super) struct Server {
     #[serde(default)]
     auth: String,
     #[serde(default)]
-    environment: Environment,
+    pub(super) environment: Environment,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct Environment {
+pub(super) struct Environment {
     #[serde(default)]
     driver: String,
     #[serde(default)]
@@ -27,16 +27,24 @@ struct Environment {
     server_version: String,
     #[serde(default)]
     server: String,
+    /// The member's name in a cluster, the host name otherwise.
+    #[serde(default)]
+    pub(super) server_name: String,
+    #[serde(default)]
+    pub(super) server_clustered: bool,
+    #[serde(default)]
+    pub(super) architectures: Vec<String>,
 }
 
 impl IncusBackend {
     /// `GET /1.0`, refusing to go on when Incus does not trust lxgate.
-    async fn server(&self) -> Result<Server, BackendError> {
+    pub(super) async fn server(&self) -> Result<Server, BackendError> {
         let (server, _): (Server, _) = self.client.query_struct(&[], &[]).await?;
         if server.auth != "trusted" {
             return Err(BackendError::Forbidden(format!(
                 "{} does not trust lxgate's client certificate (auth: {:?}); run `lxgate remote trust`",
-                self.client.endpoint, server.auth
+                self.client.endpoint(),
+                server.auth
             )));
         }
         Ok(server)
@@ -96,6 +104,8 @@ impl System for IncusBackend {
             ("project_restrictions", true),
             ("profiles", true),
             ("profile_devices", true),
+            // Several members: placement (`?target=`), evacuate and restore.
+            ("clustered", server.environment.server_clustered),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -107,12 +107,12 @@ pub async fn trust(
     .map_err(anyhow::Error::msg)?;
     let probe = IncusClient::remote_with(
         reqwest::Client::builder().timeout(cfg.timeout),
-        base.clone(),
+        vec![base.clone()],
         config,
     )
     .map_err(anyhow::Error::msg)?;
     let _ = probe
-        .raw(Method::GET, probe.url(&[], &[]), None, None)
+        .raw(Method::GET, &[], &[], None, None)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
     let server_der = recorder
@@ -138,7 +138,7 @@ pub async fn trust(
     .map_err(anyhow::Error::msg)?;
     let client = IncusClient::remote_with(
         reqwest::Client::builder().timeout(cfg.timeout),
-        base,
+        vec![base],
         pinned,
     )
     .map_err(anyhow::Error::msg)?;

@@ -9,6 +9,8 @@ pub mod images;
 pub use images::*;
 pub mod backups;
 pub use backups::*;
+pub mod cluster;
+pub use cluster::*;
 pub mod files;
 pub use files::*;
 pub mod snapshots;

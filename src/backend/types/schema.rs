@@ -68,6 +68,19 @@ pub enum InstanceAction {
     Unfreeze,
 }
 
+/// What evacuating a cluster member does with its instances: `auto` lets
+/// each instance's `cluster.evacuate` setting decide (moved when it can be,
+/// stopped otherwise).
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum EvacuationMode {
+    Auto,
+    Stop,
+    Migrate,
+    LiveMigrate,
+}
+
 /// An instance's type.
 #[derive(ToSchema)]
 #[schema(rename_all = "kebab-case")]

@@ -104,7 +104,7 @@ pub struct StorageVolumeCreate {
     #[schema(value_type = crate::names::VolumeName, example = "data")]
     pub name: String,
     /// `filesystem` (default) or `block` (block volumes attach to VMs only).
-    /// A copy has its source's and takes none.
+    /// A copy has its source's: leave it out (or give that one).
     #[serde(default)]
     #[schema(value_type = Option<super::schema::VolumeContentType>, example = "filesystem")]
     pub content_type: Option<String>,
