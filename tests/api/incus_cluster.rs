@@ -66,14 +66,19 @@ fn ctl(args: &[&str]) -> std::process::Output {
 /// The `incus` CLI on m1 (which holds the cluster database: it answers
 /// while m2 is down).
 fn incus(args: &[&str]) -> std::process::Output {
+    incus_on("m1", args)
+}
+
+/// The `incus` CLI on one member, through its own unix socket.
+fn incus_on(member: &str, args: &[&str]) -> std::process::Output {
     Command::new("timeout")
         .arg("120")
         .arg("incus")
         .args(args)
-        .env("INCUS_DIR", member_dir("m1"))
+        .env("INCUS_DIR", member_dir(member))
         .env(
             "INCUS_CONF",
-            format!("{}/../incus-client", member_dir("m1")),
+            format!("{}/../incus-client", member_dir(member)),
         )
         .env_remove("INCUS_SOCKET")
         .env_remove("INCUS_REMOTE")
@@ -115,7 +120,14 @@ fn cluster_up() {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let s = statuses();
-        if s == "m1=Online,m2=Online" {
+        // Online as the cluster sees it, and each member's own API past
+        // its start ("Server isn't ready yet" while a restarted one
+        // catches up).
+        if s == "m1=Online,m2=Online"
+            && ["m1", "m2"]
+                .iter()
+                .all(|m| incus_on(m, &["query", "/1.0/instances"]).status.success())
+        {
             return;
         }
         if s.contains("m2=Evacuated") {

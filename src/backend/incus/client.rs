@@ -665,6 +665,10 @@ fn by_message(msg: &str) -> Option<BackendError> {
     {
         return Some(BackendError::Conflict(msg.to_owned()));
     }
+    // A member still starting (or catching up after a restart): come back.
+    if has("Server isn't ready yet") {
+        return Some(BackendError::Unavailable(msg.to_owned()));
+    }
     // What this Incus server cannot do (a storage driver it lacks, or whose
     // tools are not installed).
     if has("Required tool") || msg.starts_with("Unknown driver") || has("isn't currently supported")
@@ -806,6 +810,10 @@ mod tests {
         assert!(conflict(400, "Instance is running"));
         assert!(conflict(400, "The instance is already stopped"));
         assert!(conflict(400, "Instance is not running"));
+        assert!(matches!(
+            typed_error(500, "Server isn't ready yet"),
+            BackendError::Unavailable(_)
+        ));
         assert!(matches!(
             typed_error(500, "Unknown configuration key: x"),
             BackendError::BadRequest(_)

@@ -61,21 +61,28 @@ pub struct Instance {
     #[schema(example = "default")]
     pub project: String,
     /// Its profiles, applied in this order under its own config and devices.
+    // Maps and lists may come as `null` (Incus, for an instance on a
+    // cluster member that is down).
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub profiles: Vec<String>,
     pub ephemeral: bool,
     pub stateful: bool,
     /// Its own config (what PUT and PATCH change).
     #[schema(value_type = schema::ConfigMap)]
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub config: ConfigMap,
     /// Its own devices.
     #[schema(value_type = schema::DevicesMap)]
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub devices: DevicesMap,
     /// What it runs with: its profiles' config in order, then its own.
     #[schema(value_type = schema::ConfigMap)]
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub expanded_config: ConfigMap,
     /// Its profiles' devices in order, then its own (a device of a later
     /// one replaces an earlier one of that name whole).
     #[schema(value_type = schema::DevicesMap)]
+    #[serde(deserialize_with = "storage::null_as_default")]
     pub expanded_devices: DevicesMap,
 }
 
