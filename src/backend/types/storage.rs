@@ -184,11 +184,12 @@ pub struct StorageVolumeSnapshot {
     /// `filesystem` or `block`, as the volume.
     #[schema(example = "filesystem")]
     pub content_type: String,
-    #[schema(format = DateTime, example = "2030-01-01T00:00:00Z")]
+    // A date-time's default must be one (generators refuse `""`).
+    #[schema(format = DateTime, default = "0001-01-01T00:00:00Z", example = "2030-01-01T00:00:00Z")]
     pub created_at: String,
     /// When the snapshot is deleted automatically (`0001-01-01T00:00:00Z`: never).
     #[serde(deserialize_with = "null_as_default")]
-    #[schema(format = DateTime, example = "0001-01-01T00:00:00Z")]
+    #[schema(format = DateTime, default = "0001-01-01T00:00:00Z", example = "0001-01-01T00:00:00Z")]
     pub expires_at: String,
 }
 
