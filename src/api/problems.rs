@@ -51,8 +51,6 @@ problem_responses! {
     SnapshotMissing = 404, "No such instance or snapshot";
     BackupMissing = 404, "No such instance or backup";
     ImageMissing = 404, "No such image";
-    /// An instance create names its image in the body and its member in `?target=`.
-    ImageOrMemberMissing = 404, "No such image, or no such cluster member (`?target=`: `member_not_found`)";
     MemberMissing = 404, "No such cluster member (`member_not_found`)";
     /// An instance create: its image and profiles in the body, its member in `?target=`.
     ImageProfileOrMemberMissing = 404, "No such image, no such profile (`profiles`), or no such cluster member (`?target=`: `member_not_found`)";
@@ -66,8 +64,6 @@ problem_responses! {
     VolumeSourceOrMemberMissing = 404, "No such pool or project, no such source volume or snapshot, or no such cluster member (`?target=`: `member_not_found`)";
     NetworkMissing = 404, "No such network";
     ProfileMissing = 404, "No such profile";
-    /// Creating an instance: its image, or a profile its `profiles` names.
-    ImageOrProfileMissing = 404, "No such image, or no such profile (`profiles`)";
     /// Changing an instance: it, or a profile its `profiles` names.
     InstanceOrProfileMissing = 404, "No such instance, or no such profile (`profiles`)";
     /// Restoring: the snapshot, or one of the profiles it names.

@@ -1120,20 +1120,8 @@ impl Storage for EmbeddedBackend {
                     &content,
                 )
             }
-            None => {
-                if content == "block" {
-                    let users = self
-                        .volume_running_users(&req.source_pool, project, &req.source_volume)
-                        .await?;
-                    if !users.is_empty() {
-                        return Err(BackendError::Conflict(format!(
-                            "the block volume is in use by running instances ({}): stop them, or copy a snapshot",
-                            users.join(", ")
-                        )));
-                    }
-                }
-                source_path
-            }
+            // A block source in use is refused under the lock, below.
+            None => source_path,
         };
         let mut config = req.config.clone();
         check_volume_config(&content, &config)?;
@@ -1157,7 +1145,7 @@ impl Storage for EmbeddedBackend {
             guards.push(self.volume_lock(p, project, v).lock_owned().await);
         }
         if content == "block" && req.source_snapshot.is_none() {
-            // Again under the lock (a VM may have started meanwhile).
+            // Under the lock: a VM starting with it waits for the copy.
             let users = self
                 .volume_running_users(&req.source_pool, project, &req.source_volume)
                 .await?;
