@@ -67,6 +67,10 @@ mod text;
         crate::api::schemas::InstanceSourceSchema,
         crate::api::schemas::InstanceSourceByAlias,
         crate::api::schemas::InstanceSourceByFingerprint,
+        crate::api::schemas::InstanceSourceRemoteByAlias,
+        crate::api::schemas::InstanceSourceRemoteByFingerprint,
+        crate::api::schemas::InstanceSourceCopy,
+        crate::api::schemas::InstanceSourceNone,
         crate::api::schemas::ImageCopySourceSchema,
         crate::api::schemas::ImageCopySourceByAlias,
         crate::api::schemas::ImageCopySourceByFingerprint,
@@ -124,7 +128,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ("list_images", "`filter` on the embedded backend"),
     (
         "create_instance",
-        "`devices` on the embedded backend (attach volumes and NICs with their own endpoints), or an instance type whose driver this host lacks",
+        "`devices` on the embedded backend (attach volumes and NICs with their own endpoints, or copy an instance that has them), a remote image with protocol `incus` on the embedded backend, or an instance type whose driver this host lacks",
     ),
     (
         "replace_instance",

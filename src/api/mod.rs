@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod devices;
 pub mod health;
+pub mod image_source;
 pub mod operation;
 pub mod paths;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod problems;
 pub mod resource;
 pub mod schemas;
 pub mod slots;
+pub mod sources;
 pub mod upload;
 pub mod v1;
 pub mod ws;

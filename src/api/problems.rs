@@ -42,7 +42,7 @@ problem_responses! {
     /// Writing a profile: what it holds, and what it gives the instances using it.
     ProfilePolicy403 = 403, "No operator role in the project (or in the project the profile belongs to, or of an instance using it), or config or devices the instance policy does not allow the caller, in the profile or in an instance using it (the problem's `field` names the key or device option)";
     /// An instance create: the policy (profiles included), and who may pick the cluster member.
-    Placement403 = 403, "No operator role in the project, config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or a `target` the caller may not choose in the project (`policy_denied`)";
+    Placement403 = 403, "No operator role in the project (or, for a copy, in the source's project), config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or a `target` the caller may not choose in the project (`policy_denied`)";
     /// A volume create: the policy, and who may pick the cluster member.
     VolumePlacement403 = 403, "No operator role in the project, config the policy does not allow the caller, or a `target` the caller may not choose in the project (`policy_denied`)";
 
@@ -53,7 +53,7 @@ problem_responses! {
     ImageMissing = 404, "No such image";
     MemberMissing = 404, "No such cluster member (`member_not_found`)";
     /// An instance create: its image and profiles in the body, its member in `?target=`.
-    ImageProfileOrMemberMissing = 404, "No such image, no such profile (`profiles`), or no such cluster member (`?target=`: `member_not_found`)";
+    ImageProfileOrMemberMissing = 404, "No such image, no such instance or snapshot to copy, no such profile (`profiles`), or no such cluster member (`?target=`: `member_not_found`)";
     AliasMissing = 404, "No such alias";
     ProjectMissing = 404, "No such project";
     PoolMissing = 404, "No such pool";
@@ -78,6 +78,8 @@ problem_responses! {
     BackendRefused400 = 400, "Refused by the backend (e.g. a bad config key)";
     ProjectRefused400 = 400, "Refused by the backend (e.g. a bad config key), or a malformed policy allow list";
     InstanceConfig400 = 400, "A `volatile.*` key or a device without a type";
+    /// A create also names its query's project and target, and maybe a remote server.
+    InstanceCreate400 = 400, "A `volatile.*` key or a device without a type (`invalid_config`); an invalid `?project=` or `?target=` (`invalid_name`, `invalid_query`); or `could_not_fetch`: the image server (`source.server`) resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved";
     /// A profile's config or devices, refused by lxgate or the backend.
     ProfileConfig400 = 400, "A `volatile.*` key, a device without a type, or config or devices the backend refuses (e.g. an unknown key, or a change an instance using the profile could not run with)";
 

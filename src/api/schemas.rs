@@ -407,38 +407,95 @@ named_schema!(
 );
 
 named_schema!(
-    /// `InstanceCreate.source`: an image by `alias` or by `fingerprint`, exactly
-    /// one of them (the derive cannot say so). Two complete variants rather than
-    /// an object with a `oneOf` of `required` lists: generators make one model
-    /// per variant (an object-level `oneOf` loses the shared `type` field in
-    /// openapi-python-client), and schemathesis fills one id at a time.
+    /// `InstanceCreate.source`: a local image by `alias` or by `fingerprint`,
+    /// a remote one (`server`, `protocol`, and `alias` or `fingerprint`), a
+    /// copy, or nothing (the derive cannot say which fields go together).
+    /// Complete variants rather than an object with a `oneOf` of `required`
+    /// lists: generators make one model per variant (an object-level `oneOf`
+    /// loses the shared `type` field in openapi-python-client), and
+    /// schemathesis fills one id at a time.
     InstanceSourceSchema,
     "InstanceSource",
     from_json(json!({
-        "description": "Where a new instance comes from: a local image, by `alias` or by `fingerprint` (exactly one of them).",
+        "description": "Where a new instance comes from: a local image by `alias` or by `fingerprint` (exactly one of them); an image on a remote server (`server` and `protocol` too), pulled in the same call; a `copy` of an instance or snapshot; or `none` (an empty virtual machine).",
         "oneOf": [
             {"$ref": "#/components/schemas/InstanceSourceByAlias"},
-            {"$ref": "#/components/schemas/InstanceSourceByFingerprint"}
+            {"$ref": "#/components/schemas/InstanceSourceByFingerprint"},
+            {"$ref": "#/components/schemas/InstanceSourceRemoteByAlias"},
+            {"$ref": "#/components/schemas/InstanceSourceRemoteByFingerprint"},
+            {"$ref": "#/components/schemas/InstanceSourceCopy"},
+            {"$ref": "#/components/schemas/InstanceSourceNone"}
         ]
     }))
 );
 
-/// One variant of `InstanceSource`: `id` is the field that names the image.
+/// One image variant of `InstanceSource`: `id` is the field that names the
+/// image; `remote`: with the server it is on.
 fn instance_source_variant(
     id: &str,
+    remote: bool,
     description: &str,
     id_schema: serde_json::Value,
 ) -> RefOr<Schema> {
+    let mut properties = json!({
+        "type": {"type": "string", "enum": ["image"]},
+        id: id_schema
+    });
+    let mut required = vec!["type", id];
+    if remote {
+        properties["server"] = image_server_schema();
+        properties["protocol"] = json!({"$ref": "#/components/schemas/ImageServerProtocol"});
+        required.extend(["server", "protocol"]);
+    }
     from_json(json!({
         "type": "object",
         "description": description,
-        "required": ["type", id],
-        "properties": {
-            "type": {"$ref": "#/components/schemas/InstanceSourceType"},
-            id: id_schema
-        },
+        "required": required,
+        "properties": properties,
         "additionalProperties": false
     }))
+}
+
+fn local_alias_schema() -> serde_json::Value {
+    json!({
+        "type": "string",
+        "description": "An image alias on the server.",
+        "pattern": alias_pattern(),
+        "minLength": 1,
+        "maxLength": 255,
+        "examples": ["busybox"]
+    })
+}
+
+fn fingerprint_schema() -> serde_json::Value {
+    json!({
+        "type": "string",
+        "description": "An image fingerprint (or a unique prefix).",
+        "pattern": FINGERPRINT_PATTERN,
+        "minLength": 1,
+        "maxLength": 64
+    })
+}
+
+fn remote_alias_schema() -> serde_json::Value {
+    json!({
+        "type": "string",
+        "description": "The image's alias on the server.",
+        "pattern": remote_alias_pattern(),
+        "minLength": 1,
+        "maxLength": 255,
+        "examples": ["debian/12"]
+    })
+}
+
+fn image_server_schema() -> serde_json::Value {
+    json!({
+        "type": "string",
+        "description": "`https://` URL of the image server (a host name or an IP address, an optional port and path), resolving to public addresses (plain `http://` and non-public addresses only for servers on `IMAGE_SERVER_ALLOWLIST`).",
+        "pattern": IMAGE_SERVER_PATTERN,
+        "maxLength": 2048,
+        "examples": ["https://images.linuxcontainers.org"]
+    })
 }
 
 named_schema!(
@@ -446,15 +503,9 @@ named_schema!(
     "InstanceSourceByAlias",
     instance_source_variant(
         "alias",
+        false,
         "A local image named by one of its aliases.",
-        json!({
-            "type": "string",
-            "description": "An image alias on the server.",
-            "pattern": alias_pattern(),
-            "minLength": 1,
-            "maxLength": 255,
-            "examples": ["busybox"]
-        }),
+        local_alias_schema(),
     )
 );
 
@@ -463,15 +514,72 @@ named_schema!(
     "InstanceSourceByFingerprint",
     instance_source_variant(
         "fingerprint",
+        false,
         "A local image named by its fingerprint (or a prefix that names one image).",
-        json!({
-            "type": "string",
-            "description": "An image fingerprint (or a unique prefix) on the server.",
-            "pattern": FINGERPRINT_PATTERN,
-            "minLength": 1,
-            "maxLength": 64
-        }),
+        fingerprint_schema(),
     )
+);
+
+named_schema!(
+    InstanceSourceRemoteByAlias,
+    "InstanceSourceRemoteByAlias",
+    instance_source_variant(
+        "alias",
+        true,
+        "An image on a remote image server, by its alias there, pulled into the project's images (under the same fetch rules as `POST images`).",
+        remote_alias_schema(),
+    )
+);
+
+named_schema!(
+    InstanceSourceRemoteByFingerprint,
+    "InstanceSourceRemoteByFingerprint",
+    instance_source_variant(
+        "fingerprint",
+        true,
+        "An image on a remote image server, by its fingerprint there, pulled into the project's images (under the same fetch rules as `POST images`).",
+        fingerprint_schema(),
+    )
+);
+
+named_schema!(
+    InstanceSourceCopy,
+    "InstanceSourceCopy",
+    from_json(json!({
+        "type": "object",
+        "description": "A copy of an instance (`source` = its name) or of a snapshot (`source` = `instance/snapshot`), in `project` (default: the new instance's project; the caller must be an operator there). The copy has the source's config, devices and profiles, with the request's over them, and is held to the instance policy of the project it is made in; it carries no snapshots.",
+        "required": ["type", "source"],
+        "properties": {
+            "type": {"type": "string", "enum": ["copy"]},
+            "source": {
+                "type": "string",
+                "description": "`instance` or `instance/snapshot`",
+                "maxLength": 127,
+                "pattern": format!(
+                    "^{}(?:/{})?$",
+                    RESOURCE_NAME_PATTERN.trim_start_matches('^').trim_end_matches('$'),
+                    RESOURCE_NAME_PATTERN.trim_start_matches('^').trim_end_matches('$')
+                ),
+                "examples": ["web-1", "web-1/before-upgrade"]
+            },
+            "project": {"oneOf": [{"$ref": "#/components/schemas/ProjectName"}, {"type": "null"}]}
+        },
+        "additionalProperties": false
+    }))
+);
+
+named_schema!(
+    InstanceSourceNone,
+    "InstanceSourceNone",
+    from_json(json!({
+        "type": "object",
+        "description": "Nothing: an empty virtual machine (a blank root disk, for an installer to fill). `type` must be `virtual-machine`.",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["none"]}
+        },
+        "additionalProperties": false
+    }))
 );
 
 named_schema!(
@@ -582,13 +690,7 @@ fn image_copy_source_variant(
         "description": description,
         "required": ["server", "protocol", id],
         "properties": {
-            "server": {
-                "type": "string",
-                "description": "`https://` URL of the image server (a host name or an IP address, an optional port and path), resolving to public addresses (plain `http://` and non-public addresses only for servers on `IMAGE_SERVER_ALLOWLIST`).",
-                "pattern": IMAGE_SERVER_PATTERN,
-                "maxLength": 2048,
-                "examples": ["https://images.linuxcontainers.org"]
-            },
+            "server": image_server_schema(),
             "protocol": {"$ref": "#/components/schemas/ImageServerProtocol"},
             id: id_schema,
             "image_type": {
@@ -606,14 +708,7 @@ named_schema!(
     image_copy_source_variant(
         "alias",
         "An image on a remote server, by its alias there.",
-        json!({
-            "type": "string",
-            "description": "The image's alias on the server.",
-            "pattern": remote_alias_pattern(),
-            "minLength": 1,
-            "maxLength": 255,
-            "examples": ["debian/12"]
-        }),
+        remote_alias_schema(),
     )
 );
 

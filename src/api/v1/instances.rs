@@ -11,12 +11,13 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageProfileOrMemberMissing, InstanceConfig400, InstanceMissing, InstanceOrProfileMissing,
+    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceMissing, InstanceOrProfileMissing,
     InstancePolicy403, NameTaken409, Operator403, Placement403, Stale412, TooManyOperations429,
     Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
-use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery, check_image_source};
+use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
+use crate::api::sources;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -25,7 +26,7 @@ use crate::backend::types::{
 };
 use crate::backend::{ListScope, Listing};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::{ImageAliasName, InstanceName};
+use crate::names::InstanceName;
 
 const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 
@@ -124,7 +125,18 @@ pub async fn list_instances(
     Ok(Json(Page::slice(entries, limit, offset)))
 }
 
-/// Create an instance from an image. Answers 202 with an operation.
+/// Create an instance. Answers 202 with an operation.
+///
+/// `source` says what from: a local image (`alias` or `fingerprint`); an
+/// image on a remote server (`server` + `protocol` too), pulled into the
+/// project's images under the same fetch rules as `POST images` (https,
+/// public addresses unless on `IMAGE_SERVER_ALLOWLIST`; a server that
+/// cannot be reached fails the operation); a `copy` of an instance or
+/// snapshot (`source` = `instance` or `instance/snapshot`, from `project`
+/// where the caller must be an operator too), which takes the source's
+/// config, devices and profiles with the request's over them, is judged
+/// by the instance policy as a whole, and carries no snapshots; or `none`
+/// for an empty virtual machine.
 ///
 /// `?target=` places it on that cluster member (where `location` will say
 /// it runs); without it the backend chooses.
@@ -136,12 +148,13 @@ pub async fn list_instances(
         (status = 202, description = "Creating", body = OperationRef,
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
-        Placement403, ImageProfileOrMemberMissing, NameTaken409, TooManyOperations429))]
+        InstanceCreate400, Placement403, ImageProfileOrMemberMissing, NameTaken409,
+        TooManyOperations429))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,
     Query(q): Query<PlacementQuery>,
-    Json(req): Json<InstanceCreate>,
+    Json(mut req): Json<InstanceCreate>,
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
@@ -154,21 +167,7 @@ pub async fn create_instance(
             "type must be `container` or `virtual-machine`",
         ));
     }
-    if req.source.kind != "image" {
-        return Err(ApiError::invalid_field(
-            "source.type",
-            "source.type must be `image`",
-        ));
-    }
-    check_image_source(
-        req.source.alias.as_deref(),
-        req.source.fingerprint.as_deref(),
-        |a| {
-            ImageAliasName::parse(a)
-                .map(drop)
-                .map_err(|e| ApiError::invalid_field("source.alias", e))
-        },
-    )?;
+    sources::resolve(&state, &user, &project, &mut req).await?;
     if let Some(p) = &req.profiles {
         policy::check_profile_list(p)?;
     }

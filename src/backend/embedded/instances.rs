@@ -280,6 +280,11 @@ impl Instances for EmbeddedBackend {
         target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
         super::cluster::check_target(target)?;
+        if req.source.kind != "image" || req.source.server.is_some() {
+            return Err(BackendError::NotSupported(
+                "the embedded backend creates instances from local images only, so far".into(),
+            ));
+        }
         let kind = req.instance_type.as_deref().unwrap_or("container");
         self.ensure_project(project).await?;
         if kind == VM {

@@ -86,12 +86,24 @@ impl Instances for IncusBackend {
         target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
         let target = self.placement(target).await?;
-        let mut source = json!({"type": req.source.kind});
-        if let Some(a) = &req.source.alias {
-            source["alias"] = json!(a);
+        let s = &req.source;
+        let mut source = json!({"type": s.kind});
+        for (key, value) in [
+            ("alias", &s.alias),
+            ("fingerprint", &s.fingerprint),
+            ("server", &s.server),
+            ("protocol", &s.protocol),
+            ("source", &s.source),
+            ("project", &s.project),
+        ] {
+            if let Some(v) = value {
+                source[key] = json!(v);
+            }
         }
-        if let Some(f) = &req.source.fingerprint {
-            source["fingerprint"] = json!(f);
+        if s.kind == "copy" {
+            // Snapshots stay with their instance (the embedded backend
+            // copies none either); the API merged the source's config in.
+            source["instance_only"] = json!(true);
         }
         let body = json!({
             "name": req.name,

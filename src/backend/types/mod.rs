@@ -218,22 +218,52 @@ impl Operation {
     }
 }
 
-/// Where a new instance comes from.
+/// Where a new instance comes from (documented as
+/// `api::schemas::InstanceSourceSchema`, one variant per way):
+/// * `image`: a local image by `alias` or `fingerprint`, or with `server`
+///   and `protocol` one on a remote image server, pulled in the same call;
+/// * `copy`: another instance or a snapshot (`source` = `instance` or
+///   `instance/snapshot`), in `project` (default: the new one's);
+/// * `none`: nothing (an empty virtual machine).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSource {
-    /// `image` (the only type lxgate exposes so far).
+    /// `image`, `copy` or `none`.
     #[serde(rename = "type")]
     #[schema(value_type = schema::InstanceSourceType, example = "image")]
     pub kind: String,
-    /// An image alias on the server.
+    /// An image alias (on the server, or on `server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::names::ImageAliasName>, example = "busybox")]
     pub alias: Option<String>,
-    /// An image fingerprint on the server.
+    /// An image fingerprint (on the server, or on `server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::names::ImageFingerprint>)]
     pub fingerprint: Option<String>,
+    /// A remote image server to pull the image from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The remote server's protocol: `simplestreams` or `incus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// A copy's source: `instance` or `instance/snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A copy's source project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+impl InstanceSource {
+    /// A copy's source split into the instance and the snapshot, if any
+    /// (names as given: the API checked them).
+    pub fn copy_of(&self) -> Option<(&str, Option<&str>)> {
+        let s = self.source.as_deref()?;
+        Some(match s.split_once('/') {
+            Some((i, snap)) => (i, Some(snap)),
+            None => (s, None),
+        })
+    }
 }
 
 /// `POST /api/v1/instances`.

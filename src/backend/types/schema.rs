@@ -90,12 +90,15 @@ pub enum InstanceType {
     VirtualMachine,
 }
 
-/// Where a new instance comes from (`image` is the only type lxgate exposes so far).
+/// Where a new instance comes from: an image, a copy of an instance or a
+/// snapshot, or nothing (an empty virtual machine).
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)]
 pub enum InstanceSourceType {
     Image,
+    Copy,
+    None,
 }
 
 /// The protocol of an image server.
