@@ -29,7 +29,7 @@ fn incus(args: &[&str]) -> Output {
 }
 
 /// `incus ... --format json`, parsed.
-fn incus_json(args: &[&str]) -> Value {
+pub fn incus_json(args: &[&str]) -> Value {
     let out = incus(args);
     assert!(
         out.status.success(),
@@ -39,7 +39,7 @@ fn incus_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("incus prints JSON")
 }
 
-fn image_files() -> (PathBuf, PathBuf) {
+pub fn image_files() -> (PathBuf, PathBuf) {
     let meta = std::env::var("LXGATE_TEST_INCUS_IMAGE_META")
         .expect("LXGATE_TEST_INCUS_IMAGE_META (source target/testbed.env)");
     let rootfs = std::env::var("LXGATE_TEST_INCUS_IMAGE_ROOTFS")
@@ -155,7 +155,7 @@ fn assert_spool_empty(app: &TestApp) {
 
 /// Polls an operation until it is done. (Not `/wait`: Incus 6.0 answers a
 /// wait on a failed operation with an error instead of the operation.)
-async fn finished(app: &TestApp, token: &str, poll_url: &str) -> Value {
+pub async fn finished(app: &TestApp, token: &str, poll_url: &str) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let r = app.get(poll_url, Some(token)).await;

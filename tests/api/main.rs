@@ -21,6 +21,7 @@ mod incus_networks;
 mod incus_profiles;
 mod incus_projects;
 mod incus_snapshots;
+mod incus_sources;
 mod incus_storage;
 mod incus_transport;
 mod limits;
