@@ -123,6 +123,23 @@ pub async fn update_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx
     .map(|_| ())
 }
 
+/// Records the image a create pulled (its config, fingerprint and
+/// architecture), once the row was claimed without one.
+pub async fn set_instance_image(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE embedded_instances SET config = $3, image = $4, architecture = $5
+         WHERE project = $1 AND name = $2",
+    )
+    .bind(&r.project)
+    .bind(&r.name)
+    .bind(&r.config)
+    .bind(&r.image)
+    .bind(&r.architecture)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
 /// Records a start, touching nothing else of the row.
 pub async fn touch_instance(
     pool: &AnyPool,

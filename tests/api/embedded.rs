@@ -157,12 +157,12 @@ pub async fn upload_image(app: &TestApp, token: &str, form: Form) -> String {
         .to_owned()
 }
 
-async fn create(app: &TestApp, token: &str, body: Value) -> Reply {
+pub async fn create(app: &TestApp, token: &str, body: Value) -> Reply {
     app.post("/api/v1/instances?wait=60", Some(token), body)
         .await
 }
 
-async fn action(app: &TestApp, token: &str, name: &str, what: &str) -> Reply {
+pub async fn action(app: &TestApp, token: &str, name: &str, what: &str) -> Reply {
     let r = app
         .post(
             &format!("/api/v1/instances/{name}/{what}?wait=60"),
@@ -175,7 +175,7 @@ async fn action(app: &TestApp, token: &str, name: &str, what: &str) -> Reply {
     r
 }
 
-async fn status(app: &TestApp, token: &str, name: &str) -> String {
+pub async fn status(app: &TestApp, token: &str, name: &str) -> String {
     let r = app
         .get(&format!("/api/v1/instances/{name}"), Some(token))
         .await;
@@ -1533,7 +1533,7 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
 
 /// A simplestreams tree served on 127.0.0.1 by the test itself: the index,
 /// the catalogue, and the files, where `rootfs_sha` may lie on purpose.
-async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
+pub async fn simplestreams_server(rootfs_sha: Option<String>) -> (String, String) {
     let meta = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_META")).unwrap();
     let rootfs = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS")).unwrap();
     let fp = sha256_hex(&[&meta, &rootfs]);

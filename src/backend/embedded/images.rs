@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -30,6 +31,7 @@ use crate::backend::types::{
 };
 use crate::backend::{BackendError, Images, ListScope, Listing, Missing, ReportMissing};
 use crate::db::embedded::{self as inv, AliasRow, ImageRow};
+use crate::fetch::Fetcher;
 use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 
 /// Largest `metadata.yaml` read (real ones are a few KiB). A small
@@ -464,6 +466,143 @@ pub async fn register(
     Ok(serde_json::json!({"fingerprint": fp, "size": up.metadata_size + up.rootfs_size}))
 }
 
+/// An image on a simplestreams server, as a copy or a create names it.
+pub(super) struct Wanted<'a> {
+    pub server: &'a str,
+    pub alias: Option<&'a str>,
+    pub fingerprint: Option<&'a str>,
+    /// The virtual-machine variant of the alias.
+    pub vm: bool,
+}
+
+/// What pulling an image from a simplestreams server into a project
+/// needs, detached from the backend so that an operation can own it.
+pub(super) struct Puller {
+    pool: AnyPool,
+    store: Arc<ImageStore>,
+    bus: EventBus,
+    fetch: Fetcher,
+    tmp: PathBuf,
+    budget: image_budget::Budget,
+    /// The project whose image store it goes into.
+    project: String,
+}
+
+impl EmbeddedBackend {
+    pub(super) fn puller(&self, project: &str) -> Puller {
+        Puller {
+            pool: self.pool.clone(),
+            store: self.images.clone(),
+            bus: self.bus.clone(),
+            fetch: self.fetch.clone(),
+            tmp: self.data_dir.join("tmp"),
+            budget: image_budget::Budget::new(self.max_image_bytes),
+            project: project.to_owned(),
+        }
+    }
+}
+
+impl Puller {
+    /// Downloads `wanted` (progress in `ctx`'s metadata), holds it to the
+    /// rules of an upload, and registers it in the project with `aliases`
+    /// (an image the project has already only gains the aliases). Its
+    /// fingerprint, and its size when it is new.
+    pub(super) async fn pull(
+        &self,
+        ctx: &operations::OpCtx,
+        wanted: &Wanted<'_>,
+        aliases: &[types::NewImageAlias],
+        public: bool,
+    ) -> Result<(String, Option<u64>), operations::OpError> {
+        let (pool, store, budget) = (&self.pool, &self.store, self.budget);
+        let (project_owned, tmp) = (&self.project, &self.tmp);
+        let (http, base) = simplestreams::connect(&self.fetch, wanted.server).await?;
+        let found =
+            simplestreams::find(&http, &base, wanted.alias, wanted.fingerprint, wanted.vm).await?;
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(|e| operations::OpError::Failed(format!("spool: {e}")))?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let meta = simplestreams::Spooled(tmp.join(format!("ss-{id}.meta")));
+        let rootfs = simplestreams::Spooled(tmp.join(format!("ss-{id}.rootfs")));
+        let mut combined = sha2::Sha256::new();
+        let meta_size = simplestreams::download(
+            &http,
+            &found.metadata,
+            &meta.0,
+            "metadata",
+            &mut combined,
+            budget,
+            ctx,
+        )
+        .await?;
+        let rootfs_size = simplestreams::download(
+            &http,
+            &found.rootfs,
+            &rootfs.0,
+            "rootfs",
+            &mut combined,
+            budget.after(meta_size),
+            ctx,
+        )
+        .await?;
+        let fp = hex::encode(combined.finalize());
+        if let Some(c) = &found.combined
+            && !c.eq_ignore_ascii_case(&fp)
+        {
+            return Err(operations::OpError::Failed(format!(
+                "the image's fingerprint {fp} does not match the server's {c}"
+            )));
+        }
+        ctx.check()?;
+        // A server's image is held to the rules of an upload (its
+        // unpacked size, a VM disk's backing files and virtual
+        // size); the spooled files go when this returns.
+        // Measuring may take minutes for a big image: a cancel stops
+        // it (dropping the check kills tar).
+        tokio::select! {
+            checked = image_size::check(&meta.0, &rootfs.0, found.vm, budget) => checked?,
+            () = ctx.cancelled() => return Err(operations::OpError::Cancelled),
+        }
+        let up = types::ImageUpload {
+            metadata: meta.0.clone(),
+            metadata_size: meta_size,
+            metadata_name: "metadata.tar.xz".into(),
+            rootfs: rootfs.0.clone(),
+            rootfs_size,
+            rootfs_name: if found.vm {
+                "disk-kvm.img"
+            } else {
+                "root.tar.xz"
+            }
+            .into(),
+            virtual_machine: found.vm,
+            fingerprint: fp.clone(),
+            aliases: aliases.iter().map(|a| a.name.clone()).collect(),
+            public,
+        };
+        // Already here: only the aliases are new.
+        if find(pool, project_owned, &fp).await.is_ok() {
+            for a in aliases {
+                let _ = inv::insert_alias(
+                    pool,
+                    &inv::AliasRow {
+                        project: project_owned.to_string(),
+                        name: a.name.clone(),
+                        target: fp.clone(),
+                        description: a.description.clone().unwrap_or_default(),
+                    },
+                )
+                .await;
+            }
+            return Ok((fp, None));
+        }
+        let fresh = store.take_upload(&up).await?;
+        register(pool, store, &self.bus, project_owned, &up, fresh).await?;
+        Ok((fp, Some(meta_size + rootfs_size)))
+    }
+}
+
 #[async_trait::async_trait]
 impl Images for EmbeddedBackend {
     async fn list_images(
@@ -562,15 +701,7 @@ impl Images for EmbeddedBackend {
             }
         }
         let want_vm = req.source.image_type.as_deref() == Some(driver_types::VM);
-        let (pool, store, bus, fetch) = (
-            self.pool.clone(),
-            self.images.clone(),
-            self.bus.clone(),
-            self.fetch.clone(),
-        );
-        let tmp = self.data_dir.join("tmp");
-        let budget = image_budget::Budget::new(self.max_image_bytes);
-        let project_owned = project.to_owned();
+        let puller = self.puller(project.as_str());
         let req = req.clone();
         Ok(self.ops.start(
             project,
@@ -578,95 +709,23 @@ impl Images for EmbeddedBackend {
             BTreeMap::new(),
             true,
             move |ctx| async move {
-                let (http, base) = simplestreams::connect(&fetch, &req.source.server).await?;
-                let found = simplestreams::find(
-                    &http,
-                    &base,
-                    req.source.alias.as_deref(),
-                    req.source.fingerprint.as_deref(),
-                    want_vm,
-                )
-                .await?;
-                tokio::fs::create_dir_all(&tmp)
-                    .await
-                    .map_err(|e| operations::OpError::Failed(format!("spool: {e}")))?;
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let meta = simplestreams::Spooled(tmp.join(format!("ss-{id}.meta")));
-                let rootfs = simplestreams::Spooled(tmp.join(format!("ss-{id}.rootfs")));
-                let mut combined = sha2::Sha256::new();
-                let meta_size = simplestreams::download(
-                    &http,
-                    &found.metadata,
-                    &meta.0,
-                    "metadata",
-                    &mut combined,
-                    budget,
-                    &ctx,
-                )
-                .await?;
-                let rootfs_size = simplestreams::download(
-                    &http,
-                    &found.rootfs,
-                    &rootfs.0,
-                    "rootfs",
-                    &mut combined,
-                    budget.after(meta_size),
-                    &ctx,
-                )
-                .await?;
-                let fp = hex::encode(combined.finalize());
-                if let Some(c) = &found.combined
-                    && !c.eq_ignore_ascii_case(&fp)
-                {
-                    return Err(operations::OpError::Failed(format!(
-                        "the image's fingerprint {fp} does not match the server's {c}"
-                    )));
-                }
-                ctx.check()?;
-                // A server's image is held to the rules of an upload (its
-                // unpacked size, a VM disk's backing files and virtual
-                // size); the spooled files go when this returns.
-                // Measuring may take minutes for a big image: a cancel stops
-                // it (dropping the check kills tar).
-                tokio::select! {
-                    checked = image_size::check(&meta.0, &rootfs.0, found.vm, budget) => checked?,
-                    () = ctx.cancelled() => return Err(operations::OpError::Cancelled),
-                }
-                let up = types::ImageUpload {
-                    metadata: meta.0.clone(),
-                    metadata_size: meta_size,
-                    metadata_name: "metadata.tar.xz".into(),
-                    rootfs: rootfs.0.clone(),
-                    rootfs_size,
-                    rootfs_name: if found.vm {
-                        "disk-kvm.img"
-                    } else {
-                        "root.tar.xz"
-                    }
-                    .into(),
-                    virtual_machine: found.vm,
-                    fingerprint: fp.clone(),
-                    aliases: req.aliases.iter().map(|a| a.name.clone()).collect(),
-                    public: req.public,
-                };
-                // Already here: only the aliases are new.
-                if find(&pool, &project_owned, &fp).await.is_ok() {
-                    for a in &req.aliases {
-                        let _ = inv::insert_alias(
-                            &pool,
-                            &inv::AliasRow {
-                                project: project_owned.to_string(),
-                                name: a.name.clone(),
-                                target: fp.clone(),
-                                description: a.description.clone().unwrap_or_default(),
-                            },
-                        )
-                        .await;
-                    }
-                    return Ok(json!({"fingerprint": fp}));
-                }
-                let fresh = store.take_upload(&up).await?;
-                register(&pool, &store, &bus, &project_owned, &up, fresh).await
+                let (fp, size) = puller
+                    .pull(
+                        &ctx,
+                        &Wanted {
+                            server: &req.source.server,
+                            alias: req.source.alias.as_deref(),
+                            fingerprint: req.source.fingerprint.as_deref(),
+                            vm: want_vm,
+                        },
+                        &req.aliases,
+                        req.public,
+                    )
+                    .await?;
+                Ok(match size {
+                    Some(size) => json!({"fingerprint": fp, "size": size}),
+                    None => json!({"fingerprint": fp}),
+                })
             },
         ))
     }

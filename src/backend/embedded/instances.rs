@@ -224,6 +224,46 @@ impl EmbeddedBackend {
     }
 }
 
+/// What an instance takes from its image: the type must match, and its
+/// properties go into `image.*` keys beside `volatile.base_image`.
+fn from_image(
+    kind: &str,
+    image: &inv::ImageRow,
+    config: &mut ConfigMap,
+) -> Result<(), BackendError> {
+    if image.image_type != kind {
+        return Err(BackendError::BadRequest(format!(
+            "image {} is a {} image, not a {kind} one",
+            &image.fingerprint[..12],
+            image.image_type
+        )));
+    }
+    let props: BTreeMap<String, String> =
+        serde_json::from_str(&image.properties).unwrap_or_default();
+    for (k, v) in props {
+        config.insert(format!("image.{k}"), v);
+    }
+    config.insert("volatile.base_image".into(), image.fingerprint.clone());
+    Ok(())
+}
+
+/// An empty VM's disk: the root disk's `size`, or Incus's default 10 GiB
+/// (a qcow2 takes only what the guest writes).
+fn blank_disk_size(devices: &DevicesMap) -> Result<u64, BackendError> {
+    const DEFAULT: u64 = 10 << 30;
+    let size = devices
+        .values()
+        .find(|d| profiles::is_root_disk(d))
+        .and_then(|d| d.get("size"))
+        .filter(|s| !s.is_empty());
+    match size {
+        None => Ok(DEFAULT),
+        Some(s) => super::limits::parse_size(s)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| BackendError::BadRequest(format!("invalid root disk size {s:?}"))),
+    }
+}
+
 #[async_trait::async_trait]
 impl Instances for EmbeddedBackend {
     async fn list_instances(
@@ -280,11 +320,18 @@ impl Instances for EmbeddedBackend {
         target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
         super::cluster::check_target(target)?;
-        if req.source.kind != "image" || req.source.server.is_some() {
+        if req.source.kind == "copy" {
             return Err(BackendError::NotSupported(
-                "the embedded backend creates instances from local images only, so far".into(),
+                "the embedded backend does not copy instances yet".into(),
             ));
         }
+        let remote = req.source.server.is_some();
+        if remote && req.source.protocol.as_deref() != Some("simplestreams") {
+            return Err(BackendError::NotSupported(
+                "the embedded backend pulls images from simplestreams servers; protocol `incus` needs BACKEND=incus".into(),
+            ));
+        }
+        let blank = req.source.kind == "none";
         let kind = req.instance_type.as_deref().unwrap_or("container");
         self.ensure_project(project).await?;
         if kind == VM {
@@ -310,44 +357,40 @@ impl Instances for EmbeddedBackend {
         profiles::check_list(&known, &profiles)?;
         // What it runs with: its profiles' config and root disk under its
         // own config, held to what the drivers implement.
-        let (expanded, _) = profiles::runnable(
+        let (expanded, expanded_devices) = profiles::runnable(
             kind,
             &profiles::in_order(&known, &profiles),
             &req.config,
             &req.devices,
             None,
         )?;
+        if blank && kind != VM {
+            return Err(BackendError::BadRequest(
+                "source.type `none` makes an empty virtual machine".into(),
+            ));
+        }
         let images_in = self.image_project(project).await?;
+        // A remote image is pulled by the operation, a blank VM has none.
         let image = match (&req.source.alias, &req.source.fingerprint) {
+            _ if remote || blank => None,
             (Some(alias), _) => {
                 let a = inv::get_alias(&self.pool, &images_in, alias)
                     .await
                     .map_err(db)?
                     .ok_or_else(|| BackendError::NotFound(Missing::image_alias(alias)))?;
-                images::find(&self.pool, &images_in, &a.target).await?
+                Some(images::find(&self.pool, &images_in, &a.target).await?)
             }
-            (None, Some(fp)) => images::find(&self.pool, &images_in, fp).await?,
+            (None, Some(fp)) => Some(images::find(&self.pool, &images_in, fp).await?),
             (None, None) => {
                 return Err(BackendError::BadRequest(
                     "the source needs an image alias or fingerprint".into(),
                 ));
             }
         };
-        if image.image_type != kind {
-            return Err(BackendError::BadRequest(format!(
-                "image {} is a {} image, not a {kind} one",
-                &image.fingerprint[..12],
-                image.image_type
-            )));
-        }
-
         let mut config = req.config.clone();
-        let props: BTreeMap<String, String> =
-            serde_json::from_str(&image.properties).unwrap_or_default();
-        for (k, v) in props {
-            config.insert(format!("image.{k}"), v);
+        if let Some(image) = &image {
+            from_image(kind, image, &mut config)?;
         }
-        config.insert("volatile.base_image".into(), image.fingerprint.clone());
         // Unprivileged unless an admin asked otherwise (who may ask is the
         // API's policy; the backend only honours the key).
         let is_true = |k: &str| expanded.get(k).is_some_and(|v| v == "true");
@@ -395,12 +438,17 @@ impl Instances for EmbeddedBackend {
             name: req.name.clone(),
             instance_type: kind.to_owned(),
             description: req.description.clone().unwrap_or_default(),
-            architecture: image.architecture.clone(),
+            architecture: image
+                .as_ref()
+                .map_or_else(|| "x86_64".to_owned(), |i| i.architecture.clone()),
             config: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
             devices: "{}".into(),
             profiles: serde_json::to_string(&profiles).unwrap_or_else(|_| "[]".into()),
             ephemeral: i64::from(req.ephemeral),
-            image: image.fingerprint.clone(),
+            image: image
+                .as_ref()
+                .map(|i| i.fingerprint.clone())
+                .unwrap_or_default(),
             created_at: now.clone(),
             last_used_at: now,
             privileged: i64::from(privileged),
@@ -427,13 +475,12 @@ impl Instances for EmbeddedBackend {
 
         let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
         let (qemu, driver) = (self.qemu.clone(), self.driver(&row));
-        let rootfs = self.images.rootfs(&image.fingerprint);
-        let image_dir = self.images.path(&image.fingerprint);
-        let boot = if kind == VM {
-            Some(self.images.boot(&image.fingerprint).await?)
-        } else {
-            None
-        };
+        let store = self.images.clone();
+        let disk_size = blank
+            .then(|| blank_disk_size(&expanded_devices))
+            .transpose()?;
+        // What the operation pulls first, for a remote source.
+        let pull = remote.then(|| (self.puller(&images_in), req.source.clone()));
         let start = req.start;
         let user_config = user_config(expanded);
         let source = resource_url(project, &format!("instances/{}", req.name));
@@ -444,24 +491,59 @@ impl Instances for EmbeddedBackend {
             true,
             move |ctx: OpCtx| async move {
                 let _guard = guard;
+                let mut row = row;
                 let ct = Lxc::host_name(&row.project, &row.name);
-                ctx.progress(json!({"progress": {"stage": "unpack", "percent": "0"}}));
                 let made = async {
+                    let image = match (image, pull) {
+                        (Some(image), _) => Some(image),
+                        (None, Some((puller, s))) => {
+                            ctx.progress(
+                                json!({"progress": {"stage": "download", "percent": "0"}}),
+                            );
+                            let wanted = images::Wanted {
+                                server: s.server.as_deref().unwrap_or_default(),
+                                alias: s.alias.as_deref(),
+                                fingerprint: s.fingerprint.as_deref(),
+                                vm: row.instance_type == VM,
+                            };
+                            let (fp, _) = puller.pull(&ctx, &wanted, &[], false).await?;
+                            let image = images::find(&pool, &images_in, &fp).await?;
+                            let mut config: ConfigMap =
+                                serde_json::from_str(&row.config).unwrap_or_default();
+                            from_image(&row.instance_type, &image, &mut config)?;
+                            row.config =
+                                serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
+                            row.image = image.fingerprint.clone();
+                            row.architecture = image.architecture.clone();
+                            inv::set_instance_image(&pool, &row).await.map_err(db)?;
+                            Some(image)
+                        }
+                        (None, None) => None,
+                    };
                     ctx.check()?;
+                    ctx.progress(json!({"progress": {"stage": "unpack", "percent": "0"}}));
                     let cancel = ctx.clone();
-                    match &boot {
-                        Some(boot) => qemu.create(&ct, &image_dir, boot).await,
-                        None => {
+                    match (&image, disk_size) {
+                        (_, Some(size)) => qemu.create_blank(&ct, size).await,
+                        (Some(image), None) if row.instance_type == VM => {
+                            let boot = store.boot(&image.fingerprint).await?;
+                            qemu.create(&ct, &store.path(&image.fingerprint), &boot)
+                                .await
+                        }
+                        (Some(image), None) => {
                             lxc.create(
                                 &ct,
                                 &row.name,
-                                &rootfs,
+                                &store.rootfs(&image.fingerprint),
                                 &user_config,
                                 &confinement,
                                 async move { cancel.cancelled().await },
                             )
                             .await
                         }
+                        (None, None) => Err(BackendError::Internal(anyhow::anyhow!(
+                            "an instance with no image and no blank disk"
+                        ))),
                     }
                     .map_err(|e| {
                         if ctx.is_cancelled() {

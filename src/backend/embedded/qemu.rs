@@ -133,18 +133,7 @@ impl Qemu {
         image_dir: &Path,
         boot: &Boot,
     ) -> Result<(), BackendError> {
-        let dir = self.vm_dir(vm);
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(io("creating the VM directory"))?;
-        self.close_root().await?;
-        // Closed (0700 whatever the umask) before anything lands in it.
-        tokio::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .await
-            .map_err(io("creating the VM directory"))?;
-        self.secure(vm).await?;
+        let dir = self.new_dir(vm).await?;
         match boot {
             Boot::Disk => {
                 let base = image_dir.join("rootfs");
@@ -173,13 +162,55 @@ impl Qemu {
                 }
             }
         }
-        let boot = serde_json::to_vec(boot).map_err(|e| BackendError::Internal(e.into()))?;
-        tokio::fs::write(dir.join("boot.json"), boot)
+        self.finish_dir(vm, boot).await
+    }
+
+    /// The VM's new directory, closed (0700 whatever the umask) before
+    /// anything lands in it.
+    async fn new_dir(&self, vm: &str) -> Result<PathBuf, BackendError> {
+        let dir = self.vm_dir(vm);
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io("creating the VM directory"))?;
+        self.close_root().await?;
+        tokio::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .await
+            .map_err(io("creating the VM directory"))?;
+        self.secure(vm).await?;
+        Ok(dir)
+    }
+
+    /// Records how the VM boots and closes its files.
+    async fn finish_dir(&self, vm: &str, boot: &Boot) -> Result<(), BackendError> {
+        let raw = serde_json::to_vec(boot).map_err(|e| BackendError::Internal(e.into()))?;
+        tokio::fs::write(self.vm_dir(vm).join("boot.json"), raw)
             .await
             .map_err(io("writing boot.json"))?;
-        // The overlay (qemu-img makes it 0644) and the copies (0644, as the
+        // Disks (qemu-img makes them 0644) and copies (0644, as the
         // image's files): 0600, though nobody else could reach them.
         self.secure(vm).await
+    }
+
+    /// Makes an empty VM's directory: a blank qcow2 disk of `size` bytes,
+    /// booted by the firmware (for an installer to fill).
+    pub async fn create_blank(&self, vm: &str, size: u64) -> Result<(), BackendError> {
+        let dir = self.new_dir(vm).await?;
+        run(
+            "qemu-img",
+            [
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                dir.join("root.qcow2").as_os_str(),
+                size.to_string().as_ref(),
+            ],
+            Duration::from_secs(60),
+        )
+        .await?;
+        self.finish_dir(vm, &Boot::Disk).await
     }
 
     async fn boot(&self, vm: &str) -> Result<Boot, BackendError> {
