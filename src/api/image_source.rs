@@ -79,7 +79,6 @@ pub fn check_remote_alias(alias: &str) -> ApiResult<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,10 @@ pub async fn resolve(
         "image" => {
             refuse_stray(
                 kind,
-                &[("source", s.source.is_some()), ("project", s.project.is_some())],
+                &[
+                    ("source", s.source.is_some()),
+                    ("project", s.project.is_some()),
+                ],
             )?;
             let (alias, fingerprint) = (s.alias.as_deref(), s.fingerprint.as_deref());
             match (&s.server, &s.protocol) {
@@ -132,14 +135,13 @@ async fn merge_copy(
         None => (InstanceName::parse(from).map_err(bad_source)?, None),
     };
     let from_project = match &req.source.project {
-        Some(p) => ProjectName::parse(p).map_err(|e| ApiError::invalid_field("source.project", e))?,
+        Some(p) => {
+            ProjectName::parse(p).map_err(|e| ApiError::invalid_field("source.project", e))?
+        }
         None => project.clone(),
     };
     user.require(Permission::ProjectOperate, from_project.as_str())?;
-    let (source, _) = state
-        .backend
-        .get_instance(&from_project, &instance)
-        .await?;
+    let (source, _) = state.backend.get_instance(&from_project, &instance).await?;
     let (config, devices, profiles) = match &snapshot {
         Some(snap) => {
             let s = state

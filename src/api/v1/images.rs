@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::image_source::{check_protocol, check_remote_alias, check_server};
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{AliasPath, ImagePath};
 use crate::api::problems::{
@@ -17,7 +18,6 @@ use crate::api::resource::{
     ProjectListQuery, ProjectQuery, ProjectScoped, ProjectWaitQuery, check_image_source,
     project_scoped,
 };
-use crate::api::image_source::{check_protocol, check_remote_alias, check_server};
 use crate::api::upload;
 use crate::api::{Json, Page, Pagination, Path, Query};
 use crate::app::AppState;

@@ -11,9 +11,9 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceMissing, InstanceOrProfileMissing,
-    InstancePolicy403, NameTaken409, Operator403, Placement403, Stale412, TooManyOperations429,
-    Viewer403,
+    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceMissing,
+    InstanceOrProfileMissing, InstancePolicy403, NameTaken409, Operator403, Placement403, Stale412,
+    TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
