@@ -4893,3 +4893,59 @@ async fn run_in_stopped_big(app: &TestApp, admin: &str) {
     .await;
     action(app, admin, "a1", "stop").await;
 }
+
+/// A VM that boots a kernel and initrd (no disk) is copied with them, and
+/// the copy boots.
+#[tokio::test]
+async fn a_kernel_booting_vm_is_copied_and_boots() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let marker = env("LXGATE_TEST_VM_MARKER");
+    import_vm_image(&app, &admin, host.dir.path()).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k1", "type": "virtual-machine",
+               "source": {"type": "image", "alias": "tinyvm"},
+               "config": {"limits.memory": "192MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k2", "source": {"type": "copy", "source": "k1"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let dir = host.data().join("vms/default_k2");
+    for f in ["kernel", "initrd", "boot.json"] {
+        assert_eq!(owner_mode(&dir.join(f)), (0, 0o600), "{f}");
+    }
+    // It has no disk, so no disk snapshots to copy from.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "k3", "source": {"type": "copy", "source": "k1/s0"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    action(&app, &admin, "k2", "start").await;
+    let mut console = app
+        .ws(&format!("/api/v1/instances/k2/console/ws?token={admin}"))
+        .await
+        .expect("console opens");
+    boot_to_prompt(&mut console, &marker).await;
+    drop(console);
+    let stop = app
+        .put(
+            "/api/v1/instances/k2/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "force": true}),
+        )
+        .await;
+    assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    assert_eq!(status(&app, &admin, "k1").await, "Stopped");
+}
