@@ -4827,7 +4827,7 @@ async fn instance_copies_that_cannot_be_made_leave_nothing_behind() {
     // A container big enough that copying it takes a moment (128 MiB of
     // incompressible data), cancelled right after the 202; if the copy won
     // the race, again (bounded).
-    run_in_stopped_big(&app, &admin).await;
+    fill_with_ballast(&app, &admin).await;
     for attempt in 0..5 {
         let name = format!("cx{attempt}");
         let r = app
@@ -4882,7 +4882,7 @@ async fn instance_copies_that_cannot_be_made_leave_nothing_behind() {
 
 /// Fills container `a1` with 128 MiB of incompressible data (started for
 /// it, stopped again).
-async fn run_in_stopped_big(app: &TestApp, admin: &str) {
+async fn fill_with_ballast(app: &TestApp, admin: &str) {
     action(app, admin, "a1", "start").await;
     run_in(
         app,
