@@ -359,16 +359,23 @@ pub async fn require_inside_access(
         return Ok(());
     }
     let (i, _) = state.backend.get_instance(project, name).await?;
+    refuse_privileged(user, &i, "exec, open its console or transfer files")
+}
+
+/// Refuses non-admins `what` on `i` when it is a privileged container
+/// (reaching its files is reaching what the host's root wrote there).
+pub fn refuse_privileged(user: &AuthUser, i: &Instance, what: &str) -> ApiResult<()> {
     let privileged = i.instance_type == "container"
         && i.expanded_config
             .get("security.privileged")
             .map(String::as_str)
             == Some("true");
-    if privileged {
+    if privileged && !user.is_admin() {
         return Err(ApiError::forbidden(
             "policy_denied",
             format!(
-                "`{name}` is a privileged container (its root is the host's root): only admins may exec, open its console or transfer files"
+                "`{}` is a privileged container (its root is the host's root): only admins may {what}",
+                i.name
             ),
         )
         .with_field("security.privileged"));

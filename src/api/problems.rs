@@ -78,6 +78,8 @@ problem_responses! {
     BackendRefused400 = 400, "Refused by the backend (e.g. a bad config key)";
     ProjectRefused400 = 400, "Refused by the backend (e.g. a bad config key), or a malformed policy allow list";
     InstanceConfig400 = 400, "A `volatile.*` key or a device without a type";
+    /// What a create's body may be refused for beyond its schema.
+    InstanceCreate422 = 422, "The body does not fit the schema, or a value in it is refused (`validation_failed`; `field` names it): also plain `http://` in `source.server` to a host not on `IMAGE_SERVER_ALLOWLIST`, `source.type` `none` for a container (it makes virtual machines), or a copy whose `type` is not its source's";
     /// A create also names its query's project and target, and maybe a remote server.
     InstanceCreate400 = 400, "A `volatile.*` key or a device without a type (`invalid_config`); an invalid `?project=` or `?target=` (`invalid_name`, `invalid_query`); or `could_not_fetch`: the image server (`source.server`) resolves to an address lxgate does not fetch from (loopback, link-local, private...) and is not on `IMAGE_SERVER_ALLOWLIST`, or cannot be resolved";
     /// A profile's config or devices, refused by lxgate or the backend.

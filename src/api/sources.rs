@@ -10,6 +10,7 @@
 //! container of an admin's, a key an admin widened in another project).
 
 use crate::api::image_source::{check_protocol, check_remote_alias, check_server};
+use crate::api::policy;
 use crate::api::resource::check_image_source;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -142,6 +143,10 @@ async fn merge_copy(
     };
     user.require(Permission::ProjectOperate, from_project.as_str())?;
     let (source, _) = state.backend.get_instance(&from_project, &instance).await?;
+    // A copy holds the source's files: those of a privileged container
+    // are the admins' (as exec and file transfer there are), whatever the
+    // copy's own config would be.
+    policy::refuse_privileged(user, &source, "copy it")?;
     let (config, devices, profiles) = match &snapshot {
         Some(snap) => {
             let s = state

@@ -4403,3 +4403,549 @@ async fn the_host_is_the_one_cluster_member() {
         .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
+
+// ------------------------------------------------------- instance copies ---
+
+/// `exec` in an instance of `project`: its stdout (exit code 0 asserted).
+async fn run_in_project(
+    app: &TestApp,
+    token: &str,
+    project: &str,
+    name: &str,
+    script: &str,
+) -> String {
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?project={project}&wait=30"),
+            Some(token),
+            json!({"command": ["sh", "-c", script]}),
+        )
+        .await;
+    assert_eq!(r.body["metadata"]["exit_code"], 0, "{}", r.text);
+    r.body["metadata"]["stdout"].as_str().unwrap().to_owned()
+}
+
+/// A state change of an instance of `project`, waited for.
+async fn action_in_project(app: &TestApp, token: &str, project: &str, name: &str, what: &str) {
+    let r = app
+        .put(
+            &format!("/api/v1/instances/{name}/state?project={project}&wait=60"),
+            Some(token),
+            json!({"action": what, "timeout": 10}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{what} {name}: {}", r.text);
+}
+
+/// The host owner (uid, gid) of a file of a container's rootfs.
+fn host_owner(host: &Host, ct: &str, path: &str) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(host.lxcpath().join(ct).join("rootfs").join(path))
+        .unwrap_or_else(|e| panic!("{ct}/{path}: {e}"));
+    (m.uid(), m.gid())
+}
+
+/// Temporary spools of copies and publishes left in the image store.
+fn spools_left(host: &Host) -> Vec<String> {
+    std::fs::read_dir(host.data().join("images"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".publishing-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A copy of a container (running, or a snapshot of it) is a container of
+/// its own: its files owned as in the source, translated to its own id
+/// map (the shared one, another project's, an isolated one), its own host
+/// name, no snapshots; the source goes on as it was.
+#[tokio::test]
+async fn containers_are_copied_with_their_owners_translated() {
+    let ubase = sub_base("/etc/subuid");
+    let gbase = sub_base("/etc/subgid");
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let fp = import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "src1", "source": {"type": "image", "alias": "busybox"},
+               "config": {"user.note": "from-src"}, "start": true}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    run_in(
+        &app,
+        &admin,
+        "src1",
+        "echo hello > /root/f && mkdir -p /home/u && echo mine > /home/u/f && chown -R 1000:1000 /home/u",
+    )
+    .await;
+    let r = app
+        .post(
+            "/api/v1/instances/src1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "s0"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    run_in(&app, &admin, "src1", "echo later > /root/f").await;
+
+    // From the running container (frozen while it is read), and from the
+    // snapshot; the request's config over the source's.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c1", "source": {"type": "copy", "source": "src1"},
+               "config": {"user.extra": "1"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "src1").await, "Running");
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "c2", "source": {"type": "copy", "source": "src1/s0"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let c1 = app.get("/api/v1/instances/c1", Some(&admin)).await;
+    assert_eq!(c1.body["status"], "Stopped", "{}", c1.text);
+    assert_eq!(c1.body["type"], "container");
+    assert_eq!(c1.body["config"]["user.note"], "from-src", "{}", c1.text);
+    assert_eq!(c1.body["config"]["user.extra"], "1", "{}", c1.text);
+    assert_eq!(c1.body["config"]["volatile.base_image"], fp, "{}", c1.text);
+    assert_eq!(c1.body["profiles"], json!(["default"]), "{}", c1.text);
+    let snaps = app
+        .get("/api/v1/instances/c2/snapshots", Some(&admin))
+        .await;
+    assert_eq!(
+        snaps.body["total"], 0,
+        "a copy carries no snapshots: {}",
+        snaps.text
+    );
+    for (name, content) in [("c1", "later\n"), ("c2", "hello\n")] {
+        let ct = format!("default_{name}");
+        assert_eq!(host_owner(&host, &ct, "root/f"), (ubase, gbase), "{name}");
+        assert_eq!(
+            host_owner(&host, &ct, "home/u/f"),
+            (ubase + 1000, gbase + 1000),
+            "{name}"
+        );
+        action(&app, &admin, name, "start").await;
+        assert_eq!(run_in(&app, &admin, name, "cat /root/f").await, content);
+        assert_eq!(
+            run_in(
+                &app,
+                &admin,
+                name,
+                "cat /home/u/f; stat -c %u:%g /root/f /home/u /home/u/f"
+            )
+            .await,
+            "mine\n0:0\n1000:1000\n1000:1000\n",
+            "{name}"
+        );
+        assert_eq!(
+            run_in(&app, &admin, name, "hostname").await,
+            format!("{name}\n")
+        );
+        action(&app, &admin, name, "stop").await;
+    }
+    // The source is as it was, and still works.
+    assert_eq!(
+        run_in(&app, &admin, "src1", "cat /root/f; hostname").await,
+        "later\nsrc1\n"
+    );
+    let snaps = app
+        .get("/api/v1/instances/src1/snapshots", Some(&admin))
+        .await;
+    assert_eq!(snaps.body["total"], 1, "{}", snaps.text);
+    assert!(spools_left(&host).is_empty(), "{:?}", spools_left(&host));
+
+    // Into another project, by an operator of both.
+    let r = app
+        .post("/api/v1/projects", Some(&admin), json!({"name": "other"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let operator = app.user_with_role(&admin, "copier", None).await;
+    app.grant(&admin, "copier", "default", "operator").await;
+    app.grant(&admin, "copier", "other", "operator").await;
+    let r = app
+        .post(
+            "/api/v1/instances?project=other&wait=60",
+            Some(&operator),
+            json!({"name": "c3", "source": {"type": "copy", "source": "src1/s0", "project": "default"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(
+        host_owner(&host, "other_c3", "home/u/f"),
+        (ubase + 1000, gbase + 1000)
+    );
+    action_in_project(&app, &operator, "other", "c3", "start").await;
+    assert_eq!(
+        run_in_project(
+            &app,
+            &operator,
+            "other",
+            "c3",
+            "stat -c %u:%g /root/f /home/u/f; hostname"
+        )
+        .await,
+        "0:0\n1000:1000\nc3\n"
+    );
+    action_in_project(&app, &operator, "other", "c3", "stop").await;
+
+    // Into an isolated map: every owner moves to the new block.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "iso", "source": {"type": "copy", "source": "src1"},
+               "config": {"security.idmap.isolated": "true"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(
+        host_owner(&host, "default_iso", "home/u/f"),
+        (ubase + 65536 + 1000, gbase + 65536 + 1000)
+    );
+    assert_eq!(
+        host_owner(&host, "default_iso", "root/f"),
+        (ubase + 65536, gbase + 65536)
+    );
+    action(&app, &admin, "iso", "start").await;
+    assert_eq!(
+        words(&run_in(&app, &admin, "iso", "cat /proc/self/uid_map").await),
+        format!("0 {} 65536", ubase + 65536)
+    );
+    assert_eq!(
+        run_in(
+            &app,
+            &admin,
+            "iso",
+            "stat -c %u:%g /root/f /home/u/f; cat /home/u/f"
+        )
+        .await,
+        "0:0\n1000:1000\nmine\n"
+    );
+    action(&app, &admin, "iso", "stop").await;
+    action(&app, &admin, "src1", "stop").await;
+    assert!(spools_left(&host).is_empty(), "{:?}", spools_left(&host));
+}
+
+/// What `qemu-io` says about a qcow2 disk (read-only commands, or writes to
+/// a stopped VM's disk).
+fn qemu_io(disk: &Path, command: &str) -> String {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command])
+        .arg(disk)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "qemu-io {command}: {text}");
+    text
+}
+
+fn sha256_file(path: &Path) -> String {
+    sha256_hex(&[&std::fs::read(path).unwrap()])
+}
+
+/// A stopped VM, or one of its disk snapshots, copied: the copy's disk is
+/// its own (an overlay on the same image, holding the source's data as it
+/// was), it starts, and the source's disk is not touched.
+#[tokio::test]
+async fn vms_are_copied_from_a_stopped_vm_and_from_a_snapshot() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+        )
+        .part(
+            "rootfs.img",
+            Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
+        )
+        .text("alias", "diskvm");
+    let fp = upload_image(&app, &admin, form).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "d1", "type": "virtual-machine", "source": {"type": "image", "alias": "diskvm"},
+               "config": {"limits.memory": "128MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let vms = host.data().join("vms");
+    let disk = vms.join("default_d1/root.qcow2");
+    qemu_io(&disk, "write -P 0x11 0 64k");
+    let r = app
+        .post(
+            "/api/v1/instances/d1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "s0"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    qemu_io(&disk, "write -P 0x22 0 64k");
+    let before = sha256_file(&disk);
+
+    for (name, from) in [("v1", "d1"), ("v2", "d1/s0")] {
+        let r = create(
+            &app,
+            &admin,
+            json!({"name": name, "source": {"type": "copy", "source": from}}),
+        )
+        .await;
+        assert_eq!(r.body["status_code"], 200, "{name}: {}", r.text);
+    }
+    assert_eq!(sha256_file(&disk), before, "the source's disk is unchanged");
+    let listed = |disk: &Path| {
+        let out = Command::new("qemu-img")
+            .args(["snapshot", "-l"])
+            .arg(disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(listed(&disk).contains("s0"), "{}", listed(&disk));
+    for (name, pattern) in [("v1", "0x22"), ("v2", "0x11")] {
+        let copy = vms.join(format!("default_{name}/root.qcow2"));
+        let read = qemu_io(&copy, &format!("read -P {pattern} 0 64k"));
+        assert!(!read.contains("verification failed"), "{name}: {read}");
+        assert!(read.contains("read 65536/65536"), "{name}: {read}");
+        assert!(!listed(&copy).contains("s0"), "{name}: {}", listed(&copy));
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["backing-filename"].as_str(),
+            Some(
+                host.data()
+                    .join("images")
+                    .join(&fp)
+                    .join("rootfs")
+                    .to_str()
+                    .unwrap()
+            ),
+            "{name}: an overlay on the image, as create makes: {info}"
+        );
+        assert_eq!(owner_mode(&copy), (0, 0o600), "{name}");
+        let got = app
+            .get(&format!("/api/v1/instances/{name}"), Some(&admin))
+            .await;
+        assert_eq!(got.body["type"], "virtual-machine", "{}", got.text);
+        assert_eq!(
+            got.body["config"]["limits.memory"], "128MiB",
+            "{}",
+            got.text
+        );
+    }
+    // Each starts (QEMU answers QMP, running) and stops.
+    for name in ["v1", "v2"] {
+        action(&app, &admin, name, "start").await;
+        assert_eq!(status(&app, &admin, name).await, "Running", "{name}");
+        let stop = app
+            .put(
+                &format!("/api/v1/instances/{name}/state?wait=60"),
+                Some(&admin),
+                json!({"action": "stop", "force": true}),
+            )
+            .await;
+        assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    }
+    assert_eq!(sha256_file(&disk), before, "the source's disk is unchanged");
+
+    // A running VM's disk is QEMU's: stop it first.
+    action(&app, &admin, "d1", "start").await;
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "v3", "source": {"type": "copy", "source": "d1"}}),
+        )
+        .await;
+    r.assert_problem(409, "conflict");
+    let r = app
+        .put(
+            "/api/v1/instances/d1/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "force": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert!(!vms.join("default_v3").exists());
+}
+
+/// A copy of nothing is 404, onto a name in use 409, and a cancelled one
+/// leaves no row, no files and no spool behind.
+#[tokio::test]
+async fn instance_copies_that_cannot_be_made_leave_nothing_behind() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    for name in ["a1", "a2"] {
+        let r = create(
+            &app,
+            &admin,
+            json!({"name": name, "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+        assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    }
+    for from in ["nope", "a1/nosnap"] {
+        let r = app
+            .post(
+                "/api/v1/instances?wait=60",
+                Some(&admin),
+                json!({"name": "x1", "source": {"type": "copy", "source": from}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{from}: {}", r.text);
+    }
+    for to in ["a1", "a2"] {
+        let r = app
+            .post(
+                "/api/v1/instances?wait=60",
+                Some(&admin),
+                json!({"name": to, "source": {"type": "copy", "source": "a1"}}),
+            )
+            .await;
+        r.assert_problem(409, "conflict");
+    }
+    assert!(!host.lxcpath().join("default_x1").exists());
+
+    // A container big enough that copying it takes a moment (128 MiB of
+    // incompressible data), cancelled right after the 202; if the copy won
+    // the race, again (bounded).
+    fill_with_ballast(&app, &admin).await;
+    for attempt in 0..5 {
+        let name = format!("cx{attempt}");
+        let r = app
+            .post(
+                "/api/v1/instances",
+                Some(&admin),
+                json!({"name": name, "source": {"type": "copy", "source": "a1"}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let id = r.body["operation_id"].as_str().unwrap().to_owned();
+        let c = app
+            .delete(&format!("/api/v1/operations/{id}"), Some(&admin))
+            .await;
+        let done = app
+            .get(
+                &format!("/api/v1/operations/{id}/wait?timeout=60"),
+                Some(&admin),
+            )
+            .await;
+        if c.status.is_success() {
+            assert_eq!(done.body["status_code"], 401, "{}", done.text);
+            let gone = app
+                .get(&format!("/api/v1/instances/{name}"), Some(&admin))
+                .await;
+            assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.text);
+            assert!(
+                !host.lxcpath().join(format!("default_{name}")).exists(),
+                "files of the cancelled copy are left"
+            );
+            assert!(spools_left(&host).is_empty(), "{:?}", spools_left(&host));
+            // The source is whole and free; the name is free again.
+            assert_eq!(status(&app, &admin, "a1").await, "Stopped");
+            let again = create(
+                &app,
+                &admin,
+                json!({"name": name, "source": {"type": "copy", "source": "a1"}}),
+            )
+            .await;
+            assert_eq!(again.body["status_code"], 200, "{}", again.text);
+            assert!(
+                host.lxcpath()
+                    .join(format!("default_{name}/rootfs/ballast"))
+                    .exists()
+            );
+            return;
+        }
+        assert_eq!(done.body["status_code"], 200, "{}", done.text);
+    }
+    panic!("every copy finished before its cancel arrived");
+}
+
+/// Fills container `a1` with 128 MiB of incompressible data (started for
+/// it, stopped again).
+async fn fill_with_ballast(app: &TestApp, admin: &str) {
+    action(app, admin, "a1", "start").await;
+    run_in(
+        app,
+        admin,
+        "a1",
+        "dd if=/dev/urandom of=/ballast bs=1M count=128 2>/dev/null",
+    )
+    .await;
+    action(app, admin, "a1", "stop").await;
+}
+
+/// A VM that boots a kernel and initrd (no disk) is copied with them, and
+/// the copy boots.
+#[tokio::test]
+async fn a_kernel_booting_vm_is_copied_and_boots() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let marker = env("LXGATE_TEST_VM_MARKER");
+    import_vm_image(&app, &admin, host.dir.path()).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k1", "type": "virtual-machine",
+               "source": {"type": "image", "alias": "tinyvm"},
+               "config": {"limits.memory": "192MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k2", "source": {"type": "copy", "source": "k1"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let dir = host.data().join("vms/default_k2");
+    for f in ["kernel", "initrd", "boot.json"] {
+        assert_eq!(owner_mode(&dir.join(f)), (0, 0o600), "{f}");
+    }
+    // It has no disk, so no disk snapshots to copy from.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "k3", "source": {"type": "copy", "source": "k1/s0"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    action(&app, &admin, "k2", "start").await;
+    let mut console = app
+        .ws(&format!("/api/v1/instances/k2/console/ws?token={admin}"))
+        .await
+        .expect("console opens");
+    boot_to_prompt(&mut console, &marker).await;
+    drop(console);
+    let stop = app
+        .put(
+            "/api/v1/instances/k2/state?wait=60",
+            Some(&admin),
+            json!({"action": "stop", "force": true}),
+        )
+        .await;
+    assert_eq!(stop.body["status_code"], 200, "{}", stop.text);
+    assert_eq!(status(&app, &admin, "k1").await, "Stopped");
+}

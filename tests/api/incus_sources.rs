@@ -379,7 +379,7 @@ async fn an_operator_cannot_copy_what_it_could_not_write() {
     let _cleanup = Cleanup(vec![
         ("default".to_owned(), privileged.clone()),
         (widened.clone(), nested.clone()),
-        ("default".to_owned(), ok.clone()),
+        (plain.clone(), ok.clone()),
     ]);
     // An admin's privileged container, with a snapshot, in the default
     // project (Incus itself refuses one in the restricted projects lxgate
@@ -401,31 +401,24 @@ async fn an_operator_cannot_copy_what_it_could_not_write() {
         )
         .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
-    for source in [privileged.clone(), format!("{privileged}/s1")] {
+    // A privileged container's files are the admins': no copy of it for
+    // an operator, even one that would be unprivileged itself.
+    for (source, config) in [
+        (privileged.clone(), json!({})),
+        (format!("{privileged}/s1"), json!({})),
+        (privileged.clone(), json!({"security.privileged": ""})),
+    ] {
         let r = app
             .post(
                 "/api/v1/instances",
                 Some(&operator),
-                json!({"name": unique("esc"), "source": {"type": "copy", "source": source}}),
+                json!({"name": unique("esc"), "source": {"type": "copy", "source": source},
+                       "config": config}),
             )
             .await;
         r.assert_problem(403, "policy_denied");
-        assert_eq!(r.body["field"], "config.security.privileged", "{}", r.text);
+        assert_eq!(r.body["field"], "security.privileged", "{}", r.text);
     }
-    // With the key taken out (an empty value unsets it), the copy is fine.
-    create_ok(
-        &app,
-        &operator,
-        "default",
-        json!({"name": ok, "source": {"type": "copy", "source": privileged},
-               "config": {"security.privileged": ""}}),
-    )
-    .await;
-    let copy = instance(&app, &operator, "default", &ok).await;
-    assert!(
-        copy["expanded_config"].get("security.privileged").is_none(),
-        "{copy}"
-    );
 
     // A key widened in one project stays there: the operator may set it in
     // `widened`, and may not carry it into `plain` by a copy.
@@ -446,6 +439,20 @@ async fn an_operator_cannot_copy_what_it_could_not_write() {
         .await;
     r.assert_problem(403, "policy_denied");
     assert_eq!(r.body["field"], "config.security.nesting", "{}", r.text);
+    // With the key taken out (an empty value unsets it), the copy is fine.
+    create_ok(
+        &app,
+        &operator,
+        &plain,
+        json!({"name": ok, "source": {"type": "copy", "source": nested, "project": widened},
+               "config": {"security.nesting": ""}}),
+    )
+    .await;
+    let copy = instance(&app, &operator, &plain, &ok).await;
+    assert!(
+        copy["expanded_config"].get("security.nesting").is_none(),
+        "{copy}"
+    );
 }
 
 #[tokio::test]

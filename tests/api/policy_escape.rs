@@ -1489,3 +1489,83 @@ async fn embedded_a_widened_profile_is_usable_only_where_it_was_widened() {
         .await;
     wait_ok(&app, &admin, r).await;
 }
+
+/// A copy is judged as what it makes (DESIGN §4a): an operator cannot copy
+/// an admin's privileged container, nor a snapshot of it, into a
+/// privileged one of their own, nor an unprivileged one holding its files.
+#[tokio::test]
+async fn embedded_a_copy_carries_no_admin_only_key_to_an_operator() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = app
+        .post(
+            "/api/v1/projects",
+            Some(&admin),
+            json!({"name": "cp", "config": {"features.images": "false"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let operator = app.user_with_role(&admin, "cpop", None).await;
+    app.grant(&admin, "cpop", "cp", "operator").await;
+    let r = app
+        .post(
+            "/api/v1/instances?project=cp&wait=60",
+            Some(&admin),
+            json!({"name": "priv1", "source": {"type": "image", "alias": "busybox"},
+                   "config": {"security.privileged": "true"}}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let r = app
+        .post(
+            "/api/v1/instances/priv1/snapshots?project=cp&wait=60",
+            Some(&admin),
+            json!({"name": "s0"}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+
+    // Its files are the admins' (as exec and file transfer there are): no
+    // copy of it, nor of its snapshot, even one that would itself be an
+    // ordinary unprivileged container.
+    let case = Case {
+        what: "copy of a privileged container",
+        config: json!({}),
+        devices: json!({}),
+        field: "security.privileged",
+    };
+    for (from, config) in [
+        ("priv1", json!({})),
+        ("priv1/s0", json!({})),
+        ("priv1", json!({"security.privileged": "false"})),
+        ("priv1", json!({"security.privileged": ""})),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/instances?project=cp&wait=60",
+                Some(&operator),
+                json!({"name": "c1", "source": {"type": "copy", "source": from}, "config": config}),
+            )
+            .await;
+        assert_denied(&r, &case, &format!("{from} with {config}"));
+        let got = app
+            .get("/api/v1/instances/c1?project=cp", Some(&operator))
+            .await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text);
+        assert!(!host.lxcpath().join("cp_c1").exists());
+    }
+    // An admin may: a copy that stays privileged, made by the admin.
+    let r = app
+        .post(
+            "/api/v1/instances?project=cp&wait=60",
+            Some(&admin),
+            json!({"name": "c1", "source": {"type": "copy", "source": "priv1"}}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let lxc_config =
+        std::fs::read_to_string(host.lxcpath().join("cp_c1").join("config")).expect("LXC config");
+    assert!(!lxc_config.contains("lxc.idmap"), "{lxc_config}");
+}

@@ -11,9 +11,9 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceMissing,
-    InstanceOrProfileMissing, InstancePolicy403, NameTaken409, Operator403, Placement403, Stale412,
-    TooManyOperations429, Viewer403,
+    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceCreate422,
+    InstanceMissing, InstanceOrProfileMissing, InstancePolicy403, NameTaken409, Operator403,
+    Placement403, Stale412, TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
@@ -149,7 +149,7 @@ pub async fn list_instances(
             headers(("location" = String, description = "The operation's URL"))),
         (status = 200, description = "Finished within `?wait=`", body = Operation),
         InstanceCreate400, Placement403, ImageProfileOrMemberMissing, NameTaken409,
-        TooManyOperations429))]
+        InstanceCreate422, TooManyOperations429))]
 pub async fn create_instance(
     user: AuthUser,
     State(state): State<AppState>,

@@ -90,18 +90,51 @@ pub async fn pack_container(
     .await?;
 
     let rootfs_out = spool.join("rootfs");
-    let mut args: Vec<OsString> = vec![
-        "--create".into(),
-        "--gzip".into(),
+    pack_rootfs(spool, rootfs, map, &rootfs_out, true).await?;
+
+    let (metadata_size, rootfs_size, fingerprint) = {
+        let (m, r) = (metadata.clone(), rootfs_out.clone());
+        tokio::task::spawn_blocking(move || fingerprint_of(&m, &r))
+            .await
+            .map_err(|e| BackendError::Internal(anyhow::anyhow!("hashing task: {e}")))?
+            .map_err(io("hashing the packed image"))?
+    };
+    Ok(Packed {
+        metadata,
+        metadata_size,
+        rootfs: rootfs_out,
+        rootfs_size,
+        fingerprint,
+    })
+}
+
+/// Packs the tree `rootfs` into the tarball `out` (gzipped if `gzip`),
+/// its ids shifted back to 0-based from `map` (the id map files are written
+/// into `spool`, a directory only root may enter). Walked by descriptor
+/// without following links, the container's own file system only (see
+/// `pack_container`). Run as a direct child without a compressor when not
+/// gzipped, so dropping the future (a cancelled copy) kills all of it.
+pub async fn pack_rootfs(
+    spool: &Path,
+    rootfs: &Path,
+    map: Option<&IdMap>,
+    out: &Path,
+    gzip: bool,
+) -> Result<(), BackendError> {
+    let mut args: Vec<OsString> = vec!["--create".into()];
+    if gzip {
+        args.push("--gzip".into());
+    }
+    args.extend([
         "--file".into(),
-        rootfs_out.clone().into(),
+        out.into(),
         "--directory".into(),
         rootfs.into(),
         "--numeric-owner".into(),
         "--xattrs".into(),
         // The container's own tree only (nothing mounted into it).
         "--one-file-system".into(),
-    ];
+    ]);
     if let Some(map) = map {
         // `+<host id> :<container id>` for each id of the map.
         let (users, groups) = (spool.join("owner-map"), spool.join("group-map"));
@@ -126,22 +159,7 @@ pub async fn pack_container(
         args.extend([owner, group]);
     }
     args.push(".".into());
-    process::run("tar", args, PACK_TIMEOUT).await?;
-
-    let (metadata_size, rootfs_size, fingerprint) = {
-        let (m, r) = (metadata.clone(), rootfs_out.clone());
-        tokio::task::spawn_blocking(move || fingerprint_of(&m, &r))
-            .await
-            .map_err(|e| BackendError::Internal(anyhow::anyhow!("hashing task: {e}")))?
-            .map_err(io("hashing the packed image"))?
-    };
-    Ok(Packed {
-        metadata,
-        metadata_size,
-        rootfs: rootfs_out,
-        rootfs_size,
-        fingerprint,
-    })
+    process::run("tar", args, PACK_TIMEOUT).await.map(drop)
 }
 
 /// GNU tar's `--owner-map`/`--group-map` lines for `size` ids from `base`.

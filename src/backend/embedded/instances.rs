@@ -117,7 +117,7 @@ impl EmbeddedBackend {
     }
 
     /// The uid bases of every container's map, in every project.
-    async fn maps_in_use(&self) -> Result<Vec<u32>, BackendError> {
+    pub(super) async fn maps_in_use(&self) -> Result<Vec<u32>, BackendError> {
         Ok(inv::list_instances(&self.pool, None)
             .await
             .map_err(db)?
@@ -319,12 +319,10 @@ impl Instances for EmbeddedBackend {
         req: &InstanceCreate,
         target: Option<&MemberName>,
     ) -> Result<Operation, BackendError> {
-        super::cluster::check_target(target)?;
         if req.source.kind == "copy" {
-            return Err(BackendError::NotSupported(
-                "the embedded backend does not copy instances yet".into(),
-            ));
+            return self.copy_instance(project, req, target).await;
         }
+        super::cluster::check_target(target)?;
         let remote = req.source.server.is_some();
         if remote && req.source.protocol.as_deref() != Some("simplestreams") {
             return Err(BackendError::NotSupported(
@@ -1036,7 +1034,7 @@ impl Instances for EmbeddedBackend {
 /// owned by another container map of root's range (an isolated container's,
 /// or the shared one for an isolated container) is refused: root inside
 /// could not write to it, and chowning it would take it from the others.
-async fn give_volume(
+pub(super) async fn give_volume(
     path: &Path,
     target: &str,
     map: &IdMap,

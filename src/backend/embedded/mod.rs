@@ -4,6 +4,7 @@
 
 mod bridge;
 mod cluster;
+mod copies;
 mod detect;
 mod dhcp;
 mod downloads;

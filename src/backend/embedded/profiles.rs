@@ -94,16 +94,22 @@ pub(super) fn is_root_disk(d: &BTreeMap<String, String>) -> bool {
         && d.get("path").map(String::as_str) == Some("/")
 }
 
+/// A root disk as this backend makes them: in the `default` pool (a
+/// directory of the instance's own), no options it could not honour (a
+/// size on a directory).
+pub(super) fn plain_root_disk(d: &BTreeMap<String, String>) -> bool {
+    is_root_disk(d)
+        && d.keys().all(|k| ROOT_DISK_OPTIONS.contains(&k.as_str()))
+        && d.get("pool").is_none_or(|pool| pool == "default")
+}
+
 /// What a profile may hold on this backend: config keys the drivers
 /// implement (as on an instance) and the root disk. `""` values unset a key.
 fn check_profile(p: &mut Profile) -> Result<(), BackendError> {
     p.config.retain(|_, v| !v.is_empty());
     lxc::check_config(&p.config)?;
     for (name, d) in &p.devices {
-        let root = is_root_disk(d)
-            && d.keys().all(|k| ROOT_DISK_OPTIONS.contains(&k.as_str()))
-            && d.get("pool").is_none_or(|pool| pool == "default");
-        if !root {
+        if !plain_root_disk(d) {
             return Err(BackendError::NotSupported(format!(
                 "device {name}: a profile of the embedded backend holds the root disk only \
                  (`type: disk`, `path: /`, `pool: default`); attach volumes and NICs to instances with their own endpoints"

@@ -34,6 +34,8 @@ use crate::backend::types::{ConfigMap, TerminalInput, TerminalSession};
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting QEMU may take to answer on QMP.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long copying a VM's disk may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Memory when `limits.memory` is not set.
 const DEFAULT_MEMORY_MIB: u64 = 256;
 
@@ -165,7 +167,7 @@ impl Qemu {
         self.finish_dir(vm, boot).await
     }
 
-    /// The VM's new directory, closed (0700 whatever the umask) before
+    /// A new VM's directory, closed (0700 whatever the umask) before
     /// anything lands in it.
     async fn new_dir(&self, vm: &str) -> Result<PathBuf, BackendError> {
         let dir = self.vm_dir(vm);
@@ -182,15 +184,89 @@ impl Qemu {
         Ok(dir)
     }
 
-    /// Records how the VM boots and closes its files.
+    /// Writes how a new VM boots and closes what was made in its directory:
+    /// an overlay (qemu-img makes it 0644) or copies (0644, as the image's
+    /// files) become 0600, though nobody else could reach them.
     async fn finish_dir(&self, vm: &str, boot: &Boot) -> Result<(), BackendError> {
         let raw = serde_json::to_vec(boot).map_err(|e| BackendError::Internal(e.into()))?;
         tokio::fs::write(self.vm_dir(vm).join("boot.json"), raw)
             .await
             .map_err(io("writing boot.json"))?;
-        // Disks (qemu-img makes them 0644) and copies (0644, as the
-        // image's files): 0600, though nobody else could reach them.
         self.secure(vm).await
+    }
+
+    /// Makes VM `vm` a copy of the stopped VM `from` (or of its disk's
+    /// internal `snapshot`), independent of it: a disk is written anew with
+    /// `qemu-img convert`, so the copy carries no snapshots and shares no
+    /// file with the source but the stored image `image` (the base of
+    /// lxgate's overlays, which the image's users keep from deletion). The
+    /// source's disk must be what lxgate makes: an overlay on exactly that
+    /// image, or a disk with no backing file (then copied whole); anything
+    /// else is refused, so a copy never names a file lxgate did not put
+    /// there. A VM booting a kernel has its kernel and initrd copied.
+    pub async fn copy(
+        &self,
+        from: &str,
+        vm: &str,
+        snapshot: Option<&str>,
+        image: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        let boot = self.boot(from).await?;
+        if snapshot.is_some() && boot != Boot::Disk {
+            return Err(BackendError::BadRequest(
+                "this VM boots from a kernel and initrd and has no disk snapshots".into(),
+            ));
+        }
+        let src = self.vm_dir(from);
+        let dir = self.new_dir(vm).await?;
+        match &boot {
+            Boot::Disk => {
+                let disk = src.join("root.qcow2");
+                let base = match (backing_file(&disk).await?, image) {
+                    (None, _) => None,
+                    (Some(b), Some(image)) if b == image => Some(image),
+                    (Some(b), _) => {
+                        return Err(BackendError::Internal(anyhow::anyhow!(
+                            "the disk of {from} has the backing file {}, not its image's",
+                            b.display()
+                        )));
+                    }
+                };
+                let mut args: Vec<std::ffi::OsString> = vec![
+                    "convert".into(),
+                    "-q".into(),
+                    "-f".into(),
+                    "qcow2".into(),
+                    "-O".into(),
+                    "qcow2".into(),
+                ];
+                if let Some(s) = snapshot {
+                    // QEMU option syntax: a name with ',' or '=' would
+                    // be read as more options (names never have them).
+                    if s.contains([',', '=']) {
+                        return Err(BackendError::BadRequest(format!(
+                            "invalid snapshot name {s:?}"
+                        )));
+                    }
+                    args.extend(["-l".into(), format!("snapshot.name={s}").into()]);
+                }
+                if let Some(base) = base {
+                    // Only what the source's own layer holds is written;
+                    // the rest stays the image's.
+                    args.extend(["-B".into(), base.into(), "-F".into(), "qcow2".into()]);
+                }
+                args.extend([disk.into(), dir.join("root.qcow2").into()]);
+                run("qemu-img", args, COPY_TIMEOUT).await?;
+            }
+            Boot::Kernel { .. } => {
+                for f in ["kernel", "initrd"] {
+                    tokio::fs::copy(src.join(f), dir.join(f))
+                        .await
+                        .map_err(io("copying the VM's kernel and initrd"))?;
+                }
+            }
+        }
+        self.finish_dir(vm, &boot).await
     }
 
     /// Makes an empty VM's directory: a blank qcow2 disk of `size` bytes,
@@ -676,6 +752,29 @@ fn close_vm_dir(dir: &Path) -> std::io::Result<()> {
         close_files(&sub, false)?;
     }
     Ok(())
+}
+
+/// The backing file a qcow2 disk of lxgate's names (absolute, as QEMU
+/// resolves it), if any.
+async fn backing_file(disk: &Path) -> Result<Option<PathBuf>, BackendError> {
+    let out = run(
+        "qemu-img",
+        [
+            "info".as_ref(),
+            "--output=json".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            disk.as_os_str(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let info: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| BackendError::Internal(anyhow::anyhow!("qemu-img info output: {e}")))?;
+    Ok(info["full-backing-filename"]
+        .as_str()
+        .or(info["backing-filename"].as_str())
+        .map(PathBuf::from))
 }
 
 /// A VM's memory (MiB) and CPU count from its config: `limits.memory` as

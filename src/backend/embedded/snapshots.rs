@@ -290,6 +290,19 @@ impl EmbeddedBackend {
     ) -> Result<SnapshotRecord, BackendError> {
         read_record(&self.snap_dir(row), &row.name, snap).await
     }
+
+    /// What an instance copy reads of snapshot `snap` (404 unless it
+    /// exists): the devices it recorded (whose NICs' MACs and addresses
+    /// are the instance's, not to be handed on) and, for a container, the
+    /// copy of its root filesystem. The caller holds the instance's lock.
+    pub(super) async fn snapshot_source(
+        &self,
+        row: &InstanceRow,
+        snap: &str,
+    ) -> Result<(DevicesMap, PathBuf), BackendError> {
+        let record = self.snapshot_record(row, snap).await?;
+        Ok((record.devices, self.snap_dir(row).join(snap).join("rootfs")))
+    }
 }
 
 #[async_trait::async_trait]

@@ -1283,7 +1283,9 @@ impl EmbeddedBackend {
     ) -> Result<Vec<(PathBuf, String)>, BackendError> {
         let mut out = Vec::new();
         for (dev, d) in devices {
-            if super::networks::nic_network(d).is_some() {
+            // NICs are the networks'; an instance's own root disk (as a
+            // profile may hold it) is where its files are anyway.
+            if super::networks::nic_network(d).is_some() || super::profiles::plain_root_disk(d) {
                 continue;
             }
             let Some((pool, source)) = volume_device(d) else {
