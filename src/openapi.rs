@@ -166,7 +166,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
     ),
     (
         "create_image",
-        "a copy with protocol `incus`, or a publish of a virtual machine, on the embedded backend",
+        "a copy with protocol `incus` on the embedded backend",
     ),
     (
         "create_network",

@@ -4638,7 +4638,7 @@ async fn containers_are_copied_with_their_owners_translated() {
 
 /// What `qemu-io` says about a qcow2 disk (read-only commands, or writes to
 /// a stopped VM's disk).
-fn qemu_io(disk: &Path, command: &str) -> String {
+pub fn qemu_io(disk: &Path, command: &str) -> String {
     let out = Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", command])
         .arg(disk)
@@ -4650,7 +4650,7 @@ fn qemu_io(disk: &Path, command: &str) -> String {
     text
 }
 
-fn sha256_file(path: &Path) -> String {
+pub fn sha256_file(path: &Path) -> String {
     sha256_hex(&[&std::fs::read(path).unwrap()])
 }
 

@@ -343,3 +343,157 @@ async fn incus_instances_and_snapshots_publish_as_images() {
         .await;
     succeeded(&r);
 }
+
+/// A VM published on the embedded backend: its whole disk as a standalone
+/// qcow2 (as it is, or as a snapshot had it), which makes new VMs that run
+/// and exports as the split format; a VM booting a kernel, its kernel and
+/// initrd. The VM's disk is QEMU's while it runs: 409.
+#[tokio::test]
+async fn embedded_virtual_machines_publish_as_images() {
+    use crate::embedded::{action, create, env, import_vm_image, qemu_io, status, upload_image};
+    use reqwest::multipart::{Form, Part};
+
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    let form = Form::new()
+        .part(
+            "metadata",
+            Part::file(env("LXGATE_TEST_VM_META")).await.unwrap(),
+        )
+        .part(
+            "rootfs.img",
+            Part::file(env("LXGATE_TEST_VM_DISK")).await.unwrap(),
+        )
+        .text("alias", "diskvm");
+    let base = upload_image(&app, &admin, form).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "d1", "type": "virtual-machine", "source": {"type": "image", "alias": "diskvm"},
+               "config": {"limits.memory": "128MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let disk = host.data().join("vms/default_d1/root.qcow2");
+    qemu_io(&disk, "write -P 0x11 0 64k");
+    let r = app
+        .post(
+            "/api/v1/instances/d1/snapshots?wait=60",
+            Some(&admin),
+            json!({"name": "s0"}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    qemu_io(&disk, "write -P 0x22 0 64k");
+
+    let publish = |source: Value, alias: &'static str| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            app.post(
+                "/api/v1/images?wait=120",
+                Some(&admin),
+                json!({"source": source, "aliases": [{"name": alias}],
+                       "properties": {"description": "from d1"}}),
+            )
+            .await
+        }
+    };
+    let mut published = Vec::new();
+    for (source, alias, pattern) in [
+        (json!({"type": "instance", "name": "d1"}), "d1-now", "0x22"),
+        (
+            json!({"type": "snapshot", "name": "d1/s0"}),
+            "d1-s0",
+            "0x11",
+        ),
+    ] {
+        let fp = succeeded(&publish(source, alias).await)["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(fp, base);
+        let img = app.get(&format!("/api/v1/images/{fp}"), Some(&admin)).await;
+        assert_eq!(img.body["type"], "virtual-machine", "{}", img.text);
+        assert_eq!(
+            img.body["properties"]["description"], "from d1",
+            "{}",
+            img.text
+        );
+        // A disk of its own: the image's data in it, no backing file.
+        let stored = host.data().join("images").join(&fp).join("rootfs");
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&stored)
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert!(info.get("backing-filename").is_none(), "{alias}: {info}");
+        let read = qemu_io(&stored, &format!("read -P {pattern} 0 64k"));
+        assert!(!read.contains("verification failed"), "{alias}: {read}");
+        // Exported as the split format, with the published fingerprint.
+        let (ct, body) = export(&app, &admin, &format!("/api/v1/images/{fp}/export")).await;
+        let got = parts(&ct, &body);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["metadata", "rootfs.img"]);
+        assert_eq!(sha256(&[&got[0].1, &got[1].1]), fp);
+        published.push(fp);
+    }
+    // The published disk makes a VM that runs.
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "p1", "type": "virtual-machine", "source": {"type": "image", "alias": "d1-s0"},
+               "config": {"limits.memory": "128MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let read = qemu_io(
+        &host.data().join("vms/default_p1/root.qcow2"),
+        "read -P 0x11 0 64k",
+    );
+    assert!(!read.contains("verification failed"), "{read}");
+    action(&app, &admin, "p1", "start").await;
+    assert_eq!(status(&app, &admin, "p1").await, "Running");
+
+    // Running: neither it nor its snapshots are read.
+    action(&app, &admin, "d1", "start").await;
+    for source in [
+        json!({"type": "instance", "name": "d1"}),
+        json!({"type": "snapshot", "name": "d1/s0"}),
+    ] {
+        publish(source, "busy")
+            .await
+            .assert_problem(409, "conflict");
+    }
+
+    // A VM that boots a kernel: its kernel and initrd become the image.
+    import_vm_image(&app, &admin, host.data().parent().unwrap()).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k1", "type": "virtual-machine", "source": {"type": "image", "alias": "tinyvm"},
+               "config": {"limits.memory": "192MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let fp = succeeded(&publish(json!({"type": "instance", "name": "k1"}), "k1-img").await)
+        ["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kernel = std::fs::read(env("LXGATE_TEST_VM_KERNEL")).unwrap();
+    let stored = host.data().join("images").join(&fp).join("boot/kernel");
+    assert_eq!(std::fs::read(&stored).unwrap(), kernel);
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "k2", "type": "virtual-machine", "source": {"type": "image", "alias": "k1-img"},
+               "config": {"limits.memory": "192MiB"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    action(&app, &admin, "k2", "start").await;
+    assert_eq!(status(&app, &admin, "k2").await, "Running");
+}

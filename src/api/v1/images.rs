@@ -183,7 +183,8 @@ pub async fn delete_image(
 /// image's project). The image gets the properties of the image the
 /// instance was made from, with `properties` over them. On the embedded
 /// backend containers are packed as the split format (ids shifted back to
-/// 0); publishing a virtual machine needs the Incus backend.
+/// 0) and virtual machines as their whole disk, a standalone qcow2 (or
+/// their kernel and initrd); a VM must be stopped, for its snapshots too.
 #[utoipa::path(post, path = "", tag = "images", operation_id = "create_image",
     security(("bearer" = [])),
     params(ProjectWaitQuery),

@@ -38,6 +38,17 @@ struct MetadataYaml<'a> {
     architecture: &'static str,
     creation_date: i64,
     properties: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<BootYaml<'a>>,
+}
+
+/// A kernel-booting VM image's `boot`: the files in its rootfs tarball and
+/// the command line (`images::BootMeta` reads it back).
+#[derive(Serialize)]
+struct BootYaml<'a> {
+    kernel: &'static str,
+    initrd: &'static str,
+    cmdline: &'a str,
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> BackendError {
@@ -56,6 +67,61 @@ pub async fn pack_container(
     map: Option<&IdMap>,
     properties: &BTreeMap<String, String>,
 ) -> Result<Packed, BackendError> {
+    let rootfs_out = spool.join("rootfs");
+    pack_rootfs(spool, rootfs, map, &rootfs_out, true).await?;
+    with_metadata(spool, rootfs_out, properties, None).await
+}
+
+/// A VM image from a VM's files in `spool`: its disk (`disk`, a standalone
+/// qcow2 written there already) or, for a VM that boots a kernel,
+/// `kernel` and `initrd` of its directory `vm_dir` packed as the tarball
+/// `metadata.yaml`'s `boot` names (with `cmdline`).
+pub async fn pack_vm(
+    spool: &Path,
+    disk: Option<PathBuf>,
+    vm_dir: &Path,
+    cmdline: &str,
+    properties: &BTreeMap<String, String>,
+) -> Result<Packed, BackendError> {
+    if let Some(disk) = disk {
+        return with_metadata(spool, disk, properties, None).await;
+    }
+    let rootfs_out = spool.join("rootfs");
+    process::run(
+        "tar",
+        [
+            OsString::from("--create"),
+            "--gzip".into(),
+            "--file".into(),
+            rootfs_out.clone().into(),
+            "--directory".into(),
+            vm_dir.into(),
+            "--numeric-owner".into(),
+            "--owner=0".into(),
+            "--group=0".into(),
+            "--".into(),
+            "kernel".into(),
+            "initrd".into(),
+        ],
+        PACK_TIMEOUT,
+    )
+    .await?;
+    let boot = BootYaml {
+        kernel: "kernel",
+        initrd: "initrd",
+        cmdline,
+    };
+    with_metadata(spool, rootfs_out, properties, Some(boot)).await
+}
+
+/// Writes `metadata.yaml` (with `boot` for a kernel VM) in its own tarball
+/// beside `rootfs_out` in `spool`, and fingerprints the two.
+async fn with_metadata(
+    spool: &Path,
+    rootfs_out: PathBuf,
+    properties: &BTreeMap<String, String>,
+    boot: Option<BootYaml<'_>>,
+) -> Result<Packed, BackendError> {
     // metadata.yaml, in its own tarball.
     let meta_dir = spool.join("meta");
     tokio::fs::create_dir_all(&meta_dir)
@@ -65,6 +131,7 @@ pub async fn pack_container(
         architecture: "x86_64",
         creation_date: time::OffsetDateTime::now_utc().unix_timestamp(),
         properties,
+        boot,
     })
     .map_err(|e| BackendError::Internal(anyhow::anyhow!("metadata.yaml: {e}")))?;
     tokio::fs::write(meta_dir.join("metadata.yaml"), yaml)
@@ -88,9 +155,6 @@ pub async fn pack_container(
         Duration::from_secs(60),
     )
     .await?;
-
-    let rootfs_out = spool.join("rootfs");
-    pack_rootfs(spool, rootfs, map, &rootfs_out, true).await?;
 
     let (metadata_size, rootfs_size, fingerprint) = {
         let (m, r) = (metadata.clone(), rootfs_out.clone());

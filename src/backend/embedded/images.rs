@@ -770,46 +770,44 @@ impl Images for EmbeddedBackend {
         req: &ImagePublish,
     ) -> Result<Operation, BackendError> {
         self.ensure_project(project).await?;
-        let first = self.row(&from.project, &from.instance).await?;
-        if first.instance_type == driver_types::VM {
-            return Err(BackendError::NotSupported(
-                "publishing a virtual machine needs the Incus backend (the embedded one publishes containers)".into(),
-            ));
-        }
         // Held while packing: the instance is neither started nor changed,
-        // renamed or deleted meanwhile. Read again under it: the one named
-        // may have been deleted and made anew (another id map) meanwhile.
+        // renamed or deleted meanwhile. Read under it: the one named may
+        // have been deleted and made anew (another id map) meanwhile.
         let guard = self.lock(&from.project, &from.instance).lock_owned().await;
         let row = self.row(&from.project, &from.instance).await?;
-        if row.instance_type == driver_types::VM {
-            return Err(BackendError::NotSupported(
-                "publishing a virtual machine needs the Incus backend (the embedded one publishes containers)".into(),
-            ));
-        }
-        let idir = self.instance_dir(&row);
+        let vm = row.instance_type == driver_types::VM;
+        let host = Lxc::host_name(&row.project, &row.name);
+        let stopped = self.driver(&row).info(&host).await.state == "STOPPED";
         let rootfs = match &from.snapshot {
-            Some(snap) => {
-                let dir = idir.join("snapshots").join(snap.as_str()).join("rootfs");
-                if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-                    return Err(BackendError::NotFound(Missing::snapshot(
-                        &from.instance,
-                        snap,
-                    )));
-                }
-                dir
-            }
-            None => {
-                let host = Lxc::host_name(&row.project, &row.name);
-                if self.driver(&row).info(&host).await.state != "STOPPED" {
-                    return Err(BackendError::Conflict(
-                        "The instance is running; stop it (or publish a snapshot of it) first"
-                            .into(),
-                    ));
-                }
-                idir.join("rootfs")
-            }
+            Some(snap) => self.snapshot_source(&row, snap).await?.1,
+            None => self.instance_dir(&row).join("rootfs"),
         };
-        let map = Self::confinement(&row)?.map();
+        if !stopped && (vm || from.snapshot.is_none()) {
+            return Err(BackendError::Conflict(if vm {
+                "The virtual machine is running; stop it first (its disk is QEMU's while it runs)"
+            } else {
+                "The instance is running; stop it (or publish a snapshot of it) first"
+            }
+            .into()));
+        }
+        // A VM's disk and the image it is an overlay on, or its kernel.
+        let vm_source = if vm {
+            let boot = self.qemu.boot(&host).await?;
+            if from.snapshot.is_some() && boot != Boot::Disk {
+                return Err(BackendError::BadRequest(
+                    "this VM boots from a kernel and initrd and has no disk snapshots".into(),
+                ));
+            }
+            let base = (!row.image.is_empty()).then(|| self.images.rootfs(&row.image));
+            Some((boot, base))
+        } else {
+            None
+        };
+        let map = if vm {
+            None
+        } else {
+            Self::confinement(&row)?.map()
+        };
         // The image it was made from describes it, unless told otherwise.
         let config: types::ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
         let mut properties: BTreeMap<String, String> = config
@@ -822,6 +820,8 @@ impl Images for EmbeddedBackend {
         let project_owned = project.to_owned();
         let aliases: Vec<String> = req.aliases.iter().map(|a| a.name.clone()).collect();
         let public = req.public;
+        let (qemu, vm_dir) = (self.qemu.clone(), self.qemu.vm_dir(&host));
+        let snapshot = from.snapshot.as_ref().map(|s| s.to_string());
         Ok(self.ops.start(
             project,
             "Publishing image",
@@ -835,18 +835,34 @@ impl Images for EmbeddedBackend {
                 let _guard = guard;
                 let spool = store.publish_spool().await?;
                 let result = async {
-                    let packed =
-                        image_pack::pack_container(&spool, &rootfs, map.as_ref(), &properties)
-                            .await?;
-                    image_size::check(&packed.metadata, &packed.rootfs, false, budget).await?;
+                    let packed = match &vm_source {
+                        None => {
+                            image_pack::pack_container(&spool, &rootfs, map.as_ref(), &properties)
+                                .await?
+                        }
+                        Some((Boot::Disk, base)) => {
+                            // The whole disk, standing alone: an image
+                            // never depends on another.
+                            let disk = spool.join("rootfs");
+                            let snap = snapshot.as_deref();
+                            qemu.export_disk(&host, snap, base.as_deref(), &disk, false)
+                                .await?;
+                            image_pack::pack_vm(&spool, Some(disk), &vm_dir, "", &properties)
+                                .await?
+                        }
+                        Some((Boot::Kernel { cmdline }, _)) => {
+                            image_pack::pack_vm(&spool, None, &vm_dir, cmdline, &properties).await?
+                        }
+                    };
+                    image_size::check(&packed.metadata, &packed.rootfs, vm, budget).await?;
                     let up = ImageUpload {
                         metadata: packed.metadata,
                         metadata_size: packed.metadata_size,
                         metadata_name: "metadata.tar.gz".into(),
                         rootfs: packed.rootfs,
                         rootfs_size: packed.rootfs_size,
-                        rootfs_name: "rootfs.tar.gz".into(),
-                        virtual_machine: false,
+                        rootfs_name: if vm { "rootfs.img" } else { "rootfs.tar.gz" }.into(),
+                        virtual_machine: vm,
                         fingerprint: packed.fingerprint,
                         aliases,
                         public,

@@ -221,42 +221,8 @@ impl Qemu {
         let dir = self.new_dir(vm).await?;
         match &boot {
             Boot::Disk => {
-                let disk = src.join("root.qcow2");
-                let base = match (backing_file(&disk).await?, image) {
-                    (None, _) => None,
-                    (Some(b), Some(image)) if b == image => Some(image),
-                    (Some(b), _) => {
-                        return Err(BackendError::Internal(anyhow::anyhow!(
-                            "the disk of {from} has the backing file {}, not its image's",
-                            b.display()
-                        )));
-                    }
-                };
-                let mut args: Vec<std::ffi::OsString> = vec![
-                    "convert".into(),
-                    "-q".into(),
-                    "-f".into(),
-                    "qcow2".into(),
-                    "-O".into(),
-                    "qcow2".into(),
-                ];
-                if let Some(s) = snapshot {
-                    // QEMU option syntax: a name with ',' or '=' would
-                    // be read as more options (names never have them).
-                    if s.contains([',', '=']) {
-                        return Err(BackendError::BadRequest(format!(
-                            "invalid snapshot name {s:?}"
-                        )));
-                    }
-                    args.extend(["-l".into(), format!("snapshot.name={s}").into()]);
-                }
-                if let Some(base) = base {
-                    // Only what the source's own layer holds is written;
-                    // the rest stays the image's.
-                    args.extend(["-B".into(), base.into(), "-F".into(), "qcow2".into()]);
-                }
-                args.extend([disk.into(), dir.join("root.qcow2").into()]);
-                run("qemu-img", args, COPY_TIMEOUT).await?;
+                self.export_disk(from, snapshot, image, &dir.join("root.qcow2"), true)
+                    .await?;
             }
             Boot::Kernel { .. } => {
                 for f in ["kernel", "initrd"] {
@@ -267,6 +233,59 @@ impl Qemu {
             }
         }
         self.finish_dir(vm, &boot).await
+    }
+
+    /// Writes VM `from`'s disk (or its internal `snapshot`) to `out` as a
+    /// new qcow2: with `rebase`, an overlay on the stored image `image`
+    /// holding only what the VM's own layer holds (a copy); without, the
+    /// whole disk standing alone (an image). The VM must be stopped. Its
+    /// disk must be what lxgate makes: an overlay on exactly `image`, or a
+    /// disk with no backing file; anything else is refused, so nothing is
+    /// read from a file lxgate did not put there.
+    pub async fn export_disk(
+        &self,
+        from: &str,
+        snapshot: Option<&str>,
+        image: Option<&Path>,
+        out: &Path,
+        rebase: bool,
+    ) -> Result<(), BackendError> {
+        let disk = self.vm_dir(from).join("root.qcow2");
+        let base = match (backing_file(&disk).await?, image) {
+            (None, _) => None,
+            (Some(b), Some(image)) if b == image => Some(image),
+            (Some(b), _) => {
+                return Err(BackendError::Internal(anyhow::anyhow!(
+                    "the disk of {from} has the backing file {}, not its image's",
+                    b.display()
+                )));
+            }
+        };
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "convert".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-O".into(),
+            "qcow2".into(),
+        ];
+        if let Some(s) = snapshot {
+            // QEMU option syntax: a name with ',' or '=' would be read as
+            // more options (names never have them).
+            if s.contains([',', '=']) {
+                return Err(BackendError::BadRequest(format!(
+                    "invalid snapshot name {s:?}"
+                )));
+            }
+            args.extend(["-l".into(), format!("snapshot.name={s}").into()]);
+        }
+        if let Some(base) = base.filter(|_| rebase) {
+            // Only what the source's own layer holds is written; the rest
+            // stays the image's.
+            args.extend(["-B".into(), base.into(), "-F".into(), "qcow2".into()]);
+        }
+        args.extend([disk.into(), out.into()]);
+        run("qemu-img", args, COPY_TIMEOUT).await.map(drop)
     }
 
     /// Makes an empty VM's directory: a blank qcow2 disk of `size` bytes,
@@ -289,7 +308,7 @@ impl Qemu {
         self.finish_dir(vm, &Boot::Disk).await
     }
 
-    async fn boot(&self, vm: &str) -> Result<Boot, BackendError> {
+    pub async fn boot(&self, vm: &str) -> Result<Boot, BackendError> {
         let raw = tokio::fs::read(self.vm_dir(vm).join("boot.json"))
             .await
             .map_err(io("reading boot.json"))?;
