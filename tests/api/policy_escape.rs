@@ -1568,4 +1568,20 @@ async fn embedded_a_copy_carries_no_admin_only_key_to_an_operator() {
     let lxc_config =
         std::fs::read_to_string(host.lxcpath().join("cp_c1").join("config")).expect("LXC config");
     assert!(!lxc_config.contains("lxc.idmap"), "{lxc_config}");
+
+    // Nor may an operator carry its files away in a backup.
+    let r = app
+        .post(
+            "/api/v1/instances/priv1/backups?project=cp&wait=60",
+            Some(&admin),
+            json!({"name": "b0"}),
+        )
+        .await;
+    wait_ok(&app, &admin, r).await;
+    let export = "/api/v1/instances/priv1/backups/b0/export?project=cp";
+    let r = app.get(export, Some(&operator)).await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "security.privileged", "{}", r.text);
+    let r = app.get(export, Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK);
 }

@@ -10,8 +10,10 @@ use utoipa::ToSchema;
 
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{BackupPath, InstancePath};
+use crate::api::policy;
 use crate::api::problems::{
-    BackupMissing, InstanceMissing, NameTaken409, Operator403, TooManyOperations429, Viewer403,
+    BackupMissing, GuestOperator403, InstanceMissing, NameTaken409, Operator403,
+    TooManyOperations429, Viewer403,
 };
 use crate::api::resource::ProjectScoped;
 use crate::api::resource::{ProjectListQuery, ProjectQuery, ProjectWaitQuery, check_expiry};
@@ -187,7 +189,7 @@ fn tarball_extension(head: &[u8]) -> &'static str {
         (status = 200, description = "The backup tarball", content_type = "application/octet-stream",
             body = crate::api::schemas::BinaryContent,
             headers(("content-disposition" = String, description = "attachment; filename=\"<instance>-<backup>.tar.gz\""))),
-        Operator403, BackupMissing))]
+        GuestOperator403, BackupMissing))]
 pub async fn export_backup(
     user: AuthUser,
     State(state): State<AppState>,
@@ -196,6 +198,12 @@ pub async fn export_backup(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    // A backup holds the instance's files: a privileged container's are
+    // the admins' (as exec and file transfer there are).
+    if !user.is_admin() {
+        let (i, _) = state.backend.get_instance(&project, &name).await?;
+        policy::refuse_privileged(&user, &i, "export its backups")?;
+    }
     let Download {
         content_type,
         content_length,

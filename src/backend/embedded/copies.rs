@@ -26,7 +26,7 @@ use super::idmap;
 use super::image_pack;
 use super::instances::{give_volume, user_config};
 use super::inventory::db;
-use super::lxc::{self, Confinement, Lxc};
+use super::lxc::{self, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::{EmbeddedBackend, profiles, resources};
@@ -108,80 +108,6 @@ fn forget_source_nics(devices: &mut DevicesMap, source: &[&DevicesMap]) {
 }
 
 impl EmbeddedBackend {
-    /// How a new instance of `kind` runs, from its expanded config, decided
-    /// as `create_instance` decides it: a VM or a container an admin made
-    /// privileged has no map; an isolated container gets the next free block
-    /// of the host's range, the others the shared map. The map is recorded
-    /// in `config`. For an isolated map the guard of `idmap_lock` comes
-    /// back too: hold it until the row recording the map is in, so no other
-    /// create takes the same block. Also says whether it is privileged.
-    async fn new_confinement(
-        &self,
-        kind: &str,
-        expanded: &ConfigMap,
-        config: &mut ConfigMap,
-    ) -> Result<(Confinement, bool, Option<tokio::sync::MutexGuard<'_, ()>>), BackendError> {
-        let is_true = |k: &str| expanded.get(k).is_some_and(|v| v == "true");
-        let privileged = kind != VM && is_true("security.privileged");
-        let isolated = kind != VM && is_true("security.idmap.isolated");
-        if privileged && isolated {
-            return Err(BackendError::BadRequest(
-                "security.idmap.isolated is for unprivileged containers; a privileged one has no id map".into(),
-            ));
-        }
-        if kind == VM || privileged {
-            return Ok((Confinement::Privileged, privileged, None));
-        }
-        let range = self
-            .unprivileged_range()
-            .await
-            .map_err(|why| idmap::unavailable(&why))?;
-        let (map, picking) = if isolated {
-            let picking = self.idmap_lock.lock().await;
-            let map = range
-                .free_isolated(&self.maps_in_use().await?)
-                .ok_or_else(|| {
-                    BackendError::Conflict(format!(
-                        "all {} isolated id ranges of this host are in use",
-                        range.blocks.saturating_sub(1)
-                    ))
-                })?;
-            // An ACL for the shared root does not let this one through.
-            self.lxc
-                .reachable(&map)
-                .await
-                .map_err(|why| idmap::unavailable(&why))?;
-            (map, Some(picking))
-        } else {
-            (range.shared(), None)
-        };
-        map.store(config);
-        Ok((Confinement::Unprivileged(map), false, picking))
-    }
-
-    /// Claims a new instance's name with its row: the project's limits
-    /// checked and the row inserted under the project's lock (its name is
-    /// never empty), so two creates cannot both squeeze under a limit.
-    async fn claim(
-        &self,
-        project: &ProjectName,
-        kind: &str,
-        expanded: &ConfigMap,
-        row: &InstanceRow,
-    ) -> Result<(), BackendError> {
-        let project_lock = self.lock(project, "");
-        let _p = project_lock.lock().await;
-        self.check_project_limits(project, kind, expanded).await?;
-        inv::insert_instance(&self.pool, row)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    BackendError::Conflict("Instance already exists".into())
-                }
-                e => db(e),
-            })
-    }
-
     /// A new instance in `project` copied from `req.source` (see the
     /// module's comment), with exactly `req`'s config, devices and profiles.
     pub(super) async fn copy_instance(

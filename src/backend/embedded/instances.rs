@@ -264,6 +264,82 @@ fn blank_disk_size(devices: &DevicesMap) -> Result<u64, BackendError> {
     }
 }
 
+impl EmbeddedBackend {
+    /// How a new instance of `kind` runs, from its expanded config, decided
+    /// for creates and copies alike: a VM or a container an admin made
+    /// privileged has no map; an isolated container gets the next free block
+    /// of the host's range, the others the shared map. The map is recorded
+    /// in `config`. For an isolated map the guard of `idmap_lock` comes
+    /// back too: hold it until the row recording the map is in, so no other
+    /// create takes the same block. Also says whether it is privileged.
+    pub(super) async fn new_confinement(
+        &self,
+        kind: &str,
+        expanded: &ConfigMap,
+        config: &mut ConfigMap,
+    ) -> Result<(Confinement, bool, Option<tokio::sync::MutexGuard<'_, ()>>), BackendError> {
+        let is_true = |k: &str| expanded.get(k).is_some_and(|v| v == "true");
+        let privileged = kind != VM && is_true("security.privileged");
+        let isolated = kind != VM && is_true("security.idmap.isolated");
+        if privileged && isolated {
+            return Err(BackendError::BadRequest(
+                "security.idmap.isolated is for unprivileged containers; a privileged one has no id map".into(),
+            ));
+        }
+        if kind == VM || privileged {
+            return Ok((Confinement::Privileged, privileged, None));
+        }
+        let range = self
+            .unprivileged_range()
+            .await
+            .map_err(|why| idmap::unavailable(&why))?;
+        let (map, picking) = if isolated {
+            let picking = self.idmap_lock.lock().await;
+            let map = range
+                .free_isolated(&self.maps_in_use().await?)
+                .ok_or_else(|| {
+                    BackendError::Conflict(format!(
+                        "all {} isolated id ranges of this host are in use",
+                        range.blocks.saturating_sub(1)
+                    ))
+                })?;
+            // An ACL for the shared root does not let this one through.
+            self.lxc
+                .reachable(&map)
+                .await
+                .map_err(|why| idmap::unavailable(&why))?;
+            (map, Some(picking))
+        } else {
+            (range.shared(), None)
+        };
+        map.store(config);
+        Ok((Confinement::Unprivileged(map), false, picking))
+    }
+
+    /// Claims a new instance's name with its row: the project's limits
+    /// checked and the row inserted under the project's lock (its name is
+    /// never empty), so two creates cannot both squeeze under a limit.
+    pub(super) async fn claim(
+        &self,
+        project: &ProjectName,
+        kind: &str,
+        expanded: &ConfigMap,
+        row: &InstanceRow,
+    ) -> Result<(), BackendError> {
+        let project_lock = self.lock(project, "");
+        let _p = project_lock.lock().await;
+        self.check_project_limits(project, kind, expanded).await?;
+        inv::insert_instance(&self.pool, row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BackendError::Conflict("Instance already exists".into())
+                }
+                e => db(e),
+            })
+    }
+}
+
 #[async_trait::async_trait]
 impl Instances for EmbeddedBackend {
     async fn list_instances(
@@ -390,46 +466,10 @@ impl Instances for EmbeddedBackend {
             from_image(kind, image, &mut config)?;
         }
         // Unprivileged unless an admin asked otherwise (who may ask is the
-        // API's policy; the backend only honours the key).
-        let is_true = |k: &str| expanded.get(k).is_some_and(|v| v == "true");
-        let privileged = kind != VM && is_true("security.privileged");
-        let isolated = kind != VM && is_true("security.idmap.isolated");
-        if privileged && isolated {
-            return Err(BackendError::BadRequest(
-                "security.idmap.isolated is for unprivileged containers; a privileged one has no id map".into(),
-            ));
-        }
-        // Held until the row that records an isolated map is in.
-        let mut _picking = None;
-        let confinement = if kind == VM || privileged {
-            Confinement::Privileged
-        } else {
-            let range = self
-                .unprivileged_range()
-                .await
-                .map_err(|why| idmap::unavailable(&why))?;
-            let map = if isolated {
-                _picking = Some(self.idmap_lock.lock().await);
-                let map = range
-                    .free_isolated(&self.maps_in_use().await?)
-                    .ok_or_else(|| {
-                        BackendError::Conflict(format!(
-                            "all {} isolated id ranges of this host are in use",
-                            range.blocks.saturating_sub(1)
-                        ))
-                    })?;
-                // An ACL for the shared root does not let this one through.
-                self.lxc
-                    .reachable(&map)
-                    .await
-                    .map_err(|why| idmap::unavailable(&why))?;
-                map
-            } else {
-                range.shared()
-            };
-            map.store(&mut config);
-            Confinement::Unprivileged(map)
-        };
+        // API's policy; the backend only honours the key). An isolated
+        // map's pick is held until the row that records it is in.
+        let (confinement, privileged, _picking) =
+            self.new_confinement(kind, &expanded, &mut config).await?;
         let now = now();
         let row = InstanceRow {
             project: project.as_str().to_owned(),
@@ -454,22 +494,7 @@ impl Instances for EmbeddedBackend {
         // Take the instance's lock before the name: whatever comes next for
         // this instance waits until it exists.
         let guard = self.lock(project, &req.name).lock_owned().await;
-        {
-            // The project's limits are checked and the name claimed under the
-            // project's lock (its name is never empty), so two creates cannot
-            // both squeeze under a limit.
-            let project_lock = self.lock(project, "");
-            let _p = project_lock.lock().await;
-            self.check_project_limits(project, kind, &expanded).await?;
-            inv::insert_instance(&self.pool, &row)
-                .await
-                .map_err(|e| match e {
-                    sqlx::Error::Database(d) if d.is_unique_violation() => {
-                        BackendError::Conflict("Instance already exists".into())
-                    }
-                    e => db(e),
-                })?;
-        }
+        self.claim(project, kind, &expanded, &row).await?;
 
         let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
         let (qemu, driver) = (self.qemu.clone(), self.driver(&row));
