@@ -165,7 +165,9 @@ impl App {
                 );
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;
-                Arc::new(embedded.with_output_limits(output_limits))
+                let embedded = Arc::new(embedded.with_output_limits(output_limits));
+                EmbeddedBackend::spawn_expiry(&embedded);
+                embedded
             }
             BackendKind::Incus => Arc::new(
                 IncusBackend::with_events(

@@ -582,6 +582,19 @@ pub struct VolumeSnapshotRow {
     pub expires_at: String,
 }
 
+/// Every volume snapshot that expires (`expires_at` other than `never`).
+pub async fn expiring_volume_snapshots(
+    pool: &AnyPool,
+    never: &str,
+) -> Result<Vec<VolumeSnapshotRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pool, project, volume, name, description, config, created_at, expires_at FROM embedded_volume_snapshots WHERE expires_at <> $1",
+    )
+    .bind(never)
+    .fetch_all(pool)
+    .await
+}
+
 /// A volume's snapshots, oldest first.
 pub async fn list_volume_snapshots(
     pool: &AnyPool,

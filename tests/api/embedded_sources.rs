@@ -144,3 +144,90 @@ async fn an_empty_virtual_machine_boots_its_blank_disk() {
     r.assert_problem(422, "validation_failed");
     assert_eq!(r.body["field"], "type", "{}", r.text);
 }
+
+/// Snapshots, backups and volume snapshots past their `expires_at` go, as
+/// in Incus; those without one stay.
+#[tokio::test]
+async fn what_expires_is_deleted_when_it_is_due() {
+    use crate::embedded::import_busybox;
+
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = create(
+        &app,
+        &admin,
+        json!({"name": "e1", "source": {"type": "image", "alias": "busybox"}}),
+    )
+    .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/storage/pools/default/volumes",
+            Some(&admin),
+            json!({"name": "ev"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(4))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    for (path, body) in [
+        (
+            "/api/v1/instances/e1/snapshots",
+            json!({"name": "gone", "expires_at": soon}),
+        ),
+        ("/api/v1/instances/e1/snapshots", json!({"name": "kept"})),
+        (
+            "/api/v1/instances/e1/backups",
+            json!({"name": "gone", "expires_at": soon}),
+        ),
+        ("/api/v1/instances/e1/backups", json!({"name": "kept"})),
+        (
+            "/api/v1/storage/pools/default/volumes/ev/snapshots",
+            json!({"name": "gone", "expires_at": soon}),
+        ),
+        (
+            "/api/v1/storage/pools/default/volumes/ev/snapshots",
+            json!({"name": "kept"}),
+        ),
+    ] {
+        let r = app
+            .post(&format!("{path}?wait=60"), Some(&admin), body)
+            .await;
+        assert_eq!(r.body["status_code"], 200, "{path}: {}", r.text);
+    }
+    let lists = [
+        "/api/v1/instances/e1/snapshots?expand=false",
+        "/api/v1/instances/e1/backups?expand=false",
+        "/api/v1/storage/pools/default/volumes/ev/snapshots?expand=false",
+    ];
+    let names = |r: &crate::helpers::Reply| -> Vec<String> {
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for list in lists {
+        let r = app.get(list, Some(&admin)).await;
+        assert_eq!(names(&r), ["gone", "kept"], "before: {list}: {}", r.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for list in lists {
+        loop {
+            let r = app.get(list, Some(&admin)).await;
+            if names(&r) == ["kept"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not expired: {list}: {}",
+                r.text
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod driver;
 mod driver_types;
 mod events;
 mod exec;
+mod expiry;
 mod files;
 mod host;
 mod idmap;
@@ -84,6 +85,8 @@ pub struct EmbeddedBackend {
     /// `system/info`'s answer about unprivileged containers, with when it
     /// was read: it forks `lxc-usernsexec`, too much for every request.
     unprivileged_seen: tokio::sync::Mutex<Option<(std::time::Instant, UnprivilegedRange)>>,
+    /// Wakes the expiry task when something that expires is recorded.
+    expiry_wake: Arc<tokio::sync::Notify>,
 }
 
 type UnprivilegedRange = Result<idmap::HostRange, String>;
@@ -118,6 +121,7 @@ impl EmbeddedBackend {
             net_lock: tokio::sync::Mutex::default(),
             idmap_lock: tokio::sync::Mutex::default(),
             unprivileged_seen: tokio::sync::Mutex::default(),
+            expiry_wake: Arc::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::downloads::download_file;
 use super::driver_types::VM;
+use super::expiry::NEVER;
 use super::idmap::IdMap;
 use super::instances::{own_config, user_config};
 use super::lxc::Lxc;
@@ -31,7 +32,6 @@ use crate::backend::{BackendError, Backups, Listing, Missing, Snapshots};
 use crate::db::embedded::InstanceRow;
 use crate::names::{BackupName, InstanceName, ProjectName, SnapshotName};
 
-const NEVER: &str = "0001-01-01T00:00:00Z";
 const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +291,27 @@ impl EmbeddedBackend {
         read_record(&self.snap_dir(row), &row.name, snap).await
     }
 
+    /// The instance's snapshots and backups that expire, with when
+    /// (`expires_at` as recorded; the never-expiring ones left out).
+    pub(super) async fn expiring_of(
+        &self,
+        row: &InstanceRow,
+    ) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let dated = |name: String, at: String| (at != NEVER).then_some((name, at));
+        let snaps: Vec<SnapshotRecord> = read_records(&self.snap_dir(row)).await;
+        let backups: Vec<BackupRecord> = read_records(&self.backup_dir(row)).await;
+        (
+            snaps
+                .into_iter()
+                .filter_map(|r| dated(r.name, r.expires_at))
+                .collect(),
+            backups
+                .into_iter()
+                .filter_map(|r| dated(r.name, r.expires_at))
+                .collect(),
+        )
+    }
+
     /// What an instance copy reads of snapshot `snap` (404 unless it
     /// exists): the devices it recorded (whose NICs' MACs and addresses
     /// are the instance's, not to be handed on) and, for a container, the
@@ -398,6 +419,7 @@ impl Snapshots for EmbeddedBackend {
             architecture: row.architecture.clone(),
         };
         let (idir, driver, bus) = (self.instance_dir(&row), self.driver(&row), self.bus.clone());
+        let wake = self.expiry_wake.clone();
         let source = resource_url(project, &format!("instances/{name}/snapshots/{snap}"));
         let project_owned = project.to_owned();
         Ok(self.ops.start(
@@ -442,6 +464,8 @@ impl Snapshots for EmbeddedBackend {
                     }
                 }
                 write_record(&sdir.join(format!("{snap}.json")), &record).await?;
+                // Something that may expire: the expiry task looks again.
+                wake.notify_one();
                 lifecycle(
                     &bus,
                     &project_owned,
@@ -738,6 +762,7 @@ impl Backups for EmbeddedBackend {
             file: format!("{b}.{ext}"),
         };
         let (idir, bus) = (self.instance_dir(&row), self.bus.clone());
+        let wake = self.expiry_wake.clone();
         let source = resource_url(project, &format!("instances/{name}/backups/{b}"));
         let project_owned = project.to_owned();
         Ok(self.ops.start(
@@ -795,6 +820,7 @@ impl Backups for EmbeddedBackend {
                     return Err(OpError::from(e));
                 }
                 write_record(&bdir.join(format!("{}.json", record.name)), &record).await?;
+                wake.notify_one();
                 lifecycle(
                     &bus,
                     &project_owned,

@@ -18,7 +18,7 @@ use crate::db::embedded::{self as inv, VolumeSnapshotRow};
 use crate::names::{PoolName, ProjectName, SnapshotName, VolumeName};
 
 /// What a snapshot that never expires says (as Incus).
-const NEVER: &str = "0001-01-01T00:00:00Z";
+use super::expiry::NEVER;
 
 fn to_snapshot(r: VolumeSnapshotRow, content_type: &str) -> StorageVolumeSnapshot {
     StorageVolumeSnapshot {
@@ -153,6 +153,7 @@ impl VolumeSnapshots for EmbeddedBackend {
                 }
                 e => db(e),
             })?;
+        self.expiry_changed();
         let to = snapshot_data(&dir, &snap, &content);
         let (db_pool, bus) = (self.pool.clone(), self.bus.clone());
         let url = snapshot_url(project, pool, volume, &snap);
