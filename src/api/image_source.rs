@@ -51,8 +51,10 @@ fn check_server_url(server: &str, fetch: &Fetcher) -> ApiResult<reqwest::Url> {
 
 /// The server an image is copied from, checked under `fetch`'s rules at
 /// request time for both backends: the embedded one checks again (and pins
-/// the addresses) when it connects, and Incus, which fetches by itself, is
-/// never told to fetch from an address lxgate would refuse. A badly formed
+/// the addresses) when it connects; Incus, which fetches by itself, is not
+/// told to fetch from a name that resolves where lxgate would refuse (it
+/// resolves the name again, so a changed DNS answer reaches it: see
+/// `sources::vouched_for` for who may send it where). A badly formed
 /// URL is a 422 naming the field; a refused or unresolvable host a 400 that
 /// says only "could not fetch".
 pub async fn check_server(server: &str, fetch: &Fetcher) -> ApiResult<()> {

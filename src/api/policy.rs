@@ -362,14 +362,18 @@ pub async fn require_inside_access(
     refuse_privileged(user, &i, "exec, open its console or transfer files")
 }
 
+/// Whether config (expanded) makes a container privileged, read as Incus
+/// reads a boolean (`true`, `1`, `yes`, `on`, any case).
+pub fn is_privileged(config: &ConfigMap) -> bool {
+    config
+        .get("security.privileged")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
+}
+
 /// Refuses non-admins `what` on `i` when it is a privileged container
 /// (reaching its files is reaching what the host's root wrote there).
 pub fn refuse_privileged(user: &AuthUser, i: &Instance, what: &str) -> ApiResult<()> {
-    let privileged = i.instance_type == "container"
-        && i.expanded_config
-            .get("security.privileged")
-            .map(String::as_str)
-            == Some("true");
+    let privileged = i.instance_type == "container" && is_privileged(&i.expanded_config);
     if privileged && !user.is_admin() {
         return Err(ApiError::forbidden(
             "policy_denied",

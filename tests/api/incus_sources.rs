@@ -120,6 +120,19 @@ async fn an_image_is_pulled_from_a_remote_server_in_the_create() {
             .await;
         r.assert_problem(400, "could_not_fetch");
     }
+    // A public server an admin did not list: Incus would fetch it by
+    // itself, outside lxgate's checks, so only admins may send it there.
+    let unlisted = json!({"type": "image", "server": "https://1.1.1.1/",
+                          "protocol": "simplestreams", "alias": "busybox/remote"});
+    let r = app
+        .post(
+            &format!("/api/v1/instances?project={p}"),
+            Some(&operator),
+            json!({"name": unique("no"), "source": unlisted}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "source.server", "{}", r.text);
     // Bodies that do not make sense are named.
     let cases = [
         (
@@ -419,6 +432,60 @@ async fn an_operator_cannot_copy_what_it_could_not_write() {
         r.assert_problem(403, "policy_denied");
         assert_eq!(r.body["field"], "security.privileged", "{}", r.text);
     }
+
+    // Nor may an operator rename it (a name is what a copy names), also
+    // when its config says it the way Incus also reads as true.
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{privileged}/rename"),
+            Some(&operator),
+            json!({"name": unique("swap")}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    let r = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/instances/{privileged}"),
+            Some(&admin),
+        )
+        .json(&json!({"config": {"security.privileged": "1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .post(
+            "/api/v1/instances",
+            Some(&operator),
+            json!({"name": unique("esc"), "source": {"type": "copy", "source": privileged},
+                   "config": {"security.privileged": ""}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "security.privileged", "{}", r.text);
+    // Made unprivileged later, its snapshot of before is still the admins'.
+    let r = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/instances/{privileged}"),
+            Some(&admin),
+        )
+        .json(&json!({"config": {"security.privileged": "false"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .post(
+            "/api/v1/instances",
+            Some(&operator),
+            json!({"name": unique("esc"), "source": {"type": "copy", "source": format!("{privileged}/s1")},
+                   "config": {"security.privileged": ""}}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert_eq!(r.body["field"], "security.privileged", "{}", r.text);
 
     // A key widened in one project stays there: the operator may set it in
     // `widened`, and may not carry it into `plain` by a copy.

@@ -11,9 +11,9 @@ use crate::api::operation::{OperationRef, OperationSlot, accepted};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
-    ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400, InstanceCreate422,
-    InstanceMissing, InstanceOrProfileMissing, InstancePolicy403, NameTaken409, Operator403,
-    Placement403, Stale412, TooManyOperations429, Viewer403,
+    GuestOperator403, ImageProfileOrMemberMissing, InstanceConfig400, InstanceCreate400,
+    InstanceCreate422, InstanceMissing, InstanceOrProfileMissing, InstancePolicy403, NameTaken409,
+    Operator403, Placement403, Stale412, TooManyOperations429, Viewer403,
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
@@ -403,7 +403,8 @@ pub struct RenameRequest {
     pub name: String,
 }
 
-/// Rename an instance (it must be stopped).
+/// Rename an instance (it must be stopped). A privileged container is
+/// renamed by admins only: its name is what copies and backups name.
 #[utoipa::path(post, path = "/{name}/rename", tag = "instances", operation_id = "rename_instance",
     security(("bearer" = [])),
     params(InstancePath, ProjectWaitQuery),
@@ -411,7 +412,7 @@ pub struct RenameRequest {
     responses(
         (status = 202, description = "Renaming", body = OperationRef),
         (status = 200, description = "Renamed within `?wait=`", body = Operation),
-        Operator403, InstanceMissing, NameTaken409, TooManyOperations429))]
+        GuestOperator403, InstanceMissing, NameTaken409, TooManyOperations429))]
 pub async fn rename_instance(
     user: AuthUser,
     State(state): State<AppState>,
@@ -423,6 +424,12 @@ pub async fn rename_instance(
     user.require(Permission::ProjectOperate, project.as_str())?;
     let new_name =
         InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
+    // Otherwise an operator could give an admin's privileged container the
+    // name of one of theirs while a copy or backup export of it is checked.
+    if !user.is_admin() {
+        let (i, _) = state.backend.get_instance(&project, &name).await?;
+        policy::refuse_privileged(&user, &i, "rename it")?;
+    }
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend

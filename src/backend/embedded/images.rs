@@ -371,6 +371,9 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The conflict of a second row for an image a project has.
+const IMAGE_EXISTS: &str = "Image already exists";
+
 /// Registers stored image files in a project: reads metadata.yaml, readies a
 /// VM image, writes the row and aliases, announces it. On failure nothing
 /// half-made stays (the row, its aliases, and files no project holds).
@@ -419,7 +422,7 @@ pub async fn register(
         };
         inv::insert_image(pool, &row).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
-                BackendError::Conflict("Image already exists".into())
+                BackendError::Conflict(IMAGE_EXISTS.into())
             }
             e => db(e),
         })?;
@@ -448,7 +451,12 @@ pub async fn register(
         Ok(t) => t,
         Err(e) => {
             // Nothing half-made stays: the row (and its aliases) and,
-            // when no project holds the image, its files.
+            // when no project holds the image, its files. A row that was
+            // there first (the same image registered at the same time) is
+            // not this one's to remove.
+            if matches!(&e, BackendError::Conflict(m) if m == IMAGE_EXISTS) {
+                return Err(OpError::from(e));
+            }
             let _ = inv::delete_image(pool, &project_owned, &fp).await;
             if fresh && inv::image_references(pool, &fp).await.unwrap_or(1) == 0 {
                 let _ = store.remove(&fp).await;
@@ -598,7 +606,14 @@ impl Puller {
             return Ok((fp, None));
         }
         let fresh = store.take_upload(&up).await?;
-        register(pool, store, &self.bus, project_owned, &up, fresh).await?;
+        if let Err(e) = register(pool, store, &self.bus, project_owned, &up, fresh).await {
+            // Another pull of the same image (two creates from one alias)
+            // registered it first: it is here, which is all that was asked.
+            if find(pool, project_owned, &fp).await.is_ok() {
+                return Ok((fp, None));
+            }
+            return Err(e);
+        }
         Ok((fp, Some(meta_size + rootfs_size)))
     }
 }

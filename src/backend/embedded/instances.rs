@@ -443,6 +443,9 @@ impl Instances for EmbeddedBackend {
                 "source.type `none` makes an empty virtual machine".into(),
             ));
         }
+        let disk_size = blank
+            .then(|| blank_disk_size(&expanded_devices))
+            .transpose()?;
         let images_in = self.image_project(project).await?;
         // A remote image is pulled by the operation, a blank VM has none.
         let image = match (&req.source.alias, &req.source.fingerprint) {
@@ -499,9 +502,6 @@ impl Instances for EmbeddedBackend {
         let (pool, lxc, bus) = (self.pool.clone(), self.lxc.clone(), self.bus.clone());
         let (qemu, driver) = (self.qemu.clone(), self.driver(&row));
         let store = self.images.clone();
-        let disk_size = blank
-            .then(|| blank_disk_size(&expanded_devices))
-            .transpose()?;
         // What the operation pulls first, for a remote source.
         let pull = remote.then(|| (self.puller(&images_in), req.source.clone()));
         let start = req.start;
