@@ -769,9 +769,7 @@ impl Matrix<'_> {
             && allowed)
         {
             Some("token_not_allowed")
-        } else if t.read_only && get_needs_write_permission(key, need) {
-            Some("permission_denied")
-        } else if !allowed {
+        } else if !allowed || (t.read_only && get_needs_write_permission(key, need)) {
             Some("permission_denied")
         } else {
             None
