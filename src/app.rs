@@ -265,6 +265,9 @@ fn spawn_janitor(app: Weak<App>) {
             if let Err(e) = db::revoked_tokens::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired logged-out tokens failed");
             }
+            if let Err(e) = db::personal_tokens::purge_expired(&app.db.pool).await {
+                tracing::warn!(error = %e, "purging expired personal access tokens failed");
+            }
         }
     });
 }

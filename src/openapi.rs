@@ -287,6 +287,13 @@ impl CommonResponses {
                 "No access token, or one that is invalid, expired or revoked".into(),
             );
         }
+        if secured && write {
+            add(
+                "403",
+                "The request came with a read-only personal access token (`read_only_token`)"
+                    .into(),
+            );
+        }
         if has_params {
             add(
                 "400",

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::v1::{audit, auth, events, images, instances, operations, system, users};
+use crate::api::v1::{audit, auth, events, images, instances, operations, system, tokens, users};
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::{health, upload};
@@ -37,6 +37,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::change_password))
         .routes(routes!(auth::ws_ticket))
         .routes(routes!(auth::register))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::get_token, tokens::delete_token))
         // Tokens and tickets must not stay in a browser's or proxy's cache.
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,

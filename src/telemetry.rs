@@ -29,9 +29,11 @@ pub fn current_request_id() -> Option<String> {
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     pub user: OnceLock<String>,
-    /// How the caller authenticated (`bearer`, `ticket`, `query_token`,
-    /// `password`, `refresh_token`), for the audit log.
+    /// How the caller authenticated (`bearer`, `pat`, `ticket`,
+    /// `query_token`, `password`, `refresh_token`), for the audit log.
     pub auth: OnceLock<&'static str>,
+    /// The personal access token the request came with, for the audit log.
+    pub token_id: OnceLock<String>,
 }
 
 impl RequestCtx {
@@ -42,6 +44,10 @@ impl RequestCtx {
 
     pub fn set_auth(&self, method: &'static str) {
         let _ = self.auth.set(method);
+    }
+
+    pub fn set_token_id(&self, id: &str) {
+        let _ = self.token_id.set(id.to_owned());
     }
 }
 

@@ -187,3 +187,11 @@ pub struct MemberPath {
     /// Cluster member name
     pub name: MemberName,
 }
+
+/// `/auth/tokens/{id}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenPath {
+    /// Personal access token id (UUID)
+    pub id: uuid::Uuid,
+}

@@ -34,6 +34,10 @@ problem_responses! {
     Viewer403 = 403, "No role in the project";
     Operator403 = 403, "No operator role in the project";
     Admin403 = 403, "Not an admin";
+    /// Setting a password: admins, after an interactive login.
+    AdminInteractive403 = 403, "Not an admin, or authenticated by a personal access token (`token_not_allowed`: managing credentials needs an interactive login)";
+    /// Personal access tokens are made after an interactive login only.
+    Interactive403 = 403, "Authenticated by a personal access token (`token_not_allowed`: managing credentials needs an interactive login)";
     /// Exec, console and files: inside a privileged container only admins go.
     GuestOperator403 = 403, "No operator role in the project, or a privileged container (admins only)";
     /// Writing an instance's config or devices, checked against the project's instance policy.
@@ -71,6 +75,8 @@ problem_responses! {
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";
     UserMissing = 404, "No such user";
+    /// Another user's token is not confirmed to a caller who is not an admin.
+    TokenMissing = 404, "No such personal access token (or not the caller's)";
     /// Another user's operation is not visible to a caller who is not an admin.
     OperationMissing = 404, "No such operation (or not visible to the caller)";
 

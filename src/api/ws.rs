@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::slots::{Held, UserSlot, UserSlots};
 use crate::auth::AuthUser;
+use crate::auth::extract::PatRef;
 use crate::auth::rbac::{Grants, Permission};
 use crate::backend::types::{TerminalInput, TerminalSession};
 use crate::db;
@@ -48,15 +49,19 @@ pub enum Access {
 #[derive(Debug)]
 struct Holder {
     user_id: String,
-    token_version: i64,
+    /// `None` for a personal access token, which outlives password and
+    /// role changes (its rights follow the owner's grants instead).
+    token_version: Option<i64>,
     jti: Option<String>,
+    pat: Option<PatRef>,
     needs: Vec<(Permission, String)>,
     access: watch::Sender<Access>,
 }
 
 impl Holder {
     /// The verdict for this socket given the user's current row and grants
-    /// (`None`: the user is gone) and whether its access token was logged out.
+    /// (`None`: the user is gone) and whether its access token was logged
+    /// out (or its personal access token revoked or expired).
     fn verdict(&self, user: Option<&(db::users::UserRow, Grants)>, logged_out: bool) -> Access {
         let revoked = |code, reason: &str| Access::Revoked {
             code,
@@ -68,15 +73,22 @@ impl Holder {
         if row.is_disabled() {
             return revoked(CLOSE_UNAUTHORIZED, "account disabled");
         }
-        if row.token_version != self.token_version {
+        if self.token_version.is_some_and(|tv| tv != row.token_version) {
             return revoked(
                 CLOSE_UNAUTHORIZED,
                 "credentials revoked (password, role or account status changed); log in again",
             );
         }
         if logged_out {
-            return revoked(CLOSE_UNAUTHORIZED, "logged out");
+            return match self.pat {
+                Some(_) => revoked(CLOSE_UNAUTHORIZED, "token revoked or expired"),
+                None => revoked(CLOSE_UNAUTHORIZED, "logged out"),
+            };
         }
+        let grants = &match &self.pat {
+            Some(p) => grants.capped(&p.caps),
+            None => grants.clone(),
+        };
         if let Some((permission, project)) = self
             .needs
             .iter()
@@ -159,8 +171,9 @@ impl SocketSlots {
                 key,
                 Holder {
                     user_id: user.id.clone(),
-                    token_version: user.token_version,
+                    token_version: user.pat.is_none().then_some(user.token_version),
                     jti: user.jti.clone(),
+                    pat: user.pat.clone(),
                     needs,
                     access: tx,
                 },
@@ -177,7 +190,7 @@ impl SocketSlots {
     /// (or updates the grants of) those that changed. A database error
     /// leaves sockets as they are until the next check.
     pub async fn check(&self, pool: &AnyPool) -> Result<(), sqlx::Error> {
-        let (users, jtis, before) = {
+        let (users, jtis, pats, before) = {
             let holders = self.holders.lock().expect("socket slots lock poisoned");
             // Sockets opened after this point were authenticated after the
             // rows below were read: they are judged at the next check, not
@@ -185,13 +198,18 @@ impl SocketSlots {
             let before = self.next.load(Ordering::Relaxed);
             let users: BTreeSet<String> = holders.values().map(|h| h.user_id.clone()).collect();
             let jtis: BTreeSet<String> = holders.values().filter_map(|h| h.jti.clone()).collect();
-            (users, jtis, before)
+            let pats: BTreeSet<String> = holders
+                .values()
+                .filter_map(|h| h.pat.as_ref().map(|p| p.id.clone()))
+                .collect();
+            (users, jtis, pats, before)
         };
         if users.is_empty() {
             return Ok(());
         }
         let users: Vec<String> = users.into_iter().collect();
         let jtis: Vec<String> = jtis.into_iter().collect();
+        let pats: Vec<String> = pats.into_iter().collect();
         let rows: HashMap<String, (db::users::UserRow, Grants)> =
             db::users::many_with_grants(pool, &users)
                 .await?
@@ -202,9 +220,21 @@ impl SocketSlots {
             .await?
             .into_iter()
             .collect();
+        let live_pats: HashSet<String> = if pats.is_empty() {
+            HashSet::new()
+        } else {
+            db::personal_tokens::live_among(pool, &pats)
+                .await?
+                .into_iter()
+                .collect()
+        };
         let holders = self.holders.lock().expect("socket slots lock poisoned");
         for (_, holder) in holders.iter().filter(|(key, _)| **key < before) {
-            let out = holder.jti.as_ref().is_some_and(|j| logged_out.contains(j));
+            let out = holder.jti.as_ref().is_some_and(|j| logged_out.contains(j))
+                || holder
+                    .pat
+                    .as_ref()
+                    .is_some_and(|p| !live_pats.contains(&p.id));
             let verdict = holder.verdict(rows.get(&holder.user_id), out);
             holder.access.send_if_modified(|a| {
                 // Once revoked, a socket stays revoked.
@@ -382,6 +412,7 @@ mod tests {
             grants,
             token_version: 3,
             jti: Some(format!("jti-{id}")),
+            pat: None,
         }
     }
 
@@ -424,6 +455,7 @@ mod tests {
         let viewer = Grants {
             global: None,
             projects: vec![("team".into(), crate::auth::Role::Viewer)],
+            ..Grants::default()
         };
         let slots = SocketSlots::new(4);
         let slot = slots
@@ -459,5 +491,52 @@ mod tests {
             code(h.verdict(Some(&(row(false, 3), Grants::default())), false)),
             Some(CLOSE_FORBIDDEN)
         );
+    }
+
+    #[test]
+    fn a_personal_token_socket_follows_its_caps_and_revocation_not_the_password() {
+        let operator = Grants {
+            global: Some(crate::auth::Role::Operator),
+            ..Grants::default()
+        };
+        let mut u = user("u1", operator.clone());
+        u.jti = None;
+        u.pat = Some(PatRef {
+            id: "pat-1".into(),
+            caps: crate::auth::rbac::TokenCaps {
+                role_cap: Some(crate::auth::Role::Viewer),
+                ..Default::default()
+            },
+        });
+        u.grants = operator.capped(&u.pat.as_ref().unwrap().caps);
+        let slots = SocketSlots::new(4);
+        let slot = slots
+            .acquire(&u, vec![(Permission::ProjectView, "default".into())])
+            .unwrap();
+        let holders = slots.holders.lock().unwrap();
+        let h = &holders[&slot.key];
+        // A new password (token version) leaves it open, with capped grants.
+        match h.verdict(Some(&(row(false, 9), operator.clone())), false) {
+            Access::Granted(g) => {
+                assert_eq!(g.global, Some(crate::auth::Role::Viewer));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Revoked or expired: closed as unauthorized.
+        assert!(matches!(
+            h.verdict(Some(&(row(false, 3), operator.clone())), true),
+            Access::Revoked {
+                code: CLOSE_UNAUTHORIZED,
+                ..
+            }
+        ));
+        // The owner losing its role closes it too.
+        assert!(matches!(
+            h.verdict(Some(&(row(false, 3), Grants::default())), false),
+            Access::Revoked {
+                code: CLOSE_FORBIDDEN,
+                ..
+            }
+        ));
     }
 }

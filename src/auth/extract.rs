@@ -3,15 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, OriginalUri, Query};
-use axum::http::HeaderMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, OriginalUri, Query};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::auth::rbac::{Grants, Permission, Scope};
+use crate::auth::limit::client_ip;
+use crate::auth::rbac::{Grants, Permission, Scope, TokenCaps};
 use crate::db;
 use crate::error::ApiError;
 use crate::telemetry::RequestCtx;
@@ -27,6 +30,16 @@ pub struct AuthUser {
     /// of the token that asked for it), so that logging it out reaches
     /// sockets opened with it.
     pub jti: Option<String>,
+    /// Set when the request came with a personal access token (directly,
+    /// or through a ticket it asked for); `grants` are already capped.
+    pub pat: Option<PatRef>,
+}
+
+/// The personal access token a caller authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatRef {
+    pub id: String,
+    pub caps: TokenCaps,
 }
 
 impl AuthUser {
@@ -54,12 +67,27 @@ impl AuthUser {
         Err(err)
     }
 
+    /// A global admin (for a personal access token: after its caps, so a
+    /// token capped below admin, or to projects, is no admin).
     pub fn is_admin(&self) -> bool {
         self.grants.global == Some(Role::Admin)
     }
 
+    /// Managing credentials (personal access tokens, passwords) needs an
+    /// interactive login: otherwise a capped token could mint an uncapped one.
+    pub fn require_interactive(&self) -> Result<(), ApiError> {
+        if self.pat.is_some() {
+            return Err(ApiError::forbidden(
+                "token_not_allowed",
+                "a personal access token cannot manage credentials (tokens, passwords); log in with a password",
+            ));
+        }
+        Ok(())
+    }
+
     /// Resolves a verified user id into the current user, enforcing
-    /// disabled accounts and (for JWTs) the token version.
+    /// disabled accounts, (for JWTs) the token version and (for personal
+    /// access tokens) their caps.
     async fn load(
         state: &AppState,
         parts: &Parts,
@@ -67,6 +95,7 @@ impl AuthUser {
         token_version: Option<i64>,
         jti: Option<String>,
         method: &'static str,
+        pat: Option<PatRef>,
     ) -> Result<Self, ApiError> {
         let Some((user, grants)) = db::users::with_grants(&state.db.pool, user_id).await? else {
             tracing::debug!("token refused: its user no longer exists");
@@ -89,6 +118,20 @@ impl AuthUser {
         if let Some(ctx) = parts.extensions.get::<Arc<RequestCtx>>() {
             ctx.set_user(&user.username);
             ctx.set_auth(method);
+            if let Some(p) = &pat {
+                ctx.set_token_id(&p.id);
+            }
+        }
+        let grants = match &pat {
+            Some(p) => grants.capped(&p.caps),
+            None => grants,
+        };
+        if grants.read_only && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        {
+            return Err(ApiError::forbidden(
+                "read_only_token",
+                "this personal access token is read-only: it may only GET",
+            ));
         }
         Ok(Self {
             id: user.id,
@@ -96,7 +139,47 @@ impl AuthUser {
             grants,
             token_version: user.token_version,
             jti,
+            pat,
         })
+    }
+
+    /// A bearer token (header or `?token=`): a personal access token by its
+    /// prefix, else a JWT.
+    async fn from_token(
+        state: &AppState,
+        parts: &Parts,
+        token: &str,
+        method: &'static str,
+    ) -> Result<Self, ApiError> {
+        if token.starts_with(db::personal_tokens::SECRET_PREFIX) {
+            Self::from_pat(state, parts, token).await
+        } else {
+            Self::from_jwt(state, parts, token, method).await
+        }
+    }
+
+    async fn from_pat(state: &AppState, parts: &Parts, secret: &str) -> Result<Self, ApiError> {
+        let pool = &state.db.pool;
+        let Some(row) = db::personal_tokens::by_secret(pool, secret)
+            .await?
+            .filter(|r| !r.is_expired(crate::auth::tokens::now_secs()))
+        else {
+            tracing::debug!("token refused: unknown, revoked or expired personal access token");
+            return Err(invalid_token());
+        };
+        let pat = PatRef {
+            id: row.id.clone(),
+            caps: row.caps(),
+        };
+        // A password or role change does not end personal access tokens
+        // (they are credentials of their own): no token version.
+        let user = Self::load(state, parts, &row.user_id, None, None, "pat", Some(pat)).await?;
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.config.trusted_proxies));
+        db::personal_tokens::touch(pool, &row, ip.map(|ip| ip.to_string())).await?;
+        Ok(user)
     }
 
     async fn from_jwt(
@@ -119,6 +202,7 @@ impl AuthUser {
             Some(claims.tv),
             Some(claims.jti),
             method,
+            None,
         )
         .await
     }
@@ -150,6 +234,23 @@ impl AuthUser {
         {
             return Err(logged_out());
         }
+        // A ticket of a personal access token lives while the token does,
+        // under its caps.
+        if let Some(pat_id) = &t.pat_id {
+            let Some(row) = db::personal_tokens::by_id(&state.db.pool, pat_id)
+                .await?
+                .filter(|r| !r.is_expired(crate::auth::tokens::now_secs()))
+            else {
+                return Err(invalid(
+                    "was issued to a personal access token that is revoked or expired",
+                ));
+            };
+            let pat = PatRef {
+                id: row.id.clone(),
+                caps: row.caps(),
+            };
+            return Self::load(state, parts, &t.user_id, None, None, "ticket", Some(pat)).await;
+        }
         // A ticket issued before a password, role or status change is
         // revoked with the tokens of that time.
         Self::load(
@@ -159,6 +260,7 @@ impl AuthUser {
             Some(t.token_version),
             t.jti,
             "ticket",
+            None,
         )
         .await
     }
@@ -220,7 +322,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Self::from_jwt(state, parts, token, "bearer").await,
+            Some(token) => Self::from_token(state, parts, token, "bearer").await,
             None => Err(ApiError::unauthorized(
                 "missing_token",
                 "this endpoint needs `Authorization: Bearer <access token>` (get one from POST /api/v1/auth/login)",
@@ -245,7 +347,7 @@ impl FromRequestParts<AppState> for WsUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(token) = bearer(parts)? {
-            return AuthUser::from_jwt(state, parts, token, "bearer")
+            return AuthUser::from_token(state, parts, token, "bearer")
                 .await
                 .map(WsUser);
         }
@@ -259,7 +361,7 @@ impl FromRequestParts<AppState> for WsUser {
                 .map(WsUser);
         }
         if let Some(token) = creds.token {
-            return AuthUser::from_jwt(state, parts, &token, "query_token")
+            return AuthUser::from_token(state, parts, &token, "query_token")
                 .await
                 .map(WsUser);
         }

@@ -101,6 +101,19 @@ impl Permission {
         }
     }
 
+    /// Whether the permission changes something (refused to read-only
+    /// personal access tokens, even on GET routes such as exec sockets).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Permission::ProjectOperate
+                | Permission::InfraManage
+                | Permission::ImageManage
+                | Permission::UserManage
+                | Permission::OperationCancelAny
+        )
+    }
+
     pub fn scope(self) -> Scope {
         match self {
             Permission::ProjectView | Permission::ProjectOperate => Scope::Project,
@@ -121,11 +134,24 @@ impl Permission {
     ];
 }
 
-/// A user's roles: the global one and per-project grants.
+/// A user's roles: the global one and per-project grants (for a personal
+/// access token: its owner's, capped by the token).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     pub global: Option<Role>,
     pub projects: Vec<(String, Role)>,
+    /// Every permission that [writes](Permission::writes) is refused.
+    pub read_only: bool,
+}
+
+/// What a personal access token keeps of its owner's rights.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenCaps {
+    /// Only these projects (no global role at all); `None`: all the owner's.
+    pub projects: Option<Vec<String>>,
+    /// No role above this one, globally or in a project.
+    pub role_cap: Option<Role>,
+    pub read_only: bool,
 }
 
 impl Grants {
@@ -140,6 +166,9 @@ impl Grants {
     }
 
     pub fn allows(&self, permission: Permission, project: &str) -> bool {
+        if self.read_only && permission.writes() {
+            return false;
+        }
         let role = match permission.scope() {
             Scope::Project => self.role_in(project),
             Scope::Global => self.global,
@@ -150,6 +179,34 @@ impl Grants {
     /// Whether the user can see `project` at all.
     pub fn can_see(&self, project: &str) -> bool {
         self.allows(Permission::ProjectView, project)
+    }
+
+    /// These grants as a token with `caps` holds them: never more than
+    /// the owner's. Limited to projects, the token has no global role, and
+    /// in each listed project the owner's effective role there.
+    pub fn capped(&self, caps: &TokenCaps) -> Grants {
+        let cap = |r: Role| caps.role_cap.map_or(r, |c| r.min(c));
+        let (global, projects) = match &caps.projects {
+            None => (
+                self.global.map(cap),
+                self.projects
+                    .iter()
+                    .map(|(p, r)| (p.clone(), cap(*r)))
+                    .collect(),
+            ),
+            Some(listed) => (
+                None,
+                listed
+                    .iter()
+                    .filter_map(|p| Some((p.clone(), cap(self.role_in(p)?))))
+                    .collect(),
+            ),
+        };
+        Grants {
+            global,
+            projects,
+            read_only: self.read_only || caps.read_only,
+        }
     }
 }
 
@@ -169,6 +226,7 @@ mod tests {
         let g = Grants {
             global: Some(Role::Viewer),
             projects: vec![("team-a".into(), Role::Operator)],
+            ..Grants::default()
         };
         assert_eq!(g.role_in("team-a"), Some(Role::Operator));
         assert_eq!(g.role_in("default"), Some(Role::Viewer));
@@ -178,6 +236,7 @@ mod tests {
         let p = Grants {
             global: None,
             projects: vec![("team-a".into(), Role::Admin)],
+            ..Grants::default()
         };
         assert!(!p.allows(Permission::UserManage, "team-a"));
         assert!(p.allows(Permission::ProjectOperate, "team-a"));
@@ -188,7 +247,7 @@ mod tests {
     fn admin_has_every_permission() {
         let a = Grants {
             global: Some(Role::Admin),
-            projects: vec![],
+            ..Grants::default()
         };
         for p in Permission::ALL {
             assert!(a.allows(p, "anything"), "{p:?}");
@@ -197,5 +256,95 @@ mod tests {
         for p in Permission::ALL {
             assert!(!none.allows(p, "default"), "{p:?}");
         }
+    }
+
+    fn admin() -> Grants {
+        Grants {
+            global: Some(Role::Admin),
+            projects: vec![("team-a".into(), Role::Viewer)],
+            ..Grants::default()
+        }
+    }
+
+    #[test]
+    fn no_caps_change_nothing() {
+        assert_eq!(admin().capped(&TokenCaps::default()), admin());
+    }
+
+    #[test]
+    fn a_role_cap_lowers_every_role() {
+        let g = admin().capped(&TokenCaps {
+            role_cap: Some(Role::Viewer),
+            ..TokenCaps::default()
+        });
+        assert_eq!(g.global, Some(Role::Viewer));
+        assert_eq!(g.projects, vec![("team-a".to_owned(), Role::Viewer)]);
+        assert!(g.can_see("anything"));
+        for p in Permission::ALL
+            .into_iter()
+            .filter(|p| *p != Permission::ProjectView)
+        {
+            assert!(!g.allows(p, "default"), "{p:?}");
+        }
+        // A cap above the role is no raise.
+        let op = Grants {
+            global: Some(Role::Operator),
+            ..Grants::default()
+        };
+        let g = op.capped(&TokenCaps {
+            role_cap: Some(Role::Admin),
+            ..TokenCaps::default()
+        });
+        assert_eq!(g.global, Some(Role::Operator));
+        assert!(!g.allows(Permission::UserManage, ""));
+    }
+
+    #[test]
+    fn a_project_list_drops_the_global_role() {
+        let caps = TokenCaps {
+            projects: Some(vec!["team-a".into(), "team-b".into()]),
+            role_cap: Some(Role::Operator),
+            ..TokenCaps::default()
+        };
+        let g = admin().capped(&caps);
+        assert_eq!(g.global, None);
+        // The owner's effective role in each (global admin), capped.
+        assert_eq!(
+            g.projects,
+            vec![
+                ("team-a".to_owned(), Role::Operator),
+                ("team-b".to_owned(), Role::Operator)
+            ]
+        );
+        assert!(g.allows(Permission::ProjectOperate, "team-b"));
+        assert!(!g.can_see("default"));
+        for p in Permission::ALL
+            .into_iter()
+            .filter(|p| p.scope() == Scope::Global)
+        {
+            assert!(!g.allows(p, "team-a"), "{p:?}");
+        }
+        // A listed project the owner holds no role in stays out.
+        let teamop = Grants {
+            global: None,
+            projects: vec![("team-a".into(), Role::Viewer)],
+            ..Grants::default()
+        };
+        let g = teamop.capped(&caps);
+        assert_eq!(g.projects, vec![("team-a".to_owned(), Role::Viewer)]);
+        assert!(!g.can_see("team-b"));
+    }
+
+    #[test]
+    fn read_only_refuses_every_write_permission() {
+        let g = admin().capped(&TokenCaps {
+            read_only: true,
+            ..TokenCaps::default()
+        });
+        assert_eq!(g.global, Some(Role::Admin));
+        for p in Permission::ALL {
+            assert_eq!(g.allows(p, "default"), !p.writes(), "{p:?}");
+        }
+        assert!(g.can_see("team-a"));
     }
 }

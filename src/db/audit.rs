@@ -21,9 +21,13 @@ pub struct AuditRow {
     /// What the change set, where lxgate records it (a project's instance
     /// policy: `restricted`, the allow lists).
     pub detail: Option<String>,
-    /// How the caller authenticated: `bearer`, `ticket`, `query_token`,
-    /// `password` (login), `refresh_token`; none when it did not.
+    /// How the caller authenticated: `bearer`, `pat` (a personal access
+    /// token), `ticket`, `query_token`, `password` (login), `refresh_token`;
+    /// none when it did not.
     pub auth_method: Option<String>,
+    /// The id of the personal access token the request was made with
+    /// (also for a ticket or `?token=` that was one).
+    pub token_id: Option<String>,
 }
 
 /// Put into a response's extensions by a handler: recorded as the audit
@@ -43,12 +47,13 @@ pub struct NewEntry<'a> {
     pub request_id: &'a str,
     pub detail: Option<&'a str>,
     pub auth_method: Option<&'a str>,
+    pub token_id: Option<&'a str>,
 }
 
 pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO audit_log (at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method, token_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(e.at)
     .bind(e.username)
@@ -61,6 +66,7 @@ pub async fn insert(pool: &AnyPool, e: NewEntry<'_>) -> Result<(), sqlx::Error> 
     .bind(e.request_id)
     .bind(e.detail)
     .bind(e.auth_method)
+    .bind(e.token_id)
     .execute(pool)
     .await
     .map(|_| ())
@@ -82,7 +88,7 @@ pub async fn list(pool: &AnyPool, f: &Filter<'_>) -> Result<(Vec<AuditRow>, i64)
           AND ($2 IS NULL OR project = $2)
           AND ($3 IS NULL OR at >= $3)";
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method
+        "SELECT id, at, username, client_ip, method, path, route, project, status, request_id, detail, auth_method, token_id
          FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
     )))
     .bind(f.user)

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod embedded;
 pub mod login_failures;
 pub mod operations;
+pub mod personal_tokens;
 pub mod project_roles;
 pub mod refresh_tokens;
 pub mod revoked_tokens;

@@ -108,6 +108,7 @@ pub async fn with_grants(
     let mut grants = Grants {
         global: first.user.role(),
         projects: Vec::new(),
+        read_only: false,
     };
     let user = first.user;
     for (project, role) in std::iter::once((first.project, first.project_role))
@@ -297,6 +298,7 @@ pub async fn many_with_grants(
             let g = Grants {
                 global: user.role(),
                 projects,
+                read_only: false,
             };
             out.push((user, g));
         }

@@ -18,14 +18,17 @@ pub struct Ticket {
     pub project: Option<String>,
     /// The `jti` of that access token, so its logout reaches the socket.
     pub jti: Option<String>,
+    /// The personal access token that asked for it, whose caps and
+    /// revocation apply to the socket.
+    pub pat_id: Option<String>,
 }
 
 /// Issues a ticket bound to `t`'s user, route and access token.
 pub async fn issue(pool: &AnyPool, t: &Ticket) -> Result<String, sqlx::Error> {
     let ticket = random_token();
     sqlx::query(
-        "INSERT INTO ws_tickets (ticket_hash, user_id, expires_at, token_version, path, project, jti)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO ws_tickets (ticket_hash, user_id, expires_at, token_version, path, project, jti, pat_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(hash_token(&ticket))
     .bind(&t.user_id)
@@ -34,6 +37,7 @@ pub async fn issue(pool: &AnyPool, t: &Ticket) -> Result<String, sqlx::Error> {
     .bind(&t.path)
     .bind(&t.project)
     .bind(&t.jti)
+    .bind(&t.pat_id)
     .execute(pool)
     .await?;
     Ok(ticket)
@@ -51,7 +55,7 @@ pub async fn redeem(pool: &AnyPool, ticket: &str) -> Result<Option<Ticket>, sqlx
     // an expired ticket (or one used on the wrong route) is consumed too, and refused.
     let row: Option<Row> = sqlx::query_as(
         "DELETE FROM ws_tickets WHERE ticket_hash = $1
-         RETURNING user_id, token_version, path, project, jti, expires_at",
+         RETURNING user_id, token_version, path, project, jti, pat_id, expires_at",
     )
     .bind(hash_token(ticket))
     .fetch_optional(pool)

@@ -31,4 +31,5 @@ mod profiles_db;
 mod rbac_matrix;
 mod revocation;
 mod tls;
+mod tokens;
 mod users_admin;

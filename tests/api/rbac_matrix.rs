@@ -52,6 +52,12 @@ const ROUTES: &[(&str, Need)] = &[
     ("PUT /api/v1/auth/me/password", Authenticated),
     ("POST /api/v1/auth/ws-ticket", Authenticated),
     ("POST /api/v1/auth/register", Admin),
+    // Personal access tokens: one's own (an admin lists anyone's with
+    // `?user=`, tested in tokens.rs); others' ids are 404.
+    ("POST /api/v1/auth/tokens", Authenticated),
+    ("GET /api/v1/auth/tokens", Authenticated),
+    ("GET /api/v1/auth/tokens/{id}", Authenticated),
+    ("DELETE /api/v1/auth/tokens/{id}", Authenticated),
     // users and grants
     ("GET /api/v1/users", Admin),
     ("POST /api/v1/users", Admin),
@@ -495,6 +501,7 @@ impl<'a> Matrix<'a> {
                 Some(json!({"current_password": pw, "new_password": pw}))
             }
             "POST /api/v1/auth/ws-ticket" => Some(json!({"path": "/api/v1/events/ws"})),
+            "POST /api/v1/auth/tokens" => Some(json!({"name": "rbac", "expires_in": 60})),
             "POST /api/v1/auth/register" | "POST /api/v1/users" => {
                 self.seq += 1;
                 Some(json!({"username": format!("new-{}", self.seq), "password": PASSWORD}))
@@ -673,6 +680,157 @@ async fn run_matrix(app: &TestApp) {
 
 db_test!(every_published_route_enforces_its_requirement, |app| {
     run_matrix(&app).await;
+});
+
+/// A personal access token in the matrix: whose, with which caps, and the
+/// rights it must end up with (never more than its owner's).
+struct TokenCaller {
+    owner: &'static str,
+    caps: &'static str,
+    /// Its effective rights, as a user would hold them (named as the
+    /// matrix's tokens map knows the token).
+    rights: Caller,
+    read_only: bool,
+}
+
+const fn rights(
+    name: &'static str,
+    global: Option<u8>,
+    projects: &'static [(&'static str, u8)],
+) -> Caller {
+    Caller {
+        name,
+        password: "",
+        global,
+        projects,
+    }
+}
+
+const TOKEN_CALLERS: [TokenCaller; 5] = [
+    TokenCaller {
+        owner: ADMIN,
+        caps: r#"{"read_only": true}"#,
+        rights: rights("pat:admin-read-only", Some(ADMIN_RANK), &[]),
+        read_only: true,
+    },
+    TokenCaller {
+        owner: ADMIN,
+        caps: r#"{"role_cap": "viewer"}"#,
+        rights: rights("pat:admin-as-viewer", Some(VIEWER), &[]),
+        read_only: false,
+    },
+    TokenCaller {
+        owner: "operator",
+        caps: r#"{"role_cap": "viewer"}"#,
+        rights: rights("pat:operator-as-viewer", Some(VIEWER), &[]),
+        read_only: false,
+    },
+    TokenCaller {
+        owner: ADMIN,
+        caps: r#"{"projects": ["team-a"]}"#,
+        rights: rights("pat:admin-in-team", None, &[(TEAM, ADMIN_RANK)]),
+        read_only: false,
+    },
+    TokenCaller {
+        owner: "teamop",
+        caps: r#"{"projects": ["team-a"], "role_cap": "viewer"}"#,
+        rights: rights("pat:teamop-as-viewer", None, &[(TEAM, VIEWER)]),
+        read_only: false,
+    },
+];
+
+/// GET routes that need a permission that changes something (operator in
+/// the project, or managing users, infrastructure, anybody's operations):
+/// refused to read-only tokens like any write.
+fn get_needs_write_permission(key: &str, need: Need) -> bool {
+    need == ProjectOperate
+        || matches!(
+            key,
+            "GET /api/v1/users" | "GET /api/v1/users/{username}" | "GET /api/v1/system/resources"
+        )
+}
+
+impl Matrix<'_> {
+    /// `key` called with a personal access token: 403 `read_only_token`
+    /// for a read-only token's writes, 403 `token_not_allowed` where
+    /// credentials are set, else exactly what a user with the token's
+    /// capped rights gets.
+    async fn check_token(&mut self, key: &str, need: Need, t: &TokenCaller, project: Option<&str>) {
+        let in_project = project.unwrap_or("default");
+        let who = format!("{key} as {} (project {in_project})", t.rights.name);
+        let method = key.split_once(' ').unwrap().0;
+        let allowed = t.rights.allowed(need, in_project);
+        let want_code = if t.read_only && method != "GET" {
+            Some("read_only_token")
+        } else if matches!(
+            key,
+            "POST /api/v1/auth/tokens" | "PUT /api/v1/auth/me/password"
+        ) || (matches!(key, "POST /api/v1/users" | "POST /api/v1/auth/register")
+            && allowed)
+        {
+            Some("token_not_allowed")
+        } else if !allowed || (t.read_only && get_needs_write_permission(key, need)) {
+            Some("permission_denied")
+        } else {
+            None
+        };
+        let r = self.call(key, Some(&t.rights), project).await;
+        match want_code {
+            None if matches!(r.status.as_u16(), 401 | 403 | 500) => {
+                self.fail(format!(
+                    "{who}: allowed ({need:?}), got {}: {}",
+                    r.status, r.text
+                ));
+            }
+            Some(code) if r.status != StatusCode::FORBIDDEN || r.body["code"] != code => {
+                self.fail(format!(
+                    "{who}: want 403 {code}, got {}: {}",
+                    r.status, r.text
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+db_test!(personal_access_tokens_never_exceed_their_caps, |app| {
+    let table = table();
+    let published = published_routes(&app).await;
+    let mut m = Matrix::new(&app).await;
+    for t in &TOKEN_CALLERS {
+        let caps: Value = serde_json::from_str(t.caps).unwrap();
+        let mut body = caps.clone();
+        body["name"] = json!(t.rights.name);
+        let owner = m.tokens[t.owner].clone();
+        let r = app.post("/api/v1/auth/tokens", Some(&owner), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        m.tokens
+            .insert(t.rights.name, r.body["token"].as_str().unwrap().to_owned());
+    }
+    for key in &published {
+        let Some(need) = table.get(key.as_str()).copied() else {
+            continue; // every_published_route_enforces_its_requirement names it
+        };
+        if need == Public {
+            continue;
+        }
+        let projects: &[Option<&str>] = if need.project_scoped() {
+            &[None, Some(TEAM)]
+        } else {
+            &[None]
+        };
+        for t in &TOKEN_CALLERS {
+            for project in projects {
+                m.check_token(key, need, t, *project).await;
+            }
+        }
+    }
+    assert!(
+        m.failures.is_empty(),
+        "{} violations by personal access tokens:\n{}",
+        m.failures.len(),
+        m.failures.join("\n")
+    );
 });
 
 db_test!(project_scoped_user_is_confined_to_its_project, |app| {

@@ -44,6 +44,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     let resp = next.run(req).await;
     let username = ctx.as_ref().and_then(|c| c.user.get().cloned());
     let auth_method = ctx.as_ref().and_then(|c| c.auth.get().copied());
+    let token_id = ctx.as_ref().and_then(|c| c.token_id.get().cloned());
     // Anybody can send requests without credentials: their rows are
     // rate-limited per client IP, so a flood cannot fill the log.
     if auth_method.is_none()
@@ -70,6 +71,7 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         request_id: &request_id,
         detail: detail.as_deref(),
         auth_method,
+        token_id: token_id.as_deref(),
     };
     if let Err(e) = db::audit::insert(&state.db.pool, entry).await {
         tracing::error!(error = %e, "writing the audit log failed");

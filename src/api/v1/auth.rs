@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
-use crate::api::problems::{Admin403, AuthRateLimited429, NameTaken409, NewUser422};
+use crate::api::problems::{AdminInteractive403, AuthRateLimited429, NameTaken409, NewUser422};
 use crate::api::{AuthRateLimit, ClientIp, Json};
 use crate::app::AppState;
 use crate::auth::extract::bearer_token;
@@ -313,7 +313,7 @@ pub struct ChangePassword {
     request_body = ChangePassword,
     responses(
         (status = 204, description = "Changed; log in again"),
-        (status = 403, description = "The current password is wrong (`wrong_password`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong (`wrong_password`), or the request came with a personal access token (`token_not_allowed`: changing the password needs an interactive login)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new password is too weak", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords from this address; see `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 pub async fn change_password(
@@ -322,6 +322,7 @@ pub async fn change_password(
     State(state): State<AppState>,
     Json(req): Json<ChangePassword>,
 ) -> ApiResult<StatusCode> {
+    user.require_interactive()?;
     let row = db::users::by_username(&state.db.pool, &user.username)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the user no longer exists"))?;
@@ -444,6 +445,7 @@ pub async fn ws_ticket(
             path: req.path,
             project: req.project,
             jti: user.jti,
+            pat_id: user.pat.map(|p| p.id),
         },
     )
     .await?;
@@ -459,7 +461,7 @@ pub async fn ws_ticket(
     request_body = CreateUser,
     responses(
         (status = 201, description = "Created", body = UserOut),
-        Admin403, NameTaken409, NewUser422, AuthRateLimited429))]
+        AdminInteractive403, NameTaken409, NewUser422, AuthRateLimited429))]
 pub async fn register(
     _limit: AuthRateLimit,
     user: AuthUser,
@@ -467,5 +469,6 @@ pub async fn register(
     Json(req): Json<CreateUser>,
 ) -> ApiResult<Response> {
     user.require(Permission::UserManage, "")?;
+    user.require_interactive()?;
     Ok(created(create_user_row(&state, req).await?))
 }

@@ -16,5 +16,6 @@ pub mod projects;
 pub mod snapshots;
 pub mod storage;
 pub mod system;
+pub mod tokens;
 pub mod users;
 pub mod volume_snapshots;

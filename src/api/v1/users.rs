@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 use crate::api::accounts::{CreateUser, ProjectGrant, UserOut, create_user_row, created};
 use crate::api::paths::{UserPath, UserProjectPath};
 use crate::api::problems::{
-    Admin403, AuthRateLimited429, LastAdmin409, NameTaken409, NewUser422, UserMissing,
+    Admin403, AdminInteractive403, AuthRateLimited429, LastAdmin409, NameTaken409, NewUser422,
+    UserMissing,
 };
 use crate::api::{AuthRateLimit, Json, Page, Pagination, Path, Query};
 use crate::app::AppState;
@@ -88,7 +89,7 @@ pub async fn list_users(
     responses(
         (status = 201, description = "Created", body = UserOut,
             headers(("location" = String, description = "URL of the new user"))),
-        Admin403, NameTaken409, NewUser422, AuthRateLimited429))]
+        AdminInteractive403, NameTaken409, NewUser422, AuthRateLimited429))]
 pub async fn create_user(
     _limit: AuthRateLimit,
     user: AuthUser,
@@ -96,6 +97,7 @@ pub async fn create_user(
     Json(req): Json<CreateUser>,
 ) -> ApiResult<Response> {
     user.require(Permission::UserManage, "")?;
+    user.require_interactive()?;
     Ok(created(create_user_row(&state, req).await?))
 }
 
@@ -146,7 +148,7 @@ pub struct UpdateUser {
     request_body = UpdateUser,
     responses(
         (status = 200, description = "The updated user", body = UserOut),
-        Admin403, UserMissing, LastAdmin409))]
+        AdminInteractive403, UserMissing, LastAdmin409))]
 pub async fn update_user(
     user: AuthUser,
     State(state): State<AppState>,
@@ -154,6 +156,9 @@ pub async fn update_user(
     Json(req): Json<UpdateUser>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
+    if req.password.is_some() {
+        user.require_interactive()?;
+    }
     let (row, _) = load(&state, &name).await?;
     let password_hash = match req.password {
         Some(pw) => {
