@@ -157,7 +157,10 @@ pub async fn accepted(
 /// requester and the project's operators may, viewers may not (operators run
 /// commands whose output can hold anything, keys included).
 pub fn may_read_output(user: &AuthUser, project: &str, requester: Option<&str>) -> bool {
-    requester == Some(user.id.as_str()) || user.grants.allows(Permission::ProjectOperate, project)
+    // A personal access token reads it only where it could run it: capped
+    // below operator, its owner's own commands are not its to read.
+    (user.pat.is_none() && requester == Some(user.id.as_str()))
+        || user.grants.allows(Permission::ProjectOperate, project)
 }
 
 /// The operation as `user` may see it: every list, get and wait answer goes

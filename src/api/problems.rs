@@ -35,7 +35,7 @@ problem_responses! {
     Operator403 = 403, "No operator role in the project";
     Admin403 = 403, "Not an admin";
     /// Setting a password: admins, after an interactive login.
-    AdminInteractive403 = 403, "Not an admin, or authenticated by a personal access token (`token_not_allowed`: managing credentials needs an interactive login)";
+    AdminInteractive403 = 403, "Not an admin, or authenticated by a personal access token (`token_not_allowed`: managing credentials and roles needs an interactive login)";
     /// Personal access tokens are made after an interactive login only.
     Interactive403 = 403, "Authenticated by a personal access token (`token_not_allowed`: managing credentials needs an interactive login)";
     /// Exec, console and files: inside a privileged container only admins go.

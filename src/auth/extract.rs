@@ -126,7 +126,16 @@ impl AuthUser {
             Some(p) => grants.capped(&p.caps),
             None => grants,
         };
-        if grants.read_only && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        // A WebSocket ticket changes nothing: it lets a browser open, with
+        // the token's own caps, a socket it could open with the token.
+        let ticket = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |u| u.0.path())
+            == WS_TICKET_PATH;
+        if grants.read_only
+            && !ticket
+            && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         {
             return Err(ApiError::forbidden(
                 "read_only_token",
@@ -178,7 +187,10 @@ impl AuthUser {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ci| client_ip(ci.0.ip(), &parts.headers, &state.config.trusted_proxies));
-        db::personal_tokens::touch(pool, &row, ip.map(|ip| ip.to_string())).await?;
+        // Last use is a courtesy: a busy database does not fail the request.
+        if let Err(e) = db::personal_tokens::touch(pool, &row, ip.map(|ip| ip.to_string())).await {
+            tracing::warn!(error = %e, "recording a personal access token's last use failed");
+        }
         Ok(user)
     }
 
@@ -281,6 +293,9 @@ fn query_project(parts: &Parts) -> Result<Option<String>, ApiError> {
     }
     Ok(found)
 }
+
+/// The route that issues WebSocket tickets (see `from_pat`'s read-only rule).
+const WS_TICKET_PATH: &str = "/api/v1/auth/ws-ticket";
 
 fn logged_out() -> ApiError {
     ApiError::unauthorized(

@@ -175,6 +175,15 @@ async fn apply(tx: &mut AnyConnection, id: &str, c: &Changes) -> Result<(), sqlx
             .execute(&mut *tx)
             .await?;
     }
+    // A reset password or a disabled account ends every credential,
+    // personal access tokens too (one minted with a stolen session must
+    // not outlive the reset that answers the theft).
+    if c.password_hash.is_some() || c.disabled == Some(true) {
+        sqlx::query("DELETE FROM personal_access_tokens WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "UPDATE users SET token_version = token_version + 1, updated_at = $1 WHERE id = $2",
     )

@@ -760,13 +760,21 @@ impl Matrix<'_> {
         let who = format!("{key} as {} (project {in_project})", t.rights.name);
         let method = key.split_once(' ').unwrap().0;
         let allowed = t.rights.allowed(need, in_project);
-        let want_code = if t.read_only && method != "GET" {
+        // A ticket only opens what the token could open itself.
+        let read_only_write =
+            t.read_only && method != "GET" && key != "POST /api/v1/auth/ws-ticket";
+        let want_code = if read_only_write {
             Some("read_only_token")
         } else if matches!(
             key,
             "POST /api/v1/auth/tokens" | "PUT /api/v1/auth/me/password"
-        ) || (matches!(key, "POST /api/v1/users" | "POST /api/v1/auth/register")
-            && allowed)
+        ) || (matches!(
+            key,
+            "POST /api/v1/users"
+                | "POST /api/v1/auth/register"
+                | "PATCH /api/v1/users/{username}"
+                | "PUT /api/v1/users/{username}/projects/{project}"
+        ) && allowed)
         {
             Some("token_not_allowed")
         } else if !allowed || (t.read_only && get_needs_write_permission(key, need)) {

@@ -183,7 +183,7 @@ db_test!(
 );
 
 db_test!(
-    a_token_outlives_a_password_change_but_not_its_owner_rights,
+    a_token_ends_with_a_password_change_and_follows_its_owner_rights,
     |app| {
         let admin = app.admin_token().await;
         let (carol, _) = {
@@ -195,25 +195,32 @@ db_test!(
             .await;
         assert_eq!(r.status.as_u16(), 201, "{}", r.text);
         app.grant(&admin, "pat-carol", "pat-p", "viewer").await;
-        let (secret, _) = pat(&app, &carol, json!({})).await;
-        let mut socket = app
-            .ws(&format!("/api/v1/events/ws?project=pat-p&token={secret}"))
-            .await
-            .expect("opens");
+        let (before, _) = pat(&app, &carol, json!({})).await;
 
-        // A password change ends JWTs, not personal access tokens.
+        // A password change ends every credential, tokens too (one minted
+        // with a stolen session must not outlive the change).
+        let new_password = "another long passphrase";
         let r = app
             .put(
                 "/api/v1/auth/me/password",
                 Some(&carol),
-                json!({"current_password": PASSWORD, "new_password": "another long passphrase"}),
+                json!({"current_password": PASSWORD, "new_password": new_password}),
             )
             .await;
         assert_eq!(r.status.as_u16(), 204, "{}", r.text);
+        app.get("/api/v1/instances?project=pat-p", Some(&before))
+            .await
+            .assert_problem(401, "invalid_token");
+        let (carol, _) = app.login("pat-carol", new_password).await;
+        let (secret, _) = pat(&app, &carol, json!({})).await;
         let r = app
             .get("/api/v1/instances?project=pat-p", Some(&secret))
             .await;
         assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+        let mut socket = app
+            .ws(&format!("/api/v1/events/ws?project=pat-p&token={secret}"))
+            .await
+            .expect("opens");
 
         // Losing the project role: the token loses it at once, sockets close.
         let r = app
@@ -226,17 +233,20 @@ db_test!(
         let (code, _, _) = closed(&mut socket).await;
         assert_eq!(code, 4403);
 
-        // A disabled owner: 401, as for its logins.
-        let r = app
-            .send(
-                app.request(Method::PATCH, "/api/v1/users/pat-carol", Some(&admin))
-                    .json(&json!({"disabled": true})),
-            )
-            .await;
-        assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+        // Disabling the owner ends its tokens, for good (enabling it again
+        // brings none back).
+        for disabled in [true, false] {
+            let r = app
+                .send(
+                    app.request(Method::PATCH, "/api/v1/users/pat-carol", Some(&admin))
+                        .json(&json!({"disabled": disabled})),
+                )
+                .await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+        }
         app.get("/api/v1/auth/me", Some(&secret))
             .await
-            .assert_problem(401, "account_disabled");
+            .assert_problem(401, "invalid_token");
     }
 );
 
@@ -428,4 +438,49 @@ db_test!(admins_list_and_revoke_anyones_tokens, |app| {
         .await
         .unwrap();
     assert_eq!(left, 0);
+});
+
+db_test!(a_token_sees_and_revokes_only_itself, |app| {
+    let admin = app.admin_token().await;
+    let dave = app
+        .user_with_role(&admin, "pat-dave", Some("operator"))
+        .await;
+    let (ci, ci_id) = pat(&app, &dave, json!({"name": "ci"})).await;
+    let (_, other_id) = pat(&app, &dave, json!({"name": "other"})).await;
+    // The login sees both; each token only itself.
+    let r = app.get("/api/v1/auth/tokens", Some(&dave)).await;
+    assert_eq!(r.body.as_array().unwrap().len(), 2, "{}", r.text);
+    let r = app.get("/api/v1/auth/tokens", Some(&ci)).await;
+    let ids: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [ci_id.as_str()], "{}", r.text);
+    app.get(&format!("/api/v1/auth/tokens/{other_id}"), Some(&ci))
+        .await
+        .assert_problem(404, "token_not_found");
+    app.delete(&format!("/api/v1/auth/tokens/{other_id}"), Some(&ci))
+        .await
+        .assert_problem(404, "token_not_found");
+    // A read-only token still gets WebSocket tickets (with its own caps).
+    let (ro, _) = pat(&app, &dave, json!({"name": "ro", "read_only": true})).await;
+    let r = app
+        .post(
+            "/api/v1/auth/ws-ticket",
+            Some(&ro),
+            json!({"path": "/api/v1/events/ws"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    // And revoking itself works.
+    let r = app
+        .delete(&format!("/api/v1/auth/tokens/{ci_id}"), Some(&ci))
+        .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text);
+    app.get("/api/v1/auth/me", Some(&ci))
+        .await
+        .assert_problem(401, "invalid_token");
 });

@@ -262,14 +262,30 @@ pub async fn list_tokens(
         _ => user.id.clone(),
     };
     let rows = db::personal_tokens::for_user(&state.db.pool, &owner).await?;
-    Ok(Json(rows.iter().map(TokenInfo::from_row).collect()))
+    Ok(Json(
+        rows.iter()
+            .filter(|r| sees(&user, r))
+            .map(TokenInfo::from_row)
+            .collect(),
+    ))
 }
 
-/// The token `id` if the caller may see it: its own, or any for an admin.
+/// Whether `user` may see (and revoke) token `r`: a login, its own tokens
+/// or, for an admin, anyone's; a personal access token, itself only (a
+/// capped token must not revoke its owner's others, nor read where they
+/// were used).
+fn sees(user: &AuthUser, r: &TokenRow) -> bool {
+    match &user.pat {
+        Some(p) => p.id == r.id,
+        None => r.user_id == user.id || user.grants.allows(Permission::UserManage, ""),
+    }
+}
+
+/// The token `id` if the caller may see it (`sees`).
 async fn visible(state: &AppState, user: &AuthUser, id: &uuid::Uuid) -> ApiResult<TokenRow> {
     db::personal_tokens::by_id(&state.db.pool, &id.to_string())
         .await?
-        .filter(|r| r.user_id == user.id || user.grants.allows(Permission::UserManage, ""))
+        .filter(|r| sees(user, r))
         .ok_or_else(|| {
             ApiError::not_found(
                 "token_not_found",

@@ -156,9 +156,9 @@ pub async fn update_user(
     Json(req): Json<UpdateUser>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
-    if req.password.is_some() {
-        user.require_interactive()?;
-    }
+    // Who may do what is changed from a login, never with a token: a
+    // stolen admin token must not leave an admin behind once revoked.
+    user.require_interactive()?;
     let (row, _) = load(&state, &name).await?;
     let password_hash = match req.password {
         Some(pw) => {
@@ -234,7 +234,7 @@ pub struct GrantRequest {
     request_body = GrantRequest,
     responses(
         (status = 200, description = "The user with its grants", body = UserOut),
-        Admin403, UserMissing))]
+        AdminInteractive403, UserMissing))]
 pub async fn grant_project_role(
     user: AuthUser,
     State(state): State<AppState>,
@@ -245,6 +245,7 @@ pub async fn grant_project_role(
     Json(req): Json<GrantRequest>,
 ) -> ApiResult<Json<UserOut>> {
     user.require(Permission::UserManage, "")?;
+    user.require_interactive()?;
     let (row, _) = load(&state, &name).await?;
     db::project_roles::set(&state.db.pool, &row.id, project.as_str(), req.role).await?;
     Ok(Json(load(&state, &name).await?.1))
