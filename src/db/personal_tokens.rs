@@ -97,8 +97,14 @@ pub async fn create(
         last_used_at: None,
         last_used_ip: None,
     };
-    // The count and the insert are one statement, so the cap holds
-    // without a transaction.
+    // The owner's row is locked first (an UPDATE locks it on PostgreSQL;
+    // SQLite takes its one write lock), so two creates cannot both count
+    // 49 under READ COMMITTED.
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE users SET id = id WHERE id = $1")
+        .bind(&row.user_id)
+        .execute(&mut *tx)
+        .await?;
     let r = sqlx::query(
         "INSERT INTO personal_access_tokens
              (id, user_id, name, token_hash, prefix, projects, role_cap, read_only, created_at, expires_at)
@@ -116,8 +122,9 @@ pub async fn create(
     .bind(row.created_at)
     .bind(row.expires_at)
     .bind(MAX_PER_USER)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((r.rows_affected() == 1).then_some((secret, row)))
 }
 
