@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::slots::{Held, UserSlot, UserSlots};
 use crate::auth::AuthUser;
-use crate::auth::extract::PatRef;
+use crate::auth::rbac::PatRef;
 use crate::auth::rbac::{Grants, Permission};
 use crate::backend::types::{TerminalInput, TerminalSession};
 use crate::db;

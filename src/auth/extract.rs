@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::auth::limit::client_ip;
-use crate::auth::rbac::{Grants, Permission, Scope, TokenCaps};
+use crate::auth::rbac::{Grants, PatRef, Permission, Scope};
 use crate::db;
 use crate::error::ApiError;
 use crate::telemetry::RequestCtx;
@@ -33,13 +33,6 @@ pub struct AuthUser {
     /// Set when the request came with a personal access token (directly,
     /// or through a ticket it asked for); `grants` are already capped.
     pub pat: Option<PatRef>,
-}
-
-/// The personal access token a caller authenticated with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatRef {
-    pub id: String,
-    pub caps: TokenCaps,
 }
 
 impl AuthUser {

@@ -144,6 +144,13 @@ pub struct Grants {
     pub read_only: bool,
 }
 
+/// The personal access token a caller authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatRef {
+    pub id: String,
+    pub caps: TokenCaps,
+}
+
 /// What a personal access token keeps of its owner's rights.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenCaps {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::driver::Driver;
 use super::driver_types::{Attachments, LxcInfo, VM};
 use super::idmap::{self, HostRange, IdMap};
+use super::instance_config::{is_managed, own_config, user_config};
 use super::inventory::db;
 use super::lxc::{self, Confinement, Lxc};
 use super::networks::nic_network;
@@ -33,38 +34,6 @@ const INFO_CONCURRENCY: usize = 8;
 pub fn etag(inst: &Instance) -> String {
     let v = json!([inst.config, inst.devices, inst.profiles, inst.ephemeral]);
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
-}
-
-/// Keys lxgate sets itself (`image.*` from the image, `volatile.*`); users
-/// neither set nor see them overwritten.
-fn is_managed(key: &str) -> bool {
-    key.starts_with("image.") || key.starts_with("volatile.")
-}
-
-/// The part of a config the user owns.
-pub(super) fn user_config(config: ConfigMap) -> ConfigMap {
-    config.into_iter().filter(|(k, _)| !is_managed(k)).collect()
-}
-
-/// An instance's own config as stored, and said honestly for a container
-/// made before lxgate mapped ids (privileged, its config never had the key).
-pub(super) fn own_config(row: &InstanceRow) -> ConfigMap {
-    let mut config: ConfigMap = serde_json::from_str(&row.config).unwrap_or_default();
-    if row.privileged != 0 && row.instance_type != VM {
-        config.insert("security.privileged".into(), "true".into());
-    }
-    config
-}
-
-pub(super) fn root_device() -> DevicesMap {
-    BTreeMap::from([(
-        "root".to_owned(),
-        BTreeMap::from([
-            ("type".to_owned(), "disk".to_owned()),
-            ("path".to_owned(), "/".to_owned()),
-            ("pool".to_owned(), "default".to_owned()),
-        ]),
-    )])
 }
 
 impl EmbeddedBackend {

@@ -20,6 +20,7 @@ mod image_budget;
 mod image_pack;
 mod image_size;
 mod images;
+mod instance_config;
 mod instances;
 mod inventory;
 mod limits;

@@ -28,7 +28,7 @@ use super::driver_types::VM;
 use super::inventory::db;
 use super::lxc::{self, Confinement};
 use super::operations::{lifecycle, now, resource_url};
-use super::{EmbeddedBackend, instances, qemu};
+use super::{EmbeddedBackend, instance_config, qemu};
 use crate::backend::types::{ConfigMap, DevicesMap, Profile, ProfileCreate, ProfileUpdate, expand};
 use crate::backend::{BackendError, Listing, Missing, Profiles};
 use crate::db::embedded::{self as inv, InstanceRow, ProfileRow};
@@ -49,7 +49,7 @@ fn builtin_default(project: &str) -> Profile {
         name: DEFAULT_PROFILE.into(),
         description: "Default lxgate profile (the root disk)".into(),
         config: ConfigMap::new(),
-        devices: instances::root_device(),
+        devices: instance_config::root_device(),
         used_by: Vec::new(),
         project: project.into(),
     }
@@ -188,7 +188,7 @@ pub(super) fn runnable(
             "No root device could be found: the instance's profiles and devices give it no root disk (`type: disk`, `path: /`)".into(),
         ));
     }
-    let user = instances::user_config(config.clone());
+    let user = instance_config::user_config(config.clone());
     lxc::check_config(&user)?;
     if kind == VM {
         qemu::vm_resources(&user)?;
@@ -367,7 +367,7 @@ impl Profiles for EmbeddedBackend {
         profiles.insert(name.to_string(), new.clone());
         let before = self.profiles_of(project).await?;
         for row in self.users_of(project, name).await? {
-            let config = instances::own_config(&row);
+            let config = instance_config::own_config(&row);
             let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
             let names = names_of(&row);
             let (was, _) = expand(in_order(&before, &names), &config, &devices);

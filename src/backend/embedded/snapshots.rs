@@ -18,7 +18,7 @@ use super::downloads::download_file;
 use super::driver_types::VM;
 use super::expiry::NEVER;
 use super::idmap::IdMap;
-use super::instances::{own_config, user_config};
+use super::instance_config::{own_config, user_config};
 use super::lxc::Lxc;
 use super::networks::nic_network;
 use super::operations::{OpError, lifecycle, now, resource_url};
