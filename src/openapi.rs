@@ -71,6 +71,7 @@ mod text;
         crate::api::schemas::InstanceSourceRemoteByFingerprint,
         crate::api::schemas::InstanceSourceCopy,
         crate::api::schemas::InstanceSourceNone,
+        crate::api::schemas::TokenProjectsSchema,
         crate::api::schemas::ImageCopySourceSchema,
         crate::api::schemas::ImageCopySourceByAlias,
         crate::api::schemas::ImageCopySourceByFingerprint,

@@ -193,5 +193,6 @@ pub struct MemberPath {
 #[into_params(parameter_in = Path)]
 pub struct TokenPath {
     /// Personal access token id (UUID)
+    #[param(value_type = String, format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub id: uuid::Uuid,
 }

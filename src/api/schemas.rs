@@ -583,6 +583,20 @@ named_schema!(
 );
 
 named_schema!(
+    /// `CreateToken.projects`: project names, each once.
+    TokenProjectsSchema,
+    "TokenProjects",
+    from_json(json!({
+        "type": "array",
+        "description": "The projects a personal access token is limited to, each listed once.",
+        "items": {"$ref": "#/components/schemas/ProjectName"},
+        "minItems": 1,
+        "maxItems": 64,
+        "uniqueItems": true
+    }))
+);
+
+named_schema!(
     /// `ImageCopy.source`: a remote server and the image on it, by `alias` or by
     /// `fingerprint` (exactly one), as two complete variants (see
     /// `InstanceSourceSchema`).

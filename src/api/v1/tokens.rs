@@ -32,7 +32,7 @@ pub struct CreateToken {
         example = "ci-deploy",
         min_length = 1,
         max_length = 100,
-        pattern = r"^[^\x00-\x1f\x7f]+$"
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
     )]
     pub name: String,
     /// Seconds until it expires (60 to 31536000, one year; default 2592000, 30 days).
@@ -41,7 +41,7 @@ pub struct CreateToken {
     /// Only these projects: the token then holds no global role, and in
     /// each listed project the owner's role there; each listed once. Omit
     /// for all of the owner's.
-    #[schema(value_type = Option<Vec<ProjectName>>, min_items = 1, max_items = 64)]
+    #[schema(value_type = Option<crate::api::schemas::TokenProjectsSchema>)]
     pub projects: Option<Vec<String>>,
     /// No role above this one, globally or in any project.
     pub role_cap: Option<Role>,
@@ -229,7 +229,6 @@ pub async fn create_token(
 #[into_params(parameter_in = Query)]
 pub struct TokensQuery {
     /// Another user's tokens (admins only).
-    #[param(value_type = Option<String>)]
     pub user: Option<Username>,
 }
 
