@@ -228,14 +228,18 @@ fn plan(ops: &[Op]) -> Vec<Planned> {
                 else {
                     continue;
                 };
-                let field = [item, "name"]
-                    .into_iter()
-                    .find(|f| source.body_fields.contains(*f));
-                if let Some(field) = field {
-                    let params = BTreeMap::from([(
-                        format!("path.{item}"),
-                        format!("$request.body#/{field}"),
-                    )]);
+                // A name the client chose comes from the request; an `id`
+                // the server gave (a token's) from the answer.
+                let value = if item == "id" {
+                    Some("$response.body#/id".to_owned())
+                } else {
+                    [item, "name"]
+                        .into_iter()
+                        .find(|f| source.body_fields.contains(*f))
+                        .map(|field| format!("$request.body#/{field}"))
+                };
+                if let Some(value) = value {
+                    let params = BTreeMap::from([(format!("path.{item}"), value)]);
                     link(target, carried(target, params));
                 }
             }
