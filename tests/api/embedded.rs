@@ -1408,7 +1408,7 @@ async fn projects_scope_instances_and_enforce_limits() {
 
     // A project with instances cannot go; an empty one can.
     let r = app.delete("/api/v1/projects/team-a", Some(&admin)).await;
-    r.assert_problem(400, "bad_request");
+    r.assert_problem(409, "conflict");
     let r = app
         .delete("/api/v1/instances/a1?project=team-a&wait=30", Some(&alice))
         .await;

@@ -77,7 +77,7 @@ db_test!(profiles_are_kept_per_project, |app| {
     // A project with profiles of its own but `default` is not empty.
     app.delete("/api/v1/projects/team-p", Some(&admin))
         .await
-        .assert_problem(400, "bad_request");
+        .assert_problem(409, "conflict");
     let r = app
         .delete("/api/v1/profiles/huge?project=team-p", Some(&admin))
         .await;

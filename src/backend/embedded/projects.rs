@@ -273,7 +273,9 @@ impl Projects for EmbeddedBackend {
         }
         let p = self.to_project(&self.project_row(name).await?).await?;
         if !p.used_by.is_empty() {
-            return Err(BackendError::BadRequest(
+            // What is in it can be removed first: a state conflict (409),
+            // as lxgate answers Incus's same refusal.
+            return Err(BackendError::Conflict(
                 "Only empty projects can be removed".into(),
             ));
         }
