@@ -30,7 +30,7 @@ use super::inventory::db;
 use super::lxc::{self, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
-use super::{EmbeddedBackend, profiles, resources};
+use super::{EmbeddedBackend, resources};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, DevicesMap, InstanceCreate, Operation};
 use crate::db::embedded::{self as inv, InstanceRow};
@@ -136,19 +136,15 @@ impl EmbeddedBackend {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         lxc::check_config(&user_config(config.clone()))?;
-        let names = req
-            .profiles
-            .clone()
-            .unwrap_or_else(|| vec![profiles::DEFAULT_PROFILE.into()]);
-        let known = self.profiles_of(project).await?;
-        profiles::check_list(&known, &names)?;
-        let (expanded, _) = profiles::runnable(
-            kind,
-            &profiles::in_order(&known, &names),
-            &config,
-            &req.devices,
-            None,
-        )?;
+        let (names, expanded, _) = self
+            .expand_new(
+                project,
+                kind,
+                req.profiles.as_deref(),
+                &config,
+                &req.devices,
+            )
+            .await?;
         // Before anything changes on the host (the insert decides).
         if inv::get_instance(&self.pool, project, &req.name)
             .await

@@ -234,6 +234,30 @@ fn blank_disk_size(devices: &DevicesMap) -> Result<u64, BackendError> {
 }
 
 impl EmbeddedBackend {
+    /// A new instance's profiles (default `["default"]`, each of the
+    /// project) and what it runs with: their config and root disk under its
+    /// own, held to what the drivers implement. For creates and copies.
+    pub(super) async fn expand_new(
+        &self,
+        project: &ProjectName,
+        kind: &str,
+        profiles: Option<&[String]>,
+        config: &ConfigMap,
+        devices: &DevicesMap,
+    ) -> Result<(Vec<String>, ConfigMap, DevicesMap), BackendError> {
+        let names = profiles.map_or_else(|| vec![profiles::DEFAULT_PROFILE.into()], <[_]>::to_vec);
+        let known = self.profiles_of(project).await?;
+        profiles::check_list(&known, &names)?;
+        let (expanded, expanded_devices) = profiles::runnable(
+            kind,
+            &profiles::in_order(&known, &names),
+            config,
+            devices,
+            None,
+        )?;
+        Ok((names, expanded, expanded_devices))
+    }
+
     /// How a new instance of `kind` runs, from its expanded config, decided
     /// for creates and copies alike: a VM or a container an admin made
     /// privileged has no map; an isolated container gets the next free block
@@ -392,21 +416,15 @@ impl Instances for EmbeddedBackend {
                     .into(),
             ));
         }
-        let profiles = req
-            .profiles
-            .clone()
-            .unwrap_or_else(|| vec![profiles::DEFAULT_PROFILE.into()]);
-        let known = self.profiles_of(project).await?;
-        profiles::check_list(&known, &profiles)?;
-        // What it runs with: its profiles' config and root disk under its
-        // own config, held to what the drivers implement.
-        let (expanded, expanded_devices) = profiles::runnable(
-            kind,
-            &profiles::in_order(&known, &profiles),
-            &req.config,
-            &req.devices,
-            None,
-        )?;
+        let (profiles, expanded, expanded_devices) = self
+            .expand_new(
+                project,
+                kind,
+                req.profiles.as_deref(),
+                &req.config,
+                &req.devices,
+            )
+            .await?;
         if blank && kind != VM {
             return Err(BackendError::BadRequest(
                 "source.type `none` makes an empty virtual machine".into(),
