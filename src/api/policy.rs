@@ -355,11 +355,30 @@ pub async fn require_inside_access(
     project: &ProjectName,
     name: &InstanceName,
 ) -> ApiResult<()> {
+    admins_only_if_privileged(
+        state,
+        user,
+        project,
+        name,
+        "exec, open its console or transfer files",
+    )
+    .await
+}
+
+/// Refuses non-admins `what` on instance `name` when it is a privileged
+/// container (the instance is read only for non-admins).
+pub async fn admins_only_if_privileged(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    name: &InstanceName,
+    what: &str,
+) -> ApiResult<()> {
     if user.is_admin() {
         return Ok(());
     }
     let (i, _) = state.backend.get_instance(project, name).await?;
-    refuse_privileged(user, &i, "exec, open its console or transfer files")
+    refuse_privileged(user, &i, what)
 }
 
 /// Whether config (expanded) makes a container privileged, read as Incus

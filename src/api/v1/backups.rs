@@ -200,10 +200,7 @@ pub async fn export_backup(
     user.require(Permission::ProjectOperate, project.as_str())?;
     // A backup holds the instance's files: a privileged container's are
     // the admins' (as exec and file transfer there are).
-    if !user.is_admin() {
-        let (i, _) = state.backend.get_instance(&project, &name).await?;
-        policy::refuse_privileged(&user, &i, "export its backups")?;
-    }
+    policy::admins_only_if_privileged(&state, &user, &project, &name, "export its backups").await?;
     let Download {
         content_type,
         content_length,

@@ -426,10 +426,7 @@ pub async fn rename_instance(
         InstanceName::parse(&req.name).map_err(|e| ApiError::invalid_field("name", e))?;
     // Otherwise an operator could give an admin's privileged container the
     // name of one of theirs while a copy or backup export of it is checked.
-    if !user.is_admin() {
-        let (i, _) = state.backend.get_instance(&project, &name).await?;
-        policy::refuse_privileged(&user, &i, "rename it")?;
-    }
+    policy::admins_only_if_privileged(&state, &user, &project, &name, "rename it").await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
