@@ -107,6 +107,12 @@ resource_name!(
 );
 
 resource_name!(
+    /// A team's name (a group of users granted roles as one).
+    TeamName,
+    "team"
+);
+
+resource_name!(
     /// An instance name (containers and virtual machines).
     InstanceName,
     "instance"

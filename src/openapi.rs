@@ -19,6 +19,7 @@ mod text;
     tags(
         (name = "auth", description = "Log in, refresh and rotate tokens, the caller's own account"),
         (name = "users", description = "Accounts and per-project role grants (admins)"),
+        (name = "teams", description = "Groups of users granted roles in projects as one (admins): a member's role in a project is the highest of its own and its teams'"),
         (name = "instances", description = "Containers and virtual machines"),
         (name = "snapshots", description = "Point-in-time copies of an instance: take, list, restore, delete"),
         (name = "backups", description = "Instance backups kept on the server, and their download"),
@@ -51,6 +52,7 @@ mod text;
         crate::names::LogFileName,
         crate::names::MemberName,
         crate::auth::Username,
+        crate::names::TeamName,
         crate::api::schemas::ProjectParam,
         crate::api::schemas::ByteSize,
         crate::api::schemas::AbsolutePath,

@@ -18,9 +18,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::v1::{audit, auth, events, images, instances, operations, system, tokens, users};
+use crate::api::v1::{audit, auth, events, images, instances, operations, system, tokens};
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
+use crate::api::v1::{teams, users};
 use crate::api::{health, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -55,6 +56,15 @@ pub fn api() -> OpenApiRouter<AppState> {
             users::grant_project_role,
             users::revoke_project_role
         ));
+    let teams = OpenApiRouter::new()
+        .routes(routes!(teams::list_teams, teams::create_team))
+        .routes(routes!(
+            teams::get_team,
+            teams::update_team,
+            teams::delete_team
+        ))
+        .routes(routes!(teams::add_team_member, teams::remove_team_member))
+        .routes(routes!(teams::grant_team_role, teams::revoke_team_role));
     let instances = OpenApiRouter::new()
         .routes(routes!(
             instances::list_instances,
@@ -192,6 +202,7 @@ pub fn api() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
         .nest("/auth", auth)
         .nest("/users", users)
+        .nest("/teams", teams)
         .nest("/instances", instances)
         .nest("/instances/{name}/volumes", instance_volumes)
         .nest("/instances/{name}/nics", instance_nics)

@@ -26,7 +26,11 @@ pub struct UserOut {
     /// Global role; `null` for users that only hold project roles.
     pub role: Option<Role>,
     pub disabled: bool,
+    /// The user's own grants (its teams' are on each team).
     pub projects: Vec<ProjectGrant>,
+    /// The teams the user is in.
+    #[schema(example = json!(["platform"]))]
+    pub teams: Vec<String>,
     #[schema(example = "2026-11-23T22:38:16Z")]
     pub created_at: String,
     pub updated_at: String,
@@ -34,12 +38,17 @@ pub struct UserOut {
 }
 
 impl UserOut {
-    pub fn from_row(row: &db::users::UserRow, grants: Vec<ProjectGrant>) -> Self {
+    pub fn from_row(
+        row: &db::users::UserRow,
+        grants: Vec<ProjectGrant>,
+        teams: Vec<String>,
+    ) -> Self {
         Self {
             username: row.username.clone(),
             role: row.role(),
             disabled: row.is_disabled(),
             projects: grants,
+            teams,
             created_at: rfc3339(row.created_at),
             updated_at: rfc3339(row.updated_at),
             last_login_at: row.last_login_at.map(rfc3339),
@@ -77,7 +86,7 @@ pub async fn create_user_row(state: &AppState, req: CreateUser) -> ApiResult<Use
         },
     )
     .await?;
-    Ok(UserOut::from_row(&row, Vec::new()))
+    Ok(UserOut::from_row(&row, Vec::new(), Vec::new()))
 }
 
 pub fn created(user: UserOut) -> Response {

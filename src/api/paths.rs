@@ -19,7 +19,7 @@ use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
     MemberName, NetworkName, OperationId, PoolName, ProfileName, ProjectName, SnapshotName,
-    VolumeName,
+    TeamName, VolumeName,
 };
 
 /// `/instances/{name}`
@@ -135,6 +135,34 @@ pub struct ProfilePath {
 pub struct ProjectPath {
     /// Project name
     pub name: ProjectName,
+}
+
+/// `/teams/{name}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TeamPath {
+    /// Team name
+    pub name: TeamName,
+}
+
+/// `/teams/{name}/members/{username}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TeamMemberPath {
+    /// Team name
+    pub name: TeamName,
+    /// The member's username
+    pub username: Username,
+}
+
+/// `/teams/{name}/projects/{project}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TeamProjectPath {
+    /// Team name
+    pub name: TeamName,
+    /// The project
+    pub project: ProjectName,
 }
 
 /// `/users/{username}`

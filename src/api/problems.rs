@@ -75,6 +75,11 @@ problem_responses! {
     /// Changing a network, or its leases: only managed networks have those.
     ManagedNetworkMissing = 404, "No such managed network";
     UserMissing = 404, "No such user";
+    TeamMissing = 404, "No such team";
+    /// Adding a member: the team or the user.
+    TeamOrUserMissing = 404, "No such team or user";
+    TeamMemberMissing = 404, "No such team, user or membership";
+    TeamGrantMissing = 404, "No such team, or the team has no role in the project";
     /// Another user's token is not confirmed to a caller who is not an admin.
     TokenMissing = 404, "No such personal access token (or not the caller's)";
     /// Another user's operation is not visible to a caller who is not an admin.
@@ -99,6 +104,8 @@ problem_responses! {
     /// Deleting or renaming `default`, or deleting a profile in use.
     DefaultOrUsedProfile409 = 409, "The profile is `default` (it cannot be deleted or renamed), or is in use";
     LastAdmin409 = 409, "Would leave no enabled admin";
+    TeamCreate409 = 409, "The name is taken (`name_taken`), or the server keeps no more teams (`too_many_teams`, 1,000)";
+    TeamFull409 = 409, "The team has the most members it keeps (`team_full`, 5,000)";
 
     // 412: `If-Match`, or a read-modify-write that lost a race.
     Stale412 = 412, "The ETag does not match";

@@ -16,7 +16,8 @@ use utoipa::{PartialSchema, ToSchema};
 use crate::auth::Username;
 use crate::names::{
     BackupName, DeviceName, ImageAliasName, ImageFingerprint, InstanceName, LogFileName,
-    MemberName, NetworkName, PoolName, ProfileName, ProjectName, SnapshotName, VolumeName,
+    MemberName, NetworkName, PoolName, ProfileName, ProjectName, SnapshotName, TeamName,
+    VolumeName,
 };
 
 /// Incus's rule (`names::check_resource_name`): 1-63 ASCII letters, digits
@@ -112,6 +113,14 @@ name_schema!(
     RESOURCE_NAME_PATTERN,
     63,
     "web-1"
+);
+name_schema!(
+    TeamName,
+    "TeamName",
+    "A team name: 1-63 ASCII letters, digits and `-`, starting with a letter, not ending with `-`.",
+    RESOURCE_NAME_PATTERN,
+    63,
+    "platform"
 );
 name_schema!(
     ProjectName,

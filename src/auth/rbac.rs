@@ -162,6 +162,15 @@ pub struct TokenCaps {
 }
 
 impl Grants {
+    /// Adds a role in `project`, keeping the higher one when the project
+    /// has one already (a user's own grant and its teams').
+    pub fn grant(&mut self, project: String, role: Role) {
+        match self.projects.iter_mut().find(|(p, _)| *p == project) {
+            Some((_, r)) => *r = (*r).max(role),
+            None => self.projects.push((project, role)),
+        }
+    }
+
     /// The effective role in `project`: the higher of the global role and the project grant.
     pub fn role_in(&self, project: &str) -> Option<Role> {
         let local = self
@@ -226,6 +235,18 @@ mod tests {
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn grants_from_several_sources_keep_the_highest_role() {
+        let mut g = Grants::default();
+        g.grant("a".into(), Role::Operator);
+        g.grant("a".into(), Role::Viewer);
+        g.grant("b".into(), Role::Viewer);
+        g.grant("b".into(), Role::Admin);
+        assert_eq!(g.role_in("a"), Some(Role::Operator));
+        assert_eq!(g.role_in("b"), Some(Role::Admin));
+        assert_eq!(g.projects.len(), 2);
     }
 
     #[test]

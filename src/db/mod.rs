@@ -11,6 +11,7 @@ pub mod personal_tokens;
 pub mod project_roles;
 pub mod refresh_tokens;
 pub mod revoked_tokens;
+pub mod teams;
 pub mod users;
 pub mod ws_tickets;
 

@@ -5,6 +5,13 @@ use sqlx::{AnyPool, FromRow};
 use crate::auth::Role;
 use crate::auth::tokens::now_secs;
 
+/// Every grant that reaches a user: its own, and its teams' (a user may
+/// appear more than once for a project; the highest role counts).
+pub const EFFECTIVE: &str = "SELECT user_id, project, role FROM project_roles
+     UNION ALL
+     SELECT tm.user_id, tr.project, tr.role FROM team_members tm
+     JOIN team_roles tr ON tr.team_id = tm.team_id";
+
 #[derive(Debug, Clone, FromRow)]
 pub struct GrantRow {
     pub user_id: String,
@@ -49,15 +56,31 @@ pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<u64, sqlx::
     Ok(r.rows_affected())
 }
 
-/// Grants of many users at once (for user listings).
+/// Own grants of many users at once (for user listings).
 pub async fn for_users(pool: &AnyPool, user_ids: &[String]) -> Result<Vec<GrantRow>, sqlx::Error> {
+    of_users(pool, "project_roles", user_ids).await
+}
+
+/// Every grant reaching many users, own and teams' ([`EFFECTIVE`]).
+pub async fn effective_for_users(
+    pool: &AnyPool,
+    user_ids: &[String],
+) -> Result<Vec<GrantRow>, sqlx::Error> {
+    of_users(pool, &format!("({EFFECTIVE}) g"), user_ids).await
+}
+
+async fn of_users(
+    pool: &AnyPool,
+    from: &str,
+    user_ids: &[String],
+) -> Result<Vec<GrantRow>, sqlx::Error> {
     if user_ids.is_empty() {
         return Ok(Vec::new());
     }
     // One placeholder per id; the ids themselves are bound, never spliced.
     let placeholders: Vec<String> = (1..=user_ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT user_id, project, role FROM project_roles WHERE user_id IN ({}) ORDER BY project",
+        "SELECT user_id, project, role FROM {from} WHERE user_id IN ({}) ORDER BY project",
         placeholders.join(", ")
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));

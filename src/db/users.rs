@@ -77,8 +77,8 @@ pub async fn by_username(pool: &AnyPool, username: &str) -> Result<Option<UserRo
     .await
 }
 
-/// The user and its project grants in one round trip (this runs on every
-/// authenticated request).
+/// The user and its project grants, its teams' included, in one round
+/// trip (this runs on every authenticated request).
 pub async fn with_grants(
     pool: &AnyPool,
     id: &str,
@@ -90,14 +90,15 @@ pub async fn with_grants(
         project: Option<String>,
         project_role: Option<String>,
     }
-    let rows: Vec<Joined> = sqlx::query_as(
+    let rows: Vec<Joined> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT u.id, u.username, u.password_hash, u.role, u.disabled, u.token_version,
                 u.created_at, u.updated_at, u.last_login_at,
                 pr.project AS project, pr.role AS project_role
-         FROM users u LEFT JOIN project_roles pr ON pr.user_id = u.id
+         FROM users u LEFT JOIN ({}) pr ON pr.user_id = u.id
          WHERE u.id = $1
          ORDER BY pr.project",
-    )
+        super::project_roles::EFFECTIVE
+    )))
     .bind(id)
     .fetch_all(pool)
     .await?;
@@ -115,7 +116,7 @@ pub async fn with_grants(
         .chain(rows.map(|r| (r.project, r.project_role)))
     {
         if let (Some(p), Some(r)) = (project, role.and_then(|r| r.parse().ok())) {
-            grants.projects.push((p, r));
+            grants.grant(p, r);
         }
     }
     Ok(Some((user, grants)))
@@ -297,18 +298,17 @@ pub async fn many_with_grants(
             q = q.bind(id);
         }
         let users = q.fetch_all(pool).await?;
-        let grants = super::project_roles::for_users(pool, chunk).await?;
+        let grants = super::project_roles::effective_for_users(pool, chunk).await?;
         for user in users {
-            let projects = grants
-                .iter()
-                .filter(|g| g.user_id == user.id)
-                .filter_map(|g| Some((g.project.clone(), g.role.parse().ok()?)))
-                .collect();
-            let g = Grants {
+            let mut g = Grants {
                 global: user.role(),
-                projects,
-                read_only: false,
+                ..Grants::default()
             };
+            for row in grants.iter().filter(|g| g.user_id == user.id) {
+                if let Ok(role) = row.role.parse() {
+                    g.grant(row.project.clone(), role);
+                }
+            }
             out.push((user, g));
         }
     }

@@ -30,6 +30,7 @@ mod policy_escape;
 mod profiles_db;
 mod rbac_matrix;
 mod revocation;
+mod teams;
 mod tls;
 mod tokens;
 mod users_admin;

@@ -66,6 +66,17 @@ const ROUTES: &[(&str, Need)] = &[
     ("DELETE /api/v1/users/{username}", Admin),
     ("PUT /api/v1/users/{username}/projects/{project}", Admin),
     ("DELETE /api/v1/users/{username}/projects/{project}", Admin),
+    // teams: admins; adding rights (members, grants) from a login only
+    // (tested in teams.rs).
+    ("GET /api/v1/teams", Admin),
+    ("POST /api/v1/teams", Admin),
+    ("GET /api/v1/teams/{name}", Admin),
+    ("PATCH /api/v1/teams/{name}", Admin),
+    ("DELETE /api/v1/teams/{name}", Admin),
+    ("PUT /api/v1/teams/{name}/members/{username}", Admin),
+    ("DELETE /api/v1/teams/{name}/members/{username}", Admin),
+    ("PUT /api/v1/teams/{name}/projects/{project}", Admin),
+    ("DELETE /api/v1/teams/{name}/projects/{project}", Admin),
     // audit, system
     ("GET /api/v1/audit", Admin),
     ("GET /api/v1/system/info", Authenticated),
@@ -399,6 +410,8 @@ fn generic_body(key: &str) -> Value {
             "pool": MISSING, "volume": MISSING, "path": "/mnt/rbac", "device": "rbac-disk"}),
         "POST /api/v1/instances/{name}/nics" => json!({"network": MISSING, "device": "eth9"}),
         "POST /api/v1/projects" => json!({"name": "rbac-project"}),
+        "POST /api/v1/teams" => json!({"name": "rbac-team"}),
+        "PUT /api/v1/teams/{name}/projects/{project}" => json!({"role": "viewer"}),
         "POST /api/v1/profiles" => json!({"name": "rbac-profile"}),
         "POST /api/v1/profiles/{name}/rename" => json!({"name": "rbac-renamed"}),
         "POST /api/v1/images" => json!({"source": {
@@ -746,7 +759,11 @@ fn get_needs_write_permission(key: &str, need: Need) -> bool {
     need == ProjectOperate
         || matches!(
             key,
-            "GET /api/v1/users" | "GET /api/v1/users/{username}" | "GET /api/v1/system/resources"
+            "GET /api/v1/users"
+                | "GET /api/v1/users/{username}"
+                | "GET /api/v1/teams"
+                | "GET /api/v1/teams/{name}"
+                | "GET /api/v1/system/resources"
         )
 }
 
@@ -774,6 +791,8 @@ impl Matrix<'_> {
                 | "POST /api/v1/auth/register"
                 | "PATCH /api/v1/users/{username}"
                 | "PUT /api/v1/users/{username}/projects/{project}"
+                | "PUT /api/v1/teams/{name}/members/{username}"
+                | "PUT /api/v1/teams/{name}/projects/{project}"
         ) && allowed)
         {
             Some("token_not_allowed")

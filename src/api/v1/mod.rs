@@ -16,6 +16,7 @@ pub mod projects;
 pub mod snapshots;
 pub mod storage;
 pub mod system;
+pub mod teams;
 pub mod tokens;
 pub mod users;
 pub mod volume_snapshots;

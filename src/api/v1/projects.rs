@@ -326,6 +326,7 @@ pub async fn delete_project(
     // A project re-created later under the same name must not hand the old
     // members their roles back.
     crate::db::project_roles::remove_project(&state.db.pool, name.as_str()).await?;
+    crate::db::teams::remove_project(&state.db.pool, name.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

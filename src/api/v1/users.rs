@@ -40,15 +40,33 @@ async fn grants_of(
     Ok(map)
 }
 
+/// The teams of these users, by user id.
+async fn teams_of(state: &AppState, ids: &[String]) -> ApiResult<HashMap<String, Vec<String>>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for m in db::teams::memberships(&state.db.pool, ids).await? {
+        let teams = map.entry(m.user_id).or_default();
+        // One row per grant of the team: each team once.
+        if teams.last() != Some(&m.team) {
+            teams.push(m.team);
+        }
+    }
+    Ok(map)
+}
+
 async fn load(state: &AppState, name: &Username) -> ApiResult<(db::users::UserRow, UserOut)> {
     let row = db::users::by_username(&state.db.pool, name.as_str())
         .await?
         .ok_or_else(|| user_not_found(name.as_str()))?;
-    let grants = grants_of(state, std::slice::from_ref(&row.id))
+    let ids = std::slice::from_ref(&row.id);
+    let grants = grants_of(state, ids)
         .await?
         .remove(&row.id)
         .unwrap_or_default();
-    let out = UserOut::from_row(&row, grants);
+    let teams = teams_of(state, ids)
+        .await?
+        .remove(&row.id)
+        .unwrap_or_default();
+    let out = UserOut::from_row(&row, grants, teams);
     Ok((row, out))
 }
 
@@ -70,9 +88,16 @@ pub async fn list_users(
     let total = db::users::count(&state.db.pool).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let mut grants = grants_of(&state, &ids).await?;
+    let mut teams = teams_of(&state, &ids).await?;
     let items = rows
         .iter()
-        .map(|r| UserOut::from_row(r, grants.remove(&r.id).unwrap_or_default()))
+        .map(|r| {
+            UserOut::from_row(
+                r,
+                grants.remove(&r.id).unwrap_or_default(),
+                teams.remove(&r.id).unwrap_or_default(),
+            )
+        })
         .collect();
     Ok(Json(Page {
         items,
