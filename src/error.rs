@@ -43,6 +43,12 @@ pub struct Problem {
     /// For 403: the project the permission was checked in (absent for global permissions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// For 403: the least role that grants what was refused (in `project`
+    /// when there is one; `admin` for what the instance policy keeps to
+    /// admins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::auth::Role>)]
+    pub required_role: Option<String>,
     /// For 429: seconds until a retry may succeed (also in `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
@@ -62,6 +68,7 @@ pub struct ErrorInner {
     pub field: Option<String>,
     pub permission: Option<String>,
     pub project: Option<String>,
+    pub required_role: Option<&'static str>,
     pub retry_after: Option<u64>,
     /// Logged, never returned.
     #[source]
@@ -96,6 +103,7 @@ impl ApiError {
             field: None,
             permission: None,
             project: None,
+            required_role: None,
             retry_after: None,
             source: None,
         }))
@@ -111,6 +119,14 @@ impl ApiError {
 
     pub fn forbidden(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, detail)
+    }
+
+    /// 403 `policy_denied`: the instance policy keeps this to admins (or
+    /// to what an admin allowed the project).
+    pub fn policy_denied(detail: impl Into<String>) -> Self {
+        let mut e = Self::forbidden("policy_denied", detail);
+        e.required_role = Some("admin");
+        e
     }
 
     pub fn not_found(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
@@ -208,6 +224,7 @@ impl IntoResponse for ApiError {
             field: this.field,
             permission: this.permission,
             project: this.project,
+            required_role: this.required_role.map(str::to_owned),
             retry_after: this.retry_after,
         };
         let mut resp = (

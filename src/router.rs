@@ -21,7 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::v1::{audit, auth, events, images, instances, operations, system, tokens};
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
-use crate::api::v1::{teams, users};
+use crate::api::v1::{permissions, teams, users};
 use crate::api::{health, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -35,6 +35,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
+        .routes(routes!(permissions::my_permissions))
+        .routes(routes!(permissions::can))
         .routes(routes!(auth::change_password))
         .routes(routes!(auth::ws_ticket))
         .routes(routes!(auth::register))

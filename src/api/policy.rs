@@ -22,7 +22,7 @@ impl From<Denied> for ApiError {
     fn from(d: Denied) -> Self {
         match d {
             Denied::Forbidden { field, detail } => {
-                ApiError::forbidden("policy_denied", detail).with_field(field)
+                ApiError::policy_denied(detail).with_field(field)
             }
             Denied::Invalid { field, detail } => {
                 ApiError::bad_request("invalid_config", detail).with_field(field)
@@ -75,12 +75,9 @@ pub async fn check_placement(
     if !user.is_admin() {
         let (p, _) = state.backend.get_project(project).await?;
         if p.config.get(CLUSTER_TARGET_KEY).map(String::as_str) != Some("allow") {
-            return Err(ApiError::forbidden(
-                "policy_denied",
-                format!(
-                    "choosing the cluster member (`target`) is for admins in project `{project}`; an admin can allow it for the project (project config `{CLUSTER_TARGET_KEY}=allow`)"
-                ),
-            ));
+            return Err(ApiError::policy_denied(format!(
+                "choosing the cluster member (`target`) is for admins in project `{project}`; an admin can allow it for the project (project config `{CLUSTER_TARGET_KEY}=allow`)"
+            )));
         }
     }
     Ok(Some(name))
@@ -145,9 +142,7 @@ pub async fn check_instance_write(
     for name in b.devices.keys().filter(|n| !after.devices.contains_key(*n)) {
         if let Some(dev) = inherited.get(name) {
             policy.check_device(name, dev).map_err(|e| match e {
-                Denied::Forbidden { detail, .. } => ApiError::forbidden(
-                    "policy_denied",
-                    format!("removing device `{name}` would let the profile's device of that name apply, and {detail}"),
+                Denied::Forbidden { detail, .. } => ApiError::policy_denied(format!("removing device `{name}` would let the profile's device of that name apply, and {detail}"),
                 )
                 .with_field(format!("devices.{name}")),
                 other => other.into(),
@@ -182,7 +177,7 @@ fn from_profiles(d: Denied, profiles: &[&Profile]) -> ApiError {
         Some(p) => format!("through profile `{}`: {detail}", p.name),
         None => detail,
     };
-    ApiError::forbidden("policy_denied", detail).with_field(field)
+    ApiError::policy_denied(detail).with_field(field)
 }
 
 /// NICs added or changed (from `before` to `after`, devices as they
@@ -296,12 +291,9 @@ pub async fn check_profile_write(
         // Names from the backend; one lxgate cannot read is not waved
         // through unchecked.
         let unreadable = || {
-            ApiError::forbidden(
-                "policy_denied",
-                format!(
-                    "the profile is used by {url:?}, which lxgate cannot check; an admin can change the profile"
-                ),
-            )
+            ApiError::policy_denied(format!(
+                "the profile is used by {url:?}, which lxgate cannot check; an admin can change the profile"
+            ))
         };
         let iproject = ProjectName::parse(&iproject).map_err(|_| unreadable())?;
         let iname = InstanceName::parse(&iname).map_err(|_| unreadable())?;
@@ -394,13 +386,10 @@ pub fn is_privileged(config: &ConfigMap) -> bool {
 pub fn refuse_privileged(user: &AuthUser, i: &Instance, what: &str) -> ApiResult<()> {
     let privileged = i.instance_type == "container" && is_privileged(&i.expanded_config);
     if privileged && !user.is_admin() {
-        return Err(ApiError::forbidden(
-            "policy_denied",
-            format!(
-                "`{}` is a privileged container (its root is the host's root): only admins may {what}",
-                i.name
-            ),
-        )
+        return Err(ApiError::policy_denied(format!(
+            "`{}` is a privileged container (its root is the host's root): only admins may {what}",
+            i.name
+        ))
         .with_field("security.privileged"));
     }
     Ok(())
@@ -435,9 +424,7 @@ async fn check_network(
             other => other.into(),
         })?;
     if !n.managed || !matches!(n.network_type.as_str(), "bridge" | "ovn") {
-        return Err(ApiError::forbidden(
-            "policy_denied",
-            format!(
+        return Err(ApiError::policy_denied(format!(
                 "a NIC on network `{network}` (a {} {} network) is not allowed for non-admins, only managed bridge and OVN networks; an admin can allow NICs of any kind for this project (project config `user.lxgate.allow.devices`)",
                 if n.managed { "managed" } else { "host" },
                 n.network_type

@@ -133,9 +133,7 @@ fn vouched_for(state: &AppState, user: &AuthUser, server: &str) -> ApiResult<()>
     if listed {
         return Ok(());
     }
-    Err(ApiError::forbidden(
-        "policy_denied",
-        "on the Incus backend, non-admins launch from remote image servers on IMAGE_SERVER_ALLOWLIST only (Incus fetches by itself, outside lxgate's address checks); ask an admin to list the server or copy the image (POST images)",
+    Err(ApiError::policy_denied("on the Incus backend, non-admins launch from remote image servers on IMAGE_SERVER_ALLOWLIST only (Incus fetches by itself, outside lxgate's address checks); ask an admin to list the server or copy the image (POST images)",
     )
     .with_field("source.server"))
 }
@@ -186,9 +184,7 @@ async fn merge_copy(
             if !user.is_admin()
                 && (policy::is_privileged(&s.expanded_config) || policy::is_privileged(&s.config))
             {
-                return Err(ApiError::forbidden(
-                    "policy_denied",
-                    format!(
+                return Err(ApiError::policy_denied(format!(
                         "snapshot `{instance}/{snap}` is of a privileged container (its root was the host's root): only admins may copy it"
                     ),
                 )

@@ -41,19 +41,32 @@ impl AuthUser {
         if self.grants.allows(permission, project) {
             return Ok(());
         }
-        let scope = match permission.scope() {
-            Scope::Project => format!("in project `{project}`"),
-            Scope::Global => "server-wide".to_owned(),
-        };
-        let mut err = ApiError::forbidden(
-            "permission_denied",
-            format!(
-                "permission `{}` ({} role) is required {scope}",
-                permission.as_str(),
-                permission.min_role()
+        let (scope, there, held) = match permission.scope() {
+            Scope::Project => (
+                format!("in project `{project}`"),
+                "there",
+                self.grants.role_in(project),
             ),
+            Scope::Global => ("server-wide".to_owned(), "server-wide", self.grants.global),
+        };
+        let mut detail = format!(
+            "permission `{}` ({} role) is required {scope}; ",
+            permission.as_str(),
+            permission.min_role()
         );
+        match held {
+            _ if self.grants.read_only && permission.writes() => {
+                detail.push_str("this personal access token is read-only");
+            }
+            Some(role) => detail.push_str(&format!("the caller is {role} {there}")),
+            None => detail.push_str(&format!("the caller has no role {there}")),
+        }
+        if self.pat.is_some() {
+            detail.push_str(" (as this personal access token's caps allow)");
+        }
+        let mut err = ApiError::forbidden("permission_denied", detail);
         err.permission = Some(permission.as_str().to_owned());
+        err.required_role = Some(permission.min_role().as_str());
         if permission.scope() == Scope::Project {
             err.project = Some(project.to_owned());
         }
@@ -119,15 +132,12 @@ impl AuthUser {
             Some(p) => grants.capped(&p.caps),
             None => grants,
         };
-        // A WebSocket ticket changes nothing: it lets a browser open, with
-        // the token's own caps, a socket it could open with the token.
-        let ticket = parts
+        let path = parts
             .extensions
             .get::<OriginalUri>()
-            .map_or_else(|| parts.uri.path(), |u| u.0.path())
-            == WS_TICKET_PATH;
+            .map_or_else(|| parts.uri.path(), |u| u.0.path());
         if grants.read_only
-            && !ticket
+            && !READ_ONLY_POSTS.contains(&path)
             && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         {
             return Err(ApiError::forbidden(
@@ -287,8 +297,10 @@ fn query_project(parts: &Parts) -> Result<Option<String>, ApiError> {
     Ok(found)
 }
 
-/// The route that issues WebSocket tickets (see `from_pat`'s read-only rule).
-const WS_TICKET_PATH: &str = "/api/v1/auth/ws-ticket";
+/// POSTs that change nothing, open to read-only tokens: a WebSocket ticket
+/// lets a browser open, with the token's own caps, a socket it could open
+/// with the token; `can` only asks.
+const READ_ONLY_POSTS: [&str; 2] = ["/api/v1/auth/ws-ticket", "/api/v1/auth/can"];
 
 fn logged_out() -> ApiError {
     ApiError::unauthorized(

@@ -1,6 +1,7 @@
 //! Authentication and authorization: who the caller is and what it may do.
 
 pub mod accounts;
+pub mod explain;
 pub mod extract;
 pub mod limit;
 pub mod password;

@@ -121,6 +121,11 @@ impl Permission {
         }
     }
 
+    /// The permission of this name (`project:operate`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     pub const ALL: [Permission; 9] = [
         Permission::ProjectView,
         Permission::ProjectOperate,
@@ -133,6 +138,39 @@ impl Permission {
         Permission::AllProjectsView,
     ];
 }
+
+impl Serialize for Permission {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Permission {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+            serde::de::Error::custom(format!(
+                "unknown permission {s:?}; expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+impl utoipa::PartialSchema for Permission {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some(
+                "A permission (what the 403 `permission` field names): project-scoped `project:view` (viewer) and `project:operate` (operator), server-wide the rest (admin)",
+            ))
+            .enum_values(Some(Self::ALL.iter().map(|p| p.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for Permission {}
 
 /// A user's roles: the global one and per-project grants (for a personal
 /// access token: its owner's, capped by the token).

@@ -26,6 +26,7 @@ mod incus_sources;
 mod incus_storage;
 mod incus_transport;
 mod limits;
+mod permissions;
 mod policy_escape;
 mod profiles_db;
 mod rbac_matrix;

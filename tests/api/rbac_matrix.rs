@@ -49,6 +49,10 @@ const ROUTES: &[(&str, Need)] = &[
     ("POST /api/v1/auth/refresh", Public),
     ("POST /api/v1/auth/logout", Public),
     ("GET /api/v1/auth/me", Authenticated),
+    // One's own permissions, and asking whether one may: anyone with a
+    // token (read-only tokens too).
+    ("GET /api/v1/auth/me/permissions", Authenticated),
+    ("POST /api/v1/auth/can", Authenticated),
     ("PUT /api/v1/auth/me/password", Authenticated),
     ("POST /api/v1/auth/ws-ticket", Authenticated),
     ("POST /api/v1/auth/register", Admin),
@@ -514,6 +518,7 @@ impl<'a> Matrix<'a> {
                 Some(json!({"current_password": pw, "new_password": pw}))
             }
             "POST /api/v1/auth/ws-ticket" => Some(json!({"path": "/api/v1/events/ws"})),
+            "POST /api/v1/auth/can" => Some(json!({"action": "project:operate"})),
             "POST /api/v1/auth/tokens" => Some(json!({"name": "rbac", "expires_in": 60})),
             "POST /api/v1/auth/register" | "POST /api/v1/users" => {
                 self.seq += 1;
@@ -778,8 +783,9 @@ impl Matrix<'_> {
         let method = key.split_once(' ').unwrap().0;
         let allowed = t.rights.allowed(need, in_project);
         // A ticket only opens what the token could open itself.
-        let read_only_write =
-            t.read_only && method != "GET" && key != "POST /api/v1/auth/ws-ticket";
+        let read_only_write = t.read_only
+            && method != "GET"
+            && !matches!(key, "POST /api/v1/auth/ws-ticket" | "POST /api/v1/auth/can");
         let want_code = if read_only_write {
             Some("read_only_token")
         } else if matches!(

@@ -11,6 +11,7 @@ pub mod instance_files;
 pub mod instances;
 pub mod networks;
 pub mod operations;
+pub mod permissions;
 pub mod profiles;
 pub mod projects;
 pub mod snapshots;
