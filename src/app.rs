@@ -34,6 +34,8 @@ pub struct App {
     pub sockets: Arc<SocketSlots>,
     /// Running operations per user (those they started through this replica).
     pub running_operations: Arc<UserSlots>,
+    /// Who started which operation, for the events that show it.
+    pub requesters: Arc<crate::api::requesters::Requesters>,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -195,6 +197,7 @@ impl App {
                 config.max_running_operations_per_user,
                 Held::Operations,
             ),
+            requesters: Arc::default(),
             audit_limiter: AuthLimiter::new(
                 config.audit_unauthenticated_per_minute,
                 config.audit_unauthenticated_per_minute,

@@ -8,6 +8,7 @@ pub mod operation;
 pub mod paths;
 pub mod policy;
 pub mod problems;
+pub mod requesters;
 pub mod resource;
 pub mod schemas;
 pub mod slots;
@@ -344,6 +345,16 @@ impl<T> Page<T> {
             total,
             limit,
             offset,
+        }
+    }
+
+    /// The same page with each item changed by `f`.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            total: self.total,
+            limit: self.limit,
+            offset: self.offset,
         }
     }
 }

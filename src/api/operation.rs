@@ -14,7 +14,7 @@ use crate::api::Json;
 use crate::api::slots::UserSlot;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::types::Operation;
+use crate::backend::types::{Operation, RequestedBy};
 use crate::db;
 use crate::error::ApiResult;
 
@@ -47,7 +47,7 @@ pub const MAX_WAIT_SECS: u64 = 300;
 pub struct OperationSlot {
     slot: UserSlot,
     user_id: String,
-    username: String,
+    requested_by: RequestedBy,
 }
 
 impl OperationSlot {
@@ -55,8 +55,25 @@ impl OperationSlot {
         Ok(Self {
             slot: state.running_operations.acquire(&user.id)?,
             user_id: user.id.clone(),
-            username: user.username.clone(),
+            requested_by: RequestedBy {
+                username: user.username.clone(),
+                auth_method: user.auth_method.to_owned(),
+                token_id: user.pat.as_ref().map(|p| p.id.clone()),
+            },
         })
+    }
+}
+
+/// Who started the operation `record` is of.
+pub fn requested_by(record: &db::operations::OperationRow) -> RequestedBy {
+    RequestedBy {
+        username: record.username.clone(),
+        // Rows from before the column: a login's access token was all there was.
+        auth_method: record
+            .auth_method
+            .clone()
+            .unwrap_or_else(|| "bearer".to_owned()),
+        token_id: record.token_id.clone(),
     }
 }
 
@@ -116,7 +133,7 @@ pub async fn accepted(
     let OperationSlot {
         slot,
         user_id,
-        username,
+        requested_by,
     } = slot;
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
     if !op.is_done() {
@@ -128,12 +145,15 @@ pub async fn accepted(
             id: &op.id,
             project,
             user_id: &user_id,
-            username: &username,
+            username: &requested_by.username,
             action,
             resource,
+            auth_method: &requested_by.auth_method,
+            token_id: requested_by.token_id.as_deref(),
         },
     )
     .await?;
+    state.requesters.remember(&op.id, requested_by.clone());
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {
             state
@@ -147,7 +167,8 @@ pub async fn accepted(
         // Free before answering: the caller may start the next one at once.
         free(&slot);
         // The caller is the requester: it sees its own output.
-        let op = with_exec_output(state, project, Some(action), op).await?;
+        let mut op = with_exec_output(state, project, Some(action), op).await?;
+        op.requested_by = Some(requested_by);
         return Ok((StatusCode::OK, Json(op)).into_response());
     }
     Ok(reference(op))
@@ -172,11 +193,13 @@ pub fn for_caller(
     op: Operation,
 ) -> Operation {
     let requester = record.and_then(|r| r.user_id.as_deref());
-    if may_read_output(user, project, requester) {
+    let mut op = if may_read_output(user, project, requester) {
         op
     } else {
         op.without_exec_output()
-    }
+    };
+    op.requested_by = record.map(requested_by);
+    op
 }
 
 /// A finished exec operation carries the command's exit code, stdout and

@@ -413,6 +413,7 @@ mod tests {
             token_version: 3,
             jti: Some(format!("jti-{id}")),
             pat: None,
+            auth_method: "bearer",
         }
     }
 

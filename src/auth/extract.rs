@@ -33,6 +33,9 @@ pub struct AuthUser {
     /// Set when the request came with a personal access token (directly,
     /// or through a ticket it asked for); `grants` are already capped.
     pub pat: Option<PatRef>,
+    /// How the request authenticated: `bearer`, `pat` or `ticket` (as the
+    /// audit log records it).
+    pub auth_method: &'static str,
 }
 
 impl AuthUser {
@@ -152,6 +155,7 @@ impl AuthUser {
             token_version: user.token_version,
             jti,
             pat,
+            auth_method: method,
         })
     }
 

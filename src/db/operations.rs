@@ -13,6 +13,8 @@ pub struct OperationRow {
     pub action: String,
     pub resource: Option<String>,
     pub created_at: i64,
+    pub auth_method: Option<String>,
+    pub token_id: Option<String>,
 }
 
 pub struct NewOperation<'a> {
@@ -22,12 +24,17 @@ pub struct NewOperation<'a> {
     pub username: &'a str,
     pub action: &'a str,
     pub resource: Option<&'a str>,
+    pub auth_method: &'a str,
+    pub token_id: Option<&'a str>,
 }
+
+const COLUMNS: &str =
+    "id, project, user_id, username, action, resource, created_at, auth_method, token_id";
 
 pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO operations (id, project, user_id, username, action, resource, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO operations (id, project, user_id, username, action, resource, created_at, auth_method, token_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
     )
     .bind(op.id)
     .bind(op.project)
@@ -36,15 +43,17 @@ pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Er
     .bind(op.action)
     .bind(op.resource)
     .bind(now_secs())
+    .bind(op.auth_method)
+    .bind(op.token_id)
     .execute(pool)
     .await
     .map(|_| ())
 }
 
 pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OperationRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, project, user_id, username, action, resource, created_at FROM operations WHERE id = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM operations WHERE id = $1"
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await
@@ -57,7 +66,7 @@ pub async fn get_many(pool: &AnyPool, ids: &[String]) -> Result<Vec<OperationRow
     }
     let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT id, project, user_id, username, action, resource, created_at FROM operations WHERE id IN ({})",
+        "SELECT {COLUMNS} FROM operations WHERE id IN ({})",
         placeholders.join(", ")
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));

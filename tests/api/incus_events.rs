@@ -76,19 +76,57 @@ async fn lifecycle_and_operation_events_reach_subscribers() {
     assert!(created.is_some(), "no instance-created event for {name}");
     let created = created.unwrap();
     assert_eq!(created["project"], "default");
-    // Incus names the transport that carried lxgate's request: proof that
-    // this run really went over the socket or over mTLS.
-    let protocol = match std::env::var("LXGATE_TEST_INCUS_MODE").as_deref() {
-        Ok("remote") => "tls",
-        _ => "unix",
-    };
-    assert_eq!(
-        created["metadata"]["requestor"]["protocol"], protocol,
-        "{created}"
-    );
-    let op_event = next_matching(&mut ops, 10, |e| e["metadata"]["id"] == op_id.as_str()).await;
+    // Incus's `requestor` is lxgate's own identity towards Incus (its
+    // certificate, or root on the socket), never the user: not relayed.
+    assert!(created["metadata"].get("requestor").is_none(), "{created}");
+    // Operation events say who started them through lxgate instead.
+    let op_event = next_matching(&mut ops, 10, |e| {
+        e["metadata"]["id"] == op_id.as_str() && e["metadata"]["status_code"] == 200
+    })
+    .await;
     let op_event = op_event.expect("the create operation's events");
     assert_eq!(op_event["type"], "operation");
+    assert_eq!(
+        op_event["metadata"]["requested_by"],
+        json!({"username": ADMIN, "auth_method": "bearer"}),
+        "{op_event}"
+    );
+    assert!(
+        op_event["metadata"].get("requestor").is_none(),
+        "{op_event}"
+    );
+
+    // Through a personal access token: the token, on the operation and
+    // its events.
+    let r = app
+        .post(
+            "/api/v1/auth/tokens",
+            Some(&admin),
+            json!({"name": "events", "expires_in": 600}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 201, "{}", r.text);
+    let (secret, token_id) = (
+        r.body["token"].as_str().unwrap().to_owned(),
+        r.body["id"].as_str().unwrap().to_owned(),
+    );
+    let r = app
+        .delete(&format!("/api/v1/instances/{name}?wait=60"), Some(&secret))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let by = json!({"username": ADMIN, "auth_method": "pat", "token_id": token_id});
+    assert_eq!(r.body["requested_by"], by, "{}", r.text);
+    let op_id = r.body["id"].as_str().unwrap().to_owned();
+    let got = app
+        .get(&format!("/api/v1/operations/{op_id}"), Some(&admin))
+        .await;
+    assert_eq!(got.body["requested_by"], by, "{}", got.text);
+    let op_event = next_matching(&mut ops, 10, |e| {
+        e["metadata"]["id"] == op_id.as_str() && e["metadata"]["status_code"] == 200
+    })
+    .await
+    .expect("the delete operation's events");
+    assert_eq!(op_event["metadata"]["requested_by"], by, "{op_event}");
 }
 
 #[tokio::test]

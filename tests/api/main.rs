@@ -30,6 +30,7 @@ mod permissions;
 mod policy_escape;
 mod profiles_db;
 mod rbac_matrix;
+mod requested_by;
 mod revocation;
 mod teams;
 mod tls;

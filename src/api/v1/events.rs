@@ -21,7 +21,7 @@ use crate::api::ws::{Access, SocketSlot, close_revoked, require_upgrade};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
-use crate::backend::types::{EVENT_KINDS, Event};
+use crate::backend::types::{EVENT_KINDS, Event, RequestedBy};
 use crate::error::{ApiError, ApiResult, Problem};
 
 /// How often the server pings each subscriber.
@@ -86,17 +86,26 @@ impl Filter {
 
     /// The event as this subscriber may read it: viewers get operation
     /// events without recorded exec output (as in `operations::for_caller`);
-    /// secrets are dropped for everyone when serialized.
-    fn render(&self, e: &Event) -> serde_json::Result<String> {
-        if !self
+    /// secrets are dropped for everyone when serialized. An operation
+    /// event says who started it (`requested_by`, `null` when not known).
+    fn render(&self, e: &Event, by: Option<&RequestedBy>) -> serde_json::Result<String> {
+        let stripped = if self
             .user
             .grants
             .allows(Permission::ProjectOperate, &e.project)
-            && let Some(stripped) = e.without_exec_output()
         {
-            return serde_json::to_string(&stripped);
+            None
+        } else {
+            e.without_exec_output()
+        };
+        if e.kind != "operation" {
+            return serde_json::to_string(stripped.as_ref().unwrap_or(e));
         }
-        serde_json::to_string(e)
+        let mut e = stripped.unwrap_or_else(|| e.clone());
+        if let Some(meta) = e.metadata.as_object_mut() {
+            meta.insert("requested_by".into(), serde_json::to_value(by)?);
+        }
+        serde_json::to_string(&e)
     }
 }
 
@@ -136,6 +145,7 @@ fn filter(user: AuthUser, q: &EventsQuery, default_kinds: &[&str]) -> ApiResult<
 }
 
 async fn relay(
+    state: AppState,
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
     mut logging: Option<tokio::sync::mpsc::Receiver<Event>>,
@@ -152,7 +162,13 @@ async fn relay(
                     if !filter.wants(&ev) {
                         continue;
                     }
-                    let Ok(text) = filter.render(&ev) else { continue };
+                    let by = match ev.metadata["id"].as_str() {
+                        Some(id) if ev.kind == "operation" => {
+                            state.requesters.lookup(&state.db.pool, id).await
+                        }
+                        _ => None,
+                    };
+                    let Ok(text) = filter.render(&ev, by.as_ref()) else { continue };
                     match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
                         Ok(Ok(())) => {}
                         _ => break,
@@ -227,7 +243,8 @@ async fn upgrade(
     } else {
         None
     };
-    Ok(ws.on_upgrade(move |socket| relay(socket, rx, logging, filter, slot)))
+    let state = state.clone();
+    Ok(ws.on_upgrade(move |socket| relay(state, socket, rx, logging, filter, slot)))
 }
 
 /// Subscribe to events (WebSocket). Each message is one Incus-shaped Event,

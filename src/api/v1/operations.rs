@@ -1,6 +1,8 @@
 //! `/api/v1/operations`: background work started through lxgate (the 202
 //! convention itself is `crate::api::operation`).
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -90,17 +92,23 @@ pub async fn list_operations(
             .list_operations(Some(project.as_str()))
             .await?
     };
-    let ops = ops
-        .into_iter()
-        .map(|op| {
-            let project = match q.all_projects {
-                Some(true) => op.project.clone(),
-                _ => project.as_str().to_owned(),
-            };
-            for_caller(&user, &project, None, op)
-        })
-        .collect();
-    Ok(Json(Page::slice(ops, limit, offset)))
+    let page = Page::slice(ops, limit, offset);
+    // Who started each, for this page only (one query).
+    let ids: Vec<String> = page.items.iter().map(|op| op.id.clone()).collect();
+    let records: HashMap<String, db::operations::OperationRow> =
+        db::operations::get_many(&state.db.pool, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    Ok(Json(page.map(|op| {
+        let project = match q.all_projects {
+            Some(true) => op.project.clone(),
+            _ => project.as_str().to_owned(),
+        };
+        let record = records.get(&op.id);
+        for_caller(&user, &project, record, op)
+    })))
 }
 
 /// Get an operation.

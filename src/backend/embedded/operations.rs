@@ -271,6 +271,7 @@ impl Operations {
             may_cancel,
             err: String::new(),
             location: super::host::member_name().into(),
+            requested_by: None,
             project: project.to_owned(),
         };
         let entry = Arc::new(Entry {

@@ -196,10 +196,31 @@ pub struct Operation {
     /// Why the operation failed.
     pub err: String,
     pub location: String,
+    /// The lxgate user who started it and how it authenticated; `null`
+    /// for operations started outside lxgate (or by lxgate itself).
+    #[serde(skip_deserializing)]
+    pub requested_by: Option<RequestedBy>,
     /// The project the operation runs in, as the backend knows it (Incus's
     /// objects do not carry it; lxgate's answers do not show it).
     #[serde(skip)]
     pub project: String,
+}
+
+/// Who started an operation through lxgate (never lxgate's own identity
+/// towards the backend).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RequestedBy {
+    #[schema(example = "alice")]
+    pub username: String,
+    /// How the request was authenticated: `bearer` (an access token from a
+    /// login), `pat` (a personal access token) or `ticket` (a WebSocket
+    /// ticket).
+    #[schema(example = "pat")]
+    pub auth_method: String,
+    /// The personal access token's id, when one was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    pub token_id: Option<String>,
 }
 
 impl Operation {

@@ -61,14 +61,19 @@ pub fn operation_metadata<S: Serializer>(meta: &Value, s: S) -> Result<S::Ok, S:
 }
 
 /// `serialize_with` for `Event::metadata`: an operation event carries the
-/// operation, whose own metadata holds the secrets.
+/// operation, whose own metadata holds the secrets. Incus's `requestor`
+/// (of lifecycle and operation events) names lxgate's own identity towards
+/// Incus, never the user: lxgate says who asked in `requested_by` instead.
 pub fn event_metadata<S: Serializer>(meta: &Value, s: S) -> Result<S::Ok, S::Error> {
-    if !meta.get("metadata").is_some_and(has_secrets) {
+    if !meta.get("metadata").is_some_and(has_secrets) && meta.get("requestor").is_none() {
         return serde::Serialize::serialize(meta, s);
     }
     let mut meta = meta.clone();
     if let Some(inner) = meta.get_mut("metadata") {
         strip_secrets(inner);
+    }
+    if let Some(obj) = meta.as_object_mut() {
+        obj.remove("requestor");
     }
     serde::Serialize::serialize(&meta, s)
 }

@@ -1,0 +1,106 @@
+//! Who started which operation, as operation events show it
+//! (`requested_by`): remembered when an operation is started through this
+//! replica, read from the `operations` table for those started through
+//! another, and cached either way so that an event reaching many
+//! subscribers costs one lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::AnyPool;
+use tokio::sync::OnceCell;
+
+use crate::api::operation::requested_by;
+use crate::backend::types::RequestedBy;
+use crate::db;
+
+/// Operations remembered at most (a bound on memory, not on correctness:
+/// a forgotten one is read again).
+const CAPACITY: usize = 10_000;
+/// How long a known requester is kept.
+const KNOWN_FOR: Duration = Duration::from_secs(3600);
+/// How long "not started through lxgate" is believed: briefly, because the
+/// first event of an operation can arrive before it is recorded.
+const UNKNOWN_FOR: Duration = Duration::from_millis(250);
+/// A lookup that takes longer leaves the event without `requested_by`
+/// rather than holding the stream up.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+struct Entry {
+    at: Instant,
+    /// Set once; concurrent lookups of the same id wait for the one query.
+    by: Arc<OnceCell<Option<RequestedBy>>>,
+}
+
+impl Entry {
+    fn fresh(&self, now: Instant) -> bool {
+        match self.by.get() {
+            Some(Some(_)) => now.duration_since(self.at) < KNOWN_FOR,
+            Some(None) => now.duration_since(self.at) < UNKNOWN_FOR,
+            // Being looked up.
+            None => true,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Requesters {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Requesters {
+    fn insert(&self, id: &str, by: Arc<OnceCell<Option<RequestedBy>>>) {
+        let mut entries = self.entries.lock().expect("requesters lock poisoned");
+        if entries.len() >= CAPACITY {
+            let now = Instant::now();
+            entries.retain(|_, e| e.fresh(now));
+            if entries.len() >= CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            id.to_owned(),
+            Entry {
+                at: Instant::now(),
+                by,
+            },
+        );
+    }
+
+    /// Records who started operation `id` (when this replica started it).
+    pub fn remember(&self, id: &str, by: RequestedBy) {
+        self.insert(id, Arc::new(OnceCell::new_with(Some(Some(by)))));
+    }
+
+    /// Who started operation `id` through lxgate, if anyone did.
+    pub async fn lookup(&self, pool: &AnyPool, id: &str) -> Option<RequestedBy> {
+        let cell = {
+            let entries = self.entries.lock().expect("requesters lock poisoned");
+            entries
+                .get(id)
+                .filter(|e| e.fresh(Instant::now()))
+                .map(|e| e.by.clone())
+        };
+        let cell = match cell {
+            Some(cell) => cell,
+            None => {
+                let cell = Arc::new(OnceCell::new());
+                self.insert(id, cell.clone());
+                cell
+            }
+        };
+        cell.get_or_init(|| async {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, db::operations::get(pool, id)).await {
+                Ok(Ok(row)) => row.as_ref().map(requested_by),
+                Ok(Err(e)) => {
+                    tracing::debug!(op = %id, error = %e, "looking up who started an operation failed");
+                    None
+                }
+                Err(_) => None,
+            }
+        })
+        .await
+        .clone()
+    }
+}
