@@ -352,9 +352,70 @@ fn without_null_alternative(
     schema
 }
 
+/// A POST that starts an operation (it can answer 202) with a JSON body or
+/// none takes `Idempotency-Key` (`api::idempotency`; an upload's body is
+/// not buffered to compare it).
+fn idempotent(op: &mut Operation) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    let starts = op.responses.responses.contains_key("202");
+    let multipart = matches!(&op.request_body, Some(RefOr::T(b)) if b.content.keys().any(|t| t.starts_with("multipart/")));
+    if !starts || multipart {
+        return;
+    }
+    let param = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Makes a retry safe: the same key with the same request within 24 h answers the first request's operation reference (202, `Idempotent-Replayed: true`) instead of starting the work again. Per user; any replica.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(crate::api::idempotency::MAX_KEY_LEN))
+                .pattern(Some("^[!-~]+$"))
+                .examples([serde_json::json!("6f1c0a52-7c0e-4d7b-9f8e-0c6b1b2d9a10")]),
+        ))
+        .build();
+    op.parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::T(param));
+    for (status, text) in [
+        (
+            "409",
+            "a request with the same `Idempotency-Key` is still running (`idempotency_key_in_use`)",
+        ),
+        (
+            "422",
+            "the `Idempotency-Key` was used with another request in the last 24 h (`idempotency_key_reused`)",
+        ),
+        (
+            "400",
+            "the `Idempotency-Key` is not 1-255 visible ASCII characters (`invalid_header`)",
+        ),
+    ] {
+        match op.responses.responses.get_mut(status) {
+            Some(RefOr::T(r)) => r.description = format!("{}; or {text}", r.description),
+            Some(RefOr::Ref(_)) => {}
+            None => {
+                let mut first = text.to_owned();
+                first[..1].make_ascii_uppercase();
+                op.responses
+                    .responses
+                    .insert(status.to_owned(), problem(first));
+            }
+        }
+    }
+}
+
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
+            if let Some(op) = &mut item.post {
+                idempotent(op);
+            }
             for (op, write) in [
                 (&mut item.get, false),
                 (&mut item.put, true),

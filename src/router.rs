@@ -22,7 +22,7 @@ use crate::api::v1::{audit, auth, events, images, instances, operations, system,
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::v1::{permissions, teams, users};
-use crate::api::{health, upload};
+use crate::api::{health, idempotency, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -318,6 +318,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_MATCH,
+            HeaderName::from_static(idempotency::HEADER),
             telemetry::REQUEST_ID.clone(),
         ])
         .expose_headers([
@@ -326,6 +327,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::ETAG,
             header::RETRY_AFTER,
             HeaderName::from_static("www-authenticate"),
+            HeaderName::from_static("idempotent-replayed"),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }
@@ -336,6 +338,11 @@ pub fn build(state: AppState) -> Router {
     let openapi = crate::openapi::complete(openapi);
     let config = &state.config;
     let mut router = api
+        // Inside the audit layer: a replayed answer is audited too.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .merge(
             SwaggerUi::new("/docs")

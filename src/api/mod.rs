@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod devices;
 pub mod health;
+pub mod idempotency;
 pub mod image_source;
 pub mod operation;
 pub mod paths;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::Json;
@@ -23,7 +23,7 @@ use crate::error::ApiResult;
 pub const EXEC_ACTION: &str = "instance.exec";
 
 /// The body of a 202 answer (DESIGN §2).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OperationRef {
     #[schema(example = "6916c8a6-9b7d-4abd-90b3-aadfb1b5fb46")]
     pub operation_id: String,
@@ -169,10 +169,18 @@ pub async fn accepted(
         // The caller is the requester: it sees its own output.
         let mut op = with_exec_output(state, project, Some(action), op).await?;
         op.requested_by = Some(requested_by);
-        return Ok((StatusCode::OK, Json(op)).into_response());
+        let mut resp = (StatusCode::OK, Json(&op)).into_response();
+        resp.extensions_mut().insert(Started(operation_ref(op)));
+        return Ok(resp);
     }
     Ok(reference(op))
 }
+
+/// Marks an answer that started an operation, with its reference: what a
+/// retry with the same `Idempotency-Key` answers (never the output a
+/// finished operation carried).
+#[derive(Debug, Clone)]
+pub struct Started(pub OperationRef);
 
 /// Whether `user` may read what an operation's command printed: its
 /// requester and the project's operators may, viewers may not (operators run
@@ -224,19 +232,30 @@ pub async fn with_exec_output(
     Ok(op)
 }
 
-pub fn reference(op: Operation) -> Response {
+fn operation_ref(op: Operation) -> OperationRef {
     let poll_url = format!("/api/v1/operations/{}", op.id);
-    let body = OperationRef {
+    OperationRef {
         operation_url: format!("/1.0/operations/{}", op.id),
         wait_url: format!("{poll_url}/wait"),
-        poll_url: poll_url.clone(),
+        poll_url,
         operation_id: op.id,
         status: op.status,
         status_code: op.status_code,
-    };
+    }
+}
+
+/// 202 with the reference, `Location` its poll URL.
+pub fn reference_response(body: &OperationRef) -> Response {
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&poll_url) {
+    if let Ok(v) = HeaderValue::from_str(&body.poll_url) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    resp
+}
+
+pub fn reference(op: Operation) -> Response {
+    let body = operation_ref(op);
+    let mut resp = reference_response(&body);
+    resp.extensions_mut().insert(Started(body));
     resp
 }

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod embedded;
+pub mod idempotency;
 pub mod login_failures;
 pub mod operations;
 pub mod personal_tokens;
