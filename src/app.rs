@@ -36,6 +36,8 @@ pub struct App {
     pub running_operations: Arc<UserSlots>,
     /// Who started which operation, for the events that show it.
     pub requesters: Arc<crate::api::requesters::Requesters>,
+    /// The single sign-on provider, when `OIDC_ISSUER_URL` is set.
+    pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -198,6 +200,10 @@ impl App {
                 Held::Operations,
             ),
             requesters: Arc::default(),
+            oidc: config
+                .oidc
+                .clone()
+                .map(|c| Arc::new(crate::auth::oidc::Oidc::new(c))),
             audit_limiter: AuthLimiter::new(
                 config.audit_unauthenticated_per_minute,
                 config.audit_unauthenticated_per_minute,
@@ -270,6 +276,9 @@ fn spawn_janitor(app: Weak<App>) {
             }
             if let Err(e) = db::personal_tokens::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired personal access tokens failed");
+            }
+            if let Err(e) = db::idempotency::purge_expired(&app.db.pool).await {
+                tracing::warn!(error = %e, "purging expired idempotency keys failed");
             }
         }
     });

@@ -185,6 +185,8 @@ pub struct Config {
     pub backend: BackendKind,
     pub embedded_vm_accel: VmAccel,
     pub incus: IncusConfig,
+    /// Single sign-on through an OpenID Connect provider (`OIDC_*`).
+    pub oidc: Option<crate::auth::oidc::OidcConfig>,
 }
 
 /// All configuration problems found, one per line.
@@ -414,6 +416,28 @@ impl Config {
                 r.errors.push(format!("IMAGE_SERVER_ALLOWLIST {e}"));
                 Allowlist::default()
             });
+        let oidc = r.raw("OIDC_ISSUER_URL").map(|issuer| {
+            use crate::auth::oidc::OidcConfig;
+            if let Err(e) = OidcConfig::check_issuer(&issuer) {
+                r.errors.push(format!("OIDC_ISSUER_URL {e}"));
+            }
+            let audience = r.string("OIDC_AUDIENCE", "");
+            if audience.is_empty() {
+                r.errors
+                    .push("OIDC_AUDIENCE is required with OIDC_ISSUER_URL".into());
+            }
+            let role_map = OidcConfig::parse_role_map(&r.string("OIDC_ROLE_MAP", ""))
+                .unwrap_or_else(|e| {
+                    r.errors.push(format!("OIDC_ROLE_MAP {e}"));
+                    Vec::new()
+                });
+            OidcConfig {
+                issuer,
+                audience,
+                groups_claim: r.string("OIDC_GROUPS_CLAIM", "groups"),
+                role_map,
+            }
+        });
         let max_image_bytes = r.positive("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES);
         let cors_origins: Vec<String> = r
             .string("CORS_ORIGINS", "")
@@ -534,6 +558,7 @@ impl Config {
             backend,
             embedded_vm_accel,
             incus,
+            oidc,
         })
     }
 }

@@ -45,7 +45,7 @@ pub struct Problem {
     pub project: Option<String>,
     /// For 403: the least role that grants what was refused (in `project`
     /// when there is one; `admin` for what the instance policy keeps to
-    /// admins).
+    /// admins). Absent when no role would help (a read-only token).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::auth::Role>)]
     pub required_role: Option<String>,

@@ -395,6 +395,10 @@ fn idempotent(op: &mut Operation) {
             "400",
             "the `Idempotency-Key` is not 1-255 visible ASCII characters (`invalid_header`)",
         ),
+        (
+            "413",
+            "with an `Idempotency-Key`, the body is larger than lxgate takes",
+        ),
     ] {
         match op.responses.responses.get_mut(status) {
             Some(RefOr::T(r)) => r.description = format!("{}; or {text}", r.description),

@@ -68,16 +68,30 @@ fn check_key(v: &HeaderValue) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-/// The request as a key binds it: method, path and query, body type and body.
-fn request_hash(req: &axum::http::request::Parts, body: &[u8]) -> String {
+/// The request as a key binds it: the credential it came with (a login's
+/// tokens, or one personal access token), method, path, query (sorted,
+/// without `wait`, which only says how long to wait for the same work),
+/// body type and body.
+fn request_hash(req: &axum::http::request::Parts, user: &AuthUser, body: &[u8]) -> String {
+    let mut query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri.query().unwrap_or_default().as_bytes())
+            .filter(|(k, _)| k != "wait")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    query.sort();
     let mut h = Sha256::new();
+    h.update(user.pat.as_ref().map_or("login", |p| p.id.as_str()));
+    h.update(b"\n");
     h.update(req.method.as_str());
     h.update(b"\n");
-    h.update(
-        req.uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path(), |p| p.as_str()),
-    );
+    h.update(req.uri.path());
+    h.update(b"\n");
+    for (k, v) in &query {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"&");
+    }
     h.update(b"\n");
     h.update(
         req.headers
@@ -136,7 +150,7 @@ async fn run(
             )
             .into_response()
         })?;
-    let hash = request_hash(&parts, &bytes);
+    let hash = request_hash(&parts, &user, &bytes);
     let pool = &state.db.pool;
     let claim = idempotency::claim(pool, &user.id, &key, &hash, now_secs())
         .await
@@ -147,7 +161,16 @@ async fn run(
             status,
             location,
             body,
-        } => return Ok(replay(status, location, body)),
+        } => {
+            // What the first answer showed is shown again only to whom may
+            // still see its project.
+            let project = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == "project")
+                .map_or_else(|| "default".to_owned(), |(_, v)| v.into_owned());
+            user.require(crate::auth::Permission::ProjectView, &project)
+                .map_err(IntoResponse::into_response)?;
+            return Ok(replay(status, location, body));
+        }
         Claim::InFlight => {
             return Err(ApiError::conflict(
                 "idempotency_key_in_use",
@@ -164,21 +187,34 @@ async fn run(
             .into_response());
         }
     }
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
-    let (resp, stored) = answer_to_store(resp).await;
-    let done = match &stored {
-        Some((status, location, body)) => {
-            idempotency::complete(pool, &user.id, &key, *status, location.as_deref(), body).await
+    // On a task of its own: a client that goes away, or the request
+    // timeout, must not leave the key held with the work done (a retry
+    // after the lock passed would do it twice).
+    let pool = pool.clone();
+    let task = tokio::spawn(async move {
+        let resp = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+        let (resp, stored) = answer_to_store(resp).await;
+        let done = match &stored {
+            Some((status, location, body)) => {
+                idempotency::complete(&pool, &user.id, &key, *status, location.as_deref(), body)
+                    .await
+            }
+            None => idempotency::release(&pool, &user.id, &key).await,
+        };
+        if let Err(e) = done {
+            // The work is done; only its retry would not be recognised.
+            tracing::warn!(error = %e, "recording an Idempotency-Key's answer failed");
         }
-        None => idempotency::release(pool, &user.id, &key).await,
-    };
-    if let Err(e) = done {
-        // The work is done; only its retry would not be recognised.
-        tracing::warn!(error = %e, "recording an Idempotency-Key's answer failed");
-    }
-    Ok(resp)
+        resp
+    });
+    task.await.map_err(|e| {
+        ApiError::internal(anyhow::anyhow!(
+            "a request with an Idempotency-Key failed: {e}"
+        ))
+        .into_response()
+    })
 }
 
 /// The largest answer kept as it is (one that started no operation: a

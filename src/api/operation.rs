@@ -64,6 +64,18 @@ impl OperationSlot {
     }
 }
 
+impl RequestedBy {
+    /// As `user` may see it: which personal access token started it, only
+    /// its owner and admins.
+    pub fn as_seen_by(&self, user: &AuthUser) -> RequestedBy {
+        let mut by = self.clone();
+        if !(user.is_admin() || user.username == by.username) {
+            by.token_id = None;
+        }
+        by
+    }
+}
+
 /// Who started the operation `record` is of.
 pub fn requested_by(record: &db::operations::OperationRow) -> RequestedBy {
     RequestedBy {
@@ -206,7 +218,7 @@ pub fn for_caller(
     } else {
         op.without_exec_output()
     };
-    op.requested_by = record.map(requested_by);
+    op.requested_by = record.map(|r| requested_by(r).as_seen_by(user));
     op
 }
 

@@ -20,15 +20,19 @@ use crate::db;
 const CAPACITY: usize = 10_000;
 /// How long a known requester is kept.
 const KNOWN_FOR: Duration = Duration::from_secs(3600);
-/// How long "not started through lxgate" is believed: briefly, because the
-/// first event of an operation can arrive before it is recorded.
+/// How long "not started through lxgate" is believed of a new operation:
+/// briefly, because its first events can arrive before it is recorded; of
+/// one older than `NEW_FOR`, as long as a known one.
 const UNKNOWN_FOR: Duration = Duration::from_millis(250);
+const NEW_FOR: Duration = Duration::from_secs(10);
 /// A lookup that takes longer leaves the event without `requested_by`
 /// rather than holding the stream up.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Entry {
     at: Instant,
+    /// Whether the operation was new when looked up (see `UNKNOWN_FOR`).
+    new: bool,
     /// Set once; concurrent lookups of the same id wait for the one query.
     by: Arc<OnceCell<Option<RequestedBy>>>,
 }
@@ -37,6 +41,7 @@ impl Entry {
     fn fresh(&self, now: Instant) -> bool {
         match self.by.get() {
             Some(Some(_)) => now.duration_since(self.at) < KNOWN_FOR,
+            Some(None) if !self.new => now.duration_since(self.at) < KNOWN_FOR,
             Some(None) => now.duration_since(self.at) < UNKNOWN_FOR,
             // Being looked up.
             None => true,
@@ -50,7 +55,7 @@ pub struct Requesters {
 }
 
 impl Requesters {
-    fn insert(&self, id: &str, by: Arc<OnceCell<Option<RequestedBy>>>) {
+    fn insert(&self, id: &str, new: bool, by: Arc<OnceCell<Option<RequestedBy>>>) {
         let mut entries = self.entries.lock().expect("requesters lock poisoned");
         if entries.len() >= CAPACITY {
             let now = Instant::now();
@@ -63,6 +68,7 @@ impl Requesters {
             id.to_owned(),
             Entry {
                 at: Instant::now(),
+                new,
                 by,
             },
         );
@@ -70,11 +76,12 @@ impl Requesters {
 
     /// Records who started operation `id` (when this replica started it).
     pub fn remember(&self, id: &str, by: RequestedBy) {
-        self.insert(id, Arc::new(OnceCell::new_with(Some(Some(by)))));
+        self.insert(id, true, Arc::new(OnceCell::new_with(Some(Some(by)))));
     }
 
-    /// Who started operation `id` through lxgate, if anyone did.
-    pub async fn lookup(&self, pool: &AnyPool, id: &str) -> Option<RequestedBy> {
+    /// Who started operation `id` (created at `created_at`, RFC 3339)
+    /// through lxgate, if anyone did.
+    pub async fn lookup(&self, pool: &AnyPool, id: &str, created_at: &str) -> Option<RequestedBy> {
         let cell = {
             let entries = self.entries.lock().expect("requesters lock poisoned");
             entries
@@ -85,8 +92,15 @@ impl Requesters {
         let cell = match cell {
             Some(cell) => cell,
             None => {
+                let age = time::OffsetDateTime::parse(
+                    created_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|t| time::OffsetDateTime::now_utc() - t);
+                // An unreadable time counts as new: looked up again soon.
+                let new = age.is_ok_and(|a| a < NEW_FOR) || age.is_err();
                 let cell = Arc::new(OnceCell::new());
-                self.insert(id, cell.clone());
+                self.insert(id, new, cell.clone());
                 cell
             }
         };

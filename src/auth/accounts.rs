@@ -63,3 +63,50 @@ pub async fn create(
         e => CreateError::Db(e),
     })
 }
+
+/// Makes the account of a single sign-on user seen for the first time:
+/// named by its `preferred_username` when that is a valid, free username,
+/// else `oidc-` and a digest of its subject. It has no password.
+pub async fn provision_oidc(
+    pool: &AnyPool,
+    id: &crate::auth::oidc::Identity,
+) -> Result<UserRow, sqlx::Error> {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(id.subject.as_bytes()));
+    let fallback = format!("oidc-{}", &digest[..12]);
+    let candidates = id
+        .preferred_username
+        .as_deref()
+        .filter(|n| Username::parse(n).is_ok())
+        .into_iter()
+        .chain(std::iter::once(fallback.as_str()));
+    for username in candidates {
+        let row = match db::users::insert(
+            pool,
+            db::users::NewUser {
+                username,
+                password_hash: "!",
+                role: None,
+                disabled: false,
+            },
+        )
+        .await
+        {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
+            Err(e) => return Err(e),
+        };
+        match db::users::set_oidc_subject(pool, &row.id, &id.subject).await {
+            Ok(()) => return Ok(row),
+            // Another request made this user meanwhile: use that one.
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                db::users::delete(pool, &row.id).await?;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    db::users::by_oidc_subject(pool, &id.subject)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}

@@ -69,7 +69,10 @@ impl AuthUser {
         }
         let mut err = ApiError::forbidden("permission_denied", detail);
         err.permission = Some(permission.as_str().to_owned());
-        err.required_role = Some(permission.min_role().as_str());
+        // A read-only token is refused whatever role: no role would help.
+        if !(self.grants.read_only && permission.writes()) {
+            err.required_role = Some(permission.min_role().as_str());
+        }
         if permission.scope() == Scope::Project {
             err.project = Some(project.to_owned());
         }
@@ -169,9 +172,39 @@ impl AuthUser {
     ) -> Result<Self, ApiError> {
         if token.starts_with(db::personal_tokens::SECRET_PREFIX) {
             Self::from_pat(state, parts, token).await
+        } else if let Some(oidc) = &state.oidc
+            && crate::auth::oidc::Oidc::looks_like_ours(token)
+        {
+            Self::from_oidc(state, parts, oidc, token).await
         } else {
             Self::from_jwt(state, parts, token, method).await
         }
+    }
+
+    /// An access token of the single sign-on provider: its user (made on
+    /// first sight), with the roles and teams its groups give.
+    async fn from_oidc(
+        state: &AppState,
+        parts: &Parts,
+        oidc: &crate::auth::oidc::Oidc,
+        token: &str,
+    ) -> Result<Self, ApiError> {
+        let id = oidc.verify(token).await.map_err(|e| {
+            tracing::debug!(reason = %e, "identity provider token refused");
+            invalid_token()
+        })?;
+        let pool = &state.db.pool;
+        let user = match db::users::by_oidc_subject(pool, &id.subject).await? {
+            Some(u) => u,
+            None => crate::auth::accounts::provision_oidc(pool, &id).await?,
+        };
+        if oidc.first_sight(token) {
+            let mapped = crate::auth::oidc::map_groups(&oidc.config.role_map, &id.groups);
+            db::users::sync_oidc(pool, &user, &mapped).await?;
+        }
+        // No token version: the provider's tokens are its own credentials
+        // (they end when they expire; disabling the user ends them at once).
+        Self::load(state, parts, &user.id, None, None, "oidc", None).await
     }
 
     async fn from_pat(state: &AppState, parts: &Parts, secret: &str) -> Result<Self, ApiError> {

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod explain;
 pub mod extract;
 pub mod limit;
+pub mod oidc;
 pub mod password;
 pub mod rbac;
 pub mod tokens;

@@ -144,3 +144,13 @@ pub async fn release(pool: &AnyPool, user_id: &str, key: &str) -> Result<(), sql
         .await
         .map(|_| ())
 }
+
+/// Forgets every key older than `TTL_SECS` (the janitor's sweep; `claim`
+/// also forgets its user's).
+pub async fn purge_expired(pool: &AnyPool) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(crate::auth::tokens::now_secs() - TTL_SECS)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}

@@ -5,12 +5,18 @@ use sqlx::{AnyPool, FromRow};
 use crate::auth::Role;
 use crate::auth::tokens::now_secs;
 
-/// Every grant that reaches a user: its own, and its teams' (a user may
-/// appear more than once for a project; the highest role counts).
-pub const EFFECTIVE: &str = "SELECT user_id, project, role FROM project_roles
-     UNION ALL
-     SELECT tm.user_id, tr.project, tr.role FROM team_members tm
-     JOIN team_roles tr ON tr.team_id = tm.team_id";
+/// Every grant that reaches the users `users` (an SQL condition on a user
+/// id column, e.g. `= $1`) selects: their own, and their teams' (a user may
+/// appear more than once for a project; the highest role counts). The
+/// condition goes into each branch so both use their user index.
+pub fn effective(users: &str) -> String {
+    format!(
+        "SELECT user_id, project, role FROM project_roles WHERE user_id {users}
+         UNION ALL
+         SELECT tm.user_id, tr.project, tr.role FROM team_members tm
+         JOIN team_roles tr ON tr.team_id = tm.team_id WHERE tm.user_id {users}"
+    )
+}
 
 #[derive(Debug, Clone, FromRow)]
 pub struct GrantRow {
@@ -58,20 +64,25 @@ pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<u64, sqlx::
 
 /// Own grants of many users at once (for user listings).
 pub async fn for_users(pool: &AnyPool, user_ids: &[String]) -> Result<Vec<GrantRow>, sqlx::Error> {
-    of_users(pool, "project_roles", user_ids).await
+    of_users(
+        pool,
+        |cond| format!("SELECT user_id, project, role FROM project_roles WHERE user_id {cond}"),
+        user_ids,
+    )
+    .await
 }
 
-/// Every grant reaching many users, own and teams' ([`EFFECTIVE`]).
+/// Every grant reaching many users, own and teams' ([`effective`]).
 pub async fn effective_for_users(
     pool: &AnyPool,
     user_ids: &[String],
 ) -> Result<Vec<GrantRow>, sqlx::Error> {
-    of_users(pool, &format!("({EFFECTIVE}) g"), user_ids).await
+    of_users(pool, effective, user_ids).await
 }
 
 async fn of_users(
     pool: &AnyPool,
-    from: &str,
+    select: impl Fn(&str) -> String,
     user_ids: &[String],
 ) -> Result<Vec<GrantRow>, sqlx::Error> {
     if user_ids.is_empty() {
@@ -80,8 +91,8 @@ async fn of_users(
     // One placeholder per id; the ids themselves are bound, never spliced.
     let placeholders: Vec<String> = (1..=user_ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT user_id, project, role FROM {from} WHERE user_id IN ({}) ORDER BY project",
-        placeholders.join(", ")
+        "SELECT user_id, project, role FROM ({}) g ORDER BY project",
+        select(&format!("IN ({})", placeholders.join(", ")))
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in user_ids {

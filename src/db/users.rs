@@ -97,7 +97,7 @@ pub async fn with_grants(
          FROM users u LEFT JOIN ({}) pr ON pr.user_id = u.id
          WHERE u.id = $1
          ORDER BY pr.project",
-        super::project_roles::EFFECTIVE
+        super::project_roles::effective("= $1")
     )))
     .bind(id)
     .fetch_all(pool)
@@ -313,4 +313,102 @@ pub async fn many_with_grants(
         }
     }
     Ok(out)
+}
+
+/// The user the identity provider knows as `subject`.
+pub async fn by_oidc_subject(
+    pool: &AnyPool,
+    subject: &str,
+) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM users WHERE oidc_subject = $1"
+    )))
+    .bind(subject)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Marks a new user as the provider's `subject` (no password: `!` is no
+/// argon2 hash, so no password ever matches).
+pub async fn set_oidc_subject(pool: &AnyPool, id: &str, subject: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET oidc_subject = $1 WHERE id = $2")
+        .bind(subject)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Makes a single sign-on user's global role, project grants and the
+/// memberships of `mapped_teams` what its groups give, in one transaction.
+/// Nothing is written when nothing changed.
+pub async fn sync_oidc(
+    pool: &AnyPool,
+    user: &UserRow,
+    mapped: &crate::auth::oidc::Mapped,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let now = now_secs();
+    if user.role() != mapped.global {
+        sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
+            .bind(mapped.global.map(Role::as_str))
+            .bind(now)
+            .bind(&user.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let current: Vec<(String, String)> =
+        sqlx::query_as("SELECT project, role FROM project_roles WHERE user_id = $1")
+            .bind(&user.id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let wanted: Vec<(String, String)> = mapped
+        .projects
+        .iter()
+        .map(|(p, r)| (p.clone(), r.as_str().to_owned()))
+        .collect();
+    let mut sorted = current.clone();
+    sorted.sort();
+    if sorted != wanted {
+        sqlx::query("DELETE FROM project_roles WHERE user_id = $1")
+            .bind(&user.id)
+            .execute(&mut *tx)
+            .await?;
+        for (project, role) in &wanted {
+            sqlx::query(
+                "INSERT INTO project_roles (user_id, project, role, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&user.id)
+            .bind(project)
+            .bind(role)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    for team in &mapped.mapped_teams {
+        let member = mapped.teams.contains(team);
+        if member {
+            sqlx::query(
+                "INSERT INTO team_members (team_id, user_id, created_at)
+                 SELECT id, $1, $2 FROM teams WHERE name = $3
+                 ON CONFLICT (team_id, user_id) DO NOTHING",
+            )
+            .bind(&user.id)
+            .bind(now)
+            .bind(team)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "DELETE FROM team_members WHERE user_id = $1
+                 AND team_id IN (SELECT id FROM teams WHERE name = $2)",
+            )
+            .bind(&user.id)
+            .bind(team)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await
 }

@@ -82,6 +82,27 @@ db_test!(a_retry_with_the_same_key_does_the_work_once, |app| {
         .count();
     assert_eq!(named, 1, "{}", vols.text);
 
+    // `?wait=` says only how long to wait for the same work: still a retry.
+    let waited = post_with_key(
+        &app,
+        &admin,
+        &format!("{VOLUMES}?wait=5"),
+        &key,
+        json!({"name": "idem-v1"}),
+    )
+    .await;
+    assert_eq!(
+        waited.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        waited.text
+    );
+    // Another credential (a personal access token of the same user) does
+    // not replay what the login's request got.
+    let (secret, _) = crate::tokens::pat(&app, &admin, json!({})).await;
+    post_with_key(&app, &secret, VOLUMES, &key, json!({"name": "idem-v1"}))
+        .await
+        .assert_problem(422, "idempotency_key_reused");
     // Another request under the same key: refused, whatever it is.
     post_with_key(&app, &admin, VOLUMES, &key, json!({"name": "idem-v2"}))
         .await
@@ -117,9 +138,10 @@ db_test!(a_retry_with_the_same_key_does_the_work_once, |app| {
     )
     .bind(&user_id)
     .bind(&running)
-    // What the request below hashes to (method, path, type, body).
+    // What the request below hashes to (credential, method, path, query,
+    // type, body).
     .bind(crate::embedded::sha256_hex(&[
-        format!("POST\n{VOLUMES}\napplication/json\n").as_bytes(),
+        format!("login\nPOST\n{VOLUMES}\n\napplication/json\n").as_bytes(),
         br#"{"name":"idem-v4"}"#,
     ]))
     .bind(now)

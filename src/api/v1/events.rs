@@ -102,6 +102,7 @@ impl Filter {
             return serde_json::to_string(stripped.as_ref().unwrap_or(e));
         }
         let mut e = stripped.unwrap_or_else(|| e.clone());
+        let by = by.map(|b| b.as_seen_by(&self.user));
         if let Some(meta) = e.metadata.as_object_mut() {
             meta.insert("requested_by".into(), serde_json::to_value(by)?);
         }
@@ -164,7 +165,8 @@ async fn relay(
                     }
                     let by = match ev.metadata["id"].as_str() {
                         Some(id) if ev.kind == "operation" => {
-                            state.requesters.lookup(&state.db.pool, id).await
+                            let created = ev.metadata["created_at"].as_str().unwrap_or_default();
+                            state.requesters.lookup(&state.db.pool, id, created).await
                         }
                         _ => None,
                     };

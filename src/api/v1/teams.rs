@@ -294,7 +294,14 @@ pub async fn add_team_member(
     user.require_interactive()?;
     let row = team_row(&state, &name).await?;
     let member = user_id(&state, username.as_str()).await?;
-    if !db::teams::add_member(&state.db.pool, &row.id, &member).await? {
+    let added = match db::teams::add_member(&state.db.pool, &row.id, &member).await {
+        // The team or the user was deleted meanwhile.
+        Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+            return Err(team_not_found(name.as_str()));
+        }
+        other => other?,
+    };
+    if !added {
         return Err(ApiError::conflict(
             "team_full",
             format!(
