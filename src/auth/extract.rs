@@ -200,7 +200,10 @@ impl AuthUser {
         };
         if oidc.first_sight(token) {
             let mapped = crate::auth::oidc::map_groups(&oidc.config.role_map, &id.groups);
-            db::users::sync_oidc(pool, &user, &mapped).await?;
+            if let Err(e) = db::users::sync_oidc(pool, &user, &mapped).await {
+                oidc.forget(token);
+                return Err(e.into());
+            }
         }
         // No token version: the provider's tokens are its own credentials
         // (they end when they expire; disabling the user ends them at once).

@@ -23,7 +23,7 @@ use crate::names::{ProjectName, TeamName};
 /// Keys are fetched again after this long, and at most this often when a
 /// token names an unknown key.
 const KEYS_FOR: Duration = Duration::from_secs(3600);
-const REFETCH_EVERY: Duration = Duration::from_secs(10);
+const REFETCH_EVERY: Duration = Duration::from_secs(2);
 /// The largest discovery document or key set read.
 const MAX_DOC_BYTES: usize = 256 * 1024;
 /// Clock skew allowed on `exp` and `nbf`.
@@ -204,6 +204,16 @@ impl Oidc {
         }
         synced.insert(hash, now);
         true
+    }
+
+    /// Forgets that `token` was synced (its sync failed: the next use tries
+    /// again).
+    pub fn forget(&self, token: &str) {
+        let hash = crate::auth::tokens::hash_token(token);
+        self.synced
+            .lock()
+            .expect("oidc lock poisoned")
+            .remove(&hash);
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {

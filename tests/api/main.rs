@@ -27,6 +27,7 @@ mod incus_sources;
 mod incus_storage;
 mod incus_transport;
 mod limits;
+mod oidc;
 mod permissions;
 mod policy_escape;
 mod profiles_db;
