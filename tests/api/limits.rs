@@ -436,3 +436,20 @@ async fn websockets_are_capped_per_user() {
         }
     }
 }
+
+#[tokio::test]
+async fn minting_tokens_shares_the_login_budget() {
+    let app = spawn_app_with(Db::Sqlite, &SLOW).await;
+    // The login takes one of the two; the first token the other.
+    let admin = app.admin_token().await;
+    let mint = || {
+        app.post(
+            "/api/v1/auth/tokens",
+            Some(&admin),
+            json!({"name": "burst", "expires_in": 600}),
+        )
+    };
+    let r = mint().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_rate_limited(&mint().await);
+}

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::paths::TokenPath;
-use crate::api::problems::{Interactive403, TokenMissing, UserMissing};
-use crate::api::{Json, Path, Query, rfc3339};
+use crate::api::problems::{AuthRateLimited429, Interactive403, TokenMissing, UserMissing};
+use crate::api::{AuthRateLimit, Json, Path, Query, rfc3339};
 use crate::app::AppState;
 use crate::auth::tokens::now_secs;
 use crate::auth::{AuthUser, Permission, Role, Username};
@@ -169,9 +169,12 @@ fn check_projects(projects: &[String]) -> ApiResult<()> {
     responses(
         (status = 201, description = "Created; `token` is shown only now", body = CreatedToken,
             headers(("location" = String, description = "URL of the new token"))),
-        Interactive403,
+        Interactive403, AuthRateLimited429,
         (status = 409, description = "The caller already holds 50 unexpired tokens (`token_limit_reached`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_token(
+    // Minting credentials shares the login's per-IP budget: a stolen
+    // session cannot mint tokens in a burst.
+    _limit: AuthRateLimit,
     user: AuthUser,
     State(state): State<AppState>,
     Json(req): Json<CreateToken>,
