@@ -338,12 +338,14 @@ pub fn build(state: AppState) -> Router {
     let openapi = crate::openapi::complete(openapi);
     let config = &state.config;
     let mut router = api
-        // Inside the audit layer: a replayed answer is audited too.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        // Outside the audit layer: a keyed request runs (and is audited) on
+        // a task of its own that finishes even if the client goes away; a
+        // replay does nothing and is not audited again.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
         ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .merge(
             SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi)

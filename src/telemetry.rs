@@ -20,6 +20,22 @@ tokio::task_local! {
 }
 
 /// The id of the request being served by this task, if any.
+/// `fut` with this request's id and tracing span, for work the request
+/// hands to a task of its own.
+pub fn in_this_request<F: std::future::Future>(
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let span = tracing::Span::current();
+    let id = CURRENT_REQUEST_ID.try_with(Arc::clone).ok();
+    async move {
+        let fut = tracing::Instrument::instrument(fut, span);
+        match id {
+            Some(id) => CURRENT_REQUEST_ID.scope(id, fut).await,
+            None => fut.await,
+        }
+    }
+}
+
 pub fn current_request_id() -> Option<String> {
     CURRENT_REQUEST_ID.try_with(|id| id.to_string()).ok()
 }

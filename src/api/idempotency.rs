@@ -6,7 +6,9 @@
 //! Which routes honour it is read from the published contract (the routes
 //! that document the header), so the two cannot drift. Keys belong to the
 //! user that sent them. A request that fails (any answer but 2xx) forgets
-//! its key, so a retry does the work.
+//! its key, so a retry does the work. The request runs on a task of its
+//! own (with the audit layer inside it): a client that goes away does not
+//! leave work done but unrecorded.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -191,10 +193,23 @@ async fn run(
     // timeout, must not leave the key held with the work done (a retry
     // after the lock passed would do it twice).
     let pool = pool.clone();
-    let task = tokio::spawn(async move {
-        let resp = next
-            .run(Request::from_parts(parts, Body::from(bytes)))
-            .await;
+    let task = tokio::spawn(crate::telemetry::in_this_request(async move {
+        use futures::FutureExt;
+        let run =
+            std::panic::AssertUnwindSafe(next.run(Request::from_parts(parts, Body::from(bytes))))
+                .catch_unwind()
+                .await;
+        let resp = match run {
+            Ok(resp) => resp,
+            // The work may have started: say so, and keep the key from
+            // being reused for a while (it stays locked until it passes).
+            Err(_) => {
+                tracing::error!(
+                    "a request with an Idempotency-Key panicked; its key stays locked for 10 minutes"
+                );
+                return ApiError::internal(anyhow::anyhow!("the request failed")).into_response();
+            }
+        };
         let (resp, stored) = answer_to_store(resp).await;
         let done = match &stored {
             Some((status, location, body)) => {
@@ -208,7 +223,7 @@ async fn run(
             tracing::warn!(error = %e, "recording an Idempotency-Key's answer failed");
         }
         resp
-    });
+    }));
     task.await.map_err(|e| {
         ApiError::internal(anyhow::anyhow!(
             "a request with an Idempotency-Key failed: {e}"

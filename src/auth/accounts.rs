@@ -65,43 +65,36 @@ pub async fn create(
 }
 
 /// Makes the account of a single sign-on user seen for the first time:
-/// named by its `preferred_username` when that is a valid, free username,
-/// else `oidc-` and a digest of its subject. It has no password.
+/// named by its `preferred_username` when that is a valid username no
+/// account holds in any letter case (nor the seeded admin's), else `oidc-`
+/// and a digest of its subject. It has no password.
 pub async fn provision_oidc(
     pool: &AnyPool,
     id: &crate::auth::oidc::Identity,
+    seed_admin: &str,
 ) -> Result<UserRow, sqlx::Error> {
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(id.subject.as_bytes()));
-    let fallback = format!("oidc-{}", &digest[..12]);
-    let candidates = id
+    let mut candidates = Vec::new();
+    if let Some(name) = id
         .preferred_username
         .as_deref()
-        .filter(|n| Username::parse(n).is_ok())
-        .into_iter()
-        .chain(std::iter::once(fallback.as_str()));
-    for username in candidates {
-        let row = match db::users::insert(
-            pool,
-            db::users::NewUser {
-                username,
-                password_hash: "!",
-                role: None,
-                disabled: false,
-            },
-        )
-        .await
-        {
-            Ok(row) => row,
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
-            Err(e) => return Err(e),
-        };
-        match db::users::set_oidc_subject(pool, &row.id, &id.subject).await {
-            Ok(()) => return Ok(row),
-            // Another request made this user meanwhile: use that one.
+        .filter(|n| Username::parse(n).is_ok() && !n.eq_ignore_ascii_case(seed_admin))
+        && !db::users::name_taken_any_case(pool, name).await?
+    {
+        candidates.push(name.to_owned());
+    }
+    candidates.push(format!("oidc-{}", &digest[..24]));
+    candidates.push(format!("oidc-{digest}"));
+    for username in &candidates {
+        match db::users::insert_oidc(pool, username, &id.subject).await {
+            Ok(row) => return Ok(row),
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                db::users::delete(pool, &row.id).await?;
-                break;
+                // Another request made this user meanwhile, or the name
+                // was taken: the subject decides.
+                if let Some(row) = db::users::by_oidc_subject(pool, &id.subject).await? {
+                    return Ok(row);
+                }
             }
             Err(e) => return Err(e),
         }

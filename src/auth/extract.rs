@@ -196,11 +196,14 @@ impl AuthUser {
         let pool = &state.db.pool;
         let user = match db::users::by_oidc_subject(pool, &id.subject).await? {
             Some(u) => u,
-            None => crate::auth::accounts::provision_oidc(pool, &id).await?,
+            None => {
+                crate::auth::accounts::provision_oidc(pool, &id, &state.config.seed_admin_username)
+                    .await?
+            }
         };
         if oidc.first_sight(token) {
             let mapped = crate::auth::oidc::map_groups(&oidc.config.role_map, &id.groups);
-            if let Err(e) = db::users::sync_oidc(pool, &user, &mapped).await {
+            if let Err(e) = db::users::sync_oidc(pool, &user, &mapped, id.issued_at).await {
                 oidc.forget(token);
                 return Err(e.into());
             }

@@ -99,6 +99,9 @@ impl OidcConfig {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub subject: String,
+    /// When the token was issued (`iat`; else `nbf`, else `exp`): a sync
+    /// never goes back to an older token's groups.
+    pub issued_at: i64,
     pub preferred_username: Option<String>,
     pub groups: Vec<String>,
 }
@@ -174,7 +177,7 @@ impl Oidc {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
+            .expect("an HTTP client for the identity provider");
         Self {
             config,
             http,
@@ -254,12 +257,15 @@ impl Oidc {
 
     /// Fetches the keys again unless that was done within `min_age`.
     async fn refresh(&self, min_age: Duration) {
+        // Waiters queue behind a fetch under way and then find it fresh:
+        // one fetch, however many requests wanted it.
         let mut last = self.fetching.lock().await;
         if last.is_some_and(|t| t.elapsed() < min_age) {
             return;
         }
+        let fetched = self.fetch_keys().await;
         *last = Some(Instant::now());
-        match self.fetch_keys().await {
+        match fetched {
             Ok(set) => {
                 *self.keys.write().await = Some(Keys {
                     set,
@@ -271,13 +277,30 @@ impl Oidc {
         }
     }
 
-    async fn key_for(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         let find = |keys: &Option<Keys>| -> Option<DecodingKey> {
             let set = &keys.as_ref()?.set;
+            // Signing keys for this algorithm only (a provider also
+            // publishes encryption keys).
+            let usable = |k: &&jsonwebtoken::jwk::Jwk| {
+                !matches!(
+                    k.common.public_key_use,
+                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                ) && k.common.key_algorithm.is_none_or(|a| {
+                    use jsonwebtoken::jwk::KeyAlgorithm as K;
+                    matches!(
+                        (a, alg),
+                        (K::RS256, Algorithm::RS256) | (K::ES256, Algorithm::ES256)
+                    )
+                })
+            };
+            let keys: Vec<&jsonwebtoken::jwk::Jwk> = set.keys.iter().filter(usable).collect();
             let jwk = match kid {
-                Some(kid) => set.find(kid)?,
+                Some(kid) => *keys
+                    .iter()
+                    .find(|k| k.common.key_id.as_deref() == Some(kid))?,
                 // No key id: only a provider with a single key is unambiguous.
-                None if set.keys.len() == 1 => &set.keys[0],
+                None if keys.len() == 1 => keys[0],
                 None => return None,
             };
             DecodingKey::from_jwk(jwk).ok()
@@ -308,7 +331,7 @@ impl Oidc {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
         let key = self
-            .key_for(header.kid.as_deref())
+            .key_for(header.kid.as_deref(), header.alg)
             .await
             .ok_or("signed with a key the provider does not publish")?;
         let mut v = Validation::new(header.alg);
@@ -335,8 +358,14 @@ impl Oidc {
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
+        let time = |k: &str| claims.get(k).and_then(Value::as_i64);
+        let issued_at = time("iat")
+            .or_else(|| time("nbf"))
+            .or_else(|| time("exp"))
+            .unwrap_or(0);
         Ok(Identity {
             subject,
+            issued_at,
             preferred_username: claims
                 .get("preferred_username")
                 .and_then(Value::as_str)

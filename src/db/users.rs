@@ -328,63 +328,122 @@ pub async fn by_oidc_subject(
     .await
 }
 
-/// Marks a new user as the provider's `subject` (no password: `!` is no
-/// argon2 hash, so no password ever matches).
-pub async fn set_oidc_subject(pool: &AnyPool, id: &str, subject: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET oidc_subject = $1 WHERE id = $2")
-        .bind(subject)
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|_| ())
+/// Makes the account of a single sign-on user, with its subject, in one
+/// statement (no password: `!` is no argon2 hash, so no password matches).
+/// A taken name or subject is the unique violation.
+pub async fn insert_oidc(
+    pool: &AnyPool,
+    username: &str,
+    subject: &str,
+) -> Result<UserRow, sqlx::Error> {
+    let now = now_secs();
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, role, disabled, token_version, created_at, updated_at, oidc_subject)
+         VALUES ($1, $2, '!', NULL, 0, 0, $3, $3, $4)",
+    )
+    .bind(&id)
+    .bind(username)
+    .bind(now)
+    .bind(subject)
+    .execute(pool)
+    .await?;
+    by_oidc_subject(pool, subject)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Whether a username is taken, in any letter case.
+pub async fn name_taken_any_case(pool: &AnyPool, username: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE LOWER(username) = LOWER($1)")
+        .bind(username)
+        .fetch_one(pool)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Whether the user signs on through the identity provider.
+pub async fn is_oidc(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1 AND oidc_subject IS NOT NULL")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+    Ok(n > 0)
 }
 
 /// Makes a single sign-on user's global role, project grants and the
-/// memberships of `mapped_teams` what its groups give, in one transaction.
-/// Nothing is written when nothing changed.
+/// memberships of `mapped_teams` what the groups of a token issued at
+/// `issued_at` give, in one transaction, unless a token issued later was
+/// synced already (an older token, still valid, must not give back what a
+/// newer one took away). Its first statement takes the user's row (the
+/// write lock on SQLite), so concurrent syncs of one user queue.
 pub async fn sync_oidc(
     pool: &AnyPool,
     user: &UserRow,
     mapped: &crate::auth::oidc::Mapped,
+    issued_at: i64,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let now = now_secs();
-    if user.role() != mapped.global {
-        sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
-            .bind(mapped.global.map(Role::as_str))
-            .bind(now)
-            .bind(&user.id)
-            .execute(&mut *tx)
-            .await?;
+    let newest = sqlx::query(
+        "UPDATE users SET oidc_synced_at = $1 WHERE id = $2 AND COALESCE(oidc_synced_at, 0) <= $1",
+    )
+    .bind(issued_at)
+    .bind(&user.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if newest == 0 {
+        return tx.rollback().await;
+    }
+    let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+        .bind(&user.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if role.as_deref() != mapped.global.map(Role::as_str) {
+        // A new role ends what was issued under the old (tickets too).
+        sqlx::query(
+            "UPDATE users SET role = $1, updated_at = $2, token_version = token_version + 1 WHERE id = $3",
+        )
+        .bind(mapped.global.map(Role::as_str))
+        .bind(now)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
     }
     let current: Vec<(String, String)> =
         sqlx::query_as("SELECT project, role FROM project_roles WHERE user_id = $1")
             .bind(&user.id)
             .fetch_all(&mut *tx)
             .await?;
-    let wanted: Vec<(String, String)> = mapped
-        .projects
+    for (project, _) in current
         .iter()
-        .map(|(p, r)| (p.clone(), r.as_str().to_owned()))
-        .collect();
-    let mut sorted = current.clone();
-    sorted.sort();
-    if sorted != wanted {
-        sqlx::query("DELETE FROM project_roles WHERE user_id = $1")
-            .bind(&user.id)
-            .execute(&mut *tx)
-            .await?;
-        for (project, role) in &wanted {
-            sqlx::query(
-                "INSERT INTO project_roles (user_id, project, role, created_at) VALUES ($1, $2, $3, $4)",
-            )
+        .filter(|(p, _)| !mapped.projects.contains_key(p))
+    {
+        sqlx::query("DELETE FROM project_roles WHERE user_id = $1 AND project = $2")
             .bind(&user.id)
             .bind(project)
-            .bind(role)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
+    }
+    for (project, role) in &mapped.projects {
+        if current
+            .iter()
+            .any(|(p, r)| p == project && r == role.as_str())
+        {
+            continue;
         }
+        sqlx::query(
+            "INSERT INTO project_roles (user_id, project, role, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, project) DO UPDATE SET role = excluded.role",
+        )
+        .bind(&user.id)
+        .bind(project)
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     }
     for team in &mapped.mapped_teams {
         let member = mapped.teams.contains(team);

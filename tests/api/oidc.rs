@@ -254,6 +254,31 @@ async fn provider_tokens_are_accepted_and_groups_give_roles(db: Db) {
     app.get("/api/v1/projects/webp", Some(&t))
         .await
         .assert_problem(403, "permission_denied");
+    // A still-valid token issued before that one does not give it back.
+    let mut older = claims(&p, "u-1", &["platform-admins"]);
+    older["iat"] = json!(now() - 60);
+    let r = app.get("/api/v1/users", Some(&token(&rsa, older))).await;
+    r.assert_problem(403, "permission_denied");
+    // Single sign-on users mint no personal access tokens (they would
+    // outlive what the provider says).
+    app.post(
+        "/api/v1/auth/tokens",
+        Some(&t),
+        json!({"name": "sso", "expires_in": 600}),
+    )
+    .await
+    .assert_problem(403, "token_not_allowed");
+    // A provider name that is an account's in another letter case is not
+    // taken: the user gets a name of its own.
+    let mut c = claims(&p, "u-3", &[]);
+    c["preferred_username"] = json!(ADMIN.to_uppercase());
+    let me = app.get("/api/v1/auth/me", Some(&token(&rsa, c))).await;
+    assert_eq!(me.status.as_u16(), 200, "{}", me.text);
+    assert!(
+        me.body["username"].as_str().unwrap().starts_with("oidc-"),
+        "{}",
+        me.text
+    );
     // Unmapped groups give nothing.
     let t = token(&rsa, claims(&p, "u-2", &["somebody-elses"]));
     let me = app.get("/api/v1/auth/me", Some(&t)).await;

@@ -57,7 +57,7 @@ pub struct CreateTeam {
     #[serde(default)]
     #[schema(
         max_length = 1024,
-        pattern = r"^[^\u0000-\u001f\u007f]*$",
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
         example = "Runs the shared CI runners"
     )]
     pub description: String,
@@ -68,7 +68,7 @@ pub struct CreateTeam {
 pub struct UpdateTeam {
     /// Absent: unchanged.
     #[serde(default)]
-    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f]*$")]
+    #[schema(max_length = 1024, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub description: Option<String>,
 }
 

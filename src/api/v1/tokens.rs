@@ -180,6 +180,14 @@ pub async fn create_token(
     Json(req): Json<CreateToken>,
 ) -> ApiResult<Response> {
     user.require_interactive()?;
+    // A single sign-on user's rights follow its provider, token by token:
+    // a long-lived token would outlive the provider taking them away.
+    if db::users::is_oidc(&state.db.pool, &user.id).await? {
+        return Err(ApiError::forbidden(
+            "token_not_allowed",
+            "single sign-on users use their identity provider's tokens; personal access tokens would outlive what the provider says",
+        ));
+    }
     check_name(&req.name)?;
     let ttl = req.expires_in.unwrap_or(DEFAULT_TTL);
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
