@@ -352,6 +352,9 @@ fn without_null_alternative(
     schema
 }
 
+/// The longest `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+
 /// A POST that starts an operation (it can answer 202) with a JSON body or
 /// none takes `Idempotency-Key` (`api::idempotency`; an upload's body is
 /// not buffered to compare it).
@@ -374,7 +377,7 @@ fn idempotent(op: &mut Operation) {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .min_length(Some(1))
-                .max_length(Some(crate::api::idempotency::MAX_KEY_LEN))
+                .max_length(Some(IDEMPOTENCY_KEY_MAX_LEN))
                 .pattern(Some("^[!-~]+$"))
                 .examples([serde_json::json!("6f1c0a52-7c0e-4d7b-9f8e-0c6b1b2d9a10")]),
         ))

@@ -343,7 +343,7 @@ pub fn build(state: AppState) -> Router {
         // a task of its own that finishes even if the client goes away; a
         // replay does nothing and is not audited again.
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), idempotency::honoured_routes(&openapi)),
             idempotency::layer,
         ))
         .merge(

@@ -11,7 +11,7 @@
 //! leave work done but unrecorded.
 
 use std::collections::HashSet;
-use std::sync::LazyLock;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -31,30 +31,26 @@ use crate::error::ApiError;
 pub const HEADER: &str = "idempotency-key";
 /// Set on an answer that repeats an earlier one.
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-pub const MAX_KEY_LEN: usize = 255;
+use crate::openapi::IDEMPOTENCY_KEY_MAX_LEN as MAX_KEY_LEN;
 
-/// "/api/v1/..." templates of the POSTs that document the header.
-static ROUTES: LazyLock<HashSet<String>> = LazyLock::new(|| {
-    let doc = crate::router::openapi();
-    doc.paths
-        .paths
-        .iter()
-        .filter(|(_, item)| {
-            item.post.as_ref().is_some_and(|op| {
-                op.parameters
-                    .iter()
-                    .flatten()
-                    .any(|p| matches!(p, RefOr::T(p) if p.name.eq_ignore_ascii_case(HEADER)))
+/// The "/api/v1/..." templates of the POSTs that document the header in
+/// `doc` (the finished contract): where the header is honoured.
+pub fn honoured_routes(doc: &utoipa::openapi::OpenApi) -> Arc<HashSet<String>> {
+    Arc::new(
+        doc.paths
+            .paths
+            .iter()
+            .filter(|(_, item)| {
+                item.post.as_ref().is_some_and(|op| {
+                    op.parameters
+                        .iter()
+                        .flatten()
+                        .any(|p| matches!(p, RefOr::T(p) if p.name.eq_ignore_ascii_case(HEADER)))
+                })
             })
-        })
-        .map(|(path, _)| path.clone())
-        .collect()
-});
-
-/// Whether a POST to `template` honours the header (the contract adds it to
-/// POSTs that can answer 202 and take a JSON body or none).
-pub fn honoured(template: &str) -> bool {
-    ROUTES.contains(template)
+            .map(|(path, _)| path.clone())
+            .collect(),
+    )
 }
 
 fn check_key(v: &HeaderValue) -> Result<String, ApiError> {
@@ -105,7 +101,11 @@ fn request_hash(req: &axum::http::request::Parts, user: &AuthUser, body: &[u8]) 
     hex::encode(h.finalize())
 }
 
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn layer(
+    State((state, honoured)): State<(AppState, Arc<HashSet<String>>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(value) = req.headers().get(HEADER).cloned() else {
         return next.run(req).await;
     };
@@ -117,7 +117,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
-    if !honoured(&template) {
+    if !honoured.contains(&template) {
         return ApiError::bad_request(
             "invalid_header",
             "Idempotency-Key is honoured on the POSTs that start an operation (see /docs); leave it out here",

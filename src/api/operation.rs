@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::Json;
+use crate::api::requesters::requested_by;
 use crate::api::slots::UserSlot;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -61,31 +62,6 @@ impl OperationSlot {
                 token_id: user.pat.as_ref().map(|p| p.id.clone()),
             },
         })
-    }
-}
-
-impl RequestedBy {
-    /// As `user` may see it: which personal access token started it, only
-    /// its owner and admins.
-    pub fn as_seen_by(&self, user: &AuthUser) -> RequestedBy {
-        let mut by = self.clone();
-        if !(user.is_admin() || user.username == by.username) {
-            by.token_id = None;
-        }
-        by
-    }
-}
-
-/// Who started the operation `record` is of.
-pub fn requested_by(record: &db::operations::OperationRow) -> RequestedBy {
-    RequestedBy {
-        username: record.username.clone(),
-        // Rows from before the column: a login's access token was all there was.
-        auth_method: record
-            .auth_method
-            .clone()
-            .unwrap_or_else(|| "bearer".to_owned()),
-        token_id: record.token_id.clone(),
     }
 }
 

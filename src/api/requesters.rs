@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sqlx::AnyPool;
 use tokio::sync::OnceCell;
 
-use crate::api::operation::requested_by;
+use crate::auth::AuthUser;
 use crate::backend::types::RequestedBy;
 use crate::db;
 
@@ -116,5 +116,30 @@ impl Requesters {
         })
         .await
         .clone()
+    }
+}
+
+impl RequestedBy {
+    /// As `user` may see it: which personal access token started it, only
+    /// its owner and admins.
+    pub fn as_seen_by(&self, user: &AuthUser) -> RequestedBy {
+        let mut by = self.clone();
+        if !(user.is_admin() || user.username == by.username) {
+            by.token_id = None;
+        }
+        by
+    }
+}
+
+/// Who started the operation `record` is of.
+pub fn requested_by(record: &db::operations::OperationRow) -> RequestedBy {
+    RequestedBy {
+        username: record.username.clone(),
+        // Rows from before the column: a login's access token was all there was.
+        auth_method: record
+            .auth_method
+            .clone()
+            .unwrap_or_else(|| "bearer".to_owned()),
+        token_id: record.token_id.clone(),
     }
 }
