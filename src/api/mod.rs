@@ -9,6 +9,7 @@ pub mod operation;
 pub mod paths;
 pub mod policy;
 pub mod problems;
+pub mod quotas;
 pub mod requesters;
 pub mod resource;
 pub mod schemas;

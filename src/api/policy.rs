@@ -102,6 +102,22 @@ impl<'a> Shape<'a> {
     }
 }
 
+/// What an instance of `shape` comes to in `project`: its profiles' config
+/// and devices in order, then its own.
+pub async fn expanded(
+    state: &AppState,
+    project: &ProjectName,
+    shape: Shape<'_>,
+) -> ApiResult<(ConfigMap, DevicesMap)> {
+    let profiles = read_profiles(state, project, shape.profiles.iter()).await?;
+    let of: Vec<&Profile> = shape
+        .profiles
+        .iter()
+        .filter_map(|n| profiles.get(n))
+        .collect();
+    Ok(expand(of, shape.config, shape.devices))
+}
+
 /// Checks a write of an instance from `before` (None: a create) to `after`.
 ///
 /// Beyond the config and devices themselves (`Policy::check_instance`):

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod embedded;
 pub mod idempotency;
+pub mod instance_owners;
 pub mod login_failures;
 pub mod operations;
 pub mod personal_tokens;

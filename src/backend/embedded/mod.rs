@@ -23,7 +23,7 @@ mod images;
 mod instance_config;
 mod instances;
 mod inventory;
-mod limits;
+pub(crate) mod limits;
 mod lxc;
 mod networks;
 mod operations;
