@@ -82,7 +82,11 @@ pub fn limits_of(config: &ConfigMap) -> Result<BTreeMap<&'static str, u64>, ApiE
                 "invalid_config",
                 format!(
                     "{key}: {v:?} is not {}",
-                    if count { "a whole number" } else { "a size such as 4GiB" }
+                    if count {
+                        "a whole number"
+                    } else {
+                        "a size such as 4GiB"
+                    }
                 ),
             )
             .with_field(format!("config.{key}"))
@@ -112,12 +116,18 @@ fn cpus(v: &str) -> Option<u64> {
 /// What one instance (its expanded config and devices) counts as. An
 /// amount that is not set, or not countable (`limits.memory` as a
 /// percentage), is `None` for that resource.
-fn counted(config: &ConfigMap, devices: &DevicesMap) -> (u64, Option<u64>, Option<u64>, Option<u64>) {
+fn counted(
+    config: &ConfigMap,
+    devices: &DevicesMap,
+) -> (u64, Option<u64>, Option<u64>, Option<u64>) {
     let cpu = config.get("limits.cpu").and_then(|v| cpus(v));
     let memory = config.get("limits.memory").and_then(|v| parse_size(v));
     let disk = devices
         .values()
-        .find(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+        .find(|d| {
+            d.get("type").map(String::as_str) == Some("disk")
+                && d.get("path").map(String::as_str) == Some("/")
+        })
         .and_then(|d| d.get("size"))
         .and_then(|v| parse_size(v));
     (1, cpu, memory, disk)
@@ -209,7 +219,9 @@ pub async fn check(
     ] {
         if limits.contains_key(what) && !set {
             return Err(quota_error(
-                format!("project `{project}` limits {what} per user: set {key} (a fixed amount) on the instance or its profiles"),
+                format!(
+                    "project `{project}` limits {what} per user: set {key} (a fixed amount) on the instance or its profiles"
+                ),
                 what,
             ));
         }
@@ -248,7 +260,7 @@ pub async fn check(
 fn bytesize(n: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    if n >= GIB && n % MIB == 0 {
+    if n >= GIB && n.is_multiple_of(MIB) {
         format!("{:.2}GiB", n as f64 / GIB as f64)
     } else if n >= MIB {
         format!("{:.1}MiB", n as f64 / MIB as f64)

@@ -37,7 +37,12 @@ pub async fn set(
 }
 
 /// Moves the record of a renamed instance.
-pub async fn rename(pool: &AnyPool, project: &str, from: &str, to: &str) -> Result<(), sqlx::Error> {
+pub async fn rename(
+    pool: &AnyPool,
+    project: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM instance_owners WHERE project = $1 AND name = $2")
         .bind(project)

@@ -31,6 +31,7 @@ mod oidc;
 mod permissions;
 mod policy_escape;
 mod profiles_db;
+mod quotas;
 mod rbac_matrix;
 mod requested_by;
 mod revocation;

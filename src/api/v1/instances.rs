@@ -17,14 +17,15 @@ use crate::api::problems::{
 };
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
-use crate::api::sources;
 use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::api::{quotas, sources};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
     Instance, InstanceCreate, InstanceState, InstanceUpdate, Operation, STATE_ACTIONS, StateChange,
 };
 use crate::backend::{ListScope, Listing};
+use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::names::InstanceName;
 
@@ -183,12 +184,23 @@ pub async fn create_instance(
         profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
+    quotas::check(&state, &user, &project, None, after).await?;
     let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
         .create_instance(&project, &req, target.as_ref())
         .await?;
+    // Whose it is, for per-user quotas (a failed create leaves a record no
+    // instance has; the next create of that name takes it over).
+    db::instance_owners::set(
+        &state.db.pool,
+        project.as_str(),
+        name.as_str(),
+        &user.id,
+        &user.username,
+    )
+    .await?;
     accepted(
         &state,
         slot,
@@ -276,6 +288,7 @@ async fn update(
     };
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
+    quotas::check(&state, &user, &project, Some(name.as_str()), after).await?;
     let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
@@ -432,6 +445,13 @@ pub async fn rename_instance(
         .backend
         .rename_instance(&project, &name, &new_name)
         .await?;
+    db::instance_owners::rename(
+        &state.db.pool,
+        project.as_str(),
+        name.as_str(),
+        new_name.as_str(),
+    )
+    .await?;
     accepted(
         &state,
         slot,

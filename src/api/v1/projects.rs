@@ -8,13 +8,13 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::paths::ProjectPath;
-use crate::api::policy;
 use crate::api::problems::{
     Admin403, DefaultProjectSettings501, NameTaken409, ProjectMissing, ProjectRefused400, Stale412,
     Viewer403,
 };
 use crate::api::resource::{Entry, IfMatch, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
+use crate::api::{policy, quotas};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
@@ -124,6 +124,7 @@ pub async fn create_project(
     // New projects are restricted in the backend (where it has such a
     // setting) to match the instance policy, unless the admin says otherwise.
     let widening = policy::widening_of(&req.config)?;
+    quotas::limits_of(&req.config)?;
     if req.config.get("restricted").map(String::as_str) != Some("false") {
         // The admin's own restricted.* keys, if any, win.
         let mut config = ConfigMap::new();
@@ -205,6 +206,7 @@ async fn update(
         };
         after.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
         let widening = policy::widening_of(&after)?;
+        quotas::limits_of(&after)?;
         let was = Widening::from_project_config(&current.config).unwrap_or_default();
         let restricted = |c: &ConfigMap| c.get("restricted").map(String::as_str) == Some("true");
         // The restriction keys follow a changed allow list (a stale
@@ -327,6 +329,7 @@ pub async fn delete_project(
     // members their roles back.
     crate::db::project_roles::remove_project(&state.db.pool, name.as_str()).await?;
     crate::db::teams::remove_project(&state.db.pool, name.as_str()).await?;
+    crate::db::instance_owners::remove_project(&state.db.pool, name.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,15 +340,38 @@ pub async fn delete_project(
     security(("bearer" = [])),
     params(ProjectPath, SameProjectQuery),
     responses(
-        (status = 200, description = "Usage and limits", body = ProjectState),
+        (status = 200, description = "Usage and limits", body = ProjectStateOut),
         Viewer403, ProjectMissing))]
 pub async fn get_project_state(
     user: AuthUser,
     State(state): State<AppState>,
     Path(ProjectPath { name }): Path<ProjectPath>,
     Query(q): Query<SameProjectQuery>,
-) -> ApiResult<Json<ProjectState>> {
+) -> ApiResult<Json<ProjectStateOut>> {
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
-    Ok(Json(state.backend.project_state(&name).await?))
+    let resources = state.backend.project_state(&name).await?;
+    let (project, _) = state.backend.get_project(&name).await?;
+    Ok(Json(ProjectStateOut {
+        resources,
+        user_limits: quotas::limits_of(&project.config)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        users: quotas::usage_by_user(&state, &name).await?,
+    }))
+}
+
+/// A project's usage: against its limits, and per user (what each user's
+/// instances use, against the per-user quotas).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProjectStateOut {
+    #[serde(flatten)]
+    pub resources: ProjectState,
+    /// The per-user quotas (`instances`, `cpu`, `memory` and `disk` in
+    /// bytes) set in the project's config (`user.lxgate.limits.*-per-user`).
+    pub user_limits: std::collections::BTreeMap<String, u64>,
+    /// What each user's instances (those it made through lxgate) use.
+    pub users: Vec<quotas::UserUsage>,
 }
