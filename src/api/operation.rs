@@ -77,9 +77,24 @@ fn free(slot: &SharedSlot) {
 /// errors about its operation.
 const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// What to do once an operation has succeeded (lxgate's own records of
+/// what it made: they must not say more than the backend did).
+pub type OnSuccess = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// The hook, run by whichever sees the success first.
+type SharedHook = Arc<Mutex<Option<OnSuccess>>>;
+
+async fn run_hook(hook: &SharedHook) {
+    let f = hook.lock().expect("hook lock poisoned").take();
+    if let Some(f) = f {
+        f().await;
+    }
+}
+
 /// Keeps `slot` until operation `id` has finished (or is gone), even when
-/// the request that started it has gone away.
-fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot) {
+/// the request that started it has gone away, and runs `hook` if it
+/// succeeded.
+fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot, hook: SharedHook) {
     let backend = state.backend.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
@@ -87,7 +102,13 @@ fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot) {
         loop {
             match backend.wait_operation(&id, MAX_WAIT_SECS).await {
                 Ok(op) if !op.is_done() => failing_since = None,
-                Ok(_) | Err(crate::backend::BackendError::NotFound(_)) => break,
+                Ok(op) => {
+                    if op.status_code == Operation::SUCCESS {
+                        run_hook(&hook).await;
+                    }
+                    break;
+                }
+                Err(crate::backend::BackendError::NotFound(_)) => break,
                 Err(e) => {
                     // The backend is unreachable for now: the operation may
                     // still run, so its slot stays taken, but not for ever
@@ -118,14 +139,31 @@ pub async fn accepted(
     op: Operation,
     wait: Option<u64>,
 ) -> ApiResult<Response> {
+    accepted_then(state, slot, project, action, resource, op, wait, None).await
+}
+
+/// [`accepted`], and `on_success` once the operation has succeeded: before
+/// the answer when the request waited for it, else when it does.
+#[expect(clippy::too_many_arguments, reason = "accepted's, and the hook")]
+pub async fn accepted_then(
+    state: &AppState,
+    slot: OperationSlot,
+    project: &str,
+    action: &str,
+    resource: Option<&str>,
+    op: Operation,
+    wait: Option<u64>,
+    on_success: Option<OnSuccess>,
+) -> ApiResult<Response> {
     let OperationSlot {
         slot,
         user_id,
         requested_by,
     } = slot;
+    let hook: SharedHook = Arc::new(Mutex::new(on_success));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
     if !op.is_done() {
-        hold_until_done(state, &op.id, slot.clone());
+        hold_until_done(state, &op.id, slot.clone(), hook.clone());
     }
     db::operations::record(
         &state.db.pool,
@@ -152,6 +190,9 @@ pub async fn accepted(
         _ => op,
     };
     if op.is_done() {
+        if op.status_code == Operation::SUCCESS {
+            run_hook(&hook).await;
+        }
         // Free before answering: the caller may start the next one at once.
         free(&slot);
         // The caller is the requester: it sees its own output.

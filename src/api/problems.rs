@@ -41,14 +41,14 @@ problem_responses! {
     /// Exec, console and files: inside a privileged container only admins go.
     GuestOperator403 = 403, "No operator role in the project, or a privileged container (admins only)";
     /// Writing an instance's config or devices, checked against the project's instance policy.
-    InstancePolicy403 = 403, "No operator role in the project, config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or more than a per-user quota of the project allows (`quota_exceeded`: which quota, and the usage)";
+    InstancePolicy403 = 403, "No operator role in the project, config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), or more than a per-user quota of the project allows (`quota_exceeded`: which quota, and the usage; `quota_needs_amount`: an amount a quota bounds is not set)";
     VolumePolicy403 = 403, "No operator role in the project, or config the policy does not allow the caller";
     /// Writing a profile: what it holds, and what it gives the instances using it.
-    ProfilePolicy403 = 403, "No operator role in the project (or in the project the profile belongs to, or of an instance using it), or config or devices the instance policy does not allow the caller, in the profile or in an instance using it (the problem's `field` names the key or device option)";
+    ProfilePolicy403 = 403, "No operator role in the project (or in the project the profile belongs to, or of an instance using it), or config or devices the instance policy does not allow the caller, in the profile or in an instance using it (the problem's `field` names the key or device option), or, in a project with per-user quotas, a change to the CPU, memory or root disk size of a profile in use (`quota_exceeded`, admins only)";
     /// An instance create: the policy (profiles included), and who may pick the cluster member.
-    Placement403 = 403, "No operator role in the project (or, for a copy, in the source's project), config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), a `target` the caller may not choose in the project (`policy_denied`), or more than a per-user quota of the project allows (`quota_exceeded`: which quota, and the usage)";
+    Placement403 = 403, "No operator role in the project (or, for a copy, in the source's project), config or devices the instance policy does not allow the caller (the problem's `field` names the key or device option), a `target` the caller may not choose in the project (`policy_denied`), or more than a per-user quota of the project allows (`quota_exceeded`: which quota, and the usage; `quota_needs_amount`: an amount a quota bounds is not set)";
     /// A volume create: the policy, and who may pick the cluster member.
-    VolumePlacement403 = 403, "No operator role in the project, config the policy does not allow the caller, a `target` the caller may not choose in the project (`policy_denied`), or more than a per-user quota of the project allows (`quota_exceeded`: which quota, and the usage)";
+    VolumePlacement403 = 403, "No operator role in the project, config the policy does not allow the caller, or a `target` the caller may not choose in the project (`policy_denied`)";
 
     // 404: what the path names is not there.
     InstanceMissing = 404, "No such instance";

@@ -190,15 +190,19 @@ pub async fn usage_by_user(state: &AppState, project: &ProjectName) -> ApiResult
         .collect())
 }
 
-/// Refuses (403 `quota_exceeded`) a create (`replacing` = None) or an
-/// update of instance `replacing` that would take `user` past a per-user
-/// quota of `project`, the instance to be as `config`/`devices` (its own,
-/// expanded with `profiles`).
+/// Refuses (403 `quota_exceeded`) a create (`current` None) or a change
+/// of instance `current` that would take its owner past a per-user quota
+/// of `project`, the instance to be as `shape` (its own config and
+/// devices, expanded with its profiles). A change is charged to the
+/// instance's owner (the caller, for an instance nobody is recorded as
+/// having made) and refused only when it raises what is over a quota; a
+/// create or a change must set each amount a quota bounds (403
+/// `quota_needs_amount`), or it could not be counted.
 pub async fn check(
     state: &AppState,
     user: &AuthUser,
     project: &ProjectName,
-    replacing: Option<&str>,
+    current: Option<&Instance>,
     shape: policy::Shape<'_>,
 ) -> ApiResult<()> {
     if user.is_admin() {
@@ -211,48 +215,121 @@ pub async fn check(
     }
     let (config, devices) = policy::expanded(state, project, shape).await?;
     let (_, cpu, memory, disk) = counted(&config, &devices);
-    // An amount a quota bounds must be set, or the quota could not hold.
-    for (what, key, set) in [
-        ("cpu", "limits.cpu", cpu.is_some()),
-        ("memory", "limits.memory", memory.is_some()),
-        ("disk", "the root disk's `size`", disk.is_some()),
+    let before = current.map(|i| counted(&i.expanded_config, &i.expanded_devices));
+    for (what, key, field, set, was_set) in [
+        (
+            "cpu",
+            "limits.cpu",
+            "config.limits.cpu",
+            cpu.is_some(),
+            before.is_some_and(|b| b.1.is_some()),
+        ),
+        (
+            "memory",
+            "limits.memory",
+            "config.limits.memory",
+            memory.is_some(),
+            before.is_some_and(|b| b.2.is_some()),
+        ),
+        (
+            "disk",
+            "the root disk's `size`",
+            "devices.root.size",
+            disk.is_some(),
+            before.is_some_and(|b| b.3.is_some()),
+        ),
     ] {
-        if limits.contains_key(what) && !set {
-            return Err(quota_error(
+        // An instance from before the quota keeps what it has; a new one,
+        // or a change that takes a counted amount away, must set it.
+        if limits.contains_key(what) && !set && (current.is_none() || was_set) {
+            let mut e = ApiError::forbidden(
+                "quota_needs_amount",
                 format!(
                     "project `{project}` limits {what} per user: set {key} (a fixed amount) on the instance or its profiles"
                 ),
-                what,
-            ));
+            );
+            e.field = Some(field.to_owned());
+            return Err(e);
         }
     }
+    let owners = db::instance_owners::of_project(&state.db.pool, project.as_str()).await?;
+    let owner = current
+        .and_then(|i| owners.iter().find(|o| o.name == i.name))
+        .and_then(|o| o.user_id.clone())
+        .unwrap_or_else(|| user.id.clone());
     let wanted = usage_of(&config, &devices);
+    let had = current.map_or_else(Usage::default, |i| {
+        usage_of(&i.expanded_config, &i.expanded_devices)
+    });
     let mut used = Usage::default();
-    for (i, owner) in owned(state, project).await? {
-        let mine = owner
+    for (i, o) in owned(state, project).await? {
+        let theirs = o
             .as_ref()
-            .is_some_and(|o| o.user_id.as_deref() == Some(user.id.as_str()));
-        if mine && Some(i.name.as_str()) != replacing {
+            .is_some_and(|o| o.user_id.as_deref() == Some(owner.as_str()));
+        if theirs && Some(i.name.as_str()) != current.map(|c| c.name.as_str()) {
             used.add(&usage_of(&i.expanded_config, &i.expanded_devices));
         }
     }
     for (what, limit) in &limits {
         let after = used.get(what) + wanted.get(what);
-        if after > *limit {
+        let was = used.get(what) + had.get(what);
+        // Lowering, or keeping, what is over a quota set since is allowed.
+        if after > *limit && after > was {
             let shown = |n: u64| match *what {
                 "memory" | "disk" => bytesize(n),
                 _ => n.to_string(),
             };
+            let whose = if owner == user.id {
+                "your".to_owned()
+            } else {
+                "its owner's".to_owned()
+            };
             return Err(quota_error(
                 format!(
-                    "quota exceeded: {what} per user in project `{project}` is {}; your instances use {}, this one would take it to {}",
+                    "quota exceeded: {what} per user in project `{project}` is {}; {whose} instances use {}, this would take it to {}",
                     shown(*limit),
-                    shown(used.get(what)),
+                    shown(used.get(what) + had.get(what)),
                     shown(after)
                 ),
                 what,
             ));
         }
+    }
+    Ok(())
+}
+
+/// In a project with per-user quotas, what a profile in use gives in a
+/// counted amount (`limits.cpu`, `limits.memory`, the root disk's `size`)
+/// is changed by admins only: it changes every instance using it, whoever
+/// made them.
+pub async fn check_profile(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    before: &crate::backend::types::Profile,
+    after: &crate::backend::types::Profile,
+) -> ApiResult<()> {
+    if user.is_admin() || before.used_by.is_empty() {
+        return Ok(());
+    }
+    let (p, _) = state.backend.get_project(project).await?;
+    if limits_of(&p.config)?.is_empty() {
+        return Ok(());
+    }
+    let amounts = |pr: &crate::backend::types::Profile| counted(&pr.config, &pr.devices);
+    let (_, c0, m0, d0) = amounts(before);
+    let (_, c1, m1, d1) = amounts(after);
+    let raw = |pr: &crate::backend::types::Profile, k: &str| pr.config.get(k).cloned();
+    if (c0, m0, d0) != (c1, m1, d1)
+        || raw(before, "limits.cpu") != raw(after, "limits.cpu")
+        || raw(before, "limits.memory") != raw(after, "limits.memory")
+    {
+        return Err(quota_error(
+            format!(
+                "project `{project}` has per-user quotas: the CPU, memory or root disk size a profile in use gives is changed by admins only"
+            ),
+            "profile",
+        ));
     }
     Ok(())
 }

@@ -74,3 +74,28 @@ pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<(), sqlx::E
         .await
         .map(|_| ())
 }
+
+/// Forgets an instance's record (it was deleted).
+pub async fn remove(pool: &AnyPool, project: &str, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM instance_owners WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// The record of one instance.
+pub async fn get(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+) -> Result<Option<OwnerRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, user_id, username FROM instance_owners WHERE project = $1 AND name = $2",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}

@@ -69,10 +69,9 @@ async fn quotas_hold(app: &TestApp, project: &str, names: &dyn Fn(&str) -> Strin
     let op2 = app.user_with_role(&admin, "q-op2", Some("operator")).await;
 
     // A quota on memory needs an amount to count.
-    over_quota(
-        &create(app, &op1, project, &names("c1"), None).await,
-        "memory",
-    );
+    let r = create(app, &op1, project, &names("c1"), None).await;
+    r.assert_problem(403, "quota_needs_amount");
+    assert_eq!(r.body["field"], "config.limits.memory", "{}", r.text);
     made(&create(app, &op1, project, &names("c1"), Some("128MiB")).await);
     // 128 MiB used, 256 MiB more would pass 256 MiB: refused, with the usage.
     let r = create(app, &op1, project, &names("c2"), Some("256MiB")).await;
@@ -106,6 +105,55 @@ async fn quotas_hold(app: &TestApp, project: &str, names: &dyn Fn(&str) -> Strin
         )
         .await;
     over_quota(&r, "memory");
+    // Lowering stays possible, and an instance edited by someone else is
+    // charged to its owner: op2 may not raise op1's instance past op1's quota.
+    let patch = |token: &str, name: String, memory: &str| {
+        app.send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{name}?project={project}&wait=60"),
+                Some(token),
+            )
+            .json(&json!({"config": {"limits.memory": memory}})),
+        )
+    };
+    let r = patch(&op1, names("c1"), "96MiB").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    over_quota(&patch(&op2, names("c1"), "200MiB").await, "memory");
+    // A profile in use that gives memory is changed by admins only here.
+    let r = app
+        .post(
+            &format!("/api/v1/profiles?project={project}"),
+            Some(&op1),
+            json!({"name": "small"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!(
+                    "/api/v1/instances/{}?project={project}&wait=60",
+                    names("c2")
+                ),
+                Some(&op1),
+            )
+            .json(&json!({"profiles": ["default", "small"]})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/profiles/small?project={project}"),
+                Some(&op1),
+            )
+            .json(&json!({"config": {"limits.memory": "8GiB"}})),
+        )
+        .await;
+    over_quota(&r, "profile");
     // Nor a copy (it is a create of the copy's owner).
     let r = app
         .post(
@@ -137,7 +185,7 @@ async fn quotas_hold(app: &TestApp, project: &str, names: &dyn Fn(&str) -> Strin
     };
     assert_eq!(
         (&of("q-op1")["instances"], &of("q-op1")["memory"]),
-        (&json!(2), &json!(192 << 20))
+        (&json!(2), &json!(160 << 20))
     );
     assert_eq!(of("q-op2")["memory"], 128 << 20);
     assert_eq!(of(ADMIN)["instances"], 1);

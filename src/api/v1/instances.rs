@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::operation::{OnSuccess, OperationRef, OperationSlot, accepted, accepted_then};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
@@ -27,7 +27,7 @@ use crate::backend::types::{
 use crate::backend::{ListScope, Listing};
 use crate::db;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::names::InstanceName;
+use crate::names::{InstanceName, ProjectName};
 
 const INSTANCE_TYPES: [&str; 2] = ["container", "virtual-machine"];
 
@@ -191,17 +191,7 @@ pub async fn create_instance(
         .backend
         .create_instance(&project, &req, target.as_ref())
         .await?;
-    // Whose it is, for per-user quotas (a failed create leaves a record no
-    // instance has; the next create of that name takes it over).
-    db::instance_owners::set(
-        &state.db.pool,
-        project.as_str(),
-        name.as_str(),
-        &user.id,
-        &user.username,
-    )
-    .await?;
-    accepted(
+    accepted_then(
         &state,
         slot,
         project.as_str(),
@@ -209,8 +199,45 @@ pub async fn create_instance(
         Some(name.as_str()),
         op,
         q.wait,
+        Some(owner_hook(&state, &project, &name, &user, Record::Owner)),
     )
     .await
+}
+
+/// What an instance's success changes in who made it (for per-user quotas).
+enum Record {
+    Owner,
+    RenamedTo(String),
+    Deleted,
+}
+
+/// Writes `record` of `project/name` once its operation has succeeded (a
+/// failed create, rename or delete changes nothing).
+fn owner_hook(
+    state: &AppState,
+    project: &ProjectName,
+    name: &InstanceName,
+    user: &AuthUser,
+    record: Record,
+) -> OnSuccess {
+    let (pool, project, name) = (state.db.pool.clone(), project.to_string(), name.to_string());
+    let (user_id, username) = (user.id.clone(), user.username.clone());
+    Box::new(move || {
+        Box::pin(async move {
+            let done = match record {
+                Record::Owner => {
+                    db::instance_owners::set(&pool, &project, &name, &user_id, &username).await
+                }
+                Record::RenamedTo(to) => {
+                    db::instance_owners::rename(&pool, &project, &name, &to).await
+                }
+                Record::Deleted => db::instance_owners::remove(&pool, &project, &name).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, instance = %name, "recording who made an instance failed");
+            }
+        })
+    })
 }
 
 /// Get an instance. The `ETag` header can be sent back as `If-Match` on PUT/PATCH.
@@ -288,7 +315,7 @@ async fn update(
     };
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
-    quotas::check(&state, &user, &project, Some(name.as_str()), after).await?;
+    quotas::check(&state, &user, &project, Some(&current), after).await?;
     let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
@@ -396,7 +423,7 @@ pub async fn delete_instance(
         .backend
         .delete_instance(&project, &name, q.force.unwrap_or(false))
         .await?;
-    accepted(
+    accepted_then(
         &state,
         slot,
         project.as_str(),
@@ -404,6 +431,7 @@ pub async fn delete_instance(
         Some(name.as_str()),
         op,
         q.wait,
+        Some(owner_hook(&state, &project, &name, &user, Record::Deleted)),
     )
     .await
 }
@@ -445,14 +473,7 @@ pub async fn rename_instance(
         .backend
         .rename_instance(&project, &name, &new_name)
         .await?;
-    db::instance_owners::rename(
-        &state.db.pool,
-        project.as_str(),
-        name.as_str(),
-        new_name.as_str(),
-    )
-    .await?;
-    accepted(
+    accepted_then(
         &state,
         slot,
         project.as_str(),
@@ -460,6 +481,13 @@ pub async fn rename_instance(
         Some(name.as_str()),
         op,
         q.wait,
+        Some(owner_hook(
+            &state,
+            &project,
+            &name,
+            &user,
+            Record::RenamedTo(new_name.to_string()),
+        )),
     )
     .await
 }

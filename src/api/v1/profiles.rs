@@ -178,6 +178,7 @@ async fn update(
     let home = home(&user, &project, &current)?;
     let after = current.updated(&body, replace);
     policy::check_profile_write(&state, &user, &home, Some(&current), &after).await?;
+    crate::api::quotas::check_profile(&state, &user, &home, &current, &after).await?;
     let version = policy::pin(if_match.as_deref(), etag)?;
     state
         .backend

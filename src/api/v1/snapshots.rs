@@ -157,7 +157,7 @@ pub async fn delete_snapshot(
         (status = 202, description = "Restoring", body = OperationRef),
         (status = 200, description = "Restored within `?wait=`", body = Operation),
         SnapshotOrProfileMissing, TooManyOperations429,
-        (status = 403, description = "No operator role in the project, or the snapshot holds config or devices the instance policy does not allow the caller", body = Problem, content_type = "application/problem+json")))]
+        (status = 403, description = "No operator role in the project, the snapshot holds config or devices the instance policy does not allow the caller, or it would take the instance's owner past a per-user quota (`quota_exceeded`, `quota_needs_amount`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn restore_snapshot(
     user: AuthUser,
     State(state): State<AppState>,
@@ -191,6 +191,7 @@ pub async fn restore_snapshot(
         profiles: &saved.profiles,
     };
     policy::check_instance_write(&state, &policy, &project, Some(before), after).await?;
+    crate::api::quotas::check(&state, &user, &project, Some(&current), after).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend

@@ -225,6 +225,7 @@ pub struct RequestedBy {
 
 impl Operation {
     pub const RUNNING: i64 = 103;
+    pub const SUCCESS: i64 = 200;
 
     /// The operation without what its command printed or was given (for
     /// callers who may see the project but not what operators run in it).
