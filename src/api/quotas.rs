@@ -176,6 +176,14 @@ async fn owned(
 
 /// Per-user usage of a project (users with at least one instance).
 pub async fn usage_by_user(state: &AppState, project: &ProjectName) -> ApiResult<Vec<UserUsage>> {
+    // Nobody made an instance here through lxgate: nothing to list the
+    // backend's instances for.
+    if db::instance_owners::of_project(&state.db.pool, project.as_str())
+        .await?
+        .is_empty()
+    {
+        return Ok(Vec::new());
+    }
     let mut by: BTreeMap<String, Usage> = BTreeMap::new();
     for (i, owner) in owned(state, project).await? {
         if let Some(o) = owner {

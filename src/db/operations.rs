@@ -64,10 +64,9 @@ pub async fn get_many(pool: &AnyPool, ids: &[String]) -> Result<Vec<OperationRow
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT {COLUMNS} FROM operations WHERE id IN ({})",
-        placeholders.join(", ")
+        super::placeholders(1, ids.len())
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in ids {

@@ -194,10 +194,9 @@ pub async fn touch(pool: &AnyPool, row: &TokenRow, ip: Option<String>) -> Result
 pub async fn live_among(pool: &AnyPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id FROM personal_access_tokens WHERE expires_at > $1 AND id IN ({})",
-            placeholders.join(", ")
+            super::placeholders(2, chunk.len())
         );
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(now_secs());
         for id in chunk {

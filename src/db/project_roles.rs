@@ -89,10 +89,9 @@ async fn of_users(
         return Ok(Vec::new());
     }
     // One placeholder per id; the ids themselves are bound, never spliced.
-    let placeholders: Vec<String> = (1..=user_ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT user_id, project, role FROM ({}) g ORDER BY project",
-        select(&format!("IN ({})", placeholders.join(", ")))
+        select(&format!("IN ({})", super::placeholders(1, user_ids.len())))
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in user_ids {

@@ -39,10 +39,9 @@ pub async fn revoked_among(pool: &AnyPool, jtis: &[String]) -> Result<Vec<String
     let mut out = Vec::new();
     // Bounded statements: a few hundred binds at a time.
     for chunk in jtis.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT jti FROM revoked_tokens WHERE jti IN ({})",
-            placeholders.join(", ")
+            super::placeholders(1, chunk.len())
         );
         let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
         for j in chunk {

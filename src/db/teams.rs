@@ -126,14 +126,6 @@ pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
     Ok(r.rows_affected() == 1)
 }
 
-/// `$1, $2, ...` for `n` bound values.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The members of these teams, by username.
 pub async fn members(pool: &AnyPool, team_ids: &[String]) -> Result<Vec<MemberRow>, sqlx::Error> {
     if team_ids.is_empty() {
@@ -143,7 +135,7 @@ pub async fn members(pool: &AnyPool, team_ids: &[String]) -> Result<Vec<MemberRo
         "SELECT tm.team_id, tm.user_id, u.username FROM team_members tm
          JOIN users u ON u.id = tm.user_id
          WHERE tm.team_id IN ({}) ORDER BY u.username",
-        placeholders(team_ids.len())
+        super::placeholders(1, team_ids.len())
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in team_ids {
@@ -159,7 +151,7 @@ pub async fn roles(pool: &AnyPool, team_ids: &[String]) -> Result<Vec<TeamRoleRo
     }
     let sql = format!(
         "SELECT team_id, project, role FROM team_roles WHERE team_id IN ({}) ORDER BY project",
-        placeholders(team_ids.len())
+        super::placeholders(1, team_ids.len())
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in team_ids {
@@ -182,7 +174,7 @@ pub async fn memberships(
          JOIN teams t ON t.id = tm.team_id
          LEFT JOIN team_roles tr ON tr.team_id = tm.team_id
          WHERE tm.user_id IN ({}) ORDER BY t.name, tr.project",
-        placeholders(user_ids.len())
+        super::placeholders(1, user_ids.len())
     );
     let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
     for id in user_ids {

@@ -288,10 +288,9 @@ pub async fn many_with_grants(
 ) -> Result<Vec<(UserRow, Grants)>, sqlx::Error> {
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT {COLUMNS} FROM users WHERE id IN ({})",
-            placeholders.join(", ")
+            super::placeholders(1, chunk.len())
         );
         let mut q = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql));
         for id in chunk {
