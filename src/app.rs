@@ -36,6 +36,8 @@ pub struct App {
     pub running_operations: Arc<UserSlots>,
     /// Who started which operation, for the events that show it.
     pub requesters: Arc<crate::api::requesters::Requesters>,
+    /// Owner-only projects' settings and instances' makers, as last read.
+    pub ownership: crate::api::ownership::Ownership,
     /// The single sign-on provider, when `OIDC_ISSUER_URL` is set.
     pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
     pub backend: Arc<dyn Backend>,
@@ -200,6 +202,7 @@ impl App {
                 Held::Operations,
             ),
             requesters: Arc::default(),
+            ownership: Default::default(),
             oidc: config
                 .oidc
                 .clone()

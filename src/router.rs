@@ -22,7 +22,7 @@ use crate::api::v1::{audit, auth, events, images, instances, operations, system,
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::v1::{permissions, teams, users};
-use crate::api::{health, idempotency, upload};
+use crate::api::{health, idempotency, ownership, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -338,6 +338,12 @@ pub fn build(state: AppState) -> Router {
     let openapi = crate::openapi::complete(openapi);
     let config = &state.config;
     let mut router = api
+        // Inside the audit layer (a refusal is audited too) and the
+        // idempotency layer (which checks replays itself).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ownership::guard,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         // Outside the audit layer: a keyed request runs (and is audited) on
         // a task of its own that finishes even if the client goes away; a

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -129,6 +129,19 @@ pub async fn layer(
     }
 }
 
+/// What a keyed route needs, for a replay to answer only whom may still do
+/// it: admins move cluster members and images, operators the rest.
+fn replay_permission(path: &str) -> crate::auth::Permission {
+    use crate::auth::Permission;
+    if path.starts_with("/api/v1/cluster/") {
+        Permission::InfraManage
+    } else if path.starts_with("/api/v1/images") {
+        Permission::ImageManage
+    } else {
+        Permission::ProjectOperate
+    }
+}
+
 async fn run(
     state: &AppState,
     value: HeaderValue,
@@ -137,9 +150,8 @@ async fn run(
 ) -> Result<Response, Response> {
     let key = check_key(&value).map_err(IntoResponse::into_response)?;
     let (mut parts, body) = req.into_parts();
-    // Who: keys are per user. The handler authenticates again (and answers
-    // 401 or 403 the same way).
-    let user = AuthUser::from_request_parts(&mut parts, state)
+    // Who: keys are per user (the handler reuses this authentication).
+    let user = AuthUser::resolve(&mut parts, state, false)
         .await
         .map_err(IntoResponse::into_response)?;
     let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
@@ -165,11 +177,14 @@ async fn run(
             body,
         } => {
             // What the first answer showed is shown again only to whom may
-            // still see its project.
+            // still do what it did, to what they may still reach.
             let project = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
                 .find(|(k, _)| k == "project")
                 .map_or_else(|| "default".to_owned(), |(_, v)| v.into_owned());
-            user.require(crate::auth::Permission::ProjectView, &project)
+            user.require(replay_permission(parts.uri.path()), &project)
+                .map_err(IntoResponse::into_response)?;
+            crate::api::ownership::check_request(state, &mut parts, &user)
+                .await
                 .map_err(IntoResponse::into_response)?;
             return Ok(replay(status, location, body));
         }

@@ -77,17 +77,19 @@ fn free(slot: &SharedSlot) {
 /// errors about its operation.
 const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// What to do once an operation has succeeded (lxgate's own records of
-/// what it made: they must not say more than the backend did).
-pub type OnSuccess = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+/// What to do once an operation has finished, told whether it succeeded
+/// (lxgate's own records of what it made: they must not say more than the
+/// backend did). Not run when the outcome is never learnt (the operation
+/// vanished, or the backend stayed away).
+pub type OnDone = Box<dyn FnOnce(bool) -> futures::future::BoxFuture<'static, ()> + Send>;
 
-/// The hook, run by whichever sees the success first.
-type SharedHook = Arc<Mutex<Option<OnSuccess>>>;
+/// The hook, run by whichever sees the end first.
+type SharedHook = Arc<Mutex<Option<OnDone>>>;
 
-async fn run_hook(hook: &SharedHook) {
+async fn run_hook(hook: &SharedHook, op: &Operation) {
     let f = hook.lock().expect("hook lock poisoned").take();
     if let Some(f) = f {
-        f().await;
+        f(op.status_code == Operation::SUCCESS).await;
     }
 }
 
@@ -103,9 +105,7 @@ fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot, hook: SharedHoo
             match backend.wait_operation(&id, MAX_WAIT_SECS).await {
                 Ok(op) if !op.is_done() => failing_since = None,
                 Ok(op) => {
-                    if op.status_code == Operation::SUCCESS {
-                        run_hook(&hook).await;
-                    }
+                    run_hook(&hook, &op).await;
                     break;
                 }
                 Err(crate::backend::BackendError::NotFound(_)) => break,
@@ -142,8 +142,8 @@ pub async fn accepted(
     accepted_then(state, slot, project, action, resource, op, wait, None).await
 }
 
-/// [`accepted`], and `on_success` once the operation has succeeded: before
-/// the answer when the request waited for it, else when it does.
+/// [`accepted`], and `on_done` once the operation has finished: before the
+/// answer when the request waited for it, else when it does.
 #[expect(clippy::too_many_arguments, reason = "accepted's, and the hook")]
 pub async fn accepted_then(
     state: &AppState,
@@ -153,14 +153,14 @@ pub async fn accepted_then(
     resource: Option<&str>,
     op: Operation,
     wait: Option<u64>,
-    on_success: Option<OnSuccess>,
+    on_done: Option<OnDone>,
 ) -> ApiResult<Response> {
     let OperationSlot {
         slot,
         user_id,
         requested_by,
     } = slot;
-    let hook: SharedHook = Arc::new(Mutex::new(on_success));
+    let hook: SharedHook = Arc::new(Mutex::new(on_done));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
     if !op.is_done() {
         hold_until_done(state, &op.id, slot.clone(), hook.clone());
@@ -190,9 +190,7 @@ pub async fn accepted_then(
         _ => op,
     };
     if op.is_done() {
-        if op.status_code == Operation::SUCCESS {
-            run_hook(&hook).await;
-        }
+        run_hook(&hook, &op).await;
         // Free before answering: the caller may start the next one at once.
         free(&slot);
         // The caller is the requester: it sees its own output.

@@ -18,7 +18,7 @@ use crate::backend::types::{ConfigMap, DevicesMap, Instance};
 use crate::backend::{ListScope, Listing};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::names::ProjectName;
+use crate::names::{InstanceName, ProjectName};
 
 /// The project config keys, and whether each is a count (else bytes).
 pub const KEYS: [(&str, &str, bool); 4] = [
@@ -116,7 +116,7 @@ fn cpus(v: &str) -> Option<u64> {
 /// What one instance (its expanded config and devices) counts as. An
 /// amount that is not set, or not countable (`limits.memory` as a
 /// percentage), is `None` for that resource.
-fn counted(
+fn counted_amounts(
     config: &ConfigMap,
     devices: &DevicesMap,
 ) -> (u64, Option<u64>, Option<u64>, Option<u64>) {
@@ -134,7 +134,7 @@ fn counted(
 }
 
 fn usage_of(config: &ConfigMap, devices: &DevicesMap) -> Usage {
-    let (instances, cpu, memory, disk) = counted(config, devices);
+    let (instances, cpu, memory, disk) = counted_amounts(config, devices);
     Usage {
         instances,
         cpu: cpu.unwrap_or(0),
@@ -143,11 +143,67 @@ fn usage_of(config: &ConfigMap, devices: &DevicesMap) -> Usage {
     }
 }
 
-/// The project's instances with their owners' usernames.
-async fn owned(
-    state: &AppState,
-    project: &ProjectName,
-) -> ApiResult<Vec<(Instance, Option<db::instance_owners::OwnerRow>)>> {
+/// How long a create in flight is counted by what it reserved, when the
+/// backend does not list its instance (an lxgate that stopped before the
+/// create finished leaves the record; past this, it counts for nothing).
+const RESERVED_FOR_SECS: i64 = 3600;
+
+/// A project's instances with who made them, and the creates in flight
+/// the backend does not list yet.
+struct Counted {
+    listed: Vec<(Instance, Option<db::instance_owners::OwnerRow>)>,
+    in_flight: Vec<db::instance_owners::OwnerRow>,
+}
+
+impl Counted {
+    /// What `user_id`'s instances use, leaving out instance `skip` and the
+    /// reservation `own` (what is being judged).
+    fn usage_of(&self, user_id: &str, skip: Option<&str>, own: Option<&str>) -> Usage {
+        let mut used = Usage::default();
+        for (i, o) in &self.listed {
+            let theirs = o
+                .as_ref()
+                .is_some_and(|o| o.user_id.as_deref() == Some(user_id));
+            if theirs && Some(i.name.as_str()) != skip {
+                used.add(&usage_of(&i.expanded_config, &i.expanded_devices));
+            }
+        }
+        for o in &self.in_flight {
+            if o.user_id.as_deref() == Some(user_id) && o.pending.as_deref() != own {
+                used.add(&o.reserved());
+            }
+        }
+        used
+    }
+}
+
+impl db::instance_owners::OwnerRow {
+    fn reserved(&self) -> Usage {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Usage {
+            instances: 1,
+            cpu: n(self.reserved_cpu),
+            memory: n(self.reserved_memory),
+            disk: n(self.reserved_disk),
+        }
+    }
+}
+
+/// The project's instances with who made them (read only where somebody
+/// made one through lxgate: else there is nothing to count).
+async fn counted(state: &AppState, project: &ProjectName) -> ApiResult<Counted> {
+    let mut owners: BTreeMap<String, db::instance_owners::OwnerRow> =
+        db::instance_owners::of_project(&state.db.pool, project.as_str())
+            .await?
+            .into_iter()
+            .map(|o| (o.name.clone(), o))
+            .collect();
+    if owners.is_empty() {
+        return Ok(Counted {
+            listed: Vec::new(),
+            in_flight: Vec::new(),
+        });
+    }
     let listing = state
         .backend
         .list_instances(ListScope {
@@ -157,40 +213,40 @@ async fn owned(
         })
         .await?;
     let Listing::Full(instances) = listing else {
-        return Ok(Vec::new());
+        return Ok(Counted {
+            listed: Vec::new(),
+            in_flight: Vec::new(),
+        });
     };
-    let mut owners: BTreeMap<String, db::instance_owners::OwnerRow> =
-        db::instance_owners::of_project(&state.db.pool, project.as_str())
-            .await?
-            .into_iter()
-            .map(|o| (o.name.clone(), o))
-            .collect();
-    Ok(instances
+    let listed = instances
         .into_iter()
         .map(|i| {
             let o = owners.remove(&i.name);
             (i, o)
         })
-        .collect())
+        .collect();
+    let since = crate::auth::tokens::now_secs() - RESERVED_FOR_SECS;
+    let in_flight = owners
+        .into_values()
+        .filter(|o| o.pending.is_some() && o.created_at > since)
+        .collect();
+    Ok(Counted { listed, in_flight })
 }
 
-/// Per-user usage of a project (users with at least one instance).
+/// Per-user usage of a project (users with at least one instance, or a
+/// create in flight).
 pub async fn usage_by_user(state: &AppState, project: &ProjectName) -> ApiResult<Vec<UserUsage>> {
-    // Nobody made an instance here through lxgate: nothing to list the
-    // backend's instances for.
-    if db::instance_owners::of_project(&state.db.pool, project.as_str())
-        .await?
-        .is_empty()
-    {
-        return Ok(Vec::new());
-    }
+    let counted = counted(state, project).await?;
     let mut by: BTreeMap<String, Usage> = BTreeMap::new();
-    for (i, owner) in owned(state, project).await? {
+    for (i, owner) in &counted.listed {
         if let Some(o) = owner {
-            by.entry(o.username)
+            by.entry(o.username.clone())
                 .or_default()
                 .add(&usage_of(&i.expanded_config, &i.expanded_devices));
         }
+    }
+    for o in &counted.in_flight {
+        by.entry(o.username.clone()).or_default().add(&o.reserved());
     }
     Ok(by
         .into_iter()
@@ -198,32 +254,116 @@ pub async fn usage_by_user(state: &AppState, project: &ProjectName) -> ApiResult
         .collect())
 }
 
-/// Refuses (403 `quota_exceeded`) a create (`current` None) or a change
-/// of instance `current` that would take its owner past a per-user quota
-/// of `project`, the instance to be as `shape` (its own config and
-/// devices, expanded with its profiles). A change is charged to the
-/// instance's owner (the caller, for an instance nobody is recorded as
-/// having made) and refused only when it raises what is over a quota; a
-/// create or a change must set each amount a quota bounds (403
-/// `quota_needs_amount`), or it could not be counted.
-pub async fn check(
+/// A create's record of who is making the instance, written before the
+/// backend is asked: the maker sees it while it is made (owner-only
+/// projects), and quotas count it. [`Reservation::release`] it if the
+/// create is refused or fails; its success records the maker for good.
+pub struct Reservation {
+    pool: sqlx::AnyPool,
+    project: String,
+    name: String,
+    /// `None`: somebody is recorded under the name already (the create
+    /// fails, the name being taken, or takes the record over).
+    token: Option<String>,
+}
+
+impl Reservation {
+    /// Removes the record (the create did not happen).
+    pub async fn release(self) {
+        if let Some(token) = &self.token
+            && let Err(e) =
+                db::instance_owners::release(&self.pool, &self.project, &self.name, token).await
+        {
+            tracing::warn!(error = %e, instance = %self.name, "releasing a create's reservation failed");
+        }
+    }
+}
+
+/// Records `user` as making instance `name` of `project` as `shape`, and
+/// refuses it (403 `quota_exceeded`, the record released) when that takes
+/// the user past a per-user quota, creates in flight included. Reserving
+/// first and counting after means two creates racing for the last room
+/// both see each other: at worst both are refused, never both let in.
+pub async fn reserve_create(
     state: &AppState,
     user: &AuthUser,
     project: &ProjectName,
-    current: Option<&Instance>,
+    name: &InstanceName,
     shape: policy::Shape<'_>,
+) -> ApiResult<Reservation> {
+    let limits = if user.is_admin() {
+        BTreeMap::new()
+    } else {
+        let (p, _) = state.backend.get_project(project).await?;
+        limits_of(&p.config)?
+    };
+    let expanded = if limits.is_empty() {
+        None
+    } else {
+        let (config, devices) = policy::expanded(state, project, shape).await?;
+        needs_amounts(project, &limits, None, &config, &devices)?;
+        Some((config, devices))
+    };
+    let wanted = expanded
+        .as_ref()
+        .map_or_else(Usage::default, |(c, d)| usage_of(c, d));
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let token = uuid::Uuid::new_v4().to_string();
+    let reserved = db::instance_owners::reserve(
+        &state.db.pool,
+        project.as_str(),
+        name.as_str(),
+        (&user.id, &user.username),
+        &token,
+        db::instance_owners::Reserved {
+            cpu: n(wanted.cpu),
+            memory: n(wanted.memory),
+            disk: n(wanted.disk),
+        },
+    )
+    .await?;
+    let reservation = Reservation {
+        pool: state.db.pool.clone(),
+        project: project.to_string(),
+        name: name.to_string(),
+        token: reserved.then_some(token),
+    };
+    if expanded.is_some() {
+        let counted = match counted(state, project).await {
+            Ok(c) => c,
+            Err(e) => {
+                reservation.release().await;
+                return Err(e);
+            }
+        };
+        let used = counted.usage_of(&user.id, None, reservation.token.as_deref());
+        if let Err(e) = judge(
+            user,
+            project,
+            &limits,
+            &user.id,
+            &used,
+            &Usage::default(),
+            &wanted,
+        ) {
+            reservation.release().await;
+            return Err(e);
+        }
+    }
+    Ok(reservation)
+}
+
+/// Refuses a create (`before` None) or a change that leaves a bounded
+/// amount unset: it could not be counted (403 `quota_needs_amount`).
+fn needs_amounts(
+    project: &ProjectName,
+    limits: &BTreeMap<&'static str, u64>,
+    before: Option<&Instance>,
+    config: &ConfigMap,
+    devices: &DevicesMap,
 ) -> ApiResult<()> {
-    if user.is_admin() {
-        return Ok(());
-    }
-    let (p, _) = state.backend.get_project(project).await?;
-    let limits = limits_of(&p.config)?;
-    if limits.is_empty() {
-        return Ok(());
-    }
-    let (config, devices) = policy::expanded(state, project, shape).await?;
-    let (_, cpu, memory, disk) = counted(&config, &devices);
-    let before = current.map(|i| counted(&i.expanded_config, &i.expanded_devices));
+    let (_, cpu, memory, disk) = counted_amounts(config, devices);
+    let before = before.map(|i| counted_amounts(&i.expanded_config, &i.expanded_devices));
     for (what, key, field, set, was_set) in [
         (
             "cpu",
@@ -249,7 +389,7 @@ pub async fn check(
     ] {
         // An instance from before the quota keeps what it has; a new one,
         // or a change that takes a counted amount away, must set it.
-        if limits.contains_key(what) && !set && (current.is_none() || was_set) {
+        if limits.contains_key(what) && !set && (before.is_none() || was_set) {
             let mut e = ApiError::forbidden(
                 "quota_needs_amount",
                 format!(
@@ -260,43 +400,84 @@ pub async fn check(
             return Err(e);
         }
     }
-    let owners = db::instance_owners::of_project(&state.db.pool, project.as_str()).await?;
-    let owner = current
-        .and_then(|i| owners.iter().find(|o| o.name == i.name))
+    Ok(())
+}
+
+/// Refuses (403 `quota_exceeded`) a change of an instance `current` that
+/// would take its owner past a per-user quota of `project`, the instance
+/// to be as `shape` (its own config and devices, expanded with its
+/// profiles). A change is charged to the instance's owner (the caller,
+/// for an instance nobody is recorded as having made) and refused only
+/// when it raises what is over a quota; it must keep each amount a quota
+/// bounds set (403 `quota_needs_amount`). Creates are judged by
+/// [`reserve_create`].
+pub async fn check(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    current: &Instance,
+    shape: policy::Shape<'_>,
+) -> ApiResult<()> {
+    if user.is_admin() {
+        return Ok(());
+    }
+    let (p, _) = state.backend.get_project(project).await?;
+    let limits = limits_of(&p.config)?;
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let (config, devices) = policy::expanded(state, project, shape).await?;
+    needs_amounts(project, &limits, Some(current), &config, &devices)?;
+    let counted = counted(state, project).await?;
+    let owner = counted
+        .listed
+        .iter()
+        .find(|(i, _)| i.name == current.name)
+        .and_then(|(_, o)| o.as_ref())
         .and_then(|o| o.user_id.clone())
         .unwrap_or_else(|| user.id.clone());
-    let wanted = usage_of(&config, &devices);
-    let had = current.map_or_else(Usage::default, |i| {
-        usage_of(&i.expanded_config, &i.expanded_devices)
-    });
-    let mut used = Usage::default();
-    for (i, o) in owned(state, project).await? {
-        let theirs = o
-            .as_ref()
-            .is_some_and(|o| o.user_id.as_deref() == Some(owner.as_str()));
-        if theirs && Some(i.name.as_str()) != current.map(|c| c.name.as_str()) {
-            used.add(&usage_of(&i.expanded_config, &i.expanded_devices));
-        }
-    }
-    for (what, limit) in &limits {
+    let used = counted.usage_of(&owner, Some(&current.name), None);
+    let had = usage_of(&current.expanded_config, &current.expanded_devices);
+    judge(
+        user,
+        project,
+        &limits,
+        &owner,
+        &used,
+        &had,
+        &usage_of(&config, &devices),
+    )
+}
+
+/// Refuses what takes `owner` from `used + had` to `used + wanted` past a
+/// limit, unless it lowers or keeps what is over a quota set since.
+fn judge(
+    user: &AuthUser,
+    project: &ProjectName,
+    limits: &BTreeMap<&'static str, u64>,
+    owner: &str,
+    used: &Usage,
+    had: &Usage,
+    wanted: &Usage,
+) -> ApiResult<()> {
+    for (what, limit) in limits {
         let after = used.get(what) + wanted.get(what);
         let was = used.get(what) + had.get(what);
-        // Lowering, or keeping, what is over a quota set since is allowed.
         if after > *limit && after > was {
             let shown = |n: u64| match *what {
                 "memory" | "disk" => bytesize(n),
                 _ => n.to_string(),
             };
             let whose = if owner == user.id {
-                "your".to_owned()
+                "your"
             } else {
-                "its owner's".to_owned()
+                "its owner's"
             };
             return Err(quota_error(
                 format!(
                     "quota exceeded: {what} per user in project `{project}` is {}; {whose} instances use {}, this would take it to {}",
                     shown(*limit),
-                    shown(used.get(what) + had.get(what)),
+                    shown(was),
                     shown(after)
                 ),
                 what,
@@ -324,7 +505,7 @@ pub async fn check_profile(
     if limits_of(&p.config)?.is_empty() {
         return Ok(());
     }
-    let amounts = |pr: &crate::backend::types::Profile| counted(&pr.config, &pr.devices);
+    let amounts = |pr: &crate::backend::types::Profile| counted_amounts(&pr.config, &pr.devices);
     let (_, c0, m0, d0) = amounts(before);
     let (_, c1, m1, d1) = amounts(after);
     let raw = |pr: &crate::backend::types::Profile, k: &str| pr.config.get(k).cloned();

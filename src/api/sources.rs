@@ -168,6 +168,9 @@ async fn merge_copy(
         None => project.clone(),
     };
     user.require(Permission::ProjectOperate, from_project.as_str())?;
+    // Copying is reaching: never of another's instance in an owner-only project.
+    crate::api::ownership::require_owner(state, user, from_project.as_str(), instance.as_str())
+        .await?;
     let (source, _) = state.backend.get_instance(&from_project, &instance).await?;
     // A copy holds the source's files: those of a privileged container
     // are the admins' (as exec and file transfer there are), whatever the

@@ -380,10 +380,43 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// The caller as a layer in front of the handler authenticated it (an
+/// `Idempotency-Key`, an owner-only project's check), so that the handler
+/// reuses it: one user read per request, and a single-use ticket is spent
+/// once. `ws`: authenticated as a WebSocket route is (also `?ticket=` and
+/// `?token=`), which a plain route does not take.
+#[derive(Debug, Clone)]
+struct Authenticated {
+    user: AuthUser,
+    ws: bool,
+}
+
+impl AuthUser {
+    /// The caller of the request `parts` belong to, authenticated once and
+    /// kept in the request for the handler (`ws`: as a WebSocket route).
+    pub async fn resolve(parts: &mut Parts, state: &AppState, ws: bool) -> Result<Self, ApiError> {
+        let user = if ws {
+            WsUser::from_request_parts(parts, state).await?.0
+        } else {
+            AuthUser::from_request_parts(parts, state).await?
+        };
+        parts.extensions.insert(Authenticated {
+            user: user.clone(),
+            ws,
+        });
+        Ok(user)
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(a) = parts.extensions.get::<Authenticated>()
+            && !a.ws
+        {
+            return Ok(a.user.clone());
+        }
         match bearer(parts)? {
             Some(token) => Self::from_token(state, parts, token, "bearer").await,
             None => Err(ApiError::unauthorized(
@@ -409,6 +442,9 @@ impl FromRequestParts<AppState> for WsUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(a) = parts.extensions.get::<Authenticated>() {
+            return Ok(WsUser(a.user.clone()));
+        }
         if let Some(token) = bearer(parts)? {
             return AuthUser::from_token(state, parts, token, "bearer")
                 .await

@@ -9,6 +9,28 @@ pub struct OwnerRow {
     pub name: String,
     pub user_id: Option<String>,
     pub username: String,
+    /// Set while the create that made the record is in flight.
+    pub pending: Option<String>,
+    pub created_at: i64,
+    /// What a create in flight reserved (CPUs, bytes of memory and disk).
+    pub reserved_cpu: i64,
+    pub reserved_memory: i64,
+    pub reserved_disk: i64,
+}
+
+/// The columns of an [`OwnerRow`] (a macro: queries are literals).
+macro_rules! columns {
+    () => {
+        "name, user_id, username, pending, created_at, reserved_cpu, reserved_memory, reserved_disk"
+    };
+}
+
+/// What a create in flight reserves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reserved {
+    pub cpu: i64,
+    pub memory: i64,
+    pub disk: i64,
 }
 
 /// Records `user` as the owner of `project/name` (a new instance there
@@ -24,7 +46,9 @@ pub async fn set(
         "INSERT INTO instance_owners (project, name, user_id, username, created_at)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (project, name) DO UPDATE
-         SET user_id = excluded.user_id, username = excluded.username, created_at = excluded.created_at",
+         SET user_id = excluded.user_id, username = excluded.username,
+             created_at = excluded.created_at, pending = NULL,
+             reserved_cpu = 0, reserved_memory = 0, reserved_disk = 0",
     )
     .bind(project)
     .bind(name)
@@ -34,6 +58,67 @@ pub async fn set(
     .execute(pool)
     .await
     .map(|_| ())
+}
+
+/// Records `user` as making `project/name` before its create has finished,
+/// with what it reserves, under the reservation `token`. A name somebody
+/// is recorded under already is left as it is (that create will fail, the
+/// name being taken, or take it over when it succeeds): false then.
+pub async fn reserve(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    (user_id, username): (&str, &str),
+    token: &str,
+    reserved: Reserved,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO instance_owners
+           (project, name, user_id, username, created_at, pending, reserved_cpu, reserved_memory, reserved_disk)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (project, name) DO NOTHING",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(user_id)
+    .bind(username)
+    .bind(now_secs())
+    .bind(token)
+    .bind(reserved.cpu)
+    .bind(reserved.memory)
+    .bind(reserved.disk)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes the reservation `token` made (its create failed or was refused).
+pub async fn release(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    token: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM instance_owners WHERE project = $1 AND name = $2 AND pending = $3")
+        .bind(project)
+        .bind(name)
+        .bind(token)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// The names `user_id` is recorded as having made in `project`.
+pub async fn names_of(
+    pool: &AnyPool,
+    project: &str,
+    user_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM instance_owners WHERE project = $1 AND user_id = $2")
+        .bind(project)
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
 }
 
 /// Moves the record of a renamed instance.
@@ -60,10 +145,14 @@ pub async fn rename(
 
 /// Every record of a project.
 pub async fn of_project(pool: &AnyPool, project: &str) -> Result<Vec<OwnerRow>, sqlx::Error> {
-    sqlx::query_as("SELECT name, user_id, username FROM instance_owners WHERE project = $1")
-        .bind(project)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM instance_owners WHERE project = $1"
+    ))
+    .bind(project)
+    .fetch_all(pool)
+    .await
 }
 
 /// Forgets a project's records (the project is gone).
@@ -91,9 +180,11 @@ pub async fn get(
     project: &str,
     name: &str,
 ) -> Result<Option<OwnerRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT name, user_id, username FROM instance_owners WHERE project = $1 AND name = $2",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM instance_owners WHERE project = $1 AND name = $2"
+    ))
     .bind(project)
     .bind(name)
     .fetch_optional(pool)

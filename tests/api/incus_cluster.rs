@@ -205,13 +205,23 @@ async fn cluster_app(urls: &str) -> TestApp {
 
 /// Creates a busybox container on `target` (admins) and waits for it.
 async fn launch(app: &TestApp, token: &str, name: &str, target: &str, start: bool) {
-    let r = app
-        .post(
-            &format!("/api/v1/instances?target={target}&wait=120"),
-            Some(token),
-            json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": start}),
-        )
-        .await;
+    // A member restarted by the test before may still answer 503 ("not
+    // ready yet", which lxgate passes on as such) for a few seconds after
+    // the cluster calls it online: that is for the client to retry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = app
+            .post(
+                &format!("/api/v1/instances?target={target}&wait=120"),
+                Some(token),
+                json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": start}),
+            )
+            .await;
+        if r.status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }

@@ -28,6 +28,7 @@ mod incus_storage;
 mod incus_transport;
 mod limits;
 mod oidc;
+mod ownership;
 mod permissions;
 mod policy_escape;
 mod profiles_db;

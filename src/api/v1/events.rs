@@ -14,10 +14,10 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
-use crate::api::Query;
 use crate::api::problems::{NotWebSocket426, TooManySockets429, Viewer403};
 use crate::api::resource::{ProjectScoped, project_scoped};
 use crate::api::ws::{Access, SocketSlot, close_revoked, require_upgrade};
+use crate::api::{Query, ownership};
 use crate::app::AppState;
 use crate::auth::extract::WsUser;
 use crate::auth::{AuthUser, Permission};
@@ -170,6 +170,9 @@ async fn relay(
                         }
                         _ => None,
                     };
+                    if !ownership::sees_event(&state, &filter.user, &ev, by.as_ref()).await {
+                        continue;
+                    }
                     let Ok(text) = filter.render(&ev, by.as_ref()) else { continue };
                     match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
                         Ok(Ok(())) => {}

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::operation::{OnSuccess, OperationRef, OperationSlot, accepted, accepted_then};
+use crate::api::operation::{OnDone, OperationRef, OperationSlot, accepted, accepted_then};
 use crate::api::paths::{InstanceActionPath, InstancePath};
 use crate::api::policy::{self, Shape};
 use crate::api::problems::{
@@ -18,7 +18,7 @@ use crate::api::problems::{
 use crate::api::resource::{IfMatch, ProjectScoped, project_scoped};
 use crate::api::resource::{PlacementQuery, ProjectQuery, ProjectWaitQuery};
 use crate::api::{Json, Page, Pagination, Path, Query};
-use crate::api::{quotas, sources};
+use crate::api::{ownership, quotas, sources};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{
@@ -105,10 +105,23 @@ pub async fn list_instances(
         // Filtering by type needs the objects even when only names are returned.
         expand: expand || q.instance_type.is_some(),
     };
+    // In an owner-only project, only the caller's own (all projects at
+    // once is for admins, who see everything).
+    let own = if all {
+        None
+    } else {
+        ownership::own(&state, &user, project.as_str()).await?
+    };
+    let sees = |name: &str| own.as_ref().is_none_or(|o| o.has(name));
     let entries: Vec<InstanceEntry> = match state.backend.list_instances(scope).await? {
-        Listing::Names(names) => names.into_iter().map(InstanceEntry::Name).collect(),
+        Listing::Names(names) => names
+            .into_iter()
+            .filter(|n| sees(n))
+            .map(InstanceEntry::Name)
+            .collect(),
         Listing::Full(items) => items
             .into_iter()
+            .filter(|i| sees(&i.name))
             .filter(|i| {
                 q.instance_type
                     .as_deref()
@@ -184,13 +197,23 @@ pub async fn create_instance(
         profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
-    quotas::check(&state, &user, &project, None, after).await?;
     let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
-    let op = state
+    // Recorded (and judged by the quotas) before the backend is asked, so
+    // that the maker sees it and creates in flight count; released if the
+    // backend refuses it or the create fails.
+    let reservation = quotas::reserve_create(&state, &user, &project, &name, after).await?;
+    let op = match state
         .backend
         .create_instance(&project, &req, target.as_ref())
-        .await?;
+        .await
+    {
+        Ok(op) => op,
+        Err(e) => {
+            reservation.release().await;
+            return Err(e.into());
+        }
+    };
     accepted_then(
         &state,
         slot,
@@ -199,39 +222,77 @@ pub async fn create_instance(
         Some(name.as_str()),
         op,
         q.wait,
-        Some(owner_hook(&state, &project, &name, &user, Record::Owner)),
+        Some(owner_hook(
+            &state,
+            &project,
+            &name,
+            &user,
+            Record::Owner(reservation),
+        )),
     )
     .await
 }
 
-/// What an instance's success changes in who made it (for per-user quotas).
+/// What an instance's operation changes in who made it (for owner-only
+/// projects and per-user quotas), once it has succeeded.
 enum Record {
-    Owner,
+    /// Made: the create's reservation becomes the record (or, the create
+    /// having failed, is released).
+    Owner(quotas::Reservation),
     RenamedTo(String),
     Deleted,
 }
 
 /// Writes `record` of `project/name` once its operation has succeeded (a
-/// failed create, rename or delete changes nothing).
+/// failed rename or delete changes nothing).
 fn owner_hook(
     state: &AppState,
     project: &ProjectName,
     name: &InstanceName,
     user: &AuthUser,
     record: Record,
-) -> OnSuccess {
-    let (pool, project, name) = (state.db.pool.clone(), project.to_string(), name.to_string());
+) -> OnDone {
+    let (state, project, name) = (state.clone(), project.to_string(), name.to_string());
     let (user_id, username) = (user.id.clone(), user.username.clone());
-    Box::new(move || {
+    Box::new(move |succeeded| {
         Box::pin(async move {
+            let pool = &state.db.pool;
             let done = match record {
-                Record::Owner => {
-                    db::instance_owners::set(&pool, &project, &name, &user_id, &username).await
+                Record::Owner(reservation) if !succeeded => {
+                    reservation.release().await;
+                    Ok(())
+                }
+                _ if !succeeded => Ok(()),
+                Record::Owner(_) => {
+                    state
+                        .ownership
+                        .remember(&project, &name, Some(&user_id))
+                        .await;
+                    db::instance_owners::set(pool, &project, &name, &user_id, &username).await
                 }
                 Record::RenamedTo(to) => {
-                    db::instance_owners::rename(&pool, &project, &name, &to).await
+                    let owner = db::instance_owners::get(pool, &project, &name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|o| o.user_id);
+                    state
+                        .ownership
+                        .remember(&project, &to, owner.as_deref())
+                        .await;
+                    db::instance_owners::rename(pool, &project, &name, &to).await
                 }
-                Record::Deleted => db::instance_owners::remove(&pool, &project, &name).await,
+                // The record goes; this replica still knows who made it for a
+                // few seconds, so that the delete's events reach them.
+                Record::Deleted => {
+                    if let Ok(Some(o)) = db::instance_owners::get(pool, &project, &name).await {
+                        state
+                            .ownership
+                            .remember(&project, &name, o.user_id.as_deref())
+                            .await;
+                    }
+                    db::instance_owners::remove(pool, &project, &name).await
+                }
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, instance = %name, "recording who made an instance failed");
@@ -315,7 +376,7 @@ async fn update(
     };
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
-    quotas::check(&state, &user, &project, Some(&current), after).await?;
+    quotas::check(&state, &user, &project, &current, after).await?;
     let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state

@@ -12,7 +12,7 @@ use crate::api::operation::{MAX_WAIT_SECS, for_caller, with_exec_output};
 use crate::api::paths::OperationPath;
 use crate::api::problems::{OperationMissing, Viewer403};
 use crate::api::resource::{ProjectScoped, project_scoped};
-use crate::api::{Json, Page, Path, Query};
+use crate::api::{Json, Page, Path, Query, ownership};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::Operation;
@@ -39,7 +39,12 @@ async fn visible(
         .as_ref()
         .map(|r| r.project.clone())
         .unwrap_or_else(|| op.project.clone());
-    if !user.grants.can_see(&project) {
+    let requester = record.as_ref().and_then(|r| r.user_id.as_deref());
+    if !user.grants.can_see(&project)
+        || ownership::own(state, user, &project)
+            .await?
+            .is_some_and(|own| !own.sees_operation(&op, requester))
+    {
         return Err(operation_not_found(id));
     }
     Ok((op, project, record))
@@ -91,6 +96,30 @@ pub async fn list_operations(
             .backend
             .list_operations(Some(project.as_str()))
             .await?
+    };
+    // In an owner-only project, only what the caller may see of it (all
+    // projects at once is for admins, who see everything).
+    let own = match q.all_projects {
+        Some(true) => None,
+        _ => ownership::own(&state, &user, project.as_str()).await?,
+    };
+    let ops = match own {
+        Some(own) => {
+            let ids: Vec<String> = ops.iter().map(|op| op.id.clone()).collect();
+            let requesters: HashMap<String, Option<String>> =
+                db::operations::get_many(&state.db.pool, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.id, r.user_id))
+                    .collect();
+            ops.into_iter()
+                .filter(|op| {
+                    let by = requesters.get(&op.id).and_then(|b| b.as_deref());
+                    own.sees_operation(op, by)
+                })
+                .collect()
+        }
+        None => ops,
     };
     let page = Page::slice(ops, limit, offset);
     // Who started each, for this page only (one query).

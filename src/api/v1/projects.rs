@@ -14,7 +14,7 @@ use crate::api::problems::{
 };
 use crate::api::resource::{Entry, IfMatch, created, with_etag};
 use crate::api::{Json, Page, Pagination, Path, Query};
-use crate::api::{policy, quotas};
+use crate::api::{ownership, policy, quotas};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::backend::types::{ConfigMap, Project, ProjectCreate, ProjectState, ProjectUpdate};
@@ -125,6 +125,7 @@ pub async fn create_project(
     // setting) to match the instance policy, unless the admin says otherwise.
     let widening = policy::widening_of(&req.config)?;
     quotas::limits_of(&req.config)?;
+    ownership::setting_of(&req.config)?;
     if req.config.get("restricted").map(String::as_str) != Some("false") {
         // The admin's own restricted.* keys, if any, win.
         let mut config = ConfigMap::new();
@@ -207,6 +208,7 @@ async fn update(
         after.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
         let widening = policy::widening_of(&after)?;
         quotas::limits_of(&after)?;
+        ownership::setting_of(&after)?;
         let was = Widening::from_project_config(&current.config).unwrap_or_default();
         let restricted = |c: &ConfigMap| c.get("restricted").map(String::as_str) == Some("true");
         // The restriction keys follow a changed allow list (a stale
@@ -229,6 +231,8 @@ async fn update(
         .backend
         .update_project(&name, &body, if_match.as_deref(), replace)
         .await?;
+    // Owner-only on or off applies at once on this replica.
+    state.ownership.forget_project(name.as_str()).await;
     project_response(&state, &name).await
 }
 
@@ -330,6 +334,7 @@ pub async fn delete_project(
     crate::db::project_roles::remove_project(&state.db.pool, name.as_str()).await?;
     crate::db::teams::remove_project(&state.db.pool, name.as_str()).await?;
     crate::db::instance_owners::remove_project(&state.db.pool, name.as_str()).await?;
+    state.ownership.forget_project(name.as_str()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,6 +357,11 @@ pub async fn get_project_state(
     q.check(name.as_str())?;
     let resources = state.backend.project_state(&name).await?;
     let (project, _) = state.backend.get_project(&name).await?;
+    let mut users = quotas::usage_by_user(&state, &name).await?;
+    // Where owner-only applies, who else runs what is not the caller's to see.
+    if ownership::applies(&state, &user, name.as_str()).await? {
+        users.retain(|u| u.username == user.username);
+    }
     Ok(Json(ProjectStateOut {
         resources,
         user_limits: quotas::limits_of(&project.config)
@@ -359,7 +369,7 @@ pub async fn get_project_state(
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
-        users: quotas::usage_by_user(&state, &name).await?,
+        users,
     }))
 }
 
@@ -372,6 +382,8 @@ pub struct ProjectStateOut {
     /// The per-user quotas (`instances`, `cpu`, `memory` and `disk` in
     /// bytes) set in the project's config (`user.lxgate.limits.*-per-user`).
     pub user_limits: std::collections::BTreeMap<String, u64>,
-    /// What each user's instances (those it made through lxgate) use.
+    /// What each user's instances (those it made through lxgate) use. In an
+    /// owner-only project (`user.lxgate.owner-only`), non-admins see only
+    /// their own.
     pub users: Vec<quotas::UserUsage>,
 }

@@ -191,7 +191,7 @@ pub async fn restore_snapshot(
         profiles: &saved.profiles,
     };
     policy::check_instance_write(&state, &policy, &project, Some(before), after).await?;
-    crate::api::quotas::check(&state, &user, &project, Some(&current), after).await?;
+    crate::api::quotas::check(&state, &user, &project, &current, after).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
