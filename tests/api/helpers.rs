@@ -210,6 +210,13 @@ impl TestApp {
             .await
     }
 
+    /// A PUT that must answer 200.
+    pub async fn put_ok(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        let r = self.put(path, token, body).await;
+        assert_eq!(r.status, StatusCode::OK, "PUT {path}: {}", r.text);
+        r
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
         self.send(self.request(Method::DELETE, path, token)).await
     }

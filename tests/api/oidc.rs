@@ -150,13 +150,6 @@ fn claims(p: &Provider, sub: &str, groups: &[&str]) -> Value {
     })
 }
 
-async fn put(app: &TestApp, path: &str, token: &str, body: Value) {
-    let r = app
-        .send(app.request(Method::PUT, path, Some(token)).json(&body))
-        .await;
-    assert_eq!(r.status.as_u16(), 200, "PUT {path}: {}", r.text);
-}
-
 #[tokio::test]
 async fn provider_tokens_work_on_sqlite() {
     provider_tokens_are_accepted_and_groups_give_roles(Db::Sqlite).await;
@@ -196,10 +189,9 @@ async fn provider_tokens_are_accepted_and_groups_give_roles(db: Db) {
         .post("/api/v1/teams", Some(&admin), json!({"name": "web"}))
         .await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.text);
-    put(
-        &app,
+    app.put_ok(
         "/api/v1/teams/web/projects/webp",
-        &admin,
+        Some(&admin),
         json!({"role": "viewer"}),
     )
     .await;

@@ -2,19 +2,11 @@
 //! `auth/can`, and 403s that name the permission, the project and the
 //! role that would grant it.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::db_test;
 use crate::helpers::*;
 use crate::tokens::pat;
-
-async fn put(app: &TestApp, path: &str, token: &str, body: Value) {
-    let r = app
-        .send(app.request(Method::PUT, path, Some(token)).json(&body))
-        .await;
-    assert_eq!(r.status.as_u16(), 200, "PUT {path}: {}", r.text);
-}
 
 async fn can(app: &TestApp, token: &str, body: Value) -> Value {
     let r = app.post("/api/v1/auth/can", Some(token), body).await;
@@ -39,17 +31,15 @@ db_test!(permissions_say_what_and_where_from, |app| {
             .post("/api/v1/teams", Some(&admin), json!({"name": team}))
             .await;
         assert_eq!(r.status.as_u16(), 201, "{}", r.text);
-        put(
-            &app,
+        app.put_ok(
             &format!("/api/v1/teams/{team}/members/perm-alice"),
-            &admin,
+            Some(&admin),
             json!({}),
         )
         .await;
-        put(
-            &app,
+        app.put_ok(
             &format!("/api/v1/teams/{team}/projects/{project}"),
-            &admin,
+            Some(&admin),
             json!({"role": role}),
         )
         .await;

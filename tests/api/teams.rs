@@ -10,11 +10,6 @@ use crate::helpers::*;
 use crate::revocation::closed;
 use crate::tokens::pat;
 
-async fn put(app: &TestApp, path: &str, token: &str, body: serde_json::Value) -> Reply {
-    app.send(app.request(Method::PUT, path, Some(token)).json(&body))
-        .await
-}
-
 async fn project(app: &TestApp, admin: &str, name: &str) {
     let r = app
         .post("/api/v1/projects", Some(admin), json!({"name": name}))
@@ -58,13 +53,13 @@ db_test!(teams_grant_their_members_roles_at_once, |app| {
         .assert_problem(409, "name_taken");
 
     // A grant to a team reaches only its members.
-    let r = put(
-        &app,
-        "/api/v1/teams/devs/projects/tp",
-        &admin,
-        json!({"role": "operator"}),
-    )
-    .await;
+    let r = app
+        .put(
+            "/api/v1/teams/devs/projects/tp",
+            Some(&admin),
+            json!({"role": "operator"}),
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text);
     assert_eq!(
         r.body["projects"],
@@ -73,23 +68,23 @@ db_test!(teams_grant_their_members_roles_at_once, |app| {
     app.get("/api/v1/projects/tp", Some(&alice))
         .await
         .assert_problem(403, "permission_denied");
-    let r = put(
-        &app,
-        "/api/v1/teams/devs/members/tm-alice",
-        &admin,
-        json!({}),
-    )
-    .await;
+    let r = app
+        .put(
+            "/api/v1/teams/devs/members/tm-alice",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text);
     assert_eq!(r.body["members"], json!(["tm-alice"]));
     // Adding again changes nothing.
-    let r = put(
-        &app,
-        "/api/v1/teams/devs/members/tm-alice",
-        &admin,
-        json!({}),
-    )
-    .await;
+    let r = app
+        .put(
+            "/api/v1/teams/devs/members/tm-alice",
+            Some(&admin),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.body["members"], json!(["tm-alice"]), "{}", r.text);
 
     // At once, with the same access token.
@@ -121,13 +116,13 @@ db_test!(teams_grant_their_members_roles_at_once, |app| {
         "team operator beats own viewer: {}",
         r.text
     );
-    let r = put(
-        &app,
-        "/api/v1/teams/devs/projects/tp",
-        &admin,
-        json!({"role": "viewer"}),
-    )
-    .await;
+    let r = app
+        .put(
+            "/api/v1/teams/devs/projects/tp",
+            Some(&admin),
+            json!({"role": "viewer"}),
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text);
     make_profile(&app, &alice, "tp", "both-viewer")
         .await
@@ -142,10 +137,9 @@ db_test!(teams_grant_their_members_roles_at_once, |app| {
     );
 
     // A personal access token stays under its cap whatever the teams give.
-    put(
-        &app,
+    app.put(
         "/api/v1/teams/devs/projects/tp",
-        &admin,
+        Some(&admin),
         json!({"role": "admin"}),
     )
     .await;
@@ -188,10 +182,9 @@ db_test!(teams_grant_their_members_roles_at_once, |app| {
         .assert_problem(404, "member_not_found");
 
     // Deleting the team takes its grants away too.
-    put(
-        &app,
+    app.put(
         "/api/v1/teams/devs/members/tm-alice",
-        &admin,
+        Some(&admin),
         json!({}),
     )
     .await;
@@ -277,10 +270,10 @@ db_test!(teams_are_for_admins_and_outlive_nothing, |app| {
     assert_eq!(r.body["description"], "on call", "{}", r.text);
 
     // Missing things are named.
-    put(&app, "/api/v1/teams/nope/members/tm-bob", &admin, json!({}))
+    app.put("/api/v1/teams/nope/members/tm-bob", Some(&admin), json!({}))
         .await
         .assert_problem(404, "team_not_found");
-    put(&app, "/api/v1/teams/ops/members/nobody", &admin, json!({}))
+    app.put("/api/v1/teams/ops/members/nobody", Some(&admin), json!({}))
         .await
         .assert_problem(404, "user_not_found");
     app.delete("/api/v1/teams/ops/projects/default", Some(&admin))
@@ -289,27 +282,25 @@ db_test!(teams_are_for_admins_and_outlive_nothing, |app| {
 
     // Adding rights needs a login; taking them away does not.
     let (admin_pat, _) = pat(&app, &admin, json!({})).await;
-    put(
-        &app,
+    app.put(
         "/api/v1/teams/ops/members/tm-bob",
-        &admin_pat,
+        Some(&admin_pat),
         json!({}),
     )
     .await
     .assert_problem(403, "token_not_allowed");
-    put(
-        &app,
+    app.put(
         "/api/v1/teams/ops/projects/default",
-        &admin_pat,
+        Some(&admin_pat),
         json!({"role": "admin"}),
     )
     .await
     .assert_problem(403, "token_not_allowed");
-    put(&app, "/api/v1/teams/ops/members/tm-bob", &admin, json!({})).await;
-    put(
-        &app,
+    app.put("/api/v1/teams/ops/members/tm-bob", Some(&admin), json!({}))
+        .await;
+    app.put(
         "/api/v1/teams/ops/projects/default",
-        &admin,
+        Some(&admin),
         json!({"role": "viewer"}),
     )
     .await;
@@ -321,10 +312,9 @@ db_test!(teams_are_for_admins_and_outlive_nothing, |app| {
     // A deleted user leaves its teams; a deleted project its team grants
     // (a project made again under that name gives nobody a role back).
     project(&app, &admin, "gone").await;
-    put(
-        &app,
+    app.put(
         "/api/v1/teams/ops/projects/gone",
-        &admin,
+        Some(&admin),
         json!({"role": "operator"}),
     )
     .await;
