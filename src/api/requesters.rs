@@ -31,6 +31,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Entry {
     at: Instant,
+    /// When this replica first looked the operation up (kept across
+    /// lookups again): "new" by this replica's clock, whatever the
+    /// backend's says.
+    first_seen: Instant,
     /// Whether the operation was new when looked up (see `UNKNOWN_FOR`).
     new: bool,
     /// Set once; concurrent lookups of the same id wait for the one query.
@@ -57,6 +61,11 @@ pub struct Requesters {
 impl Requesters {
     fn insert(&self, id: &str, new: bool, by: Arc<OnceCell<Option<RequestedBy>>>) {
         let mut entries = self.entries.lock().expect("requesters lock poisoned");
+        let now = Instant::now();
+        let first_seen = entries.get(id).map_or(now, |e| e.first_seen);
+        // Seen for the first time moments ago: new, even if the backend's
+        // clock (a remote server's) says the operation is older.
+        let new = new || now.duration_since(first_seen) < NEW_FOR;
         if entries.len() >= CAPACITY {
             let now = Instant::now();
             entries.retain(|_, e| e.fresh(now));
@@ -67,7 +76,8 @@ impl Requesters {
         entries.insert(
             id.to_owned(),
             Entry {
-                at: Instant::now(),
+                at: now,
+                first_seen,
                 new,
                 by,
             },
