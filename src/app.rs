@@ -283,6 +283,9 @@ fn spawn_janitor(app: Weak<App>) {
             if let Err(e) = db::idempotency::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired idempotency keys failed");
             }
+            // Creates an lxgate stopped in the middle of (an hour is longer
+            // than any create's own bound).
+            crate::api::ownership::settle_stale(&AppState(app.clone()), 3600).await;
         }
     });
 }

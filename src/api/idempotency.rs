@@ -178,10 +178,9 @@ async fn run(
         } => {
             // What the first answer showed is shown again only to whom may
             // still do what it did, to what they may still reach.
-            let project = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
-                .find(|(k, _)| k == "project")
-                .map_or_else(|| "default".to_owned(), |(_, v)| v.into_owned());
-            user.require(replay_permission(parts.uri.path()), &project)
+            let project = crate::api::ownership::query_project(&parts)
+                .map_err(IntoResponse::into_response)?;
+            user.require(replay_permission(parts.uri.path()), project.as_str())
                 .map_err(IntoResponse::into_response)?;
             crate::api::ownership::check_request(state, &mut parts, &user)
                 .await

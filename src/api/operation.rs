@@ -182,10 +182,20 @@ pub async fn accepted_then(
     state.requesters.remember(&op.id, requested_by.clone());
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {
-            state
+            match state
                 .backend
                 .wait_operation(&op.id, secs.min(MAX_WAIT_SECS))
-                .await?
+                .await
+            {
+                Ok(done) => done,
+                // The work has started: an error while waiting must not
+                // hide it (a client told 503 would start it again). The
+                // reference lets the client follow it.
+                Err(e) => {
+                    tracing::info!(op = %op.id, error = %e, "waiting for an operation failed; answering with its reference");
+                    op
+                }
+            }
         }
         _ => op,
     };

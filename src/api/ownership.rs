@@ -93,25 +93,45 @@ pub fn setting_of(config: &ConfigMap) -> ApiResult<bool> {
     }
 }
 
+/// A lookup for a check that takes longer fails the check (503 for a
+/// request, no delivery for an event) rather than holding it up.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn unsure() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+        "the project's settings could not be read; try again shortly",
+    )
+}
+
+/// Whether `project` is owner-only, as last read (concurrent readers of an
+/// expired entry wait for one read).
 async fn owner_only(state: &AppState, project: &str) -> ApiResult<bool> {
-    if let Some(on) = state.ownership.settings.get(project).await {
-        return Ok(on);
-    }
-    let name = ProjectName::parse(project).map_err(|e| ApiError::invalid_field("project", e))?;
-    let on = match state.backend.get_project(&name).await {
-        // A value an admin wrote straight into the backend with a typo
-        // keeps the project closed rather than open.
-        Ok((p, _)) => setting_of(&p.config).unwrap_or(true),
-        // No such project: nothing in it to hide (the handler answers 404).
-        Err(BackendError::NotFound(_)) => false,
-        Err(e) => return Err(e.into()),
+    let Ok(name) = ProjectName::parse(project) else {
+        // Not a project anything can be in (the handler answers 400).
+        return Ok(false);
     };
+    let backend = state.backend.clone();
     state
         .ownership
         .settings
-        .insert(project.to_owned(), on)
-        .await;
-    Ok(on)
+        .try_get_with(project.to_owned(), async move {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, backend.get_project(&name)).await {
+                // A value an admin wrote straight into the backend with a
+                // typo keeps the project closed rather than open.
+                Ok(Ok((p, _))) => Ok(setting_of(&p.config).unwrap_or(true)),
+                // No such project: nothing in it to hide (the handler answers 404).
+                Ok(Err(BackendError::NotFound(_))) => Ok(false),
+                Ok(Err(e)) => {
+                    tracing::warn!(project = %name, error = %e, "reading a project's owner-only setting failed");
+                    Err(())
+                }
+                Err(_) => Err(()),
+            }
+        })
+        .await
+        .map_err(|_: std::sync::Arc<()>| unsure())
 }
 
 /// Whether `user` sees only its own instances in `project`: below admin
@@ -130,20 +150,38 @@ fn missing(name: &str) -> ApiError {
     .into()
 }
 
+/// How far a check reaches into an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Reading the instance or its state: its maker may while it is being
+    /// made.
+    Look,
+    /// Anything else (acting on it, reaching inside, copying it): only
+    /// once its create succeeded.
+    Act,
+}
+
 /// Refuses `user` instance `name` of `project` (404, as if it did not
-/// exist) when the project is owner-only for it and someone else made it.
+/// exist) when the project is owner-only for it and someone else made it,
+/// or (`Reach::Act`) its create is still in flight.
 pub async fn require_owner(
     state: &AppState,
     user: &AuthUser,
     project: &str,
     name: &str,
+    reach: Reach,
 ) -> ApiResult<()> {
     if !applies(state, user, project).await? {
         return Ok(());
     }
     let row = db::instance_owners::get(&state.db.pool, project, name).await?;
-    match row.and_then(|r| r.user_id) {
-        Some(id) if id == user.id => Ok(()),
+    match row {
+        Some(r)
+            if r.user_id.as_deref() == Some(user.id.as_str())
+                && (r.pending.is_none() || reach == Reach::Look) =>
+        {
+            Ok(())
+        }
         _ => Err(missing(name)),
     }
 }
@@ -215,17 +253,25 @@ fn instances_of(op_resources: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// Who made `project/name`, as last read (concurrent readers wait for one
+/// read); `None` when nobody is recorded or it could not be read.
 async fn owner_of(state: &AppState, project: &str, name: &str) -> Option<String> {
-    let key = (project.to_owned(), name.to_owned());
-    if let Some(o) = state.ownership.owners.get(&key).await {
-        return o;
-    }
-    let o = db::instance_owners::get(&state.db.pool, project, name)
+    let pool = state.db.pool.clone();
+    let (p, n) = (project.to_owned(), name.to_owned());
+    state
+        .ownership
+        .owners
+        .try_get_with((project.to_owned(), name.to_owned()), async move {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, db::instance_owners::get(&pool, &p, &n))
+                .await
+            {
+                Ok(Ok(row)) => Ok(row.and_then(|r| r.user_id)),
+                _ => Err(()),
+            }
+        })
         .await
-        .ok()?
-        .and_then(|r| r.user_id);
-    state.ownership.owners.insert(key, o.clone()).await;
-    o
+        .ok()
+        .flatten()
 }
 
 /// Whether an event reaches subscriber `user` (who may see its project):
@@ -248,6 +294,7 @@ pub async fn sees_event(
     }
     let names = match e.kind.as_str() {
         "operation" => {
+            // (Usernames are unique and never change hands while the user exists.)
             if by.is_some_and(|b| b.username == user.username) {
                 return true;
             }
@@ -273,53 +320,226 @@ pub async fn sees_event(
 
 /// Checks a request to one instance's routes (`instances/{name}/...`) by
 /// its caller: 404 for an instance of an owner-only project somebody else
-/// made. Anything else (another route, a malformed name or project, no
-/// valid credentials, no role in the project) is for the handler to answer.
+/// made. A caller without a role in the project is the handler's to refuse.
 pub async fn check_request(state: &AppState, parts: &mut Parts, user: &AuthUser) -> ApiResult<()> {
-    let Some((project, name)) = target(state, parts).await else {
+    let Some(t) = target(state, parts).await? else {
         return Ok(());
     };
-    if !user.grants.can_see(project.as_str()) {
+    if !user.grants.can_see(t.project.as_str()) {
         return Ok(());
     }
-    require_owner(state, user, project.as_str(), name.as_str()).await
+    require_owner(state, user, t.project.as_str(), t.name.as_str(), t.reach).await
 }
 
-/// The project and instance a request to one instance's routes names.
-async fn target(state: &AppState, parts: &mut Parts) -> Option<(ProjectName, InstanceName)> {
-    let matched = parts.extensions.get::<MatchedPath>()?;
-    if !matched.as_str().starts_with(INSTANCE_ROUTES) {
-        return None;
-    }
-    let params = RawPathParams::from_request_parts(parts, state).await.ok()?;
-    let name = params.iter().find(|(k, _)| *k == "name")?.1;
-    let name = InstanceName::parse(name).ok()?;
+/// `?project=` as every handler reads it: `default` when absent or empty;
+/// 400 for a malformed name, or for a project given twice (which project
+/// a request means must not depend on who reads its query).
+pub fn query_project(parts: &Parts) -> ApiResult<ProjectName> {
     let mut projects = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "project")
         .map(|(_, v)| v.into_owned());
-    let project = match (projects.next(), projects.next()) {
-        (None, _) => "default".to_owned(),
-        (Some(p), None) => p,
-        // Sent twice: the handler refuses it.
-        (Some(_), Some(_)) => return None,
-    };
-    Some((ProjectName::parse(&project).ok()?, name))
+    match (projects.next(), projects.next()) {
+        (_, Some(_)) => Err(ApiError::bad_request(
+            "invalid_query",
+            "`project` is given more than once",
+        )),
+        (None, _) => Ok(ProjectName::default()),
+        (Some(p), None) if p.is_empty() => Ok(ProjectName::default()),
+        (Some(p), None) => {
+            ProjectName::parse(&p).map_err(|e| ApiError::bad_request("invalid_name", e))
+        }
+    }
 }
 
-/// The layer in front of every route: requests to one instance's routes
-/// are checked with [`check_request`].
+/// What a request to one instance's routes is about.
+struct Target {
+    project: ProjectName,
+    name: InstanceName,
+    reach: Reach,
+}
+
+/// The routes that only read an instance (its maker may while it is made).
+const LOOKING: [&str; 2] = ["/api/v1/instances/{name}", "/api/v1/instances/{name}/state"];
+
+/// The instance and project a request to one instance's routes names
+/// (`None` for other routes); 400 for a malformed name or project, as the
+/// handler would answer.
+async fn target(state: &AppState, parts: &mut Parts) -> ApiResult<Option<Target>> {
+    let Some(matched) = parts.extensions.get::<MatchedPath>().cloned() else {
+        return Ok(None);
+    };
+    if !matched.as_str().starts_with(INSTANCE_ROUTES) {
+        return Ok(None);
+    }
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::bad_request("invalid_name", "the instance name is not valid"))?;
+    let Some((_, name)) = params.iter().find(|(k, _)| *k == "name") else {
+        return Ok(None);
+    };
+    let name = InstanceName::parse(name).map_err(|e| ApiError::bad_request("invalid_name", e))?;
+    let reach = if parts.method == axum::http::Method::GET && LOOKING.contains(&matched.as_str()) {
+        Reach::Look
+    } else {
+        Reach::Act
+    };
+    Ok(Some(Target {
+        project: query_project(parts)?,
+        name,
+        reach,
+    }))
+}
+
+/// The layer in front of every route: a request to one instance's routes
+/// is authenticated (once: the handler reuses it) and checked with
+/// [`check_request`]; whatever stops it here is its answer.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    if target(&state, &mut parts).await.is_some() {
-        let ws = parts.uri.path().ends_with("/ws");
-        // Without valid credentials the handler answers as it does.
-        if let Ok(user) = AuthUser::resolve(&mut parts, &state, ws).await
-            && let Err(e) = check_request(&state, &mut parts, &user).await
-        {
+    let route = parts.extensions.get::<MatchedPath>().cloned();
+    if let Some(route) = route.filter(|r| r.as_str().starts_with(INSTANCE_ROUTES)) {
+        // Who first (401 before 400, as the handlers answer), then what.
+        let ws = route.as_str().ends_with("/ws");
+        let checked = match AuthUser::resolve(&mut parts, &state, ws).await {
+            Ok(user) => check_request(&state, &mut parts, &user).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             return e.into_response();
         }
     }
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// A create's record of who is making the instance, written before the
+/// backend is asked: the maker sees it while it is made, and quotas count
+/// it. Whatever becomes of the create, the record follows what the backend
+/// has: [`keep`](Self::keep) on success, [`release`](Self::release) when it
+/// was refused before the backend was asked, [`settle`](Self::settle)
+/// otherwise (kept if the instance exists, gone if not). Dropped unsettled
+/// (a client that went away, a panic, an operation never heard of again),
+/// it settles on a task of its own.
+pub struct Reservation(Option<Held>);
+
+struct Held {
+    state: AppState,
+    project: String,
+    name: String,
+    user_id: String,
+    username: String,
+    /// `None`: somebody is recorded under the name already (a create of
+    /// lxgate's in flight; this one fails, the name being taken, or takes
+    /// the record over when it succeeds).
+    token: Option<String>,
+}
+
+impl Reservation {
+    pub fn new(
+        state: &AppState,
+        project: &ProjectName,
+        name: &InstanceName,
+        user: &AuthUser,
+        token: Option<String>,
+    ) -> Self {
+        Self(Some(Held {
+            state: state.clone(),
+            project: project.to_string(),
+            name: name.to_string(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            token,
+        }))
+    }
+
+    /// The reservation's token, if it made a record.
+    pub fn token(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|h| h.token.as_deref())
+    }
+
+    /// The create was refused before the backend was asked: no record.
+    pub async fn release(mut self) {
+        if let Some(h) = self.0.take()
+            && let Some(token) = &h.token
+        {
+            let pool = &h.state.db.pool;
+            if let Err(e) = db::instance_owners::release(pool, &h.project, &h.name, token).await {
+                tracing::warn!(error = %e, instance = %h.name, "releasing a create's reservation failed");
+            }
+        }
+    }
+
+    /// The create succeeded: the caller made it, for good.
+    pub async fn keep(mut self) {
+        if let Some(h) = self.0.take() {
+            let pool = &h.state.db.pool;
+            h.state
+                .ownership
+                .remember(&h.project, &h.name, Some(&h.user_id))
+                .await;
+            if let Err(e) =
+                db::instance_owners::set(pool, &h.project, &h.name, &h.user_id, &h.username).await
+            {
+                tracing::warn!(error = %e, instance = %h.name, "recording who made an instance failed");
+            }
+        }
+    }
+
+    /// The create failed, or how it ended is not known: the record stays
+    /// if the instance exists (a create can fail after making it, in a
+    /// start), else it goes.
+    pub async fn settle(mut self) {
+        if let Some(h) = self.0.take()
+            && let Some(token) = &h.token
+        {
+            settle(&h.state, &h.project, &h.name, token).await;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take()
+            && let Some(token) = h.token
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { settle(&h.state, &h.project, &h.name, &token).await });
+        }
+    }
+}
+
+/// Makes the record reserved under `token` follow what the backend has.
+async fn settle(state: &AppState, project: &str, name: &str, token: &str) {
+    let pool = &state.db.pool;
+    let (Ok(p), Ok(n)) = (ProjectName::parse(project), InstanceName::parse(name)) else {
+        return;
+    };
+    let done = match state.backend.get_instance(&p, &n).await {
+        Ok(_) => db::instance_owners::confirm(pool, project, name, token).await,
+        Err(BackendError::NotFound(_)) => {
+            db::instance_owners::release(pool, project, name, token).await
+        }
+        // Not known now: the janitor looks again later.
+        Err(e) => {
+            tracing::info!(error = %e, instance = %name, "a create's reservation is left for later");
+            Ok(())
+        }
+    };
+    if let Err(e) = done {
+        tracing::warn!(error = %e, instance = %name, "settling a create's reservation failed");
+    }
+}
+
+/// Settles the reservations of creates older than `older_than_secs` still
+/// unsettled (an lxgate that stopped mid-create): the janitor's sweep.
+pub async fn settle_stale(state: &AppState, older_than_secs: i64) {
+    let cutoff = crate::auth::tokens::now_secs() - older_than_secs;
+    match db::instance_owners::pending_before(&state.db.pool, cutoff).await {
+        Ok(rows) => {
+            for (project, name, token) in rows {
+                settle(state, &project, &name, &token).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing unsettled create reservations failed"),
+    }
 }
 
 #[cfg(test)]

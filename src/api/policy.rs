@@ -314,6 +314,24 @@ pub async fn check_profile_write(
         let iproject = ProjectName::parse(&iproject).map_err(|_| unreadable())?;
         let iname = InstanceName::parse(&iname).map_err(|_| unreadable())?;
         user.require(Permission::ProjectOperate, iproject.as_str())?;
+        // In an owner-only project, a profile change must not reach into
+        // others' instances (nor say which they are).
+        if let Err(e) = crate::api::ownership::require_owner(
+            state,
+            user,
+            iproject.as_str(),
+            iname.as_str(),
+            crate::api::ownership::Reach::Act,
+        )
+        .await
+        {
+            if e.status != axum::http::StatusCode::NOT_FOUND {
+                return Err(e);
+            }
+            return Err(ApiError::policy_denied(
+                "the profile is used by instances other users made in an owner-only project; an admin can change it",
+            ));
+        }
         let ipolicy = match &iproject == project {
             true => policy.clone(),
             false => for_caller(state, user, &iproject).await?,
@@ -491,6 +509,8 @@ pub fn describe(state: &AppState, mut project: Project) -> Project {
             && project.config.get("restricted").map(String::as_str) == Some("true"),
         allow_config: widening.config_patterns(),
         allow_devices: widening.device_types(),
+        // As the guard reads it: a bad value keeps the project closed.
+        owner_only: crate::api::ownership::setting_of(&project.config).unwrap_or(true),
     };
     project
 }

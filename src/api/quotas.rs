@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::api::ownership::Reservation;
 use crate::api::policy;
 use crate::app::AppState;
 use crate::auth::AuthUser;
@@ -47,11 +48,13 @@ impl Usage {
         }
     }
 
+    // Saturating: an absurd amount (`limits.cpu` of 2^64-1) is over any
+    // quota, never a wrap-around under it.
     fn add(&mut self, other: &Usage) {
-        self.instances += other.instances;
-        self.cpu += other.cpu;
-        self.memory += other.memory;
-        self.disk += other.disk;
+        self.instances = self.instances.saturating_add(other.instances);
+        self.cpu = self.cpu.saturating_add(other.cpu);
+        self.memory = self.memory.saturating_add(other.memory);
+        self.disk = self.disk.saturating_add(other.disk);
     }
 }
 
@@ -103,12 +106,17 @@ fn cpus(v: &str) -> Option<u64> {
         return Some(n);
     }
     let set = parse_cpus(v)?;
-    let mut n = 0;
+    let mut n: u64 = 0;
     for part in set.split(',') {
-        n += match part.split_once('-') {
-            Some((a, b)) => b.parse::<u64>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+        let here = match part.split_once('-') {
+            Some((a, b)) => b
+                .parse::<u64>()
+                .ok()?
+                .checked_sub(a.parse().ok()?)?
+                .saturating_add(1),
             None => 1,
         };
+        n = n.saturating_add(here);
     }
     Some(n)
 }
@@ -254,31 +262,6 @@ pub async fn usage_by_user(state: &AppState, project: &ProjectName) -> ApiResult
         .collect())
 }
 
-/// A create's record of who is making the instance, written before the
-/// backend is asked: the maker sees it while it is made (owner-only
-/// projects), and quotas count it. [`Reservation::release`] it if the
-/// create is refused or fails; its success records the maker for good.
-pub struct Reservation {
-    pool: sqlx::AnyPool,
-    project: String,
-    name: String,
-    /// `None`: somebody is recorded under the name already (the create
-    /// fails, the name being taken, or takes the record over).
-    token: Option<String>,
-}
-
-impl Reservation {
-    /// Removes the record (the create did not happen).
-    pub async fn release(self) {
-        if let Some(token) = &self.token
-            && let Err(e) =
-                db::instance_owners::release(&self.pool, &self.project, &self.name, token).await
-        {
-            tracing::warn!(error = %e, instance = %self.name, "releasing a create's reservation failed");
-        }
-    }
-}
-
 /// Records `user` as making instance `name` of `project` as `shape`, and
 /// refuses it (403 `quota_exceeded`, the record released) when that takes
 /// the user past a per-user quota, creates in flight included. Reserving
@@ -307,6 +290,18 @@ pub async fn reserve_create(
     let wanted = expanded
         .as_ref()
         .map_or_else(Usage::default, |(c, d)| usage_of(c, d));
+    // A name in use is refused here: a record for it would make the caller
+    // the maker of an instance it did not make (one made outside lxgate).
+    match state.backend.get_instance(project, name).await {
+        Ok(_) => {
+            return Err(ApiError::conflict(
+                "conflict",
+                format!("an instance named `{name}` already exists in project `{project}`"),
+            ));
+        }
+        Err(crate::backend::BackendError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let token = uuid::Uuid::new_v4().to_string();
     let reserved = db::instance_owners::reserve(
@@ -322,12 +317,14 @@ pub async fn reserve_create(
         },
     )
     .await?;
-    let reservation = Reservation {
-        pool: state.db.pool.clone(),
-        project: project.to_string(),
-        name: name.to_string(),
-        token: reserved.then_some(token),
-    };
+    if reserved {
+        // This replica's event relay knows at once whose it is.
+        state
+            .ownership
+            .remember(project.as_str(), name.as_str(), Some(&user.id))
+            .await;
+    }
+    let reservation = Reservation::new(state, project, name, user, reserved.then_some(token));
     if expanded.is_some() {
         let counted = match counted(state, project).await {
             Ok(c) => c,
@@ -336,7 +333,7 @@ pub async fn reserve_create(
                 return Err(e);
             }
         };
-        let used = counted.usage_of(&user.id, None, reservation.token.as_deref());
+        let used = counted.usage_of(&user.id, None, reservation.token());
         if let Err(e) = judge(
             user,
             project,
@@ -461,8 +458,8 @@ fn judge(
     wanted: &Usage,
 ) -> ApiResult<()> {
     for (what, limit) in limits {
-        let after = used.get(what) + wanted.get(what);
-        let was = used.get(what) + had.get(what);
+        let after = used.get(what).saturating_add(wanted.get(what));
+        let was = used.get(what).saturating_add(had.get(what));
         if after > *limit && after > was {
             let shown = |n: u64| match *what {
                 "memory" | "disk" => bytesize(n),

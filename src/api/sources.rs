@@ -169,8 +169,14 @@ async fn merge_copy(
     };
     user.require(Permission::ProjectOperate, from_project.as_str())?;
     // Copying is reaching: never of another's instance in an owner-only project.
-    crate::api::ownership::require_owner(state, user, from_project.as_str(), instance.as_str())
-        .await?;
+    crate::api::ownership::require_owner(
+        state,
+        user,
+        from_project.as_str(),
+        instance.as_str(),
+        crate::api::ownership::Reach::Act,
+    )
+    .await?;
     let (source, _) = state.backend.get_instance(&from_project, &instance).await?;
     // A copy holds the source's files: those of a privileged container
     // are the admins' (as exec and file transfer there are), whatever the

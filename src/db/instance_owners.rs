@@ -108,6 +108,41 @@ pub async fn release(
         .map(|_| ())
 }
 
+/// Makes the reservation `token` a record for good (its instance exists).
+pub async fn confirm(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    token: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instance_owners
+         SET pending = NULL, reserved_cpu = 0, reserved_memory = 0, reserved_disk = 0
+         WHERE project = $1 AND name = $2 AND pending = $3",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(token)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Reservations made before `cutoff` (seconds) and not settled since:
+/// (project, name, token).
+pub async fn pending_before(
+    pool: &AnyPool,
+    cutoff: i64,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT project, name, pending FROM instance_owners
+         WHERE pending IS NOT NULL AND created_at < $1 LIMIT 1000",
+    )
+    .bind(cutoff)
+    .fetch_all(pool)
+    .await
+}
+
 /// The names `user_id` is recorded as having made in `project`.
 pub async fn names_of(
     pool: &AnyPool,

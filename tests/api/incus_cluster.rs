@@ -207,9 +207,10 @@ async fn cluster_app(urls: &str) -> TestApp {
 async fn launch(app: &TestApp, token: &str, name: &str, target: &str, start: bool) {
     // A member restarted by the test before may still answer 503 ("not
     // ready yet", which lxgate passes on as such) for a few seconds after
-    // the cluster calls it online: that is for the client to retry.
+    // the cluster calls it online: a create it refused is tried again; one
+    // it started but could not be waited for is followed by its reference.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let r = loop {
+    let mut r = loop {
         let r = app
             .post(
                 &format!("/api/v1/instances?target={target}&wait=120"),
@@ -222,6 +223,21 @@ async fn launch(app: &TestApp, token: &str, name: &str, target: &str, start: boo
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    if r.status == StatusCode::ACCEPTED {
+        let id = r.body["operation_id"].as_str().unwrap().to_owned();
+        for _ in 0..30 {
+            r = app
+                .get(
+                    &format!("/api/v1/operations/{id}/wait?timeout=60"),
+                    Some(token),
+                )
+                .await;
+            if r.status == StatusCode::OK && r.body["status_code"] != 103 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }

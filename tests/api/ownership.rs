@@ -118,6 +118,7 @@ async fn owner_only_holds(app: &TestApp, project: &str, n: &dyn Fn(&str) -> Stri
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["policy"]["owner_only"], true, "{}", r.text);
     let alice = app
         .user_with_role(&admin, "own-alice", Some("operator"))
         .await;
@@ -256,6 +257,29 @@ async fn owner_only_holds(app: &TestApp, project: &str, n: &dyn Fn(&str) -> Stri
     let exec = format!("/api/v1/instances/{a1}/exec/ws?{q}&command=true");
     let refused = app.ws_ticketed(&bob, &exec).await.unwrap_err();
     assert_eq!(ws_refusal_code(refused), (404, "instance_not_found".into()));
+    // A project named twice, or left empty, reaches nothing either: the
+    // guard and the handler read the query alike.
+    let twice = format!("/api/v1/instances/{a1}/exec/ws?{q}&{q}&command=true&token={bob}");
+    let (status, _) = ws_refusal_code(app.ws(&twice).await.unwrap_err());
+    assert_eq!(status, 400);
+    let r = app
+        .get(&format!("/api/v1/instances/{a1}?{q}&{q}"), Some(&bob))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    // A profile that alice's instance uses is not a way into it (and the
+    // refusal does not say whose instances use it).
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/profiles/default?{q}"),
+                Some(&bob),
+            )
+            .json(&json!({"config": {"environment.PWNED": "1"}})),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    assert!(!r.text.contains(&a1), "{}", r.text);
     // Nor can bob copy it.
     let r = app
         .post(
@@ -383,12 +407,47 @@ async fn owner_only_projects_hide_others_instances_on_incus() {
     let n = move |x: &str| format!("{x}-{}", &suffix[2..]);
     let _undo = IncusUndo::new(&[&["project", "delete", &project]]);
     let _instances = Cleanup(
-        ["a1", "b1", "b2", "stolen"]
+        ["a1", "b1", "b2", "stolen", "x1"]
             .iter()
             .map(|x| (project.clone(), n(x)))
             .collect(),
     );
     owner_only_holds(&app, &project, &n).await;
+
+    // An instance made outside lxgate belongs to nobody: creating its name
+    // is refused before anything is recorded, so it does not become the
+    // creator's (which would open it to them).
+    let outside = n("x1");
+    crate::incus_storage::incus_ok(&["init", &alias(), &outside, "--project", &project]);
+    let admin = app.admin_token().await;
+    let bob = app.login("own-bob", PASSWORD).await.0;
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/projects/{project}"),
+                Some(&admin),
+            )
+            .json(&json!({"config": {"user.lxgate.owner-only": "true"}})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = create(&app, &bob, &project, &outside, true).await;
+    r.assert_problem(409, "conflict");
+    let r = app
+        .get(
+            &format!("/api/v1/instances/{outside}?project={project}"),
+            Some(&bob),
+        )
+        .await;
+    r.assert_problem(404, "instance_not_found");
+    let r = app
+        .get(
+            &format!("/api/v1/instances/{outside}?project={project}"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
 #[tokio::test]

@@ -63,10 +63,22 @@ fn terminal_query(uri: &Uri) -> ApiResult<TerminalQuery> {
             "env" => q.env.push(v.into_owned()),
             "width" => q.width = Some(number("width", &v)?),
             "height" => q.height = Some(number("height", &v)?),
-            "cwd" => q.cwd = Some(v.into_owned()),
-            "project" => q.project = Some(v.into_owned()),
-            "ticket" => q.ticket = Some(v.into_owned()),
-            "token" => q.token = Some(v.into_owned()),
+            // Once each: which project (or credential) a request means must
+            // not depend on who reads the query first.
+            "cwd" | "project" | "ticket" | "token" => {
+                let slot = match k.as_ref() {
+                    "cwd" => &mut q.cwd,
+                    "project" => &mut q.project,
+                    "ticket" => &mut q.ticket,
+                    _ => &mut q.token,
+                };
+                if slot.replace(v.into_owned()).is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("`{k}` is given more than once"),
+                    ));
+                }
+            }
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",

@@ -295,8 +295,14 @@ async fn publish_image(
     // The instance's project must be one the caller may act on (admins
     // only today; said here so a wider grant later cannot skip it).
     user.require(Permission::ProjectOperate, from_project.as_str())?;
-    crate::api::ownership::require_owner(&state, &user, from_project.as_str(), instance.as_str())
-        .await?;
+    crate::api::ownership::require_owner(
+        &state,
+        &user,
+        from_project.as_str(),
+        instance.as_str(),
+        crate::api::ownership::Reach::Act,
+    )
+    .await?;
     check_new_aliases(&req.aliases)?;
     let what = req.source.name.clone();
     let from = PublishFrom {

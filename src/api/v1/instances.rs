@@ -210,7 +210,8 @@ pub async fn create_instance(
     {
         Ok(op) => op,
         Err(e) => {
-            reservation.release().await;
+            // Refused, or not known whether it started: as the backend has it.
+            reservation.settle().await;
             return Err(e.into());
         }
     };
@@ -226,7 +227,6 @@ pub async fn create_instance(
             &state,
             &project,
             &name,
-            &user,
             Record::Owner(reservation),
         )),
     )
@@ -237,8 +237,8 @@ pub async fn create_instance(
 /// projects and per-user quotas), once it has succeeded.
 enum Record {
     /// Made: the create's reservation becomes the record (or, the create
-    /// having failed, is released).
-    Owner(quotas::Reservation),
+    /// having failed, follows what the backend has).
+    Owner(ownership::Reservation),
     RenamedTo(String),
     Deleted,
 }
@@ -249,27 +249,22 @@ fn owner_hook(
     state: &AppState,
     project: &ProjectName,
     name: &InstanceName,
-    user: &AuthUser,
     record: Record,
 ) -> OnDone {
     let (state, project, name) = (state.clone(), project.to_string(), name.to_string());
-    let (user_id, username) = (user.id.clone(), user.username.clone());
     Box::new(move |succeeded| {
         Box::pin(async move {
             let pool = &state.db.pool;
             let done = match record {
-                Record::Owner(reservation) if !succeeded => {
-                    reservation.release().await;
+                Record::Owner(reservation) => {
+                    if succeeded {
+                        reservation.keep().await;
+                    } else {
+                        reservation.settle().await;
+                    }
                     Ok(())
                 }
                 _ if !succeeded => Ok(()),
-                Record::Owner(_) => {
-                    state
-                        .ownership
-                        .remember(&project, &name, Some(&user_id))
-                        .await;
-                    db::instance_owners::set(pool, &project, &name, &user_id, &username).await
-                }
                 Record::RenamedTo(to) => {
                     let owner = db::instance_owners::get(pool, &project, &name)
                         .await
@@ -492,7 +487,7 @@ pub async fn delete_instance(
         Some(name.as_str()),
         op,
         q.wait,
-        Some(owner_hook(&state, &project, &name, &user, Record::Deleted)),
+        Some(owner_hook(&state, &project, &name, Record::Deleted)),
     )
     .await
 }
@@ -546,7 +541,6 @@ pub async fn rename_instance(
             &state,
             &project,
             &name,
-            &user,
             Record::RenamedTo(new_name.to_string()),
         )),
     )

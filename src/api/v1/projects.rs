@@ -134,6 +134,8 @@ pub async fn create_project(
         req.config = config;
     }
     state.backend.create_project(&req).await?;
+    // A "no such project" read before must not outlive its creation.
+    state.ownership.forget_project(name.as_str()).await;
     let (project, _) = state.backend.get_project(&name).await?;
     let project = policy::describe(&state, project);
     let detail = audit_detail(&project);

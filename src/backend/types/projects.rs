@@ -48,6 +48,10 @@ pub struct ProjectPolicy {
     /// project config key `user.lxgate.allow.devices`.
     #[schema(example = json!(["unix-char"]))]
     pub allow_devices: Vec<String>,
+    /// Operators and viewers see and act on only the instances they made
+    /// (admins of the project see all): the project config key
+    /// `user.lxgate.owner-only`.
+    pub owner_only: bool,
 }
 
 /// `POST /api/v1/projects`.
