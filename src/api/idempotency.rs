@@ -182,9 +182,13 @@ async fn run(
                 .map_err(IntoResponse::into_response)?;
             user.require(replay_permission(parts.uri.path()), project.as_str())
                 .map_err(IntoResponse::into_response)?;
-            crate::api::ownership::check_request(state, &mut parts, &user)
-                .await
-                .map_err(IntoResponse::into_response)?;
+            // (A rename moved the instance: the name in the path is no
+            // longer what it made, and may be somebody else's now.)
+            if !parts.uri.path().ends_with("/rename") {
+                crate::api::ownership::check_request(state, &mut parts, &user)
+                    .await
+                    .map_err(IntoResponse::into_response)?;
+            }
             return Ok(replay(status, location, body));
         }
         Claim::InFlight => {

@@ -84,12 +84,23 @@ const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 pub type OnDone = Box<dyn FnOnce(bool) -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// The hook, run by whichever sees the end first.
-type SharedHook = Arc<Mutex<Option<OnDone>>>;
+type SharedHook = Arc<tokio::sync::Mutex<Option<OnDone>>>;
 
+/// Runs the hook if nobody has, and returns once it has run (whoever ran
+/// it): a request that waited answers only after lxgate's records say what
+/// the backend did. On a task of its own, so that a caller going away does
+/// not cut it short.
 async fn run_hook(hook: &SharedHook, op: &Operation) {
-    let f = hook.lock().expect("hook lock poisoned").take();
-    if let Some(f) = f {
-        f(op.status_code == Operation::SUCCESS).await;
+    let hook = hook.clone();
+    let succeeded = op.status_code == Operation::SUCCESS;
+    let run = tokio::spawn(async move {
+        let mut hook = hook.lock().await;
+        if let Some(f) = hook.take() {
+            f(succeeded).await;
+        }
+    });
+    if let Err(e) = run.await {
+        tracing::warn!(error = %e, "an operation's hook failed");
     }
 }
 
@@ -160,12 +171,14 @@ pub async fn accepted_then(
         user_id,
         requested_by,
     } = slot;
-    let hook: SharedHook = Arc::new(Mutex::new(on_done));
+    let hook: SharedHook = Arc::new(tokio::sync::Mutex::new(on_done));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
     if !op.is_done() {
         hold_until_done(state, &op.id, slot.clone(), hook.clone());
     }
-    db::operations::record(
+    // The work has started: a record that cannot be written costs who
+    // started it, not the answer (a client told 500 would start it again).
+    if let Err(e) = db::operations::record(
         &state.db.pool,
         db::operations::NewOperation {
             id: &op.id,
@@ -178,7 +191,10 @@ pub async fn accepted_then(
             token_id: requested_by.token_id.as_deref(),
         },
     )
-    .await?;
+    .await
+    {
+        tracing::warn!(op = %op.id, error = %e, "recording who started an operation failed");
+    }
     state.requesters.remember(&op.id, requested_by.clone());
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {

@@ -30,6 +30,11 @@ use crate::names::{InstanceName, ProjectName};
 /// The project config key that turns it on.
 pub const KEY: &str = "user.lxgate.owner-only";
 
+/// The instance config key a create through lxgate carries: its
+/// reservation's token, by which a create whose end lxgate did not see is
+/// told apart from an instance someone else made under the same name.
+pub const RESERVATION_KEY: &str = "user.lxgate.reservation";
+
 /// The route templates the guard checks (every route of one instance).
 const INSTANCE_ROUTES: &str = "/api/v1/instances/{name}";
 
@@ -410,6 +415,142 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Objects that list what uses them (`used_by`, as `/1.0/...` URLs).
+pub trait UsedBy {
+    fn used_by(&mut self) -> &mut Vec<String>;
+}
+
+macro_rules! used_by {
+    ($($t:ty),*) => {$(
+        impl UsedBy for $t {
+            fn used_by(&mut self) -> &mut Vec<String> {
+                &mut self.used_by
+            }
+        }
+    )*};
+}
+used_by!(
+    crate::backend::types::Profile,
+    crate::backend::types::Network,
+    crate::backend::types::StoragePool,
+    crate::backend::types::StorageVolume,
+    crate::backend::types::Project
+);
+
+/// The project a `used_by` URL is in, and the instance it names (itself,
+/// one of its snapshots, or its volume); `None` for a URL not understood.
+fn used_by_target(url: &str) -> Option<(String, Option<String>)> {
+    let parsed = url::Url::parse("http://incus").ok()?.join(url).ok()?;
+    let project = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "project")
+        .map_or_else(|| "default".to_owned(), |(_, v)| v.into_owned());
+    let segments: Vec<String> = parsed
+        .path_segments()?
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let instance = match segments
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [
+            "1.0",
+            "instances" | "containers" | "virtual-machines",
+            name,
+            ..,
+        ] => Some(*name),
+        [
+            "1.0",
+            "storage-pools",
+            _,
+            "volumes",
+            "container" | "virtual-machine",
+            name,
+            ..,
+        ] => Some(*name),
+        ["1.0", ..] => None,
+        _ => return None,
+    };
+    Some((project, instance.map(str::to_owned)))
+}
+
+/// Keeps in each object's `used_by` only what `user` may see: nothing of a
+/// project it holds no role in, and in an owner-only project no instance
+/// someone else made (nor a URL lxgate does not understand). Admins see
+/// all of it.
+pub async fn filter_used_by<T: UsedBy>(
+    state: &AppState,
+    user: &AuthUser,
+    objects: &mut [T],
+) -> ApiResult<()> {
+    if user.is_admin() {
+        return Ok(());
+    }
+    let mut owns: std::collections::HashMap<String, Option<Own>> = Default::default();
+    for object in objects {
+        let mut kept = Vec::new();
+        for url in std::mem::take(object.used_by()) {
+            let Some((project, instance)) = used_by_target(&url) else {
+                continue;
+            };
+            if !user.grants.can_see(&project) {
+                continue;
+            }
+            if let Some(name) = instance {
+                if !owns.contains_key(&project) {
+                    let own = own(state, user, &project).await?;
+                    owns.insert(project.clone(), own);
+                }
+                if owns
+                    .get(&project)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|o| !o.has(&name))
+                {
+                    continue;
+                }
+            }
+            kept.push(url);
+        }
+        *object.used_by() = kept;
+    }
+    Ok(())
+}
+
+/// Refuses a non-admin (403 `policy_denied`, without naming anything) a
+/// change to a custom volume used by instances others made in an
+/// owner-only project: it would reach into them (their data, what they
+/// boot from), as a profile change would.
+pub async fn require_volume_unshared(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    pool: &crate::names::PoolName,
+    volume: &crate::names::VolumeName,
+) -> ApiResult<()> {
+    let Some(own) = own(state, user, project.as_str()).await? else {
+        return Ok(());
+    };
+    let (v, _) = state.backend.get_volume(project, pool, volume).await?;
+    let others = v.used_by.iter().any(|url| match used_by_target(url) {
+        Some((_, Some(instance))) => !own.has(&instance),
+        Some((_, None)) => false,
+        // Not understood: not waved through.
+        None => true,
+    });
+    if others {
+        return Err(ApiError::policy_denied(
+            "the volume is used by instances other users made in an owner-only project; an admin can change it",
+        ));
+    }
+    Ok(())
+}
+
 /// A create's record of who is making the instance, written before the
 /// backend is asked: the maker sees it while it is made, and quotas count
 /// it. Whatever becomes of the create, the record follows what the backend
@@ -475,17 +616,24 @@ impl Reservation {
                 .ownership
                 .remember(&h.project, &h.name, Some(&h.user_id))
                 .await;
-            if let Err(e) =
-                db::instance_owners::set(pool, &h.project, &h.name, &h.user_id, &h.username).await
-            {
+            let done = match &h.token {
+                Some(token) => db::instance_owners::confirm(pool, &h.project, &h.name, token).await,
+                // No reservation (the name was recorded for another create,
+                // which must have failed): the record is this one's now.
+                None => {
+                    db::instance_owners::set(pool, &h.project, &h.name, &h.user_id, &h.username)
+                        .await
+                }
+            };
+            if let Err(e) = done {
                 tracing::warn!(error = %e, instance = %h.name, "recording who made an instance failed");
             }
         }
     }
 
     /// The create failed, or how it ended is not known: the record stays
-    /// if the instance exists (a create can fail after making it, in a
-    /// start), else it goes.
+    /// if the instance exists and carries this reservation's token (a
+    /// create can fail after making it, in a start), else it goes.
     pub async fn settle(mut self) {
         if let Some(h) = self.0.take()
             && let Some(token) = &h.token
@@ -513,8 +661,11 @@ async fn settle(state: &AppState, project: &str, name: &str, token: &str) {
         return;
     };
     let done = match state.backend.get_instance(&p, &n).await {
-        Ok(_) => db::instance_owners::confirm(pool, project, name, token).await,
-        Err(BackendError::NotFound(_)) => {
+        Ok((i, _)) if i.config.get(RESERVATION_KEY).map(String::as_str) == Some(token) => {
+            db::instance_owners::confirm(pool, project, name, token).await
+        }
+        // Not there, or somebody else's under the same name.
+        Ok(_) | Err(BackendError::NotFound(_)) => {
             db::instance_owners::release(pool, project, name, token).await
         }
         // Not known now: the janitor looks again later.
@@ -563,6 +714,29 @@ mod tests {
             "storage_volumes": ["/1.0/storage-pools/default/volumes/custom/v"],
         });
         assert_eq!(instances_of(&ops), vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn used_by_urls_say_their_project_and_instance() {
+        let t = |u: &str| used_by_target(u);
+        assert_eq!(
+            t("/1.0/instances/web"),
+            Some(("default".into(), Some("web".into())))
+        );
+        assert_eq!(
+            t("/1.0/instances/web/snapshots/s0?project=team"),
+            Some(("team".into(), Some("web".into())))
+        );
+        assert_eq!(
+            t("/1.0/storage-pools/default/volumes/container/db?project=p"),
+            Some(("p".into(), Some("db".into())))
+        );
+        assert_eq!(
+            t("/1.0/storage-pools/default/volumes/custom/v?project=p"),
+            Some(("p".into(), None))
+        );
+        assert_eq!(t("/1.0/profiles/default"), Some(("default".into(), None)));
+        assert_eq!(t("/2.0/whatever"), None);
     }
 
     #[test]

@@ -39,6 +39,24 @@ pub enum BackendError {
     Internal(#[from] anyhow::Error),
 }
 
+impl BackendError {
+    /// Whether the backend said no to the request itself (nothing was
+    /// started), as opposed to not answering or failing on its side.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            BackendError::NotFound(_)
+                | BackendError::Conflict(_)
+                | BackendError::PreconditionFailed(_)
+                | BackendError::BadRequest(_)
+                | BackendError::NotSupported(_)
+                | BackendError::Forbidden(_)
+                | BackendError::Restricted(_)
+                | BackendError::ImageTooLarge(_)
+        )
+    }
+}
+
 /// What a 404 is about, with the names the caller asked for. Its `Display`
 /// is the answer's detail.
 #[derive(Debug, Clone, PartialEq, Eq)]

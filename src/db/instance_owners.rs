@@ -61,9 +61,11 @@ pub async fn set(
 }
 
 /// Records `user` as making `project/name` before its create has finished,
-/// with what it reserves, under the reservation `token`. A name somebody
-/// is recorded under already is left as it is (that create will fail, the
-/// name being taken, or take it over when it succeeds): false then.
+/// with what it reserves, under the reservation `token`. A name recorded
+/// for a create in flight, or made in the last minute, is left as it is
+/// (that create fails, the name being taken, or takes it over when it
+/// succeeds): false then. An older finished record is of an instance gone
+/// (the caller found none under the name): replaced.
 pub async fn reserve(
     pool: &AnyPool,
     project: &str,
@@ -76,7 +78,12 @@ pub async fn reserve(
         "INSERT INTO instance_owners
            (project, name, user_id, username, created_at, pending, reserved_cpu, reserved_memory, reserved_disk)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (project, name) DO NOTHING",
+         ON CONFLICT (project, name) DO UPDATE
+         SET user_id = excluded.user_id, username = excluded.username,
+             created_at = excluded.created_at, pending = excluded.pending,
+             reserved_cpu = excluded.reserved_cpu, reserved_memory = excluded.reserved_memory,
+             reserved_disk = excluded.reserved_disk
+         WHERE instance_owners.pending IS NULL AND instance_owners.created_at < $10",
     )
     .bind(project)
     .bind(name)
@@ -87,6 +94,7 @@ pub async fn reserve(
     .bind(reserved.cpu)
     .bind(reserved.memory)
     .bind(reserved.disk)
+    .bind(now_secs() - 60)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -117,12 +125,14 @@ pub async fn confirm(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE instance_owners
-         SET pending = NULL, reserved_cpu = 0, reserved_memory = 0, reserved_disk = 0
+         SET pending = NULL, reserved_cpu = 0, reserved_memory = 0, reserved_disk = 0,
+             created_at = $4
          WHERE project = $1 AND name = $2 AND pending = $3",
     )
     .bind(project)
     .bind(name)
     .bind(token)
+    .bind(now_secs())
     .execute(pool)
     .await
     .map(|_| ())

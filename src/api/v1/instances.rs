@@ -200,37 +200,55 @@ pub async fn create_instance(
     let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     // Recorded (and judged by the quotas) before the backend is asked, so
-    // that the maker sees it and creates in flight count; released if the
-    // backend refuses it or the create fails.
+    // that the maker sees it and creates in flight count. The instance
+    // carries the reservation's token, so that how the create ended can be
+    // told from what the backend has.
     let reservation = quotas::reserve_create(&state, &user, &project, &name, after).await?;
-    let op = match state
-        .backend
-        .create_instance(&project, &req, target.as_ref())
-        .await
-    {
-        Ok(op) => op,
-        Err(e) => {
-            // Refused, or not known whether it started: as the backend has it.
-            reservation.settle().await;
-            return Err(e.into());
-        }
-    };
-    accepted_then(
-        &state,
-        slot,
-        project.as_str(),
-        "instance.create",
-        Some(name.as_str()),
-        op,
-        q.wait,
-        Some(owner_hook(
+    if let Some(token) = reservation.token() {
+        req.config
+            .insert(ownership::RESERVATION_KEY.to_owned(), token.to_owned());
+    }
+    // On a task of its own: a client that goes away (or the request
+    // timeout) must not cut the create off between the backend starting
+    // it and lxgate recording how it ended.
+    let tail = async move {
+        let op = match state
+            .backend
+            .create_instance(&project, &req, target.as_ref())
+            .await
+        {
+            Ok(op) => op,
+            Err(e) => {
+                // Refused: nothing was made. Anything else (the backend
+                // unreachable, a timeout): as the backend has it.
+                if e.is_refusal() {
+                    reservation.release().await;
+                } else {
+                    reservation.settle().await;
+                }
+                return Err(e.into());
+            }
+        };
+        accepted_then(
             &state,
-            &project,
-            &name,
-            Record::Owner(reservation),
-        )),
-    )
-    .await
+            slot,
+            project.as_str(),
+            "instance.create",
+            Some(name.as_str()),
+            op,
+            q.wait,
+            Some(owner_hook(
+                &state,
+                &project,
+                &name,
+                Record::Owner(reservation),
+            )),
+        )
+        .await
+    };
+    tokio::spawn(crate::telemetry::in_this_request(tail))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 /// What an instance's operation changes in who made it (for owner-only

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::OperationRef;
+use crate::api::ownership;
 use crate::api::paths::{DevicePath, InstancePath, NetworkPath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DeviceNameTaken409, InstanceChanged412, ManagedNetworkMissing,
@@ -23,6 +24,7 @@ use crate::api::resource::{IfMatch, ProjectQuery, ProjectScoped, ProjectWaitQuer
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::Listing;
 use crate::backend::types::{
     Instance, Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate, Operation,
 };
@@ -48,10 +50,13 @@ pub async fn list_networks(
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let listing = state
+    let mut listing = state
         .backend
         .list_networks(&project, q.expand.unwrap_or(true))
         .await?;
+    if let Listing::Full(items) = &mut listing {
+        ownership::filter_used_by(&state, &user, items).await?;
+    }
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
 
@@ -124,7 +129,8 @@ pub async fn get_network(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (n, etag) = state.backend.get_network(&project, &name).await?;
+    let (mut n, etag) = state.backend.get_network(&project, &name).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut n)).await?;
     Ok(with_etag(Json(n).into_response(), etag))
 }
 

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::api::ownership;
 use crate::api::paths::ProfilePath;
 use crate::api::policy;
 use crate::api::problems::{
@@ -23,6 +24,7 @@ use crate::api::resource::{created, entries, with_etag};
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::Listing;
 use crate::backend::types::{Profile, ProfileCreate, ProfileUpdate};
 use crate::backend::{BackendError, Missing};
 use crate::error::{ApiError, ApiResult};
@@ -79,10 +81,13 @@ pub async fn list_profiles(
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let listing = state
+    let mut listing = state
         .backend
         .list_profiles(&project, q.expand.unwrap_or(true))
         .await?;
+    if let Listing::Full(items) = &mut listing {
+        ownership::filter_used_by(&state, &user, items).await?;
+    }
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
 
@@ -157,7 +162,8 @@ pub async fn get_profile(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (p, etag) = state.backend.get_profile(&project, &name).await?;
+    let (mut p, etag) = state.backend.get_profile(&project, &name).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut p)).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
 
@@ -184,7 +190,8 @@ async fn update(
         .backend
         .update_profile(&project, &name, &body, version.as_deref(), replace)
         .await?;
-    let (p, etag) = state.backend.get_profile(&project, &name).await?;
+    let (mut p, etag) = state.backend.get_profile(&project, &name).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut p)).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
 
@@ -295,7 +302,8 @@ pub async fn rename_profile(
     // a name an instance check just judged would swap its content in.
     policy::check_profile_write(&state, &user, &home, None, &current).await?;
     state.backend.rename_profile(&project, &name, &new).await?;
-    let (p, etag) = state.backend.get_profile(&project, &new).await?;
+    let (mut p, etag) = state.backend.get_profile(&project, &new).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut p)).await?;
     let mut resp = with_etag(Json(p).into_response(), etag);
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!(
         "/api/v1/profiles/{new}?project={}",

@@ -87,12 +87,18 @@ pub async fn list_projects(
     }
     .resolve()?;
     let expand = q.expand.unwrap_or(true);
-    let visible: Vec<Entry<Project>> = state
+    let mut projects: Vec<Project> = state
         .backend
         .list_projects()
         .await?
         .into_iter()
         .filter(|p| user.grants.can_see(&p.name))
+        .collect();
+    if expand {
+        ownership::filter_used_by(&state, &user, &mut projects).await?;
+    }
+    let visible: Vec<Entry<Project>> = projects
+        .into_iter()
         .map(|p| {
             if expand {
                 Entry::Full(Box::new(policy::describe(&state, p)))
@@ -160,7 +166,8 @@ pub async fn get_project(
 ) -> ApiResult<Response> {
     user.require(Permission::ProjectView, name.as_str())?;
     q.check(name.as_str())?;
-    let (p, etag) = state.backend.get_project(&name).await?;
+    let (mut p, etag) = state.backend.get_project(&name).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut p)).await?;
     Ok(with_etag(
         Json(policy::describe(&state, p)).into_response(),
         etag,

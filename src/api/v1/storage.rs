@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::devices;
 use crate::api::operation::{OperationRef, OperationSlot, accepted};
+use crate::api::ownership;
 use crate::api::paths::{DevicePath, InstancePath, PoolPath, VolumePath};
 use crate::api::problems::{
     Admin403, BackendRefused400, DefaultPoolSettings501, DeviceNameTaken409, InstanceChanged412,
@@ -26,6 +27,7 @@ use crate::api::resource::{
 use crate::api::{Json, Page, Path, Query};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
+use crate::backend::Listing;
 use crate::backend::types::{
     ConfigMap, Instance, Operation, StoragePool, StoragePoolCreate, StoragePoolUpdate,
     StorageVolume, StorageVolumeCreate, StorageVolumeUpdate, VolumeCopy, VolumeSource,
@@ -111,10 +113,13 @@ pub async fn list_storage_pools(
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let listing = state
+    let mut listing = state
         .backend
         .list_storage_pools(q.expand.unwrap_or(true))
         .await?;
+    if let Listing::Full(items) = &mut listing {
+        ownership::filter_used_by(&state, &user, items).await?;
+    }
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
 
@@ -160,7 +165,8 @@ pub async fn get_storage_pool(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (p, etag) = state.backend.get_storage_pool(&pool).await?;
+    let (mut p, etag) = state.backend.get_storage_pool(&pool).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut p)).await?;
     Ok(with_etag(Json(p).into_response(), etag))
 }
 
@@ -255,10 +261,13 @@ pub async fn list_volumes(
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
     let (limit, offset) = q.page()?;
-    let listing = state
+    let mut listing = state
         .backend
         .list_volumes(&project, &pool, q.expand.unwrap_or(true))
         .await?;
+    if let Listing::Full(items) = &mut listing {
+        ownership::filter_used_by(&state, &user, items).await?;
+    }
     Ok(Json(Page::slice(entries(listing), limit, offset)))
 }
 
@@ -372,6 +381,8 @@ async fn copy_volume(
     if let Some(size) = req.config.get("size") {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
     }
+    // A copy holds the source's data: not of a volume others' instances use.
+    ownership::require_volume_unshared(state, user, project, &source_pool, &source_volume).await?;
     // What is copied: its content type, config and description (a 404
     // here names the missing source).
     let (content_type, config, description) = match &source_snapshot {
@@ -463,12 +474,14 @@ pub async fn get_volume(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectView, project.as_str())?;
-    let (v, etag) = state.backend.get_volume(&project, &pool, &name).await?;
+    let (mut v, etag) = state.backend.get_volume(&project, &pool, &name).await?;
+    ownership::filter_used_by(&state, &user, std::slice::from_mut(&mut v)).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
 
 async fn patch_volume(
     state: &AppState,
+    user: &AuthUser,
     project: &ProjectName,
     pool: &PoolName,
     name: &VolumeName,
@@ -479,7 +492,8 @@ async fn patch_volume(
         .backend
         .update_volume(project, pool, name, update, if_match)
         .await?;
-    let (v, etag) = state.backend.get_volume(project, pool, name).await?;
+    let (mut v, etag) = state.backend.get_volume(project, pool, name).await?;
+    ownership::filter_used_by(state, user, std::slice::from_mut(&mut v)).await?;
     Ok(with_etag(Json(v).into_response(), etag))
 }
 
@@ -502,6 +516,7 @@ pub async fn update_volume(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     if let Some(size) = body.config.as_ref().and_then(|c| c.get("size")) {
         check_size(size).map_err(|e| ApiError::invalid_field("config.size", e))?;
     }
@@ -512,7 +527,16 @@ pub async fn update_volume(
         policy.check_volume_patch(&current.config, config)?;
         if_match = crate::api::policy::pin(if_match.as_deref(), etag)?;
     }
-    patch_volume(&state, &project, &pool, &name, &body, if_match.as_deref()).await
+    patch_volume(
+        &state,
+        &user,
+        &project,
+        &pool,
+        &name,
+        &body,
+        if_match.as_deref(),
+    )
+    .await
 }
 
 /// Delete a custom volume; it must not be attached to an instance.
@@ -532,6 +556,7 @@ pub async fn delete_volume(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state.backend.delete_volume(&project, &pool, &name).await?;
     match op {
@@ -579,12 +604,13 @@ pub async fn resize_volume(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     check_size(&req.size).map_err(|e| ApiError::invalid_field("size", e))?;
     let update = StorageVolumeUpdate {
         description: None,
         config: Some(BTreeMap::from([("size".to_owned(), req.size)])),
     };
-    patch_volume(&state, &project, &pool, &name, &update, None).await
+    patch_volume(&state, &user, &project, &pool, &name, &update, None).await
 }
 
 // --- attaching volumes to instances ---
@@ -648,6 +674,7 @@ pub async fn attach_volume(
     }
     // A clear 404 for a missing volume, before touching the instance.
     state.backend.get_volume(&project, &pool, &volume).await?;
+    ownership::require_volume_unshared(&state, &user, &project, &pool, &volume).await?;
     let mut config = BTreeMap::from([
         ("type".to_owned(), "disk".to_owned()),
         ("pool".to_owned(), pool.to_string()),

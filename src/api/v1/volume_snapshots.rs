@@ -69,6 +69,7 @@ pub async fn create_volume_snapshot(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    crate::api::ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     if let Some(snap) = &req.name {
         SnapshotName::parse(snap).map_err(|e| ApiError::invalid_field("name", e))?;
     }
@@ -135,6 +136,7 @@ pub async fn delete_volume_snapshot(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    crate::api::ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
@@ -176,6 +178,7 @@ pub async fn restore_volume_snapshot(
 ) -> ApiResult<Response> {
     let project = q.project()?;
     user.require(Permission::ProjectOperate, project.as_str())?;
+    crate::api::ownership::require_volume_unshared(&state, &user, &project, &pool, &name).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend
