@@ -283,6 +283,9 @@ fn spawn_janitor(app: Weak<App>) {
             if let Err(e) = db::idempotency::purge_expired(&app.db.pool).await {
                 tracing::warn!(error = %e, "purging expired idempotency keys failed");
             }
+            if let Err(e) = db::operations::purge_older_than(&app.db.pool, 30).await {
+                tracing::warn!(error = %e, "purging old operation records failed");
+            }
             // Creates an lxgate stopped in the middle of (an hour is longer
             // than any create's own bound).
             crate::api::ownership::settle_stale(&AppState(app.clone()), 3600).await;

@@ -27,6 +27,10 @@ fn ctl(cmd: &str) {
     assert!(status.success(), "incus-test-ctl.sh {cmd} failed");
 }
 
+/// One restart at a time (each test has a runtime of its own: a tokio
+/// mutex works across them).
+static RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts incusd again even if the test fails half-way.
 struct Restart;
 impl Drop for Restart {
@@ -37,6 +41,7 @@ impl Drop for Restart {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incusd_going_away_is_503_and_events_reconnect() {
+    let _one = RESTARTS.lock().await;
     let socket = std::env::var("LXGATE_TEST_INCUS_SOCKET").expect("run with `make test`");
     let app = spawn_app_with(
         Db::Sqlite,
@@ -111,4 +116,90 @@ async fn incusd_going_away_is_503_and_events_reconnect() {
         seen,
         "no event reached the subscriber after incusd restarted"
     );
+}
+
+/// An operation lxgate started is never a 404 and never Running for ever:
+/// one incusd forgot when it restarted mid-way reads as failed, saying so;
+/// one that finished and that incusd forgot since reads as it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_outlive_the_backend_forgetting_them() {
+    let _one = RESTARTS.lock().await;
+    let socket = std::env::var("LXGATE_TEST_INCUS_SOCKET").expect("run with `make test`");
+    let app = spawn_app_with(
+        Db::Sqlite,
+        &[("BACKEND", "incus"), ("INCUS_SOCKET_PATH", &socket)],
+    )
+    .await;
+    let admin = app.admin_token().await;
+    let name = format!("lost-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let r = app
+        .post(
+            "/api/v1/instances?wait=120",
+            Some(&admin),
+            json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let created = r.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec"),
+            Some(&admin),
+            json!({"command": ["sleep", "600"]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let running = r.body["operation_id"].as_str().unwrap().to_owned();
+
+    {
+        let _restart = Restart;
+        ctl("stop");
+        ctl("start");
+    }
+    let mut ready = false;
+    for _ in 0..60 {
+        if app.get("/health/ready", None).await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ready, "lxgate never saw incusd come back");
+
+    // The exec incusd lost: failed, with why, at once (also to /wait).
+    let r = app
+        .get(&format!("/api/v1/operations/{running}"), Some(&admin))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert_eq!(r.body["status"], "Failure", "{}", r.text);
+    assert!(
+        r.body["err"].as_str().unwrap().contains("restarted"),
+        "{}",
+        r.text
+    );
+    let started = std::time::Instant::now();
+    let r = app
+        .get(
+            &format!("/api/v1/operations/{running}/wait?timeout=30"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The create, finished before: as it ended.
+    let r = app
+        .get(&format!("/api/v1/operations/{created}"), Some(&admin))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(r.body["description"], "instance.create", "{}", r.text);
+
+    let _ = Command::new("incus")
+        .args(["delete", "--force", &name])
+        .env(
+            "INCUS_DIR",
+            std::env::var("LXGATE_TEST_INCUS_DIR").unwrap_or_default(),
+        )
+        .output();
 }

@@ -104,11 +104,58 @@ async fn run_hook(hook: &SharedHook, op: &Operation) {
     }
 }
 
+/// What lxgate knows of an operation it started that the backend no longer
+/// does (it forgets finished ones within seconds, and every one when it
+/// restarts): how it ended if lxgate saw that, else a failure that says
+/// the outcome was lost. Never a 404 for work lxgate started, never
+/// Running for ever.
+pub fn as_recorded(record: &db::operations::OperationRow) -> Operation {
+    let (status_code, err) = match (record.status_code, &record.err) {
+        (Some(code), err) => (code, err.clone().unwrap_or_default()),
+        (None, _) => (
+            Operation::FAILURE,
+            "the backend no longer knows this operation and lxgate did not see it end (the backend or lxgate restarted, or failed over, while it ran): check what it was working on".to_owned(),
+        ),
+    };
+    let mut resources = std::collections::BTreeMap::new();
+    if let (Some(name), true) = (&record.resource, record.action.starts_with("instance.")) {
+        let url = if record.project == "default" {
+            format!("/1.0/instances/{name}")
+        } else {
+            format!("/1.0/instances/{name}?project={}", record.project)
+        };
+        resources.insert("instances".to_owned(), vec![url]);
+    }
+    let at = |secs: i64| crate::api::rfc3339(secs);
+    Operation {
+        id: record.id.clone(),
+        class: "task".to_owned(),
+        description: record.action.clone(),
+        created_at: at(record.created_at),
+        updated_at: at(record.finished_at.unwrap_or(record.created_at)),
+        status: Operation::status_of(status_code).to_owned(),
+        status_code,
+        resources,
+        err,
+        project: record.project.clone(),
+        ..Operation::default()
+    }
+}
+
+/// Records how `op` ended: what `GET operations/{id}` answers once the
+/// backend has forgotten it.
+async fn record_end(pool: &sqlx::AnyPool, op: &Operation) {
+    if let Err(e) = db::operations::finish(pool, &op.id, op.status_code, &op.err).await {
+        tracing::warn!(op = %op.id, error = %e, "recording how an operation ended failed");
+    }
+}
+
 /// Keeps `slot` until operation `id` has finished (or is gone), even when
 /// the request that started it has gone away, and runs `hook` if it
 /// succeeded.
 fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot, hook: SharedHook) {
     let backend = state.backend.clone();
+    let pool = state.db.pool.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
         let mut failing_since: Option<std::time::Instant> = None;
@@ -116,6 +163,7 @@ fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot, hook: SharedHoo
             match backend.wait_operation(&id, MAX_WAIT_SECS).await {
                 Ok(op) if !op.is_done() => failing_since = None,
                 Ok(op) => {
+                    record_end(&pool, &op).await;
                     run_hook(&hook, &op).await;
                     break;
                 }
@@ -216,6 +264,7 @@ pub async fn accepted_then(
         _ => op,
     };
     if op.is_done() {
+        record_end(&state.db.pool, &op).await;
         run_hook(&hook, &op).await;
         // Free before answering: the caller may start the next one at once.
         free(&slot);

@@ -15,6 +15,10 @@ pub struct OperationRow {
     pub created_at: i64,
     pub auth_method: Option<String>,
     pub token_id: Option<String>,
+    /// How it ended, once lxgate saw it end (`status_code` 200, 400, 401).
+    pub status_code: Option<i64>,
+    pub err: Option<String>,
+    pub finished_at: Option<i64>,
 }
 
 pub struct NewOperation<'a> {
@@ -28,8 +32,8 @@ pub struct NewOperation<'a> {
     pub token_id: Option<&'a str>,
 }
 
-const COLUMNS: &str =
-    "id, project, user_id, username, action, resource, created_at, auth_method, token_id";
+const COLUMNS: &str = "id, project, user_id, username, action, resource, created_at, auth_method, token_id, \
+     status_code, err, finished_at";
 
 pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -48,6 +52,36 @@ pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Er
     .execute(pool)
     .await
     .map(|_| ())
+}
+
+/// Records how operation `id` ended (the first end seen counts).
+pub async fn finish(
+    pool: &AnyPool,
+    id: &str,
+    status_code: i64,
+    err: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE operations SET status_code = $2, err = $3, finished_at = $4
+         WHERE id = $1 AND finished_at IS NULL",
+    )
+    .bind(id)
+    .bind(status_code)
+    .bind(err)
+    .bind(now_secs())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Forgets records older than `days` (the janitor's sweep): the outcome of
+/// an operation is kept that long after it started.
+pub async fn purge_older_than(pool: &AnyPool, days: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM operations WHERE created_at < $1")
+        .bind(now_secs() - days * 86_400)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }
 
 pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OperationRow>, sqlx::Error> {

@@ -34,7 +34,12 @@ async fn visible(
     id: &str,
 ) -> ApiResult<(Operation, String, Option<db::operations::OperationRow>)> {
     let record = db::operations::get(&state.db.pool, id).await?;
-    let op = state.backend.get_operation(id).await?;
+    let op = match (state.backend.get_operation(id).await, &record) {
+        (Ok(op), _) => op,
+        // Started through lxgate, forgotten by the backend: as recorded.
+        (Err(BackendError::NotFound(_)), Some(r)) => crate::api::operation::as_recorded(r),
+        (Err(e), _) => return Err(e.into()),
+    };
     let project = record
         .as_ref()
         .map(|r| r.project.clone())
@@ -187,7 +192,20 @@ pub async fn wait_operation(
         op
     } else {
         let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
-        state.backend.wait_operation(&id, timeout).await?
+        match state.backend.wait_operation(&id, timeout).await {
+            Ok(op) => op,
+            // Forgotten by the backend while waiting (it restarted).
+            Err(BackendError::NotFound(_)) => match &record {
+                Some(r) => {
+                    let r = db::operations::get(&state.db.pool, &id)
+                        .await?
+                        .unwrap_or_else(|| r.clone());
+                    crate::api::operation::as_recorded(&r)
+                }
+                None => return Err(operation_not_found(&id)),
+            },
+            Err(e) => return Err(e.into()),
+        }
     };
     let op = with_exec_output(&state, &project, action, op).await?;
     Ok(Json(for_caller(&user, &project, record.as_ref(), op)))

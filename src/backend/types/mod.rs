@@ -226,6 +226,22 @@ pub struct RequestedBy {
 impl Operation {
     pub const RUNNING: i64 = 103;
     pub const SUCCESS: i64 = 200;
+    pub const FAILURE: i64 = 400;
+
+    /// The `status` Incus writes for a status code.
+    pub fn status_of(code: i64) -> &'static str {
+        match code {
+            100 => "Created",
+            101 => "Started",
+            102 => "Stopped",
+            103 => "Running",
+            104 => "Cancelling",
+            105 => "Pending",
+            200 => "Success",
+            401 => "Cancelled",
+            _ => "Failure",
+        }
+    }
 
     /// The operation without what its command printed or was given (for
     /// callers who may see the project but not what operators run in it).
