@@ -150,6 +150,15 @@ async fn operations_outlive_the_backend_forgetting_them() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let running = r.body["operation_id"].as_str().unwrap().to_owned();
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{name}/exec?wait=60"),
+            Some(&admin),
+            json!({"command": ["sh", "-c", "exit 3"]}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let exited = r.body["id"].as_str().unwrap().to_owned();
 
     {
         let _restart = Restart;
@@ -194,6 +203,12 @@ async fn operations_outlive_the_backend_forgetting_them() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
     assert_eq!(r.body["description"], "instance.create", "{}", r.text);
+    // An exec, with how its command exited.
+    let r = app
+        .get(&format!("/api/v1/operations/{exited}"), Some(&admin))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(r.body["metadata"]["return"], 3, "{}", r.text);
 
     let _ = Command::new("incus")
         .args(["delete", "--force", &name])

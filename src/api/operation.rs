@@ -109,12 +109,22 @@ async fn run_hook(hook: &SharedHook, op: &Operation) {
 /// restarts): how it ended if lxgate saw that, else a failure that says
 /// the outcome was lost. Never a 404 for work lxgate started, never
 /// Running for ever.
-pub fn as_recorded(record: &db::operations::OperationRow) -> Operation {
-    let (status_code, err) = match (record.status_code, &record.err) {
-        (Some(code), err) => (code, err.clone().unwrap_or_default()),
-        (None, _) => (
+pub fn as_recorded(record: &db::operations::OperationRow) -> Option<Operation> {
+    let (status_code, err, metadata) = match (record.status_code, record.finished_at) {
+        (Some(code), _) => (
+            code,
+            record.err.clone().unwrap_or_default(),
+            // An exec's exit code: its Success says it ran, not how.
+            record
+                .exit_code
+                .map_or(serde_json::Value::Null, |c| serde_json::json!({"return": c})),
+        ),
+        // Recorded before lxgate kept outcomes: not known, as before.
+        (None, Some(_)) => return None,
+        (None, None) => (
             Operation::FAILURE,
             "the backend no longer knows this operation and lxgate did not see it end (the backend or lxgate restarted, or failed over, while it ran): check what it was working on".to_owned(),
+            serde_json::json!({"outcome": "unknown"}),
         ),
     };
     let mut resources = std::collections::BTreeMap::new();
@@ -127,7 +137,7 @@ pub fn as_recorded(record: &db::operations::OperationRow) -> Operation {
         resources.insert("instances".to_owned(), vec![url]);
     }
     let at = |secs: i64| crate::api::rfc3339(secs);
-    Operation {
+    Some(Operation {
         id: record.id.clone(),
         class: "task".to_owned(),
         description: record.action.clone(),
@@ -136,16 +146,21 @@ pub fn as_recorded(record: &db::operations::OperationRow) -> Operation {
         status: Operation::status_of(status_code).to_owned(),
         status_code,
         resources,
+        metadata,
         err,
         project: record.project.clone(),
         ..Operation::default()
-    }
+    })
 }
 
 /// Records how `op` ended: what `GET operations/{id}` answers once the
 /// backend has forgotten it.
-async fn record_end(pool: &sqlx::AnyPool, op: &Operation) {
-    if let Err(e) = db::operations::finish(pool, &op.id, op.status_code, &op.err).await {
+pub async fn record_end(pool: &sqlx::AnyPool, op: &Operation) {
+    let exit_code = op
+        .metadata
+        .get("return")
+        .and_then(serde_json::Value::as_i64);
+    if let Err(e) = db::operations::finish(pool, &op.id, op.status_code, &op.err, exit_code).await {
         tracing::warn!(op = %op.id, error = %e, "recording how an operation ended failed");
     }
 }
@@ -221,9 +236,6 @@ pub async fn accepted_then(
     } = slot;
     let hook: SharedHook = Arc::new(tokio::sync::Mutex::new(on_done));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
-    if !op.is_done() {
-        hold_until_done(state, &op.id, slot.clone(), hook.clone());
-    }
     // The work has started: a record that cannot be written costs who
     // started it, not the answer (a client told 500 would start it again).
     if let Err(e) = db::operations::record(
@@ -244,6 +256,10 @@ pub async fn accepted_then(
         tracing::warn!(op = %op.id, error = %e, "recording who started an operation failed");
     }
     state.requesters.remember(&op.id, requested_by.clone());
+    // After the record: the watcher writes how it ended into it.
+    if !op.is_done() {
+        hold_until_done(state, &op.id, slot.clone(), hook.clone());
+    }
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {
             match state

@@ -524,8 +524,9 @@ pub async fn filter_used_by<T: UsedBy>(
 
 /// Refuses a non-admin (403 `policy_denied`, without naming anything) a
 /// change to a custom volume used by instances others made in an
-/// owner-only project: it would reach into them (their data, what they
-/// boot from), as a profile change would.
+/// owner-only project, or by instances of a project the caller holds no
+/// role in: it would reach into them (their data, what they boot from), as
+/// a profile change would. Each user is judged in its own project.
 pub async fn require_volume_unshared(
     state: &AppState,
     user: &AuthUser,
@@ -533,20 +534,83 @@ pub async fn require_volume_unshared(
     pool: &crate::names::PoolName,
     volume: &crate::names::VolumeName,
 ) -> ApiResult<()> {
-    let Some(own) = own(state, user, project.as_str()).await? else {
+    if user.is_admin() {
         return Ok(());
-    };
+    }
     let (v, _) = state.backend.get_volume(project, pool, volume).await?;
-    let others = v.used_by.iter().any(|url| match used_by_target(url) {
-        Some((_, Some(instance))) => !own.has(&instance),
-        Some((_, None)) => false,
-        // Not understood: not waved through.
-        None => true,
-    });
+    let mut owns: std::collections::HashMap<String, Option<Own>> = Default::default();
+    let mut others = false;
+    for url in &v.used_by {
+        match used_by_target(url) {
+            Some((p, Some(instance))) => {
+                if !user.grants.can_see(&p) {
+                    others = true;
+                    break;
+                }
+                if !owns.contains_key(&p) {
+                    let own = own(state, user, &p).await?;
+                    owns.insert(p.clone(), own);
+                }
+                if owns
+                    .get(&p)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|o| !o.has(&instance))
+                {
+                    others = true;
+                    break;
+                }
+            }
+            Some((_, None)) => {}
+            // Not understood: not waved through.
+            None => {
+                others = true;
+                break;
+            }
+        }
+    }
     if others {
         return Err(ApiError::policy_denied(
-            "the volume is used by instances other users made in an owner-only project; an admin can change it",
+            "the volume is used by instances other users made in an owner-only project, or in a project you hold no role in; an admin can change it",
         ));
+    }
+    Ok(())
+}
+
+/// [`require_volume_unshared`] for each custom volume a write gives an
+/// instance or profile (`will`) that it did not have (`was`): a disk
+/// device's `source` is a volume as good as attaching it.
+pub async fn check_volume_devices(
+    state: &AppState,
+    user: &AuthUser,
+    project: &ProjectName,
+    was: &crate::backend::types::DevicesMap,
+    will: &crate::backend::types::DevicesMap,
+) -> ApiResult<()> {
+    if user.is_admin() {
+        return Ok(());
+    }
+    for (name, dev) in will {
+        let get = |k: &str| dev.get(k).map(String::as_str);
+        let (Some("disk"), Some(pool), Some(source)) = (get("type"), get("pool"), get("source"))
+        else {
+            continue;
+        };
+        let before = was.get(name);
+        let same = before.is_some_and(|b| {
+            b.get("pool").map(String::as_str) == Some(pool)
+                && b.get("source").map(String::as_str) == Some(source)
+        });
+        if same {
+            continue;
+        }
+        // Malformed names are the instance policy's to refuse.
+        let (Ok(pool), Ok(volume)) = (
+            crate::names::PoolName::parse(pool),
+            crate::names::VolumeName::parse(source),
+        ) else {
+            continue;
+        };
+        require_volume_unshared(state, user, project, &pool, &volume).await?;
     }
     Ok(())
 }
@@ -617,7 +681,17 @@ impl Reservation {
                 .remember(&h.project, &h.name, Some(&h.user_id))
                 .await;
             let done = match &h.token {
-                Some(token) => db::instance_owners::confirm(pool, &h.project, &h.name, token).await,
+                // A reservation settled meanwhile (the janitor, after a
+                // create longer than an hour) is written again.
+                Some(token) => match db::instance_owners::confirm(pool, &h.project, &h.name, token)
+                    .await
+                {
+                    Ok(false) => {
+                        db::instance_owners::set(pool, &h.project, &h.name, &h.user_id, &h.username)
+                            .await
+                    }
+                    other => other.map(|_| ()),
+                },
                 // No reservation (the name was recorded for another create,
                 // which must have failed): the record is this one's now.
                 None => {
@@ -662,7 +736,9 @@ async fn settle(state: &AppState, project: &str, name: &str, token: &str) {
     };
     let done = match state.backend.get_instance(&p, &n).await {
         Ok((i, _)) if i.config.get(RESERVATION_KEY).map(String::as_str) == Some(token) => {
-            db::instance_owners::confirm(pool, project, name, token).await
+            db::instance_owners::confirm(pool, project, name, token)
+                .await
+                .map(|_| ())
         }
         // Not there, or somebody else's under the same name.
         Ok(_) | Err(BackendError::NotFound(_)) => {

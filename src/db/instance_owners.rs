@@ -116,13 +116,14 @@ pub async fn release(
         .map(|_| ())
 }
 
-/// Makes the reservation `token` a record for good (its instance exists).
+/// Makes the reservation `token` a record for good (its instance exists);
+/// false if there was no such reservation (any more).
 pub async fn confirm(
     pool: &AnyPool,
     project: &str,
     name: &str,
     token: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "UPDATE instance_owners
          SET pending = NULL, reserved_cpu = 0, reserved_memory = 0, reserved_disk = 0,
@@ -135,7 +136,7 @@ pub async fn confirm(
     .bind(now_secs())
     .execute(pool)
     .await
-    .map(|_| ())
+    .map(|r| r.rows_affected() == 1)
 }
 
 /// Reservations made before `cutoff` (seconds) and not settled since:
@@ -179,12 +180,16 @@ pub async fn rename(
         .bind(to)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE instance_owners SET name = $1 WHERE project = $2 AND name = $3")
-        .bind(to)
-        .bind(project)
-        .bind(from)
-        .execute(&mut *tx)
-        .await?;
+    // Only a finished record: one reserved meanwhile under the old name is
+    // another create's (the name was free once the rename was done).
+    sqlx::query(
+        "UPDATE instance_owners SET name = $1 WHERE project = $2 AND name = $3 AND pending IS NULL",
+    )
+    .bind(to)
+    .bind(project)
+    .bind(from)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 

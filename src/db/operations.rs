@@ -19,6 +19,8 @@ pub struct OperationRow {
     pub status_code: Option<i64>,
     pub err: Option<String>,
     pub finished_at: Option<i64>,
+    /// An exec's exit code (`metadata.return`).
+    pub exit_code: Option<i64>,
 }
 
 pub struct NewOperation<'a> {
@@ -33,7 +35,7 @@ pub struct NewOperation<'a> {
 }
 
 const COLUMNS: &str = "id, project, user_id, username, action, resource, created_at, auth_method, token_id, \
-     status_code, err, finished_at";
+     status_code, err, finished_at, exit_code";
 
 pub async fn record(pool: &AnyPool, op: NewOperation<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -60,15 +62,17 @@ pub async fn finish(
     id: &str,
     status_code: i64,
     err: &str,
+    exit_code: Option<i64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE operations SET status_code = $2, err = $3, finished_at = $4
+        "UPDATE operations SET status_code = $2, err = $3, finished_at = $4, exit_code = $5
          WHERE id = $1 AND finished_at IS NULL",
     )
     .bind(id)
     .bind(status_code)
     .bind(err)
     .bind(now_secs())
+    .bind(exit_code)
     .execute(pool)
     .await
     .map(|_| ())

@@ -335,6 +335,27 @@ async fn owner_only_holds(app: &TestApp, project: &str, n: &dyn Fn(&str) -> Stri
         )
         .await;
     r.assert_problem(403, "policy_denied");
+    // Nor give it to his instance or a profile as a disk device.
+    let grab = json!({"x": {"type": "disk", "pool": "default", "source": av, "path": "/mnt/x"}});
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{b1}?{q}&wait=60"),
+                Some(&bob),
+            )
+            .json(&json!({"devices": grab})),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
+    let r = app
+        .post(
+            &format!("/api/v1/profiles?{q}"),
+            Some(&bob),
+            json!({"name": "grab", "devices": grab}),
+        )
+        .await;
+    r.assert_problem(403, "policy_denied");
     let r = app
         .get(
             &format!("/api/v1/storage/pools/default/volumes/{av}?{q}"),

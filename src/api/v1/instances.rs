@@ -197,6 +197,11 @@ pub async fn create_instance(
         profiles: &profiles,
     };
     policy::check_instance_write(&state, &policy, &project, None, after).await?;
+    if !user.is_admin() {
+        let (_, devices) = policy::expanded(&state, &project, after).await?;
+        ownership::check_volume_devices(&state, &user, &project, &Default::default(), &devices)
+            .await?;
+    }
     let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     // Recorded (and judged by the quotas) before the backend is asked, so
@@ -204,9 +209,15 @@ pub async fn create_instance(
     // carries the reservation's token, so that how the create ended can be
     // told from what the backend has.
     let reservation = quotas::reserve_create(&state, &user, &project, &name, after).await?;
-    if let Some(token) = reservation.token() {
-        req.config
-            .insert(ownership::RESERVATION_KEY.to_owned(), token.to_owned());
+    match reservation.token() {
+        Some(token) => {
+            req.config
+                .insert(ownership::RESERVATION_KEY.to_owned(), token.to_owned());
+        }
+        // Only lxgate writes it (a copy would carry its source's).
+        None => {
+            req.config.remove(ownership::RESERVATION_KEY);
+        }
     }
     // On a task of its own: a client that goes away (or the request
     // timeout) must not cut the create off between the backend starting
@@ -390,6 +401,17 @@ async fn update(
     policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
         .await?;
     quotas::check(&state, &user, &project, &current, after).await?;
+    if !user.is_admin() {
+        let (_, devices) = policy::expanded(&state, &project, after).await?;
+        ownership::check_volume_devices(
+            &state,
+            &user,
+            &project,
+            &current.expanded_devices,
+            &devices,
+        )
+        .await?;
+    }
     let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state

@@ -34,10 +34,19 @@ async fn visible(
     id: &str,
 ) -> ApiResult<(Operation, String, Option<db::operations::OperationRow>)> {
     let record = db::operations::get(&state.db.pool, id).await?;
-    let op = match (state.backend.get_operation(id).await, &record) {
-        (Ok(op), _) => op,
+    let (op, recorded) = match (state.backend.get_operation(id).await, &record) {
+        (Ok(op), Some(r)) if op.is_done() && r.finished_at.is_none() => {
+            // Its end not seen yet (started before lxgate restarted, or
+            // through another replica whose watcher went away): seen now.
+            crate::api::operation::record_end(&state.db.pool, &op).await;
+            (op, false)
+        }
+        (Ok(op), _) => (op, false),
         // Started through lxgate, forgotten by the backend: as recorded.
-        (Err(BackendError::NotFound(_)), Some(r)) => crate::api::operation::as_recorded(r),
+        (Err(BackendError::NotFound(_)), Some(r)) => match crate::api::operation::as_recorded(r) {
+            Some(op) => (op, true),
+            None => return Err(operation_not_found(id)),
+        },
         (Err(e), _) => return Err(e.into()),
     };
     let project = record
@@ -45,10 +54,16 @@ async fn visible(
         .map(|r| r.project.clone())
         .unwrap_or_else(|| op.project.clone());
     let requester = record.as_ref().and_then(|r| r.user_id.as_deref());
+    // In an owner-only project, a record's instance name may be somebody
+    // else's by now: what only the record knows is its requester's.
+    let hidden = |own: ownership::Own| match recorded {
+        true => requester != Some(user.id.as_str()),
+        false => !own.sees_operation(&op, requester),
+    };
     if !user.grants.can_see(&project)
         || ownership::own(state, user, &project)
             .await?
-            .is_some_and(|own| !own.sees_operation(&op, requester))
+            .is_some_and(hidden)
     {
         return Err(operation_not_found(id));
     }
@@ -193,17 +208,23 @@ pub async fn wait_operation(
     } else {
         let timeout = q.timeout.unwrap_or(30).min(MAX_WAIT_SECS);
         match state.backend.wait_operation(&id, timeout).await {
-            Ok(op) => op,
-            // Forgotten by the backend while waiting (it restarted).
-            Err(BackendError::NotFound(_)) => match &record {
-                Some(r) => {
-                    let r = db::operations::get(&state.db.pool, &id)
-                        .await?
-                        .unwrap_or_else(|| r.clone());
-                    crate::api::operation::as_recorded(&r)
+            Ok(op) => {
+                if op.is_done() && record.is_some() {
+                    crate::api::operation::record_end(&state.db.pool, &op).await;
                 }
-                None => return Err(operation_not_found(&id)),
-            },
+                op
+            }
+            // Forgotten by the backend while waiting (it restarted).
+            Err(BackendError::NotFound(_)) => {
+                let again = match &record {
+                    Some(_) => db::operations::get(&state.db.pool, &id).await?,
+                    None => None,
+                };
+                match again.as_ref().and_then(crate::api::operation::as_recorded) {
+                    Some(op) => op,
+                    None => return Err(operation_not_found(&id)),
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     };
