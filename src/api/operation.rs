@@ -168,16 +168,28 @@ pub async fn record_end(pool: &sqlx::AnyPool, op: &Operation) {
 /// Keeps `slot` until operation `id` has finished (or is gone), even when
 /// the request that started it has gone away, and runs `hook` if it
 /// succeeded.
-fn hold_until_done(state: &AppState, id: &str, slot: SharedSlot, hook: SharedHook) {
+/// `recorded` says the operation's row is written (or will not be): its
+/// end is written into it after that.
+fn hold_until_done(
+    state: &AppState,
+    id: &str,
+    slot: SharedSlot,
+    hook: SharedHook,
+    recorded: tokio::sync::oneshot::Receiver<()>,
+) {
     let backend = state.backend.clone();
     let pool = state.db.pool.clone();
     let id = id.to_owned();
+    let mut recorded = Some(recorded);
     tokio::spawn(async move {
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
             match backend.wait_operation(&id, MAX_WAIT_SECS).await {
                 Ok(op) if !op.is_done() => failing_since = None,
                 Ok(op) => {
+                    if let Some(rx) = recorded.take() {
+                        let _ = rx.await;
+                    }
                     record_end(&pool, &op).await;
                     run_hook(&hook, &op).await;
                     break;
@@ -236,6 +248,12 @@ pub async fn accepted_then(
     } = slot;
     let hook: SharedHook = Arc::new(tokio::sync::Mutex::new(on_done));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
+    // Watched from now on (a fast operation is forgotten by the backend
+    // seconds after it ends); its end goes into the row written below.
+    let (recorded, recorded_rx) = tokio::sync::oneshot::channel();
+    if !op.is_done() {
+        hold_until_done(state, &op.id, slot.clone(), hook.clone(), recorded_rx);
+    }
     // The work has started: a record that cannot be written costs who
     // started it, not the answer (a client told 500 would start it again).
     if let Err(e) = db::operations::record(
@@ -256,10 +274,7 @@ pub async fn accepted_then(
         tracing::warn!(op = %op.id, error = %e, "recording who started an operation failed");
     }
     state.requesters.remember(&op.id, requested_by.clone());
-    // After the record: the watcher writes how it ended into it.
-    if !op.is_done() {
-        hold_until_done(state, &op.id, slot.clone(), hook.clone());
-    }
+    let _ = recorded.send(());
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {
             match state

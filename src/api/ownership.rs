@@ -603,13 +603,12 @@ pub async fn check_volume_devices(
         if same {
             continue;
         }
-        // Malformed names are the instance policy's to refuse.
-        let (Ok(pool), Ok(volume)) = (
-            crate::names::PoolName::parse(pool),
-            crate::names::VolumeName::parse(source),
-        ) else {
-            continue;
-        };
+        // A name lxgate cannot check is not waved through (the attach
+        // route refuses it the same way).
+        let pool = crate::names::PoolName::parse(pool)
+            .map_err(|e| ApiError::invalid_field(&format!("devices.{name}.pool"), e))?;
+        let volume = crate::names::VolumeName::parse(source)
+            .map_err(|e| ApiError::invalid_field(&format!("devices.{name}.source"), e))?;
         require_volume_unshared(state, user, project, &pool, &volume).await?;
     }
     Ok(())

@@ -297,8 +297,6 @@ pub async fn check_profile_write(
         return Ok(());
     }
     check_nics(state, &policy, project, devices, &after.devices).await?;
-    crate::api::ownership::check_volume_devices(state, user, project, devices, &after.devices)
-        .await?;
     let Some(before) = before else {
         return Ok(());
     };

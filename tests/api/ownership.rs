@@ -356,6 +356,20 @@ async fn owner_only_holds(app: &TestApp, project: &str, n: &dyn Fn(&str) -> Stri
         )
         .await;
     r.assert_problem(403, "policy_denied");
+    // A pool name lxgate cannot check is not a way around it.
+    let odd = json!({"x": {"type": "disk", "pool": "odd_pool", "source": av, "path": "/mnt/x"}});
+    let r = app
+        .send(
+            app.request(
+                Method::PATCH,
+                &format!("/api/v1/instances/{b1}?{q}"),
+                Some(&bob),
+            )
+            .json(&json!({"devices": odd})),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["field"], "devices.x.pool", "{}", r.text);
     let r = app
         .get(
             &format!("/api/v1/storage/pools/default/volumes/{av}?{q}"),

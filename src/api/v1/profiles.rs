@@ -134,6 +134,14 @@ pub async fn create_profile(
         ..Default::default()
     };
     policy::check_profile_write(&state, &user, &home, None, &new).await?;
+    crate::api::ownership::check_volume_devices(
+        &state,
+        &user,
+        &project,
+        &Default::default(),
+        &new.devices,
+    )
+    .await?;
     state.backend.create_profile(&project, &req).await?;
     let (profile, etag) = state.backend.get_profile(&project, &name).await?;
     Ok(with_etag(
@@ -184,6 +192,14 @@ async fn update(
     let home = home(&user, &project, &current)?;
     let after = current.updated(&body, replace);
     policy::check_profile_write(&state, &user, &home, Some(&current), &after).await?;
+    crate::api::ownership::check_volume_devices(
+        &state,
+        &user,
+        &project,
+        &current.devices,
+        &after.devices,
+    )
+    .await?;
     crate::api::quotas::check_profile(&state, &user, &home, &current, &after).await?;
     let version = policy::pin(if_match.as_deref(), etag)?;
     state

@@ -250,6 +250,11 @@ impl Exec for IncusBackend {
         let Some(exit_code) = op.metadata["return"].as_i64() else {
             return Ok(None);
         };
+        // An operation known only from lxgate's record keeps its exit code,
+        // not where its output was: none rather than an empty one.
+        if op.metadata.get("output").is_none() {
+            return Ok(None);
+        }
         let cap = self.exec_output_max;
         let mut truncated = false;
         // Read while capped: past the cap the download is dropped, not drained.
