@@ -37,7 +37,7 @@ pub struct App {
     /// Who started which operation, for the events that show it.
     pub requesters: Arc<crate::api::requesters::Requesters>,
     /// Owner-only projects' settings and instances' makers, as last read.
-    pub ownership: crate::api::ownership::Ownership,
+    pub ownership: crate::api::owners::Ownership,
     /// The single sign-on provider, when `OIDC_ISSUER_URL` is set.
     pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
     pub backend: Arc<dyn Backend>,
@@ -288,7 +288,7 @@ fn spawn_janitor(app: Weak<App>) {
             }
             // Creates an lxgate stopped in the middle of (an hour is longer
             // than any create's own bound).
-            crate::api::ownership::settle_stale(&AppState(app.clone()), 3600).await;
+            crate::api::owners::settle_stale(&app.backend, &app.db.pool, 3600).await;
         }
     });
 }

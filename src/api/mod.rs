@@ -6,6 +6,7 @@ pub mod health;
 pub mod idempotency;
 pub mod image_source;
 pub mod operation;
+pub mod owners;
 pub mod ownership;
 pub mod paths;
 pub mod policy;

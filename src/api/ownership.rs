@@ -17,8 +17,9 @@ use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use moka::future::Cache;
 
+use crate::api::owners::settle;
+pub use crate::api::owners::{Ownership, RESERVATION_KEY};
 use crate::app::AppState;
 use crate::auth::{AuthUser, Role};
 use crate::backend::types::{ConfigMap, Event, Operation, RequestedBy};
@@ -30,59 +31,8 @@ use crate::names::{InstanceName, ProjectName};
 /// The project config key that turns it on.
 pub const KEY: &str = "user.lxgate.owner-only";
 
-/// The instance config key a create through lxgate carries: its
-/// reservation's token, by which a create whose end lxgate did not see is
-/// told apart from an instance someone else made under the same name.
-pub const RESERVATION_KEY: &str = "user.lxgate.reservation";
-
 /// The route templates the guard checks (every route of one instance).
 const INSTANCE_ROUTES: &str = "/api/v1/instances/{name}";
-
-/// How long a project's setting is believed on this replica without
-/// reading it again (a change through this replica applies at once).
-const SETTING_FOR: Duration = Duration::from_secs(2);
-/// How long an instance's recorded maker is believed by the event relay
-/// (one lookup for many subscribers). Kept past a delete on purpose: the
-/// events of the delete still reach the one who made it.
-const OWNER_FOR: Duration = Duration::from_secs(5);
-
-/// What this replica remembers of projects' settings and instances' makers.
-pub struct Ownership {
-    settings: Cache<String, bool>,
-    owners: Cache<(String, String), Option<String>>,
-}
-
-impl Default for Ownership {
-    fn default() -> Self {
-        Self {
-            settings: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(SETTING_FOR)
-                .build(),
-            owners: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(OWNER_FOR)
-                .build(),
-        }
-    }
-}
-
-impl Ownership {
-    /// A project's config changed (or it is gone) through this replica.
-    pub async fn forget_project(&self, project: &str) {
-        self.settings.invalidate(project).await;
-    }
-
-    /// `project/name` was recorded as made by `user_id`.
-    pub async fn remember(&self, project: &str, name: &str, user_id: Option<&str>) {
-        self.owners
-            .insert(
-                (project.to_owned(), name.to_owned()),
-                user_id.map(str::to_owned),
-            )
-            .await;
-    }
-}
 
 /// Whether `config` turns owner-only on: 400 for a value that is neither
 /// `true` nor `false` (for the projects endpoints, before anything is written).
@@ -711,7 +661,14 @@ impl Reservation {
         if let Some(h) = self.0.take()
             && let Some(token) = &h.token
         {
-            settle(&h.state, &h.project, &h.name, token).await;
+            settle(
+                &h.state.backend,
+                &h.state.db.pool,
+                &h.project,
+                &h.name,
+                token,
+            )
+            .await;
         }
     }
 }
@@ -722,49 +679,17 @@ impl Drop for Reservation {
             && let Some(token) = h.token
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(async move { settle(&h.state, &h.project, &h.name, &token).await });
-        }
-    }
-}
-
-/// Makes the record reserved under `token` follow what the backend has.
-async fn settle(state: &AppState, project: &str, name: &str, token: &str) {
-    let pool = &state.db.pool;
-    let (Ok(p), Ok(n)) = (ProjectName::parse(project), InstanceName::parse(name)) else {
-        return;
-    };
-    let done = match state.backend.get_instance(&p, &n).await {
-        Ok((i, _)) if i.config.get(RESERVATION_KEY).map(String::as_str) == Some(token) => {
-            db::instance_owners::confirm(pool, project, name, token)
+            rt.spawn(async move {
+                settle(
+                    &h.state.backend,
+                    &h.state.db.pool,
+                    &h.project,
+                    &h.name,
+                    &token,
+                )
                 .await
-                .map(|_| ())
+            });
         }
-        // Not there, or somebody else's under the same name.
-        Ok(_) | Err(BackendError::NotFound(_)) => {
-            db::instance_owners::release(pool, project, name, token).await
-        }
-        // Not known now: the janitor looks again later.
-        Err(e) => {
-            tracing::info!(error = %e, instance = %name, "a create's reservation is left for later");
-            Ok(())
-        }
-    };
-    if let Err(e) = done {
-        tracing::warn!(error = %e, instance = %name, "settling a create's reservation failed");
-    }
-}
-
-/// Settles the reservations of creates older than `older_than_secs` still
-/// unsettled (an lxgate that stopped mid-create): the janitor's sweep.
-pub async fn settle_stale(state: &AppState, older_than_secs: i64) {
-    let cutoff = crate::auth::tokens::now_secs() - older_than_secs;
-    match db::instance_owners::pending_before(&state.db.pool, cutoff).await {
-        Ok(rows) => {
-            for (project, name, token) in rows {
-                settle(state, &project, &name, &token).await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "listing unsettled create reservations failed"),
     }
 }
 
