@@ -238,6 +238,20 @@ async fn launch(app: &TestApp, token: &str, name: &str, target: &str, start: boo
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+    // The member the operation ran on was away long enough for the cluster
+    // to forget it: lxgate says the outcome is unknown, and what it was
+    // working on tells (as its err says).
+    if r.body["metadata"]["outcome"] == "unknown" {
+        for _ in 0..60 {
+            let i = app
+                .get(&format!("/api/v1/instances/{name}"), Some(token))
+                .await;
+            if i.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
