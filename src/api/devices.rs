@@ -127,7 +127,15 @@ async fn check(
         devices,
         ..Shape::of(current)
     };
-    policy::check_instance_write(state, &policy, project, Some(Shape::of(current)), after).await
+    policy::check_instance_write(
+        state,
+        user,
+        &policy,
+        project,
+        Some(Shape::of(current)),
+        after,
+    )
+    .await
 }
 
 async fn finish(

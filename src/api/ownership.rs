@@ -179,16 +179,8 @@ pub async fn own(state: &AppState, user: &AuthUser, project: &str) -> ApiResult<
 
 /// The instance a `/1.0/instances/...` URL (of it, or of its snapshots,
 /// backups, ...) is about.
-fn instance_of(url: &str) -> Option<&str> {
-    let rest = [
-        "/1.0/instances/",
-        "/1.0/containers/",
-        "/1.0/virtual-machines/",
-    ]
-    .iter()
-    .find_map(|p| url.strip_prefix(p))?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    Some(&rest[..end]).filter(|n| !n.is_empty())
+fn instance_of(url: &str) -> Option<String> {
+    used_by_target(url)?.1.filter(|n| !n.is_empty())
 }
 
 /// The instances an operation works on.
@@ -198,7 +190,7 @@ fn instances_of(op_resources: &serde_json::Value) -> Vec<String> {
         for urls in kinds.values() {
             for url in urls.as_array().into_iter().flatten() {
                 if let Some(n) = url.as_str().and_then(instance_of) {
-                    out.push(n.to_owned());
+                    out.push(n);
                 }
             }
         }
@@ -260,7 +252,7 @@ pub async fn sees_event(
             names
         }
         _ => match e.metadata["source"].as_str().and_then(instance_of) {
-            Some(n) => vec![n.to_owned()],
+            Some(n) => vec![n],
             // Not about an instance (a volume, a network): project-wide.
             None => return true,
         },
@@ -699,10 +691,16 @@ mod tests {
 
     #[test]
     fn instance_urls_name_their_instance() {
-        assert_eq!(instance_of("/1.0/instances/web"), Some("web"));
-        assert_eq!(instance_of("/1.0/instances/web?project=p"), Some("web"));
-        assert_eq!(instance_of("/1.0/instances/web/snapshots/s0"), Some("web"));
-        assert_eq!(instance_of("/1.0/containers/db"), Some("db"));
+        assert_eq!(instance_of("/1.0/instances/web"), Some("web".into()));
+        assert_eq!(
+            instance_of("/1.0/instances/web?project=p"),
+            Some("web".into())
+        );
+        assert_eq!(
+            instance_of("/1.0/instances/web/snapshots/s0"),
+            Some("web".into())
+        );
+        assert_eq!(instance_of("/1.0/containers/db"), Some("db".into()));
         assert_eq!(instance_of("/1.0/instances/"), None);
         assert_eq!(
             instance_of("/1.0/storage-pools/default/volumes/custom/v"),

@@ -135,6 +135,7 @@ pub async fn expanded(
 ///   or `macvlan` network hands the host's interface over.
 pub async fn check_instance_write(
     state: &AppState,
+    user: &AuthUser,
     policy: &Policy,
     project: &ProjectName,
     before: Option<Shape<'_>>,
@@ -173,7 +174,10 @@ pub async fn check_instance_write(
     policy
         .check_instance((&was.0, &was.1), (&will.0, &will.1))
         .map_err(|d| from_profiles(d, &of(after.profiles)))?;
-    check_nics(state, policy, project, &was.1, &will.1).await
+    check_nics(state, policy, project, &was.1, &will.1).await?;
+    // A custom volume the write gives the instance (its own devices, its
+    // profiles', a restored snapshot's) must not be one others' instances use.
+    crate::api::ownership::check_volume_devices(state, user, project, &was.1, &will.1).await
 }
 
 /// A refusal of what an instance expands to: the profile that gives the

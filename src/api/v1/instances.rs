@@ -196,12 +196,7 @@ pub async fn create_instance(
         devices: &req.devices,
         profiles: &profiles,
     };
-    policy::check_instance_write(&state, &policy, &project, None, after).await?;
-    if !user.is_admin() {
-        let (_, devices) = policy::expanded(&state, &project, after).await?;
-        ownership::check_volume_devices(&state, &user, &project, &Default::default(), &devices)
-            .await?;
-    }
+    policy::check_instance_write(&state, &user, &policy, &project, None, after).await?;
     let target = policy::check_placement(&state, &user, &project, q.target.as_deref()).await?;
     let slot = OperationSlot::acquire(&state, &user)?;
     // Recorded (and judged by the quotas) before the backend is asked, so
@@ -398,20 +393,16 @@ async fn update(
         devices: &devices,
         profiles: &profiles,
     };
-    policy::check_instance_write(&state, &policy, &project, Some(Shape::of(&current)), after)
-        .await?;
+    policy::check_instance_write(
+        &state,
+        &user,
+        &policy,
+        &project,
+        Some(Shape::of(&current)),
+        after,
+    )
+    .await?;
     quotas::check(&state, &user, &project, &current, after).await?;
-    if !user.is_admin() {
-        let (_, devices) = policy::expanded(&state, &project, after).await?;
-        ownership::check_volume_devices(
-            &state,
-            &user,
-            &project,
-            &current.expanded_devices,
-            &devices,
-        )
-        .await?;
-    }
     let version = policy::pin(if_match.as_deref(), etag)?;
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state

@@ -190,21 +190,8 @@ pub async fn restore_snapshot(
         devices: &saved.devices,
         profiles: &saved.profiles,
     };
-    policy::check_instance_write(&state, &policy, &project, Some(before), after).await?;
+    policy::check_instance_write(&state, &user, &policy, &project, Some(before), after).await?;
     crate::api::quotas::check(&state, &user, &project, &current, after).await?;
-    if !user.is_admin() {
-        // A snapshot's disk devices come back with it: not a volume that
-        // another user's instance uses by now.
-        let (_, devices) = policy::expanded(&state, &project, after).await?;
-        crate::api::ownership::check_volume_devices(
-            &state,
-            &user,
-            &project,
-            &current.expanded_devices,
-            &devices,
-        )
-        .await?;
-    }
     let slot = OperationSlot::acquire(&state, &user)?;
     let op = state
         .backend

@@ -674,7 +674,6 @@ pub async fn attach_volume(
     }
     // A clear 404 for a missing volume, before touching the instance.
     state.backend.get_volume(&project, &pool, &volume).await?;
-    ownership::require_volume_unshared(&state, &user, &project, &pool, &volume).await?;
     let mut config = BTreeMap::from([
         ("type".to_owned(), "disk".to_owned()),
         ("pool".to_owned(), pool.to_string()),
