@@ -40,6 +40,8 @@ pub struct App {
     pub ownership: crate::api::owners::Ownership,
     /// The single sign-on provider, when `OIDC_ISSUER_URL` is set.
     pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
+    /// The callers as last read, kept current by `spawn_auth_watch`.
+    pub auth_view: crate::auth::view::AuthView,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -203,6 +205,7 @@ impl App {
             ),
             requesters: Arc::default(),
             ownership: Default::default(),
+            auth_view: Default::default(),
             oidc: config
                 .oidc
                 .clone()
@@ -220,6 +223,7 @@ impl App {
         purge_audit(&app).await;
         spawn_janitor(Arc::downgrade(&app));
         spawn_socket_watch(Arc::downgrade(&app));
+        spawn_auth_watch(&app);
         Ok(AppState(app))
     }
 }
@@ -252,6 +256,32 @@ fn spawn_socket_watch(app: Weak<App>) {
             if let Err(e) = app.sockets.check(&app.db.pool).await {
                 tracing::warn!(error = %e, "checking open WebSockets for revocation failed");
             }
+        }
+    });
+}
+
+/// Keeps `auth_view` current: the database's count of account changes
+/// checked every `WATCH_EVERY`, and on PostgreSQL its notifications too.
+/// Ends when the app is dropped.
+fn spawn_auth_watch(app: &Arc<App>) {
+    if app.db.dialect == db::Dialect::Postgres {
+        let weak = Arc::downgrade(app);
+        tokio::spawn(crate::auth::view::listen(
+            app.config.database_url.clone(),
+            move || weak.strong_count() > 0,
+        ));
+    }
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::auth::view::WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            app.auth_view
+                .check(&app.db.pool, app.db.dialect, &mut last)
+                .await;
         }
     });
 }

@@ -114,6 +114,13 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 pub async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
     let db = open_db(config).await?;
     let pool = &db.pool;
+    // Servers running on this database notice account changes within
+    // `WATCH_EVERY`; waiting a little longer here means that once a command
+    // has returned, what it revoked is revoked everywhere.
+    let changes_access = matches!(
+        cmd,
+        UserCommand::Passwd { .. } | UserCommand::Disable { .. } | UserCommand::Grant { .. }
+    );
     match cmd {
         UserCommand::Add { username, role } => {
             let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
@@ -203,6 +210,9 @@ pub async fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
                 println!("{username} is now {role} in {project}");
             }
         }
+    }
+    if changes_access {
+        tokio::time::sleep(crate::auth::view::SETTLE).await;
     }
     Ok(())
 }

@@ -109,11 +109,11 @@ impl AuthUser {
         method: &'static str,
         pat: Option<PatRef>,
     ) -> Result<Self, ApiError> {
-        let Some((user, grants)) = db::users::with_grants(&state.db.pool, user_id).await? else {
+        let Some(user) = state.auth_view.user(&state.db.pool, user_id).await? else {
             tracing::debug!("token refused: its user no longer exists");
             return Err(invalid_token());
         };
-        if user.is_disabled() {
+        if user.disabled {
             return Err(ApiError::unauthorized(
                 "account_disabled",
                 "this account is disabled",
@@ -135,8 +135,8 @@ impl AuthUser {
             }
         }
         let grants = match &pat {
-            Some(p) => grants.capped(&p.caps),
-            None => grants,
+            Some(p) => user.grants.capped(&p.caps),
+            None => user.grants.clone(),
         };
         let path = parts
             .extensions
@@ -152,8 +152,8 @@ impl AuthUser {
             ));
         }
         Ok(Self {
-            id: user.id,
-            username: user.username,
+            id: user.id.clone(),
+            username: user.username.clone(),
             grants,
             token_version: user.token_version,
             jti,
@@ -250,7 +250,11 @@ impl AuthUser {
             tracing::debug!(reason = %e, "token refused");
             invalid_token()
         })?;
-        if db::revoked_tokens::is_revoked(&state.db.pool, &claims.jti).await? {
+        if state
+            .auth_view
+            .logged_out(&state.db.pool, &claims.jti)
+            .await?
+        {
             return Err(logged_out());
         }
         Self::load(
@@ -288,7 +292,7 @@ impl AuthUser {
             return Err(invalid("was issued for another route or project"));
         }
         if let Some(jti) = &t.jti
-            && db::revoked_tokens::is_revoked(&state.db.pool, jti).await?
+            && state.auth_view.logged_out(&state.db.pool, jti).await?
         {
             return Err(logged_out());
         }

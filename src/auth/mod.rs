@@ -8,6 +8,7 @@ pub mod oidc;
 pub mod password;
 pub mod rbac;
 pub mod tokens;
+pub mod view;
 
 use std::fmt;
 

@@ -4,6 +4,7 @@
 //! which both dialects accept; only migrations differ per dialect.
 
 pub mod audit;
+pub mod auth_epoch;
 pub mod embedded;
 pub mod idempotency;
 pub mod instance_owners;

@@ -40,8 +40,9 @@ pub async fn set(
     .bind(role.as_str())
     .bind(now_secs())
     .execute(pool)
-    .await
-    .map(|_| ())
+    .await?;
+    super::auth_epoch::changed();
+    Ok(())
 }
 
 pub async fn remove(pool: &AnyPool, user_id: &str, project: &str) -> Result<bool, sqlx::Error> {
@@ -50,6 +51,7 @@ pub async fn remove(pool: &AnyPool, user_id: &str, project: &str) -> Result<bool
         .bind(project)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected() == 1)
 }
 
@@ -59,6 +61,7 @@ pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<u64, sqlx::
         .bind(project)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected())
 }
 

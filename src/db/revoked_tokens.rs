@@ -21,8 +21,9 @@ pub async fn revoke(
     .bind(user_id)
     .bind(expires_at)
     .execute(pool)
-    .await
-    .map(|_| ())
+    .await?;
+    super::auth_epoch::changed();
+    Ok(())
 }
 
 pub async fn is_revoked(pool: &AnyPool, jti: &str) -> Result<bool, sqlx::Error> {

@@ -123,6 +123,7 @@ pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
         .bind(id)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected() == 1)
 }
 
@@ -198,6 +199,7 @@ pub async fn add_member(pool: &AnyPool, team_id: &str, user_id: &str) -> Result<
     .bind(MAX_MEMBERS)
     .execute(pool)
     .await?;
+    super::auth_epoch::changed();
     let present: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM team_members WHERE team_id = $1 AND user_id = $2")
             .bind(team_id)
@@ -217,6 +219,7 @@ pub async fn remove_member(
         .bind(user_id)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected() == 1)
 }
 
@@ -235,8 +238,9 @@ pub async fn set_role(
     .bind(role.as_str())
     .bind(now_secs())
     .execute(pool)
-    .await
-    .map(|_| ())
+    .await?;
+    super::auth_epoch::changed();
+    Ok(())
 }
 
 pub async fn remove_role(
@@ -249,6 +253,7 @@ pub async fn remove_role(
         .bind(project)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected() == 1)
 }
 
@@ -258,5 +263,6 @@ pub async fn remove_project(pool: &AnyPool, project: &str) -> Result<u64, sqlx::
         .bind(project)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected())
 }

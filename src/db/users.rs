@@ -150,7 +150,9 @@ pub struct Changes {
 pub async fn update(pool: &AnyPool, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     apply(&mut tx, id, c).await?;
-    tx.commit().await
+    tx.commit().await?;
+    super::auth_epoch::changed();
+    Ok(())
 }
 
 async fn apply(tx: &mut AnyConnection, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
@@ -245,6 +247,7 @@ pub async fn update_keeping_an_admin(db: &Db, id: &str, c: &Changes) -> Result<b
     }
     apply(&mut tx, id, c).await?;
     tx.commit().await?;
+    super::auth_epoch::changed();
     Ok(true)
 }
 
@@ -260,6 +263,7 @@ pub async fn delete_keeping_an_admin(db: &Db, id: &str) -> Result<Option<bool>, 
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    super::auth_epoch::changed();
     Ok((r.rows_affected() == 1).then_some(true))
 }
 
@@ -277,6 +281,7 @@ pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
         .bind(id)
         .execute(pool)
         .await?;
+    super::auth_epoch::changed();
     Ok(r.rows_affected() == 1)
 }
 
@@ -468,5 +473,7 @@ pub async fn sync_oidc(
             .await?;
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    super::auth_epoch::changed();
+    Ok(())
 }

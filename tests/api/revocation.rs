@@ -376,3 +376,78 @@ async fn revocation_on_one_replica_closes_sockets_on_another() {
     let (code, reason, _) = closed(&mut socket).await;
     assert_eq!((code, reason.as_str()), (4401, "account disabled"));
 }
+
+/// `auth/me` of `token` until `done` says its answer shows the change, for
+/// at most a second (the in-memory view checks the database's count of
+/// account changes every 200 ms; PostgreSQL also notifies at once).
+async fn within_a_second(app: &TestApp, token: &str, done: impl Fn(&Reply) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = app.get("/api/v1/auth/me", Some(token)).await;
+        if done(&r) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a change made outside this server is not seen after {:?}: {} {}",
+            start.elapsed(),
+            r.status,
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Changes written by another replica or a shell command, here raw SQL
+// behind the server's back (so not counted by this process), reach the
+// callers the server keeps in memory.
+db_test!(
+    account_changes_made_elsewhere_reach_the_kept_callers,
+    |app| {
+        let admin = app.admin_token().await;
+        let token = app
+            .user_with_role(&admin, "kept-caller", Some("viewer"))
+            .await;
+        let r = app
+            .send(
+                app.request(
+                    Method::PUT,
+                    "/api/v1/users/kept-caller/projects/default",
+                    Some(&admin),
+                )
+                .json(&json!({"role": "operator"})),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+        for _ in 0..3 {
+            let me = app.get("/api/v1/auth/me", Some(&token)).await;
+            assert_eq!(me.body["projects"][0]["role"], "operator", "{}", me.text);
+        }
+        sqlx::any::install_default_drivers();
+        let db = sqlx::AnyPool::connect(&app.config.database_url)
+            .await
+            .unwrap();
+
+        sqlx::query(
+        "DELETE FROM project_roles WHERE project = 'default' AND user_id IN (SELECT id FROM users WHERE username = 'kept-caller')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+        let after = within_a_second(&app, &token, |r| {
+            r.status == 200 && r.body["projects"].as_array().is_some_and(|p| p.is_empty())
+        })
+        .await;
+        eprintln!("a removed grant was seen after {after:?}");
+
+        sqlx::query("UPDATE users SET disabled = 1 WHERE username = 'kept-caller'")
+            .execute(&db)
+            .await
+            .unwrap();
+        let after = within_a_second(&app, &token, |r| r.status == 401).await;
+        eprintln!("a disabled account was seen after {after:?}");
+        app.get("/api/v1/auth/me", Some(&token))
+            .await
+            .assert_problem(401, "account_disabled");
+    }
+);
