@@ -3,8 +3,10 @@
 //! Every measurement has a reference taken in the same run, straight to
 //! incusd's unix socket with the same client code:
 //!
-//! * `list`: `GET /api/v1/instances` through lxgate vs `GET
-//!   /1.0/instances?recursion=1` on the socket, same concurrency and duration.
+//! * `list`: `GET /api/v1/instances` through lxgate vs `GET /1.0/instances`
+//!   on the socket and through a plain nginx proxy of it (recursion 0 and 1,
+//!   same concurrency and duration, alternating rounds); then `auth/me` vs
+//!   `/health` on lxgate.
 //! * `events`: N WebSocket subscribers on lxgate's relay plus one direct
 //!   `/1.0/events` subscriber while generators PATCH instances on incusd;
 //!   delivery rate and latency from the event's own timestamp.
@@ -92,24 +94,109 @@ async fn main() -> Res<()> {
 
 // ------------------------------------------------------------------ list ---
 
+/// One side of a comparison: what the same client calls, and how.
+struct Target {
+    name: String,
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+/// The loads of `targets` (the first is the reference) over `rounds`
+/// rounds, each round starting with the next target so that none always
+/// runs on a machine warmed (or tired) by the others; prints one row per
+/// target with the medians over the rounds.
+async fn compare(cfg: &Cfg, what: &str, targets: &[Target]) {
+    let rounds = num("BENCH_ROUNDS", 3).max(1);
+    let warm = Duration::from_secs(2);
+    for t in targets {
+        load(
+            t.client.clone(),
+            t.url.clone(),
+            t.token.clone(),
+            cfg.conns,
+            warm,
+        )
+        .await;
+    }
+    let mut runs: Vec<Vec<common::Load>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let t = &targets[i];
+            eprintln!("[bench] {what}: round {}/{rounds}, {}", round + 1, t.name);
+            let l = load(
+                t.client.clone(),
+                t.url.clone(),
+                t.token.clone(),
+                cfg.conns,
+                cfg.duration,
+            )
+            .await;
+            runs[i].push(l);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rps = |i: usize| median(runs[i].iter().map(common::Load::rps).collect());
+    let p = |i: usize, q: f64| {
+        Duration::from_secs_f64(median(
+            runs[i]
+                .iter()
+                .map(|l| pct(&l.latencies, q).as_secs_f64())
+                .collect(),
+        ))
+    };
+    println!(
+        "| {what} | concurrency | req/s (median of {rounds}) | p50 | p99 | req/s vs {} | per round | errors |",
+        targets[0].name
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
+    for (i, t) in targets.iter().enumerate() {
+        let per_round: Vec<f64> = runs[i]
+            .iter()
+            .zip(&runs[0])
+            .map(|(l, r)| l.rps() / r.rps())
+            .collect();
+        let (lo, hi) = per_round
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {:.2}× | {lo:.2}-{hi:.2} | {} |",
+            t.name,
+            cfg.conns,
+            rps(i),
+            ms(p(i, 0.5)),
+            ms(p(i, 0.99)),
+            rps(i) / rps(0),
+            runs[i].iter().map(|l| l.errors).sum::<usize>()
+        );
+    }
+    println!();
+}
+
 async fn list(cfg: &Cfg) -> Res<()> {
     let direct = reqwest::Client::builder()
         .unix_socket(cfg.socket.clone())
         .build()?;
-    let through = reqwest::Client::builder().build()?;
-    let direct_url = "http://incus/1.0/instances?recursion=1".to_owned();
-    let lxgate_url = format!("{}/api/v1/instances?limit=1000", cfg.lxgate);
-    // Same number of instances on both sides, checked rather than assumed.
+    let http = reqwest::Client::builder().build()?;
+    let nginx = var("BENCH_NGINX_URL");
+    // Same number of instances on every side, checked rather than assumed.
     let n_direct = direct
-        .get(&direct_url)
+        .get("http://incus/1.0/instances")
         .send()
         .await?
         .json::<Value>()
         .await?["metadata"]
         .as_array()
         .map_or(0, Vec::len);
-    let n_lxgate = through
-        .get(&lxgate_url)
+    let n_lxgate = http
+        .get(format!(
+            "{}/api/v1/instances?expand=false&limit=1000",
+            cfg.lxgate
+        ))
         .bearer_auth(&cfg.token)
         .send()
         .await?
@@ -121,45 +208,55 @@ async fn list(cfg: &Cfg) -> Res<()> {
         n_direct, n_lxgate,
         "both sides must list the same instances"
     );
-    eprintln!("[bench] list: {n_direct} instances, warm-up");
-    let warm = Duration::from_secs(2);
-    load(direct.clone(), direct_url.clone(), None, cfg.conns, warm).await;
-    let token = Some(cfg.token.clone());
-    load(through.clone(), lxgate_url.clone(), token, cfg.conns, warm).await;
-    eprintln!("[bench] list: direct to incusd");
-    let reference = load(direct, direct_url, None, cfg.conns, cfg.duration).await;
-    eprintln!("[bench] list: through lxgate");
-    let gw = load(
-        through,
-        lxgate_url,
-        Some(cfg.token.clone()),
-        cfg.conns,
-        cfg.duration,
-    )
-    .await;
-    println!(
-        "| scenario | instances | concurrency | req/s | p50 | p99 | req/s vs direct | p50 vs direct | errors |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, l) in [
-        (
-            "`GET /1.0/instances?recursion=1` straight to incusd's socket (reference)",
-            &reference,
-        ),
-        ("`GET /api/v1/instances` through lxgate", &gw),
-    ] {
-        println!(
-            "| {name} | {n_direct} | {} | {:.0} | {} | {} | {:.2}× | {:.2}× | {} |",
-            cfg.conns,
-            l.rps(),
-            ms(pct(&l.latencies, 0.5)),
-            ms(pct(&l.latencies, 0.99)),
-            l.rps() / reference.rps(),
-            pct(&l.latencies, 0.5).as_secs_f64() / pct(&reference.latencies, 0.5).as_secs_f64(),
-            l.errors
+    eprintln!("[bench] list: {n_direct} instances");
+    for (recursion, expand, label) in [(0, "false", "names"), (1, "true", "objects")] {
+        let side = |name: &str, client: &reqwest::Client, url: String, token: bool| Target {
+            name: name.to_owned(),
+            client: client.clone(),
+            url,
+            token: token.then(|| cfg.token.clone()),
+        };
+        let targets = [
+            side(
+                "incusd's socket",
+                &direct,
+                format!("http://incus/1.0/instances?recursion={recursion}"),
+                false,
+            ),
+            side(
+                "nginx → socket",
+                &http,
+                format!("{nginx}/1.0/instances?recursion={recursion}"),
+                false,
+            ),
+            side(
+                "lxgate",
+                &http,
+                format!("{}/api/v1/instances?expand={expand}&limit=1000", cfg.lxgate),
+                true,
+            ),
+        ];
+        let what = format!(
+            "`GET instances`, {n_direct} as {label} (recursion {recursion}, `expand={expand}`)"
         );
+        compare(cfg, &what, &targets).await;
     }
-    println!();
+    // An authenticated call that needs no backend, against lxgate's floor.
+    let targets = [
+        Target {
+            name: "`GET /health`".into(),
+            client: http.clone(),
+            url: format!("{}/health", cfg.lxgate),
+            token: None,
+        },
+        Target {
+            name: "`GET /api/v1/auth/me`".into(),
+            client: http.clone(),
+            url: format!("{}/api/v1/auth/me", cfg.lxgate),
+            token: Some(cfg.token.clone()),
+        },
+    ];
+    compare(cfg, "lxgate without a backend call", &targets).await;
     Ok(())
 }
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark of the Incus backend (issue 3) against the test bed's real incusd,
-# every figure next to a reference measured in the same run:
-#   1. GET /api/v1/instances through lxgate vs GET /1.0/instances?recursion=1
-#      straight to incusd's unix socket (same client, instances, concurrency)
+# Benchmark of the Incus backend (issues 3 and 14) against the test bed's real
+# incusd, every figure next to a reference measured in the same run:
+#   1. GET /api/v1/instances through lxgate vs GET /1.0/instances straight to
+#      incusd's unix socket and through a plain nginx reverse proxy of that
+#      socket (the floor a gateway is held to), recursion 0 and 1; then
+#      GET /api/v1/auth/me vs GET /health on lxgate. BENCH_ROUNDS alternating
+#      rounds, medians reported.
 #   2. event fan-out: BENCH_SUBSCRIBERS WebSocket clients on lxgate's relay vs
 #      one direct /1.0/events subscriber, while instances are PATCHed on incusd
 #   3. exec relay throughput: bytes through `cat` in an interactive exec,
@@ -10,7 +13,7 @@
 # The load generator is benches/incus.rs (cargo bench --bench incus).
 #
 # Usage: bash scripts/bench-incus.sh   (part of `make bench`)
-# Knobs: BENCH_DURATION=10 (s per run), BENCH_CONNECTIONS=16, BENCH_INSTANCES=20,
+# Knobs: BENCH_DURATION=10 (s per run), BENCH_ROUNDS=3, BENCH_CONNECTIONS=16, BENCH_INSTANCES=20,
 #        BENCH_SUBSCRIBERS=200, BENCH_EXEC_MIB=64, BENCH_SKIP_BUILD=1,
 #        BENCH_OUT (default target/bench/incus.md)
 set -euo pipefail
@@ -19,6 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export BENCH_DURATION="${BENCH_DURATION:-10}"
+export BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 export BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-16}"
 export BENCH_SUBSCRIBERS="${BENCH_SUBSCRIBERS:-200}"
 export BENCH_EXEC_MIB="${BENCH_EXEC_MIB:-64}"
@@ -29,7 +33,7 @@ BIN="$ROOT/target/release/lxgate"
 log() { printf '[bench-incus] %s\n' "$*" >&2; }
 die() { printf '[bench-incus] ERROR: %s\n' "$*" >&2; exit 1; }
 
-for v in BENCH_DURATION BENCH_CONNECTIONS BENCH_SUBSCRIBERS BENCH_EXEC_MIB INSTANCES; do
+for v in BENCH_DURATION BENCH_ROUNDS BENCH_CONNECTIONS BENCH_SUBSCRIBERS BENCH_EXEC_MIB INSTANCES; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 
@@ -47,11 +51,31 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found"
 
+if ! command -v nginx >/dev/null; then
+    # Debian's nginx, only as the benchmark's floor: its init script must not
+    # start the default site (port 80 on every address) while it installs.
+    log "apt: installing nginx-light (the reverse-proxy floor)"
+    BACKPORTS_SOURCES=/dev/null
+    apt_log="$(mktemp)"
+    # shellcheck source=scripts/lib/apt.sh
+    source scripts/lib/apt.sh
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# temporary, scripts/bench-incus.sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt_install_retry nginx-light --no-install-recommends nginx-light
+    rm -f /usr/sbin/policy-rc.d "$apt_log"
+    trap - EXIT
+fi
+
 WORK="$(mktemp -d /tmp/lxgate-bench-incus.XXXXXX)"
 SERVER_PID=""
+NGINX_PID=""
 PREFIX="bench-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cleanup() {
     [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+    [ -z "$NGINX_PID" ] || { kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null || true; }
     for n in $(incus list --format csv --columns n 2>/dev/null | grep "^$PREFIX-" || true); do
         incus delete --force "$n" >/dev/null 2>&1 || true
     done
@@ -91,6 +115,46 @@ for _ in $(seq 1 100); do
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; die "lxgate exited"; }
     sleep 0.2
 done
+# The floor: Debian's nginx as a plain reverse proxy of incusd's socket, with
+# keepalive to it, on loopback only, in the foreground with files of its own.
+NGINX_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+# root: incusd's socket is root's alone (nginx's workers are www-data otherwise).
+user root;
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    upstream incus { server unix:$SOCKET; keepalive 32; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://incus;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >"$WORK/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+export BENCH_NGINX_URL="http://127.0.0.1:$NGINX_PORT"
+for _ in $(seq 1 50); do
+    curl -fsS -o /dev/null --max-time 1 "$BENCH_NGINX_URL/1.0" 2>/dev/null && break
+    kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/nginx/"*.log >&2; die "nginx exited"; }
+    sleep 0.2
+done
+
 BENCH_TOKEN="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
     -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
     "$BENCH_LXGATE_URL/api/v1/auth/login" | jq -er .access_token)" || die "login failed"
@@ -104,12 +168,13 @@ GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"
 {
     cat "$WORK/tables.md"
-    echo "Peak RSS (VmHWM) of lxgate over the three runs: $((RSS_PEAK_KB / 1024)) MiB."
+    echo "Peak RSS (VmHWM) of lxgate over all runs: $((RSS_PEAK_KB / 1024)) MiB."
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $(uname -sr); incusd, lxgate and the load generator share it (load average before: $LOAD_BEFORE)"
     echo "- incus $(incus version 2>/dev/null | awk '/^Server/ {print $3}'), unix socket; lxgate $GIT_REV release build, SQLite, LOG_LEVEL=warn"
-    echo "- ${BENCH_DURATION}s per run, $BENCH_CONNECTIONS concurrent requests, $INSTANCES containers, $BENCH_SUBSCRIBERS event subscribers, $BENCH_EXEC_MIB MiB through cat"
+    echo "- nginx $(nginx -v 2>&1 | sed 's|.*/||') (worker_processes auto, keepalive 32 to the socket) as the proxy floor"
+    echo "- ${BENCH_DURATION}s per run, $BENCH_ROUNDS alternating rounds (medians shown), $BENCH_CONNECTIONS concurrent requests, $INSTANCES containers, $BENCH_SUBSCRIBERS event subscribers, $BENCH_EXEC_MIB MiB through cat"
 } | tee "$WORK/report.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"

@@ -41,7 +41,7 @@ pub struct App {
     /// The single sign-on provider, when `OIDC_ISSUER_URL` is set.
     pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
     /// The callers as last read, kept current by `spawn_auth_watch`.
-    pub auth_view: crate::auth::view::AuthView,
+    pub auth_view: Arc<crate::auth::view::AuthView>,
     pub backend: Arc<dyn Backend>,
     pub metrics: PrometheusHandle,
 }
@@ -260,30 +260,23 @@ fn spawn_socket_watch(app: Weak<App>) {
     });
 }
 
-/// Keeps `auth_view` current: the database's count of account changes
-/// checked every `WATCH_EVERY`, and on PostgreSQL its notifications too.
-/// Ends when the app is dropped.
+/// Keeps `auth_view` current (see `auth::view`). Ends when the app is dropped.
 fn spawn_auth_watch(app: &Arc<App>) {
-    if app.db.dialect == db::Dialect::Postgres {
-        let weak = Arc::downgrade(app);
-        tokio::spawn(crate::auth::view::listen(
-            app.config.database_url.clone(),
-            move || weak.strong_count() > 0,
-        ));
-    }
-    let app = Arc::downgrade(app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::auth::view::WATCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = None;
-        loop {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { break };
-            app.auth_view
-                .check(&app.db.pool, app.db.dialect, &mut last)
-                .await;
+    let weak = Arc::downgrade(app);
+    match app.db.dialect {
+        db::Dialect::Postgres => {
+            tokio::spawn(crate::auth::view::watch_postgres(
+                app.config.database_url.clone(),
+                move || weak.upgrade().map(|a| a.auth_view.clone()),
+            ));
         }
-    });
+        db::Dialect::Sqlite => {
+            tokio::spawn(crate::auth::view::watch_sqlite(move || {
+                weak.upgrade()
+                    .map(|a| (a.auth_view.clone(), a.db.pool.clone()))
+            }));
+        }
+    }
 }
 
 /// Periodic clean-up: limiter maps, spent tokens and tickets. Ends when the app is dropped.

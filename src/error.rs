@@ -258,15 +258,40 @@ impl From<sqlx::Error> for ApiError {
             return Self::conflict("already_exists", "a resource with this name already exists")
                 .with_source(e);
         }
-        match e {
-            sqlx::Error::PoolTimedOut => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is not answering; try again shortly",
-            )
-            .with_source(e),
-            other => Self::internal(other),
+        if database_away(&e) {
+            return Self::database_unavailable().with_source(e);
         }
+        Self::internal(e)
+    }
+}
+
+impl ApiError {
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is not answering; try again shortly",
+        )
+    }
+}
+
+/// The database is away (stopped, restarting, unreachable, out of
+/// connections) rather than the request being wrong: a 503 the client may
+/// retry, not a 500.
+fn database_away(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // SQLSTATE classes 08 (connection exception) and 57P (operator
+        // intervention: shutdown, crash, cannot connect now), and 53300
+        // (too many connections).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
     }
 }
 

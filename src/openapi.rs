@@ -419,10 +419,11 @@ fn idempotent(op: &mut Operation) {
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
             if let Some(op) = &mut item.post {
                 idempotent(op);
             }
+            let api = path.starts_with("/api/");
             for (op, write) in [
                 (&mut item.get, false),
                 (&mut item.put, true),
@@ -432,6 +433,18 @@ impl Modify for CommonResponses {
             ] {
                 if let Some(op) = op {
                     Self::complete(op, write);
+                    if api {
+                        // Every API call needs the user database, and most
+                        // the backend too.
+                        op.responses
+                            .responses
+                            .entry("503".to_owned())
+                            .or_insert_with(|| {
+                                problem(
+                                    "The user database (`database_unavailable`) or the backend (`backend_unavailable`) is not answering; try again shortly".into(),
+                                )
+                            });
+                    }
                 }
             }
         }

@@ -22,7 +22,7 @@ use crate::api::v1::{audit, auth, events, images, instances, operations, system,
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::v1::{permissions, teams, users};
-use crate::api::{health, idempotency, ownership, upload};
+use crate::api::{availability, health, idempotency, ownership, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -351,6 +351,11 @@ pub fn build(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), idempotency::honoured_routes(&openapi)),
             idempotency::layer,
+        ))
+        // Outermost: while the user database is away nothing else can work.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            availability::gate,
         ))
         .merge(
             SwaggerUi::new("/docs")

@@ -1,6 +1,7 @@
 //! The HTTP API: extractors and envelopes shared by every resource module.
 
 pub mod accounts;
+pub mod availability;
 pub mod devices;
 pub mod health;
 pub mod idempotency;

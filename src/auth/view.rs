@@ -60,6 +60,8 @@ pub struct AuthView {
     logged_out: Cache<String, Stamped<bool>>,
     /// The last check of the database's count succeeded.
     watching: AtomicBool,
+    /// The database refused or dropped the watch's last connection.
+    away: AtomicBool,
 }
 
 impl Default for AuthView {
@@ -75,6 +77,7 @@ impl Default for AuthView {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             watching: AtomicBool::new(false),
+            away: AtomicBool::new(false),
         }
     }
 }
@@ -138,66 +141,132 @@ impl AuthView {
         Ok(revoked)
     }
 
-    /// One check of the database's count against `last`: a difference (or
-    /// a first sight) counts as a change. A failed check stops the view
-    /// from being used until one succeeds.
-    pub async fn check(&self, pool: &AnyPool, dialect: Dialect, last: &mut Option<i64>) {
-        match auth_epoch::stored(pool, dialect).await {
-            Ok(n) => {
-                if *last != Some(n) {
-                    auth_epoch::changed();
-                    *last = Some(n);
-                }
-                self.watching.store(true, Ordering::SeqCst);
+    /// Records the database's count `n` as seen: a difference from `last`
+    /// (or a first sight) counts as a change.
+    fn seen(&self, n: i64, last: &mut Option<i64>) {
+        if *last != Some(n) {
+            auth_epoch::changed();
+            *last = Some(n);
+        }
+        self.watching.store(true, Ordering::SeqCst);
+        self.away.store(false, Ordering::SeqCst);
+    }
+
+    /// The count could not be read: nothing kept is trusted until it can,
+    /// and whatever was missed meanwhile counts as a change. `away`: the
+    /// database refused or dropped the connection (not merely slow).
+    fn lost(&self, error: &dyn std::fmt::Display, away: bool, last: &mut Option<i64>) {
+        if self.watching.swap(false, Ordering::SeqCst) {
+            tracing::warn!(error = %error, "checking for account changes failed; callers are read from the database until it works again");
+        }
+        if away && !self.away.swap(true, Ordering::SeqCst) {
+            tracing::warn!(error = %error, "the user database is away; API requests answer 503 at once until it is back");
+        }
+        *last = None;
+    }
+
+    /// The user database refused or dropped the last connection made to
+    /// watch it: every request would wait for the pool's timeout, so the
+    /// API answers 503 at once instead (`api::availability`).
+    pub fn database_away(&self) -> bool {
+        self.away.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps `view` current on SQLite: the count read through the pool every
+/// `WATCH_EVERY` (a file database is not "away"; a failed read only stops
+/// the view from being trusted). Ends when `alive` says so.
+pub async fn watch_sqlite(view: impl Fn() -> Option<(Arc<AuthView>, AnyPool)>) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let Some((view, pool)) = view() else { break };
+        match auth_epoch::stored(&pool, Dialect::Sqlite).await {
+            Ok(n) => view.seen(n, &mut last),
+            Err(e) => view.lost(&e, false, &mut last),
+        }
+    }
+}
+
+/// Keeps `view` current on PostgreSQL, on connections of its own (so that
+/// a full pool never delays it): `lxgate_auth` notifications as they come,
+/// and the count every `WATCH_EVERY` (a notification sent while the
+/// listening connection was down is lost; the count is not). A refused or
+/// dropped connection marks the database away. Ends when `view` gives none.
+pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>>) {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnection, PgListener};
+    let mut last = None;
+    let mut listener: Option<PgListener> = None;
+    let mut conn: Option<PgConnection> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while let Some(v) = view() {
+        if conn.is_none() {
+            match tokio::time::timeout(CONNECT_WITHIN, PgConnection::connect(&url)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => v.lost(&e, true, &mut last),
+                Err(e) => v.lost(&e, true, &mut last),
             }
-            Err(e) => {
-                if self.watching.swap(false, Ordering::SeqCst) {
-                    tracing::warn!(error = %e, "checking for account changes failed; callers are read from the database until it works again");
+        }
+        if conn.is_some() && listener.is_none() {
+            let connected = tokio::time::timeout(CONNECT_WITHIN, async {
+                let mut l = PgListener::connect(&url).await?;
+                l.listen("lxgate_auth").await?;
+                Ok::<_, sqlx::Error>(l)
+            })
+            .await;
+            match connected {
+                // Anything changed while it was not listening is unknown:
+                // the count read next says.
+                Ok(Ok(l)) => listener = Some(l),
+                Ok(Err(e)) => v.lost(&e, true, &mut last),
+                Err(e) => v.lost(&e, true, &mut last),
+            }
+        }
+        let (Some(c), Some(l)) = (conn.as_mut(), listener.as_mut()) else {
+            drop(v);
+            tokio::time::sleep(WATCH_EVERY).await;
+            continue;
+        };
+        tokio::select! {
+            // `try_recv` is cancel-safe: a tick loses no notification.
+            got = l.try_recv() => match got {
+                Ok(Some(_)) => auth_epoch::changed(),
+                Ok(None) => {
+                    v.lost(&"the notification connection was lost", true, &mut last);
+                    listener = None;
                 }
-                // Whatever was missed meanwhile is a change.
-                *last = None;
+                Err(e) => {
+                    v.lost(&e, true, &mut last);
+                    listener = None;
+                }
+            },
+            _ = tick.tick() => {
+                let read = tokio::time::timeout(
+                    CONNECT_WITHIN,
+                    sqlx::query_scalar::<_, i64>("SELECT last_value FROM auth_epoch").fetch_one(c),
+                )
+                .await;
+                match read {
+                    Ok(Ok(n)) => v.seen(n, &mut last),
+                    Ok(Err(e)) => {
+                        v.lost(&e, true, &mut last);
+                        conn = None;
+                    }
+                    // Slow is not away; the connection is made afresh.
+                    Err(e) => {
+                        v.lost(&e, false, &mut last);
+                        conn = None;
+                    }
+                }
             }
         }
     }
 }
 
-/// Listens for PostgreSQL's `lxgate_auth` notifications until `stop` says
-/// so; each one (and each reconnection, since notifications sent meanwhile
-/// are lost) counts as a change.
-pub async fn listen(url: String, alive: impl Fn() -> bool + Send + 'static) {
-    use sqlx::postgres::PgListener;
-    let mut backoff = Duration::from_millis(200);
-    while alive() {
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "connecting for account-change notifications failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen("lxgate_auth").await {
-            tracing::debug!(error = %e, "listening for account-change notifications failed");
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
-        backoff = Duration::from_millis(200);
-        auth_epoch::changed();
-        loop {
-            // Wakes now and then to notice that the server has stopped.
-            match tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await {
-                Err(_) if !alive() => return,
-                Err(_) => {}
-                Ok(Ok(Some(_))) => auth_epoch::changed(),
-                // The connection was lost (and will be made again).
-                Ok(Ok(None)) => auth_epoch::changed(),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "account-change notifications interrupted");
-                    auth_epoch::changed();
-                    break;
-                }
-            }
-        }
-    }
-}
+/// How long connecting to (or reading the count from) the database may
+/// take before the watch gives up on that attempt.
+const CONNECT_WITHIN: Duration = Duration::from_secs(2);

@@ -9,6 +9,7 @@ mod docs_ui;
 mod embedded;
 mod embedded_sources;
 mod exposure;
+mod faults;
 mod idempotency;
 mod image_bounds;
 mod image_publish;
