@@ -262,7 +262,7 @@ impl AuthUser {
             parts,
             &claims.sub,
             Some(claims.tv),
-            Some(claims.jti),
+            Some(claims.jti.clone()),
             method,
             None,
         )
