@@ -97,9 +97,25 @@ async fn main() -> Res<()> {
 /// One side of a comparison: what the same client calls, and how.
 struct Target {
     name: String,
-    client: reqwest::Client,
+    /// Through incusd's unix socket rather than TCP.
+    socket: Option<PathBuf>,
     url: String,
     token: Option<String>,
+}
+
+impl Target {
+    /// A client of its own for each run, dropped with its idle connections
+    /// when the run ends: incusd peeks at the first bytes of each new
+    /// connection in its accept loop, so a pooled connection opened in a
+    /// connect race and never written to stalls it for every later client
+    /// (see `IncusClient::new`) until it is closed.
+    fn client(&self) -> reqwest::Client {
+        match &self.socket {
+            Some(p) => reqwest::Client::builder().unix_socket(p.clone()).build(),
+            None => reqwest::Client::builder().build(),
+        }
+        .expect("an HTTP client")
+    }
 }
 
 /// The loads of `targets` (the first is the reference) over `rounds`
@@ -110,14 +126,7 @@ async fn compare(cfg: &Cfg, what: &str, targets: &[Target]) {
     let rounds = num("BENCH_ROUNDS", 3).max(1);
     let warm = Duration::from_secs(2);
     for t in targets {
-        load(
-            t.client.clone(),
-            t.url.clone(),
-            t.token.clone(),
-            cfg.conns,
-            warm,
-        )
-        .await;
+        load(t.client(), t.url.clone(), t.token.clone(), cfg.conns, warm).await;
     }
     let mut runs: Vec<Vec<common::Load>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
@@ -126,7 +135,7 @@ async fn compare(cfg: &Cfg, what: &str, targets: &[Target]) {
             let t = &targets[i];
             eprintln!("[bench] {what}: round {}/{rounds}, {}", round + 1, t.name);
             let l = load(
-                t.client.clone(),
+                t.client(),
                 t.url.clone(),
                 t.token.clone(),
                 cfg.conns,
@@ -183,6 +192,7 @@ async fn list(cfg: &Cfg) -> Res<()> {
         .build()?;
     let http = reqwest::Client::builder().build()?;
     let nginx = var("BENCH_NGINX_URL");
+    // Counted with a client dropped right after (see `Target::client`).
     // Same number of instances on every side, checked rather than assumed.
     let n_direct = direct
         .get("http://incus/1.0/instances")
@@ -192,6 +202,7 @@ async fn list(cfg: &Cfg) -> Res<()> {
         .await?["metadata"]
         .as_array()
         .map_or(0, Vec::len);
+    drop(direct);
     let n_lxgate = http
         .get(format!(
             "{}/api/v1/instances?expand=false&limit=1000",
@@ -210,28 +221,28 @@ async fn list(cfg: &Cfg) -> Res<()> {
     );
     eprintln!("[bench] list: {n_direct} instances");
     for (recursion, expand, label) in [(0, "false", "names"), (1, "true", "objects")] {
-        let side = |name: &str, client: &reqwest::Client, url: String, token: bool| Target {
+        let side = |name: &str, socket: bool, url: String, token: bool| Target {
             name: name.to_owned(),
-            client: client.clone(),
+            socket: socket.then(|| cfg.socket.clone()),
             url,
             token: token.then(|| cfg.token.clone()),
         };
         let targets = [
             side(
                 "incusd's socket",
-                &direct,
+                true,
                 format!("http://incus/1.0/instances?recursion={recursion}"),
                 false,
             ),
             side(
                 "nginx → socket",
-                &http,
+                false,
                 format!("{nginx}/1.0/instances?recursion={recursion}"),
                 false,
             ),
             side(
                 "lxgate",
-                &http,
+                false,
                 format!("{}/api/v1/instances?expand={expand}&limit=1000", cfg.lxgate),
                 true,
             ),
@@ -245,13 +256,13 @@ async fn list(cfg: &Cfg) -> Res<()> {
     let targets = [
         Target {
             name: "`GET /health`".into(),
-            client: http.clone(),
+            socket: None,
             url: format!("{}/health", cfg.lxgate),
             token: None,
         },
         Target {
             name: "`GET /api/v1/auth/me`".into(),
-            client: http.clone(),
+            socket: None,
             url: format!("{}/api/v1/auth/me", cfg.lxgate),
             token: Some(cfg.token.clone()),
         },
@@ -319,6 +330,7 @@ async fn events(cfg: &Cfg) -> Res<()> {
     let done = Arc::new(AtomicBool::new(false));
     let ws_base = cfg.lxgate.replacen("http", "ws", 1);
     eprintln!("[bench] events: connecting {} subscribers", cfg.subscribers);
+    let rss_before = lxgate_rss_mib();
     let mut subs = Vec::new();
     for _ in 0..cfg.subscribers {
         let url = format!(
@@ -331,6 +343,7 @@ async fn events(cfg: &Cfg) -> Res<()> {
     let direct = unix_ws(&cfg.socket, "/1.0/events?type=lifecycle").await?;
     let reference = tokio::spawn(subscribe(direct, done.clone(), prefix.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = lxgate_rss_mib();
 
     eprintln!("[bench] events: generating for {:?}", cfg.duration);
     let client = reqwest::Client::builder()
@@ -405,7 +418,23 @@ async fn events(cfg: &Cfg) -> Res<()> {
         ms(pct(&lat, 0.99).saturating_sub(pct(&ref_lat, 0.99))),
     );
     println!();
+    println!(
+        "lxgate's resident memory (VmRSS) with the {} subscribers connected and idle: {rss_idle:.0} MiB (before they connected: {rss_before:.0} MiB).",
+        cfg.subscribers
+    );
+    println!();
     Ok(())
+}
+
+/// lxgate's resident memory now, in MiB (`BENCH_LXGATE_PID`'s VmRSS).
+fn lxgate_rss_mib() -> f64 {
+    let pid = var("BENCH_LXGATE_PID");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 // ------------------------------------------------------------------ exec ---

@@ -14,7 +14,7 @@
 #
 # Usage: bash scripts/bench-incus.sh   (part of `make bench`)
 # Knobs: BENCH_DURATION=10 (s per run), BENCH_ROUNDS=3, BENCH_CONNECTIONS=16, BENCH_INSTANCES=20,
-#        BENCH_SUBSCRIBERS=200, BENCH_EXEC_MIB=64, BENCH_SKIP_BUILD=1,
+#        BENCH_SUBSCRIBERS=1000, BENCH_EXEC_MIB=64, BENCH_SKIP_BUILD=1,
 #        BENCH_OUT (default target/bench/incus.md)
 set -euo pipefail
 
@@ -24,7 +24,7 @@ cd "$ROOT"
 export BENCH_DURATION="${BENCH_DURATION:-10}"
 export BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 export BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-16}"
-export BENCH_SUBSCRIBERS="${BENCH_SUBSCRIBERS:-200}"
+export BENCH_SUBSCRIBERS="${BENCH_SUBSCRIBERS:-1000}"
 export BENCH_EXEC_MIB="${BENCH_EXEC_MIB:-64}"
 INSTANCES="${BENCH_INSTANCES:-20}"
 OUT="${BENCH_OUT:-$ROOT/target/bench/incus.md}"
@@ -107,6 +107,7 @@ mkdir -p "$WORK/data"
         JWT_SECRET="bench-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
         SEED_ADMIN_USERNAME="$BENCH_USER" SEED_ADMIN_PASSWORD="$BENCH_PASSWORD" \
         BACKEND=incus INCUS_SOCKET_PATH="$SOCKET" \
+        MAX_WEBSOCKETS_PER_USER=$((BENCH_SUBSCRIBERS + 100)) \
         LOG_FORMAT=json LOG_LEVEL=warn "$BIN" serve
 ) >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
@@ -158,10 +159,14 @@ done
 BENCH_TOKEN="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
     -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
     "$BENCH_LXGATE_URL/api/v1/auth/login" | jq -er .access_token)" || die "login failed"
-export BENCH_TOKEN BENCH_INCUS_SOCKET="$SOCKET"
+export BENCH_TOKEN BENCH_INCUS_SOCKET="$SOCKET" BENCH_LXGATE_PID="$SERVER_PID"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-cargo bench --quiet --bench incus >"$WORK/tables.md" || { cat "$WORK/server.log" >&2; die "the load generator failed"; }
+cargo bench --quiet --bench incus >"$WORK/tables.md" || {
+    tail -n 50 "$WORK/server.log" >&2
+    cat "$WORK/tables.md" >&2
+    die "the load generator failed"
+}
 RSS_PEAK_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")
 
 GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -60,14 +60,28 @@ impl Confinement {
     }
 }
 
-/// How long a listing may reuse an `lxc-info` answer. Every state change
-/// lxgate makes drops the entry, so only changes from outside (a container
-/// that dies) show up this late.
+/// How long a listing may reuse an `lxc-info` answer as it is. Every state
+/// change lxgate makes drops the entry, so only changes from outside (a
+/// container that dies) show up this late.
 const INFO_TTL: Duration = Duration::from_secs(2);
+
+/// Past `INFO_TTL` and up to this age, a listing still answers with the
+/// last answer at once while a refresh runs behind it, so that no listing
+/// waits for a hundred `lxc-info`s; older than this, it waits for a fresh one.
+const INFO_STALE_MAX: Duration = Duration::from_secs(30);
+
+/// Refreshes running behind listings at once (each is an `lxc-info` process).
+const REFRESHES: usize = 4;
 
 pub struct Lxc {
     lxcpath: PathBuf,
     recent: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LxcInfo)>>,
+    /// Moved by every `forget`: an answer read while it moved may predate
+    /// the change, and is not kept.
+    changes: std::sync::atomic::AtomicU64,
+    /// Containers whose refresh runs behind a listing.
+    refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
+    refreshes: std::sync::Arc<tokio::sync::Semaphore>,
     /// Whether the kernel has AppArmor: asked once (it cannot change
     /// while the host runs), off the executor.
     apparmor: tokio::sync::OnceCell<bool>,
@@ -78,6 +92,9 @@ impl Lxc {
         Self {
             lxcpath,
             recent: Default::default(),
+            changes: Default::default(),
+            refreshing: Default::default(),
+            refreshes: std::sync::Arc::new(tokio::sync::Semaphore::new(REFRESHES)),
             apparmor: Default::default(),
         }
     }
@@ -95,12 +112,47 @@ impl Lxc {
     }
 
     /// `info`, or an answer younger than `INFO_TTL` (listings ask for every
-    /// container at once; one process per container per request is too many).
-    pub async fn info_cached(&self, ct: &str) -> Result<LxcInfo, BackendError> {
-        match self.recent(ct) {
-            Some(info) => Ok(info),
-            None => self.info(ct).await,
+    /// container at once; one process per container per request is too
+    /// many), or one younger than `INFO_STALE_MAX` while a fresh one is read
+    /// behind it.
+    pub async fn info_cached(
+        self: &std::sync::Arc<Self>,
+        ct: &str,
+    ) -> Result<LxcInfo, BackendError> {
+        let kept = self.recent.lock().expect("info cache").get(ct).cloned();
+        match kept {
+            Some((at, info)) if at.elapsed() < INFO_TTL => Ok(info),
+            Some((at, info)) if at.elapsed() < INFO_STALE_MAX => {
+                self.refresh_behind(ct);
+                Ok(info)
+            }
+            _ => self.info(ct).await,
         }
+    }
+
+    /// Reads `ct`'s state again on a task of its own (once at a time per
+    /// container, `REFRESHES` at a time in all).
+    fn refresh_behind(self: &std::sync::Arc<Self>, ct: &str) {
+        if !self
+            .refreshing
+            .lock()
+            .expect("refreshing")
+            .insert(ct.to_owned())
+        {
+            return;
+        }
+        let this = std::sync::Arc::clone(self);
+        let ct = ct.to_owned();
+        tokio::spawn(async move {
+            let permit = this.refreshes.clone().acquire_owned().await;
+            if let Err(e) = this.info(&ct).await {
+                // The next listing asks for itself (and says what failed).
+                tracing::debug!(container = %ct, error = %e, "refreshing a container's state failed");
+                this.recent.lock().expect("info cache").remove(&ct);
+            }
+            drop(permit);
+            this.refreshing.lock().expect("refreshing").remove(&ct);
+        });
     }
 
     /// The state read in the last 2 s, if any (never forks lxc-info).
@@ -115,7 +167,10 @@ impl Lxc {
 
     /// Forgets what `info_cached` knows of a container (after a change).
     pub fn forget(&self, ct: &str) {
-        self.recent.lock().expect("info cache").remove(ct);
+        let mut recent = self.recent.lock().expect("info cache");
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        recent.remove(ct);
     }
 
     pub fn host_name(project: &str, name: &str) -> String {
@@ -319,14 +374,17 @@ impl Lxc {
     }
 
     pub async fn info(&self, ct: &str) -> Result<LxcInfo, BackendError> {
+        let changes = self.changes.load(std::sync::atomic::Ordering::SeqCst);
         let mut args = self.base_args(ct);
         args.push("-H".as_ref());
         let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
         let info = parse_info(&out.stdout);
-        self.recent
-            .lock()
-            .expect("info cache")
-            .insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
+        let mut recent = self.recent.lock().expect("info cache");
+        // Under the lock `forget` takes: a change made while this read ran
+        // either moved the count already or comes after this insert.
+        if self.changes.load(std::sync::atomic::Ordering::SeqCst) == changes {
+            recent.insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
+        }
         Ok(info)
     }
 
