@@ -66,6 +66,9 @@ PASSWORD="bench-password-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 start() { # NAME PORT VARS...
     local name=$1 port=$2; shift 2
     mkdir -p "$WORK/$name"
+    # Unprivileged containers' mapped root must reach DATA_DIR (mktemp's
+    # directory is 0700): the same ACLs `make run` grants.
+    DATA_DIR="$WORK/$name" bash scripts/data-dir-setup.sh >/dev/null
     (cd "$WORK" && exec env APP_HOST=127.0.0.1 APP_PORT="$port" DATA_DIR="$WORK/$name" \
         DATABASE_URL="sqlite://$WORK/$name/lxgate.db" JWT_SECRET="bench-$name-$PASSWORD" \
         SEED_ADMIN_USERNAME=bench SEED_ADMIN_PASSWORD="$PASSWORD" LOG_FORMAT=json LOG_LEVEL=warn \
@@ -98,7 +101,7 @@ up -F "metadata=@$LXGATE_TEST_EMBEDDED_IMAGE_META" -F "rootfs=@$LXGATE_TEST_EMBE
 up -F "metadata=@$LXGATE_TEST_VM_META" -F "rootfs.img=@$WORK/boot.tar" -F alias=tinyvm || die "VM image import failed"
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-cargo bench --quiet --bench embedded >"$WORK/tables.md" || { tail -20 "$WORK"/*.log >&2; die "the load generator failed"; }
+cargo bench --quiet --bench embedded >"$WORK/tables.md" || { tail -n 20 "$WORK"/*.log >&2; die "the load generator failed"; }
 
 GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches 2>/dev/null || GIT_REV="$GIT_REV (+ uncommitted changes)"

@@ -8,7 +8,10 @@
 -- different accounts never wait on (or deadlock over) one shared row.
 CREATE SEQUENCE auth_epoch;
 
-CREATE FUNCTION lxgate_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- `SET search_path FROM CURRENT`: the sequence is found whatever the
+-- writer's own search_path.
+CREATE FUNCTION lxgate_auth_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM nextval('auth_epoch');
     PERFORM pg_notify('lxgate_auth', '');
@@ -16,15 +19,15 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER auth_epoch AFTER UPDATE OF role, disabled, token_version, password_hash OR DELETE ON users
+CREATE TRIGGER auth_epoch AFTER UPDATE OF username, role, disabled, token_version, password_hash OR DELETE OR TRUNCATE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();
-CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE ON project_roles
+CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON project_roles
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();
-CREATE TRIGGER auth_epoch AFTER DELETE ON teams
+CREATE TRIGGER auth_epoch AFTER DELETE OR TRUNCATE ON teams
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();
-CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE ON team_members
+CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON team_members
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();
-CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE ON team_roles
+CREATE TRIGGER auth_epoch AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON team_roles
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();
-CREATE TRIGGER auth_epoch AFTER INSERT ON revoked_tokens
+CREATE TRIGGER auth_epoch AFTER INSERT OR TRUNCATE ON revoked_tokens
     FOR EACH STATEMENT EXECUTE FUNCTION lxgate_auth_changed();

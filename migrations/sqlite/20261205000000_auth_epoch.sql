@@ -9,7 +9,7 @@ CREATE TABLE auth_epoch (
 );
 INSERT INTO auth_epoch (id, n) VALUES (1, 0);
 
-CREATE TRIGGER auth_epoch_users_update AFTER UPDATE OF role, disabled, token_version, password_hash ON users
+CREATE TRIGGER auth_epoch_users_update AFTER UPDATE OF username, role, disabled, token_version, password_hash ON users
 BEGIN UPDATE auth_epoch SET n = n + 1 WHERE id = 1; END;
 CREATE TRIGGER auth_epoch_users_delete AFTER DELETE ON users
 BEGIN UPDATE auth_epoch SET n = n + 1 WHERE id = 1; END;

@@ -12,8 +12,8 @@
 //! database is away), the view is not used at all.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use sqlx::AnyPool;
@@ -58,10 +58,14 @@ struct Stamped<T> {
 pub struct AuthView {
     users: Cache<String, Stamped<Arc<Caller>>>,
     logged_out: Cache<String, Stamped<bool>>,
-    /// The last check of the database's count succeeded.
-    watching: AtomicBool,
-    /// The database refused or dropped the watch's last connection.
-    away: AtomicBool,
+    /// When (ms after `origin`) the database's count was last read; 0:
+    /// the last attempt failed. What is kept is trusted only for `TRUST_FOR`
+    /// after a read, so a watch that stalls or dies stops trust by itself.
+    checked_at: AtomicU64,
+    /// When the database last refused or dropped the watch's connection
+    /// (0: it has not since the last read).
+    away_at: AtomicU64,
+    origin: Instant,
 }
 
 impl Default for AuthView {
@@ -76,8 +80,9 @@ impl Default for AuthView {
                 .max_capacity(200_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
-            watching: AtomicBool::new(false),
-            away: AtomicBool::new(false),
+            checked_at: AtomicU64::new(0),
+            away_at: AtomicU64::new(0),
+            origin: Instant::now(),
         }
     }
 }
@@ -88,7 +93,7 @@ impl AuthView {
         cache: &Cache<String, Stamped<T>>,
         key: &str,
     ) -> Option<T> {
-        if !self.watching.load(Ordering::SeqCst) {
+        if !self.trusted() {
             return None;
         }
         cache
@@ -141,36 +146,74 @@ impl AuthView {
         Ok(revoked)
     }
 
-    /// Records the database's count `n` as seen: a difference from `last`
-    /// (or a first sight) counts as a change.
-    fn seen(&self, n: i64, last: &mut Option<i64>) {
-        if *last != Some(n) {
-            auth_epoch::changed();
-            *last = Some(n);
-        }
-        self.watching.store(true, Ordering::SeqCst);
-        self.away.store(false, Ordering::SeqCst);
+    fn now_ms(&self) -> u64 {
+        // +1: 0 means "never".
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
     }
 
-    /// The count could not be read: nothing kept is trusted until it can,
-    /// and whatever was missed meanwhile counts as a change. `away`: the
-    /// database refused or dropped the connection (not merely slow).
+    /// The count was read within `TRUST_FOR`.
+    fn trusted(&self) -> bool {
+        let at = self.checked_at.load(Ordering::SeqCst);
+        at != 0 && self.now_ms().saturating_sub(at) < TRUST_FOR.as_millis() as u64
+    }
+
+    /// The count was read: trust what is kept (while its stamps hold).
+    fn seen(&self) {
+        self.checked_at.store(self.now_ms(), Ordering::SeqCst);
+        self.away_at.store(0, Ordering::SeqCst);
+    }
+
+    /// The count could not be read: nothing kept is trusted until it is,
+    /// and whatever was missed meanwhile counts as a change (`last` is
+    /// forgotten). `away`: the database refused or dropped the connection,
+    /// rather than being slow or refusing lxgate's credentials.
     fn lost(&self, error: &dyn std::fmt::Display, away: bool, last: &mut Option<i64>) {
-        if self.watching.swap(false, Ordering::SeqCst) {
+        if self.checked_at.swap(0, Ordering::SeqCst) != 0 {
             tracing::warn!(error = %error, "checking for account changes failed; callers are read from the database until it works again");
         }
-        if away && !self.away.swap(true, Ordering::SeqCst) {
+        if away && self.away_at.swap(self.now_ms(), Ordering::SeqCst) == 0 {
             tracing::warn!(error = %error, "the user database is away; API requests answer 503 at once until it is back");
         }
         *last = None;
     }
 
-    /// The user database refused or dropped the last connection made to
-    /// watch it: every request would wait for the pool's timeout, so the
-    /// API answers 503 at once instead (`api::availability`).
+    /// The user database refused or dropped the watch's connection within
+    /// the last `AWAY_FOR`: every request would wait for the pool's
+    /// timeout, so the API answers 503 at once instead
+    /// (`api::availability`). Lapses by itself if the watch stops.
     pub fn database_away(&self) -> bool {
-        self.away.load(Ordering::SeqCst)
+        let at = self.away_at.load(Ordering::SeqCst);
+        at != 0 && self.now_ms().saturating_sub(at) < AWAY_FOR.as_millis() as u64
     }
+}
+
+/// How long a read of the count vouches for what is kept.
+const TRUST_FOR: Duration = Duration::from_secs(1);
+/// How long one sign of the database being away holds the API at 503 (the
+/// watch renews it at every failed attempt, at least every 5 s).
+const AWAY_FOR: Duration = Duration::from_secs(10);
+
+/// The database refused or dropped the connection (rather than being slow,
+/// full, or refusing lxgate's credentials).
+fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Compares the database's count `n` with `last`: a difference (or a first
+/// sight) counts as a change.
+fn compare(n: i64, last: &mut Option<i64>) -> bool {
+    let moved = *last != Some(n);
+    if moved {
+        auth_epoch::changed();
+        *last = Some(n);
+    }
+    moved
 }
 
 /// Keeps `view` current on SQLite: the count read through the pool every
@@ -183,35 +226,68 @@ pub async fn watch_sqlite(view: impl Fn() -> Option<(Arc<AuthView>, AnyPool)>) {
     loop {
         tick.tick().await;
         let Some((view, pool)) = view() else { break };
-        match auth_epoch::stored(&pool, Dialect::Sqlite).await {
-            Ok(n) => view.seen(n, &mut last),
+        match tokio::time::timeout(TRUST_FOR, auth_epoch::stored(&pool, Dialect::Sqlite)).await {
+            Ok(Ok(n)) => {
+                compare(n, &mut last);
+                view.seen();
+            }
+            Ok(Err(e)) => view.lost(&e, false, &mut last),
             Err(e) => view.lost(&e, false, &mut last),
         }
     }
 }
 
 /// Keeps `view` current on PostgreSQL, on connections of its own (so that
-/// a full pool never delays it): `lxgate_auth` notifications as they come,
-/// and the count every `WATCH_EVERY` (a notification sent while the
-/// listening connection was down is lost; the count is not). A refused or
-/// dropped connection marks the database away. Ends when `view` gives none.
+/// a full pool never delays it): the count read every `WATCH_EVERY`, and
+/// `lxgate_auth` notifications as they come (milliseconds, where a read
+/// waits for its tick).
+///
+/// A sequence moves before the transaction that moved it commits, so a
+/// read that sees it move may come before the change is visible: until
+/// every transaction that was running then has ended (the snapshot's
+/// `xmin` passes the `xmax` of that read), each read counts as a change
+/// again. A refused or dropped connection marks the database away. Ends
+/// when `view` gives none.
 pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>>) {
     use sqlx::Connection;
     use sqlx::postgres::{PgConnection, PgListener};
+    const READ: &str = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
+            pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+            pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+        FROM auth_epoch";
     let mut last = None;
+    // The `xmax` of the read that last saw the count move, while in doubt.
+    let mut settling: Option<i64> = None;
     let mut listener: Option<PgListener> = None;
+    let mut listen_again = Instant::now();
     let mut conn: Option<PgConnection> = None;
+    let mut backoff = WATCH_EVERY;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while let Some(v) = view() {
         if conn.is_none() {
             match tokio::time::timeout(CONNECT_WITHIN, PgConnection::connect(&url)).await {
-                Ok(Ok(c)) => conn = Some(c),
-                Ok(Err(e)) => v.lost(&e, true, &mut last),
-                Err(e) => v.lost(&e, true, &mut last),
+                Ok(Ok(c)) => {
+                    conn = Some(c);
+                    backoff = WATCH_EVERY;
+                }
+                Ok(Err(e)) => {
+                    v.lost(&e, refused(&e), &mut last);
+                    drop(v);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(e) => {
+                    v.lost(&e, false, &mut last);
+                    continue;
+                }
             }
         }
-        if conn.is_some() && listener.is_none() {
+        // The notifications only hasten what the reads ensure: trying
+        // again to listen waits its turn, never the reads.
+        if listener.is_none() && Instant::now() >= listen_again {
+            listen_again = Instant::now() + Duration::from_secs(5);
             let connected = tokio::time::timeout(CONNECT_WITHIN, async {
                 let mut l = PgListener::connect(&url).await?;
                 l.listen("lxgate_auth").await?;
@@ -219,41 +295,49 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
             })
             .await;
             match connected {
-                // Anything changed while it was not listening is unknown:
-                // the count read next says.
                 Ok(Ok(l)) => listener = Some(l),
-                Ok(Err(e)) => v.lost(&e, true, &mut last),
-                Err(e) => v.lost(&e, true, &mut last),
+                Ok(Err(e)) => tracing::debug!(error = %e, "listening for account changes failed"),
+                Err(e) => tracing::debug!(error = %e, "listening for account changes timed out"),
             }
         }
-        let (Some(c), Some(l)) = (conn.as_mut(), listener.as_mut()) else {
-            drop(v);
-            tokio::time::sleep(WATCH_EVERY).await;
-            continue;
+        let Some(c) = conn.as_mut() else { continue };
+        let notified = async {
+            match listener.as_mut() {
+                // `try_recv` is cancel-safe: a tick loses no notification.
+                Some(l) => l.try_recv().await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
-            // `try_recv` is cancel-safe: a tick loses no notification.
-            got = l.try_recv() => match got {
+            got = notified => match got {
                 Ok(Some(_)) => auth_epoch::changed(),
-                Ok(None) => {
-                    v.lost(&"the notification connection was lost", true, &mut last);
-                    listener = None;
-                }
-                Err(e) => {
-                    v.lost(&e, true, &mut last);
+                Ok(None) | Err(_) => {
+                    // Lost: notifications sent meanwhile are lost too, which
+                    // the reads cover; listen again soon.
+                    auth_epoch::changed();
                     listener = None;
                 }
             },
             _ = tick.tick() => {
                 let read = tokio::time::timeout(
                     CONNECT_WITHIN,
-                    sqlx::query_scalar::<_, i64>("SELECT last_value FROM auth_epoch").fetch_one(c),
+                    sqlx::query_as::<_, (i64, i64, i64)>(READ).fetch_one(&mut *c),
                 )
                 .await;
                 match read {
-                    Ok(Ok(n)) => v.seen(n, &mut last),
+                    Ok(Ok((n, xmin, xmax))) => {
+                        if compare(n, &mut last) {
+                            settling = Some(xmax);
+                        } else if let Some(x) = settling {
+                            auth_epoch::changed();
+                            if xmin >= x {
+                                settling = None;
+                            }
+                        }
+                        v.seen();
+                    }
                     Ok(Err(e)) => {
-                        v.lost(&e, true, &mut last);
+                        v.lost(&e, refused(&e), &mut last);
                         conn = None;
                     }
                     // Slow is not away; the connection is made afresh.
@@ -270,3 +354,71 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
 /// How long connecting to (or reading the count from) the database may
 /// take before the watch gives up on that attempt.
 const CONNECT_WITHIN: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view whose clock started a minute ago (so that tests can date
+    /// reads in the past).
+    fn view() -> AuthView {
+        AuthView {
+            origin: Instant::now() - Duration::from_secs(60),
+            ..AuthView::default()
+        }
+    }
+
+    #[test]
+    fn kept_callers_are_trusted_only_after_a_recent_read() {
+        let view = view();
+        let mut last = Some(1);
+        assert!(!view.trusted(), "nothing read yet");
+        view.seen();
+        assert!(view.trusted());
+        view.lost(&"gone", false, &mut last);
+        assert!(!view.trusted());
+        assert_eq!(last, None, "what was missed counts as a change");
+        assert!(!view.database_away(), "slow is not away");
+        view.seen();
+        // A watch that stops reading stops the trust by itself.
+        view.checked_at.store(
+            view.now_ms() - TRUST_FOR.as_millis() as u64,
+            Ordering::SeqCst,
+        );
+        assert!(!view.trusted());
+    }
+
+    #[test]
+    fn the_database_is_away_while_refusals_are_recent() {
+        let view = view();
+        let mut last = None;
+        view.lost(&"refused", true, &mut last);
+        assert!(view.database_away());
+        view.seen();
+        assert!(!view.database_away());
+        view.lost(&"refused", true, &mut last);
+        view.away_at.store(
+            view.now_ms() - AWAY_FOR.as_millis() as u64,
+            Ordering::SeqCst,
+        );
+        assert!(!view.database_away(), "lapses if the watch stops");
+    }
+
+    #[test]
+    fn only_refused_or_dropped_connections_mean_away() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(refused(&io));
+        assert!(!refused(&sqlx::Error::PoolTimedOut));
+        assert!(!refused(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn a_moved_count_is_a_change() {
+        let before = auth_epoch::local();
+        let mut last = None;
+        assert!(compare(5, &mut last));
+        assert!(!compare(5, &mut last));
+        assert!(compare(6, &mut last));
+        assert!(auth_epoch::local() >= before + 2);
+    }
+}

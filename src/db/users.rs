@@ -150,8 +150,11 @@ pub struct Changes {
 pub async fn update(pool: &AnyPool, id: &str, c: &Changes) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     apply(&mut tx, id, c).await?;
-    tx.commit().await?;
+    // Counted even when the answer to the commit is lost: it may have
+    // happened, and counting too much only costs a read.
+    let committed = tx.commit().await;
     super::auth_epoch::changed();
+    committed?;
     Ok(())
 }
 
@@ -246,8 +249,11 @@ pub async fn update_keeping_an_admin(db: &Db, id: &str, c: &Changes) -> Result<b
         return Ok(false);
     }
     apply(&mut tx, id, c).await?;
-    tx.commit().await?;
+    // Counted even when the answer to the commit is lost: it may have
+    // happened, and counting too much only costs a read.
+    let committed = tx.commit().await;
     super::auth_epoch::changed();
+    committed?;
     Ok(true)
 }
 
@@ -262,8 +268,11 @@ pub async fn delete_keeping_an_admin(db: &Db, id: &str) -> Result<Option<bool>, 
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    // Counted even when the answer to the commit is lost: it may have
+    // happened, and counting too much only costs a read.
+    let committed = tx.commit().await;
     super::auth_epoch::changed();
+    committed?;
     Ok((r.rows_affected() == 1).then_some(true))
 }
 
@@ -473,7 +482,10 @@ pub async fn sync_oidc(
             .await?;
         }
     }
-    tx.commit().await?;
+    // Counted even when the answer to the commit is lost: it may have
+    // happened, and counting too much only costs a read.
+    let committed = tx.commit().await;
     super::auth_epoch::changed();
+    committed?;
     Ok(())
 }

@@ -241,7 +241,14 @@ async fn upgrade(
     filter: Filter,
     slot: SocketSlot,
 ) -> ApiResult<Response> {
-    let ws = require_upgrade(ws)?;
+    // Subscribers only listen (pongs, a close): a small read buffer, not
+    // the default 128 KiB, keeps a thousand idle ones cheap, and nothing
+    // they send is taken past 64 KiB; events are written out as they come.
+    let ws = require_upgrade(ws)?
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024);
     let rx = state.backend.subscribe()?;
     let logging = if filter.kinds.contains("logging") {
         Some(state.backend.subscribe_logging().await?)

@@ -80,7 +80,7 @@ impl Driver {
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.start(host).await
             }
             Driver::Qemu(q) => q.start(host, config, devices).await,
@@ -90,7 +90,7 @@ impl Driver {
     pub async fn stop(&self, host: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.stop(host, timeout, force).await
             }
             Driver::Qemu(q) => q.stop(host, timeout, force).await,
@@ -100,7 +100,7 @@ impl Driver {
     pub async fn freeze(&self, host: &str) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.freeze(host).await
             }
             Driver::Qemu(q) => q.qmp(host, "stop", None).await.map(|_| ()),
@@ -110,7 +110,7 @@ impl Driver {
     pub async fn unfreeze(&self, host: &str) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.unfreeze(host).await
             }
             Driver::Qemu(q) => q.qmp(host, "cont", None).await.map(|_| ()),
@@ -121,7 +121,7 @@ impl Driver {
     pub async fn restart(&self, host: &str, timeout: i64, force: bool) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.stop(host, timeout, force).await?;
                 lxc.start(host).await
             }
@@ -132,7 +132,7 @@ impl Driver {
     pub async fn destroy(&self, host: &str) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.destroy(host).await
             }
             Driver::Qemu(q) => q.destroy(host).await,
@@ -152,7 +152,7 @@ impl Driver {
     ) -> Result<(), BackendError> {
         match self {
             Driver::Lxc(lxc) => {
-                lxc.forget(host);
+                let _changing = lxc.changing(host);
                 lxc.rename(host, new_host).await?;
                 if let Err(e) = lxc
                     .write_config(new_host, new_name, config, devices, confinement)

@@ -73,6 +73,27 @@ const INFO_STALE_MAX: Duration = Duration::from_secs(30);
 /// Refreshes running behind listings at once (each is an `lxc-info` process).
 const REFRESHES: usize = 4;
 
+/// See [`Lxc::changing`].
+pub struct Changing<'a> {
+    lxc: &'a Lxc,
+    ct: String,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        {
+            let mut changing = self.lxc.changing.lock().expect("changing");
+            if let Some(n) = changing.get_mut(&self.ct) {
+                *n -= 1;
+                if *n == 0 {
+                    changing.remove(&self.ct);
+                }
+            }
+        }
+        self.lxc.forget(&self.ct);
+    }
+}
+
 pub struct Lxc {
     lxcpath: PathBuf,
     recent: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LxcInfo)>>,
@@ -81,6 +102,9 @@ pub struct Lxc {
     changes: std::sync::atomic::AtomicU64,
     /// Containers whose refresh runs behind a listing.
     refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Containers lxgate is changing (start, stop...), with how many
+    /// changes run: what is read of them meanwhile is not kept.
+    changing: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     refreshes: std::sync::Arc<tokio::sync::Semaphore>,
     /// Whether the kernel has AppArmor: asked once (it cannot change
     /// while the host runs), off the executor.
@@ -94,6 +118,7 @@ impl Lxc {
             recent: Default::default(),
             changes: Default::default(),
             refreshing: Default::default(),
+            changing: Default::default(),
             refreshes: std::sync::Arc::new(tokio::sync::Semaphore::new(REFRESHES)),
             apparmor: Default::default(),
         }
@@ -144,14 +169,24 @@ impl Lxc {
         let this = std::sync::Arc::clone(self);
         let ct = ct.to_owned();
         tokio::spawn(async move {
-            let permit = this.refreshes.clone().acquire_owned().await;
-            if let Err(e) = this.info(&ct).await {
-                // The next listing asks for itself (and says what failed).
-                tracing::debug!(container = %ct, error = %e, "refreshing a container's state failed");
-                this.recent.lock().expect("info cache").remove(&ct);
+            /// Ends the refresh however the task ends (a panic included).
+            struct Done(std::sync::Arc<Lxc>, String);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    if let Ok(mut r) = self.0.refreshing.lock() {
+                        r.remove(&self.1);
+                    }
+                }
             }
-            drop(permit);
-            this.refreshing.lock().expect("refreshing").remove(&ct);
+            let done = Done(this, ct);
+            let _permit = done.0.refreshes.clone().acquire_owned().await;
+            if let Err(e) = done.0.info(&done.1).await {
+                // The next listing asks for itself (and says what failed).
+                tracing::debug!(container = %done.1, error = %e, "refreshing a container's state failed");
+                if let Ok(mut r) = done.0.recent.lock() {
+                    r.remove(&done.1);
+                }
+            }
         });
     }
 
@@ -163,6 +198,23 @@ impl Lxc {
             .get(ct)
             .filter(|(at, _)| at.elapsed() < INFO_TTL)
             .map(|(_, info)| info.clone())
+    }
+
+    /// Marks `ct` as being changed until the guard is dropped: what
+    /// `info_cached` knew is forgotten now and again at the end, and
+    /// nothing read in between is kept (it may show the state before).
+    pub fn changing(&self, ct: &str) -> Changing<'_> {
+        *self
+            .changing
+            .lock()
+            .expect("changing")
+            .entry(ct.to_owned())
+            .or_default() += 1;
+        self.forget(ct);
+        Changing {
+            lxc: self,
+            ct: ct.to_owned(),
+        }
     }
 
     /// Forgets what `info_cached` knows of a container (after a change).
@@ -382,7 +434,9 @@ impl Lxc {
         let mut recent = self.recent.lock().expect("info cache");
         // Under the lock `forget` takes: a change made while this read ran
         // either moved the count already or comes after this insert.
-        if self.changes.load(std::sync::atomic::Ordering::SeqCst) == changes {
+        if self.changes.load(std::sync::atomic::Ordering::SeqCst) == changes
+            && !self.changing.lock().expect("changing").contains_key(ct)
+        {
             recent.insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
         }
         Ok(info)
