@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -88,7 +88,11 @@ impl Filter {
     /// events without recorded exec output (as in `operations::for_caller`);
     /// secrets are dropped for everyone when serialized. An operation
     /// event says who started it (`requested_by`, `null` when not known).
-    fn render(&self, e: &Event, by: Option<&RequestedBy>) -> serde_json::Result<String> {
+    fn render(&self, e: &Arc<Event>, by: Option<&RequestedBy>) -> serde_json::Result<Utf8Bytes> {
+        if e.kind != "operation" {
+            // Nothing in it depends on who reads it.
+            return shared_text(e);
+        }
         let stripped = if self
             .user
             .grants
@@ -98,15 +102,12 @@ impl Filter {
         } else {
             e.without_exec_output()
         };
-        if e.kind != "operation" {
-            return serde_json::to_string(stripped.as_ref().unwrap_or(e));
-        }
-        let mut e = stripped.unwrap_or_else(|| e.clone());
+        let mut e = stripped.unwrap_or_else(|| (**e).clone());
         let by = by.map(|b| b.as_seen_by(&self.user));
         if let Some(meta) = e.metadata.as_object_mut() {
             meta.insert("requested_by".into(), serde_json::to_value(by)?);
         }
-        serde_json::to_string(&e)
+        serde_json::to_string(&e).map(Into::into)
     }
 }
 
@@ -145,6 +146,26 @@ fn filter(user: AuthUser, q: &EventsQuery, default_kinds: &[&str]) -> ApiResult<
     })
 }
 
+/// The last event every subscriber reads alike, as its text: a thousand
+/// subscribers share one serialisation instead of making one each. (Keyed
+/// by the event itself, kept alive here, so servers in one process never
+/// mix theirs up.)
+static SHARED: std::sync::Mutex<Option<(Arc<Event>, Utf8Bytes)>> = std::sync::Mutex::new(None);
+
+fn shared_text(e: &Arc<Event>) -> serde_json::Result<Utf8Bytes> {
+    if let Ok(last) = SHARED.lock()
+        && let Some((ev, text)) = last.as_ref()
+        && Arc::ptr_eq(ev, e)
+    {
+        return Ok(text.clone());
+    }
+    let text: Utf8Bytes = serde_json::to_string(&**e)?.into();
+    if let Ok(mut last) = SHARED.lock() {
+        *last = Some((e.clone(), text.clone()));
+    }
+    Ok(text)
+}
+
 async fn relay(
     state: AppState,
     mut socket: WebSocket,
@@ -174,7 +195,7 @@ async fn relay(
                         continue;
                     }
                     let Ok(text) = filter.render(&ev, by.as_ref()) else { continue };
-                    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+                    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
                         Ok(Ok(())) => {}
                         _ => break,
                     }
