@@ -221,30 +221,31 @@ async fn list(cfg: &Cfg) -> Res<()> {
     );
     eprintln!("[bench] list: {n_direct} instances");
     for (recursion, expand, label) in [(0, "false", "names"), (1, "true", "objects")] {
-        let side = |name: &str, socket: bool, url: String, token: bool| Target {
+        let side = |name: &str, socket: bool, url: String, token: Option<String>| Target {
             name: name.to_owned(),
             socket: socket.then(|| cfg.socket.clone()),
             url,
-            token: token.then(|| cfg.token.clone()),
+            token,
         };
         let targets = [
             side(
                 "incusd's socket",
                 true,
                 format!("http://incus/1.0/instances?recursion={recursion}"),
-                false,
+                None,
             ),
             side(
                 "nginx → socket",
                 false,
                 format!("{nginx}/1.0/instances?recursion={recursion}"),
-                false,
+                // The key nginx wants (it serves root's Incus API).
+                Some(var("BENCH_NGINX_KEY")),
             ),
             side(
                 "lxgate",
                 false,
                 format!("{}/api/v1/instances?expand={expand}&limit=1000", cfg.lxgate),
-                true,
+                Some(cfg.token.clone()),
             ),
         ];
         let what = format!(
@@ -326,7 +327,13 @@ where
 }
 
 async fn events(cfg: &Cfg) -> Res<()> {
-    let prefix = "/1.0/instances/".to_owned();
+    // Only the generators' own instances count (others may change meanwhile).
+    let prefix = format!(
+        "/1.0/instances/{}-",
+        cfg.generators[0]
+            .rsplit_once('-')
+            .map_or(cfg.generators[0].as_str(), |(p, _)| p)
+    );
     let done = Arc::new(AtomicBool::new(false));
     let ws_base = cfg.lxgate.replacen("http", "ws", 1);
     eprintln!("[bench] events: connecting {} subscribers", cfg.subscribers);

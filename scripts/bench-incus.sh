@@ -60,13 +60,18 @@ if ! command -v nginx >/dev/null; then
     # shellcheck source=scripts/lib/apt.sh
     source scripts/lib/apt.sh
     if [ ! -e /usr/sbin/policy-rc.d ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d "$apt_log"' EXIT
         printf '#!/bin/sh\n# temporary, scripts/bench-incus.sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     apt_install_retry nginx-light --no-install-recommends nginx-light
     rm -f /usr/sbin/policy-rc.d "$apt_log"
     trap - EXIT
+    # Nor at boot, nor ever on port 80: the package's service and default
+    # site are not wanted on a test host.
+    rm -f /etc/nginx/sites-enabled/default
+    systemctl disable nginx >/dev/null 2>&1 || true
+    update-rc.d nginx disable >/dev/null 2>&1 || true
 fi
 
 WORK="$(mktemp -d /tmp/lxgate-bench-incus.XXXXXX)"
@@ -118,6 +123,9 @@ for _ in $(seq 1 100); do
 done
 # The floor: Debian's nginx as a plain reverse proxy of incusd's socket, with
 # keepalive to it, on loopback only, in the foreground with files of its own.
+# incusd's socket is root's whole API: nginx serves only requests carrying a
+# key made for this run (as a bearer token, which it does not pass on).
+NGINX_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 NGINX_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<NGINX
@@ -139,6 +147,8 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT;
         location / {
+            if (\$http_authorization != "Bearer $NGINX_KEY") { return 403; }
+            proxy_set_header Authorization "";
             proxy_pass http://incus;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -149,9 +159,9 @@ http {
 NGINX
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >"$WORK/nginx/stdout.log" 2>&1 &
 NGINX_PID=$!
-export BENCH_NGINX_URL="http://127.0.0.1:$NGINX_PORT"
+export BENCH_NGINX_URL="http://127.0.0.1:$NGINX_PORT" BENCH_NGINX_KEY="$NGINX_KEY"
 for _ in $(seq 1 50); do
-    curl -fsS -o /dev/null --max-time 1 "$BENCH_NGINX_URL/1.0" 2>/dev/null && break
+    curl -fsS -o /dev/null --max-time 1 -H "Authorization: Bearer $NGINX_KEY" "$BENCH_NGINX_URL/1.0" 2>/dev/null && break
     kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/nginx/"*.log >&2; die "nginx exited"; }
     sleep 0.2
 done

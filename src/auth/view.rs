@@ -157,9 +157,11 @@ impl AuthView {
         at != 0 && self.now_ms().saturating_sub(at) < TRUST_FOR.as_millis() as u64
     }
 
-    /// The count was read: trust what is kept (while its stamps hold).
-    fn seen(&self) {
-        self.checked_at.store(self.now_ms(), Ordering::SeqCst);
+    /// The count was read by a query started at `at` (`now_ms`): trust what
+    /// is kept (while its stamps hold) for `TRUST_FOR` from then, not from
+    /// the answer, so a slow read cannot stretch it.
+    fn seen(&self, at: u64) {
+        self.checked_at.store(at, Ordering::SeqCst);
         self.away_at.store(0, Ordering::SeqCst);
     }
 
@@ -226,10 +228,11 @@ pub async fn watch_sqlite(view: impl Fn() -> Option<(Arc<AuthView>, AnyPool)>) {
     loop {
         tick.tick().await;
         let Some((view, pool)) = view() else { break };
+        let started = view.now_ms();
         match tokio::time::timeout(TRUST_FOR, auth_epoch::stored(&pool, Dialect::Sqlite)).await {
             Ok(Ok(n)) => {
                 compare(n, &mut last);
-                view.seen();
+                view.seen(started);
             }
             Ok(Err(e)) => view.lost(&e, false, &mut last),
             Err(e) => view.lost(&e, false, &mut last),
@@ -256,8 +259,11 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
             pg_snapshot_xmax(pg_current_snapshot())::text::bigint
         FROM auth_epoch";
     let mut last = None;
-    // The `xmax` of the read that last saw the count move, while in doubt.
-    let mut settling: Option<i64> = None;
+    // The `xmax` of the read that last saw the count move, and when, while
+    // in doubt; given up after `SETTLE_AT_MOST` (xmin is the whole server's:
+    // a long transaction elsewhere would hold it back for ever), past which
+    // the commit's notification still says it.
+    let mut settling: Option<(i64, Instant)> = None;
     let mut listener: Option<PgListener> = None;
     let mut listen_again = Instant::now();
     let mut conn: Option<PgConnection> = None;
@@ -319,6 +325,7 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
                 }
             },
             _ = tick.tick() => {
+                let started = v.now_ms();
                 let read = tokio::time::timeout(
                     CONNECT_WITHIN,
                     sqlx::query_as::<_, (i64, i64, i64)>(READ).fetch_one(&mut *c),
@@ -327,18 +334,23 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
                 match read {
                     Ok(Ok((n, xmin, xmax))) => {
                         if compare(n, &mut last) {
-                            settling = Some(xmax);
-                        } else if let Some(x) = settling {
+                            settling = Some((xmax, Instant::now()));
+                        } else if let Some((x, since)) = settling {
                             auth_epoch::changed();
-                            if xmin >= x {
+                            if xmin >= x || since.elapsed() > SETTLE_AT_MOST {
                                 settling = None;
                             }
                         }
-                        v.seen();
+                        v.seen(started);
                     }
                     Ok(Err(e)) => {
-                        v.lost(&e, refused(&e), &mut last);
-                        conn = None;
+                        let away = refused(&e);
+                        v.lost(&e, away, &mut last);
+                        // A connection that still works is kept (a new one
+                        // per tick would only churn).
+                        if away {
+                            conn = None;
+                        }
                     }
                     // Slow is not away; the connection is made afresh.
                     Err(e) => {
@@ -350,6 +362,9 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
         }
     }
 }
+
+/// See `watch_postgres`.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(5);
 
 /// How long connecting to (or reading the count from) the database may
 /// take before the watch gives up on that attempt.
@@ -373,13 +388,13 @@ mod tests {
         let view = view();
         let mut last = Some(1);
         assert!(!view.trusted(), "nothing read yet");
-        view.seen();
+        view.seen(view.now_ms());
         assert!(view.trusted());
         view.lost(&"gone", false, &mut last);
         assert!(!view.trusted());
         assert_eq!(last, None, "what was missed counts as a change");
         assert!(!view.database_away(), "slow is not away");
-        view.seen();
+        view.seen(view.now_ms());
         // A watch that stops reading stops the trust by itself.
         view.checked_at.store(
             view.now_ms() - TRUST_FOR.as_millis() as u64,
@@ -394,7 +409,7 @@ mod tests {
         let mut last = None;
         view.lost(&"refused", true, &mut last);
         assert!(view.database_away());
-        view.seen();
+        view.seen(view.now_ms());
         assert!(!view.database_away());
         view.lost(&"refused", true, &mut last);
         view.away_at.store(

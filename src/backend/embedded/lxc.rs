@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -82,7 +83,11 @@ pub struct Changing<'a> {
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
         {
-            let mut changing = self.lxc.changing.lock().expect("changing");
+            let mut changing = self
+                .lxc
+                .changing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(n) = changing.get_mut(&self.ct) {
                 *n -= 1;
                 if *n == 0 {
@@ -97,9 +102,9 @@ impl Drop for Changing<'_> {
 pub struct Lxc {
     lxcpath: PathBuf,
     recent: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LxcInfo)>>,
-    /// Moved by every `forget`: an answer read while it moved may predate
+    /// Moved by every `forget` of a container: an answer read while its count moved may predate
     /// the change, and is not kept.
-    changes: std::sync::atomic::AtomicU64,
+    changes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Containers whose refresh runs behind a listing.
     refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Containers lxgate is changing (start, stop...), with how many
@@ -173,9 +178,11 @@ impl Lxc {
             struct Done(std::sync::Arc<Lxc>, String);
             impl Drop for Done {
                 fn drop(&mut self) {
-                    if let Ok(mut r) = self.0.refreshing.lock() {
-                        r.remove(&self.1);
-                    }
+                    self.0
+                        .refreshing
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&self.1);
                 }
             }
             let done = Done(this, ct);
@@ -219,10 +226,23 @@ impl Lxc {
 
     /// Forgets what `info_cached` knows of a container (after a change).
     pub fn forget(&self, ct: &str) {
-        let mut recent = self.recent.lock().expect("info cache");
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        *self
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(ct.to_owned())
+            .or_default() += 1;
         recent.remove(ct);
+    }
+
+    fn changes_of(&self, ct: &str) -> u64 {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ct)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn host_name(project: &str, name: &str) -> String {
@@ -426,16 +446,20 @@ impl Lxc {
     }
 
     pub async fn info(&self, ct: &str) -> Result<LxcInfo, BackendError> {
-        let changes = self.changes.load(std::sync::atomic::Ordering::SeqCst);
+        let changes = self.changes_of(ct);
         let mut args = self.base_args(ct);
         args.push("-H".as_ref());
         let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
         let info = parse_info(&out.stdout);
-        let mut recent = self.recent.lock().expect("info cache");
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         // Under the lock `forget` takes: a change made while this read ran
         // either moved the count already or comes after this insert.
-        if self.changes.load(std::sync::atomic::Ordering::SeqCst) == changes
-            && !self.changing.lock().expect("changing").contains_key(ct)
+        if self.changes_of(ct) == changes
+            && !self
+                .changing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(ct)
         {
             recent.insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
         }
