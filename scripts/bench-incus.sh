@@ -165,6 +165,10 @@ for _ in $(seq 1 50); do
     kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/nginx/"*.log >&2; die "nginx exited"; }
     sleep 0.2
 done
+curl -fsS -o /dev/null --max-time 5 -H "Authorization: Bearer $NGINX_KEY" "$BENCH_NGINX_URL/1.0" \
+    || die "nginx does not answer on $BENCH_NGINX_URL"
+[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BENCH_NGINX_URL/1.0")" = 403 ] \
+    || die "nginx answers without the run's key"
 
 BENCH_TOKEN="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
     -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
