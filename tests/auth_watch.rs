@@ -10,7 +10,6 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::json;
 
 use helpers::*;
@@ -19,21 +18,13 @@ use helpers::*;
 /// at most a second (the view checks the database's count of account
 /// changes every 200 ms; PostgreSQL also notifies at once).
 async fn within_a_second(app: &TestApp, token: &str, done: impl Fn(&Reply) -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = app.get("/api/v1/auth/me", Some(token)).await;
-        if done(&r) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "a change made outside this server is not seen after {:?}: {} {}",
-            start.elapsed(),
-            r.status,
-            r.text
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.get_until(
+        "/api/v1/auth/me",
+        Some(token),
+        (Duration::from_secs(1), Duration::from_millis(20)),
+        done,
+    )
+    .await
 }
 
 async fn changes_made_elsewhere_reach_the_kept_callers(db: Db) {
@@ -42,17 +33,12 @@ async fn changes_made_elsewhere_reach_the_kept_callers(db: Db) {
     let token = app
         .user_with_role(&admin, "kept-caller", Some("viewer"))
         .await;
-    let r = app
-        .send(
-            app.request(
-                Method::PUT,
-                "/api/v1/users/kept-caller/projects/default",
-                Some(&admin),
-            )
-            .json(&json!({"role": "operator"})),
-        )
-        .await;
-    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    app.put_ok(
+        "/api/v1/users/kept-caller/projects/default",
+        Some(&admin),
+        json!({"role": "operator"}),
+    )
+    .await;
     for _ in 0..3 {
         let me = app.get("/api/v1/auth/me", Some(&token)).await;
         assert_eq!(me.body["projects"][0]["role"], "operator", "{}", me.text);

@@ -19,7 +19,7 @@ use moka::future::Cache;
 use sqlx::AnyPool;
 
 use crate::auth::rbac::Grants;
-use crate::db::{self, Dialect, auth_epoch};
+use crate::db::{self, auth_epoch};
 
 /// How often the database's count is compared with the last one seen. A
 /// shell command that changes an account waits `SETTLE` before returning,
@@ -229,7 +229,7 @@ pub async fn watch_sqlite(view: impl Fn() -> Option<(Arc<AuthView>, AnyPool)>) {
         tick.tick().await;
         let Some((view, pool)) = view() else { break };
         let started = view.now_ms();
-        match tokio::time::timeout(TRUST_FOR, auth_epoch::stored(&pool, Dialect::Sqlite)).await {
+        match tokio::time::timeout(TRUST_FOR, auth_epoch::sqlite_count(&pool)).await {
             Ok(Ok(n)) => {
                 compare(n, &mut last);
                 view.seen(started);
@@ -254,10 +254,6 @@ pub async fn watch_sqlite(view: impl Fn() -> Option<(Arc<AuthView>, AnyPool)>) {
 pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>>) {
     use sqlx::Connection;
     use sqlx::postgres::{PgConnection, PgListener};
-    const READ: &str = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
-            pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-            pg_snapshot_xmax(pg_current_snapshot())::text::bigint
-        FROM auth_epoch";
     let mut last = None;
     // The `xmax` of the read that last saw the count move, and when, while
     // in doubt; given up after `SETTLE_AT_MOST` (xmin is the whole server's:
@@ -328,7 +324,7 @@ pub async fn watch_postgres(url: String, view: impl Fn() -> Option<Arc<AuthView>
                 let started = v.now_ms();
                 let read = tokio::time::timeout(
                     CONNECT_WITHIN,
-                    sqlx::query_as::<_, (i64, i64, i64)>(READ).fetch_one(&mut *c),
+                    auth_epoch::postgres_count(c),
                 )
                 .await;
                 match read {

@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::AnyPool;
 
-use super::Dialect;
-
 /// Process-wide on purpose: a change anywhere in this process must reach
 /// every view in it (the tests run several servers in one process), and the
 /// database functions that make the changes take only a pool.
@@ -30,11 +28,24 @@ pub fn local() -> u64 {
     LOCAL.load(Ordering::SeqCst)
 }
 
-/// The database's count (a sequence on PostgreSQL, a row on SQLite).
-pub async fn stored(pool: &AnyPool, dialect: Dialect) -> Result<i64, sqlx::Error> {
-    let sql = match dialect {
-        Dialect::Postgres => "SELECT last_value FROM auth_epoch",
-        Dialect::Sqlite => "SELECT n FROM auth_epoch WHERE id = 1",
-    };
-    sqlx::query_scalar(sql).fetch_one(pool).await
+/// The database's count on SQLite (a row the triggers update).
+pub async fn sqlite_count(pool: &AnyPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT n FROM auth_epoch WHERE id = 1")
+        .fetch_one(pool)
+        .await
+}
+
+/// The database's count on PostgreSQL (a sequence the triggers move; 0
+/// before its first move), with the `xmin` and `xmax` of the snapshot it
+/// was read in: a sequence moves before its transaction commits, so the
+/// reader needs to know when every transaction running then has ended.
+pub async fn postgres_count(conn: &mut sqlx::PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END,
+                pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+         FROM auth_epoch",
+    )
+    .fetch_one(conn)
+    .await
 }

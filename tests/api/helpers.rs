@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use lxgate::Config;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -215,6 +216,32 @@ impl TestApp {
         let r = self.put(path, token, body).await;
         assert_eq!(r.status, StatusCode::OK, "PUT {path}: {}", r.text);
         r
+    }
+
+    /// `GET path` every `every` until `done` takes the answer, for at most
+    /// `within` (then fails, showing the last answer); how long it took.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        (within, every): (Duration, Duration),
+        done: impl Fn(&Reply) -> bool,
+    ) -> Duration {
+        let start = std::time::Instant::now();
+        loop {
+            let r = self.get(path, token).await;
+            if done(&r) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "GET {path} is still not as awaited after {:?}: {} {}",
+                start.elapsed(),
+                r.status,
+                r.text
+            );
+            tokio::time::sleep(every).await;
+        }
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
