@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint openapi contract bench image
+.PHONY: help run test lint openapi contract fuzz bench image
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,8 @@ test: ## Install and start what the tests need (PostgreSQL, Chromium...), then r
 	source target/testbed.env && bash scripts/check-quickstart.sh
 	@echo '== the Incus resource suites again, over remote mTLS instead of the unix socket'
 	source target/testbed.env && LXGATE_TEST_INCUS_MODE=remote cargo test --locked --test api --no-fail-fast incus_ -- --skip incus_transport --skip incus_cluster
+	@echo '== coverage-guided fuzzing of the parsers of outside input, $${FUZZ_SECONDS:-20}s per target'
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
 	@echo '== the published contract: schemathesis (all phases, stateful sequences too) on both backends, generated Python and TypeScript clients (fixed seed; `make contract` explores with a random one)'
 	source target/testbed.env && CONTRACT_SEED=$${CONTRACT_SEED:-20261130} CONTRACT_DETAILS=1 bash scripts/check-contract.sh
 
@@ -36,6 +38,9 @@ openapi: ## Regenerate the committed openapi.json after an intended API change
 contract: ## Check openapi.json against the server on both backends (schemathesis, all checks, a random seed; Incus: a private incusd in a network namespace) and the Python/TypeScript client generators; `make test` runs it with a fixed seed
 	bash scripts/testbed.sh
 	source target/testbed.env && bash scripts/check-contract.sh
+
+fuzz: ## Fuzz every parser of outside input (cargo fuzz, libFuzzer) for FUZZ_SECONDS each (default 120); FUZZ_TARGETS picks some
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} bash scripts/fuzz.sh
 
 bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); results go to BENCHMARKS.md by hand
 	bash scripts/bench.sh

@@ -188,7 +188,9 @@ impl ImageAliasName {
 checked_name!(ImageAliasName);
 
 /// A profile name, by Incus's own rule for profiles (`profilesPost`): not
-/// empty, no `/`, and not `.` or `..`; and no NUL (no request text holds one). Looser than the resource names:
+/// empty, no `/`, and not `.` or `..`; and no control character (a URL
+/// parser drops tabs and line breaks, so `\t..\t` would reach Incus as
+/// `..`). Looser than the resource names:
 /// profiles come from Incus (an admin's `gpu_large` or `web.v2`), and one an
 /// instance already uses must stay usable here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -200,8 +202,10 @@ impl ProfileName {
         if s.is_empty() {
             return Err("a profile name must not be empty".into());
         }
-        if s.contains('/') || s.contains('\0') {
-            return Err(format!("profile name {s:?} must not contain '/' or NUL"));
+        if s.contains('/') || s.contains(|c: char| c.is_ascii_control()) {
+            return Err(format!(
+                "profile name {s:?} must not contain '/' or control characters"
+            ));
         }
         if s == "." || s == ".." {
             return Err(format!("{s:?} is not a valid profile name"));

@@ -203,10 +203,10 @@ name_schema!(
     "alice"
 );
 
-/// `names::ProfileName` (Incus's rule): not empty, no `/` (nor NUL, which no
-/// request text holds), not `.` or `..` (without a lookahead, as
+/// `names::ProfileName` (Incus's rule): not empty, no `/` nor an ASCII
+/// control character, not `.` or `..` (without a lookahead, as
 /// `alias_pattern`).
-pub const PROFILE_NAME_PATTERN: &str = r"^(?:[^/\x00]{3,}|[^./\x00][^/\x00]?|[^/\x00][^./\x00])$";
+pub const PROFILE_NAME_PATTERN: &str = r"^(?:[^/\x00-\x1f\x7f]{3,}|[^./\x00-\x1f\x7f][^/\x00-\x1f\x7f]?|[^/\x00-\x1f\x7f][^./\x00-\x1f\x7f])$";
 
 // No maxLength: Incus sets none, and a profile an admin named on Incus must
 // stay reachable.
@@ -215,7 +215,7 @@ impl PartialSchema for ProfileName {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(
-                "A profile name, by Incus's rule: not empty, no `/` or NUL, not `.` or `..` (profiles made through lxgate have `NewProfileName`s).",
+                "A profile name, by Incus's rule: not empty, no `/` or control character, not `.` or `..` (profiles made through lxgate have `NewProfileName`s).",
             ))
             .pattern(Some(PROFILE_NAME_PATTERN))
             .min_length(Some(1))

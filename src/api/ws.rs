@@ -312,6 +312,19 @@ enum Control {
     Resize { width: u32, height: u32 },
 }
 
+/// What a text frame asks of the terminal: a resize within 1-1000 columns
+/// and rows; anything else is ignored.
+pub(crate) fn control(text: &str) -> Option<TerminalInput> {
+    match serde_json::from_str(text) {
+        Ok(Control::Resize { width, height })
+            if (1..=1000).contains(&width) && (1..=1000).contains(&height) =>
+        {
+            Some(TerminalInput::Resize { width, height })
+        }
+        _ => None,
+    }
+}
+
 /// Relays until either side ends. Binary frames are stdin/stdout; text
 /// frames carry JSON control messages (`{"type":"resize",...}`); the last
 /// frame before close is `{"type":"exit","exit_code":N}` for commands.
@@ -359,11 +372,8 @@ pub async fn relay_terminal(socket: WebSocket, session: TerminalSession, mut slo
                     };
                 }
                 Message::Text(text) => {
-                    if let Ok(Control::Resize { width, height }) = serde_json::from_str(&text)
-                        && (1..=1000).contains(&width)
-                        && (1..=1000).contains(&height)
-                    {
-                        let _ = input.send(TerminalInput::Resize { width, height }).await;
+                    if let Some(resize) = control(&text) {
+                        let _ = input.send(resize).await;
                     }
                 }
                 Message::Close(_) => break,

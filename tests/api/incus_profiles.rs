@@ -229,3 +229,40 @@ async fn profiles_per_project_and_the_instances_that_use_them() {
         .await
         .assert_problem(404, "profile_not_found");
 }
+
+/// A profile name is one path segment of Incus's URL, whatever it holds:
+/// a tab, a newline or a carriage return around `..` (which a URL parser
+/// strips, leaving `..` to climb out of `/1.0/profiles`) is refused as a
+/// name before anything is sent, and the server's own config (`/1.0`,
+/// where such a PUT would land) is untouched.
+#[tokio::test]
+async fn incus_a_profile_name_cannot_climb_out_of_its_url() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let operator = app.user_with_role(&admin, "pclimb", Some("operator")).await;
+    let marker = "user.lxgate-climb";
+    let before = incus_ok(&["config", "show"]);
+    for name in ["%09..%09", "%0A..", "..%0D", "%09.", "a%0Ab"] {
+        for token in [&operator, &admin] {
+            let path = format!("/api/v1/profiles/{name}");
+            app.get(&path, Some(token))
+                .await
+                .assert_problem(400, "invalid_name");
+            let r = app
+                .send(
+                    app.request(Method::PUT, &path, Some(token))
+                        .json(&json!({"config": {marker: "x"}, "devices": {}})),
+                )
+                .await;
+            r.assert_problem(400, "invalid_name");
+            patch(&app, token, &path, json!({"config": {marker: "x"}}))
+                .await
+                .assert_problem(400, "invalid_name");
+            app.delete(&path, Some(token))
+                .await
+                .assert_problem(400, "invalid_name");
+        }
+    }
+    assert_eq!(incus_ok(&["config", "show"]), before);
+    assert_eq!(incus_ok(&["config", "get", marker]).trim(), "");
+}

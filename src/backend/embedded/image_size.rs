@@ -110,6 +110,16 @@ async fn tarball(path: &Path, what: &str, budget: Budget) -> Result<u64, Backend
     }
 }
 
+/// What `Listing` sums from `chunks`, as they come out of the pipe.
+pub(crate) fn listing_total<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut listing = Listing::default();
+    for c in chunks {
+        listing.feed(c);
+    }
+    listing.finish();
+    listing.total
+}
+
 /// Sums what `tar --list --verbose --numeric-owner --quoting-style=escape`
 /// prints as it streams in: one line per member, `mode uid/gid size date
 /// time name`. Only the third field is read; the name, which the archive's
@@ -186,12 +196,7 @@ mod tests {
     use super::*;
 
     fn sum(text: &str, chunk: usize) -> u64 {
-        let mut l = Listing::default();
-        for c in text.as_bytes().chunks(chunk) {
-            l.feed(c);
-        }
-        l.finish();
-        l.total
+        listing_total(text.as_bytes().chunks(chunk))
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::names::{ImageAliasName, ImageFingerprint, ProjectName};
 /// Largest `metadata.yaml` read (real ones are a few KiB). A small
 /// compressed tarball can expand to gigabytes, so the cap is applied while
 /// `tar` streams it out, not after.
-const MAX_METADATA_YAML: u64 = 1 << 20;
+pub(crate) const MAX_METADATA_YAML: u64 = 1 << 20;
 /// How long extracting `metadata.yaml` may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -107,6 +107,24 @@ pub struct BootMeta {
     pub kernel: String,
     pub initrd: String,
     pub cmdline: String,
+}
+
+/// `metadata.yaml`'s text as lxgate reads it (at most `MAX_METADATA_YAML`).
+pub(crate) fn parse_metadata(yaml: &[u8]) -> Result<Metadata, BackendError> {
+    serde_yaml_ng::from_slice(yaml)
+        .map_err(|e| BackendError::BadRequest(format!("metadata.yaml is not valid: {e}")))
+}
+
+impl BootMeta {
+    /// What goes on to `tar` (member names) and QEMU (the command line).
+    pub(crate) fn check(&self) -> Result<(), BackendError> {
+        if !plain_name(&self.kernel) || !plain_name(&self.initrd) || self.cmdline.len() > 4096 {
+            return Err(BackendError::BadRequest(
+                "metadata.yaml's boot.kernel and boot.initrd must be plain file names".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A member name of the boot tarball: a plain file name, nothing that could
@@ -197,9 +215,7 @@ impl ImageStore {
         let tarball = self.metadata(fp);
         for member in ["metadata.yaml", "./metadata.yaml"] {
             if let Some(yaml) = extract_metadata_yaml(&tarball, member).await? {
-                return serde_yaml_ng::from_slice(&yaml).map_err(|e| {
-                    BackendError::BadRequest(format!("metadata.yaml is not valid: {e}"))
-                });
+                return parse_metadata(&yaml);
             }
         }
         Err(BackendError::BadRequest(
@@ -226,11 +242,7 @@ impl ImageStore {
                     "a VM image's rootfs.img is a qcow2 disk, or a tarball with the kernel and initrd that metadata.yaml's `boot` names".into(),
                 )
             })?;
-            if !plain_name(&b.kernel) || !plain_name(&b.initrd) || b.cmdline.len() > 4096 {
-                return Err(BackendError::BadRequest(
-                    "metadata.yaml's boot.kernel and boot.initrd must be plain file names".into(),
-                ));
-            }
+            b.check()?;
             let staging = dir.join(".boot");
             let _ = tokio::fs::remove_dir_all(&staging).await;
             tokio::fs::create_dir_all(&staging).await.map_err(io)?;
@@ -525,8 +537,16 @@ impl Puller {
         let (pool, store, budget) = (&self.pool, &self.store, self.budget);
         let (project_owned, tmp) = (&self.project, &self.tmp);
         let (http, base) = simplestreams::connect(&self.fetch, wanted.server).await?;
-        let found =
-            simplestreams::find(&http, &base, wanted.alias, wanted.fingerprint, wanted.vm).await?;
+        let found = simplestreams::find(
+            &http,
+            &base,
+            simplestreams::Wanted {
+                alias: wanted.alias,
+                fingerprint: wanted.fingerprint,
+                vm: wanted.vm,
+            },
+        )
+        .await?;
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(|e| operations::OpError::Failed(format!("spool: {e}")))?;

@@ -91,22 +91,7 @@ pub async fn virtual_size(path: &Path) -> Result<u64, BackendError> {
 }
 
 pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), BackendError> {
-    let head = read_head(path).await?;
-    let h = parse_header(&head)
-        .filter(|h| &h.magic == QCOW2_MAGIC)
-        .ok_or_else(|| refuse("it is not a qcow2 image"))?;
-    if !matches!(h.version, 2 | 3) {
-        return Err(refuse(&format!("qcow2 version {} is unknown", h.version)));
-    }
-    if h.backing_file_offset != 0 {
-        return Err(refuse("it has a backing file"));
-    }
-    if h.incompatible_features & INCOMPAT_EXTERNAL_DATA_FILE != 0 {
-        return Err(refuse("it has an external data file"));
-    }
-    if h.size > budget.left {
-        return Err(too_large(h.size, budget));
-    }
+    check_head(&read_head(path).await?, budget)?;
     let out = run(
         "qemu-img",
         [
@@ -126,6 +111,27 @@ pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), Backend
     let info: Value = serde_json::from_str(&out.stdout)
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("qemu-img info output: {e}")))?;
     check_info(&info, budget)
+}
+
+/// The header's part of `check_disk_image`: `head` is the file's first 104
+/// bytes (or all of it, when shorter). Ok gives the virtual size.
+pub(crate) fn check_head(head: &[u8], budget: Budget) -> Result<u64, BackendError> {
+    let h = parse_header(head)
+        .filter(|h| &h.magic == QCOW2_MAGIC)
+        .ok_or_else(|| refuse("it is not a qcow2 image"))?;
+    if !matches!(h.version, 2 | 3) {
+        return Err(refuse(&format!("qcow2 version {} is unknown", h.version)));
+    }
+    if h.backing_file_offset != 0 {
+        return Err(refuse("it has a backing file"));
+    }
+    if h.incompatible_features & INCOMPAT_EXTERNAL_DATA_FILE != 0 {
+        return Err(refuse("it has an external data file"));
+    }
+    if h.size > budget.left {
+        return Err(too_large(h.size, budget));
+    }
+    Ok(h.size)
 }
 
 /// What `qemu-img info --output=json` says about the image.

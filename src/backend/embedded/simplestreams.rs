@@ -95,24 +95,47 @@ async fn get_json(client: &OriginClient, url: Url) -> Result<Value, BackendError
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("{url} is not JSON: {e}")))
 }
 
+/// What is wanted of a server's catalogue: an alias or a fingerprint
+/// prefix, for containers or VMs.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub alias: Option<&'a str>,
+    pub fingerprint: Option<&'a str>,
+    pub vm: bool,
+}
+
 /// Finds the newest matching image on the server at `base` (see `connect`).
 pub async fn find(
     client: &OriginClient,
     base: &Url,
-    alias: Option<&str>,
-    fingerprint: Option<&str>,
-    want_vm: bool,
+    wanted: Wanted<'_>,
 ) -> Result<Found, BackendError> {
     let index = get_json(client, resolve(base, "streams/v1/index.json")?).await?;
-    let catalogue = index["index"]
+    let catalogue = catalogue_path(&index)?;
+    let images = get_json(client, resolve(base, catalogue)?).await?;
+    pick(&images, base, wanted)
+}
+
+/// The path of the image-downloads catalogue an index names.
+pub(crate) fn catalogue_path(index: &Value) -> Result<&str, BackendError> {
+    index["index"]
         .as_object()
         .and_then(|m| {
             m.values()
                 .find(|v| v["datatype"] == "image-downloads")
                 .and_then(|v| v["path"].as_str())
         })
-        .ok_or_else(|| bad("the server's index lists no image-downloads catalogue"))?;
-    let images = get_json(client, resolve(base, catalogue)?).await?;
+        .ok_or_else(|| bad("the server's index lists no image-downloads catalogue"))
+}
+
+/// The newest item of `images` (a product catalogue the server at `base`
+/// sent) that is `wanted`, its files' URLs kept on that server.
+pub(crate) fn pick(images: &Value, base: &Url, wanted: Wanted<'_>) -> Result<Found, BackendError> {
+    let Wanted {
+        alias,
+        fingerprint,
+        vm: want_vm,
+    } = wanted;
     let products = images["products"]
         .as_object()
         .ok_or_else(|| bad("the catalogue has no products"))?;

@@ -1305,13 +1305,7 @@ impl EmbeddedBackend {
             let target = d.get("path").cloned().unwrap_or_default();
             match (vm, content.as_str()) {
                 (false, "filesystem") => {
-                    let ok = target.starts_with('/')
-                        && target.len() > 1
-                        && target.split('/').all(|c| c != ".." && c != ".")
-                        && target
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
-                    if !ok {
+                    if !plain_mount_target(&target) {
                         return Err(BackendError::BadRequest(format!(
                             "device {dev}: path must be an absolute, plain path in the container"
                         )));
@@ -1333,4 +1327,23 @@ impl EmbeddedBackend {
         }
         Ok(out)
     }
+}
+
+/// A volume's mount point in a container as it may go into an LXC mount
+/// entry, as `MOUNT_PATH_PATTERN` has it: absolute, components that are
+/// not empty, `.` or `..` (so not `/` nor `//`, which would leave the
+/// entry's target field empty), an optional trailing `/`, only ASCII
+/// letters, digits, `/`, `.`, `_` and `-` (no whitespace: fstab fields).
+pub(crate) fn plain_mount_target(target: &str) -> bool {
+    let Some(rest) = target.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -280,18 +281,7 @@ impl IncusClient {
     }
 
     pub(super) fn url_on(&self, base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = base.clone();
-        {
-            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
-            path.pop_if_empty().push("1.0");
-            for s in segments {
-                path.push(s);
-            }
-        }
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        url
+        url_under(base, segments, query)
     }
 
     /// Sends the request `build` makes for a member's URL (`None` once it
@@ -357,6 +347,7 @@ impl IncusClient {
         if_match: Option<&str>,
         timeout: Option<std::time::Duration>,
     ) -> Result<reqwest::Response, BackendError> {
+        check_segments(segments)?;
         let idempotent = method == Method::GET;
         self.send(idempotent, |base| {
             let mut req = self
@@ -440,6 +431,7 @@ impl IncusClient {
         headers: &[(&'static str, String)],
         timeout: std::time::Duration,
     ) -> Result<Response, BackendError> {
+        check_segments(segments)?;
         // The form streams its parts: it can go to one member only (a
         // member that cannot be reached still hands it to the next).
         let mut form = Some(form);
@@ -527,6 +519,7 @@ impl IncusClient {
         body: Option<reqwest::Body>,
         timeout: std::time::Duration,
     ) -> Result<reqwest::Response, BackendError> {
+        check_segments(segments)?;
         let idempotent = method == Method::GET;
         // A body in memory can go to any member; one that streams is sent
         // once (to the first member that can be reached).
@@ -597,6 +590,48 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// What a path segment keeps as it is: RFC 3986's unreserved characters.
+/// Everything else is percent-encoded here, tabs and line breaks included:
+/// `Url`'s own segment setter drops those (as the URL standard strips them
+/// from any input), which would turn `\t..\t` into a `..` that climbs.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Refuses segments no URL can carry as themselves: `.` and `..` are
+/// resolved away by every URL parser, encoded or not. Names are checked
+/// before they get here (no name parser takes them); this keeps any path
+/// that forgot from reaching another resource.
+pub(crate) fn check_segments(segments: &[&str]) -> Result<(), BackendError> {
+    match segments.iter().find(|s| matches!(**s, "." | "..")) {
+        Some(s) => Err(BackendError::BadRequest(format!(
+            "{s:?} cannot name a resource"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `/1.0/<segments...>?<query>` under `base` (an http(s) URL): each segment
+/// and query value percent-encoded, never spliced. `check_segments` must
+/// have passed.
+pub(crate) fn url_under(base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    debug_assert!(check_segments(segments).is_ok(), "{segments:?}");
+    let mut url = base.clone();
+    let mut path = base.path().trim_end_matches('/').to_owned();
+    path.push_str("/1.0");
+    for s in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(s, SEGMENT));
+    }
+    url.set_path(&path);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    url
 }
 
 /// Incus's error codes keep their meaning (DESIGN §2), except where its
@@ -783,8 +818,21 @@ mod tests {
         let url = client.url(&["instances", "../../etc?x=1#y"], &[("project", "a&b")]);
         assert_eq!(
             url.as_str(),
-            "https://incus.example:8443/1.0/instances/..%2F..%2Fetc%3Fx=1%23y?project=a%26b"
+            "https://incus.example:8443/1.0/instances/..%2F..%2Fetc%3Fx%3D1%23y?project=a%26b"
         );
+        // A URL parser drops tabs and line breaks from what it is given:
+        // encoded first, they stay, and `..` never forms.
+        let url = client.url(&["profiles", "\t..\r\n", "x"], &[]);
+        assert_eq!(
+            url.as_str(),
+            "https://incus.example:8443/1.0/profiles/%09..%0D%0A/x"
+        );
+        for climbing in [".", ".."] {
+            assert!(matches!(
+                check_segments(&["profiles", climbing]),
+                Err(BackendError::BadRequest(_))
+            ));
+        }
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl IncusClient {
         segments: &[&str],
         query: &[(&str, &str)],
     ) -> Result<IncusSocket, BackendError> {
+        super::client::check_segments(segments)?;
         let mut last = None;
         for (member, base) in self.members() {
             let endpoint = base.to_string();
