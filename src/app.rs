@@ -171,6 +171,8 @@ impl App {
                     Fetcher::new(config.image_server_allowlist.clone()),
                     config.max_image_bytes,
                 );
+                // Before anything else: what a killed lxgate left half done.
+                embedded.recover().await;
                 embedded.restore_networks().await;
                 embedded.secure_data_dir().await;
                 let embedded = Arc::new(embedded.with_output_limits(output_limits));

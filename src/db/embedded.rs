@@ -35,12 +35,35 @@ macro_rules! instance_columns {
     };
 }
 
-/// Claims the name: fails with a unique violation when it is taken.
+/// Where an instance is in its life (`phase`): a restart after lxgate was
+/// killed finishes what was under way (`EmbeddedBackend::recover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Its name is claimed; its files are being made.
+    Creating,
+    /// Made, whatever its run state.
+    Ready,
+    /// Its files are going.
+    Deleting,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Creating => "creating",
+            Phase::Ready => "ready",
+            Phase::Deleting => "deleting",
+        }
+    }
+}
+
+/// Claims the name (in phase `Creating`): fails with a unique violation
+/// when it is taken.
 pub async fn insert_instance(pool: &AnyPool, r: &InstanceRow) -> Result<(), sqlx::Error> {
     sqlx::query(concat!(
         "INSERT INTO embedded_instances (",
         instance_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ", phase) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'creating')"
     ))
     .bind(&r.project)
     .bind(&r.name)
@@ -169,6 +192,32 @@ pub async fn rename_instance(
         .execute(pool)
         .await
         .map(|_| ())
+}
+
+pub async fn set_phase(
+    pool: &AnyPool,
+    project: &str,
+    name: &str,
+    phase: Phase,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE embedded_instances SET phase = $3 WHERE project = $1 AND name = $2")
+        .bind(project)
+        .bind(name)
+        .bind(phase.as_str())
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// The instances a killed lxgate left half made or half deleted.
+pub async fn unfinished_instances(pool: &AnyPool) -> Result<Vec<InstanceRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        instance_columns!(),
+        " FROM embedded_instances WHERE phase <> 'ready' ORDER BY project, name"
+    ))
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn delete_instance(pool: &AnyPool, project: &str, name: &str) -> Result<(), sqlx::Error> {

@@ -126,6 +126,85 @@ pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
     }
 }
 
+/// lxgate as its own process (the real binary, `serve`), for tests that
+/// kill it: the app's client, and the child to kill. The test settings of
+/// `spawn_app_with` plus `env` (which must name `DATA_DIR` and
+/// `DATABASE_URL`); it logs to `<DATA_DIR>/../lxgate-<pid>.log`.
+pub async fn spawn_process(env: &[(&str, &str)]) -> (TestApp, tokio::process::Child) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut vars: HashMap<String, String> = [
+        ("JWT_SECRET", JWT_SECRET),
+        ("SEED_ADMIN_USERNAME", ADMIN),
+        ("SEED_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("LOG_LEVEL", "info"),
+        ("LOG_FORMAT", "json"),
+        ("APP_HOST", "127.0.0.1"),
+        ("APP_PORT", "0"),
+        ("AUTH_RATE_LIMIT_PER_MINUTE", "100000"),
+        ("AUTH_RATE_LIMIT_BURST", "100000"),
+        ("LOGIN_MAX_FAILURES", "1000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in env {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("test config is valid");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lxgate"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(&vars)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("lxgate starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("lxgate's log") {
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("lxgate listening"))
+            {
+                return v["addr"].as_str().expect("an address").to_owned();
+            }
+        }
+        panic!("lxgate exited before listening");
+    })
+    .await
+    .expect("lxgate listens within 60 s");
+    // The rest of its log is kept where a failing test can be read.
+    let log_path = std::path::Path::new(&vars["DATA_DIR"])
+        .with_file_name(format!("lxgate-{}.log", child.id().unwrap_or_default()));
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let Ok(mut log) = tokio::fs::File::create(log_path).await else {
+            return;
+        };
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    let app = TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        config,
+        _dir: tempfile::tempdir().expect("temp dir"),
+        shutdown: None,
+        runtime: None,
+    };
+    (app, child)
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

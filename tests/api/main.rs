@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod docs_ui;
 mod embedded;
+mod embedded_crash;
 mod embedded_sources;
 mod exposure;
 mod faults;

@@ -33,7 +33,7 @@ use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
 use super::{EmbeddedBackend, resources};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, DevicesMap, InstanceCreate, Operation};
-use crate::db::embedded::{self as inv, InstanceRow};
+use crate::db::embedded::{self as inv, InstanceRow, Phase};
 use crate::names::{InstanceName, MemberName, ProjectName, SnapshotName};
 
 /// What a copy is made from, as the API normalized it (checked again here:
@@ -339,6 +339,10 @@ impl EmbeddedBackend {
                             .await?;
                     }
                     ctx.check()?;
+                    // Made: a restart keeps it from now on (`recovery`).
+                    inv::set_phase(&pool, &row.project, &row.name, Phase::Ready)
+                        .await
+                        .map_err(db)?;
                     Ok::<_, OpError>(())
                 }
                 .await;

@@ -24,7 +24,7 @@ use crate::backend::types::{
     InstanceStateMemory, InstanceUpdate, Operation, Profile, StateChange, expand,
 };
 use crate::backend::{BackendError, Instances, ListScope, Listing, Missing};
-use crate::db::embedded::{self as inv, InstanceRow};
+use crate::db::embedded::{self as inv, InstanceRow, Phase};
 use crate::names::{InstanceName, MemberName, ProjectName};
 
 /// lxc-info runs per instance; this many at once when listing.
@@ -563,6 +563,10 @@ impl Instances for EmbeddedBackend {
                         }
                     })?;
                     ctx.check()?;
+                    // Made: a restart keeps it from now on (`recovery`).
+                    inv::set_phase(&pool, &row.project, &row.name, Phase::Ready)
+                        .await
+                        .map_err(db)?;
                     Ok::<_, OpError>(())
                 }
                 .await;
@@ -791,6 +795,10 @@ impl Instances for EmbeddedBackend {
                     driver.stop(&ct, 0, true).await?;
                     lifecycle(&bus, &row.project, "instance-stopped", &source, json!({}));
                 }
+                // From here a restart finishes the delete (`recovery`).
+                inv::set_phase(&pool, &row.project, &row.name, Phase::Deleting)
+                    .await
+                    .map_err(db)?;
                 driver.destroy(&ct).await?;
                 inv::delete_instance(&pool, &row.project, &row.name)
                     .await

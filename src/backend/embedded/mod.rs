@@ -32,6 +32,7 @@ mod profiles;
 mod projects;
 pub(crate) mod qcow;
 mod qemu;
+mod recovery;
 pub(crate) mod simplestreams;
 mod snapshots;
 pub(crate) mod storage;

@@ -3,6 +3,7 @@
 //! on asynchronously, so the executor never blocks on a child.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -217,6 +218,49 @@ pub async fn run_group(
             "{what} failed ({status}): {stderr}"
         )))
     }
+}
+
+/// Kills (SIGKILL) every process working under `dir`: its working
+/// directory, root or an open file there. For start-up only (see
+/// `recovery`): tools lxgate ran in groups of their own (tar, cp) outlive
+/// a kill of lxgate and would go on writing into a directory that is
+/// being removed. Blocking: it reads `/proc`. How many were killed.
+pub fn kill_users_of(dir: &Path) -> usize {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let under = |link: &Path| {
+        std::fs::read_link(link).is_ok_and(|t| {
+            // A removed directory reads as "<path> (deleted)".
+            t.starts_with(dir)
+        })
+    };
+    let mut killed = 0;
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| *n != me)
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let base = p.path();
+        let uses = under(&base.join("cwd"))
+            || under(&base.join("root"))
+            || std::fs::read_dir(base.join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| under(&fd.path()));
+        // SAFETY: kill(2) of a process seen working under `dir` just now;
+        // at worst it has exited (ESRCH).
+        if uses && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// The exit code the way a shell reports it (128 + signal for a kill).

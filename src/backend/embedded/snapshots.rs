@@ -499,6 +499,12 @@ impl Snapshots for EmbeddedBackend {
             false,
             move |_ctx| async move {
                 let _guard = guard;
+                // The record first: a kill after it leaves data without a
+                // record, which a restart removes (`recovery`), never a
+                // listed snapshot whose data is gone.
+                tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
+                    .await
+                    .map_err(io("removing the snapshot record"))?;
                 if vm {
                     run(
                         "qemu-img",
@@ -515,9 +521,6 @@ impl Snapshots for EmbeddedBackend {
                     let _ =
                         tokio::fs::remove_dir_all(idir.join("snapshots").join(snap.as_str())).await;
                 }
-                tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
-                    .await
-                    .map_err(io("removing the snapshot record"))?;
                 lifecycle(
                     &bus,
                     &project_owned,

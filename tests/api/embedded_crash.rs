@@ -1,0 +1,299 @@
+//! lxgate killed with SIGKILL (the real binary, its own process) in the
+//! middle of an embedded create, delete and snapshot: once it is started
+//! again, no instance row is left without its files, no files without a
+//! row, no snapshot data without its record, and the names are free again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::embedded::{Host, env, import_busybox, serve, sha256_hex};
+use crate::helpers::*;
+
+/// The real lxgate on `host`'s DATA_DIR, allowed to fetch from `servers`.
+async fn start(host: &Host, servers: &[&str]) -> (TestApp, tokio::process::Child) {
+    let data = host.data().display().to_string();
+    let db = format!("sqlite://{data}/lxgate.db");
+    let allow = servers
+        .iter()
+        .map(|s| {
+            let u = reqwest::Url::parse(s).unwrap();
+            format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    spawn_process(&[
+        ("BACKEND", "embedded"),
+        ("DATA_DIR", &data),
+        ("DATABASE_URL", &db),
+        ("IMAGE_SERVER_ALLOWLIST", &allow),
+    ])
+    .await
+}
+
+async fn kill9(child: &mut tokio::process::Child) {
+    // tokio's kill is SIGKILL.
+    child.kill().await.expect("SIGKILL lxgate");
+}
+
+/// The row's phase straight from the database (`None`: no row).
+async fn phase(host: &Host, name: &str) -> Option<String> {
+    let url = format!("sqlite://{}/lxgate.db", host.data().display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.expect("the db");
+    sqlx::query_scalar(
+        "SELECT phase FROM embedded_instances WHERE project = 'default' AND name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut db)
+    .await
+    .expect("a query")
+}
+
+/// Waits (up to 30 s) until `ready` holds, checking every few ms.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut ready: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A simplestreams server whose rootfs download sends its first KiB and
+/// then never another byte: a create from it stays in its download.
+async fn hanging_server() -> String {
+    let meta = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_META")).unwrap();
+    let rootfs = std::fs::read(env("LXGATE_TEST_EMBEDDED_IMAGE_ROOTFS")).unwrap();
+    let catalogue = json!({"format": "products:1.0", "datatype": "image-downloads", "products": {
+    "busybox:test:amd64:default": {
+        "aliases": "busybox/test", "arch": "amd64", "versions": {
+            "20261124_00:00": {"items": {
+                "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "images/meta.tar.xz",
+                    "sha256": sha256_hex(&[&meta]), "size": meta.len(),
+                    "combined_rootxz_sha256": sha256_hex(&[&meta, &rootfs])},
+                "root.tar.xz": {"ftype": "root.tar.xz", "path": "images/rootfs.tar.xz",
+                    "sha256": sha256_hex(&[&rootfs]), "size": rootfs.len()},
+            }}}}}});
+    let index = json!({"format": "index:1.0", "index": {"images": {
+        "datatype": "image-downloads", "path": "streams/v1/images.json", "format": "products:1.0",
+        "products": ["busybox:test:amd64:default"]}}});
+    let first = axum::body::Bytes::from(rootfs[..1024].to_vec());
+    let app = axum::Router::new()
+        .route(
+            "/streams/v1/index.json",
+            axum::routing::get(move || async move { axum::Json(index) }),
+        )
+        .route(
+            "/streams/v1/images.json",
+            axum::routing::get(move || async move { axum::Json(catalogue) }),
+        )
+        .route(
+            "/images/meta.tar.xz",
+            axum::routing::get(move || async move { meta }),
+        )
+        .route(
+            "/images/rootfs.tar.xz",
+            axum::routing::get(move || async move {
+                let stream = futures::stream::iter([Ok::<_, std::io::Error>(first)])
+                    .chain(futures::stream::pending());
+                axum::body::Body::from_stream(stream)
+            }),
+        );
+    serve(app).await
+}
+
+use futures::StreamExt;
+
+/// The owner of a container's rootfs: its root, mapped.
+fn rootfs_owner(rootfs: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(rootfs).expect("the rootfs");
+    (m.uid(), m.gid())
+}
+
+#[tokio::test]
+async fn embedded_sigkill_mid_create_delete_and_snapshot_leaves_nothing_half_done() {
+    let host = Host::new();
+    let server = hanging_server().await;
+    let lxc = host.lxcpath();
+    let tmp = host.data().join("tmp");
+
+    // 1. A create killed in its download: the row is claimed, the image is
+    //    half fetched, no container directory yet.
+    let (app, mut lxgate) = start(&host, &[&server]).await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = app
+        .post(
+            "/api/v1/instances",
+            Some(&admin),
+            json!({"name": "k1", "source": {"type": "image", "server": server,
+                   "protocol": "simplestreams", "alias": "busybox/test"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    until("the create is downloading", || async {
+        phase(&host, "k1").await.as_deref() == Some("creating") && !entries(&tmp).is_empty()
+    })
+    .await;
+    kill9(&mut lxgate).await;
+    assert_eq!(phase(&host, "k1").await.as_deref(), Some("creating"));
+
+    let (app, mut lxgate) = start(&host, &[&server]).await;
+    let admin = app.admin_token().await;
+    app.get("/api/v1/instances/k1", Some(&admin))
+        .await
+        .assert_problem(404, "instance_not_found");
+    assert_eq!(phase(&host, "k1").await, None, "the half-made row is gone");
+    assert!(!lxc.join("default_k1").exists());
+    assert_eq!(
+        entries(&tmp),
+        Vec::<String>::new(),
+        "the download's spool is gone"
+    );
+    // The name is free again.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "k1", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+
+    // 2. A delete killed while its files go: 60,000 files take a while.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "d1", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let junk = lxc.join("default_d1/rootfs/junk");
+    let made = junk.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir(&made).unwrap();
+        for i in 0..60_000 {
+            std::fs::write(made.join(format!("f{i}")), b"x").unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let r = app.delete("/api/v1/instances/d1", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    until("the delete is removing files", || async {
+        phase(&host, "d1").await.as_deref() == Some("deleting")
+    })
+    .await;
+    kill9(&mut lxgate).await;
+    assert!(
+        lxc.join("default_d1").exists(),
+        "the kill came after the delete's files were gone: the test proves nothing"
+    );
+
+    let (app, mut lxgate) = start(&host, &[&server]).await;
+    let admin = app.admin_token().await;
+    app.get("/api/v1/instances/d1", Some(&admin))
+        .await
+        .assert_problem(404, "instance_not_found");
+    assert_eq!(phase(&host, "d1").await, None);
+    assert!(!lxc.join("default_d1").exists(), "the delete was finished");
+
+    // 3. A snapshot killed while it copies a running (so frozen) container.
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "n1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let rootfs = lxc.join("default_n1/rootfs");
+    let (uid, gid) = rootfs_owner(&rootfs);
+    let big = rootfs.join("big");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        // Written, not sparse: the copy has all of it to move.
+        let mut f = std::fs::File::create(&big).unwrap();
+        let block = vec![7u8; 1 << 20];
+        for _ in 0..768 {
+            f.write_all(&block).unwrap();
+        }
+        std::os::unix::fs::chown(&big, Some(uid), Some(gid)).unwrap();
+    })
+    .await
+    .unwrap();
+    let snaps = lxc.join("default_n1/snapshots");
+    let r = app
+        .post(
+            "/api/v1/instances/n1/snapshots",
+            Some(&admin),
+            json!({"name": "s1"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    until("the snapshot is copying", || async {
+        snaps.join("s1/rootfs").exists() && host.lxc_state("default", "n1") == "FROZEN"
+    })
+    .await;
+    kill9(&mut lxgate).await;
+    assert!(
+        !snaps.join("s1.json").exists(),
+        "the kill came after the snapshot was made: the test proves nothing"
+    );
+
+    let (app, mut lxgate) = start(&host, &[&server]).await;
+    let admin = app.admin_token().await;
+    let list = app
+        .get("/api/v1/instances/n1/snapshots", Some(&admin))
+        .await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.body["items"], json!([]), "{}", list.text);
+    assert!(!snaps.join("s1").exists(), "the half copy is gone");
+    assert_eq!(host.lxc_state("default", "n1"), "RUNNING", "thawed");
+    let r = app
+        .post(
+            "/api/v1/instances/n1/snapshots?wait=120",
+            Some(&admin),
+            json!({"name": "s1"}),
+        )
+        .await;
+    assert_eq!(
+        r.body["status_code"], 200,
+        "the name is free again: {}",
+        r.text
+    );
+
+    // Every row has its files, and every instance directory its row.
+    let listed: Vec<String> = app
+        .get("/api/v1/instances?expand=false", Some(&admin))
+        .await
+        .body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v: &Value| v.as_str().unwrap().to_owned())
+        .collect();
+    let mut dirs: Vec<String> = entries(&lxc)
+        .into_iter()
+        .filter(|d| PathBuf::from(&lxc).join(d).is_dir())
+        .collect();
+    dirs.sort();
+    let mut want: Vec<String> = listed.iter().map(|n| format!("default_{n}")).collect();
+    want.sort();
+    assert_eq!(dirs, want);
+    kill9(&mut lxgate).await;
+}
