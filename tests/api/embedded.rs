@@ -23,7 +23,7 @@ pub fn env(name: &str) -> String {
 /// A DATA_DIR of the test's own that outlives one lxgate process (restart
 /// tests start a second one on it).
 pub struct Host {
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Host {

@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::embedded::{Host, env, import_busybox, serve, sha256_hex};
+use crate::embedded::{
+    Host, action, env, import_busybox, import_vm_image, serve, sha256_hex, status,
+};
 use crate::helpers::*;
 
 /// The real lxgate on `host`'s DATA_DIR, allowed to fetch from `servers`.
@@ -296,4 +298,91 @@ async fn embedded_sigkill_mid_create_delete_and_snapshot_leaves_nothing_half_don
     want.sort();
     assert_eq!(dirs, want);
     kill9(&mut lxgate).await;
+}
+
+/// The pid of the LXC monitor of container `ct` under `lxcpath`.
+fn lxc_monitor(lxcpath: &Path, ct: &str) -> Option<i32> {
+    let want = format!("[lxc monitor] {} {ct}", lxcpath.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline);
+        text.trim_end_matches('\0')
+            .starts_with(&want)
+            .then_some(pid)
+    })
+}
+
+async fn until_status(app: &TestApp, token: &str, name: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = status(app, token, name).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {now}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A container's LXC monitor or a VM's QEMU killed behind lxgate's back:
+/// the instance is reported Stopped (the container's processes die with
+/// its monitor) and starts again.
+#[tokio::test]
+async fn embedded_a_killed_lxc_monitor_or_qemu_is_reported_stopped() {
+    let host = Host::new();
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "m1", "source": {"type": "image", "alias": "busybox"}, "start": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "m1").await, "Running");
+    let monitor = lxc_monitor(&host.lxcpath(), "default_m1").expect("the container's monitor");
+    // SAFETY: kill(2) of the monitor process found above.
+    assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
+    until_status(&app, &admin, "m1", "Stopped").await;
+    assert_eq!(host.lxc_state("default", "m1"), "STOPPED");
+    action(&app, &admin, "m1", "start").await;
+    assert_eq!(status(&app, &admin, "m1").await, "Running");
+
+    import_vm_image(&app, &admin, host.dir.path()).await;
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "q1", "type": "virtual-machine", "start": true,
+                   "source": {"type": "image", "alias": "tinyvm"},
+                   "config": {"limits.memory": "192MiB", "limits.cpu": "1"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert_eq!(status(&app, &admin, "q1").await, "Running");
+    let pidfile = host.data().join("vms/default_q1/qemu.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("QEMU's pidfile")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) of the VM's QEMU, by its pidfile.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    until_status(&app, &admin, "q1", "Stopped").await;
+    action(&app, &admin, "q1", "start").await;
+    assert_eq!(status(&app, &admin, "q1").await, "Running");
+    let r = app
+        .post(
+            "/api/v1/instances/q1/stop?wait=60",
+            Some(&admin),
+            json!({"force": true}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
