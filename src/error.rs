@@ -359,6 +359,9 @@ impl From<BackendError> for ApiError {
             BackendError::ImageTooLarge(m) => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", m)
             }
+            BackendError::InsufficientStorage(m) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             BackendError::Upstream(m) => Self::new(StatusCode::BAD_GATEWAY, "backend_error", m),
             BackendError::Internal(e) => Self::internal(e),
         }

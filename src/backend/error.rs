@@ -32,6 +32,9 @@ pub enum BackendError {
     /// An image over `MAX_IMAGE_BYTES` (see `image_too_large`).
     #[error("{0}")]
     ImageTooLarge(String),
+    /// The host has no room left for what was being written (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The backend answered with an error that has no closer meaning (its message is kept).
     #[error("{0}")]
     Upstream(String),

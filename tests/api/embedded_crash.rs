@@ -386,3 +386,149 @@ async fn embedded_a_killed_lxc_monitor_or_qemu_is_reported_stopped() {
         .await;
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
+
+/// Every file under `dir` with its size, but the SQLite database's own
+/// (which grows with every request).
+fn files_besides_the_database(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let (path, meta) = (e.path(), e.metadata().unwrap());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                todo.push(path);
+            } else if !name.starts_with("lxgate.db") {
+                out.push((path.display().to_string(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A tmpfs of `size` mounted on `dir` for the test's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs on {}", dir.display());
+        Self(dir.to_owned())
+    }
+
+    /// Bytes free.
+    fn free(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: a valid path and a statvfs to fill, read only when it returned 0.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+        let st = unsafe { st.assume_init() };
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fills it until `leave` bytes are free (a file of its own, `filler`).
+    fn fill_leaving(&self, leave: u64) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while self.free() > leave + block.len() as u64 {
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// DATA_DIR full (a small tmpfs) during an image upload and an instance
+/// create: a clear error, and nothing half-written is left.
+#[tokio::test]
+async fn embedded_a_full_data_dir_is_a_clear_error_and_leaves_nothing_half_written() {
+    let host = Host::new();
+    let disk = Tmpfs::mount(&host.data(), "96m");
+    let app = host.app().await;
+    let admin = app.admin_token().await;
+    import_busybox(&app, &admin).await;
+    let images_before = app.get("/api/v1/images", Some(&admin)).await.body["items"].clone();
+    // The unpacked busybox takes about 2 MB; leave 1 MiB (room for the
+    // database's own writes, not for the rootfs).
+    disk.fill_leaving(1 << 20);
+    let kept = files_besides_the_database(&host.data());
+
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "full1", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status_code"], 400, "{}", r.text);
+    let err = r.body["err"].as_str().unwrap_or_default();
+    assert!(err.contains("no space left"), "a clear error: {err}");
+    app.get("/api/v1/instances/full1", Some(&admin))
+        .await
+        .assert_problem(404, "instance_not_found");
+    assert!(!host.lxcpath().join("default_full1").exists());
+    assert_eq!(
+        files_besides_the_database(&host.data()),
+        kept,
+        "what the create wrote is gone"
+    );
+
+    // An upload bigger than what is left: 507, nothing spooled is kept.
+    let big = host.dir.path().join("big.tar");
+    let mut tar = vec![0u8; 4 << 20];
+    tar[257..262].copy_from_slice(b"ustar");
+    std::fs::write(&big, &tar).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "metadata",
+            reqwest::multipart::Part::file(env("LXGATE_TEST_EMBEDDED_IMAGE_META"))
+                .await
+                .unwrap(),
+        )
+        .part(
+            "rootfs",
+            reqwest::multipart::Part::file(&big).await.unwrap(),
+        );
+    let r = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/images/import", Some(&admin))
+                .multipart(form),
+        )
+        .await;
+    r.assert_problem(507, "insufficient_storage");
+    assert_eq!(entries(&host.data().join("tmp")), Vec::<String>::new());
+    assert_eq!(
+        app.get("/api/v1/images", Some(&admin)).await.body["items"],
+        images_before
+    );
+    assert_eq!(files_besides_the_database(&host.data()), kept);
+
+    // Room again: the same create works.
+    std::fs::remove_file(host.data().join("filler")).unwrap();
+    let r = app
+        .post(
+            "/api/v1/instances?wait=60",
+            Some(&admin),
+            json!({"name": "full1", "source": {"type": "image", "alias": "busybox"}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    drop(app);
+}

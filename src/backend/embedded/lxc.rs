@@ -413,9 +413,12 @@ impl Lxc {
             out = group.finish(&mut child) => {
                 let (status, stderr) = out.map_err(io("running tar"))?;
                 if !status.success() {
-                    return Err(BackendError::BadRequest(format!(
-                        "the image's rootfs could not be unpacked: {stderr}"
-                    )));
+                    return Err(match process::tool_failed("unpacking the image's rootfs", status, &stderr) {
+                        e @ BackendError::InsufficientStorage(_) => e,
+                        _ => BackendError::BadRequest(format!(
+                            "the image's rootfs could not be unpacked: {stderr}"
+                        )),
+                    });
                 }
             }
             () = cancel => {

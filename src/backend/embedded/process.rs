@@ -66,9 +66,20 @@ where
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
         })
     } else {
-        Err(BackendError::Internal(anyhow::anyhow!(
-            "{program} failed ({status}): {stderr}"
-        )))
+        Err(tool_failed(program, status, &stderr))
+    }
+}
+
+/// A tool's failure as an error: the host's disk full (ENOSPC in its
+/// words) is said so, as 507; anything else is the tool's own end of
+/// stderr.
+pub fn tool_failed(what: &str, status: std::process::ExitStatus, stderr: &str) -> BackendError {
+    if stderr.contains("No space left on device") {
+        BackendError::InsufficientStorage(format!(
+            "{what} failed: no space left on the host's DATA_DIR; nothing it wrote was kept"
+        ))
+    } else {
+        BackendError::Internal(anyhow::anyhow!("{what} failed ({status}): {stderr}"))
     }
 }
 
@@ -214,9 +225,7 @@ pub async fn run_group(
     if status.success() {
         Ok(())
     } else {
-        Err(BackendError::Internal(anyhow::anyhow!(
-            "{what} failed ({status}): {stderr}"
-        )))
+        Err(tool_failed(what, status, &stderr))
     }
 }
 
@@ -683,6 +692,23 @@ mod tests {
         assert!(tail.ends_with("the reason"), "{tail}");
         assert!(tail.len() <= STDERR_TAIL + 3);
         assert_eq!(read_tail(&b"  short\n"[..]).await, "short");
+    }
+
+    #[test]
+    fn a_full_disk_is_said_so() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(2 << 8);
+        let e = tool_failed(
+            "cp",
+            status,
+            "cp: error writing 'x': No space left on device",
+        );
+        assert!(
+            matches!(&e, BackendError::InsufficientStorage(m) if m.contains("no space left")),
+            "{e:?}"
+        );
+        let e = tool_failed("cp", status, "cp: cannot stat 'x'");
+        assert!(matches!(&e, BackendError::Internal(_)), "{e:?}");
     }
 
     #[tokio::test]
