@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint openapi contract fuzz bench image
+.PHONY: help run test lint openapi contract fuzz bench soak image
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: ## Load benchmarks (gateway alone, then against the test bed's incusd); r
 	bash scripts/bench.sh
 	BENCH_SKIP_BUILD=1 bash scripts/bench-incus.sh
 	BENCH_SKIP_BUILD=1 bash scripts/bench-embedded.sh
+
+soak: ## Soak both backends in turn (SOAK_SECONDS each, default 300) under steady mixed load: RSS, fds and threads with their slopes, every error counted
+	BENCH_ONLY=soak BENCH_OUT=$${BENCH_OUT:-target/bench/soak.md} bash scripts/bench-embedded.sh
 
 image: ## Build a tiny busybox container image (Incus split format) into ./images/
 	bash scripts/testbed-embedded.sh

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
+mod soak;
 use common::{load, ms, pct};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -187,6 +188,9 @@ async fn main() -> Res<()> {
         token: var("BENCH_INCUS_TOKEN"),
         http,
     };
+    if std::env::var("BENCH_ONLY").is_ok_and(|o| o == "soak") {
+        return soak_both(&embedded, &incus).await;
+    }
     let n = num("BENCH_ITERATIONS", 10);
     let boots = num("BENCH_VM_BOOTS", 3);
     let list_n = num("BENCH_LIST_INSTANCES", 100);
@@ -279,5 +283,54 @@ async fn main() -> Res<()> {
     eprintln!("[bench] removing the {list_n} containers");
     drain(&incus, list_n).await;
     drain(&embedded, list_n).await;
+    Ok(())
+}
+
+/// `make soak`: each backend in turn under the same steady mixed load
+/// (see `soak`), with started containers to read and run commands in.
+async fn soak_both(embedded: &Server, incus: &Server) -> Res<()> {
+    let load = soak::Load {
+        rest: num("SOAK_CLIENTS", 50),
+        subscribers: num("SOAK_SUBSCRIBERS", 200),
+        execs: num("SOAK_EXECS", 4),
+        duration: Duration::from_secs(num("SOAK_SECONDS", 300) as u64),
+        instances: (0..num("SOAK_INSTANCES", 4))
+            .map(|i| format!("bench-soak-{i}"))
+            .collect(),
+    };
+    println!("{}", soak::HEADER);
+    for (s, pid) in [
+        (incus, var("BENCH_INCUS_PID")),
+        (embedded, var("BENCH_EMBEDDED_PID")),
+    ] {
+        for name in &load.instances {
+            s.call(
+                reqwest::Method::POST,
+                "/api/v1/instances?wait=120",
+                Some(json!({"name": name, "source": {"type": "image", "alias": "busybox"}, "start": true})),
+            )
+            .await?;
+        }
+        eprintln!(
+            "[bench] soak: {} backend for {}s",
+            s.label,
+            load.duration.as_secs()
+        );
+        let pid = pid.parse().expect("a pid");
+        println!(
+            "{}",
+            soak::run(s.label, s.http.clone(), &s.base, &s.token, pid, &load).await
+        );
+        for name in &load.instances {
+            let _ = s
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/instances/{name}?force=true&wait=120"),
+                    None,
+                )
+                .await;
+        }
+    }
+    println!();
     Ok(())
 }

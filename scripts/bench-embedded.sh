@@ -9,6 +9,8 @@
 # generator is benches/embedded.rs (cargo bench --bench embedded).
 #
 # Usage: bash scripts/bench-embedded.sh   (part of `make bench`)
+# BENCH_ONLY=soak (`make soak`) runs the soak instead: both servers in turn
+# under a steady mixed load for SOAK_SECONDS (benches/soak/mod.rs).
 # Knobs: BENCH_ITERATIONS=10, BENCH_VM_BOOTS=3, BENCH_LIST_INSTANCES=100,
 #        BENCH_DURATION=10, BENCH_CONNECTIONS=16, BENCH_SKIP_BUILD=1,
 #        BENCH_OUT (default target/bench/embedded.md)
@@ -85,8 +87,12 @@ token() {
         -d "{\"username\":\"bench\",\"password\":\"$PASSWORD\"}" "$1/api/v1/auth/login" | jq -er .access_token
 }
 EP=$(free_port); IP=$(free_port)
-start emb "$EP" BACKEND=embedded
-start inc "$IP" BACKEND=incus INCUS_SOCKET_PATH="$LXGATE_TEST_INCUS_SOCKET"
+# The soak holds SOAK_SUBSCRIBERS sockets open as one user.
+SOCKETS=$(( ${SOAK_SUBSCRIBERS:-200} + 50 ))
+start emb "$EP" BACKEND=embedded MAX_WEBSOCKETS_PER_USER="$SOCKETS"
+export BENCH_EMBEDDED_PID="${PIDS[-1]}"
+start inc "$IP" BACKEND=incus INCUS_SOCKET_PATH="$LXGATE_TEST_INCUS_SOCKET" MAX_WEBSOCKETS_PER_USER="$SOCKETS"
+export BENCH_INCUS_PID="${PIDS[-1]}"
 export BENCH_EMBEDDED_URL="http://127.0.0.1:$EP" BENCH_INCUS_URL="http://127.0.0.1:$IP"
 BENCH_EMBEDDED_TOKEN="$(token "$BENCH_EMBEDDED_URL")"; BENCH_INCUS_TOKEN="$(token "$BENCH_INCUS_URL")"
 export BENCH_EMBEDDED_TOKEN BENCH_INCUS_TOKEN
@@ -110,7 +116,11 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches 2>/dev/null || GIT_RE
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $(uname -sr); both lxgate servers, incusd, LXC/QEMU and the load generator share it (load average before: $LOAD_BEFORE)"
     echo "- lxgate $GIT_REV release build, SQLite, LOG_LEVEL=warn; incus $(incus version 2>/dev/null | awk '/^Server/ {print $3}'); $(lxc-start --version 2>/dev/null | sed 's/^/LXC /'); $(qemu-system-x86_64 --version | head -n 1 | awk '{print "QEMU", $4}')"
-    echo "- $BENCH_ITERATIONS lifecycle rounds per backend, $BENCH_VM_BOOTS VM boots, $BENCH_LIST_INSTANCES containers listed, ${BENCH_DURATION}s per list run"
+    if [ "${BENCH_ONLY:-}" = soak ]; then
+        echo "- soak: ${SOAK_SECONDS:-300}s per backend, ${SOAK_CLIENTS:-50} REST clients (50 ms between calls), ${SOAK_SUBSCRIBERS:-200} event subscribers, ${SOAK_EXECS:-4} exec loops, ${SOAK_INSTANCES:-4} running containers; samples every 5 s, slopes by least squares"
+    else
+        echo "- $BENCH_ITERATIONS lifecycle rounds per backend, $BENCH_VM_BOOTS VM boots, $BENCH_LIST_INSTANCES containers listed, ${BENCH_DURATION}s per list run"
+    fi
 } | tee "$WORK/report.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"
