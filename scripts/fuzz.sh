@@ -11,7 +11,8 @@
 #
 # The machine's one stable toolchain builds the targets: `-s none` asks for
 # no sanitizer (sanitizers need nightly), which keeps libFuzzer's coverage
-# instrumentation, `cfg(fuzzing)` and debug assertions.
+# instrumentation and `cfg(fuzzing)`; `--debug-assertions` keeps Rust's
+# overflow checks and `debug_assert!`s on in the optimised build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,11 +25,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 echo "== building the fuzz targets"
-(cd fuzz && cargo fuzz build --sanitizer none --release)
+(cd fuzz && cargo fuzz build --sanitizer none --release --debug-assertions)
 
 # The targets run as built (not through `cargo fuzz run`, which would
 # rebuild first whenever a source file changed since).
-bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
+host=$(rustc -vV | sed -n 's/^host: //p')
+bin_dir="${CARGO_TARGET_DIR:-fuzz/target}/$host/release"
 failed=()
 for t in $TARGETS; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"

@@ -170,7 +170,10 @@ impl App {
                     db.pool.clone(),
                     Fetcher::new(config.image_server_allowlist.clone()),
                     config.max_image_bytes,
-                );
+                )
+                .lock_data_dir(std::time::Duration::from_secs(30))
+                .await
+                .map_err(anyhow::Error::msg)?;
                 // Before anything else: what a killed lxgate left half done.
                 embedded.recover().await;
                 embedded.restore_networks().await;

@@ -357,6 +357,7 @@ pub fn lxc_config(data: &[u8]) {
         return;
     };
     let mut entries = 0;
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for line in out.lines() {
         let (key, value) = line
             .split_once(" = ")
@@ -368,12 +369,32 @@ pub fn lxc_config(data: &[u8]) {
                 .is_some_and(|(i, k)| i.parse::<u8>().is_ok() && LXC_NIC_KEYS.contains(&k));
         assert!(known, "an unexpected LXC key: {line:?}");
         assert!(!value.contains(['\r', '\0']), "{line:?}");
+        *seen.entry(key).or_default() += 1;
         if key == "lxc.mount.entry" {
             entries += 1;
             assert_eq!(value.split_whitespace().count(), 6, "{line:?}");
         }
     }
     assert_eq!(entries, mounts.len(), "{out}");
+    // Each key as often as lxgate writes it, so no value can have added a
+    // line (a newline in a value is a second `key = value`).
+    for (key, n) in &seen {
+        let most = match *key {
+            "lxc.include" | "lxc.idmap" => 2,
+            "lxc.mount.entry" => mounts.len(),
+            "lxc.apparmor.profile" => 0,
+            _ => 1,
+        };
+        assert!(*n <= most, "{key} written {n} times:\n{out}");
+    }
+    for key in [
+        "lxc.uts.name",
+        "lxc.rootfs.path",
+        "lxc.init.cmd",
+        "lxc.console.logfile",
+    ] {
+        assert_eq!(seen.get(key), Some(&1), "{key}:\n{out}");
+    }
 }
 
 fn token_keys() -> &'static crate::auth::tokens::TokenKeys {

@@ -30,7 +30,7 @@ use super::inventory::db;
 use super::lxc::{self, Lxc};
 use super::networks::nic_network;
 use super::operations::{OpCtx, OpError, lifecycle, now, resource_url};
-use super::{EmbeddedBackend, resources};
+use super::{EmbeddedBackend, recovery, resources};
 use crate::backend::BackendError;
 use crate::backend::types::{ConfigMap, DevicesMap, InstanceCreate, Operation};
 use crate::db::embedded::{self as inv, InstanceRow, Phase};
@@ -184,6 +184,7 @@ impl EmbeddedBackend {
             )));
         }
         let src_host = Lxc::host_name(&src.project, &src.name);
+        let src_dir = self.lxc.dir(&src_host);
         let src_driver = self.driver(&src);
         let src_devices: DevicesMap = serde_json::from_str(&src.devices).unwrap_or_default();
         let (snap_devices, src_rootfs) = match &from.snapshot {
@@ -312,6 +313,7 @@ impl EmbeddedBackend {
                         let freeze = from.snapshot.is_none()
                             && src_driver.info(&src_host).await.state == "RUNNING";
                         if freeze {
+                            recovery::mark_frozen(&src_dir).await?;
                             src_driver.freeze(&src_host).await?;
                         }
                         let packed = tokio::select! {
@@ -320,6 +322,7 @@ impl EmbeddedBackend {
                         };
                         if freeze {
                             let _ = src_driver.unfreeze(&src_host).await;
+                            recovery::unmark_frozen(&src_dir).await;
                         }
                         // Its files are read: the source is free again.
                         src_guard = None;

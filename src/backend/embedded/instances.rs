@@ -52,7 +52,7 @@ impl EmbeddedBackend {
         }
     }
 
-    async fn info_of(&self, row: &InstanceRow) -> LxcInfo {
+    pub(super) async fn info_of(&self, row: &InstanceRow) -> LxcInfo {
         self.driver(row)
             .info(&Lxc::host_name(&row.project, &row.name))
             .await
@@ -322,6 +322,17 @@ impl EmbeddedBackend {
         let project_lock = self.lock(project, "");
         let _p = project_lock.lock().await;
         self.check_project_limits(project, kind, expanded).await?;
+        // Files no row owns (see `recovery`) are never made over, nor
+        // removed by this create's cleanup if it fails.
+        let host = Lxc::host_name(project, &row.name);
+        for dir in [self.lxc.dir(&host), self.qemu.vm_dir(&host)] {
+            if tokio::fs::symlink_metadata(&dir).await.is_ok() {
+                return Err(BackendError::Conflict(format!(
+                    "{} exists on the host but belongs to no instance; an admin must move it away first",
+                    dir.display()
+                )));
+            }
+        }
         inv::insert_instance(&self.pool, row)
             .await
             .map_err(|e| match e {
@@ -799,7 +810,11 @@ impl Instances for EmbeddedBackend {
                 inv::set_phase(&pool, &row.project, &row.name, Phase::Deleting)
                     .await
                     .map_err(db)?;
-                driver.destroy(&ct).await?;
+                if let Err(e) = driver.destroy(&ct).await {
+                    // Not deleted after all: a restart must not finish it.
+                    let _ = inv::set_phase(&pool, &row.project, &row.name, Phase::Ready).await;
+                    return Err(e.into());
+                }
                 inv::delete_instance(&pool, &row.project, &row.name)
                     .await
                     .map_err(db)?;

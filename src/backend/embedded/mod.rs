@@ -89,6 +89,8 @@ pub struct EmbeddedBackend {
     unprivileged_seen: tokio::sync::Mutex<Option<(std::time::Instant, UnprivilegedRange)>>,
     /// Wakes the expiry task when something that expires is recorded.
     expiry_wake: Arc<tokio::sync::Notify>,
+    /// `DATA_DIR/.lxgate.lock`, held locked while this backend lives.
+    _data_lock: Option<std::fs::File>,
 }
 
 type UnprivilegedRange = Result<idmap::HostRange, String>;
@@ -124,7 +126,50 @@ impl EmbeddedBackend {
             idmap_lock: tokio::sync::Mutex::default(),
             unprivileged_seen: tokio::sync::Mutex::default(),
             expiry_wake: Arc::default(),
+            _data_lock: None,
         }
+    }
+
+    /// Takes `DATA_DIR` for this process before anything touches it: an
+    /// exclusive lock on `DATA_DIR/.lxgate.lock`, held while it runs.
+    /// Another lxgate on the same `DATA_DIR` (a double start, a restart
+    /// that starts the new one before the old one has stopped) is waited
+    /// for up to `wait`, then refused: two would undo each other's work
+    /// (`recovery` takes a running create for an interrupted one).
+    pub async fn lock_data_dir(mut self, wait: std::time::Duration) -> Result<Self, String> {
+        let path = self.data_dir.join(".lxgate.lock");
+        let file = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let until = std::time::Instant::now() + wait;
+            loop {
+                // SAFETY: flock(2) on a descriptor this function owns.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    return Ok(file);
+                }
+                if std::time::Instant::now() >= until {
+                    return Err(format!(
+                        "another lxgate is running on DATA_DIR ({} is locked); one lxgate per DATA_DIR",
+                        path.display()
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+        .await
+        .map_err(|e| format!("locking DATA_DIR: {e}"))??;
+        self._data_lock = Some(file);
+        Ok(self)
     }
 
     /// Recorded exec output caps other than the defaults (call before any

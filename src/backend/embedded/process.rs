@@ -74,9 +74,9 @@ where
 /// words) is said so, as 507; anything else is the tool's own end of
 /// stderr.
 pub fn tool_failed(what: &str, status: std::process::ExitStatus, stderr: &str) -> BackendError {
-    if stderr.contains("No space left on device") {
+    if stderr.contains("No space left on device") || stderr.contains("Disk quota exceeded") {
         BackendError::InsufficientStorage(format!(
-            "{what} failed: no space left on the host's DATA_DIR; nothing it wrote was kept"
+            "{what} failed: no space left on the host's DATA_DIR"
         ))
     } else {
         BackendError::Internal(anyhow::anyhow!("{what} failed ({status}): {stderr}"))
@@ -235,6 +235,9 @@ pub async fn run_group(
 /// a kill of lxgate and would go on writing into a directory that is
 /// being removed. Blocking: it reads `/proc`. How many were killed.
 pub fn kill_users_of(dir: &Path) -> usize {
+    // /proc's links are canonical paths; DATA_DIR may not be.
+    let canonical = std::fs::canonicalize(dir);
+    let dir = canonical.as_deref().unwrap_or(dir);
     let me = std::process::id().to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return 0;

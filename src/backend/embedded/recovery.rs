@@ -33,6 +33,23 @@ use super::process::{self, run};
 use super::{EmbeddedBackend, driver_types};
 use crate::db::embedded::{self as inv, InstanceRow};
 
+/// In an instance's directory while lxgate holds it frozen for a copy.
+const FROZEN_MARK: &str = ".frozen-by-lxgate";
+
+/// Marks the instance in `dir` as frozen by lxgate (before it freezes it).
+pub(super) async fn mark_frozen(dir: &Path) -> Result<(), crate::backend::BackendError> {
+    tokio::fs::write(dir.join(FROZEN_MARK), b"")
+        .await
+        .map_err(|e| {
+            crate::backend::BackendError::Internal(anyhow::anyhow!("marking a freeze: {e}"))
+        })
+}
+
+/// Clears `mark_frozen`'s mark (once it is thawed).
+pub(super) async fn unmark_frozen(dir: &Path) {
+    let _ = tokio::fs::remove_file(dir.join(FROZEN_MARK)).await;
+}
+
 /// What one qemu-img call on a stopped VM's disk may take.
 const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,6 +68,7 @@ impl EmbeddedBackend {
         match inv::list_instances(&self.pool, None).await {
             Ok(rows) => {
                 for row in &rows {
+                    self.thaw_if_marked(row).await;
                     self.recover_snapshots(row).await;
                     if row.instance_type != VM {
                         self.recover_restore(row).await;
@@ -109,6 +127,33 @@ impl EmbeddedBackend {
         }
     }
 
+    /// A container lxgate froze for a copy (a snapshot's, a copy's) stays
+    /// frozen when lxgate is killed mid-copy; the mark tells it from one a
+    /// user froze, which stays as it is.
+    async fn thaw_if_marked(&self, row: &InstanceRow) {
+        let dir = self.instance_dir(row);
+        if tokio::fs::symlink_metadata(dir.join(FROZEN_MARK))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let host = Lxc::host_name(&row.project, &row.name);
+        let driver = self.driver(row);
+        if driver.info(&host).await.state == "FROZEN" {
+            match driver.unfreeze(&host).await {
+                Ok(()) => {
+                    tracing::warn!(instance = %host, "thawed a container lxgate froze for a copy it did not finish")
+                }
+                Err(e) => {
+                    tracing::error!(instance = %host, error = %e, "thawing a container failed");
+                    return;
+                }
+            }
+        }
+        unmark_frozen(&dir).await;
+    }
+
     /// Snapshot data and records that do not go together.
     async fn recover_snapshots(&self, row: &InstanceRow) {
         let dir = self.instance_dir(row).join("snapshots");
@@ -162,14 +207,6 @@ impl EmbeddedBackend {
                 }
                 Err(e) => {
                     tracing::error!(instance = %host, snapshot = %snap, error = %e, "removing an unfinished snapshot failed")
-                }
-            }
-            // A copy is made of a frozen container, which stays frozen if
-            // lxgate is killed mid-copy.
-            if row.instance_type != VM {
-                let driver = self.driver(row);
-                if driver.info(&host).await.state == "FROZEN" {
-                    let _ = driver.unfreeze(&host).await;
                 }
             }
         }

@@ -112,11 +112,23 @@ async fn read_record<T: Record>(dir: &Path, instance: &str, name: &str) -> Resul
     serde_json::from_slice(&raw).map_err(|e| BackendError::Internal(e.into()))
 }
 
+/// Written whole or not at all (a temporary file renamed over): a kill or
+/// a full disk never leaves half a record, which `recovery` would take for
+/// a made snapshot.
 async fn write_record<T: Serialize>(path: &Path, r: &T) -> Result<(), BackendError> {
     let raw = serde_json::to_vec_pretty(r).map_err(|e| BackendError::Internal(e.into()))?;
-    tokio::fs::write(path, raw)
-        .await
-        .map_err(io("writing a record"))
+    let partial = path.with_extension("json.partial");
+    let written = async {
+        let mut f = tokio::fs::File::create(&partial).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, &raw).await?;
+        f.sync_all().await?;
+        tokio::fs::rename(&partial, path).await
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    written.map_err(io("writing a record"))
 }
 
 fn to_snapshot(r: SnapshotRecord, size: i64) -> Snapshot {
@@ -452,11 +464,13 @@ impl Snapshots for EmbeddedBackend {
                     // A running container is frozen so the copy is consistent.
                     let freeze = state == "RUNNING";
                     if freeze {
+                        super::recovery::mark_frozen(&idir).await?;
                         driver.freeze(&host).await?;
                     }
                     let copied = copy_tree(&idir.join("rootfs"), &target.join("rootfs"), map).await;
                     if freeze {
                         let _ = driver.unfreeze(&host).await;
+                        super::recovery::unmark_frozen(&idir).await;
                     }
                     if let Err(e) = copied {
                         let _ = tokio::fs::remove_dir_all(&target).await;
@@ -485,8 +499,15 @@ impl Snapshots for EmbeddedBackend {
         snap: &SnapshotName,
     ) -> Result<Operation, BackendError> {
         let row = self.row(project, name).await?;
-        self.snapshot_record(&row, snap).await?;
+        let record = self.snapshot_record(&row, snap).await?;
         let vm = row.instance_type == VM;
+        // QEMU holds a running VM's disk: its internal snapshots can only
+        // be removed while it is stopped (as they are taken and restored).
+        if vm && self.info_of(&row).await.state != "STOPPED" {
+            return Err(BackendError::Conflict(
+                "stop the VM before deleting a snapshot of its disk".into(),
+            ));
+        }
         let guard = self.lock(project, name).lock_owned().await;
         let (idir, bus) = (self.instance_dir(&row), self.bus.clone());
         let snap = snap.to_owned();
@@ -502,11 +523,12 @@ impl Snapshots for EmbeddedBackend {
                 // The record first: a kill after it leaves data without a
                 // record, which a restart removes (`recovery`), never a
                 // listed snapshot whose data is gone.
-                tokio::fs::remove_file(idir.join("snapshots").join(format!("{snap}.json")))
+                let record_path = idir.join("snapshots").join(format!("{snap}.json"));
+                tokio::fs::remove_file(&record_path)
                     .await
                     .map_err(io("removing the snapshot record"))?;
                 if vm {
-                    run(
+                    let removed = run(
                         "qemu-img",
                         [
                             "snapshot".as_ref(),
@@ -516,7 +538,12 @@ impl Snapshots for EmbeddedBackend {
                         ],
                         COPY_TIMEOUT,
                     )
-                    .await?;
+                    .await;
+                    if let Err(e) = removed {
+                        // Still there: so is its record.
+                        let _ = write_record(&record_path, &record).await;
+                        return Err(e.into());
+                    }
                 } else {
                     let _ =
                         tokio::fs::remove_dir_all(idir.join("snapshots").join(snap.as_str())).await;
