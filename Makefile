@@ -24,7 +24,7 @@ test: ## Install and start what the tests need (PostgreSQL, Chromium...), then r
 	@echo '== the Incus resource suites again, over remote mTLS instead of the unix socket'
 	source target/testbed.env && LXGATE_TEST_INCUS_MODE=remote cargo test --locked --test api --no-fail-fast incus_ -- --skip incus_transport --skip incus_cluster
 	@echo "== coverage-guided fuzzing of the parsers of outside input, $${FUZZ_SECONDS:-20}s per target"
-	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} FUZZ_SEED=$${FUZZ_SEED:-20261130} bash scripts/fuzz.sh
 	@echo '== the published contract: schemathesis (all phases, stateful sequences too) on both backends, generated Python and TypeScript clients (fixed seed; `make contract` explores with a random one)'
 	source target/testbed.env && CONTRACT_SEED=$${CONTRACT_SEED:-20261130} CONTRACT_DETAILS=1 bash scripts/check-contract.sh
 

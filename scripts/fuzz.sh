@@ -17,6 +17,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SECONDS_EACH=${FUZZ_SECONDS:-20}
+# libFuzzer's random seed: fixed by `make test` (FUZZ_SEED=20261130, so CI
+# explores the same way each time), drawn and printed otherwise, so that a
+# finding can be explored again.
+SEED=${FUZZ_SEED:-$(( (RANDOM << 15 | RANDOM) + 1 ))}
+echo "== fuzz seed $SEED"
 TARGETS=${FUZZ_TARGETS:-$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^lxgate-fuzz$')}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -41,7 +46,7 @@ for t in $TARGETS; do
     # committed. 2 GiB RSS and 10 s per input are what one input may take.
     log="fuzz/artifacts/$t/last-run.log"
     if "$bin_dir/$t" "${inputs[@]}" \
-        -artifact_prefix="fuzz/artifacts/$t/" \
+        -artifact_prefix="fuzz/artifacts/$t/" -seed="$SEED" \
         -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^(Done|stat::(new_units_added|peak_rss_mb))' "$log" || true
