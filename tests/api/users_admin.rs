@@ -856,7 +856,6 @@ async fn audit_auth_and_flood_postgres() {
 async fn audit_retention(db: Db) {
     let first = spawn_app(db).await;
     let url = first.config.database_url.clone();
-    let data = first.config.data_dir.display().to_string();
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -871,16 +870,9 @@ async fn audit_retention(db: Db) {
         .unwrap();
     }
     pool.close().await;
-    // `first` stays: its temp dir holds the SQLite file.
-    let app = spawn_app_with(
-        db,
-        &[
-            ("DATABASE_URL", &url),
-            ("DATA_DIR", &data),
-            ("AUDIT_RETENTION_DAYS", "1"),
-        ],
-    )
-    .await;
+    // `first` stays: its temp dir holds the SQLite file. The second server
+    // has a DATA_DIR of its own (one lxgate per DATA_DIR: it is locked).
+    let app = spawn_app_with(db, &[("DATABASE_URL", &url), ("AUDIT_RETENTION_DAYS", "1")]).await;
     let admin = app.admin_token().await;
     let log = app.get("/api/v1/audit?limit=200", Some(&admin)).await;
     assert!(!log.text.contains("old-row"), "{}", log.text);
