@@ -62,4 +62,4 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzzing found failures in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2
     exit 1
 fi
-echo "fuzzing: ${SECONDS_EACH}s each, no failure in: $TARGETS"
+echo "fuzzing: ${SECONDS_EACH}s each, no failure in: ${TARGETS//$'\n'/ }"

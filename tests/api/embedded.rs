@@ -63,8 +63,20 @@ impl Host {
 
     /// `app_allowing` with more settings.
     pub async fn app_allowing_with(&self, servers: &[&str], settings: &[(&str, &str)]) -> TestApp {
+        let mut vars = self.settings(servers);
+        vars.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_app_with(Db::Sqlite, &vars).await
+    }
+
+    /// An embedded server's settings on this DATA_DIR (SQLite in it),
+    /// allowed to fetch images from `servers` (base URLs on 127.0.0.1).
+    pub fn settings(&self, servers: &[&str]) -> Vec<(String, String)> {
         let data = self.data().display().to_string();
-        let db = format!("sqlite://{data}/lxgate.db");
         let allow = servers
             .iter()
             .map(|s| {
@@ -73,14 +85,12 @@ impl Host {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let mut vars = vec![
-            ("BACKEND", "embedded"),
-            ("DATA_DIR", data.as_str()),
-            ("DATABASE_URL", db.as_str()),
-            ("IMAGE_SERVER_ALLOWLIST", allow.as_str()),
-        ];
-        vars.extend_from_slice(settings);
-        spawn_app_with(Db::Sqlite, &vars).await
+        vec![
+            ("BACKEND".into(), "embedded".into()),
+            ("DATABASE_URL".into(), format!("sqlite://{data}/lxgate.db")),
+            ("DATA_DIR".into(), data),
+            ("IMAGE_SERVER_ALLOWLIST".into(), allow),
+        ]
     }
 
     /// `lxc-info` straight from LXC, bypassing lxgate.

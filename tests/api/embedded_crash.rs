@@ -17,23 +17,9 @@ use crate::helpers::*;
 
 /// The real lxgate on `host`'s DATA_DIR, allowed to fetch from `servers`.
 async fn start(host: &Host, servers: &[&str]) -> (TestApp, tokio::process::Child) {
-    let data = host.data().display().to_string();
-    let db = format!("sqlite://{data}/lxgate.db");
-    let allow = servers
-        .iter()
-        .map(|s| {
-            let u = reqwest::Url::parse(s).unwrap();
-            format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    spawn_process(&[
-        ("BACKEND", "embedded"),
-        ("DATA_DIR", &data),
-        ("DATABASE_URL", &db),
-        ("IMAGE_SERVER_ALLOWLIST", &allow),
-    ])
-    .await
+    let vars = host.settings(servers);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_process(&vars).await
 }
 
 async fn kill9(child: &mut tokio::process::Child) {

@@ -59,19 +59,13 @@ pub async fn spawn_app(db: Db) -> TestApp {
     spawn_app_with(db, &[]).await
 }
 
-/// Starts lxgate with test defaults, overridden by `env` (variable, value) pairs.
-pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().join("data");
-    let database_url = match db {
-        Db::Sqlite => format!("sqlite://{}/lxgate.db", data_dir.display()),
-        Db::Postgres => postgres_database().await,
-    };
+/// The settings every test server has (a known admin and JWT secret, rate
+/// limits out of the way), then `env` (variable, value) pairs over them.
+fn test_settings(env: &[(&str, &str)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = [
         ("JWT_SECRET", JWT_SECRET),
         ("SEED_ADMIN_USERNAME", ADMIN),
         ("SEED_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("LOG_LEVEL", "warn"),
         // Generous by default; the rate-limit tests set their own.
         ("AUTH_RATE_LIMIT_PER_MINUTE", "100000"),
         ("AUTH_RATE_LIMIT_BURST", "100000"),
@@ -80,11 +74,28 @@ pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    vars.insert("DATA_DIR".into(), data_dir.display().to_string());
-    vars.insert("DATABASE_URL".into(), database_url);
     for (k, v) in env {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    vars
+}
+
+/// Starts lxgate with test defaults, overridden by `env` (variable, value) pairs.
+pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let database_url = match db {
+        Db::Sqlite => format!("sqlite://{}/lxgate.db", data_dir.display()),
+        Db::Postgres => postgres_database().await,
+    };
+    let data_dir = data_dir.display().to_string();
+    let mut settings = vec![
+        ("LOG_LEVEL", "warn"),
+        ("DATA_DIR", data_dir.as_str()),
+        ("DATABASE_URL", database_url.as_str()),
+    ];
+    settings.extend_from_slice(env);
+    let vars = test_settings(&settings);
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("test config is valid");
     if std::env::var_os("LXGATE_TEST_LOG").is_some() {
         lxgate::telemetry::init(lxgate::config::LogFormat::Pretty, "debug");
@@ -133,24 +144,14 @@ pub async fn spawn_app_with(db: Db, env: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_process(env: &[(&str, &str)]) -> (TestApp, tokio::process::Child) {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let mut vars: HashMap<String, String> = [
-        ("JWT_SECRET", JWT_SECRET),
-        ("SEED_ADMIN_USERNAME", ADMIN),
-        ("SEED_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    let mut settings = vec![
         ("LOG_LEVEL", "info"),
         ("LOG_FORMAT", "json"),
         ("APP_HOST", "127.0.0.1"),
         ("APP_PORT", "0"),
-        ("AUTH_RATE_LIMIT_PER_MINUTE", "100000"),
-        ("AUTH_RATE_LIMIT_BURST", "100000"),
-        ("LOGIN_MAX_FAILURES", "1000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in env {
-        vars.insert((*k).to_owned(), (*v).to_owned());
-    }
+    ];
+    settings.extend_from_slice(env);
+    let vars = test_settings(&settings);
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("test config is valid");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lxgate"))
         .arg("serve")

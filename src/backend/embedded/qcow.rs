@@ -90,8 +90,9 @@ pub async fn virtual_size(path: &Path) -> Result<u64, BackendError> {
         .ok_or_else(|| refuse("it is not a qcow2 image"))
 }
 
-pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), BackendError> {
-    check_head(&read_head(path).await?, budget)?;
+/// `qemu-img info --output=json` of a qcow2 disk (forced to qcow2: no
+/// format probing), as it printed it.
+pub async fn info_json(disk: &Path, timeout: Duration) -> Result<String, BackendError> {
     let out = run(
         "qemu-img",
         [
@@ -99,16 +100,23 @@ pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), Backend
             "--output=json".as_ref(),
             "-f".as_ref(),
             "qcow2".as_ref(),
-            path.as_os_str(),
+            disk.as_os_str(),
         ],
-        Duration::from_secs(30),
+        timeout,
     )
-    .await
-    .map_err(|e| match e {
-        BackendError::Internal(e) => refuse(&format!("qemu-img cannot read it ({e})")),
-        e => e,
-    })?;
-    let info: Value = serde_json::from_str(&out.stdout)
+    .await?;
+    Ok(out.stdout)
+}
+
+pub async fn check_disk_image(path: &Path, budget: Budget) -> Result<(), BackendError> {
+    check_head(&read_head(path).await?, budget)?;
+    let out = info_json(path, Duration::from_secs(30))
+        .await
+        .map_err(|e| match e {
+            BackendError::Internal(e) => refuse(&format!("qemu-img cannot read it ({e})")),
+            e => e,
+        })?;
+    let info: Value = serde_json::from_str(&out)
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("qemu-img info output: {e}")))?;
     check_info(&info, budget)
 }

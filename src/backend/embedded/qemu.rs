@@ -776,19 +776,8 @@ fn close_vm_dir(dir: &Path) -> std::io::Result<()> {
 /// The backing file a qcow2 disk of lxgate's names (absolute, as QEMU
 /// resolves it), if any.
 async fn backing_file(disk: &Path) -> Result<Option<PathBuf>, BackendError> {
-    let out = run(
-        "qemu-img",
-        [
-            "info".as_ref(),
-            "--output=json".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            disk.as_os_str(),
-        ],
-        Duration::from_secs(30),
-    )
-    .await?;
-    let info: Value = serde_json::from_str(&out.stdout)
+    let out = super::qcow::info_json(disk, Duration::from_secs(30)).await?;
+    let info: Value = serde_json::from_str(&out)
         .map_err(|e| BackendError::Internal(anyhow::anyhow!("qemu-img info output: {e}")))?;
     Ok(info["full-backing-filename"]
         .as_str()

@@ -233,23 +233,13 @@ impl EmbeddedBackend {
         if !tokio::fs::try_exists(&disk).await.unwrap_or(false) {
             return None;
         }
-        let out = run(
-            "qemu-img",
-            [
-                "info".as_ref(),
-                "--output=json".as_ref(),
-                "-f".as_ref(),
-                "qcow2".as_ref(),
-                disk.as_os_str(),
-            ],
-            QEMU_IMG_TIMEOUT,
-        )
-        .await
-        .inspect_err(
-            |e| tracing::error!(instance = %host, error = %e, "reading a VM's snapshots failed"),
-        )
-        .ok()?;
-        let info: Value = serde_json::from_str(&out.stdout).ok()?;
+        let out = super::qcow::info_json(&disk, QEMU_IMG_TIMEOUT)
+            .await
+            .inspect_err(
+                |e| tracing::error!(instance = %host, error = %e, "reading a VM's snapshots failed"),
+            )
+            .ok()?;
+        let info: Value = serde_json::from_str(&out).ok()?;
         Some(
             info["snapshots"]
                 .as_array()
