@@ -3,8 +3,9 @@
 //! Every measurement has a reference taken in the same run, straight to
 //! incusd's unix socket with the same client code:
 //!
-//! * `list`: `GET /api/v1/instances` through lxgate vs `GET /1.0/instances`
-//!   on the socket and through a plain nginx proxy of it (recursion 0 and 1,
+//! * `list`: `GET /api/v1/instances` through lxgate (its list cache on, as
+//!   deployed, and a second lxgate with it off) vs `GET /1.0/instances` on
+//!   the socket and through a plain nginx proxy of it (recursion 0 and 1,
 //!   same concurrency and duration, alternating rounds); then `auth/me` vs
 //!   `/health` on lxgate.
 //! * `events`: N WebSocket subscribers on lxgate's relay plus one direct
@@ -240,6 +241,15 @@ async fn list(cfg: &Cfg) -> Res<()> {
                 format!("{nginx}/1.0/instances?recursion={recursion}"),
                 // The key nginx wants (it serves root's Incus API).
                 Some(var("BENCH_NGINX_KEY")),
+            ),
+            side(
+                "lxgate, list cache off",
+                false,
+                format!(
+                    "{}/api/v1/instances?expand={expand}&limit=1000",
+                    var("BENCH_UNCACHED_URL")
+                ),
+                Some(var("BENCH_UNCACHED_TOKEN")),
             ),
             side(
                 "lxgate",

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark of the Incus backend (issues 3 and 14) against the test bed's real
 # incusd, every figure next to a reference measured in the same run:
-#   1. GET /api/v1/instances through lxgate vs GET /1.0/instances straight to
-#      incusd's unix socket and through a plain nginx reverse proxy of that
-#      socket (the floor a gateway is held to), recursion 0 and 1; then
+#   1. GET /api/v1/instances through lxgate (with its list cache, and a second
+#      lxgate with it off) vs GET /1.0/instances straight to incusd's unix
+#      socket and through a plain nginx reverse proxy of that socket (the
+#      floor a gateway is held to), recursion 0 and 1; then
 #      GET /api/v1/auth/me vs GET /health on lxgate. BENCH_ROUNDS alternating
 #      rounds, medians reported.
 #   2. event fan-out: BENCH_SUBSCRIBERS WebSocket clients on lxgate's relay vs
@@ -13,7 +14,7 @@
 # The load generator is benches/incus.rs (cargo bench --bench incus).
 #
 # Usage: bash scripts/bench-incus.sh   (part of `make bench`)
-# Knobs: BENCH_DURATION=10 (s per run), BENCH_ROUNDS=3, BENCH_CONNECTIONS=16, BENCH_INSTANCES=20,
+# Knobs: BENCH_DURATION=10 (s per run), BENCH_ROUNDS=3, BENCH_CONNECTIONS=16, BENCH_INSTANCES=100,
 #        BENCH_SUBSCRIBERS=1000, BENCH_EXEC_MIB=64, BENCH_SKIP_BUILD=1,
 #        BENCH_OUT (default target/bench/incus.md)
 set -euo pipefail
@@ -26,7 +27,7 @@ export BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 export BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-16}"
 export BENCH_SUBSCRIBERS="${BENCH_SUBSCRIBERS:-1000}"
 export BENCH_EXEC_MIB="${BENCH_EXEC_MIB:-64}"
-INSTANCES="${BENCH_INSTANCES:-20}"
+INSTANCES="${BENCH_INSTANCES:-100}"
 OUT="${BENCH_OUT:-$ROOT/target/bench/incus.md}"
 BIN="$ROOT/target/release/lxgate"
 
@@ -76,10 +77,12 @@ fi
 
 WORK="$(mktemp -d /tmp/lxgate-bench-incus.XXXXXX)"
 SERVER_PID=""
+UNCACHED_PID=""
 NGINX_PID=""
 PREFIX="bench-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cleanup() {
     [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+    [ -z "$UNCACHED_PID" ] || { kill "$UNCACHED_PID" 2>/dev/null; wait "$UNCACHED_PID" 2>/dev/null || true; }
     [ -z "$NGINX_PID" ] || { kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null || true; }
     for n in $(incus list --format csv --columns n 2>/dev/null | grep "^$PREFIX-" || true); do
         incus delete --force "$n" >/dev/null 2>&1 || true
@@ -100,33 +103,53 @@ export BENCH_EVENT_INSTANCES="$PREFIX-2,$PREFIX-3,$PREFIX-4,$PREFIX-5"
 others="$(incus list --format csv --columns n | grep -vc "^$PREFIX-" || true)"
 [ "$others" = 0 ] || log "note: $others other instance(s) in the default project are listed too"
 
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export BENCH_LXGATE_URL="http://127.0.0.1:$PORT"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 BENCH_USER=bench-admin
 BENCH_PASSWORD="bench-password-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-mkdir -p "$WORK/data"
-(
-    cd "$WORK"
-    exec env APP_HOST=127.0.0.1 APP_PORT="$PORT" \
-        DATA_DIR="$WORK/data" DATABASE_URL="sqlite://$WORK/data/lxgate.db" \
-        JWT_SECRET="bench-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-        SEED_ADMIN_USERNAME="$BENCH_USER" SEED_ADMIN_PASSWORD="$BENCH_PASSWORD" \
-        BACKEND=incus INCUS_SOCKET_PATH="$SOCKET" \
-        MAX_WEBSOCKETS_PER_USER=$((BENCH_SUBSCRIBERS + 100)) \
-        LOG_FORMAT=json LOG_LEVEL=warn "$BIN" serve
-) >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null --max-time 1 "$BENCH_LXGATE_URL/health" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; die "lxgate exited"; }
-    sleep 0.2
-done
+# start_lxgate NAME PORT [VAR=value...]: an lxgate of its own (database and
+# DATA_DIR under $WORK/NAME) in front of the same incusd; its PID in $STARTED.
+start_lxgate() {
+    local name="$1" port="$2" pid
+    shift 2
+    mkdir -p "$WORK/$name"
+    (
+        cd "$WORK"
+        exec env APP_HOST=127.0.0.1 APP_PORT="$port" \
+            DATA_DIR="$WORK/$name" DATABASE_URL="sqlite://$WORK/$name/lxgate.db" \
+            JWT_SECRET="bench-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+            SEED_ADMIN_USERNAME="$BENCH_USER" SEED_ADMIN_PASSWORD="$BENCH_PASSWORD" \
+            BACKEND=incus INCUS_SOCKET_PATH="$SOCKET" \
+            MAX_WEBSOCKETS_PER_USER=$((BENCH_SUBSCRIBERS + 100)) \
+            LOG_FORMAT=json LOG_LEVEL=warn "$@" "$BIN" serve
+    ) >"$WORK/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/health" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "lxgate ($name) exited"; }
+        sleep 0.2
+    done
+    STARTED="$pid"
+}
+login() {
+    curl -fsS --max-time 10 -H 'Content-Type: application/json' \
+        -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
+        "$1/api/v1/auth/login" | jq -er .access_token
+}
+PORT="$(free_port)"
+export BENCH_LXGATE_URL="http://127.0.0.1:$PORT"
+start_lxgate data "$PORT"
+SERVER_PID="$STARTED"
+# The same lxgate with its list cache off: the uncached path's figures.
+UNCACHED_PORT="$(free_port)"
+export BENCH_UNCACHED_URL="http://127.0.0.1:$UNCACHED_PORT"
+start_lxgate uncached "$UNCACHED_PORT" LIST_CACHE_ITEMS=0
+UNCACHED_PID="$STARTED"
 # The floor: Debian's nginx as a plain reverse proxy of incusd's socket, with
 # keepalive to it, on loopback only, in the foreground with files of its own.
 # incusd's socket is root's whole API: nginx serves only requests carrying a
 # key made for this run (as a bearer token, which it does not pass on).
 NGINX_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-NGINX_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+NGINX_PORT="$(free_port)"
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<NGINX
 # root: incusd's socket is root's alone (nginx's workers are www-data otherwise).
@@ -170,14 +193,14 @@ curl -fsS -o /dev/null --max-time 5 -H "Authorization: Bearer $NGINX_KEY" "$BENC
 [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BENCH_NGINX_URL/1.0")" = 403 ] \
     || die "nginx answers without the run's key"
 
-BENCH_TOKEN="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
-    -d "{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}" \
-    "$BENCH_LXGATE_URL/api/v1/auth/login" | jq -er .access_token)" || die "login failed"
+BENCH_TOKEN="$(login "$BENCH_LXGATE_URL")" || die "login failed"
+BENCH_UNCACHED_TOKEN="$(login "$BENCH_UNCACHED_URL")" || die "login failed (uncached)"
+export BENCH_UNCACHED_TOKEN
 export BENCH_TOKEN BENCH_INCUS_SOCKET="$SOCKET" BENCH_LXGATE_PID="$SERVER_PID"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 cargo bench --quiet --bench incus >"$WORK/tables.md" || {
-    tail -n 50 "$WORK/server.log" >&2
+    tail -n 50 "$WORK/data.log" >&2
     cat "$WORK/tables.md" >&2
     die "the load generator failed"
 }

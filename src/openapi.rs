@@ -417,6 +417,50 @@ fn idempotent(op: &mut Operation) {
     }
 }
 
+/// A GET that answers JSON answers `ETag` and takes `If-None-Match`
+/// (`api::conditional`).
+fn conditional(op: &mut Operation) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") else {
+        return;
+    };
+    if !ok.content.contains_key("application/json") {
+        return;
+    }
+    let tag = || {
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(
+                "The answer's version: changes whenever its body does. Send it back in `If-None-Match`; where the resource has a backend version, `If-Match` on a change compares that part (before the `.`).",
+            ))
+            .build()
+    };
+    ok.headers
+        .entry("etag".to_owned())
+        .or_insert_with(|| tag().into());
+    let not_modified = ResponseBuilder::new()
+        .description("Not modified: `If-None-Match` named the current `ETag` (no body)")
+        .header("etag", tag())
+        .build();
+    op.responses
+        .responses
+        .insert("304".to_owned(), not_modified.into());
+    let param = ParameterBuilder::new()
+        .name("If-None-Match")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "An `ETag` this call answered before: 304 with no body while it is still current.",
+        ))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build();
+    op.parameters
+        .get_or_insert_with(Vec::new)
+        .push(RefOr::T(param));
+}
+
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
@@ -424,6 +468,9 @@ impl Modify for CommonResponses {
                 idempotent(op);
             }
             let api = path.starts_with("/api/");
+            if api && let Some(op) = &mut item.get {
+                conditional(op);
+            }
             for (op, write) in [
                 (&mut item.get, false),
                 (&mut item.put, true),

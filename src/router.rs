@@ -22,7 +22,7 @@ use crate::api::v1::{audit, auth, events, images, instances, operations, system,
 use crate::api::v1::{backups, cluster, exec, instance_files, snapshots};
 use crate::api::v1::{networks, profiles, projects, storage, volume_snapshots};
 use crate::api::v1::{permissions, teams, users};
-use crate::api::{availability, health, idempotency, ownership, upload};
+use crate::api::{availability, conditional, health, idempotency, ownership, upload};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -318,6 +318,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_MATCH,
+            header::IF_NONE_MATCH,
             HeaderName::from_static(idempotency::HEADER),
             telemetry::REQUEST_ID.clone(),
         ])
@@ -338,6 +339,8 @@ pub fn build(state: AppState) -> Router {
     let openapi = crate::openapi::complete(openapi);
     let config = &state.config;
     let mut router = api
+        // Innermost: it tags the answer the caller would get, as it is.
+        .route_layer(middleware::from_fn(conditional::layer))
         // Inside the audit layer (a refusal is audited too) and the
         // idempotency layer (which checks replays itself).
         .route_layer(middleware::from_fn_with_state(

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod availability;
+pub mod conditional;
 pub mod devices;
 pub mod health;
 pub mod idempotency;

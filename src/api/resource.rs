@@ -144,7 +144,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                 .headers
                 .get(header::IF_MATCH)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+                .map(crate::api::conditional::version_of),
         ))
     }
 }

@@ -43,6 +43,27 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The same error again, for each of several callers that waited on one
+    /// call (`Internal` keeps its message only).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::NotFound(m) => Self::NotFound(m.clone()),
+            Self::Conflict(s) => Self::Conflict(s.clone()),
+            Self::PreconditionFailed(s) => Self::PreconditionFailed(s.clone()),
+            Self::BadRequest(s) => Self::BadRequest(s.clone()),
+            Self::NotSupported(s) => Self::NotSupported(s.clone()),
+            Self::Unavailable(s) => Self::Unavailable(s.clone()),
+            Self::Timeout(s) => Self::Timeout(s.clone()),
+            Self::Forbidden(s) => Self::Forbidden(s.clone()),
+            Self::Restricted(s) => Self::Restricted(s.clone()),
+            Self::TlsFailure(s) => Self::TlsFailure(s.clone()),
+            Self::ImageTooLarge(s) => Self::ImageTooLarge(s.clone()),
+            Self::InsufficientStorage(s) => Self::InsufficientStorage(s.clone()),
+            Self::Upstream(s) => Self::Upstream(s.clone()),
+            Self::Internal(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
     /// Whether the backend said no to the request itself (nothing was
     /// started), as opposed to not answering or failing on its side.
     pub fn is_refusal(&self) -> bool {

@@ -21,6 +21,7 @@ mod incus_exec;
 mod incus_files;
 mod incus_images;
 mod incus_instances;
+mod incus_list_cache;
 mod incus_networks;
 mod incus_profiles;
 mod incus_projects;

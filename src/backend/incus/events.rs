@@ -11,13 +11,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::IncusBackend;
 use super::client::IncusClient;
+use super::list_cache::ListCache;
 use crate::backend::events::EventBus;
 use crate::backend::types::Event;
 use crate::backend::{BackendError, Events};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-pub async fn run_upstream(client: IncusClient, bus: EventBus) {
+/// `lists` hears of the stream's state and of every event, before any
+/// subscriber does.
+pub async fn run_upstream(client: IncusClient, bus: EventBus, lists: Arc<ListCache>) {
     let mut backoff = Duration::from_millis(250);
     let mut was_connected = true;
     loop {
@@ -36,18 +39,27 @@ pub async fn run_upstream(client: IncusClient, bus: EventBus) {
             Ok(mut socket) => {
                 tracing::info!(endpoint = %client.endpoint(), "connected to the Incus event stream");
                 metrics::gauge!("lxgate_events_upstream_connected").set(1.0);
+                lists.connected();
                 was_connected = true;
                 backoff = Duration::from_millis(250);
                 while let Some(msg) = socket.next().await {
                     match msg {
                         Ok(Message::Text(text)) => match serde_json::from_str::<Event>(&text) {
-                            Ok(event) => bus.publish(event),
-                            Err(e) => tracing::debug!(error = %e, "unparseable Incus event"),
+                            Ok(event) => {
+                                lists.observe(&event);
+                                bus.publish(event);
+                            }
+                            Err(e) => {
+                                // It might have said anything changed.
+                                lists.changed_somewhere();
+                                tracing::debug!(error = %e, "unparseable Incus event");
+                            }
                         },
                         Ok(Message::Close(_)) | Err(_) => break,
                         Ok(_) => {}
                     }
                 }
+                lists.disconnected();
                 metrics::gauge!("lxgate_events_upstream_connected").set(0.0);
                 tracing::warn!(endpoint = %client.endpoint(), "the Incus event stream ended; reconnecting");
             }

@@ -48,7 +48,7 @@ impl Instances for IncusBackend {
         &self,
         scope: ListScope<'_>,
     ) -> Result<Listing<Instance>, BackendError> {
-        let mut q: Vec<(&str, &str)> = vec![("recursion", if scope.expand { "1" } else { "0" })];
+        let mut q: Vec<(&str, &str)> = Vec::new();
         match scope.project {
             Some(p) => q.push(("project", p)),
             None => q.push(("all-projects", "true")),
@@ -56,6 +56,14 @@ impl Instances for IncusBackend {
         if let Some(f) = scope.filter {
             q.push(("filter", f));
         }
+        // Kept lists are whole objects; names are read off them.
+        let full = super::storage::everything(self, &["instances"], &q);
+        let project = scope.project.map(|p| p.as_str());
+        if let Some(kept) = self.lists.instances(project, scope.filter, full).await {
+            let kept = kept?;
+            return Ok(super::storage::from_kept(&kept, scope.expand, |i| &i.name));
+        }
+        q.push(("recursion", if scope.expand { "1" } else { "0" }));
         if scope.expand {
             let (items, _): (Vec<Instance>, _) =
                 self.client.query_struct(&["instances"], &q).await?;

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod instances;
+pub mod list_cache;
 pub mod networks;
 pub mod operations;
 pub mod profiles;
@@ -21,8 +22,11 @@ pub mod trust;
 pub mod volume_snapshots;
 pub mod websocket;
 
+use std::sync::Arc;
+
 use super::events::{AbortOnDrop, EventBus};
 pub use client::IncusClient;
+use list_cache::ListCache;
 
 pub struct IncusBackend {
     client: IncusClient,
@@ -30,6 +34,8 @@ pub struct IncusBackend {
     /// Bytes of a recorded exec's stdout, and of its stderr, read back
     /// (`EXEC_OUTPUT_MAX_BYTES`).
     exec_output_max: usize,
+    /// Lists answered from memory while the event stream is up.
+    lists: Arc<ListCache>,
     _upstream: Option<AbortOnDrop>,
 }
 
@@ -40,18 +46,27 @@ impl IncusBackend {
             client,
             bus: EventBus::default(),
             exec_output_max: super::types::OutputLimits::default().per_stream,
+            lists: Arc::new(ListCache::new(0)),
             _upstream: None,
         }
     }
 
-    /// A backend whose event stream runs in the background (needs a runtime).
-    pub fn with_events(client: IncusClient) -> Self {
+    /// A backend whose event stream runs in the background (needs a runtime),
+    /// keeping up to `list_cache_items` listed objects per kind in memory
+    /// (`list_cache`; 0 keeps none).
+    pub fn with_events(client: IncusClient, list_cache_items: u64) -> Self {
         let bus = EventBus::default();
-        let upstream = tokio::spawn(events::run_upstream(client.clone(), bus.clone()));
+        let lists = Arc::new(ListCache::new(list_cache_items));
+        let upstream = tokio::spawn(events::run_upstream(
+            client.clone(),
+            bus.clone(),
+            lists.clone(),
+        ));
         Self {
             client,
             bus,
             exec_output_max: super::types::OutputLimits::default().per_stream,
+            lists,
             _upstream: Some(AbortOnDrop(upstream)),
         }
     }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::storage::listing;
+use super::storage::{everything, from_kept, listing};
 use crate::backend::types::{Network, NetworkCreate, NetworkLease, NetworkState, NetworkUpdate};
 use crate::backend::{BackendError, Listing, Missing, Networks, ReportMissing};
 use crate::names::{NetworkName, ProjectName};
@@ -16,6 +16,11 @@ impl Networks for IncusBackend {
         project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<Network>, BackendError> {
+        let in_project = [("project", project.as_str())];
+        let all = everything(self, &["networks"], &in_project);
+        if let Some(kept) = self.lists.networks(project, all).await {
+            return Ok(from_kept(&kept?, expand, |n| &n.name));
+        }
         let q = [
             ("recursion", if expand { "1" } else { "0" }),
             ("project", project),

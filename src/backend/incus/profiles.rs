@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::IncusBackend;
-use super::storage::listing;
+use super::storage::{everything, from_kept, listing};
 use crate::backend::types::{Profile, ProfileCreate, ProfileUpdate};
 use crate::backend::{BackendError, Listing, Missing, Profiles, ReportMissing};
 use crate::names::{ProfileName, ProjectName};
@@ -22,6 +22,11 @@ impl Profiles for IncusBackend {
         project: &ProjectName,
         expand: bool,
     ) -> Result<Listing<Profile>, BackendError> {
+        let in_project = [("project", project.as_str())];
+        let all = everything(self, &["profiles"], &in_project);
+        if let Some(kept) = self.lists.profiles(project, all).await {
+            return Ok(from_kept(&kept?, expand, |p| &p.name));
+        }
         let q = [
             ("recursion", if expand { "1" } else { "0" }),
             ("project", project),

@@ -34,6 +34,31 @@ pub(super) async fn listing<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Every object of a listing (`?recursion=1`), for `ListCache` to keep.
+pub(super) async fn everything<T: serde::de::DeserializeOwned>(
+    backend: &IncusBackend,
+    segments: &[&str],
+    query: &[(&str, &str)],
+) -> Result<Vec<T>, BackendError> {
+    let mut q = query.to_vec();
+    q.push(("recursion", "1"));
+    let (items, _): (Vec<T>, _) = backend.client.query_struct(segments, &q).await?;
+    Ok(items)
+}
+
+/// A listing answered from a kept list.
+pub(super) fn from_kept<T: Clone>(
+    kept: &[T],
+    expand: bool,
+    name: impl Fn(&T) -> &str,
+) -> Listing<T> {
+    if expand {
+        Listing::Full(kept.to_vec())
+    } else {
+        Listing::Names(kept.iter().map(|t| name(t).to_owned()).collect())
+    }
+}
+
 /// A volume's 404: Incus's words say which of the project, the pool or the
 /// volume it lacks.
 fn volume<'a>(pool: &'a str, name: &'a str) -> impl FnOnce(String) -> Missing + 'a {
@@ -109,9 +134,15 @@ impl Storage for IncusBackend {
         pool: &PoolName,
         expand: bool,
     ) -> Result<Listing<StorageVolume>, BackendError> {
+        let segments = ["storage-pools", pool, "volumes", "custom"];
+        let in_project = [("project", project.as_str())];
+        let all = everything(self, &segments, &in_project);
+        if let Some(kept) = self.lists.volumes(project, pool, all).await {
+            return Ok(from_kept(&kept?, expand, |v| &v.name));
+        }
         listing(
             self,
-            &["storage-pools", pool, "volumes", "custom"],
+            &segments,
             &[recursion(expand), ("project", project)],
             expand,
         )
