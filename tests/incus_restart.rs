@@ -54,8 +54,24 @@ async fn incusd_going_away_is_503_and_events_reconnect() {
         .await
         .expect("subscribe");
 
+    // A list kept in memory before incusd goes...
+    let r = app.get("/api/v1/instances", Some(&admin)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(app.get("/api/v1/instances", Some(&admin)).await.status, 200);
+
     let _restart = Restart;
     ctl("stop");
+    // ...is not answered once lxgate has seen the stream end (at once,
+    // give or take the read of the close).
+    let gone = app
+        .get_until(
+            "/api/v1/instances",
+            Some(&admin),
+            (Duration::from_secs(2), Duration::from_millis(20)),
+            |r| r.status == 503,
+        )
+        .await;
+    eprintln!("lists answer 503 {gone:?} after incusd stopped");
     app.get("/api/v1/instances", Some(&admin))
         .await
         .assert_problem(503, "backend_unavailable");
@@ -104,6 +120,36 @@ async fn incusd_going_away_is_503_and_events_reconnect() {
                 Some(&admin),
             ))
             .await;
+    }
+    if seen {
+        // The stream is back and lists follow it again: a change made with
+        // the CLI shows within a second.
+        let out = Command::new("incus")
+            .args(["config", "set", &name, "user.after-restart=1"])
+            .env(
+                "INCUS_DIR",
+                std::env::var("LXGATE_TEST_INCUS_DIR").unwrap_or_default(),
+            )
+            .output()
+            .expect("incus runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        app.get_until(
+            "/api/v1/instances",
+            Some(&admin),
+            (Duration::from_secs(1), Duration::from_millis(25)),
+            |r| {
+                r.body["items"].as_array().is_some_and(|a| {
+                    a.iter().any(|i| {
+                        i["name"] == name.as_str() && i["config"]["user.after-restart"] == "1"
+                    })
+                })
+            },
+        )
+        .await;
     }
     let _ = Command::new("incus")
         .args(["delete", "--force", &name])

@@ -512,6 +512,56 @@ async fn placement_with_target() {
     assert_eq!(r.body["status_code"], 200, "{}", r.text);
 }
 
+/// lxgate holds one event stream, to m1; a change made on m2 with the
+/// `incus` CLI, to an instance that lives there, still shows in lxgate's
+/// lists (kept in memory) within a second: members pass each other's
+/// events on.
+#[tokio::test]
+async fn a_change_on_the_other_member_shows_in_lists_within_a_second() {
+    let _one = CLUSTER.lock().await;
+    cluster_up();
+    let mut undo = Undo::new();
+    let app = cluster_app(&member_url("m1")).await;
+    let admin = app.admin_token().await;
+    let name = unique("cl-fresh");
+    undo.instances.push(("default".into(), name.clone()));
+    launch(&app, &admin, &name, "m2", false).await;
+    let fresh = (Duration::from_secs(1), Duration::from_millis(25));
+    let entry = |r: &Reply| {
+        r.body["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == name.as_str()).cloned())
+    };
+    // Listed (and so kept) before the change.
+    app.get_until("/api/v1/instances", Some(&admin), fresh, |r| {
+        entry(r).is_some()
+    })
+    .await;
+
+    let out = incus_on("m2", &["config", "set", &name, "user.fresh=1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.get_until("/api/v1/instances", Some(&admin), fresh, |r| {
+        entry(r).is_some_and(|i| i["config"]["user.fresh"] == "1")
+    })
+    .await;
+    let out = incus_on("m2", &["start", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = app
+        .get_until("/api/v1/instances", Some(&admin), fresh, |r| {
+            entry(r).is_some_and(|i| i["status"] == "Running" && i["location"] == "m2")
+        })
+        .await;
+    eprintln!("started on m2: visible through m1 after {took:?}");
+}
+
 #[tokio::test]
 async fn evacuate_and_restore_a_member() {
     let _one = CLUSTER.lock().await;
