@@ -417,6 +417,27 @@ fn idempotent(op: &mut Operation) {
     }
 }
 
+/// A request that can make the host write what it holds (instances,
+/// images, backups, snapshots, volumes, uploads) can find the disk full.
+fn out_of_room(op: &mut Operation, grows: bool) {
+    let holds_data = op.tags.iter().flatten().any(|t| {
+        matches!(
+            t.as_str(),
+            "instances" | "images" | "backups" | "snapshots" | "storage"
+        )
+    });
+    if grows && holds_data {
+        op.responses
+            .responses
+            .entry("507".to_owned())
+            .or_insert_with(|| {
+                problem(
+                    "The host has no room left for what was being written (`insufficient_storage`); nothing half-written is kept".into(),
+                )
+            });
+    }
+}
+
 /// A GET that answers JSON answers `ETag` and takes `If-None-Match`
 /// (`api::conditional`).
 fn conditional(op: &mut Operation) {
@@ -471,15 +492,18 @@ impl Modify for CommonResponses {
             if api && let Some(op) = &mut item.get {
                 conditional(op);
             }
-            for (op, write) in [
-                (&mut item.get, false),
-                (&mut item.put, true),
-                (&mut item.post, true),
-                (&mut item.delete, true),
-                (&mut item.patch, true),
+            for (op, write, grows) in [
+                (&mut item.get, false, false),
+                (&mut item.put, true, true),
+                (&mut item.post, true, true),
+                (&mut item.delete, true, false),
+                (&mut item.patch, true, true),
             ] {
                 if let Some(op) = op {
                     Self::complete(op, write);
+                    if api {
+                        out_of_room(op, grows);
+                    }
                     if api {
                         // Every API call needs the user database, and most
                         // the backend too.

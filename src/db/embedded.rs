@@ -45,6 +45,9 @@ pub enum Phase {
     Ready,
     /// Its files are going.
     Deleting,
+    /// Its row has the new name (`renamed_from` the old one); its files
+    /// and config are following.
+    Renaming,
 }
 
 impl Phase {
@@ -53,6 +56,7 @@ impl Phase {
             Phase::Creating => "creating",
             Phase::Ready => "ready",
             Phase::Deleting => "deleting",
+            Phase::Renaming => "renaming",
         }
     }
 }
@@ -179,19 +183,70 @@ pub async fn touch_instance(
         .map(|_| ())
 }
 
-pub async fn rename_instance(
+/// The first step of a rename: the row takes the new name, remembering
+/// the old one (phase `renaming`, see `end_rename` and `undo_rename`).
+pub async fn begin_rename(
     pool: &AnyPool,
     project: &str,
     name: &str,
     new_name: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE embedded_instances SET name = $3 WHERE project = $1 AND name = $2")
-        .bind(project)
-        .bind(name)
-        .bind(new_name)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query(
+        "UPDATE embedded_instances SET name = $3, phase = $4, renamed_from = $2 \
+         WHERE project = $1 AND name = $2",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(new_name)
+    .bind(Phase::Renaming.as_str())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// The rename is done: the files and config follow the row.
+pub async fn end_rename(pool: &AnyPool, project: &str, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE embedded_instances SET phase = 'ready', renamed_from = NULL \
+         WHERE project = $1 AND name = $2",
+    )
+    .bind(project)
+    .bind(name)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// The rename failed before the files moved: the row gets its old name back.
+pub async fn undo_rename(pool: &AnyPool, project: &str, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE embedded_instances SET name = renamed_from, phase = 'ready', renamed_from = NULL \
+         WHERE project = $1 AND name = $2 AND phase = 'renaming'",
+    )
+    .bind(project)
+    .bind(name)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// A rename a killed lxgate left under way: the row (new name) and the old name.
+#[derive(Debug, FromRow)]
+pub struct UnfinishedRename {
+    #[sqlx(flatten)]
+    pub row: InstanceRow,
+    pub renamed_from: String,
+}
+
+pub async fn unfinished_renames(pool: &AnyPool) -> Result<Vec<UnfinishedRename>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        instance_columns!(),
+        ", renamed_from FROM embedded_instances \
+         WHERE phase = 'renaming' AND renamed_from IS NOT NULL ORDER BY project, name"
+    ))
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn set_phase(
@@ -214,7 +269,7 @@ pub async fn unfinished_instances(pool: &AnyPool) -> Result<Vec<InstanceRow>, sq
     sqlx::query_as(concat!(
         "SELECT ",
         instance_columns!(),
-        " FROM embedded_instances WHERE phase <> 'ready' ORDER BY project, name"
+        " FROM embedded_instances WHERE phase IN ('creating', 'deleting') ORDER BY project, name"
     ))
     .fetch_all(pool)
     .await

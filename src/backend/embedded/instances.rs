@@ -879,7 +879,9 @@ impl Instances for EmbeddedBackend {
                     Lxc::host_name(&row.project, &row.name),
                     Lxc::host_name(&row.project, &new_name),
                 );
-                inv::rename_instance(&pool, &row.project, &row.name, &new_name)
+                // The row first, remembering the old name: a kill from here
+                // on is finished at the next start (`recovery`).
+                inv::begin_rename(&pool, &row.project, &row.name, &new_name)
                     .await
                     .map_err(|e| match e {
                         sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -891,9 +893,12 @@ impl Instances for EmbeddedBackend {
                     .rename(&old_ct, &new_ct, &new_name, &user, &attached, &confinement)
                     .await
                 {
-                    let _ = inv::rename_instance(&pool, &row.project, &new_name, &row.name).await;
+                    let _ = inv::undo_rename(&pool, &row.project, &new_name).await;
                     return Err(e.into());
                 }
+                inv::end_rename(&pool, &row.project, &new_name)
+                    .await
+                    .map_err(|e| OpError::from(db(e)))?;
                 lifecycle(
                     &bus,
                     &row.project,

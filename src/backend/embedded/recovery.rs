@@ -17,6 +17,9 @@
 //! * A container's restore builds `rootfs.restoring`, moves `rootfs` to
 //!   `rootfs.old` and the new one in: whichever step it stopped at, the
 //!   container gets a whole rootfs back.
+//! * A rename gives the row its new name first (phase `renaming`, the old
+//!   name kept beside it), then moves the directory, then rewrites a
+//!   container's config: a rename found under way is finished.
 //! * Spools of image uploads, pulls and publishes are only ever half
 //!   written here, and go.
 
@@ -57,6 +60,18 @@ impl EmbeddedBackend {
     /// Finishes what a killed lxgate left half done (see the module).
     /// Problems are logged: the server starts whatever it could not mend.
     pub async fn recover(&self) {
+        match inv::unfinished_renames(&self.pool).await.map_err(db) {
+            Ok(renames) => {
+                for r in renames {
+                    if let Err(e) = self.finish_rename(&r.row, &r.renamed_from).await {
+                        tracing::error!(project = %r.row.project, instance = %r.row.name,
+                            renamed_from = %r.renamed_from, error = %e,
+                            "finishing an interrupted rename failed; tried again at the next start");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading unfinished renames failed"),
+        }
         match inv::unfinished_instances(&self.pool).await.map_err(db) {
             Ok(rows) => {
                 for row in rows {
@@ -96,6 +111,53 @@ impl EmbeddedBackend {
             tracing::warn!(directory = %dir.display(), "processes still work there after 2 s of SIGKILL");
         })
         .await;
+    }
+
+    /// A rename that never ended goes through (as the row already says):
+    /// the directory follows if it has not, then a container's config,
+    /// which names its directory and its NICs' host ends.
+    async fn finish_rename(
+        &self,
+        row: &InstanceRow,
+        old_name: &str,
+    ) -> Result<(), crate::backend::BackendError> {
+        let new_dir = self.instance_dir(row);
+        let old_dir = self.instance_dir(&InstanceRow {
+            name: old_name.to_owned(),
+            ..row.clone()
+        });
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        if !exists(&new_dir) {
+            if !exists(&old_dir) {
+                return Err(anyhow::anyhow!(
+                    "neither {} nor {} exists",
+                    old_dir.display(),
+                    new_dir.display()
+                )
+                .into());
+            }
+            tokio::fs::rename(&old_dir, &new_dir).await.map_err(|e| {
+                anyhow::anyhow!("moving {} to {}: {e}", old_dir.display(), new_dir.display())
+            })?;
+        }
+        if row.instance_type != VM {
+            let host = Lxc::host_name(&row.project, &row.name);
+            let devices = serde_json::from_str(&row.devices).unwrap_or_default();
+            let attached = self
+                .attachments(&row.project, &host, &devices, false)
+                .await?;
+            let confinement = Self::confinement(row)?;
+            let user = self.driver_config(row).await?;
+            self.lxc
+                .write_config(&host, &row.name, &user, &attached, &confinement)
+                .await?;
+        }
+        inv::end_rename(&self.pool, &row.project, &row.name)
+            .await
+            .map_err(db)?;
+        tracing::warn!(project = %row.project, instance = %row.name, renamed_from = %old_name,
+            "finished a rename a killed lxgate left under way");
+        Ok(())
     }
 
     /// A create or a delete that never ended: the files go, then the row.
