@@ -805,6 +805,12 @@ pub fn render_config(
         for l in map.lxc_lines() {
             line("lxc.idmap", &l);
         }
+        // The includes bring lxcfs's post-stop hook (common.conf.d), a
+        // script that only sleeps 0.5 s for lxcfs's handling of in-place
+        // reboots, which lxgate never asks for (a restart is a stop and a
+        // start): every stop waited on it (524 ms against 21 ms for a
+        // forced one). An empty value clears the hooks set so far.
+        line("lxc.hook.post-stop", "");
     }
     line("lxc.uts.name", hostname);
     line(
@@ -918,6 +924,8 @@ mod tests {
         );
         // lxgate's own tty counts come after the includes, so they win.
         assert!(text.contains("lxc.tty.max = 0\n"), "{text}");
+        // And lxcfs's sleeping post-stop hook is cleared.
+        assert!(text.contains("\nlxc.hook.post-stop = \n"), "{text}");
         // A privileged container's config has none of it: the same text as
         // before lxgate mapped ids.
         let old = render_config(
