@@ -142,7 +142,7 @@ SERVER_PID="$STARTED"
 # The same lxgate with its list cache off: the uncached path's figures.
 UNCACHED_PORT="$(free_port)"
 export BENCH_UNCACHED_URL="http://127.0.0.1:$UNCACHED_PORT"
-start_lxgate uncached "$UNCACHED_PORT" LIST_CACHE_ITEMS=0
+start_lxgate uncached "$UNCACHED_PORT" LIST_CACHE_MIB=0
 UNCACHED_PID="$STARTED"
 # The floor: Debian's nginx as a plain reverse proxy of incusd's socket, with
 # keepalive to it, on loopback only, in the foreground with files of its own.

@@ -186,7 +186,7 @@ impl App {
                 IncusBackend::with_events(
                     IncusClient::new(&config.incus, &config.data_dir)
                         .map_err(anyhow::Error::msg)?,
-                    config.list_cache_items,
+                    config.list_cache_bytes,
                 )
                 .with_output_limits(output_limits),
             ),

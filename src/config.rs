@@ -165,10 +165,10 @@ pub struct Config {
     /// Bytes of recorded exec output the embedded backend keeps in memory
     /// across all operations; past it, the oldest finished outputs go.
     pub exec_output_total_bytes: usize,
-    /// Incus backend: objects per kind its instance, profile, network and
-    /// volume lists keep in memory between changes (`LIST_CACHE_ITEMS`; 0
-    /// turns the list cache off).
-    pub list_cache_items: u64,
+    /// Incus backend: bytes (as JSON) per kind its instance, profile,
+    /// network and volume lists keep in memory between changes
+    /// (`LIST_CACHE_MIB`; 0 turns the list cache off).
+    pub list_cache_bytes: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub cors_origins: Vec<String>,
     /// Image servers that may be fetched over http or from non-public
@@ -396,7 +396,7 @@ impl Config {
             r.positive("MAX_RUNNING_OPERATIONS_PER_USER", 32usize);
         let exec_output_max_bytes = r.positive("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024usize);
         let exec_output_total_bytes = r.positive("EXEC_OUTPUT_TOTAL_BYTES", 64 * 1024 * 1024usize);
-        let list_cache_items = r.parse("LIST_CACHE_ITEMS", 20_000u64);
+        let list_cache_bytes = r.parse("LIST_CACHE_MIB", 64u64).saturating_mul(1 << 20);
 
         let mut trusted_proxies = Vec::new();
         for item in r.string("TRUSTED_PROXIES", "").split(',') {
@@ -549,7 +549,7 @@ impl Config {
             max_running_operations_per_user,
             exec_output_max_bytes,
             exec_output_total_bytes,
-            list_cache_items,
+            list_cache_bytes,
             trusted_proxies,
             cors_origins,
             image_server_allowlist,
@@ -681,7 +681,7 @@ mod tests {
         assert_eq!(cfg.max_running_operations_per_user, 32);
         assert_eq!(cfg.exec_output_max_bytes, 1024 * 1024);
         assert_eq!(cfg.exec_output_total_bytes, 64 * 1024 * 1024);
-        assert_eq!(cfg.list_cache_items, 20_000);
+        assert_eq!(cfg.list_cache_bytes, 64 << 20);
         let err = load(&[
             ("LXGATE_DEV", "1"),
             ("MAX_RUNNING_OPERATIONS_PER_USER", "0"),

@@ -23,7 +23,10 @@ const DIGEST_HEX: usize = 24;
 const MAX_TAGGED_BYTES: u64 = 32 * 1024 * 1024;
 
 pub async fn layer(req: Request, next: Next) -> Response {
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+    // The API's answers only (`/health` and the like are not versioned).
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        || !req.uri().path().starts_with("/api/")
+    {
         return next.run(req).await;
     }
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
@@ -111,11 +114,11 @@ fn matches_any(header: &str, tag: &str) -> bool {
 
 /// What `If-Match` is compared with: the version part of a tag this layer
 /// made (`"<version>.<digest>"` -> `<version>`), or the tag as sent (a
-/// version from elsewhere, `*`, a list).
+/// version from elsewhere, `*`, a list, a weak tag: `If-Match` compares
+/// strongly, so a weak one matches nothing).
 pub fn version_of(if_match: &str) -> String {
     let t = if_match.trim();
-    let opaque = t.strip_prefix("W/").unwrap_or(t);
-    let Some(inner) = opaque
+    let Some(inner) = t
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .filter(|s| !s.contains('"'))
@@ -140,7 +143,12 @@ mod tests {
     fn if_match_keeps_only_the_version() {
         let d = "0123456789abcdef01234567";
         assert_eq!(version_of(&format!("\"abc.{d}\"")), "abc");
-        assert_eq!(version_of(&format!("W/\"abc.{d}\"")), "abc");
+        let weak = format!("W/\"abc.{d}\"");
+        assert_eq!(
+            version_of(&weak),
+            weak,
+            "passed on as it is, to match nothing"
+        );
         // A tag without a version part (a list's) stays what it is: it
         // matches no backend version.
         assert_eq!(version_of(&format!("\"{d}\"")), d);

@@ -218,6 +218,7 @@ async fn counted(state: &AppState, project: &ProjectName) -> ApiResult<Counted> 
             project: Some(project),
             filter: None,
             expand: true,
+            fresh: true,
         })
         .await?;
     let Listing::Full(instances) = listing else {

@@ -110,6 +110,9 @@ pub struct ListScope<'a> {
     /// Incus filter expression, passed through.
     pub filter: Option<&'a str>,
     pub expand: bool,
+    /// Read from the backend itself, past any list kept in memory (what
+    /// quotas count must include a change made a moment ago elsewhere).
+    pub fresh: bool,
 }
 
 /// What every backend implements: the sum of the resource traits, each

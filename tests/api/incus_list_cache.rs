@@ -71,7 +71,7 @@ fn entry<'a>(list: &'a Reply, name: &str) -> Option<&'a Value> {
 
 /// The list cache's hits so far (every app of this test process counts
 /// into one registry, so only growth means anything).
-async fn hits(app: &TestApp, kind: &str) -> f64 {
+pub async fn hits(app: &TestApp, kind: &str) -> f64 {
     let text = app.get("/metrics", None).await.text;
     let (kind, hit) = (format!("kind=\"{kind}\""), "result=\"hit\"");
     text.lines()
@@ -186,6 +186,88 @@ async fn incus_a_change_made_with_the_incus_cli_shows_in_lists_within_a_second()
         r.body["items"].as_array().is_some_and(|i| i.is_empty())
     })
     .await;
+}
+
+/// Lists read right after a change made through lxgate show it, without
+/// waiting for Incus's event (which may come after the answer).
+#[tokio::test]
+async fn incus_a_change_made_through_lxgate_shows_in_the_very_next_list() {
+    let app = incus_app().await;
+    let admin = app.admin_token().await;
+    let s = Scratch {
+        project: unique("rw"),
+        instance: unique("rw"),
+        profile: unique("rw"),
+    };
+    incus(&[
+        "project",
+        "create",
+        &s.project,
+        "-c",
+        "features.images=false",
+        "-c",
+        "features.profiles=false",
+    ]);
+    let token = Some(admin.as_str());
+    let list = format!("/api/v1/instances?project={}", s.project);
+    let q = format!("?project={}", s.project);
+    let r = app
+        .post(
+            &format!("/api/v1/instances{q}&wait=60"),
+            token,
+            json!({"name": s.instance, "source": {"type": "image", "alias": alias()}}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    assert!(entry(&app.get(&list, token).await, &s.instance).is_some());
+    for round in 0..5 {
+        // Kept, then changed through lxgate, then read at once.
+        app.get(&list, token).await;
+        let value = format!("v{round}");
+        let r = app
+            .send(
+                app.request(
+                    Method::PATCH,
+                    &format!("/api/v1/instances/{}{q}", s.instance),
+                    token,
+                )
+                .json(&json!({"config": {"user.rw": value}})),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.text);
+        let listed = app.get(&list, token).await;
+        assert_eq!(
+            entry(&listed, &s.instance).map(|i| i["config"]["user.rw"].clone()),
+            Some(json!(value)),
+            "round {round}: {}",
+            listed.text
+        );
+    }
+    let renamed = format!("{}-b", s.instance);
+    let r = app
+        .post(
+            &format!("/api/v1/instances/{}/rename{q}&wait=60", s.instance),
+            token,
+            json!({"name": renamed}),
+        )
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let listed = app.get(&list, token).await;
+    assert!(
+        entry(&listed, &renamed).is_some() && entry(&listed, &s.instance).is_none(),
+        "{}",
+        listed.text
+    );
+    let r = app
+        .send(app.request(
+            Method::DELETE,
+            &format!("/api/v1/instances/{renamed}{q}&wait=60"),
+            token,
+        ))
+        .await;
+    assert_eq!(r.body["status_code"], 200, "{}", r.text);
+    let listed = app.get(&list, token).await;
+    assert!(entry(&listed, &renamed).is_none(), "{}", listed.text);
 }
 
 #[tokio::test]

@@ -103,6 +103,7 @@ pub async fn list_images(
         project: (!all).then_some(&project),
         filter: q.filter.as_deref(),
         expand: q.expand.unwrap_or(true),
+        fresh: false,
     };
     let entries = state
         .backend

@@ -104,6 +104,7 @@ pub async fn list_instances(
         filter: q.filter.as_deref(),
         // Filtering by type needs the objects even when only names are returned.
         expand: expand || q.instance_type.is_some(),
+        fresh: false,
     };
     // In an owner-only project, only the caller's own (all projects at
     // once is for admins, who see everything).

@@ -123,7 +123,15 @@ pub struct IncusClient {
     pub(super) ws: WsTransport,
     /// For the unix socket, its path (shown instead of the placeholder URL).
     socket: Option<PathBuf>,
+    /// Told of every request that may have changed something (see
+    /// `on_write`).
+    writes: Option<WriteHook>,
 }
+
+/// Hears of a request that may have changed something once Incus answered
+/// it: the first path segment (`instances`, `profiles`, ...) and the
+/// project it named (`default` when none).
+pub type WriteHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// A transport error that means the member was never reached: the
 /// connection was refused or timed out, so nothing of the request was sent
@@ -163,6 +171,7 @@ impl IncusClient {
                     bases: vec![Url::parse("http://incus").expect("static URL")].into(),
                     current: Arc::default(),
                     socket: Some(cfg.socket_path.clone()),
+                    writes: None,
                 })
             }
             IncusMode::Remote => {
@@ -229,6 +238,7 @@ impl IncusClient {
             bases: bases.into(),
             current: Arc::default(),
             socket: None,
+            writes: None,
         })
     }
 
@@ -414,10 +424,26 @@ impl IncusClient {
         if_match: Option<&str>,
         timeout: Option<std::time::Duration>,
     ) -> Result<Response, BackendError> {
+        let writes = method != Method::GET;
         let resp = self
             .raw_with_timeout(method, segments, query, body, if_match, timeout)
-            .await?;
-        self.envelope_of(resp).await
+            .await;
+        // Once Incus answered (whatever it said, and before the caller
+        // hears of it): a list read after the caller's change must show it.
+        if writes && let Some(hook) = &self.writes {
+            hook(
+                segments.first().copied().unwrap_or_default(),
+                project_in(query),
+            );
+        }
+        self.envelope_of(resp?).await
+    }
+
+    /// `hook` hears of every request through `query` that may change
+    /// something (any method but GET), in every clone made after this.
+    pub fn on_write(mut self, hook: WriteHook) -> Self {
+        self.writes = Some(hook);
+        self
     }
 
     /// A POST with a streamed `multipart/form-data` body (image uploads) and
@@ -747,7 +773,51 @@ mod tests {
             bases: urls.iter().map(|u| Url::parse(u).unwrap()).collect(),
             current: Arc::default(),
             socket: None,
+            writes: None,
         }
+    }
+
+    #[tokio::test]
+    async fn writes_are_told_once_incus_answered_and_reads_are_not() {
+        let incus = axum::Router::new().fallback(|| async {
+            axum::Json(serde_json::json!({"type": "sync", "status": "Success",
+                "status_code": 200, "error_code": 0, "error": "", "metadata": {}}))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, incus).await });
+        let told = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let t = told.clone();
+        let client =
+            client_of(&[&format!("http://{addr}")]).on_write(Arc::new(move |segment, project| {
+                t.lock().unwrap().push((segment.into(), project.into()))
+            }));
+        let body = serde_json::json!({});
+        client
+            .query(Method::GET, &["instances"], &[("project", "p")], None, None)
+            .await
+            .unwrap();
+        client
+            .query(
+                Method::PATCH,
+                &["instances", "c1"],
+                &[("project", "p")],
+                Some(&body),
+                None,
+            )
+            .await
+            .unwrap();
+        client
+            .query(Method::PUT, &["profiles", "x"], &[], Some(&body), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            *told.lock().unwrap(),
+            [
+                ("instances".to_owned(), "p".to_owned()),
+                ("profiles".to_owned(), "default".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,6 +17,14 @@ use crate::backend::types::Event;
 use crate::backend::{BackendError, Events};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long after connecting the stream is trusted to keep lists current.
+const LIVE_AFTER: Duration = Duration::from_millis(250);
+
+/// How often lxgate pings incusd on the stream, and how long it goes
+/// without any frame back before it takes the connection for lost.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENT_FOR: Duration = Duration::from_secs(40);
 
 /// `lists` hears of the stream's state and of every event, before any
 /// subscriber does.
@@ -39,24 +47,53 @@ pub async fn run_upstream(client: IncusClient, bus: EventBus, lists: Arc<ListCac
             Ok(mut socket) => {
                 tracing::info!(endpoint = %client.endpoint(), "connected to the Incus event stream");
                 metrics::gauge!("lxgate_events_upstream_connected").set(1.0);
-                lists.connected();
                 was_connected = true;
                 backoff = Duration::from_millis(250);
-                while let Some(msg) = socket.next().await {
-                    match msg {
-                        Ok(Message::Text(text)) => match serde_json::from_str::<Event>(&text) {
-                            Ok(event) => {
-                                lists.observe(&event);
-                                bus.publish(event);
+                // incusd adds the listener only after the upgrade: a change
+                // in between sends it no event. Lists are kept only from a
+                // moment later, and read afresh then.
+                let live = tokio::time::sleep(LIVE_AFTER);
+                tokio::pin!(live);
+                let mut announced = false;
+                let mut ping = tokio::time::interval(PING_EVERY);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut heard = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        msg = socket.next() => {
+                            heard = tokio::time::Instant::now();
+                            match msg {
+                                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Event>(&text) {
+                                    Ok(event) => {
+                                        lists.observe(&event);
+                                        bus.publish(event);
+                                    }
+                                    Err(e) => {
+                                        // It might have said anything changed.
+                                        lists.changed_somewhere();
+                                        tracing::debug!(error = %e, "unparseable Incus event");
+                                    }
+                                },
+                                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                                Some(Ok(_)) => {}
                             }
-                            Err(e) => {
-                                // It might have said anything changed.
-                                lists.changed_somewhere();
-                                tracing::debug!(error = %e, "unparseable Incus event");
+                        }
+                        () = &mut live, if !announced => {
+                            lists.connected();
+                            announced = true;
+                        }
+                        _ = ping.tick() => {
+                            // A connection dropped on the way (a NAT or a
+                            // balancer forgetting it) closes nothing: without
+                            // a word from incusd, not even a pong, it is over.
+                            if heard.elapsed() > SILENT_FOR {
+                                tracing::warn!(endpoint = %client.endpoint(), "the Incus event stream went silent");
+                                break;
                             }
-                        },
-                        Ok(Message::Close(_)) | Err(_) => break,
-                        Ok(_) => {}
+                            if socket.send(Message::Ping(Default::default())).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
                 lists.disconnected();

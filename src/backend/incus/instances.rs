@@ -57,11 +57,13 @@ impl Instances for IncusBackend {
             q.push(("filter", f));
         }
         // Kept lists are whole objects; names are read off them.
-        let full = super::storage::everything(self, &["instances"], &q);
         let project = scope.project.map(|p| p.as_str());
-        if let Some(kept) = self.lists.instances(project, scope.filter, full).await {
-            let kept = kept?;
-            return Ok(super::storage::from_kept(&kept, scope.expand, |i| &i.name));
+        if !scope.fresh {
+            let full = super::storage::everything(self, &["instances"], &q);
+            if let Some(kept) = self.lists.instances(project, scope.filter, full).await {
+                let kept = kept?;
+                return Ok(super::storage::from_kept(&kept, scope.expand, |i| &i.name));
+            }
         }
         q.push(("recursion", if scope.expand { "1" } else { "0" }));
         if scope.expand {

@@ -58,15 +58,19 @@ struct Shelf<T> {
     lists: Cache<Key, Arc<Vec<T>>>,
 }
 
-impl<T: Send + Sync + 'static> Shelf<T> {
-    fn new(kind: &'static str, items: u64) -> Self {
+impl<T: serde::Serialize + Send + Sync + 'static> Shelf<T> {
+    fn new(kind: &'static str, bytes: u64) -> Self {
         Self {
             kind,
             lists: Cache::builder()
-                // Weighed by objects, so a few large lists cannot hide
-                // behind a count of entries.
-                .weigher(|_, v: &Arc<Vec<T>>| u32::try_from(v.len()).unwrap_or(u32::MAX).max(1))
-                .max_capacity(items)
+                // Weighed by what they hold (KiB of JSON, the key's filter
+                // included), so that a few lists of large objects cannot
+                // hide behind a count of entries or of objects.
+                .weigher(|k: &Key, v: &Arc<Vec<T>>| {
+                    let bytes = json_len(v.as_ref()) + k.detail.as_ref().map_or(0, String::len);
+                    u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX)
+                })
+                .max_capacity(bytes / 1024)
                 .time_to_live(MAX_AGE)
                 .build(),
         }
@@ -92,6 +96,27 @@ impl<T: Send + Sync + 'static> Shelf<T> {
     }
 }
 
+/// The length of `v` as JSON, counted without keeping it.
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, v);
+    n.0
+}
+
+/// Filter expressions longer than this are not kept (each distinct one
+/// is a list of its own).
+const MAX_KEPT_FILTER: usize = 256;
+
 pub struct ListCache {
     enabled: bool,
     live: AtomicBool,
@@ -115,20 +140,20 @@ pub struct ListCache {
 }
 
 impl ListCache {
-    /// Up to `items` objects kept per kind; 0 keeps nothing.
-    pub fn new(items: u64) -> Self {
+    /// Up to `bytes` (as JSON) kept per kind; 0 keeps nothing.
+    pub fn new(bytes: u64) -> Self {
         Self {
-            enabled: items > 0,
+            enabled: bytes > 0,
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             any: AtomicU64::new(0),
             shared: AtomicU64::new(0),
             projects: std::array::from_fn(|_| AtomicU64::new(0)),
             hasher: Default::default(),
-            instances: Shelf::new("instances", items),
-            profiles: Shelf::new("profiles", items),
-            networks: Shelf::new("networks", items),
-            volumes: Shelf::new("volumes", items),
+            instances: Shelf::new("instances", bytes),
+            profiles: Shelf::new("profiles", bytes),
+            networks: Shelf::new("networks", bytes),
+            volumes: Shelf::new("volumes", bytes),
         }
     }
 
@@ -161,6 +186,19 @@ impl ListCache {
         }
     }
 
+    /// Makes stale what a request lxgate sent may have changed (`segment`:
+    /// the first of its path, `instances`, `profiles`, ...): at once, so
+    /// that the caller's next list shows its own change even before the
+    /// event comes (Incus sends each listener its events on a goroutine of
+    /// their own: one may come after the answer).
+    pub fn wrote(&self, segment: &str, project: &str) {
+        self.any.fetch_add(1, Ordering::SeqCst);
+        if !matches!(segment, "instances" | "operations") {
+            self.shared.fetch_add(1, Ordering::SeqCst);
+        }
+        self.stripe(project).fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Makes every list stale (an event that could not be read).
     pub fn changed_somewhere(&self) {
         self.any.fetch_add(1, Ordering::SeqCst);
@@ -174,20 +212,26 @@ impl ListCache {
 
     /// The stamp to keep lists under now, or `None` if nothing may be kept.
     fn stamp(&self, scope: &AtomicU64) -> Option<Stamp> {
-        // The epoch is read first: a stream lost after this point bumps it,
-        // so what is fetched now is filed under a stamp no one asks for.
+        // The epoch around the liveness: a stream lost after the first read
+        // bumps it, so what is fetched now is filed under a stamp no one
+        // asks for; one lost and found again between the reads (a task
+        // stalled that long) is seen by the second.
         let epoch = self.epoch.load(Ordering::SeqCst);
         if !self.enabled || !self.live.load(Ordering::SeqCst) {
             return None;
         }
-        Some(Stamp {
+        let stamp = Stamp {
             epoch,
             shared: self.shared.load(Ordering::SeqCst),
             scope: scope.load(Ordering::SeqCst),
-        })
+        };
+        (self.epoch.load(Ordering::SeqCst) == epoch).then_some(stamp)
     }
 
     fn key(&self, project: Option<&str>, detail: Option<&str>) -> Option<Key> {
+        if detail.is_some_and(|d| d.len() > MAX_KEPT_FILTER) {
+            return None;
+        }
         // An instance list of one project changes with that project and with
         // what reaches every project; any other list with anything.
         let scope = project.map_or(&self.any, |p| self.stripe(p));
@@ -251,13 +295,21 @@ impl ListCache {
     }
 }
 
-/// Whether an event can mean that a list changed: every lifecycle event,
-/// and the end of a background task (a safety net for a change Incus
+/// Whether an event can mean that a list changed: a lifecycle event other
+/// than a read, and the end of a background task (a safety net for a change Incus
 /// reports no lifecycle event for). Progress updates and the end of exec
 /// and console sessions (`websocket` operations) change no list.
 fn changes_something(event: &Event) -> bool {
     match event.kind.as_str() {
-        "lifecycle" => true,
+        // Reads and sessions are reported too (a log or file fetched, an
+        // image exported, an exec or console opened): they change nothing
+        // listed, and a dashboard tailing a log would otherwise empty the
+        // kept lists on every read.
+        "lifecycle" => {
+            let action = event.metadata["action"].as_str().unwrap_or_default();
+            !(action.ends_with("-retrieved")
+                || matches!(action, "instance-exec" | "instance-console"))
+        }
         "operation" => {
             let op = &event.metadata;
             op["class"].as_str() == Some("task")
@@ -286,14 +338,14 @@ mod tests {
     }
 
     fn live() -> ListCache {
-        let c = ListCache::new(1000);
+        let c = ListCache::new(1 << 20);
         c.connected();
         c
     }
 
     #[test]
     fn nothing_is_kept_without_the_stream_or_when_off() {
-        let c = ListCache::new(1000);
+        let c = ListCache::new(1 << 20);
         assert!(c.key(Some("p"), None).is_none(), "before the stream is up");
         c.connected();
         assert!(c.key(Some("p"), None).is_some());
@@ -368,6 +420,53 @@ mod tests {
             json!({"class": "task", "status_code": 400}),
         ));
         assert_ne!(before, c.key(None, None).unwrap());
+    }
+
+    #[test]
+    fn lxgates_own_writes_make_lists_stale_at_once() {
+        let c = live();
+        let p = c.key(Some("p"), None).unwrap();
+        c.wrote("instances", "p");
+        let after_instance = c.key(Some("p"), None).unwrap();
+        assert_ne!(p, after_instance);
+        let elsewhere = c.key(Some("elsewhere"), None).unwrap();
+        c.wrote("profiles", "p");
+        assert_ne!(
+            elsewhere,
+            c.key(Some("elsewhere"), None).unwrap(),
+            "a profile reaches every project's instances"
+        );
+    }
+
+    #[test]
+    fn reads_reported_as_events_change_nothing() {
+        let c = live();
+        let before = c.key(Some("p"), None).unwrap();
+        for action in [
+            "instance-log-retrieved",
+            "instance-file-retrieved",
+            "image-retrieved",
+            "instance-exec",
+            "instance-console",
+        ] {
+            c.observe(&lifecycle("p", action));
+        }
+        assert_eq!(before, c.key(Some("p"), None).unwrap());
+    }
+
+    #[test]
+    fn long_filters_are_not_kept() {
+        let c = live();
+        assert!(c.key(Some("p"), Some("status eq Running")).is_some());
+        assert!(
+            c.key(Some("p"), Some(&"x".repeat(MAX_KEPT_FILTER + 1)))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn lists_are_weighed_by_their_json() {
+        assert_eq!(json_len(&vec!["ab", "c"]), br#"["ab","c"]"#.len());
     }
 
     #[tokio::test]

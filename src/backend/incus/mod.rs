@@ -52,11 +52,15 @@ impl IncusBackend {
     }
 
     /// A backend whose event stream runs in the background (needs a runtime),
-    /// keeping up to `list_cache_items` listed objects per kind in memory
+    /// keeping up to `list_cache_bytes` of lists per kind in memory
     /// (`list_cache`; 0 keeps none).
-    pub fn with_events(client: IncusClient, list_cache_items: u64) -> Self {
+    pub fn with_events(client: IncusClient, list_cache_bytes: u64) -> Self {
         let bus = EventBus::default();
-        let lists = Arc::new(ListCache::new(list_cache_items));
+        let lists = Arc::new(ListCache::new(list_cache_bytes));
+        let told = lists.clone();
+        let client = client.on_write(Arc::new(move |segment, project| {
+            told.wrote(segment, project)
+        }));
         let upstream = tokio::spawn(events::run_upstream(
             client.clone(),
             bus.clone(),

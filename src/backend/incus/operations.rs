@@ -36,6 +36,7 @@ impl Operations for IncusBackend {
             .await
             .missing(|| Missing::operation(id))?;
         op.project = project_of(&op);
+        self.seen_end(&op);
         Ok(op)
     }
 
@@ -59,6 +60,7 @@ impl Operations for IncusBackend {
                         BackendError::Upstream(format!("unexpected Incus operation: {e}"))
                     })?;
                 op.project = project_of(&op);
+                self.seen_end(&op);
                 Ok(op)
             }
             // Incus answers the wait of a failed operation with the failure
@@ -76,6 +78,18 @@ impl Operations for IncusBackend {
             .await
             .missing(|| Missing::operation(id))
             .map(|_| ())
+    }
+}
+
+impl IncusBackend {
+    /// A background task seen ended: what it changed shows in the next list
+    /// read, even before its events come.
+    fn seen_end(&self, op: &Operation) {
+        if op.class == "task" && op.status_code >= 200 {
+            let only_instances = op.resources.keys().all(|k| k == "instances");
+            let segment = if only_instances { "instances" } else { "other" };
+            self.lists.wrote(segment, &op.project);
+        }
     }
 }
 
