@@ -544,6 +544,15 @@ async fn embedded_a_rename_killed_half_way_is_finished_at_the_next_start() {
             .await;
         assert_eq!(r.body["status_code"], 200, "{}", r.text);
     }
+    // Files under the new name that no instance owns are not taken over.
+    std::fs::create_dir(lxc.join("default_taken")).unwrap();
+    app.post(
+        "/api/v1/instances/r1/rename",
+        Some(&admin),
+        json!({"name": "taken"}),
+    )
+    .await
+    .assert_problem(409, "conflict");
     kill9(&mut lxgate).await;
 
     let url = format!("sqlite://{}/lxgate.db", host.data().display());
@@ -579,6 +588,17 @@ async fn embedded_a_rename_killed_half_way_is_finished_at_the_next_start() {
         app.get(&format!("/api/v1/instances/{old}"), Some(&admin))
             .await
             .assert_problem(404, "instance_not_found");
+        // Its maker is still its maker under the new name.
+        let mut db = sqlx::SqliteConnection::connect(&url).await.expect("the db");
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM instance_owners WHERE project = 'default' AND name = $1",
+        )
+        .bind(new)
+        .fetch_optional(&mut db)
+        .await
+        .expect("a query");
+        db.close().await.ok();
+        assert_eq!(owner.as_deref(), Some(new), "the owner record followed");
         let r = action(&app, &admin, new, "start").await;
         assert_eq!(r.body["status_code"], 200, "{}", r.text);
         assert_eq!(status(&app, &admin, new).await, "Running");

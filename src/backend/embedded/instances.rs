@@ -309,6 +309,25 @@ impl EmbeddedBackend {
         Ok((Confinement::Unprivileged(map), false, picking))
     }
 
+    /// 409 when files under `name` exist that no row owns (see `recovery`):
+    /// a new instance, or one renamed to `name`, must not take them over.
+    pub(super) async fn refuse_strays(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        let host = Lxc::host_name(project, name);
+        for dir in [self.lxc.dir(&host), self.qemu.vm_dir(&host)] {
+            if tokio::fs::symlink_metadata(&dir).await.is_ok() {
+                return Err(BackendError::Conflict(format!(
+                    "{} exists on the host but belongs to no instance; an admin must move it away first",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Claims a new instance's name with its row: the project's limits
     /// checked and the row inserted under the project's lock (its name is
     /// never empty), so two creates cannot both squeeze under a limit.
@@ -324,15 +343,7 @@ impl EmbeddedBackend {
         self.check_project_limits(project, kind, expanded).await?;
         // Files no row owns (see `recovery`) are never made over, nor
         // removed by this create's cleanup if it fails.
-        let host = Lxc::host_name(project, &row.name);
-        for dir in [self.lxc.dir(&host), self.qemu.vm_dir(&host)] {
-            if tokio::fs::symlink_metadata(&dir).await.is_ok() {
-                return Err(BackendError::Conflict(format!(
-                    "{} exists on the host but belongs to no instance; an admin must move it away first",
-                    dir.display()
-                )));
-            }
-        }
+        self.refuse_strays(project, &row.name).await?;
         inv::insert_instance(&self.pool, row)
             .await
             .map_err(|e| match e {
@@ -845,7 +856,16 @@ impl Instances for EmbeddedBackend {
                 "Name \"{new_name}\" already in use"
             )));
         }
-        let guard = self.lock(project, name).lock_owned().await;
+        // Both names locked (in one order, so two renames cannot wait on
+        // each other): nothing acts on the row under its new name until
+        // its files have followed.
+        let (first, second) = if name.as_str() < new_name.as_str() {
+            (name.as_str(), new_name.as_str())
+        } else {
+            (new_name.as_str(), name.as_str())
+        };
+        let guard = self.lock(project, first).lock_owned().await;
+        let guard2 = self.lock(project, second).lock_owned().await;
         // Read again under the lock (a change may have held it meanwhile).
         let row = self.row(project, name).await?;
         if self.info_of(&row).await.state != "STOPPED" {
@@ -853,6 +873,7 @@ impl Instances for EmbeddedBackend {
                 "Renaming of running instance not allowed".into(),
             ));
         }
+        self.refuse_strays(project, new_name).await?;
         let devices: DevicesMap = serde_json::from_str(&row.devices).unwrap_or_default();
         // The NICs' host ends are named after the instance: the new name's.
         let attached = self
@@ -866,6 +887,7 @@ impl Instances for EmbeddedBackend {
         let confinement = Self::confinement(&row)?;
         let user = self.driver_config(&row).await?;
         let (pool, driver, bus) = (self.pool.clone(), self.driver(&row), self.bus.clone());
+        let old_dir = self.instance_dir(&row);
         let new_name = new_name.to_owned();
         let source = resource_url(project, &format!("instances/{new_name}"));
         Ok(self.ops.start(
@@ -874,7 +896,7 @@ impl Instances for EmbeddedBackend {
             resources("instances", project, &format!("instances/{name}")),
             false,
             move |_ctx| async move {
-                let _guard = guard;
+                let _guards = (guard, guard2);
                 let (old_ct, new_ct) = (
                     Lxc::host_name(&row.project, &row.name),
                     Lxc::host_name(&row.project, &new_name),
@@ -893,9 +915,19 @@ impl Instances for EmbeddedBackend {
                     .rename(&old_ct, &new_ct, &new_name, &user, &attached, &confinement)
                     .await
                 {
-                    let _ = inv::undo_rename(&pool, &row.project, &new_name).await;
+                    // Back under the old name only if the files are (the
+                    // driver moves them back itself); else the row stays
+                    // `renaming` and the next start finishes it.
+                    if tokio::fs::symlink_metadata(&old_dir).await.is_ok() {
+                        let _ = inv::undo_rename(&pool, &row.project, &new_name).await;
+                    }
                     return Err(e.into());
                 }
+                // The owner record too, here: a kill before the API's own
+                // hook sees the operation end would leave it behind.
+                crate::db::instance_owners::rename(&pool, &row.project, &row.name, &new_name)
+                    .await
+                    .map_err(|e| OpError::from(db(e)))?;
                 inv::end_rename(&pool, &row.project, &new_name)
                     .await
                     .map_err(|e| OpError::from(db(e)))?;

@@ -126,9 +126,28 @@ impl EmbeddedBackend {
             name: old_name.to_owned(),
             ..row.clone()
         });
+        // Decided by the old directory (the move is one rename(2)): while it
+        // is there, the files never moved, whatever is under the new name.
         let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-        if !exists(&new_dir) {
-            if !exists(&old_dir) {
+        match (exists(&old_dir), exists(&new_dir)) {
+            (true, false) => {
+                tokio::fs::rename(&old_dir, &new_dir).await.map_err(|e| {
+                    anyhow::anyhow!("moving {} to {}: {e}", old_dir.display(), new_dir.display())
+                })?;
+            }
+            (true, true) => {
+                // Files under the new name that are not this instance's:
+                // not taken over; the instance keeps its old name.
+                inv::undo_rename(&self.pool, &row.project, &row.name)
+                    .await
+                    .map_err(db)?;
+                tracing::warn!(project = %row.project, instance = %old_name,
+                    directory = %new_dir.display(),
+                    "an interrupted rename was undone: its new name's directory belongs to no instance");
+                return Ok(());
+            }
+            (false, true) => {}
+            (false, false) => {
                 return Err(anyhow::anyhow!(
                     "neither {} nor {} exists",
                     old_dir.display(),
@@ -136,9 +155,6 @@ impl EmbeddedBackend {
                 )
                 .into());
             }
-            tokio::fs::rename(&old_dir, &new_dir).await.map_err(|e| {
-                anyhow::anyhow!("moving {} to {}: {e}", old_dir.display(), new_dir.display())
-            })?;
         }
         if row.instance_type != VM {
             let host = Lxc::host_name(&row.project, &row.name);
@@ -152,6 +168,11 @@ impl EmbeddedBackend {
                 .write_config(&host, &row.name, &user, &attached, &confinement)
                 .await?;
         }
+        // The API moves the owner record when it sees the rename end; a
+        // killed lxgate saw no end.
+        crate::db::instance_owners::rename(&self.pool, &row.project, old_name, &row.name)
+            .await
+            .map_err(db)?;
         inv::end_rename(&self.pool, &row.project, &row.name)
             .await
             .map_err(db)?;

@@ -129,9 +129,9 @@ pub struct IncusClient {
 }
 
 /// Hears of a request that may have changed something once Incus answered
-/// it: the first path segment (`instances`, `profiles`, ...) and the
-/// project it named (`default` when none).
-pub type WriteHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// it: its path under `/1.0` (`["instances", "c1"]`) and the project it
+/// named (`default` when none).
+pub type WriteHook = Arc<dyn Fn(&[&str], &str) + Send + Sync>;
 
 /// A transport error that means the member was never reached: the
 /// connection was refused or timed out, so nothing of the request was sent
@@ -431,10 +431,7 @@ impl IncusClient {
         // Once Incus answered (whatever it said, and before the caller
         // hears of it): a list read after the caller's change must show it.
         if writes && let Some(hook) = &self.writes {
-            hook(
-                segments.first().copied().unwrap_or_default(),
-                project_in(query),
-            );
+            hook(segments, project_in(query));
         }
         self.envelope_of(resp?).await
     }
@@ -789,8 +786,8 @@ mod tests {
         let told = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
         let t = told.clone();
         let client =
-            client_of(&[&format!("http://{addr}")]).on_write(Arc::new(move |segment, project| {
-                t.lock().unwrap().push((segment.into(), project.into()))
+            client_of(&[&format!("http://{addr}")]).on_write(Arc::new(move |segments, project| {
+                t.lock().unwrap().push((segments.join("/"), project.into()))
             }));
         let body = serde_json::json!({});
         client
@@ -814,8 +811,8 @@ mod tests {
         assert_eq!(
             *told.lock().unwrap(),
             [
-                ("instances".to_owned(), "p".to_owned()),
-                ("profiles".to_owned(), "default".to_owned())
+                ("instances/c1".to_owned(), "p".to_owned()),
+                ("profiles/x".to_owned(), "default".to_owned())
             ]
         );
     }

@@ -113,6 +113,10 @@ fn json_len<T: serde::Serialize>(v: &T) -> usize {
     n.0
 }
 
+/// How Incus describes a recorded command's operation (`task` class when
+/// its output is recorded; it changes nothing listed).
+pub const EXEC_DESCRIPTION: &str = "Executing command";
+
 /// Filter expressions longer than this are not kept (each distinct one
 /// is a list of its own).
 const MAX_KEPT_FILTER: usize = 256;
@@ -186,12 +190,17 @@ impl ListCache {
         }
     }
 
-    /// Makes stale what a request lxgate sent may have changed (`segment`:
-    /// the first of its path, `instances`, `profiles`, ...): at once, so
+    /// Makes stale what a request lxgate sent may have changed (`segments`:
+    /// its path under `/1.0`, `instances/c1`, `profiles/p`, ...): at once, so
     /// that the caller's next list shows its own change even before the
     /// event comes (Incus sends each listener its events on a goroutine of
     /// their own: one may come after the answer).
-    pub fn wrote(&self, segment: &str, project: &str) {
+    pub fn wrote(&self, segments: &[&str], project: &str) {
+        // Opening an exec or console session changes nothing listed.
+        if let ["instances", _, "exec" | "console"] = segments {
+            return;
+        }
+        let segment = segments.first().copied().unwrap_or_default();
         self.any.fetch_add(1, Ordering::SeqCst);
         if !matches!(segment, "instances" | "operations") {
             self.shared.fetch_add(1, Ordering::SeqCst);
@@ -314,6 +323,7 @@ fn changes_something(event: &Event) -> bool {
             let op = &event.metadata;
             op["class"].as_str() == Some("task")
                 && op["status_code"].as_u64().is_some_and(|c| c >= 200)
+                && op["description"].as_str() != Some(EXEC_DESCRIPTION)
         }
         _ => false,
     }
@@ -409,6 +419,7 @@ mod tests {
         for quiet in [
             json!({"class": "task", "status_code": 103}),
             json!({"class": "websocket", "status_code": 200}),
+            json!({"class": "task", "status_code": 200, "description": "Executing command"}),
         ] {
             c.observe(&event("operation", "p", quiet));
         }
@@ -426,11 +437,18 @@ mod tests {
     fn lxgates_own_writes_make_lists_stale_at_once() {
         let c = live();
         let p = c.key(Some("p"), None).unwrap();
-        c.wrote("instances", "p");
+        c.wrote(&["instances", "c1", "exec"], "p");
+        c.wrote(&["instances", "c1", "console"], "p");
+        assert_eq!(
+            p,
+            c.key(Some("p"), None).unwrap(),
+            "a session changes nothing"
+        );
+        c.wrote(&["instances", "c1"], "p");
         let after_instance = c.key(Some("p"), None).unwrap();
         assert_ne!(p, after_instance);
         let elsewhere = c.key(Some("elsewhere"), None).unwrap();
-        c.wrote("profiles", "p");
+        c.wrote(&["profiles", "x"], "p");
         assert_ne!(
             elsewhere,
             c.key(Some("elsewhere"), None).unwrap(),

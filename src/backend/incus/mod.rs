@@ -58,8 +58,8 @@ impl IncusBackend {
         let bus = EventBus::default();
         let lists = Arc::new(ListCache::new(list_cache_bytes));
         let told = lists.clone();
-        let client = client.on_write(Arc::new(move |segment, project| {
-            told.wrote(segment, project)
+        let client = client.on_write(Arc::new(move |segments, project| {
+            told.wrote(segments, project)
         }));
         let upstream = tokio::spawn(events::run_upstream(
             client.clone(),

@@ -85,12 +85,18 @@ impl IncusBackend {
     /// A background task seen ended: what it changed shows in the next list
     /// read, even before its events come.
     fn seen_end(&self, op: &Operation) {
-        if op.class == "task" && op.status_code >= 200 {
+        if op.class == "task" && op.status_code >= 200 && !is_exec(op) {
             let only_instances = op.resources.keys().all(|k| k == "instances");
             let segment = if only_instances { "instances" } else { "other" };
-            self.lists.wrote(segment, &op.project);
+            self.lists.wrote(&[segment], &op.project);
         }
     }
+}
+
+/// A recorded command (Incus's description for them): it changes nothing
+/// listed.
+fn is_exec(op: &Operation) -> bool {
+    op.description == super::list_cache::EXEC_DESCRIPTION
 }
 
 /// The project an Incus operation belongs to, read from its resource URLs
