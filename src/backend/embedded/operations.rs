@@ -373,13 +373,16 @@ impl Operations {
     pub fn cancel(&self, id: &str) -> Result<(), BackendError> {
         let entry = self.entry(id)?;
         let op = entry.state.borrow().clone();
+        // 409, as the API answers when it sees this first: the operation's
+        // state, not the request, is what stands in the way (it may have
+        // finished between the two looks).
         if op.is_done() {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "The operation has already finished".into(),
             ));
         }
         if !op.may_cancel {
-            return Err(BackendError::BadRequest(
+            return Err(BackendError::Conflict(
                 "This operation cannot be cancelled".into(),
             ));
         }
