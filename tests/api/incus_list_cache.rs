@@ -36,6 +36,28 @@ struct Scratch {
     profile: String,
 }
 
+impl Scratch {
+    /// Names of its own, and the project made (it uses the default
+    /// project's profiles and images).
+    fn new(prefix: &str) -> Self {
+        let s = Self {
+            project: unique(prefix),
+            instance: unique(prefix),
+            profile: unique(prefix),
+        };
+        incus(&[
+            "project",
+            "create",
+            &s.project,
+            "-c",
+            "features.images=false",
+            "-c",
+            "features.profiles=false",
+        ]);
+        s
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let dir = std::env::var("LXGATE_TEST_INCUS_DIR").unwrap_or_default();
@@ -86,20 +108,7 @@ pub async fn hits(app: &TestApp, kind: &str) -> f64 {
 async fn incus_a_change_made_with_the_incus_cli_shows_in_lists_within_a_second() {
     let app = incus_app().await;
     let admin = app.admin_token().await;
-    let s = Scratch {
-        project: unique("lc"),
-        instance: unique("lc"),
-        profile: unique("lc"),
-    };
-    incus(&[
-        "project",
-        "create",
-        &s.project,
-        "-c",
-        "features.images=false",
-        "-c",
-        "features.profiles=false",
-    ]);
+    let s = Scratch::new("lc");
     let list = format!("/api/v1/instances?project={}", s.project);
     let names = format!("{list}&expand=false");
     let token = Some(admin.as_str());
@@ -194,20 +203,7 @@ async fn incus_a_change_made_with_the_incus_cli_shows_in_lists_within_a_second()
 async fn incus_a_change_made_through_lxgate_shows_in_the_very_next_list() {
     let app = incus_app().await;
     let admin = app.admin_token().await;
-    let s = Scratch {
-        project: unique("rw"),
-        instance: unique("rw"),
-        profile: unique("rw"),
-    };
-    incus(&[
-        "project",
-        "create",
-        &s.project,
-        "-c",
-        "features.images=false",
-        "-c",
-        "features.profiles=false",
-    ]);
+    let s = Scratch::new("rw");
     let token = Some(admin.as_str());
     let list = format!("/api/v1/instances?project={}", s.project);
     let q = format!("?project={}", s.project);
@@ -274,20 +270,7 @@ async fn incus_a_change_made_through_lxgate_shows_in_the_very_next_list() {
 async fn incus_lists_and_objects_answer_etags_and_304() {
     let app = incus_app().await;
     let admin = app.admin_token().await;
-    let s = Scratch {
-        project: unique("et"),
-        instance: unique("et"),
-        profile: unique("et"),
-    };
-    incus(&[
-        "project",
-        "create",
-        &s.project,
-        "-c",
-        "features.images=false",
-        "-c",
-        "features.profiles=false",
-    ]);
+    let s = Scratch::new("et");
     incus(&["init", &alias(), &s.instance, "--project", &s.project]);
     let token = Some(admin.as_str());
     let conditional = |path: &str, tag: &str| {
