@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::Json;
-use crate::api::requesters::requested_by;
+use crate::api::requesters::{Starting, requested_by};
 use crate::api::slots::UserSlot;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -49,12 +49,16 @@ pub struct OperationSlot {
     slot: UserSlot,
     user_id: String,
     requested_by: RequestedBy,
+    /// Lets the event relay wait for this start to be remembered (an
+    /// operation's first events can come before it is).
+    starting: Starting,
 }
 
 impl OperationSlot {
     pub fn acquire(state: &AppState, user: &AuthUser) -> ApiResult<Self> {
         Ok(Self {
             slot: state.running_operations.acquire(&user.id)?,
+            starting: state.requesters.starting(),
             user_id: user.id.clone(),
             requested_by: RequestedBy {
                 username: user.username.clone(),
@@ -245,6 +249,7 @@ pub async fn accepted_then(
         slot,
         user_id,
         requested_by,
+        starting,
     } = slot;
     let hook: SharedHook = Arc::new(tokio::sync::Mutex::new(on_done));
     let slot: SharedSlot = Arc::new(Mutex::new((!op.is_done()).then_some(slot)));
@@ -274,6 +279,7 @@ pub async fn accepted_then(
         tracing::warn!(op = %op.id, error = %e, "recording who started an operation failed");
     }
     state.requesters.remember(&op.id, requested_by.clone());
+    drop(starting);
     let _ = recorded.send(());
     let op = match wait.filter(|w| *w > 0) {
         Some(secs) if !op.is_done() => {

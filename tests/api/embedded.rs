@@ -185,6 +185,18 @@ pub async fn action(app: &TestApp, token: &str, name: &str, what: &str) -> Reply
     r
 }
 
+/// `name`'s status as the instance list shows it.
+pub async fn listed_status(app: &TestApp, token: &str, name: &str) -> String {
+    let r = app.get("/api/v1/instances", Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["name"] == name))
+        .and_then(|i| i["status"].as_str())
+        .unwrap_or_else(|| panic!("{name} in {}", r.text))
+        .to_owned()
+}
+
 pub async fn status(app: &TestApp, token: &str, name: &str) -> String {
     let r = app
         .get(&format!("/api/v1/instances/{name}"), Some(token))
@@ -279,6 +291,9 @@ async fn container_lifecycle_with_real_lxc() {
     action(&app, &admin, "c1", "start").await;
     assert_eq!(status(&app, &admin, "c1").await, "Running");
     assert_eq!(host.lxc_state("default", "c1"), "RUNNING");
+    // Listings read a stopped container's state without a process (its
+    // monitor's socket is not there): a running one must not look so.
+    assert_eq!(listed_status(&app, &admin, "c1").await, "Running");
     let st = app.get("/api/v1/instances/c1/state", Some(&admin)).await;
     assert!(st.body["pid"].as_i64().unwrap() > 1, "{}", st.text);
     assert!(st.body["processes"].as_i64().unwrap() >= 1, "{}", st.text);
@@ -525,6 +540,9 @@ async fn instances_are_found_again_after_a_restart() {
     assert!(!nobody_can_list(&vm));
     assert_eq!(status(&app, &admin, "keep").await, "Running");
     assert_eq!(status(&app, &admin, "dies").await, "Stopped");
+    // Without a process for the one whose monitor is gone: the same.
+    assert_eq!(listed_status(&app, &admin, "dies").await, "Stopped");
+    assert_eq!(listed_status(&app, &admin, "keep").await, "Running");
     // The VM is found by its pidfile and still answers on its QMP socket.
     assert_eq!(status(&app, &admin, "vm").await, "Running");
     action(&app, &admin, "vm", "freeze").await;

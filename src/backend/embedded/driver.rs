@@ -15,13 +15,6 @@ pub enum Driver {
     Qemu(Arc<Qemu>),
 }
 
-fn stopped() -> LxcInfo {
-    LxcInfo {
-        state: "STOPPED".into(),
-        ..Default::default()
-    }
-}
-
 impl Driver {
     /// The instance's run state; one still being created (no files yet) is
     /// Stopped, one the driver cannot read is Error.
@@ -47,11 +40,15 @@ impl Driver {
     async fn info_maybe_cached(&self, host: &str, cached: bool) -> LxcInfo {
         match self {
             Driver::Lxc(lxc) => {
+                // Most of a listing: no file to look at, no process.
+                if let Some(info) = cached.then(|| lxc.known(host)).flatten() {
+                    return info;
+                }
                 if !tokio::fs::try_exists(lxc.dir(host).join("config"))
                     .await
                     .unwrap_or(false)
                 {
-                    return stopped();
+                    return LxcInfo::stopped();
                 }
                 let info = if cached {
                     lxc.info_cached(host).await

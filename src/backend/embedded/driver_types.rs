@@ -47,3 +47,12 @@ pub struct LxcInfo {
     /// Memory in use, bytes.
     pub memory: i64,
 }
+
+impl LxcInfo {
+    pub fn stopped() -> Self {
+        Self {
+            state: "STOPPED".into(),
+            ..Default::default()
+        }
+    }
+}

@@ -14,6 +14,7 @@ use tokio::process::Command;
 use super::driver_types::{Attachments, LxcInfo};
 use super::idmap::IdMap;
 use super::limits::{parse_cpus, parse_size};
+use super::lxc_monitor;
 use super::process::{self, run};
 use super::tarball;
 use crate::backend::BackendError;
@@ -450,10 +451,39 @@ impl Lxc {
 
     pub async fn info(&self, ct: &str) -> Result<LxcInfo, BackendError> {
         let changes = self.changes_of(ct);
-        let mut args = self.base_args(ct);
-        args.push("-H".as_ref());
-        let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
-        let info = parse_info(&out.stdout);
+        let info = match lxc_monitor::up(&self.lxcpath, ct) {
+            // What `lxc-info` answers on the same refusal, without its process.
+            Some(false) => LxcInfo::stopped(),
+            _ => {
+                let mut args = self.base_args(ct);
+                args.push("-H".as_ref());
+                let out = run("lxc-info", args, TOOL_TIMEOUT).await?;
+                parse_info(&out.stdout)
+            }
+        };
+        self.keep(ct, changes, &info);
+        Ok(info)
+    }
+
+    /// For listings, what is known of `ct` without a process: a state read
+    /// in the last `INFO_TTL`, or STOPPED when no monitor listens for it
+    /// (whether or not its files exist: without them it is not running
+    /// either).
+    pub fn known(&self, ct: &str) -> Option<LxcInfo> {
+        if let Some(info) = self.recent(ct) {
+            return Some(info);
+        }
+        let changes = self.changes_of(ct);
+        (lxc_monitor::up(&self.lxcpath, ct) == Some(false)).then(|| {
+            let info = LxcInfo::stopped();
+            self.keep(ct, changes, &info);
+            info
+        })
+    }
+
+    /// Keeps what was read of `ct` for listings, unless a change began
+    /// since the read did (`changes`, read before it) or is under way.
+    fn keep(&self, ct: &str, changes: u64, info: &LxcInfo) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         // Under the lock `forget` takes: a change made while this read ran
         // either moved the count already or comes after this insert.
@@ -466,7 +496,6 @@ impl Lxc {
         {
             recent.insert(ct.to_owned(), (std::time::Instant::now(), info.clone()));
         }
-        Ok(info)
     }
 
     pub async fn start(&self, ct: &str) -> Result<(), BackendError> {

@@ -25,6 +25,7 @@ mod instances;
 mod inventory;
 pub(crate) mod limits;
 pub(crate) mod lxc;
+mod lxc_monitor;
 pub(crate) mod networks;
 mod operations;
 mod process;
