@@ -299,10 +299,16 @@ async fn soak_both(embedded: &Server, incus: &Server) -> Res<()> {
             .collect(),
     };
     println!("{}", soak::HEADER);
+    // SOAK_ONLY=embedded|incus: one backend (a longer run, say).
+    let only = std::env::var("SOAK_ONLY").unwrap_or_default();
+    let mut fds = Vec::new();
     for (s, pid) in [
         (incus, var("BENCH_INCUS_PID")),
         (embedded, var("BENCH_EMBEDDED_PID")),
     ] {
+        if !only.is_empty() && only != s.label {
+            continue;
+        }
         for name in &load.instances {
             s.call(
                 reqwest::Method::POST,
@@ -317,10 +323,10 @@ async fn soak_both(embedded: &Server, incus: &Server) -> Res<()> {
             load.duration.as_secs()
         );
         let pid = pid.parse().expect("a pid");
-        println!(
-            "{}",
-            soak::run(s.label, s.http.clone(), &s.base, &s.token, pid, &load).await
-        );
+        let (row, by_kind) =
+            soak::run(s.label, s.http.clone(), &s.base, &s.token, pid, &load).await;
+        println!("{row}");
+        fds.push(by_kind);
         for name in &load.instances {
             let _ = s
                 .call(
@@ -330,6 +336,10 @@ async fn soak_both(embedded: &Server, incus: &Server) -> Res<()> {
                 )
                 .await;
         }
+    }
+    println!();
+    for line in fds {
+        println!("- {line}");
     }
     println!();
     Ok(())

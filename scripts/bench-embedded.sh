@@ -10,7 +10,8 @@
 #
 # Usage: bash scripts/bench-embedded.sh   (part of `make bench`)
 # BENCH_ONLY=soak (`make soak`) runs the soak instead: both servers in turn
-# under a steady mixed load for SOAK_SECONDS (benches/soak/mod.rs).
+# under a steady mixed load for SOAK_SECONDS (benches/soak/mod.rs); SOAK_ONLY=embedded|incus
+# soaks one of them.
 # Knobs: BENCH_ITERATIONS=10, BENCH_VM_BOOTS=3, BENCH_LIST_INSTANCES=100,
 #        BENCH_DURATION=10, BENCH_CONNECTIONS=16, BENCH_SKIP_BUILD=1,
 #        BENCH_OUT (default target/bench/embedded.md)

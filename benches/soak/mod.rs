@@ -10,6 +10,7 @@
 //! * `execs` loops of recorded exec sessions (`echo`) in the soak's
 //!   containers, which also feed the event stream.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -65,6 +66,73 @@ fn sample(pid: u32, since: Instant) -> Option<Sample> {
     })
 }
 
+/// The socket inodes of `pid`'s network namespace in `/proc/<pid>/net/<table>`.
+fn socket_inodes(pid: u32, table: &str) -> HashSet<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+    // The inode is the last column of `unix`, the tenth of `tcp`/`tcp6`.
+    let column = if table == "unix" { 6 } else { 9 };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(column).map(str::to_owned))
+        .collect()
+}
+
+/// `pid`'s open descriptors by what they are: `socket (tcp)`, `socket
+/// (unix)`, `pipe`, anonymous inodes by kind (`eventpoll`, `pidfd`...),
+/// devices by path, other files by name. Where a descriptor slope comes
+/// from is read off the difference between two of these.
+fn fd_kinds(pid: u32) -> BTreeMap<String, usize> {
+    let unix = socket_inodes(pid, "unix");
+    let tcp: HashSet<String> = ["tcp", "tcp6"]
+        .iter()
+        .flat_map(|t| socket_inodes(pid, t))
+        .collect();
+    let mut kinds = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return kinds;
+    };
+    for entry in dir.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let kind = if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            match (tcp.contains(inode), unix.contains(inode)) {
+                (true, _) => "socket (tcp)".to_owned(),
+                (_, true) => "socket (unix)".to_owned(),
+                _ => "socket (other)".to_owned(),
+            }
+        } else if target.starts_with("pipe:") {
+            "pipe".to_owned()
+        } else if let Some(anon) = target.strip_prefix("anon_inode:") {
+            anon.trim_matches(['[', ']']).to_owned()
+        } else if target.starts_with("/dev/") {
+            target.into_owned()
+        } else {
+            let name = target.rsplit('/').next().unwrap_or_default();
+            format!("file {name}")
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+}
+
+/// What changed between two `fd_kinds`, e.g. `pipe 4 → 60, socket (tcp) 210 → 212`.
+fn fd_change(before: &BTreeMap<String, usize>, after: &BTreeMap<String, usize>) -> String {
+    let kinds: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let parts: Vec<String> = kinds
+        .into_iter()
+        .map(|k| {
+            let (b, a) = (before.get(k).unwrap_or(&0), after.get(k).unwrap_or(&0));
+            format!("{k} {b} → {a}")
+        })
+        .collect();
+    parts.join(", ")
+}
+
 /// Least-squares slope of `y` over time, per minute.
 fn slope_per_min(samples: &[Sample], y: impl Fn(&Sample) -> f64) -> f64 {
     let n = samples.len() as f64;
@@ -90,7 +158,7 @@ pub async fn run(
     token: &str,
     pid: u32,
     load: &Load,
-) -> String {
+) -> (String, String) {
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -181,6 +249,7 @@ pub async fn run(
         }));
     }
 
+    let fds_at_start = fd_kinds(pid);
     let mut samples = Vec::new();
     while started.elapsed() < load.duration {
         if let Some(s) = sample(pid, started) {
@@ -191,6 +260,7 @@ pub async fn run(
     if let Some(s) = sample(pid, started) {
         samples.push(s);
     }
+    let fds_at_end = fd_kinds(pid);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -198,7 +268,7 @@ pub async fn run(
     let (first, last) = (samples[0], samples[samples.len() - 1]);
     let c = &counts;
     let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
-    format!(
+    let row = format!(
         "| {label} | {:.0} s | {} | {} | {} | {} | {} / {} | {} | {:.1} → {:.1} MiB ({:+.2}/min) | {:.0} → {:.0} ({:+.2}/min) | {:.0} → {:.0} ({:+.2}/min) |",
         started.elapsed().as_secs_f64(),
         get(&c.requests),
@@ -217,7 +287,12 @@ pub async fn run(
         first.threads,
         last.threads,
         slope_per_min(&samples, |s| s.threads),
-    )
+    );
+    let fds = format!(
+        "{label}: open descriptors by kind, under load at the start → at the end: {}",
+        fd_change(&fds_at_start, &fds_at_end)
+    );
+    (row, fds)
 }
 
 pub const HEADER: &str = "| backend | ran | REST requests | REST errors | exec sessions | exec errors | subscribers open at the end | events received | RSS (slope) | open fds (slope) | threads (slope) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";

@@ -166,6 +166,77 @@ fn shared_text(e: &Arc<Event>) -> serde_json::Result<Utf8Bytes> {
     Ok(text)
 }
 
+/// Events sent to one subscriber in one write at most.
+const BATCH: usize = 32;
+
+/// How forwarding a subscriber's queued events ended.
+enum Forwarded {
+    Sent,
+    /// The subscriber's socket failed or stopped taking messages.
+    Gone,
+    Lagged(u64),
+    Closed,
+}
+
+/// What this subscriber gets of `ev`, if anything.
+async fn text_for(state: &AppState, filter: &Filter, ev: &Arc<Event>) -> Option<Utf8Bytes> {
+    if !filter.wants(ev) {
+        return None;
+    }
+    let by = match ev.metadata["id"].as_str() {
+        Some(id) if ev.kind == "operation" => {
+            let created = ev.metadata["created_at"].as_str().unwrap_or_default();
+            state.requesters.lookup(&state.db.pool, id, created).await
+        }
+        _ => None,
+    };
+    if !ownership::sees_event(state, &filter.user, ev, by.as_ref()).await {
+        return None;
+    }
+    filter.render(ev, by.as_ref()).ok()
+}
+
+/// Sends `first` and what else is already queued for this subscriber (up
+/// to `BATCH`) with one flush: when a thousand subscribers fall behind a
+/// burst together, each catches up in one write instead of one per event.
+async fn forward_queued(
+    state: &AppState,
+    socket: &mut WebSocket,
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
+    filter: &Filter,
+    first: Arc<Event>,
+) -> Forwarded {
+    use futures::SinkExt;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let mut fed = 0;
+    let mut next = first;
+    let ended = loop {
+        if let Some(text) = text_for(state, filter, &next).await {
+            match tokio::time::timeout(SEND_TIMEOUT, socket.feed(Message::Text(text))).await {
+                Ok(Ok(())) => fed += 1,
+                _ => return Forwarded::Gone,
+            }
+        }
+        if fed >= BATCH {
+            break Forwarded::Sent;
+        }
+        next = match rx.try_recv() {
+            Ok(ev) => ev,
+            Err(TryRecvError::Empty) => break Forwarded::Sent,
+            Err(TryRecvError::Lagged(missed)) => break Forwarded::Lagged(missed),
+            Err(TryRecvError::Closed) => break Forwarded::Closed,
+        };
+    };
+    if fed > 0 {
+        match tokio::time::timeout(SEND_TIMEOUT, socket.flush()).await {
+            Ok(Ok(())) => {}
+            _ => return Forwarded::Gone,
+        }
+    }
+    ended
+}
+
 async fn relay(
     state: AppState,
     mut socket: WebSocket,
@@ -179,40 +250,29 @@ async fn relay(
     ping.tick().await;
     loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Ok(ev) => {
-                    if !filter.wants(&ev) {
-                        continue;
+            ev = rx.recv() => {
+                let outcome = match ev {
+                    Ok(ev) => forward_queued(&state, &mut socket, &mut rx, &filter, ev).await,
+                    Err(RecvError::Lagged(missed)) => Forwarded::Lagged(missed),
+                    Err(RecvError::Closed) => Forwarded::Closed,
+                };
+                match outcome {
+                    Forwarded::Sent => {}
+                    Forwarded::Gone => break,
+                    Forwarded::Lagged(missed) => {
+                        // Too slow: drop it rather than let it hold anything up.
+                        tracing::info!(missed, user = %filter.user.username, "dropping a slow event subscriber");
+                        metrics::counter!("lxgate_event_subscribers_dropped_total").increment(1);
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(CloseFrame {
+                            code: 1008,
+                            reason: "too slow: events were dropped; reconnect".into(),
+                        })))).await;
+                        break;
                     }
-                    let by = match ev.metadata["id"].as_str() {
-                        Some(id) if ev.kind == "operation" => {
-                            let created = ev.metadata["created_at"].as_str().unwrap_or_default();
-                            state.requesters.lookup(&state.db.pool, id, created).await
-                        }
-                        _ => None,
-                    };
-                    if !ownership::sees_event(&state, &filter.user, &ev, by.as_ref()).await {
-                        continue;
+                    Forwarded::Closed => {
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                        break;
                     }
-                    let Ok(text) = filter.render(&ev, by.as_ref()) else { continue };
-                    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
-                        Ok(Ok(())) => {}
-                        _ => break,
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    // Too slow: drop it rather than let it hold anything up.
-                    tracing::info!(missed, user = %filter.user.username, "dropping a slow event subscriber");
-                    metrics::counter!("lxgate_event_subscribers_dropped_total").increment(1);
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(CloseFrame {
-                        code: 1008,
-                        reason: "too slow: events were dropped; reconnect".into(),
-                    })))).await;
-                    break;
-                }
-                Err(RecvError::Closed) => {
-                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
-                    break;
                 }
             },
             ev = async { logging.as_mut()?.recv().await }, if logging.is_some() => match ev {

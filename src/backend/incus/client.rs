@@ -16,6 +16,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::tls::{self, ServerTrust};
 use crate::backend::types::Operation;
@@ -60,8 +61,18 @@ pub struct Envelope {
     pub error_code: u16,
     #[serde(default)]
     pub operation: String,
+    /// Kept as Incus wrote it and read once, straight into the type the
+    /// caller wants: a list of a hundred instances built as a `Value` and
+    /// then converted cost as much again.
     #[serde(default)]
-    pub metadata: Value,
+    metadata: Option<Box<RawValue>>,
+}
+
+impl Envelope {
+    /// The metadata as a `T` (`null` when Incus sent none).
+    pub fn metadata<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.metadata.as_deref().map_or("null", RawValue::get))
+    }
 }
 
 pub struct Response {
@@ -79,7 +90,9 @@ impl Response {
                 self.envelope.kind
             )));
         }
-        let mut op: Operation = serde_json::from_value(self.envelope.metadata)
+        let mut op: Operation = self
+            .envelope
+            .metadata()
             .map_err(|e| BackendError::Upstream(format!("unexpected Incus operation: {e}")))?;
         op.project = project.to_owned();
         Ok(op)
@@ -524,7 +537,9 @@ impl IncusClient {
         query: &[(&str, &str)],
     ) -> Result<(T, Option<String>), BackendError> {
         let r = self.query(Method::GET, segments, query, None, None).await?;
-        let value = serde_json::from_value(r.envelope.metadata)
+        let value = r
+            .envelope
+            .metadata()
             .map_err(|e| BackendError::Upstream(format!("unexpected Incus data: {e}")))?;
         Ok((value, r.etag))
     }

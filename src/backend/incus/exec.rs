@@ -100,13 +100,10 @@ impl IncusBackend {
                         )
                         .await;
                     tracing::debug!(op = %op_id, ok = r.is_ok(), "exec bridge: wait returned");
-                    match r {
-                        Ok(r)
-                            if r.envelope.metadata["status_code"].as_i64().unwrap_or(0) >= 200 =>
-                        {
-                            return r.envelope.metadata["metadata"]["return"]
-                                .as_i64()
-                                .unwrap_or(-1);
+                    let op = r.map(|r| r.envelope.metadata::<Value>().unwrap_or_default());
+                    match op {
+                        Ok(op) if op["status_code"].as_i64().unwrap_or(0) >= 200 => {
+                            return op["metadata"]["return"].as_i64().unwrap_or(-1);
                         }
                         Ok(_) => continue,
                         Err(_) => return -1,

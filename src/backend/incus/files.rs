@@ -199,7 +199,8 @@ impl Files for IncusBackend {
             .map_err(|e| BackendError::Upstream(format!("reading a directory listing: {e}")))?;
         let envelope: super::client::Envelope = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::Upstream(format!("unexpected directory listing: {e}")))?;
-        let entries: Vec<String> = serde_json::from_value(envelope.metadata)
+        let entries: Vec<String> = envelope
+            .metadata()
             .map_err(|e| BackendError::Upstream(format!("unexpected directory listing: {e}")))?;
         Ok(FilePull::Directory { meta, entries })
     }

@@ -55,10 +55,9 @@ impl Operations for IncusBackend {
             .missing(|| Missing::operation(id));
         match r {
             Ok(r) => {
-                let mut op =
-                    serde_json::from_value::<Operation>(r.envelope.metadata).map_err(|e| {
-                        BackendError::Upstream(format!("unexpected Incus operation: {e}"))
-                    })?;
+                let mut op = r.envelope.metadata::<Operation>().map_err(|e| {
+                    BackendError::Upstream(format!("unexpected Incus operation: {e}"))
+                })?;
                 op.project = project_of(&op);
                 self.seen_end(&op);
                 Ok(op)
