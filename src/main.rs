@@ -5,25 +5,38 @@ use clap::Parser;
 use lxgate::cli::{Cli, Command};
 use lxgate::config::{Config, ConfigErrors};
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees many
+/// small objects on whichever worker thread runs it, and glibc's arenas
+/// took about a fifth of the server's CPU on `auth/me` (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_arena_eager_commit` and `mi_option_purge_delay`
+/// (`mimalloc.h`; their numbers are kept stable across versions, retired
+/// options keep their places).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory is given back to the system as soon as it is free, and arenas
+/// are committed as they are used: with mimalloc's defaults a login burst
+/// (argon2id takes 19 MiB per hash) and lists of a hundred instances left
+/// the resident size twice as high for good.
+fn return_free_memory_to_the_os() {
+    // SAFETY: mi_option_set only tunes the allocator; called first thing
+    // in main, before any thread exists.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}
+
 fn fail_config(e: ConfigErrors) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
 }
 
-/// Every argon2id hash needs a 19 MiB buffer. glibc raises its mmap threshold
-/// after the first such buffer is freed, so later ones come from per-thread
-/// heaps that keep the memory: a login burst left RSS above 1 GiB. A fixed
-/// threshold keeps big buffers on mmap, returned to the system when freed.
-fn return_big_buffers_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
-    }
-}
-
 fn main() -> ExitCode {
-    return_big_buffers_to_the_os();
+    return_free_memory_to_the_os();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
